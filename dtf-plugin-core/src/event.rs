@@ -1,0 +1,1017 @@
+//! The event model: an [`Event`] envelope around a typed [`EventKind`].
+//!
+//! # Lifecycle
+//!
+//! Publishers (coordinators, harnesses, plugins) are expected to emit events in the order below.
+//! The bus does not enforce it, because a plugin must never be able to take a run down by
+//! publishing out of order, but [`crate::lifecycle`] checks a stream against it and reporters
+//! may rely on it.
+//!
+//! **Coordinator**: [`EventKind::CoordinatorStartup`] is the first event of a run and
+//! [`EventKind::CoordinatorShutdown`] the last one the bus accepts (the manager publishes it
+//! when it shuts down). Both are *control* events: they are never dropped by a full queue.
+//!
+//! **Task** (per task id):
+//!
+//! ```text
+//! TaskCreated ─► TaskAssigned ─► TaskStarted ─► TaskCompleted            (terminal)
+//!      │              │              └────────► TaskFailed ─┬─► (terminal unless retryable)
+//!      │              │                                     └─► TaskAssigned (retry, attempt + 1)
+//!      └──────────────┴──────────────┴────────► TaskCancelled            (terminal)
+//! ```
+//!
+//! A `TaskAssigned` may also follow a `TaskAssigned` or `TaskStarted` when the worker holding the
+//! task is lost (`WorkerFailed`/`WorkerDisconnected`) and recovery re-queues it.
+//!
+//! **Worker** (per worker id): `WorkerRegistered` first; then `WorkerDisconnected` or
+//! `WorkerFailed`; after either, `WorkerRecovered` returns the worker to service, and
+//! `WorkerRegistered` may start a new life under the same id.
+//!
+//! **Recovery**: `RecoveryStarted`, then exactly one of `RecoveryCompleted` or
+//! `RecoveryFailed`, matched by `recovery_id`.
+//!
+//! **Framework events** (`Plugin*`) are published by the manager itself, with the source
+//! [`MANAGER_SOURCE`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use typed_builder::TypedBuilder;
+
+/// The `source` the plugin manager stamps on the framework events it publishes.
+pub const MANAGER_SOURCE: &str = "dtf-manager";
+
+/// One thing that happened in a test run: metadata plus the typed payload.
+///
+/// Events are created by the bus when they are published (it assigns the sequence number and
+/// timestamp) and are shared between plugins behind an `Arc`, never cloned per plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Where and when the event was published.
+    pub meta: EventMeta,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// The hook this event is delivered under.
+    pub fn hook(&self) -> Hook {
+        self.kind.hook()
+    }
+}
+
+/// Metadata the bus attaches to every published event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMeta {
+    /// Per-bus sequence number: strictly increasing in publish order, starting at 1.
+    pub seq: u64,
+    /// Wall-clock time at which the bus accepted the event.
+    pub time: SystemTime,
+    /// Who published it: the name given to the [`crate::Bus`] handle, or a plugin's name.
+    pub source: Arc<str>,
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            /// The identifier as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self(s.to_owned())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                Self(s)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// Identifies a task for its whole life, across retries.
+    TaskId
+);
+id_type!(
+    /// Identifies a worker.
+    WorkerId
+);
+id_type!(
+    /// Identifies one recovery operation (matches `RecoveryStarted` with its outcome).
+    RecoveryId
+);
+
+/// Free-form string metadata attached to tasks and workers.
+pub type Metadata = BTreeMap<String, String>;
+
+/// Everything that can happen in a test run.
+///
+/// Variants carry typed payload structs; larger payloads are boxed so the enum stays small
+/// (32 bytes). New variants may be added in minor releases, so match with a wildcard arm.
+/// See the [module docs](self) for the order in which they are expected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The coordinator started (a control event: never dropped).
+    CoordinatorStartup(Box<CoordinatorStartup>),
+    /// The coordinator is shutting down (a control event: never dropped).
+    CoordinatorShutdown(Box<CoordinatorShutdown>),
+    /// A task entered the queue.
+    TaskCreated(Box<TaskCreated>),
+    /// A scheduler bound a task to a worker.
+    TaskAssigned(Box<TaskAssigned>),
+    /// A worker began running a task.
+    TaskStarted(Box<TaskStarted>),
+    /// A task finished; its [`TaskOutcome`] says how.
+    TaskCompleted(Box<TaskCompleted>),
+    /// A task attempt failed with an error.
+    TaskFailed(Box<TaskFailed>),
+    /// A task was cancelled before it finished.
+    TaskCancelled(Box<TaskCancelled>),
+    /// A worker joined the pool.
+    WorkerRegistered(Box<WorkerRegistered>),
+    /// A worker left the pool or stopped answering.
+    WorkerDisconnected(Box<WorkerDisconnected>),
+    /// A worker failed with an error.
+    WorkerFailed(Box<WorkerFailed>),
+    /// A lost worker is back in service.
+    WorkerRecovered(Box<WorkerRecovered>),
+    /// A recovery operation began (e.g. re-queueing a failed worker's tasks).
+    RecoveryStarted(Box<RecoveryStarted>),
+    /// A recovery operation succeeded.
+    RecoveryCompleted(Box<RecoveryCompleted>),
+    /// A recovery operation failed.
+    RecoveryFailed(Box<RecoveryFailed>),
+    /// A named event with a JSON payload, for plugins to talk to each other.
+    Custom(Box<CustomEvent>),
+    /// Framework: a plugin's actor started (first start or enable).
+    PluginStarted(Box<PluginLifecycle>),
+    /// Framework: a plugin failed (panic, error, or hung handler).
+    PluginFailed(Box<PluginFailure>),
+    /// Framework: a failed plugin was restarted from its factory.
+    PluginRestarted(Box<PluginLifecycle>),
+    /// Framework: a plugin was disabled (restart budget spent, or by request).
+    PluginDisabled(Box<PluginDisabled>),
+}
+
+/// Payload of [`EventKind::CoordinatorStartup`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TypedBuilder)]
+#[non_exhaustive]
+pub struct CoordinatorStartup {
+    /// A name for this run (e.g. a CI build id); free-form.
+    #[builder(setter(into))]
+    pub run_id: String,
+    /// Extra information about the run.
+    #[builder(default)]
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// Payload of [`EventKind::CoordinatorShutdown`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TypedBuilder)]
+#[non_exhaustive]
+pub struct CoordinatorShutdown {
+    /// Why the coordinator is stopping.
+    #[builder(setter(into))]
+    pub reason: ShutdownReason,
+}
+
+/// Why a coordinator shut down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", content = "detail", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ShutdownReason {
+    /// All work finished.
+    Completed,
+    /// Someone asked it to stop (a signal, a user).
+    Requested,
+    /// It is stopping because of an error.
+    Error(String),
+}
+
+/// A task's scheduling priority: higher runs first.
+pub type Priority = i32;
+
+/// Payload of [`EventKind::TaskCreated`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TypedBuilder)]
+#[non_exhaustive]
+pub struct TaskCreated {
+    /// The task.
+    #[builder(setter(into))]
+    pub task: TaskId,
+    /// Human-readable name (usually the test name).
+    #[builder(setter(into))]
+    pub name: String,
+    /// The user or tenant that owns the task (fair-share schedulers group by it).
+    #[builder(default, setter(into))]
+    #[serde(default)]
+    pub owner: String,
+    /// Scheduling priority; higher runs first. Default 0.
+    #[builder(default)]
+    #[serde(default)]
+    pub priority: Priority,
+    /// What a worker must offer to run it.
+    #[builder(default)]
+    #[serde(default)]
+    pub requirements: Requirements,
+    /// Expected run time, if known (duration-aware schedulers use it).
+    #[builder(default)]
+    #[serde(default)]
+    pub expected_duration: Option<Duration>,
+    /// Extra information.
+    #[builder(default)]
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// What a task needs from a worker. Matches [`Capabilities`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
+#[non_exhaustive]
+pub struct Requirements {
+    /// Minimum number of CPU cores.
+    #[builder(default)]
+    #[serde(default)]
+    pub cpu_cores: u32,
+    /// Minimum memory in MiB.
+    #[builder(default)]
+    #[serde(default)]
+    pub memory_mib: u64,
+    /// Accelerators or features the worker must have (e.g. `cuda`, `rocm`, `webgpu`).
+    #[builder(default)]
+    #[serde(default)]
+    pub features: Vec<String>,
+}
+
+/// Payload of [`EventKind::TaskAssigned`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TaskAssigned {
+    /// The task.
+    pub task: TaskId,
+    /// The worker it was bound to.
+    pub worker: WorkerId,
+    /// Attempt number, starting at 1.
+    pub attempt: u32,
+}
+
+/// Payload of [`EventKind::TaskStarted`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TaskStarted {
+    /// The task.
+    pub task: TaskId,
+    /// The worker running it.
+    pub worker: WorkerId,
+    /// Attempt number, starting at 1.
+    pub attempt: u32,
+}
+
+/// How a finished task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TaskOutcome {
+    /// The test passed.
+    Passed,
+    /// The test ran and reported failure (an assertion, a non-zero exit).
+    Failed,
+    /// The test was skipped.
+    Skipped,
+}
+
+/// Payload of [`EventKind::TaskCompleted`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TypedBuilder)]
+#[non_exhaustive]
+pub struct TaskCompleted {
+    /// The task.
+    #[builder(setter(into))]
+    pub task: TaskId,
+    /// The worker that ran it.
+    #[builder(setter(into))]
+    pub worker: WorkerId,
+    /// Attempt number, starting at 1.
+    #[builder(default = 1)]
+    #[serde(default = "one")]
+    pub attempt: u32,
+    /// How it ended.
+    pub outcome: TaskOutcome,
+    /// Wall-clock run time.
+    pub duration: Duration,
+    /// Captured output (may be truncated by the publisher).
+    #[builder(default, setter(into))]
+    #[serde(default)]
+    pub output: String,
+    /// Numeric metrics the task reported.
+    #[builder(default)]
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Payload of [`EventKind::TaskFailed`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
+#[non_exhaustive]
+pub struct TaskFailed {
+    /// The task.
+    #[builder(setter(into))]
+    pub task: TaskId,
+    /// The worker it failed on, if it got that far.
+    #[builder(default, setter(strip_option, into))]
+    #[serde(default)]
+    pub worker: Option<WorkerId>,
+    /// What went wrong.
+    pub error: TaskError,
+    /// Attempt number, starting at 1.
+    #[builder(default = 1)]
+    #[serde(default = "one")]
+    pub attempt: u32,
+    /// Whether another attempt will be made.
+    #[builder(default)]
+    #[serde(default)]
+    pub retryable: bool,
+}
+
+/// An error that ended a task attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
+#[non_exhaustive]
+pub struct TaskError {
+    /// A short, stable classification (e.g. `TimeoutError`, `ExitCode(1)`); used for grouping.
+    #[builder(setter(into))]
+    pub kind: String,
+    /// The human-readable message.
+    #[builder(setter(into))]
+    pub message: String,
+    /// Captured output or backtrace, if any.
+    #[builder(default, setter(into))]
+    #[serde(default)]
+    pub details: String,
+}
+
+/// Payload of [`EventKind::TaskCancelled`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TaskCancelled {
+    /// The task.
+    pub task: TaskId,
+    /// Why it was cancelled.
+    pub reason: String,
+}
+
+/// What a worker offers. Matches [`Requirements`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// CPU cores.
+    #[builder(default)]
+    #[serde(default)]
+    pub cpu_cores: u32,
+    /// Memory in MiB.
+    #[builder(default)]
+    #[serde(default)]
+    pub memory_mib: u64,
+    /// Accelerators and features (e.g. `cuda`, `rocm`, `webgpu`).
+    #[builder(default)]
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// How many tasks it runs at once.
+    #[builder(default = 1)]
+    #[serde(default = "one")]
+    pub slots: u32,
+}
+
+impl Capabilities {
+    /// Whether these capabilities satisfy `req`.
+    pub fn satisfies(&self, req: &Requirements) -> bool {
+        self.cpu_cores >= req.cpu_cores
+            && self.memory_mib >= req.memory_mib
+            && req.features.iter().all(|f| self.features.contains(f))
+    }
+}
+
+/// Payload of [`EventKind::WorkerRegistered`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WorkerRegistered {
+    /// The worker.
+    pub worker: WorkerId,
+    /// What it offers.
+    pub capabilities: Capabilities,
+    /// Extra information (host name, OS, ...).
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// Payload of [`EventKind::WorkerDisconnected`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WorkerDisconnected {
+    /// The worker.
+    pub worker: WorkerId,
+    /// Why, if known.
+    pub reason: String,
+}
+
+/// Payload of [`EventKind::WorkerFailed`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WorkerFailed {
+    /// The worker.
+    pub worker: WorkerId,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// Payload of [`EventKind::WorkerRecovered`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WorkerRecovered {
+    /// The worker.
+    pub worker: WorkerId,
+}
+
+/// Payload of [`EventKind::RecoveryStarted`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RecoveryStarted {
+    /// Matches the outcome event.
+    pub recovery: RecoveryId,
+    /// The worker being recovered from, if any.
+    pub worker: Option<WorkerId>,
+    /// Tasks being re-queued.
+    pub tasks: Vec<TaskId>,
+}
+
+/// Payload of [`EventKind::RecoveryCompleted`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RecoveryCompleted {
+    /// Matches the `RecoveryStarted`.
+    pub recovery: RecoveryId,
+    /// How many tasks were re-queued.
+    pub requeued: u32,
+}
+
+/// Payload of [`EventKind::RecoveryFailed`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RecoveryFailed {
+    /// Matches the `RecoveryStarted`.
+    pub recovery: RecoveryId,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// Payload of [`EventKind::Custom`]: a named event with a JSON payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CustomEvent {
+    /// The event's name; by convention `plugin-name.event-name`.
+    pub name: String,
+    /// Any JSON value.
+    pub payload: serde_json::Value,
+}
+
+/// Payload of [`EventKind::PluginStarted`] and [`EventKind::PluginRestarted`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PluginLifecycle {
+    /// The plugin's name.
+    pub plugin: String,
+    /// How many times it has been restarted so far.
+    pub restarts: u32,
+}
+
+/// Payload of [`EventKind::PluginFailed`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PluginFailure {
+    /// The plugin's name.
+    pub plugin: String,
+    /// What failed and how.
+    pub error: String,
+    /// When it will be restarted, if it will.
+    pub restart_in: Option<Duration>,
+}
+
+/// Payload of [`EventKind::PluginDisabled`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PluginDisabled {
+    /// The plugin's name.
+    pub plugin: String,
+    /// Why it was disabled.
+    pub reason: String,
+}
+
+/// Shorthand constructors, so publishers don't spell out payload structs.
+impl EventKind {
+    /// `CoordinatorStartup` for run `run_id`.
+    pub fn coordinator_startup(run_id: impl Into<String>) -> Self {
+        Self::CoordinatorStartup(Box::new(CoordinatorStartup {
+            run_id: run_id.into(),
+            metadata: Metadata::new(),
+        }))
+    }
+
+    /// `CoordinatorShutdown` with `reason`.
+    pub fn coordinator_shutdown(reason: ShutdownReason) -> Self {
+        Self::CoordinatorShutdown(Box::new(CoordinatorShutdown { reason }))
+    }
+
+    /// `TaskCreated` with just an id and a name; use [`TaskCreated::builder`] for the rest.
+    pub fn task_created(task: impl Into<TaskId>, name: impl Into<String>) -> Self {
+        Self::TaskCreated(Box::new(
+            TaskCreated::builder().task(task).name(name).build(),
+        ))
+    }
+
+    /// `TaskAssigned` for attempt `attempt`.
+    pub fn task_assigned(task: impl Into<TaskId>, worker: impl Into<WorkerId>, attempt: u32) -> Self {
+        Self::TaskAssigned(Box::new(TaskAssigned {
+            task: task.into(),
+            worker: worker.into(),
+            attempt,
+        }))
+    }
+
+    /// `TaskStarted` for attempt `attempt`.
+    pub fn task_started(task: impl Into<TaskId>, worker: impl Into<WorkerId>, attempt: u32) -> Self {
+        Self::TaskStarted(Box::new(TaskStarted {
+            task: task.into(),
+            worker: worker.into(),
+            attempt,
+        }))
+    }
+
+    /// `TaskCompleted` of attempt 1 with no output; use [`TaskCompleted::builder`] for the rest.
+    pub fn task_completed(
+        task: impl Into<TaskId>,
+        worker: impl Into<WorkerId>,
+        outcome: TaskOutcome,
+        duration: Duration,
+    ) -> Self {
+        Self::TaskCompleted(Box::new(
+            TaskCompleted::builder()
+                .task(task)
+                .worker(worker)
+                .outcome(outcome)
+                .duration(duration)
+                .build(),
+        ))
+    }
+
+    /// `TaskFailed`; see [`TaskFailed::builder`] for the worker and the attempt.
+    pub fn task_failed(task: impl Into<TaskId>, error: TaskError, retryable: bool) -> Self {
+        Self::TaskFailed(Box::new(
+            TaskFailed::builder()
+                .task(task)
+                .error(error)
+                .retryable(retryable)
+                .build(),
+        ))
+    }
+
+    /// `TaskCancelled` with `reason`.
+    pub fn task_cancelled(task: impl Into<TaskId>, reason: impl Into<String>) -> Self {
+        Self::TaskCancelled(Box::new(TaskCancelled {
+            task: task.into(),
+            reason: reason.into(),
+        }))
+    }
+
+    /// `WorkerRegistered` with `capabilities`.
+    pub fn worker_registered(worker: impl Into<WorkerId>, capabilities: Capabilities) -> Self {
+        Self::WorkerRegistered(Box::new(WorkerRegistered {
+            worker: worker.into(),
+            capabilities,
+            metadata: Metadata::new(),
+        }))
+    }
+
+    /// `WorkerDisconnected` with `reason`.
+    pub fn worker_disconnected(worker: impl Into<WorkerId>, reason: impl Into<String>) -> Self {
+        Self::WorkerDisconnected(Box::new(WorkerDisconnected {
+            worker: worker.into(),
+            reason: reason.into(),
+        }))
+    }
+
+    /// `WorkerFailed` with `error`.
+    pub fn worker_failed(worker: impl Into<WorkerId>, error: impl Into<String>) -> Self {
+        Self::WorkerFailed(Box::new(WorkerFailed {
+            worker: worker.into(),
+            error: error.into(),
+        }))
+    }
+
+    /// `WorkerRecovered`.
+    pub fn worker_recovered(worker: impl Into<WorkerId>) -> Self {
+        Self::WorkerRecovered(Box::new(WorkerRecovered {
+            worker: worker.into(),
+        }))
+    }
+
+    /// `RecoveryStarted` for the tasks of `worker`.
+    pub fn recovery_started(
+        recovery: impl Into<RecoveryId>,
+        worker: Option<WorkerId>,
+        tasks: Vec<TaskId>,
+    ) -> Self {
+        Self::RecoveryStarted(Box::new(RecoveryStarted {
+            recovery: recovery.into(),
+            worker,
+            tasks,
+        }))
+    }
+
+    /// `RecoveryCompleted` having re-queued `requeued` tasks.
+    pub fn recovery_completed(recovery: impl Into<RecoveryId>, requeued: u32) -> Self {
+        Self::RecoveryCompleted(Box::new(RecoveryCompleted {
+            recovery: recovery.into(),
+            requeued,
+        }))
+    }
+
+    /// `RecoveryFailed` with `error`.
+    pub fn recovery_failed(recovery: impl Into<RecoveryId>, error: impl Into<String>) -> Self {
+        Self::RecoveryFailed(Box::new(RecoveryFailed {
+            recovery: recovery.into(),
+            error: error.into(),
+        }))
+    }
+
+    /// A custom event named `name` carrying `payload`.
+    pub fn custom(name: impl Into<String>, payload: serde_json::Value) -> Self {
+        Self::Custom(Box::new(CustomEvent {
+            name: name.into(),
+            payload,
+        }))
+    }
+
+    /// The hook this kind is delivered under.
+    pub fn hook(&self) -> Hook {
+        match self {
+            Self::CoordinatorStartup(_) => Hook::CoordinatorStartup,
+            Self::CoordinatorShutdown(_) => Hook::CoordinatorShutdown,
+            Self::TaskCreated(_) => Hook::TaskCreated,
+            Self::TaskAssigned(_) => Hook::TaskAssigned,
+            Self::TaskStarted(_) => Hook::TaskStarted,
+            Self::TaskCompleted(_) => Hook::TaskCompleted,
+            Self::TaskFailed(_) => Hook::TaskFailed,
+            Self::TaskCancelled(_) => Hook::TaskCancelled,
+            Self::WorkerRegistered(_) => Hook::WorkerRegistered,
+            Self::WorkerDisconnected(_) => Hook::WorkerDisconnected,
+            Self::WorkerFailed(_) => Hook::WorkerFailed,
+            Self::WorkerRecovered(_) => Hook::WorkerRecovered,
+            Self::RecoveryStarted(_) => Hook::RecoveryStarted,
+            Self::RecoveryCompleted(_) => Hook::RecoveryCompleted,
+            Self::RecoveryFailed(_) => Hook::RecoveryFailed,
+            Self::Custom(_) => Hook::Custom,
+            Self::PluginStarted(_) => Hook::PluginStarted,
+            Self::PluginFailed(_) => Hook::PluginFailed,
+            Self::PluginRestarted(_) => Hook::PluginRestarted,
+            Self::PluginDisabled(_) => Hook::PluginDisabled,
+        }
+    }
+
+    /// The task this event is about, for task events.
+    pub fn task_id(&self) -> Option<&TaskId> {
+        match self {
+            Self::TaskCreated(p) => Some(&p.task),
+            Self::TaskAssigned(p) => Some(&p.task),
+            Self::TaskStarted(p) => Some(&p.task),
+            Self::TaskCompleted(p) => Some(&p.task),
+            Self::TaskFailed(p) => Some(&p.task),
+            Self::TaskCancelled(p) => Some(&p.task),
+            _ => None,
+        }
+    }
+
+    /// The worker this event is about, for worker events and task events that name one.
+    pub fn worker_id(&self) -> Option<&WorkerId> {
+        match self {
+            Self::TaskAssigned(p) => Some(&p.worker),
+            Self::TaskStarted(p) => Some(&p.worker),
+            Self::TaskCompleted(p) => Some(&p.worker),
+            Self::TaskFailed(p) => p.worker.as_ref(),
+            Self::WorkerRegistered(p) => Some(&p.worker),
+            Self::WorkerDisconnected(p) => Some(&p.worker),
+            Self::WorkerFailed(p) => Some(&p.worker),
+            Self::WorkerRecovered(p) => Some(&p.worker),
+            _ => None,
+        }
+    }
+}
+
+macro_rules! hooks {
+    ($($(#[$doc:meta])* $name:ident = $bit:literal,)*) => {
+        /// A fieldless mirror of [`EventKind`], used to subscribe.
+        ///
+        /// Each hook is one bit of a [`HookSet`].
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        #[non_exhaustive]
+        #[repr(u8)]
+        pub enum Hook {
+            $($(#[$doc])* $name = $bit,)*
+        }
+
+        impl Hook {
+            /// Every hook, in declaration order.
+            pub const ALL: &'static [Hook] = &[$(Hook::$name,)*];
+        }
+    };
+}
+
+hooks! {
+    /// [`EventKind::CoordinatorStartup`].
+    CoordinatorStartup = 0,
+    /// [`EventKind::CoordinatorShutdown`].
+    CoordinatorShutdown = 1,
+    /// [`EventKind::TaskCreated`].
+    TaskCreated = 2,
+    /// [`EventKind::TaskAssigned`].
+    TaskAssigned = 3,
+    /// [`EventKind::TaskStarted`].
+    TaskStarted = 4,
+    /// [`EventKind::TaskCompleted`].
+    TaskCompleted = 5,
+    /// [`EventKind::TaskFailed`].
+    TaskFailed = 6,
+    /// [`EventKind::TaskCancelled`].
+    TaskCancelled = 7,
+    /// [`EventKind::WorkerRegistered`].
+    WorkerRegistered = 8,
+    /// [`EventKind::WorkerDisconnected`].
+    WorkerDisconnected = 9,
+    /// [`EventKind::WorkerFailed`].
+    WorkerFailed = 10,
+    /// [`EventKind::WorkerRecovered`].
+    WorkerRecovered = 11,
+    /// [`EventKind::RecoveryStarted`].
+    RecoveryStarted = 12,
+    /// [`EventKind::RecoveryCompleted`].
+    RecoveryCompleted = 13,
+    /// [`EventKind::RecoveryFailed`].
+    RecoveryFailed = 14,
+    /// [`EventKind::Custom`].
+    Custom = 15,
+    /// [`EventKind::PluginStarted`].
+    PluginStarted = 16,
+    /// [`EventKind::PluginFailed`].
+    PluginFailed = 17,
+    /// [`EventKind::PluginRestarted`].
+    PluginRestarted = 18,
+    /// [`EventKind::PluginDisabled`].
+    PluginDisabled = 19,
+}
+
+impl Hook {
+    /// Control events are never dropped by a full queue, whatever the overflow policy.
+    pub const fn is_control(self) -> bool {
+        matches!(self, Hook::CoordinatorStartup | Hook::CoordinatorShutdown)
+    }
+
+    /// The number of hooks (the length of [`Hook::ALL`]).
+    pub const COUNT: usize = 20;
+
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A set of [`Hook`]s: a 64-bit bitset, so membership is one AND.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct HookSet(u64);
+
+impl HookSet {
+    /// No hooks.
+    pub const EMPTY: HookSet = HookSet(0);
+    /// Every hook, including the framework's `Plugin*` events.
+    pub const ALL: HookSet = HookSet((1 << Hook::COUNT) - 1);
+    /// The coordinator hooks.
+    pub const COORDINATOR: HookSet =
+        HookSet::EMPTY.with(Hook::CoordinatorStartup).with(Hook::CoordinatorShutdown);
+    /// The six task hooks.
+    pub const TASK: HookSet = HookSet(0b1111_1100);
+    /// The four worker hooks.
+    pub const WORKER: HookSet = HookSet(0b1111 << 8);
+    /// The three recovery hooks.
+    pub const RECOVERY: HookSet = HookSet(0b111 << 12);
+    /// The framework's `Plugin*` hooks.
+    pub const PLUGIN: HookSet = HookSet(0b1111 << 16);
+    /// Failures of any kind: task, worker, recovery and plugin failures, plus plugin disabled.
+    pub const FAILURES: HookSet = HookSet::EMPTY
+        .with(Hook::TaskFailed)
+        .with(Hook::WorkerFailed)
+        .with(Hook::RecoveryFailed)
+        .with(Hook::PluginFailed)
+        .with(Hook::PluginDisabled);
+
+    /// A set holding exactly `hooks`.
+    pub fn of(hooks: &[Hook]) -> Self {
+        hooks.iter().fold(Self::EMPTY, |s, h| s.with(*h))
+    }
+
+    /// This set plus `hook`.
+    pub const fn with(self, hook: Hook) -> Self {
+        HookSet(self.0 | (1 << hook as u8))
+    }
+
+    /// This set without `hook`.
+    pub const fn without(self, hook: Hook) -> Self {
+        HookSet(self.0 & !(1 << hook as u8))
+    }
+
+    /// The union of both sets.
+    pub const fn union(self, other: HookSet) -> Self {
+        HookSet(self.0 | other.0)
+    }
+
+    /// The hooks in both sets.
+    pub const fn intersection(self, other: HookSet) -> Self {
+        HookSet(self.0 & other.0)
+    }
+
+    /// Whether every hook of `other` is in this set.
+    #[inline]
+    pub const fn contains_all(self, other: HookSet) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether `hook` is in the set.
+    #[inline]
+    pub const fn contains(self, hook: Hook) -> bool {
+        self.0 & (1 << hook as u8) != 0
+    }
+
+    /// Whether the set is empty.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The hooks in the set, in declaration order.
+    pub fn iter(self) -> impl Iterator<Item = Hook> {
+        Hook::ALL.iter().copied().filter(move |h| self.contains(*h))
+    }
+}
+
+impl From<Hook> for HookSet {
+    fn from(h: Hook) -> Self {
+        HookSet::EMPTY.with(h)
+    }
+}
+
+impl FromIterator<Hook> for HookSet {
+    fn from_iter<I: IntoIterator<Item = Hook>>(iter: I) -> Self {
+        iter.into_iter().fold(Self::EMPTY, |s, h| s.with(h))
+    }
+}
+
+impl fmt::Debug for HookSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+/// The eight kinds of plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PluginKind {
+    /// Decides which task runs on which worker.
+    Scheduler,
+    /// Runs tasks.
+    TaskExecutor,
+    /// Reports results (JUnit, summaries).
+    Reporter,
+    /// Sends notifications (Slack, email, ...).
+    Notification,
+    /// Watches the run (metrics, health).
+    Monitoring,
+    /// Talks to external systems (CI/CD).
+    Integration,
+    /// Enforces policy (authorisation, secrets).
+    Security,
+    /// Anything else.
+    #[default]
+    Custom,
+}
+
+impl fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Self::Scheduler => "scheduler",
+            Self::TaskExecutor => "task_executor",
+            Self::Reporter => "reporter",
+            Self::Notification => "notification",
+            Self::Monitoring => "monitoring",
+            Self::Integration => "integration",
+            Self::Security => "security",
+            Self::Custom => "custom",
+        };
+        f.write_str(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kind_stays_small() {
+        assert!(std::mem::size_of::<EventKind>() <= 16, "{}", std::mem::size_of::<EventKind>());
+    }
+
+    #[test]
+    fn hook_bits_match_declaration_order_and_groups() {
+        assert_eq!(Hook::ALL.len(), Hook::COUNT);
+        for (i, h) in Hook::ALL.iter().enumerate() {
+            assert_eq!(h.index(), i);
+        }
+        assert_eq!(
+            HookSet::TASK,
+            HookSet::of(&[
+                Hook::TaskCreated,
+                Hook::TaskAssigned,
+                Hook::TaskStarted,
+                Hook::TaskCompleted,
+                Hook::TaskFailed,
+                Hook::TaskCancelled
+            ])
+        );
+        assert_eq!(
+            HookSet::WORKER.iter().collect::<Vec<_>>(),
+            vec![
+                Hook::WorkerRegistered,
+                Hook::WorkerDisconnected,
+                Hook::WorkerFailed,
+                Hook::WorkerRecovered
+            ]
+        );
+        assert_eq!(HookSet::RECOVERY.iter().count(), 3);
+        assert_eq!(HookSet::PLUGIN.iter().count(), 4);
+        assert_eq!(HookSet::ALL.iter().count(), Hook::COUNT);
+        assert!(!HookSet::TASK.contains(Hook::WorkerFailed));
+    }
+
+    #[test]
+    fn events_round_trip_through_json() {
+        let kinds = vec![
+            EventKind::coordinator_startup("run-1"),
+            EventKind::task_created("t1", "tests::a"),
+            EventKind::task_failed(
+                "t1",
+                TaskError::builder().kind("TimeoutError").message("took 30s").build(),
+                true,
+            ),
+            EventKind::custom("x.y", serde_json::json!({"a": 1})),
+            EventKind::coordinator_shutdown(ShutdownReason::Error("boom".into())),
+        ];
+        for kind in kinds {
+            let ev = Event {
+                meta: EventMeta { seq: 7, time: SystemTime::UNIX_EPOCH, source: "t".into() },
+                kind,
+            };
+            let json = serde_json::to_string(&ev).unwrap_or_default();
+            let back: Event = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+            assert_eq!(back, ev);
+        }
+    }
+
+    #[test]
+    fn capabilities_match_requirements() {
+        let caps = Capabilities::builder()
+            .cpu_cores(8)
+            .memory_mib(16_384)
+            .features(vec!["cuda".into()])
+            .build();
+        assert!(caps.satisfies(&Requirements::builder().cpu_cores(4).features(vec!["cuda".into()]).build()));
+        assert!(!caps.satisfies(&Requirements::builder().features(vec!["rocm".into()]).build()));
+        assert!(!caps.satisfies(&Requirements::builder().memory_mib(32_000).build()));
+    }
+}

@@ -1,0 +1,113 @@
+//! # dtf-plugin-core
+//!
+//! The plugin architecture of a distributed testing framework: a strongly typed event model
+//! for everything that happens in a test run, plugins that each run as a supervised
+//! [`ractor`] actor, and a manager that fans events out to the plugins that subscribe,
+//! isolates and restarts the ones that fail, and lets an embedding application add, remove,
+//! enable, disable and reconfigure plugins while the run goes on.
+//!
+//! ## Main types
+//!
+//! - [`Event`] (envelope: [`EventMeta`] + [`EventKind`]) and [`Hook`]/[`HookSet`] to
+//!   subscribe; the expected order of events is documented in [`event`].
+//! - [`Plugin`]: the trait a plugin author implements (only `on_event` is required), with a
+//!   [`PluginContext`] to read typed configuration and publish.
+//! - [`PluginManager`]: assemble with [`PluginManager::builder`], publish through it or a
+//!   [`Bus`] handle, manage plugins, read [`PluginStats`], [`flush`](PluginManager::flush),
+//!   [`shutdown`](PluginManager::shutdown).
+//!
+//! ## Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use dtf_plugin_core::prelude::*;
+//!
+//! /// Counts passed and failed tasks.
+//! #[derive(Default)]
+//! struct Tally { passed: u32, failed: u32 }
+//!
+//! impl Plugin for Tally {
+//!     fn metadata(&self) -> PluginMetadata {
+//!         PluginMetadata::new("tally")
+//!             .kind(PluginKind::Reporter)
+//!             .hooks(HookSet::of(&[Hook::TaskCompleted, Hook::CoordinatorShutdown]))
+//!     }
+//!
+//!     async fn on_event(&mut self, _ctx: &mut PluginContext, event: &Event) -> Result<(), PluginError> {
+//!         match &event.kind {
+//!             EventKind::TaskCompleted(done) if done.outcome == TaskOutcome::Passed => self.passed += 1,
+//!             EventKind::TaskCompleted(_) => self.failed += 1,
+//!             EventKind::CoordinatorShutdown(_) => {
+//!                 tracing::info!(passed = self.passed, failed = self.failed, "run finished");
+//!             }
+//!             _ => {}
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let manager = PluginManager::builder().plugin(Tally::default).spawn().await?;
+//! manager.publish(EventKind::coordinator_startup("run-1")).await?;
+//! manager
+//!     .publish(EventKind::task_completed("t1", "w1", TaskOutcome::Passed, Duration::from_millis(5)))
+//!     .await?;
+//! let report = manager.shutdown(ShutdownReason::Completed).await;
+//! assert!(report.clean);
+//! assert_eq!(report.plugins[0].stats.delivered, 2);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Feature flags
+//!
+//! - `testing`: [`testing::RecordingPlugin`], a plugin that records what it receives, for
+//!   asserting on events in your own tests.
+//!
+//! ## Guarantees
+//!
+//! Per plugin, events arrive in publish order (global sequence numbers strictly increasing),
+//! across any number of concurrent publishers. Queues are bounded with a documented
+//! [`OverflowPolicy`]; control events are never dropped. A failing plugin (panic, `Err`, hung
+//! handler) affects only itself: the event in hand is dead-lettered, the events behind it are
+//! delivered to the restarted instance. At every quiescent point, per plugin,
+//! `published == delivered + dropped + dead_lettered + queued`. The full list is in
+//! `docs/event-delivery.md`.
+
+#![forbid(unsafe_code)]
+
+mod bus;
+mod error;
+pub mod event;
+pub mod lifecycle;
+mod manager;
+mod plugin;
+mod runner;
+mod supervision;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use bus::{Bus, DeadLetter, OverflowPolicy};
+pub use error::{BatchClosed, ConfigError, ManagerError, PublishError};
+pub use event::{Event, EventKind, EventMeta, Hook, HookSet, PluginKind, ShutdownReason};
+pub use manager::{
+    ManagerConfig, PluginInfo, PluginManager, PluginManagerBuilder, PluginShutdown, PluginSpec,
+    PluginStats, PluginStatus, ShutdownReport,
+};
+pub use plugin::{
+    Plugin, PluginConfig, PluginContext, PluginError, PluginMetadata, Reconfigured, RestartPolicy,
+};
+pub use supervision::{Backoff, RestartBudget};
+
+/// What a plugin author needs, in one import: `use dtf_plugin_core::prelude::*;`.
+pub mod prelude {
+    pub use crate::event::{
+        Capabilities, Event, EventKind, Hook, HookSet, PluginKind, Requirements, ShutdownReason,
+        TaskError, TaskOutcome,
+    };
+    pub use crate::{
+        Bus, ManagerConfig, Plugin, PluginContext, PluginError, PluginManager, PluginMetadata,
+        PluginSpec, Reconfigured, RestartPolicy,
+    };
+}

@@ -1,0 +1,358 @@
+//! The private actor that runs one plugin instance.
+//!
+//! The actor owns the plugin value and drains its slot (see `bus.rs`). Every call into plugin
+//! code goes through [`guarded`], which turns a panic, an `Err` or a hung future into a
+//! [`HookFailure`]. A failure dead-letters the event in hand, puts the rest of the chunk back at
+//! the front of the queue, and fails the actor, so that its supervisor (the manager) sees
+//! `ActorFailed` and restarts a fresh instance that continues where this one stopped.
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::bus::{Item, Slot};
+use crate::plugin::{Plugin, PluginContext, PluginError, Reconfigured};
+
+/// Messages to a plugin actor. Events never travel as actor messages: they wait in the slot.
+pub(crate) enum PluginMsg {
+    /// The slot has work: drain a few chunks, then yield.
+    Drain,
+    /// Drain what is queued (until `deadline`), call `on_shutdown`, reply, stop.
+    Shutdown {
+        deadline: Instant,
+        reply: Option<RpcReplyPort<ShutdownOutcome>>,
+    },
+}
+
+/// How a plugin's shutdown went.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ShutdownOutcome {
+    pub(crate) error: Option<String>,
+}
+
+/// The reason the manager sees when an actor stopped to pick up a new configuration.
+pub(crate) const RESTART_FOR_CONFIG: &str = "dtf:reconfigure";
+
+/// Which hook failed; decides the restart policy's treatment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Start,
+    Event,
+    Reconfigure,
+}
+
+/// How a call into plugin code failed.
+#[derive(Debug)]
+pub(crate) enum HookFailure {
+    Error(PluginError),
+    Panicked(String),
+    TimedOut(Duration),
+}
+
+impl std::fmt::Display for HookFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Error(e) => write!(f, "returned an error: {e}"),
+            Self::Panicked(msg) => write!(f, "panicked: {msg}"),
+            Self::TimedOut(d) => write!(f, "did not finish within {d:?}"),
+        }
+    }
+}
+
+/// The error a plugin actor fails with; the manager downcasts it to learn the phase.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin `{plugin}` {phase:?} hook {failure}")]
+pub(crate) struct RunnerFailure {
+    pub(crate) plugin: String,
+    pub(crate) phase: Phase,
+    pub(crate) failure: HookFailure,
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// Runs a plugin hook, catching panics and bounding its time.
+///
+/// The future is polled once inline first: a handler that completes without waiting (the
+/// common case) costs no timer at all. Only a handler that actually suspends gets a deadline.
+pub(crate) async fn guarded<T>(
+    fut: impl Future<Output = Result<T, PluginError>>,
+    timeout: Duration,
+) -> Result<T, HookFailure> {
+    let mut fut = std::pin::pin!(fut);
+    // Plugin state is discarded after a panic (the instance is dropped and rebuilt from its
+    // factory), so observing it in a broken state cannot happen: AssertUnwindSafe is sound.
+    let mut poll_guarded = move |cx: &mut std::task::Context<'_>| {
+        match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Ready(r)) => Poll::Ready(r.map_err(HookFailure::Error)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(HookFailure::Panicked(panic_message(&*payload)))),
+        }
+    };
+    let first = poll_fn(|cx| Poll::Ready(poll_guarded(cx))).await;
+    match first {
+        Poll::Ready(r) => r,
+        Poll::Pending => match tokio::time::timeout(timeout, poll_fn(poll_guarded)).await {
+            Ok(r) => r,
+            Err(_) => Err(HookFailure::TimedOut(timeout)),
+        },
+    }
+}
+
+/// The actor type; generic so plugin calls are static (no boxing per event).
+pub(crate) struct PluginActor<P>(PhantomData<fn() -> P>);
+
+impl<P> PluginActor<P> {
+    pub(crate) fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+/// What the actor starts with.
+pub(crate) struct RunnerArgs<P> {
+    pub(crate) plugin: P,
+    pub(crate) ctx: PluginContext,
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) handler_timeout: Duration,
+}
+
+/// The actor's state.
+pub(crate) struct Runner<P> {
+    plugin: P,
+    ctx: PluginContext,
+    slot: Arc<Slot>,
+    timeout: Duration,
+    /// The chunk in hand; swapped with the slot's queue so allocations are reused.
+    chunk: VecDeque<Item>,
+    /// Events of the previous chunk not yet acknowledged to the slot.
+    unacked: usize,
+}
+
+/// Chunks handled per `Drain` message before yielding to the mailbox.
+const CHUNKS_PER_WAKE: usize = 8;
+
+enum ChunkEnd {
+    /// The chunk was handled.
+    Done,
+    /// The plugin asked to be restarted for a new configuration.
+    RestartForConfig,
+}
+
+impl<P: Plugin> Runner<P> {
+    fn fail(&self, phase: Phase, failure: HookFailure) -> ActorProcessingErr {
+        Box::new(RunnerFailure {
+            plugin: self.slot.name.to_string(),
+            phase,
+            failure,
+        })
+    }
+
+    /// Handles `self.chunk` in order. On failure, puts the unhandled rest back in the slot.
+    async fn run_chunk(&mut self) -> Result<ChunkEnd, ActorProcessingErr> {
+        let started = Instant::now();
+        let mut delivered = 0usize;
+        let hooks = self.slot.hooks;
+        let result = loop {
+            let Some(item) = self.chunk.pop_front() else {
+                break Ok(ChunkEnd::Done);
+            };
+            match item {
+                Item::Events {
+                    batch,
+                    start,
+                    count,
+                    filtered,
+                } => {
+                    let mut seen = 0usize;
+                    let mut failed = None;
+                    for (i, ev) in batch.iter().enumerate().skip(start) {
+                        if filtered && !hooks.contains(ev.hook()) {
+                            continue;
+                        }
+                        seen += 1;
+                        match guarded(self.plugin.on_event(&mut self.ctx, ev), self.timeout).await
+                        {
+                            Ok(()) => delivered += 1,
+                            Err(f) => {
+                                self.slot.dead_letter(ev, f.to_string());
+                                failed = Some((i, f));
+                                break;
+                            }
+                        }
+                    }
+                    if let Some((i, failure)) = failed {
+                        let rest = count - seen;
+                        if rest > 0 {
+                            self.chunk.push_front(Item::Events {
+                                batch,
+                                start: i + 1,
+                                count: rest,
+                                filtered,
+                            });
+                        }
+                        // The poison event is handled (dead-lettered), so it is acknowledged.
+                        self.unacked += delivered + 1;
+                        delivered = 0;
+                        break Err(self.fail(Phase::Event, failure));
+                    }
+                }
+                Item::Flush(tx) => {
+                    let _ = tx.send(());
+                }
+                Item::Reconfigure { config, reply } => {
+                    let old = Arc::clone(self.ctx.config_arc());
+                    self.ctx.set_config(Arc::clone(&config));
+                    match guarded(self.plugin.on_reconfigure(&mut self.ctx), self.timeout).await {
+                        Ok(outcome) => {
+                            self.slot.set_config(config);
+                            let _ = reply.send(Ok(outcome));
+                            if outcome == Reconfigured::Restart {
+                                break Ok(ChunkEnd::RestartForConfig);
+                            }
+                        }
+                        Err(HookFailure::Error(e)) => {
+                            self.ctx.set_config(old);
+                            let _ = reply.send(Err(e.to_string()));
+                        }
+                        Err(f) => {
+                            self.ctx.set_config(old);
+                            let _ = reply.send(Err(f.to_string()));
+                            break Err(self.fail(Phase::Reconfigure, f));
+                        }
+                    }
+                }
+            }
+        };
+        self.unacked += delivered;
+        self.slot
+            .counters
+            .delivered
+            .fetch_add(delivered as u64, Ordering::Relaxed);
+        self.slot.add_handler_time(started.elapsed());
+        if !matches!(result, Ok(ChunkEnd::Done)) {
+            // Whatever is left goes back in front of newer events for the next instance.
+            self.slot.requeue_front(self.unacked, &mut self.chunk);
+            self.unacked = 0;
+        }
+        result
+    }
+
+    /// Drains up to `max_chunks` chunks (or until the deadline). Returns whether work remains.
+    async fn drain(
+        &mut self,
+        max_chunks: usize,
+        deadline: Option<Instant>,
+    ) -> Result<(bool, ChunkEnd), ActorProcessingErr> {
+        for _ in 0..max_chunks {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.slot.requeue_front(self.unacked, &mut self.chunk);
+                self.unacked = 0;
+                return Ok((true, ChunkEnd::Done));
+            }
+            let handled = std::mem::take(&mut self.unacked);
+            if !self.slot.take_chunk(handled, &mut self.chunk) {
+                return Ok((false, ChunkEnd::Done));
+            }
+            if let ChunkEnd::RestartForConfig = self.run_chunk().await? {
+                return Ok((true, ChunkEnd::RestartForConfig));
+            }
+        }
+        Ok((true, ChunkEnd::Done))
+    }
+}
+
+impl<P: Plugin> Actor for PluginActor<P> {
+    type Msg = PluginMsg;
+    type State = Runner<P>;
+    type Arguments = RunnerArgs<P>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<PluginMsg>,
+        args: RunnerArgs<P>,
+    ) -> Result<Runner<P>, ActorProcessingErr> {
+        Ok(Runner {
+            plugin: args.plugin,
+            ctx: args.ctx,
+            slot: args.slot,
+            timeout: args.handler_timeout,
+            chunk: VecDeque::new(),
+            unacked: 0,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<PluginMsg>,
+        state: &mut Runner<P>,
+    ) -> Result<(), ActorProcessingErr> {
+        // `on_start` runs in the actor's own task, so a slow start never blocks the manager.
+        if let Err(f) = guarded(state.plugin.on_start(&mut state.ctx), state.timeout).await {
+            return Err(state.fail(Phase::Start, f));
+        }
+        state.slot.attach(myself);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<PluginMsg>,
+        msg: PluginMsg,
+        state: &mut Runner<P>,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PluginMsg::Drain => match state.drain(CHUNKS_PER_WAKE, None).await? {
+                (_, ChunkEnd::RestartForConfig) => {
+                    state.slot.detach();
+                    myself.stop(Some(RESTART_FOR_CONFIG.to_owned()));
+                }
+                (true, ChunkEnd::Done) => {
+                    // More work: yield to the mailbox (so stop signals get through), then go on.
+                    if myself.send_message(PluginMsg::Drain).is_err() {
+                        state.slot.detach();
+                    }
+                }
+                (false, ChunkEnd::Done) => {}
+            },
+            PluginMsg::Shutdown { deadline, reply } => {
+                let mut outcome = ShutdownOutcome::default();
+                let drained = state.drain(usize::MAX, Some(deadline)).await;
+                state.slot.detach();
+                match drained {
+                    // A plugin that failed while draining is in an unknown state: it is not
+                    // asked to shut down, only dropped.
+                    Err(e) => outcome.error = Some(e.to_string()),
+                    Ok(_) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        let budget = left.min(state.timeout).max(Duration::from_millis(1));
+                        let done = guarded(state.plugin.on_shutdown(&mut state.ctx), budget).await;
+                        if let Err(f) = done {
+                            let msg = format!("on_shutdown {f}");
+                            tracing::warn!(plugin = %state.slot.name, error = %msg, "plugin shutdown failed");
+                            outcome.error = Some(msg);
+                        }
+                    }
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+                myself.stop(Some("dtf:shutdown".to_owned()));
+            }
+        }
+        Ok(())
+    }
+}
