@@ -48,7 +48,9 @@ pub struct Bus {
 
 impl fmt::Debug for Bus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bus").field("source", &self.source).finish_non_exhaustive()
+        f.debug_struct("Bus")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
     }
 }
 
@@ -77,8 +79,8 @@ enum Bound {
 enum Attempt {
     Published(Range<u64>),
     Closed,
-    /// A backpressured slot had no room: wait on it, then try again.
-    Full(Arc<Slot>),
+    /// A backpressured slot had no room for `wanted` events: wait on it, then try again.
+    Full(Arc<Slot>, usize),
 }
 
 impl Bus {
@@ -129,7 +131,7 @@ impl Bus {
             match self.inner.attempt(&mut batch, Bound::Wait) {
                 Attempt::Published(r) => return Ok(r.start),
                 Attempt::Closed => return Err(PublishError::Closed(take_first(&batch))),
-                Attempt::Full(slot) => slot.wait_for_space().await,
+                Attempt::Full(slot, wanted) => slot.wait_for_space(wanted).await,
             }
         }
     }
@@ -145,7 +147,7 @@ impl Bus {
         match self.inner.attempt(&mut batch, Bound::Try) {
             Attempt::Published(r) => Ok(r.start),
             Attempt::Closed => Err(PublishError::Closed(take_first(&batch))),
-            Attempt::Full(slot) => Err(PublishError::Full {
+            Attempt::Full(slot, _) => Err(PublishError::Full {
                 event: take_first(&batch),
                 plugin: slot.name.to_string(),
             }),
@@ -178,7 +180,7 @@ impl Bus {
                 Attempt::Closed => {
                     return Err(BatchClosed(batch.iter().map(|e| e.kind.clone()).collect()));
                 }
-                Attempt::Full(slot) => slot.wait_for_space().await,
+                Attempt::Full(slot, wanted) => slot.wait_for_space(wanted).await,
             }
         }
     }
@@ -189,7 +191,7 @@ impl Bus {
         let mut batch = self.single(kind);
         match self.inner.attempt(&mut batch, Bound::Unbounded) {
             Attempt::Published(r) => Ok(r.start),
-            Attempt::Closed | Attempt::Full(_) => Err(PublishError::Closed(take_first(&batch))),
+            Attempt::Closed | Attempt::Full(..) => Err(PublishError::Closed(take_first(&batch))),
         }
     }
 
@@ -263,7 +265,7 @@ impl BusInner {
                 }
                 let wanted = slot.matching(batch, mask);
                 if !slot.has_room(wanted, bound == Bound::Wait) {
-                    return Attempt::Full(Arc::clone(slot));
+                    return Attempt::Full(Arc::clone(slot), wanted);
                 }
             }
         }
@@ -456,7 +458,10 @@ impl Slot {
         if self.hooks.contains_all(mask) {
             batch.len()
         } else {
-            batch.iter().filter(|e| self.hooks.contains(e.hook())).count()
+            batch
+                .iter()
+                .filter(|e| self.hooks.contains(e.hook()))
+                .count()
         }
     }
 
@@ -476,13 +481,13 @@ impl Slot {
         fits(self.pending.load(Ordering::SeqCst))
     }
 
-    async fn wait_for_space(&self) {
+    async fn wait_for_space(&self, wanted: usize) {
         let notified = self.space.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         // Re-check after registering: the consumer may have made room (and notified) between
         // our failed attempt and `enable`.
-        if self.has_room(1, true) {
+        if self.has_room(wanted, true) {
             return;
         }
         notified.await;
@@ -495,10 +500,7 @@ impl Slot {
         self.counters
             .published
             .fetch_add(count as u64, Ordering::Relaxed);
-        if bounded
-            && self.policy == OverflowPolicy::DropNewest
-            && !self.fits_now(count)
-        {
+        if bounded && self.policy == OverflowPolicy::DropNewest && !self.fits_now(count) {
             self.counters
                 .dropped
                 .fetch_add(count as u64, Ordering::Relaxed);
@@ -655,8 +657,9 @@ impl Slot {
     }
 
     pub(crate) fn add_handler_time(&self, d: Duration) {
-        self.counters
-            .handler_nanos
-            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.counters.handler_nanos.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 }

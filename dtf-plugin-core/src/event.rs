@@ -550,7 +550,11 @@ impl EventKind {
     }
 
     /// `TaskAssigned` for attempt `attempt`.
-    pub fn task_assigned(task: impl Into<TaskId>, worker: impl Into<WorkerId>, attempt: u32) -> Self {
+    pub fn task_assigned(
+        task: impl Into<TaskId>,
+        worker: impl Into<WorkerId>,
+        attempt: u32,
+    ) -> Self {
         Self::TaskAssigned(Box::new(TaskAssigned {
             task: task.into(),
             worker: worker.into(),
@@ -559,7 +563,11 @@ impl EventKind {
     }
 
     /// `TaskStarted` for attempt `attempt`.
-    pub fn task_started(task: impl Into<TaskId>, worker: impl Into<WorkerId>, attempt: u32) -> Self {
+    pub fn task_started(
+        task: impl Into<TaskId>,
+        worker: impl Into<WorkerId>,
+        attempt: u32,
+    ) -> Self {
         Self::TaskStarted(Box::new(TaskStarted {
             task: task.into(),
             worker: worker.into(),
@@ -814,8 +822,9 @@ impl HookSet {
     /// Every hook, including the framework's `Plugin*` events.
     pub const ALL: HookSet = HookSet((1 << Hook::COUNT) - 1);
     /// The coordinator hooks.
-    pub const COORDINATOR: HookSet =
-        HookSet::EMPTY.with(Hook::CoordinatorStartup).with(Hook::CoordinatorShutdown);
+    pub const COORDINATOR: HookSet = HookSet::EMPTY
+        .with(Hook::CoordinatorStartup)
+        .with(Hook::CoordinatorShutdown);
     /// The six task hooks.
     pub const TASK: HookSet = HookSet(0b1111_1100);
     /// The four worker hooks.
@@ -944,7 +953,11 @@ mod tests {
 
     #[test]
     fn event_kind_stays_small() {
-        assert!(std::mem::size_of::<EventKind>() <= 16, "{}", std::mem::size_of::<EventKind>());
+        assert!(
+            std::mem::size_of::<EventKind>() <= 16,
+            "{}",
+            std::mem::size_of::<EventKind>()
+        );
     }
 
     #[test]
@@ -986,7 +999,10 @@ mod tests {
             EventKind::task_created("t1", "tests::a"),
             EventKind::task_failed(
                 "t1",
-                TaskError::builder().kind("TimeoutError").message("took 30s").build(),
+                TaskError::builder()
+                    .kind("TimeoutError")
+                    .message("took 30s")
+                    .build(),
                 true,
             ),
             EventKind::custom("x.y", serde_json::json!({"a": 1})),
@@ -994,7 +1010,11 @@ mod tests {
         ];
         for kind in kinds {
             let ev = Event {
-                meta: EventMeta { seq: 7, time: SystemTime::UNIX_EPOCH, source: "t".into() },
+                meta: EventMeta {
+                    seq: 7,
+                    time: SystemTime::UNIX_EPOCH,
+                    source: "t".into(),
+                },
                 kind,
             };
             let json = serde_json::to_string(&ev).unwrap_or_default();
@@ -1010,8 +1030,21 @@ mod tests {
             .memory_mib(16_384)
             .features(vec!["cuda".into()])
             .build();
-        assert!(caps.satisfies(&Requirements::builder().cpu_cores(4).features(vec!["cuda".into()]).build()));
-        assert!(!caps.satisfies(&Requirements::builder().features(vec!["rocm".into()]).build()));
+        assert!(
+            caps.satisfies(
+                &Requirements::builder()
+                    .cpu_cores(4)
+                    .features(vec!["cuda".into()])
+                    .build()
+            )
+        );
+        assert!(
+            !caps.satisfies(
+                &Requirements::builder()
+                    .features(vec!["rocm".into()])
+                    .build()
+            )
+        );
         assert!(!caps.satisfies(&Requirements::builder().memory_mib(32_000).build()));
     }
 }

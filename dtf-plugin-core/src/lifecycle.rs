@@ -211,22 +211,36 @@ mod tests {
     #[test]
     fn rejects_events_after_a_terminal_state_and_before_creation() {
         let mut c = LifecycleChecker::new();
-        let e = c.observe(&EventKind::task_started("x", "w", 1)).unwrap_err();
+        let e = c
+            .observe(&EventKind::task_started("x", "w", 1))
+            .unwrap_err();
         assert_eq!(e.after, "nothing");
-        c.observe(&EventKind::task_created("t", "n")).unwrap_or_default();
-        c.observe(&EventKind::task_cancelled("t", "user")).unwrap_or_default();
-        let e = c.observe(&EventKind::task_assigned("t", "w", 1)).unwrap_err();
+        c.observe(&EventKind::task_created("t", "n"))
+            .unwrap_or_default();
+        c.observe(&EventKind::task_cancelled("t", "user"))
+            .unwrap_or_default();
+        let e = c
+            .observe(&EventKind::task_assigned("t", "w", 1))
+            .unwrap_err();
         assert_eq!(e.after, "Cancelled");
         assert!(e.to_string().contains("`t`"), "{e}");
         // A non-retryable failure is terminal too.
-        c.observe(&EventKind::task_created("u", "n")).unwrap_or_default();
-        c.observe(&EventKind::task_failed("u", err(), false)).unwrap_or_default();
+        c.observe(&EventKind::task_created("u", "n"))
+            .unwrap_or_default();
+        c.observe(&EventKind::task_failed("u", err(), false))
+            .unwrap_or_default();
         assert!(c.observe(&EventKind::task_assigned("u", "w", 2)).is_err());
         // Completed requires Started.
-        c.observe(&EventKind::task_created("v", "n")).unwrap_or_default();
+        c.observe(&EventKind::task_created("v", "n"))
+            .unwrap_or_default();
         assert!(
-            c.observe(&EventKind::task_completed("v", "w", TaskOutcome::Passed, Duration::ZERO))
-                .is_err()
+            c.observe(&EventKind::task_completed(
+                "v",
+                "w",
+                TaskOutcome::Passed,
+                Duration::ZERO
+            ))
+            .is_err()
         );
     }
 
@@ -237,15 +251,22 @@ mod tests {
         c.observe(&EventKind::worker_registered("w", Capabilities::default()))
             .unwrap_or_default();
         assert!(c.observe(&EventKind::worker_recovered("w")).is_err());
-        c.observe(&EventKind::worker_failed("w", "oom")).unwrap_or_default();
+        c.observe(&EventKind::worker_failed("w", "oom"))
+            .unwrap_or_default();
         assert_eq!(c.worker(&"w".into()), Some(WorkerState::Failed));
-        c.observe(&EventKind::worker_recovered("w")).unwrap_or_default();
+        c.observe(&EventKind::worker_recovered("w"))
+            .unwrap_or_default();
         assert_eq!(c.worker(&"w".into()), Some(WorkerState::Active));
 
         assert!(c.observe(&EventKind::recovery_completed("r", 0)).is_err());
-        c.observe(&EventKind::recovery_started("r", None, vec![])).unwrap_or_default();
-        assert!(c.observe(&EventKind::recovery_started("r", None, vec![])).is_err());
-        c.observe(&EventKind::recovery_failed("r", "x")).unwrap_or_default();
+        c.observe(&EventKind::recovery_started("r", None, vec![]))
+            .unwrap_or_default();
+        assert!(
+            c.observe(&EventKind::recovery_started("r", None, vec![]))
+                .is_err()
+        );
+        c.observe(&EventKind::recovery_failed("r", "x"))
+            .unwrap_or_default();
         assert!(c.observe(&EventKind::recovery_completed("r", 0)).is_err());
     }
 }

@@ -26,7 +26,9 @@ use crate::event::{
     EventKind, HookSet, MANAGER_SOURCE, PluginDisabled, PluginFailure, PluginKind, PluginLifecycle,
     ShutdownReason,
 };
-use crate::plugin::{Plugin, PluginConfig, PluginContext, PluginMetadata, Reconfigured, RestartPolicy};
+use crate::plugin::{
+    Plugin, PluginConfig, PluginContext, PluginMetadata, Reconfigured, RestartPolicy,
+};
 use crate::runner::{
     PluginActor, PluginMsg, RESTART_FOR_CONFIG, RunnerArgs, RunnerFailure, ShutdownOutcome,
 };
@@ -432,7 +434,10 @@ pub(crate) enum ManagerMsg {
     ),
     List(RpcReplyPort<Vec<PluginInfo>>),
     DeadLetters(String, Reply<Vec<DeadLetter>>),
-    RestartDue { name: String, generation: u64 },
+    RestartDue {
+        name: String,
+        generation: u64,
+    },
     /// Publish coordinator-shutdown and close the bus.
     CloseBus(ShutdownReason, RpcReplyPort<()>),
     /// Stop restarting; hand out the live actors in reverse start order.
@@ -504,7 +509,11 @@ impl ManagerState {
         }
     }
 
-    async fn add(&mut self, spec: PluginSpec, myself: &ActorRef<ManagerMsg>) -> Result<(), ManagerError> {
+    async fn add(
+        &mut self,
+        spec: PluginSpec,
+        myself: &ActorRef<ManagerMsg>,
+    ) -> Result<(), ManagerError> {
         let name = spec.meta.name.to_string();
         if name.is_empty() {
             return Err(ManagerError::EmptyName);
@@ -646,7 +655,13 @@ impl ManagerState {
     }
 
     /// A plugin failed: restart it after a backoff, or disable it.
-    fn on_failure(&mut self, name: &str, error: String, start_failure: bool, myself: &ActorRef<ManagerMsg>) {
+    fn on_failure(
+        &mut self,
+        name: &str,
+        error: String,
+        start_failure: bool,
+        myself: &ActorRef<ManagerMsg>,
+    ) {
         let now = Instant::now();
         let unit = self.jitter.unit();
         let stopping = self.stopping;
@@ -674,7 +689,9 @@ impl ManagerState {
                 "restart budget spent ({} restarts within {:?})",
                 s.restart_budget.max_restarts, s.restart_budget.window
             )),
-            _ => Ok(s.backoff.delay(entry.tracker.in_window(&s.restart_budget, now), unit)),
+            _ => Ok(s
+                .backoff
+                .delay(entry.tracker.in_window(&s.restart_budget, now), unit)),
         };
         match verdict {
             Ok(delay) => {
@@ -688,9 +705,8 @@ impl ManagerState {
                     restart_in: Some(delay),
                 })));
                 let name = name.to_owned();
-                ractor::time::send_after(delay, myself.get_cell(), move || ManagerMsg::RestartDue {
-                    name,
-                    generation,
+                ractor::time::send_after(delay, myself.get_cell(), move || {
+                    ManagerMsg::RestartDue { name, generation }
                 });
             }
             Err(reason) => {
@@ -822,7 +838,9 @@ impl Actor for ManagerActor {
             ManagerMsg::Reconfigure(name, config, reply) => {
                 let r = match state.plugins.get(&name) {
                     None => Err(state.unknown(&name)),
-                    Some(e) if matches!(e.status, PluginStatus::Disabled | PluginStatus::Stopped) => {
+                    Some(e)
+                        if matches!(e.status, PluginStatus::Disabled | PluginStatus::Stopped) =>
+                    {
                         // Not running: store it; `on_start` reads it on the next enable.
                         e.slot.set_config(Arc::new(config));
                         Ok(None)
@@ -980,13 +998,12 @@ impl PluginManagerBuilder {
     /// manager is shut down again in that case.
     pub async fn spawn(self) -> Result<PluginManager, ManagerError> {
         let bus = Bus::new(&self.config.source);
-        let (actor, join) =
-            Actor::spawn(None, ManagerActor, (self.config.clone(), bus.clone()))
-                .await
-                .map_err(|e| ManagerError::Spawn {
-                    name: "manager".to_owned(),
-                    reason: e.to_string(),
-                })?;
+        let (actor, join) = Actor::spawn(None, ManagerActor, (self.config.clone(), bus.clone()))
+            .await
+            .map_err(|e| ManagerError::Spawn {
+                name: "manager".to_owned(),
+                reason: e.to_string(),
+            })?;
         let manager = PluginManager {
             actor,
             bus,
@@ -1136,7 +1153,11 @@ impl PluginManager {
     /// [`ManagerError::ConfigRejected`] when the plugin refused it (the old one stays),
     /// [`ManagerError::Config`] when `config` does not serialize, or
     /// [`ManagerError::UnknownPlugin`].
-    pub async fn reconfigure(&self, name: &str, config: impl Serialize) -> Result<(), ManagerError> {
+    pub async fn reconfigure(
+        &self,
+        name: &str,
+        config: impl Serialize,
+    ) -> Result<(), ManagerError> {
         let value = crate::plugin::to_config(name, &config)?;
         let owned = name.to_owned();
         let pending = self
@@ -1174,7 +1195,11 @@ impl PluginManager {
     /// [`ManagerError::UnknownPlugin`] or [`ManagerError::ShutDown`].
     pub async fn stats(&self, name: &str) -> Result<PluginStats, ManagerError> {
         let list = self.list().await?;
-        let known = list.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+        let known = list
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         list.iter()
             .find(|p| p.name == name)
             .map(|p| p.stats)
@@ -1231,10 +1256,16 @@ impl PluginManager {
             plugins: Vec::new(),
             clean: true,
         };
-        if self.call(|r| ManagerMsg::CloseBus(reason, r)).await.is_err() {
+        if self
+            .call(|r| ManagerMsg::CloseBus(reason, r))
+            .await
+            .is_err()
+        {
             return report;
         }
-        let drained = tokio::time::timeout_at(deadline, self.flush()).await.is_ok();
+        let drained = tokio::time::timeout_at(deadline, self.flush())
+            .await
+            .is_ok();
         let live = self.call(ManagerMsg::StopPlugins).await.unwrap_or_default();
         let mut errors: HashMap<String, String> = HashMap::new();
         if !drained {
@@ -1283,7 +1314,11 @@ impl PluginManager {
             });
         }
         self.actor.stop(Some("dtf:shutdown".to_owned()));
-        let join = self.join.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let join = self
+            .join
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(join) = join {
             let _ = join.await;
         }

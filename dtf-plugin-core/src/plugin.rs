@@ -253,14 +253,19 @@ pub(crate) fn parse_config<T: DeserializeOwned>(
 ) -> Result<T, ConfigError> {
     let empty = serde_json::Value::Object(serde_json::Map::new());
     let value = if value.is_null() { &empty } else { value };
-    T::deserialize(value).map_err(|e| ConfigError {
+    // serde_path_to_error puts the key path in front of serde's message
+    // (e.g. "retry.max: invalid type: string \"x\", expected u32").
+    serde_path_to_error::deserialize(value).map_err(|e| ConfigError {
         plugin: plugin.to_owned(),
         message: e.to_string(),
     })
 }
 
 /// Serializes a typed configuration into the stored form.
-pub(crate) fn to_config<T: Serialize>(plugin: &str, value: &T) -> Result<PluginConfig, ConfigError> {
+pub(crate) fn to_config<T: Serialize>(
+    plugin: &str,
+    value: &T,
+) -> Result<PluginConfig, ConfigError> {
     serde_json::to_value(value).map_err(|e| ConfigError {
         plugin: plugin.to_owned(),
         message: e.to_string(),

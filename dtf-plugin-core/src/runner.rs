@@ -96,13 +96,14 @@ pub(crate) async fn guarded<T>(
     let mut fut = std::pin::pin!(fut);
     // Plugin state is discarded after a panic (the instance is dropped and rebuilt from its
     // factory), so observing it in a broken state cannot happen: AssertUnwindSafe is sound.
-    let mut poll_guarded = move |cx: &mut std::task::Context<'_>| {
-        match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+    let mut poll_guarded =
+        move |cx: &mut std::task::Context<'_>| match catch_unwind(AssertUnwindSafe(|| {
+            fut.as_mut().poll(cx)
+        })) {
             Ok(Poll::Ready(r)) => Poll::Ready(r.map_err(HookFailure::Error)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(payload) => Poll::Ready(Err(HookFailure::Panicked(panic_message(&*payload)))),
-        }
-    };
+        };
     let first = poll_fn(|cx| Poll::Ready(poll_guarded(cx))).await;
     match first {
         Poll::Ready(r) => r,
@@ -184,8 +185,7 @@ impl<P: Plugin> Runner<P> {
                             continue;
                         }
                         seen += 1;
-                        match guarded(self.plugin.on_event(&mut self.ctx, ev), self.timeout).await
-                        {
+                        match guarded(self.plugin.on_event(&mut self.ctx, ev), self.timeout).await {
                             Ok(()) => delivered += 1,
                             Err(f) => {
                                 self.slot.dead_letter(ev, f.to_string());
@@ -205,8 +205,7 @@ impl<P: Plugin> Runner<P> {
                             });
                         }
                         // The poison event is handled (dead-lettered), so it is acknowledged.
-                        self.unacked += delivered + 1;
-                        delivered = 0;
+                        self.unacked += 1;
                         break Err(self.fail(Phase::Event, failure));
                     }
                 }

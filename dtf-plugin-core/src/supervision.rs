@@ -81,7 +81,10 @@ impl Backoff {
     /// The delay before restart number `n + 1` (`n` restarts already in the window), with
     /// `unit` a uniform random number in `[0, 1)`.
     pub fn delay(&self, n: u32, unit: f64) -> Duration {
-        let exp = self.factor.max(1.0).powi(i32::try_from(n).unwrap_or(i32::MAX));
+        let exp = self
+            .factor
+            .max(1.0)
+            .powi(i32::try_from(n).unwrap_or(i32::MAX));
         let raw = self.initial.as_secs_f64() * exp;
         let capped = raw.min(self.max.as_secs_f64()).max(0.0);
         let jitter = self.jitter.clamp(0.0, 1.0);
@@ -154,7 +157,10 @@ mod tests {
             ..Backoff::default()
         };
         let ms: Vec<u128> = (0..9).map(|n| b.delay(n, 0.7).as_millis()).collect();
-        assert_eq!(ms, vec![100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        assert_eq!(
+            ms,
+            vec![100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
+        );
     }
 
     #[test]
@@ -165,7 +171,11 @@ mod tests {
             let full = Backoff { jitter: 0.0, ..b }.delay(n, 0.0);
             for _ in 0..100 {
                 let d = b.delay(n, j.unit());
-                assert!(d <= full && d >= full / 2, "{d:?} outside [{:?}, {full:?}]", full / 2);
+                assert!(
+                    d <= full && d >= full / 2,
+                    "{d:?} outside [{:?}, {full:?}]",
+                    full / 2
+                );
             }
         }
     }

@@ -64,7 +64,10 @@ impl Recording {
 
     /// How many events were received.
     pub fn len(&self) -> usize {
-        self.events.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Whether nothing was received.
@@ -79,7 +82,10 @@ impl Recording {
 
     /// How many times `on_shutdown` ran.
     pub fn shutdowns(&self) -> u32 {
-        *self.shutdowns.lock().unwrap_or_else(PoisonError::into_inner)
+        *self
+            .shutdowns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -121,7 +127,11 @@ impl Plugin for RecordingPlugin {
         Ok(())
     }
 
-    async fn on_event(&mut self, _ctx: &mut PluginContext, event: &Event) -> Result<(), PluginError> {
+    async fn on_event(
+        &mut self,
+        _ctx: &mut PluginContext,
+        event: &Event,
+    ) -> Result<(), PluginError> {
         self.recording
             .events
             .lock()

@@ -1,0 +1,356 @@
+//! Delivery guarantees: ordering, backpressure, dropping, flush, shutdown, conservation, and
+//! bad input on the publishing side.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Action, Probe, assert_conserved, n, number};
+use dtf_plugin_core::prelude::*;
+use dtf_plugin_core::testing::RecordingPlugin;
+use dtf_plugin_core::{ManagerError, OverflowPolicy, PublishError};
+use proptest::prelude::*;
+use tokio::sync::watch;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// One publisher's script: events of a few kinds, published one by one or in batches.
+#[derive(Debug, Clone)]
+struct Script {
+    events: Vec<(u8, u64)>,
+    batch: usize,
+}
+
+fn kind_of(tag: u8, i: u64) -> EventKind {
+    match tag % 3 {
+        0 => n(i),
+        1 => EventKind::task_created(format!("t{i}"), "x"),
+        _ => EventKind::worker_failed(format!("w{i}"), "x"),
+    }
+}
+
+fn script() -> impl Strategy<Value = Script> {
+    (prop::collection::vec(0u8..3, 1..300), 1usize..8).prop_map(|(tags, batch)| Script {
+        events: tags
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (t, i as u64))
+            .collect(),
+        batch,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    /// Several publishers at once, small queues (so backpressure kicks in), plugins with
+    /// different subscriptions: every plugin sees strictly increasing sequence numbers, each
+    /// publisher's events in its order, and exactly the events it subscribed to.
+    #[test]
+    fn every_plugin_sees_each_publishers_events_in_order(
+        scripts in prop::collection::vec(script(), 1..5),
+        capacity in 1usize..32,
+    ) {
+        runtime().block_on(async move {
+            let all = Probe::new("all", HookSet::ALL.without(Hook::PluginStarted));
+            let custom = Probe::new("custom", Hook::Custom);
+            let tasks = Probe::new("tasks", HookSet::TASK.union(HookSet::WORKER));
+            let slow = Probe::new("slow", Hook::Custom)
+                .behaving(|e| if e.meta.seq % 7 == 0 { Action::Sleep(Duration::from_micros(200)) } else { Action::Ok });
+            let manager = PluginManager::builder()
+                .config(ManagerConfig::builder().queue_capacity(capacity).build())
+                .spec(all.spec())
+                .spec(custom.spec())
+                .spec(tasks.spec())
+                .spec(slow.spec())
+                .spawn()
+                .await
+                .unwrap();
+            let mut handles = Vec::new();
+            for (p, s) in scripts.iter().cloned().enumerate() {
+                let bus = manager.bus().with_source(&format!("pub{p}"));
+                handles.push(tokio::spawn(async move {
+                    for chunk in s.events.chunks(s.batch) {
+                        if chunk.len() == 1 {
+                            bus.publish(kind_of(chunk[0].0, chunk[0].1)).await.unwrap();
+                        } else {
+                            bus.publish_batch(chunk.iter().map(|(t, i)| kind_of(*t, *i))).await.unwrap();
+                        }
+                    }
+                }));
+            }
+            for h in handles {
+                h.await.unwrap();
+            }
+            manager.flush().await;
+
+            for probe in [&all, &custom, &tasks, &slow] {
+                let seen = probe.seen();
+                let seqs: Vec<u64> = seen.iter().map(|e| e.meta.seq).collect();
+                assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{}: seqs not increasing", probe.name);
+                for (p, s) in scripts.iter().enumerate() {
+                    let source = format!("pub{p}");
+                    let got: Vec<EventKind> = seen
+                        .iter()
+                        .filter(|e| &*e.meta.source == source.as_str())
+                        .map(|e| e.kind.clone())
+                        .collect();
+                    let want: Vec<EventKind> = s
+                        .events
+                        .iter()
+                        .map(|(t, i)| kind_of(*t, *i))
+                        .filter(|k| probe.hooks.contains(k.hook()))
+                        .collect();
+                    assert_eq!(got, want, "{} from {source}", probe.name);
+                }
+            }
+            assert_conserved(&manager).await;
+            let report = manager.shutdown(ShutdownReason::Completed).await;
+            assert!(report.clean, "{report:?}");
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_makes_publishers_wait_and_loses_nothing() {
+    let (gate_tx, gate_rx) = watch::channel(false);
+    let blocked =
+        Probe::new("blocked", Hook::Custom).behaving(move |_| Action::Gate(gate_rx.clone()));
+    let manager = PluginManager::builder()
+        .spec(blocked.spec().queue_capacity(4))
+        .spawn()
+        .await
+        .unwrap();
+    for i in 0..4 {
+        manager.bus().try_publish(n(i)).unwrap();
+    }
+    // The queue is full: try_publish hands the event back and names the plugin.
+    match manager.bus().try_publish(n(4)) {
+        Err(PublishError::Full { event, plugin }) => {
+            assert_eq!(plugin, "blocked");
+            assert_eq!(event, n(4));
+        }
+        other => panic!("expected Full, got {other:?}"),
+    }
+    // An async publisher waits instead...
+    let bus = manager.bus();
+    let waiting = tokio::spawn(async move {
+        for i in 4..100 {
+            bus.publish(n(i)).await.unwrap();
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !waiting.is_finished(),
+        "publisher should be held back by the full queue"
+    );
+    // ...and goes on once the plugin drains.
+    gate_tx.send(true).unwrap();
+    waiting.await.unwrap();
+    manager.flush().await;
+    assert_eq!(blocked.numbers(), (0..100).collect::<Vec<_>>());
+    let stats = manager.stats("blocked").await.unwrap();
+    assert_eq!(
+        (stats.published, stats.delivered, stats.dropped),
+        (100, 100, 0)
+    );
+    assert_conserved(&manager).await;
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_policy_counts_drops_but_never_drops_control_events() {
+    let (gate_tx, gate_rx) = watch::channel(false);
+    let lossy = Probe::new(
+        "lossy",
+        HookSet::from(Hook::Custom).with(Hook::CoordinatorStartup),
+    )
+    .behaving(move |_| Action::Gate(gate_rx.clone()));
+    let (fast, fast_rec) = RecordingPlugin::spec("fast", Hook::Custom);
+    let manager = PluginManager::builder()
+        .spec(
+            lossy
+                .spec()
+                .queue_capacity(4)
+                .overflow(OverflowPolicy::DropNewest),
+        )
+        .spec(fast)
+        .spawn()
+        .await
+        .unwrap();
+    for i in 0..100 {
+        manager.publish(n(i)).await.unwrap();
+    }
+    // A control event goes in although the queue is full.
+    manager
+        .publish(EventKind::coordinator_startup("run"))
+        .await
+        .unwrap();
+    gate_tx.send(true).unwrap();
+    manager.flush().await;
+    let stats = manager.stats("lossy").await.unwrap();
+    assert_eq!(stats.published, 101);
+    assert_eq!(stats.dropped, 96);
+    assert_eq!(stats.delivered, 5);
+    assert_eq!(lossy.numbers(), vec![0, 1, 2, 3]);
+    assert!(matches!(
+        lossy.seen().last().map(|e| e.hook()),
+        Some(Hook::CoordinatorStartup)
+    ));
+    // The other plugin is unaffected by its neighbour's drops.
+    assert_eq!(fast_rec.len(), 100);
+    assert_conserved(&manager).await;
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_waits_for_50_000_queued_events() {
+    let (gate_tx, gate_rx) = watch::channel(false);
+    let gated = Probe::new("gated", Hook::Custom).behaving(move |e| {
+        if number(e) == Some(0) {
+            Action::Gate(gate_rx.clone())
+        } else {
+            Action::Ok
+        }
+    });
+    let manager = PluginManager::builder()
+        .config(ManagerConfig::builder().queue_capacity(100_000).build())
+        .spec(gated.spec())
+        .spawn()
+        .await
+        .unwrap();
+    manager
+        .bus()
+        .publish_batch((0..50_000).map(n))
+        .await
+        .unwrap();
+    assert_eq!(manager.stats("gated").await.unwrap().queued, 50_000);
+    let flusher = manager.clone();
+    let flush = tokio::spawn(async move { flusher.flush().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !flush.is_finished(),
+        "flush resolved before the plugin handled its queue"
+    );
+    gate_tx.send(true).unwrap();
+    flush.await.unwrap();
+    let stats = manager.stats("gated").await.unwrap();
+    assert_eq!((stats.delivered, stats.queued), (50_000, 0));
+    assert_eq!(gated.numbers(), (0..50_000).collect::<Vec<_>>());
+    assert_conserved(&manager).await;
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_drains_50_000_queued_events_then_stops_in_reverse_order() {
+    let (gate_tx, gate_rx) = watch::channel(false);
+    let first = Probe::new(
+        "first",
+        HookSet::from(Hook::Custom).with(Hook::CoordinatorShutdown),
+    )
+    .behaving(move |e| {
+        if number(e) == Some(0) {
+            Action::Gate(gate_rx.clone())
+        } else {
+            Action::Ok
+        }
+    });
+    let second = Probe::new("second", Hook::CoordinatorShutdown);
+    let manager = PluginManager::builder()
+        .config(ManagerConfig::builder().queue_capacity(100_000).build())
+        .spec(first.spec())
+        .spec(second.spec())
+        .spawn()
+        .await
+        .unwrap();
+    let bus = manager.bus();
+    bus.publish_batch((0..50_000).map(n)).await.unwrap();
+    let opener = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        gate_tx.send(true).unwrap();
+    });
+    let report = manager.shutdown(ShutdownReason::Completed).await;
+    opener.await.unwrap();
+    assert!(report.clean, "{report:?}");
+    let names: Vec<&str> = report.plugins.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["second", "first"]);
+    let first_report = &report.plugins[1];
+    assert_eq!(first_report.left_in_queue, 0);
+    assert_eq!(
+        first_report.stats.delivered, 50_001,
+        "50,000 events and coordinator-shutdown"
+    );
+    assert!(first_report.stats.is_conserved());
+    assert_eq!(first.numbers().len(), 50_000);
+    assert!(matches!(
+        first.seen().last().map(|e| e.hook()),
+        Some(Hook::CoordinatorShutdown)
+    ));
+    assert_eq!((first.shutdowns(), second.shutdowns()), (1, 1));
+    // After shutdown the bus hands events back.
+    match bus.publish(n(1)).await {
+        Err(PublishError::Closed(kind)) => assert_eq!(kind, n(1)),
+        other => panic!("expected Closed, got {other:?}"),
+    }
+    assert!(bus.is_closed());
+    assert!(matches!(manager.list().await, Err(ManagerError::ShutDown)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_reports_what_a_stuck_plugin_left_behind() {
+    let stuck = Probe::new("stuck", Hook::Custom).behaving(|_| Action::Hang);
+    let manager = PluginManager::builder()
+        .config(
+            ManagerConfig::builder()
+                .shutdown_timeout(Duration::from_millis(300))
+                .handler_timeout(Duration::from_secs(60))
+                .build(),
+        )
+        .spec(stuck.spec())
+        .spawn()
+        .await
+        .unwrap();
+    manager.bus().publish_batch((0..10).map(n)).await.unwrap();
+    let report = manager.shutdown(ShutdownReason::Requested).await;
+    assert!(!report.clean);
+    let p = &report.plugins[0];
+    assert_eq!(p.name, "stuck");
+    assert!(p.error.is_some(), "{p:?}");
+    assert_eq!(p.stats.delivered, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribed_plugins_get_nothing_and_count_nothing() {
+    let (tasks, tasks_rec) = RecordingPlugin::spec("tasks", HookSet::TASK);
+    let (workers, workers_rec) = RecordingPlugin::spec("workers", HookSet::WORKER);
+    let manager = PluginManager::builder()
+        .spec(tasks)
+        .spec(workers)
+        .spawn()
+        .await
+        .unwrap();
+    manager
+        .publish(EventKind::task_created("t", "a"))
+        .await
+        .unwrap();
+    manager
+        .bus()
+        .publish_batch([n(1), EventKind::task_created("u", "b")])
+        .await
+        .unwrap();
+    manager.flush().await;
+    assert_eq!(
+        tasks_rec.hooks(),
+        vec![Hook::TaskCreated, Hook::TaskCreated]
+    );
+    assert!(workers_rec.is_empty());
+    assert_eq!(manager.stats("workers").await.unwrap().published, 0);
+    assert_eq!(manager.stats("tasks").await.unwrap().published, 2);
+    manager.shutdown(ShutdownReason::Completed).await;
+}

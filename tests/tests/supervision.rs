@@ -1,0 +1,499 @@
+//! Failure isolation, restarts, budgets and backoff, hung handlers, runtime management and
+//! bad input on the management side.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Action, POISON, Probe, assert_conserved, eventually, n, number, quiet_poison_panics};
+use dtf_plugin_core::prelude::*;
+use dtf_plugin_core::testing::RecordingPlugin;
+use dtf_plugin_core::{Backoff, ManagerError, PluginStatus, RestartBudget};
+use serde::Deserialize;
+
+fn forgiving() -> ManagerConfig {
+    ManagerConfig::builder()
+        .restart_budget(RestartBudget::unlimited())
+        .backoff(Backoff::none())
+        .dead_letter_capacity(20_000)
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_panicking_on_every_10th_event_harms_nobody_else() {
+    quiet_poison_panics();
+    let healthy: Vec<Probe> = (0..4)
+        .map(|i| Probe::new(&format!("healthy{i}"), Hook::Custom))
+        .collect();
+    let faulty = Probe::new("faulty", Hook::Custom).behaving(|e| {
+        if number(e).is_some_and(|n| n % 10 == 9) {
+            Action::Panic
+        } else {
+            Action::Ok
+        }
+    });
+    let mut builder = PluginManager::builder().config(forgiving());
+    for p in &healthy {
+        builder = builder.spec(p.spec());
+    }
+    let manager = builder.spec(faulty.spec()).spawn().await.unwrap();
+
+    const N: u64 = 100_000;
+    for i in 0..N {
+        manager.publish(n(i)).await.unwrap();
+    }
+    manager.flush().await;
+
+    let all: Vec<u64> = (0..N).collect();
+    for p in &healthy {
+        assert_eq!(p.numbers(), all, "{} missed or reordered events", p.name);
+        let s = manager.stats(&p.name).await.unwrap();
+        assert_eq!((s.delivered, s.restarts, s.dead_lettered), (N, 0, 0));
+    }
+    let poison: Vec<u64> = (0..N).filter(|n| n % 10 == 9).collect();
+    let good: Vec<u64> = (0..N).filter(|n| n % 10 != 9).collect();
+    assert_eq!(
+        faulty.numbers(),
+        good,
+        "non-poison events delivered once and in order"
+    );
+    let s = manager.stats("faulty").await.unwrap();
+    assert_eq!(s.restarts as usize, poison.len(), "one restart per panic");
+    assert_eq!(s.failures as usize, poison.len());
+    assert_eq!(s.dead_lettered as usize, poison.len());
+    assert_eq!(s.delivered as usize, good.len());
+    let dead: Vec<u64> = manager
+        .dead_letters("faulty")
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| number(&d.event).unwrap())
+        .collect();
+    assert_eq!(dead, poison, "exactly the poison events are dead-lettered");
+    let letter = &manager.dead_letters("faulty").await.unwrap()[0];
+    assert!(
+        letter.error.contains("panicked") && letter.error.contains(POISON),
+        "{}",
+        letter.error
+    );
+    assert_conserved(&manager).await;
+    let report = manager.shutdown(ShutdownReason::Completed).await;
+    assert!(report.clean, "{report:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn restarts_failed_plugin_with_backoff_until_budget_exhausted() {
+    let (monitor, monitor_rec) = RecordingPlugin::spec("monitor", HookSet::PLUGIN);
+    let flaky = Probe::new("flaky", Hook::Custom).failing_start();
+    let manager = PluginManager::builder()
+        .spec(monitor)
+        .spec(
+            flaky
+                .spec()
+                .restart_budget(RestartBudget::new(3, Duration::from_secs(60)))
+                .backoff(Backoff {
+                    jitter: 0.0,
+                    ..Backoff::default()
+                }),
+        )
+        .spawn()
+        .await
+        .unwrap();
+    let m = manager.clone();
+    let disabled = eventually(Duration::from_secs(5), || {
+        monitor_rec.hooks().contains(&Hook::PluginDisabled)
+    })
+    .await;
+    assert!(
+        disabled,
+        "plugin was never disabled: {:?}",
+        monitor_rec.hooks()
+    );
+
+    let starts = flaky.starts();
+    assert_eq!(starts.len(), 4, "first start plus three restarts");
+    let gaps: Vec<u128> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    assert_eq!(gaps, vec![100, 200, 400], "backoff doubles from 100 ms");
+
+    let flaky_events: Vec<Hook> = monitor_rec
+        .events()
+        .iter()
+        .filter(|e| plugin_of(e) == Some("flaky"))
+        .map(|e| e.hook())
+        .collect();
+    use Hook::*;
+    assert_eq!(
+        flaky_events,
+        vec![
+            PluginStarted,
+            PluginFailed,
+            PluginRestarted,
+            PluginFailed,
+            PluginRestarted,
+            PluginFailed,
+            PluginRestarted,
+            PluginFailed,
+            PluginDisabled
+        ]
+    );
+    let info = m
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.name == "flaky")
+        .unwrap();
+    assert_eq!(info.status, PluginStatus::Disabled);
+    assert_eq!((info.stats.restarts, info.stats.failures), (3, 4));
+    assert!(info.last_error.unwrap().contains("fail on start"));
+    // A disabled plugin no longer receives (or counts) events.
+    manager.publish(n(1)).await.unwrap();
+    manager.flush().await;
+    assert_eq!(manager.stats("flaky").await.unwrap().published, 0);
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+fn plugin_of(e: &Event) -> Option<&str> {
+    match &e.kind {
+        EventKind::PluginStarted(p) | EventKind::PluginRestarted(p) => Some(&p.plugin),
+        EventKind::PluginFailed(p) => Some(&p.plugin),
+        EventKind::PluginDisabled(p) => Some(&p.plugin),
+        _ => None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_policies_transient_and_temporary_disable_instead_of_restarting() {
+    quiet_poison_panics();
+    let transient = Probe::new("transient", Hook::Custom).failing_start();
+    let temporary = Probe::new("temporary", Hook::Custom).behaving(|e| {
+        if number(e) == Some(0) {
+            Action::Panic
+        } else {
+            Action::Ok
+        }
+    });
+    let manager = PluginManager::builder()
+        .spec(transient.spec().restart_policy(RestartPolicy::Transient))
+        .spec(temporary.spec().restart_policy(RestartPolicy::Temporary))
+        .spawn()
+        .await
+        .unwrap();
+    manager.publish(n(0)).await.unwrap();
+    manager.publish(n(1)).await.unwrap();
+    manager.flush().await;
+    for name in ["transient", "temporary"] {
+        let info = manager
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name == name)
+            .unwrap();
+        assert_eq!(info.status, PluginStatus::Disabled, "{name}");
+        assert_eq!((info.stats.restarts, info.stats.failures), (0, 1), "{name}");
+    }
+    // The temporary plugin's poison event is dead-lettered; the one behind it stays queued
+    // (it would be delivered if the plugin were enabled again).
+    let s = manager.stats("temporary").await.unwrap();
+    assert_eq!((s.dead_lettered, s.queued), (1, 1));
+    assert!(s.is_conserved());
+    // Enabling it again delivers what waited in its queue.
+    manager.enable("temporary").await.unwrap();
+    manager.flush().await;
+    assert_eq!(temporary.numbers(), vec![1]);
+    let s = manager.stats("temporary").await.unwrap();
+    assert_eq!((s.delivered, s.queued, s.restarts), (1, 0, 0));
+    assert_conserved(&manager).await;
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_handler_times_out_and_counts_as_a_failure() {
+    let hung = Probe::new("hung", Hook::Custom).behaving(|e| {
+        if number(e) == Some(3) {
+            Action::Hang
+        } else {
+            Action::Ok
+        }
+    });
+    let (other, other_rec) = RecordingPlugin::spec("other", Hook::Custom);
+    let manager = PluginManager::builder()
+        .config(forgiving())
+        .spec(hung.spec().handler_timeout(Duration::from_millis(200)))
+        .spec(other)
+        .spawn()
+        .await
+        .unwrap();
+    for i in 0..10 {
+        manager.publish(n(i)).await.unwrap();
+    }
+    manager.flush().await;
+    assert_eq!(hung.numbers(), vec![0, 1, 2, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(other_rec.len(), 10);
+    let dead = manager.dead_letters("hung").await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(number(&dead[0].event), Some(3));
+    assert!(
+        dead[0].error.contains("did not finish within 200ms"),
+        "{}",
+        dead[0].error
+    );
+    assert_eq!(manager.stats("hung").await.unwrap().restarts, 1);
+    assert_conserved(&manager).await;
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_plugin_does_not_delay_the_others() {
+    let slow =
+        Probe::new("slow", Hook::Custom).behaving(|_| Action::Sleep(Duration::from_millis(100)));
+    let (fast, fast_rec) = RecordingPlugin::spec("fast", Hook::Custom);
+    let manager = PluginManager::builder()
+        .spec(slow.spec())
+        .spec(fast)
+        .spawn()
+        .await
+        .unwrap();
+    for i in 0..10 {
+        manager.publish(n(i)).await.unwrap();
+    }
+    let fast_done = eventually(Duration::from_millis(500), || fast_rec.len() == 10).await;
+    assert!(fast_done, "fast plugin got {} of 10", fast_rec.len());
+    // The slow one needs a second for its ten events; it has barely started.
+    let s = manager.stats("slow").await.unwrap();
+    assert!(s.delivered < 10 && s.queued > 0, "{s:?}");
+    manager.flush().await;
+    assert_eq!(slow.numbers(), (0..10).collect::<Vec<_>>());
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+/// A plugin that applies its configuration in place.
+#[derive(Clone, Default)]
+struct Scaler {
+    factor: u32,
+    seen: Arc<Mutex<Vec<u32>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScalerConfig {
+    #[serde(default = "one")]
+    factor: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Plugin for Scaler {
+    fn metadata(&self) -> PluginMetadata {
+        PluginMetadata::new("scaler").hooks(Hook::Custom)
+    }
+
+    async fn on_start(&mut self, ctx: &mut PluginContext) -> Result<(), PluginError> {
+        self.factor = ctx.config::<ScalerConfig>()?.factor;
+        Ok(())
+    }
+
+    async fn on_event(
+        &mut self,
+        _ctx: &mut PluginContext,
+        _event: &Event,
+    ) -> Result<(), PluginError> {
+        self.seen.lock().unwrap().push(self.factor);
+        Ok(())
+    }
+
+    async fn on_reconfigure(
+        &mut self,
+        ctx: &mut PluginContext,
+    ) -> Result<Reconfigured, PluginError> {
+        let cfg: ScalerConfig = ctx.config()?;
+        if cfg.factor == 0 {
+            return Err("factor must be at least 1".into());
+        }
+        self.factor = cfg.factor;
+        Ok(Reconfigured::Applied)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_are_added_removed_disabled_enabled_and_reconfigured_while_events_flow() {
+    let a = Probe::new("a", Hook::Custom);
+    let restarter = Probe::new("restarter", Hook::Custom);
+    let scaler = Scaler::default();
+    let scaler_seen = Arc::clone(&scaler.seen);
+    let manager = PluginManager::builder()
+        .config(ManagerConfig::builder().queue_capacity(256).build())
+        .spec(a.spec())
+        .spec(restarter.spec())
+        .spec(PluginSpec::new(move || scaler.clone()))
+        .spawn()
+        .await
+        .unwrap();
+
+    const N: u64 = 20_000;
+    let bus = manager.bus();
+    let publisher = tokio::spawn(async move {
+        for i in 0..N {
+            bus.publish(n(i)).await.unwrap();
+            if i % 64 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let started = eventually(Duration::from_secs(10), || a.numbers().len() > 1_000).await;
+    assert!(started);
+
+    let (b, b_rec) = RecordingPlugin::spec("b", Hook::Custom);
+    manager.add(b).await.unwrap();
+    manager.disable("a").await.unwrap();
+    assert_eq!(a.shutdowns(), 1, "disable runs on_shutdown");
+    manager.enable("a").await.unwrap();
+    manager
+        .reconfigure("scaler", serde_json::json!({ "factor": 3 }))
+        .await
+        .unwrap();
+    manager
+        .reconfigure("restarter", serde_json::json!({ "anything": true }))
+        .await
+        .unwrap();
+    manager.remove("b").await.unwrap();
+    assert_eq!(b_rec.shutdowns(), 1, "remove runs on_shutdown");
+
+    publisher.await.unwrap();
+    manager.flush().await;
+
+    // `a` missed what was published while it was disabled, and nothing else.
+    let got = a.numbers();
+    assert!(got.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(got.last(), Some(&(N - 1)));
+    assert_eq!(a.starts().len(), 2);
+    let gaps = got.windows(2).filter(|w| w[1] != w[0] + 1).count();
+    assert!(gaps <= 1, "one gap at most (the disabled period)");
+    // The restart-to-reconfigure plugin lost nothing across its restart.
+    assert_eq!(restarter.numbers(), (0..N).collect::<Vec<_>>());
+    assert_eq!(restarter.starts().len(), 2);
+    assert_eq!(
+        manager.stats("restarter").await.unwrap().restarts,
+        0,
+        "not a failure"
+    );
+    // The scaler switched factor exactly once, in order, and kept every event.
+    let factors = scaler_seen.lock().unwrap().clone();
+    assert_eq!(factors.len() as u64, N);
+    assert!(factors.windows(2).all(|w| w[0] <= w[1]), "factor went back");
+    assert_eq!((factors[0], factors[factors.len() - 1]), (1, 3));
+    // `b` got a contiguous stretch and is gone.
+    let b_nums: Vec<u64> = b_rec.events().iter().filter_map(number).collect();
+    assert!(b_nums.windows(2).all(|w| w[1] == w[0] + 1));
+    assert!(matches!(
+        manager.stats("b").await,
+        Err(ManagerError::UnknownPlugin { .. })
+    ));
+    assert_conserved(&manager).await;
+    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_management_input_gets_clear_errors() {
+    let manager = PluginManager::builder()
+        .spec(Probe::new("dup", Hook::Custom).spec())
+        .spec(PluginSpec::new(Scaler::default))
+        .spawn()
+        .await
+        .unwrap();
+    let err = manager
+        .add(Probe::new("dup", Hook::Custom).spec())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ManagerError::DuplicateName(ref n) if n == "dup"),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "add plugin `dup`: a plugin with this name already exists"
+    );
+
+    let err = manager
+        .add(Probe::new("deaf", HookSet::EMPTY).spec())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::NoHooks(_)), "{err}");
+
+    let err = manager.disable("nope").await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "find plugin `nope`: no such plugin (known: dup, scaler)"
+    );
+
+    let err = manager.enable("dup").await.unwrap_err();
+    assert_eq!(err.to_string(), "enable plugin `dup`: it is running");
+
+    // A rejected configuration leaves the old one in force and the plugin running.
+    let err = manager
+        .reconfigure("scaler", serde_json::json!({ "factor": 0 }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "reconfigure plugin `scaler`: factor must be at least 1"
+    );
+    let err = manager
+        .reconfigure("scaler", serde_json::json!({ "factr": 2 }))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown field `factr`"), "{err}");
+    let info = manager.list().await.unwrap();
+    assert!(
+        info.iter().all(|p| p.status == PluginStatus::Running),
+        "{info:?}"
+    );
+    assert_eq!(manager.stats("scaler").await.unwrap().failures, 0);
+
+    // Duplicate names in a builder fail the whole spawn.
+    let err = PluginManager::builder()
+        .spec(Probe::new("x", Hook::Custom).spec())
+        .spec(Probe::new("x", Hook::Custom).spec())
+        .spawn()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::DuplicateName(_)));
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_of_the_wrong_type_names_the_key() {
+    let manager = PluginManager::builder()
+        .spec(
+            PluginSpec::new(Scaler::default)
+                .config(serde_json::json!({ "factor": "two" }))
+                .restart_policy(RestartPolicy::Transient),
+        )
+        .spawn()
+        .await
+        .unwrap();
+    let m = manager.clone();
+    let mut info = None;
+    for _ in 0..500 {
+        let i = m.list().await.unwrap().remove(0);
+        if i.status == PluginStatus::Disabled {
+            info = Some(i);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let info = info.expect("plugin with a bad config should be disabled");
+    let err = info.last_error.unwrap();
+    assert!(
+        err.contains("configuration of plugin `scaler`") && err.contains("factor"),
+        "{err}"
+    );
+    manager.shutdown(ShutdownReason::Completed).await;
+}
