@@ -43,12 +43,17 @@ fn kind() -> EventKind {
     EventKind::worker_recovered("w1")
 }
 
+/// The baselines' equivalent of what `Bus::publish` builds: same kind, timestamp, and a
+/// shared source name (cloned, not allocated, as the bus does).
 fn event(seq: u64) -> Event {
+    thread_local! {
+        static SOURCE: Arc<str> = Arc::from("bench");
+    }
     Event {
         meta: EventMeta {
             seq,
             time: SystemTime::now(),
-            source: Arc::from("bench"),
+            source: SOURCE.with(Arc::clone),
         },
         kind: kind(),
     }
@@ -125,10 +130,8 @@ fn bench_dtf(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
         group.throughput(Throughput::Elements(EVENTS * k as u64));
         let r = Arc::clone(rates);
         group.bench_with_input(BenchmarkId::new("single", k), &k, |b, &k| {
-            b.to_async(rt).iter_custom(|iters| {
-                let m = m.clone();
-                let r = Arc::clone(&r);
-                async move {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
                         for _ in 0..EVENTS {
@@ -139,15 +142,13 @@ fn bench_dtf(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
                     let el = start.elapsed();
                     r.record(&format!("single/{k}"), iters * EVENTS * k as u64, el);
                     el
-                }
+                })
             });
         });
         let r = Arc::clone(rates);
         group.bench_with_input(BenchmarkId::new("batched", k), &k, |b, &k| {
-            b.to_async(rt).iter_custom(|iters| {
-                let m = m.clone();
-                let r = Arc::clone(&r);
-                async move {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
                     let bus = m.bus();
                     let start = Instant::now();
                     for _ in 0..iters {
@@ -161,7 +162,7 @@ fn bench_dtf(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
                     let el = start.elapsed();
                     r.record(&format!("batched/{k}"), iters * EVENTS * k as u64, el);
                     el
-                }
+                })
             });
         });
         rt.block_on(m.shutdown(ShutdownReason::Completed));
@@ -172,10 +173,8 @@ fn bench_dtf(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
     group.throughput(Throughput::Elements(EVENTS * 8));
     let r = Arc::clone(rates);
     group.bench_function("single/8+56-unsubscribed", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let m = m.clone();
-            let r = Arc::clone(&r);
-            async move {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
                     for _ in 0..EVENTS {
@@ -186,7 +185,7 @@ fn bench_dtf(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
                 let el = start.elapsed();
                 r.record("single/8+56", iters * EVENTS * 8, el);
                 el
-            }
+            })
         });
     });
     rt.block_on(m.shutdown(ShutdownReason::Completed));
@@ -429,22 +428,21 @@ fn latency(rt: &Runtime) -> (Duration, Duration) {
     let bus = m.bus();
     let p = Arc::clone(&published);
     std::thread::spawn(move || {
+        // Only this thread publishes now, so the next sequence number is known in advance:
+        // stamp it *before* publishing, so a handler can never run before its stamp exists.
+        let mut next = bus.try_publish(kind()).expect("warm-up publish") + 1;
         for _ in 0..N {
-            // Reserve the stamp first: the seq is only known after publishing, so stamp the
-            // next seq (publishes are sequential on this thread, and plugins' framework events
-            // were all published before).
-            let t = base.elapsed().as_nanos() as u64;
+            if let Some(slot) = p.get(next as usize) {
+                slot.store(base.elapsed().as_nanos() as u64, Ordering::Release);
+            }
             let seq = loop {
                 match bus.try_publish(kind()) {
                     Ok(seq) => break seq,
                     Err(_) => std::thread::yield_now(),
                 }
             };
-            // Store after publish; a handler that runs first sees 0 and records the full
-            // elapsed time since base, which would only overstate dtf's latency.
-            if let Some(slot) = p.get(seq as usize) {
-                slot.store(t, Ordering::Release);
-            }
+            assert_eq!(seq, next, "another publisher interleaved");
+            next += 1;
             std::thread::sleep(pace);
         }
     })

@@ -372,12 +372,12 @@ pub(crate) enum Item {
     },
 }
 
-/// Counters of one plugin's queue. See the conservation law in `docs/event-delivery.md`.
+/// Counters the consumer (the plugin's actor) updates, on their own cache line so that
+/// publishers never contend with them. `published` and `dropped` live under the queue lock.
 #[derive(Default)]
+#[repr(align(128))]
 pub(crate) struct Counters {
-    pub(crate) published: AtomicU64,
     pub(crate) delivered: AtomicU64,
-    pub(crate) dropped: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) handler_nanos: AtomicU64,
 }
@@ -394,19 +394,33 @@ pub struct DeadLetter {
     pub error: String,
 }
 
+/// Keeps a value on its own cache lines, so writes to it don't invalidate its neighbours.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// One plugin's queue, shared by publishers (producers) and its actor (the only consumer).
 pub(crate) struct Slot {
     pub(crate) name: Arc<str>,
     pub(crate) hooks: HookSet,
     capacity: usize,
     policy: OverflowPolicy,
-    queue: Mutex<SlotQueue>,
-    /// Events enqueued and not yet acknowledged by the consumer (includes the chunk in hand).
-    /// Only publishers holding the bus lock increase it, so a check-then-push under that lock
-    /// is race-free without taking the slot lock twice.
-    pending: AtomicUsize,
+    queue: Padded<Mutex<SlotQueue>>,
+    /// A lock-free mirror of `SlotQueue::pending`, for the room check. Only publishers holding
+    /// the bus lock increase it, so a check-then-push under that lock is race-free without
+    /// taking the slot lock twice; the consumer only lowers it, so a stale read is conservative.
+    pending: Padded<AtomicUsize>,
     /// A publisher is waiting for room (paired with `pending` in a Dekker-style handshake).
     waiters: AtomicBool,
+    /// Whether `SlotQueue::items` may be non-empty: lets an idle consumer peek without taking
+    /// the lock (and bouncing its cache line away from publishers).
+    has_items: Padded<AtomicBool>,
     space: Notify,
     pub(crate) counters: Counters,
     dead: Mutex<VecDeque<DeadLetter>>,
@@ -417,6 +431,12 @@ pub(crate) struct Slot {
 #[derive(Default)]
 struct SlotQueue {
     items: VecDeque<Item>,
+    /// Events enqueued and not yet acknowledged by the consumer (includes the chunk in hand).
+    pending: usize,
+    /// Events routed to this plugin (enqueued or dropped).
+    published: u64,
+    /// Events not enqueued because the queue was full.
+    dropped: u64,
     /// A wake-up is in the actor's mailbox or the actor is draining.
     scheduled: bool,
     /// The live actor, if any (none while restarting or disabled).
@@ -437,9 +457,10 @@ impl Slot {
             hooks,
             capacity: capacity.max(1),
             policy,
-            queue: Mutex::new(SlotQueue::default()),
-            pending: AtomicUsize::new(0),
+            queue: Padded(Mutex::new(SlotQueue::default())),
+            pending: Padded(AtomicUsize::new(0)),
             waiters: AtomicBool::new(false),
+            has_items: Padded(AtomicBool::new(false)),
             space: Notify::new(),
             counters: Counters::default(),
             dead: Mutex::new(VecDeque::new()),
@@ -497,35 +518,35 @@ impl Slot {
         if count == 0 {
             return;
         }
-        self.counters
-            .published
-            .fetch_add(count as u64, Ordering::Relaxed);
-        if bounded && self.policy == OverflowPolicy::DropNewest && !self.fits_now(count) {
-            self.counters
-                .dropped
-                .fetch_add(count as u64, Ordering::Relaxed);
+        let mut q = self.lock();
+        q.published += count as u64;
+        if bounded
+            && self.policy == OverflowPolicy::DropNewest
+            && q.pending != 0
+            && q.pending + count > self.capacity
+        {
+            q.dropped += count as u64;
             return;
         }
-        self.pending.fetch_add(count, Ordering::SeqCst);
-        let mut q = self.lock();
+        q.pending += count;
+        // Publishers are serialized by the bus lock, so a plain store is enough here.
+        self.pending.store(q.pending, Ordering::Relaxed);
         q.items.push_back(Item::Events {
             batch: Arc::clone(batch),
             start: 0,
             count,
             filtered: !self.hooks.contains_all(mask),
         });
+        self.mark_items();
         Self::wake(&mut q);
     }
 
-    fn fits_now(&self, wanted: usize) -> bool {
-        let pending = self.pending.load(Ordering::SeqCst);
-        pending == 0 || pending + wanted <= self.capacity
-    }
-
-    /// Acknowledges `handled` events and wakes publishers waiting for room.
-    fn ack(&self, handled: usize) {
+    /// Acknowledges `handled` events (under the queue lock) and wakes publishers waiting for
+    /// room.
+    fn ack(&self, q: &mut SlotQueue, handled: usize) {
         if handled > 0 {
-            self.pending.fetch_sub(handled, Ordering::SeqCst);
+            q.pending -= handled.min(q.pending);
+            self.pending.store(q.pending, Ordering::SeqCst);
         }
         if self.waiters.load(Ordering::SeqCst) && self.waiters.swap(false, Ordering::SeqCst) {
             self.space.notify_waiters();
@@ -535,7 +556,17 @@ impl Slot {
     pub(crate) fn push_item(&self, item: Item) {
         let mut q = self.lock();
         q.items.push_back(item);
+        self.mark_items();
         Self::wake(&mut q);
+    }
+
+    /// Sets `has_items`, writing only when it changes: an unconditional store would take the
+    /// cache line away from a consumer peeking at it on every publish.
+    #[inline]
+    fn mark_items(&self) {
+        if !self.has_items.load(Ordering::Relaxed) {
+            self.has_items.store(true, Ordering::Release);
+        }
     }
 
     #[inline]
@@ -553,28 +584,42 @@ impl Slot {
     }
 
     /// Acknowledges `handled` events of the previous chunk and takes the next chunk (everything
-    /// queued) into `into`. Returns false, and marks the consumer idle, when nothing is left.
-    pub(crate) fn take_chunk(&self, handled: usize, into: &mut VecDeque<Item>) -> bool {
-        self.ack(handled);
+    /// queued) into `into`. When nothing is left it returns false and, if `go_idle`, marks the
+    /// consumer idle (the next publish wakes it); without `go_idle` the consumer is only peeking
+    /// and stays scheduled, so publishers need not wake it.
+    pub(crate) fn take_chunk(
+        &self,
+        handled: usize,
+        into: &mut VecDeque<Item>,
+        go_idle: bool,
+    ) -> bool {
+        if handled == 0 && !go_idle && !self.has_items.load(Ordering::Acquire) {
+            return false;
+        }
         let mut q = self.lock();
+        self.ack(&mut q, handled);
         if q.items.is_empty() {
-            q.scheduled = false;
+            if go_idle {
+                q.scheduled = false;
+            }
             return false;
         }
         std::mem::swap(&mut q.items, into);
+        self.has_items.store(false, Ordering::Relaxed);
         true
     }
 
     /// Acknowledges `handled` events and puts `rest` back at the front of the queue, in order
     /// (after a failure, so the next instance sees them).
     pub(crate) fn requeue_front(&self, handled: usize, rest: &mut VecDeque<Item>) {
-        {
-            let mut q = self.lock();
-            while let Some(item) = rest.pop_back() {
-                q.items.push_front(item);
-            }
+        let mut q = self.lock();
+        while let Some(item) = rest.pop_back() {
+            q.items.push_front(item);
         }
-        self.ack(handled);
+        if !q.items.is_empty() {
+            self.has_items.store(true, Ordering::Release);
+        }
+        self.ack(&mut q, handled);
     }
 
     /// Connects the slot to a (new) actor and wakes it if work is waiting.
@@ -618,9 +663,10 @@ impl Slot {
         self.space.notify_waiters();
     }
 
-    /// Events queued and not yet handled.
-    pub(crate) fn queued(&self) -> u64 {
-        self.pending.load(Ordering::SeqCst) as u64
+    /// `(published, dropped, queued)`, read together under the queue lock.
+    pub(crate) fn queue_counts(&self) -> (u64, u64, u64) {
+        let q = self.lock();
+        (q.published, q.dropped, q.pending as u64)
     }
 
     pub(crate) fn dead_letter(&self, event: &Event, error: String) {

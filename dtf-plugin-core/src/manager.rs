@@ -406,12 +406,13 @@ impl Entry {
 
     fn stats(&self) -> PluginStats {
         let c = &self.slot.counters;
+        let (published, dropped, queued) = self.slot.queue_counts();
         PluginStats {
-            published: c.published.load(Ordering::Relaxed),
+            published,
             delivered: c.delivered.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed),
+            dropped,
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
-            queued: self.slot.queued(),
+            queued,
             restarts: self.restarts,
             failures: self.failures,
             handler_time: Duration::from_nanos(c.handler_nanos.load(Ordering::Relaxed)),
