@@ -430,8 +430,8 @@ fn latency(rt: &Runtime) -> (Duration, Duration) {
     std::thread::spawn(move || {
         // Only this thread publishes now, so the next sequence number is known in advance:
         // stamp it *before* publishing, so a handler can never run before its stamp exists.
-        let mut next = bus.try_publish(kind()).expect("warm-up publish") + 1;
-        for _ in 0..N {
+        let first = bus.try_publish(kind()).expect("warm-up publish") + 1;
+        for next in first..first + N as u64 {
             if let Some(slot) = p.get(next as usize) {
                 slot.store(base.elapsed().as_nanos() as u64, Ordering::Release);
             }
@@ -442,7 +442,6 @@ fn latency(rt: &Runtime) -> (Duration, Duration) {
                 }
             };
             assert_eq!(seq, next, "another publisher interleaved");
-            next += 1;
             std::thread::sleep(pace);
         }
     })

@@ -1,6 +1,12 @@
 //! Delivery guarantees: ordering, backpressure, dropping, flush, shutdown, conservation, and
 //! bad input on the publishing side.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "in tests, a failed unwrap is a failed test"
+)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,12 @@
 //! Failure isolation, restarts, budgets and backoff, hung handlers, runtime management and
 //! bad input on the management side.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "in tests, a failed unwrap is a failed test"
+)]
+
 mod common;
 
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,11 @@
 //! Helpers shared by the integration test binaries.
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    reason = "shared by several test binaries, each using a part"
+)]
 
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
