@@ -97,6 +97,12 @@ async fn manager(subscribed: usize, unsubscribed: usize) -> PluginManager {
     b.spawn().await.expect("manager")
 }
 
+/// Runs a measured loop as a task on the runtime's workers, as an embedding coordinator
+/// would, rather than on a third thread competing with the two workers for the two cores.
+fn on_worker(rt: &Runtime, fut: impl Future<Output = Duration> + Send + 'static) -> Duration {
+    rt.block_on(rt.spawn(fut)).expect("measured task")
+}
+
 /// Median deliveries/s per case, collected from criterion's own samples.
 #[derive(Default)]
 struct Rates(Mutex<BTreeMap<String, Vec<f64>>>);
@@ -131,7 +137,8 @@ fn bench_dtf(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
         let r = Arc::clone(rates);
         group.bench_with_input(BenchmarkId::new("single", k), &k, |b, &k| {
             b.iter_custom(|iters| {
-                rt.block_on(async {
+                let (m, r) = (m.clone(), Arc::clone(&r));
+                on_worker(rt, async move {
                     let start = Instant::now();
                     for _ in 0..iters {
                         for _ in 0..EVENTS {
@@ -148,7 +155,8 @@ fn bench_dtf(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
         let r = Arc::clone(rates);
         group.bench_with_input(BenchmarkId::new("batched", k), &k, |b, &k| {
             b.iter_custom(|iters| {
-                rt.block_on(async {
+                let (m, r) = (m.clone(), Arc::clone(&r));
+                on_worker(rt, async move {
                     let bus = m.bus();
                     let start = Instant::now();
                     for _ in 0..iters {
@@ -174,7 +182,8 @@ fn bench_dtf(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
     let r = Arc::clone(rates);
     group.bench_function("single/8+56-unsubscribed", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
+            let (m, r) = (m.clone(), Arc::clone(&r));
+            on_worker(rt, async move {
                 let start = Instant::now();
                 for _ in 0..iters {
                     for _ in 0..EVENTS {
@@ -200,7 +209,8 @@ fn bench_broadcast(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
     for &k in &PLUGIN_COUNTS {
         // Capacity above one round, so no receiver ever lags (broadcast would drop for it).
         let (tx, _) = broadcast::channel::<Arc<Event>>(2 * EVENTS as usize);
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let done_rx = Arc::new(tokio::sync::Mutex::new(done_rx));
         for _ in 0..k {
             let mut rx = tx.subscribe();
             let done: Done = done_tx.clone();
@@ -225,7 +235,9 @@ fn bench_broadcast(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
         let r = Arc::clone(rates);
         group.bench_with_input(BenchmarkId::from_parameter(k), &k, |b, &k| {
             b.iter_custom(|iters| {
-                rt.block_on(async {
+                let (tx, r, done_rx) = (tx.clone(), Arc::clone(&r), Arc::clone(&done_rx));
+                on_worker(rt, async move {
+                    let mut done_rx = done_rx.lock().await;
                     let start = Instant::now();
                     for _ in 0..iters {
                         for seq in 0..EVENTS {
@@ -248,7 +260,8 @@ fn bench_broadcast(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
 fn bench_mpsc(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
     let mut group = c.benchmark_group("baseline-mpsc");
     for &k in &PLUGIN_COUNTS {
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let done_rx = Arc::new(tokio::sync::Mutex::new(done_rx));
         let mut txs = Vec::new();
         for _ in 0..k {
             // The same capacity as dtf's default per-plugin queue.
@@ -270,7 +283,9 @@ fn bench_mpsc(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
         let r = Arc::clone(rates);
         group.bench_with_input(BenchmarkId::from_parameter(k), &k, |b, &k| {
             b.iter_custom(|iters| {
-                rt.block_on(async {
+                let (txs, r, done_rx) = (txs.clone(), Arc::clone(&r), Arc::clone(&done_rx));
+                on_worker(rt, async move {
+                    let mut done_rx = done_rx.lock().await;
                     let start = Instant::now();
                     for _ in 0..iters {
                         for seq in 0..EVENTS {
@@ -327,7 +342,8 @@ impl Actor for Counter {
 fn bench_ractor(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
     let mut group = c.benchmark_group("baseline-ractor-cast");
     for &k in &PLUGIN_COUNTS {
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let done_rx = Arc::new(tokio::sync::Mutex::new(done_rx));
         let actors: Vec<ActorRef<Arc<Event>>> = rt.block_on(async {
             let mut v = Vec::new();
             for _ in 0..k {
@@ -342,7 +358,9 @@ fn bench_ractor(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
         let r = Arc::clone(rates);
         group.bench_with_input(BenchmarkId::from_parameter(k), &k, |b, &k| {
             b.iter_custom(|iters| {
-                rt.block_on(async {
+                let (actors, r, done_rx) = (actors.clone(), Arc::clone(&r), Arc::clone(&done_rx));
+                on_worker(rt, async move {
+                    let mut done_rx = done_rx.lock().await;
                     let start = Instant::now();
                     for _ in 0..iters {
                         for seq in 0..EVENTS {
