@@ -313,6 +313,21 @@ impl BusInner {
         slot.space.notify_waiters();
     }
 
+    /// Stops delivering to every slot (after shutdown) and releases their flush markers, so a
+    /// `flush` after shutdown returns at once instead of waiting for stopped plugins.
+    pub(crate) fn unroute_all(&self) {
+        let slots = {
+            let mut state = self.lock();
+            for list in state.by_hook.iter_mut() {
+                list.clear();
+            }
+            std::mem::take(&mut state.all)
+        };
+        for slot in slots {
+            slot.release_markers();
+        }
+    }
+
     /// Closes the bus after publishing `last`, atomically: nothing can be published after it.
     pub(crate) fn close_with(&self, last: EventKind, source: &Arc<str>) -> Option<u64> {
         let mut batch: Arc<[Event]> = Arc::new([Event {

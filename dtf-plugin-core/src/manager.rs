@@ -1299,6 +1299,7 @@ impl PluginManager {
                 }
             }
         }
+        self.bus.inner().unroute_all();
         let infos = self.list().await.unwrap_or_default();
         let mut infos: Vec<_> = infos.into_iter().collect();
         infos.reverse();

@@ -306,6 +306,15 @@ async fn graceful_shutdown_drains_50_000_queued_events_then_stops_in_reverse_ord
     }
     assert!(bus.is_closed());
     assert!(matches!(manager.list().await, Err(ManagerError::ShutDown)));
+    // Nothing is left to wait for: a flush after shutdown returns at once.
+    manager.flush_timeout(Duration::from_secs(5)).await.unwrap();
+    assert!(
+        manager
+            .shutdown(ShutdownReason::Completed)
+            .await
+            .plugins
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
