@@ -1,0 +1,205 @@
+//! [`SchedulerConfig`]: the settings every built-in strategy reads.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SchedulerError;
+use crate::framework::ScoreWeights;
+
+/// Which scheduler to build and how it is tuned. Deserializes from a plugin's configuration
+/// (unknown keys are rejected); every field has a default, so `{}` is a valid configuration.
+///
+/// ```
+/// use dtf_scheduler::SchedulerConfig;
+///
+/// let config = SchedulerConfig::new("fairness")
+///     .fairness_window_hours(12.0)
+///     .weight("alice", 2.0)
+///     .quota("bob", 10);
+/// assert!(config.validate().is_ok());
+/// assert!(SchedulerConfig::new("fairness").weight("carol", 0.0).validate().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SchedulerConfig {
+    /// The registry name of the strategy. Default `fifo`.
+    pub scheduler: String,
+    /// `fairness`: how far back, in hours, service received counts. Default 24.
+    pub fairness_window_hours: f64,
+    /// `fairness`: per-tenant weights (> 0); tenants not listed get `default_weight`.
+    pub weights: BTreeMap<String, f64>,
+    /// `fairness`: the weight of tenants not in `weights`. Default 1.
+    pub default_weight: f64,
+    /// `fairness`: per-tenant caps (>= 1) on concurrently running tasks. Default none.
+    pub quotas: BTreeMap<String, u32>,
+    /// `priority`, `fairness`: seconds of waiting worth one priority level (aging, so low
+    /// priorities are never starved). Default 60.
+    pub aging_secs: f64,
+    /// `fairness`, `longest-first`: the duration assumed for tasks without an expected
+    /// duration, in seconds. Default 60.
+    pub default_duration_secs: f64,
+    /// Score weights; default: each strategy's own (spread for most, packing for
+    /// `longest-first`).
+    pub score: Option<ScoreWeights>,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            scheduler: "fifo".to_owned(),
+            fairness_window_hours: 24.0,
+            weights: BTreeMap::new(),
+            default_weight: 1.0,
+            quotas: BTreeMap::new(),
+            aging_secs: 60.0,
+            default_duration_secs: 60.0,
+            score: None,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// The defaults, for the strategy registered as `scheduler`.
+    pub fn new(scheduler: impl Into<String>) -> Self {
+        Self {
+            scheduler: scheduler.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the fairness window, in hours (default 24).
+    pub fn fairness_window_hours(mut self, hours: f64) -> Self {
+        self.fairness_window_hours = hours;
+        self
+    }
+
+    /// Sets the weight of `tenant` (default `default_weight`).
+    pub fn weight(mut self, tenant: impl Into<String>, weight: f64) -> Self {
+        self.weights.insert(tenant.into(), weight);
+        self
+    }
+
+    /// Replaces all per-tenant weights.
+    pub fn weights(mut self, weights: BTreeMap<String, f64>) -> Self {
+        self.weights = weights;
+        self
+    }
+
+    /// Caps how many tasks of `tenant` run at once (default: no cap).
+    pub fn quota(mut self, tenant: impl Into<String>, max_running: u32) -> Self {
+        self.quotas.insert(tenant.into(), max_running);
+        self
+    }
+
+    /// Sets the seconds of waiting worth one priority level (default 60).
+    pub fn aging_secs(mut self, secs: f64) -> Self {
+        self.aging_secs = secs;
+        self
+    }
+
+    /// Sets the duration assumed for tasks without an expected one (default 60 s).
+    pub fn default_duration_secs(mut self, secs: f64) -> Self {
+        self.default_duration_secs = secs;
+        self
+    }
+
+    /// Sets the score weights (default: the strategy's own).
+    pub fn score(mut self, weights: ScoreWeights) -> Self {
+        self.score = Some(weights);
+        self
+    }
+
+    /// The weight of `tenant`.
+    pub fn weight_of(&self, tenant: &str) -> f64 {
+        self.weights
+            .get(tenant)
+            .copied()
+            .unwrap_or(self.default_weight)
+    }
+
+    /// Checks every value's range.
+    ///
+    /// # Errors
+    ///
+    /// [`SchedulerError::InvalidConfig`] naming the first bad key: a weight, the default
+    /// weight, the window, the aging or the default duration that is not a positive finite
+    /// number, or a quota of 0.
+    pub fn validate(&self) -> Result<(), SchedulerError> {
+        self.window()?;
+        self.aging()?;
+        self.default_duration()?;
+        positive("default_weight", self.default_weight)?;
+        for (tenant, &w) in &self.weights {
+            positive(&format!("weights.{tenant}"), w)?;
+        }
+        for (tenant, &q) in &self.quotas {
+            if q == 0 {
+                return Err(SchedulerError::invalid(
+                    format!("quotas.{tenant}"),
+                    "must be at least 1 (got 0)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn window(&self) -> Result<Duration, SchedulerError> {
+        let hours = positive("fairness_window_hours", self.fairness_window_hours)?;
+        duration("fairness_window_hours", hours * 3600.0)
+    }
+
+    pub(crate) fn aging(&self) -> Result<Duration, SchedulerError> {
+        duration("aging_secs", positive("aging_secs", self.aging_secs)?)
+    }
+
+    pub(crate) fn default_duration(&self) -> Result<Duration, SchedulerError> {
+        let secs = positive("default_duration_secs", self.default_duration_secs)?;
+        duration("default_duration_secs", secs)
+    }
+}
+
+/// Parses per-tenant weights written `alice=2,bob=1` (as on a command line); each weight must
+/// be a positive number.
+///
+/// # Errors
+///
+/// [`SchedulerError::InvalidConfig`] naming the bad entry.
+///
+/// ```
+/// let weights = dtf_scheduler::parse_weights("a=3, b=2,c=1").unwrap();
+/// assert_eq!(weights["a"], 3.0);
+/// assert!(dtf_scheduler::parse_weights("a=-1").is_err());
+/// ```
+pub fn parse_weights(text: &str) -> Result<BTreeMap<String, f64>, SchedulerError> {
+    let mut weights = BTreeMap::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let bad = || {
+            SchedulerError::invalid("weights", format!("entry `{entry}` is not `tenant=weight`"))
+        };
+        let (tenant, weight) = entry.split_once('=').ok_or_else(bad)?;
+        let weight: f64 = weight.trim().parse().map_err(|_| bad())?;
+        let tenant = tenant.trim();
+        positive(&format!("weights.{tenant}"), weight)?;
+        weights.insert(tenant.to_owned(), weight);
+    }
+    Ok(weights)
+}
+
+fn positive(key: &str, value: f64) -> Result<f64, SchedulerError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(SchedulerError::invalid(
+            key,
+            format!("must be a positive number (got {value})"),
+        ))
+    }
+}
+
+fn duration(key: &str, secs: f64) -> Result<Duration, SchedulerError> {
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| SchedulerError::invalid(key, format!("is too large (got {secs} s)")))
+}

@@ -1,0 +1,276 @@
+//! [`SchedulingCoordinator`]: the engine as a plugin on the bus.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dtf_plugin_core::event::WorkerId;
+use dtf_plugin_core::prelude::*;
+
+use crate::config::SchedulerConfig;
+use crate::engine::Engine;
+use crate::error::SchedulerError;
+use crate::framework::{Round, TaskSpec};
+use crate::registry::Registry;
+
+/// Runs an [`Engine`] as a plugin on the bus: it keeps the queue and the workers' load from
+/// the events it hears and publishes its decisions.
+///
+/// It listens to `TaskCreated`, `TaskCompleted`, `TaskFailed`, `TaskCancelled`,
+/// `WorkerRegistered`, `WorkerDisconnected`, `WorkerFailed` and `WorkerRecovered`, and
+/// publishes, following the event lifecycle:
+///
+/// - `TaskAssigned` for each placement (attempt 1, then + 1 for each re-placement);
+/// - `TaskFailed` with error kind `Unschedulable` and `retryable: false` (and a warning in
+///   the log) for a task no registered worker can run;
+/// - `RecoveryStarted` then `RecoveryCompleted` when a lost worker's tasks are re-queued,
+///   followed by their new `TaskAssigned`.
+///
+/// A retryable `TaskFailed` queues the task again; a non-retryable one, a `TaskCompleted` or
+/// a `TaskCancelled` forgets it. Its configuration is a [`SchedulerConfig`]; an unknown
+/// scheduler name or a bad value fails `on_start`. Time is taken from the events' timestamps.
+/// Its state lives in the instance: after a restart it starts empty.
+pub struct SchedulingCoordinator {
+    registry: Arc<Registry>,
+    engine: Option<Engine>,
+    epoch: Option<SystemTime>,
+    now: Duration,
+}
+
+impl std::fmt::Debug for SchedulingCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulingCoordinator")
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for SchedulingCoordinator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SchedulingCoordinator {
+    /// The plugin's name.
+    pub const NAME: &'static str = "scheduler";
+
+    /// A coordinator choosing among the built-in strategies.
+    pub fn new() -> Self {
+        Self::with_registry(Arc::new(Registry::new()))
+    }
+
+    /// A coordinator choosing among the strategies of `registry`.
+    pub fn with_registry(registry: Arc<Registry>) -> Self {
+        Self {
+            registry,
+            engine: None,
+            epoch: None,
+            now: Duration::ZERO,
+        }
+    }
+
+    /// A plugin spec for a coordinator running the strategy `config` names, checked now so a
+    /// bad name or value is an error here rather than a plugin that cannot start. It uses
+    /// [`RestartPolicy::Transient`]: a coordinator that fails to start is not retried.
+    ///
+    /// # Errors
+    ///
+    /// What [`Registry::build`] returns for `config`.
+    pub fn spec(
+        registry: Arc<Registry>,
+        config: &SchedulerConfig,
+    ) -> Result<PluginSpec, SchedulerError> {
+        registry.build(config)?;
+        Ok(
+            PluginSpec::new(move || Self::with_registry(Arc::clone(&registry)))
+                .config(config)
+                .restart_policy(RestartPolicy::Transient),
+        )
+    }
+
+    /// Moves the clock to `time` (relative to the first event seen; never backwards).
+    fn tick(&mut self, time: SystemTime) -> Duration {
+        let epoch = *self.epoch.get_or_insert(time);
+        self.now = self.now.max(time.duration_since(epoch).unwrap_or_default());
+        self.now
+    }
+}
+
+/// Takes a lost worker out of service and re-queues its tasks, announcing the recovery.
+fn recover(
+    ctx: &PluginContext,
+    engine: &mut Engine,
+    worker: &WorkerId,
+    seq: u64,
+    now: Duration,
+) -> Result<(), SchedulerError> {
+    let tasks = engine.lose_worker(worker, now)?;
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    // The event's sequence number makes the id unique on this bus, across restarts too.
+    let id = format!("{}-{worker}-{seq}", ctx.name());
+    let n = tasks.len() as u32;
+    tracing::info!(%worker, tasks = n, "re-queueing the tasks of a lost worker");
+    publish(
+        ctx,
+        EventKind::recovery_started(id.clone(), Some(worker.clone()), tasks),
+    );
+    publish(ctx, EventKind::recovery_completed(id, n));
+    Ok(())
+}
+
+/// Publishes from the plugin; after shutdown the bus is closed and there is no one to tell.
+fn publish(ctx: &PluginContext, kind: EventKind) {
+    if let Err(e) = ctx.publish(kind) {
+        tracing::debug!(error = %e, "bus closed, decision not published");
+    }
+}
+
+fn publish_round(ctx: &PluginContext, round: Round) {
+    for spec in round.unschedulable {
+        let error = SchedulerError::unschedulable(&spec.id, &spec.requirements);
+        tracing::warn!(task = %spec.id, owner = %spec.owner, "{error}");
+        let error = TaskError::builder()
+            .kind("Unschedulable")
+            .message(error.to_string())
+            .build();
+        publish(ctx, EventKind::task_failed(spec.id, error, false));
+    }
+    for p in round.placements {
+        publish(ctx, EventKind::task_assigned(p.task, p.worker, p.attempt));
+    }
+}
+
+impl Plugin for SchedulingCoordinator {
+    fn metadata(&self) -> PluginMetadata {
+        PluginMetadata::new(Self::NAME)
+            .version(env!("CARGO_PKG_VERSION"))
+            .kind(PluginKind::Scheduler)
+            .hooks(HookSet::of(&[
+                Hook::TaskCreated,
+                Hook::TaskCompleted,
+                Hook::TaskFailed,
+                Hook::TaskCancelled,
+                Hook::WorkerRegistered,
+                Hook::WorkerDisconnected,
+                Hook::WorkerFailed,
+                Hook::WorkerRecovered,
+            ]))
+    }
+
+    async fn on_start(&mut self, ctx: &mut PluginContext) -> Result<(), PluginError> {
+        let config: SchedulerConfig = ctx.config()?;
+        let scheduler = self.registry.build(&config)?;
+        tracing::info!(
+            scheduler = scheduler.name(),
+            "scheduling coordinator started"
+        );
+        self.engine = Some(Engine::new(scheduler));
+        Ok(())
+    }
+
+    async fn on_event(
+        &mut self,
+        ctx: &mut PluginContext,
+        event: &Event,
+    ) -> Result<(), PluginError> {
+        // Our own `TaskFailed` (unschedulable) comes back to us: it is already handled.
+        if &*event.meta.source == ctx.name() {
+            return Ok(());
+        }
+        let now = self.tick(event.meta.time);
+        let seq = event.meta.seq;
+        let Some(engine) = self.engine.as_mut() else {
+            return Err("the scheduling coordinator received an event before on_start".into());
+        };
+        let result = match &event.kind {
+            EventKind::TaskCreated(t) => engine.submit(TaskSpec::from(&**t), now),
+            EventKind::TaskCompleted(t) => engine.finish(&t.task, now).map(drop),
+            EventKind::TaskFailed(f) if f.retryable => engine.retry(&f.task, now),
+            EventKind::TaskFailed(f) => engine.finish(&f.task, now).map(drop),
+            EventKind::TaskCancelled(t) => engine.finish(&t.task, now).map(drop),
+            EventKind::WorkerRegistered(w) => {
+                engine.add_worker(w.worker.clone(), w.capabilities.clone());
+                Ok(())
+            }
+            EventKind::WorkerRecovered(w) => engine.recover_worker(&w.worker),
+            EventKind::WorkerFailed(w) => recover(ctx, engine, &w.worker, seq, now),
+            EventKind::WorkerDisconnected(w) => recover(ctx, engine, &w.worker, seq, now),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            // A publisher's mistake (an unknown id, a duplicate) must not stop scheduling.
+            tracing::warn!(error = %e, seq, "ignoring an event");
+        }
+        let round = engine.schedule(now);
+        publish_round(ctx, round);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use dtf_plugin_core::EventMeta;
+
+    use super::*;
+
+    fn event(seq: u64, secs: u64, kind: EventKind) -> Event {
+        Event {
+            meta: EventMeta {
+                seq,
+                time: UNIX_EPOCH + Duration::from_secs(1_000 + secs),
+                source: "harness".into(),
+            },
+            kind,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_scheduler_fails_on_start_naming_the_available_ones() {
+        let config = serde_json::json!({ "scheduler": "quickest" });
+        let mut ctx = PluginContext::detached(SchedulingCoordinator::NAME, config);
+        let mut c = SchedulingCoordinator::new();
+        let err = c.on_start(&mut ctx).await.err().map(|e| e.to_string());
+        assert!(
+            err.unwrap_or_default()
+                .contains("available: fairness, fifo")
+        );
+        let early = c
+            .on_event(&mut ctx, &event(1, 0, EventKind::worker_recovered("w")))
+            .await;
+        assert!(
+            early.is_err(),
+            "an event before a successful start is refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn keeps_the_queue_and_load_from_events_and_ignores_its_own() {
+        let mut ctx = PluginContext::detached(SchedulingCoordinator::NAME, serde_json::Value::Null);
+        let mut c = SchedulingCoordinator::new();
+        c.on_start(&mut ctx).await.unwrap();
+        let events = [
+            EventKind::worker_registered("w", Capabilities::builder().slots(1).build()),
+            EventKind::task_created("t1", "a"),
+            EventKind::task_created("t2", "b"),
+            EventKind::task_completed("t1", "w", TaskOutcome::Passed, Duration::from_secs(3)),
+            // Unknown ids are logged and ignored, not fatal.
+            EventKind::task_cancelled("nope", "x"),
+        ];
+        for (i, kind) in events.into_iter().enumerate() {
+            let e = event(i as u64 + 1, i as u64, kind);
+            c.on_event(&mut ctx, &e).await.unwrap();
+        }
+        let engine = c.engine.as_ref().unwrap();
+        assert_eq!((engine.running(), engine.waiting()), (1, 0));
+        assert_eq!(c.now, Duration::from_secs(4));
+        // Its own events (source = its name) change nothing.
+        let mut own = event(9, 9, EventKind::task_cancelled("t2", "x"));
+        own.meta.source = SchedulingCoordinator::NAME.into();
+        c.on_event(&mut ctx, &own).await.unwrap();
+        assert_eq!(c.engine.as_ref().unwrap().running(), 1);
+    }
+}
