@@ -290,6 +290,11 @@ impl BusInner {
         Attempt::Published(first..first + n as u64)
     }
 
+    /// The last sequence number handed out (0 before the first event).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.lock().seq
+    }
+
     /// Starts delivering to `slot`.
     pub(crate) fn route(&self, slot: &Arc<Slot>) {
         let mut state = self.lock();

@@ -20,6 +20,10 @@
 //!      └──────────────┴──────────────┴────────► TaskCancelled            (terminal)
 //! ```
 //!
+//! `TaskFailed` may also come straight after `TaskCreated` or `TaskAssigned` (the task could not
+//! be started, e.g. no worker can ever run it), and a retryable `TaskFailed` may be followed by a
+//! final one (the retry could not be scheduled) or by `TaskCancelled`.
+//!
 //! A `TaskAssigned` may also follow a `TaskAssigned` or `TaskStarted` when the worker holding the
 //! task is lost (`WorkerFailed`/`WorkerDisconnected`) and recovery re-queues it.
 //!
@@ -246,7 +250,7 @@ pub struct TaskCreated {
 }
 
 /// What a task needs from a worker. Matches [`Capabilities`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, TypedBuilder)]
 #[non_exhaustive]
 pub struct Requirements {
     /// Minimum number of CPU cores.
@@ -382,7 +386,7 @@ pub struct TaskCancelled {
 }
 
 /// What a worker offers. Matches [`Requirements`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, TypedBuilder)]
 #[non_exhaustive]
 pub struct Capabilities {
     /// CPU cores.
@@ -397,7 +401,8 @@ pub struct Capabilities {
     #[builder(default)]
     #[serde(default)]
     pub features: Vec<String>,
-    /// How many tasks it runs at once.
+    /// How many tasks it runs at once (default 1). A worker with 0 slots is registered but
+    /// runs nothing (e.g. draining before maintenance).
     #[builder(default = 1)]
     #[serde(default = "one")]
     pub slots: u32,

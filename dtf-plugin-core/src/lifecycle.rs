@@ -109,11 +109,12 @@ impl LifecycleChecker {
                 ) => T::Assigned,
                 (EventKind::TaskStarted(_), Some(T::Assigned)) => T::Started,
                 (EventKind::TaskCompleted(_), Some(T::Started)) => T::Completed,
-                (EventKind::TaskFailed(f), Some(T::Created | T::Assigned | T::Started)) => {
-                    T::Failed {
-                        retryable: f.retryable,
-                    }
-                }
+                (
+                    EventKind::TaskFailed(f),
+                    Some(T::Created | T::Assigned | T::Started | T::Failed { retryable: true }),
+                ) => T::Failed {
+                    retryable: f.retryable,
+                },
                 (
                     EventKind::TaskCancelled(_),
                     Some(T::Created | T::Assigned | T::Started | T::Failed { retryable: true }),
@@ -224,7 +225,14 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.after, "Cancelled");
         assert!(e.to_string().contains("`t`"), "{e}");
-        // A non-retryable failure is terminal too.
+        // A retryable failure may turn final (e.g. no worker can take the retry)...
+        c.observe(&EventKind::task_created("r", "n"))
+            .unwrap_or_default();
+        c.observe(&EventKind::task_failed("r", err(), true))
+            .unwrap_or_default();
+        c.observe(&EventKind::task_failed("r", err(), false))
+            .unwrap_or_else(|e| panic!("{e}"));
+        // ...and a non-retryable failure is terminal.
         c.observe(&EventKind::task_created("u", "n"))
             .unwrap_or_default();
         c.observe(&EventKind::task_failed("u", err(), false))

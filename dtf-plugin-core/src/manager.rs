@@ -1223,10 +1223,27 @@ impl PluginManager {
 
     /// Resolves when every event published before the call has been handled (or
     /// dead-lettered) by every plugin it was routed to. A plugin that is restarting is waited
-    /// for; one that gets disabled no longer holds the flush up.
+    /// for; one that gets disabled no longer holds the flush up. Events that plugins publish
+    /// while handling come after the flush point: see [`settle`](Self::settle) to wait for
+    /// those as well.
     pub async fn flush(&self) {
         for rx in self.bus.inner().flush_markers() {
             let _ = rx.await;
+        }
+    }
+
+    /// Flushes until the bus is quiet: repeats [`flush`](Self::flush) until no event was
+    /// published while it ran. Use it when plugins publish in reaction to events (a scheduler
+    /// publishing `TaskAssigned` for each `TaskCreated`) and you want their reactions handled
+    /// too. It does not return while plugins keep publishing; bound it with
+    /// `tokio::time::timeout` if yours may.
+    pub async fn settle(&self) {
+        loop {
+            let before = self.bus.inner().last_seq();
+            self.flush().await;
+            if self.bus.inner().last_seq() == before {
+                return;
+            }
         }
     }
 

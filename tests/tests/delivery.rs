@@ -369,3 +369,56 @@ async fn unsubscribed_plugins_get_nothing_and_count_nothing() {
     assert_eq!(manager.stats("tasks").await.unwrap().published, 2);
     manager.shutdown(ShutdownReason::Completed).await;
 }
+
+/// Answers every `ping` custom event with a `pong`.
+struct Echo;
+
+impl Plugin for Echo {
+    fn metadata(&self) -> PluginMetadata {
+        PluginMetadata::new("echo").hooks(Hook::Custom)
+    }
+
+    async fn on_event(
+        &mut self,
+        ctx: &mut PluginContext,
+        event: &Event,
+    ) -> Result<(), PluginError> {
+        if let EventKind::Custom(c) = &event.kind {
+            if c.name == "ping" {
+                // A small chain: each pong is published from inside a handler.
+                tokio::task::yield_now().await;
+                ctx.publish(EventKind::custom("pong", c.payload.clone()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_waits_for_events_that_plugins_publish_in_reaction() {
+    let (rec, rec_rec) = RecordingPlugin::spec("rec", Hook::Custom);
+    let manager = PluginManager::builder()
+        .plugin(|| Echo)
+        .spec(rec)
+        .spawn()
+        .await
+        .unwrap();
+    for i in 0..100 {
+        manager
+            .publish(EventKind::custom("ping", serde_json::json!(i)))
+            .await
+            .unwrap();
+    }
+    manager.settle().await;
+    let pongs: Vec<u64> = rec_rec
+        .events()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Custom(c) if c.name == "pong" => c.payload.as_u64(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pongs, (0..100).collect::<Vec<_>>());
+    assert_conserved(&manager).await;
+    manager.shutdown(ShutdownReason::Completed).await;
+}

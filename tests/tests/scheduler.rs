@@ -799,11 +799,10 @@ fn assigned(rec: &Recording) -> Vec<(String, String, u32)> {
         .collect()
 }
 
-/// Events published from inside a plugin come after the flush that delivered their cause,
-/// so a second flush waits for the coordinator's decisions to reach the recorder.
+/// Events published from inside a plugin come after the flush that delivered their cause;
+/// `settle` also waits for the coordinator's decisions to reach the recorder.
 async fn settle(manager: &PluginManager) {
-    manager.flush().await;
-    manager.flush().await;
+    manager.settle().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
