@@ -176,11 +176,24 @@ pub trait Plugin: Send + 'static {
 }
 
 /// What a plugin's hooks can reach: its name, its configuration and the bus.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output leaves the configuration out: configurations carry tokens and webhook
+/// URLs, and a context is exactly what gets logged with `{:?}`.
+#[derive(Clone)]
 pub struct PluginContext {
     name: Arc<str>,
     config: Arc<PluginConfig>,
     bus: Bus,
+}
+
+impl std::fmt::Debug for PluginContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginContext")
+            .field("name", &self.name)
+            .field("config", &"<redacted>")
+            .field("bus", &self.bus)
+            .finish()
+    }
 }
 
 impl PluginContext {
@@ -257,8 +270,32 @@ pub(crate) fn parse_config<T: DeserializeOwned>(
     // (e.g. "retry.max: invalid type: string \"x\", expected u32").
     serde_path_to_error::deserialize(value).map_err(|e| ConfigError {
         plugin: plugin.to_owned(),
-        message: e.to_string(),
+        message: redact_values(&e.to_string()),
     })
+}
+
+/// Removes the offending value from a serde message (`invalid type: string "xoxb-…"` becomes
+/// `invalid type: string "…"`): a secret put under the wrong key must not end up in an error
+/// message or a log. The key path and the expected type stay.
+fn redact_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("string \"") {
+        let start = i + "string \"".len();
+        out.push_str(&rest[..start]);
+        match rest[start..].find('"') {
+            Some(end) => {
+                out.push('…');
+                rest = &rest[start + end..];
+            }
+            None => {
+                out.push('…');
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Serializes a typed configuration into the stored form.
@@ -285,4 +322,48 @@ pub enum RestartPolicy {
     Transient,
     /// Never restart: the first failure disables the plugin.
     Temporary,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[expect(dead_code, reason = "only deserialized")]
+    struct Cfg {
+        retries: u32,
+        #[serde(default)]
+        url: String,
+    }
+
+    #[test]
+    fn config_errors_name_the_key_but_not_the_value() {
+        let value = serde_json::json!({ "retries": "xoxb-secret-token" });
+        let err = parse_config::<Cfg>("slack", &value).unwrap_err();
+        assert_eq!(err.plugin, "slack");
+        assert!(
+            err.message.starts_with("retries: invalid type: string"),
+            "{}",
+            err.message
+        );
+        assert!(!err.to_string().contains("xoxb"), "{err}");
+
+        let err = parse_config::<Cfg>("slack", &serde_json::json!({ "retires": 3 })).unwrap_err();
+        assert!(
+            err.message.contains("unknown field `retires`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_context_does_not_print_its_configuration() {
+        let ctx = PluginContext::detached("p", serde_json::json!({ "token": "s3cr3t" }));
+        let shown = format!("{ctx:?}");
+        assert!(
+            shown.contains("\"p\"") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
+    }
 }

@@ -160,6 +160,7 @@ async fn restarts_failed_plugin_with_backoff_until_budget_exhausted() {
     manager.publish(n(1)).await.unwrap();
     manager.flush().await;
     assert_eq!(manager.stats("flaky").await.unwrap().published, 0);
+    assert_conserved(&manager).await;
     manager.shutdown(ShutdownReason::Completed).await;
 }
 
@@ -275,6 +276,7 @@ async fn a_slow_plugin_does_not_delay_the_others() {
     assert!(s.delivered < 10 && s.queued > 0, "{s:?}");
     manager.flush().await;
     assert_eq!(slow.numbers(), (0..10).collect::<Vec<_>>());
+    assert_conserved(&manager).await;
     manager.shutdown(ShutdownReason::Completed).await;
 }
 
@@ -471,6 +473,7 @@ async fn bad_management_input_gets_clear_errors() {
         .await
         .unwrap_err();
     assert!(matches!(err, ManagerError::DuplicateName(_)));
+    assert_conserved(&manager).await;
     manager.shutdown(ShutdownReason::Completed).await;
 }
 
