@@ -1,8 +1,121 @@
-//! # dtf-plugins-ci (skeleton)
+//! # dtf-plugins-ci
 //!
-//! Will hold the CI/CD integration of dtf: CI system detection, JUnit XML and other report
-//! formats, live status for TeamCity and Azure DevOps, and API clients for GitHub, GitLab,
-//! Azure DevOps, Bitbucket, Jenkins and CircleCI, all driven by [`dtf_plugin_core`] events.
-//! Nothing is implemented yet; see the project's issue tracker.
+//! The CI/CD integration of dtf, network-free part: which CI system is running
+//! ([`detect`]), a typed model of the run folded from [`dtf_plugin_core`] events
+//! ([`RunRecorder`] → [`RunResult`]), and pure renderers of that model into what CI systems
+//! read: JUnit XML, GitHub Actions annotations and job summaries, TeamCity service messages,
+//! Azure Pipelines logging commands, JSON and Markdown. Two plugins put them on the bus.
+//!
+//! ## Main types
+//!
+//! - [`detect`] / [`detect_from_process_env`] → [`CiInfo`] (system, build id and URL,
+//!   commit, branch, pull request, job) for GitHub Actions, GitLab, Jenkins, Azure DevOps,
+//!   CircleCI, Bitbucket, TeamCity, Buildkite and Travis; [`CiSystem`] parses a name to force
+//!   one (`"jenkins".parse()`).
+//! - [`RunRecorder`]: folds task, worker and coordinator events into a [`RunResult`] of
+//!   [`TaskResult`]s, each with its [`Attempt`]s and a final [`TaskStatus`] (passed, failed,
+//!   flaky, skipped, cancelled, incomplete), plus [`Totals`] and the wall time.
+//! - Renderers, each a pure `fn(&RunResult) -> String`: [`render_junit`] ([`junit`]),
+//!   [`render_github_annotations`] and [`render_github_summary`] ([`github`]),
+//!   [`render_teamcity`] and the live [`TeamcityMessages`] ([`teamcity`]),
+//!   [`render_azure_issues`] ([`azure`]), [`render_markdown`] and [`render_json`]
+//!   ([`markdown`]). Each dialect module exposes its escaping functions.
+//! - Plugins: [`CiReporter`] writes the reports a [`ReporterConfig`] selects when the
+//!   coordinator shuts down; [`TeamcityLive`] writes TeamCity service messages as events
+//!   arrive.
+//!
+//! ## Example
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use dtf_plugin_core::prelude::*;
+//! use dtf_plugins_ci::{RunRecorder, render_github_annotations, render_junit};
+//!
+//! let t0 = SystemTime::UNIX_EPOCH;
+//! let mut recorder = RunRecorder::new();
+//! recorder.record_kind(&EventKind::coordinator_startup("run-1"), t0);
+//! recorder.record_kind(&EventKind::task_created("t1", "parser::rejects_bad_input"), t0);
+//! let error = TaskError::builder().kind("Panic").message("expected Err, got Ok").build();
+//! recorder.record_kind(&EventKind::task_failed("t1", error, false), t0 + Duration::from_secs(1));
+//!
+//! let run = recorder.result();
+//! assert_eq!(run.totals.failed, 1);
+//! assert!(render_junit(&run).contains(r#"<error message="expected Err, got Ok" type="Panic">"#));
+//! assert_eq!(
+//!     render_github_annotations(&run),
+//!     "::error title=parser%3A%3Arejects_bad_input failed::Panic: expected Err, got Ok\
+//!      %0A(worker -, 1 attempt(s))\n",
+//! );
+//! ```
+//!
+//! On a bus, register [`CiReporter`] with its configuration:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use dtf_plugin_core::prelude::*;
+//! use dtf_plugins_ci::CiReporter;
+//!
+//! let dir = std::env::temp_dir().join(format!("dtf-ci-doc-{}", std::process::id()));
+//! let manager = PluginManager::builder()
+//!     .spec(PluginSpec::new(CiReporter::new).config(serde_json::json!({
+//!         "junit": dir.join("junit.xml"),
+//!         "markdown": dir.join("summary.md"),
+//!     })))
+//!     .spawn()
+//!     .await?;
+//! manager.publish(EventKind::coordinator_startup("run-1")).await?;
+//! manager.shutdown(ShutdownReason::Completed).await;
+//! assert!(dir.join("junit.xml").exists());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Feature flags
+//!
+//! None. The crate depends on `dtf-plugin-core`, `serde`, `serde_json`, `thiserror` and
+//! `tracing` only; XML and the command dialects are written by hand. The HTTP API clients
+//! (GitHub checks, GitLab statuses, …) will come later, one feature per service.
+//!
+//! ## Guarantees
+//!
+//! - **Pure parts are pure.** Detection reads an injected environment; the recorder takes
+//!   times from the events; renderers do no I/O.
+//! - **No injection.** Every value taken from a run is escaped for its dialect: a test name
+//!   or error message renders as exactly one command line (GitHub, Azure, TeamCity) and can
+//!   neither end it early nor start another; in XML it cannot open a tag or an entity, and
+//!   characters XML 1.0 forbids are dropped. Property tests decode each dialect back with an
+//!   independent decoder.
+//! - **Valid JUnit.** The JUnit report validates against the Jenkins JUnit schema
+//!   (`tests/fixtures/junit/JUnit.xsd`), checked with `xmllint` in the integration tests.
+//! - **Limits are kept.** At most 10 GitHub annotations per type, with a notice counting the
+//!   rest; the GitHub job summary stays under 1 MiB, cut with a marker.
+//! - **Nothing is lost silently.** The recorder never rejects an out-of-order stream; tasks
+//!   still running at shutdown are reported as incomplete (an error in JUnit).
+//!
+//! The details, the variables read per CI system and the choices made for each dialect are in
+//! `docs/ci.md`.
 
 #![forbid(unsafe_code)]
+
+pub mod azure;
+mod detect;
+mod error;
+pub mod github;
+pub mod junit;
+pub mod markdown;
+mod plugin;
+mod run;
+pub mod teamcity;
+
+pub use azure::render_azure_issues;
+pub use detect::{CiInfo, CiSystem, Env, detect, detect_from_process_env, process_env};
+pub use error::CiError;
+pub use github::{render_github_annotations, render_github_summary};
+pub use junit::render_junit;
+pub use markdown::{render_json, render_markdown};
+pub use plugin::{CiReporter, Commands, Output, ReporterConfig, TeamcityLive};
+pub use run::{
+    Attempt, AttemptOutcome, RunRecorder, RunResult, TaskResult, TaskStatus, Totals, WorkerSummary,
+};
+pub use teamcity::{TeamcityMessages, render_teamcity};

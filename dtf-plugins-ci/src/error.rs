@@ -1,0 +1,40 @@
+//! The crate's error type. Messages are lowercase fragments that read after "failed to …".
+
+use std::path::PathBuf;
+
+/// Something the CI integration could not do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CiError {
+    /// A CI system name did not match any known system.
+    #[error("select CI system `{name}`: unknown name (valid names: {valid})")]
+    UnknownSystem {
+        /// The name asked for.
+        name: String,
+        /// The valid names, comma-separated.
+        valid: String,
+    },
+    /// A report format name did not match any known format.
+    #[error("select report format `{name}`: unknown name (valid names: {valid})")]
+    UnknownFormat {
+        /// The name asked for.
+        name: String,
+        /// The valid names, comma-separated.
+        valid: String,
+    },
+    /// Writing a report file failed.
+    #[error("write report `{}`: {source}", path.display())]
+    Write {
+        /// The file being written.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing to a live output stream failed.
+    #[error("write to the live output: {0}")]
+    Io(#[from] std::io::Error),
+    /// Serializing the JSON report failed.
+    #[error("serialize the JSON report: {0}")]
+    Json(#[from] serde_json::Error),
+}

@@ -1,0 +1,143 @@
+//! The Markdown run report (also GitHub's job summary and Azure's uploaded summary) and the
+//! JSON run report.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::error::CiError;
+use crate::run::{RunResult, TaskResult, TaskStatus};
+
+/// How many characters of an error message a summary table shows.
+const SHORT_ERROR_CHARS: usize = 200;
+
+/// Renders `run` as Markdown: a headline, a table of totals, then tables of the failed,
+/// incomplete and flaky tasks with their short errors.
+///
+/// Everything taken from the run is escaped for a table cell: `|` and the HTML
+/// metacharacters `<`, `>`, `&` become references, and line breaks become spaces, so a task
+/// name can neither break the table nor inject HTML.
+pub fn render_markdown(run: &RunResult) -> String {
+    let t = &run.totals;
+    let mut out = String::new();
+    let verdict = if t.is_failure() {
+        "❌ failed"
+    } else {
+        "✅ passed"
+    };
+    let _ = writeln!(out, "## dtf test run: {verdict}\n");
+    if let Some(id) = &run.run_id {
+        let _ = writeln!(out, "Run `{}`.\n", cell(id).replace('`', "'"));
+    }
+    out.push_str("| Tasks | Passed | Failed | Flaky | Skipped | Cancelled | Incomplete | Attempts | Wall time |\n");
+    out.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    let _ = writeln!(
+        out,
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        t.tasks,
+        t.passed,
+        t.failed,
+        t.flaky,
+        t.skipped,
+        t.cancelled,
+        t.incomplete,
+        t.attempts,
+        human(run.wall_time)
+    );
+    section(&mut out, run, TaskStatus::Failed, "Failed tasks");
+    section(&mut out, run, TaskStatus::Incomplete, "Incomplete tasks");
+    section(
+        &mut out,
+        run,
+        TaskStatus::Flaky,
+        "Flaky tasks (failed, then passed on a retry)",
+    );
+    out
+}
+
+fn section(out: &mut String, run: &RunResult, status: TaskStatus, title: &str) {
+    let tasks: Vec<&TaskResult> = run.tasks.iter().filter(|t| t.status == status).collect();
+    if tasks.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n### {title}\n");
+    out.push_str("| Task | Worker | Attempts | Error |\n| --- | --- | ---: | --- |\n");
+    for task in tasks {
+        let error = task
+            .last_failure()
+            .map(|a| {
+                let kind = a.error_kind.as_deref().unwrap_or("error");
+                format!("{kind}: {}", a.message.as_deref().unwrap_or_default())
+            })
+            .unwrap_or_else(|| "did not finish".to_owned());
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            cell(&task.name),
+            cell(task.worker().unwrap_or("-")),
+            task.attempts.len(),
+            cell(&short(&error, SHORT_ERROR_CHARS))
+        );
+    }
+}
+
+/// The first line of `s`, cut to `max` characters with an ellipsis.
+pub(crate) fn short(s: &str, max: usize) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    if line.chars().count() <= max && line.len() == s.trim_end().len() {
+        return line.to_owned();
+    }
+    let mut cut: String = line.chars().take(max).collect();
+    cut.push('…');
+    cut
+}
+
+/// Escapes `s` for a Markdown table cell.
+pub(crate) fn cell(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '|' => out.push_str("&#124;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '\r' | '\n' => out.push(' '),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `1m 02.500s`, `3.250s`.
+pub(crate) fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 60 {
+        format!("{}m {:02}.{:03}s", secs / 60, secs % 60, d.subsec_millis())
+    } else {
+        format!("{secs}.{:03}s", d.subsec_millis())
+    }
+}
+
+/// Renders `run` as pretty-printed JSON (the [`RunResult`] fields; durations in seconds as
+/// `*_secs`, times as UTC `YYYY-MM-DDTHH:MM:SSZ`).
+///
+/// # Errors
+///
+/// [`CiError::Json`] if serialization fails (it does not for the types of this crate).
+pub fn render_json(run: &RunResult) -> Result<String, CiError> {
+    Ok(serde_json::to_string_pretty(run)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_cannot_break_tables_or_inject_html() {
+        assert_eq!(cell("a|b\n<script>&"), "a&#124;b &lt;script&gt;&amp;");
+        assert_eq!(short("first\nsecond", 10), "first…");
+        assert_eq!(short("abcdef", 3), "abc…");
+        assert_eq!(short("abc", 3), "abc");
+        assert_eq!(human(Duration::from_millis(62_500)), "1m 02.500s");
+    }
+}
