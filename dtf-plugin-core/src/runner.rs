@@ -297,6 +297,10 @@ impl<P: Plugin> Runner<P> {
                 return Ok((true, ChunkEnd::RestartForConfig));
             }
         }
+        // Acknowledge the last chunk now rather than on the next wake-up: if the actor is
+        // stopped in between, its events must not stay counted as queued.
+        let handled = std::mem::take(&mut self.unacked);
+        self.slot.requeue_front(handled, &mut self.chunk);
         Ok((true, ChunkEnd::Done))
     }
 }
