@@ -98,7 +98,7 @@ pub use manager::{
 pub use plugin::{
     Plugin, PluginConfig, PluginContext, PluginError, PluginMetadata, Reconfigured, RestartPolicy,
 };
-pub use supervision::{Backoff, RestartBudget};
+pub use supervision::{Backoff, Jitter, RestartBudget};
 
 /// What a plugin author needs, in one import: `use dtf_plugin_core::prelude::*;`.
 pub mod prelude {

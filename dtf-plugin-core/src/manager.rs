@@ -750,17 +750,13 @@ impl Actor for ManagerActor {
         _myself: ActorRef<ManagerMsg>,
         (config, bus): (ManagerConfig, Bus),
     ) -> Result<ManagerState, ActorProcessingErr> {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x9E37_79B9_7F4A_7C15);
         Ok(ManagerState {
             bus: bus.with_source(MANAGER_SOURCE),
             config,
             plugins: BTreeMap::new(),
             by_actor: HashMap::new(),
             next_order: 0,
-            jitter: Jitter::seeded(seed),
+            jitter: Jitter::default(),
             stopping: false,
         })
     }

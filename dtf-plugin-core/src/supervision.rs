@@ -126,17 +126,31 @@ impl RestartTracker {
     }
 }
 
-/// A tiny xorshift generator for jitter: no dependency, no global state.
-#[derive(Debug)]
-pub(crate) struct Jitter(u64);
+/// A tiny xorshift random source for jittering delays (not for anything security-related):
+/// no dependency, no global state. Shared by the manager's restart backoff and the HTTP retry
+/// rules of the plugin crates.
+#[derive(Debug, Clone)]
+pub struct Jitter(u64);
+
+impl Default for Jitter {
+    /// Seeded from the clock and the process id, so processes that failed together don't
+    /// retry together.
+    fn default() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()) ^ d.as_secs());
+        Self::seeded(nanos ^ (u64::from(std::process::id()) << 32))
+    }
+}
 
 impl Jitter {
-    pub(crate) fn seeded(seed: u64) -> Self {
+    /// A generator with a fixed seed (deterministic; for tests).
+    pub fn seeded(seed: u64) -> Self {
         Self(seed | 1)
     }
 
     /// A uniform number in `[0, 1)`.
-    pub(crate) fn unit(&mut self) -> f64 {
+    pub fn unit(&mut self) -> f64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;

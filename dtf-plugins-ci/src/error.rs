@@ -37,4 +37,30 @@ pub enum CiError {
     /// Serializing the JSON report failed.
     #[error("serialize the JSON report: {0}")]
     Json(#[from] serde_json::Error),
+    /// A service was selected but no token was configured or found in the environment.
+    #[error("configure `{service}`: no token (set {variables}, or `token` in the configuration)")]
+    MissingToken {
+        /// The service.
+        service: &'static str,
+        /// The environment variables that are read, in order.
+        variables: String,
+    },
+    /// A service was selected but an identifier or URL it needs is unknown.
+    #[error("configure `{service}`: no `{key}` (set it in the configuration, or {variables})")]
+    MissingSetting {
+        /// The service.
+        service: &'static str,
+        /// The configuration key.
+        key: &'static str,
+        /// The environment variables that are read, in order.
+        variables: String,
+    },
+    /// An API call failed for good (after retries). The message never holds a token.
+    #[error("call `{target}`: {message}")]
+    Api {
+        /// The target (e.g. `github.check-run`).
+        target: String,
+        /// What went wrong: HTTP status and the start of the response, or the transport error.
+        message: String,
+    },
 }

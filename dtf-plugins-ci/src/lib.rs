@@ -1,10 +1,11 @@
 //! # dtf-plugins-ci
 //!
-//! The CI/CD integration of dtf, network-free part: which CI system is running
+//! The CI/CD integration of dtf: which CI system is running
 //! ([`detect`]), a typed model of the run folded from [`dtf_plugin_core`] events
 //! ([`RunRecorder`] → [`RunResult`]), and pure renderers of that model into what CI systems
 //! read: JUnit XML, GitHub Actions annotations and job summaries, TeamCity service messages,
-//! Azure Pipelines logging commands, JSON and Markdown. Two plugins put them on the bus.
+//! Azure Pipelines logging commands, JSON and Markdown. Two plugins put them on the bus; a
+//! third ([`CiApiReporter`]) reports the run to CI services' HTTP APIs as it goes.
 //!
 //! ## Main types
 //!
@@ -23,6 +24,11 @@
 //! - Plugins: [`CiReporter`] writes the reports a [`ReporterConfig`] selects when the
 //!   coordinator shuts down; [`TeamcityLive`] writes TeamCity service messages as events
 //!   arrive.
+//! - [`CiApiReporter`], configured by an [`ApiConfig`]: GitHub check runs, commit statuses
+//!   and a PR comment edited in place; GitLab commit statuses and a merge-request note;
+//!   Azure DevOps test runs; Bitbucket build statuses and a PR comment; the Jenkins build
+//!   description ([`api`]). Live updates are rate-limited; failures are retried per
+//!   [`retry`] and counted in [`ApiStats`]; tokens are [`Secret`]s.
 //!
 //! ## Example
 //!
@@ -73,9 +79,10 @@
 //!
 //! ## Feature flags
 //!
-//! None. The crate depends on `dtf-plugin-core`, `serde`, `serde_json`, `thiserror` and
-//! `tracing` only; XML and the command dialects are written by hand. The HTTP API clients
-//! (GitHub checks, GitLab statuses, …) will come later, one feature per service.
+//! None. The crate depends on `dtf-plugin-core`, `serde`, `serde_json`, `thiserror`,
+//! `tracing`, and for the API clients `tokio` and `reqwest` (rustls on ring, no OpenSSL);
+//! XML and the command dialects are written by hand. The API clients share one HTTP core, so
+//! they are not split into features.
 //!
 //! ## Guarantees
 //!
@@ -90,6 +97,11 @@
 //!   (`tests/fixtures/junit/JUnit.xsd`), checked with `xmllint` in the integration tests.
 //! - **Limits are kept.** At most 10 GitHub annotations per type, with a notice counting the
 //!   rest; the GitHub job summary stays under 1 MiB, cut with a marker.
+//! - **The run comes first.** An unreachable or failing CI service is retried, logged and
+//!   counted, never turned into a plugin failure; live API updates go out at most once per
+//!   interval from a background task, so the bus never waits for the network.
+//! - **Secrets stay secret.** Tokens never appear in `Debug`, `Display`, serialized
+//!   configuration, logs or error messages.
 //! - **Nothing is lost silently.** The recorder never rejects an out-of-order stream; tasks
 //!   still running at shutdown are reported as incomplete (an error in JUnit).
 //!
@@ -98,6 +110,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
+mod api_plugin;
 pub mod azure;
 mod detect;
 mod error;
@@ -105,9 +119,13 @@ pub mod github;
 pub mod junit;
 pub mod markdown;
 mod plugin;
+pub mod retry;
 mod run;
+mod secret;
 pub mod teamcity;
 
+pub use api::{ApiConfig, ApiService, ApiStats, TargetStats};
+pub use api_plugin::CiApiReporter;
 pub use azure::render_azure_issues;
 pub use detect::{CiInfo, CiSystem, Env, detect, detect_from_process_env, process_env};
 pub use error::CiError;
@@ -118,4 +136,5 @@ pub use plugin::{CiReporter, Commands, Output, ReporterConfig, TeamcityLive};
 pub use run::{
     Attempt, AttemptOutcome, RunRecorder, RunResult, TaskResult, TaskStatus, Totals, WorkerSummary,
 };
+pub use secret::Secret;
 pub use teamcity::{TeamcityMessages, render_teamcity};

@@ -913,3 +913,85 @@ async fn reporter_plugin_rejects_unknown_configuration_keys() {
     assert_eq!(format!("{:?}", info[0].status), "Disabled", "{info:?}");
     manager.shutdown(ShutdownReason::Completed).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_ten_thousand_tasks_gives_a_valid_junit_file() {
+    let dir = temp_path("large");
+    let _ = std::fs::remove_dir_all(&dir);
+    let spec = PluginSpec::new(|| CiReporter::with_output(Box::new(std::io::sink())))
+        .config(serde_json::json!({ "junit": dir.join("junit.xml") }));
+    let manager = PluginManager::builder().spec(spec).spawn().await.unwrap();
+    manager
+        .publish(EventKind::coordinator_startup("run-big"))
+        .await
+        .unwrap();
+    for i in 0..10_000u32 {
+        let task = format!("t{i}");
+        let worker = format!("w{}", i % 8);
+        manager
+            .publish(EventKind::task_created(
+                task.as_str(),
+                format!("suite{}::case_{i}", i % 50),
+            ))
+            .await
+            .unwrap();
+        manager
+            .publish(EventKind::task_started(task.as_str(), worker.as_str(), 1))
+            .await
+            .unwrap();
+        let done = match i % 100 {
+            0 => failed(
+                &task,
+                &worker,
+                1,
+                error("Panic", "assertion <failed> & more", "at x"),
+                false,
+            ),
+            1 => completed(&task, &worker, 1, TaskOutcome::Skipped, 0, ""),
+            _ => completed(
+                &task,
+                &worker,
+                1,
+                TaskOutcome::Passed,
+                u64::from(i % 37),
+                "ok",
+            ),
+        };
+        manager.publish(done).await.unwrap();
+    }
+    let report = manager.shutdown(ShutdownReason::Completed).await;
+    assert!(report.clean, "{report:?}");
+    let file = dir.join("junit.xml");
+    let xml = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(xml.matches("<testcase ").count(), 10_000);
+    assert_eq!(xml.matches("<error ").count(), 100);
+    assert_eq!(xml.matches("<skipped").count(), 100);
+    // The tolerant checker panics on malformed markup; xmllint checks the schema.
+    check_xml(&xml);
+    validate_with_xmllint(&file);
+}
+
+#[test]
+fn an_unknown_ci_system_name_is_an_error_listing_the_valid_names() {
+    let err = "jenkinz".parse::<dtf_plugins_ci::CiSystem>().unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("select CI system `jenkinz`: unknown name"),
+        "{msg}"
+    );
+    for name in [
+        "jenkins",
+        "github-actions",
+        "gitlab",
+        "azure-devops",
+        "circleci",
+        "local",
+    ] {
+        assert!(msg.contains(name), "{msg}");
+    }
+    assert!("".parse::<dtf_plugins_ci::CiSystem>().is_err());
+    assert_eq!(
+        "Jenkins".parse::<dtf_plugins_ci::CiSystem>().unwrap(),
+        dtf_plugins_ci::CiSystem::Jenkins
+    );
+}

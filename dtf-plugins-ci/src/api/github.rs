@@ -1,0 +1,263 @@
+//! GitHub: a check run (created `in_progress` at startup, its output updated live, its
+//! annotations sent 50 per request, completed with `success`/`failure`), a commit status
+//! (`pending`, then `success`/`failure`), and a pull-request comment edited in place.
+
+use reqwest::Method;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+
+use super::comment::{CommentThread, Shape};
+use super::config::token;
+use super::http::{Auth, Body, Call, HttpCore, headers};
+use super::{ApiConfig, cap, comment_body, one_line, required, segment, trim_base};
+use crate::detect::{CiInfo, Env};
+use crate::error::CiError;
+use crate::markdown::{render_markdown, short};
+use crate::run::{RunResult, TaskStatus, format_utc};
+
+/// The Checks API takes at most 50 annotations per request.
+pub(crate) const ANNOTATIONS_PER_REQUEST: usize = 50;
+/// GitHub's limit on `output.summary` and comment bodies.
+const TEXT_LIMIT: usize = 65_535;
+
+#[derive(Debug)]
+pub(crate) struct Github {
+    api: String,
+    sha: Option<String>,
+    name: String,
+    details_url: Option<String>,
+    auth: Auth,
+    headers: HeaderMap,
+    checks: bool,
+    status: bool,
+    comment: Option<CommentThread>,
+    check_run: Option<u64>,
+}
+
+impl Github {
+    pub(crate) fn new(config: &ApiConfig, info: &CiInfo, env: &Env) -> Result<Self, CiError> {
+        let c = &config.github;
+        let (token, _) = token("github", c.token.as_ref(), env, &["GITHUB_TOKEN"])?;
+        let base = super::setting(c.base_url.as_deref(), env, &["GITHUB_API_URL"])
+            .unwrap_or_else(|| "https://api.github.com".to_owned());
+        let repo = required(
+            "github",
+            "repository",
+            c.repository.as_deref(),
+            env,
+            &["GITHUB_REPOSITORY"],
+        )?;
+        let (owner, name) = repo.split_once('/').ok_or(CiError::MissingSetting {
+            service: "github",
+            key: "repository (as owner/repo)",
+            variables: "GITHUB_REPOSITORY".to_owned(),
+        })?;
+        let api = format!(
+            "{}/repos/{}/{}",
+            trim_base(&base),
+            segment(owner),
+            segment(name)
+        );
+        let sha = c.sha.clone().or_else(|| info.commit.clone());
+        if (c.checks || c.status) && sha.is_none() {
+            return Err(CiError::MissingSetting {
+                service: "github",
+                key: "sha",
+                variables: "GITHUB_SHA".to_owned(),
+            });
+        }
+        let pr = c.pull_request.or(info.pull_request).filter(|_| c.comment);
+        let comment = pr.map(|n| CommentThread {
+            target: "github.comment",
+            collection_url: format!("{api}/issues/{n}/comments"),
+            list_query: "?per_page=100",
+            item_base: format!("{api}/issues/comments"),
+            edit_method: Method::PATCH,
+            shape: Shape::Body,
+        });
+        Ok(Self {
+            api,
+            sha,
+            name: config.name.clone(),
+            details_url: info.build_url.clone(),
+            auth: Auth::Bearer(token),
+            headers: headers(&[
+                ("accept", "application/vnd.github+json"),
+                ("x-github-api-version", "2022-11-28"),
+            ]),
+            checks: c.checks,
+            status: c.status,
+            comment,
+            check_run: None,
+        })
+    }
+
+    async fn send(&self, http: &mut HttpCore, call: Call) -> Result<Value, CiError> {
+        http.send(call, &self.auth, &self.headers).await
+    }
+
+    async fn post_status(&self, http: &mut HttpCore, state: &str, description: &str) {
+        let (true, Some(sha)) = (self.status, &self.sha) else {
+            return;
+        };
+        let mut body = json!({
+            "state": state,
+            "description": short(description, 140),
+            "context": self.name,
+        });
+        if let Some(url) = &self.details_url {
+            body["target_url"] = json!(url);
+        }
+        let url = format!("{}/statuses/{}", self.api, segment(sha));
+        let _ = self
+            .send(
+                http,
+                Call::new("github.status", Method::POST, url, Body::Json(body)),
+            )
+            .await;
+    }
+
+    pub(crate) async fn start(&mut self, http: &mut HttpCore, run: &RunResult) {
+        if let (true, Some(sha)) = (self.checks, &self.sha) {
+            let mut body = json!({
+                "name": self.name,
+                "head_sha": sha,
+                "status": "in_progress",
+                "output": { "title": "dtf: running", "summary": "The run has started." },
+            });
+            if let Some(t) = run.started_at {
+                body["started_at"] = json!(format!("{}Z", format_utc(t)));
+            }
+            if let Some(id) = &run.run_id {
+                body["external_id"] = json!(id);
+            }
+            if let Some(url) = &self.details_url {
+                body["details_url"] = json!(url);
+            }
+            let url = format!("{}/check-runs", self.api);
+            let created = self
+                .send(
+                    http,
+                    Call::new("github.check-run", Method::POST, url, Body::Json(body)),
+                )
+                .await;
+            self.check_run = created
+                .ok()
+                .and_then(|v| v.get("id").and_then(Value::as_u64));
+        }
+        self.post_status(http, "pending", "dtf: running").await;
+    }
+
+    fn output(run: &RunResult, annotations: &[Value]) -> Value {
+        json!({
+            "title": one_line(run),
+            "summary": cap(&render_markdown(run), TEXT_LIMIT),
+            "annotations": annotations,
+        })
+    }
+
+    /// Live progress: the check run's title and summary (annotations wait for the end,
+    /// because a failed task may still pass on a retry and annotations cannot be removed).
+    pub(crate) async fn update(&mut self, http: &mut HttpCore, run: &RunResult) {
+        let Some(id) = self.check_run else { return };
+        let url = format!("{}/check-runs/{id}", self.api);
+        let body = json!({ "output": Self::output(run, &[]) });
+        let _ = self
+            .send(
+                http,
+                Call::new("github.check-run", Method::PATCH, url, Body::Json(body)),
+            )
+            .await;
+    }
+
+    pub(crate) async fn finish(&mut self, http: &mut HttpCore, run: &RunResult) {
+        let failed = run.totals.is_failure();
+        if let Some(id) = self.check_run {
+            let url = format!("{}/check-runs/{id}", self.api);
+            let annotations = annotations(run);
+            let mut batches: Vec<&[Value]> = annotations.chunks(ANNOTATIONS_PER_REQUEST).collect();
+            let last = batches.pop().unwrap_or(&[]);
+            // Annotations accumulate over updates: all batches but the last go first, the
+            // last one travels with the conclusion.
+            for batch in batches {
+                let body = json!({ "output": Self::output(run, batch) });
+                let call = Call::new(
+                    "github.check-run",
+                    Method::PATCH,
+                    url.clone(),
+                    Body::Json(body),
+                );
+                let _ = self.send(http, call).await;
+            }
+            let mut body = json!({
+                "status": "completed",
+                "conclusion": if failed { "failure" } else { "success" },
+                "output": Self::output(run, last),
+            });
+            if let Some(t) = run.finished_at {
+                body["completed_at"] = json!(format!("{}Z", format_utc(t)));
+            }
+            let _ = self
+                .send(
+                    http,
+                    Call::new("github.check-run", Method::PATCH, url, Body::Json(body)),
+                )
+                .await;
+        }
+        let state = if failed { "failure" } else { "success" };
+        self.post_status(http, state, &one_line(run)).await;
+        if let Some(thread) = &self.comment {
+            thread
+                .upsert(
+                    http,
+                    &self.auth,
+                    &self.headers,
+                    &comment_body(run, TEXT_LIMIT),
+                )
+                .await;
+        }
+    }
+}
+
+/// One annotation per failed, unfinished or flaky task that names a `file` in its metadata
+/// (GitHub requires a path; the others are in the summary).
+pub(crate) fn annotations(run: &RunResult) -> Vec<Value> {
+    run.tasks
+        .iter()
+        .filter_map(|t| {
+            let level = match t.status {
+                TaskStatus::Failed | TaskStatus::Incomplete => "failure",
+                TaskStatus::Flaky => "warning",
+                _ => return None,
+            };
+            let path = t.metadata.get("file")?;
+            let line: u64 = t
+                .metadata
+                .get("line")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(1);
+            let failure = t.last_failure();
+            let message = failure
+                .map(|a| {
+                    format!(
+                        "{}: {}",
+                        a.error_kind.as_deref().unwrap_or("failure"),
+                        a.message.as_deref().unwrap_or("")
+                    )
+                })
+                .unwrap_or_else(|| format!("{} is {}", t.name, t.status.name()));
+            let mut a = json!({
+                "path": path,
+                "start_line": line,
+                "end_line": line,
+                "annotation_level": level,
+                "title": short(&t.name, 255),
+                "message": cap(&message, 60_000),
+            });
+            if let Some(f) = failure.filter(|f| !f.details.is_empty()) {
+                a["raw_details"] = json!(cap(&f.details, 60_000));
+            }
+            Some(a)
+        })
+        .collect()
+}

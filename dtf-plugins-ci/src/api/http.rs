@@ -1,0 +1,254 @@
+//! The HTTP core shared by every service client: one `reqwest` client, the retry rules of
+//! [`crate::retry`], and per-target statistics ([`ApiStats`]).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Serialize;
+
+use crate::error::CiError;
+use crate::retry::{Jitter, RetryPolicy, is_retryable_status, parse_retry_after};
+use crate::secret::Secret;
+
+/// What happened to the calls of one target (e.g. `github.check-run`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct TargetStats {
+    /// Calls that succeeded (after any retries).
+    pub ok: u64,
+    /// Calls that failed for good.
+    pub failed: u64,
+    /// HTTP attempts, retries included.
+    pub attempts: u64,
+    /// The last error, without secrets.
+    pub last_error: Option<String>,
+    /// The HTTP status of the last attempt that got a response.
+    pub last_status: Option<u16>,
+    /// How long the last attempt took.
+    pub last_latency: Option<Duration>,
+}
+
+/// Per-target statistics of the API calls, shared between the reporter and whoever holds a
+/// clone (cloning shares, it does not copy).
+#[derive(Debug, Clone, Default)]
+pub struct ApiStats(Arc<Mutex<BTreeMap<String, TargetStats>>>);
+
+impl ApiStats {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, TargetStats>> {
+        // A panic while holding the lock leaves plain counters behind; they stay usable.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The statistics of `target`, if it was called.
+    pub fn get(&self, target: &str) -> Option<TargetStats> {
+        self.lock().get(target).cloned()
+    }
+
+    /// Every target's statistics.
+    pub fn snapshot(&self) -> BTreeMap<String, TargetStats> {
+        self.lock().clone()
+    }
+
+    /// Calls that failed for good, over all targets.
+    pub fn failed(&self) -> u64 {
+        self.lock().values().map(|s| s.failed).sum()
+    }
+
+    fn update(&self, target: &str, f: impl FnOnce(&mut TargetStats)) {
+        f(self.lock().entry(target.to_owned()).or_default());
+    }
+}
+
+/// How a service authenticates.
+#[derive(Debug, Clone)]
+pub(crate) enum Auth {
+    /// `Authorization: Bearer <token>`.
+    Bearer(Secret),
+    /// `Authorization: Basic base64(user:password)`.
+    Basic { user: String, password: Secret },
+    /// A header of its own carrying the token (GitLab's `PRIVATE-TOKEN`).
+    Header(&'static str, Secret),
+}
+
+/// A request body.
+#[derive(Debug, Clone)]
+pub(crate) enum Body {
+    None,
+    Json(serde_json::Value),
+    Form(Vec<(&'static str, String)>),
+}
+
+/// One logical call: target name (for stats and logs), method, URL and body.
+#[derive(Debug)]
+pub(crate) struct Call {
+    pub(crate) target: &'static str,
+    pub(crate) method: Method,
+    pub(crate) url: String,
+    pub(crate) body: Body,
+}
+
+impl Call {
+    pub(crate) fn new(target: &'static str, method: Method, url: String, body: Body) -> Self {
+        Self {
+            target,
+            method,
+            url,
+            body,
+        }
+    }
+}
+
+/// The client, the retry policy and the stats.
+#[derive(Debug)]
+pub(crate) struct HttpCore {
+    client: reqwest::Client,
+    policy: RetryPolicy,
+    stats: ApiStats,
+    jitter: Jitter,
+}
+
+impl HttpCore {
+    pub(crate) fn new(
+        timeout: Duration,
+        policy: RetryPolicy,
+        stats: ApiStats,
+    ) -> Result<Self, CiError> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("dtf-plugins-ci/", env!("CARGO_PKG_VERSION")))
+            .timeout(timeout)
+            .build()
+            .map_err(|e| CiError::Api {
+                target: "client".to_owned(),
+                message: format!("build the HTTP client: {e}"),
+            })?;
+        Ok(Self {
+            client,
+            policy,
+            stats,
+            jitter: Jitter::default(),
+        })
+    }
+
+    /// Sends `call` with `auth` and `headers`, retrying transient failures, and returns the
+    /// JSON response (`null` when the body is empty or not JSON). The outcome is counted in
+    /// the stats and a failure is logged.
+    pub(crate) async fn send(
+        &mut self,
+        call: Call,
+        auth: &Auth,
+        headers: &HeaderMap,
+    ) -> Result<serde_json::Value, CiError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let result = self.request(&call, auth, headers).send().await;
+            let latency = started.elapsed();
+            self.stats.update(call.target, |s| {
+                s.attempts += 1;
+                s.last_latency = Some(latency);
+            });
+            let (retry_after, message) = match result {
+                Ok(resp) => {
+                    let status = resp.status();
+                    self.stats
+                        .update(call.target, |s| s.last_status = Some(status.as_u16()));
+                    if status.is_success() || status.is_redirection() {
+                        let text = resp.text().await.unwrap_or_default();
+                        self.stats.update(call.target, |s| s.ok += 1);
+                        tracing::debug!(target_api = call.target, %status, ?latency, "API call done");
+                        return Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null));
+                    }
+                    let retry_after = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(parse_retry_after);
+                    let text = resp.text().await.unwrap_or_default();
+                    let message = format!("HTTP {status}: {}", crate::markdown::short(&text, 200));
+                    if !is_retryable_status(status.as_u16()) {
+                        return Err(self.fail(&call, message));
+                    }
+                    (retry_after, message)
+                }
+                Err(e) => {
+                    // Connection failures and timeouts are transient; a request that could
+                    // not even be built (bad URL) is not.
+                    let message = e.to_string();
+                    if e.is_builder() {
+                        return Err(self.fail(&call, message));
+                    }
+                    (None, message)
+                }
+            };
+            if !self.policy.allows_another(attempt) {
+                return Err(self.fail(&call, message));
+            }
+            let delay = self
+                .policy
+                .delay(attempt - 1, retry_after, self.jitter.unit());
+            tracing::warn!(
+                target_api = call.target,
+                attempt,
+                ?delay,
+                error = %message,
+                "API call failed; retrying"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn request(&self, call: &Call, auth: &Auth, headers: &HeaderMap) -> reqwest::RequestBuilder {
+        let mut req = self
+            .client
+            .request(call.method.clone(), &call.url)
+            .headers(headers.clone());
+        req = match auth {
+            Auth::Bearer(t) => req.bearer_auth(t.expose()),
+            Auth::Basic { user, password } => req.basic_auth(user, Some(password.expose())),
+            Auth::Header(name, t) => match HeaderValue::from_str(t.expose()) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    req.header(HeaderName::from_static(name), v)
+                }
+                Err(_) => req,
+            },
+        };
+        match &call.body {
+            Body::None => req,
+            Body::Json(v) => req.json(v),
+            Body::Form(fields) => req.form(fields),
+        }
+    }
+
+    fn fail(&self, call: &Call, message: String) -> CiError {
+        tracing::error!(
+            target_api = call.target,
+            method = %call.method,
+            url = %call.url,
+            error = %message,
+            "API call failed; the run goes on"
+        );
+        self.stats.update(call.target, |s| {
+            s.failed += 1;
+            s.last_error = Some(message.clone());
+        });
+        CiError::Api {
+            target: call.target.to_owned(),
+            message,
+        }
+    }
+}
+
+/// A header map from static pairs.
+pub(crate) fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    pairs
+        .iter()
+        .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+        .collect()
+}

@@ -1,0 +1,327 @@
+//! [`CiApiReporter`]: drives the service clients of [`crate::api`] from bus events.
+
+use std::time::Duration;
+
+use dtf_plugin_core::prelude::*;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::api::http::HttpCore;
+use crate::api::{ApiConfig, ApiStats, Client, build_clients};
+use crate::detect::{CiInfo, Env, detect, process_env};
+use crate::run::RunRecorder;
+
+/// Reports the run to CI services' HTTP APIs while it goes on: creates a check run or
+/// pending status at coordinator startup, updates progress at most once per
+/// [`ApiConfig::update_interval_ms`] (coalescing whatever changed meanwhile), and sends the
+/// final report and verdict at coordinator shutdown.
+///
+/// The HTTP work happens on a background task that owns the clients and the run record; the
+/// plugin's handler only forwards events to it, so a slow service never slows the bus. At
+/// `CoordinatorShutdown` (or `on_shutdown`) the handler waits for the final report, bounded
+/// by [`ApiConfig::final_timeout_ms`].
+///
+/// Failures of the services never fail the plugin: each is retried per
+/// [`crate::retry`], then logged and counted in [`ApiStats`] ([`CiApiReporter::stats`]).
+/// Only a configuration problem fails `on_start`, with a message naming the setting or
+/// environment variable to fix — a missing token among them.
+///
+/// Identifiers (commit, pull request, build URL) come from [`detect`] over the environment
+/// given to [`CiApiReporter::with_env`] (the process environment for [`CiApiReporter::new`]).
+/// After a restart the instance starts with an empty record and creates a new check run or
+/// test run with the next event.
+pub struct CiApiReporter {
+    env: Env,
+    info: Option<CiInfo>,
+    stats: ApiStats,
+    config: ApiConfig,
+    worker: Option<Worker>,
+}
+
+struct Worker {
+    tx: mpsc::UnboundedSender<Msg>,
+    handle: JoinHandle<()>,
+}
+
+enum Msg {
+    Event(Event),
+    Finish,
+}
+
+impl std::fmt::Debug for CiApiReporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The environment holds tokens: only the configuration (whose tokens are `Secret`s)
+        // and the detected CI info are shown.
+        f.debug_struct("CiApiReporter")
+            .field("config", &self.config)
+            .field("info", &self.info)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for CiApiReporter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CiApiReporter {
+    /// The plugin's name.
+    pub const NAME: &'static str = "ci-api-reporter";
+
+    /// A reporter reading identifiers and tokens from the process environment.
+    pub fn new() -> Self {
+        Self::with_env(process_env())
+    }
+
+    /// A reporter reading identifiers and tokens from `env`.
+    pub fn with_env(env: Env) -> Self {
+        Self {
+            env,
+            info: None,
+            stats: ApiStats::default(),
+            config: ApiConfig::default(),
+            worker: None,
+        }
+    }
+
+    /// Uses `info` instead of detecting the CI system from the environment (e.g. a system
+    /// forced by name with [`CiInfo::from_env`]).
+    pub fn with_info(mut self, info: CiInfo) -> Self {
+        self.info = Some(info);
+        self
+    }
+
+    /// Counts into `stats` (a shared handle), so the caller can read them after handing the
+    /// reporter to a manager.
+    pub fn with_stats(mut self, stats: ApiStats) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// The per-target statistics (a shared handle).
+    pub fn stats(&self) -> ApiStats {
+        self.stats.clone()
+    }
+
+    /// Waits for the worker to send the final report.
+    async fn finish(&mut self, msg: Option<Msg>) {
+        let Some(worker) = self.worker.take() else {
+            return;
+        };
+        if let Some(msg) = msg {
+            let _ = worker.tx.send(msg);
+        }
+        drop(worker.tx);
+        if let Err(e) = worker.handle.await {
+            tracing::error!(error = %e, "the CI API worker stopped abnormally");
+        }
+    }
+}
+
+impl Plugin for CiApiReporter {
+    fn metadata(&self) -> PluginMetadata {
+        PluginMetadata::new(Self::NAME)
+            .version(env!("CARGO_PKG_VERSION"))
+            .kind(PluginKind::Integration)
+            .hooks(
+                HookSet::TASK
+                    .union(HookSet::WORKER)
+                    .union(HookSet::COORDINATOR),
+            )
+    }
+
+    async fn on_start(&mut self, ctx: &mut PluginContext) -> Result<(), PluginError> {
+        self.config = ctx.config::<ApiConfig>()?;
+        let info = self.info.clone().unwrap_or_else(|| detect(&self.env));
+        let clients = build_clients(&self.config, &info, &self.env)?;
+        self.info = Some(info);
+        if clients.is_empty() {
+            return Ok(());
+        }
+        let http = HttpCore::new(
+            Duration::from_millis(self.config.request_timeout_ms),
+            self.config.retry,
+            self.stats.clone(),
+        )?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = tokio::spawn(work(
+            rx,
+            clients,
+            http,
+            Duration::from_millis(self.config.update_interval_ms),
+            Duration::from_millis(self.config.final_timeout_ms),
+        ));
+        self.worker = Some(Worker { tx, handle });
+        Ok(())
+    }
+
+    async fn on_reconfigure(
+        &mut self,
+        _ctx: &mut PluginContext,
+    ) -> Result<Reconfigured, PluginError> {
+        // New endpoints or tokens need new clients: restart (the default), documented.
+        Ok(Reconfigured::Restart)
+    }
+
+    async fn on_event(
+        &mut self,
+        _ctx: &mut PluginContext,
+        event: &Event,
+    ) -> Result<(), PluginError> {
+        let Some(worker) = &self.worker else {
+            return Ok(());
+        };
+        let last = matches!(event.kind, EventKind::CoordinatorShutdown(_));
+        // The unbounded queue only fails when the worker is gone; then there is nothing
+        // left to report to.
+        let _ = worker.tx.send(Msg::Event(event.clone()));
+        if last {
+            self.finish(None).await;
+        }
+        Ok(())
+    }
+
+    async fn on_shutdown(&mut self, _ctx: &mut PluginContext) -> Result<(), PluginError> {
+        self.finish(Some(Msg::Finish)).await;
+        Ok(())
+    }
+}
+
+/// Allows one update per interval and only when something changed: the rate limit and the
+/// coalescing of live updates, as pure logic.
+#[derive(Debug, Clone)]
+pub(crate) struct Throttle {
+    interval: Duration,
+    next: Instant,
+    dirty: bool,
+}
+
+impl Throttle {
+    pub(crate) fn new(interval: Duration, now: Instant) -> Self {
+        Self {
+            interval,
+            next: now + interval,
+            dirty: false,
+        }
+    }
+
+    /// Something changed.
+    pub(crate) fn changed(&mut self) {
+        self.dirty = true;
+    }
+
+    /// When the next update is due, if one is pending.
+    pub(crate) fn due_at(&self) -> Option<Instant> {
+        self.dirty.then_some(self.next)
+    }
+
+    /// Whether an update is pending and allowed at `now`; if so, takes it.
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
+        if self.dirty && now >= self.next {
+            self.dirty = false;
+            self.next = now + self.interval;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The background task: folds events, calls the clients, ends after the final report.
+async fn work(
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    mut clients: Vec<Client>,
+    mut http: HttpCore,
+    interval: Duration,
+    final_timeout: Duration,
+) {
+    let mut recorder = RunRecorder::new();
+    let mut throttle = Throttle::new(interval, Instant::now());
+    let mut started = false;
+    loop {
+        let msg = match throttle.due_at() {
+            Some(at) => tokio::select! {
+                msg = rx.recv() => msg,
+                () = tokio::time::sleep_until(at) => {
+                    if throttle.take(Instant::now()) {
+                        let run = recorder.result();
+                        for c in &mut clients {
+                            c.update(&mut http, &run).await;
+                        }
+                    }
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let finish = match msg {
+            // Dropped without a finish: the plugin failed and is being restarted. No
+            // verdict is sent for a run this instance did not see to the end.
+            None => return,
+            Some(Msg::Finish) => true,
+            Some(Msg::Event(event)) => {
+                recorder.record(&event);
+                if !started {
+                    started = true;
+                    let run = recorder.result();
+                    for c in &mut clients {
+                        c.start(&mut http, &run).await;
+                    }
+                    throttle = Throttle::new(interval, Instant::now());
+                }
+                match event.kind {
+                    EventKind::CoordinatorShutdown(_) => true,
+                    EventKind::CoordinatorStartup(_) => false,
+                    _ => {
+                        throttle.changed();
+                        false
+                    }
+                }
+            }
+        };
+        if finish {
+            if started {
+                let run = recorder.result();
+                let all = async {
+                    for c in &mut clients {
+                        c.finish(&mut http, &run).await;
+                    }
+                };
+                if tokio::time::timeout(final_timeout, all).await.is_err() {
+                    tracing::error!(
+                        ?final_timeout,
+                        "the final CI API report did not finish in time; abandoned"
+                    );
+                }
+            }
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_coalesces_changes_into_one_update_per_interval() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut th = Throttle::new(10 * s, t0);
+        assert_eq!(th.due_at(), None, "nothing changed");
+        for _ in 0..1000 {
+            th.changed();
+        }
+        assert_eq!(th.due_at(), Some(t0 + 10 * s));
+        assert!(!th.take(t0 + 9 * s), "not before the interval");
+        assert!(th.take(t0 + 10 * s), "one update for all the changes");
+        assert!(!th.take(t0 + 30 * s), "nothing changed since");
+        th.changed();
+        assert_eq!(th.due_at(), Some(t0 + 20 * s));
+        assert!(th.take(t0 + 25 * s));
+        assert_eq!(th.due_at(), None);
+    }
+}

@@ -1,0 +1,171 @@
+//! The retry rules for outgoing HTTP calls, in one place so every client (the CI API
+//! reporters here, the notifiers later) retries the same way.
+//!
+//! - **What is retried:** connection errors, timeouts, and the statuses
+//!   [`is_retryable_status`] names (408, 429 and every 5xx). Other 4xx are the caller's
+//!   mistake (bad token, unknown repository) and are never retried.
+//! - **How long to wait:** the server's `Retry-After` in seconds when it sends one (capped at
+//!   [`RetryPolicy::max_retry_after_ms`]), otherwise exponential backoff with equal jitter:
+//!   half of `initial * 2^retry` (capped at [`RetryPolicy::max_backoff_ms`]) plus a random
+//!   part of the other half, so clients that failed together do not retry together.
+//! - **How often:** at most [`RetryPolicy::max_attempts`] attempts in all.
+//!
+//! Everything here is pure; the caller sleeps.
+
+use std::time::Duration;
+
+use dtf_plugin_core::Backoff;
+
+use serde::{Deserialize, Serialize};
+
+/// How many times to try a request and how long to wait in between.
+///
+/// ```
+/// use std::time::Duration;
+/// use dtf_plugins_ci::retry::RetryPolicy;
+/// let policy = RetryPolicy::default();
+/// // Without jitter: 500 ms, 1 s, 2 s, … capped at 8 s.
+/// assert_eq!(policy.backoff(0, 1.0), Duration::from_millis(500));
+/// assert_eq!(policy.backoff(1, 1.0), Duration::from_secs(1));
+/// assert_eq!(policy.backoff(10, 1.0), Duration::from_secs(8));
+/// // The server's Retry-After wins over the backoff.
+/// assert_eq!(policy.delay(0, Some(Duration::from_secs(3)), 0.5), Duration::from_secs(3));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included. Default 4; `1` disables retries.
+    pub max_attempts: u32,
+    /// Backoff before the first retry, in milliseconds. Default 500.
+    pub initial_backoff_ms: u64,
+    /// Longest backoff, in milliseconds. Default 8000.
+    pub max_backoff_ms: u64,
+    /// Longest `Retry-After` honoured, in milliseconds; a longer one is cut to this. Default
+    /// 30000.
+    pub max_retry_after_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 8_000,
+            max_retry_after_ms: 30_000,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy with `max_attempts` attempts and the default waits.
+    pub fn with_attempts(max_attempts: u32) -> Self {
+        Self {
+            max_attempts,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the backoff range (initial and longest), in milliseconds.
+    pub fn backoff_ms(mut self, initial: u64, max: u64) -> Self {
+        self.initial_backoff_ms = initial;
+        self.max_backoff_ms = max;
+        self
+    }
+
+    /// Whether another attempt may follow attempt number `attempt` (1-based).
+    pub fn allows_another(&self, attempt: u32) -> bool {
+        attempt < self.max_attempts
+    }
+
+    /// The backoff before retry number `retry` (0-based), with `jitter` in `[0, 1]`: half the
+    /// exponential delay plus `jitter` times the other half.
+    pub fn backoff(&self, retry: u32, jitter: f64) -> Duration {
+        // The core's restart backoff computes the same curve; its jitter counts down from the
+        // full delay, ours up from half of it.
+        Backoff {
+            initial: Duration::from_millis(self.initial_backoff_ms),
+            max: Duration::from_millis(self.max_backoff_ms),
+            factor: 2.0,
+            jitter: 0.5,
+        }
+        .delay(retry, 1.0 - jitter.clamp(0.0, 1.0))
+    }
+
+    /// The wait before retry number `retry`: the server's `Retry-After` (capped) if it sent
+    /// one, else [`backoff`](Self::backoff).
+    pub fn delay(&self, retry: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+        match retry_after {
+            Some(d) => d.min(Duration::from_millis(self.max_retry_after_ms)),
+            None => self.backoff(retry, jitter),
+        }
+    }
+}
+
+/// Whether an HTTP status is worth retrying: 408, 429 and 5xx.
+pub fn is_retryable_status(status: u16) -> bool {
+    status == 408 || status == 429 || (500..600).contains(&status)
+}
+
+/// Parses a `Retry-After` value given in seconds (`"120"`). The HTTP-date form is not
+/// supported and gives `None` (the backoff applies then).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// The random source for jitter: the core's, so restarts and retries share one generator type.
+pub use dtf_plugin_core::Jitter;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_only_transient_statuses() {
+        for s in [408, 429, 500, 502, 503, 504, 599] {
+            assert!(is_retryable_status(s), "{s}");
+        }
+        for s in [200, 201, 301, 400, 401, 403, 404, 409, 422] {
+            assert!(!is_retryable_status(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered_within_bounds() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.backoff(0, 0.0), Duration::from_millis(250));
+        assert_eq!(p.backoff(2, 1.0), Duration::from_secs(2));
+        assert_eq!(p.backoff(40, 1.0), Duration::from_secs(8));
+        let mut j = Jitter::seeded(7);
+        for retry in 0..6 {
+            let d = p.backoff(retry, j.unit());
+            let full = p.backoff(retry, 1.0);
+            assert!(d >= full / 2 && d <= full, "{d:?} vs {full:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_capped() {
+        let p = RetryPolicy::default();
+        assert_eq!(parse_retry_after(" 2 "), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(
+            p.delay(3, Some(Duration::from_secs(1)), 0.9),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(3600)), 0.0),
+            Duration::from_secs(30)
+        );
+        assert!(p.allows_another(3) && !p.allows_another(4));
+    }
+
+    #[test]
+    fn jitter_stays_in_the_unit_interval() {
+        let mut j = Jitter::seeded(42);
+        for _ in 0..10_000 {
+            let u = j.unit();
+            assert!((0.0..1.0).contains(&u));
+        }
+    }
+}

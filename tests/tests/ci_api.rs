@@ -1,0 +1,710 @@
+//! The CI API reporter against in-process HTTP servers on 127.0.0.1 (wiremock): the exact
+//! method, path, headers and JSON body of each service's requests, a pull-request comment
+//! edited in place, retries (429 with `Retry-After`, 5xx, connection errors), no retry on
+//! other 4xx, per-target stats, and tokens kept out of `Debug` output and errors.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "in tests, a failed unwrap is a failed test"
+)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use dtf_plugin_core::event::TaskCreated;
+use dtf_plugin_core::prelude::*;
+use dtf_plugins_ci::{ApiConfig, ApiStats, CiApiReporter, CiInfo, CiSystem, Env};
+use serde_json::{Value, json};
+use wiremock::matchers::{
+    body_json, body_partial_json, body_string_contains, header, method, path, query_param,
+};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+const GH_TOKEN: &str = "ghp-very-secret-token";
+
+fn env(pairs: &[(&str, &str)]) -> Env {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn github_env() -> Env {
+    env(&[
+        ("GITHUB_ACTIONS", "true"),
+        ("GITHUB_TOKEN", GH_TOKEN),
+        ("GITHUB_REPOSITORY", "acme/widgets"),
+        ("GITHUB_SHA", SHA),
+        ("GITHUB_REF", "refs/pull/7/merge"),
+    ])
+}
+
+/// A run: one pass, one failure with a file, one retried then passed, then shutdown.
+fn events() -> Vec<EventKind> {
+    let with_file = TaskCreated::builder()
+        .task("t2")
+        .name("parser::rejects")
+        .metadata(BTreeMap::from([
+            ("file".to_owned(), "src/parser.rs".to_owned()),
+            ("line".to_owned(), "12".to_owned()),
+        ]))
+        .build();
+    let boom = TaskError::builder().kind("Panic").message("boom").build();
+    vec![
+        EventKind::coordinator_startup("run-1"),
+        EventKind::task_created("t1", "parser::accepts"),
+        EventKind::TaskCreated(Box::new(with_file)),
+        EventKind::task_created("t3", "net::flaky"),
+        EventKind::task_started("t1", "w1", 1),
+        EventKind::task_completed("t1", "w1", TaskOutcome::Passed, Duration::from_millis(5)),
+        EventKind::task_started("t2", "w1", 1),
+        EventKind::task_failed("t2", boom.clone(), false),
+        EventKind::task_started("t3", "w2", 1),
+        EventKind::task_failed("t3", boom, true),
+        EventKind::task_assigned("t3", "w2", 2),
+        EventKind::task_started("t3", "w2", 2),
+        EventKind::task_completed("t3", "w2", TaskOutcome::Passed, Duration::from_millis(7)),
+    ]
+}
+
+/// Runs `events()` through a manager holding the API reporter and returns its stats.
+async fn run(env: Env, config: Value) -> ApiStats {
+    run_events(env, config, events()).await
+}
+
+async fn run_events(env: Env, config: Value, events: Vec<EventKind>) -> ApiStats {
+    let stats = ApiStats::default();
+    let handle = stats.clone();
+    let spec =
+        PluginSpec::new(move || CiApiReporter::with_env(env.clone()).with_stats(handle.clone()))
+            .config(config)
+            .restart_policy(RestartPolicy::Temporary);
+    let manager = PluginManager::builder().spec(spec).spawn().await.unwrap();
+    for e in events {
+        manager.publish(e).await.unwrap();
+    }
+    // Shutdown waits for the reporter's final report.
+    let report = manager.shutdown(ShutdownReason::Completed).await;
+    assert!(report.clean, "{report:?}");
+    stats
+}
+
+fn github_config(server: &MockServer, extra: Value) -> Value {
+    let mut cfg = json!({
+        "services": ["github"],
+        "update_interval_ms": 3_600_000,
+        "retry": { "initial_backoff_ms": 10, "max_backoff_ms": 20 },
+        "github": { "base_url": server.uri() },
+    });
+    merge(&mut cfg, extra);
+    cfg
+}
+
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+fn github_headers(mock: wiremock::MockBuilder) -> wiremock::MockBuilder {
+    mock.and(header(
+        "authorization",
+        format!("Bearer {GH_TOKEN}").as_str(),
+    ))
+    .and(header("accept", "application/vnd.github+json"))
+    .and(header("x-github-api-version", "2022-11-28"))
+    .and(header(
+        "user-agent",
+        concat!("dtf-plugins-ci/", env!("CARGO_PKG_VERSION")),
+    ))
+}
+
+async fn bodies(server: &MockServer, verb: &str, p: &str) -> Vec<Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r: &Request| r.method.as_str() == verb && r.url.path() == p)
+        .map(|r| serde_json::from_slice(&r.body).unwrap_or(Value::Null))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_creates_a_check_run_posts_statuses_and_comments_once() {
+    let server = MockServer::start().await;
+    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
+        .and(body_partial_json(json!({
+            "name": "dtf",
+            "head_sha": SHA,
+            "status": "in_progress",
+            "external_id": "run-1",
+            "output": { "title": "dtf: running", "summary": "The run has started." },
+        })))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 42 })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    github_headers(
+        Mock::given(method("POST")).and(path(format!("/repos/acme/widgets/statuses/{SHA}"))),
+    )
+    .and(body_json(
+        json!({ "state": "pending", "description": "dtf: running", "context": "dtf" }),
+    ))
+    .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 1 })))
+    .expect(1)
+    .mount(&server)
+    .await;
+    github_headers(Mock::given(method("PATCH")).and(path("/repos/acme/widgets/check-runs/42")))
+        .and(body_partial_json(json!({
+            "status": "completed",
+            "conclusion": "failure",
+            "output": {
+                "title": "dtf: 1 passed, 1 failed, 1 flaky of 3 tasks",
+                "annotations": [
+                    {
+                        "path": "src/parser.rs",
+                        "start_line": 12,
+                        "end_line": 12,
+                        "annotation_level": "failure",
+                        "title": "parser::rejects",
+                        "message": "Panic: boom",
+                    }
+                ],
+            },
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 42 })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    github_headers(
+        Mock::given(method("POST")).and(path(format!("/repos/acme/widgets/statuses/{SHA}"))),
+    )
+    .and(body_json(json!({
+        "state": "failure",
+        "description": "dtf: 1 passed, 1 failed, 1 flaky of 3 tasks",
+        "context": "dtf",
+    })))
+    .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 2 })))
+    .expect(1)
+    .mount(&server)
+    .await;
+    // First run: no comment of ours yet → one POST.
+    github_headers(Mock::given(method("GET")).and(path("/repos/acme/widgets/issues/7/comments")))
+        .and(query_param("per_page", "100"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([
+            { "id": 5, "body": "LGTM" }
+        ])))
+        .expect(1)
+        .mount(&server)
+        .await;
+    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/issues/7/comments")))
+        .and(body_string_contains("<!-- dtf-report -->"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 77 })))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let stats = run(github_env(), github_config(&server, json!({}))).await;
+    server.verify().await;
+    let comment = &bodies(&server, "POST", "/repos/acme/widgets/issues/7/comments").await[0];
+    let body = comment["body"].as_str().unwrap();
+    assert!(
+        body.starts_with("<!-- dtf-report -->\n## dtf test run: ❌ failed"),
+        "{body}"
+    );
+    let check = stats.get("github.check-run").unwrap();
+    assert_eq!(
+        (check.ok, check.failed, check.attempts),
+        (2, 0, 2),
+        "{check:?}"
+    );
+    assert_eq!(stats.get("github.status").unwrap().ok, 2);
+    assert_eq!(stats.failed(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_comment_is_edited_in_place_on_the_second_run() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/widgets/issues/7/comments"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([
+            { "id": 5, "body": "LGTM" },
+            { "id": 99, "body": "<!-- dtf-report -->\n## dtf test run: old" },
+        ])))
+        .expect(1)
+        .mount(&server)
+        .await;
+    github_headers(
+        Mock::given(method("PATCH")).and(path("/repos/acme/widgets/issues/comments/99")),
+    )
+    .and(body_string_contains("<!-- dtf-report -->"))
+    .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 99 })))
+    .expect(1)
+    .mount(&server)
+    .await;
+    Mock::given(method("POST"))
+        .and(path("/repos/acme/widgets/issues/7/comments"))
+        .respond_with(ResponseTemplate::new(201))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let cfg = github_config(
+        &server,
+        json!({ "github": { "checks": false, "status": false } }),
+    );
+    let stats = run(github_env(), cfg).await;
+    server.verify().await;
+    assert_eq!(stats.get("github.comment").unwrap().ok, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_annotations_go_fifty_per_request() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/repos/acme/widgets/check-runs"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 3 })))
+        .mount(&server)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path("/repos/acme/widgets/check-runs/3"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 3 })))
+        .mount(&server)
+        .await;
+    let mut evs = vec![EventKind::coordinator_startup("run-2")];
+    for i in 0..120 {
+        let created = TaskCreated::builder()
+            .task(format!("t{i}"))
+            .name(format!("suite::case_{i}"))
+            .metadata(BTreeMap::from([(
+                "file".to_owned(),
+                "src/lib.rs".to_owned(),
+            )]))
+            .build();
+        evs.push(EventKind::TaskCreated(Box::new(created)));
+        evs.push(EventKind::task_failed(
+            format!("t{i}"),
+            TaskError::builder().kind("Panic").message("no").build(),
+            false,
+        ));
+    }
+    let cfg = github_config(
+        &server,
+        json!({ "github": { "status": false, "comment": false } }),
+    );
+    run_events(github_env(), cfg, evs).await;
+    let patches = bodies(&server, "PATCH", "/repos/acme/widgets/check-runs/3").await;
+    let sizes: Vec<usize> = patches
+        .iter()
+        .map(|b| b["output"]["annotations"].as_array().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(sizes, [50, 50, 20]);
+    assert!(patches[..2].iter().all(|b| b.get("conclusion").is_none()));
+    assert_eq!(patches[2]["conclusion"], "failure");
+    assert_eq!(patches[2]["status"], "completed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_posts_statuses_and_edits_its_note() {
+    let server = MockServer::start().await;
+    let statuses = format!("/api/v4/projects/acme%2Fwidgets/statuses/{SHA}");
+    Mock::given(method("POST"))
+        .and(path(statuses.as_str()))
+        .and(header("private-token", "glpat-secret"))
+        .and(body_json(json!({
+            "state": "running",
+            "name": "dtf",
+            "description": "dtf: running",
+            "target_url": "https://gitlab.example.invalid/p/-/pipelines/5",
+            "ref": "feature",
+        })))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 1 })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(statuses.as_str()))
+        .and(body_partial_json(
+            json!({ "state": "failed", "name": "dtf" }),
+        ))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 2 })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let notes = "/api/v4/projects/acme%2Fwidgets/merge_requests/4/notes";
+    Mock::given(method("GET"))
+        .and(path(notes))
+        .and(header("private-token", "glpat-secret"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([
+            { "id": 11, "body": "<!-- dtf-report -->\nold" }
+        ])))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path(format!("{notes}/11")))
+        .and(body_string_contains("<!-- dtf-report -->"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 11 })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(notes))
+        .respond_with(ResponseTemplate::new(201))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let env = env(&[
+        ("GITLAB_CI", "true"),
+        ("GITLAB_TOKEN", "glpat-secret"),
+        ("CI_PROJECT_ID", "acme/widgets"),
+        ("CI_COMMIT_SHA", SHA),
+        (
+            "CI_PIPELINE_URL",
+            "https://gitlab.example.invalid/p/-/pipelines/5",
+        ),
+        ("CI_MERGE_REQUEST_IID", "4"),
+        ("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME", "feature"),
+    ]);
+    let cfg = json!({
+        "services": ["gitlab"],
+        "update_interval_ms": 3_600_000,
+        "gitlab": { "base_url": server.uri() },
+    });
+    let stats = run(env, cfg).await;
+    server.verify().await;
+    assert_eq!(stats.failed(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_creates_a_test_run_adds_results_and_completes_it() {
+    let server = MockServer::start().await;
+    let basic = "Basic OmF6dXJlLXBhdA=="; // base64(":azure-pat")
+    Mock::given(method("POST"))
+        .and(path("/myorg/My%20Project/_apis/test/runs"))
+        .and(query_param("api-version", "7.1"))
+        .and(header("authorization", basic))
+        .and(body_partial_json(json!({
+            "name": "dtf run-1",
+            "automated": true,
+            "state": "InProgress",
+            "build": { "id": "77" },
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 501 })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/myorg/My%20Project/_apis/test/runs/501/results"))
+        .and(query_param("api-version", "7.1"))
+        .and(header("authorization", basic))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .expect(1..)
+        .mount(&server)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path("/myorg/My%20Project/_apis/test/runs/501"))
+        .and(query_param("api-version", "7.1"))
+        .and(body_partial_json(json!({ "state": "Completed" })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 501 })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let env = env(&[
+        ("TF_BUILD", "True"),
+        ("BUILD_BUILDID", "77"),
+        ("AZURE_DEVOPS_TOKEN", "azure-pat"),
+        ("SYSTEM_TEAMPROJECT", "My Project"),
+    ]);
+    let cfg = json!({
+        "services": ["azure-devops"],
+        "update_interval_ms": 3_600_000,
+        "azure_devops": { "base_url": format!("{}/myorg/", server.uri()) },
+    });
+    run(env, cfg).await;
+    server.verify().await;
+    let results: Vec<Value> = bodies(
+        &server,
+        "POST",
+        "/myorg/My%20Project/_apis/test/runs/501/results",
+    )
+    .await
+    .into_iter()
+    .flat_map(|b| b.as_array().cloned().unwrap_or_default())
+    .collect();
+    assert_eq!(results.len(), 3, "{results:?}");
+    let by_name = |n: &str| {
+        results
+            .iter()
+            .find(|r| r["testCaseTitle"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_name("parser::accepts")["outcome"], "Passed");
+    assert_eq!(by_name("parser::rejects")["outcome"], "Failed");
+    assert_eq!(by_name("parser::rejects")["errorMessage"], "Panic: boom");
+    assert_eq!(by_name("net::flaky")["outcome"], "Passed");
+    assert_eq!(by_name("net::flaky")["comment"], "flaky after 2 attempts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitbucket_posts_build_statuses_and_a_comment() {
+    let server = MockServer::start().await;
+    let statuses = format!("/2.0/repositories/ws/repo/commit/{SHA}/statuses/build");
+    Mock::given(method("POST"))
+        .and(path(statuses.as_str()))
+        .and(header("authorization", "Bearer bb-token"))
+        .and(body_json(json!({
+            "type": "commitstatus",
+            "key": "dtf",
+            "state": "INPROGRESS",
+            "name": "dtf",
+            "url": "https://bitbucket.org/ws/repo/pipelines/results/31",
+            "description": "dtf: running",
+        })))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(statuses.as_str()))
+        .and(body_partial_json(
+            json!({ "state": "FAILED", "key": "dtf" }),
+        ))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let comments = "/2.0/repositories/ws/repo/pullrequests/12/comments";
+    Mock::given(method("GET"))
+        .and(path(comments))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "values": [] })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(comments))
+        .and(header("authorization", "Bearer bb-token"))
+        .and(body_string_contains("<!-- dtf-report -->"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 1 })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let env = env(&[
+        ("BITBUCKET_BUILD_NUMBER", "31"),
+        ("BITBUCKET_REPO_FULL_NAME", "ws/repo"),
+        ("BITBUCKET_COMMIT", SHA),
+        ("BITBUCKET_PR_ID", "12"),
+        ("BITBUCKET_TOKEN", "bb-token"),
+    ]);
+    let cfg = json!({
+        "services": ["bitbucket"],
+        "update_interval_ms": 3_600_000,
+        "bitbucket": { "base_url": server.uri() },
+    });
+    run(env, cfg).await;
+    server.verify().await;
+    let posted = bodies(&server, "POST", comments).await;
+    assert!(
+        posted[0]["content"]["raw"]
+            .as_str()
+            .unwrap()
+            .starts_with("<!-- dtf-report -->")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jenkins_sets_the_build_description_with_basic_auth() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/job/widgets/12/submitDescription"))
+        .and(header("authorization", "Basic Ym9iOmplbmtpbnMtdG9r")) // bob:jenkins-tok
+        .and(header("content-type", "application/x-www-form-urlencoded"))
+        .and(body_string_contains(
+            "description=dtf%3A+1+passed%2C+1+failed%2C+1+flaky+of+3+tasks+%28failed%29",
+        ))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let env = env(&[
+        ("JENKINS_URL", "http://jenkins.invalid/"),
+        ("BUILD_URL", &format!("{}/job/widgets/12/", server.uri())),
+        ("JENKINS_USER", "bob"),
+        ("JENKINS_API_TOKEN", "jenkins-tok"),
+    ]);
+    let cfg = json!({ "services": ["jenkins"], "update_interval_ms": 3_600_000 });
+    run(env, cfg).await;
+    server.verify().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honours_retry_after_on_429_then_succeeds() {
+    let server = MockServer::start().await;
+    let statuses = format!("/repos/acme/widgets/statuses/{SHA}");
+    Mock::given(method("POST"))
+        .and(path(statuses.as_str()))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(statuses.as_str()))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 1 })))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let cfg = github_config(
+        &server,
+        json!({ "github": { "checks": false, "comment": false } }),
+    );
+    let started = Instant::now();
+    let stats = run(github_env(), cfg).await;
+    server.verify().await;
+    let reqs = server.received_requests().await.unwrap();
+    // The retry came no earlier than the server asked (1 s), while the backoff alone would
+    // have been 10–20 ms.
+    let gap = started.elapsed();
+    assert!(gap >= Duration::from_secs(1), "{gap:?}");
+    assert_eq!(reqs.len(), 3);
+    let s = stats.get("github.status").unwrap();
+    assert_eq!((s.ok, s.failed, s.attempts), (2, 0, 3), "{s:?}");
+    assert_eq!(s.last_status, Some(201));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_5xx_but_not_404_and_the_run_goes_on() {
+    let server = MockServer::start().await;
+    // The check run cannot be created: 404 is final, no retry.
+    Mock::given(method("POST"))
+        .and(path("/repos/acme/widgets/check-runs"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({ "message": "Not Found" })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    // The status endpoint has two 500s, then recovers.
+    let statuses = format!("/repos/acme/widgets/statuses/{SHA}");
+    Mock::given(method("POST"))
+        .and(path(statuses.as_str()))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(2)
+        .expect(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(statuses.as_str()))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 1 })))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let cfg = github_config(&server, json!({ "github": { "comment": false } }));
+    let stats = run(github_env(), cfg).await;
+    server.verify().await;
+    let check = stats.get("github.check-run").unwrap();
+    assert_eq!(
+        (check.ok, check.failed, check.attempts),
+        (0, 1, 1),
+        "{check:?}"
+    );
+    assert_eq!(check.last_status, Some(404));
+    let err = check.last_error.unwrap();
+    assert!(err.starts_with("HTTP 404 Not Found"), "{err}");
+    assert!(!err.contains(GH_TOKEN));
+    let status = stats.get("github.status").unwrap();
+    assert_eq!(
+        (status.ok, status.failed, status.attempts),
+        (2, 0, 4),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_errors_are_retried_then_counted() {
+    // A port nobody listens on: bind, learn the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = json!({
+        "services": ["github"],
+        "update_interval_ms": 3_600_000,
+        "retry": { "max_attempts": 3, "initial_backoff_ms": 5, "max_backoff_ms": 10 },
+        "github": { "base_url": format!("http://127.0.0.1:{port}"), "checks": false, "comment": false },
+    });
+    let stats = run(github_env(), cfg).await;
+    let s = stats.get("github.status").unwrap();
+    assert_eq!((s.ok, s.failed, s.attempts), (0, 2, 6), "{s:?}");
+    assert!(!s.last_error.unwrap().contains(GH_TOKEN));
+}
+
+#[tokio::test]
+async fn missing_token_fails_start_up_naming_the_variable() {
+    let mut env = github_env();
+    env.remove("GITHUB_TOKEN");
+    let mut plugin = CiApiReporter::with_env(env);
+    let mut ctx = PluginContext::detached(CiApiReporter::NAME, json!({ "services": ["github"] }));
+    let err = plugin.on_start(&mut ctx).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "configure `github`: no token (set GITHUB_TOKEN, or `token` in the configuration)"
+    );
+
+    let mut plugin = CiApiReporter::with_env(Env::new());
+    let mut ctx = PluginContext::detached(CiApiReporter::NAME, json!({ "services": ["jenkins"] }));
+    let err = plugin.on_start(&mut ctx).await.unwrap_err().to_string();
+    assert!(err.contains("JENKINS_USER"), "{err}");
+}
+
+#[tokio::test]
+async fn tokens_stay_out_of_debug_output_and_errors() {
+    let cfg: ApiConfig = serde_json::from_value(json!({
+        "services": ["github", "gitlab"],
+        "github": { "token": "cfg-github-secret", "repository": "a/b", "sha": SHA, "base_url": "http://127.0.0.1:9" },
+        "gitlab": { "token": "cfg-gitlab-secret", "project": "1", "sha": SHA, "base_url": "http://127.0.0.1:9" },
+    }))
+    .unwrap();
+    let shown = format!("{cfg:?} {cfg:#?}");
+    assert!(
+        !shown.contains("cfg-github-secret") && !shown.contains("cfg-gitlab-secret"),
+        "{shown}"
+    );
+    assert!(shown.contains("***"));
+    // Serializing the configuration drops the tokens.
+    let back = serde_json::to_string(&cfg).unwrap();
+    assert!(!back.contains("secret"), "{back}");
+
+    // A started reporter (its environment holds a token too) prints none of them.
+    let mut plugin = CiApiReporter::with_env(github_env())
+        .with_info(CiInfo::from_env(CiSystem::GithubActions, &github_env()));
+    let mut raw = serde_json::to_value(&cfg).unwrap();
+    raw["github"]["token"] = json!("cfg-github-secret");
+    raw["gitlab"]["token"] = json!("cfg-gitlab-secret");
+    let mut ctx = PluginContext::detached(CiApiReporter::NAME, raw);
+    plugin.on_start(&mut ctx).await.unwrap();
+    let shown = format!("{plugin:?}");
+    for secret in ["cfg-github-secret", "cfg-gitlab-secret", GH_TOKEN] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    plugin.on_shutdown(&mut ctx).await.unwrap();
+
+    // A token in the wrong place is not echoed by the configuration error.
+    let mut plugin = CiApiReporter::with_env(Env::new());
+    let mut ctx = PluginContext::detached(
+        CiApiReporter::NAME,
+        json!({ "services": ["github"], "github": { "checks": "cfg-github-secret" } }),
+    );
+    let err = plugin.on_start(&mut ctx).await.unwrap_err().to_string();
+    assert!(
+        !err.contains("cfg-github-secret") && err.contains("github.checks"),
+        "{err}"
+    );
+}
