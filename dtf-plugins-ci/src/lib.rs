@@ -79,10 +79,11 @@
 //!
 //! ## Feature flags
 //!
-//! None. The crate depends on `dtf-plugin-core`, `serde`, `serde_json`, `thiserror`,
-//! `tracing`, and for the API clients `tokio` and `reqwest` (rustls on ring, no OpenSSL);
-//! XML and the command dialects are written by hand. The API clients share one HTTP core, so
-//! they are not split into features.
+//! - `api` (default): the HTTP API clients and [`CiApiReporter`]; pulls in `tokio` and
+//!   `reqwest` (rustls on ring, no OpenSSL). Without it the crate depends only on
+//!   `dtf-plugin-core`, `serde`, `serde_json`, `thiserror` and `tracing`: XML and the command
+//!   dialects are written by hand. The API clients share one HTTP core, so they are one
+//!   feature rather than one per service.
 //!
 //! ## Guarantees
 //!
@@ -110,7 +111,9 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "api")]
 pub mod api;
+#[cfg(feature = "api")]
 mod api_plugin;
 pub mod azure;
 mod detect;
@@ -124,7 +127,9 @@ mod run;
 mod secret;
 pub mod teamcity;
 
+#[cfg(feature = "api")]
 pub use api::{ApiConfig, ApiService, ApiStats, TargetStats};
+#[cfg(feature = "api")]
 pub use api_plugin::CiApiReporter;
 pub use azure::render_azure_issues;
 pub use detect::{CiInfo, CiSystem, Env, detect, detect_from_process_env, process_env};
