@@ -1,16 +1,19 @@
-//! The bus: sequence numbers, routing by hook, and one bounded queue per plugin.
+//! The bus: sequence numbers, routing by hook, a shared log, and one reader per plugin.
 //!
-//! Publishing takes one lock (`BusInner::state`), assigns sequence numbers, and pushes an
-//! `Arc`-shared batch onto the queue of every plugin subscribed to it. Holding that lock across
-//! the whole fan-out is what makes every plugin see events in the same global order, whatever
-//! the number of concurrent publishers. A plugin's actor is woken (one actor message) only when
-//! its queue goes from idle to non-empty; it then drains the queue in chunks.
+//! Publishing takes one lock (`BusInner::state`), assigns sequence numbers, appends the batch
+//! to an append-only log *once*, and counts it for every plugin subscribed to its hooks (found
+//! through a per-hook routing table). Holding that lock across the whole publish is what makes
+//! every plugin see events in the same global order, whatever the number of concurrent
+//! publishers. Each plugin's actor reads the log through its own cursor without locking it
+//! (cells are written once, before `head` moves past them); it is woken (one actor message)
+//! only when it was idle, and then reads in chunks. Per plugin, `enqueued − acked` is its
+//! queue: bounded, with the overflow policy applied at publish time.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use ractor::ActorRef;
@@ -56,12 +59,17 @@ impl fmt::Debug for Bus {
 
 pub(crate) struct BusInner {
     state: Mutex<BusState>,
+    /// Log positions below this are written: readers load it (Acquire) before reading cells.
+    head: Arc<AtomicU64>,
 }
 
 struct BusState {
     /// The last sequence number handed out.
     seq: u64,
     closed: bool,
+    /// The log's last segment and the position of its next cell.
+    tail: Arc<Segment>,
+    next_pos: u64,
     /// Routed (enabled) slots, by hook.
     by_hook: [Vec<Arc<Slot>>; Hook::COUNT],
     /// Every routed slot, in routing order.
@@ -87,9 +95,12 @@ impl Bus {
     pub(crate) fn new(source: &str) -> Self {
         Self {
             inner: Arc::new(BusInner {
+                head: Arc::new(AtomicU64::new(0)),
                 state: Mutex::new(BusState {
                     seq: 0,
                     closed: false,
+                    tail: Segment::new(0),
+                    next_pos: 0,
                     by_hook: std::array::from_fn(|_| Vec::new()),
                     all: Vec::new(),
                 }),
@@ -276,16 +287,38 @@ impl BusInner {
         for (i, ev) in Arc::make_mut(batch).iter_mut().enumerate() {
             ev.meta.seq = first + i as u64;
         }
+        let state = &mut *state;
         let targets: &[Arc<Slot>] = match single_hook {
             Some(h) => &state.by_hook[h.index()],
             None => &state.all,
         };
-        for slot in targets {
-            if !slot.hooks.intersects(mask) {
-                continue;
+        if targets.iter().any(|s| s.hooks.intersects(mask)) {
+            // Append the batch to the log once, whatever the number of subscribers...
+            let pos = state.next_pos;
+            if (pos - state.tail.base) as usize == SEGMENT {
+                let next = Segment::new(pos);
+                let _ = state.tail.next.set(Arc::clone(&next));
+                state.tail = next;
             }
-            let wanted = slot.matching(batch, mask);
-            slot.push_events(batch, wanted, mask, bounded);
+            let cell = Cell {
+                batch: Arc::clone(batch),
+                mask,
+            };
+            let _ = state.tail.cells[(pos - state.tail.base) as usize].set(cell);
+            state.next_pos = pos + 1;
+            // ...count it for each subscriber before readers can see it...
+            for slot in targets {
+                if slot.hooks.intersects(mask) {
+                    slot.account(slot.matching(batch, mask), pos, bounded);
+                }
+            }
+            self.head.store(pos + 1, Ordering::SeqCst);
+            // ...and wake the subscribers that were idle.
+            for slot in targets {
+                if slot.hooks.intersects(mask) {
+                    slot.wake_for(&state.tail, pos);
+                }
+            }
         }
         Attempt::Published(first..first + n as u64)
     }
@@ -295,41 +328,43 @@ impl BusInner {
         self.lock().seq
     }
 
-    /// Starts delivering to `slot`.
+    /// Starts delivering to `slot`: it reads the log from the current end on.
     pub(crate) fn route(&self, slot: &Arc<Slot>) {
         let mut state = self.lock();
         if state.all.iter().any(|s| Arc::ptr_eq(s, slot)) {
             return;
         }
+        slot.routed_at(&state.tail, state.next_pos);
         for h in slot.hooks.iter() {
             state.by_hook[h.index()].push(Arc::clone(slot));
         }
         state.all.push(Arc::clone(slot));
     }
 
-    /// Stops delivering to `slot`; publishers waiting on it are woken to re-check.
+    /// Stops delivering to `slot`; it still reads what was published before. Publishers and
+    /// flushes waiting on it are woken to re-check.
     pub(crate) fn unroute(&self, slot: &Arc<Slot>) {
         let mut state = self.lock();
+        let was = state.all.iter().any(|s| Arc::ptr_eq(s, slot));
         for list in state.by_hook.iter_mut() {
             list.retain(|s| !Arc::ptr_eq(s, slot));
         }
         state.all.retain(|s| !Arc::ptr_eq(s, slot));
+        if was {
+            slot.unrouted_at(state.next_pos);
+        }
         drop(state);
         slot.space.notify_waiters();
+        slot.progress.notify_waiters();
     }
 
-    /// Stops delivering to every slot (after shutdown) and releases their flush markers, so a
-    /// `flush` after shutdown returns at once instead of waiting for stopped plugins.
+    /// Stops delivering to every slot (after shutdown), so a `flush` after shutdown returns at
+    /// once instead of waiting for stopped plugins, and lets go of the log.
     pub(crate) fn unroute_all(&self) {
-        let slots = {
-            let mut state = self.lock();
-            for list in state.by_hook.iter_mut() {
-                list.clear();
-            }
-            std::mem::take(&mut state.all)
-        };
+        let slots = self.lock().all.clone();
         for slot in slots {
-            slot.release_markers();
+            self.unroute(&slot);
+            slot.release();
         }
     }
 
@@ -351,19 +386,48 @@ impl BusInner {
         seq
     }
 
-    /// Puts a flush marker behind everything already queued for every routed plugin.
-    pub(crate) fn flush_markers(&self) -> Vec<oneshot::Receiver<()>> {
+    /// For every routed plugin, the number of events routed to it so far: a flush waits until
+    /// each has handled that many.
+    pub(crate) fn flush_targets(&self) -> Vec<(Arc<Slot>, u64)> {
         let state = self.lock();
         state
             .all
             .iter()
-            .map(|slot| {
-                let (tx, rx) = oneshot::channel();
-                slot.push_item(Item::Flush(tx));
-                rx
-            })
+            .map(|slot| (Arc::clone(slot), slot.enqueued.load(Ordering::SeqCst)))
             .collect()
     }
+
+    /// The current end of the log (for tagging control items).
+    pub(crate) fn position(&self) -> u64 {
+        self.lock().next_pos
+    }
+}
+
+/// Cells per log segment.
+const SEGMENT: usize = 128;
+
+/// A piece of the append-only log: cells written once by publishers (under the bus lock) and
+/// read without locks by every plugin's actor. Segments are freed once no reader holds them.
+pub(crate) struct Segment {
+    base: u64,
+    cells: Box<[OnceLock<Cell>]>,
+    next: OnceLock<Arc<Segment>>,
+}
+
+impl Segment {
+    fn new(base: u64) -> Arc<Self> {
+        Arc::new(Segment {
+            base,
+            cells: (0..SEGMENT).map(|_| OnceLock::new()).collect(),
+            next: OnceLock::new(),
+        })
+    }
+}
+
+/// One published batch (usually one event) and the union of its hooks.
+struct Cell {
+    batch: Arc<[Event]>,
+    mask: HookSet,
 }
 
 impl HookSet {
@@ -383,8 +447,6 @@ pub(crate) enum Item {
         count: usize,
         filtered: bool,
     },
-    /// Resolves once everything before it was handled.
-    Flush(oneshot::Sender<()>),
     /// A new configuration, applied in order with the events.
     Reconfigure {
         config: Arc<PluginConfig>,
@@ -425,23 +487,40 @@ impl<T> std::ops::Deref for Padded<T> {
     }
 }
 
-/// One plugin's queue, shared by publishers (producers) and its actor (the only consumer).
+/// One plugin's view of the bus: its counters, its place in the log, and the items (requeued
+/// events, configuration changes) that do not come from the log.
+///
+/// Publishers only write the producer-side counters (`enqueued`, `dropped`, `skips`) and read
+/// `scheduled`; the plugin's actor reads the log through `reader` and writes `acked`. Each lives
+/// on its own cache lines, so a publish touches no line the actor writes per event.
 pub(crate) struct Slot {
     pub(crate) name: Arc<str>,
     pub(crate) hooks: HookSet,
     capacity: usize,
     policy: OverflowPolicy,
-    queue: Padded<Mutex<SlotQueue>>,
-    /// A lock-free mirror of `SlotQueue::pending`, for the room check. Only publishers holding
-    /// the bus lock increase it, so a check-then-push under that lock is race-free without
-    /// taking the slot lock twice; the consumer only lowers it, so a stale read is conservative.
-    pending: Padded<AtomicUsize>,
-    /// A publisher is waiting for room (paired with `pending` in a Dekker-style handshake).
+    /// The bus log's head (shared with `BusInner`).
+    head: Arc<AtomicU64>,
+    /// Events routed to this plugin and not dropped (publishers, under the bus lock).
+    enqueued: Padded<AtomicU64>,
+    /// Events not delivered because the queue was full.
+    dropped: AtomicU64,
+    /// Log positions dropped for this plugin, in order, and whether there are any.
+    skips: Mutex<VecDeque<u64>>,
+    has_skips: AtomicBool,
+    /// Events handled (delivered or dead-lettered) by the actor.
+    acked: Padded<AtomicU64>,
+    /// A wake-up is in the actor's mailbox or the actor is draining.
+    scheduled: Padded<AtomicBool>,
+    wake: Mutex<WakeState>,
+    reader: Mutex<Reader>,
+    /// Whether the plugin is routed (a flush stops waiting for an unrouted one).
+    routed: AtomicBool,
+    /// A publisher is waiting for room (paired with `acked` in a Dekker-style handshake).
     waiters: AtomicBool,
-    /// Whether `SlotQueue::items` may be non-empty: lets an idle consumer peek without taking
-    /// the lock (and bouncing its cache line away from publishers).
-    has_items: Padded<AtomicBool>,
     space: Notify,
+    /// A flush is waiting for progress.
+    flush_waiters: AtomicBool,
+    progress: Notify,
     pub(crate) counters: Counters,
     dead: Mutex<VecDeque<DeadLetter>>,
     dead_capacity: usize,
@@ -449,19 +528,44 @@ pub(crate) struct Slot {
 }
 
 #[derive(Default)]
-struct SlotQueue {
-    items: VecDeque<Item>,
-    /// Events enqueued and not yet acknowledged by the consumer (includes the chunk in hand).
-    pending: usize,
-    /// Events routed to this plugin (enqueued or dropped).
-    published: u64,
-    /// Events not enqueued because the queue was full.
-    dropped: u64,
-    /// A wake-up is in the actor's mailbox or the actor is draining.
-    scheduled: bool,
+struct WakeState {
     /// The live actor, if any (none while restarting or disabled).
     actor: Option<ActorRef<PluginMsg>>,
+    /// Where an idle reader should resume: the segment and position of the event that woke it.
+    resume: Option<(Arc<Segment>, u64)>,
 }
+
+#[derive(Default)]
+struct Reader {
+    /// The segment holding `pos`, while the reader has unread events (released when idle, so
+    /// an idle plugin pins no memory).
+    seg: Option<Arc<Segment>>,
+    /// The next log position to read.
+    pos: u64,
+    /// The log position at which the plugin was unrouted, if it is.
+    until: Option<u64>,
+    /// Items to hand out before reading the log: the rest of a failed chunk, or events kept
+    /// from the log when the plugin was disabled.
+    carry: VecDeque<Item>,
+    /// Configuration changes, each due once the log has been read up to its position.
+    control: VecDeque<(u64, Item)>,
+}
+
+impl Reader {
+    /// Events in the carry queue.
+    fn carry_events(&self) -> u64 {
+        self.carry
+            .iter()
+            .map(|i| match i {
+                Item::Events { count, .. } => *count as u64,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+/// Most events one chunk takes from the log.
+const CHUNK_EVENTS: usize = 4096;
 
 impl Slot {
     pub(crate) fn new(
@@ -471,17 +575,27 @@ impl Slot {
         policy: OverflowPolicy,
         dead_capacity: usize,
         config: Arc<PluginConfig>,
+        bus: &Bus,
     ) -> Self {
         Self {
             name,
             hooks,
             capacity: capacity.max(1),
             policy,
-            queue: Padded(Mutex::new(SlotQueue::default())),
-            pending: Padded(AtomicUsize::new(0)),
+            head: Arc::clone(&bus.inner().head),
+            enqueued: Padded(AtomicU64::new(0)),
+            dropped: AtomicU64::new(0),
+            skips: Mutex::new(VecDeque::new()),
+            has_skips: AtomicBool::new(false),
+            acked: Padded(AtomicU64::new(0)),
+            scheduled: Padded(AtomicBool::new(false)),
+            wake: Mutex::new(WakeState::default()),
+            reader: Mutex::new(Reader::default()),
+            routed: AtomicBool::new(false),
             waiters: AtomicBool::new(false),
-            has_items: Padded(AtomicBool::new(false)),
             space: Notify::new(),
+            flush_waiters: AtomicBool::new(false),
+            progress: Notify::new(),
             counters: Counters::default(),
             dead: Mutex::new(VecDeque::new()),
             dead_capacity,
@@ -489,9 +603,19 @@ impl Slot {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, SlotQueue> {
-        // Same reasoning as `BusInner::lock`: every update is small and leaves the queue valid.
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    fn reader(&self) -> MutexGuard<'_, Reader> {
+        // Every update is small and leaves the reader valid, so a poisoned lock is usable.
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wake_state(&self) -> MutexGuard<'_, WakeState> {
+        self.wake.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Events routed and not yet handled.
+    fn pending(&self) -> u64 {
+        let enqueued = self.enqueued.load(Ordering::SeqCst);
+        enqueued.saturating_sub(self.acked.load(Ordering::SeqCst))
     }
 
     #[inline]
@@ -509,184 +633,319 @@ impl Slot {
     /// Whether `wanted` more events fit. An oversized batch fits an empty queue, so it cannot
     /// wait forever. When `register` is set and there is no room, marks a waiter.
     fn has_room(&self, wanted: usize, register: bool) -> bool {
-        let fits = |pending: usize| pending == 0 || pending + wanted <= self.capacity;
-        if fits(self.pending.load(Ordering::SeqCst)) {
+        let wanted = wanted as u64;
+        let cap = self.capacity as u64;
+        let fits = |pending: u64| pending == 0 || pending + wanted <= cap;
+        if fits(self.pending()) {
             return true;
         }
         if !register {
             return false;
         }
         self.waiters.store(true, Ordering::SeqCst);
-        // The consumer lowers `pending` and then reads `waiters`; we set `waiters` and then read
-        // `pending`. With SeqCst at least one of us sees the other's write, so no wake-up is lost.
-        fits(self.pending.load(Ordering::SeqCst))
+        // The consumer raises `acked` and then reads `waiters`; we set `waiters` and then read
+        // `acked`. With SeqCst at least one of us sees the other's write: no wake-up is lost.
+        fits(self.pending())
     }
 
     async fn wait_for_space(&self, wanted: usize) {
         let notified = self.space.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        // Re-check after registering: the consumer may have made room (and notified) between
-        // our failed attempt and `enable`.
         if self.has_room(wanted, true) {
             return;
         }
         notified.await;
     }
 
-    fn push_events(&self, batch: &Arc<[Event]>, count: usize, mask: HookSet, bounded: bool) {
+    /// Counts `count` events at log position `pos` for this plugin, or drops them (publisher,
+    /// under the bus lock, before the position becomes readable).
+    fn account(&self, count: usize, pos: u64, bounded: bool) {
         if count == 0 {
             return;
         }
-        let mut q = self.lock();
-        q.published += count as u64;
-        if bounded
-            && self.policy == OverflowPolicy::DropNewest
-            && q.pending != 0
-            && q.pending + count > self.capacity
-        {
-            q.dropped += count as u64;
-            return;
+        let count = count as u64;
+        if bounded && self.policy == OverflowPolicy::DropNewest {
+            let pending = self.pending();
+            if pending != 0 && pending + count > self.capacity as u64 {
+                self.dropped.fetch_add(count, Ordering::Relaxed);
+                self.skips
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push_back(pos);
+                self.has_skips.store(true, Ordering::SeqCst);
+                return;
+            }
         }
-        q.pending += count;
-        // Publishers are serialized by the bus lock, so a plain store is enough here.
-        self.pending.store(q.pending, Ordering::Relaxed);
-        q.items.push_back(Item::Events {
-            batch: Arc::clone(batch),
-            start: 0,
-            count,
-            filtered: !self.hooks.contains_all(mask),
-        });
-        self.mark_items();
-        Self::wake(&mut q);
+        self.enqueued.fetch_add(count, Ordering::SeqCst);
     }
 
-    /// Acknowledges `handled` events (under the queue lock) and wakes publishers waiting for
-    /// room.
-    fn ack(&self, q: &mut SlotQueue, handled: usize) {
+    /// Wakes the actor if it was idle, telling it where to resume (publisher, after the event
+    /// at `pos` became readable).
+    #[inline]
+    fn wake_for(&self, tail: &Arc<Segment>, pos: u64) {
+        if self.scheduled.load(Ordering::SeqCst) || self.scheduled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let mut w = self.wake_state();
+        w.resume = Some((Arc::clone(tail), pos));
+        Self::send_drain(&self.scheduled, &w);
+    }
+
+    /// Sends `Drain` to the attached actor; `scheduled` is already set and is cleared again
+    /// when there is no actor to wake (the next one is woken in `attach`).
+    fn send_drain(scheduled: &AtomicBool, w: &WakeState) {
+        match &w.actor {
+            Some(actor) if actor.send_message(PluginMsg::Drain).is_ok() => {}
+            _ => scheduled.store(false, Ordering::SeqCst),
+        }
+    }
+
+    fn wake_any(&self) {
+        if self.scheduled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let w = self.wake_state();
+        Self::send_drain(&self.scheduled, &w);
+    }
+
+    /// Queues a configuration change, due once everything published before it was read.
+    pub(crate) fn push_control(&self, position: u64, item: Item) {
+        self.reader().control.push_back((position, item));
+        self.wake_any();
+    }
+
+    /// Acknowledges `handled` events and wakes publishers waiting for room and flushes waiting
+    /// for progress.
+    fn ack(&self, handled: usize) {
         if handled > 0 {
-            q.pending -= handled.min(q.pending);
-            self.pending.store(q.pending, Ordering::SeqCst);
+            self.acked.fetch_add(handled as u64, Ordering::SeqCst);
         }
         if self.waiters.load(Ordering::SeqCst) && self.waiters.swap(false, Ordering::SeqCst) {
             self.space.notify_waiters();
         }
-    }
-
-    pub(crate) fn push_item(&self, item: Item) {
-        let mut q = self.lock();
-        q.items.push_back(item);
-        self.mark_items();
-        Self::wake(&mut q);
-    }
-
-    /// Sets `has_items`, writing only when it changes: an unconditional store would take the
-    /// cache line away from a consumer peeking at it on every publish.
-    #[inline]
-    fn mark_items(&self) {
-        if !self.has_items.load(Ordering::Relaxed) {
-            self.has_items.store(true, Ordering::Release);
+        if self.flush_waiters.load(Ordering::SeqCst)
+            && self.flush_waiters.swap(false, Ordering::SeqCst)
+        {
+            self.progress.notify_waiters();
         }
     }
 
-    #[inline]
-    fn wake(q: &mut SlotQueue) {
-        if !q.scheduled {
-            if let Some(actor) = &q.actor {
-                q.scheduled = true;
-                // A failed send means the actor is stopping; the manager re-attaches a new one
-                // and that one is woken in `attach`.
-                if actor.send_message(PluginMsg::Drain).is_err() {
-                    q.scheduled = false;
-                }
-            }
-        }
-    }
-
-    /// Acknowledges `handled` events of the previous chunk and takes the next chunk (everything
-    /// queued) into `into`. When nothing is left it returns false and, if `go_idle`, marks the
-    /// consumer idle (the next publish wakes it); without `go_idle` the consumer is only peeking
-    /// and stays scheduled, so publishers need not wake it.
+    /// Acknowledges `handled` events of the previous chunk and takes the next chunk into
+    /// `into`: carried items first, then due configuration changes and events read from the
+    /// log. When nothing is left it returns false and, if `go_idle`, marks the consumer idle
+    /// (the next publish wakes it) and lets go of the log.
     pub(crate) fn take_chunk(
         &self,
         handled: usize,
         into: &mut VecDeque<Item>,
         go_idle: bool,
     ) -> bool {
-        if handled == 0 && !go_idle && !self.has_items.load(Ordering::Acquire) {
-            return false;
-        }
-        let mut q = self.lock();
-        self.ack(&mut q, handled);
-        if q.items.is_empty() {
-            if go_idle {
-                q.scheduled = false;
+        self.ack(handled);
+        loop {
+            if self.fill(into) {
+                return true;
+            }
+            if !go_idle {
+                return false;
+            }
+            self.scheduled.store(false, Ordering::SeqCst);
+            // Publishers count, then check `scheduled`; we cleared it, then check the count:
+            // one of us sees the other, so an event published meanwhile is not left unread.
+            let more = self.pending() > 0 || !self.reader().control.is_empty();
+            if more && !self.scheduled.swap(true, Ordering::SeqCst) {
+                continue;
+            }
+            if !more {
+                let mut r = self.reader();
+                if r.carry.is_empty() && self.pending() == 0 {
+                    r.seg = None;
+                }
             }
             return false;
         }
-        std::mem::swap(&mut q.items, into);
-        self.has_items.store(false, Ordering::Relaxed);
-        true
     }
 
-    /// Acknowledges `handled` events and puts `rest` back at the front of the queue, in order
-    /// (after a failure, so the next instance sees them).
+    /// Moves the next chunk into `into`; whether there was any.
+    fn fill(&self, into: &mut VecDeque<Item>) -> bool {
+        let mut r = self.reader();
+        if !r.carry.is_empty() {
+            std::mem::swap(&mut r.carry, into);
+            return true;
+        }
+        if r.seg.is_none() {
+            let resume = self.wake_state().resume.take();
+            if let Some((seg, pos)) = resume {
+                // Never move backwards: a stale hint must not replay what was read.
+                let pos = pos.max(r.pos);
+                r.seg = Some(seg);
+                r.pos = pos;
+            }
+        }
+        let head = self.head.load(Ordering::SeqCst);
+        let end = r.until.map_or(head, |u| u.min(head));
+        let mut events = 0usize;
+        while events < CHUNK_EVENTS {
+            if let Some((due, _)) = r.control.front() {
+                if *due <= r.pos || self.pending() == 0 {
+                    if let Some((_, item)) = r.control.pop_front() {
+                        into.push_back(item);
+                    }
+                    continue;
+                }
+            }
+            if r.pos >= end {
+                break;
+            }
+            let Some(seg) = r.seg.clone() else { break };
+            let index = (r.pos - seg.base) as usize;
+            if index >= SEGMENT {
+                // Linked before any of its cells became readable.
+                r.seg = seg.next.get().cloned();
+                continue;
+            }
+            let Some(cell) = seg.cells[index].get() else {
+                // Written before `head` moved past it; not reachable.
+                break;
+            };
+            let pos = r.pos;
+            r.pos += 1;
+            if !self.hooks.intersects(cell.mask) {
+                continue;
+            }
+            if self.has_skips.load(Ordering::SeqCst) && self.skip(pos) {
+                continue;
+            }
+            let count = self.matching(&cell.batch, cell.mask);
+            if count == 0 {
+                continue;
+            }
+            events += count;
+            into.push_back(Item::Events {
+                batch: Arc::clone(&cell.batch),
+                start: 0,
+                count,
+                filtered: !self.hooks.contains_all(cell.mask),
+            });
+        }
+        !into.is_empty()
+    }
+
+    /// Whether `pos` was dropped for this plugin (then forgets it).
+    fn skip(&self, pos: u64) -> bool {
+        let mut skips = self.skips.lock().unwrap_or_else(PoisonError::into_inner);
+        while skips.front().is_some_and(|p| *p < pos) {
+            skips.pop_front();
+        }
+        let hit = skips.front() == Some(&pos);
+        if hit {
+            skips.pop_front();
+        }
+        if skips.is_empty() {
+            self.has_skips.store(false, Ordering::SeqCst);
+        }
+        hit
+    }
+
+    /// Acknowledges `handled` events and puts `rest` back in front of everything else, in
+    /// order (after a failure, so the next instance sees them).
     pub(crate) fn requeue_front(&self, handled: usize, rest: &mut VecDeque<Item>) {
-        let mut q = self.lock();
-        while let Some(item) = rest.pop_back() {
-            q.items.push_front(item);
+        {
+            let mut r = self.reader();
+            while let Some(item) = rest.pop_back() {
+                r.carry.push_front(item);
+            }
         }
-        if !q.items.is_empty() {
-            self.has_items.store(true, Ordering::Release);
-        }
-        self.ack(&mut q, handled);
+        self.ack(handled);
     }
 
     /// Connects the slot to a (new) actor and wakes it if work is waiting.
     pub(crate) fn attach(&self, actor: ActorRef<PluginMsg>) {
-        let mut q = self.lock();
-        q.actor = Some(actor);
-        q.scheduled = false;
-        if !q.items.is_empty() {
-            Self::wake(&mut q);
+        let mut w = self.wake_state();
+        w.actor = Some(actor);
+        self.scheduled.store(false, Ordering::SeqCst);
+        drop(w);
+        let waiting = {
+            let r = self.reader();
+            !r.carry.is_empty() || !r.control.is_empty()
+        };
+        if waiting || self.pending() > 0 {
+            self.wake_any();
         }
     }
 
     /// Whether a started actor is attached (its `on_start` succeeded).
     pub(crate) fn is_attached(&self) -> bool {
-        self.lock().actor.is_some()
+        self.wake_state().actor.is_some()
     }
 
     /// Disconnects the slot from its (failed or stopped) actor.
     pub(crate) fn detach(&self) {
-        let mut q = self.lock();
-        q.actor = None;
-        q.scheduled = false;
+        self.wake_state().actor = None;
+        self.scheduled.store(false, Ordering::SeqCst);
     }
 
-    /// After a disable: flush markers resolve (the plugin will not get further), pending
-    /// reconfigurations are rejected, and waiting publishers re-check. Events stay queued and
-    /// are delivered if the plugin is enabled again.
-    pub(crate) fn release_markers(&self) {
-        let mut q = self.lock();
-        let items = std::mem::take(&mut q.items);
-        for item in items {
-            match item {
-                Item::Flush(tx) => drop(tx),
-                Item::Reconfigure { reply, .. } => {
-                    let _ = reply.send(Err("the plugin was disabled".to_owned()));
-                }
-                ev @ Item::Events { .. } => q.items.push_back(ev),
+    /// Routed at log position `pos` (the bus lock is held).
+    fn routed_at(&self, tail: &Arc<Segment>, pos: u64) {
+        let mut r = self.reader();
+        r.seg = Some(Arc::clone(tail));
+        r.pos = pos;
+        r.until = None;
+        self.routed.store(true, Ordering::SeqCst);
+    }
+
+    /// Unrouted at log position `pos` (the bus lock is held).
+    fn unrouted_at(&self, pos: u64) {
+        self.reader().until = Some(pos);
+        self.routed.store(false, Ordering::SeqCst);
+    }
+
+    /// After a disable: pending configuration changes are rejected and waiting publishers and
+    /// flushes re-check. Events still unread are copied out of the log (so a disabled plugin
+    /// pins none of it) and delivered if the plugin is enabled again.
+    pub(crate) fn release(&self) {
+        let mut r = self.reader();
+        for (_, item) in std::mem::take(&mut r.control) {
+            if let Item::Reconfigure { reply, .. } = item {
+                let _ = reply.send(Err("the plugin was disabled".to_owned()));
             }
         }
-        drop(q);
+        let mut kept = VecDeque::new();
+        if self.pending() > r.carry_events() {
+            // Read the rest of the routed log into the carry queue.
+            let mut carry = std::mem::take(&mut r.carry);
+            drop(r);
+            while self.fill(&mut kept) {
+                carry.append(&mut kept);
+            }
+            r = self.reader();
+            r.carry = carry;
+        }
+        r.seg = None;
+        drop(r);
         self.space.notify_waiters();
+        self.progress.notify_waiters();
     }
 
-    /// `(published, dropped, queued)`, read together under the queue lock.
+    /// Resolves once `target` events have been handled, or the plugin is unrouted.
+    pub(crate) async fn wait_handled(&self, target: u64) {
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.flush_waiters.store(true, Ordering::SeqCst);
+            if self.acked.load(Ordering::SeqCst) >= target || !self.routed.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// `(published, dropped, queued)`.
     pub(crate) fn queue_counts(&self) -> (u64, u64, u64) {
-        let q = self.lock();
-        (q.published, q.dropped, q.pending as u64)
+        let dropped = self.dropped.load(Ordering::SeqCst);
+        let enqueued = self.enqueued.load(Ordering::SeqCst);
+        (enqueued + dropped, dropped, self.pending())
     }
 
     pub(crate) fn dead_letter(&self, event: &Event, error: String) {

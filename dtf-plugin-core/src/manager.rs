@@ -535,6 +535,7 @@ impl ManagerState {
             spec.overflow.unwrap_or(d.overflow),
             d.dead_letter_capacity,
             Arc::new(config),
+            &self.bus,
         ));
         let settings = Settings {
             handler_timeout: spec.handler_timeout.unwrap_or(d.handler_timeout),
@@ -588,7 +589,7 @@ impl ManagerState {
         entry.generation += 1;
         entry.status = PluginStatus::Disabled;
         self.bus.inner().unroute(&entry.slot);
-        entry.slot.release_markers();
+        entry.slot.release();
         tracing::warn!(plugin = %name, %reason, "plugin disabled");
         self.announce(EventKind::PluginDisabled(Box::new(PluginDisabled {
             plugin: name.to_owned(),
@@ -636,7 +637,7 @@ impl ManagerState {
         match then {
             AfterStop::Disable => {
                 entry.status = PluginStatus::Disabled;
-                entry.slot.release_markers();
+                entry.slot.release();
                 tracing::info!(plugin = %name, "plugin disabled on request");
                 self.announce(EventKind::PluginDisabled(Box::new(PluginDisabled {
                     plugin: name.to_owned(),
@@ -644,7 +645,7 @@ impl ManagerState {
                 })));
             }
             AfterStop::Remove => {
-                entry.slot.release_markers();
+                entry.slot.release();
                 self.plugins.remove(name);
                 tracing::info!(plugin = %name, "plugin removed");
             }
@@ -844,10 +845,13 @@ impl Actor for ManagerActor {
                     }
                     Some(e) => {
                         let (tx, rx) = oneshot::channel();
-                        e.slot.push_item(Item::Reconfigure {
-                            config: Arc::new(config),
-                            reply: tx,
-                        });
+                        e.slot.push_control(
+                            state.bus.inner().position(),
+                            Item::Reconfigure {
+                                config: Arc::new(config),
+                                reply: tx,
+                            },
+                        );
                         Ok(Some(rx))
                     }
                 };
@@ -1223,8 +1227,8 @@ impl PluginManager {
     /// while handling come after the flush point: see [`settle`](Self::settle) to wait for
     /// those as well.
     pub async fn flush(&self) {
-        for rx in self.bus.inner().flush_markers() {
-            let _ = rx.await;
+        for (slot, target) in self.bus.inner().flush_targets() {
+            slot.wait_handled(target).await;
         }
     }
 

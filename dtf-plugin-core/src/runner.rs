@@ -223,9 +223,6 @@ impl<P: Plugin> Runner<P> {
                         break Err(self.fail(Phase::Event, failure));
                     }
                 }
-                Item::Flush(tx) => {
-                    let _ = tx.send(());
-                }
                 Item::Reconfigure { config, reply } => {
                     let old = Arc::clone(self.ctx.config_arc());
                     self.ctx.set_config(Arc::clone(&config));
