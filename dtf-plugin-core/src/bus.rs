@@ -299,6 +299,10 @@ impl BusInner {
                 let next = Segment::new(pos);
                 let _ = state.tail.next.set(Arc::clone(&next));
                 state.tail = next;
+                // Once per segment: no slow reader may pin an unbounded stretch of the log.
+                for slot in &state.all {
+                    slot.bound_lag(pos);
+                }
             }
             let cell = Cell {
                 batch: Arc::clone(batch),
@@ -414,8 +418,21 @@ pub(crate) struct Segment {
     next: OnceLock<Arc<Segment>>,
 }
 
+/// Segments alive, for the test that a slow reader does not pin the log.
+#[cfg(test)]
+static LIVE_SEGMENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cfg(test)]
+impl Drop for Segment {
+    fn drop(&mut self) {
+        LIVE_SEGMENTS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Segment {
     fn new(base: u64) -> Arc<Self> {
+        #[cfg(test)]
+        LIVE_SEGMENTS.fetch_add(1, Ordering::SeqCst);
         Arc::new(Segment {
             base,
             cells: (0..SEGMENT).map(|_| OnceLock::new()).collect(),
@@ -513,6 +530,10 @@ pub(crate) struct Slot {
     scheduled: Padded<AtomicBool>,
     wake: Mutex<WakeState>,
     reader: Mutex<Reader>,
+    /// The reader's cursor, published for the publishers' lag check.
+    read_pos: AtomicU64,
+    /// `WakeState::resume` is set.
+    has_resume: AtomicBool,
     /// Whether the plugin is routed (a flush stops waiting for an unrouted one).
     routed: AtomicBool,
     /// A publisher is waiting for room (paired with `acked` in a Dekker-style handshake).
@@ -564,6 +585,10 @@ impl Reader {
     }
 }
 
+/// How far (in log positions) a reader with pending events may lag behind the log's end
+/// before its unread events are copied out of the log (see `Slot::bound_lag`).
+const MAX_LAG: u64 = 64 * 1024;
+
 /// Most events one chunk takes from the log.
 const CHUNK_EVENTS: usize = 4096;
 
@@ -591,6 +616,8 @@ impl Slot {
             scheduled: Padded(AtomicBool::new(false)),
             wake: Mutex::new(WakeState::default()),
             reader: Mutex::new(Reader::default()),
+            read_pos: AtomicU64::new(0),
+            has_resume: AtomicBool::new(false),
             routed: AtomicBool::new(false),
             waiters: AtomicBool::new(false),
             space: Notify::new(),
@@ -689,6 +716,7 @@ impl Slot {
         }
         let mut w = self.wake_state();
         w.resume = Some((Arc::clone(tail), pos));
+        self.has_resume.store(true, Ordering::SeqCst);
         Self::send_drain(&self.scheduled, &w);
     }
 
@@ -773,9 +801,19 @@ impl Slot {
             std::mem::swap(&mut r.carry, into);
             return true;
         }
-        if r.seg.is_none() {
+        self.read_log(&mut r, into, CHUNK_EVENTS);
+        !into.is_empty()
+    }
+
+    /// Reads up to `max_events` events (and the configuration changes due among them) from
+    /// the log into `into`, advancing the cursor.
+    fn read_log(&self, r: &mut Reader, into: &mut VecDeque<Item>, max_events: usize) {
+        if self.has_resume.load(Ordering::SeqCst) {
+            // Take the hint even when it is not needed: a stale hint would keep its segment,
+            // and every segment after it, alive.
+            self.has_resume.store(false, Ordering::SeqCst);
             let resume = self.wake_state().resume.take();
-            if let Some((seg, pos)) = resume {
+            if let (None, Some((seg, pos))) = (&r.seg, resume) {
                 // Never move backwards: a stale hint must not replay what was read.
                 let pos = pos.max(r.pos);
                 r.seg = Some(seg);
@@ -785,7 +823,7 @@ impl Slot {
         let head = self.head.load(Ordering::SeqCst);
         let end = r.until.map_or(head, |u| u.min(head));
         let mut events = 0usize;
-        while events < CHUNK_EVENTS {
+        while events < max_events {
             if let Some((due, _)) = r.control.front() {
                 if *due <= r.pos || self.pending() == 0 {
                     if let Some((_, item)) = r.control.pop_front() {
@@ -828,7 +866,22 @@ impl Slot {
                 filtered: !self.hooks.contains_all(cell.mask),
             });
         }
-        !into.is_empty()
+        self.read_pos.store(r.pos, Ordering::Relaxed);
+    }
+
+    /// Keeps a reader that lags far behind the log's end from pinning the log: its unread
+    /// events are copied into its carry queue (a bounded amount: at most its queue) and its
+    /// cursor jumps to the end. Called by publishers, under the bus lock, once per segment.
+    fn bound_lag(&self, end: u64) {
+        if end.saturating_sub(self.read_pos.load(Ordering::Relaxed)) <= MAX_LAG
+            || self.pending() == 0
+        {
+            return;
+        }
+        let mut r = self.reader();
+        let mut kept = VecDeque::new();
+        self.read_log(&mut r, &mut kept, usize::MAX);
+        r.carry.append(&mut kept);
     }
 
     /// Whether `pos` was dropped for this plugin (then forgets it).
@@ -891,6 +944,7 @@ impl Slot {
         r.seg = Some(Arc::clone(tail));
         r.pos = pos;
         r.until = None;
+        self.read_pos.store(pos, Ordering::Relaxed);
         self.routed.store(true, Ordering::SeqCst);
     }
 
@@ -910,16 +964,11 @@ impl Slot {
                 let _ = reply.send(Err("the plugin was disabled".to_owned()));
             }
         }
-        let mut kept = VecDeque::new();
         if self.pending() > r.carry_events() {
-            // Read the rest of the routed log into the carry queue.
-            let mut carry = std::mem::take(&mut r.carry);
-            drop(r);
-            while self.fill(&mut kept) {
-                carry.append(&mut kept);
-            }
-            r = self.reader();
-            r.carry = carry;
+            // Copy the rest of the routed log into the carry queue.
+            let mut kept = VecDeque::new();
+            self.read_log(&mut r, &mut kept, usize::MAX);
+            r.carry.append(&mut kept);
         }
         r.seg = None;
         drop(r);
@@ -986,5 +1035,88 @@ impl Slot {
             u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Hook;
+    use crate::plugin::{Plugin, PluginContext, PluginError, PluginMetadata};
+    use crate::{PluginManager, PluginSpec, ShutdownReason};
+    use tokio::sync::watch;
+
+    /// Blocks on its first event until the gate opens.
+    struct Gated(watch::Receiver<bool>, Arc<AtomicU64>);
+
+    impl Plugin for Gated {
+        fn metadata(&self) -> PluginMetadata {
+            PluginMetadata::new("gated").hooks(Hook::Custom)
+        }
+        async fn on_event(&mut self, _: &mut PluginContext, _: &Event) -> Result<(), PluginError> {
+            while !*self.0.borrow_and_update() {
+                self.0.changed().await?;
+            }
+            self.1.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    struct Count(Arc<AtomicU64>);
+
+    impl Plugin for Count {
+        fn metadata(&self) -> PluginMetadata {
+            PluginMetadata::new("count").hooks(Hook::TaskCreated)
+        }
+        async fn on_event(&mut self, _: &mut PluginContext, _: &Event) -> Result<(), PluginError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_reader_does_not_pin_the_log() {
+        let (gate, rx) = watch::channel(false);
+        let (gated_seen, counted) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (g, c) = (Arc::clone(&gated_seen), Arc::clone(&counted));
+        let manager = PluginManager::builder()
+            .spec(PluginSpec::new(move || Gated(rx.clone(), Arc::clone(&g))))
+            .spec(PluginSpec::new(move || Count(Arc::clone(&c))))
+            .spawn()
+            .await
+            .unwrap();
+        // The gated plugin takes its event and blocks; one more waits behind it.
+        manager
+            .publish(EventKind::custom("first", serde_json::Value::Null))
+            .await
+            .unwrap();
+        manager
+            .publish(EventKind::custom("second", serde_json::Value::Null))
+            .await
+            .unwrap();
+        // 300,000 events of another hook flow past it: 2,300+ segments without a bound.
+        const N: u64 = 300_000;
+        for i in 0..N {
+            manager
+                .publish(EventKind::task_created(format!("t{i}"), "x"))
+                .await
+                .unwrap();
+        }
+        // Without the bound the stuck reader pins all ~2,350 segments; with it, about
+        // MAX_LAG / SEGMENT = 512 plus the stretch since the last check.
+        let bound = 1_024;
+        assert!((MAX_LAG as usize / SEGMENT) + 64 < bound);
+        let live = LIVE_SEGMENTS.load(Ordering::SeqCst);
+        assert!(live <= bound, "{live} segments alive, bound {bound}");
+        // Nothing was lost or reordered by copying the stuck reader's events out of the log.
+        gate.send(true).unwrap();
+        manager.flush().await;
+        assert_eq!(gated_seen.load(Ordering::SeqCst), 2);
+        assert_eq!(counted.load(Ordering::SeqCst), N);
+        for info in manager.list().await.unwrap() {
+            assert!(info.stats.is_conserved(), "{info:?}");
+            assert_eq!(info.stats.queued, 0);
+        }
+        manager.shutdown(ShutdownReason::Completed).await;
     }
 }
