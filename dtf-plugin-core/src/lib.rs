@@ -83,7 +83,9 @@ pub mod event;
 pub mod lifecycle;
 mod manager;
 mod plugin;
+pub mod retry;
 mod runner;
+mod secret;
 mod supervision;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -98,6 +100,7 @@ pub use manager::{
 pub use plugin::{
     Plugin, PluginConfig, PluginContext, PluginError, PluginMetadata, Reconfigured, RestartPolicy,
 };
+pub use secret::Secret;
 pub use supervision::{Backoff, Jitter, RestartBudget};
 
 /// What a plugin author needs, in one import: `use dtf_plugin_core::prelude::*;`.

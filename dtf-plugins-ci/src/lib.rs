@@ -122,9 +122,10 @@ pub mod github;
 pub mod junit;
 pub mod markdown;
 mod plugin;
-pub mod retry;
+/// The retry rules of every outgoing HTTP call (shared with the notifiers): see
+/// [`dtf_plugin_core::retry`].
+pub use dtf_plugin_core::retry;
 mod run;
-mod secret;
 pub mod teamcity;
 
 #[cfg(feature = "api")]
@@ -141,5 +142,5 @@ pub use plugin::{CiReporter, Commands, Output, ReporterConfig, TeamcityLive};
 pub use run::{
     Attempt, AttemptOutcome, RunRecorder, RunResult, TaskResult, TaskStatus, Totals, WorkerSummary,
 };
-pub use secret::Secret;
+pub use dtf_plugin_core::Secret;
 pub use teamcity::{TeamcityMessages, render_teamcity};

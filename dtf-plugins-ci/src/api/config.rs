@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::detect::Env;
 use crate::error::CiError;
 use crate::retry::RetryPolicy;
-use crate::secret::Secret;
+use dtf_plugin_core::Secret;
 
 /// A service the API reporter can talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::CiError;
 use crate::retry::{Jitter, RetryPolicy, is_retryable_status, parse_retry_after};
-use crate::secret::Secret;
+use dtf_plugin_core::Secret;
 
 /// What happened to the calls of one target (e.g. `github.check-run`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer};
 /// has no `Serialize` implementation: a configuration written back out never carries it.
 ///
 /// ```
-/// use dtf_plugins_ci::Secret;
+/// use dtf_plugin_core::Secret;
 /// let token = Secret::new("ghp_example");
 /// assert_eq!(format!("{token:?} {token}"), "*** ***");
 /// assert_eq!(token.expose(), "ghp_example");

@@ -1,5 +1,6 @@
 //! The retry rules for outgoing HTTP calls, in one place so every client (the CI API
-//! reporters here, the notifiers later) retries the same way.
+//! reporters of `dtf-plugins-ci`, the notifiers of `dtf-plugins-notify`, the task reporter's
+//! external endpoint) retries the same way.
 //!
 //! - **What is retried:** connection errors, timeouts, and the statuses
 //!   [`is_retryable_status`] names (408, 429 and every 5xx). Other 4xx are the caller's
@@ -14,7 +15,7 @@
 
 use std::time::Duration;
 
-use dtf_plugin_core::Backoff;
+use crate::supervision::Backoff;
 
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +23,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// ```
 /// use std::time::Duration;
-/// use dtf_plugins_ci::retry::RetryPolicy;
+/// use dtf_plugin_core::retry::RetryPolicy;
 /// let policy = RetryPolicy::default();
 /// // Without jitter: 500 ms, 1 s, 2 s, … capped at 8 s.
 /// assert_eq!(policy.backoff(0, 1.0), Duration::from_millis(500));
@@ -114,7 +115,7 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 }
 
 /// The random source for jitter: the core's, so restarts and retries share one generator type.
-pub use dtf_plugin_core::Jitter;
+pub use crate::supervision::Jitter;
 
 #[cfg(test)]
 mod tests {
