@@ -12,6 +12,8 @@
 //!   subscribe; the expected order of events is documented in [`event`].
 //! - [`Plugin`]: the trait a plugin author implements (only `on_event` is required), with a
 //!   [`PluginContext`] to read typed configuration and publish.
+//! - [`PluginRegistry`]: plugins by name, for coordinators configured from a file or a
+//!   command line.
 //! - [`PluginManager`]: assemble with [`PluginManager::builder`], publish through it or a
 //!   [`Bus`] handle, manage plugins, read [`PluginStats`], [`flush`](PluginManager::flush),
 //!   [`shutdown`](PluginManager::shutdown).
@@ -83,6 +85,7 @@ pub mod event;
 pub mod lifecycle;
 mod manager;
 mod plugin;
+pub mod registry;
 pub mod retry;
 mod runner;
 mod secret;
@@ -100,6 +103,7 @@ pub use manager::{
 pub use plugin::{
     Plugin, PluginConfig, PluginContext, PluginError, PluginMetadata, Reconfigured, RestartPolicy,
 };
+pub use registry::{PluginRegistry, PluginSource, RegistryEntry, RegistryError};
 pub use secret::Secret;
 pub use supervision::{Backoff, Jitter, RestartBudget};
 

@@ -134,6 +134,7 @@ pub use api::{ApiConfig, ApiService, ApiStats, TargetStats};
 pub use api_plugin::CiApiReporter;
 pub use azure::render_azure_issues;
 pub use detect::{CiInfo, CiSystem, Env, detect, detect_from_process_env, process_env};
+pub use dtf_plugin_core::Secret;
 pub use error::CiError;
 pub use github::{render_github_annotations, render_github_summary};
 pub use junit::render_junit;
@@ -142,5 +143,4 @@ pub use plugin::{CiReporter, Commands, Output, ReporterConfig, TeamcityLive};
 pub use run::{
     Attempt, AttemptOutcome, RunRecorder, RunResult, TaskResult, TaskStatus, Totals, WorkerSummary,
 };
-pub use dtf_plugin_core::Secret;
 pub use teamcity::{TeamcityMessages, render_teamcity};
