@@ -539,7 +539,7 @@ impl EmailSender {
             SendErrorKind::Transient
         } else if e.is_permanent() {
             SendErrorKind::Permanent
-        } else if e.is_tls() {
+        } else if e.is_tls() || caused_by_tls(e) {
             SendErrorKind::Tls
         } else if e.is_client() || e.is_response() {
             SendErrorKind::Protocol
@@ -561,6 +561,25 @@ impl EmailSender {
             message,
         }
     }
+}
+
+/// Whether a rustls error (a failed handshake, a certificate that does not verify) is in the
+/// chain: lettre reports those as connection errors, which would wrongly be retried.
+fn caused_by_tls(e: &lettre::transport::smtp::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        // `io::Error::source` skips the error it wraps; look at that one too.
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn tls_parameters(config: &EmailConfig) -> Result<TlsParameters, EmailError> {
