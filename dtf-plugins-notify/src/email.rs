@@ -438,10 +438,7 @@ impl EmailSender {
         let authenticated = match (&config.username, &config.password) {
             (Some(user), Some(password)) => {
                 builder = builder
-                    .credentials(Credentials::new(
-                        user.clone(),
-                        password.expose().to_owned(),
-                    ))
+                    .credentials(Credentials::new(user.clone(), password.expose().to_owned()))
                     .authentication(vec![Mechanism::Plain, Mechanism::Login]);
                 true
             }
@@ -573,7 +570,10 @@ fn caused_by_tls(e: &lettre::transport::smtp::Error) -> bool {
         }
         // `io::Error::source` skips the error it wraps; look at that one too.
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
                 return true;
             }
         }
@@ -635,7 +635,13 @@ mod tests {
 
     #[test]
     fn hosts() {
-        for ok in ["smtp.example.com", "localhost", "127.0.0.1", "::1", "mx_1.example.com."] {
+        for ok in [
+            "smtp.example.com",
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "mx_1.example.com.",
+        ] {
             validate_host(ok).unwrap();
         }
         for bad in [
@@ -648,7 +654,10 @@ mod tests {
             "[::1]",
         ] {
             let err = validate_host(bad).unwrap_err();
-            assert!(matches!(&err, EmailError::Config { key, .. } if key == "host"), "{bad}");
+            assert!(
+                matches!(&err, EmailError::Config { key, .. } if key == "host"),
+                "{bad}"
+            );
         }
     }
 
@@ -681,7 +690,10 @@ mod tests {
             })
             .unwrap();
         let raw = String::from_utf8(msg.formatted()).unwrap();
-        assert!(raw.contains("Content-Type: text/plain; charset=utf-8"), "{raw}");
+        assert!(
+            raw.contains("Content-Type: text/plain; charset=utf-8"),
+            "{raw}"
+        );
         assert!(!raw.contains("multipart"), "{raw}");
         assert!(raw.contains("only text"), "{raw}");
     }

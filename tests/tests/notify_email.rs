@@ -384,8 +384,7 @@ fn message() -> EmailMessage {
         text: "12 tasks failed with TimeoutError on worker w3.\nFirst: t-001, t-002, t-003."
             .to_owned(),
         html: Some(
-            "<p>12 tasks failed with <code>TimeoutError</code> on worker <b>w3</b>.</p>"
-                .to_owned(),
+            "<p>12 tasks failed with <code>TimeoutError</code> on worker <b>w3</b>.</p>".to_owned(),
         ),
     }
 }
@@ -432,7 +431,11 @@ impl Entity {
             .trim_matches('"');
         let delimiter = format!("--{boundary}");
         let closing = format!("--{boundary}--");
-        assert!(self.body.contains(&closing), "closing boundary in {}", self.body);
+        assert!(
+            self.body.contains(&closing),
+            "closing boundary in {}",
+            self.body
+        );
         let inner = self.body.split(&closing).next().unwrap();
         inner
             .split(&delimiter)
@@ -457,7 +460,10 @@ fn assert_message(raw: &str) {
     );
     assert_eq!(mail.header("mime-version"), "1.0");
     assert!(!mail.header("date").is_empty());
-    assert!(mail.header("content-type").starts_with("multipart/alternative;"));
+    assert!(
+        mail.header("content-type")
+            .starts_with("multipart/alternative;")
+    );
     let parts = mail.parts();
     assert_eq!(parts.len(), 2, "text and HTML parts");
     assert_eq!(parts[0].header("content-type"), "text/plain; charset=utf-8");
@@ -475,11 +481,14 @@ fn assert_message(raw: &str) {
 }
 
 fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -510,7 +519,10 @@ fn assert_no_password(what: &str, text: &str) {
     for form in password_forms() {
         // Compare on a long prefix: base64 of a shifted input differs only at the edges.
         let probe = &form[..form.len().min(16)];
-        assert!(!text.contains(probe), "the password ({form}) leaked into {what}: {text}");
+        assert!(
+            !text.contains(probe),
+            "the password ({form}) leaked into {what}: {text}"
+        );
     }
 }
 
@@ -521,7 +533,10 @@ fn assert_no_password(what: &str, text: &str) {
 async fn starttls_auth_delivers_multipart_to_all_recipients() {
     let server = start_server(ServerOptions::new(ServerTls::StartTls).with_auth()).await;
     let sender = EmailSender::new(&with_credentials(config(&server, Security::StartTls))).unwrap();
-    assert_eq!(sender.target(), format!("email:127.0.0.1:{}", server.addr.port()));
+    assert_eq!(
+        sender.target(),
+        format!("email:127.0.0.1:{}", server.addr.port())
+    );
 
     sender.send(&message()).await.unwrap();
 
@@ -537,7 +552,11 @@ async fn starttls_auth_delivers_multipart_to_all_recipients() {
     assert_eq!(plain.len(), 2, "{plain:?}");
     assert!(plain[0].starts_with("EHLO "), "{plain:?}");
     assert_eq!(plain[1], "STARTTLS");
-    let auth_lines: Vec<&Line> = rec.lines.iter().filter(|l| l.text.starts_with("AUTH")).collect();
+    let auth_lines: Vec<&Line> = rec
+        .lines
+        .iter()
+        .filter(|l| l.text.starts_with("AUTH"))
+        .collect();
     assert_eq!(auth_lines.len(), 1, "{:?}", rec.lines);
     assert!(auth_lines[0].tls);
     assert_eq!(rec.auths.len(), 1);
@@ -615,10 +634,17 @@ async fn server_without_starttls_is_refused_before_any_credential() {
     assert!(!err.is_retryable());
 
     let rec = server.recorded();
-    assert!(!rec.lines.is_empty(), "the client did connect: {:?}", rec.lines);
+    assert!(
+        !rec.lines.is_empty(),
+        "the client did connect: {:?}",
+        rec.lines
+    );
     assert!(rec.auths.is_empty(), "{:?}", rec.auths);
     let transcript: String = rec.lines.iter().map(|l| l.text.as_str()).collect();
-    assert!(!transcript.to_ascii_uppercase().contains("AUTH"), "{transcript}");
+    assert!(
+        !transcript.to_ascii_uppercase().contains("AUTH"),
+        "{transcript}"
+    );
     assert!(!transcript.contains("MAIL FROM"), "{transcript}");
     assert_no_password("the server's transcript", &transcript);
     assert!(rec.mails.is_empty());
@@ -855,11 +881,7 @@ async fn aiosmtpd_receives_over_starttls() {
         root_certificate: Some(PathBuf::from(cert)),
         ..EmailConfig::default()
     };
-    EmailSender::new(&config)
-        .unwrap()
-        .send(&msg)
-        .await
-        .unwrap();
+    EmailSender::new(&config).unwrap().send(&msg).await.unwrap();
 
     let ours: Vec<String> = std::fs::read_dir(&new_dir)
         .unwrap()
@@ -880,10 +902,16 @@ async fn aiosmtpd_receives_over_starttls() {
     );
     let without_added: String = stored
         .lines()
-        .filter(|l| !l.starts_with("X-Peer:") && !l.starts_with("X-MailFrom:") && !l.starts_with("X-RcptTo:"))
+        .filter(|l| {
+            !l.starts_with("X-Peer:")
+                && !l.starts_with("X-MailFrom:")
+                && !l.starts_with("X-RcptTo:")
+        })
         .map(|l| format!("{l}\n"))
         .collect();
-    assert_message(&without_added.replace(&subject, "12 tasks failed with TimeoutError on worker w3"));
+    assert_message(
+        &without_added.replace(&subject, "12 tasks failed with TimeoutError on worker w3"),
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -902,23 +930,105 @@ fn valid() -> EmailConfig {
 fn bad_input_is_a_config_error_naming_the_key() {
     type Edit = fn(&mut EmailConfig);
     let cases: &[(&str, Edit, &str, &str)] = &[
-        ("missing host", |c| c.host = String::new(), "host", "missing"),
-        ("host with scheme", |c| c.host = "smtp://smtp.example.com".to_owned(), "host", "smtp://smtp.example.com"),
-        ("host with port", |c| c.host = "smtp.example.com:587".to_owned(), "host", "`port`"),
-        ("host with space", |c| c.host = "smtp example.com".to_owned(), "host", "not a host name"),
-        ("port 0", |c| c.port = Some(0), "port", "between 1 and 65535"),
-        ("timeout 0", |c| c.timeout_ms = 0, "timeout_ms", "at least 1"),
-        ("invalid from", |c| c.from = "not-an-address".to_owned(), "from", "not-an-address"),
+        (
+            "missing host",
+            |c| c.host = String::new(),
+            "host",
+            "missing",
+        ),
+        (
+            "host with scheme",
+            |c| c.host = "smtp://smtp.example.com".to_owned(),
+            "host",
+            "smtp://smtp.example.com",
+        ),
+        (
+            "host with port",
+            |c| c.host = "smtp.example.com:587".to_owned(),
+            "host",
+            "`port`",
+        ),
+        (
+            "host with space",
+            |c| c.host = "smtp example.com".to_owned(),
+            "host",
+            "not a host name",
+        ),
+        (
+            "port 0",
+            |c| c.port = Some(0),
+            "port",
+            "between 1 and 65535",
+        ),
+        (
+            "timeout 0",
+            |c| c.timeout_ms = 0,
+            "timeout_ms",
+            "at least 1",
+        ),
+        (
+            "invalid from",
+            |c| c.from = "not-an-address".to_owned(),
+            "from",
+            "not-an-address",
+        ),
         ("empty from", |c| c.from = String::new(), "from", "empty"),
         ("empty recipients", |c| c.to.clear(), "to", "no recipients"),
-        ("invalid second recipient", |c| c.to.push("a@@example.com".to_owned()), "to[1]", "a@@example.com"),
-        ("recipient without domain", |c| c.to = vec!["oncall".to_owned()], "to[0]", "not a valid email address"),
-        ("blank recipient", |c| c.to = vec!["  ".to_owned()], "to[0]", "empty"),
-        ("password without username", |c| c.password = Some(Secret::new(PASSWORD)), "password", "`username`"),
-        ("username without password", |c| c.username = Some(USER.to_owned()), "username", "`password`"),
-        ("empty username", |c| { c.username = Some(String::new()); c.password = Some(Secret::new(PASSWORD)); }, "username", "empty"),
-        ("credentials over plain", |c| { c.security = Security::Plain; c.username = Some(USER.to_owned()); c.password = Some(Secret::new(PASSWORD)); }, "security", "unencrypted"),
-        ("empty root certificate path", |c| c.root_certificate = Some(PathBuf::new()), "root_certificate", "empty path"),
+        (
+            "invalid second recipient",
+            |c| c.to.push("a@@example.com".to_owned()),
+            "to[1]",
+            "a@@example.com",
+        ),
+        (
+            "recipient without domain",
+            |c| c.to = vec!["oncall".to_owned()],
+            "to[0]",
+            "not a valid email address",
+        ),
+        (
+            "blank recipient",
+            |c| c.to = vec!["  ".to_owned()],
+            "to[0]",
+            "empty",
+        ),
+        (
+            "password without username",
+            |c| c.password = Some(Secret::new(PASSWORD)),
+            "password",
+            "`username`",
+        ),
+        (
+            "username without password",
+            |c| c.username = Some(USER.to_owned()),
+            "username",
+            "`password`",
+        ),
+        (
+            "empty username",
+            |c| {
+                c.username = Some(String::new());
+                c.password = Some(Secret::new(PASSWORD));
+            },
+            "username",
+            "empty",
+        ),
+        (
+            "credentials over plain",
+            |c| {
+                c.security = Security::Plain;
+                c.username = Some(USER.to_owned());
+                c.password = Some(Secret::new(PASSWORD));
+            },
+            "security",
+            "unencrypted",
+        ),
+        (
+            "empty root certificate path",
+            |c| c.root_certificate = Some(PathBuf::new()),
+            "root_certificate",
+            "empty path",
+        ),
     ];
     for (name, edit, key, needle) in cases {
         let mut config = valid();
@@ -929,7 +1039,10 @@ fn bad_input_is_a_config_error_naming_the_key() {
             other => panic!("{name}: not a config error: {other:?}"),
         }
         let text = err.to_string();
-        assert!(text.contains(&format!("`{key}`")), "{name}: key not named: {text}");
+        assert!(
+            text.contains(&format!("`{key}`")),
+            "{name}: key not named: {text}"
+        );
         assert!(text.contains(needle), "{name}: {needle:?} not in {text}");
         assert!(!err.is_retryable(), "{name}");
         // EmailSender::new refuses the same configuration with the same error.
@@ -948,15 +1061,25 @@ fn unreadable_root_certificate_fails_at_construction() {
     config.root_certificate = Some(PathBuf::from("/nonexistent/dtf-ca.pem"));
     config.validate().unwrap(); // no file system access in validate
     let err = EmailSender::new(&config).unwrap_err();
-    assert!(matches!(&err, EmailError::Config { key, .. } if key == "root_certificate"), "{err:?}");
+    assert!(
+        matches!(&err, EmailError::Config { key, .. } if key == "root_certificate"),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("/nonexistent/dtf-ca.pem"), "{err}");
 
     let dir = TempDir::new("badpem");
     let path = dir.0.join("not-a-cert.pem");
-    std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(
+        &path,
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     config.root_certificate = Some(path);
     let err = EmailSender::new(&config).unwrap_err();
-    assert!(matches!(&err, EmailError::Config { key, .. } if key == "root_certificate"), "{err:?}");
+    assert!(
+        matches!(&err, EmailError::Config { key, .. } if key == "root_certificate"),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -977,7 +1100,8 @@ fn config_from_json_has_documented_defaults_and_rejects_unknown_keys() {
     assert_no_password("EmailConfig's Debug", &format!("{config:?}"));
 
     for (security, port) in [("tls", 465), ("plain", 25), ("starttls", 587)] {
-        let c: EmailConfig = serde_json::from_value(serde_json::json!({ "security": security })).unwrap();
+        let c: EmailConfig =
+            serde_json::from_value(serde_json::json!({ "security": security })).unwrap();
         assert_eq!(c.port(), port, "{security}");
     }
 
@@ -1043,7 +1167,11 @@ async fn password_never_appears_in_logs_errors_or_debug() {
     let sender = EmailSender::new(&with_credentials(config(&good, Security::StartTls))).unwrap();
     outputs.push(format!("{sender:?}"));
     sender.send(&message()).await.unwrap();
-    assert_eq!(good.recorded().auths[0].password, PASSWORD, "the canary was used");
+    assert_eq!(
+        good.recorded().auths[0].password,
+        PASSWORD,
+        "the canary was used"
+    );
 
     // An error path with the password in play.
     let mut options = ServerOptions::new(ServerTls::StartTls).with_auth();
@@ -1068,10 +1196,20 @@ async fn password_never_appears_in_logs_errors_or_debug() {
 
     let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
     let port = |s: &TestServer| format!("email:127.0.0.1:{}", s.addr.port());
-    for (server, outcome) in [(&good, "email sent"), (&rejecting, "email not sent"), (&clear, "email not sent")] {
+    for (server, outcome) in [
+        (&good, "email sent"),
+        (&rejecting, "email not sent"),
+        (&clear, "email not sent"),
+    ] {
         let ours: Vec<&str> = text.lines().filter(|l| l.contains(&port(server))).collect();
-        assert!(ours.iter().any(|l| l.contains("sending email")), "TRACE output captured: {text}");
-        assert!(ours.iter().any(|l| l.contains(outcome)), "{outcome}: {text}");
+        assert!(
+            ours.iter().any(|l| l.contains("sending email")),
+            "TRACE output captured: {text}"
+        );
+        assert!(
+            ours.iter().any(|l| l.contains(outcome)),
+            "{outcome}: {text}"
+        );
     }
     assert_no_password("the TRACE log", &text);
     for output in &outputs {
