@@ -158,10 +158,112 @@ impl Default for EmailConfig {
     }
 }
 
+/// The environment variables read by [`EmailConfig::from_env`], with the key each one sets.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("SMTP_HOST", "host"),
+    ("SMTP_PORT", "port"),
+    ("SMTP_SECURITY", "security"),
+    ("SMTP_USERNAME", "username"),
+    ("SMTP_PASSWORD", "password"),
+    ("SMTP_FROM", "from"),
+    ("SMTP_TO", "to"),
+    ("SMTP_TIMEOUT_MS", "timeout_ms"),
+    ("SMTP_ROOT_CERTIFICATE", "root_certificate"),
+];
+
 impl EmailConfig {
     /// The port to connect to: `port`, or the default of `security`.
     pub fn port(&self) -> u16 {
         self.port.unwrap_or_else(|| self.security.default_port())
+    }
+
+    /// Reads the configuration from the process environment: see [`ENV_VARS`] and
+    /// [`from_lookup`](Self::from_lookup).
+    pub fn from_env() -> Result<Self, EmailError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds and validates a configuration from variables looked up by `lookup`:
+    /// `SMTP_HOST`, `SMTP_FROM` and `SMTP_TO` (comma-separated addresses) are required;
+    /// `SMTP_PORT`, `SMTP_SECURITY` (`starttls`, `tls` or `plain`), `SMTP_USERNAME`,
+    /// `SMTP_PASSWORD`, `SMTP_TIMEOUT_MS` and `SMTP_ROOT_CERTIFICATE` are optional, with the
+    /// defaults of the keys they set. Empty values count as unset. Errors name the variable
+    /// (and the key, for invalid values); never its value when it is the password.
+    ///
+    /// ```
+    /// use dtf_plugins_notify::email::EmailConfig;
+    /// let vars = [
+    ///     ("SMTP_HOST", "smtp.example.com"),
+    ///     ("SMTP_FROM", "dtf@example.com"),
+    ///     ("SMTP_TO", "a@example.com, b@example.com"),
+    /// ];
+    /// let lookup = |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+    /// let config = EmailConfig::from_lookup(lookup).unwrap();
+    /// assert_eq!(config.to, ["a@example.com", "b@example.com"]);
+    ///
+    /// let err = EmailConfig::from_lookup(|_| None).unwrap_err();
+    /// assert_eq!(err.to_string(), "configure email: `SMTP_HOST` is not set (environment variable)");
+    /// ```
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EmailError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let required = |name: &'static str| {
+            get(name).ok_or_else(|| config_error(name, "is not set (environment variable)"))
+        };
+        let mut config = Self {
+            host: required("SMTP_HOST")?.trim().to_owned(),
+            from: required("SMTP_FROM")?,
+            to: required("SMTP_TO")?
+                .split(',')
+                .map(|a| a.trim().to_owned())
+                .collect(),
+            username: get("SMTP_USERNAME"),
+            password: get("SMTP_PASSWORD").map(Secret::new),
+            root_certificate: get("SMTP_ROOT_CERTIFICATE").map(PathBuf::from),
+            ..Self::default()
+        };
+        if let Some(port) = get("SMTP_PORT") {
+            config.port = Some(port.trim().parse().map_err(|_| {
+                config_error(
+                    "SMTP_PORT",
+                    format!("`{port}` is not a port number (1-65535)"),
+                )
+            })?);
+        }
+        if let Some(security) = get("SMTP_SECURITY") {
+            config.security = match security.trim().to_ascii_lowercase().as_str() {
+                "starttls" => Security::StartTls,
+                "tls" => Security::Tls,
+                "plain" => Security::Plain,
+                _ => {
+                    return Err(config_error(
+                        "SMTP_SECURITY",
+                        format!("`{security}` is not one of `starttls`, `tls`, `plain`"),
+                    ));
+                }
+            };
+        }
+        if let Some(timeout) = get("SMTP_TIMEOUT_MS") {
+            config.timeout_ms = timeout.trim().parse().map_err(|_| {
+                config_error(
+                    "SMTP_TIMEOUT_MS",
+                    format!("`{timeout}` is not a number of milliseconds"),
+                )
+            })?;
+        }
+        config.validate().map_err(|e| match e {
+            EmailError::Config { key, reason } => {
+                let field = key.split('[').next().unwrap_or(&key);
+                match ENV_VARS.iter().find(|(_, k)| *k == field) {
+                    Some((var, _)) => EmailError::Config {
+                        key: (*var).to_owned(),
+                        reason: format!("(key `{key}`) {reason}"),
+                    },
+                    None => EmailError::Config { key, reason },
+                }
+            }
+            other => other,
+        })?;
+        Ok(config)
     }
 
     /// Checks every key without touching the network or the file system. The first problem
@@ -445,7 +547,7 @@ impl EmailSender {
             _ => false,
         };
         tracing::debug!(
-            %target,
+            target_name = %target,
             security = config.security.as_str(),
             authenticated,
             recipients = to.len(),
@@ -677,6 +779,104 @@ mod tests {
         assert!(!send(SendErrorKind::Protocol).is_retryable());
         assert!(!config_error("host", "x").is_retryable());
         assert!(!EmailError::Message("x".to_owned()).is_retryable());
+    }
+
+    #[test]
+    fn sender_and_send_future_are_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>(_: &T) {}
+        fn assert_send<T: Send>(_: &T) {}
+        let sender = EmailSender::new(&base()).unwrap();
+        assert_send_sync(&sender);
+        let msg = EmailMessage {
+            subject: String::new(),
+            text: String::new(),
+            html: None,
+        };
+        assert_send(&sender.send(&msg));
+    }
+
+    #[test]
+    fn from_lookup_names_the_variable() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        const BASE: &[(&str, &str)] = &[
+            ("SMTP_HOST", "smtp.example.com"),
+            ("SMTP_FROM", "dtf@example.com"),
+            ("SMTP_TO", "a@example.com,b@example.com"),
+        ];
+        let c = EmailConfig::from_lookup(vars(BASE)).unwrap();
+        assert_eq!(c.to, ["a@example.com", "b@example.com"]);
+        assert_eq!(c.port(), 587);
+
+        let c = EmailConfig::from_lookup(vars(&[
+            ("SMTP_HOST", "smtp.example.com"),
+            ("SMTP_FROM", "dtf@example.com"),
+            ("SMTP_TO", "a@example.com"),
+            ("SMTP_SECURITY", "TLS"),
+            ("SMTP_USERNAME", "bot"),
+            ("SMTP_PASSWORD", "env-canary-pw"),
+            ("SMTP_TIMEOUT_MS", "2500"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (c.security, c.port(), c.timeout_ms),
+            (Security::Tls, 465, 2500)
+        );
+        assert_eq!(
+            c.password.as_ref().map(Secret::expose),
+            Some("env-canary-pw")
+        );
+
+        let key_of = |pairs| match EmailConfig::from_lookup(vars(pairs)).unwrap_err() {
+            EmailError::Config { key, reason } => (key, reason),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(key_of(&[]).0, "SMTP_HOST");
+        assert_eq!(
+            key_of(&[("SMTP_HOST", "h"), ("SMTP_FROM", "f@x.org")]).0,
+            "SMTP_TO"
+        );
+        let (key, reason) = key_of(&[
+            ("SMTP_HOST", "h"),
+            ("SMTP_FROM", "f@x.org"),
+            ("SMTP_TO", "a@x.org, a@@x.org"),
+        ]);
+        assert_eq!(key, "SMTP_TO");
+        assert!(
+            reason.contains("`to[1]`") && reason.contains("a@@x.org"),
+            "{reason}"
+        );
+        let (key, _) = key_of(&[
+            ("SMTP_HOST", "h"),
+            ("SMTP_FROM", "f@x.org"),
+            ("SMTP_TO", "a@x.org"),
+            ("SMTP_PORT", "smtp"),
+        ]);
+        assert_eq!(key, "SMTP_PORT");
+        let (key, reason) = key_of(&[
+            ("SMTP_HOST", "h"),
+            ("SMTP_FROM", "f@x.org"),
+            ("SMTP_TO", "a@x.org"),
+            ("SMTP_PASSWORD", "env-canary-pw"),
+        ]);
+        assert_eq!(key, "SMTP_PASSWORD");
+        assert!(!reason.contains("env-canary-pw"), "{reason}");
+        assert_eq!(
+            key_of(&[
+                ("SMTP_HOST", "h"),
+                ("SMTP_FROM", "f@x.org"),
+                ("SMTP_TO", "a@x.org"),
+                ("SMTP_SECURITY", "ssl"),
+            ])
+            .0,
+            "SMTP_SECURITY"
+        );
     }
 
     #[test]
