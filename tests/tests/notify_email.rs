@@ -59,6 +59,8 @@ struct ServerOptions {
     plaintext_auth: bool,
     /// Reply with this instead of 250 to every `RCPT TO`.
     rcpt_reply: Option<(u16, &'static str)>,
+    /// On a failed AUTH, echo the password it received in the 535 reply (a careless server).
+    echo_bad_password: bool,
 }
 
 impl ServerOptions {
@@ -68,6 +70,7 @@ impl ServerOptions {
             auth: false,
             plaintext_auth: false,
             rcpt_reply: None,
+            echo_bad_password: false,
         }
     }
     fn with_auth(mut self) -> Self {
@@ -151,6 +154,7 @@ struct Recorder {
     recorded: Arc<Mutex<Recorded>>,
     tls: Arc<AtomicBool>,
     rcpt_reply: Option<(u16, &'static str)>,
+    echo_bad_password: bool,
     from: String,
     to: Vec<String>,
     data: Vec<u8>,
@@ -165,6 +169,8 @@ impl Recorder {
         });
         if user == USER && password == PASSWORD {
             response::AUTH_OK
+        } else if self.echo_bad_password {
+            Response::custom(535, format!("5.7.8 bad password {password} for {user}"))
         } else {
             response::INVALID_CREDENTIALS
         }
@@ -285,6 +291,7 @@ async fn serve_connection(
         recorded: recorded.clone(),
         tls: tls.clone(),
         rcpt_reply: options.rcpt_reply,
+        echo_bad_password: options.echo_bad_password,
         from: String::new(),
         to: Vec::new(),
         data: Vec::new(),
@@ -701,7 +708,10 @@ async fn untrusted_certificate_is_refused_before_any_credential() {
 
 #[tokio::test]
 async fn wrong_password_is_permanent_and_not_echoed() {
-    let server = start_server(ServerOptions::new(ServerTls::StartTls).with_auth()).await;
+    // The server echoes the password it got in its 535 reply; our error must not carry it.
+    let mut options = ServerOptions::new(ServerTls::StartTls).with_auth();
+    options.echo_bad_password = true;
+    let server = start_server(options).await;
     let mut config = config(&server, Security::StartTls);
     config.username = Some(USER.to_owned());
     config.password = Some(Secret::new("wrong-canary-pw-31d4"));
@@ -724,6 +734,7 @@ async fn wrong_password_is_permanent_and_not_echoed() {
     assert!(!err.is_retryable());
     let shown = format!("{err} {err:?}");
     assert!(!shown.contains("wrong-canary-pw-31d4"), "{shown}");
+    assert!(shown.contains("bad password *** for dtf-bot"), "the echo, scrubbed: {shown}");
     assert_eq!(server.recorded().auths[0].password, "wrong-canary-pw-31d4");
     assert!(server.recorded().mails.is_empty());
 }
