@@ -525,7 +525,11 @@ impl EmailSender {
         let (from, to) = config.parsed()?;
         let port = config.port();
         let host = config.host.clone();
-        let target = format!("email:{host}:{port}");
+        let target = if host.contains(':') {
+            format!("email:[{host}]:{port}") // an IPv6 address
+        } else {
+            format!("email:{host}:{port}")
+        };
         let timeout = Duration::from_millis(config.timeout_ms);
 
         let tls = match config.security {
@@ -565,7 +569,8 @@ impl EmailSender {
         })
     }
 
-    /// Where this sender delivers, for logs and stats: `email:<host>:<port>`. No secrets.
+    /// Where this sender delivers, for logs and stats: `email:<host>:<port>` (`email:[::1]:25`
+    /// for an IPv6 address). No secrets.
     pub fn target(&self) -> String {
         self.target.clone()
     }
@@ -896,5 +901,17 @@ mod tests {
         );
         assert!(!raw.contains("multipart"), "{raw}");
         assert!(raw.contains("only text"), "{raw}");
+    }
+
+    #[test]
+    fn target_names_host_and_port() {
+        let mut c = base();
+        assert_eq!(
+            EmailSender::new(&c).unwrap().target(),
+            "email:smtp.example.com:587"
+        );
+        c.host = "::1".to_owned();
+        c.security = Security::Plain;
+        assert_eq!(EmailSender::new(&c).unwrap().target(), "email:[::1]:25");
     }
 }

@@ -734,7 +734,10 @@ async fn wrong_password_is_permanent_and_not_echoed() {
     assert!(!err.is_retryable());
     let shown = format!("{err} {err:?}");
     assert!(!shown.contains("wrong-canary-pw-31d4"), "{shown}");
-    assert!(shown.contains("bad password *** for dtf-bot"), "the echo, scrubbed: {shown}");
+    assert!(
+        shown.contains("bad password *** for dtf-bot"),
+        "the echo, scrubbed: {shown}"
+    );
     assert_eq!(server.recorded().auths[0].password, "wrong-canary-pw-31d4");
     assert!(server.recorded().mails.is_empty());
 }
