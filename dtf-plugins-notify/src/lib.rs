@@ -6,3 +6,6 @@
 //! issue tracker.
 
 #![forbid(unsafe_code)]
+
+#[cfg(feature = "email")]
+pub mod email;
