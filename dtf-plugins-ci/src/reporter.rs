@@ -459,8 +459,8 @@ pub struct WorkerStats {
     /// Time spent running attempts.
     #[serde(rename = "busy_secs", serialize_with = "ser_secs")]
     pub busy: Duration,
-    /// Failures and disconnections.
-    pub incidents: usize,
+    /// Times it failed (`WorkerFailed`; disconnections are not counted).
+    pub failures: usize,
     /// Returns to service.
     pub recoveries: u32,
 }
@@ -556,20 +556,20 @@ impl TaskSummary {
         if !self.workers.is_empty() {
             let _ = writeln!(
                 out,
-                "\n{:<16} {:>8} {:>6} {:>6} {:>5} {:>9} {:>9}",
-                "worker", "attempts", "passed", "failed", "lost", "busy", "incidents"
+                "\n{:<16} {:>8} {:>6} {:>6} {:>5} {:>9} {:>8}",
+                "worker", "attempts", "passed", "failed", "lost", "busy", "failures"
             );
             for w in &self.workers {
                 let _ = writeln!(
                     out,
-                    "{:<16} {:>8} {:>6} {:>6} {:>5} {:>9} {:>9}",
+                    "{:<16} {:>8} {:>6} {:>6} {:>5} {:>9} {:>8}",
                     w.id,
                     w.attempts,
                     w.passed,
                     w.failed,
                     w.lost,
                     secs(w.busy),
-                    w.incidents
+                    w.failures
                 );
             }
         }
@@ -693,7 +693,7 @@ fn summarize(
         .iter()
         .map(|w| WorkerStats {
             id: w.id.clone(),
-            incidents: w.incidents.len(),
+            failures: w.incidents.iter().filter(|i| i.starts_with("failed:")).count(),
             recoveries: w.recoveries,
             ..WorkerStats::default()
         })
