@@ -16,7 +16,8 @@
 //! | no exit within the timeout | `TaskFailed` | `Timeout` | if attempts remain |
 //! | `sh` could not be started | `TaskFailed` | `SpawnError` | no |
 //!
-//! Output (stdout then stderr) is captured, keeping the last [`OUTPUT_LIMIT`] bytes; it goes
+//! The command sees `DTF_TASK_ID` and `DTF_ATTEMPT` (from 1) in its environment. Output
+//! (stdout then stderr) is captured, keeping the last [`OUTPUT_LIMIT`] bytes; it goes
 //! in `TaskCompleted::output` or `TaskError::details`. On a timeout, and when a worker is
 //! killed, the whole process group is killed (`kill -KILL -<pgid>`), so no grandchild
 //! outlives its task.
@@ -253,7 +254,7 @@ impl JobResult {
 /// Runs one attempt of `job` (the shell command, or the simulation).
 pub async fn run_job(job: &Job) -> JobResult {
     match &job.task.kind {
-        TaskKind::Shell(command) => run_shell(command, job.task.timeout).await,
+        TaskKind::Shell(command) => run_shell(command, job, job.task.timeout).await,
         TaskKind::Simulated {
             duration,
             fail_attempts,
@@ -297,11 +298,13 @@ impl Drop for GroupGuard {
     }
 }
 
-async fn run_shell(command: &str, timeout: Duration) -> JobResult {
+async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
     let started = Instant::now();
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
         .arg(command)
+        .env("DTF_TASK_ID", &job.task.id)
+        .env("DTF_ATTEMPT", job.attempt.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -419,8 +422,8 @@ mod tests {
 
     #[tokio::test]
     async fn maps_exit_codes_timeouts_and_missing_commands() {
-        let r = run_job(&job("echo hi; echo err >&2", 5000, 0)).await;
-        assert!(matches!(&r, JobResult::Passed { output, .. } if output == "hi\nerr\n"), "{r:?}");
+        let r = run_job(&job("echo hi $DTF_TASK_ID $DTF_ATTEMPT; echo err >&2", 5000, 0)).await;
+        assert!(matches!(&r, JobResult::Passed { output, .. } if output == "hi t 1\nerr\n"), "{r:?}");
 
         let r = run_job(&job("echo bad >&2; exit 3", 5000, 0)).await;
         assert!(
