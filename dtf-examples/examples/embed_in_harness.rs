@@ -37,11 +37,17 @@ use dtf_plugin_core::prelude::*;
 use dtf_plugins_ci::{CiReporter, CiSystem, TaskReporter, TaskReporterHandle, detect, process_env};
 use libtest_mimic::{Arguments, Failed, Trial};
 
+/// A test of the suite.
+type TestFn = fn() -> Result<(), Failed>;
+
 // ---------------------------------------------------------------------------------------
 // The suite as it was before dtf: plain test functions.
 
 fn parses_a_version() -> Result<(), Failed> {
-    let parts = "1.84.0".split('.').map(str::parse).collect::<Result<Vec<u32>, _>>()?;
+    let parts = "1.84.0"
+        .split('.')
+        .map(str::parse)
+        .collect::<Result<Vec<u32>, _>>()?;
     if parts != [1, 84, 0] {
         return Err(format!("got {parts:?}").into());
     }
@@ -56,7 +62,12 @@ fn sorts_stably() -> Result<(), Failed> {
 }
 
 fn reads_its_own_source() -> Result<(), Failed> {
-    let src = std::fs::read_to_string(file!()).or_else(|_| std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/embed_in_harness.rs")))?;
+    let src = std::fs::read_to_string(file!()).or_else(|_| {
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/embed_in_harness.rs"
+        ))
+    })?;
     if !src.contains("libtest-mimic") {
         return Err("unexpected contents".into());
     }
@@ -92,8 +103,10 @@ impl Dtf {
     /// lines) and the task reporter. Add your own plugins (notifiers, the CI API) here.
     fn start(run_id: &str) -> Result<Self, Box<dyn std::error::Error>> {
         let runtime = tokio::runtime::Runtime::new()?;
-        let junit = std::env::var_os("DTF_JUNIT")
-            .map_or_else(|| std::env::temp_dir().join("dtf-embed-junit.xml"), PathBuf::from);
+        let junit = std::env::var_os("DTF_JUNIT").map_or_else(
+            || std::env::temp_dir().join("dtf-embed-junit.xml"),
+            PathBuf::from,
+        );
         let commands = match detect(&process_env()).system {
             CiSystem::GithubActions => "github",
             CiSystem::AzureDevops => "azure",
@@ -111,11 +124,21 @@ impl Dtf {
         )?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         runtime.block_on(async {
-            manager.publish(EventKind::coordinator_startup(run_id)).await?;
+            manager
+                .publish(EventKind::coordinator_startup(run_id))
+                .await?;
             let caps = Capabilities::builder().slots(threads).build();
-            manager.publish(EventKind::worker_registered("local", caps)).await
+            manager
+                .publish(EventKind::worker_registered("local", caps))
+                .await
         })?;
-        Ok(Self { runtime, manager, summary, ran: Arc::default(), junit })
+        Ok(Self {
+            runtime,
+            manager,
+            summary,
+            ran: Arc::default(),
+            junit,
+        })
     }
 
     fn publish(bus: &Bus, handle: &tokio::runtime::Handle, kind: EventKind) {
@@ -125,11 +148,17 @@ impl Dtf {
     }
 
     /// Wraps a test function into a trial that reports itself to dtf.
-    fn trial(&self, name: &str, test: fn() -> Result<(), Failed>) -> Trial {
-        let (bus, handle, ran) = (self.manager.bus(), self.runtime.handle().clone(), Arc::clone(&self.ran));
+    fn trial(&self, name: &str, test: TestFn) -> Trial {
+        let (bus, handle, ran) = (
+            self.manager.bus(),
+            self.runtime.handle().clone(),
+            Arc::clone(&self.ran),
+        );
         let id = name.to_owned();
         Trial::test(name, move || {
-            ran.lock().unwrap_or_else(PoisonError::into_inner).insert(id.clone());
+            ran.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id.clone());
             for kind in [
                 EventKind::task_created(id.as_str(), id.as_str()),
                 EventKind::task_assigned(id.as_str(), "local", 1),
@@ -139,21 +168,34 @@ impl Dtf {
             }
             let started = Instant::now();
             let result = std::panic::catch_unwind(AssertUnwindSafe(test)).unwrap_or_else(|panic| {
-                let msg = panic.downcast_ref::<&str>().map(|s| (*s).to_owned())
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "the test panicked".to_owned());
                 Err(msg.into())
             });
             let done = match &result {
                 Ok(()) => EventKind::TaskCompleted(Box::new(
-                    TaskCompleted::builder().task(id.as_str()).worker("local")
-                        .outcome(TaskOutcome::Passed).duration(started.elapsed()).build(),
+                    TaskCompleted::builder()
+                        .task(id.as_str())
+                        .worker("local")
+                        .outcome(TaskOutcome::Passed)
+                        .duration(started.elapsed())
+                        .build(),
                 )),
                 Err(failed) => {
                     let message = failed.message().unwrap_or("failed").to_owned();
-                    let error = TaskError::builder().kind("TestFailure").message(message).build();
+                    let error = TaskError::builder()
+                        .kind("TestFailure")
+                        .message(message)
+                        .build();
                     EventKind::TaskFailed(Box::new(
-                        TaskFailed::builder().task(id.as_str()).worker("local").error(error).build(),
+                        TaskFailed::builder()
+                            .task(id.as_str())
+                            .worker("local")
+                            .error(error)
+                            .build(),
                     ))
                 }
             };
@@ -165,7 +207,11 @@ impl Dtf {
     /// Reports ignored trials that did not run as skipped, shuts the plugins down (which
     /// writes the reports) and prints the summary.
     fn finish(self, ignored: &[&str]) {
-        let ran = self.ran.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let ran = self
+            .ran
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         self.runtime.block_on(async {
             for name in ignored.iter().filter(|n| !ran.contains(**n)) {
                 for kind in [
@@ -177,20 +223,30 @@ impl Dtf {
                     let _ = self.manager.publish(kind).await;
                 }
             }
-            let _ = self.manager.publish(EventKind::worker_disconnected("local", "suite finished")).await;
+            let _ = self
+                .manager
+                .publish(EventKind::worker_disconnected("local", "suite finished"))
+                .await;
             self.manager.shutdown(ShutdownReason::Completed).await
         });
         let summary = self.summary.summary();
         println!("\n--- dtf ---\n{}", summary.render_table());
         println!("JUnit: {}", self.junit.display());
-        println!("CI status: {}", if summary.is_failure() { "failure" } else { "success" });
+        println!(
+            "CI status: {}",
+            if summary.is_failure() {
+                "failure"
+            } else {
+                "success"
+            }
+        );
     }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Arguments::from_args();
     let dtf = Dtf::start("embed-in-harness")?; // dtf: start
-    let tests: [(&str, fn() -> Result<(), Failed>); 4] = [
+    let tests: [(&str, TestFn); 4] = [
         ("parser::parses_a_version", parses_a_version),
         ("collections::sorts_stably", sorts_stably),
         ("fs::reads_its_own_source", reads_its_own_source),
@@ -198,7 +254,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let mut trials: Vec<Trial> = tests.iter().map(|(name, f)| dtf.trial(name, *f)).collect(); // dtf: wrap
     let ignored = ["net::talks_to_a_flaky_service"];
-    trials.push(dtf.trial(ignored[0], talks_to_a_flaky_service).with_ignored_flag(true));
+    trials.push(
+        dtf.trial(ignored[0], talks_to_a_flaky_service)
+            .with_ignored_flag(true),
+    );
     let listing = args.list;
     let conclusion = libtest_mimic::run(&args, trials);
     if !listing {

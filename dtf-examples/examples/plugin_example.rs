@@ -80,13 +80,18 @@ impl Plugin for OnCall {
     }
 
     // Step 3: react to events, in publish order, one at a time.
-    async fn on_event(&mut self, ctx: &mut PluginContext, event: &Event) -> Result<(), PluginError> {
+    async fn on_event(
+        &mut self,
+        ctx: &mut PluginContext,
+        event: &Event,
+    ) -> Result<(), PluginError> {
         match &event.kind {
             EventKind::TaskCompleted(done) => {
                 let mut seen = self.seen.lock().map_err(|_| "state poisoned")?;
                 seen.completed += 1;
                 if done.duration > Duration::from_millis(self.config.slow_ms) {
-                    seen.slow.push(format!("{} ({:?})", done.task, done.duration));
+                    seen.slow
+                        .push(format!("{} ({:?})", done.task, done.duration));
                 }
             }
             EventKind::WorkerFailed(failed) => {
@@ -110,7 +115,11 @@ impl Plugin for OnCall {
     // Step 4: called once at the end, after the queued events were handled.
     async fn on_shutdown(&mut self, _ctx: &mut PluginContext) -> Result<(), PluginError> {
         let seen = self.seen.lock().map_err(|_| "state poisoned")?;
-        tracing::info!(completed = seen.completed, slow = seen.slow.len(), "on-call plugin done");
+        tracing::info!(
+            completed = seen.completed,
+            slow = seen.slow.len(),
+            "on-call plugin done"
+        );
         Ok(())
     }
 }
@@ -181,7 +190,8 @@ mod tests {
         let mut ctx = PluginContext::detached("on-call", serde_json::json!({ "slow_ms": 10 }));
         let mut plugin = OnCall::default();
         plugin.on_start(&mut ctx).await.unwrap();
-        let done = EventKind::task_completed("t1", "w1", TaskOutcome::Passed, Duration::from_millis(20));
+        let done =
+            EventKind::task_completed("t1", "w1", TaskOutcome::Passed, Duration::from_millis(20));
         plugin.on_event(&mut ctx, &event(done)).await.unwrap();
         plugin
             .on_event(&mut ctx, &event(EventKind::worker_failed("w1", "oom")))
@@ -197,6 +207,9 @@ mod tests {
     async fn a_misspelled_key_fails_the_start() {
         let mut ctx = PluginContext::detached("on-call", serde_json::json!({ "slow_msec": 10 }));
         let err = OnCall::default().on_start(&mut ctx).await.unwrap_err();
-        assert!(err.to_string().contains("unknown field `slow_msec`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `slow_msec`"),
+            "{err}"
+        );
     }
 }

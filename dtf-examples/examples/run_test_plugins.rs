@@ -35,7 +35,6 @@
 
 #![expect(clippy::print_stdout, reason = "an example reports to the terminal")]
 
-
 use dtf_examples::{Coordinator, CoordinatorOptions, simulated_tasks};
 use dtf_plugin_core::prelude::*;
 use dtf_plugins_ci::{
@@ -269,7 +268,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 println!("task events: posted in batches to the endpoint in DTF_REPORT_ENDPOINT");
             }
-            _ => println!("task events: not posted (needs --enable-external-reporting and DTF_REPORT_ENDPOINT)"),
+            _ => println!(
+                "task events: not posted (needs --enable-external-reporting and DTF_REPORT_ENDPOINT)"
+            ),
         }
         specs.push(spec.config(config));
         reporter = Some(handle);
@@ -303,7 +304,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!(
         "CI status: {} ({} of {} tasks passed)",
-        if report.exit_code() == 0 { "success" } else { "failure" },
+        if report.exit_code() == 0 {
+            "success"
+        } else {
+            "failure"
+        },
         report.passed,
         report.tasks
     );

@@ -370,8 +370,11 @@ impl Coordinator {
         let capabilities = Capabilities::builder().cpu_cores(1).slots(1).build();
         for id in &ids {
             spawn(id, &mut aborts, &mut watch);
-            bus.publish(EventKind::worker_registered(id.clone(), capabilities.clone()))
-                .await?;
+            bus.publish(EventKind::worker_registered(
+                id.clone(),
+                capabilities.clone(),
+            ))
+            .await?;
         }
         for task in &options.tasks {
             let mut metadata = BTreeMap::new();
@@ -385,7 +388,8 @@ impl Coordinator {
                 .priority(task.priority)
                 .metadata(metadata)
                 .build();
-            bus.publish(EventKind::TaskCreated(Box::new(created))).await?;
+            bus.publish(EventKind::TaskCreated(Box::new(created)))
+                .await?;
         }
 
         let total = options.tasks.len();
@@ -581,9 +585,9 @@ impl Cli {
                             "unexpected argument `{flag}` (see --help)"
                         )));
                     }
-                    let value = it.next().ok_or_else(|| {
-                        CoordinatorError::Usage(format!("{flag}: needs a value"))
-                    })?;
+                    let value = it
+                        .next()
+                        .ok_or_else(|| CoordinatorError::Usage(format!("{flag}: needs a value")))?;
                     match flag.as_str() {
                         "--tasks" => files.push(PathBuf::from(value)),
                         "--task" => commands.push(value),
@@ -757,7 +761,12 @@ async fn run_cli_inner(
         w(out, "\n");
         w(out, &summary.render_table());
     }
-    for p in report.shutdown.plugins.iter().filter(|p| p.stats.failures > 0) {
+    for p in report
+        .shutdown
+        .plugins
+        .iter()
+        .filter(|p| p.stats.failures > 0)
+    {
         w(
             out,
             &format!("plugin {} failed {} time(s)\n", p.name, p.stats.failures),

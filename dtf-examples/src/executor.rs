@@ -95,7 +95,12 @@ impl WorkerPool {
     ) -> tokio::task::JoinHandle<()> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.lock().mailboxes.insert(id.clone(), tx);
-        tokio::spawn(worker_loop(id.clone(), rx, bus.with_source(id.as_str()), notes))
+        tokio::spawn(worker_loop(
+            id.clone(),
+            rx,
+            bus.with_source(id.as_str()),
+            notes,
+        ))
     }
 
     /// Closes worker `id`'s mailbox: the actor ends after its current job.
@@ -146,7 +151,11 @@ impl Plugin for ShellExecutor {
             .hooks(Hook::TaskAssigned)
     }
 
-    async fn on_event(&mut self, ctx: &mut PluginContext, event: &Event) -> Result<(), PluginError> {
+    async fn on_event(
+        &mut self,
+        ctx: &mut PluginContext,
+        event: &Event,
+    ) -> Result<(), PluginError> {
         let EventKind::TaskAssigned(a) = &event.kind else {
             return Ok(());
         };
@@ -169,7 +178,11 @@ async fn worker_loop(
     while let Some(job) = rx.recv().await {
         let task = TaskId::from(job.task.id.as_str());
         if bus
-            .publish(EventKind::task_started(task.clone(), id.clone(), job.attempt))
+            .publish(EventKind::task_started(
+                task.clone(),
+                id.clone(),
+                job.attempt,
+            ))
             .await
             .is_err()
         {
@@ -422,8 +435,16 @@ mod tests {
 
     #[tokio::test]
     async fn maps_exit_codes_timeouts_and_missing_commands() {
-        let r = run_job(&job("echo hi $DTF_TASK_ID $DTF_ATTEMPT; echo err >&2", 5000, 0)).await;
-        assert!(matches!(&r, JobResult::Passed { output, .. } if output == "hi t 1\nerr\n"), "{r:?}");
+        let r = run_job(&job(
+            "echo hi $DTF_TASK_ID $DTF_ATTEMPT; echo err >&2",
+            5000,
+            0,
+        ))
+        .await;
+        assert!(
+            matches!(&r, JobResult::Passed { output, .. } if output == "hi t 1\nerr\n"),
+            "{r:?}"
+        );
 
         let r = run_job(&job("echo bad >&2; exit 3", 5000, 0)).await;
         assert!(

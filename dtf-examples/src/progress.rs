@@ -39,11 +39,13 @@ impl Plugin for RunTracker {
             ]))
     }
 
-    async fn on_event(&mut self, _ctx: &mut PluginContext, event: &Event) -> Result<(), PluginError> {
+    async fn on_event(
+        &mut self,
+        _ctx: &mut PluginContext,
+        event: &Event,
+    ) -> Result<(), PluginError> {
         let done = match &event.kind {
-            EventKind::TaskCompleted(c) => {
-                Some((c.task.clone(), c.outcome != TaskOutcome::Failed))
-            }
+            EventKind::TaskCompleted(c) => Some((c.task.clone(), c.outcome != TaskOutcome::Failed)),
             EventKind::TaskCancelled(c) => Some((c.task.clone(), false)),
             EventKind::TaskFailed(f) if !f.retryable => Some((f.task.clone(), false)),
             _ => None,
@@ -134,10 +136,18 @@ impl Plugin for ProgressDisplay {
         PluginMetadata::new(Self::NAME)
             .version(env!("CARGO_PKG_VERSION"))
             .kind(PluginKind::Monitoring)
-            .hooks(HookSet::TASK.union(HookSet::WORKER).union(HookSet::COORDINATOR))
+            .hooks(
+                HookSet::TASK
+                    .union(HookSet::WORKER)
+                    .union(HookSet::COORDINATOR),
+            )
     }
 
-    async fn on_event(&mut self, _ctx: &mut PluginContext, event: &Event) -> Result<(), PluginError> {
+    async fn on_event(
+        &mut self,
+        _ctx: &mut PluginContext,
+        event: &Event,
+    ) -> Result<(), PluginError> {
         let mut force = false;
         match &event.kind {
             EventKind::TaskCreated(_) => self.total += 1,
@@ -165,7 +175,8 @@ impl Plugin for ProgressDisplay {
                 self.workers.insert(w.worker.to_string(), None);
             }
             EventKind::WorkerFailed(w) => {
-                self.workers.insert(w.worker.to_string(), Some("FAILED".to_owned()));
+                self.workers
+                    .insert(w.worker.to_string(), Some("FAILED".to_owned()));
                 force = true;
             }
             EventKind::CoordinatorShutdown(_) => {

@@ -192,7 +192,9 @@ fn check_timeout(secs: f64, key: &str) -> Result<Duration, String> {
     if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 * 7.0 {
         Ok(Duration::from_secs_f64(secs))
     } else {
-        Err(format!("{key}: must be a number of seconds above 0 and at most a week, got {secs}"))
+        Err(format!(
+            "{key}: must be a number of seconds above 0 and at most a week, got {secs}"
+        ))
     }
 }
 
@@ -269,11 +271,16 @@ mod tests {
     #[test]
     fn errors_name_the_key_and_position() {
         let err = parse_tasks("[[task]]\ncommand = \"x\"\ntimeout = 3\n").unwrap_err();
-        assert!(err.contains("line 3") && err.contains("unknown field `timeout`"), "{err}");
+        assert!(
+            err.contains("line 3") && err.contains("unknown field `timeout`"),
+            "{err}"
+        );
         let err = parse_tasks("[[task]]\ncommand = \"x\"\ntimeout_secs = -1\n").unwrap_err();
         assert!(err.starts_with("task[1].timeout_secs: must be"), "{err}");
-        let err = parse_tasks("[[task]]\nid = \"a\"\ncommand = \"x\"\n[[task]]\nid = \"a\"\ncommand = \"y\"\n")
-            .unwrap_err();
+        let err = parse_tasks(
+            "[[task]]\nid = \"a\"\ncommand = \"x\"\n[[task]]\nid = \"a\"\ncommand = \"y\"\n",
+        )
+        .unwrap_err();
         assert_eq!(err, "task[2].id: `a` is used by an earlier task");
         let err = parse_tasks("[[task]]\ncommand = \" \"\n").unwrap_err();
         assert_eq!(err, "task[1].command: must not be empty");
@@ -285,7 +292,19 @@ mod tests {
     fn simulated_tasks_are_deterministic() {
         let a = simulated_tasks(22);
         assert_eq!(a, simulated_tasks(22));
-        assert!(matches!(a[6].kind, TaskKind::Simulated { fail_attempts: 1, .. }));
-        assert!(matches!(a[10].kind, TaskKind::Simulated { fail_attempts: u32::MAX, .. }));
+        assert!(matches!(
+            a[6].kind,
+            TaskKind::Simulated {
+                fail_attempts: 1,
+                ..
+            }
+        ));
+        assert!(matches!(
+            a[10].kind,
+            TaskKind::Simulated {
+                fail_attempts: u32::MAX,
+                ..
+            }
+        ));
     }
 }

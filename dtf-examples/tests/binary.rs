@@ -30,7 +30,10 @@ fn runs_shell_tasks_and_exits_non_zero_when_one_fails() {
         "0.3",
     ]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("ExitCode(4): `exit 4` exited with code 4"), "{out}");
+    assert!(
+        out.contains("ExitCode(4): `exit 4` exited with code 4"),
+        "{out}"
+    );
     assert!(out.contains("Timeout: no exit within 0.300s"), "{out}");
     assert!(out.contains("tasks 3  passed 1  failed 2"), "{out}");
     assert!(out.ends_with("1 of 3 task(s) passed; 2 failed\n"), "{out}");
@@ -55,9 +58,10 @@ fn passes_with_zero_and_reports_usage_errors_with_two() {
 
 #[test]
 fn the_sample_task_file_parses() {
-    let tasks =
-        dtf_examples::load_task_file(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tasks.toml"))
-            .unwrap();
+    let tasks = dtf_examples::load_task_file(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tasks.toml"),
+    )
+    .unwrap();
     assert_eq!(tasks.len(), 4);
     assert_eq!(tasks[3].retries, 1);
 }

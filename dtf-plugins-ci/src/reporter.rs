@@ -672,7 +672,7 @@ fn summarize(
     let queue_wait = DurationStats::of(run.tasks.iter().filter_map(|t| wait_of(&t.id)).collect());
 
     let mut by_time: Vec<&crate::run::TaskResult> = ran.clone();
-    by_time.sort_by(|a, b| b.total_duration().cmp(&a.total_duration()));
+    by_time.sort_by_key(|t| std::cmp::Reverse(t.total_duration()));
     let slowest = by_time.into_iter().take(slowest).map(line).collect();
     let flaky = run
         .tasks
@@ -693,7 +693,11 @@ fn summarize(
         .iter()
         .map(|w| WorkerStats {
             id: w.id.clone(),
-            failures: w.incidents.iter().filter(|i| i.starts_with("failed:")).count(),
+            failures: w
+                .incidents
+                .iter()
+                .filter(|i| i.starts_with("failed:"))
+                .count(),
             recoveries: w.recoveries,
             ..WorkerStats::default()
         })

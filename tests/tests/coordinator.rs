@@ -76,7 +76,10 @@ fn steps(recording: &Recording) -> BTreeMap<String, Vec<Step>> {
                 t.task.to_string(),
                 Step::Failed(
                     t.attempt,
-                    t.worker.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    t.worker
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
                     t.retryable,
                 ),
             ),
@@ -196,7 +199,11 @@ async fn real_commands_follow_the_lifecycle_and_sum_up() {
     // Errors say what happened.
     let fail = error_of(&recording, "fail", 1);
     assert_eq!(fail.kind, "ExitCode(3)");
-    assert!(fail.message.ends_with("exited with code 3: broken"), "{}", fail.message);
+    assert!(
+        fail.message.ends_with("exited with code 3: broken"),
+        "{}",
+        fail.message
+    );
     assert_eq!(fail.details, "broken\n");
     let timeout = error_of(&recording, "timeout", 1);
     assert_eq!(timeout.kind, "Timeout");
@@ -217,10 +224,20 @@ async fn real_commands_follow_the_lifecycle_and_sum_up() {
     assert_eq!(count(Hook::WorkerFailed), 0);
 
     // The reporter's numbers and the exit code.
-    let summary = report.summary.clone().expect("task-reporter is on by default");
+    let summary = report
+        .summary
+        .clone()
+        .expect("task-reporter is on by default");
     let t = summary.totals;
     assert_eq!(
-        (t.tasks, t.passed, t.flaky, t.failed, t.incomplete, t.attempts),
+        (
+            t.tasks,
+            t.passed,
+            t.flaky,
+            t.failed,
+            t.incomplete,
+            t.attempts
+        ),
         (5, 2, 1, 2, 0, 6)
     );
     assert_eq!(summary.retries, 1);
@@ -347,7 +364,10 @@ async fn bad_plugin_names_and_paths_are_clear_errors() {
     assert_eq!(code, 2);
     assert_eq!(
         out,
-        format!("error: --plugin-dirs: `{}` is not a directory\n", missing.display())
+        format!(
+            "error: --plugin-dirs: `{}` is not a directory\n",
+            missing.display()
+        )
     );
     let config = dir.join("dtf.toml");
     let (code, out) = cli(&["--config", config.to_str().unwrap(), "--list-plugins"]).await;
@@ -355,27 +375,52 @@ async fn bad_plugin_names_and_paths_are_clear_errors() {
     assert!(out.contains("is not a file"), "{out}");
 
     let tasks = dir.join("tasks.toml");
-    std::fs::write(&tasks, "[[task]]\ncommand = \"true\"\ntimeout_secs = \"soon\"\n").unwrap();
+    std::fs::write(
+        &tasks,
+        "[[task]]\ncommand = \"true\"\ntimeout_secs = \"soon\"\n",
+    )
+    .unwrap();
     let (code, out) = cli(&["--tasks", tasks.to_str().unwrap()]).await;
     assert_eq!(code, 2);
-    assert!(out.contains("tasks.toml") && out.contains("line 3"), "{out}");
+    assert!(
+        out.contains("tasks.toml") && out.contains("line 3"),
+        "{out}"
+    );
 
     let (code, out) = cli(&["--workers", "many", "--task", "true"]).await;
-    assert_eq!((code, out.as_str()), (2, "error: --workers: expected a number, got `many`\n"));
+    assert_eq!(
+        (code, out.as_str()),
+        (2, "error: --workers: expected a number, got `many`\n")
+    );
     let (code, out) = cli(&["--scheduler", "fastest", "--task", "true"]).await;
     assert_eq!(code, 2);
-    assert!(out.starts_with("error: --scheduler:") && out.contains("fifo"), "{out}");
+    assert!(
+        out.starts_with("error: --scheduler:") && out.contains("fifo"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
 async fn plugin_flags_select_from_the_registry() {
     let (code, out) = cli(&["--list-plugins"]).await;
     assert_eq!(code, 0);
-    for name in ["task-reporter", "ci-reporter", "teamcity-live", "ci-api-reporter", "progress"] {
+    for name in [
+        "task-reporter",
+        "ci-reporter",
+        "teamcity-live",
+        "ci-api-reporter",
+        "progress",
+    ] {
         assert!(out.contains(name), "{name} missing from\n{out}");
     }
-    let line = out.lines().find(|l| l.starts_with("task-reporter")).unwrap();
-    assert!(line.contains("reporter") && line.contains("[default]"), "{line}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("task-reporter"))
+        .unwrap();
+    assert!(
+        line.contains("reporter") && line.contains("[default]"),
+        "{line}"
+    );
 
     let selection = |disable_all, enable: &[&str], disable: &[&str]| {
         let mut o = options(vec![TaskDef::shell("t", "true")], 1);
@@ -413,11 +458,17 @@ async fn simulated_tasks_write_junit_and_exit_non_zero() {
     .await;
     // Task 11 fails every attempt; task 7 is flaky.
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("tasks 12  passed 10  failed 1  flaky 1"), "{out}");
+    assert!(
+        out.contains("tasks 12  passed 10  failed 1  flaky 1"),
+        "{out}"
+    );
     assert!(out.contains("11 of 12 task(s) passed; 1 failed"), "{out}");
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert_eq!(xml.matches("<testcase ").count(), 12, "{xml}");
-    assert!(xml.contains(r#"<testcase name="test_011" classname="simulated""#), "{xml}");
+    assert!(
+        xml.contains(r#"<testcase name="test_011" classname="simulated""#),
+        "{xml}"
+    );
 
     // Without the task reporter there is no summary, and the verdict still holds.
     let (code, out) = cli(&["--simulate-tasks", "3", "--disable-plugins"]).await;

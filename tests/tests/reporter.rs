@@ -32,7 +32,10 @@ async fn run(config: Value, events: Vec<EventKind>) -> TaskReporterHandle {
 /// Startup and one task that fails once and passes on its retry: 8 events, plus the
 /// shutdown the manager publishes.
 fn flaky_run() -> Vec<EventKind> {
-    let error = TaskError::builder().kind("ExitCode(1)").message("flake").build();
+    let error = TaskError::builder()
+        .kind("ExitCode(1)")
+        .message("flake")
+        .build();
     vec![
         EventKind::coordinator_startup("run-42"),
         EventKind::worker_registered("w1", Capabilities::default()),
@@ -180,7 +183,10 @@ async fn retries_server_errors_and_counts_what_is_lost() {
     assert_eq!((stats.batches_failed, stats.events_dropped), (2, 6));
     assert_eq!(stats.attempts, 5);
     let last = stats.last_error.unwrap();
-    assert!(last.starts_with("HTTP 400") && last.contains("bad schema"), "{last}");
+    assert!(
+        last.starts_with("HTTP 400") && last.contains("bad schema"),
+        "{last}"
+    );
     assert_eq!(server.received_requests().await.unwrap().len(), 5);
 }
 
@@ -200,9 +206,15 @@ async fn an_unreachable_endpoint_never_shows_its_key_and_never_fails_the_run() {
     });
     let handle = run(config, flaky_run()).await;
     let stats = handle.external_stats();
-    assert_eq!((stats.batches_failed, stats.events_dropped, stats.attempts), (1, 9, 2));
+    assert_eq!(
+        (stats.batches_failed, stats.events_dropped, stats.attempts),
+        (1, 9, 2)
+    );
     let last = stats.last_error.clone().unwrap();
-    assert!(!last.contains("s3cr3t") && !last.contains("/events"), "{last}");
+    assert!(
+        !last.contains("s3cr3t") && !last.contains("/events"),
+        "{last}"
+    );
     assert!(!format!("{stats:?}").contains("s3cr3t"));
     // The run itself is unaffected: the summary is complete.
     assert_eq!(handle.summary().totals.tasks, 1);
@@ -211,13 +223,14 @@ async fn an_unreachable_endpoint_never_shows_its_key_and_never_fails_the_run() {
 #[tokio::test]
 async fn a_bad_external_configuration_names_the_key() {
     let (spec, _handle) = TaskReporter::spec();
-    let (rec, recording) =
-        dtf_plugin_core::testing::RecordingPlugin::spec("rec", HookSet::PLUGIN);
+    let (rec, recording) = dtf_plugin_core::testing::RecordingPlugin::spec("rec", HookSet::PLUGIN);
     let manager = PluginManager::builder()
         .spec(rec)
         .spec(
-            spec.config(json!({ "external": { "endpoint": "http://127.0.0.1:1/", "batch_sise": 2 } }))
-                .restart_policy(RestartPolicy::Transient),
+            spec.config(
+                json!({ "external": { "endpoint": "http://127.0.0.1:1/", "batch_sise": 2 } }),
+            )
+            .restart_policy(RestartPolicy::Transient),
         )
         .spawn()
         .await
@@ -231,7 +244,10 @@ async fn a_bad_external_configuration_names_the_key() {
             _ => None,
         })
         .expect("the reporter fails to start");
-    assert!(failure.contains("external.batch_sise: unknown field `batch_sise`"), "{failure}");
+    assert!(
+        failure.contains("external.batch_sise: unknown field `batch_sise`"),
+        "{failure}"
+    );
     assert!(!failure.contains("127.0.0.1"), "{failure}");
     manager.shutdown(ShutdownReason::Completed).await;
 }
@@ -243,11 +259,19 @@ fn register_adds_the_ci_plugins_and_the_task_reporter() {
     let names: Vec<_> = registry.names().collect();
     assert_eq!(
         names,
-        ["ci-api-reporter", "ci-reporter", "task-reporter", "teamcity-live"]
+        [
+            "ci-api-reporter",
+            "ci-reporter",
+            "task-reporter",
+            "teamcity-live"
+        ]
     );
     let entry = registry.get("task-reporter").unwrap();
     assert_eq!(entry.metadata().kind, PluginKind::Reporter);
-    assert_eq!(entry.plugin_source().to_string(), "built-in (dtf-plugins-ci)");
+    assert_eq!(
+        entry.plugin_source().to_string(),
+        "built-in (dtf-plugins-ci)"
+    );
     // Twice is a duplicate, named.
     let err = dtf_plugins_ci::register(&mut registry).unwrap_err();
     assert!(err.to_string().contains("registered twice"), "{err}");
