@@ -21,7 +21,9 @@
 //! let mut options = CoordinatorOptions::default();
 //! options.tasks = vec![TaskDef::shell("unit", "cargo test --lib"), TaskDef::shell("fmt", "cargo fmt --check")];
 //! let report = Coordinator::new(options)?.run().await?;
-//! println!("{}", report.summary.map(|s| s.render_table()).unwrap_or_default());
+//! if let Some(summary) = &report.summary {
+//!     print!("{}", summary.render_table());
+//! }
 //! std::process::exit(report.exit_code());
 //! # }
 //! ```
