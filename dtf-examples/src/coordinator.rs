@@ -441,26 +441,41 @@ impl Coordinator {
             }
         }
 
-        // Stop the workers first, so nothing they run can report after a cancellation.
+        // Stop the workers and take them out of service first: after that nothing can be
+        // assigned or report, so a cancellation is the last word on a task.
         for abort in aborts.values() {
             abort.abort();
         }
         watch.shutdown().await;
+        let why = match &reason {
+            ShutdownReason::Completed => "run finished",
+            ShutdownReason::Requested => "the run was interrupted",
+            _ => "the run timed out",
+        };
+        for id in &ids {
+            pool.close_worker(id);
+            bus.publish(EventKind::worker_disconnected(id.clone(), why))
+                .await?;
+        }
+        // Let the scheduler handle the disconnections (and anything it was still deciding),
+        // then count the tasks that ended meanwhile.
+        if tokio::time::timeout(Duration::from_secs(5), manager.settle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("plugins still busy 5 s after the workers stopped");
+        }
+        while let Ok((task, ok)) = done_rx.try_recv() {
+            if finished.insert(task) && !ok {
+                failed += 1;
+            }
+        }
         for task in &options.tasks {
             let id = TaskId::from(task.id.as_str());
             if !finished.contains(&id) {
                 failed += 1;
-                let why = match &reason {
-                    ShutdownReason::Requested => "the run was interrupted",
-                    _ => "the run timed out",
-                };
                 bus.publish(EventKind::task_cancelled(id, why)).await?;
             }
-        }
-        for id in &ids {
-            pool.close_worker(id);
-            bus.publish(EventKind::worker_disconnected(id.clone(), "run finished"))
-                .await?;
         }
         manager.flush().await;
         let shutdown = manager.shutdown(reason).await;

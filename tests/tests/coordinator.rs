@@ -475,3 +475,40 @@ async fn simulated_tasks_write_junit_and_exit_non_zero() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(out, "\n3 of 3 task(s) passed; 0 failed\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_timeout_cancels_what_is_left_and_kills_its_processes() {
+    let dir = temp_dir("run-timeout");
+    let marker = dir.join("should-not-exist");
+    let slow = TaskDef::shell("slow", format!("sleep 0.6; touch '{}'", marker.display()));
+    // One worker: `waiting` never starts.
+    let mut o = options(vec![slow, TaskDef::shell("waiting", "true")], 1);
+    o.run_timeout = Some(Duration::from_millis(200));
+    let (rec, recording) = recorder();
+    let report = Coordinator::new(o)
+        .unwrap()
+        .with_plugin(rec)
+        .run()
+        .await
+        .unwrap();
+
+    assert_lifecycle(&recording);
+    let steps = steps(&recording);
+    use Step::*;
+    assert_eq!(
+        steps["slow"],
+        [
+            Created,
+            Assigned(1, "worker-1".into()),
+            Started(1, "worker-1".into()),
+            Cancelled
+        ]
+    );
+    assert_eq!(steps["waiting"], [Created, Cancelled]);
+    let summary = report.summary.clone().unwrap();
+    assert_eq!(summary.totals.cancelled, 2);
+    assert_eq!((report.failed, report.exit_code()), (2, 1));
+    // The command's process group was killed with its worker: it never gets to `touch`.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!marker.exists(), "the timed-out command kept running");
+}
