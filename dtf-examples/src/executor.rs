@@ -153,7 +153,7 @@ impl Plugin for ShellExecutor {
 
     async fn on_event(
         &mut self,
-        ctx: &mut PluginContext,
+        _ctx: &mut PluginContext,
         event: &Event,
     ) -> Result<(), PluginError> {
         let EventKind::TaskAssigned(a) = &event.kind else {
@@ -163,7 +163,6 @@ impl Plugin for ShellExecutor {
             // The worker died between the assignment and now: recovery re-queues the task
             // when the coordinator reports the worker lost, so this is not the task's end.
             tracing::warn!(task = %a.task, worker = %a.worker, "{message}");
-            let _ = ctx;
         }
         Ok(())
     }
