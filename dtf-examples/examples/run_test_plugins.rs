@@ -9,12 +9,15 @@
 //! 3. [`TeamcityLive`] streaming TeamCity service messages as tasks run;
 //! 4. [`CiApiReporter`] for the system's HTTP API — only with `--enable-external-reporting`
 //!    *and* a base URL in `DTF_CI_API_BASE_URL` (tokens and identifiers from the usual
-//!    variables, see `docs/ci.md`); otherwise the example lists the calls it would make.
+//!    variables, see `docs/ci.md`); otherwise the example lists the calls it would make;
+//! 5. [`TaskReporter`], whose summary (pass rate, p50/p95, slowest and flaky tasks, per
+//!    worker and tenant) is printed at the end; with `--enable-external-reporting` and
+//!    `DTF_REPORT_ENDPOINT` set, it also posts the events to that URL in batches (bearer
+//!    token from `DTF_REPORT_TOKEN`, if set).
 //!
-//! The tasks are simulated: the core has no task-executor or task-reporter plugin yet (that
-//! is another issue), so the example publishes the task events a coordinator would —
-//! created, assigned, started, then passed, failed or skipped — and one task fails on its
-//! first attempt and passes on the retry.
+//! The tasks are simulated tasks of the reference coordinator (`dtf_examples::Coordinator`):
+//! they go through the real scheduler, local worker actors and the task-executor plugin;
+//! every 7th fails once and passes on its retry (flaky), every 11th fails.
 //!
 //! Run it from the workspace root:
 //!
@@ -26,18 +29,17 @@
 //! ```
 //!
 //! Flags: `--plugins <list>` (comma-separated from `ci-reporter`, `teamcity-live`,
-//! `ci-api`; default `ci-reporter,ci-api`), `--enable-external-reporting`, `--ci-system
+//! `ci-api`, `task-reporter`; default `ci-reporter,ci-api,task-reporter`), `--enable-external-reporting`, `--ci-system
 //! <name>` (default: detected), `--simulate-tasks <n>` (default 10). An unknown CI system
 //! or flag exits with code 2.
 
 #![expect(clippy::print_stdout, reason = "an example reports to the terminal")]
 
-use std::time::Duration;
-
-use dtf_plugin_core::event::{TaskCompleted, TaskFailed};
+use dtf_examples::{Coordinator, CoordinatorOptions, simulated_tasks};
 use dtf_plugin_core::prelude::*;
 use dtf_plugins_ci::{
-    ApiStats, CiApiReporter, CiInfo, CiReporter, CiSystem, TeamcityLive, detect, process_env,
+    ApiStats, CiApiReporter, CiInfo, CiReporter, CiSystem, TaskReporter, TeamcityLive, detect,
+    process_env,
 };
 
 struct Args {
@@ -47,11 +49,13 @@ struct Args {
     tasks: u32,
 }
 
-const PLUGINS: &[&str] = &["ci-reporter", "teamcity-live", "ci-api"];
+const PLUGINS: &[&str] = &["ci-reporter", "teamcity-live", "ci-api", "task-reporter"];
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
-        plugins: vec!["ci-reporter".to_owned(), "ci-api".to_owned()],
+        plugins: ["ci-reporter", "ci-api", "task-reporter"]
+            .map(str::to_owned)
+            .to_vec(),
         external: false,
         system: None,
         tasks: 10,
@@ -144,54 +148,6 @@ fn api_for(system: CiSystem) -> Option<(&'static str, &'static [&'static str])> 
     })
 }
 
-/// The events of task `i`: most pass, every fourth fails, every seventh is skipped, task 1
-/// fails once and passes on the retry.
-fn task_events(i: u32) -> Vec<EventKind> {
-    let task = format!("t{i}");
-    let worker = format!("w{}", i % 3);
-    let mut events = vec![
-        EventKind::task_created(task.as_str(), format!("example::suite{}::case_{i}", i % 2)),
-        EventKind::task_assigned(task.as_str(), worker.as_str(), 1),
-        EventKind::task_started(task.as_str(), worker.as_str(), 1),
-    ];
-    let done = |attempt: u32, outcome: TaskOutcome| {
-        EventKind::TaskCompleted(Box::new(
-            TaskCompleted::builder()
-                .task(task.as_str())
-                .worker(worker.as_str())
-                .attempt(attempt)
-                .outcome(outcome)
-                .duration(Duration::from_millis(u64::from(10 + i * 7 % 90)))
-                .build(),
-        ))
-    };
-    if i == 1 {
-        let error = TaskError::builder()
-            .kind("ConnectionReset")
-            .message("peer reset the connection")
-            .build();
-        events.push(EventKind::TaskFailed(Box::new(
-            TaskFailed::builder()
-                .task(task.as_str())
-                .worker(worker.as_str())
-                .attempt(1)
-                .error(error)
-                .retryable(true)
-                .build(),
-        )));
-        events.push(EventKind::task_assigned(task.as_str(), worker.as_str(), 2));
-        events.push(EventKind::task_started(task.as_str(), worker.as_str(), 2));
-        events.push(done(2, TaskOutcome::Passed));
-    } else if i % 4 == 3 {
-        events.push(done(1, TaskOutcome::Failed));
-    } else if i % 7 == 5 {
-        events.push(done(1, TaskOutcome::Skipped));
-    } else {
-        events.push(done(1, TaskOutcome::Passed));
-    }
-    events
-}
-
 #[tokio::main]
 async fn main() {
     let args = match parse_args() {
@@ -235,10 +191,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let dir = std::env::temp_dir().join(format!("dtf-run-test-plugins-{}", std::process::id()));
-    let mut builder = PluginManager::builder();
+    let mut specs: Vec<PluginSpec> = Vec::new();
     let wants = |p: &str| args.plugins.iter().any(|x| x == p);
     if wants("ci-reporter") {
-        builder = builder.spec(PluginSpec::new(CiReporter::new).config(serde_json::json!({
+        specs.push(PluginSpec::new(CiReporter::new).config(serde_json::json!({
             "junit": dir.join("junit.xml"),
             "json": dir.join("run.json"),
             "markdown": dir.join("summary.md"),
@@ -246,7 +202,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         })));
     }
     if wants("teamcity-live") {
-        builder = builder.plugin(TeamcityLive::new);
+        specs.push(PluginSpec::new(TeamcityLive::new));
     }
     let stats = ApiStats::default();
     let mut api_enabled = false;
@@ -272,7 +228,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                         };
                         config[key] = serde_json::json!({ url_key: base });
                         let (info, env, stats) = (info.clone(), env.clone(), stats.clone());
-                        builder = builder.spec(
+                        specs.push(
                             PluginSpec::new(move || {
                                 CiApiReporter::with_env(env.clone())
                                     .with_info(info.clone())
@@ -300,18 +256,63 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    let manager = builder.spawn().await?;
-    manager
-        .publish(EventKind::coordinator_startup("example-run"))
-        .await?;
-    for i in 0..args.tasks {
-        for event in task_events(i) {
-            manager.publish(event).await?;
+    let mut reporter = None;
+    if wants("task-reporter") {
+        let (spec, handle) = TaskReporter::spec();
+        let mut config = serde_json::json!({ "log_summary": false });
+        match env.get("DTF_REPORT_ENDPOINT").filter(|e| !e.is_empty()) {
+            Some(endpoint) if args.external => {
+                config["external"] = serde_json::json!({ "endpoint": endpoint });
+                if let Some(token) = env.get("DTF_REPORT_TOKEN") {
+                    config["external"]["token"] = serde_json::json!(token);
+                }
+                println!("task events: posted in batches to the endpoint in DTF_REPORT_ENDPOINT");
+            }
+            _ => println!(
+                "task events: not posted (needs --enable-external-reporting and DTF_REPORT_ENDPOINT)"
+            ),
         }
+        specs.push(spec.config(config));
+        reporter = Some(handle);
+    }
+
+    // The reference coordinator runs the tasks; this example picks every optional plugin
+    // itself, so the coordinator's defaults are off.
+    let mut options = CoordinatorOptions::default();
+    options.tasks = simulated_tasks(args.tasks);
+    options.workers = 3;
+    options.progress = false;
+    options.run_id = "example-run".to_owned();
+    options.plugins.disable_all = true;
+    let mut coordinator = Coordinator::new(options)?;
+    for spec in specs {
+        coordinator = coordinator.with_plugin(spec);
     }
     println!("--- CI status lines ---");
-    let report = manager.shutdown(ShutdownReason::Completed).await;
+    let report = coordinator.run().await?;
     println!("--- end ---");
+    if let Some(handle) = &reporter {
+        println!("--- task reporter summary ---");
+        print!("{}", handle.summary().render_table());
+        if args.external {
+            let s = handle.external_stats();
+            println!(
+                "task events sent: {} in {} batch(es); dropped {}",
+                s.events_sent, s.batches_sent, s.events_dropped
+            );
+        }
+    }
+    println!(
+        "CI status: {} ({} of {} tasks passed)",
+        if report.exit_code() == 0 {
+            "success"
+        } else {
+            "failure"
+        },
+        report.passed,
+        report.tasks
+    );
+    let report = report.shutdown;
     for p in &report.plugins {
         if let Some(error) = &p.error {
             println!("plugin {} reported: {error}", p.name);

@@ -1,4 +1,46 @@
-//! Runnable examples of dtf; see `examples/` and the README's index. This library target
-//! is empty: it exists so the examples have a package to belong to.
+//! Runnable examples of dtf, and the library behind the reference coordinator
+//! (`dtf-coordinator`): see `examples/`, the README's index and `docs/coordinator.md`.
+//!
+//! The coordinator assembles dtf the way an embedding application would:
+//!
+//! - [`taskfile`]: tasks are shell commands from a TOML file or the command line, or
+//!   simulated tasks;
+//! - [`executor`]: local worker actors and [`ShellExecutor`], the task-executor plugin
+//!   (output captured, exit code → completed/failed, timeout → failed, retries);
+//! - [`coordinator`]: [`Coordinator`] puts a [`dtf_plugin_core::PluginManager`] together
+//!   with the scheduler ([`dtf_scheduler::SchedulingCoordinator`]), the executor, the
+//!   workers and the optional plugins chosen by name from a
+//!   [`dtf_plugin_core::PluginRegistry`], runs the tasks and returns a [`RunReport`];
+//!   [`run_cli`] is the binary's entry point;
+//! - [`progress`]: the run tracker and the live progress line.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), dtf_examples::CoordinatorError> {
+//! use dtf_examples::{Coordinator, CoordinatorOptions, TaskDef};
+//!
+//! let mut options = CoordinatorOptions::default();
+//! options.tasks = vec![TaskDef::shell("unit", "cargo test --lib"), TaskDef::shell("fmt", "cargo fmt --check")];
+//! let report = Coordinator::new(options)?.run().await?;
+//! if let Some(summary) = &report.summary {
+//!     print!("{}", summary.render_table());
+//! }
+//! std::process::exit(report.exit_code());
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
+
+pub mod coordinator;
+mod error;
+pub mod executor;
+pub mod progress;
+pub mod taskfile;
+
+pub use coordinator::{
+    Cli, Coordinator, CoordinatorOptions, DEFAULT_PLUGINS, PluginSelection, RunReport,
+    load_config_and_plugin_dirs, plugin_registry, run_cli, select_plugins,
+};
+pub use error::CoordinatorError;
+pub use executor::{ShellExecutor, WorkerPool};
+pub use progress::{ProgressDisplay, RunTracker};
+pub use taskfile::{TaskDef, TaskKind, load_task_file, simulated_tasks};

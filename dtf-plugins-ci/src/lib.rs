@@ -122,6 +122,7 @@ pub mod github;
 pub mod junit;
 pub mod markdown;
 mod plugin;
+pub mod reporter;
 /// The retry rules of every outgoing HTTP call (shared with the notifiers): see
 /// [`dtf_plugin_core::retry`].
 pub use dtf_plugin_core::retry;
@@ -140,7 +141,62 @@ pub use github::{render_github_annotations, render_github_summary};
 pub use junit::render_junit;
 pub use markdown::{render_json, render_markdown};
 pub use plugin::{CiReporter, Commands, Output, ReporterConfig, TeamcityLive};
+#[cfg(feature = "api")]
+pub use reporter::ExternalStats;
+pub use reporter::{
+    DurationStats, ExternalConfig, TaskLine, TaskReporter, TaskReporterConfig, TaskReporterHandle,
+    TaskSummary, TenantStats, WorkerStats,
+};
 pub use run::{
     Attempt, AttemptOutcome, RunRecorder, RunResult, TaskResult, TaskStatus, Totals, WorkerSummary,
 };
 pub use teamcity::{TeamcityMessages, render_teamcity};
+
+use dtf_plugin_core::PluginSpec;
+use dtf_plugin_core::registry::{PluginRegistry, RegistryEntry, RegistryError};
+
+/// Registers this crate's plugins in `registry` as built-in plugins of `dtf-plugins-ci`:
+/// [`CiReporter`] (`ci-reporter`), [`TeamcityLive`] (`teamcity-live`), [`TaskReporter`]
+/// (`task-reporter`) and, with the `api` feature, [`CiApiReporter`] (`ci-api-reporter`).
+///
+/// `teamcity-live` and `ci-reporter` write to stdout; use their constructors directly to
+/// choose another writer.
+///
+/// ```
+/// let mut registry = dtf_plugin_core::PluginRegistry::new();
+/// dtf_plugins_ci::register(&mut registry)?;
+/// assert!(registry.get("task-reporter").is_some());
+/// assert!(registry.get("ci-reporter").is_some());
+/// # Ok::<(), dtf_plugin_core::RegistryError>(())
+/// ```
+///
+/// # Errors
+///
+/// [`RegistryError::Duplicate`] when one of the names is already taken.
+pub fn register(registry: &mut PluginRegistry) -> Result<(), RegistryError> {
+    const KRATE: &str = "dtf-plugins-ci";
+    registry.register(
+        RegistryEntry::new(|| PluginSpec::new(CiReporter::new))
+            .description("writes JUnit, JSON, Markdown reports and CI status lines at shutdown")
+            .built_in(KRATE),
+    )?;
+    registry.register(
+        RegistryEntry::new(|| PluginSpec::new(TeamcityLive::new))
+            .description("streams TeamCity service messages as tasks run")
+            .built_in(KRATE),
+    )?;
+    registry.register(
+        RegistryEntry::new(|| PluginSpec::new(TaskReporter::default))
+            .description(
+                "tracks every task; summary with pass rate, p50/p95, slowest and flaky tasks",
+            )
+            .built_in(KRATE),
+    )?;
+    #[cfg(feature = "api")]
+    registry.register(
+        RegistryEntry::new(|| PluginSpec::new(CiApiReporter::new))
+            .description("reports the run to the CI service's HTTP API (GitHub, GitLab, ...)")
+            .built_in(KRATE),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,40 @@
+//! `dtf-coordinator`: the reference coordinator. Runs shell commands (from a TOML task file
+//! or `--task`) or simulated tasks on local workers, with the scheduler and the configured
+//! plugins, prints a summary, and exits non-zero when a task failed.
+//!
+//! ```text
+//! cargo run -p dtf-examples --bin dtf-coordinator -- --help
+//! cargo run -p dtf-examples --bin dtf-coordinator -- --simulate-tasks 20 --workers 4
+//! cargo run -p dtf-examples --bin dtf-coordinator -- --tasks dtf-examples/tasks.toml --junit target/dtf/junit.xml
+//! ```
+//!
+//! Logs go to stderr (`RUST_LOG=debug` for more); see `docs/coordinator.md`.
+
+use std::io::Write as _;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: start the tokio runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    let code = runtime.block_on(async {
+        let mut out = std::io::stdout();
+        dtf_examples::coordinator::run_cli_with_signals(std::env::args().skip(1), &mut out).await
+    });
+    let _ = std::io::stdout().flush();
+    drop(runtime);
+    std::process::exit(code);
+}

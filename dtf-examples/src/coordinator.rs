@@ -1,0 +1,798 @@
+//! The reference coordinator: assembles a plugin manager, the scheduler, local workers and
+//! the configured plugins, runs the tasks, and reports.
+//!
+//! See `docs/coordinator.md` for the command line and the guarantees.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{IsTerminal as _, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dtf_plugin_core::event::{TaskCreated, TaskId, WorkerId};
+use dtf_plugin_core::prelude::*;
+use dtf_plugin_core::registry::{PluginRegistry, RegistryEntry};
+use dtf_plugin_core::{PluginConfig, ShutdownReport};
+use dtf_plugins_ci::{ReporterConfig, RunResult, TaskReporter, TaskReporterHandle, TaskSummary};
+use dtf_scheduler::{Registry as SchedulerRegistry, SchedulerConfig, SchedulingCoordinator};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::error::CoordinatorError;
+use crate::executor::{ShellExecutor, WorkerNote, WorkerPool};
+use crate::progress::{ProgressDisplay, RunTracker};
+use crate::taskfile::{TaskDef, TaskKind, load_task_file, simulated_tasks};
+
+/// The optional plugins enabled when no flag says otherwise.
+pub const DEFAULT_PLUGINS: &[&str] = &[TaskReporter::NAME];
+
+/// Which optional plugins to run. The scheduler, the executor and the run tracker are the
+/// coordinator itself and always run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PluginSelection {
+    /// `--disable-plugins`: start from no optional plugin instead of [`DEFAULT_PLUGINS`].
+    pub disable_all: bool,
+    /// `--enable-plugin X` (repeatable, or comma-separated).
+    pub enable: Vec<String>,
+    /// `--disable-plugin Y` (repeatable, or comma-separated); wins over `enable`.
+    pub disable: Vec<String>,
+}
+
+/// Everything the coordinator needs to run.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CoordinatorOptions {
+    /// The tasks.
+    pub tasks: Vec<TaskDef>,
+    /// Local workers (one slot each). Default 2.
+    pub workers: u32,
+    /// The scheduling strategy and its settings. Default `fifo`.
+    pub scheduler: SchedulerConfig,
+    /// The run's id (`CoordinatorStartup`). Default `dtf-run`.
+    pub run_id: String,
+    /// Optional plugins.
+    pub plugins: PluginSelection,
+    /// `--config FILE`: checked to exist; see [`load_config_and_plugin_dirs`].
+    pub config_file: Option<PathBuf>,
+    /// `--plugin-dirs a,b`: checked to exist; see [`load_config_and_plugin_dirs`].
+    pub plugin_dirs: Vec<PathBuf>,
+    /// `--junit FILE`: enables `ci-reporter` writing JUnit XML there.
+    pub junit: Option<PathBuf>,
+    /// Fault injection (`--kill-worker-on-start TASK`): the worker running the first attempt
+    /// of each of these tasks is killed as soon as the attempt starts.
+    pub kill_worker_on_start: Vec<String>,
+    /// Whether to show the live progress line. Default: when stdout is a terminal.
+    pub progress: bool,
+    /// Stop (cancelling what is left) after this long. Default: none.
+    pub run_timeout: Option<Duration>,
+    /// Whether Ctrl-C cancels the run (the binary sets it). Default `false`.
+    pub handle_ctrl_c: bool,
+}
+
+impl Default for CoordinatorOptions {
+    fn default() -> Self {
+        Self {
+            tasks: Vec::new(),
+            workers: 2,
+            scheduler: SchedulerConfig::new("fifo"),
+            run_id: "dtf-run".to_owned(),
+            plugins: PluginSelection::default(),
+            config_file: None,
+            plugin_dirs: Vec::new(),
+            junit: None,
+            kill_worker_on_start: Vec::new(),
+            progress: std::io::stdout().is_terminal(),
+            run_timeout: None,
+            handle_ctrl_c: false,
+        }
+    }
+}
+
+/// The optional plugins the coordinator knows: those of `dtf-plugins-ci`
+/// ([`dtf_plugins_ci::register`]) and the progress display.
+pub fn plugin_registry() -> PluginRegistry {
+    let mut registry = PluginRegistry::new();
+    // Names are fixed and distinct, so registering cannot fail; a failure would only drop
+    // plugins from the listing, which `--list-plugins` would show.
+    if let Err(e) = dtf_plugins_ci::register(&mut registry) {
+        tracing::error!(error = %e, "registering the CI plugins failed");
+    }
+    if let Err(e) = registry.register(
+        RegistryEntry::new(|| PluginSpec::new(ProgressDisplay::default))
+            .description("live status line (on by default when stdout is a terminal)")
+            .built_in("dtf-examples"),
+    ) {
+        tracing::error!(error = %e, "registering the progress display failed");
+    }
+    registry
+}
+
+/// The per-plugin configurations read from `--config` and the plugins found in
+/// `--plugin-dirs`.
+///
+/// **Not connected yet.** This is the one place where the configuration-file loader and the
+/// plugin-directory loader of issue 6 (`dtf_plugin_core::config`, `dtf.toml`) plug in. Today
+/// it only checks that the file and the directories exist (a clear error otherwise), logs a
+/// warning that they are not loaded, and returns no configuration. After the merge it
+/// should: read `config` into per-plugin configurations (returned here, keyed by plugin
+/// name, given to [`PluginRegistry::spec`]), and register each plugin found in `plugin_dirs`
+/// in `registry` with [`dtf_plugin_core::PluginSource::Directory`], so `--list-plugins`,
+/// `--enable-plugin` and `--disable-plugin` see them.
+///
+/// # Errors
+///
+/// [`CoordinatorError::MissingConfig`], [`CoordinatorError::MissingPluginDir`].
+pub fn load_config_and_plugin_dirs(
+    config: Option<&Path>,
+    plugin_dirs: &[PathBuf],
+    registry: &mut PluginRegistry,
+) -> Result<BTreeMap<String, PluginConfig>, CoordinatorError> {
+    let _ = registry;
+    if let Some(path) = config {
+        if !path.is_file() {
+            return Err(CoordinatorError::MissingConfig {
+                path: path.to_owned(),
+            });
+        }
+        tracing::warn!(
+            path = %path.display(),
+            "--config: configuration files are not loaded yet (issue 6); using defaults"
+        );
+    }
+    for dir in plugin_dirs {
+        if !dir.is_dir() {
+            return Err(CoordinatorError::MissingPluginDir { path: dir.clone() });
+        }
+        tracing::warn!(
+            dir = %dir.display(),
+            "--plugin-dirs: plugin directories are not loaded yet (issue 6)"
+        );
+    }
+    Ok(BTreeMap::new())
+}
+
+/// The optional plugins `selection` enables, in order, each checked against `registry`.
+///
+/// # Errors
+///
+/// [`CoordinatorError::Plugin`] for a name that is not registered, with the closest name.
+pub fn select_plugins(
+    registry: &PluginRegistry,
+    selection: &PluginSelection,
+) -> Result<Vec<String>, CoordinatorError> {
+    for name in &selection.disable {
+        registry
+            .entry(name)
+            .map_err(|source| CoordinatorError::Plugin {
+                flag: "--disable-plugin",
+                source,
+            })?;
+    }
+    let mut enabled: Vec<String> = if selection.disable_all {
+        Vec::new()
+    } else {
+        DEFAULT_PLUGINS.iter().map(|s| (*s).to_owned()).collect()
+    };
+    for name in &selection.enable {
+        registry
+            .entry(name)
+            .map_err(|source| CoordinatorError::Plugin {
+                flag: "--enable-plugin",
+                source,
+            })?;
+        if !enabled.contains(name) {
+            enabled.push(name.clone());
+        }
+    }
+    enabled.retain(|n| !selection.disable.contains(n));
+    Ok(enabled)
+}
+
+/// What a run produced.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RunReport {
+    /// Tasks in the run.
+    pub tasks: usize,
+    /// Tasks whose final event was a pass (or a skip).
+    pub passed: usize,
+    /// Tasks that failed, or were cancelled before they finished.
+    pub failed: usize,
+    /// The optional plugins that ran.
+    pub plugins: Vec<String>,
+    /// The task reporter's summary, when `task-reporter` ran.
+    pub summary: Option<TaskSummary>,
+    /// The task reporter's run model (tasks with attempts), when `task-reporter` ran.
+    pub run: Option<RunResult>,
+    /// The plugin manager's shutdown report.
+    pub shutdown: ShutdownReport,
+}
+
+impl RunReport {
+    /// The process exit code: 0 when every task passed, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        i32::from(self.failed > 0)
+    }
+}
+
+/// The reference coordinator; see the [module docs](self).
+pub struct Coordinator {
+    options: CoordinatorOptions,
+    registry: PluginRegistry,
+    configs: BTreeMap<String, PluginConfig>,
+    enabled: Vec<String>,
+    extra: Vec<PluginSpec>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("tasks", &self.options.tasks.len())
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Coordinator {
+    /// Checks `options` (plugin names, paths, scheduler) and prepares a run.
+    ///
+    /// # Errors
+    ///
+    /// A [`CoordinatorError`] naming the flag at fault.
+    pub fn new(options: CoordinatorOptions) -> Result<Self, CoordinatorError> {
+        let mut registry = plugin_registry();
+        let configs = load_config_and_plugin_dirs(
+            options.config_file.as_deref(),
+            &options.plugin_dirs,
+            &mut registry,
+        )?;
+        let mut selection = options.plugins.clone();
+        if options.junit.is_some() && !selection.enable.iter().any(|n| n == "ci-reporter") {
+            selection.enable.push("ci-reporter".to_owned());
+        }
+        if options.progress && !selection.disable_all {
+            selection.enable.push(ProgressDisplay::NAME.to_owned());
+        }
+        let enabled = select_plugins(&registry, &selection)?;
+        SchedulerRegistry::new().build(&options.scheduler)?;
+        if options.tasks.is_empty() {
+            return Err(CoordinatorError::NoTasks);
+        }
+        if options.workers == 0 {
+            return Err(CoordinatorError::Usage(
+                "--workers: must be at least 1".to_owned(),
+            ));
+        }
+        Ok(Self {
+            options,
+            registry,
+            configs,
+            enabled,
+            extra: Vec::new(),
+        })
+    }
+
+    /// Adds a plugin of the embedding application (or a test's recording plugin).
+    pub fn with_plugin(mut self, spec: PluginSpec) -> Self {
+        self.extra.push(spec);
+        self
+    }
+
+    /// The optional plugins that will run.
+    pub fn enabled_plugins(&self) -> &[String] {
+        &self.enabled
+    }
+
+    /// Runs every task to its end and shuts the plugins down.
+    ///
+    /// # Errors
+    ///
+    /// [`CoordinatorError::Manager`] when a plugin cannot be added,
+    /// [`CoordinatorError::Publish`] when the bus closes under the coordinator.
+    pub async fn run(self) -> Result<RunReport, CoordinatorError> {
+        let Self {
+            options,
+            registry,
+            configs,
+            enabled,
+            extra,
+        } = self;
+        let pool = WorkerPool::default();
+        for task in &options.tasks {
+            pool.add_task(task.clone());
+        }
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let (notes_tx, mut notes_rx) = mpsc::unbounded_channel();
+
+        let scheduler =
+            SchedulingCoordinator::spec(Arc::new(SchedulerRegistry::new()), &options.scheduler)?;
+        let executor_pool = pool.clone();
+        let mut builder = PluginManager::builder()
+            .spec(scheduler)
+            .plugin(move || ShellExecutor::new(executor_pool.clone()))
+            .plugin(move || RunTracker::new(done_tx.clone()));
+        let mut reporter: Option<TaskReporterHandle> = None;
+        for name in &enabled {
+            let config = configs.get(name).cloned();
+            let spec = match name.as_str() {
+                TaskReporter::NAME => {
+                    let (spec, handle) = TaskReporter::spec();
+                    reporter = Some(handle);
+                    match config {
+                        Some(c) => spec.config(c),
+                        None => spec,
+                    }
+                }
+                "ci-reporter" if options.junit.is_some() && config.is_none() => {
+                    let mut cfg = ReporterConfig::default();
+                    cfg.junit.clone_from(&options.junit);
+                    registry
+                        .spec(name, None)
+                        .map_err(|source| CoordinatorError::Plugin {
+                            flag: "--enable-plugin",
+                            source,
+                        })?
+                        .config(cfg)
+                }
+                _ => registry
+                    .spec(name, config)
+                    .map_err(|source| CoordinatorError::Plugin {
+                        flag: "--enable-plugin",
+                        source,
+                    })?,
+            };
+            builder = builder.spec(spec);
+        }
+        for spec in extra {
+            builder = builder.spec(spec);
+        }
+        let manager = builder.spawn().await?;
+        let bus = manager.bus().with_source("coordinator");
+        bus.publish(EventKind::coordinator_startup(options.run_id.clone()))
+            .await?;
+
+        // Workers: spawn the actors, then announce them (an assignment can only follow the
+        // announcement, and by then the mailbox exists).
+        let ids: Vec<WorkerId> = (1..=options.workers)
+            .map(|i| WorkerId::from(format!("worker-{i}")))
+            .collect();
+        let mut aborts = HashMap::new();
+        let mut watch: JoinSet<(WorkerId, Result<(), tokio::task::JoinError>)> = JoinSet::new();
+        let spawn = |id: &WorkerId,
+                     aborts: &mut HashMap<WorkerId, tokio::task::AbortHandle>,
+                     watch: &mut JoinSet<_>| {
+            let handle = pool.spawn_worker(id, manager.bus(), notes_tx.clone());
+            aborts.insert(id.clone(), handle.abort_handle());
+            let id = id.clone();
+            watch.spawn(async move { (id, handle.await) });
+        };
+        let capabilities = Capabilities::builder().cpu_cores(1).slots(1).build();
+        for id in &ids {
+            spawn(id, &mut aborts, &mut watch);
+            bus.publish(EventKind::worker_registered(
+                id.clone(),
+                capabilities.clone(),
+            ))
+            .await?;
+        }
+        for task in &options.tasks {
+            let mut metadata = BTreeMap::new();
+            if let TaskKind::Shell(command) = &task.kind {
+                metadata.insert("command".to_owned(), command.clone());
+            }
+            let created = TaskCreated::builder()
+                .task(task.id.as_str())
+                .name(task.name.as_str())
+                .owner(task.owner.as_str())
+                .priority(task.priority)
+                .metadata(metadata)
+                .build();
+            bus.publish(EventKind::TaskCreated(Box::new(created)))
+                .await?;
+        }
+
+        let total = options.tasks.len();
+        let mut finished: HashSet<TaskId> = HashSet::new();
+        let mut failed = 0usize;
+        let mut to_kill: HashSet<TaskId> = options
+            .kill_worker_on_start
+            .iter()
+            .map(|t| TaskId::from(t.as_str()))
+            .collect();
+        let deadline = options.run_timeout.map(|d| tokio::time::Instant::now() + d);
+        let mut reason = ShutdownReason::Completed;
+        while finished.len() < total {
+            tokio::select! {
+                Some((task, ok)) = done_rx.recv() => {
+                    if finished.insert(task) && !ok {
+                        failed += 1;
+                    }
+                }
+                Some(note) = notes_rx.recv() => {
+                    let WorkerNote::Started { worker, task, attempt } = note;
+                    if attempt == 1 && to_kill.remove(&task) {
+                        tracing::warn!(%worker, %task, "fault injection: killing the worker");
+                        if let Some(abort) = aborts.get(&worker) {
+                            abort.abort();
+                        }
+                    }
+                }
+                Some(ended) = watch.join_next() => {
+                    let Ok((worker, result)) = ended else { continue };
+                    let why = match result {
+                        Err(e) if e.is_cancelled() => "the worker was killed".to_owned(),
+                        Err(e) => format!("the worker panicked: {e}"),
+                        Ok(()) => "the worker stopped".to_owned(),
+                    };
+                    tracing::warn!(%worker, "{why}; recovering it");
+                    bus.publish(EventKind::worker_failed(worker.clone(), why)).await?;
+                    spawn(&worker, &mut aborts, &mut watch);
+                    bus.publish(EventKind::worker_recovered(worker)).await?;
+                }
+                () = sleep_until(deadline) => {
+                    reason = ShutdownReason::Error("run timeout".to_owned());
+                    break;
+                }
+                () = ctrl_c(options.handle_ctrl_c) => {
+                    reason = ShutdownReason::Requested;
+                    break;
+                }
+            }
+        }
+
+        // Stop the workers and take them out of service first: after that nothing can be
+        // assigned or report, so a cancellation is the last word on a task.
+        for abort in aborts.values() {
+            abort.abort();
+        }
+        watch.shutdown().await;
+        let why = match &reason {
+            ShutdownReason::Completed => "run finished",
+            ShutdownReason::Requested => "the run was interrupted",
+            _ => "the run timed out",
+        };
+        for id in &ids {
+            pool.close_worker(id);
+            bus.publish(EventKind::worker_disconnected(id.clone(), why))
+                .await?;
+        }
+        // Let the scheduler handle the disconnections (and anything it was still deciding),
+        // then count the tasks that ended meanwhile.
+        if tokio::time::timeout(Duration::from_secs(5), manager.settle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("plugins still busy 5 s after the workers stopped");
+        }
+        while let Ok((task, ok)) = done_rx.try_recv() {
+            if finished.insert(task) && !ok {
+                failed += 1;
+            }
+        }
+        for task in &options.tasks {
+            let id = TaskId::from(task.id.as_str());
+            if !finished.contains(&id) {
+                failed += 1;
+                bus.publish(EventKind::task_cancelled(id, why)).await?;
+            }
+        }
+        manager.flush().await;
+        let shutdown = manager.shutdown(reason).await;
+        Ok(RunReport {
+            tasks: total,
+            passed: total.saturating_sub(failed),
+            failed,
+            plugins: enabled,
+            summary: reporter.as_ref().map(TaskReporterHandle::summary),
+            run: reporter.as_ref().map(TaskReporterHandle::run),
+            shutdown,
+        })
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn ctrl_c(enabled: bool) {
+    if enabled && tokio::signal::ctrl_c().await.is_ok() {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// The parsed command line of `dtf-coordinator`.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Cli {
+    /// The options to run with.
+    pub options: CoordinatorOptions,
+    /// `--list-plugins`: list and exit.
+    pub list_plugins: bool,
+    /// `--help`.
+    pub help: bool,
+}
+
+/// The usage text of `dtf-coordinator`.
+pub const USAGE: &str = "\
+usage: dtf-coordinator [--tasks FILE] [--task CMD]... [--simulate-tasks N] [options]
+
+tasks:
+  --tasks FILE            TOML task file ([[task]] command = \"...\"; see docs/coordinator.md)
+  --task CMD              a shell command to run as a task (repeatable)
+  --simulate-tasks N      N simulated tasks (some flaky, some failing)
+  --timeout SECS          per-attempt timeout of --task tasks (default 60)
+  --retries N             retries of --task tasks (default 0)
+
+running:
+  --workers N             local workers (default 2)
+  --scheduler NAME        fifo, priority, round-robin, fairness, longest-first (default fifo)
+  --run-id ID             run id (default dtf-run)
+  --run-timeout SECS      cancel what is left after SECS
+  --kill-worker-on-start TASK   fault injection: kill the worker when TASK starts (repeatable)
+  --progress auto|never   live progress line (default auto: when stdout is a terminal)
+
+plugins:
+  --list-plugins          list the known plugins and exit
+  --enable-plugin X       enable plugin X (repeatable, or X,Y)
+  --disable-plugin Y      disable plugin Y (repeatable, or X,Y)
+  --disable-plugins       start from no optional plugin (default: task-reporter)
+  --junit FILE            enable ci-reporter writing JUnit XML to FILE
+  --config FILE           configuration file (checked; loading comes with issue 6)
+  --plugin-dirs A,B       plugin directories (checked; loading comes with issue 6)
+
+exit code: 0 all tasks passed, 1 a task failed or was cancelled, 2 bad usage or configuration
+";
+
+fn list(value: &str) -> impl Iterator<Item = String> + '_ {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, CoordinatorError> {
+    value
+        .parse()
+        .map_err(|_| CoordinatorError::Usage(format!("{flag}: expected a number, got `{value}`")))
+}
+
+fn seconds(flag: &str, value: &str) -> Result<Duration, CoordinatorError> {
+    let secs: f64 = number(flag, value)?;
+    if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 * 7.0 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(CoordinatorError::Usage(format!(
+            "{flag}: expected seconds above 0 and at most a week, got `{value}`"
+        )))
+    }
+}
+
+impl Cli {
+    /// Parses `args` (without the program name). Task files are read here.
+    ///
+    /// # Errors
+    ///
+    /// [`CoordinatorError::Usage`] for an unknown flag or a bad value (naming the flag),
+    /// [`CoordinatorError::TaskFile`] for a task file that cannot be read or parsed.
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, CoordinatorError> {
+        let mut cli = Cli::default();
+        let o = &mut cli.options;
+        let mut commands = Vec::new();
+        let mut files = Vec::new();
+        let mut simulate = 0u32;
+        let mut timeout = Duration::from_secs(60);
+        let mut retries = 0u32;
+        let mut it = args.into_iter();
+        while let Some(flag) = it.next() {
+            match flag.as_str() {
+                "--list-plugins" => cli.list_plugins = true,
+                "--disable-plugins" => o.plugins.disable_all = true,
+                "-h" | "--help" => cli.help = true,
+                _ => {
+                    if !flag.starts_with("--") {
+                        return Err(CoordinatorError::Usage(format!(
+                            "unexpected argument `{flag}` (see --help)"
+                        )));
+                    }
+                    let value = it
+                        .next()
+                        .ok_or_else(|| CoordinatorError::Usage(format!("{flag}: needs a value")))?;
+                    match flag.as_str() {
+                        "--tasks" => files.push(PathBuf::from(value)),
+                        "--task" => commands.push(value),
+                        "--simulate-tasks" => simulate = number(&flag, &value)?,
+                        "--timeout" => timeout = seconds(&flag, &value)?,
+                        "--retries" => retries = number(&flag, &value)?,
+                        "--workers" => o.workers = number(&flag, &value)?,
+                        "--scheduler" => o.scheduler = SchedulerConfig::new(value),
+                        "--run-id" => o.run_id = value,
+                        "--run-timeout" => o.run_timeout = Some(seconds(&flag, &value)?),
+                        "--kill-worker-on-start" => o.kill_worker_on_start.push(value),
+                        "--progress" => {
+                            o.progress = match value.as_str() {
+                                "auto" => std::io::stdout().is_terminal(),
+                                "never" => false,
+                                _ => {
+                                    return Err(CoordinatorError::Usage(format!(
+                                        "--progress: expected `auto` or `never`, got `{value}`"
+                                    )));
+                                }
+                            }
+                        }
+                        "--enable-plugin" => o.plugins.enable.extend(list(&value)),
+                        "--disable-plugin" => o.plugins.disable.extend(list(&value)),
+                        "--junit" => o.junit = Some(PathBuf::from(value)),
+                        "--config" => o.config_file = Some(PathBuf::from(value)),
+                        "--plugin-dirs" => o.plugin_dirs.extend(list(&value).map(PathBuf::from)),
+                        _ => {
+                            return Err(CoordinatorError::Usage(format!(
+                                "unknown flag `{flag}` (see --help)"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        for file in &files {
+            o.tasks.extend(load_task_file(file)?);
+        }
+        for (i, command) in commands.into_iter().enumerate() {
+            o.tasks.push(
+                TaskDef::shell(format!("cmd-{}", i + 1), command.clone())
+                    .name(command)
+                    .timeout(timeout)
+                    .retries(retries),
+            );
+        }
+        o.tasks.extend(simulated_tasks(simulate));
+        Ok(cli)
+    }
+}
+
+/// Lists `registry`'s plugins with their kind, version, source and whether they are
+/// enabled by default.
+pub fn render_plugin_list(registry: &PluginRegistry) -> String {
+    let mut out = format!(
+        "{:<18} {:<14} {:<8} {:<26} {}\n",
+        "plugin", "kind", "version", "source", "description"
+    );
+    for e in registry.iter() {
+        let m = e.metadata();
+        let default = if DEFAULT_PLUGINS.contains(&e.name()) {
+            " [default]"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "{:<18} {:<14} {:<8} {:<26} {}{default}\n",
+            e.name(),
+            m.kind.to_string(),
+            m.version,
+            e.plugin_source().to_string(),
+            e.describe()
+        ));
+    }
+    out
+}
+
+/// Renders the per-task table printed after a run.
+pub fn render_task_table(run: &RunResult) -> String {
+    let mut out = format!(
+        "{:<28} {:<10} {:>8} {:<10} {:>9}  {}\n",
+        "task", "status", "attempts", "worker", "time", "error"
+    );
+    for t in &run.tasks {
+        let error = t
+            .last_failure()
+            .filter(|_| !matches!(t.status, dtf_plugins_ci::TaskStatus::Passed))
+            .map(|a| {
+                format!(
+                    "{}: {}",
+                    a.error_kind.as_deref().unwrap_or(""),
+                    a.message.as_deref().unwrap_or("")
+                )
+            })
+            .unwrap_or_default();
+        let mut name = t.name.clone();
+        if name.chars().count() > 28 {
+            name = name.chars().take(27).collect::<String>() + "…";
+        }
+        out.push_str(&format!(
+            "{:<28} {:<10} {:>8} {:<10} {:>8.2}s  {}\n",
+            name,
+            t.status.name(),
+            t.attempts.len(),
+            t.worker().unwrap_or("-"),
+            t.total_duration().as_secs_f64(),
+            error.lines().next().unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// The `dtf-coordinator` binary's whole behaviour, for the binary and for tests: parses
+/// `args`, runs, writes the summary to `out`, and returns the exit code (0 all passed, 1 a
+/// task failed, 2 bad usage or configuration).
+pub async fn run_cli(args: impl IntoIterator<Item = String>, out: &mut (dyn Write + Send)) -> i32 {
+    match run_cli_inner(args, out, false).await {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(out, "error: {e}");
+            2
+        }
+    }
+}
+
+/// [`run_cli`] with Ctrl-C handling, for the binary.
+pub async fn run_cli_with_signals(
+    args: impl IntoIterator<Item = String>,
+    out: &mut (dyn Write + Send),
+) -> i32 {
+    match run_cli_inner(args, out, true).await {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(out, "error: {e}");
+            2
+        }
+    }
+}
+
+async fn run_cli_inner(
+    args: impl IntoIterator<Item = String>,
+    out: &mut (dyn Write + Send),
+    signals: bool,
+) -> Result<i32, CoordinatorError> {
+    let mut cli = Cli::parse(args)?;
+    let w = |out: &mut (dyn Write + Send), s: &str| {
+        let _ = out.write_all(s.as_bytes());
+    };
+    if cli.help {
+        w(out, USAGE);
+        return Ok(0);
+    }
+    if cli.list_plugins {
+        let mut registry = plugin_registry();
+        load_config_and_plugin_dirs(
+            cli.options.config_file.as_deref(),
+            &cli.options.plugin_dirs,
+            &mut registry,
+        )?;
+        w(out, &render_plugin_list(&registry));
+        return Ok(0);
+    }
+    cli.options.handle_ctrl_c = signals;
+    let coordinator = Coordinator::new(cli.options)?;
+    let report = coordinator.run().await?;
+    if let Some(run) = &report.run {
+        w(out, &render_task_table(run));
+    }
+    if let Some(summary) = &report.summary {
+        w(out, "\n");
+        w(out, &summary.render_table());
+    }
+    for p in report
+        .shutdown
+        .plugins
+        .iter()
+        .filter(|p| p.stats.failures > 0)
+    {
+        w(
+            out,
+            &format!("plugin {} failed {} time(s)\n", p.name, p.stats.failures),
+        );
+    }
+    w(
+        out,
+        &format!(
+            "\n{} of {} task(s) passed; {} failed\n",
+            report.passed, report.tasks, report.failed
+        ),
+    );
+    Ok(report.exit_code())
+}

@@ -1,0 +1,54 @@
+//! The coordinator's errors. Messages are lowercase fragments that read after "failed to …"
+//! where they describe an action, and name the flag, file or key at fault.
+
+use std::path::PathBuf;
+
+/// Something that stops the reference coordinator before or while it runs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoordinatorError {
+    /// A command-line flag is unknown, lacks its value, or has a bad value.
+    #[error("{0}")]
+    Usage(String),
+    /// A task file could not be read or is invalid.
+    #[error("load task file `{}`: {message}", path.display())]
+    TaskFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line and column or the key.
+        message: String,
+    },
+    /// `--config` names a file that does not exist (or is not a file).
+    #[error("--config: `{}` is not a file", path.display())]
+    MissingConfig {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// `--plugin-dirs` names a directory that does not exist.
+    #[error("--plugin-dirs: `{}` is not a directory", path.display())]
+    MissingPluginDir {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A plugin name given to `--enable-plugin`/`--disable-plugin` is not registered.
+    #[error("{flag}: {source}")]
+    Plugin {
+        /// The flag.
+        flag: &'static str,
+        /// The registry's error (with a did-you-mean suggestion).
+        #[source]
+        source: dtf_plugin_core::RegistryError,
+    },
+    /// The scheduler configuration is invalid (e.g. an unknown strategy name).
+    #[error("--scheduler: {0}")]
+    Scheduler(#[from] dtf_scheduler::SchedulerError),
+    /// Nothing to run.
+    #[error("no tasks: give --tasks FILE, --task CMD or --simulate-tasks N")]
+    NoTasks,
+    /// The plugin manager could not start or refused a plugin.
+    #[error("plugin manager: {0}")]
+    Manager(#[from] dtf_plugin_core::ManagerError),
+    /// The bus closed while the coordinator was publishing.
+    #[error("{0}")]
+    Publish(#[from] dtf_plugin_core::PublishError),
+}

@@ -1,0 +1,490 @@
+//! Local worker actors and the task-executor plugin that hands them work.
+//!
+//! A worker is an actor: a tokio task owning a mailbox of [`Job`]s, which it runs one at a
+//! time (one slot). [`ShellExecutor`] (kind [`PluginKind::TaskExecutor`]) hears the
+//! scheduler's `TaskAssigned` and posts the job to the worker's mailbox; the worker publishes
+//! `TaskStarted`, runs the command with `sh -c` in its own process group, and publishes the
+//! outcome:
+//!
+//! | what happened | event | error kind | retryable |
+//! | --- | --- | --- | --- |
+//! | exit code 0 | `TaskCompleted` (passed) | – | – |
+//! | exit code 127 (`sh`: command not found) | `TaskFailed` | `CommandNotFound` | no |
+//! | exit code 126 (not executable) | `TaskFailed` | `CommandNotExecutable` | no |
+//! | other exit code `n` | `TaskFailed` | `ExitCode(n)` | if attempts remain |
+//! | killed by signal `s` | `TaskFailed` | `Signal(s)` | if attempts remain |
+//! | no exit within the timeout | `TaskFailed` | `Timeout` | if attempts remain |
+//! | `sh` could not be started | `TaskFailed` | `SpawnError` | no |
+//!
+//! The command sees `DTF_TASK_ID` and `DTF_ATTEMPT` (from 1) in its environment. Output
+//! (stdout then stderr) is captured, keeping the last [`OUTPUT_LIMIT`] bytes; it goes
+//! in `TaskCompleted::output` or `TaskError::details`. On a timeout, and when a worker is
+//! killed, the whole process group is killed (`kill -KILL -<pgid>`), so no grandchild
+//! outlives its task.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use dtf_plugin_core::event::{TaskCompleted, TaskFailed, TaskId, WorkerId};
+use dtf_plugin_core::prelude::*;
+use tokio::sync::mpsc;
+
+use crate::taskfile::{TaskDef, TaskKind};
+
+/// The most output kept per attempt, in bytes (the end is kept).
+pub const OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// One attempt for a worker to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The task.
+    pub task: Arc<TaskDef>,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+}
+
+/// What workers tell the coordinator besides the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerNote {
+    /// `worker` published `TaskStarted` for `task`'s attempt `attempt` and is running it.
+    Started {
+        /// The worker.
+        worker: WorkerId,
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: u32,
+    },
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    mailboxes: HashMap<WorkerId, mpsc::UnboundedSender<Job>>,
+    tasks: HashMap<TaskId, Arc<TaskDef>>,
+}
+
+/// The workers' mailboxes and the task definitions, shared by the coordinator (which
+/// spawns and replaces workers) and [`ShellExecutor`] (which posts jobs). Cloning shares.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerPool {
+    state: Arc<Mutex<PoolState>>,
+}
+
+impl WorkerPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes `task` known to the executor.
+    pub fn add_task(&self, task: TaskDef) {
+        self.lock()
+            .tasks
+            .insert(TaskId::from(task.id.as_str()), Arc::new(task));
+    }
+
+    /// Spawns worker `id`'s actor (replacing a dead one's mailbox) and returns its handle.
+    /// The actor publishes through `bus` and reports to `notes`.
+    pub fn spawn_worker(
+        &self,
+        id: &WorkerId,
+        bus: Bus,
+        notes: mpsc::UnboundedSender<WorkerNote>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().mailboxes.insert(id.clone(), tx);
+        tokio::spawn(worker_loop(
+            id.clone(),
+            rx,
+            bus.with_source(id.as_str()),
+            notes,
+        ))
+    }
+
+    /// Closes worker `id`'s mailbox: the actor ends after its current job.
+    pub fn close_worker(&self, id: &WorkerId) {
+        self.lock().mailboxes.remove(id);
+    }
+
+    fn post(&self, worker: &WorkerId, task: &TaskId, attempt: u32) -> Result<(), String> {
+        let state = self.lock();
+        let def = state
+            .tasks
+            .get(task)
+            .ok_or_else(|| format!("task `{task}` is not known to the executor"))?;
+        let mailbox = state
+            .mailboxes
+            .get(worker)
+            .ok_or_else(|| format!("worker `{worker}` has no mailbox"))?;
+        mailbox
+            .send(Job {
+                task: Arc::clone(def),
+                attempt,
+            })
+            .map_err(|_| format!("worker `{worker}` is gone"))
+    }
+}
+
+/// The task-executor plugin: posts each `TaskAssigned` to the assigned worker's mailbox.
+#[derive(Debug, Clone)]
+pub struct ShellExecutor {
+    pool: WorkerPool,
+}
+
+impl ShellExecutor {
+    /// The plugin's name.
+    pub const NAME: &'static str = "shell-executor";
+
+    /// An executor posting to `pool`'s workers.
+    pub fn new(pool: WorkerPool) -> Self {
+        Self { pool }
+    }
+}
+
+impl Plugin for ShellExecutor {
+    fn metadata(&self) -> PluginMetadata {
+        PluginMetadata::new(Self::NAME)
+            .version(env!("CARGO_PKG_VERSION"))
+            .kind(PluginKind::TaskExecutor)
+            .hooks(Hook::TaskAssigned)
+    }
+
+    async fn on_event(
+        &mut self,
+        _ctx: &mut PluginContext,
+        event: &Event,
+    ) -> Result<(), PluginError> {
+        let EventKind::TaskAssigned(a) = &event.kind else {
+            return Ok(());
+        };
+        if let Err(message) = self.pool.post(&a.worker, &a.task, a.attempt) {
+            // The worker died between the assignment and now: recovery re-queues the task
+            // when the coordinator reports the worker lost, so this is not the task's end.
+            tracing::warn!(task = %a.task, worker = %a.worker, "{message}");
+        }
+        Ok(())
+    }
+}
+
+async fn worker_loop(
+    id: WorkerId,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    bus: Bus,
+    notes: mpsc::UnboundedSender<WorkerNote>,
+) {
+    while let Some(job) = rx.recv().await {
+        let task = TaskId::from(job.task.id.as_str());
+        if bus
+            .publish(EventKind::task_started(
+                task.clone(),
+                id.clone(),
+                job.attempt,
+            ))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = notes.send(WorkerNote::Started {
+            worker: id.clone(),
+            task: task.clone(),
+            attempt: job.attempt,
+        });
+        let result = run_job(&job).await;
+        let kind = result.into_event(&job, &id);
+        if bus.publish(kind).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobResult {
+    /// Exit code 0.
+    Passed {
+        /// Run time.
+        duration: Duration,
+        /// Captured output.
+        output: String,
+    },
+    /// Anything else.
+    Failed {
+        /// Error classification (`ExitCode(1)`, `Timeout`, ...).
+        kind: String,
+        /// Human-readable message.
+        message: String,
+        /// Captured output.
+        output: String,
+        /// Whether another attempt could help.
+        retry_helps: bool,
+    },
+}
+
+impl JobResult {
+    /// The event reporting this result of `job` on `worker`.
+    pub fn into_event(self, job: &Job, worker: &WorkerId) -> EventKind {
+        let task = job.task.id.as_str();
+        match self {
+            Self::Passed { duration, output } => EventKind::TaskCompleted(Box::new(
+                TaskCompleted::builder()
+                    .task(task)
+                    .worker(worker.clone())
+                    .attempt(job.attempt)
+                    .outcome(TaskOutcome::Passed)
+                    .duration(duration)
+                    .output(output)
+                    .build(),
+            )),
+            Self::Failed {
+                kind,
+                message,
+                output,
+                retry_helps,
+            } => EventKind::TaskFailed(Box::new(
+                TaskFailed::builder()
+                    .task(task)
+                    .worker(worker.clone())
+                    .attempt(job.attempt)
+                    .error(
+                        TaskError::builder()
+                            .kind(kind)
+                            .message(message)
+                            .details(output)
+                            .build(),
+                    )
+                    .retryable(retry_helps && job.attempt < job.task.max_attempts())
+                    .build(),
+            )),
+        }
+    }
+}
+
+/// Runs one attempt of `job` (the shell command, or the simulation).
+pub async fn run_job(job: &Job) -> JobResult {
+    match &job.task.kind {
+        TaskKind::Shell(command) => run_shell(command, job, job.task.timeout).await,
+        TaskKind::Simulated {
+            duration,
+            fail_attempts,
+        } => {
+            let started = Instant::now();
+            tokio::time::sleep(*duration).await;
+            if job.attempt <= *fail_attempts {
+                JobResult::Failed {
+                    kind: "ExitCode(1)".to_owned(),
+                    message: format!("simulated failure of attempt {}", job.attempt),
+                    output: String::new(),
+                    retry_helps: true,
+                }
+            } else {
+                JobResult::Passed {
+                    duration: started.elapsed(),
+                    output: String::new(),
+                }
+            }
+        }
+    }
+}
+
+/// Kills a process group when dropped, unless disarmed: a timed-out attempt, or a worker
+/// killed mid-task (its future is dropped), leaves no process behind.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            // `kill` on a negative pid signals the whole group; std has no killpg without
+            // unsafe code. A group that already exited makes `kill` fail, which is fine.
+            let _ = std::process::Command::new("kill")
+                .arg("-KILL")
+                .arg("--")
+                .arg(format!("-{pgid}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
+    let started = Instant::now();
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .env("DTF_TASK_ID", &job.task.id)
+        .env("DTF_ATTEMPT", job.attempt.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return JobResult::Failed {
+                kind: "SpawnError".to_owned(),
+                message: format!("start `sh -c {command}`: {e}"),
+                output: String::new(),
+                retry_helps: false,
+            };
+        }
+    };
+    let mut guard = GroupGuard(child.id());
+    let waited = tokio::time::timeout(timeout, child.wait_with_output()).await;
+    let out = match waited {
+        Err(_) => {
+            drop(guard); // kills the group
+            return JobResult::Failed {
+                kind: "Timeout".to_owned(),
+                message: format!("no exit within {:.3}s: `{command}`", timeout.as_secs_f64()),
+                output: String::new(),
+                retry_helps: true,
+            };
+        }
+        Ok(Err(e)) => {
+            return JobResult::Failed {
+                kind: "WaitError".to_owned(),
+                message: format!("wait for `{command}`: {e}"),
+                output: String::new(),
+                retry_helps: true,
+            };
+        }
+        Ok(Ok(out)) => out,
+    };
+    guard.0 = None;
+    let duration = started.elapsed();
+    let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
+    output.push_str(&String::from_utf8_lossy(&out.stderr));
+    let output = keep_tail(output, OUTPUT_LIMIT);
+    let stderr_line = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    use std::os::unix::process::ExitStatusExt as _;
+    match (out.status.code(), out.status.signal()) {
+        (Some(0), _) => JobResult::Passed { duration, output },
+        (Some(127), _) => JobResult::Failed {
+            kind: "CommandNotFound".to_owned(),
+            message: format!("command not found: `{command}` ({stderr_line})"),
+            output,
+            retry_helps: false,
+        },
+        (Some(126), _) => JobResult::Failed {
+            kind: "CommandNotExecutable".to_owned(),
+            message: format!("command not executable: `{command}` ({stderr_line})"),
+            output,
+            retry_helps: false,
+        },
+        (Some(code), _) => JobResult::Failed {
+            kind: format!("ExitCode({code})"),
+            message: if stderr_line.is_empty() {
+                format!("`{command}` exited with code {code}")
+            } else {
+                format!("`{command}` exited with code {code}: {stderr_line}")
+            },
+            output,
+            retry_helps: true,
+        },
+        (None, signal) => {
+            let signal = signal.unwrap_or_default();
+            JobResult::Failed {
+                kind: format!("Signal({signal})"),
+                message: format!("`{command}` was killed by signal {signal}"),
+                output,
+                retry_helps: true,
+            }
+        }
+    }
+}
+
+/// The last `limit` bytes of `s` (cut on a character boundary), marked when cut.
+fn keep_tail(s: String, limit: usize) -> String {
+    if s.len() <= limit {
+        return s;
+    }
+    let mut start = s.len() - limit;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[… {start} bytes cut]\n{}", &s[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn job(command: &str, timeout_ms: u64, retries: u32) -> Job {
+        Job {
+            task: Arc::new(
+                TaskDef::shell("t", command)
+                    .timeout(Duration::from_millis(timeout_ms))
+                    .retries(retries),
+            ),
+            attempt: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn maps_exit_codes_timeouts_and_missing_commands() {
+        let r = run_job(&job(
+            "echo hi $DTF_TASK_ID $DTF_ATTEMPT; echo err >&2",
+            5000,
+            0,
+        ))
+        .await;
+        assert!(
+            matches!(&r, JobResult::Passed { output, .. } if output == "hi t 1\nerr\n"),
+            "{r:?}"
+        );
+
+        let r = run_job(&job("echo bad >&2; exit 3", 5000, 0)).await;
+        assert!(
+            matches!(&r, JobResult::Failed { kind, message, retry_helps: true, .. }
+                if kind == "ExitCode(3)" && message.ends_with("exited with code 3: bad")),
+            "{r:?}"
+        );
+
+        let r = run_job(&job("dtf-no-such-command-xyz --flag", 5000, 0)).await;
+        assert!(
+            matches!(&r, JobResult::Failed { kind, message, retry_helps: false, .. }
+                if kind == "CommandNotFound" && message.contains("dtf-no-such-command-xyz")),
+            "{r:?}"
+        );
+
+        let r = run_job(&job("sleep 5", 200, 0)).await;
+        assert!(
+            matches!(&r, JobResult::Failed { kind, retry_helps: true, .. } if kind == "Timeout"),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn retryable_only_while_attempts_remain() {
+        let failed = || JobResult::Failed {
+            kind: "ExitCode(1)".into(),
+            message: "m".into(),
+            output: String::new(),
+            retry_helps: true,
+        };
+        let mut j = job("x", 1, 1);
+        let retryable = |k: EventKind| matches!(k, EventKind::TaskFailed(f) if f.retryable);
+        assert!(retryable(failed().into_event(&j, &"w".into())));
+        j.attempt = 2;
+        assert!(!retryable(failed().into_event(&j, &"w".into())));
+    }
+
+    #[test]
+    fn keeps_the_tail_of_long_output() {
+        let s = "é".repeat(10);
+        let t = keep_tail(s, 5);
+        assert!(t.starts_with("[… ") && t.ends_with("éé"), "{t}");
+    }
+}

@@ -1,0 +1,204 @@
+//! Real-time reporting to an external HTTP endpoint: a background task that batches events
+//! and posts them as JSON, retrying per [`dtf_plugin_core::retry`].
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use dtf_plugin_core::prelude::*;
+use dtf_plugin_core::retry::{Jitter, RetryPolicy, is_retryable_status, parse_retry_after};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{ExternalConfig, TaskReporterHandle};
+
+/// What happened to the batches sent to the external endpoint. Never holds the endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ExternalStats {
+    /// Batches the endpoint accepted.
+    pub batches_sent: u64,
+    /// Events in those batches.
+    pub events_sent: u64,
+    /// Batches given up on after the retries.
+    pub batches_failed: u64,
+    /// Events in those batches (lost for the endpoint).
+    pub events_dropped: u64,
+    /// HTTP attempts, retries included.
+    pub attempts: u64,
+    /// The last error (status and the start of the response, or the transport error).
+    pub last_error: Option<String>,
+}
+
+pub(super) fn stats_for(handle: &TaskReporterHandle) -> ExternalStats {
+    handle
+        .external
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
+/// The plugin's side: a queue to the background task.
+#[derive(Debug)]
+pub(super) struct Sender {
+    tx: mpsc::UnboundedSender<Event>,
+    task: JoinHandle<()>,
+}
+
+impl Sender {
+    /// Starts the background task.
+    pub(super) fn start(
+        config: &ExternalConfig,
+        handle: &TaskReporterHandle,
+    ) -> Result<Self, PluginError> {
+        if config.batch_size == 0 {
+            return Err("external.batch_size: must be at least 1".into());
+        }
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("dtf-plugins-ci/", env!("CARGO_PKG_VERSION")))
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .build()
+            .map_err(|e| format!("build the HTTP client: {}", e.without_url()))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let worker = Worker {
+            client,
+            config: config.clone(),
+            stats: Arc::clone(&handle.external),
+            run_id: None,
+            jitter: Jitter::default(),
+        };
+        Ok(Self {
+            tx,
+            task: tokio::spawn(worker.run(rx)),
+        })
+    }
+
+    /// Queues `event`; never waits.
+    pub(super) fn push(&self, event: &Event) {
+        // The task only ends when the queue closes, so a send error cannot happen while the
+        // plugin holds the sender; there is nothing to do if it does.
+        let _ = self.tx.send(event.clone());
+    }
+
+    /// Closes the queue and waits until what was queued is sent (or given up on).
+    pub(super) async fn finish(self) {
+        drop(self.tx);
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "external reporting task ended abnormally");
+        }
+    }
+}
+
+struct Worker {
+    client: reqwest::Client,
+    config: ExternalConfig,
+    stats: Arc<Mutex<ExternalStats>>,
+    run_id: Option<String>,
+    jitter: Jitter,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+        let interval = Duration::from_millis(self.config.flush_interval_ms);
+        let mut batch: Vec<Event> = Vec::new();
+        loop {
+            // Wait for the first event of a batch without a deadline, then for the rest until
+            // the batch is full or the interval since the first one has passed.
+            let Some(first) = rx.recv().await else { break };
+            self.note(&first);
+            batch.push(first);
+            let deadline = tokio::time::Instant::now() + interval;
+            let mut closed = false;
+            while batch.len() < self.config.batch_size {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(e)) => {
+                        self.note(&e);
+                        batch.push(e);
+                    }
+                    Ok(None) => {
+                        closed = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.send(std::mem::take(&mut batch)).await;
+            if closed {
+                break;
+            }
+        }
+    }
+
+    fn note(&mut self, event: &Event) {
+        if let EventKind::CoordinatorStartup(s) = &event.kind {
+            self.run_id = Some(s.run_id.clone());
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ExternalStats)) {
+        f(&mut self.stats.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    async fn send(&mut self, events: Vec<Event>) {
+        let n = events.len() as u64;
+        let body = serde_json::json!({ "run_id": self.run_id, "events": events });
+        let policy: RetryPolicy = self.config.retry;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut req = self.client.post(self.config.endpoint.expose()).json(&body);
+            if let Some(token) = &self.config.token {
+                req = req.bearer_auth(token.expose());
+            }
+            let result = req.send().await;
+            self.update(|s| s.attempts += 1);
+            let (retry_after, message) = match result {
+                Ok(resp) if resp.status().is_success() => {
+                    self.update(|s| {
+                        s.batches_sent += 1;
+                        s.events_sent += n;
+                    });
+                    tracing::debug!(events = n, attempt, "events sent to the external endpoint");
+                    return;
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retry_after = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(parse_retry_after);
+                    let text = resp.text().await.unwrap_or_default();
+                    let message = format!("HTTP {status}: {}", crate::markdown::short(&text, 200));
+                    if !is_retryable_status(status.as_u16()) {
+                        return self.give_up(n, message);
+                    }
+                    (retry_after, message)
+                }
+                // The error's text would carry the endpoint, which may hold a key.
+                Err(e) => {
+                    let e = e.without_url();
+                    if e.is_builder() {
+                        return self.give_up(n, format!("build the request: {e}"));
+                    }
+                    (None, e.to_string())
+                }
+            };
+            if !policy.allows_another(attempt) {
+                return self.give_up(n, message);
+            }
+            let delay = policy.delay(attempt - 1, retry_after, self.jitter.unit());
+            tracing::warn!(attempt, ?delay, error = %message, "external reporting failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn give_up(&self, events: u64, message: String) {
+        tracing::error!(events, error = %message, "external reporting failed; events dropped, the run goes on");
+        self.update(|s| {
+            s.batches_failed += 1;
+            s.events_dropped += events;
+            s.last_error = Some(message);
+        });
+    }
+}

@@ -1,0 +1,514 @@
+//! End-to-end runs of the reference coordinator (`dtf-examples`): real shell commands on
+//! local worker actors, with the task reporter and a recording plugin.
+//!
+//! The tests drive the coordinator as a library ([`Coordinator`], and [`run_cli`], the entry
+//! point the `dtf-coordinator` binary calls). The built binary itself is exercised by
+//! `dtf-examples/tests/binary.rs`, the only place `CARGO_BIN_EXE_dtf-coordinator` exists.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dtf_examples::{Coordinator, CoordinatorOptions, PluginSelection, TaskDef, run_cli};
+use dtf_plugin_core::lifecycle::LifecycleChecker;
+use dtf_plugin_core::prelude::*;
+use dtf_plugin_core::testing::{Recording, RecordingPlugin};
+
+/// A fresh, empty temporary directory for one test.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dtf-coord-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn options(tasks: Vec<TaskDef>, workers: u32) -> CoordinatorOptions {
+    let mut o = CoordinatorOptions::default();
+    o.tasks = tasks;
+    o.workers = workers;
+    o.progress = false;
+    // A safety net only: every test finishes well before it.
+    o.run_timeout = Some(Duration::from_secs(20));
+    o
+}
+
+fn recorder() -> (PluginSpec, Recording) {
+    RecordingPlugin::spec(
+        "recording",
+        HookSet::TASK
+            .union(HookSet::WORKER)
+            .union(HookSet::RECOVERY)
+            .union(HookSet::COORDINATOR),
+    )
+}
+
+/// One task event, reduced to what the lifecycle fixes: hook, attempt, worker, retryable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Created,
+    Assigned(u32, String),
+    Started(u32, String),
+    Completed(u32, String, TaskOutcome),
+    Failed(u32, String, bool),
+    Cancelled,
+}
+
+fn steps(recording: &Recording) -> BTreeMap<String, Vec<Step>> {
+    let mut out: BTreeMap<String, Vec<Step>> = BTreeMap::new();
+    for e in recording.events() {
+        let (task, step) = match &e.kind {
+            EventKind::TaskCreated(t) => (t.task.to_string(), Step::Created),
+            EventKind::TaskAssigned(t) => (
+                t.task.to_string(),
+                Step::Assigned(t.attempt, t.worker.to_string()),
+            ),
+            EventKind::TaskStarted(t) => (
+                t.task.to_string(),
+                Step::Started(t.attempt, t.worker.to_string()),
+            ),
+            EventKind::TaskCompleted(t) => (
+                t.task.to_string(),
+                Step::Completed(t.attempt, t.worker.to_string(), t.outcome),
+            ),
+            EventKind::TaskFailed(t) => (
+                t.task.to_string(),
+                Step::Failed(
+                    t.attempt,
+                    t.worker
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    t.retryable,
+                ),
+            ),
+            EventKind::TaskCancelled(t) => (t.task.to_string(), Step::Cancelled),
+            _ => continue,
+        };
+        out.entry(task).or_default().push(step);
+    }
+    out
+}
+
+/// The worker of the step (assigned, started, completed, failed).
+fn worker_of(step: &Step) -> &str {
+    match step {
+        Step::Assigned(_, w) | Step::Started(_, w) | Step::Completed(_, w, _) => w,
+        Step::Failed(_, w, _) => w,
+        _ => "",
+    }
+}
+
+/// Checks the recorded stream against the documented lifecycle.
+fn assert_lifecycle(recording: &Recording) {
+    let mut checker = LifecycleChecker::new();
+    for e in recording.events() {
+        checker
+            .observe(&e.kind)
+            .unwrap_or_else(|err| panic!("lifecycle broken at seq {}: {err}", e.meta.seq));
+    }
+}
+
+fn error_of(recording: &Recording, task: &str, attempt: u32) -> TaskError {
+    recording
+        .events()
+        .into_iter()
+        .find_map(|e| match e.kind {
+            EventKind::TaskFailed(f) if f.task.as_str() == task && f.attempt == attempt => {
+                Some(f.error)
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no TaskFailed for {task} attempt {attempt}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_commands_follow_the_lifecycle_and_sum_up() {
+    let dir = temp_dir("lifecycle");
+    let marker = dir.join("tried-once");
+    let tasks = vec![
+        TaskDef::shell("pass-echo", "echo one"),
+        TaskDef::shell("pass-true", "true").owner("alice"),
+        TaskDef::shell("fail", "echo broken >&2; exit 3").owner("alice"),
+        TaskDef::shell("timeout", "sleep 5").timeout(Duration::from_millis(300)),
+        TaskDef::shell(
+            "retry",
+            format!(
+                "if [ -f '{m}' ]; then echo second; else touch '{m}'; exit 1; fi",
+                m = marker.display()
+            ),
+        )
+        .retries(1),
+    ];
+    let (rec, recording) = recorder();
+    let report = Coordinator::new(options(tasks, 2))
+        .unwrap()
+        .with_plugin(rec)
+        .run()
+        .await
+        .unwrap();
+
+    assert_lifecycle(&recording);
+    let steps = steps(&recording);
+    use Step::*;
+    // Per task: the exact sequence; workers consistent within each attempt.
+    for id in ["pass-echo", "pass-true"] {
+        let s = &steps[id];
+        let w = worker_of(&s[1]).to_owned();
+        assert_eq!(
+            s,
+            &[
+                Created,
+                Assigned(1, w.clone()),
+                Started(1, w.clone()),
+                Completed(1, w, TaskOutcome::Passed)
+            ],
+            "{id}"
+        );
+    }
+    for id in ["fail", "timeout"] {
+        let s = &steps[id];
+        let w = worker_of(&s[1]).to_owned();
+        assert_eq!(
+            s,
+            &[
+                Created,
+                Assigned(1, w.clone()),
+                Started(1, w.clone()),
+                Failed(1, w, false)
+            ],
+            "{id}"
+        );
+    }
+    let s = &steps["retry"];
+    let (w1, w2) = (worker_of(&s[1]).to_owned(), worker_of(&s[4]).to_owned());
+    assert_eq!(
+        s,
+        &[
+            Created,
+            Assigned(1, w1.clone()),
+            Started(1, w1.clone()),
+            Failed(1, w1, true),
+            Assigned(2, w2.clone()),
+            Started(2, w2.clone()),
+            Completed(2, w2, TaskOutcome::Passed)
+        ]
+    );
+
+    // Errors say what happened.
+    let fail = error_of(&recording, "fail", 1);
+    assert_eq!(fail.kind, "ExitCode(3)");
+    assert!(
+        fail.message.ends_with("exited with code 3: broken"),
+        "{}",
+        fail.message
+    );
+    assert_eq!(fail.details, "broken\n");
+    let timeout = error_of(&recording, "timeout", 1);
+    assert_eq!(timeout.kind, "Timeout");
+    assert_eq!(error_of(&recording, "retry", 1).kind, "ExitCode(1)");
+    let output = recording.events().into_iter().find_map(|e| match e.kind {
+        EventKind::TaskCompleted(c) if c.task.as_str() == "pass-echo" => Some(c.output),
+        _ => None,
+    });
+    assert_eq!(output.as_deref(), Some("one\n"));
+
+    // The run's frame: startup first, shutdown last, both workers in and out.
+    let hooks = recording.hooks();
+    assert_eq!(hooks.first(), Some(&Hook::CoordinatorStartup));
+    assert_eq!(hooks.last(), Some(&Hook::CoordinatorShutdown));
+    let count = |h: Hook| hooks.iter().filter(|x| **x == h).count();
+    assert_eq!(count(Hook::WorkerRegistered), 2);
+    assert_eq!(count(Hook::WorkerDisconnected), 2);
+    assert_eq!(count(Hook::WorkerFailed), 0);
+
+    // The reporter's numbers and the exit code.
+    let summary = report
+        .summary
+        .clone()
+        .expect("task-reporter is on by default");
+    let t = summary.totals;
+    assert_eq!(
+        (
+            t.tasks,
+            t.passed,
+            t.flaky,
+            t.failed,
+            t.incomplete,
+            t.attempts
+        ),
+        (5, 2, 1, 2, 0, 6)
+    );
+    assert_eq!(summary.retries, 1);
+    assert_eq!(summary.pass_rate, Some(0.6));
+    assert_eq!(summary.flaky.len(), 1);
+    assert_eq!(summary.flaky[0].id, "retry");
+    let failed: Vec<_> = summary.failed.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(failed, ["fail", "timeout"]);
+    assert!(summary.run_time.max >= Duration::from_millis(300));
+    let alice = summary.tenants.iter().find(|t| t.owner == "alice").unwrap();
+    assert_eq!((alice.tasks, alice.passed, alice.failed), (2, 1, 1));
+    assert_eq!((report.tasks, report.passed, report.failed), (5, 3, 2));
+    assert_eq!(report.exit_code(), 1);
+    assert!(report.shutdown.clean, "{:?}", report.shutdown);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_task_is_recovered_and_the_task_reruns_elsewhere() {
+    // Attempt 1 would run for 5 s; the worker is killed as soon as it starts it.
+    let task = TaskDef::shell(
+        "victim",
+        r#"if [ "$DTF_ATTEMPT" = 1 ]; then sleep 5; fi; echo "attempt $DTF_ATTEMPT""#,
+    );
+    let mut o = options(vec![task], 2);
+    o.kill_worker_on_start = vec!["victim".to_owned()];
+    let (rec, recording) = recorder();
+    let report = Coordinator::new(o)
+        .unwrap()
+        .with_plugin(rec)
+        .run()
+        .await
+        .unwrap();
+
+    assert_lifecycle(&recording);
+    let s = &steps(&recording)["victim"];
+    use Step::*;
+    let (first, second) = (worker_of(&s[1]).to_owned(), worker_of(&s[3]).to_owned());
+    assert_ne!(first, second, "the re-run must go to the other worker");
+    assert_eq!(
+        s,
+        &[
+            Created,
+            Assigned(1, first.clone()),
+            Started(1, first.clone()),
+            Assigned(2, second.clone()),
+            Started(2, second.clone()),
+            Completed(2, second, TaskOutcome::Passed)
+        ]
+    );
+
+    // WorkerFailed, then the recovery of its task, then the re-assignment, in this order.
+    let events = recording.events();
+    let pos = |f: &dyn Fn(&EventKind) -> bool| {
+        events
+            .iter()
+            .position(|e| f(&e.kind))
+            .expect("event not recorded")
+    };
+    let failed = pos(&|k| matches!(k, EventKind::WorkerFailed(w) if w.worker.as_str() == first));
+    let started = pos(&|k| {
+        matches!(k, EventKind::RecoveryStarted(r)
+            if r.worker.as_ref().map(|w| w.as_str()) == Some(first.as_str())
+                && r.tasks.iter().map(|t| t.as_str()).eq(["victim"]))
+    });
+    let completed = pos(&|k| matches!(k, EventKind::RecoveryCompleted(r) if r.requeued == 1));
+    let reassigned = pos(&|k| matches!(k, EventKind::TaskAssigned(a) if a.attempt == 2));
+    let recovered =
+        pos(&|k| matches!(k, EventKind::WorkerRecovered(w) if w.worker.as_str() == first));
+    assert!(failed < started && started < completed && completed < reassigned);
+    assert!(failed < recovered);
+    match &events[failed].kind {
+        EventKind::WorkerFailed(w) => assert_eq!(w.error, "the worker was killed"),
+        _ => unreachable!(),
+    }
+    let output = events.iter().find_map(|e| match &e.kind {
+        EventKind::TaskCompleted(c) => Some(c.output.clone()),
+        _ => None,
+    });
+    assert_eq!(output.as_deref(), Some("attempt 2\n"));
+
+    let summary = report.summary.clone().unwrap();
+    assert_eq!((summary.totals.passed, summary.totals.failed), (1, 0));
+    let lost = summary.workers.iter().find(|w| w.id == first).unwrap();
+    assert_eq!((lost.lost, lost.failures), (1, 1));
+    assert_eq!(report.exit_code(), 0);
+}
+
+/// Runs the CLI entry point and returns (exit code, output).
+async fn cli(args: &[&str]) -> (i32, String) {
+    let mut out = Vec::new();
+    let mut args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    args.extend(["--progress".to_owned(), "never".to_owned()]);
+    let code = run_cli(args, &mut out).await;
+    (code, String::from_utf8(out).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_command_fails_its_task_with_a_clear_error() {
+    let (code, out) = cli(&["--task", "dtf-no-such-command-xyz --help", "--task", "true"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("CommandNotFound: command not found: `dtf-no-such-command-xyz --help`"),
+        "{out}"
+    );
+    assert!(out.contains("1 of 2 task(s) passed; 1 failed"), "{out}");
+}
+
+#[tokio::test]
+async fn bad_plugin_names_and_paths_are_clear_errors() {
+    let (code, out) = cli(&["--enable-plugin", "task-reportr", "--task", "true"]).await;
+    assert_eq!(code, 2);
+    assert_eq!(
+        out,
+        "error: --enable-plugin: unknown plugin `task-reportr` (did you mean `task-reporter`?)\n"
+    );
+    let (code, out) = cli(&["--disable-plugin", "ci-reportr", "--task", "true"]).await;
+    assert_eq!(code, 2);
+    assert!(out.contains("did you mean `ci-reporter`?"), "{out}");
+
+    let dir = temp_dir("paths");
+    let missing = dir.join("no-such-dir");
+    let dirs = format!("{},{}", dir.display(), missing.display());
+    let (code, out) = cli(&["--plugin-dirs", &dirs, "--task", "true"]).await;
+    assert_eq!(code, 2);
+    assert_eq!(
+        out,
+        format!(
+            "error: --plugin-dirs: `{}` is not a directory\n",
+            missing.display()
+        )
+    );
+    let config = dir.join("dtf.toml");
+    let (code, out) = cli(&["--config", config.to_str().unwrap(), "--list-plugins"]).await;
+    assert_eq!(code, 2);
+    assert!(out.contains("is not a file"), "{out}");
+
+    let tasks = dir.join("tasks.toml");
+    std::fs::write(
+        &tasks,
+        "[[task]]\ncommand = \"true\"\ntimeout_secs = \"soon\"\n",
+    )
+    .unwrap();
+    let (code, out) = cli(&["--tasks", tasks.to_str().unwrap()]).await;
+    assert_eq!(code, 2);
+    assert!(
+        out.contains("tasks.toml") && out.contains("line 3"),
+        "{out}"
+    );
+
+    let (code, out) = cli(&["--workers", "many", "--task", "true"]).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (2, "error: --workers: expected a number, got `many`\n")
+    );
+    let (code, out) = cli(&["--scheduler", "fastest", "--task", "true"]).await;
+    assert_eq!(code, 2);
+    assert!(
+        out.starts_with("error: --scheduler:") && out.contains("fifo"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn plugin_flags_select_from_the_registry() {
+    let (code, out) = cli(&["--list-plugins"]).await;
+    assert_eq!(code, 0);
+    for name in [
+        "task-reporter",
+        "ci-reporter",
+        "teamcity-live",
+        "ci-api-reporter",
+        "progress",
+    ] {
+        assert!(out.contains(name), "{name} missing from\n{out}");
+    }
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("task-reporter"))
+        .unwrap();
+    assert!(
+        line.contains("reporter") && line.contains("[default]"),
+        "{line}"
+    );
+
+    let selection = |disable_all, enable: &[&str], disable: &[&str]| {
+        let mut o = options(vec![TaskDef::shell("t", "true")], 1);
+        o.plugins = PluginSelection::default();
+        o.plugins.disable_all = disable_all;
+        o.plugins.enable = enable.iter().map(|s| (*s).to_owned()).collect();
+        o.plugins.disable = disable.iter().map(|s| (*s).to_owned()).collect();
+        Coordinator::new(o).unwrap().enabled_plugins().to_vec()
+    };
+    assert_eq!(selection(false, &[], &[]), ["task-reporter"]);
+    assert_eq!(
+        selection(false, &["ci-reporter"], &[]),
+        ["task-reporter", "ci-reporter"]
+    );
+    assert!(selection(true, &[], &[]).is_empty());
+    assert_eq!(selection(true, &["teamcity-live"], &[]), ["teamcity-live"]);
+    assert_eq!(
+        selection(false, &["ci-reporter"], &["task-reporter", "ci-reporter"]),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_tasks_write_junit_and_exit_non_zero() {
+    let dir = temp_dir("simulate");
+    let junit = dir.join("junit.xml");
+    let (code, out) = cli(&[
+        "--simulate-tasks",
+        "12",
+        "--workers",
+        "3",
+        "--junit",
+        junit.to_str().unwrap(),
+    ])
+    .await;
+    // Task 11 fails every attempt; task 7 is flaky.
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("tasks 12  passed 10  failed 1  flaky 1"),
+        "{out}"
+    );
+    assert!(out.contains("11 of 12 task(s) passed; 1 failed"), "{out}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert_eq!(xml.matches("<testcase ").count(), 12, "{xml}");
+    assert!(
+        xml.contains(r#"<testcase name="test_011" classname="simulated""#),
+        "{xml}"
+    );
+
+    // Without the task reporter there is no summary, and the verdict still holds.
+    let (code, out) = cli(&["--simulate-tasks", "3", "--disable-plugins"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "\n3 of 3 task(s) passed; 0 failed\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_timeout_cancels_what_is_left_and_kills_its_processes() {
+    let dir = temp_dir("run-timeout");
+    let marker = dir.join("should-not-exist");
+    let slow = TaskDef::shell("slow", format!("sleep 0.6; touch '{}'", marker.display()));
+    // One worker: `waiting` never starts.
+    let mut o = options(vec![slow, TaskDef::shell("waiting", "true")], 1);
+    o.run_timeout = Some(Duration::from_millis(200));
+    let (rec, recording) = recorder();
+    let report = Coordinator::new(o)
+        .unwrap()
+        .with_plugin(rec)
+        .run()
+        .await
+        .unwrap();
+
+    assert_lifecycle(&recording);
+    let steps = steps(&recording);
+    use Step::*;
+    assert_eq!(
+        steps["slow"],
+        [
+            Created,
+            Assigned(1, "worker-1".into()),
+            Started(1, "worker-1".into()),
+            Cancelled
+        ]
+    );
+    assert_eq!(steps["waiting"], [Created, Cancelled]);
+    let summary = report.summary.clone().unwrap();
+    assert_eq!(summary.totals.cancelled, 2);
+    assert_eq!((report.failed, report.exit_code()), (2, 1));
+    // The command's process group was killed with its worker: it never gets to `touch`.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!marker.exists(), "the timed-out command kept running");
+}
