@@ -155,7 +155,11 @@ fn parse_http_date(s: &str) -> Option<std::time::SystemTime> {
         return None;
     }
     // Days from the civil date (Howard Hinnant's algorithm), for years from 1970 on.
-    let (y, mo) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
     let era = y / 400;
     let yoe = y - era * 400;
     let doy = (153 * mo + 2) / 5 + day - 1;
@@ -266,12 +270,20 @@ mod tests {
             parse_retry_after_at("Tue, 29 Feb 2000 00:00:00 GMT", UNIX_EPOCH),
             Some(Duration::from_secs(951_782_400))
         );
-        for bad in ["soon", "Sun, 06 Nov 1994 08:49:37 CET", "Sun, 32 Nov 1994 08:49:37 GMT", "-1"] {
+        for bad in [
+            "soon",
+            "Sun, 06 Nov 1994 08:49:37 CET",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "-1",
+        ] {
             assert_eq!(parse_retry_after_at(bad, now), None, "{bad}");
         }
         let j = serde_json::json!({ "retry_after": -1 });
         assert_eq!(retry_after_from_json(&j), None);
-        assert_eq!(retry_after_from_json(&serde_json::json!({ "ok": true })), None);
+        assert_eq!(
+            retry_after_from_json(&serde_json::json!({ "ok": true })),
+            None
+        );
         assert_eq!(discord_bucket_wait(None, Some("1")), None);
         assert_eq!(discord_bucket_wait(Some("0"), Some("x")), None);
     }

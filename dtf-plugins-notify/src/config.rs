@@ -133,7 +133,9 @@ impl<'de> Deserialize<'de> for SecretSource {
         match serde_json::Value::deserialize(d)? {
             serde_json::Value::String(s) => Ok(Self::Value(Secret::new(s))),
             serde_json::Value::Object(map) if map.len() == 1 => match map.get("env") {
-                Some(serde_json::Value::String(var)) if !var.is_empty() => Ok(Self::Env(var.clone())),
+                Some(serde_json::Value::String(var)) if !var.is_empty() => {
+                    Ok(Self::Env(var.clone()))
+                }
                 _ => Err(serde::de::Error::custom(
                     "expected a string or { \"env\": \"VARIABLE\" }",
                 )),
@@ -161,7 +163,10 @@ impl SecretSource {
         let s = match self {
             Self::Value(s) => s.clone(),
             Self::Env(var) => Secret::from_env(var).ok_or_else(|| {
-                NotifyError::config(key, format!("environment variable `{var}` is not set (or empty)"))
+                NotifyError::config(
+                    key,
+                    format!("environment variable `{var}` is not set (or empty)"),
+                )
             })?,
         };
         if s.expose().trim().is_empty() {
@@ -209,7 +214,10 @@ impl ChannelConfig {
     fn build(&self, key: &str) -> Result<Vec<Box<dyn Channel>>, NotifyError> {
         // Adding a channel: one module under `channels/` with a config type implementing
         // `channels::ChannelBuilder`, one variant above, one arm here.
-        #[allow(unreachable_patterns, reason = "no arm when every channel feature is off")]
+        #[allow(
+            unreachable_patterns,
+            reason = "no arm when every channel feature is off"
+        )]
         match self {
             #[cfg(feature = "slack")]
             Self::Slack(c) => channels::ChannelBuilder::build(c, key),
@@ -254,28 +262,46 @@ impl NotifyConfig {
     pub(crate) fn build_channels(&self) -> Result<Vec<Box<dyn Channel>>, NotifyError> {
         let g = &self.group;
         if g.group_interval_ms == 0 {
-            return Err(NotifyError::config("group.group_interval_ms", "must be greater than 0"));
+            return Err(NotifyError::config(
+                "group.group_interval_ms",
+                "must be greater than 0",
+            ));
         }
         for (key, v) in [
             ("group.group_wait_ms", g.group_wait_ms),
             ("group.group_interval_ms", g.group_interval_ms),
             ("throttle.interval_ms", self.throttle.interval_ms),
-            ("delivery.shutdown_timeout_ms", self.delivery.shutdown_timeout_ms),
+            (
+                "delivery.shutdown_timeout_ms",
+                self.delivery.shutdown_timeout_ms,
+            ),
             ("delivery.timeout_ms", self.delivery.timeout_ms),
         ] {
             if v > MAX_INTERVAL_MS {
-                return Err(NotifyError::config(key, format!("{v} ms is more than 24 hours; is it in milliseconds?")));
+                return Err(NotifyError::config(
+                    key,
+                    format!("{v} ms is more than 24 hours; is it in milliseconds?"),
+                ));
             }
         }
         if !(1..=50).contains(&g.max_items) {
-            return Err(NotifyError::config("group.max_items", "must be between 1 and 50"));
+            return Err(NotifyError::config(
+                "group.max_items",
+                "must be between 1 and 50",
+            ));
         }
         if self.delivery.timeout_ms == 0 {
-            return Err(NotifyError::config("delivery.timeout_ms", "must be greater than 0"));
+            return Err(NotifyError::config(
+                "delivery.timeout_ms",
+                "must be greater than 0",
+            ));
         }
         let r = &self.delivery.retry;
         if r.max_attempts == 0 {
-            return Err(NotifyError::config("delivery.retry.max_attempts", "must be at least 1"));
+            return Err(NotifyError::config(
+                "delivery.retry.max_attempts",
+                "must be at least 1",
+            ));
         }
         if r.initial_backoff_ms > r.max_backoff_ms {
             return Err(NotifyError::config(
@@ -290,7 +316,10 @@ impl NotifyConfig {
                 if all.iter().any(|o| o.name() == ch.name()) {
                     return Err(NotifyError::config(
                         format!("{key}.name"),
-                        format!("channel name `{}` is used twice; give each channel its own `name`", ch.name()),
+                        format!(
+                            "channel name `{}` is used twice; give each channel its own `name`",
+                            ch.name()
+                        ),
                     ));
                 }
                 all.push(ch);
@@ -302,11 +331,18 @@ impl NotifyConfig {
 
 /// Parses an `http(s)` URL. `secret`: the URL holds a token, so the error must not show it.
 pub(crate) fn parse_url(key: &str, value: &str, secret: bool) -> Result<reqwest::Url, NotifyError> {
-    let shown = if secret { String::new() } else { format!(" `{value}`") };
+    let shown = if secret {
+        String::new()
+    } else {
+        format!(" `{value}`")
+    };
     let url = reqwest::Url::parse(value.trim())
         .map_err(|e| NotifyError::config(key, format!("not a valid URL{shown}: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(NotifyError::config(key, format!("URL{shown} must use http or https")));
+        return Err(NotifyError::config(
+            key,
+            format!("URL{shown} must use http or https"),
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(NotifyError::config(key, format!("URL{shown} has no host")));
@@ -330,9 +366,17 @@ pub(crate) fn non_empty(key: &str, value: &str, what: &str) -> Result<String, No
 }
 
 /// A channel name: letters, digits, `-`, `_`, `.`, `#`, `@`, `/`.
-pub(crate) fn channel_name(key: &str, name: Option<&str>, default: &str) -> Result<String, NotifyError> {
+pub(crate) fn channel_name(
+    key: &str,
+    name: Option<&str>,
+    default: &str,
+) -> Result<String, NotifyError> {
     let n = name.unwrap_or(default).trim();
-    if n.is_empty() || !n.chars().all(|c| c.is_alphanumeric() || "-_.#@/".contains(c)) {
+    if n.is_empty()
+        || !n
+            .chars()
+            .all(|c| c.is_alphanumeric() || "-_.#@/".contains(c))
+    {
         return Err(NotifyError::config(
             format!("{key}.name"),
             format!("`{n}` is not a valid channel name (letters, digits, - _ . # @ /)"),
@@ -344,7 +388,10 @@ pub(crate) fn channel_name(key: &str, name: Option<&str>, default: &str) -> Resu
 /// A rate-limit interval in milliseconds.
 pub(crate) fn interval(key: &str, ms: u64) -> Result<Duration, NotifyError> {
     if ms > MAX_INTERVAL_MS {
-        return Err(NotifyError::config(key, format!("{ms} ms is more than 24 hours")));
+        return Err(NotifyError::config(
+            key,
+            format!("{ms} ms is more than 24 hours"),
+        ));
     }
     Ok(Duration::from_millis(ms))
 }

@@ -117,7 +117,9 @@ pub struct Deliverer {
 
 impl std::fmt::Debug for Deliverer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deliverer").field("policy", &self.policy).finish_non_exhaustive()
+        f.debug_struct("Deliverer")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
     }
 }
 
@@ -139,7 +141,10 @@ impl Deliverer {
     }
 
     fn gate(&self, key: &str) -> GateRef {
-        let mut gates = self.gates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut gates = self
+            .gates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         gates
             .entry(key.to_owned())
             .or_insert_with(|| {
@@ -165,7 +170,12 @@ impl Deliverer {
     /// # Errors
     ///
     /// [`DeliveryError`] when `op` fails for good or the retries are used up.
-    pub async fn run<T, F, Fut>(&self, target: &str, gate: &GateSpec, mut op: F) -> Result<T, DeliveryError>
+    pub async fn run<T, F, Fut>(
+        &self,
+        target: &str,
+        gate: &GateSpec,
+        mut op: F,
+    ) -> Result<T, DeliveryError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Attempt<T>>,
@@ -197,13 +207,20 @@ impl Deliverer {
                     if let Some(wait) = slow_down {
                         g.not_before = g.not_before.max(now + wait);
                         self.stats.target(target, |s| s.rate_limited += 1);
-                        tracing::debug!(target_channel = target, ?wait, "destination asked to slow down");
+                        tracing::debug!(
+                            target_channel = target,
+                            ?wait,
+                            "destination asked to slow down"
+                        );
                     }
                     return Ok(value);
                 }
                 Attempt::Fail(error) => {
-                    self.stats.target(target, |s| s.last_error = Some(error.clone()));
-                    return Err(DeliveryError::new(format!("{error} (attempt {attempt}, not retried)")));
+                    self.stats
+                        .target(target, |s| s.last_error = Some(error.clone()));
+                    return Err(DeliveryError::new(format!(
+                        "{error} (attempt {attempt}, not retried)"
+                    )));
                 }
                 Attempt::Retry { after, error } => (after, error),
             };
@@ -213,7 +230,8 @@ impl Deliverer {
                 self.stats.target(target, |s| s.rate_limited += 1);
             }
             drop(g);
-            self.stats.target(target, |s| s.last_error = Some(error.clone()));
+            self.stats
+                .target(target, |s| s.last_error = Some(error.clone()));
             let cap = Duration::from_millis(self.policy.max_retry_after_ms);
             if after.is_some_and(|a| a > cap) {
                 return Err(DeliveryError::new(format!(
@@ -222,7 +240,9 @@ impl Deliverer {
                 )));
             }
             if !self.policy.allows_another(attempt) {
-                return Err(DeliveryError::new(format!("{error} (gave up after {attempt} attempts)")));
+                return Err(DeliveryError::new(format!(
+                    "{error} (gave up after {attempt} attempts)"
+                )));
             }
             if after.is_none() {
                 let delay = self.policy.backoff(attempt - 1, self.jitter());
@@ -262,7 +282,8 @@ impl Deliverer {
                         },
                         Err(e) => Attempt::Fail(scrub(format!("{label}: {}", e.message))),
                         Ok(resp) => {
-                            self.stats.target(target, |s| s.last_status = Some(resp.status));
+                            self.stats
+                                .target(target, |s| s.last_status = Some(resp.status));
                             classify(&label, resp, check, &scrub)
                         }
                     }
@@ -296,7 +317,10 @@ fn classify(
             Err(e) => Attempt::Fail(scrub(format!("{label}: {e}"))),
         };
     }
-    let error = scrub(format!("{label}: HTTP {status}: {}", short(&resp.body, 200)));
+    let error = scrub(format!(
+        "{label}: HTTP {status}: {}",
+        short(&resp.body, 200)
+    ));
     if !is_retryable_status(status) {
         return Attempt::Fail(error);
     }
@@ -348,12 +372,18 @@ mod tests {
             dtf_plugin_core::Secret::new("https://h.example/bot123456:SECRETTOKEN/sendMessage"),
             serde_json::Value::Null,
         )
-        .header("authorization", dtf_plugin_core::Secret::new("Bearer abcdef"));
+        .header(
+            "authorization",
+            dtf_plugin_core::Secret::new("Bearer abcdef"),
+        );
         let msg = scrub(
             "failed https://h.example/bot123456:SECRETTOKEN/sendMessage and bot123456:SECRETTOKEN, Bearer abcdef".to_owned(),
             &req,
         );
-        assert!(!msg.contains("SECRETTOKEN") && !msg.contains("abcdef"), "{msg}");
+        assert!(
+            !msg.contains("SECRETTOKEN") && !msg.contains("abcdef"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -361,19 +391,37 @@ mod tests {
         let check = |_: &HttpResponse| Ok(());
         let id = |s: String| s;
         let r = HttpResponse::new(429, vec![("Retry-After".into(), "3".into())], "");
-        assert!(matches!(classify("l", r, &check, &id), Attempt::Retry { after: Some(d), .. } if d == Duration::from_secs(3)));
-        let r = HttpResponse::new(429, vec![], r#"{"ok":false,"error_code":429,"parameters":{"retry_after":7}}"#);
-        assert!(matches!(classify("l", r, &check, &id), Attempt::Retry { after: Some(d), .. } if d == Duration::from_secs(7)));
+        assert!(
+            matches!(classify("l", r, &check, &id), Attempt::Retry { after: Some(d), .. } if d == Duration::from_secs(3))
+        );
+        let r = HttpResponse::new(
+            429,
+            vec![],
+            r#"{"ok":false,"error_code":429,"parameters":{"retry_after":7}}"#,
+        );
+        assert!(
+            matches!(classify("l", r, &check, &id), Attempt::Retry { after: Some(d), .. } if d == Duration::from_secs(7))
+        );
         let r = HttpResponse::new(503, vec![], "");
-        assert!(matches!(classify("l", r, &check, &id), Attempt::Retry { after: None, .. }));
+        assert!(matches!(
+            classify("l", r, &check, &id),
+            Attempt::Retry { after: None, .. }
+        ));
         let r = HttpResponse::new(400, vec![], "bad");
-        assert!(matches!(classify("l", r, &check, &id), Attempt::Fail(m) if m.contains("HTTP 400")));
+        assert!(
+            matches!(classify("l", r, &check, &id), Attempt::Fail(m) if m.contains("HTTP 400"))
+        );
         let r = HttpResponse::new(
             200,
-            vec![("X-RateLimit-Remaining".into(), "0".into()), ("X-RateLimit-Reset-After".into(), "1.5".into())],
+            vec![
+                ("X-RateLimit-Remaining".into(), "0".into()),
+                ("X-RateLimit-Reset-After".into(), "1.5".into()),
+            ],
             "",
         );
-        assert!(matches!(classify("l", r, &check, &id), Attempt::Done { slow_down: Some(d), .. } if d == Duration::from_millis(1500)));
+        assert!(
+            matches!(classify("l", r, &check, &id), Attempt::Done { slow_down: Some(d), .. } if d == Duration::from_millis(1500))
+        );
         let failing = |_: &HttpResponse| Err("ok=false: channel_not_found".to_owned());
         let r = HttpResponse::new(200, vec![], "");
         assert!(matches!(classify("l", r, &failing, &id), Attempt::Fail(_)));

@@ -111,15 +111,31 @@ mod tests {
 
     #[test]
     fn defaults_notify_failures_loss_recovery_and_coordinator_but_not_routine_task_events() {
-        let f = Filter::new(&FilterConfig::default(), DEFAULT_EVENTS, Severity::Info, "f").unwrap();
+        let f = Filter::new(
+            &FilterConfig::default(),
+            DEFAULT_EVENTS,
+            Severity::Info,
+            "f",
+        )
+        .unwrap();
         let err = TaskError::builder().kind("E").message("m").build();
         assert!(f.accepts(&info(EventKind::task_failed("t", err.clone(), false))));
         assert!(f.accepts(&info(EventKind::task_failed("t", err.clone(), true))));
         assert!(f.accepts(&info(EventKind::worker_disconnected("w", "lost"))));
         assert!(f.accepts(&info(EventKind::recovery_completed("r", 3))));
         assert!(f.accepts(&info(EventKind::coordinator_startup("run"))));
-        assert!(f.accepts(&info(EventKind::task_completed("t", "w", TaskOutcome::Failed, Duration::ZERO))));
-        assert!(!f.accepts(&info(EventKind::task_completed("t", "w", TaskOutcome::Passed, Duration::ZERO))));
+        assert!(f.accepts(&info(EventKind::task_completed(
+            "t",
+            "w",
+            TaskOutcome::Failed,
+            Duration::ZERO
+        ))));
+        assert!(!f.accepts(&info(EventKind::task_completed(
+            "t",
+            "w",
+            TaskOutcome::Passed,
+            Duration::ZERO
+        ))));
         assert!(!f.accepts(&info(EventKind::task_created("t", "n"))));
         assert!(!f.accepts(&info(EventKind::task_started("t", "w", 1))));
         // JIRA's defaults: final failures only.
@@ -142,7 +158,8 @@ mod tests {
             events: Some(vec![]),
             min_severity: None,
         };
-        let e = Filter::new(&empty, DEFAULT_EVENTS, Severity::Info, "channels[1].filter").unwrap_err();
+        let e =
+            Filter::new(&empty, DEFAULT_EVENTS, Severity::Info, "channels[1].filter").unwrap_err();
         assert!(e.to_string().contains("channels[1].filter.events"), "{e}");
     }
 }

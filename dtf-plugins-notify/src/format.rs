@@ -46,7 +46,9 @@ pub fn escape_html(s: &str) -> String {
 
 /// Escapes Slack mrkdwn control characters (`&`, `<`, `>`; Slack's rules).
 pub fn escape_slack(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Escapes Discord markdown (`\ * _ ~ ` | >` and `@` of mass mentions are neutralised by
@@ -54,7 +56,10 @@ pub fn escape_slack(s: &str) -> String {
 pub fn escape_discord(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        if matches!(c, '\\' | '*' | '_' | '~' | '`' | '|' | '>' | '#' | '[' | ']') {
+        if matches!(
+            c,
+            '\\' | '*' | '_' | '~' | '`' | '|' | '>' | '#' | '[' | ']'
+        ) {
             out.push('\\');
         }
         out.push(c);
@@ -69,32 +74,34 @@ pub fn code_text(s: &str) -> String {
 }
 
 /// Builds text out of lines until adding the next one would pass `max` (UTF-16 units), then
-/// appends `overflow(n)` for the `n` lines left out. Each line is first cut to `max_line`.
-pub fn lines_within(
-    lines: &[String],
-    max: usize,
-    max_line: usize,
-    overflow: impl Fn(usize) -> String,
-) -> String {
+/// ends with "… and N more", N counting the lines left out plus `more` (events that were
+/// never listed). Each line is first cut to `max_line`.
+pub fn lines_within(lines: &[String], max: usize, max_line: usize, more: u64) -> String {
+    let overflow = |left: usize| {
+        let n = left as u64 + more;
+        (n > 0).then(|| format!("… and {n} more"))
+    };
     let mut out = String::new();
+    let mut left = 0;
     for (i, line) in lines.iter().enumerate() {
         let line = truncate(line, max_line);
-        let rest = overflow(lines.len() - i);
-        let need = utf16_len(&out) + utf16_len(&line) + 1;
-        let last = i + 1 == lines.len();
-        if need > max || (!last && need + utf16_len(&rest) + 1 > max) {
-            if !out.is_empty() {
-                out.push('\n');
-            }
-            out.push_str(&rest);
-            return truncate(&out, max);
+        let tail = overflow(lines.len() - i - 1).map_or(0, |t| utf16_len(&t) + 1);
+        if utf16_len(&out) + utf16_len(&line) + 1 + tail > max {
+            left = lines.len() - i;
+            break;
         }
         if !out.is_empty() {
             out.push('\n');
         }
         out.push_str(&line);
     }
-    out
+    if let Some(t) = overflow(left) {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&t);
+    }
+    truncate(&out, max)
 }
 
 #[cfg(test)]
@@ -114,19 +121,34 @@ mod tests {
 
     #[test]
     fn escaping_neutralises_markup() {
-        assert_eq!(escape_html("<b>&\"x\"</b>"), "&lt;b&gt;&amp;&quot;x&quot;&lt;/b&gt;");
-        assert_eq!(escape_slack("<!channel> & <@U1>"), "&lt;!channel&gt; &amp; &lt;@U1&gt;");
-        assert_eq!(escape_discord("*bold* _x_ `c`"), "\\*bold\\* \\_x\\_ \\`c\\`");
+        assert_eq!(
+            escape_html("<b>&\"x\"</b>"),
+            "&lt;b&gt;&amp;&quot;x&quot;&lt;/b&gt;"
+        );
+        assert_eq!(
+            escape_slack("<!channel> & <@U1>"),
+            "&lt;!channel&gt; &amp; &lt;@U1&gt;"
+        );
+        assert_eq!(
+            escape_discord("*bold* _x_ `c`"),
+            "\\*bold\\* \\_x\\_ \\`c\\`"
+        );
     }
 
     #[test]
     fn line_lists_stop_with_an_overflow_line_inside_the_limit() {
         let lines: Vec<String> = (0..100).map(|i| format!("task-{i:03} failed")).collect();
-        let text = lines_within(&lines, 200, 50, |n| format!("… and {n} more"));
+        let text = lines_within(&lines, 200, 50, 0);
         assert!(utf16_len(&text) <= 200, "{}", text.len());
         assert!(text.starts_with("task-000 failed\n"));
-        assert!(text.contains("more"), "{text}");
-        let few = lines_within(&lines[..2], 200, 50, |n| format!("… and {n} more"));
+        let shown = text.lines().count() - 1;
+        assert!(
+            text.ends_with(&format!("… and {} more", 100 - shown)),
+            "{text}"
+        );
+        let few = lines_within(&lines[..2], 200, 50, 0);
         assert_eq!(few, "task-000 failed\ntask-001 failed");
+        let unlisted = lines_within(&lines[..2], 200, 50, 10);
+        assert_eq!(unlisted, "task-000 failed\ntask-001 failed\n… and 10 more");
     }
 }

@@ -206,7 +206,11 @@ mod tests {
     use std::time::SystemTime;
 
     fn failed(task: &str, kind: &str, worker: &str) -> EventInfo {
-        let mut k = EventKind::task_failed(task, TaskError::builder().kind(kind).message("m").build(), false);
+        let mut k = EventKind::task_failed(
+            task,
+            TaskError::builder().kind(kind).message("m").build(),
+            false,
+        );
         if let EventKind::TaskFailed(f) = &mut k {
             f.worker = Some(worker.into());
         }
@@ -239,7 +243,10 @@ mod tests {
         let t0 = Instant::now();
         let mut g = grouper(Duration::ZERO);
         for i in 0..12 {
-            g.add(failed(&format!("t{i}"), "TimeoutError", "w3"), t0 + S * i / 2);
+            g.add(
+                failed(&format!("t{i}"), "TimeoutError", "w3"),
+                t0 + S * i / 2,
+            );
         }
         g.add(failed("x", "OtherError", "w3"), t0 + S);
         assert_eq!(g.next_deadline(), Some(t0 + 10 * S));
@@ -249,7 +256,10 @@ mod tests {
         assert_eq!(out.len(), 2);
         let n = &out[1];
         assert_eq!(n.count, 12);
-        assert_eq!(n.title_plain(), "12 tasks failed with `TimeoutError` on worker w3");
+        assert_eq!(
+            n.title_plain(),
+            "12 tasks failed with `TimeoutError` on worker w3"
+        );
         assert_eq!(n.items.len(), 3);
         assert_eq!(n.more, 9);
         assert_eq!(n.group_key, "task_failed/TimeoutError/w3/-");

@@ -62,7 +62,9 @@ mod stats;
 mod throttle;
 pub mod transport;
 
-pub use config::{ChannelConfig, DeliveryConfig, GroupConfig, NotifyConfig, SecretSource, ThrottleConfig};
+pub use config::{
+    ChannelConfig, DeliveryConfig, GroupConfig, NotifyConfig, SecretSource, ThrottleConfig,
+};
 pub use error::NotifyError;
 pub use group::GroupBy;
 pub use message::{Notification, Severity, Span};

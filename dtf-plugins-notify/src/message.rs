@@ -322,7 +322,11 @@ pub(crate) fn hook_name(hook: Hook) -> &'static str {
 /// The headline for `count` events like `first`.
 pub(crate) fn title(first: &EventInfo, count: u64) -> Vec<Span> {
     let t = |s: String| Span::Text(s);
-    let on_worker = |w: &Option<String>| w.as_ref().map(|w| format!(" on worker {w}")).unwrap_or_default();
+    let on_worker = |w: &Option<String>| {
+        w.as_ref()
+            .map(|w| format!(" on worker {w}"))
+            .unwrap_or_default()
+    };
     let many = count > 1;
     let subject = first.subject.clone().unwrap_or_default();
     match first.hook {
@@ -330,7 +334,10 @@ pub(crate) fn title(first: &EventInfo, count: u64) -> Vec<Span> {
             let head = if many {
                 format!("{count} tasks failed with ")
             } else {
-                format!("Task {} failed with ", first.task.clone().unwrap_or_default())
+                format!(
+                    "Task {} failed with ",
+                    first.task.clone().unwrap_or_default()
+                )
             };
             vec![
                 t(head),
@@ -352,7 +359,11 @@ pub(crate) fn title(first: &EventInfo, count: u64) -> Vec<Span> {
                 Hook::WorkerDisconnected => "disconnected",
                 _ => "recovered",
             };
-            let times = if many { format!(" ({count} times)") } else { String::new() };
+            let times = if many {
+                format!(" ({count} times)")
+            } else {
+                String::new()
+            };
             vec![t(format!(
                 "Worker {} {verb}{times}",
                 first.worker.clone().unwrap_or_default()
@@ -365,19 +376,48 @@ pub(crate) fn title(first: &EventInfo, count: u64) -> Vec<Span> {
                 _ => "failed",
             };
             if many {
-                vec![t(format!("{count} recoveries {verb}{}", on_worker(&first.worker)))]
+                vec![t(format!(
+                    "{count} recoveries {verb}{}",
+                    on_worker(&first.worker)
+                ))]
             } else {
-                vec![t(format!("Recovery {subject} {verb}{}", on_worker(&first.worker)))]
+                vec![t(format!(
+                    "Recovery {subject} {verb}{}",
+                    on_worker(&first.worker)
+                ))]
             }
         }
-        Hook::CoordinatorStartup => vec![t("Coordinator started run ".to_owned()), Span::Code(subject)],
+        Hook::CoordinatorStartup => vec![
+            t("Coordinator started run ".to_owned()),
+            Span::Code(subject),
+        ],
         Hook::CoordinatorShutdown => vec![t(format!("Coordinator shutting down ({subject})"))],
         Hook::PluginFailed | Hook::PluginDisabled => {
-            let verb = if first.hook == Hook::PluginFailed { "failed" } else { "was disabled" };
-            let times = if many { format!(" ({count} times)") } else { String::new() };
-            vec![t("Plugin ".to_owned()), Span::Code(subject), t(format!(" {verb}{times}"))]
+            let verb = if first.hook == Hook::PluginFailed {
+                "failed"
+            } else {
+                "was disabled"
+            };
+            let times = if many {
+                format!(" ({count} times)")
+            } else {
+                String::new()
+            };
+            vec![
+                t("Plugin ".to_owned()),
+                Span::Code(subject),
+                t(format!(" {verb}{times}")),
+            ]
         }
-        Hook::Custom => vec![t("Event ".to_owned()), Span::Code(subject), t(if many { format!(" ({count} times)") } else { String::new() })],
+        Hook::Custom => vec![
+            t("Event ".to_owned()),
+            Span::Code(subject),
+            t(if many {
+                format!(" ({count} times)")
+            } else {
+                String::new()
+            }),
+        ],
         other => vec![t(format!("{count} × {}", hook_name(other)))],
     }
 }
@@ -434,7 +474,11 @@ mod tests {
     }
 
     fn failed(task: &str, kind: &str, worker: &str) -> Event {
-        let mut k = EventKind::task_failed(task, TaskError::builder().kind(kind).message("boom 42").build(), false);
+        let mut k = EventKind::task_failed(
+            task,
+            TaskError::builder().kind(kind).message("boom 42").build(),
+            false,
+        );
         if let EventKind::TaskFailed(f) = &mut k {
             f.worker = Some(worker.into());
         }
@@ -461,7 +505,10 @@ mod tests {
             last_seen: SystemTime::UNIX_EPOCH,
             sequence: 1,
         };
-        assert_eq!(n.title_plain(), "12 tasks failed with `TimeoutError` on worker w3");
+        assert_eq!(
+            n.title_plain(),
+            "12 tasks failed with `TimeoutError` on worker w3"
+        );
         assert_eq!(info.item, "t1 (attempt 1): boom 42");
         assert_eq!(
             title_of(&failed("t9", "X", "w1"), 1),
@@ -494,10 +541,22 @@ mod tests {
 
     #[test]
     fn severities_follow_the_issue_defaults() {
-        assert_eq!(EventInfo::of(&ev(EventKind::task_created("t", "n"))).severity, Severity::Routine);
-        assert_eq!(EventInfo::of(&ev(EventKind::worker_disconnected("w", "gone"))).severity, Severity::Warning);
-        assert_eq!(EventInfo::of(&ev(EventKind::recovery_failed("r", "x"))).severity, Severity::Error);
-        assert_eq!(EventInfo::of(&ev(EventKind::coordinator_startup("run-1"))).severity, Severity::Info);
+        assert_eq!(
+            EventInfo::of(&ev(EventKind::task_created("t", "n"))).severity,
+            Severity::Routine
+        );
+        assert_eq!(
+            EventInfo::of(&ev(EventKind::worker_disconnected("w", "gone"))).severity,
+            Severity::Warning
+        );
+        assert_eq!(
+            EventInfo::of(&ev(EventKind::recovery_failed("r", "x"))).severity,
+            Severity::Error
+        );
+        assert_eq!(
+            EventInfo::of(&ev(EventKind::coordinator_startup("run-1"))).severity,
+            Severity::Info
+        );
         assert!(Severity::Routine < Severity::Info && Severity::Error < Severity::Critical);
     }
 }

@@ -124,7 +124,11 @@ impl NotifyPlugin {
                     .map_err(|e| NotifyError::Client(e.message))?,
             ),
         };
-        let deliverer = Arc::new(Deliverer::new(transport, config.delivery.retry, self.stats.clone()));
+        let deliverer = Arc::new(Deliverer::new(
+            transport,
+            config.delivery.retry,
+            self.stats.clone(),
+        ));
         let (tx, rx) = mpsc::unbounded_channel();
         let groupers = channels
             .iter()
@@ -138,7 +142,13 @@ impl NotifyPlugin {
         let names: Vec<&str> = channels.iter().map(|c| c.name()).collect();
         tracing::info!(channels = ?names, "notifier started");
         let channels: Vec<Arc<dyn Channel>> = channels.into_iter().map(Arc::from).collect();
-        let task = tokio::spawn(pipeline(rx, channels, groupers, deliverer, self.stats.clone()));
+        let task = tokio::spawn(pipeline(
+            rx,
+            channels,
+            groupers,
+            deliverer,
+            self.stats.clone(),
+        ));
         if let Some(old) = self.running.replace(Running {
             tx,
             task,
@@ -168,11 +178,16 @@ impl NotifyPlugin {
         let (done_tx, done_rx) = oneshot::channel();
         let _ = r.tx.send(Command::Flush(done_tx));
         let mut task = r.task;
-        if tokio::time::timeout(r.shutdown_timeout, done_rx).await.is_err() {
+        if tokio::time::timeout(r.shutdown_timeout, done_rx)
+            .await
+            .is_err()
+        {
             task.abort();
         }
         let _ = (&mut task).await;
-        let left = self.stats.abandon_pending("shutdown deadline passed before delivery");
+        let left = self
+            .stats
+            .abandon_pending("shutdown deadline passed before delivery");
         if left > 0 {
             tracing::warn!(left, "notifier stopped with messages not delivered");
         } else {
@@ -199,12 +214,19 @@ impl Plugin for NotifyPlugin {
         Ok(())
     }
 
-    async fn on_event(&mut self, _ctx: &mut PluginContext, event: &Event) -> Result<(), PluginError> {
+    async fn on_event(
+        &mut self,
+        _ctx: &mut PluginContext,
+        event: &Event,
+    ) -> Result<(), PluginError> {
         self.notify(event);
         Ok(())
     }
 
-    async fn on_reconfigure(&mut self, ctx: &mut PluginContext) -> Result<Reconfigured, PluginError> {
+    async fn on_reconfigure(
+        &mut self,
+        ctx: &mut PluginContext,
+    ) -> Result<Reconfigured, PluginError> {
         // Validate first: a bad configuration is rejected and the running one stays.
         let config = ctx.config::<NotifyConfig>()?;
         config.validate()?;
@@ -236,7 +258,9 @@ async fn pipeline(
         workers.spawn(destination(ch.clone(), rx, deliverer.clone()));
         queues.push(tx);
     }
-    let enqueue = |i: usize, msgs: Vec<Notification>, queues: &[mpsc::UnboundedSender<(Notification, u64)>]| {
+    let enqueue = |i: usize,
+                   msgs: Vec<Notification>,
+                   queues: &[mpsc::UnboundedSender<(Notification, u64)>]| {
         for m in msgs {
             let ticket = stats.enqueue(channels[i].name(), &m.title_plain(), m.count);
             tracing::debug!(target_channel = channels[i].name(), title = %m.title_plain(), count = m.count, "message queued");
@@ -272,17 +296,15 @@ async fn pipeline(
             },
             () = sleep_until_opt(deadline) => {
                 let now = Instant::now();
-                for i in 0..groupers.len() {
-                    let due = groupers[i].due(now);
-                    enqueue(i, due, &queues);
+                for (i, g) in groupers.iter_mut().enumerate() {
+                    enqueue(i, g.due(now), &queues);
                 }
             }
         }
     };
     let now = Instant::now();
-    for i in 0..groupers.len() {
-        let pending = groupers[i].flush_all(now);
-        enqueue(i, pending, &queues);
+    for (i, g) in groupers.iter_mut().enumerate() {
+        enqueue(i, g.flush_all(now), &queues);
     }
     drop(queues);
     while workers.join_next().await.is_some() {}
@@ -355,7 +377,11 @@ pub fn preview(config: &NotifyConfig, events: &[Event]) -> Result<Vec<Preview>, 
             }
         }
         let mut msgs = g.flush_all(now);
-        msgs.sort_by(|a, b| a.first_seen.cmp(&b.first_seen).then(a.group_key.cmp(&b.group_key)));
+        msgs.sort_by(|a, b| {
+            a.first_seen
+                .cmp(&b.first_seen)
+                .then(a.group_key.cmp(&b.group_key))
+        });
         for m in msgs {
             out.push(Preview {
                 channel: ch.name().to_owned(),

@@ -72,7 +72,9 @@ pub struct NotifyStats(Arc<Mutex<Inner>>);
 impl NotifyStats {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Plain counters stay usable after a panic elsewhere.
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The statistics of `target`, if anything was sent to it.

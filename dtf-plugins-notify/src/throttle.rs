@@ -57,9 +57,15 @@ mod tests {
         let mut t = Throttle::new(Duration::from_secs(10));
         assert_eq!(t.earliest("k", t0), t0);
         t.record("k", t0);
-        assert_eq!(t.earliest("k", t0 + Duration::from_secs(3)), t0 + Duration::from_secs(10));
+        assert_eq!(
+            t.earliest("k", t0 + Duration::from_secs(3)),
+            t0 + Duration::from_secs(10)
+        );
         assert_eq!(t.earliest("other", t0), t0);
-        assert_eq!(t.earliest("k", t0 + Duration::from_secs(11)), t0 + Duration::from_secs(11));
+        assert_eq!(
+            t.earliest("k", t0 + Duration::from_secs(11)),
+            t0 + Duration::from_secs(11)
+        );
         t.forget_expired(t0 + Duration::from_secs(10));
         assert_eq!(t.earliest("k", t0), t0);
         let mut off = Throttle::new(Duration::ZERO);

@@ -173,9 +173,13 @@ impl Transport for ReqwestTransport {
             };
             let mut builder = self.client.request(method, request.url.expose());
             for (name, value) in &request.headers {
-                let mut v = reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| {
-                    TransportError::new(format!("header `{name}` holds characters not allowed in HTTP headers"), false)
-                })?;
+                let mut v =
+                    reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| {
+                        TransportError::new(
+                            format!("header `{name}` holds characters not allowed in HTTP headers"),
+                            false,
+                        )
+                    })?;
                 v.set_sensitive(true);
                 builder = builder.header(name.as_str(), v);
             }
@@ -187,7 +191,8 @@ impl Transport for ReqwestTransport {
             // reqwest puts the URL into its errors' Display; the URL may hold a token, so it is
             // stripped from every error before it goes anywhere.
             let resp = builder.send().await.map_err(|e| {
-                let retryable = !e.is_builder() && (e.is_connect() || e.is_timeout() || e.is_request());
+                let retryable =
+                    !e.is_builder() && (e.is_connect() || e.is_timeout() || e.is_request());
                 TransportError::new(error_chain(&e.without_url()), retryable)
             })?;
             let status = resp.status().as_u16();

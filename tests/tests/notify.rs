@@ -161,7 +161,10 @@ async fn slack_incoming_webhook_posts_block_kit_json() {
     )
     .await;
     let s = stats.get("slack").unwrap();
-    assert_eq!((s.ok, s.failed, s.attempts, s.last_status), (1, 0, 1, Some(200)));
+    assert_eq!(
+        (s.ok, s.failed, s.attempts, s.last_status),
+        (1, 0, 1, Some(200))
+    );
     assert!(stats.undelivered().is_empty());
 }
 
@@ -178,7 +181,10 @@ async fn slack_chat_post_message_sends_bearer_token_channel_and_blocks() {
             "blocks": slack_blocks(),
             "unfurl_links": false,
         })))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "ok": true, "channel": "C0123ALERTS", "ts": "1.2" })))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({ "ok": true, "channel": "C0123ALERTS", "ts": "1.2" })),
+        )
         .expect(1)
         .mount(&server)
         .await;
@@ -195,7 +201,10 @@ async fn slack_ok_false_is_a_failure_and_is_reported() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/api/chat.postMessage"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "ok": false, "error": "channel_not_found" })))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({ "ok": false, "error": "channel_not_found" })),
+        )
         .expect(1)
         .mount(&server)
         .await;
@@ -246,7 +255,10 @@ async fn discord_webhook_posts_an_embed_with_wait_true() {
         .expect(1)
         .mount(&server)
         .await;
-    let url = format!("{}/api/webhooks/1234567890/canary-discord-hook", server.uri());
+    let url = format!(
+        "{}/api/webhooks/1234567890/canary-discord-hook",
+        server.uri()
+    );
     let stats = run(
         json!({ "channels": [{ "type": "discord", "webhook_url": url, "username": "dtf" }] }),
         &[timeout_failure()],
@@ -345,7 +357,11 @@ fn parse_form(body: &[u8]) -> Vec<(String, String)> {
 impl Match for Form {
     fn matches(&self, request: &Request) -> bool {
         let got = parse_form(&request.body);
-        let want: Vec<(String, String)> = self.0.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+        let want: Vec<(String, String)> = self
+            .0
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
         if got != want {
             eprintln!("form mismatch:\n got {got:?}\nwant {want:?}");
         }
@@ -370,7 +386,10 @@ async fn telegram_send_message_is_form_encoded_html_with_escaping() {
                 ("parse_mode", "HTML".to_owned()),
                 ("link_preview_options", "{\"is_disabled\":true}".to_owned()),
             ]))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "ok": true, "result": { "message_id": 1 } })))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({ "ok": true, "result": { "message_id": 1 } })),
+            )
             .expect(1)
             .mount(&server)
             .await;
@@ -459,7 +478,11 @@ async fn teams_webhook_posts_an_adaptive_card_envelope() {
         "{}/workflows/wf1/triggers/manual/paths/invoke?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=canary-teams-sig",
         server.uri()
     );
-    let stats = run(json!({ "channels": [{ "type": "teams", "webhook_url": url }] }), &[timeout_failure()]).await;
+    let stats = run(
+        json!({ "channels": [{ "type": "teams", "webhook_url": url }] }),
+        &[timeout_failure()],
+    )
+    .await;
     assert_eq!(stats.get("teams").unwrap().ok, 1);
 }
 
@@ -471,7 +494,9 @@ impl Match for GraphBody {
     fn matches(&self, request: &Request) -> bool {
         let v: Value = serde_json::from_slice(&request.body).unwrap();
         let id = format!("dtf-{}-1", self.0);
-        let card: Value = serde_json::from_str(v["attachments"][0]["content"].as_str().unwrap_or("null")).unwrap();
+        let card: Value =
+            serde_json::from_str(v["attachments"][0]["content"].as_str().unwrap_or("null"))
+                .unwrap();
         let mut rest = v.clone();
         rest["attachments"][0]["content"] = Value::Null;
         rest == json!({
@@ -489,7 +514,9 @@ async fn teams_graph_posts_a_channel_message_with_the_card_attached() {
     let cfg = json!({ "channels": [{ "type": "teams", "graph_token": "canary-graph-token", "team_id": "team-1", "channel_id": "19:abc@thread.tacv2", "graph_base_url": server.uri() }] });
     let fp = fingerprint(&cfg, &timeout_failure());
     Mock::given(method("POST"))
-        .and(path("/v1.0/teams/team-1/channels/19:abc@thread.tacv2/messages"))
+        .and(path(
+            "/v1.0/teams/team-1/channels/19:abc@thread.tacv2/messages",
+        ))
         .and(header("authorization", "Bearer canary-graph-token"))
         .and(GraphBody(fp))
         .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": "1616990032035" })))
@@ -561,7 +588,10 @@ async fn jira_creates_an_issue_when_no_open_issue_has_the_fingerprint() {
                 "description": jira_adf(None)
             }
         })))
-        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": "10000", "key": "OPS-1", "self": "x" })))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({ "id": "10000", "key": "OPS-1", "self": "x" })),
+        )
         .expect(1)
         .mount(&server)
         .await;
@@ -583,7 +613,13 @@ async fn jira_creates_an_issue_when_no_open_issue_has_the_fingerprint() {
     plugin.on_start(&mut ctx).await.unwrap();
     plugin.on_event(&mut ctx, &timeout_failure()).await.unwrap();
     wait_until(|| stats.get("jira").is_some_and(|s| s.ok == 1)).await;
-    plugin.on_event(&mut ctx, &task_failed("t2", "TimeoutError", "timed out after 31s", "w9")).await.unwrap();
+    plugin
+        .on_event(
+            &mut ctx,
+            &task_failed("t2", "TimeoutError", "timed out after 31s", "w9"),
+        )
+        .await
+        .unwrap();
     plugin.on_shutdown(&mut ctx).await.unwrap();
     let s = stats.get("jira").unwrap();
     assert_eq!((s.ok, s.failed), (2, 0));
@@ -605,7 +641,10 @@ async fn jira_comments_on_the_open_issue_with_the_same_fingerprint() {
     let cfg = jira_cfg(&server);
     Mock::given(method("GET"))
         .and(path("/rest/api/3/search/jql"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "issues": [{ "id": "7", "key": "OPS-7" }] })))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({ "issues": [{ "id": "7", "key": "OPS-7" }] })),
+        )
         .expect(1)
         .mount(&server)
         .await;
@@ -630,8 +669,16 @@ async fn jira_comments_on_the_open_issue_with_the_same_fingerprint() {
 #[tokio::test]
 async fn jira_ignores_non_error_events_by_default() {
     let server = MockServer::start().await;
-    Mock::given(method("GET")).respond_with(ResponseTemplate::new(200)).expect(0).mount(&server).await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(201)).expect(0).mount(&server).await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .expect(0)
+        .mount(&server)
+        .await;
     let retryable = {
         let mut e = timeout_failure();
         if let EventKind::TaskFailed(f) = &mut e.kind {
@@ -641,7 +688,11 @@ async fn jira_ignores_non_error_events_by_default() {
     };
     let stats = run(
         jira_cfg(&server),
-        &[retryable, event(EventKind::worker_disconnected("w1", "lost")), event(EventKind::coordinator_startup("r"))],
+        &[
+            retryable,
+            event(EventKind::worker_disconnected("w1", "lost")),
+            event(EventKind::coordinator_startup("r")),
+        ],
     )
     .await;
     assert_eq!(stats.get("jira"), None);
@@ -689,7 +740,10 @@ async fn generic_webhook_posts_the_notification_json_with_its_headers() {
     assert_eq!(stats.get("webhook").unwrap().ok, 1);
 }
 
-async fn webhook_with(responses: Vec<ResponseTemplate>, then_ok: bool) -> (MockServer, NotifyStats) {
+async fn webhook_with(
+    responses: Vec<ResponseTemplate>,
+    then_ok: bool,
+) -> (MockServer, NotifyStats) {
     let server = MockServer::start().await;
     for (i, r) in responses.into_iter().enumerate() {
         Mock::given(method("POST"))
@@ -719,7 +773,11 @@ async fn webhook_with(responses: Vec<ResponseTemplate>, then_ok: bool) -> (MockS
 #[tokio::test]
 async fn a_429_with_retry_after_is_retried_no_sooner_than_the_server_asked() {
     let started = std::time::Instant::now();
-    let (server, stats) = webhook_with(vec![ResponseTemplate::new(429).insert_header("Retry-After", "1")], true).await;
+    let (server, stats) = webhook_with(
+        vec![ResponseTemplate::new(429).insert_header("Retry-After", "1")],
+        true,
+    )
+    .await;
     let s = stats.get("webhook").unwrap();
     assert_eq!((s.ok, s.failed, s.attempts, s.rate_limited), (1, 0, 2, 1));
     assert_eq!(server.received_requests().await.unwrap().len(), 2);
@@ -730,26 +788,41 @@ async fn a_429_with_retry_after_is_retried_no_sooner_than_the_server_asked() {
 async fn a_500_is_retried_with_backoff_then_succeeds() {
     let (server, stats) = webhook_with(vec![ResponseTemplate::new(500)], true).await;
     let s = stats.get("webhook").unwrap();
-    assert_eq!((s.ok, s.failed, s.attempts, s.last_status), (1, 0, 2, Some(200)));
+    assert_eq!(
+        (s.ok, s.failed, s.attempts, s.last_status),
+        (1, 0, 2, Some(200))
+    );
     assert_eq!(server.received_requests().await.unwrap().len(), 2);
 }
 
 #[tokio::test]
 async fn a_400_is_not_retried_and_is_reported_undelivered() {
-    let (server, stats) = webhook_with(vec![ResponseTemplate::new(400).set_body_string("bad payload")], true).await;
+    let (server, stats) = webhook_with(
+        vec![ResponseTemplate::new(400).set_body_string("bad payload")],
+        true,
+    )
+    .await;
     let s = stats.get("webhook").unwrap();
     assert_eq!((s.ok, s.failed, s.attempts), (0, 1, 1));
     assert_eq!(server.received_requests().await.unwrap().len(), 1);
     let u = stats.undelivered();
     assert_eq!(u.len(), 1);
-    assert!(u[0].reason.contains("HTTP 400") && u[0].reason.contains("not retried"), "{}", u[0].reason);
+    assert!(
+        u[0].reason.contains("HTTP 400") && u[0].reason.contains("not retried"),
+        "{}",
+        u[0].reason
+    );
     assert_eq!(u[0].events, 1);
 }
 
 #[tokio::test]
 async fn retries_are_bounded_and_the_last_error_is_kept() {
     let (server, stats) = webhook_with(
-        vec![ResponseTemplate::new(503), ResponseTemplate::new(502), ResponseTemplate::new(500)],
+        vec![
+            ResponseTemplate::new(503),
+            ResponseTemplate::new(502),
+            ResponseTemplate::new(500),
+        ],
         false,
     )
     .await;
@@ -762,7 +835,11 @@ async fn retries_are_bounded_and_the_last_error_is_kept() {
 #[tokio::test]
 async fn connection_errors_are_retried_then_reported() {
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let stats = run(
         json!({ "channels": [{ "type": "webhook", "url": format!("http://127.0.0.1:{port}/hook/canary-webhook-path") }], "delivery": fast_retry() }),
         &[timeout_failure()],
@@ -799,21 +876,37 @@ async fn a_burst_of_failures_becomes_one_grouped_message_through_the_manager() {
         .await
         .unwrap();
     for i in 0..12 {
-        let mut kind = EventKind::task_failed(format!("t{i}"), TaskError::builder().kind("TimeoutError").message("timed out").build(), false);
+        let mut kind = EventKind::task_failed(
+            format!("t{i}"),
+            TaskError::builder()
+                .kind("TimeoutError")
+                .message("timed out")
+                .build(),
+            false,
+        );
         if let EventKind::TaskFailed(f) = &mut kind {
             f.worker = Some("w3".into());
         }
         manager.publish(kind).await.unwrap();
     }
-    manager.publish(EventKind::task_started("t1", "w3", 1)).await.unwrap();
+    manager
+        .publish(EventKind::task_started("t1", "w3", 1))
+        .await
+        .unwrap();
     // Shutdown flushes the group long before its 60 s group_wait.
     manager.shutdown(ShutdownReason::Completed).await;
     let reqs = server.received_requests().await.unwrap();
     // The grouped failures, and the coordinator shutdown the manager announces.
     assert_eq!(reqs.len(), 2);
-    let bodies: Vec<Value> = reqs.iter().map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
+    let bodies: Vec<Value> = reqs
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
     let body = bodies.iter().find(|b| b["kind"] == "task_failed").unwrap();
-    assert_eq!(body["text"], "12 tasks failed with `TimeoutError` on worker w3");
+    assert_eq!(
+        body["text"],
+        "12 tasks failed with `TimeoutError` on worker w3"
+    );
     assert_eq!(body["count"], 12);
     assert_eq!(body["items"].as_array().unwrap().len(), 3);
     assert_eq!(body["more"], 9);
@@ -830,7 +923,10 @@ fn register_adds_the_notify_plugin_with_its_metadata_and_defaults() {
     dtf_plugins_notify::register(&mut registry).unwrap();
     let e = registry.get("notify").unwrap();
     assert_eq!(e.metadata().kind, PluginKind::Notification);
-    assert_eq!(e.plugin_source().to_string(), "built-in (dtf-plugins-notify)");
+    assert_eq!(
+        e.plugin_source().to_string(),
+        "built-in (dtf-plugins-notify)"
+    );
     assert!(!e.describe().is_empty());
     let cfg: NotifyConfig = serde_json::from_value(e.defaults().clone()).unwrap();
     cfg.validate().unwrap();
@@ -852,30 +948,99 @@ async fn start_error(config: Value) -> String {
 #[tokio::test]
 async fn bad_configurations_are_refused_at_start_up_naming_the_key() {
     let table: Vec<(Value, &[&str])> = vec![
-        (json!({ "channels": [{ "type": "slack", "webhook_url": "canary-not-a-url" }] }), &["channels[0].webhook_url", "not a valid URL"]),
-        (json!({ "channels": [{ "type": "slack", "webhook_url": "ftp://hooks.example/canary" }] }), &["channels[0].webhook_url", "http or https"]),
-        (json!({ "channels": [{ "type": "slak", "webhook_url": "https://x.example/y" }] }), &["channels[0]", "unknown variant `slak`"]),
-        (json!({ "channels": [{ "type": "slack", "webhok_url": "https://x.example/y" }] }), &["channels[0]", "unknown field `webhok_url`"]),
-        (json!({ "channels": [{ "type": "slack" }] }), &["channels[0]", "give `webhook_url`"]),
-        (json!({ "channels": [{ "type": "slack", "token": "xoxb-canary" }] }), &["channels[0].channel", "empty"]),
-        (json!({ "channels": [{ "type": "telegram", "bot_token": "1:canary", "chat_ids": [] }] }), &["channels[0].chat_ids", "empty"]),
-        (json!({ "channels": [{ "type": "telegram", "bot_token": "1:canary", "chat_ids": ["42", " "] }] }), &["channels[0].chat_ids[1]"]),
-        (json!({ "channels": [{ "type": "telegram", "bot_token": "1:canary", "chat_ids": ["42"], "base_url": "api.telegram.org" }] }), &["channels[0].base_url", "not a valid URL"]),
-        (json!({ "channels": [{ "type": "discord", "bot_token": "canary", "channel_id": "general" }] }), &["channels[0].channel_id", "digits"]),
-        (json!({ "channels": [{ "type": "teams", "graph_token": "canary", "team_id": "t" }] }), &["channels[0].channel_id", "empty"]),
-        (json!({ "channels": [{ "type": "jira", "base_url": "https://x.atlassian.net", "api_token": "canary", "project_key": "OPS", "email": "nobody" }] }), &["channels[0].email", "not an e-mail"]),
-        (json!({ "channels": [{ "type": "jira", "base_url": "https://x.atlassian.net", "api_token": "canary", "project_key": "" }] }), &["channels[0].project_key", "empty"]),
-        (json!({ "channels": [{ "type": "webhook", "url": "https://x.example/canary", "filter": { "events": [] } }] }), &["channels[0].filter.events", "empty"]),
-        (json!({ "channels": [{ "type": "webhook", "url": "https://x.example/canary", "filter": { "events": ["task_faild"] } }] }), &["channels[0]", "unknown variant `task_faild`"]),
-        (json!({ "channels": [{ "type": "webhook", "url": { "env": "DTF_NOTIFY_TEST_UNSET_VAR" } }] }), &["channels[0].url", "DTF_NOTIFY_TEST_UNSET_VAR", "not set"]),
-        (json!({ "channels": [{ "type": "webhook", "url": "https://a.example/canary" }, { "type": "webhook", "url": "https://b.example/canary" }] }), &["channels[1].name", "used twice"]),
-        (json!({ "channels": [{ "type": "webhook", "url": "https://a.example/canary", "headers": { "Bad Header": "canary" } }] }), &["channels[0].headers.Bad Header"]),
-        (json!({ "group": { "group_interval_ms": 0 } }), &["group.group_interval_ms", "greater than 0"]),
-        (json!({ "group": { "group_wait_ms": "10s" } }), &["group.group_wait_ms", "invalid type"]),
-        (json!({ "group": { "group_wait_ms": 100_000_000_000u64 } }), &["group.group_wait_ms", "more than 24 hours"]),
+        (
+            json!({ "channels": [{ "type": "slack", "webhook_url": "canary-not-a-url" }] }),
+            &["channels[0].webhook_url", "not a valid URL"],
+        ),
+        (
+            json!({ "channels": [{ "type": "slack", "webhook_url": "ftp://hooks.example/canary" }] }),
+            &["channels[0].webhook_url", "http or https"],
+        ),
+        (
+            json!({ "channels": [{ "type": "slak", "webhook_url": "https://x.example/y" }] }),
+            &["channels[0]", "unknown variant `slak`"],
+        ),
+        (
+            json!({ "channels": [{ "type": "slack", "webhok_url": "https://x.example/y" }] }),
+            &["channels[0]", "unknown field `webhok_url`"],
+        ),
+        (
+            json!({ "channels": [{ "type": "slack" }] }),
+            &["channels[0]", "give `webhook_url`"],
+        ),
+        (
+            json!({ "channels": [{ "type": "slack", "token": "xoxb-canary" }] }),
+            &["channels[0].channel", "empty"],
+        ),
+        (
+            json!({ "channels": [{ "type": "telegram", "bot_token": "1:canary", "chat_ids": [] }] }),
+            &["channels[0].chat_ids", "empty"],
+        ),
+        (
+            json!({ "channels": [{ "type": "telegram", "bot_token": "1:canary", "chat_ids": ["42", " "] }] }),
+            &["channels[0].chat_ids[1]"],
+        ),
+        (
+            json!({ "channels": [{ "type": "telegram", "bot_token": "1:canary", "chat_ids": ["42"], "base_url": "api.telegram.org" }] }),
+            &["channels[0].base_url", "not a valid URL"],
+        ),
+        (
+            json!({ "channels": [{ "type": "discord", "bot_token": "canary", "channel_id": "general" }] }),
+            &["channels[0].channel_id", "digits"],
+        ),
+        (
+            json!({ "channels": [{ "type": "teams", "graph_token": "canary", "team_id": "t" }] }),
+            &["channels[0].channel_id", "empty"],
+        ),
+        (
+            json!({ "channels": [{ "type": "jira", "base_url": "https://x.atlassian.net", "api_token": "canary", "project_key": "OPS", "email": "nobody" }] }),
+            &["channels[0].email", "not an e-mail"],
+        ),
+        (
+            json!({ "channels": [{ "type": "jira", "base_url": "https://x.atlassian.net", "api_token": "canary", "project_key": "" }] }),
+            &["channels[0].project_key", "empty"],
+        ),
+        (
+            json!({ "channels": [{ "type": "webhook", "url": "https://x.example/canary", "filter": { "events": [] } }] }),
+            &["channels[0].filter.events", "empty"],
+        ),
+        (
+            json!({ "channels": [{ "type": "webhook", "url": "https://x.example/canary", "filter": { "events": ["task_faild"] } }] }),
+            &["channels[0]", "unknown variant `task_faild`"],
+        ),
+        (
+            json!({ "channels": [{ "type": "webhook", "url": { "env": "DTF_NOTIFY_TEST_UNSET_VAR" } }] }),
+            &["channels[0].url", "DTF_NOTIFY_TEST_UNSET_VAR", "not set"],
+        ),
+        (
+            json!({ "channels": [{ "type": "webhook", "url": "https://a.example/canary" }, { "type": "webhook", "url": "https://b.example/canary" }] }),
+            &["channels[1].name", "used twice"],
+        ),
+        (
+            json!({ "channels": [{ "type": "webhook", "url": "https://a.example/canary", "headers": { "Bad Header": "canary" } }] }),
+            &["channels[0].headers.Bad Header"],
+        ),
+        (
+            json!({ "group": { "group_interval_ms": 0 } }),
+            &["group.group_interval_ms", "greater than 0"],
+        ),
+        (
+            json!({ "group": { "group_wait_ms": "10s" } }),
+            &["group.group_wait_ms", "invalid type"],
+        ),
+        (
+            json!({ "group": { "group_wait_ms": 100_000_000_000u64 } }),
+            &["group.group_wait_ms", "more than 24 hours"],
+        ),
         (json!({ "group": { "max_items": 0 } }), &["group.max_items"]),
-        (json!({ "throttle": { "interval": 5 } }), &["throttle", "unknown field `interval`"]),
-        (json!({ "delivery": { "retry": { "max_attempts": 0 } } }), &["delivery.retry.max_attempts"]),
+        (
+            json!({ "throttle": { "interval": 5 } }),
+            &["throttle", "unknown field `interval`"],
+        ),
+        (
+            json!({ "delivery": { "retry": { "max_attempts": 0 } } }),
+            &["delivery.retry.max_attempts"],
+        ),
         (json!({ "chanels": [] }), &["unknown field `chanels`"]),
     ];
     for (cfg, want) in table {
@@ -883,7 +1048,10 @@ async fn bad_configurations_are_refused_at_start_up_naming_the_key() {
         for w in want {
             assert!(err.contains(w), "{cfg}: error `{err}` lacks `{w}`");
         }
-        assert!(!err.contains("canary"), "{cfg}: error `{err}` shows a secret");
+        assert!(
+            !err.contains("canary"),
+            "{cfg}: error `{err}` shows a secret"
+        );
     }
 }
 
@@ -934,16 +1102,31 @@ async fn secrets_never_appear_in_trace_logs_debug_output_or_errors() {
         ],
         "delivery": fast_retry()
     });
-    let stats = run(config.clone(), &[timeout_failure(), event(EventKind::worker_failed("w1", "oom"))]).await;
+    let stats = run(
+        config.clone(),
+        &[
+            timeout_failure(),
+            event(EventKind::worker_failed("w1", "oom")),
+        ],
+    )
+    .await;
     assert!(stats.undelivered().len() >= 9, "{:?}", stats.undelivered());
 
     let parsed: NotifyConfig = serde_json::from_value(config).unwrap();
-    let mut shown = format!("{parsed:?}\n{:#?}\n{:?}\n", parsed.channels, stats.targets());
+    let mut shown = format!(
+        "{parsed:?}\n{:#?}\n{:?}\n",
+        parsed.channels,
+        stats.targets()
+    );
     shown.push_str(&format!("{:?}", stats.undelivered()));
     let plugin = NotifyPlugin::new().with_config(parsed.clone());
     shown.push_str(&format!("{plugin:?}"));
     // A connection error (nothing listening) and its message.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let refused = run(
         json!({ "channels": [{ "type": "telegram", "bot_token": "1:canary-telegram-token", "chat_ids": ["42"], "base_url": format!("http://127.0.0.1:{port}") }], "delivery": fast_retry() }),
         &[timeout_failure()],
@@ -952,11 +1135,20 @@ async fn secrets_never_appear_in_trace_logs_debug_output_or_errors() {
     shown.push_str(&format!("{:?}", refused.undelivered()));
 
     let logs = captured();
-    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "the subscriber captured nothing");
-    assert!(logs.contains("retrying") && logs.contains("not delivered"), "retries and failures must be logged");
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG"),
+        "the subscriber captured nothing"
+    );
+    assert!(
+        logs.contains("retrying") && logs.contains("not delivered"),
+        "retries and failures must be logged"
+    );
     for c in canaries {
         assert!(!logs.contains(c), "`{c}` appears in the logs");
-        assert!(!shown.contains(c), "`{c}` appears in Debug output or errors:\n{shown}");
+        assert!(
+            !shown.contains(c),
+            "`{c}` appears in Debug output or errors:\n{shown}"
+        );
     }
     let _ = SystemTime::now();
 }

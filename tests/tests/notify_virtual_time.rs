@@ -17,7 +17,9 @@ use std::time::{Duration, SystemTime};
 use dtf_plugin_core::EventMeta;
 use dtf_plugin_core::prelude::*;
 use dtf_plugins_notify::NotifyPlugin;
-use dtf_plugins_notify::transport::{Body, BoxFuture, HttpRequest, HttpResponse, Transport, TransportError};
+use dtf_plugins_notify::transport::{
+    Body, BoxFuture, HttpRequest, HttpResponse, Transport, TransportError,
+};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -63,9 +65,15 @@ impl Transport for SimServer {
             if s.attempts % 2 == 1 {
                 let secs = 1 + (s.attempts / 2) % 5;
                 s.not_before = Some(now + Duration::from_secs(secs));
-                return Ok(HttpResponse::new(429, vec![("Retry-After".into(), secs.to_string())], ""));
+                return Ok(HttpResponse::new(
+                    429,
+                    vec![("Retry-After".into(), secs.to_string())],
+                    "",
+                ));
             }
-            let Body::Json(body) = &request.body else { panic!("not JSON") };
+            let Body::Json(body) = &request.body else {
+                panic!("not JSON")
+            };
             s.delivered.push(Delivered {
                 at,
                 group: body["group_key"].as_str().unwrap().to_owned(),
@@ -80,22 +88,33 @@ impl Transport for SimServer {
 fn failure(seq: u64, error: &str) -> Event {
     let mut kind = EventKind::task_failed(
         format!("t{seq}"),
-        TaskError::builder().kind(error).message("timed out").build(),
+        TaskError::builder()
+            .kind(error)
+            .message("timed out")
+            .build(),
         false,
     );
     if let EventKind::TaskFailed(f) = &mut kind {
         f.worker = Some("w3".into());
     }
     Event {
-        meta: EventMeta { seq, time: SystemTime::now(), source: "load".into() },
+        meta: EventMeta {
+            seq,
+            time: SystemTime::now(),
+            source: "load".into(),
+        },
         kind,
     }
 }
 
 #[tokio::test(start_paused = true)]
-async fn ten_thousand_failures_a_second_give_one_message_per_group_window_and_respect_retry_after() {
+async fn ten_thousand_failures_a_second_give_one_message_per_group_window_and_respect_retry_after()
+{
     let start = Instant::now();
-    let sim = Arc::new(SimServer { start, state: Mutex::new(SimState::default()) });
+    let sim = Arc::new(SimServer {
+        start,
+        state: Mutex::new(SimState::default()),
+    });
     let config = json!({
         "channels": [{ "type": "webhook", "url": "https://sim.invalid/hook" }],
         "group": { "group_wait_ms": 5_000, "group_interval_ms": 10_000, "max_items": 5 },
@@ -111,8 +130,15 @@ async fn ten_thousand_failures_a_second_give_one_message_per_group_window_and_re
     for _ms in 0..60_000 {
         for i in 0..10 {
             seq += 1;
-            let error = if i % 2 == 0 { "TimeoutError" } else { "AssertionError" };
-            plugin.on_event(&mut ctx, &failure(seq, error)).await.unwrap();
+            let error = if i % 2 == 0 {
+                "TimeoutError"
+            } else {
+                "AssertionError"
+            };
+            plugin
+                .on_event(&mut ctx, &failure(seq, error))
+                .await
+                .unwrap();
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -121,11 +147,18 @@ async fn ten_thousand_failures_a_second_give_one_message_per_group_window_and_re
     plugin.on_shutdown(&mut ctx).await.unwrap();
 
     let s = sim.state.lock().unwrap();
-    assert!(s.early.is_empty(), "requests before the Retry-After expired: {:?}", s.early);
+    assert!(
+        s.early.is_empty(),
+        "requests before the Retry-After expired: {:?}",
+        s.early
+    );
     // Windows: the first message after group_wait (5 s), then one per group_interval while
     // events keep coming (15, 25, 35, 45, 55 s), then the rest at 65 s.
     let dues: Vec<u64> = vec![5, 15, 25, 35, 45, 55, 65];
-    for group in ["task_failed/TimeoutError/w3/-", "task_failed/AssertionError/w3/-"] {
+    for group in [
+        "task_failed/TimeoutError/w3/-",
+        "task_failed/AssertionError/w3/-",
+    ] {
         let mut msgs: Vec<&Delivered> = s.delivered.iter().filter(|d| d.group == group).collect();
         msgs.sort_by_key(|d| d.sequence);
         assert_eq!(msgs.len(), dues.len(), "{group}: {msgs:?}");
@@ -133,16 +166,27 @@ async fn ten_thousand_failures_a_second_give_one_message_per_group_window_and_re
             // Exactly one delivery per window, in order, no duplicate sequence numbers.
             assert_eq!(m.sequence, k as u64 + 1, "{group}: {msgs:?}");
             let due = Duration::from_secs(*due);
-            assert!(m.at >= due && m.at < due + Duration::from_secs(10), "{group} window {k}: delivered at {:?}", m.at);
+            assert!(
+                m.at >= due && m.at < due + Duration::from_secs(10),
+                "{group} window {k}: delivered at {:?}",
+                m.at
+            );
             assert!(m.count > 0);
         }
         // Nothing lost, nothing counted twice.
-        assert_eq!(msgs.iter().map(|m| m.count).sum::<u64>(), 300_000, "{group}");
+        assert_eq!(
+            msgs.iter().map(|m| m.count).sum::<u64>(),
+            300_000,
+            "{group}"
+        );
     }
     // Every message was refused once, then accepted: two requests per message.
     assert_eq!(s.requests.len(), 2 * 2 * dues.len());
     let t = stats.get("webhook").unwrap();
-    assert_eq!((t.ok, t.failed, t.attempts, t.rate_limited), (14, 0, 28, 14));
+    assert_eq!(
+        (t.ok, t.failed, t.attempts, t.rate_limited),
+        (14, 0, 28, 14)
+    );
     assert!(stats.undelivered().is_empty());
     assert_eq!(stats.counts().events, 600_000);
     let _: Value = Value::Null;
@@ -155,7 +199,13 @@ async fn messages_still_pending_at_the_shutdown_deadline_are_reported_undelivere
     struct AlwaysLimited;
     impl Transport for AlwaysLimited {
         fn send(&self, _: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
-            Box::pin(async { Ok(HttpResponse::new(429, vec![("retry-after".into(), "20".into())], "")) })
+            Box::pin(async {
+                Ok(HttpResponse::new(
+                    429,
+                    vec![("retry-after".into(), "20".into())],
+                    "",
+                ))
+            })
         }
     }
     let config = json!({
@@ -168,7 +218,10 @@ async fn messages_still_pending_at_the_shutdown_deadline_are_reported_undelivere
     let mut ctx = PluginContext::detached("notify", config);
     plugin.on_start(&mut ctx).await.unwrap();
     for i in 0..3 {
-        plugin.on_event(&mut ctx, &failure(i, "TimeoutError")).await.unwrap();
+        plugin
+            .on_event(&mut ctx, &failure(i, "TimeoutError"))
+            .await
+            .unwrap();
     }
     let before = Instant::now();
     plugin.on_shutdown(&mut ctx).await.unwrap();

@@ -17,7 +17,7 @@ use crate::config::{SecretSource, base_url, channel_name, interval, non_empty, p
 use crate::deliver::{Deliverer, DeliveryError, GateSpec};
 use crate::error::NotifyError;
 use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
-use crate::format::{code_text, escape_discord, lines_within, truncate};
+use crate::format::{code_text, escape_discord, lines_within, truncate, utf16_len};
 use crate::message::{Notification, Severity, Span};
 use crate::transport::{BoxFuture, HttpRequest};
 
@@ -68,7 +68,12 @@ struct Discord {
 impl ChannelBuilder for DiscordConfig {
     fn build(&self, key: &str) -> Result<Vec<Box<dyn Channel>>, NotifyError> {
         let name = channel_name(key, self.name.as_deref(), "discord")?;
-        let filter = Filter::new(&self.filter, DEFAULT_EVENTS, Severity::Info, &format!("{key}.filter"))?;
+        let filter = Filter::new(
+            &self.filter,
+            DEFAULT_EVENTS,
+            Severity::Info,
+            &format!("{key}.filter"),
+        )?;
         let every = interval(&format!("{key}.min_interval_ms"), self.min_interval_ms)?;
         let (url, bot_token, dest) = match (&self.webhook_url, &self.bot_token) {
             (Some(url), None) => {
@@ -76,23 +81,42 @@ impl ChannelBuilder for DiscordConfig {
                 let url = url.resolve(&k)?;
                 let mut parsed = parse_url(&k, url.expose(), true)?;
                 parsed.query_pairs_mut().append_pair("wait", "true");
-                (Secret::new(parsed.to_string()), None, format!("discord-webhook:{name}"))
+                (
+                    Secret::new(parsed.to_string()),
+                    None,
+                    format!("discord-webhook:{name}"),
+                )
             }
             (None, Some(token)) => {
                 let token = token.resolve(&format!("{key}.bot_token"))?;
                 let k = format!("{key}.channel_id");
-                let id = non_empty(&k, self.channel_id.as_deref().unwrap_or(""), "the Discord channel id")?;
+                let id = non_empty(
+                    &k,
+                    self.channel_id.as_deref().unwrap_or(""),
+                    "the Discord channel id",
+                )?;
                 if !id.chars().all(|c| c.is_ascii_digit()) {
-                    return Err(NotifyError::config(k, format!("`{id}` is not a Discord channel id (digits only)")));
+                    return Err(NotifyError::config(
+                        k,
+                        format!("`{id}` is not a Discord channel id (digits only)"),
+                    ));
                 }
                 let base = base_url(&format!("{key}.base_url"), &self.base_url)?;
                 let url = Secret::new(format!("{base}/api/v10/channels/{id}/messages"));
                 (url, Some(token), format!("discord:{base}:{id}"))
             }
             (Some(_), Some(_)) => {
-                return Err(NotifyError::config(key, "give either `webhook_url` or `bot_token` (with `channel_id`), not both"));
+                return Err(NotifyError::config(
+                    key,
+                    "give either `webhook_url` or `bot_token` (with `channel_id`), not both",
+                ));
             }
-            (None, None) => return Err(NotifyError::config(key, "give `webhook_url`, or `bot_token` and `channel_id`")),
+            (None, None) => {
+                return Err(NotifyError::config(
+                    key,
+                    "give `webhook_url`, or `bot_token` and `channel_id`",
+                ));
+            }
         };
         Ok(vec![Box::new(Discord {
             name,
@@ -125,27 +149,52 @@ pub(crate) fn embed(msg: &Notification) -> Value {
             Span::Code(c) => code_text(c),
         })
         .collect();
-    let lines: Vec<String> = msg.items.iter().map(|i| format!("• {}", escape_discord(i))).collect();
-    let more = msg.more;
-    let mut description = lines_within(&lines, 3000, 300, |n| format!("… and {} more", n as u64 + more));
-    if let Some(m) = msg.more_line().filter(|_| !description.contains("more")) {
-        description = format!("{description}\n{m}");
-    }
-    if let Some(d) = &msg.detail {
-        description = format!("{description}\n```\n{}\n```", truncate(&d.replace("```", "ˋˋˋ"), 900));
-    }
+    // Discord counts title, description, field names and values and the footer against 6000
+    // characters per embed: the fixed parts first, the description gets what is left.
     let fields: Vec<Value> = msg
         .facts
         .iter()
-        .take(25)
-        .map(|(k, v)| json!({ "name": truncate(k, 256), "value": truncate(v, 256), "inline": true }))
+        .take(10)
+        .map(|(k, v)| json!({ "name": truncate(k, 64), "value": truncate(v, 200), "inline": true }))
         .collect();
+    let title = truncate(&format!("{} {title}", emoji(msg.severity)), 256);
+    let footer = truncate(&format!("dtf · {}", msg.group_key), 200);
+    let fixed: usize = utf16_len(&title)
+        + utf16_len(&footer)
+        + fields
+            .iter()
+            .map(|f| {
+                utf16_len(f["name"].as_str().unwrap_or(""))
+                    + utf16_len(f["value"].as_str().unwrap_or(""))
+            })
+            .sum::<usize>();
+    let budget = 4096.min(6000usize.saturating_sub(fixed));
+    let lines: Vec<String> = msg
+        .items
+        .iter()
+        .map(|i| format!("• {}", escape_discord(i)))
+        .collect();
+    let mut description = lines_within(
+        &lines,
+        budget.saturating_sub(1000).max(budget / 2),
+        300,
+        msg.more,
+    );
+    if let Some(d) = &msg.detail {
+        let room = budget.saturating_sub(utf16_len(&description) + 10);
+        if room > 50 {
+            description = format!(
+                "{description}\n```\n{}\n```",
+                truncate(&d.replace("```", "ˋˋˋ"), room.min(900))
+            );
+        }
+    }
     json!({
-        "title": truncate(&format!("{} {title}", emoji(msg.severity)), 256),
-        "description": truncate(description.trim_start(), 4096),
+        "title": title,
+        "description": truncate(description.trim_start(), budget),
         "color": color(msg.severity),
         "fields": fields,
-        "footer": { "text": truncate(&format!("dtf · {}", msg.group_key), 2048) },
+        "footer": { "text": footer },
     })
 }
 
@@ -174,13 +223,19 @@ impl Channel for Discord {
         body
     }
 
-    fn deliver<'a>(&'a self, msg: &'a Notification, d: &'a Deliverer) -> BoxFuture<'a, Result<(), DeliveryError>> {
+    fn deliver<'a>(
+        &'a self,
+        msg: &'a Notification,
+        d: &'a Deliverer,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
             let body = self.render(msg);
             let req = match &self.bot_token {
                 None => HttpRequest::post_json("discord webhook", self.url.clone(), body),
-                Some(t) => HttpRequest::post_json("discord channel message", self.url.clone(), body)
-                    .header("authorization", Secret::new(format!("Bot {}", t.expose()))),
+                Some(t) => {
+                    HttpRequest::post_json("discord channel message", self.url.clone(), body)
+                        .header("authorization", Secret::new(format!("Bot {}", t.expose())))
+                }
             };
             d.send(&self.name, &self.gate, req, |_| Ok(())).await?;
             Ok(())

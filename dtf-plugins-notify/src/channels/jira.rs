@@ -88,26 +88,54 @@ struct Jira {
 impl ChannelBuilder for JiraConfig {
     fn build(&self, key: &str) -> Result<Vec<Box<dyn Channel>>, NotifyError> {
         let name = channel_name(key, self.name.as_deref(), "jira")?;
-        let filter = Filter::new(&self.filter, ERROR_EVENTS, Severity::Error, &format!("{key}.filter"))?;
+        let filter = Filter::new(
+            &self.filter,
+            ERROR_EVENTS,
+            Severity::Error,
+            &format!("{key}.filter"),
+        )?;
         let base = base_url(&format!("{key}.base_url"), &self.base_url)?;
         let token = self.api_token.resolve(&format!("{key}.api_token"))?;
-        let project = non_empty(&format!("{key}.project_key"), &self.project_key, "the project key")?;
-        if !project.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(NotifyError::config(format!("{key}.project_key"), format!("`{project}` is not a project key")));
+        let project = non_empty(
+            &format!("{key}.project_key"),
+            &self.project_key,
+            "the project key",
+        )?;
+        if !project
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(NotifyError::config(
+                format!("{key}.project_key"),
+                format!("`{project}` is not a project key"),
+            ));
         }
-        let issue_type = non_empty(&format!("{key}.issue_type"), &self.issue_type, "the issue type")?;
+        let issue_type = non_empty(
+            &format!("{key}.issue_type"),
+            &self.issue_type,
+            "the issue type",
+        )?;
         for (i, l) in self.labels.iter().enumerate() {
             if l.is_empty() || l.contains(char::is_whitespace) {
-                return Err(NotifyError::config(format!("{key}.labels[{i}]"), "labels must be non-empty and hold no spaces"));
+                return Err(NotifyError::config(
+                    format!("{key}.labels[{i}]"),
+                    "labels must be non-empty and hold no spaces",
+                ));
             }
         }
         let auth = match &self.email {
             Some(email) => {
                 let email = non_empty(&format!("{key}.email"), email, "the e-mail")?;
                 if !email.contains('@') {
-                    return Err(NotifyError::config(format!("{key}.email"), format!("`{email}` is not an e-mail address")));
+                    return Err(NotifyError::config(
+                        format!("{key}.email"),
+                        format!("`{email}` is not an e-mail address"),
+                    ));
                 }
-                Secret::new(format!("Basic {}", base64(format!("{email}:{}", token.expose()).as_bytes())))
+                Secret::new(format!(
+                    "Basic {}",
+                    base64(format!("{email}:{}", token.expose()).as_bytes())
+                ))
             }
             None => Secret::new(format!("Bearer {}", token.expose())),
         };
@@ -146,30 +174,37 @@ pub(crate) fn adf(msg: &Notification, intro: Option<&str>) -> Value {
         .iter()
         .filter_map(|s| match s {
             Span::Text(t) if !t.is_empty() => Some(text(&truncate(t, 500))),
-            Span::Code(c) if !c.is_empty() => {
-                Some(json!({ "type": "text", "text": truncate(c, 200), "marks": [{ "type": "code" }] }))
-            }
+            Span::Code(c) if !c.is_empty() => Some(
+                json!({ "type": "text", "text": truncate(c, 200), "marks": [{ "type": "code" }] }),
+            ),
             _ => None,
         })
         .collect();
     content.push(paragraph(title));
-    if !msg.items.is_empty() {
-        let items: Vec<Value> = msg
-            .items
+    // JIRA stores at most 32,767 characters per field, ADF markup included: at most 20 items
+    // of 300 characters, 8000 of detail.
+    let listed: Vec<&String> = msg
+        .items
+        .iter()
+        .filter(|i| !i.is_empty())
+        .take(20)
+        .collect();
+    if !listed.is_empty() {
+        let items: Vec<Value> = listed
             .iter()
-            .filter(|i| !i.is_empty())
-            .map(|i| json!({ "type": "listItem", "content": [paragraph(vec![text(&truncate(i, 1000))])] }))
+            .map(|i| json!({ "type": "listItem", "content": [paragraph(vec![text(&truncate(i, 300))])] }))
             .collect();
         content.push(json!({ "type": "bulletList", "content": items }));
     }
-    if let Some(m) = msg.more_line() {
-        content.push(paragraph(vec![text(&m)]));
+    let more = msg.more + (msg.items.len() - listed.len()) as u64;
+    if more > 0 {
+        content.push(paragraph(vec![text(&format!("… and {more} more"))]));
     }
     if let Some(d) = msg.detail.as_deref().filter(|d| !d.is_empty()) {
-        content.push(json!({ "type": "codeBlock", "content": [text(&truncate(d, 10_000))] }));
+        content.push(json!({ "type": "codeBlock", "content": [text(&truncate(d, 8_000))] }));
     }
     let facts: Vec<String> = msg.facts.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    content.push(paragraph(vec![text(&truncate(&facts.join(" · "), 2000))]));
+    content.push(paragraph(vec![text(&truncate(&facts.join(" · "), 1000))]));
     json!({ "type": "doc", "version": 1, "content": content })
 }
 
@@ -213,9 +248,18 @@ impl Jira {
         r
     }
 
-    async fn find_open(&self, msg: &Notification, d: &Deliverer) -> Result<Option<String>, DeliveryError> {
+    async fn find_open(
+        &self,
+        msg: &Notification,
+        d: &Deliverer,
+    ) -> Result<Option<String>, DeliveryError> {
         let fp = msg.fingerprint.clone();
-        if let Some(k) = self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&fp) {
+        if let Some(k) = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&fp)
+        {
             return Ok(Some(k.clone()));
         }
         let mut url = reqwest::Url::parse(&format!("{}/rest/api/3/search/jql", self.base))
@@ -268,19 +312,37 @@ impl Channel for Jira {
         })
     }
 
-    fn deliver<'a>(&'a self, msg: &'a Notification, d: &'a Deliverer) -> BoxFuture<'a, Result<(), DeliveryError>> {
+    fn deliver<'a>(
+        &'a self,
+        msg: &'a Notification,
+        d: &'a Deliverer,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
-            let open = if self.dedupe { self.find_open(msg, d).await? } else { None };
+            let open = if self.dedupe {
+                self.find_open(msg, d).await?
+            } else {
+                None
+            };
             match open {
                 Some(issue) => {
                     let url = format!("{}/rest/api/3/issue/{issue}/comment", self.base);
-                    let req = self.request("jira add comment", Method::Post, url, Body::Json(Self::comment_body(msg)));
+                    let req = self.request(
+                        "jira add comment",
+                        Method::Post,
+                        url,
+                        Body::Json(Self::comment_body(msg)),
+                    );
                     d.send(&self.name, &self.gate, req, |_| Ok(())).await?;
                     tracing::debug!(target_channel = %self.name, %issue, "commented on the open issue");
                 }
                 None => {
                     let url = format!("{}/rest/api/3/issue", self.base);
-                    let req = self.request("jira create issue", Method::Post, url, Body::Json(self.create_body(msg)));
+                    let req = self.request(
+                        "jira create issue",
+                        Method::Post,
+                        url,
+                        Body::Json(self.create_body(msg)),
+                    );
                     let resp = d.send(&self.name, &self.gate, req, created_key).await?;
                     if let Some(k) = resp.json().get("key").and_then(Value::as_str) {
                         tracing::info!(target_channel = %self.name, issue = k, "created an issue");
@@ -301,12 +363,24 @@ fn base64(input: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         out.push(A[(n >> 18) as usize & 63] as char);
         out.push(A[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 { A[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if chunk.len() > 2 { A[n as usize & 63] as char } else { '=' });
+        out.push(if chunk.len() > 1 {
+            A[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            A[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
@@ -317,7 +391,14 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc_4648_vectors() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("foobar", "Zm9vYmFy")] {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(i.as_bytes()), o);
         }
     }

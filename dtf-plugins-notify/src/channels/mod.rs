@@ -82,3 +82,140 @@ pub(crate) fn emoji(s: Severity) -> &'static str {
 pub(crate) fn default_true() -> bool {
     true
 }
+
+#[cfg(all(
+    test,
+    feature = "slack",
+    feature = "discord",
+    feature = "telegram",
+    feature = "teams",
+    feature = "jira"
+))]
+mod limits {
+    use std::time::SystemTime;
+
+    use dtf_plugin_core::event::Hook;
+
+    use crate::format::{TRUNCATED, utf16_len};
+    use crate::message::{Notification, Severity, Span};
+
+    /// A message far over every service's limits.
+    fn huge() -> Notification {
+        Notification {
+            kind: Hook::TaskFailed,
+            severity: Severity::Error,
+            group_key: "k".repeat(3000),
+            fingerprint: "0123456789abcdef".to_owned(),
+            title: vec![Span::Text("T<&>".repeat(500)), Span::Code("E`".repeat(500))],
+            count: 100_000,
+            items: (0..50)
+                .map(|i| format!("task-{i} <b>&</b> {}", "x".repeat(2000)))
+                .collect(),
+            more: 99_950,
+            facts: (0..40)
+                .map(|i| (format!("k{i}"), "v".repeat(5000)))
+                .collect(),
+            detail: Some("d<>&".repeat(50_000)),
+            first_seen: SystemTime::UNIX_EPOCH,
+            last_seen: SystemTime::UNIX_EPOCH,
+            sequence: 1,
+        }
+    }
+
+    fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn slack_sections_stay_within_3000_characters_and_50_blocks() {
+        let v = super::slack::blocks(&huge());
+        let blocks = v["blocks"].as_array().unwrap();
+        assert!(blocks.len() <= 50);
+        for b in blocks {
+            if let Some(t) = b["text"]["text"].as_str() {
+                assert!(t.chars().count() <= 3000, "{}", t.chars().count());
+            }
+        }
+        assert!(v["text"].as_str().unwrap().chars().count() <= 3000);
+        assert!(v.to_string().contains(TRUNCATED) && v.to_string().contains("more"));
+    }
+
+    #[test]
+    fn discord_embed_stays_within_its_limits() {
+        let e = super::discord::embed(&huge());
+        assert!(utf16_len(e["title"].as_str().unwrap()) <= 256);
+        assert!(utf16_len(e["description"].as_str().unwrap()) <= 4096);
+        let fields = e["fields"].as_array().unwrap();
+        assert!(fields.len() <= 25);
+        let mut all = Vec::new();
+        strings(&e, &mut all);
+        let total: usize = all.iter().map(|s| utf16_len(s)).sum();
+        assert!(total <= 6000, "{total}");
+    }
+
+    #[test]
+    fn telegram_text_stays_within_4096_visible_characters_and_is_escaped() {
+        let html = super::telegram::html(&huge());
+        // Visible text: tags removed, each entity one character.
+        let mut visible = 0;
+        let mut in_tag = false;
+        let mut in_entity = false;
+        for c in html.chars() {
+            match c {
+                '<' => in_tag = true,
+                '>' if in_tag => in_tag = false,
+                '&' if !in_tag => {
+                    in_entity = true;
+                    visible += 1;
+                }
+                ';' if in_entity => in_entity = false,
+                _ if in_tag || in_entity => {}
+                c => visible += c.len_utf16(),
+            }
+        }
+        assert!(visible <= 4096, "{visible}");
+        assert!(!html.contains("<b>&</b>") && html.contains("&lt;b&gt;&amp;&lt;/b&gt;"));
+        for tag in ["b", "code", "pre"] {
+            assert_eq!(
+                html.matches(&format!("<{tag}>")).count(),
+                html.matches(&format!("</{tag}>")).count()
+            );
+        }
+    }
+
+    #[test]
+    fn teams_card_stays_well_under_28_kb() {
+        let card = super::teams::card(&huge());
+        assert!(
+            card.to_string().len() < 28_000,
+            "{}",
+            card.to_string().len()
+        );
+        assert_eq!(card["version"], "1.5");
+    }
+
+    #[test]
+    fn jira_adf_has_no_empty_text_nodes_and_stays_under_the_field_limit() {
+        let doc = super::jira::adf(&huge(), Some("Seen again:"));
+        assert!(
+            doc.to_string().chars().count() < 32_767,
+            "{}",
+            doc.to_string().len()
+        );
+        let mut all = Vec::new();
+        strings(&doc, &mut all);
+        assert!(all.iter().all(|s| !s.is_empty()));
+        let mut empty = huge();
+        empty.title = vec![Span::Text(String::new()), Span::Code("E".into())];
+        empty.detail = Some(String::new());
+        let doc = super::jira::adf(&empty, None);
+        let mut all = Vec::new();
+        strings(&doc, &mut all);
+        assert!(all.iter().all(|s| !s.is_empty()));
+    }
+}

@@ -58,7 +58,11 @@ fn default_interval() -> u64 {
 
 enum Mode {
     Webhook(Secret),
-    Api { url: Secret, token: Secret, channel: String },
+    Api {
+        url: Secret,
+        token: Secret,
+        channel: String,
+    },
 }
 
 struct Slack {
@@ -71,7 +75,12 @@ struct Slack {
 impl ChannelBuilder for SlackConfig {
     fn build(&self, key: &str) -> Result<Vec<Box<dyn Channel>>, NotifyError> {
         let name = channel_name(key, self.name.as_deref(), "slack")?;
-        let filter = Filter::new(&self.filter, DEFAULT_EVENTS, Severity::Info, &format!("{key}.filter"))?;
+        let filter = Filter::new(
+            &self.filter,
+            DEFAULT_EVENTS,
+            Severity::Info,
+            &format!("{key}.filter"),
+        )?;
         let every = interval(&format!("{key}.min_interval_ms"), self.min_interval_ms)?;
         let (mode, dest) = match (&self.webhook_url, &self.token) {
             (Some(url), None) => {
@@ -90,13 +99,26 @@ impl ChannelBuilder for SlackConfig {
                 let base = base_url(&format!("{key}.base_url"), &self.base_url)?;
                 let dest = format!("slack:{base}:{channel}");
                 let url = Secret::new(format!("{base}/api/chat.postMessage"));
-                (Mode::Api { url, token, channel }, dest)
+                (
+                    Mode::Api {
+                        url,
+                        token,
+                        channel,
+                    },
+                    dest,
+                )
             }
             (Some(_), Some(_)) => {
-                return Err(NotifyError::config(key, "give either `webhook_url` or `token` (with `channel`), not both"));
+                return Err(NotifyError::config(
+                    key,
+                    "give either `webhook_url` or `token` (with `channel`), not both",
+                ));
             }
             (None, None) => {
-                return Err(NotifyError::config(key, "give `webhook_url`, or `token` and `channel`"));
+                return Err(NotifyError::config(
+                    key,
+                    "give `webhook_url`, or `token` and `channel`",
+                ));
             }
         };
         Ok(vec![Box::new(Slack {
@@ -123,15 +145,12 @@ pub(crate) fn blocks(msg: &Notification) -> Value {
         "text": { "type": "mrkdwn", "text": truncate(&format!("{} *{title}*", emoji(msg.severity)), 3000) }
     })];
     if !msg.items.is_empty() {
-        let lines: Vec<String> = msg.items.iter().map(|i| format!("• {}", escape_slack(i))).collect();
-        let more = msg.more;
-        let list = lines_within(&lines, 2900, 500, |n| {
-            format!("… and {} more", n as u64 + more)
-        });
-        let list = match msg.more_line() {
-            Some(m) if !list.contains("more") => format!("{list}\n{m}"),
-            _ => list,
-        };
+        let lines: Vec<String> = msg
+            .items
+            .iter()
+            .map(|i| format!("• {}", escape_slack(i)))
+            .collect();
+        let list = lines_within(&lines, 2900, 500, msg.more);
         blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": truncate(&list, 3000) } }));
     }
     if let Some(detail) = &msg.detail {
@@ -153,7 +172,10 @@ fn check_api(resp: &HttpResponse) -> Result<(), String> {
     if v.get("ok") == Some(&Value::Bool(true)) {
         return Ok(());
     }
-    let error = v.get("error").and_then(Value::as_str).unwrap_or("no `ok: true` in the answer");
+    let error = v
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("no `ok: true` in the answer");
     Err(format!("Slack answered ok=false: {error}"))
 }
 
@@ -183,7 +205,11 @@ impl Channel for Slack {
         body
     }
 
-    fn deliver<'a>(&'a self, msg: &'a Notification, d: &'a Deliverer) -> BoxFuture<'a, Result<(), DeliveryError>> {
+    fn deliver<'a>(
+        &'a self,
+        msg: &'a Notification,
+        d: &'a Deliverer,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
             let body = self.render(msg);
             match &self.mode {
@@ -193,7 +219,10 @@ impl Channel for Slack {
                 }
                 Mode::Api { url, token, .. } => {
                     let req = HttpRequest::post_json("slack chat.postMessage", url.clone(), body)
-                        .header("authorization", Secret::new(format!("Bearer {}", token.expose())));
+                        .header(
+                            "authorization",
+                            Secret::new(format!("Bearer {}", token.expose())),
+                        );
                     d.send(&self.name, &self.gate, req, check_api).await?;
                 }
             }

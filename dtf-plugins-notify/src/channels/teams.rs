@@ -80,7 +80,12 @@ struct Teams {
 impl ChannelBuilder for TeamsConfig {
     fn build(&self, key: &str) -> Result<Vec<Box<dyn Channel>>, NotifyError> {
         let name = channel_name(key, self.name.as_deref(), "teams")?;
-        let filter = Filter::new(&self.filter, DEFAULT_EVENTS, Severity::Info, &format!("{key}.filter"))?;
+        let filter = Filter::new(
+            &self.filter,
+            DEFAULT_EVENTS,
+            Severity::Info,
+            &format!("{key}.filter"),
+        )?;
         let every = interval(&format!("{key}.min_interval_ms"), self.min_interval_ms)?;
         let (mode, dest) = match (&self.webhook_url, &self.graph_token) {
             (Some(url), None) => {
@@ -91,23 +96,46 @@ impl ChannelBuilder for TeamsConfig {
             }
             (None, Some(token)) => {
                 let token = token.resolve(&format!("{key}.graph_token"))?;
-                let team = non_empty(&format!("{key}.team_id"), self.team_id.as_deref().unwrap_or(""), "the team id")?;
-                let chan = non_empty(&format!("{key}.channel_id"), self.channel_id.as_deref().unwrap_or(""), "the channel id")?;
+                let team = non_empty(
+                    &format!("{key}.team_id"),
+                    self.team_id.as_deref().unwrap_or(""),
+                    "the team id",
+                )?;
+                let chan = non_empty(
+                    &format!("{key}.channel_id"),
+                    self.channel_id.as_deref().unwrap_or(""),
+                    "the channel id",
+                )?;
                 let base = base_url(&format!("{key}.graph_base_url"), &self.graph_base_url)?;
-                let mut url = reqwest::Url::parse(&base)
-                    .map_err(|e| NotifyError::config(format!("{key}.graph_base_url"), e.to_string()))?;
+                let mut url = reqwest::Url::parse(&base).map_err(|e| {
+                    NotifyError::config(format!("{key}.graph_base_url"), e.to_string())
+                })?;
                 url.path_segments_mut()
-                    .map_err(|()| NotifyError::config(format!("{key}.graph_base_url"), "cannot be a base URL"))?
+                    .map_err(|()| {
+                        NotifyError::config(format!("{key}.graph_base_url"), "cannot be a base URL")
+                    })?
                     .pop_if_empty()
                     .extend(["v1.0", "teams", &team, "channels", &chan, "messages"]);
                 let dest = format!("teams:{base}:{team}:{chan}");
-                (Mode::Graph { url: Secret::new(url.to_string()), token }, dest)
+                (
+                    Mode::Graph {
+                        url: Secret::new(url.to_string()),
+                        token,
+                    },
+                    dest,
+                )
             }
             (Some(_), Some(_)) => {
-                return Err(NotifyError::config(key, "give either `webhook_url` or `graph_token`, not both"));
+                return Err(NotifyError::config(
+                    key,
+                    "give either `webhook_url` or `graph_token`, not both",
+                ));
             }
             (None, None) => {
-                return Err(NotifyError::config(key, "give `webhook_url`, or `graph_token`, `team_id` and `channel_id`"));
+                return Err(NotifyError::config(
+                    key,
+                    "give `webhook_url`, or `graph_token`, `team_id` and `channel_id`",
+                ));
             }
         };
         Ok(vec![Box::new(Teams {
@@ -136,11 +164,7 @@ pub(crate) fn card(msg: &Notification) -> Value {
     })];
     if !msg.items.is_empty() {
         let lines: Vec<String> = msg.items.iter().map(|i| format!("- {i}")).collect();
-        let more = msg.more;
-        let mut list = lines_within(&lines, 6000, 400, |n| format!("… and {} more", n as u64 + more));
-        if let Some(m) = msg.more_line().filter(|_| !list.contains("more")) {
-            list = format!("{list}\n{m}");
-        }
+        let list = lines_within(&lines, 6000, 400, msg.more);
         body.push(json!({ "type": "TextBlock", "text": list, "wrap": true }));
     }
     if let Some(d) = &msg.detail {
@@ -211,13 +235,21 @@ impl Channel for Teams {
         self.body(msg)
     }
 
-    fn deliver<'a>(&'a self, msg: &'a Notification, d: &'a Deliverer) -> BoxFuture<'a, Result<(), DeliveryError>> {
+    fn deliver<'a>(
+        &'a self,
+        msg: &'a Notification,
+        d: &'a Deliverer,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
             let body = self.body(msg);
             let req = match &self.mode {
                 Mode::Webhook(url) => HttpRequest::post_json("teams webhook", url.clone(), body),
-                Mode::Graph { url, token } => HttpRequest::post_json("teams graph channel message", url.clone(), body)
-                    .header("authorization", Secret::new(format!("Bearer {}", token.expose()))),
+                Mode::Graph { url, token } => {
+                    HttpRequest::post_json("teams graph channel message", url.clone(), body).header(
+                        "authorization",
+                        Secret::new(format!("Bearer {}", token.expose())),
+                    )
+                }
             };
             d.send(&self.name, &self.gate, req, |_| Ok(())).await?;
             Ok(())

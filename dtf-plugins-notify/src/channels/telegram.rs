@@ -78,16 +78,30 @@ fn valid_chat(id: &str) -> bool {
 impl ChannelBuilder for TelegramConfig {
     fn build(&self, key: &str) -> Result<Vec<Box<dyn Channel>>, NotifyError> {
         let prefix = channel_name(key, self.name.as_deref(), "telegram")?;
-        let filter = Filter::new(&self.filter, DEFAULT_EVENTS, Severity::Info, &format!("{key}.filter"))?;
+        let filter = Filter::new(
+            &self.filter,
+            DEFAULT_EVENTS,
+            Severity::Info,
+            &format!("{key}.filter"),
+        )?;
         let token = self.bot_token.resolve(&format!("{key}.bot_token"))?;
         if token.expose().contains(['/', '?', '#', ' ']) {
-            return Err(NotifyError::config(format!("{key}.bot_token"), "is not a bot token (it holds `/`, `?`, `#` or spaces)"));
+            return Err(NotifyError::config(
+                format!("{key}.bot_token"),
+                "is not a bot token (it holds `/`, `?`, `#` or spaces)",
+            ));
         }
         let base = base_url(&format!("{key}.base_url"), &self.base_url)?;
         let every = interval(&format!("{key}.min_interval_ms"), self.min_interval_ms)?;
-        let bot_every = interval(&format!("{key}.bot_min_interval_ms"), self.bot_min_interval_ms)?;
+        let bot_every = interval(
+            &format!("{key}.bot_min_interval_ms"),
+            self.bot_min_interval_ms,
+        )?;
         if self.chat_ids.is_empty() {
-            return Err(NotifyError::config(format!("{key}.chat_ids"), "is empty: give at least one chat id"));
+            return Err(NotifyError::config(
+                format!("{key}.chat_ids"),
+                "is empty: give at least one chat id",
+            ));
         }
         let url = Secret::new(format!("{base}/bot{}/sendMessage", token.expose()));
         let mut out: Vec<Box<dyn Channel>> = Vec::new();
@@ -96,13 +110,16 @@ impl ChannelBuilder for TelegramConfig {
             if !valid_chat(id) {
                 return Err(NotifyError::config(
                     format!("{key}.chat_ids[{i}]"),
-                    format!("`{id}` is neither a chat id (digits, may start with -) nor a channel username (@name)"),
+                    format!(
+                        "`{id}` is neither a chat id (digits, may start with -) nor a channel username (@name)"
+                    ),
                 ));
             }
             out.push(Box::new(Telegram {
                 name: format!("{prefix}/{id}"),
                 filter,
-                gate: GateSpec::new(format!("telegram:{base}:{id}"), every).shared(format!("telegram-bot:{prefix}"), bot_every),
+                gate: GateSpec::new(format!("telegram:{base}:{id}"), every)
+                    .shared(format!("telegram-bot:{prefix}"), bot_every),
                 url: url.clone(),
                 chat_id: id.to_owned(),
             }));
@@ -111,7 +128,8 @@ impl ChannelBuilder for TelegramConfig {
     }
 }
 
-/// The HTML text of a message, within 4096 characters of visible text.
+/// The HTML text of a message, within 4096 characters of visible text: title ≤ 500, list
+/// ≤ 2000, detail ≤ 800, facts ≤ 8 × 84.
 pub(crate) fn html(msg: &Notification) -> String {
     let title: String = msg
         .title
@@ -124,21 +142,27 @@ pub(crate) fn html(msg: &Notification) -> String {
     let mut text = format!("{} <b>{title}</b>", emoji(msg.severity));
     if !msg.items.is_empty() {
         let lines: Vec<String> = msg.items.iter().map(|i| format!("• {i}")).collect();
-        let more = msg.more;
-        let list = lines_within(&lines, 2500, 300, |n| format!("… and {} more", n as u64 + more));
+        let list = lines_within(&lines, 2000, 300, msg.more);
         text.push_str("\n\n");
         text.push_str(&escape_html(&list));
-        if let Some(m) = msg.more_line().filter(|_| !list.contains("more")) {
-            text.push_str(&format!("\n<i>{}</i>", escape_html(&m)));
-        }
     }
     if let Some(d) = &msg.detail {
-        text.push_str(&format!("\n\n<pre>{}</pre>", escape_html(&truncate(d, 900))));
+        text.push_str(&format!(
+            "\n\n<pre>{}</pre>",
+            escape_html(&truncate(d, 800))
+        ));
     }
     let facts: Vec<String> = msg
         .facts
         .iter()
-        .map(|(k, v)| format!("<b>{}:</b> {}", escape_html(k), escape_html(&truncate(v, 60))))
+        .take(8)
+        .map(|(k, v)| {
+            format!(
+                "<b>{}:</b> {}",
+                escape_html(&truncate(k, 20)),
+                escape_html(&truncate(v, 60))
+            )
+        })
         .collect();
     text.push_str("\n\n");
     text.push_str(&facts.join(" · "));
@@ -178,15 +202,23 @@ impl Channel for Telegram {
         })
     }
 
-    fn deliver<'a>(&'a self, msg: &'a Notification, d: &'a Deliverer) -> BoxFuture<'a, Result<(), DeliveryError>> {
+    fn deliver<'a>(
+        &'a self,
+        msg: &'a Notification,
+        d: &'a Deliverer,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
             let form = vec![
                 ("chat_id".to_owned(), self.chat_id.clone()),
                 ("text".to_owned(), html(msg)),
                 ("parse_mode".to_owned(), "HTML".to_owned()),
-                ("link_preview_options".to_owned(), "{\"is_disabled\":true}".to_owned()),
+                (
+                    "link_preview_options".to_owned(),
+                    "{\"is_disabled\":true}".to_owned(),
+                ),
             ];
-            let mut req = HttpRequest::post_json("telegram sendMessage", self.url.clone(), Value::Null);
+            let mut req =
+                HttpRequest::post_json("telegram sendMessage", self.url.clone(), Value::Null);
             req.method = Method::Post;
             req.body = Body::Form(form);
             d.send(&self.name, &self.gate, req, check).await?;

@@ -51,19 +51,31 @@ struct Webhook {
 impl ChannelBuilder for WebhookConfig {
     fn build(&self, key: &str) -> Result<Vec<Box<dyn Channel>>, NotifyError> {
         let name = channel_name(key, self.name.as_deref(), "webhook")?;
-        let filter = Filter::new(&self.filter, DEFAULT_EVENTS, Severity::Info, &format!("{key}.filter"))?;
+        let filter = Filter::new(
+            &self.filter,
+            DEFAULT_EVENTS,
+            Severity::Info,
+            &format!("{key}.filter"),
+        )?;
         let k = format!("{key}.url");
         let url = self.url.resolve(&k)?;
         parse_url(&k, url.expose(), true)?;
         let mut headers = Vec::new();
         for (h, v) in &self.headers {
             let hk = format!("{key}.headers.{h}");
-            if h.is_empty() || !h.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)) {
+            if h.is_empty()
+                || !h
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+            {
                 return Err(NotifyError::config(hk, "is not a valid HTTP header name"));
             }
             let value = v.resolve(&hk)?;
             if value.expose().chars().any(|c| c.is_control()) {
-                return Err(NotifyError::config(hk, "the value holds control characters"));
+                return Err(NotifyError::config(
+                    hk,
+                    "the value holds control characters",
+                ));
             }
             headers.push((h.to_ascii_lowercase(), value));
         }
@@ -109,7 +121,11 @@ impl Channel for Webhook {
         payload(msg)
     }
 
-    fn deliver<'a>(&'a self, msg: &'a Notification, d: &'a Deliverer) -> BoxFuture<'a, Result<(), DeliveryError>> {
+    fn deliver<'a>(
+        &'a self,
+        msg: &'a Notification,
+        d: &'a Deliverer,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
             let mut req = HttpRequest::post_json("webhook", self.url.clone(), payload(msg));
             for (k, v) in &self.headers {
