@@ -10,7 +10,7 @@ use dtf_plugin_core::Secret;
 use dtf_plugin_core::retry::RetryPolicy;
 use serde::{Deserialize, Deserializer};
 
-use crate::channels::{self, Channel};
+use crate::channels::Channel;
 use crate::error::NotifyError;
 use crate::group::{GroupBy, GroupSettings};
 
@@ -191,22 +191,22 @@ impl From<Secret> for SecretSource {
 pub enum ChannelConfig {
     /// Slack.
     #[cfg(feature = "slack")]
-    Slack(channels::slack::SlackConfig),
+    Slack(crate::channels::slack::SlackConfig),
     /// Discord.
     #[cfg(feature = "discord")]
-    Discord(channels::discord::DiscordConfig),
+    Discord(crate::channels::discord::DiscordConfig),
     /// Telegram.
     #[cfg(feature = "telegram")]
-    Telegram(channels::telegram::TelegramConfig),
+    Telegram(crate::channels::telegram::TelegramConfig),
     /// Microsoft Teams.
     #[cfg(feature = "teams")]
-    Teams(channels::teams::TeamsConfig),
+    Teams(crate::channels::teams::TeamsConfig),
     /// JIRA.
     #[cfg(feature = "jira")]
-    Jira(channels::jira::JiraConfig),
+    Jira(crate::channels::jira::JiraConfig),
     /// A generic JSON webhook.
     #[cfg(feature = "webhook")]
-    Webhook(channels::webhook::WebhookConfig),
+    Webhook(crate::channels::webhook::WebhookConfig),
 }
 
 impl ChannelConfig {
@@ -220,18 +220,21 @@ impl ChannelConfig {
         )]
         match self {
             #[cfg(feature = "slack")]
-            Self::Slack(c) => channels::ChannelBuilder::build(c, key),
+            Self::Slack(c) => crate::channels::ChannelBuilder::build(c, key),
             #[cfg(feature = "discord")]
-            Self::Discord(c) => channels::ChannelBuilder::build(c, key),
+            Self::Discord(c) => crate::channels::ChannelBuilder::build(c, key),
             #[cfg(feature = "telegram")]
-            Self::Telegram(c) => channels::ChannelBuilder::build(c, key),
+            Self::Telegram(c) => crate::channels::ChannelBuilder::build(c, key),
             #[cfg(feature = "teams")]
-            Self::Teams(c) => channels::ChannelBuilder::build(c, key),
+            Self::Teams(c) => crate::channels::ChannelBuilder::build(c, key),
             #[cfg(feature = "jira")]
-            Self::Jira(c) => channels::ChannelBuilder::build(c, key),
+            Self::Jira(c) => crate::channels::ChannelBuilder::build(c, key),
             #[cfg(feature = "webhook")]
-            Self::Webhook(c) => channels::ChannelBuilder::build(c, key),
-            _ => Ok(Vec::new()),
+            Self::Webhook(c) => crate::channels::ChannelBuilder::build(c, key),
+            _ => {
+                let _ = key;
+                Ok(Vec::new())
+            }
         }
     }
 }
@@ -330,6 +333,10 @@ impl NotifyConfig {
 }
 
 /// Parses an `http(s)` URL. `secret`: the URL holds a token, so the error must not show it.
+#[allow(
+    dead_code,
+    reason = "used by the channel features; unused when all are off"
+)]
 pub(crate) fn parse_url(key: &str, value: &str, secret: bool) -> Result<reqwest::Url, NotifyError> {
     let shown = if secret {
         String::new()
@@ -351,12 +358,20 @@ pub(crate) fn parse_url(key: &str, value: &str, secret: bool) -> Result<reqwest:
 }
 
 /// A base URL without its trailing slash.
+#[allow(
+    dead_code,
+    reason = "used by the channel features; unused when all are off"
+)]
 pub(crate) fn base_url(key: &str, value: &str) -> Result<String, NotifyError> {
     parse_url(key, value, false)?;
     Ok(value.trim().trim_end_matches('/').to_owned())
 }
 
 /// A required, non-blank string.
+#[allow(
+    dead_code,
+    reason = "used by the channel features; unused when all are off"
+)]
 pub(crate) fn non_empty(key: &str, value: &str, what: &str) -> Result<String, NotifyError> {
     let v = value.trim();
     if v.is_empty() {
@@ -366,6 +381,10 @@ pub(crate) fn non_empty(key: &str, value: &str, what: &str) -> Result<String, No
 }
 
 /// A channel name: letters, digits, `-`, `_`, `.`, `#`, `@`, `/`.
+#[allow(
+    dead_code,
+    reason = "used by the channel features; unused when all are off"
+)]
 pub(crate) fn channel_name(
     key: &str,
     name: Option<&str>,
@@ -386,6 +405,10 @@ pub(crate) fn channel_name(
 }
 
 /// A rate-limit interval in milliseconds.
+#[allow(
+    dead_code,
+    reason = "used by the channel features; unused when all are off"
+)]
 pub(crate) fn interval(key: &str, ms: u64) -> Result<Duration, NotifyError> {
     if ms > MAX_INTERVAL_MS {
         return Err(NotifyError::config(

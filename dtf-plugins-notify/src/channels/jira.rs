@@ -55,7 +55,7 @@ pub struct JiraConfig {
     pub labels: Vec<String>,
     /// Comment on an open issue with the same fingerprint instead of creating one. Default
     /// true.
-    #[serde(default = "super::default_true")]
+    #[serde(default = "default_true")]
     pub dedupe: bool,
     /// Least time between two requests. Default 100 ms.
     #[serde(default = "default_interval")]
@@ -68,6 +68,10 @@ fn default_issue_type() -> String {
 
 fn default_interval() -> u64 {
     100
+}
+
+fn default_true() -> bool {
+    true
 }
 
 struct Jira {

@@ -69,6 +69,7 @@ pub trait ChannelBuilder {
 }
 
 /// An emoji for the severity, for channels that show one.
+#[allow(dead_code, reason = "used by some channel features only")]
 pub(crate) fn emoji(s: Severity) -> &'static str {
     match s {
         Severity::Routine => "⚪",
@@ -77,10 +78,6 @@ pub(crate) fn emoji(s: Severity) -> &'static str {
         Severity::Error => "🔴",
         Severity::Critical => "🚨",
     }
-}
-
-pub(crate) fn default_true() -> bool {
-    true
 }
 
 #[cfg(all(
