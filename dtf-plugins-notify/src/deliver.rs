@@ -1,7 +1,7 @@
 //! The deliver stage: per-destination gates (rate limit and "not before"), retries with
 //! exponential backoff and jitter, and per-target statistics.
 //!
-//! Every request to a destination goes through that destination's [`Gate`]. A gate lets one
+//! Every request to a destination goes through that destination's gate ([`GateSpec`]). A gate lets one
 //! request through at a time, no sooner than `min_interval` after the previous one (Slack
 //! about 1/s per channel, Telegram about 1/s per chat), and never before its *not-before*
 //! instant, which a `Retry-After` header, Discord's `retry_after`/bucket headers or Telegram's
