@@ -336,17 +336,24 @@ fn classify(
     Attempt::Retry { after, error }
 }
 
-/// Replaces the request's URL, URL path segments longer than 8 characters and header values
-/// in `msg` with `***`.
+/// Replaces in `msg` the request's URL, the path segments and query values of 9 or more
+/// characters that could be tokens (webhook tokens, Telegram's `bot<token>`), and the header
+/// values, with `***`. Segments that are part of the request's label (`sendMessage`) stay.
 fn scrub(mut msg: String, request: &HttpRequest) -> String {
     let url = request.url.expose();
-    let mut secrets: Vec<&str> = vec![url];
-    secrets.extend(request.headers.iter().map(|(_, v)| v.expose()));
-    // Tokens live in path segments (webhooks, Telegram's /bot<token>/).
-    secrets.extend(url.split(['/', '?', '&', '=']).filter(|s| s.len() > 8));
+    let mut secrets: Vec<String> = vec![url.to_owned()];
+    secrets.extend(request.headers.iter().map(|(_, v)| v.expose().to_owned()));
+    if let Ok(parsed) = reqwest::Url::parse(url) {
+        if let Some(segments) = parsed.path_segments() {
+            secrets.extend(segments.map(str::to_owned));
+        }
+        secrets.extend(parsed.query_pairs().map(|(_, v)| v.into_owned()));
+    }
+    // Longest first, so a token is replaced whole before any part of it.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     for s in secrets {
-        if !s.is_empty() && msg.contains(s) {
-            msg = msg.replace(s, "***");
+        if s.len() > 8 && !request.label.contains(&s) && msg.contains(&s) {
+            msg = msg.replace(&s, "***");
         }
     }
     msg
@@ -368,7 +375,7 @@ mod tests {
     #[test]
     fn scrub_removes_url_tokens_and_header_values() {
         let req = HttpRequest::post_json(
-            "x",
+            "telegram sendMessage",
             dtf_plugin_core::Secret::new("https://h.example/bot123456:SECRETTOKEN/sendMessage"),
             serde_json::Value::Null,
         )
@@ -384,6 +391,11 @@ mod tests {
             !msg.contains("SECRETTOKEN") && !msg.contains("abcdef"),
             "{msg}"
         );
+        let kept = scrub(
+            "telegram sendMessage: HTTP 400: chat not found".to_owned(),
+            &req,
+        );
+        assert_eq!(kept, "telegram sendMessage: HTTP 400: chat not found");
     }
 
     #[test]

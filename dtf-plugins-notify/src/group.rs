@@ -56,6 +56,9 @@ struct Group {
     due: Option<Instant>,
     last_sent: Option<Instant>,
     sequence: u64,
+    /// Arrival number of the first pending event: messages due together go out in the order
+    /// their first events arrived.
+    order: u64,
 }
 
 /// The groups of one channel.
@@ -64,6 +67,7 @@ pub(crate) struct Grouper {
     settings: GroupSettings,
     throttle: Throttle,
     groups: HashMap<String, Group>,
+    arrivals: u64,
 }
 
 impl Grouper {
@@ -72,6 +76,7 @@ impl Grouper {
             settings,
             throttle,
             groups: HashMap::new(),
+            arrivals: 0,
         }
     }
 
@@ -104,8 +109,11 @@ impl Grouper {
             due: None,
             last_sent: None,
             sequence: 0,
+            order: 0,
         });
+        self.arrivals += 1;
         if group.due.is_none() {
+            group.order = self.arrivals;
             let at = match group.last_sent {
                 // New group: wait for others to join.
                 None => now + s.group_wait,
@@ -133,12 +141,7 @@ impl Grouper {
     /// The messages of every group due at `now`; forgets idle groups.
     pub(crate) fn due(&mut self, now: Instant) -> Vec<Notification> {
         let interval = self.settings.group_interval;
-        let keys: Vec<String> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| g.due.is_some_and(|d| d <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys = self.pending_keys(|g| g.due.is_some_and(|d| d <= now));
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             if let Some(n) = self.take(&key, now) {
@@ -153,13 +156,20 @@ impl Grouper {
 
     /// The messages of every pending group, due or not (shutdown).
     pub(crate) fn flush_all(&mut self, now: Instant) -> Vec<Notification> {
-        let keys: Vec<String> = self
+        let keys = self.pending_keys(|g| g.due.is_some());
+        keys.iter().filter_map(|k| self.take(k, now)).collect()
+    }
+
+    /// Keys of the groups matching `f`, in the order their first pending events arrived.
+    fn pending_keys(&self, f: impl Fn(&Group) -> bool) -> Vec<String> {
+        let mut keys: Vec<(u64, &String)> = self
             .groups
             .iter()
-            .filter(|(_, g)| g.due.is_some())
-            .map(|(k, _)| k.clone())
+            .filter(|(_, g)| f(g))
+            .map(|(k, g)| (g.order, k))
             .collect();
-        keys.iter().filter_map(|k| self.take(k, now)).collect()
+        keys.sort_unstable();
+        keys.into_iter().map(|(_, k)| k.clone()).collect()
     }
 
     fn take(&mut self, key: &str, now: Instant) -> Option<Notification> {
@@ -297,6 +307,9 @@ mod tests {
         g.add(failed("c", "F", "w"), t0 + 12 * S);
         let all = g.flush_all(t0 + 13 * S);
         assert_eq!(all.iter().map(|n| n.count).sum::<u64>(), 2);
+        // In arrival order.
+        assert_eq!(all[0].group_key, "task_failed/E/w/-");
+        assert_eq!(all[1].group_key, "task_failed/F/w/-");
         assert_eq!(g.next_deadline(), None);
     }
 }

@@ -376,13 +376,7 @@ pub fn preview(config: &NotifyConfig, events: &[Event]) -> Result<Vec<Preview>, 
                 g.add(info, now);
             }
         }
-        let mut msgs = g.flush_all(now);
-        msgs.sort_by(|a, b| {
-            a.first_seen
-                .cmp(&b.first_seen)
-                .then(a.group_key.cmp(&b.group_key))
-        });
-        for m in msgs {
+        for m in g.flush_all(now) {
             out.push(Preview {
                 channel: ch.name().to_owned(),
                 kind: ch.kind(),
