@@ -232,3 +232,150 @@ async fn messages_still_pending_at_the_shutdown_deadline_are_reported_undelivere
     assert!(u[0].reason.contains("shutdown deadline"), "{}", u[0].reason);
     assert_eq!(stats.get("webhook").unwrap().attempts, 1);
 }
+
+/// Records the virtual time, URL-free label and body of every request; answers from a script
+/// (then `200 {"ok": true}`).
+struct Recorder {
+    start: Instant,
+    script: Mutex<std::collections::VecDeque<HttpResponse>>,
+    log: Mutex<Vec<(Duration, String, Value)>>,
+}
+
+impl Recorder {
+    fn new(script: Vec<HttpResponse>) -> Arc<Self> {
+        Arc::new(Self {
+            start: Instant::now(),
+            script: Mutex::new(script.into()),
+            log: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn times(&self) -> Vec<Duration> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, _, _)| *t)
+            .collect()
+    }
+}
+
+impl Transport for Recorder {
+    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
+        Box::pin(async move {
+            let body = match &request.body {
+                Body::Json(v) => v.clone(),
+                Body::Form(f) => {
+                    Value::Object(f.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+                }
+                _ => Value::Null,
+            };
+            self.log.lock().unwrap().push((
+                Instant::now() - self.start,
+                request.label.clone(),
+                body,
+            ));
+            Ok(self
+                .script
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or_else(|| HttpResponse::new(200, vec![], r#"{"ok":true,"result":{}}"#)))
+        })
+    }
+}
+
+async fn feed(
+    transport: Arc<Recorder>,
+    config: Value,
+    events: Vec<Event>,
+) -> dtf_plugins_notify::NotifyStats {
+    let mut plugin = NotifyPlugin::new().with_transport(transport);
+    let stats = plugin.stats_handle();
+    let mut ctx = PluginContext::detached("notify", config);
+    plugin.on_start(&mut ctx).await.unwrap();
+    for e in &events {
+        plugin.on_event(&mut ctx, e).await.unwrap();
+    }
+    plugin.on_shutdown(&mut ctx).await.unwrap();
+    stats
+}
+
+/// Five groups fall due at once: Slack gets them one second apart (its ~1/s per channel).
+#[tokio::test(start_paused = true)]
+async fn slack_messages_to_one_channel_are_spaced_by_its_rate_limit() {
+    let rec = Recorder::new(vec![]);
+    let events = (0..5).map(|i| failure(i, &format!("Error{i}"))).collect();
+    let stats = feed(
+        rec.clone(),
+        json!({ "channels": [{ "type": "slack", "webhook_url": "https://hooks.invalid/services/T/B/x" }], "group": { "group_wait_ms": 1000 } }),
+        events,
+    )
+    .await;
+    let t = rec.times();
+    assert_eq!(t.len(), 5);
+    for w in t.windows(2) {
+        assert!(w[1] - w[0] >= Duration::from_secs(1), "{t:?}");
+    }
+    assert_eq!(stats.get("slack").unwrap().ok, 5);
+}
+
+/// Telegram: about one message per second per chat, and all chats of the bot share ~30/s.
+#[tokio::test(start_paused = true)]
+async fn telegram_respects_the_per_chat_and_per_bot_pace() {
+    let rec = Recorder::new(vec![]);
+    let events = (0..3).map(|i| failure(i, &format!("Error{i}"))).collect();
+    feed(
+        rec.clone(),
+        json!({ "channels": [{ "type": "telegram", "bot_token": "1:x", "chat_ids": ["1", "2", "3"], "base_url": "https://tg.invalid" }], "group": { "group_wait_ms": 0 } }),
+        events,
+    )
+    .await;
+    let log = rec.log.lock().unwrap().clone();
+    assert_eq!(log.len(), 9);
+    for chat in ["1", "2", "3"] {
+        let times: Vec<Duration> = log
+            .iter()
+            .filter(|(_, _, b)| b["chat_id"] == chat)
+            .map(|(t, _, _)| *t)
+            .collect();
+        assert_eq!(times.len(), 3);
+        for w in times.windows(2) {
+            assert!(
+                w[1] - w[0] >= Duration::from_secs(1),
+                "chat {chat}: {times:?}"
+            );
+        }
+    }
+    let mut all: Vec<Duration> = log.iter().map(|(t, _, _)| *t).collect();
+    all.sort();
+    for w in all.windows(2) {
+        assert!(w[1] - w[0] >= Duration::from_millis(34), "{all:?}");
+    }
+}
+
+/// Discord's drained bucket on a *successful* answer holds the next request until the reset.
+#[tokio::test(start_paused = true)]
+async fn discord_bucket_headers_hold_the_next_request_until_the_reset() {
+    let drained = HttpResponse::new(
+        200,
+        vec![
+            ("X-RateLimit-Remaining".into(), "0".into()),
+            ("X-RateLimit-Reset-After".into(), "2.5".into()),
+        ],
+        "{}",
+    );
+    let rec = Recorder::new(vec![drained]);
+    let events = (0..2).map(|i| failure(i, &format!("Error{i}"))).collect();
+    let stats = feed(
+        rec.clone(),
+        json!({ "channels": [{ "type": "discord", "webhook_url": "https://discord.invalid/api/webhooks/1/x" }], "group": { "group_wait_ms": 0 } }),
+        events,
+    )
+    .await;
+    let t = rec.times();
+    assert_eq!(t.len(), 2);
+    assert!(t[1] - t[0] >= Duration::from_millis(2500), "{t:?}");
+    let s = stats.get("discord").unwrap();
+    assert_eq!((s.ok, s.rate_limited), (2, 1));
+}
