@@ -917,6 +917,66 @@ async fn a_burst_of_failures_becomes_one_grouped_message_through_the_manager() {
     assert!(c.filtered >= 1);
 }
 
+#[tokio::test]
+async fn reconfigure_rejects_a_bad_configuration_and_flushes_the_old_pipeline_before_switching() {
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    for s in [&a, &b] {
+        Mock::given(method("POST"))
+            .and(path("/hook"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(s)
+            .await;
+    }
+    logs();
+    let stats = NotifyStats::default();
+    let handle = stats.clone();
+    let cfg = |server: &MockServer| json!({ "channels": [{ "type": "webhook", "url": format!("{}/hook", server.uri()) }], "group": { "group_wait_ms": 60_000 } });
+    let manager = PluginManager::builder()
+        .spec(
+            PluginSpec::new(move || NotifyPlugin::new().with_stats(handle.clone())).config(cfg(&a)),
+        )
+        .spawn()
+        .await
+        .unwrap();
+    manager.publish(timeout_failure().kind).await.unwrap();
+    manager.settle().await;
+    let err = manager
+        .reconfigure(
+            "notify",
+            json!({ "channels": [{ "type": "webhook", "url": "canary-not-a-url" }] }),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("channels[0].url") && !err.contains("canary"),
+        "{err}"
+    );
+    // Rejected: nothing was flushed, the group still waits.
+    assert!(a.received_requests().await.unwrap().is_empty());
+    manager.reconfigure("notify", cfg(&b)).await.unwrap();
+    // Applied: the old pipeline's pending group went out to the old destination.
+    assert_eq!(a.received_requests().await.unwrap().len(), 1);
+    manager
+        .publish(EventKind::worker_failed("w1", "oom"))
+        .await
+        .unwrap();
+    manager.shutdown(ShutdownReason::Completed).await;
+    let to_b: Vec<Value> = b
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert!(
+        to_b.iter().any(|m| m["kind"] == "worker_failed"),
+        "{to_b:?}"
+    );
+    assert_eq!(a.received_requests().await.unwrap().len(), 1);
+    assert!(stats.undelivered().is_empty());
+}
+
 #[test]
 fn register_adds_the_notify_plugin_with_its_metadata_and_defaults() {
     let mut registry = PluginRegistry::new();
