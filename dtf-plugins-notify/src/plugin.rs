@@ -59,6 +59,7 @@ pub struct NotifyPlugin {
     config: Option<NotifyConfig>,
     stats: NotifyStats,
     transport: Option<Arc<dyn Transport>>,
+    extra: Vec<Arc<dyn Channel>>,
     running: Option<Running>,
 }
 
@@ -83,8 +84,16 @@ impl NotifyPlugin {
             config: None,
             stats: NotifyStats::default(),
             transport: None,
+            extra: Vec::new(),
             running: None,
         }
+    }
+
+    /// Adds a channel of your own (a [`Channel`] implementation) next to the configured ones.
+    /// Its name must differ from theirs.
+    pub fn with_channel(mut self, channel: Arc<dyn Channel>) -> Self {
+        self.extra.push(channel);
+        self
     }
 
     /// Uses `config` instead of the plugin configuration.
@@ -116,7 +125,20 @@ impl NotifyPlugin {
     ///
     /// [`NotifyError`] naming the first bad key.
     pub fn start(&mut self, config: &NotifyConfig) -> Result<(), NotifyError> {
-        let channels = config.build_channels()?;
+        let built = config.build_channels()?;
+        let mut channels: Vec<Arc<dyn Channel>> = built.into_iter().map(Arc::from).collect();
+        for ch in &self.extra {
+            if channels.iter().any(|c| c.name() == ch.name()) {
+                return Err(NotifyError::config(
+                    "channels",
+                    format!(
+                        "channel name `{}` is used twice (a configured channel and one added with with_channel)",
+                        ch.name()
+                    ),
+                ));
+            }
+            channels.push(ch.clone());
+        }
         let transport = match &self.transport {
             Some(t) => t.clone(),
             None => Arc::new(
@@ -141,7 +163,6 @@ impl NotifyPlugin {
             .collect();
         let names: Vec<&str> = channels.iter().map(|c| c.name()).collect();
         tracing::info!(channels = ?names, "notifier started");
-        let channels: Vec<Arc<dyn Channel>> = channels.into_iter().map(Arc::from).collect();
         let task = tokio::spawn(pipeline(
             rx,
             channels,

@@ -1212,3 +1212,96 @@ async fn secrets_never_appear_in_trace_logs_debug_output_or_errors() {
     }
     let _ = SystemTime::now();
 }
+
+// ---------------------------------------------------------------------------------------
+// A channel of one's own
+
+struct Collect {
+    filter: dtf_plugins_notify::filter::Filter,
+    gate: dtf_plugins_notify::deliver::GateSpec,
+    got: Arc<Mutex<Vec<String>>>,
+}
+
+impl dtf_plugins_notify::channels::Channel for Collect {
+    fn name(&self) -> &str {
+        "collect"
+    }
+    fn kind(&self) -> &'static str {
+        "collect"
+    }
+    fn filter(&self) -> &dtf_plugins_notify::filter::Filter {
+        &self.filter
+    }
+    fn gate(&self) -> &dtf_plugins_notify::deliver::GateSpec {
+        &self.gate
+    }
+    fn render(&self, m: &dtf_plugins_notify::Notification) -> Value {
+        json!(m.title_plain())
+    }
+    fn deliver<'a>(
+        &'a self,
+        m: &'a dtf_plugins_notify::Notification,
+        d: &'a dtf_plugins_notify::deliver::Deliverer,
+    ) -> dtf_plugins_notify::transport::BoxFuture<
+        'a,
+        Result<(), dtf_plugins_notify::deliver::DeliveryError>,
+    > {
+        Box::pin(async move {
+            // A non-HTTP channel uses the same gate, retries and stats through `run`.
+            let mut tries = 0;
+            d.run("collect", &self.gate, || {
+                tries += 1;
+                let fail_first = tries == 1;
+                async move {
+                    if fail_first {
+                        dtf_plugins_notify::deliver::Attempt::Retry {
+                            after: None,
+                            error: "busy".to_owned(),
+                        }
+                    } else {
+                        dtf_plugins_notify::deliver::Attempt::Done {
+                            value: (),
+                            slow_down: None,
+                        }
+                    }
+                }
+            })
+            .await?;
+            self.got.lock().unwrap().push(m.title_plain());
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_custom_channel_gets_the_same_pipeline_gates_retries_and_stats() {
+    logs();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let filter = dtf_plugins_notify::filter::Filter::new(
+        &dtf_plugins_notify::filter::FilterConfig::default(),
+        dtf_plugins_notify::filter::DEFAULT_EVENTS,
+        dtf_plugins_notify::Severity::Info,
+        "collect.filter",
+    )
+    .unwrap();
+    let channel = Arc::new(Collect {
+        filter,
+        gate: dtf_plugins_notify::deliver::GateSpec::new("collect", Duration::ZERO),
+        got: got.clone(),
+    });
+    let mut plugin = NotifyPlugin::new().with_channel(channel);
+    let stats = plugin.stats_handle();
+    let mut ctx = PluginContext::detached(
+        "notify",
+        json!({ "group": { "group_wait_ms": 0 }, "delivery": fast_retry() }),
+    );
+    plugin.on_start(&mut ctx).await.unwrap();
+    plugin.on_event(&mut ctx, &timeout_failure()).await.unwrap();
+    plugin.on_shutdown(&mut ctx).await.unwrap();
+    assert_eq!(
+        *got.lock().unwrap(),
+        vec!["Task t1 failed with `TimeoutError` on worker w3".to_owned()]
+    );
+    let s = stats.get("collect").unwrap();
+    assert_eq!((s.ok, s.attempts), (1, 2));
+}
