@@ -114,6 +114,99 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
+/// Parses a `Retry-After` value in either form RFC 9110 allows: delay seconds (`"120"`) or an
+/// HTTP-date (`"Wed, 21 Oct 2015 07:28:00 GMT"`, the IMF-fixdate form), relative to `now`. A
+/// date in the past gives zero; anything else unparsable gives `None`.
+///
+/// ```
+/// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+/// use dtf_plugin_core::retry::parse_retry_after_at;
+/// let now = UNIX_EPOCH + Duration::from_secs(1_445_412_475); // 07:27:55 GMT
+/// assert_eq!(parse_retry_after_at("Wed, 21 Oct 2015 07:28:00 GMT", now), Some(Duration::from_secs(5)));
+/// assert_eq!(parse_retry_after_at("3", now), Some(Duration::from_secs(3)));
+/// ```
+pub fn parse_retry_after_at(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    if let Some(d) = parse_retry_after(value) {
+        return Some(d);
+    }
+    let at = parse_http_date(value.trim())?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only HTTP-date form senders
+/// may generate.
+fn parse_http_date(s: &str) -> Option<std::time::SystemTime> {
+    let rest = s.split_once(", ")?.1;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    let [day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let day: u64 = day.parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == month)? as u64
+        + 1;
+    let year: u64 = year.parse().ok()?;
+    let mut hms = time.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    if !(1..=31).contains(&day) || year < 1970 || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm), for years from 1970 on.
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    let secs = days * 86_400 + h * 3600 + m * 60 + sec;
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// The wait a JSON error body asks for: Discord's top-level `retry_after` (seconds, may be
+/// fractional) or Telegram's `parameters.retry_after` (whole seconds). `None` when neither is
+/// there or the value is negative or not a number.
+///
+/// ```
+/// use std::time::Duration;
+/// use dtf_plugin_core::retry::retry_after_from_json;
+/// let discord = serde_json::json!({ "message": "You are being rate limited.", "retry_after": 1.5, "global": false });
+/// assert_eq!(retry_after_from_json(&discord), Some(Duration::from_millis(1500)));
+/// let telegram = serde_json::json!({ "ok": false, "error_code": 429, "parameters": { "retry_after": 3 } });
+/// assert_eq!(retry_after_from_json(&telegram), Some(Duration::from_secs(3)));
+/// ```
+pub fn retry_after_from_json(body: &serde_json::Value) -> Option<Duration> {
+    let v = body
+        .get("retry_after")
+        .or_else(|| body.get("parameters").and_then(|p| p.get("retry_after")))?;
+    let secs = v.as_f64()?;
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// Discord's bucket headers: when `X-RateLimit-Remaining` is `0`, the wait until the bucket
+/// resets, from `X-RateLimit-Reset-After` (seconds, fractional). `None` while requests remain
+/// or when a header is missing or malformed.
+///
+/// ```
+/// use std::time::Duration;
+/// use dtf_plugin_core::retry::discord_bucket_wait;
+/// assert_eq!(discord_bucket_wait(Some("0"), Some("2.250")), Some(Duration::from_millis(2250)));
+/// assert_eq!(discord_bucket_wait(Some("4"), Some("2.250")), None);
+/// ```
+pub fn discord_bucket_wait(remaining: Option<&str>, reset_after: Option<&str>) -> Option<Duration> {
+    if remaining?.trim() != "0" {
+        return None;
+    }
+    let secs: f64 = reset_after?.trim().parse().ok()?;
+    Duration::try_from_secs_f64(secs).ok()
+}
+
 /// The random source for jitter: the core's, so restarts and retries share one generator type.
 pub use crate::supervision::Jitter;
 
@@ -159,6 +252,40 @@ mod tests {
             Duration::from_secs(30)
         );
         assert!(p.allows_another(3) && !p.allows_another(4));
+    }
+
+    #[test]
+    fn http_dates_and_service_specific_waits_are_parsed() {
+        use std::time::UNIX_EPOCH;
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(
+            parse_retry_after_at("Sun, 06 Nov 1994 08:49:47 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after_at("Sun, 06 Nov 1994 08:49:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            parse_retry_after_at("Tue, 29 Feb 2000 00:00:00 GMT", UNIX_EPOCH),
+            Some(Duration::from_secs(951_782_400))
+        );
+        for bad in [
+            "soon",
+            "Sun, 06 Nov 1994 08:49:37 CET",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "-1",
+        ] {
+            assert_eq!(parse_retry_after_at(bad, now), None, "{bad}");
+        }
+        let j = serde_json::json!({ "retry_after": -1 });
+        assert_eq!(retry_after_from_json(&j), None);
+        assert_eq!(
+            retry_after_from_json(&serde_json::json!({ "ok": true })),
+            None
+        );
+        assert_eq!(discord_bucket_wait(None, Some("1")), None);
+        assert_eq!(discord_bucket_wait(Some("0"), Some("x")), None);
     }
 
     #[test]

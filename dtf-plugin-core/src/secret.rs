@@ -23,6 +23,13 @@ impl Secret {
         Self(value.into())
     }
 
+    /// Reads the secret from environment variable `var`; `None` when it is unset, empty or
+    /// not valid Unicode. (It returns no `VarError`: that error's message would carry the
+    /// non-Unicode value.) Callers name `var` in their own error.
+    pub fn from_env(var: &str) -> Option<Self> {
+        std::env::var(var).ok().filter(|v| !v.is_empty()).map(Self)
+    }
+
     /// The value itself. Use it only to build a request; never log it.
     pub fn expose(&self) -> &str {
         &self.0
@@ -57,5 +64,12 @@ mod tests {
             .unwrap_or_else(|_| Secret::new(""));
         assert_eq!(s.expose(), "tok-123");
         assert_eq!(format!("{s:?}|{s}|{s:#?}"), "***|***|***");
+    }
+
+    #[test]
+    fn reads_from_the_environment_or_says_it_is_missing() {
+        // PATH is set in every test environment; a made-up name is not.
+        assert!(Secret::from_env("PATH").is_some_and(|s| !s.expose().is_empty()));
+        assert_eq!(Secret::from_env("DTF_SECRET_TEST_SURELY_UNSET"), None);
     }
 }

@@ -1230,3 +1230,95 @@ async fn password_never_appears_in_logs_errors_or_debug() {
         assert_no_password("an error or Debug output", output);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The email channel inside the notify plugin, on a real bus.
+
+/// The whole path: task failures published on the bus are grouped by the notify plugin into
+/// one mail, which the channel delivers over STARTTLS with AUTH to the in-process server at
+/// shutdown (long before the group's 60 s wait); the coordinator's shutdown gets its own mail.
+#[tokio::test]
+async fn the_notify_plugin_mails_grouped_failures_through_the_email_channel() {
+    use dtf_plugin_core::prelude::*;
+    use dtf_plugins_notify::{NotifyPlugin, NotifyStats};
+
+    let server = start_server(ServerOptions::new(ServerTls::StartTls).with_auth()).await;
+    let stats = NotifyStats::default();
+    let handle = stats.clone();
+    let config = serde_json::json!({
+        "channels": [{
+            "type": "email",
+            "name": "oncall-mail",
+            "smtp": {
+                "host": "127.0.0.1",
+                "port": server.addr.port(),
+                "username": USER,
+                "password": PASSWORD,
+                "from": "dtf <dtf@example.com>",
+                "to": ["oncall@example.com", "qa@example.org"],
+                "root_certificate": server.cert_path,
+            }
+        }],
+        "group": { "group_wait_ms": 60_000 }
+    });
+    let manager = PluginManager::builder()
+        .spec(
+            PluginSpec::new(move || NotifyPlugin::new().with_stats(handle.clone())).config(config),
+        )
+        .spawn()
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let mut kind = EventKind::task_failed(
+            format!("t{i}"),
+            TaskError::builder()
+                .kind("TimeoutError")
+                .message("timed out after 30s")
+                .build(),
+            false,
+        );
+        if let EventKind::TaskFailed(f) = &mut kind {
+            f.worker = Some("w3".into());
+        }
+        manager.publish(kind).await.unwrap();
+    }
+    let report = manager.shutdown(ShutdownReason::Completed).await;
+    assert!(report.clean, "{report:?}");
+
+    let rec = server.recorded();
+    assert_eq!(rec.mails.len(), 2, "the failures and the shutdown");
+    assert!(rec.mails.iter().all(|m| m.tls));
+    assert_eq!(rec.auths.len(), 2);
+    assert!(rec.auths.iter().all(|a| a.tls && a.password == PASSWORD));
+    let subjects: Vec<String> = rec
+        .mails
+        .iter()
+        .map(|m| Entity::parse(&m.data).header("subject").to_owned())
+        .collect();
+    assert!(
+        subjects.contains(&"[dtf error] 5 tasks failed with TimeoutError on worker w3".to_owned()),
+        "{subjects:?}"
+    );
+    let failures = rec
+        .mails
+        .iter()
+        .map(|m| Entity::parse(&m.data))
+        .find(|e| e.header("subject").contains("tasks failed"))
+        .unwrap();
+    let parts = failures.parts();
+    assert_eq!(parts.len(), 2);
+    assert!(parts[0].body.contains("TimeoutError"), "{}", parts[0].body);
+    assert!(
+        parts[1].body.contains("<code>TimeoutError</code>"),
+        "{}",
+        parts[1].body
+    );
+    assert_eq!(rec.mails[0].to, ["oncall@example.com", "qa@example.org"]);
+    drop(rec);
+
+    let target = &stats.targets()["oncall-mail"];
+    assert_eq!((target.ok, target.failed), (2, 0));
+    assert!(stats.undelivered().is_empty());
+    // The password reached the server's AUTH handler and nothing the user can print.
+    assert_no_password("stats", &format!("{:?}", stats.targets()));
+}

@@ -1,0 +1,224 @@
+//! Email over SMTP: one message per notification to every configured recipient, as a text
+//! part and an HTML part, through [`crate::email::EmailSender`] (STARTTLS required by default;
+//! see `docs/notify-email.md`).
+//!
+//! Config: `{"type": "email", "name": …, "filter": {…}, "min_interval_ms": …, "smtp": {…}}`,
+//! where `smtp` is an [`EmailConfig`]. SMTP settings sit under their own key because serde's
+//! `flatten` does not combine with `deny_unknown_fields`.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+
+use super::{Channel, ChannelBuilder};
+use crate::config::{channel_name, interval};
+use crate::deliver::{Attempt, Deliverer, DeliveryError, GateSpec};
+use crate::email::{EmailConfig, EmailMessage, EmailSender};
+use crate::error::NotifyError;
+use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
+use crate::format::{escape_html, truncate};
+use crate::message::{Notification, Span};
+use crate::transport::BoxFuture;
+
+/// Longest subject line, in characters (RFC 5322 recommends lines under 78; mail clients cut
+/// long subjects anyway).
+const SUBJECT_MAX: usize = 200;
+
+/// Longest body detail, in characters (mail has no hard limit; a run's error text can be huge).
+const DETAIL_MAX: usize = 20_000;
+
+/// `type = "email"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EmailChannelConfig {
+    /// Channel name for stats and logs. Default `email`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Which events.
+    #[serde(default)]
+    pub filter: FilterConfig,
+    /// Least time between two mails. Default 1000 ms.
+    #[serde(default = "default_interval")]
+    pub min_interval_ms: u64,
+    /// The SMTP server, credentials and recipients.
+    pub smtp: EmailConfig,
+}
+
+fn default_interval() -> u64 {
+    1_000
+}
+
+struct Email {
+    name: String,
+    filter: Filter,
+    gate: GateSpec,
+    sender: EmailSender,
+}
+
+impl ChannelBuilder for EmailChannelConfig {
+    fn build(&self, key: &str) -> Result<Vec<Box<dyn Channel>>, NotifyError> {
+        let name = channel_name(key, self.name.as_deref(), "email")?;
+        let filter = Filter::new(
+            &self.filter,
+            DEFAULT_EVENTS,
+            crate::message::Severity::Info,
+            &format!("{key}.filter"),
+        )?;
+        // `EmailSender::new` validates every SMTP key; its errors name the key and never the
+        // password.
+        let sender = EmailSender::new(&self.smtp)
+            .map_err(|e| NotifyError::config(format!("{key}.smtp"), e.to_string()))?;
+        let every = interval(&format!("{key}.min_interval_ms"), self.min_interval_ms)?;
+        Ok(vec![Box::new(Email {
+            gate: GateSpec::new(format!("email:{name}"), every),
+            name,
+            filter,
+            sender,
+        })])
+    }
+}
+
+/// The mail for `msg`: subject, text body and HTML body.
+pub(crate) fn message(msg: &Notification) -> EmailMessage {
+    let subject = truncate(
+        &format!("[dtf {}] {}", msg.severity.as_str(), msg.title_text()),
+        SUBJECT_MAX,
+    );
+    let mut text = format!("{}\n\n", msg.title_plain());
+    let mut html = format!("<h2>{}</h2>\n", title_html(&msg.title));
+    if !msg.items.is_empty() {
+        html.push_str("<ul>\n");
+        for item in &msg.items {
+            let _ = writeln!(text, "- {item}");
+            let _ = writeln!(html, "<li>{}</li>", escape_html(item));
+        }
+        html.push_str("</ul>\n");
+    }
+    if let Some(more) = msg.more_line() {
+        let _ = writeln!(text, "{more}");
+        let _ = writeln!(html, "<p>{}</p>", escape_html(&more));
+    }
+    if !msg.facts.is_empty() {
+        text.push('\n');
+        html.push_str("<table>\n");
+        for (k, v) in &msg.facts {
+            let _ = writeln!(text, "{k}: {v}");
+            let _ = writeln!(
+                html,
+                "<tr><th align=\"left\">{}</th><td>{}</td></tr>",
+                escape_html(k),
+                escape_html(v)
+            );
+        }
+        html.push_str("</table>\n");
+    }
+    if let Some(detail) = &msg.detail {
+        let detail = truncate(detail, DETAIL_MAX);
+        let _ = write!(text, "\n{detail}\n");
+        let _ = writeln!(html, "<pre>{}</pre>", escape_html(&detail));
+    }
+    EmailMessage {
+        subject,
+        text,
+        html: Some(html),
+    }
+}
+
+fn title_html(title: &[Span]) -> String {
+    title
+        .iter()
+        .map(|s| match s {
+            Span::Text(t) => escape_html(t),
+            Span::Code(c) => format!("<code>{}</code>", escape_html(c)),
+        })
+        .collect()
+}
+
+impl Channel for Email {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "email"
+    }
+
+    fn filter(&self) -> &Filter {
+        &self.filter
+    }
+
+    fn gate(&self) -> &GateSpec {
+        &self.gate
+    }
+
+    fn render(&self, msg: &Notification) -> Value {
+        let m = message(msg);
+        json!({ "subject": m.subject, "text": m.text, "html": m.html })
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        msg: &'a Notification,
+        d: &'a Deliverer,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async move {
+            let mail = message(msg);
+            d.run(&self.name, &self.gate, || async {
+                match self.sender.send(&mail).await {
+                    Ok(()) => Attempt::Done {
+                        value: (),
+                        slow_down: None,
+                    },
+                    Err(e) if e.is_retryable() => Attempt::Retry {
+                        after: None,
+                        error: e.to_string(),
+                    },
+                    Err(e) => Attempt::Fail(e.to_string()),
+                }
+            })
+            .await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Severity;
+    use dtf_plugin_core::event::Hook;
+    use std::time::SystemTime;
+
+    #[test]
+    fn the_mail_escapes_html_and_lists_items_facts_and_detail() {
+        let msg = Notification {
+            kind: Hook::TaskFailed,
+            severity: Severity::Error,
+            group_key: "k".to_owned(),
+            fingerprint: "f".to_owned(),
+            title: vec![
+                Span::Text("3 tasks failed with ".to_owned()),
+                Span::Code("<Timeout>".to_owned()),
+            ],
+            count: 3,
+            items: vec!["t1 & t2".to_owned()],
+            more: 2,
+            facts: vec![("worker".to_owned(), "w<3>".to_owned())],
+            detail: Some("line\n<b>".to_owned()),
+            first_seen: SystemTime::UNIX_EPOCH,
+            last_seen: SystemTime::UNIX_EPOCH,
+            sequence: 1,
+        };
+        let m = message(&msg);
+        assert_eq!(m.subject, "[dtf error] 3 tasks failed with <Timeout>");
+        assert!(
+            m.text
+                .starts_with("3 tasks failed with `<Timeout>`\n\n- t1 & t2\n… and 2 more\n")
+        );
+        assert!(m.text.contains("worker: w<3>") && m.text.ends_with("line\n<b>\n"));
+        let html = m.html.unwrap_or_default();
+        assert!(html.contains("<code>&lt;Timeout&gt;</code>"), "{html}");
+        assert!(html.contains("<li>t1 &amp; t2</li>") && html.contains("<td>w&lt;3&gt;</td>"));
+        assert!(html.contains("<pre>line\n&lt;b&gt;</pre>") && !html.contains("<b>"));
+    }
+}

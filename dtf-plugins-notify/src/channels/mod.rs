@@ -1,0 +1,220 @@
+//! The channels: where messages go.
+//!
+//! A channel is one destination implementing [`Channel`]: it renders a [`Notification`] in
+//! its service's format (within the service's size limits) and delivers it through the shared
+//! [`Deliverer`], which applies the destination's gate, the retries and the stats.
+//!
+//! **Adding a channel** (e.g. email): one module here with
+//! - a config struct (`serde`, `deny_unknown_fields`, fields `name: Option<String>` and
+//!   `filter: FilterConfig` plus its own) implementing [`ChannelBuilder`], which validates
+//!   everything and builds the channel(s);
+//! - a type implementing [`Channel`];
+//!
+//! then one variant in [`crate::ChannelConfig`] and one arm in its `build`, behind the
+//! module's cargo feature.
+
+use crate::deliver::{Deliverer, DeliveryError, GateSpec};
+use crate::error::NotifyError;
+use crate::filter::Filter;
+use crate::message::{Notification, Severity};
+use crate::transport::BoxFuture;
+
+#[cfg(feature = "discord")]
+pub mod discord;
+#[cfg(feature = "email")]
+pub mod email;
+#[cfg(feature = "jira")]
+pub mod jira;
+#[cfg(feature = "slack")]
+pub mod slack;
+#[cfg(feature = "teams")]
+pub mod teams;
+#[cfg(feature = "telegram")]
+pub mod telegram;
+#[cfg(feature = "webhook")]
+pub mod webhook;
+
+/// One destination of messages.
+pub trait Channel: Send + Sync + 'static {
+    /// The unique name: the stats target and the name in logs.
+    fn name(&self) -> &str;
+
+    /// The channel type (`"slack"`).
+    fn kind(&self) -> &'static str;
+
+    /// Which events it wants.
+    fn filter(&self) -> &Filter;
+
+    /// The gate its requests pass (rate limit, not-before).
+    fn gate(&self) -> &GateSpec;
+
+    /// The message as this channel would send it (the request body; for multi-request
+    /// channels such as JIRA, each body by name). Holds no secret: used by dry runs.
+    fn render(&self, message: &Notification) -> serde_json::Value;
+
+    /// Delivers `message`, every request through `deliverer` with [`Channel::gate`].
+    fn deliver<'a>(
+        &'a self,
+        message: &'a Notification,
+        deliverer: &'a Deliverer,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>>;
+}
+
+/// A channel's configuration: validates itself and builds its channel(s).
+pub trait ChannelBuilder {
+    /// Validates and builds; `key` is the config path (`channels[2]`), for errors.
+    ///
+    /// # Errors
+    ///
+    /// [`NotifyError::Config`] naming the key of the first bad value.
+    fn build(&self, key: &str) -> Result<Vec<Box<dyn Channel>>, NotifyError>;
+}
+
+/// An emoji for the severity, for channels that show one.
+#[allow(dead_code, reason = "used by some channel features only")]
+pub(crate) fn emoji(s: Severity) -> &'static str {
+    match s {
+        Severity::Routine => "⚪",
+        Severity::Info => "🔵",
+        Severity::Warning => "🟠",
+        Severity::Error => "🔴",
+        Severity::Critical => "🚨",
+    }
+}
+
+#[cfg(all(
+    test,
+    feature = "slack",
+    feature = "discord",
+    feature = "telegram",
+    feature = "teams",
+    feature = "jira"
+))]
+mod limits {
+    use std::time::SystemTime;
+
+    use dtf_plugin_core::event::Hook;
+
+    use crate::format::{TRUNCATED, utf16_len};
+    use crate::message::{Notification, Severity, Span};
+
+    /// A message far over every service's limits.
+    fn huge() -> Notification {
+        Notification {
+            kind: Hook::TaskFailed,
+            severity: Severity::Error,
+            group_key: "k".repeat(3000),
+            fingerprint: "0123456789abcdef".to_owned(),
+            title: vec![Span::Text("T<&>".repeat(500)), Span::Code("E`".repeat(500))],
+            count: 100_000,
+            items: (0..50)
+                .map(|i| format!("task-{i} <b>&</b> {}", "x".repeat(2000)))
+                .collect(),
+            more: 99_950,
+            facts: (0..40)
+                .map(|i| (format!("k{i}"), "v".repeat(5000)))
+                .collect(),
+            detail: Some("d<>&".repeat(50_000)),
+            first_seen: SystemTime::UNIX_EPOCH,
+            last_seen: SystemTime::UNIX_EPOCH,
+            sequence: 1,
+        }
+    }
+
+    fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn slack_sections_stay_within_3000_characters_and_50_blocks() {
+        let v = super::slack::blocks(&huge());
+        let blocks = v["blocks"].as_array().unwrap();
+        assert!(blocks.len() <= 50);
+        for b in blocks {
+            if let Some(t) = b["text"]["text"].as_str() {
+                assert!(t.chars().count() <= 3000, "{}", t.chars().count());
+            }
+        }
+        assert!(v["text"].as_str().unwrap().chars().count() <= 3000);
+        assert!(v.to_string().contains(TRUNCATED) && v.to_string().contains("more"));
+    }
+
+    #[test]
+    fn discord_embed_stays_within_its_limits() {
+        let e = super::discord::embed(&huge());
+        assert!(utf16_len(e["title"].as_str().unwrap()) <= 256);
+        assert!(utf16_len(e["description"].as_str().unwrap()) <= 4096);
+        let fields = e["fields"].as_array().unwrap();
+        assert!(fields.len() <= 25);
+        let mut all = Vec::new();
+        strings(&e, &mut all);
+        let total: usize = all.iter().map(|s| utf16_len(s)).sum();
+        assert!(total <= 6000, "{total}");
+    }
+
+    #[test]
+    fn telegram_text_stays_within_4096_visible_characters_and_is_escaped() {
+        let html = super::telegram::html(&huge());
+        // Visible text: tags removed, each entity one character.
+        let mut visible = 0;
+        let mut in_tag = false;
+        let mut in_entity = false;
+        for c in html.chars() {
+            match c {
+                '<' => in_tag = true,
+                '>' if in_tag => in_tag = false,
+                '&' if !in_tag => {
+                    in_entity = true;
+                    visible += 1;
+                }
+                ';' if in_entity => in_entity = false,
+                _ if in_tag || in_entity => {}
+                c => visible += c.len_utf16(),
+            }
+        }
+        assert!(visible <= 4096, "{visible}");
+        assert!(!html.contains("<b>&</b>") && html.contains("&lt;b&gt;&amp;&lt;/b&gt;"));
+        for tag in ["b", "code", "pre"] {
+            assert_eq!(
+                html.matches(&format!("<{tag}>")).count(),
+                html.matches(&format!("</{tag}>")).count()
+            );
+        }
+    }
+
+    #[test]
+    fn teams_card_stays_well_under_28_kb() {
+        let card = super::teams::card(&huge());
+        assert!(
+            card.to_string().len() < 28_000,
+            "{}",
+            card.to_string().len()
+        );
+        assert_eq!(card["version"], "1.5");
+    }
+
+    #[test]
+    fn jira_adf_has_no_empty_text_nodes_and_stays_under_the_field_limit() {
+        let doc = super::jira::adf(&huge(), Some("Seen again:"));
+        assert!(
+            doc.to_string().chars().count() < 32_767,
+            "{}",
+            doc.to_string().len()
+        );
+        let mut all = Vec::new();
+        strings(&doc, &mut all);
+        assert!(all.iter().all(|s| !s.is_empty()));
+        let mut empty = huge();
+        empty.title = vec![Span::Text(String::new()), Span::Code("E".into())];
+        empty.detail = Some(String::new());
+        let doc = super::jira::adf(&empty, None);
+        let mut all = Vec::new();
+        strings(&doc, &mut all);
+        assert!(all.iter().all(|s| !s.is_empty()));
+    }
+}

@@ -1,0 +1,232 @@
+//! Slack: an incoming webhook, or the Web API `chat.postMessage` with a bot token; Block Kit.
+//!
+//! Requests (see `slack.yaml`): `POST <webhook_url>` with `{text, blocks}`, answered `ok`;
+//! or `POST {base_url}/api/chat.postMessage` with `Authorization: Bearer <token>` and
+//! `{channel, text, blocks, unfurl_links: false}`, answered `{"ok": true, …}` (an
+//! `{"ok": false, "error": …}` answer is a failure). Limits: a section's text 3000
+//! characters, 50 blocks; the fallback `text` is cut to 3000 too.
+
+use dtf_plugin_core::Secret;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Channel, ChannelBuilder, emoji};
+use crate::config::{SecretSource, base_url, channel_name, interval, non_empty, parse_url};
+use crate::deliver::{Deliverer, DeliveryError, GateSpec};
+use crate::error::NotifyError;
+use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
+use crate::format::{code_text, escape_slack, lines_within, truncate};
+use crate::message::{Notification, Severity, Span};
+use crate::transport::{BoxFuture, HttpRequest, HttpResponse};
+
+/// `type = "slack"`: give `webhook_url`, or `token` and `channel`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SlackConfig {
+    /// Channel name for stats and logs. Default `slack`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Which events. Default: see [`crate::filter`].
+    #[serde(default)]
+    pub filter: FilterConfig,
+    /// Incoming-webhook URL (a secret).
+    #[serde(default)]
+    pub webhook_url: Option<SecretSource>,
+    /// Bot token (`xoxb-…`) for `chat.postMessage`.
+    #[serde(default)]
+    pub token: Option<SecretSource>,
+    /// Channel id or name for `chat.postMessage` (`C0123…` or `#alerts`).
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Web API base URL. Default `https://slack.com`.
+    #[serde(default = "default_base")]
+    pub base_url: String,
+    /// Least time between two messages (Slack allows about one per second per channel).
+    /// Default 1000 ms.
+    #[serde(default = "default_interval")]
+    pub min_interval_ms: u64,
+}
+
+fn default_base() -> String {
+    "https://slack.com".to_owned()
+}
+
+fn default_interval() -> u64 {
+    1000
+}
+
+enum Mode {
+    Webhook(Secret),
+    Api {
+        url: Secret,
+        token: Secret,
+        channel: String,
+    },
+}
+
+struct Slack {
+    name: String,
+    filter: Filter,
+    gate: GateSpec,
+    mode: Mode,
+}
+
+impl ChannelBuilder for SlackConfig {
+    fn build(&self, key: &str) -> Result<Vec<Box<dyn Channel>>, NotifyError> {
+        let name = channel_name(key, self.name.as_deref(), "slack")?;
+        let filter = Filter::new(
+            &self.filter,
+            DEFAULT_EVENTS,
+            Severity::Info,
+            &format!("{key}.filter"),
+        )?;
+        let every = interval(&format!("{key}.min_interval_ms"), self.min_interval_ms)?;
+        let (mode, dest) = match (&self.webhook_url, &self.token) {
+            (Some(url), None) => {
+                let k = format!("{key}.webhook_url");
+                let url = url.resolve(&k)?;
+                parse_url(&k, url.expose(), true)?;
+                (Mode::Webhook(url), format!("slack-webhook:{name}"))
+            }
+            (None, Some(token)) => {
+                let token = token.resolve(&format!("{key}.token"))?;
+                let channel = non_empty(
+                    &format!("{key}.channel"),
+                    self.channel.as_deref().unwrap_or(""),
+                    "the Slack channel for chat.postMessage",
+                )?;
+                let base = base_url(&format!("{key}.base_url"), &self.base_url)?;
+                let dest = format!("slack:{base}:{channel}");
+                let url = Secret::new(format!("{base}/api/chat.postMessage"));
+                (
+                    Mode::Api {
+                        url,
+                        token,
+                        channel,
+                    },
+                    dest,
+                )
+            }
+            (Some(_), Some(_)) => {
+                return Err(NotifyError::config(
+                    key,
+                    "give either `webhook_url` or `token` (with `channel`), not both",
+                ));
+            }
+            (None, None) => {
+                return Err(NotifyError::config(
+                    key,
+                    "give `webhook_url`, or `token` and `channel`",
+                ));
+            }
+        };
+        Ok(vec![Box::new(Slack {
+            name,
+            filter,
+            gate: GateSpec::new(dest, every),
+            mode,
+        })])
+    }
+}
+
+/// The Block Kit message: `{text, blocks}`.
+pub(crate) fn blocks(msg: &Notification) -> Value {
+    let title: String = msg
+        .title
+        .iter()
+        .map(|s| match s {
+            Span::Text(t) => escape_slack(t),
+            Span::Code(c) => format!("`{}`", escape_slack(&code_text(c))),
+        })
+        .collect();
+    let mut blocks = vec![json!({
+        "type": "section",
+        "text": { "type": "mrkdwn", "text": truncate(&format!("{} *{title}*", emoji(msg.severity)), 3000) }
+    })];
+    if !msg.items.is_empty() {
+        let lines: Vec<String> = msg
+            .items
+            .iter()
+            .map(|i| format!("• {}", escape_slack(i)))
+            .collect();
+        let list = lines_within(&lines, 2900, 500, msg.more);
+        blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": truncate(&list, 3000) } }));
+    }
+    if let Some(detail) = &msg.detail {
+        let d = truncate(&escape_slack(&detail.replace("```", "ˋˋˋ")), 2800);
+        blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!("```{d}```") } }));
+    }
+    let facts: Vec<Value> = msg
+        .facts
+        .iter()
+        .take(10)
+        .map(|(k, v)| json!({ "type": "mrkdwn", "text": truncate(&format!("*{k}:* {}", escape_slack(v)), 300) }))
+        .collect();
+    blocks.push(json!({ "type": "context", "elements": facts }));
+    json!({ "text": truncate(&msg.title_plain(), 3000), "blocks": blocks })
+}
+
+fn check_api(resp: &HttpResponse) -> Result<(), String> {
+    let v = resp.json();
+    if v.get("ok") == Some(&Value::Bool(true)) {
+        return Ok(());
+    }
+    let error = v
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("no `ok: true` in the answer");
+    Err(format!("Slack answered ok=false: {error}"))
+}
+
+impl Channel for Slack {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "slack"
+    }
+
+    fn filter(&self) -> &Filter {
+        &self.filter
+    }
+
+    fn gate(&self) -> &GateSpec {
+        &self.gate
+    }
+
+    fn render(&self, msg: &Notification) -> Value {
+        let mut body = blocks(msg);
+        if let Mode::Api { channel, .. } = &self.mode {
+            body["channel"] = json!(channel);
+            body["unfurl_links"] = json!(false);
+        }
+        body
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        msg: &'a Notification,
+        d: &'a Deliverer,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async move {
+            let body = self.render(msg);
+            match &self.mode {
+                Mode::Webhook(url) => {
+                    let req = HttpRequest::post_json("slack webhook", url.clone(), body);
+                    d.send(&self.name, &self.gate, req, |_| Ok(())).await?;
+                }
+                Mode::Api { url, token, .. } => {
+                    let req = HttpRequest::post_json("slack chat.postMessage", url.clone(), body)
+                        .header(
+                            "authorization",
+                            Secret::new(format!("Bearer {}", token.expose())),
+                        );
+                    d.send(&self.name, &self.gate, req, check_api).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+}

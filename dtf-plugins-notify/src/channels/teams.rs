@@ -1,0 +1,258 @@
+//! Microsoft Teams: an incoming webhook or Workflows ("When a Teams webhook request is
+//! received") URL posting an Adaptive Card 1.5, or a Graph API channel message.
+//!
+//! Requests (see `msteams.yaml`): `POST <webhook_url>` with
+//! `{type: "message", attachments: [{contentType: "application/vnd.microsoft.card.adaptive",
+//! contentUrl: null, content: <card>}]}` (answered `200 1` or `202`); or
+//! `POST {graph_base_url}/v1.0/teams/{team_id}/channels/{channel_id}/messages` with
+//! `Authorization: Bearer <token>` and `{body: {contentType: "html", content: "<attachment
+//! id=\"…\"></attachment>"}, attachments: [{id, contentType, contentUrl: null, content:
+//! "<card as a JSON string>"}]}` (answered `201`). The card stays well under the 28 KB
+//! message limit: the list is cut at 6000 characters and the detail at 2000.
+//!
+//! The Graph token is used as given: obtaining and refreshing it (OAuth client credentials)
+//! is not done here.
+
+use dtf_plugin_core::Secret;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Channel, ChannelBuilder};
+use crate::config::{SecretSource, base_url, channel_name, interval, non_empty, parse_url};
+use crate::deliver::{Deliverer, DeliveryError, GateSpec};
+use crate::error::NotifyError;
+use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
+use crate::format::{lines_within, truncate};
+use crate::message::{Notification, Severity};
+use crate::transport::{BoxFuture, HttpRequest};
+
+/// `type = "teams"`: give `webhook_url`, or `graph_token`, `team_id` and `channel_id`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TeamsConfig {
+    /// Channel name for stats and logs. Default `teams`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Which events.
+    #[serde(default)]
+    pub filter: FilterConfig,
+    /// Incoming webhook or Workflows URL (a secret: it carries a signature).
+    #[serde(default)]
+    pub webhook_url: Option<SecretSource>,
+    /// Graph access token with `ChannelMessage.Send`.
+    #[serde(default)]
+    pub graph_token: Option<SecretSource>,
+    /// Team id (Graph).
+    #[serde(default)]
+    pub team_id: Option<String>,
+    /// Channel id (Graph), e.g. `19:…@thread.tacv2`.
+    #[serde(default)]
+    pub channel_id: Option<String>,
+    /// Graph base URL. Default `https://graph.microsoft.com`.
+    #[serde(default = "default_graph")]
+    pub graph_base_url: String,
+    /// Least time between two messages. Default 1000 ms.
+    #[serde(default = "default_interval")]
+    pub min_interval_ms: u64,
+}
+
+fn default_graph() -> String {
+    "https://graph.microsoft.com".to_owned()
+}
+
+fn default_interval() -> u64 {
+    1000
+}
+
+enum Mode {
+    Webhook(Secret),
+    Graph { url: Secret, token: Secret },
+}
+
+struct Teams {
+    name: String,
+    filter: Filter,
+    gate: GateSpec,
+    mode: Mode,
+}
+
+impl ChannelBuilder for TeamsConfig {
+    fn build(&self, key: &str) -> Result<Vec<Box<dyn Channel>>, NotifyError> {
+        let name = channel_name(key, self.name.as_deref(), "teams")?;
+        let filter = Filter::new(
+            &self.filter,
+            DEFAULT_EVENTS,
+            Severity::Info,
+            &format!("{key}.filter"),
+        )?;
+        let every = interval(&format!("{key}.min_interval_ms"), self.min_interval_ms)?;
+        let (mode, dest) = match (&self.webhook_url, &self.graph_token) {
+            (Some(url), None) => {
+                let k = format!("{key}.webhook_url");
+                let url = url.resolve(&k)?;
+                parse_url(&k, url.expose(), true)?;
+                (Mode::Webhook(url), format!("teams-webhook:{name}"))
+            }
+            (None, Some(token)) => {
+                let token = token.resolve(&format!("{key}.graph_token"))?;
+                let team = non_empty(
+                    &format!("{key}.team_id"),
+                    self.team_id.as_deref().unwrap_or(""),
+                    "the team id",
+                )?;
+                let chan = non_empty(
+                    &format!("{key}.channel_id"),
+                    self.channel_id.as_deref().unwrap_or(""),
+                    "the channel id",
+                )?;
+                let base = base_url(&format!("{key}.graph_base_url"), &self.graph_base_url)?;
+                let mut url = reqwest::Url::parse(&base).map_err(|e| {
+                    NotifyError::config(format!("{key}.graph_base_url"), e.to_string())
+                })?;
+                url.path_segments_mut()
+                    .map_err(|()| {
+                        NotifyError::config(format!("{key}.graph_base_url"), "cannot be a base URL")
+                    })?
+                    .pop_if_empty()
+                    .extend(["v1.0", "teams", &team, "channels", &chan, "messages"]);
+                let dest = format!("teams:{base}:{team}:{chan}");
+                (
+                    Mode::Graph {
+                        url: Secret::new(url.to_string()),
+                        token,
+                    },
+                    dest,
+                )
+            }
+            (Some(_), Some(_)) => {
+                return Err(NotifyError::config(
+                    key,
+                    "give either `webhook_url` or `graph_token`, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(NotifyError::config(
+                    key,
+                    "give `webhook_url`, or `graph_token`, `team_id` and `channel_id`",
+                ));
+            }
+        };
+        Ok(vec![Box::new(Teams {
+            name,
+            filter,
+            gate: GateSpec::new(dest, every),
+            mode,
+        })])
+    }
+}
+
+/// The Adaptive Card (1.5).
+pub(crate) fn card(msg: &Notification) -> Value {
+    let color = match msg.severity {
+        Severity::Routine | Severity::Info => "Default",
+        Severity::Warning => "Warning",
+        Severity::Error | Severity::Critical => "Attention",
+    };
+    let mut body = vec![json!({
+        "type": "TextBlock",
+        "text": truncate(&msg.title_text(), 400),
+        "weight": "Bolder",
+        "size": "Medium",
+        "color": color,
+        "wrap": true,
+    })];
+    if !msg.items.is_empty() {
+        let lines: Vec<String> = msg.items.iter().map(|i| format!("- {i}")).collect();
+        let list = lines_within(&lines, 6000, 400, msg.more);
+        body.push(json!({ "type": "TextBlock", "text": list, "wrap": true }));
+    }
+    if let Some(d) = &msg.detail {
+        body.push(json!({ "type": "TextBlock", "text": truncate(d, 2000), "wrap": true, "fontType": "Monospace", "isSubtle": true }));
+    }
+    let facts: Vec<Value> = msg
+        .facts
+        .iter()
+        .map(|(k, v)| json!({ "title": truncate(k, 100), "value": truncate(v, 300) }))
+        .collect();
+    body.push(json!({ "type": "FactSet", "facts": facts }));
+    json!({
+        "type": "AdaptiveCard",
+        "version": "1.5",
+        "body": body,
+        "fallbackText": truncate(&msg.title_text(), 400),
+    })
+}
+
+impl Teams {
+    fn body(&self, msg: &Notification) -> Value {
+        let card = card(msg);
+        match &self.mode {
+            Mode::Webhook(_) => json!({
+                "type": "message",
+                "attachments": [{
+                    "contentType": "application/vnd.microsoft.card.adaptive",
+                    "contentUrl": null,
+                    "content": card,
+                }],
+            }),
+            Mode::Graph { .. } => {
+                let id = format!("dtf-{}-{}", msg.fingerprint, msg.sequence);
+                json!({
+                    "subject": truncate(&msg.title_text(), 200),
+                    "importance": if msg.severity >= Severity::Error { "high" } else { "normal" },
+                    "body": { "contentType": "html", "content": format!("<attachment id=\"{id}\"></attachment>") },
+                    "attachments": [{
+                        "id": id,
+                        "contentType": "application/vnd.microsoft.card.adaptive",
+                        "contentUrl": null,
+                        "content": card.to_string(),
+                    }],
+                })
+            }
+        }
+    }
+}
+
+impl Channel for Teams {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "teams"
+    }
+
+    fn filter(&self) -> &Filter {
+        &self.filter
+    }
+
+    fn gate(&self) -> &GateSpec {
+        &self.gate
+    }
+
+    fn render(&self, msg: &Notification) -> Value {
+        self.body(msg)
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        msg: &'a Notification,
+        d: &'a Deliverer,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async move {
+            let body = self.body(msg);
+            let req = match &self.mode {
+                Mode::Webhook(url) => HttpRequest::post_json("teams webhook", url.clone(), body),
+                Mode::Graph { url, token } => {
+                    HttpRequest::post_json("teams graph channel message", url.clone(), body).header(
+                        "authorization",
+                        Secret::new(format!("Bearer {}", token.expose())),
+                    )
+                }
+            };
+            d.send(&self.name, &self.gate, req, |_| Ok(())).await?;
+            Ok(())
+        })
+    }
+}
