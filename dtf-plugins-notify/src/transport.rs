@@ -7,14 +7,9 @@
 //! in-process simulated server: tokio's paused clock auto-advances while a task waits on real
 //! socket I/O, so real sockets and virtual time do not mix (see docs/notify.md).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use dtf_plugin_core::Secret;
-
-/// A boxed future, as the object-safe [`Transport`] returns.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The HTTP method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,9 +132,10 @@ impl TransportError {
 
 /// Sends requests. Implemented by [`ReqwestTransport`]; implement it yourself only to put
 /// another HTTP stack (or a simulation, in tests) under the pipeline.
+#[async_trait::async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// Sends `request` once (no retries: the delivery stage retries).
-    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>>;
+    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError>;
 }
 
 /// The [`Transport`] over one shared `reqwest` client (rustls, connection pooling).
@@ -164,49 +160,46 @@ impl ReqwestTransport {
     }
 }
 
+#[async_trait::async_trait]
 impl Transport for ReqwestTransport {
-    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
-        Box::pin(async move {
-            let method = match request.method {
-                Method::Get => reqwest::Method::GET,
-                Method::Post => reqwest::Method::POST,
-            };
-            let mut builder = self.client.request(method, request.url.expose());
-            for (name, value) in &request.headers {
-                let mut v =
-                    reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| {
-                        TransportError::new(
-                            format!("header `{name}` holds characters not allowed in HTTP headers"),
-                            false,
-                        )
-                    })?;
-                v.set_sensitive(true);
-                builder = builder.header(name.as_str(), v);
-            }
-            builder = match &request.body {
-                Body::Empty => builder,
-                Body::Json(v) => builder.json(v),
-                Body::Form(f) => builder.form(f),
-            };
-            // reqwest puts the URL into its errors' Display; the URL may hold a token, so it is
-            // stripped from every error before it goes anywhere.
-            let resp = builder.send().await.map_err(|e| {
-                let retryable =
-                    !e.is_builder() && (e.is_connect() || e.is_timeout() || e.is_request());
-                TransportError::new(error_chain(&e.without_url()), retryable)
+    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let method = match request.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+        };
+        let mut builder = self.client.request(method, request.url.expose());
+        for (name, value) in &request.headers {
+            let mut v = reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| {
+                TransportError::new(
+                    format!("header `{name}` holds characters not allowed in HTTP headers"),
+                    false,
+                )
             })?;
-            let status = resp.status().as_u16();
-            let headers = resp
-                .headers()
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-                .collect();
-            let body = resp
-                .text()
-                .await
-                .map_err(|e| TransportError::new(error_chain(&e.without_url()), true))?;
-            Ok(HttpResponse::new(status, headers, body))
-        })
+            v.set_sensitive(true);
+            builder = builder.header(name.as_str(), v);
+        }
+        builder = match &request.body {
+            Body::Empty => builder,
+            Body::Json(v) => builder.json(v),
+            Body::Form(f) => builder.form(f),
+        };
+        // reqwest puts the URL into its errors' Display; the URL may hold a token, so it is
+        // stripped from every error before it goes anywhere.
+        let resp = builder.send().await.map_err(|e| {
+            let retryable = !e.is_builder() && (e.is_connect() || e.is_timeout() || e.is_request());
+            TransportError::new(error_chain(&e.without_url()), retryable)
+        })?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| TransportError::new(error_chain(&e.without_url()), true))?;
+        Ok(HttpResponse::new(status, headers, body))
     }
 }
 

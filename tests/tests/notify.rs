@@ -1222,6 +1222,7 @@ struct Collect {
     got: Arc<Mutex<Vec<String>>>,
 }
 
+#[async_trait::async_trait]
 impl dtf_plugins_notify::channels::Channel for Collect {
     fn name(&self) -> &str {
         "collect"
@@ -1238,38 +1239,33 @@ impl dtf_plugins_notify::channels::Channel for Collect {
     fn render(&self, m: &dtf_plugins_notify::Notification) -> Value {
         json!(m.title_plain())
     }
-    fn deliver<'a>(
-        &'a self,
-        m: &'a dtf_plugins_notify::Notification,
-        d: &'a dtf_plugins_notify::deliver::Deliverer,
-    ) -> dtf_plugins_notify::transport::BoxFuture<
-        'a,
-        Result<(), dtf_plugins_notify::deliver::DeliveryError>,
-    > {
-        Box::pin(async move {
-            // A non-HTTP channel uses the same gate, retries and stats through `run`.
-            let mut tries = 0;
-            d.run("collect", &self.gate, || {
-                tries += 1;
-                let fail_first = tries == 1;
-                async move {
-                    if fail_first {
-                        dtf_plugins_notify::deliver::Attempt::Retry {
-                            after: None,
-                            error: "busy".to_owned(),
-                        }
-                    } else {
-                        dtf_plugins_notify::deliver::Attempt::Done {
-                            value: (),
-                            slow_down: None,
-                        }
+    async fn deliver(
+        &self,
+        m: &dtf_plugins_notify::Notification,
+        d: &dtf_plugins_notify::deliver::Deliverer,
+    ) -> Result<(), dtf_plugins_notify::deliver::DeliveryError> {
+        // A non-HTTP channel uses the same gate, retries and stats through `run`.
+        let mut tries = 0;
+        d.run("collect", &self.gate, || {
+            tries += 1;
+            let fail_first = tries == 1;
+            async move {
+                if fail_first {
+                    dtf_plugins_notify::deliver::Attempt::Retry {
+                        after: None,
+                        error: "busy".to_owned(),
+                    }
+                } else {
+                    dtf_plugins_notify::deliver::Attempt::Done {
+                        value: (),
+                        slow_down: None,
                     }
                 }
-            })
-            .await?;
-            self.got.lock().unwrap().push(m.title_plain());
-            Ok(())
+            }
         })
+        .await?;
+        self.got.lock().unwrap().push(m.title_plain());
+        Ok(())
     }
 }
 

@@ -17,9 +17,7 @@ use std::time::{Duration, SystemTime};
 use dtf_plugin_core::EventMeta;
 use dtf_plugin_core::prelude::*;
 use dtf_plugins_notify::NotifyPlugin;
-use dtf_plugins_notify::transport::{
-    Body, BoxFuture, HttpRequest, HttpResponse, Transport, TransportError,
-};
+use dtf_plugins_notify::transport::{Body, HttpRequest, HttpResponse, Transport, TransportError};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -49,39 +47,39 @@ struct SimServer {
     state: Mutex<SimState>,
 }
 
+#[async_trait::async_trait]
+#[async_trait::async_trait]
 impl Transport for SimServer {
-    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
-        Box::pin(async move {
-            let now = Instant::now();
-            let mut s = self.state.lock().unwrap();
-            let at = now - self.start;
-            s.requests.push(at);
-            if let Some(nb) = s.not_before {
-                if now < nb {
-                    s.early.push((at, nb - self.start));
-                }
+    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let now = Instant::now();
+        let mut s = self.state.lock().unwrap();
+        let at = now - self.start;
+        s.requests.push(at);
+        if let Some(nb) = s.not_before {
+            if now < nb {
+                s.early.push((at, nb - self.start));
             }
-            s.attempts += 1;
-            if s.attempts % 2 == 1 {
-                let secs = 1 + (s.attempts / 2) % 5;
-                s.not_before = Some(now + Duration::from_secs(secs));
-                return Ok(HttpResponse::new(
-                    429,
-                    vec![("Retry-After".into(), secs.to_string())],
-                    "",
-                ));
-            }
-            let Body::Json(body) = &request.body else {
-                panic!("not JSON")
-            };
-            s.delivered.push(Delivered {
-                at,
-                group: body["group_key"].as_str().unwrap().to_owned(),
-                count: body["count"].as_u64().unwrap(),
-                sequence: body["sequence"].as_u64().unwrap(),
-            });
-            Ok(HttpResponse::new(200, vec![], ""))
-        })
+        }
+        s.attempts += 1;
+        if s.attempts % 2 == 1 {
+            let secs = 1 + (s.attempts / 2) % 5;
+            s.not_before = Some(now + Duration::from_secs(secs));
+            return Ok(HttpResponse::new(
+                429,
+                vec![("Retry-After".into(), secs.to_string())],
+                "",
+            ));
+        }
+        let Body::Json(body) = &request.body else {
+            panic!("not JSON")
+        };
+        s.delivered.push(Delivered {
+            at,
+            group: body["group_key"].as_str().unwrap().to_owned(),
+            count: body["count"].as_u64().unwrap(),
+            sequence: body["sequence"].as_u64().unwrap(),
+        });
+        Ok(HttpResponse::new(200, vec![], ""))
     }
 }
 
@@ -197,15 +195,14 @@ async fn ten_thousand_failures_a_second_give_one_message_per_group_window_and_re
 #[tokio::test(start_paused = true)]
 async fn messages_still_pending_at_the_shutdown_deadline_are_reported_undelivered() {
     struct AlwaysLimited;
+    #[async_trait::async_trait]
     impl Transport for AlwaysLimited {
-        fn send(&self, _: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
-            Box::pin(async {
-                Ok(HttpResponse::new(
-                    429,
-                    vec![("retry-after".into(), "20".into())],
-                    "",
-                ))
-            })
+        async fn send(&self, _: HttpRequest) -> Result<HttpResponse, TransportError> {
+            Ok(HttpResponse::new(
+                429,
+                vec![("retry-after".into(), "20".into())],
+                "",
+            ))
         }
     }
     let config = json!({
@@ -260,28 +257,25 @@ impl Recorder {
     }
 }
 
+#[async_trait::async_trait]
+#[async_trait::async_trait]
 impl Transport for Recorder {
-    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
-        Box::pin(async move {
-            let body = match &request.body {
-                Body::Json(v) => v.clone(),
-                Body::Form(f) => {
-                    Value::Object(f.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
-                }
-                _ => Value::Null,
-            };
-            self.log.lock().unwrap().push((
-                Instant::now() - self.start,
-                request.label.clone(),
-                body,
-            ));
-            Ok(self
-                .script
-                .lock()
-                .unwrap()
-                .pop_front()
-                .unwrap_or_else(|| HttpResponse::new(200, vec![], r#"{"ok":true,"result":{}}"#)))
-        })
+    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let body = match &request.body {
+            Body::Json(v) => v.clone(),
+            Body::Form(f) => Value::Object(f.iter().map(|(k, v)| (k.clone(), json!(v))).collect()),
+            _ => Value::Null,
+        };
+        self.log
+            .lock()
+            .unwrap()
+            .push((Instant::now() - self.start, request.label.clone(), body));
+        Ok(self
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| HttpResponse::new(200, vec![], r#"{"ok":true,"result":{}}"#)))
     }
 }
 

@@ -19,7 +19,7 @@ use crate::error::NotifyError;
 use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
 use crate::format::{code_text, escape_discord, lines_within, truncate, utf16_len};
 use crate::message::{Notification, Severity, Span};
-use crate::transport::{BoxFuture, HttpRequest};
+use crate::transport::HttpRequest;
 
 /// `type = "discord"`: give `webhook_url`, or `bot_token` and `channel_id`.
 #[derive(Debug, Clone, Deserialize)]
@@ -198,6 +198,7 @@ pub(crate) fn embed(msg: &Notification) -> Value {
     })
 }
 
+#[async_trait::async_trait]
 impl Channel for Discord {
     fn name(&self) -> &str {
         &self.name
@@ -223,22 +224,14 @@ impl Channel for Discord {
         body
     }
 
-    fn deliver<'a>(
-        &'a self,
-        msg: &'a Notification,
-        d: &'a Deliverer,
-    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
-        Box::pin(async move {
-            let body = self.render(msg);
-            let req = match &self.bot_token {
-                None => HttpRequest::post_json("discord webhook", self.url.clone(), body),
-                Some(t) => {
-                    HttpRequest::post_json("discord channel message", self.url.clone(), body)
-                        .header("authorization", Secret::new(format!("Bot {}", t.expose())))
-                }
-            };
-            d.send(&self.name, &self.gate, req, |_| Ok(())).await?;
-            Ok(())
-        })
+    async fn deliver(&self, msg: &Notification, d: &Deliverer) -> Result<(), DeliveryError> {
+        let body = self.render(msg);
+        let req = match &self.bot_token {
+            None => HttpRequest::post_json("discord webhook", self.url.clone(), body),
+            Some(t) => HttpRequest::post_json("discord channel message", self.url.clone(), body)
+                .header("authorization", Secret::new(format!("Bot {}", t.expose()))),
+        };
+        d.send(&self.name, &self.gate, req, |_| Ok(())).await?;
+        Ok(())
     }
 }

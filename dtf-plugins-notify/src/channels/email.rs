@@ -18,7 +18,6 @@ use crate::error::NotifyError;
 use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
 use crate::format::{escape_html, truncate};
 use crate::message::{Notification, Span};
-use crate::transport::BoxFuture;
 
 /// Longest subject line, in characters (RFC 5322 recommends lines under 78; mail clients cut
 /// long subjects anyway).
@@ -135,6 +134,7 @@ fn title_html(title: &[Span]) -> String {
         .collect()
 }
 
+#[async_trait::async_trait]
 impl Channel for Email {
     fn name(&self) -> &str {
         &self.name
@@ -157,28 +157,22 @@ impl Channel for Email {
         json!({ "subject": m.subject, "text": m.text, "html": m.html })
     }
 
-    fn deliver<'a>(
-        &'a self,
-        msg: &'a Notification,
-        d: &'a Deliverer,
-    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
-        Box::pin(async move {
-            let mail = message(msg);
-            d.run(&self.name, &self.gate, || async {
-                match self.sender.send(&mail).await {
-                    Ok(()) => Attempt::Done {
-                        value: (),
-                        slow_down: None,
-                    },
-                    Err(e) if e.is_retryable() => Attempt::Retry {
-                        after: None,
-                        error: e.to_string(),
-                    },
-                    Err(e) => Attempt::Fail(e.to_string()),
-                }
-            })
-            .await
+    async fn deliver(&self, msg: &Notification, d: &Deliverer) -> Result<(), DeliveryError> {
+        let mail = message(msg);
+        d.run(&self.name, &self.gate, || async {
+            match self.sender.send(&mail).await {
+                Ok(()) => Attempt::Done {
+                    value: (),
+                    slow_down: None,
+                },
+                Err(e) if e.is_retryable() => Attempt::Retry {
+                    after: None,
+                    error: e.to_string(),
+                },
+                Err(e) => Attempt::Fail(e.to_string()),
+            }
         })
+        .await
     }
 }
 

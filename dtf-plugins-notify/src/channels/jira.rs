@@ -25,7 +25,7 @@ use crate::error::NotifyError;
 use crate::filter::{ERROR_EVENTS, Filter, FilterConfig};
 use crate::format::truncate;
 use crate::message::{Notification, Severity, Span};
-use crate::transport::{Body, BoxFuture, HttpRequest, HttpResponse, Method};
+use crate::transport::{Body, HttpRequest, HttpResponse, Method};
 
 /// `type = "jira"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -291,6 +291,7 @@ fn created_key(resp: &HttpResponse) -> Result<(), String> {
     }
 }
 
+#[async_trait::async_trait]
 impl Channel for Jira {
     fn name(&self) -> &str {
         &self.name
@@ -316,49 +317,43 @@ impl Channel for Jira {
         })
     }
 
-    fn deliver<'a>(
-        &'a self,
-        msg: &'a Notification,
-        d: &'a Deliverer,
-    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
-        Box::pin(async move {
-            let open = if self.dedupe {
-                self.find_open(msg, d).await?
-            } else {
-                None
-            };
-            match open {
-                Some(issue) => {
-                    let url = format!("{}/rest/api/3/issue/{issue}/comment", self.base);
-                    let req = self.request(
-                        "jira add comment",
-                        Method::Post,
-                        url,
-                        Body::Json(Self::comment_body(msg)),
-                    );
-                    d.send(&self.name, &self.gate, req, |_| Ok(())).await?;
-                    tracing::debug!(target_channel = %self.name, %issue, "commented on the open issue");
-                }
-                None => {
-                    let url = format!("{}/rest/api/3/issue", self.base);
-                    let req = self.request(
-                        "jira create issue",
-                        Method::Post,
-                        url,
-                        Body::Json(self.create_body(msg)),
-                    );
-                    let resp = d.send(&self.name, &self.gate, req, created_key).await?;
-                    if let Some(k) = resp.json().get("key").and_then(Value::as_str) {
-                        tracing::info!(target_channel = %self.name, issue = k, "created an issue");
-                        self.known
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .insert(msg.fingerprint.clone(), k.to_owned());
-                    }
+    async fn deliver(&self, msg: &Notification, d: &Deliverer) -> Result<(), DeliveryError> {
+        let open = if self.dedupe {
+            self.find_open(msg, d).await?
+        } else {
+            None
+        };
+        match open {
+            Some(issue) => {
+                let url = format!("{}/rest/api/3/issue/{issue}/comment", self.base);
+                let req = self.request(
+                    "jira add comment",
+                    Method::Post,
+                    url,
+                    Body::Json(Self::comment_body(msg)),
+                );
+                d.send(&self.name, &self.gate, req, |_| Ok(())).await?;
+                tracing::debug!(target_channel = %self.name, %issue, "commented on the open issue");
+            }
+            None => {
+                let url = format!("{}/rest/api/3/issue", self.base);
+                let req = self.request(
+                    "jira create issue",
+                    Method::Post,
+                    url,
+                    Body::Json(self.create_body(msg)),
+                );
+                let resp = d.send(&self.name, &self.gate, req, created_key).await?;
+                if let Some(k) = resp.json().get("key").and_then(Value::as_str) {
+                    tracing::info!(target_channel = %self.name, issue = k, "created an issue");
+                    self.known
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(msg.fingerprint.clone(), k.to_owned());
                 }
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 }
 

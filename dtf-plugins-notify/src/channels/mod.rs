@@ -17,7 +17,6 @@ use crate::deliver::{Deliverer, DeliveryError, GateSpec};
 use crate::error::NotifyError;
 use crate::filter::Filter;
 use crate::message::{Notification, Severity};
-use crate::transport::BoxFuture;
 
 #[cfg(feature = "discord")]
 pub mod discord;
@@ -35,6 +34,7 @@ pub mod telegram;
 pub mod webhook;
 
 /// One destination of messages.
+#[async_trait::async_trait]
 pub trait Channel: Send + Sync + 'static {
     /// The unique name: the stats target and the name in logs.
     fn name(&self) -> &str;
@@ -53,11 +53,11 @@ pub trait Channel: Send + Sync + 'static {
     fn render(&self, message: &Notification) -> serde_json::Value;
 
     /// Delivers `message`, every request through `deliverer` with [`Channel::gate`].
-    fn deliver<'a>(
-        &'a self,
-        message: &'a Notification,
-        deliverer: &'a Deliverer,
-    ) -> BoxFuture<'a, Result<(), DeliveryError>>;
+    async fn deliver(
+        &self,
+        message: &Notification,
+        deliverer: &Deliverer,
+    ) -> Result<(), DeliveryError>;
 }
 
 /// A channel's configuration: validates itself and builds its channel(s).

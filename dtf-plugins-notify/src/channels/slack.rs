@@ -17,7 +17,7 @@ use crate::error::NotifyError;
 use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
 use crate::format::{code_text, escape_slack, lines_within, truncate};
 use crate::message::{Notification, Severity, Span};
-use crate::transport::{BoxFuture, HttpRequest, HttpResponse};
+use crate::transport::{HttpRequest, HttpResponse};
 
 /// `type = "slack"`: give `webhook_url`, or `token` and `channel`.
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +179,7 @@ fn check_api(resp: &HttpResponse) -> Result<(), String> {
     Err(format!("Slack answered ok=false: {error}"))
 }
 
+#[async_trait::async_trait]
 impl Channel for Slack {
     fn name(&self) -> &str {
         &self.name
@@ -205,28 +206,22 @@ impl Channel for Slack {
         body
     }
 
-    fn deliver<'a>(
-        &'a self,
-        msg: &'a Notification,
-        d: &'a Deliverer,
-    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
-        Box::pin(async move {
-            let body = self.render(msg);
-            match &self.mode {
-                Mode::Webhook(url) => {
-                    let req = HttpRequest::post_json("slack webhook", url.clone(), body);
-                    d.send(&self.name, &self.gate, req, |_| Ok(())).await?;
-                }
-                Mode::Api { url, token, .. } => {
-                    let req = HttpRequest::post_json("slack chat.postMessage", url.clone(), body)
-                        .header(
-                            "authorization",
-                            Secret::new(format!("Bearer {}", token.expose())),
-                        );
-                    d.send(&self.name, &self.gate, req, check_api).await?;
-                }
+    async fn deliver(&self, msg: &Notification, d: &Deliverer) -> Result<(), DeliveryError> {
+        let body = self.render(msg);
+        match &self.mode {
+            Mode::Webhook(url) => {
+                let req = HttpRequest::post_json("slack webhook", url.clone(), body);
+                d.send(&self.name, &self.gate, req, |_| Ok(())).await?;
             }
-            Ok(())
-        })
+            Mode::Api { url, token, .. } => {
+                let req = HttpRequest::post_json("slack chat.postMessage", url.clone(), body)
+                    .header(
+                        "authorization",
+                        Secret::new(format!("Bearer {}", token.expose())),
+                    );
+                d.send(&self.name, &self.gate, req, check_api).await?;
+            }
+        }
+        Ok(())
     }
 }

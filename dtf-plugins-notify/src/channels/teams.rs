@@ -24,7 +24,7 @@ use crate::error::NotifyError;
 use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
 use crate::format::{lines_within, truncate};
 use crate::message::{Notification, Severity};
-use crate::transport::{BoxFuture, HttpRequest};
+use crate::transport::HttpRequest;
 
 /// `type = "teams"`: give `webhook_url`, or `graph_token`, `team_id` and `channel_id`.
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +214,7 @@ impl Teams {
     }
 }
 
+#[async_trait::async_trait]
 impl Channel for Teams {
     fn name(&self) -> &str {
         &self.name
@@ -235,24 +236,18 @@ impl Channel for Teams {
         self.body(msg)
     }
 
-    fn deliver<'a>(
-        &'a self,
-        msg: &'a Notification,
-        d: &'a Deliverer,
-    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
-        Box::pin(async move {
-            let body = self.body(msg);
-            let req = match &self.mode {
-                Mode::Webhook(url) => HttpRequest::post_json("teams webhook", url.clone(), body),
-                Mode::Graph { url, token } => {
-                    HttpRequest::post_json("teams graph channel message", url.clone(), body).header(
-                        "authorization",
-                        Secret::new(format!("Bearer {}", token.expose())),
-                    )
-                }
-            };
-            d.send(&self.name, &self.gate, req, |_| Ok(())).await?;
-            Ok(())
-        })
+    async fn deliver(&self, msg: &Notification, d: &Deliverer) -> Result<(), DeliveryError> {
+        let body = self.body(msg);
+        let req = match &self.mode {
+            Mode::Webhook(url) => HttpRequest::post_json("teams webhook", url.clone(), body),
+            Mode::Graph { url, token } => {
+                HttpRequest::post_json("teams graph channel message", url.clone(), body).header(
+                    "authorization",
+                    Secret::new(format!("Bearer {}", token.expose())),
+                )
+            }
+        };
+        d.send(&self.name, &self.gate, req, |_| Ok(())).await?;
+        Ok(())
     }
 }

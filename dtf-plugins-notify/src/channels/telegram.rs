@@ -18,7 +18,7 @@ use crate::error::NotifyError;
 use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
 use crate::format::{escape_html, lines_within, truncate};
 use crate::message::{Notification, Severity, Span};
-use crate::transport::{Body, BoxFuture, HttpRequest, HttpResponse, Method};
+use crate::transport::{Body, HttpRequest, HttpResponse, Method};
 
 /// `type = "telegram"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +176,7 @@ fn check(resp: &HttpResponse) -> Result<(), String> {
     }
 }
 
+#[async_trait::async_trait]
 impl Channel for Telegram {
     fn name(&self) -> &str {
         &self.name
@@ -202,28 +203,21 @@ impl Channel for Telegram {
         })
     }
 
-    fn deliver<'a>(
-        &'a self,
-        msg: &'a Notification,
-        d: &'a Deliverer,
-    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
-        Box::pin(async move {
-            let form = vec![
-                ("chat_id".to_owned(), self.chat_id.clone()),
-                ("text".to_owned(), html(msg)),
-                ("parse_mode".to_owned(), "HTML".to_owned()),
-                (
-                    "link_preview_options".to_owned(),
-                    "{\"is_disabled\":true}".to_owned(),
-                ),
-            ];
-            let mut req =
-                HttpRequest::post_json("telegram sendMessage", self.url.clone(), Value::Null);
-            req.method = Method::Post;
-            req.body = Body::Form(form);
-            d.send(&self.name, &self.gate, req, check).await?;
-            Ok(())
-        })
+    async fn deliver(&self, msg: &Notification, d: &Deliverer) -> Result<(), DeliveryError> {
+        let form = vec![
+            ("chat_id".to_owned(), self.chat_id.clone()),
+            ("text".to_owned(), html(msg)),
+            ("parse_mode".to_owned(), "HTML".to_owned()),
+            (
+                "link_preview_options".to_owned(),
+                "{\"is_disabled\":true}".to_owned(),
+            ),
+        ];
+        let mut req = HttpRequest::post_json("telegram sendMessage", self.url.clone(), Value::Null);
+        req.method = Method::Post;
+        req.body = Body::Form(form);
+        d.send(&self.name, &self.gate, req, check).await?;
+        Ok(())
     }
 }
 

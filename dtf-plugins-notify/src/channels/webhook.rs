@@ -17,7 +17,7 @@ use crate::deliver::{Deliverer, DeliveryError, GateSpec};
 use crate::error::NotifyError;
 use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
 use crate::message::{Notification, Severity};
-use crate::transport::{BoxFuture, HttpRequest};
+use crate::transport::HttpRequest;
 
 /// `type = "webhook"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -100,6 +100,7 @@ pub(crate) fn payload(msg: &Notification) -> Value {
     v
 }
 
+#[async_trait::async_trait]
 impl Channel for Webhook {
     fn name(&self) -> &str {
         &self.name
@@ -121,18 +122,12 @@ impl Channel for Webhook {
         payload(msg)
     }
 
-    fn deliver<'a>(
-        &'a self,
-        msg: &'a Notification,
-        d: &'a Deliverer,
-    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
-        Box::pin(async move {
-            let mut req = HttpRequest::post_json("webhook", self.url.clone(), payload(msg));
-            for (k, v) in &self.headers {
-                req = req.header(k.clone(), v.clone());
-            }
-            d.send(&self.name, &self.gate, req, |_| Ok(())).await?;
-            Ok(())
-        })
+    async fn deliver(&self, msg: &Notification, d: &Deliverer) -> Result<(), DeliveryError> {
+        let mut req = HttpRequest::post_json("webhook", self.url.clone(), payload(msg));
+        for (k, v) in &self.headers {
+            req = req.header(k.clone(), v.clone());
+        }
+        d.send(&self.name, &self.gate, req, |_| Ok(())).await?;
+        Ok(())
     }
 }
