@@ -52,6 +52,15 @@ use schema::{PluginSection, Reader, TOP_KEYS, format_duration};
 pub use tree::Origin;
 use tree::{FileReader, Node, Positions, Value, set_path};
 
+#[cfg(feature = "external")]
+pub(crate) use schema::parse_duration;
+
+/// The origin of byte `offset` of `text`, read from `path`.
+#[cfg_attr(not(feature = "external"), expect(dead_code, reason = "used by manifests"))]
+pub(crate) fn file_position(text: &str, path: &Path, offset: usize) -> Origin {
+    Positions::new(text, path).origin(offset)
+}
+
 
 /// What kind of problem a [`ConfigIssue`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -406,6 +415,7 @@ fn merge(base: &mut Node, over: Node) {
             base.at = over.at;
             base.key_at = over.key_at;
             base.from_env_var = over.from_env_var;
+            base.raw = over.raw;
         }
     }
 }

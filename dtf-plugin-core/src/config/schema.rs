@@ -181,8 +181,11 @@ impl Reader<'_> {
         key: &str,
     ) -> Option<&'n str> {
         let node = t.get(key)?;
-        match &node.value {
-            Value::String(s) => Some(s),
+        match (&node.value, &node.raw) {
+            (Value::String(s), _) => Some(s),
+            (Value::Integer(_) | Value::Float(_) | Value::Bool(_) | Value::Datetime(_), Some(raw)) => {
+                Some(raw)
+            }
             _ => {
                 self.wrong_type(&join(prefix, key), node, "a string");
                 None
@@ -217,9 +220,13 @@ impl Reader<'_> {
     fn duration(&mut self, t: &BTreeMap<String, Node>, prefix: &str, key: &str) -> Option<Duration> {
         let node = t.get(key)?;
         let path = join(prefix, key);
-        let Value::String(s) = &node.value else {
-            self.wrong_type(&path, node, "a duration string such as \"30s\" or \"250ms\"");
-            return None;
+        let s = match (&node.value, &node.raw) {
+            (Value::String(s), _) => s,
+            (Value::Integer(_) | Value::Float(_), Some(raw)) if parse_duration(raw).is_some() => raw,
+            _ => {
+                self.wrong_type(&path, node, "a duration string such as \"30s\" or \"250ms\"");
+                return None;
+            }
         };
         match parse_duration(s) {
             Some(d) => Some(d),

@@ -27,7 +27,7 @@ pub enum Origin {
     },
     /// An environment variable (its name).
     Env(String),
-    /// A command-line override (the `key=value` argument, value redacted when secret).
+    /// A command-line override (its key; the value is never kept here).
     Cli(String),
 }
 
@@ -40,7 +40,7 @@ impl fmt::Display for Origin {
                 write!(f, "{}:{line}:{column}", path.display())
             }
             Self::Env(var) => write!(f, "environment variable {var}"),
-            Self::Cli(arg) => write!(f, "command-line override `{arg}`"),
+            Self::Cli(key) => write!(f, "command-line override of `{key}`"),
         }
     }
 }
@@ -79,6 +79,9 @@ pub(crate) struct Node {
     pub(crate) key_at: Origin,
     /// Interpolated from `${VAR}`: never printed.
     pub(crate) from_env_var: bool,
+    /// The text of an override (environment, command line), so that `source=true` can
+    /// still be read as the string "true".
+    pub(crate) raw: Option<String>,
 }
 
 impl Node {
@@ -88,6 +91,7 @@ impl Node {
             key_at: at.clone(),
             at,
             from_env_var: false,
+            raw: None,
         }
     }
 
@@ -289,6 +293,7 @@ pub(crate) fn parse_override(text: &str, at: Origin) -> Node {
         let mut node = reader.value(parsed.get_ref(), "", at.clone());
         if issues.is_empty() {
             relocate(&mut node, &at);
+            node.raw = Some(text.to_owned());
             return node;
         }
     }
