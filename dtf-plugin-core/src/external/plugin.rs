@@ -162,22 +162,21 @@ fn forward_log(plugin: &str, level: Level, message: &str) {
 }
 
 /// Handles the messages a plugin may send at any time; returns the others.
-fn side_message(
-    ctx: &PluginContext,
-    plugin: &str,
-    msg: PluginMessage,
-) -> Result<Option<PluginMessage>, PluginError> {
+fn side_message(ctx: &PluginContext, plugin: &str, msg: PluginMessage) -> Option<PluginMessage> {
     match msg {
         PluginMessage::Log { level, message } => {
             forward_log(plugin, level, &message);
-            Ok(None)
+            None
         }
         PluginMessage::Publish { name, payload } => {
-            ctx.publish(EventKind::custom(name, payload))
-                .map_err(|e| format!("publish for the plugin: {e}"))?;
-            Ok(None)
+            // After shutdown the bus is closed and there is no one left to tell: not a
+            // failure of the plugin.
+            if let Err(e) = ctx.publish(EventKind::custom(name, payload)) {
+                tracing::debug!(plugin, error = %e, "event of the plugin not published");
+            }
+            None
         }
-        other => Ok(Some(other)),
+        other => Some(other),
     }
 }
 
@@ -203,7 +202,7 @@ impl Plugin for ExternalPlugin {
             .await?;
         loop {
             let msg = running.receive().await?;
-            match side_message(ctx, &name, msg)? {
+            match side_message(ctx, &name, msg) {
                 None => {}
                 Some(PluginMessage::Hello {
                     protocol_version,
@@ -246,12 +245,16 @@ impl Plugin for ExternalPlugin {
         let running = self.child.as_mut().ok_or("the plugin process is not running")?;
         let id = running.next_id;
         running.next_id += 1;
+        tracing::trace!(plugin = %name, id, seq = event.meta.seq, "event sent to the plugin");
         running.send(&HostMessage::Event { id, event }).await?;
         loop {
             let msg = running.receive().await?;
-            match side_message(ctx, name, msg)? {
+            match side_message(ctx, name, msg) {
                 None => {}
-                Some(PluginMessage::Ack { id: got }) if got == id => return Ok(()),
+                Some(PluginMessage::Ack { id: got }) if got == id => {
+                    tracing::trace!(plugin = %name, id, "event acknowledged");
+                    return Ok(());
+                }
                 Some(PluginMessage::Error { id: got, message }) if got == id => {
                     return Err(format!("the plugin reported: {message}").into());
                 }
@@ -280,8 +283,8 @@ impl Plugin for ExternalPlugin {
         let drained = tokio::time::timeout(grace, async {
             // Log lines and publications written while finishing still count.
             while let Ok(msg) = running.receive().await {
-                if let Err(e) = side_message(ctx, &name, msg) {
-                    tracing::debug!(plugin = %name, error = %e, "message during shutdown");
+                if let Some(other) = side_message(ctx, &name, msg) {
+                    tracing::debug!(plugin = %name, message = kind_of(&other), "unexpected message during shutdown");
                 }
             }
             running.process.wait().await
