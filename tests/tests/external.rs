@@ -574,3 +574,99 @@ async fn hot_reload_replaces_unloads_and_loads_without_losing_events() {
     assert!(manager.list().await.unwrap().iter().any(|p| p.name == "fresh"));
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
 }
+
+#[tokio::test]
+async fn shutdown_is_orderly_and_a_plugin_that_ignores_it_is_killed_after_the_grace() {
+    let dir = temp_dir("shutdown");
+    write_plugin(&dir, "polite", "", &[]);
+    write_plugin(&dir, "stubborn", "shutdown_grace = \"300ms\"\n", &["--ignore-shutdown"]);
+    let mut registry = PluginRegistry::new();
+    external::register_dirs(&mut registry, &[dir]);
+    let manager = PluginManager::builder()
+        .spec(spec_from(&registry, "polite"))
+        .spec(spec_from(&registry, "stubborn"))
+        .spawn()
+        .await
+        .unwrap();
+    manager.publish(EventKind::task_created("t1", "x")).await.unwrap();
+    let report = tokio::time::timeout(
+        Duration::from_secs(20),
+        manager.shutdown(ShutdownReason::Completed),
+    )
+    .await
+    .unwrap();
+    let polite = report.plugins.iter().find(|p| p.name == "polite").unwrap();
+    assert_eq!(polite.error, None);
+    assert_eq!(polite.stats.delivered, 1);
+    let stubborn = report.plugins.iter().find(|p| p.name == "stubborn").unwrap();
+    assert_eq!(
+        stubborn.error.as_deref(),
+        Some("on_shutdown returned an error: did not exit within 300ms after shutdown; killed")
+    );
+    assert_eq!(stubborn.stats.delivered, 1);
+}
+
+/// An in-process plugin whose shutdown takes a while, so that events are published while
+/// no instance is attached.
+#[derive(Clone)]
+struct Versioned {
+    version: u32,
+    seen: Arc<Mutex<Vec<(u32, u64)>>>,
+}
+
+impl Plugin for Versioned {
+    fn metadata(&self) -> PluginMetadata {
+        PluginMetadata::new("versioned").hooks(Hook::TaskCreated)
+    }
+    async fn on_event(&mut self, _: &mut PluginContext, event: &Event) -> Result<(), PluginError> {
+        self.seen.lock().unwrap().push((self.version, event.meta.seq));
+        Ok(())
+    }
+    async fn on_shutdown(&mut self, _: &mut PluginContext) -> Result<(), PluginError> {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_delivers_events_published_while_no_instance_runs() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let v1 = Versioned { version: 1, seen: Arc::clone(&seen) };
+    let manager = PluginManager::builder()
+        .spec(PluginSpec::new(move || v1.clone()))
+        .spawn()
+        .await
+        .unwrap();
+    let mut published = Vec::new();
+    for i in 0..5 {
+        published.push(manager.publish(EventKind::task_created(format!("a{i}"), "x")).await.unwrap());
+    }
+    // The plugin is idle now: everything was handled.
+    manager.flush().await;
+    let v2 = Versioned { version: 2, seen: Arc::clone(&seen) };
+    let replacing = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.replace(PluginSpec::new(move || v2.clone())).await })
+    };
+    for i in 0..20 {
+        published.push(manager.publish(EventKind::task_created(format!("b{i}"), "x")).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    replacing.await.unwrap().unwrap();
+    flushed(&manager).await;
+    let seen = seen.lock().unwrap().clone();
+    let seqs: Vec<u64> = seen.iter().map(|(_, s)| *s).collect();
+    assert_eq!(seqs, published, "every event once, in order");
+    let versions: Vec<u32> = seen.iter().map(|(v, _)| *v).collect();
+    let switch = versions.iter().position(|v| *v == 2).expect("the new version ran");
+    assert!(switch >= 5 && versions[switch..].iter().all(|v| *v == 2), "{versions:?}");
+    let stats = manager.stats("versioned").await.unwrap();
+    assert_eq!((stats.published, stats.delivered, stats.restarts), (25, 25, 0));
+    // Other hooks are refused: routing cannot change under a running plugin.
+    let other = PluginSpec::new(|| Versioned { version: 3, seen: Arc::default() }).hooks(Hook::TaskFailed);
+    assert!(matches!(
+        manager.replace(other).await,
+        Err(dtf_plugin_core::ManagerError::HooksChanged(name)) if name == "versioned"
+    ));
+    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+}

@@ -14,7 +14,8 @@ makes it write a line that is not JSON, `hang` makes it stop answering, `fail` m
 answer with an error.
 
 Options: `--tag TEXT` adds `"tag": TEXT` to every publication (to tell versions apart);
-`--reply-protocol N` answers the handshake with version N whatever the host offers.
+`--reply-protocol N` answers the handshake with version N whatever the host offers;
+`--ignore-shutdown` keeps running after `shutdown` (the host kills it after the grace period).
 """
 
 import json
@@ -89,6 +90,9 @@ def main():
             send({"type": "publish", "name": name + ".received", "payload": received})
             send({"type": "ack", "id": message["id"]})
         elif kind == "shutdown":
+            if "--ignore-shutdown" in args:
+                log("warn", "ignoring shutdown")
+                time.sleep(3600)
             log("info", "shutting down")
             return 0
         else:
