@@ -1239,7 +1239,8 @@ impl PluginManager {
     /// instead), [`ManagerError::Config`], [`ManagerError::Spawn`] when the new version
     /// cannot be spawned (it is then handled as a failure and retried within the budget).
     pub async fn replace(&self, spec: PluginSpec) -> Result<(), ManagerError> {
-        self.call(|r| ManagerMsg::Replace(Box::new(spec), r)).await?
+        self.call(|r| ManagerMsg::Replace(Box::new(spec), r))
+            .await?
     }
 
     /// Changes a plugin's configuration while it runs. The change is applied in order with

@@ -155,7 +155,10 @@ impl RegistryEntry {
     /// Problems of `config` for this plugin's typed configuration (none when no type was
     /// declared).
     pub fn validate(&self, config: &PluginConfig) -> Vec<SettingsProblem> {
-        self.validate.as_ref().map(|v| v(config)).unwrap_or_default()
+        self.validate
+            .as_ref()
+            .map(|v| v(config))
+            .unwrap_or_default()
     }
 
     /// Starts this plugin after `other` when both are enabled (no requirement).
@@ -338,8 +341,8 @@ fn validate_as<T: DeserializeOwned>(
                     if path.last() != Some(&field) {
                         path.push(field.clone());
                     }
-                    let suggestion =
-                        did_you_mean(&field, expected.iter().map(String::as_str)).map(str::to_owned);
+                    let suggestion = did_you_mean(&field, expected.iter().map(String::as_str))
+                        .map(str::to_owned);
                     let removed = remove_path(&mut value, &path);
                     problems.push(SettingsProblem {
                         path,
@@ -388,7 +391,8 @@ fn remove_path(value: &mut serde_json::Value, path: &[String]) -> bool {
                 Some(x) => x,
                 None => return false,
             },
-            serde_json::Value::Array(a) => match p.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+            serde_json::Value::Array(a) => match p.parse::<usize>().ok().and_then(|i| a.get_mut(i))
+            {
                 Some(x) => x,
                 None => return false,
             },
@@ -674,7 +678,11 @@ mod tests {
         let problems = e.validate(&serde_json::json!({ "retries": "xoxb-secret" }));
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].path, ["retries"]);
-        assert!(!problems[0].message.contains("xoxb"), "{}", problems[0].message);
+        assert!(
+            !problems[0].message.contains("xoxb"),
+            "{}",
+            problems[0].message
+        );
         assert!(e.validate(&serde_json::json!({ "retries": 1 })).is_empty());
     }
 
@@ -685,7 +693,10 @@ mod tests {
         r.register(entry("b").after("c")).unwrap();
         r.register(entry("c")).unwrap();
         let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert_eq!(r.start_order(&names(&["a", "b", "c"])).unwrap(), ["c", "b", "a"]);
+        assert_eq!(
+            r.start_order(&names(&["a", "b", "c"])).unwrap(),
+            ["c", "b", "a"]
+        );
         assert_eq!(r.start_order(&names(&["a", "b"])).unwrap(), ["b", "a"]);
         let err = r.start_order(&names(&["a"])).unwrap_err();
         assert_eq!(

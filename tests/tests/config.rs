@@ -107,17 +107,23 @@ const CASES: &[Case] = &[
     case(
         "unknown manager key",
         "[manager]\nqueue_capacty = 1\n",
-        &["dtf.toml:2:1: manager.queue_capacty: unknown key `queue_capacty` (did you mean `queue_capacity`?)"],
+        &[
+            "dtf.toml:2:1: manager.queue_capacty: unknown key `queue_capacty` (did you mean `queue_capacity`?)",
+        ],
     ),
     case(
         "unknown key without a close match lists the valid ones",
         "[manager]\ncolour = \"red\"\n",
-        &["dtf.toml:2:1: manager.colour: unknown key `colour` (valid: queue_capacity, overflow, handler_timeout, restart_policy, restart_budget, backoff, shutdown_timeout, dead_letter_capacity, source)"],
+        &[
+            "dtf.toml:2:1: manager.colour: unknown key `colour` (valid: queue_capacity, overflow, handler_timeout, restart_policy, restart_budget, backoff, shutdown_timeout, dead_letter_capacity, source)",
+        ],
     ),
     case(
         "unknown restart budget key",
         "[manager.restart_budget]\nmax_restart = 3\n",
-        &["dtf.toml:2:1: manager.restart_budget.max_restart: unknown key `max_restart` (did you mean `max_restarts`?)"],
+        &[
+            "dtf.toml:2:1: manager.restart_budget.max_restart: unknown key `max_restart` (did you mean `max_restarts`?)",
+        ],
     ),
     case(
         "unknown backoff key",
@@ -132,7 +138,9 @@ const CASES: &[Case] = &[
     case(
         "unknown plugin setting (typed configuration)",
         "[plugins.slack.settings]\nwebhook_url = \"https://x.invalid\"\nretires = 3\n",
-        &["dtf.toml:3:1: plugins.slack.settings.retires: unknown key `retires` (did you mean `retries`?)"],
+        &[
+            "dtf.toml:3:1: plugins.slack.settings.retires: unknown key `retires` (did you mean `retries`?)",
+        ],
     ),
     case(
         "two unknown plugin settings are both reported",
@@ -156,7 +164,9 @@ const CASES: &[Case] = &[
     case(
         "duration given as a bare number",
         "[manager]\nhandler_timeout = 30\n",
-        &["dtf.toml:2:19: manager.handler_timeout: wrong type: expected a duration string such as \"30s\" or \"250ms\", found integer"],
+        &[
+            "dtf.toml:2:19: manager.handler_timeout: wrong type: expected a duration string such as \"30s\" or \"250ms\", found integer",
+        ],
     ),
     case(
         "overflow is a number",
@@ -166,7 +176,9 @@ const CASES: &[Case] = &[
     case(
         "enabled is a string",
         "[plugins.slack]\nenabled = \"yes\"\n",
-        &["dtf.toml:2:11: plugins.slack.enabled: wrong type: expected a boolean (true or false), found string"],
+        &[
+            "dtf.toml:2:11: plugins.slack.enabled: wrong type: expected a boolean (true or false), found string",
+        ],
     ),
     case(
         "manager is not a table",
@@ -186,7 +198,9 @@ const CASES: &[Case] = &[
     case(
         "typed setting of the wrong type (value not echoed)",
         "[plugins.slack.settings]\nwebhook_url = \"https://x.invalid\"\nretries = \"three\"\n",
-        &["dtf.toml:3:11: plugins.slack.settings.retries: invalid type: string \"…\", expected u32"],
+        &[
+            "dtf.toml:3:11: plugins.slack.settings.retries: invalid type: string \"…\", expected u32",
+        ],
     ),
     case(
         "missing required setting",
@@ -207,22 +221,30 @@ const CASES: &[Case] = &[
     case(
         "overflow policy misspelt",
         "[manager]\noverflow = \"drop-newest\"\n",
-        &["dtf.toml:2:12: manager.overflow: invalid value \"drop-newest\": expected one of backpressure, drop_newest (did you mean `drop_newest`?)"],
+        &[
+            "dtf.toml:2:12: manager.overflow: invalid value \"drop-newest\": expected one of backpressure, drop_newest (did you mean `drop_newest`?)",
+        ],
     ),
     case(
         "unknown restart policy",
         "[manager]\nrestart_policy = \"forever\"\n",
-        &["dtf.toml:2:18: manager.restart_policy: invalid value \"forever\": expected one of permanent, transient, temporary"],
+        &[
+            "dtf.toml:2:18: manager.restart_policy: invalid value \"forever\": expected one of permanent, transient, temporary",
+        ],
     ),
     case(
         "duration without a known unit",
         "[manager]\nshutdown_timeout = \"30 parsecs\"\n",
-        &["dtf.toml:2:20: manager.shutdown_timeout: invalid duration \"30 parsecs\": use a number with a unit: ms, s, m or h (e.g. \"30s\")"],
+        &[
+            "dtf.toml:2:20: manager.shutdown_timeout: invalid duration \"30 parsecs\": use a number with a unit: ms, s, m or h (e.g. \"30s\")",
+        ],
     ),
     case(
         "budget window is not a duration",
         "[manager.restart_budget]\nwindow = \"soon\"\n",
-        &["dtf.toml:2:10: manager.restart_budget.window: invalid duration \"soon\": use a number with a unit: ms, s, m or h (e.g. \"30s\")"],
+        &[
+            "dtf.toml:2:10: manager.restart_budget.window: invalid duration \"soon\": use a number with a unit: ms, s, m or h (e.g. \"30s\")",
+        ],
     ),
     case(
         "jitter above one",
@@ -237,32 +259,42 @@ const CASES: &[Case] = &[
     case(
         "plugin setting checked beyond serde (scheduler strategy)",
         "[plugins.scheduler.settings]\nscheduler = \"fairnes\"\n",
-        &["dtf.toml:1:1: plugins.scheduler.settings: build scheduler `fairnes`: no scheduler has this name (available: fairness, fifo, longest-first, priority, round-robin)"],
+        &[
+            "dtf.toml:1:1: plugins.scheduler.settings: build scheduler `fairnes`: no scheduler has this name (available: fairness, fifo, longest-first, priority, round-robin)",
+        ],
     ),
     // Environment variables.
     case(
         "missing environment variable",
         "[plugins.slack.settings]\nwebhook_url = \"${SLACK_HOOK}\"\n",
-        &["dtf.toml:2:15: plugins.slack.settings.webhook_url: environment variable `SLACK_HOOK` is not set"],
+        &[
+            "dtf.toml:2:15: plugins.slack.settings.webhook_url: environment variable `SLACK_HOOK` is not set",
+        ],
     ),
     case(
         "unterminated variable reference",
         "[plugins.slack.settings]\nwebhook_url = \"${SLACK_HOOK\"\n",
-        &["dtf.toml:2:15: plugins.slack.settings.webhook_url: unterminated `${` (write `$$` for a literal `$`)"],
+        &[
+            "dtf.toml:2:15: plugins.slack.settings.webhook_url: unterminated `${` (write `$$` for a literal `$`)",
+        ],
     ),
     Case {
         name: "environment override of the wrong type",
         file: "",
         env: &[("DTF_MANAGER__QUEUE_CAPACITY", "lots")],
         cli: &[],
-        expected: &["environment variable DTF_MANAGER__QUEUE_CAPACITY: manager.queue_capacity: wrong type: expected an integer, found string"],
+        expected: &[
+            "environment variable DTF_MANAGER__QUEUE_CAPACITY: manager.queue_capacity: wrong type: expected an integer, found string",
+        ],
     },
     Case {
         name: "environment override of an unknown key",
         file: "",
         env: &[("DTF_MANAGER__HANDLER_TIMEOUTS", "1s")],
         cli: &[],
-        expected: &["environment variable DTF_MANAGER__HANDLER_TIMEOUTS: manager.handler_timeouts: unknown key `handler_timeouts` (did you mean `handler_timeout`?)"],
+        expected: &[
+            "environment variable DTF_MANAGER__HANDLER_TIMEOUTS: manager.handler_timeouts: unknown key `handler_timeouts` (did you mean `handler_timeout`?)",
+        ],
     },
     // Command-line overrides.
     Case {
@@ -270,35 +302,46 @@ const CASES: &[Case] = &[
         file: "",
         env: &[],
         cli: &["manager.queue_capacityy=3"],
-        expected: &["command-line override of `manager.queue_capacityy`: manager.queue_capacityy: unknown key `queue_capacityy` (did you mean `queue_capacity`?)"],
+        expected: &[
+            "command-line override of `manager.queue_capacityy`: manager.queue_capacityy: unknown key `queue_capacityy` (did you mean `queue_capacity`?)",
+        ],
     },
     Case {
         name: "command-line override without a value",
         file: "",
         env: &[],
         cli: &["manager.queue_capacity"],
-        expected: &["command-line override of `manager.queue_capacity`: manager.queue_capacity: expected `key=value`"],
+        expected: &[
+            "command-line override of `manager.queue_capacity`: manager.queue_capacity: expected `key=value`",
+        ],
     },
     Case {
         name: "command-line override of an unknown section",
         file: "",
         env: &[],
         cli: &["plugin.slack.enabled=false"],
-        expected: &["command-line override of `plugin.slack.enabled`: plugin.slack.enabled: unknown key `plugin` (did you mean `plugins`?)"],
+        expected: &[
+            "command-line override of `plugin.slack.enabled`: plugin.slack.enabled: unknown key `plugin` (did you mean `plugins`?)",
+        ],
     },
     Case {
         name: "command-line value of the wrong type",
         file: "",
         env: &[],
         cli: &["plugins.slack.enabled=maybe"],
-        expected: &["command-line override of `plugins.slack.enabled`: plugins.slack.enabled: wrong type: expected a boolean (true or false), found string"],
+        expected: &[
+            "command-line override of `plugins.slack.enabled`: plugins.slack.enabled: wrong type: expected a boolean (true or false), found string",
+        ],
     },
     // Duplicates and syntax.
     case(
         "duplicate plugin section",
         "[plugins.slack]\nenabled = true\n[plugins.slack]\nenabled = false\n",
         // The parser recovers and reports the repeated key inside the repeated table too.
-        &["dtf.toml:3:10: duplicate key", "dtf.toml:4:1: duplicate key"],
+        &[
+            "dtf.toml:3:10: duplicate key",
+            "dtf.toml:4:1: duplicate key",
+        ],
     ),
     case(
         "duplicate key",
@@ -333,7 +376,9 @@ fn run(case: &Case) -> Result<(), String> {
         .env_vars(env)
         .env_prefix("DTF_")
         .cli_overrides(case.cli.iter().copied());
-    check(&loader, &registry()).map(|_| ()).map_err(|e| e.to_string())
+    check(&loader, &registry())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -367,7 +412,14 @@ fn issues_carry_kind_key_and_position() {
     assert_eq!(issue.kind, IssueKind::WrongType);
     assert_eq!(issue.key, "manager.queue_capacity");
     assert!(
-        matches!(&issue.origin, Origin::File { line: 2, column: 18, .. }),
+        matches!(
+            &issue.origin,
+            Origin::File {
+                line: 2,
+                column: 18,
+                ..
+            }
+        ),
         "{:?}",
         issue.origin
     );
@@ -391,13 +443,13 @@ fn a_missing_file_is_an_error_naming_it() {
 fn dependency_cycles_and_missing_requirements_name_the_plugins() {
     let mut r = registry();
     r.register(
-        RegistryEntry::new(|| PluginSpec::new(|| Slack::default()).name("a"))
+        RegistryEntry::new(|| PluginSpec::new(Slack::default).name("a"))
             .after("b")
             .enabled_by_default(true),
     )
     .unwrap();
     r.register(
-        RegistryEntry::new(|| PluginSpec::new(|| Slack::default()).name("b"))
+        RegistryEntry::new(|| PluginSpec::new(Slack::default).name("b"))
             .requires("a")
             .enabled_by_default(true),
     )
@@ -441,7 +493,10 @@ fn secret_env() -> Vec<(String, String)> {
 
 fn assert_no_secret(text: &str) {
     for secret in ["SECRETPART", "literal-api-key-123", "xoxb-env-token"] {
-        assert!(!text.contains(secret), "secret `{secret}` leaked in:\n{text}");
+        assert!(
+            !text.contains(secret),
+            "secret `{secret}` leaked in:\n{text}"
+        );
     }
 }
 

@@ -61,7 +61,9 @@ fn received(rec: &Recording, plugin: &str) -> Vec<serde_json::Value> {
         .into_iter()
         .filter_map(|e| match e.kind {
             EventKind::Custom(c) => {
-                let CustomEvent { name: n, payload, .. } = *c;
+                let CustomEvent {
+                    name: n, payload, ..
+                } = *c;
                 (n == name).then_some(payload)
             }
             _ => None,
@@ -88,7 +90,11 @@ async fn flushed(manager: &PluginManager) {
     {
         let logs = captured_logs().text();
         let tail: Vec<&str> = logs.lines().rev().take(40).collect();
-        panic!("the bus did not settle: {:#?}\n{}", manager.list().await, tail.join("\n"));
+        panic!(
+            "the bus did not settle: {:#?}\n{}",
+            manager.list().await,
+            tail.join("\n")
+        );
     }
 }
 
@@ -144,17 +150,27 @@ async fn handshake_then_only_subscribed_hooks_reach_the_process() {
 
     let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
     let manager = PluginManager::builder()
-        .spec(registry.spec("py-echo", Some(serde_json::json!({ "greeting": "hi" }))).unwrap())
+        .spec(
+            registry
+                .spec("py-echo", Some(serde_json::json!({ "greeting": "hi" })))
+                .unwrap(),
+        )
         .spec(rec)
         .spawn()
         .await
         .unwrap();
-    manager.publish(EventKind::task_created("t1", "a")).await.unwrap();
+    manager
+        .publish(EventKind::task_created("t1", "a"))
+        .await
+        .unwrap();
     manager
         .publish(EventKind::worker_registered("w1", Capabilities::default()))
         .await
         .unwrap();
-    manager.publish(EventKind::task_cancelled("t1", "no")).await.unwrap();
+    manager
+        .publish(EventKind::task_cancelled("t1", "no"))
+        .await
+        .unwrap();
     manager
         .publish(EventKind::task_completed(
             "t1",
@@ -172,7 +188,10 @@ async fn handshake_then_only_subscribed_hooks_reach_the_process() {
     // The settings travelled in the handshake.
     assert!(got.iter().all(|p| p["greeting"] == "hi"), "{got:?}");
     let stats = manager.stats("py-echo").await.unwrap();
-    assert_eq!((stats.published, stats.delivered, stats.failures), (2, 2, 0));
+    assert_eq!(
+        (stats.published, stats.delivered, stats.failures),
+        (2, 2, 0)
+    );
 
     let report = manager.shutdown(ShutdownReason::Completed).await;
     assert!(report.clean, "{report:?}");
@@ -180,7 +199,8 @@ async fn handshake_then_only_subscribed_hooks_reach_the_process() {
     let logs: Vec<&str> = all.lines().filter(|l| l.contains("py-echo")).collect();
     // Log lines of the plugin are forwarded, at their level, with the plugin's name.
     assert!(
-        logs.iter().any(|l| l.contains(" INFO ") && l.contains("shutting down")),
+        logs.iter()
+            .any(|l| l.contains(" INFO ") && l.contains("shutting down")),
         "{all}"
     );
     // The child saw a minimal environment: none of the coordinator's variables (cargo sets
@@ -195,14 +215,21 @@ async fn handshake_then_only_subscribed_hooks_reach_the_process() {
         .unwrap()
         .split(|c: char| c == ',' || c.is_whitespace())
         .collect();
-    for required in ["PATH", "DTF_PLUGIN_NAME", "DTF_PLUGIN_DIR", "DTF_PROTOCOL_VERSION"] {
+    for required in [
+        "PATH",
+        "DTF_PLUGIN_NAME",
+        "DTF_PLUGIN_DIR",
+        "DTF_PROTOCOL_VERSION",
+    ] {
         assert!(names.contains(&required), "{names:?}");
     }
     // Variables of this process (cargo sets CARGO_* for tests; HOME, USER) must not leak.
     // Others may be added by the interpreter's launcher (a pyenv shim sets PYENV_*, PWD).
     for name in &names {
         assert!(
-            !name.starts_with("CARGO") && !name.starts_with("RUST") && !["HOME", "USER"].contains(name),
+            !name.starts_with("CARGO")
+                && !name.starts_with("RUST")
+                && !["HOME", "USER"].contains(name),
             "`{name}` leaked into the child's environment: {names:?}"
         );
     }
@@ -220,12 +247,18 @@ async fn a_crash_is_a_failure_and_the_process_is_restarted() {
         .await
         .unwrap();
     for task in ["t1", "crash", "t2"] {
-        manager.publish(EventKind::task_created(task, "x")).await.unwrap();
+        manager
+            .publish(EventKind::task_created(task, "x"))
+            .await
+            .unwrap();
     }
     flushed(&manager).await;
     assert_eq!(tasks(&recording, "py-echo"), ["t1", "t2"]);
     let stats = manager.stats("py-echo").await.unwrap();
-    assert_eq!((stats.restarts, stats.dead_lettered, stats.delivered), (1, 1, 2));
+    assert_eq!(
+        (stats.restarts, stats.dead_lettered, stats.delivered),
+        (1, 1, 2)
+    );
     let dead = manager.dead_letters("py-echo").await.unwrap();
     assert!(
         dead[0].error.contains("the process exited") && dead[0].error.contains("3"),
@@ -252,14 +285,25 @@ async fn garbage_output_is_a_failure_not_a_hang() {
         .await
         .unwrap();
     for task in ["garbage", "t2"] {
-        manager.publish(EventKind::task_created(task, "x")).await.unwrap();
+        manager
+            .publish(EventKind::task_created(task, "x"))
+            .await
+            .unwrap();
     }
     flushed(&manager).await;
     assert_eq!(tasks(&recording, "py-echo"), ["t2"]);
     let dead = manager.dead_letters("py-echo").await.unwrap();
     assert_eq!(dead.len(), 1);
-    assert!(dead[0].error.contains("protocol error: malformed line"), "{}", dead[0].error);
-    assert!(!dead[0].error.contains("this is not json"), "{}", dead[0].error);
+    assert!(
+        dead[0].error.contains("protocol error: malformed line"),
+        "{}",
+        dead[0].error
+    );
+    assert!(
+        !dead[0].error.contains("this is not json"),
+        "{}",
+        dead[0].error
+    );
     assert_eq!(manager.stats("py-echo").await.unwrap().restarts, 1);
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
 }
@@ -280,12 +324,19 @@ async fn a_hung_plugin_is_cut_off_by_the_handler_timeout() {
         .await
         .unwrap();
     for task in ["hang", "t2"] {
-        manager.publish(EventKind::task_created(task, "x")).await.unwrap();
+        manager
+            .publish(EventKind::task_created(task, "x"))
+            .await
+            .unwrap();
     }
     flushed(&manager).await;
     assert_eq!(tasks(&recording, "py-echo"), ["t2"]);
     let dead = manager.dead_letters("py-echo").await.unwrap();
-    assert!(dead[0].error.contains("did not finish within 500ms"), "{}", dead[0].error);
+    assert!(
+        dead[0].error.contains("did not finish within 500ms"),
+        "{}",
+        dead[0].error
+    );
     assert_eq!(manager.stats("py-echo").await.unwrap().restarts, 1);
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
 }
@@ -299,11 +350,16 @@ async fn an_error_answer_dead_letters_the_event() {
         .spawn()
         .await
         .unwrap();
-    manager.publish(EventKind::task_created("fail", "x")).await.unwrap();
+    manager
+        .publish(EventKind::task_created("fail", "x"))
+        .await
+        .unwrap();
     flushed(&manager).await;
     let dead = manager.dead_letters("py-echo").await.unwrap();
     assert!(
-        dead[0].error.contains("the plugin reported: cannot handle task fail"),
+        dead[0]
+            .error
+            .contains("the plugin reported: cannot handle task fail"),
         "{}",
         dead[0].error
     );
@@ -320,7 +376,7 @@ async fn an_unsupported_protocol_is_refused_at_load_and_the_others_run() {
     write_plugin(&dir, "present", "", &[]);
 
     let mut registry = PluginRegistry::new();
-    let report = external::register_dirs(&mut registry, &[dir.clone()]);
+    let report = external::register_dirs(&mut registry, std::slice::from_ref(&dir));
     assert_eq!(report.loaded, ["present"]);
     assert_eq!(report.errors.len(), 1);
     assert_eq!(
@@ -337,7 +393,10 @@ async fn an_unsupported_protocol_is_refused_at_load_and_the_others_run() {
         .spawn()
         .await
         .unwrap();
-    manager.publish(EventKind::task_created("t1", "x")).await.unwrap();
+    manager
+        .publish(EventKind::task_created("t1", "x"))
+        .await
+        .unwrap();
     flushed(&manager).await;
     assert_eq!(tasks(&recording, "present"), ["t1"]);
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
@@ -360,12 +419,21 @@ async fn a_handshake_on_another_version_is_refused_and_the_others_keep_running()
         .await
         .unwrap();
     let disabled = wait_status(&manager, "liar", PluginStatus::Disabled).await;
-    assert!(disabled, "the plugin with the wrong version was not disabled");
+    assert!(
+        disabled,
+        "the plugin with the wrong version was not disabled"
+    );
     let info = manager.list().await.unwrap();
     let liar = info.iter().find(|p| p.name == "liar").unwrap();
     let error = liar.last_error.as_deref().unwrap();
-    assert!(error.contains("protocol version mismatch: the plugin chose 7"), "{error}");
-    manager.publish(EventKind::task_created("t1", "x")).await.unwrap();
+    assert!(
+        error.contains("protocol version mismatch: the plugin chose 7"),
+        "{error}"
+    );
+    manager
+        .publish(EventKind::task_created("t1", "x"))
+        .await
+        .unwrap();
     flushed(&manager).await;
     assert_eq!(tasks(&recording, "honest"), ["t1"]);
     manager.shutdown(ShutdownReason::Completed).await;
@@ -407,7 +475,7 @@ fn bad_manifests_name_the_file_the_key_and_the_fix() {
     std::fs::write(&m, text.replace("protocol = 1", "protocol = \"one\"")).unwrap();
 
     let mut registry = PluginRegistry::new();
-    let report = external::register_dirs(&mut registry, &[dir.clone()]);
+    let report = external::register_dirs(&mut registry, std::slice::from_ref(&dir));
     assert_eq!(report.loaded, ["good"]);
     assert!(good.exists());
     let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
@@ -438,8 +506,12 @@ fn plugin_dependencies_order_start_up_and_cycles_are_refused() {
     write_plugin(&dir, "second", "requires = [\"first\"]\n", &[]);
     write_plugin(&dir, "a-third", "after = [\"second\"]\n", &[]);
     let mut registry = PluginRegistry::new();
-    external::register_dirs(&mut registry, &[dir.clone()]);
-    let config = ConfigLoader::new().source("dtf.toml", "").env_vars([]).load().unwrap();
+    external::register_dirs(&mut registry, std::slice::from_ref(&dir));
+    let config = ConfigLoader::new()
+        .source("dtf.toml", "")
+        .env_vars([])
+        .load()
+        .unwrap();
     assert_eq!(
         config.enabled_plugins(&registry).unwrap(),
         ["first", "second", "a-third"]
@@ -460,7 +532,11 @@ fn plugin_dependencies_order_start_up_and_cycles_are_refused() {
     write_plugin(&dir, "pong", "requires = [\"ping\"]\n", &[]);
     let mut registry = PluginRegistry::new();
     external::register_dirs(&mut registry, &[dir]);
-    let config = ConfigLoader::new().source("dtf.toml", "").env_vars([]).load().unwrap();
+    let config = ConfigLoader::new()
+        .source("dtf.toml", "")
+        .env_vars([])
+        .load()
+        .unwrap();
     assert_eq!(
         config.validate(&registry).unwrap_err().to_string(),
         "default: plugins.ping: plugins ping, pong depend on each other in a cycle (ping -> pong -> ping)"
@@ -473,7 +549,7 @@ async fn hot_reload_replaces_unloads_and_loads_without_losing_events() {
     let dir = temp_dir("reload");
     write_plugin(&dir, "live", "", &["--tag", "v1"]);
     let mut registry = PluginRegistry::new();
-    external::register_dirs(&mut registry, &[dir.clone()]);
+    external::register_dirs(&mut registry, std::slice::from_ref(&dir));
     let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
     let manager = PluginManager::builder()
         .spec(spec_from(&registry, "live"))
@@ -482,7 +558,10 @@ async fn hot_reload_replaces_unloads_and_loads_without_losing_events() {
         .await
         .unwrap();
     let mut reloader = Reloader::new(vec![dir.clone()]);
-    assert!(reloader.poll(&manager).await.is_empty(), "nothing changed yet");
+    assert!(
+        reloader.poll(&manager).await.is_empty(),
+        "nothing changed yet"
+    );
 
     // Events keep flowing while the plugin is replaced, until the new version has handled
     // some.
@@ -495,7 +574,11 @@ async fn hot_reload_replaces_unloads_and_loads_without_losing_events() {
         // About 500 events a second (the plugin keeps up, so its queue empties now and
         // then and the old version can finish), and never more than 3000.
         while !stopping.load(std::sync::atomic::Ordering::SeqCst) && i < 3000 {
-            seqs.push(bus.publish(EventKind::task_created(format!("t{i}"), "x")).await.unwrap());
+            seqs.push(
+                bus.publish(EventKind::task_created(format!("t{i}"), "x"))
+                    .await
+                    .unwrap(),
+            );
             i += 1;
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -523,7 +606,11 @@ async fn hot_reload_replaces_unloads_and_loads_without_losing_events() {
         }]
     );
     let switched = common::eventually(Duration::from_secs(20), || {
-        received(&recording, "live").iter().filter(|p| p["tag"] == "v2").count() >= 20
+        received(&recording, "live")
+            .iter()
+            .filter(|p| p["tag"] == "v2")
+            .count()
+            >= 20
     })
     .await;
     assert!(switched, "the new version did not take over");
@@ -535,14 +622,29 @@ async fn hot_reload_replaces_unloads_and_loads_without_losing_events() {
     let got = received(&recording, "live");
     let mut seqs: Vec<u64> = got.iter().map(|p| p["seq"].as_u64().unwrap()).collect();
     seqs.sort_unstable();
-    assert_eq!(seqs, published, "every event reached exactly one version, in order");
+    assert_eq!(
+        seqs, published,
+        "every event reached exactly one version, in order"
+    );
     let tags: Vec<&str> = got.iter().map(|p| p["tag"].as_str().unwrap()).collect();
-    let switch = tags.iter().position(|t| *t == "v2").expect("the new version ran");
-    assert!(switch > 0 && tags[switch..].iter().all(|t| *t == "v2"), "{tags:?}");
+    let switch = tags
+        .iter()
+        .position(|t| *t == "v2")
+        .expect("the new version ran");
+    assert!(
+        switch > 0 && tags[switch..].iter().all(|t| *t == "v2"),
+        "{tags:?}"
+    );
     let stats = manager.stats("live").await.unwrap();
-    assert_eq!((stats.published, stats.delivered, stats.dead_lettered), (n, n, 0));
+    assert_eq!(
+        (stats.published, stats.delivered, stats.dead_lettered),
+        (n, n, 0)
+    );
     let info = manager.list().await.unwrap();
-    assert_eq!(info.iter().find(|p| p.name == "live").unwrap().version, "0.2.0");
+    assert_eq!(
+        info.iter().find(|p| p.name == "live").unwrap().version,
+        "0.2.0"
+    );
 
     // Removed: unloaded. New: loaded and receiving.
     std::fs::remove_dir_all(dir.join("live")).unwrap();
@@ -561,17 +663,36 @@ async fn hot_reload_replaces_unloads_and_loads_without_losing_events() {
             },
         ]
     );
-    let names: Vec<String> = manager.list().await.unwrap().into_iter().map(|p| p.name).collect();
+    let names: Vec<String> = manager
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
     assert_eq!(names, ["rec", "fresh"]);
-    manager.publish(EventKind::task_created("after", "x")).await.unwrap();
+    manager
+        .publish(EventKind::task_created("after", "x"))
+        .await
+        .unwrap();
     flushed(&manager).await;
     assert_eq!(tasks(&recording, "fresh"), ["after"]);
 
     // A manifest broken by an edit keeps the running version.
     std::fs::write(dir.join("fresh/plugin.toml"), "name = ").unwrap();
     let changes = reloader.poll(&manager).await;
-    assert!(matches!(&changes[..], [ReloadEvent::Failed { .. }]), "{changes:?}");
-    assert!(manager.list().await.unwrap().iter().any(|p| p.name == "fresh"));
+    assert!(
+        matches!(&changes[..], [ReloadEvent::Failed { .. }]),
+        "{changes:?}"
+    );
+    assert!(
+        manager
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.name == "fresh")
+    );
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
 }
 
@@ -579,7 +700,12 @@ async fn hot_reload_replaces_unloads_and_loads_without_losing_events() {
 async fn shutdown_is_orderly_and_a_plugin_that_ignores_it_is_killed_after_the_grace() {
     let dir = temp_dir("shutdown");
     write_plugin(&dir, "polite", "", &[]);
-    write_plugin(&dir, "stubborn", "shutdown_grace = \"300ms\"\n", &["--ignore-shutdown"]);
+    write_plugin(
+        &dir,
+        "stubborn",
+        "shutdown_grace = \"300ms\"\n",
+        &["--ignore-shutdown"],
+    );
     let mut registry = PluginRegistry::new();
     external::register_dirs(&mut registry, &[dir]);
     let manager = PluginManager::builder()
@@ -588,7 +714,10 @@ async fn shutdown_is_orderly_and_a_plugin_that_ignores_it_is_killed_after_the_gr
         .spawn()
         .await
         .unwrap();
-    manager.publish(EventKind::task_created("t1", "x")).await.unwrap();
+    manager
+        .publish(EventKind::task_created("t1", "x"))
+        .await
+        .unwrap();
     let report = tokio::time::timeout(
         Duration::from_secs(20),
         manager.shutdown(ShutdownReason::Completed),
@@ -598,7 +727,11 @@ async fn shutdown_is_orderly_and_a_plugin_that_ignores_it_is_killed_after_the_gr
     let polite = report.plugins.iter().find(|p| p.name == "polite").unwrap();
     assert_eq!(polite.error, None);
     assert_eq!(polite.stats.delivered, 1);
-    let stubborn = report.plugins.iter().find(|p| p.name == "stubborn").unwrap();
+    let stubborn = report
+        .plugins
+        .iter()
+        .find(|p| p.name == "stubborn")
+        .unwrap();
     assert_eq!(
         stubborn.error.as_deref(),
         Some("on_shutdown returned an error: did not exit within 300ms after shutdown; killed")
@@ -619,7 +752,10 @@ impl Plugin for Versioned {
         PluginMetadata::new("versioned").hooks(Hook::TaskCreated)
     }
     async fn on_event(&mut self, _: &mut PluginContext, event: &Event) -> Result<(), PluginError> {
-        self.seen.lock().unwrap().push((self.version, event.meta.seq));
+        self.seen
+            .lock()
+            .unwrap()
+            .push((self.version, event.meta.seq));
         Ok(())
     }
     async fn on_shutdown(&mut self, _: &mut PluginContext) -> Result<(), PluginError> {
@@ -631,7 +767,10 @@ impl Plugin for Versioned {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replace_delivers_events_published_while_no_instance_runs() {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let v1 = Versioned { version: 1, seen: Arc::clone(&seen) };
+    let v1 = Versioned {
+        version: 1,
+        seen: Arc::clone(&seen),
+    };
     let manager = PluginManager::builder()
         .spec(PluginSpec::new(move || v1.clone()))
         .spawn()
@@ -639,17 +778,30 @@ async fn replace_delivers_events_published_while_no_instance_runs() {
         .unwrap();
     let mut published = Vec::new();
     for i in 0..5 {
-        published.push(manager.publish(EventKind::task_created(format!("a{i}"), "x")).await.unwrap());
+        published.push(
+            manager
+                .publish(EventKind::task_created(format!("a{i}"), "x"))
+                .await
+                .unwrap(),
+        );
     }
     // The plugin is idle now: everything was handled.
     manager.flush().await;
-    let v2 = Versioned { version: 2, seen: Arc::clone(&seen) };
+    let v2 = Versioned {
+        version: 2,
+        seen: Arc::clone(&seen),
+    };
     let replacing = {
         let manager = manager.clone();
         tokio::spawn(async move { manager.replace(PluginSpec::new(move || v2.clone())).await })
     };
     for i in 0..20 {
-        published.push(manager.publish(EventKind::task_created(format!("b{i}"), "x")).await.unwrap());
+        published.push(
+            manager
+                .publish(EventKind::task_created(format!("b{i}"), "x"))
+                .await
+                .unwrap(),
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     replacing.await.unwrap().unwrap();
@@ -658,12 +810,25 @@ async fn replace_delivers_events_published_while_no_instance_runs() {
     let seqs: Vec<u64> = seen.iter().map(|(_, s)| *s).collect();
     assert_eq!(seqs, published, "every event once, in order");
     let versions: Vec<u32> = seen.iter().map(|(v, _)| *v).collect();
-    let switch = versions.iter().position(|v| *v == 2).expect("the new version ran");
-    assert!(switch >= 5 && versions[switch..].iter().all(|v| *v == 2), "{versions:?}");
+    let switch = versions
+        .iter()
+        .position(|v| *v == 2)
+        .expect("the new version ran");
+    assert!(
+        switch >= 5 && versions[switch..].iter().all(|v| *v == 2),
+        "{versions:?}"
+    );
     let stats = manager.stats("versioned").await.unwrap();
-    assert_eq!((stats.published, stats.delivered, stats.restarts), (25, 25, 0));
+    assert_eq!(
+        (stats.published, stats.delivered, stats.restarts),
+        (25, 25, 0)
+    );
     // Other hooks are refused: routing cannot change under a running plugin.
-    let other = PluginSpec::new(|| Versioned { version: 3, seen: Arc::default() }).hooks(Hook::TaskFailed);
+    let other = PluginSpec::new(|| Versioned {
+        version: 3,
+        seen: Arc::default(),
+    })
+    .hooks(Hook::TaskFailed);
     assert!(matches!(
         manager.replace(other).await,
         Err(dtf_plugin_core::ManagerError::HooksChanged(name)) if name == "versioned"

@@ -56,11 +56,13 @@ use tree::{FileReader, Node, Positions, Value, set_path};
 pub(crate) use schema::parse_duration;
 
 /// The origin of byte `offset` of `text`, read from `path`.
-#[cfg_attr(not(feature = "external"), expect(dead_code, reason = "used by manifests"))]
+#[cfg_attr(
+    not(feature = "external"),
+    expect(dead_code, reason = "used by manifests")
+)]
 pub(crate) fn file_position(text: &str, path: &Path, offset: usize) -> Origin {
     Positions::new(text, path).origin(offset)
 }
-
 
 /// What kind of problem a [`ConfigIssue`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,7 +346,8 @@ impl ConfigLoader {
                     at,
                     format!("unknown key `{}`", path[0]),
                 );
-                issue.suggestion = did_you_mean(&path[0], TOP_KEYS.iter().copied()).map(str::to_owned);
+                issue.suggestion =
+                    did_you_mean(&path[0], TOP_KEYS.iter().copied()).map(str::to_owned);
                 issues.push(issue);
                 continue;
             }
@@ -363,7 +366,7 @@ impl ConfigLoader {
         let manager = reader.manager(top.get("manager"));
         let plugin_dirs = reader.plugin_dirs(top.get("plugin_dirs"));
         let plugins = reader.plugins(top.get("plugins"));
-        issues.sort_by(|a, b| order_key(&a.origin).cmp(&order_key(&b.origin)));
+        issues.sort_by_key(|a| order_key(&a.origin));
         issues.dedup();
         ConfigErrors::check(issues)?;
         Ok(Config {
@@ -448,7 +451,10 @@ fn defaults_tree(c: &ManagerConfig) -> Node {
         (
             "restart_budget",
             table(vec![
-                ("max_restarts", int(u64::from(c.restart_budget.max_restarts))),
+                (
+                    "max_restarts",
+                    int(u64::from(c.restart_budget.max_restarts)),
+                ),
                 ("window", dur(c.restart_budget.window)),
             ]),
         ),
@@ -634,7 +640,7 @@ impl Config {
                 Vec::new()
             }
         };
-        issues.sort_by(|a, b| order_key(&a.origin).cmp(&order_key(&b.origin)));
+        issues.sort_by_key(|a| order_key(&a.origin));
         ConfigErrors::check(issues)?;
         Ok(order)
     }
@@ -697,9 +703,10 @@ impl Config {
         registry: &PluginRegistry,
     ) -> Result<PluginManagerBuilder, ConfigErrors> {
         let specs = self.plugin_specs(registry)?;
-        Ok(specs
-            .into_iter()
-            .fold(builder.config(self.manager.clone()), PluginManagerBuilder::spec))
+        Ok(specs.into_iter().fold(
+            builder.config(self.manager.clone()),
+            PluginManagerBuilder::spec,
+        ))
     }
 
     /// The effective configuration as TOML, secrets as `"***"`, each value followed by a
@@ -732,8 +739,7 @@ impl Config {
 
 fn render_key(k: &str) -> String {
     if !k.is_empty()
-        && k
-            .chars()
+        && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     {
         k.to_owned()

@@ -112,7 +112,13 @@ impl Reader<'_> {
         }
     }
 
-    fn uint(&mut self, t: &BTreeMap<String, Node>, prefix: &str, key: &str, min: i64) -> Option<u64> {
+    fn uint(
+        &mut self,
+        t: &BTreeMap<String, Node>,
+        prefix: &str,
+        key: &str,
+        min: i64,
+    ) -> Option<u64> {
         let node = t.get(key)?;
         let path = join(prefix, key);
         match node.value {
@@ -156,14 +162,22 @@ impl Reader<'_> {
                 IssueKind::InvalidValue,
                 &path,
                 &node.at,
-                format!("invalid value {x}: must be between {} and {}", range.0, range.1),
+                format!(
+                    "invalid value {x}: must be between {} and {}",
+                    range.0, range.1
+                ),
             );
             return None;
         }
         Some(x)
     }
 
-    pub(crate) fn bool(&mut self, t: &BTreeMap<String, Node>, prefix: &str, key: &str) -> Option<bool> {
+    pub(crate) fn bool(
+        &mut self,
+        t: &BTreeMap<String, Node>,
+        prefix: &str,
+        key: &str,
+    ) -> Option<bool> {
         let node = t.get(key)?;
         match node.value {
             Value::Bool(b) => Some(b),
@@ -183,9 +197,10 @@ impl Reader<'_> {
         let node = t.get(key)?;
         match (&node.value, &node.raw) {
             (Value::String(s), _) => Some(s),
-            (Value::Integer(_) | Value::Float(_) | Value::Bool(_) | Value::Datetime(_), Some(raw)) => {
-                Some(raw)
-            }
+            (
+                Value::Integer(_) | Value::Float(_) | Value::Bool(_) | Value::Datetime(_),
+                Some(raw),
+            ) => Some(raw),
             _ => {
                 self.wrong_type(&join(prefix, key), node, "a string");
                 None
@@ -210,21 +225,35 @@ impl Reader<'_> {
             IssueKind::InvalidValue,
             &path,
             node.at.clone(),
-            format!("invalid value \"{s}\": expected one of {}", choices.join(", ")),
+            format!(
+                "invalid value \"{s}\": expected one of {}",
+                choices.join(", ")
+            ),
         );
         issue.suggestion = did_you_mean(s, choices.iter().copied()).map(str::to_owned);
         self.issues.push(issue);
         None
     }
 
-    fn duration(&mut self, t: &BTreeMap<String, Node>, prefix: &str, key: &str) -> Option<Duration> {
+    fn duration(
+        &mut self,
+        t: &BTreeMap<String, Node>,
+        prefix: &str,
+        key: &str,
+    ) -> Option<Duration> {
         let node = t.get(key)?;
         let path = join(prefix, key);
         let s = match (&node.value, &node.raw) {
             (Value::String(s), _) => s,
-            (Value::Integer(_) | Value::Float(_), Some(raw)) if parse_duration(raw).is_some() => raw,
+            (Value::Integer(_) | Value::Float(_), Some(raw)) if parse_duration(raw).is_some() => {
+                raw
+            }
             _ => {
-                self.wrong_type(&path, node, "a duration string such as \"30s\" or \"250ms\"");
+                self.wrong_type(
+                    &path,
+                    node,
+                    "a duration string such as \"30s\" or \"250ms\"",
+                );
                 return None;
             }
         };

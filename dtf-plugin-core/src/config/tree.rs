@@ -102,9 +102,9 @@ impl Node {
     /// Converts to JSON for plugin settings; `${VAR}` values are kept (the plugin needs them).
     pub(crate) fn to_json(&self) -> serde_json::Value {
         match &self.value {
-            Value::Table(t) => serde_json::Value::Object(
-                t.iter().map(|(k, v)| (k.clone(), v.to_json())).collect(),
-            ),
+            Value::Table(t) => {
+                serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+            }
             Value::Array(a) => serde_json::Value::Array(a.iter().map(Node::to_json).collect()),
             Value::String(s) | Value::Datetime(s) => serde_json::Value::String(s.clone()),
             Value::Integer(i) => serde_json::Value::from(*i),
@@ -345,9 +345,9 @@ pub(crate) fn set_path(root: &mut Node, path: &[String], value: Node) -> Result<
 pub(crate) fn resolve_path(value: &str, at: &Origin) -> PathBuf {
     let p = PathBuf::from(value);
     match at {
-        Origin::File { path, .. } if p.is_relative() => path
-            .parent()
-            .map_or_else(|| p.clone(), |dir| dir.join(&p)),
+        Origin::File { path, .. } if p.is_relative() => {
+            path.parent().map_or_else(|| p.clone(), |dir| dir.join(&p))
+        }
         _ => p,
     }
 }

@@ -109,7 +109,9 @@ impl Running {
         .await;
         match written {
             Ok(()) => Ok(()),
-            Err(e) => Err(self.exited(&format!("cannot write to the plugin ({e})")).await),
+            Err(e) => Err(self
+                .exited(&format!("cannot write to the plugin ({e})"))
+                .await),
         }
     }
 
@@ -129,21 +131,14 @@ impl Running {
         }
         serde_json::from_slice(&buf).map_err(|e| {
             // Say what was wrong, not what the line was: it could echo a secret.
-            format!(
-                "protocol error: malformed line ({} bytes): {e}",
-                buf.len()
-            )
-            .into()
+            format!("protocol error: malformed line ({} bytes): {e}", buf.len()).into()
         })
     }
 
     /// Describes an exited (or exiting) process.
     async fn exited(&mut self, what: &str) -> PluginError {
-        let status = tokio::time::timeout(
-            std::time::Duration::from_millis(500),
-            self.process.wait(),
-        )
-        .await;
+        let status =
+            tokio::time::timeout(std::time::Duration::from_millis(500), self.process.wait()).await;
         match status {
             Ok(Ok(s)) => format!("{what}: the process exited ({s})").into(),
             _ => what.to_owned().into(),
@@ -237,12 +232,19 @@ impl Plugin for ExternalPlugin {
         Ok(())
     }
 
-    async fn on_event(&mut self, ctx: &mut PluginContext, event: &Event) -> Result<(), PluginError> {
+    async fn on_event(
+        &mut self,
+        ctx: &mut PluginContext,
+        event: &Event,
+    ) -> Result<(), PluginError> {
         if !self.manifest.hooks.contains(event.hook()) {
             return Ok(());
         }
         let name = &self.manifest.name;
-        let running = self.child.as_mut().ok_or("the plugin process is not running")?;
+        let running = self
+            .child
+            .as_mut()
+            .ok_or("the plugin process is not running")?;
         let id = running.next_id;
         running.next_id += 1;
         tracing::trace!(plugin = %name, id, seq = event.meta.seq, "event sent to the plugin");

@@ -122,7 +122,9 @@ impl Reloader {
             if let Some(s) = config.plugin_settings(name) {
                 r.settings.insert(name.to_owned(), s);
             }
-            if config.get(&format!("plugins.{name}.enabled")) == Some(serde_json::Value::Bool(false)) {
+            if config.get(&format!("plugins.{name}.enabled"))
+                == Some(serde_json::Value::Bool(false))
+            {
                 r.disabled.insert(name.to_owned());
             }
         }
@@ -237,9 +239,7 @@ impl Reloader {
         for name in gone {
             self.known.remove(&name);
             events.push(match manager.remove(&name).await {
-                Ok(()) | Err(ManagerError::UnknownPlugin { .. }) => {
-                    ReloadEvent::Unloaded { name }
-                }
+                Ok(()) | Err(ManagerError::UnknownPlugin { .. }) => ReloadEvent::Unloaded { name },
                 Err(e) => ReloadEvent::Failed {
                     name: Some(name),
                     error: e.to_string(),
