@@ -114,7 +114,9 @@ pub use manager::{
 pub use plugin::{
     Plugin, PluginConfig, PluginContext, PluginError, PluginMetadata, Reconfigured, RestartPolicy,
 };
-pub use registry::{PluginRegistry, PluginSource, RegistryEntry, RegistryError, SettingsProblem};
+pub use registry::{
+    Listing, PluginRegistry, PluginSource, RegistryEntry, RegistryError, SettingsProblem,
+};
 pub use secret::Secret;
 pub use supervision::{Backoff, Jitter, RestartBudget};
 

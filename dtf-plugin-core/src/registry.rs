@@ -422,6 +422,43 @@ fn redact_values(message: &str) -> String {
     out
 }
 
+/// One row of [`PluginRegistry::listing`]: what a plugin is, where it comes from, and its
+/// status in a running manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Listing {
+    /// The registered name.
+    pub name: String,
+    /// Its version (the running one's, when it runs).
+    pub version: String,
+    /// Its kind.
+    pub kind: crate::PluginKind,
+    /// The hooks it subscribes to.
+    pub hooks: crate::HookSet,
+    /// Built in (which crate) or from a plugin directory (which manifest).
+    pub source: PluginSource,
+    /// Its status in the manager; `None` when it is not loaded (disabled in the
+    /// configuration, or never added).
+    pub status: Option<crate::PluginStatus>,
+}
+
+impl fmt::Display for Listing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hooks: Vec<String> = self.hooks.iter().map(|h| format!("{h:?}")).collect();
+        write!(
+            f,
+            "{}  {}  {}  [{}]  {}  {}",
+            self.name,
+            self.version,
+            self.kind,
+            hooks.join(", "),
+            self.source,
+            self.status
+                .map_or_else(|| "not loaded".to_owned(), |s| s.to_string())
+        )
+    }
+}
+
 /// Plugins by name: see the [module docs](self).
 #[derive(Debug, Clone, Default)]
 pub struct PluginRegistry {
@@ -549,6 +586,45 @@ impl PluginRegistry {
             visit(name, &deps, &mut state, &mut stack, &mut order)?;
         }
         Ok(order)
+    }
+
+    /// Every registered plugin with its status in a running manager (`running` is
+    /// [`PluginManager::list`](crate::PluginManager::list)), sorted by name; plugins that run
+    /// without being registered (added directly to the manager) are listed too, as built in
+    /// from an unnamed crate.
+    pub fn listing(&self, running: &[crate::PluginInfo]) -> Vec<Listing> {
+        let mut rows: Vec<Listing> = self
+            .entries
+            .values()
+            .map(|e| {
+                let live = running.iter().find(|p| p.name == e.name());
+                Listing {
+                    name: e.name().to_owned(),
+                    version: live
+                        .map_or_else(|| e.metadata.version.to_string(), |p| p.version.clone()),
+                    kind: e.metadata.kind,
+                    hooks: e.metadata.hooks,
+                    source: e.source.clone(),
+                    status: live.map(|p| p.status),
+                }
+            })
+            .collect();
+        for p in running {
+            if !self.entries.contains_key(&p.name) {
+                rows.push(Listing {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    kind: p.kind,
+                    hooks: p.hooks,
+                    source: PluginSource::BuiltIn {
+                        krate: Cow::Borrowed(""),
+                    },
+                    status: Some(p.status),
+                });
+            }
+        }
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        rows
     }
 
     /// The entries, sorted by name.

@@ -653,6 +653,19 @@ async fn a_configuration_builds_the_manager_and_its_plugins() {
         .map(|p| p.name)
         .collect();
     assert_eq!(names, ["scheduler", "slack", "rec"]);
+    let rows: Vec<String> = registry
+        .listing(&manager.list().await.unwrap())
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "rec  0.0.0  monitoring  [PluginStarted]  built-in ()  running",
+            "scheduler  0.1.0  scheduler  [TaskCreated, TaskCompleted, TaskFailed, TaskCancelled, WorkerRegistered, WorkerDisconnected, WorkerFailed, WorkerRecovered]  built-in (dtf-scheduler)  running",
+            "slack  1.0.0  notification  [TaskFailed]  built-in (tests)  running",
+        ]
+    );
     assert_eq!(
         slack.started_with.lock().unwrap()[0],
         serde_json::json!({ "webhook_url": "https://hooks.invalid/x", "retries": 3 })
