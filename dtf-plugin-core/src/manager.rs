@@ -1226,8 +1226,9 @@ impl PluginManager {
     }
 
     /// Replaces a running plugin with a new version (hot reload): the plugin named like
-    /// `spec` handles what is already queued for it, shuts down (`on_shutdown`), and is
-    /// started again from `spec`'s factory. It stays subscribed throughout, so events
+    /// `spec` handles what is queued for it (until its queue is empty, at most
+    /// [`ManagerConfig::shutdown_timeout`]), shuts down (`on_shutdown`), and is started again
+    /// from `spec`'s factory. It stays subscribed throughout, so events
     /// published meanwhile wait in its queue and reach the new version: none is lost. A
     /// `null` configuration in `spec` keeps the current one; the per-plugin settings
     /// (timeouts, restart policy) stay those of the original spec. A restarting or disabled
