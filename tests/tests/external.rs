@@ -835,3 +835,62 @@ async fn replace_delivers_events_published_while_no_instance_runs() {
     ));
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
 }
+
+/// Restarts for its new configuration slowly, so that events arrive while no instance runs.
+#[derive(Clone, Default)]
+struct SlowStart {
+    seen: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Plugin for SlowStart {
+    fn metadata(&self) -> PluginMetadata {
+        PluginMetadata::new("slow-start").hooks(Hook::TaskCreated)
+    }
+    async fn on_start(&mut self, _: &mut PluginContext) -> Result<(), PluginError> {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
+    }
+    async fn on_event(&mut self, _: &mut PluginContext, event: &Event) -> Result<(), PluginError> {
+        self.seen.lock().unwrap().push(event.meta.seq);
+        Ok(())
+    }
+}
+
+/// The same gap exists when an idle plugin restarts for a new configuration (the core's
+/// `Reconfigured::Restart`); the resume-hint fix in the bus covers both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_for_configuration_delivers_events_published_meanwhile() {
+    let plugin = SlowStart::default();
+    let seen = Arc::clone(&plugin.seen);
+    let manager = PluginManager::builder()
+        .spec(PluginSpec::new(move || plugin.clone()))
+        .spawn()
+        .await
+        .unwrap();
+    let mut published = Vec::new();
+    for i in 0..3 {
+        published.push(
+            manager
+                .publish(EventKind::task_created(format!("a{i}"), "x"))
+                .await
+                .unwrap(),
+        );
+    }
+    manager.flush().await;
+    manager
+        .reconfigure("slow-start", serde_json::json!({ "v": 2 }))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        published.push(
+            manager
+                .publish(EventKind::task_created(format!("b{i}"), "x"))
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    flushed(&manager).await;
+    assert_eq!(*seen.lock().unwrap(), published);
+    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+}
