@@ -894,3 +894,39 @@ async fn a_restart_for_configuration_delivers_events_published_meanwhile() {
     assert_eq!(*seen.lock().unwrap(), published);
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
 }
+
+#[tokio::test]
+async fn a_reloader_from_the_configuration_skips_disabled_plugins_and_passes_settings() {
+    let dir = temp_dir("from-config");
+    let file = dir.join("dtf.toml");
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    std::fs::write(
+        &file,
+        "plugin_dirs = [\"plugins\"]\n[plugins.off]\nenabled = false\n[plugins.on.settings]\ngreeting = \"hello\"\n",
+    )
+    .unwrap();
+    let config = ConfigLoader::new().file(&file).env_vars([]).load().unwrap();
+    assert_eq!(config.plugin_dirs(), [dir.join("plugins")]);
+    let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
+    let manager = PluginManager::builder().spec(rec).spawn().await.unwrap();
+    let mut reloader = Reloader::from_config(&config);
+    write_plugin(&dir.join("plugins"), "on", "", &[]);
+    write_plugin(&dir.join("plugins"), "off", "", &[]);
+    let changes = reloader.poll(&manager).await;
+    assert_eq!(
+        changes,
+        [ReloadEvent::Loaded {
+            name: "on".to_owned(),
+            version: "0.1.0".to_owned()
+        }]
+    );
+    manager
+        .publish(EventKind::task_created("t1", "x"))
+        .await
+        .unwrap();
+    flushed(&manager).await;
+    let got = received(&recording, "on");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["greeting"], "hello");
+    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+}
