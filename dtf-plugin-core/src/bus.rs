@@ -715,7 +715,12 @@ impl Slot {
             return;
         }
         let mut w = self.wake_state();
-        w.resume = Some((Arc::clone(tail), pos));
+        // Keep the earliest hint: with no actor attached (restarting, being replaced)
+        // `scheduled` is cleared again and every publish comes here; overwriting the hint
+        // would make an idle reader resume at the latest event and skip the ones before it.
+        if w.resume.is_none() {
+            w.resume = Some((Arc::clone(tail), pos));
+        }
         self.has_resume.store(true, Ordering::SeqCst);
         Self::send_drain(&self.scheduled, &w);
     }

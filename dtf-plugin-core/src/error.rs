@@ -85,6 +85,11 @@ pub enum ManagerError {
         /// Why, as the plugin reported it.
         reason: String,
     },
+    /// [`crate::PluginManager::replace`] was given a spec with other hooks.
+    #[error(
+        "replace plugin `{0}`: the new version subscribes to other hooks (remove and add it instead)"
+    )]
+    HooksChanged(String),
     /// A typed configuration could not be serialized or parsed.
     #[error(transparent)]
     Config(#[from] ConfigError),

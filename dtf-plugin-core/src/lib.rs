@@ -67,6 +67,13 @@
 //! - `testing`: [`testing::RecordingPlugin`], a plugin that records what it receives, for
 //!   asserting on events in your own tests.
 //!
+//! - `config`: [`config::ConfigLoader`] reads a `dtf.toml` (manager defaults, plugin
+//!   directories, per-plugin settings) with environment and command-line overrides, precise
+//!   error positions and redacted printing. Adds the `toml` crate.
+//! - `external`: [`external`] runs out-of-process plugins from plugin directories (a manifest
+//!   plus any executable, newline-delimited JSON over stdin/stdout) and reloads them when
+//!   they change. Implies `config`; adds tokio's `process` and `io-util`.
+//!
 //! ## Guarantees
 //!
 //! Per plugin, events arrive in publish order (global sequence numbers strictly increasing),
@@ -80,8 +87,12 @@
 #![forbid(unsafe_code)]
 
 mod bus;
+#[cfg(feature = "config")]
+pub mod config;
 mod error;
 pub mod event;
+#[cfg(feature = "external")]
+pub mod external;
 pub mod lifecycle;
 mod manager;
 mod plugin;
@@ -103,7 +114,9 @@ pub use manager::{
 pub use plugin::{
     Plugin, PluginConfig, PluginContext, PluginError, PluginMetadata, Reconfigured, RestartPolicy,
 };
-pub use registry::{PluginRegistry, PluginSource, RegistryEntry, RegistryError};
+pub use registry::{
+    Listing, PluginRegistry, PluginSource, RegistryEntry, RegistryError, SettingsProblem,
+};
 pub use secret::Secret;
 pub use supervision::{Backoff, Jitter, RestartBudget};
 

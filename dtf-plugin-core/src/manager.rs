@@ -363,6 +363,8 @@ enum AfterStop {
     Nothing,
     Disable,
     Remove,
+    /// Start again from the (replaced) factory: [`PluginManager::replace`].
+    Respawn,
 }
 
 struct Entry {
@@ -428,6 +430,7 @@ pub(crate) enum ManagerMsg {
     Remove(String, Reply<()>),
     Enable(String, Reply<()>),
     Disable(String, Reply<()>),
+    Replace(Box<PluginSpec>, Reply<()>),
     Reconfigure(
         String,
         PluginConfig,
@@ -649,10 +652,56 @@ impl ManagerState {
                 self.plugins.remove(name);
                 tracing::info!(plugin = %name, "plugin removed");
             }
-            AfterStop::Nothing => {}
+            AfterStop::Nothing | AfterStop::Respawn => {}
         }
         for reply in waiting {
             let _ = reply.send(Ok(()));
+        }
+    }
+
+    /// Swaps a plugin's factory and metadata; a running instance finishes its queue, shuts
+    /// down and is started again from the new factory (`AfterStop::Respawn`). The slot stays
+    /// routed throughout, so nothing published meanwhile is lost.
+    fn replace(&mut self, spec: PluginSpec, reply: Reply<()>) {
+        let deadline = std::time::Instant::now() + self.config.shutdown_timeout;
+        let name = spec.meta.name.to_string();
+        let unknown = self.unknown(&name);
+        let Some(entry) = self.plugins.get_mut(&name) else {
+            let _ = reply.send(Err(unknown));
+            return;
+        };
+        if entry.meta.hooks != spec.meta.hooks {
+            let _ = reply.send(Err(ManagerError::HooksChanged(name)));
+            return;
+        }
+        match spec.config {
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+            Ok(config) if !config.is_null() => entry.slot.set_config(Arc::new(config)),
+            Ok(_) => {}
+        }
+        entry.factory = spec.factory;
+        entry.meta = spec.meta;
+        tracing::info!(plugin = %name, version = %entry.meta.version, "replacing plugin");
+        match &entry.actor {
+            Some(actor) if entry.after_stop == AfterStop::Nothing => {
+                entry.after_stop = AfterStop::Respawn;
+                entry.generation += 1;
+                entry.waiting.push(reply);
+                let msg = PluginMsg::Shutdown {
+                    deadline,
+                    reply: None,
+                };
+                if actor.send_message(msg).is_err() {
+                    tracing::debug!(plugin = %name, "plugin actor already stopping");
+                }
+            }
+            // Restarting, disabled or stopping: the next start uses the new factory.
+            _ => {
+                let _ = reply.send(Ok(()));
+            }
         }
     }
 
@@ -673,7 +722,14 @@ impl ManagerState {
         entry.failures += 1;
         entry.last_error = Some(error.clone());
         tracing::warn!(plugin = %name, %error, "plugin failed");
-        if entry.after_stop != AfterStop::Nothing {
+        if entry.after_stop == AfterStop::Respawn {
+            // The old version failed while finishing its queue: restart as after any failure,
+            // from the new factory.
+            entry.after_stop = AfterStop::Nothing;
+            for reply in std::mem::take(&mut entry.waiting) {
+                let _ = reply.send(Ok(()));
+            }
+        } else if entry.after_stop != AfterStop::Nothing {
             self.finish_stop(name);
             return;
         }
@@ -833,6 +889,7 @@ impl Actor for ManagerActor {
                 };
                 let _ = reply.send(r);
             }
+            ManagerMsg::Replace(spec, reply) => state.replace(*spec, reply),
             ManagerMsg::Reconfigure(name, config, reply) => {
                 let r = match state.plugins.get(&name) {
                     None => Err(state.unknown(&name)),
@@ -934,7 +991,30 @@ impl Actor for ManagerActor {
                 };
                 e.actor = None;
                 e.slot.detach();
-                if e.after_stop != AfterStop::Nothing {
+                if e.after_stop == AfterStop::Respawn {
+                    e.after_stop = AfterStop::Nothing;
+                    let waiting = std::mem::take(&mut e.waiting);
+                    let result = if stopping {
+                        e.status = PluginStatus::Stopped;
+                        Ok(())
+                    } else {
+                        tracing::info!(plugin = %name, "starting the replaced plugin");
+                        match state.spawn(&name, &myself).await {
+                            Ok(()) => Ok(()),
+                            Err(err) => {
+                                let reason = format!("respawn failed: {err}");
+                                state.on_failure(&name, reason.clone(), true, &myself);
+                                Err(reason)
+                            }
+                        }
+                    };
+                    for reply in waiting {
+                        let _ = reply.send(result.clone().map_err(|reason| ManagerError::Spawn {
+                            name: name.clone(),
+                            reason,
+                        }));
+                    }
+                } else if e.after_stop != AfterStop::Nothing {
                     state.finish_stop(&name);
                 } else if stopping {
                     e.status = PluginStatus::Stopped;
@@ -1143,6 +1223,25 @@ impl PluginManager {
     pub async fn enable(&self, name: &str) -> Result<(), ManagerError> {
         let name = name.to_owned();
         self.call(|r| ManagerMsg::Enable(name, r)).await?
+    }
+
+    /// Replaces a running plugin with a new version (hot reload): the plugin named like
+    /// `spec` handles what is queued for it (until its queue is empty, at most
+    /// [`ManagerConfig::shutdown_timeout`]), shuts down (`on_shutdown`), and is started again
+    /// from `spec`'s factory. It stays subscribed throughout, so events
+    /// published meanwhile wait in its queue and reach the new version: none is lost. A
+    /// `null` configuration in `spec` keeps the current one; the per-plugin settings
+    /// (timeouts, restart policy) stay those of the original spec. A restarting or disabled
+    /// plugin just gets the new factory for its next start.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::UnknownPlugin`], [`ManagerError::HooksChanged`] (remove and add it
+    /// instead), [`ManagerError::Config`], [`ManagerError::Spawn`] when the new version
+    /// cannot be spawned (it is then handled as a failure and retried within the budget).
+    pub async fn replace(&self, spec: PluginSpec) -> Result<(), ManagerError> {
+        self.call(|r| ManagerMsg::Replace(Box::new(spec), r))
+            .await?
     }
 
     /// Changes a plugin's configuration while it runs. The change is applied in order with

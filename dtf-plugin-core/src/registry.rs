@@ -44,6 +44,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
+
 use crate::manager::PluginSpec;
 use crate::plugin::{PluginConfig, PluginMetadata};
 
@@ -70,6 +72,20 @@ impl fmt::Display for PluginSource {
 }
 
 type MakeSpec = Arc<dyn Fn() -> PluginSpec + Send + Sync>;
+type Validate = Arc<dyn Fn(&PluginConfig) -> Vec<SettingsProblem> + Send + Sync>;
+
+/// A problem a plugin's typed configuration found in its settings (see
+/// [`RegistryEntry::config_type`]). Never carries the offending value: it may be a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SettingsProblem {
+    /// Key path inside the settings (keys, and array indexes as numbers).
+    pub path: Vec<String>,
+    /// What is wrong (serde's message, values removed).
+    pub message: String,
+    /// For an unknown key: the closest valid key.
+    pub suggestion: Option<String>,
+}
 
 /// One plugin in a [`PluginRegistry`]: how to build it and what it is.
 #[derive(Clone)]
@@ -79,6 +95,10 @@ pub struct RegistryEntry {
     source: PluginSource,
     default_config: PluginConfig,
     make: MakeSpec,
+    validate: Option<Validate>,
+    after: Vec<String>,
+    requires: Vec<String>,
+    enabled_by_default: bool,
 }
 
 impl fmt::Debug for RegistryEntry {
@@ -88,6 +108,8 @@ impl fmt::Debug for RegistryEntry {
             .field("metadata", &self.metadata)
             .field("description", &self.description)
             .field("source", &self.source)
+            .field("after", &self.after)
+            .field("requires", &self.requires)
             .finish_non_exhaustive()
     }
 }
@@ -106,7 +128,71 @@ impl RegistryEntry {
             },
             default_config: PluginConfig::Null,
             make: Arc::new(make),
+            validate: None,
+            after: Vec::new(),
+            requires: Vec::new(),
+            enabled_by_default: false,
         }
+    }
+
+    /// Declares the plugin's typed configuration, so settings from a configuration file are
+    /// checked before anything starts (unknown keys with suggestions, wrong types), with
+    /// positions in the file.
+    pub fn config_type<T: DeserializeOwned + 'static>(self) -> Self {
+        self.config_check::<T>(|_| Ok(()))
+    }
+
+    /// Like [`config_type`](Self::config_type), plus `check` on the parsed value for rules
+    /// serde cannot express (ranges, names that must exist). `check` returns a message.
+    pub fn config_check<T: DeserializeOwned + 'static>(
+        mut self,
+        check: impl Fn(&T) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.validate = Some(Arc::new(move |config| validate_as::<T>(config, &check)));
+        self
+    }
+
+    /// Problems of `config` for this plugin's typed configuration (none when no type was
+    /// declared).
+    pub fn validate(&self, config: &PluginConfig) -> Vec<SettingsProblem> {
+        self.validate
+            .as_ref()
+            .map(|v| v(config))
+            .unwrap_or_default()
+    }
+
+    /// Starts this plugin after `other` when both are enabled (no requirement).
+    pub fn after(mut self, other: impl Into<String>) -> Self {
+        self.after.push(other.into());
+        self
+    }
+
+    /// Requires `other` to be enabled too, and starts this plugin after it.
+    pub fn requires(mut self, other: impl Into<String>) -> Self {
+        self.requires.push(other.into());
+        self
+    }
+
+    /// Whether the plugin runs when a configuration does not mention it. Default `false`
+    /// for built-ins; plugins found in plugin directories are enabled by default.
+    pub fn enabled_by_default(mut self, enabled: bool) -> Self {
+        self.enabled_by_default = enabled;
+        self
+    }
+
+    /// The plugins this one starts after, when enabled.
+    pub fn starts_after(&self) -> &[String] {
+        &self.after
+    }
+
+    /// The plugins this one requires.
+    pub fn requirements(&self) -> &[String] {
+        &self.requires
+    }
+
+    /// Whether the plugin runs when a configuration does not mention it.
+    pub fn is_enabled_by_default(&self) -> bool {
+        self.enabled_by_default
     }
 
     /// Sets a one-line description shown in listings.
@@ -189,6 +275,188 @@ pub enum RegistryError {
         /// The closest registered name, if one is close.
         suggestion: Option<String>,
     },
+    /// `after`/`requires` form a cycle.
+    #[error("plugins {} depend on each other in a cycle ({})", plugins.join(", "), cycle_text(plugins))]
+    Cycle {
+        /// The plugins on the cycle, in order.
+        plugins: Vec<String>,
+    },
+    /// A plugin requires one that is not registered or not enabled.
+    #[error("plugin `{plugin}` requires plugin `{requires}`, which is {}", if *registered { "not enabled" } else { "not registered" })]
+    MissingRequirement {
+        /// The plugin with the requirement.
+        plugin: String,
+        /// The plugin it requires.
+        requires: String,
+        /// Whether the required plugin exists but is not enabled.
+        registered: bool,
+    },
+}
+
+fn cycle_text(plugins: &[String]) -> String {
+    let mut parts = plugins.to_vec();
+    if let Some(first) = plugins.first() {
+        parts.push(first.clone());
+    }
+    parts.join(" -> ")
+}
+
+fn validate_as<T: DeserializeOwned>(
+    config: &PluginConfig,
+    check: &dyn Fn(&T) -> Result<(), String>,
+) -> Vec<SettingsProblem> {
+    let mut value = if config.is_null() {
+        serde_json::Value::Object(serde_json::Map::new())
+    } else {
+        config.clone()
+    };
+    let mut problems = Vec::new();
+    // serde stops at the first error; unknown keys are removed and the rest checked again so
+    // that every unknown key of a section is reported in one run.
+    for _ in 0..64 {
+        match serde_path_to_error::deserialize::<_, T>(&value) {
+            Ok(parsed) => {
+                if let Err(message) = check(&parsed) {
+                    problems.push(SettingsProblem {
+                        path: Vec::new(),
+                        message,
+                        suggestion: None,
+                    });
+                }
+                break;
+            }
+            Err(e) => {
+                let mut path: Vec<String> = e
+                    .path()
+                    .iter()
+                    .filter_map(|seg| match seg {
+                        serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                        serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                        serde_path_to_error::Segment::Enum { variant } => Some(variant.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let message = redact_values(&e.into_inner().to_string());
+                if let Some((field, expected)) = unknown_field(&message) {
+                    if path.last() != Some(&field) {
+                        path.push(field.clone());
+                    }
+                    let suggestion = did_you_mean(&field, expected.iter().map(String::as_str))
+                        .map(str::to_owned);
+                    let removed = remove_path(&mut value, &path);
+                    problems.push(SettingsProblem {
+                        path,
+                        message: format!("unknown key `{field}`"),
+                        suggestion,
+                    });
+                    if removed {
+                        continue;
+                    }
+                } else {
+                    problems.push(SettingsProblem {
+                        path,
+                        message,
+                        suggestion: None,
+                    });
+                }
+                break;
+            }
+        }
+    }
+    problems
+}
+
+/// `unknown field `x`, expected one of `a`, `b`` → (`x`, [`a`, `b`]).
+fn unknown_field(message: &str) -> Option<(String, Vec<String>)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let end = rest.find('`')?;
+    let field = rest[..end].to_owned();
+    let expected = rest[end + 1..]
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    Some((field, expected))
+}
+
+fn remove_path(value: &mut serde_json::Value, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut v = value;
+    for p in parents {
+        v = match v {
+            serde_json::Value::Object(m) => match m.get_mut(p) {
+                Some(x) => x,
+                None => return false,
+            },
+            serde_json::Value::Array(a) => match p.parse::<usize>().ok().and_then(|i| a.get_mut(i))
+            {
+                Some(x) => x,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match v {
+        serde_json::Value::Object(m) => m.remove(last).is_some(),
+        _ => false,
+    }
+}
+
+/// Removes quoted values from a serde message so a misplaced secret never reaches an error.
+fn redact_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("string \"") {
+        let start = i + "string \"".len();
+        out.push_str(&rest[..start]);
+        out.push('…');
+        match rest[start..].find('"') {
+            Some(end) => rest = &rest[start + end..],
+            None => rest = "",
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One row of [`PluginRegistry::listing`]: what a plugin is, where it comes from, and its
+/// status in a running manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Listing {
+    /// The registered name.
+    pub name: String,
+    /// Its version (the running one's, when it runs).
+    pub version: String,
+    /// Its kind.
+    pub kind: crate::PluginKind,
+    /// The hooks it subscribes to.
+    pub hooks: crate::HookSet,
+    /// Built in (which crate) or from a plugin directory (which manifest).
+    pub source: PluginSource,
+    /// Its status in the manager; `None` when it is not loaded (disabled in the
+    /// configuration, or never added).
+    pub status: Option<crate::PluginStatus>,
+}
+
+impl fmt::Display for Listing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hooks: Vec<String> = self.hooks.iter().map(|h| format!("{h:?}")).collect();
+        write!(
+            f,
+            "{}  {}  {}  [{}]  {}  {}",
+            self.name,
+            self.version,
+            self.kind,
+            hooks.join(", "),
+            self.source,
+            self.status
+                .map_or_else(|| "not loaded".to_owned(), |s| s.to_string())
+        )
+    }
 }
 
 /// Plugins by name: see the [module docs](self).
@@ -249,6 +517,114 @@ impl PluginRegistry {
     /// The registered names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
+    }
+
+    /// The order to start `enabled` plugins in: each after the plugins it `requires` and the
+    /// enabled plugins it starts `after`; otherwise in the given order.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::MissingRequirement`] when a requirement is not registered or not in
+    /// `enabled`, [`RegistryError::Cycle`] naming the plugins of a cycle,
+    /// [`RegistryError::Unknown`] for an unregistered name in `enabled`.
+    pub fn start_order(&self, enabled: &[String]) -> Result<Vec<String>, RegistryError> {
+        let mut deps: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for name in enabled {
+            let entry = self.entry(name)?;
+            let mut d = Vec::new();
+            for r in &entry.requires {
+                if !enabled.contains(r) {
+                    return Err(RegistryError::MissingRequirement {
+                        plugin: name.clone(),
+                        requires: r.clone(),
+                        registered: self.entries.contains_key(r),
+                    });
+                }
+                d.push(r.as_str());
+            }
+            d.extend(
+                entry
+                    .after
+                    .iter()
+                    .filter(|a| enabled.contains(a))
+                    .map(String::as_str),
+            );
+            deps.insert(name.as_str(), d);
+        }
+        // Depth-first, in the given order; a grey node met again closes a cycle.
+        let mut order = Vec::new();
+        let mut state: BTreeMap<&str, u8> = BTreeMap::new(); // 1 visiting, 2 done
+        let mut stack: Vec<&str> = Vec::new();
+        fn visit<'a>(
+            n: &'a str,
+            deps: &BTreeMap<&'a str, Vec<&'a str>>,
+            state: &mut BTreeMap<&'a str, u8>,
+            stack: &mut Vec<&'a str>,
+            order: &mut Vec<String>,
+        ) -> Result<(), RegistryError> {
+            match state.get(n) {
+                Some(2) => return Ok(()),
+                Some(_) => {
+                    let from = stack.iter().position(|s| *s == n).unwrap_or(0);
+                    return Err(RegistryError::Cycle {
+                        plugins: stack[from..].iter().map(|s| (*s).to_owned()).collect(),
+                    });
+                }
+                None => {}
+            }
+            state.insert(n, 1);
+            stack.push(n);
+            for d in deps.get(n).map(Vec::as_slice).unwrap_or_default() {
+                visit(d, deps, state, stack, order)?;
+            }
+            stack.pop();
+            state.insert(n, 2);
+            order.push(n.to_owned());
+            Ok(())
+        }
+        for name in enabled {
+            visit(name, &deps, &mut state, &mut stack, &mut order)?;
+        }
+        Ok(order)
+    }
+
+    /// Every registered plugin with its status in a running manager (`running` is
+    /// [`PluginManager::list`](crate::PluginManager::list)), sorted by name; plugins that run
+    /// without being registered (added directly to the manager) are listed too, as built in
+    /// from an unnamed crate.
+    pub fn listing(&self, running: &[crate::PluginInfo]) -> Vec<Listing> {
+        let mut rows: Vec<Listing> = self
+            .entries
+            .values()
+            .map(|e| {
+                let live = running.iter().find(|p| p.name == e.name());
+                Listing {
+                    name: e.name().to_owned(),
+                    version: live
+                        .map_or_else(|| e.metadata.version.to_string(), |p| p.version.clone()),
+                    kind: e.metadata.kind,
+                    hooks: e.metadata.hooks,
+                    source: e.source.clone(),
+                    status: live.map(|p| p.status),
+                }
+            })
+            .collect();
+        for p in running {
+            if !self.entries.contains_key(&p.name) {
+                rows.push(Listing {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    kind: p.kind,
+                    hooks: p.hooks,
+                    source: PluginSource::BuiltIn {
+                        krate: Cow::Borrowed(""),
+                    },
+                    status: Some(p.status),
+                });
+            }
+        }
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        rows
     }
 
     /// The entries, sorted by name.
@@ -332,5 +708,85 @@ mod tests {
         assert_eq!(did_you_mean("queue_capacty", keys), Some("queue_capacity"));
         assert_eq!(did_you_mean("overflw", keys), Some("overflow"));
         assert_eq!(did_you_mean("colour", keys), None);
+    }
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[expect(dead_code, reason = "only deserialized")]
+    struct Cfg {
+        retries: u32,
+        #[serde(default)]
+        token: String,
+    }
+
+    struct Nop;
+    impl crate::Plugin for Nop {
+        async fn on_event(
+            &mut self,
+            _: &mut crate::PluginContext,
+            _: &crate::Event,
+        ) -> Result<(), crate::PluginError> {
+            Ok(())
+        }
+    }
+
+    fn entry(name: &'static str) -> RegistryEntry {
+        RegistryEntry::new(move || PluginSpec::new(|| Nop).name(name))
+    }
+
+    #[test]
+    fn settings_problems_name_every_unknown_key_and_hide_values() {
+        let e = entry("a").config_type::<Cfg>();
+        let problems = e.validate(&serde_json::json!({
+            "retires": 1, "tokn": "x", "retries": 2
+        }));
+        let shown: Vec<_> = problems
+            .iter()
+            .map(|p| (p.path.join("."), p.suggestion.clone()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("retires".to_owned(), Some("retries".to_owned())),
+                ("tokn".to_owned(), Some("token".to_owned()))
+            ]
+        );
+        let problems = e.validate(&serde_json::json!({ "retries": "xoxb-secret" }));
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].path, ["retries"]);
+        assert!(
+            !problems[0].message.contains("xoxb"),
+            "{}",
+            problems[0].message
+        );
+        assert!(e.validate(&serde_json::json!({ "retries": 1 })).is_empty());
+    }
+
+    #[test]
+    fn start_order_follows_requirements_and_refuses_cycles() {
+        let mut r = PluginRegistry::new();
+        r.register(entry("a").requires("b")).unwrap();
+        r.register(entry("b").after("c")).unwrap();
+        r.register(entry("c")).unwrap();
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            r.start_order(&names(&["a", "b", "c"])).unwrap(),
+            ["c", "b", "a"]
+        );
+        assert_eq!(r.start_order(&names(&["a", "b"])).unwrap(), ["b", "a"]);
+        let err = r.start_order(&names(&["a"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "plugin `a` requires plugin `b`, which is not enabled"
+        );
+        let mut r = PluginRegistry::new();
+        r.register(entry("x").after("y")).unwrap();
+        r.register(entry("y").requires("z")).unwrap();
+        r.register(entry("z").after("x")).unwrap();
+        let err = r.start_order(&names(&["x", "y", "z"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "plugins x, y, z depend on each other in a cycle (x -> y -> z -> x)"
+        );
     }
 }

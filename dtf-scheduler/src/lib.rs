@@ -90,3 +90,44 @@ pub use framework::{
     Placement, QueueHead, QueueId, Round, Scheduler, ScoreWeights, TaskSpec, WorkerView, earliest,
 };
 pub use registry::{Registry, SchedulerFactory};
+
+/// Adds the scheduling coordinator to a plugin registry as `scheduler` (built in, disabled
+/// unless configured). Its settings are a [`SchedulerConfig`], checked before start: an
+/// unknown strategy or a bad value is reported with its position in the configuration file.
+///
+/// ```
+/// use dtf_plugin_core::PluginRegistry;
+/// let mut plugins = PluginRegistry::new();
+/// dtf_scheduler::register(&mut plugins)?;
+/// let entry = plugins.entry("scheduler")?;
+/// assert!(entry.validate(&serde_json::json!({ "scheduler": "fairness" })).is_empty());
+/// assert!(!entry.validate(&serde_json::json!({ "scheduler": "nope" })).is_empty());
+/// # Ok::<(), dtf_plugin_core::RegistryError>(())
+/// ```
+///
+/// # Errors
+///
+/// [`dtf_plugin_core::RegistryError::Duplicate`] when a plugin named `scheduler` is
+/// already registered.
+pub fn register(
+    registry: &mut dtf_plugin_core::PluginRegistry,
+) -> Result<(), dtf_plugin_core::RegistryError> {
+    use std::sync::Arc;
+
+    use dtf_plugin_core::{PluginSpec, RegistryEntry, RestartPolicy};
+
+    let strategies = Arc::new(Registry::new());
+    let check = Arc::clone(&strategies);
+    registry.register(
+        RegistryEntry::new(move || {
+            let strategies = Arc::clone(&strategies);
+            PluginSpec::new(move || SchedulingCoordinator::with_registry(Arc::clone(&strategies)))
+                .restart_policy(RestartPolicy::Transient)
+        })
+        .built_in("dtf-scheduler")
+        .description("places tasks on workers with the configured strategy")
+        .config_check::<SchedulerConfig>(move |config| {
+            check.build(config).map(|_| ()).map_err(|e| e.to_string())
+        }),
+    )
+}

@@ -1,0 +1,316 @@
+//! [`ExternalPlugin`]: a [`Plugin`] that owns a child process speaking the protocol.
+
+use std::process::Stdio;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use super::manifest::Manifest;
+use super::protocol::{HostMessage, Level, MAX_LINE, PluginMessage, SUPPORTED_PROTOCOLS};
+use crate::event::{Event, EventKind};
+use crate::plugin::{Plugin, PluginContext, PluginError, PluginMetadata};
+
+/// Environment variables the child gets (besides the manifest's `env` table). Nothing else
+/// of the coordinator's environment is passed on: it may hold tokens.
+pub const CHILD_ENV: &[&str] = &[
+    "PATH",
+    "DTF_PLUGIN_NAME",
+    "DTF_PLUGIN_DIR",
+    "DTF_PROTOCOL_VERSION",
+];
+
+/// An out-of-process plugin: spawns the manifest's command in `on_start`, speaks the
+/// newline-delimited JSON protocol with it, and kills it when dropped.
+///
+/// - a malformed line, an `error` answer, or the process exiting is a plugin failure (the
+///   manager restarts a fresh instance, hence a fresh process, within the restart budget);
+/// - a plugin that does not answer is cut off by the manager's handler timeout, and its
+///   process killed with the instance;
+/// - `on_shutdown` sends `shutdown`, waits up to the manifest's `shutdown_grace` for the
+///   process to exit, then kills it.
+#[derive(Debug)]
+pub struct ExternalPlugin {
+    manifest: Arc<Manifest>,
+    child: Option<Running>,
+}
+
+#[derive(Debug)]
+struct Running {
+    process: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    next_id: u64,
+}
+
+impl ExternalPlugin {
+    /// An instance for `manifest` (nothing runs until `on_start`).
+    pub fn new(manifest: Arc<Manifest>) -> Self {
+        Self {
+            manifest,
+            child: None,
+        }
+    }
+
+    fn spawn(&self) -> Result<Running, PluginError> {
+        let m = &self.manifest;
+        let mut cmd = Command::new(m.program());
+        cmd.args(&m.args)
+            .current_dir(&m.dir)
+            .env_clear()
+            .envs(&m.env)
+            .env("DTF_PLUGIN_NAME", &m.name)
+            .env("DTF_PLUGIN_DIR", &m.dir)
+            .env("DTF_PROTOCOL_VERSION", m.protocol.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        let mut process = cmd.spawn().map_err(|e| {
+            format!(
+                "start `{}` for plugin `{}`: {e}",
+                m.program().display(),
+                m.name
+            )
+        })?;
+        let stdin = process.stdin.take().ok_or("the child has no stdin")?;
+        let stdout = process.stdout.take().ok_or("the child has no stdout")?;
+        if let Some(stderr) = process.stderr.take() {
+            let name = m.name.clone();
+            // The child's stderr (tracebacks, stray prints) goes to the log, line by line.
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::warn!(plugin = %name, stderr = %line, "external plugin wrote to stderr");
+                }
+            });
+        }
+        Ok(Running {
+            process,
+            stdin: Some(stdin),
+            stdout: BufReader::new(stdout),
+            next_id: 1,
+        })
+    }
+}
+
+impl Running {
+    async fn send(&mut self, msg: &HostMessage<'_>) -> Result<(), PluginError> {
+        let mut line = serde_json::to_vec(msg)?;
+        line.push(b'\n');
+        let stdin = self.stdin.as_mut().ok_or("stdin is closed")?;
+        let written = async {
+            stdin.write_all(&line).await?;
+            stdin.flush().await
+        }
+        .await;
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self
+                .exited(&format!("cannot write to the plugin ({e})"))
+                .await),
+        }
+    }
+
+    /// The next message, or an error when the process wrote garbage or exited.
+    async fn receive(&mut self) -> Result<PluginMessage, PluginError> {
+        let mut buf = Vec::new();
+        let limit = u64::try_from(MAX_LINE).unwrap_or(u64::MAX) + 1;
+        let n = (&mut self.stdout)
+            .take(limit)
+            .read_until(b'\n', &mut buf)
+            .await?;
+        if n == 0 {
+            return Err(self.exited("the plugin closed its output").await);
+        }
+        if buf.last() != Some(&b'\n') && buf.len() > MAX_LINE {
+            return Err(format!("protocol error: a line longer than {MAX_LINE} bytes").into());
+        }
+        serde_json::from_slice(&buf).map_err(|e| {
+            // Say what was wrong, not what the line was: it could echo a secret.
+            format!("protocol error: malformed line ({} bytes): {e}", buf.len()).into()
+        })
+    }
+
+    /// Describes an exited (or exiting) process.
+    async fn exited(&mut self, what: &str) -> PluginError {
+        let status =
+            tokio::time::timeout(std::time::Duration::from_millis(500), self.process.wait()).await;
+        match status {
+            Ok(Ok(s)) => format!("{what}: the process exited ({s})").into(),
+            _ => what.to_owned().into(),
+        }
+    }
+}
+
+fn forward_log(plugin: &str, level: Level, message: &str) {
+    match level {
+        Level::Trace => tracing::trace!(plugin, "{message}"),
+        Level::Debug => tracing::debug!(plugin, "{message}"),
+        Level::Info => tracing::info!(plugin, "{message}"),
+        Level::Warn => tracing::warn!(plugin, "{message}"),
+        Level::Error => tracing::error!(plugin, "{message}"),
+    }
+}
+
+/// Handles the messages a plugin may send at any time; returns the others.
+fn side_message(ctx: &PluginContext, plugin: &str, msg: PluginMessage) -> Option<PluginMessage> {
+    match msg {
+        PluginMessage::Log { level, message } => {
+            forward_log(plugin, level, &message);
+            None
+        }
+        PluginMessage::Publish { name, payload } => {
+            // After shutdown the bus is closed and there is no one left to tell: not a
+            // failure of the plugin.
+            if let Err(e) = ctx.publish(EventKind::custom(name, payload)) {
+                tracing::debug!(plugin, error = %e, "event of the plugin not published");
+            }
+            None
+        }
+        other => Some(other),
+    }
+}
+
+impl Plugin for ExternalPlugin {
+    fn metadata(&self) -> PluginMetadata {
+        let m = &self.manifest;
+        PluginMetadata::new(m.name.clone())
+            .version(m.version.clone())
+            .kind(m.kind)
+            .hooks(m.hooks)
+    }
+
+    async fn on_start(&mut self, ctx: &mut PluginContext) -> Result<(), PluginError> {
+        let mut running = self.spawn()?;
+        let name = self.manifest.name.clone();
+        let config = ctx.raw_config().clone();
+        running
+            .send(&HostMessage::Hello {
+                protocol_versions: SUPPORTED_PROTOCOLS,
+                plugin: &name,
+                config: &config,
+            })
+            .await?;
+        loop {
+            let msg = running.receive().await?;
+            match side_message(ctx, &name, msg) {
+                None => {}
+                Some(PluginMessage::Hello {
+                    protocol_version,
+                    name: reported,
+                    version,
+                }) => {
+                    if let Some(n) = reported.filter(|n| *n != name) {
+                        tracing::warn!(plugin = %name, process = %n, "the process reports another name than its manifest");
+                    }
+                    if !SUPPORTED_PROTOCOLS.contains(&protocol_version) {
+                        return Err(format!(
+                            "protocol version mismatch: the plugin chose {protocol_version}, this dtf speaks {SUPPORTED_PROTOCOLS:?}"
+                        )
+                        .into());
+                    }
+                    if let Some(v) = version.filter(|v| *v != self.manifest.version) {
+                        tracing::warn!(plugin = %name, manifest = %self.manifest.version, process = %v, "the process reports another version than its manifest");
+                    }
+                    tracing::debug!(plugin = %name, protocol_version, "external plugin ready");
+                    break;
+                }
+                Some(other) => {
+                    return Err(format!(
+                        "protocol error: expected `hello`, got {}",
+                        kind_of(&other)
+                    )
+                    .into());
+                }
+            }
+        }
+        self.child = Some(running);
+        Ok(())
+    }
+
+    async fn on_event(
+        &mut self,
+        ctx: &mut PluginContext,
+        event: &Event,
+    ) -> Result<(), PluginError> {
+        if !self.manifest.hooks.contains(event.hook()) {
+            return Ok(());
+        }
+        let name = &self.manifest.name;
+        let running = self
+            .child
+            .as_mut()
+            .ok_or("the plugin process is not running")?;
+        let id = running.next_id;
+        running.next_id += 1;
+        tracing::trace!(plugin = %name, id, seq = event.meta.seq, "event sent to the plugin");
+        running.send(&HostMessage::Event { id, event }).await?;
+        loop {
+            let msg = running.receive().await?;
+            match side_message(ctx, name, msg) {
+                None => {}
+                Some(PluginMessage::Ack { id: got }) if got == id => {
+                    tracing::trace!(plugin = %name, id, "event acknowledged");
+                    return Ok(());
+                }
+                Some(PluginMessage::Error { id: got, message }) if got == id => {
+                    return Err(format!("the plugin reported: {message}").into());
+                }
+                Some(other) => {
+                    return Err(format!(
+                        "protocol error: expected `ack` for event {id}, got {}",
+                        kind_of(&other)
+                    )
+                    .into());
+                }
+            }
+        }
+    }
+
+    async fn on_shutdown(&mut self, ctx: &mut PluginContext) -> Result<(), PluginError> {
+        let Some(mut running) = self.child.take() else {
+            return Ok(());
+        };
+        let name = self.manifest.name.clone();
+        let grace = self.manifest.shutdown_grace;
+        if let Err(e) = running.send(&HostMessage::Shutdown {}).await {
+            tracing::debug!(plugin = %name, error = %e, "shutdown message not delivered");
+        }
+        // Closing stdin is the second signal: a plugin reading lines sees end of input.
+        running.stdin = None;
+        let drained = tokio::time::timeout(grace, async {
+            // Log lines and publications written while finishing still count.
+            while let Ok(msg) = running.receive().await {
+                if let Some(other) = side_message(ctx, &name, msg) {
+                    tracing::debug!(plugin = %name, message = kind_of(&other), "unexpected message during shutdown");
+                }
+            }
+            running.process.wait().await
+        })
+        .await;
+        match drained {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => Err(format!("the plugin exited with {status} on shutdown").into()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => {
+                tracing::warn!(plugin = %name, ?grace, "plugin did not exit in time after shutdown; killing it");
+                running.process.kill().await?;
+                Err(format!("did not exit within {grace:?} after shutdown; killed").into())
+            }
+        }
+    }
+}
+
+fn kind_of(msg: &PluginMessage) -> &'static str {
+    match msg {
+        PluginMessage::Hello { .. } => "`hello`",
+        PluginMessage::Ack { .. } => "`ack` with another id",
+        PluginMessage::Error { .. } => "`error` with another id",
+        PluginMessage::Log { .. } => "`log`",
+        PluginMessage::Publish { .. } => "`publish`",
+    }
+}

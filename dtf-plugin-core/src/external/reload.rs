@@ -1,0 +1,272 @@
+//! Hot reload: a poll-based watcher over the plugin directories.
+//!
+//! Polling (hashing a few small files every interval) needs no platform file-watching crate
+//! and behaves the same on every OS and file system, including network mounts where change
+//! notifications are unreliable.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::manifest::Manifest;
+use super::scan_dirs;
+use crate::config::Origin;
+use crate::error::ManagerError;
+use crate::manager::{PluginManager, PluginSpec};
+use crate::plugin::PluginConfig;
+
+/// What one [`Reloader::poll`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReloadEvent {
+    /// A new plugin appeared and was started.
+    Loaded {
+        /// Its name.
+        name: String,
+        /// Its version.
+        version: String,
+    },
+    /// A plugin's manifest or executable changed; the new version replaced the old one.
+    Replaced {
+        /// Its name.
+        name: String,
+        /// The new version.
+        version: String,
+    },
+    /// A plugin's folder or manifest disappeared; it was stopped and removed.
+    Unloaded {
+        /// Its name.
+        name: String,
+    },
+    /// Something could not be applied (a bad manifest, a failed start); the running
+    /// version, if any, keeps running.
+    Failed {
+        /// The plugin, when known.
+        name: Option<String>,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+struct Known {
+    manifest: Arc<Manifest>,
+    fingerprint: u64,
+}
+
+/// Watches plugin directories and applies changes to a running manager: see the
+/// [module docs](super).
+///
+/// The plugins present when the reloader is created are taken as already running (started
+/// from the configuration); only later changes are applied.
+pub struct Reloader {
+    dirs: Vec<PathBuf>,
+    known: BTreeMap<String, Known>,
+    settings: BTreeMap<String, PluginConfig>,
+    disabled: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("dirs", &self.dirs)
+            .field("plugins", &self.known.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn fingerprint(m: &Manifest) -> u64 {
+    let mut h = DefaultHasher::new();
+    for file in m.watched_files() {
+        file.hash(&mut h);
+        match std::fs::read(&file) {
+            Ok(bytes) => bytes.hash(&mut h),
+            Err(e) => e.kind().to_string().hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+impl Reloader {
+    /// A reloader over `dirs`, taking what is there now as the running state.
+    pub fn new(dirs: Vec<PathBuf>) -> Self {
+        let (manifests, _) = scan_dirs(&dirs);
+        let known = manifests
+            .into_iter()
+            .map(|m| {
+                let fingerprint = fingerprint(&m);
+                (
+                    m.name.clone(),
+                    Known {
+                        manifest: Arc::new(m),
+                        fingerprint,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            dirs,
+            known,
+            settings: BTreeMap::new(),
+            disabled: BTreeSet::new(),
+        }
+    }
+
+    /// A reloader over a configuration's `plugin_dirs`, giving plugins their configured
+    /// settings and leaving out the ones with `enabled = false`.
+    #[cfg(feature = "config")]
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let mut r = Self::new(config.plugin_dirs().to_vec());
+        for name in config.configured_plugins() {
+            if let Some(s) = config.plugin_settings(name) {
+                r.settings.insert(name.to_owned(), s);
+            }
+            if config.get(&format!("plugins.{name}.enabled"))
+                == Some(serde_json::Value::Bool(false))
+            {
+                r.disabled.insert(name.to_owned());
+            }
+        }
+        r
+    }
+
+    /// Gives plugin `name` these settings when it is (re)loaded.
+    pub fn settings(mut self, name: impl Into<String>, config: PluginConfig) -> Self {
+        self.settings.insert(name.into(), config);
+        self
+    }
+
+    /// Never loads plugin `name` (it is disabled in the configuration).
+    pub fn disabled(mut self, name: impl Into<String>) -> Self {
+        self.disabled.insert(name.into());
+        self
+    }
+
+    fn spec(&self, m: &Arc<Manifest>) -> PluginSpec {
+        let spec = super::spec(m);
+        match self.settings.get(&m.name) {
+            Some(s) => spec.config(s),
+            None => spec,
+        }
+    }
+
+    /// Scans the directories once and applies what changed: new plugins are added, changed
+    /// ones replaced with [`PluginManager::replace`] (no event lost), removed ones removed.
+    pub async fn poll(&mut self, manager: &PluginManager) -> Vec<ReloadEvent> {
+        let (manifests, errors) = scan_dirs(&self.dirs);
+        let mut events = Vec::new();
+        // A plugin whose manifest became unreadable keeps running its last good version.
+        let mut broken = BTreeSet::new();
+        for e in errors {
+            if let Origin::File { path, .. } = &e.origin {
+                broken.insert(path.to_path_buf());
+            }
+            events.push(ReloadEvent::Failed {
+                name: None,
+                error: e.to_string(),
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for m in manifests {
+            let name = m.name.clone();
+            if self.disabled.contains(&name) || !seen.insert(name.clone()) {
+                continue;
+            }
+            let fp = fingerprint(&m);
+            let m = Arc::new(m);
+            match self.known.get(&name) {
+                Some(k) if k.fingerprint == fp => {}
+                Some(k) => {
+                    let same_hooks = k.manifest.hooks == m.hooks;
+                    let r = if same_hooks {
+                        manager.replace(self.spec(&m)).await
+                    } else {
+                        // Other hooks need other routing: stop the old one, start the new one.
+                        match manager.remove(&name).await {
+                            Ok(()) | Err(ManagerError::UnknownPlugin { .. }) => {
+                                manager.add(self.spec(&m)).await
+                            }
+                            Err(e) => Err(e),
+                        }
+                    };
+                    events.push(match r {
+                        Ok(()) => ReloadEvent::Replaced {
+                            name: name.clone(),
+                            version: m.version.clone(),
+                        },
+                        Err(e) => ReloadEvent::Failed {
+                            name: Some(name.clone()),
+                            error: e.to_string(),
+                        },
+                    });
+                    self.known.insert(
+                        name,
+                        Known {
+                            manifest: m,
+                            fingerprint: fp,
+                        },
+                    );
+                }
+                None => {
+                    let r = manager.add(self.spec(&m)).await;
+                    events.push(match r {
+                        Ok(()) => ReloadEvent::Loaded {
+                            name: name.clone(),
+                            version: m.version.clone(),
+                        },
+                        Err(e) => ReloadEvent::Failed {
+                            name: Some(name.clone()),
+                            error: e.to_string(),
+                        },
+                    });
+                    self.known.insert(
+                        name,
+                        Known {
+                            manifest: m,
+                            fingerprint: fp,
+                        },
+                    );
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .known
+            .iter()
+            .filter(|(n, k)| !seen.contains(*n) && !broken.contains(&k.manifest.path))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            self.known.remove(&name);
+            events.push(match manager.remove(&name).await {
+                Ok(()) | Err(ManagerError::UnknownPlugin { .. }) => ReloadEvent::Unloaded { name },
+                Err(e) => ReloadEvent::Failed {
+                    name: Some(name),
+                    error: e.to_string(),
+                },
+            });
+        }
+        for e in &events {
+            match e {
+                ReloadEvent::Failed { name, error } => {
+                    tracing::warn!(plugin = ?name, %error, "hot reload: change not applied");
+                }
+                other => tracing::info!(change = ?other, "hot reload"),
+            }
+        }
+        events
+    }
+
+    /// Polls every `every` in a background task until the manager shuts down.
+    pub fn spawn(mut self, manager: PluginManager, every: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if manager.list().await.is_err() {
+                    return;
+                }
+                self.poll(&manager).await;
+            }
+        })
+    }
+}

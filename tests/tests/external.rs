@@ -1,0 +1,932 @@
+//! Out-of-process plugins: the example Python plugin under real supervision — handshake,
+//! subscribed hooks only, crash, garbage, hang, version mismatch, shutdown, hot reload.
+//! Needs `python3` on `PATH`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dtf_plugin_core::config::ConfigLoader;
+use dtf_plugin_core::event::CustomEvent;
+use dtf_plugin_core::external::{self, ReloadEvent, Reloader};
+use dtf_plugin_core::prelude::*;
+use dtf_plugin_core::testing::{Recording, RecordingPlugin};
+use dtf_plugin_core::{Backoff, PluginRegistry, PluginStatus};
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dtf-examples/plugins")
+}
+
+fn script() -> PathBuf {
+    examples().join("py-echo/plugin.py")
+}
+
+/// A fresh empty directory for one test.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dtf-external-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes a plugin folder `dir/<name>/` with a copy of the example script.
+fn write_plugin(dir: &Path, name: &str, extra: &str, args: &[&str]) -> PathBuf {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(script(), folder.join("plugin.py")).unwrap();
+    let mut all = vec!["plugin.py"];
+    all.extend_from_slice(args);
+    let args = all
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let manifest = format!(
+        "name = \"{name}\"\nversion = \"0.1.0\"\nkind = \"monitoring\"\n\
+         hooks = [\"task_created\", \"task_completed\"]\nprotocol = 1\n\
+         command = \"python3\"\nargs = [{args}]\n{extra}"
+    );
+    std::fs::write(folder.join("plugin.toml"), manifest).unwrap();
+    folder
+}
+
+/// The `<plugin>.received` custom events published by external plugins.
+fn received(rec: &Recording, plugin: &str) -> Vec<serde_json::Value> {
+    let name = format!("{plugin}.received");
+    rec.events()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Custom(c) => {
+                let CustomEvent {
+                    name: n, payload, ..
+                } = *c;
+                (n == name).then_some(payload)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn tasks(rec: &Recording, plugin: &str) -> Vec<String> {
+    received(rec, plugin)
+        .iter()
+        .map(|p| p["task"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn spec_from(registry: &PluginRegistry, name: &str) -> PluginSpec {
+    registry.spec(name, None).unwrap()
+}
+
+/// Limits a wait so that a broken plugin fails the test instead of hanging it.
+async fn flushed(manager: &PluginManager) {
+    if tokio::time::timeout(Duration::from_secs(20), manager.settle())
+        .await
+        .is_err()
+    {
+        let logs = captured_logs().text();
+        let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+        panic!(
+            "the bus did not settle: {:#?}\n{}",
+            manager.list().await,
+            tail.join("\n")
+        );
+    }
+}
+
+/// Captures what `tracing` writes (all threads).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// One global subscriber for this binary (a thread-scoped one misses events when other
+/// tests run in parallel: callsite interest is cached globally). Tests filter by plugin name.
+fn captured_logs() -> Captured {
+    static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    CAPTURED
+        .get_or_init(|| {
+            let captured = Captured::default();
+            let writer = captured.clone();
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .init();
+            captured
+        })
+        .clone()
+}
+
+#[tokio::test]
+async fn handshake_then_only_subscribed_hooks_reach_the_process() {
+    let captured = captured_logs();
+
+    let mut registry = PluginRegistry::new();
+    let report = external::register_dirs(&mut registry, &[examples()]);
+    assert_eq!(report.loaded, ["py-echo"]);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let entry = registry.entry("py-echo").unwrap();
+    assert_eq!(entry.metadata().version, "0.1.0");
+    assert!(entry.plugin_source().to_string().starts_with("directory ("));
+
+    let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
+    let manager = PluginManager::builder()
+        .spec(
+            registry
+                .spec("py-echo", Some(serde_json::json!({ "greeting": "hi" })))
+                .unwrap(),
+        )
+        .spec(rec)
+        .spawn()
+        .await
+        .unwrap();
+    manager
+        .publish(EventKind::task_created("t1", "a"))
+        .await
+        .unwrap();
+    manager
+        .publish(EventKind::worker_registered("w1", Capabilities::default()))
+        .await
+        .unwrap();
+    manager
+        .publish(EventKind::task_cancelled("t1", "no"))
+        .await
+        .unwrap();
+    manager
+        .publish(EventKind::task_completed(
+            "t1",
+            "w1",
+            TaskOutcome::Passed,
+            Duration::from_millis(3),
+        ))
+        .await
+        .unwrap();
+    flushed(&manager).await;
+
+    let got = received(&recording, "py-echo");
+    let hooks: Vec<&str> = got.iter().map(|p| p["hook"].as_str().unwrap()).collect();
+    assert_eq!(hooks, ["task_created", "task_completed"]);
+    // The settings travelled in the handshake.
+    assert!(got.iter().all(|p| p["greeting"] == "hi"), "{got:?}");
+    let stats = manager.stats("py-echo").await.unwrap();
+    assert_eq!(
+        (stats.published, stats.delivered, stats.failures),
+        (2, 2, 0)
+    );
+
+    let report = manager.shutdown(ShutdownReason::Completed).await;
+    assert!(report.clean, "{report:?}");
+    let all = captured.text();
+    let logs: Vec<&str> = all.lines().filter(|l| l.contains("py-echo")).collect();
+    // Log lines of the plugin are forwarded, at their level, with the plugin's name.
+    assert!(
+        logs.iter()
+            .any(|l| l.contains(" INFO ") && l.contains("shutting down")),
+        "{all}"
+    );
+    // The child saw a minimal environment: none of the coordinator's variables (cargo sets
+    // CARGO_* for this test process, and they must not leak).
+    let env_line = logs
+        .iter()
+        .find(|l| l.contains("ready; environment: "))
+        .expect("the plugin reports its environment");
+    let names: Vec<&str> = env_line
+        .split("ready; environment: ")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .collect();
+    for required in [
+        "PATH",
+        "DTF_PLUGIN_NAME",
+        "DTF_PLUGIN_DIR",
+        "DTF_PROTOCOL_VERSION",
+    ] {
+        assert!(names.contains(&required), "{names:?}");
+    }
+    // Variables of this process (cargo sets CARGO_* for tests; HOME, USER) must not leak.
+    // Others may be added by the interpreter's launcher (a pyenv shim sets PYENV_*, PWD).
+    for name in &names {
+        assert!(
+            !name.starts_with("CARGO")
+                && !name.starts_with("RUST")
+                && !["HOME", "USER"].contains(name),
+            "`{name}` leaked into the child's environment: {names:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_crash_is_a_failure_and_the_process_is_restarted() {
+    let mut registry = PluginRegistry::new();
+    external::register_dirs(&mut registry, &[examples()]);
+    let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
+    let manager = PluginManager::builder()
+        .spec(spec_from(&registry, "py-echo").backoff(Backoff::none()))
+        .spec(rec)
+        .spawn()
+        .await
+        .unwrap();
+    for task in ["t1", "crash", "t2"] {
+        manager
+            .publish(EventKind::task_created(task, "x"))
+            .await
+            .unwrap();
+    }
+    flushed(&manager).await;
+    assert_eq!(tasks(&recording, "py-echo"), ["t1", "t2"]);
+    let stats = manager.stats("py-echo").await.unwrap();
+    assert_eq!(
+        (stats.restarts, stats.dead_lettered, stats.delivered),
+        (1, 1, 2)
+    );
+    let dead = manager.dead_letters("py-echo").await.unwrap();
+    assert!(
+        dead[0].error.contains("the process exited") && dead[0].error.contains("3"),
+        "{}",
+        dead[0].error
+    );
+    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+}
+
+#[tokio::test]
+async fn garbage_output_is_a_failure_not_a_hang() {
+    let mut registry = PluginRegistry::new();
+    external::register_dirs(&mut registry, &[examples()]);
+    let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
+    // A long handler timeout: if garbage were not detected, the flush below would time out.
+    let manager = PluginManager::builder()
+        .spec(
+            spec_from(&registry, "py-echo")
+                .backoff(Backoff::none())
+                .handler_timeout(Duration::from_secs(60)),
+        )
+        .spec(rec)
+        .spawn()
+        .await
+        .unwrap();
+    for task in ["garbage", "t2"] {
+        manager
+            .publish(EventKind::task_created(task, "x"))
+            .await
+            .unwrap();
+    }
+    flushed(&manager).await;
+    assert_eq!(tasks(&recording, "py-echo"), ["t2"]);
+    let dead = manager.dead_letters("py-echo").await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].error.contains("protocol error: malformed line"),
+        "{}",
+        dead[0].error
+    );
+    assert!(
+        !dead[0].error.contains("this is not json"),
+        "{}",
+        dead[0].error
+    );
+    assert_eq!(manager.stats("py-echo").await.unwrap().restarts, 1);
+    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+}
+
+#[tokio::test]
+async fn a_hung_plugin_is_cut_off_by_the_handler_timeout() {
+    let mut registry = PluginRegistry::new();
+    external::register_dirs(&mut registry, &[examples()]);
+    let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
+    let manager = PluginManager::builder()
+        .spec(
+            spec_from(&registry, "py-echo")
+                .backoff(Backoff::none())
+                .handler_timeout(Duration::from_millis(500)),
+        )
+        .spec(rec)
+        .spawn()
+        .await
+        .unwrap();
+    for task in ["hang", "t2"] {
+        manager
+            .publish(EventKind::task_created(task, "x"))
+            .await
+            .unwrap();
+    }
+    flushed(&manager).await;
+    assert_eq!(tasks(&recording, "py-echo"), ["t2"]);
+    let dead = manager.dead_letters("py-echo").await.unwrap();
+    assert!(
+        dead[0].error.contains("did not finish within 500ms"),
+        "{}",
+        dead[0].error
+    );
+    assert_eq!(manager.stats("py-echo").await.unwrap().restarts, 1);
+    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+}
+
+#[tokio::test]
+async fn an_error_answer_dead_letters_the_event() {
+    let mut registry = PluginRegistry::new();
+    external::register_dirs(&mut registry, &[examples()]);
+    let manager = PluginManager::builder()
+        .spec(spec_from(&registry, "py-echo").backoff(Backoff::none()))
+        .spawn()
+        .await
+        .unwrap();
+    manager
+        .publish(EventKind::task_created("fail", "x"))
+        .await
+        .unwrap();
+    flushed(&manager).await;
+    let dead = manager.dead_letters("py-echo").await.unwrap();
+    assert!(
+        dead[0]
+            .error
+            .contains("the plugin reported: cannot handle task fail"),
+        "{}",
+        dead[0].error
+    );
+    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+}
+
+#[tokio::test]
+async fn an_unsupported_protocol_is_refused_at_load_and_the_others_run() {
+    let dir = temp_dir("version");
+    write_plugin(&dir, "future", "", &[]);
+    let manifest = dir.join("future/plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("protocol = 1", "protocol = 99")).unwrap();
+    write_plugin(&dir, "present", "", &[]);
+
+    let mut registry = PluginRegistry::new();
+    let report = external::register_dirs(&mut registry, std::slice::from_ref(&dir));
+    assert_eq!(report.loaded, ["present"]);
+    assert_eq!(report.errors.len(), 1);
+    assert_eq!(
+        report.errors[0].to_string(),
+        format!(
+            "{}:5:12: protocol: plugin `future` speaks protocol version 99, which this dtf does not support (supported: 1)",
+            manifest.display()
+        )
+    );
+    let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
+    let manager = PluginManager::builder()
+        .spec(spec_from(&registry, "present"))
+        .spec(rec)
+        .spawn()
+        .await
+        .unwrap();
+    manager
+        .publish(EventKind::task_created("t1", "x"))
+        .await
+        .unwrap();
+    flushed(&manager).await;
+    assert_eq!(tasks(&recording, "present"), ["t1"]);
+    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+}
+
+#[tokio::test]
+async fn a_handshake_on_another_version_is_refused_and_the_others_keep_running() {
+    let dir = temp_dir("handshake");
+    write_plugin(&dir, "liar", "", &["--reply-protocol", "7"]);
+    write_plugin(&dir, "honest", "", &[]);
+    let mut registry = PluginRegistry::new();
+    let report = external::register_dirs(&mut registry, &[dir]);
+    assert_eq!(report.loaded, ["honest", "liar"]);
+    let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
+    let manager = PluginManager::builder()
+        .spec(spec_from(&registry, "liar").restart_policy(RestartPolicy::Transient))
+        .spec(spec_from(&registry, "honest"))
+        .spec(rec)
+        .spawn()
+        .await
+        .unwrap();
+    let disabled = wait_status(&manager, "liar", PluginStatus::Disabled).await;
+    assert!(
+        disabled,
+        "the plugin with the wrong version was not disabled"
+    );
+    let info = manager.list().await.unwrap();
+    let liar = info.iter().find(|p| p.name == "liar").unwrap();
+    let error = liar.last_error.as_deref().unwrap();
+    assert!(
+        error.contains("protocol version mismatch: the plugin chose 7"),
+        "{error}"
+    );
+    manager
+        .publish(EventKind::task_created("t1", "x"))
+        .await
+        .unwrap();
+    flushed(&manager).await;
+    assert_eq!(tasks(&recording, "honest"), ["t1"]);
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+/// Waits (polling, bounded) until plugin `name` has `status`.
+async fn wait_status(manager: &PluginManager, name: &str, status: PluginStatus) -> bool {
+    for _ in 0..200 {
+        let now = manager
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name == name)
+            .map(|p| p.status);
+        if now == Some(status) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[test]
+fn bad_manifests_name_the_file_the_key_and_the_fix() {
+    let dir = temp_dir("manifests");
+    let good = write_plugin(&dir, "good", "", &[]);
+    let typo = write_plugin(&dir, "typo", "", &[]);
+    let m = typo.join("plugin.toml");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, text.replace("command =", "comand =")).unwrap();
+    let hook = write_plugin(&dir, "hook", "", &[]);
+    let m = hook.join("plugin.toml");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, text.replace("\"task_completed\"", "\"task_complete\"")).unwrap();
+    let kind = write_plugin(&dir, "kind", "", &[]);
+    let m = kind.join("plugin.toml");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, text.replace("protocol = 1", "protocol = \"one\"")).unwrap();
+
+    let mut registry = PluginRegistry::new();
+    let report = external::register_dirs(&mut registry, std::slice::from_ref(&dir));
+    assert_eq!(report.loaded, ["good"]);
+    assert!(good.exists());
+    let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+    let path = |p: &str| dir.join(p).join("plugin.toml").display().to_string();
+    assert_eq!(
+        errors,
+        [
+            format!(
+                "{}:4:26: hooks: unknown variant `task_complete`, expected one of `coordinator_startup`, `coordinator_shutdown`, `task_created`, `task_assigned`, `task_started`, `task_completed`, `task_failed`, `task_cancelled`, `worker_registered`, `worker_disconnected`, `worker_failed`, `worker_recovered`, `recovery_started`, `recovery_completed`, `recovery_failed`, `custom`, `plugin_started`, `plugin_failed`, `plugin_restarted`, `plugin_disabled` (did you mean `task_completed`?)",
+                path("hook")
+            ),
+            format!(
+                "{}:5:12: protocol: invalid type: string \"one\", expected u32",
+                path("kind")
+            ),
+            format!(
+                "{}:6:1: comand: unknown field `comand`, expected one of `name`, `version`, `description`, `kind`, `hooks`, `protocol`, `command`, `args`, `after`, `requires`, `env`, `shutdown_grace` (did you mean `command`?)",
+                path("typo")
+            ),
+        ]
+    );
+}
+
+#[test]
+fn plugin_dependencies_order_start_up_and_cycles_are_refused() {
+    let dir = temp_dir("deps");
+    write_plugin(&dir, "first", "", &[]);
+    write_plugin(&dir, "second", "requires = [\"first\"]\n", &[]);
+    write_plugin(&dir, "a-third", "after = [\"second\"]\n", &[]);
+    let mut registry = PluginRegistry::new();
+    external::register_dirs(&mut registry, std::slice::from_ref(&dir));
+    let config = ConfigLoader::new()
+        .source("dtf.toml", "")
+        .env_vars([])
+        .load()
+        .unwrap();
+    assert_eq!(
+        config.enabled_plugins(&registry).unwrap(),
+        ["first", "second", "a-third"]
+    );
+    // Disabling a requirement is refused, naming both plugins.
+    let config = ConfigLoader::new()
+        .source("dtf.toml", "[plugins.first]\nenabled = false\n")
+        .env_vars([])
+        .load()
+        .unwrap();
+    assert_eq!(
+        config.validate(&registry).unwrap_err().to_string(),
+        "default: plugins.second: plugin `second` requires plugin `first`, which is not enabled"
+    );
+
+    let dir = temp_dir("cycle");
+    write_plugin(&dir, "ping", "after = [\"pong\"]\n", &[]);
+    write_plugin(&dir, "pong", "requires = [\"ping\"]\n", &[]);
+    let mut registry = PluginRegistry::new();
+    external::register_dirs(&mut registry, &[dir]);
+    let config = ConfigLoader::new()
+        .source("dtf.toml", "")
+        .env_vars([])
+        .load()
+        .unwrap();
+    assert_eq!(
+        config.validate(&registry).unwrap_err().to_string(),
+        "default: plugins.ping: plugins ping, pong depend on each other in a cycle (ping -> pong -> ping)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_replaces_unloads_and_loads_without_losing_events() {
+    let _ = captured_logs();
+    let dir = temp_dir("reload");
+    write_plugin(&dir, "live", "", &["--tag", "v1"]);
+    let mut registry = PluginRegistry::new();
+    external::register_dirs(&mut registry, std::slice::from_ref(&dir));
+    let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
+    let manager = PluginManager::builder()
+        .spec(spec_from(&registry, "live"))
+        .spec(rec)
+        .spawn()
+        .await
+        .unwrap();
+    let mut reloader = Reloader::new(vec![dir.clone()]);
+    assert!(
+        reloader.poll(&manager).await.is_empty(),
+        "nothing changed yet"
+    );
+
+    // Events keep flowing while the plugin is replaced, until the new version has handled
+    // some.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bus = manager.bus();
+    let stopping = Arc::clone(&stop);
+    let publisher = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        let mut i = 0u64;
+        // About 500 events a second (the plugin keeps up, so its queue empties now and
+        // then and the old version can finish), and never more than 3000.
+        while !stopping.load(std::sync::atomic::Ordering::SeqCst) && i < 3000 {
+            seqs.push(
+                bus.publish(EventKind::task_created(format!("t{i}"), "x"))
+                    .await
+                    .unwrap(),
+            );
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        seqs
+    });
+    // Wait until the first version has handled some events, then change the plugin.
+    let started = common::eventually(Duration::from_secs(20), || {
+        received(&recording, "live").len() >= 20
+    })
+    .await;
+    assert!(started);
+    let manifest = dir.join("live/plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("0.1.0", "0.2.0").replace("\"v1\"", "\"v2\""),
+    )
+    .unwrap();
+    let changes = reloader.poll(&manager).await;
+    assert_eq!(
+        changes,
+        [ReloadEvent::Replaced {
+            name: "live".to_owned(),
+            version: "0.2.0".to_owned()
+        }]
+    );
+    let switched = common::eventually(Duration::from_secs(20), || {
+        received(&recording, "live")
+            .iter()
+            .filter(|p| p["tag"] == "v2")
+            .count()
+            >= 20
+    })
+    .await;
+    assert!(switched, "the new version did not take over");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let published = publisher.await.unwrap();
+    let n = published.len() as u64;
+    flushed(&manager).await;
+
+    let got = received(&recording, "live");
+    let mut seqs: Vec<u64> = got.iter().map(|p| p["seq"].as_u64().unwrap()).collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs, published,
+        "every event reached exactly one version, in order"
+    );
+    let tags: Vec<&str> = got.iter().map(|p| p["tag"].as_str().unwrap()).collect();
+    let switch = tags
+        .iter()
+        .position(|t| *t == "v2")
+        .expect("the new version ran");
+    assert!(
+        switch > 0 && tags[switch..].iter().all(|t| *t == "v2"),
+        "{tags:?}"
+    );
+    let stats = manager.stats("live").await.unwrap();
+    assert_eq!(
+        (stats.published, stats.delivered, stats.dead_lettered),
+        (n, n, 0)
+    );
+    let info = manager.list().await.unwrap();
+    assert_eq!(
+        info.iter().find(|p| p.name == "live").unwrap().version,
+        "0.2.0"
+    );
+
+    // Removed: unloaded. New: loaded and receiving.
+    std::fs::remove_dir_all(dir.join("live")).unwrap();
+    write_plugin(&dir, "fresh", "", &[]);
+    let mut changes = reloader.poll(&manager).await;
+    changes.sort_by_key(|c| format!("{c:?}"));
+    assert_eq!(
+        changes,
+        [
+            ReloadEvent::Loaded {
+                name: "fresh".to_owned(),
+                version: "0.1.0".to_owned()
+            },
+            ReloadEvent::Unloaded {
+                name: "live".to_owned()
+            },
+        ]
+    );
+    let names: Vec<String> = manager
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["rec", "fresh"]);
+    manager
+        .publish(EventKind::task_created("after", "x"))
+        .await
+        .unwrap();
+    flushed(&manager).await;
+    assert_eq!(tasks(&recording, "fresh"), ["after"]);
+
+    // A manifest broken by an edit keeps the running version.
+    std::fs::write(dir.join("fresh/plugin.toml"), "name = ").unwrap();
+    let changes = reloader.poll(&manager).await;
+    assert!(
+        matches!(&changes[..], [ReloadEvent::Failed { .. }]),
+        "{changes:?}"
+    );
+    assert!(
+        manager
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.name == "fresh")
+    );
+    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+}
+
+#[tokio::test]
+async fn shutdown_is_orderly_and_a_plugin_that_ignores_it_is_killed_after_the_grace() {
+    let dir = temp_dir("shutdown");
+    write_plugin(&dir, "polite", "", &[]);
+    write_plugin(
+        &dir,
+        "stubborn",
+        "shutdown_grace = \"300ms\"\n",
+        &["--ignore-shutdown"],
+    );
+    let mut registry = PluginRegistry::new();
+    external::register_dirs(&mut registry, &[dir]);
+    let manager = PluginManager::builder()
+        .spec(spec_from(&registry, "polite"))
+        .spec(spec_from(&registry, "stubborn"))
+        .spawn()
+        .await
+        .unwrap();
+    manager
+        .publish(EventKind::task_created("t1", "x"))
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(
+        Duration::from_secs(20),
+        manager.shutdown(ShutdownReason::Completed),
+    )
+    .await
+    .unwrap();
+    let polite = report.plugins.iter().find(|p| p.name == "polite").unwrap();
+    assert_eq!(polite.error, None);
+    assert_eq!(polite.stats.delivered, 1);
+    let stubborn = report
+        .plugins
+        .iter()
+        .find(|p| p.name == "stubborn")
+        .unwrap();
+    assert_eq!(
+        stubborn.error.as_deref(),
+        Some("on_shutdown returned an error: did not exit within 300ms after shutdown; killed")
+    );
+    assert_eq!(stubborn.stats.delivered, 1);
+}
+
+/// An in-process plugin whose shutdown takes a while, so that events are published while
+/// no instance is attached.
+#[derive(Clone)]
+struct Versioned {
+    version: u32,
+    seen: Arc<Mutex<Vec<(u32, u64)>>>,
+}
+
+impl Plugin for Versioned {
+    fn metadata(&self) -> PluginMetadata {
+        PluginMetadata::new("versioned").hooks(Hook::TaskCreated)
+    }
+    async fn on_event(&mut self, _: &mut PluginContext, event: &Event) -> Result<(), PluginError> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((self.version, event.meta.seq));
+        Ok(())
+    }
+    async fn on_shutdown(&mut self, _: &mut PluginContext) -> Result<(), PluginError> {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_delivers_events_published_while_no_instance_runs() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let v1 = Versioned {
+        version: 1,
+        seen: Arc::clone(&seen),
+    };
+    let manager = PluginManager::builder()
+        .spec(PluginSpec::new(move || v1.clone()))
+        .spawn()
+        .await
+        .unwrap();
+    let mut published = Vec::new();
+    for i in 0..5 {
+        published.push(
+            manager
+                .publish(EventKind::task_created(format!("a{i}"), "x"))
+                .await
+                .unwrap(),
+        );
+    }
+    // The plugin is idle now: everything was handled.
+    manager.flush().await;
+    let v2 = Versioned {
+        version: 2,
+        seen: Arc::clone(&seen),
+    };
+    let replacing = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.replace(PluginSpec::new(move || v2.clone())).await })
+    };
+    for i in 0..20 {
+        published.push(
+            manager
+                .publish(EventKind::task_created(format!("b{i}"), "x"))
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    replacing.await.unwrap().unwrap();
+    flushed(&manager).await;
+    let seen = seen.lock().unwrap().clone();
+    let seqs: Vec<u64> = seen.iter().map(|(_, s)| *s).collect();
+    assert_eq!(seqs, published, "every event once, in order");
+    let versions: Vec<u32> = seen.iter().map(|(v, _)| *v).collect();
+    let switch = versions
+        .iter()
+        .position(|v| *v == 2)
+        .expect("the new version ran");
+    assert!(
+        switch >= 5 && versions[switch..].iter().all(|v| *v == 2),
+        "{versions:?}"
+    );
+    let stats = manager.stats("versioned").await.unwrap();
+    assert_eq!(
+        (stats.published, stats.delivered, stats.restarts),
+        (25, 25, 0)
+    );
+    // Other hooks are refused: routing cannot change under a running plugin.
+    let other = PluginSpec::new(|| Versioned {
+        version: 3,
+        seen: Arc::default(),
+    })
+    .hooks(Hook::TaskFailed);
+    assert!(matches!(
+        manager.replace(other).await,
+        Err(dtf_plugin_core::ManagerError::HooksChanged(name)) if name == "versioned"
+    ));
+    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+}
+
+/// Restarts for its new configuration slowly, so that events arrive while no instance runs.
+#[derive(Clone, Default)]
+struct SlowStart {
+    seen: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Plugin for SlowStart {
+    fn metadata(&self) -> PluginMetadata {
+        PluginMetadata::new("slow-start").hooks(Hook::TaskCreated)
+    }
+    async fn on_start(&mut self, _: &mut PluginContext) -> Result<(), PluginError> {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
+    }
+    async fn on_event(&mut self, _: &mut PluginContext, event: &Event) -> Result<(), PluginError> {
+        self.seen.lock().unwrap().push(event.meta.seq);
+        Ok(())
+    }
+}
+
+/// The same gap exists when an idle plugin restarts for a new configuration (the core's
+/// `Reconfigured::Restart`); the resume-hint fix in the bus covers both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_for_configuration_delivers_events_published_meanwhile() {
+    let plugin = SlowStart::default();
+    let seen = Arc::clone(&plugin.seen);
+    let manager = PluginManager::builder()
+        .spec(PluginSpec::new(move || plugin.clone()))
+        .spawn()
+        .await
+        .unwrap();
+    let mut published = Vec::new();
+    for i in 0..3 {
+        published.push(
+            manager
+                .publish(EventKind::task_created(format!("a{i}"), "x"))
+                .await
+                .unwrap(),
+        );
+    }
+    manager.flush().await;
+    manager
+        .reconfigure("slow-start", serde_json::json!({ "v": 2 }))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        published.push(
+            manager
+                .publish(EventKind::task_created(format!("b{i}"), "x"))
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    flushed(&manager).await;
+    assert_eq!(*seen.lock().unwrap(), published);
+    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+}
+
+#[tokio::test]
+async fn a_reloader_from_the_configuration_skips_disabled_plugins_and_passes_settings() {
+    let dir = temp_dir("from-config");
+    let file = dir.join("dtf.toml");
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    std::fs::write(
+        &file,
+        "plugin_dirs = [\"plugins\"]\n[plugins.off]\nenabled = false\n[plugins.on.settings]\ngreeting = \"hello\"\n",
+    )
+    .unwrap();
+    let config = ConfigLoader::new().file(&file).env_vars([]).load().unwrap();
+    assert_eq!(config.plugin_dirs(), [dir.join("plugins")]);
+    let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
+    let manager = PluginManager::builder().spec(rec).spawn().await.unwrap();
+    let mut reloader = Reloader::from_config(&config);
+    write_plugin(&dir.join("plugins"), "on", "", &[]);
+    write_plugin(&dir.join("plugins"), "off", "", &[]);
+    let changes = reloader.poll(&manager).await;
+    assert_eq!(
+        changes,
+        [ReloadEvent::Loaded {
+            name: "on".to_owned(),
+            version: "0.1.0".to_owned()
+        }]
+    );
+    manager
+        .publish(EventKind::task_created("t1", "x"))
+        .await
+        .unwrap();
+    flushed(&manager).await;
+    let got = received(&recording, "on");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["greeting"], "hello");
+    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+}
