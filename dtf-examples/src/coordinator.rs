@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dtf_plugin_core::ShutdownReport;
+use dtf_plugin_core::config::{self, Config, ConfigLoader};
 use dtf_plugin_core::event::{TaskCreated, TaskId, WorkerId};
+use dtf_plugin_core::external::{self, Reloader};
 use dtf_plugin_core::prelude::*;
 use dtf_plugin_core::registry::{PluginRegistry, RegistryEntry};
-use dtf_plugin_core::{PluginConfig, ShutdownReport};
 use dtf_plugins_ci::{ReporterConfig, RunResult, TaskReporter, TaskReporterHandle, TaskSummary};
 use dtf_scheduler::{Registry as SchedulerRegistry, SchedulerConfig, SchedulingCoordinator};
 use tokio::sync::mpsc;
@@ -22,6 +24,9 @@ use crate::error::CoordinatorError;
 use crate::executor::{ShellExecutor, WorkerNote, WorkerPool};
 use crate::progress::{ProgressDisplay, RunTracker};
 use crate::taskfile::{TaskDef, TaskKind, load_task_file, simulated_tasks};
+
+/// How often the plugin directories are checked for changed, new or removed plugins.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The optional plugins enabled when no flag says otherwise.
 pub const DEFAULT_PLUGINS: &[&str] = &[TaskReporter::NAME];
@@ -53,9 +58,14 @@ pub struct CoordinatorOptions {
     pub run_id: String,
     /// Optional plugins.
     pub plugins: PluginSelection,
-    /// `--config FILE`: checked to exist; see [`load_config_and_plugin_dirs`].
+    /// `--config FILE`: the configuration file (`docs/configuration.md`); see
+    /// [`load_config_and_plugin_dirs`].
     pub config_file: Option<PathBuf>,
-    /// `--plugin-dirs a,b`: checked to exist; see [`load_config_and_plugin_dirs`].
+    /// `--set key=value` (repeatable): overrides of configuration keys, above the file and
+    /// the environment.
+    pub config_overrides: Vec<String>,
+    /// `--plugin-dirs a,b`: directories of out-of-process plugins (`docs/external-plugins.md`);
+    /// they replace the file's `plugin_dirs`.
     pub plugin_dirs: Vec<PathBuf>,
     /// `--junit FILE`: enables `ci-reporter` writing JUnit XML there.
     pub junit: Option<PathBuf>,
@@ -79,6 +89,7 @@ impl Default for CoordinatorOptions {
             run_id: "dtf-run".to_owned(),
             plugins: PluginSelection::default(),
             config_file: None,
+            config_overrides: Vec::new(),
             plugin_dirs: Vec::new(),
             junit: None,
             kill_worker_on_start: Vec::new(),
@@ -90,13 +101,17 @@ impl Default for CoordinatorOptions {
 }
 
 /// The optional plugins the coordinator knows: those of `dtf-plugins-ci`
-/// ([`dtf_plugins_ci::register`]) and the progress display.
+/// ([`dtf_plugins_ci::register`]), the notifier ([`dtf_plugins_notify::register`]) and the
+/// progress display. (The scheduler is part of the coordinator, chosen with `--scheduler`.)
 pub fn plugin_registry() -> PluginRegistry {
     let mut registry = PluginRegistry::new();
     // Names are fixed and distinct, so registering cannot fail; a failure would only drop
     // plugins from the listing, which `--list-plugins` would show.
     if let Err(e) = dtf_plugins_ci::register(&mut registry) {
         tracing::error!(error = %e, "registering the CI plugins failed");
+    }
+    if let Err(e) = dtf_plugins_notify::register(&mut registry) {
+        tracing::error!(error = %e, "registering the notifier failed");
     }
     if let Err(e) = registry.register(
         RegistryEntry::new(|| PluginSpec::new(ProgressDisplay::default))
@@ -108,48 +123,71 @@ pub fn plugin_registry() -> PluginRegistry {
     registry
 }
 
-/// The per-plugin configurations read from `--config` and the plugins found in
-/// `--plugin-dirs`.
-///
-/// **Not connected yet.** This is the one place where the configuration-file loader and the
-/// plugin-directory loader of issue 6 (`dtf_plugin_core::config`, `dtf.toml`) plug in. Today
-/// it only checks that the file and the directories exist (a clear error otherwise), logs a
-/// warning that they are not loaded, and returns no configuration. After the merge it
-/// should: read `config` into per-plugin configurations (returned here, keyed by plugin
-/// name, given to [`PluginRegistry::spec`]), and register each plugin found in `plugin_dirs`
-/// in `registry` with [`dtf_plugin_core::PluginSource::Directory`], so `--list-plugins`,
-/// `--enable-plugin` and `--disable-plugin` see them.
+/// What `--config FILE`, `DTF_*` environment variables, `--set key=value` and
+/// `--plugin-dirs` give the coordinator.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct LoadedConfig {
+    /// The effective configuration: defaults < file < environment (`DTF_`) < `--set`.
+    pub config: Config,
+    /// The plugin directories scanned: `--plugin-dirs` when given, else the file's
+    /// `plugin_dirs`.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// The plugins registered from those directories.
+    pub loaded: Vec<String>,
+}
+
+/// Loads the configuration (see [`LoadedConfig`]), registers the out-of-process plugins
+/// found in the plugin directories in `registry`, and validates the whole: every configured
+/// name registered, each plugin's settings against its typed configuration, `after` and
+/// `requires` satisfiable. A manifest that cannot be loaded is logged and skipped; the other
+/// plugins still load.
 ///
 /// # Errors
 ///
-/// [`CoordinatorError::MissingConfig`], [`CoordinatorError::MissingPluginDir`].
+/// [`CoordinatorError::MissingConfig`], [`CoordinatorError::MissingPluginDir`], and
+/// [`CoordinatorError::Config`] with every problem found, each with its position.
 pub fn load_config_and_plugin_dirs(
-    config: Option<&Path>,
+    config_file: Option<&Path>,
     plugin_dirs: &[PathBuf],
+    overrides: &[String],
     registry: &mut PluginRegistry,
-) -> Result<BTreeMap<String, PluginConfig>, CoordinatorError> {
-    let _ = registry;
-    if let Some(path) = config {
+) -> Result<LoadedConfig, CoordinatorError> {
+    let mut loader = ConfigLoader::new()
+        .env_prefix("DTF_")
+        .cli_overrides(overrides.iter().cloned());
+    if let Some(path) = config_file {
         if !path.is_file() {
             return Err(CoordinatorError::MissingConfig {
                 path: path.to_owned(),
             });
         }
-        tracing::warn!(
-            path = %path.display(),
-            "--config: configuration files are not loaded yet (issue 6); using defaults"
-        );
+        loader = loader.file(path);
     }
-    for dir in plugin_dirs {
+    // Every problem is reported at once: those of the file, the environment and `--set`, and
+    // those that need the plugins (names, settings, dependencies), which can only be checked
+    // once the plugin directories are registered.
+    let (config, issues) = loader.load_with_issues()?;
+    let dirs = if plugin_dirs.is_empty() {
+        config.plugin_dirs().to_vec()
+    } else {
+        plugin_dirs.to_vec()
+    };
+    for dir in &dirs {
         if !dir.is_dir() {
             return Err(CoordinatorError::MissingPluginDir { path: dir.clone() });
         }
-        tracing::warn!(
-            dir = %dir.display(),
-            "--plugin-dirs: plugin directories are not loaded yet (issue 6)"
-        );
     }
-    Ok(BTreeMap::new())
+    let report = external::register_dirs(registry, &dirs);
+    for issue in &report.errors {
+        tracing::error!(%issue, "a plugin could not be loaded; the others are");
+    }
+    config::validate_with_issues(&config, issues, registry)?;
+    Ok(LoadedConfig {
+        config,
+        plugin_dirs: dirs,
+        loaded: report.loaded,
+    })
 }
 
 /// The optional plugins `selection` enables, in order, each checked against `registry`.
@@ -220,7 +258,7 @@ impl RunReport {
 pub struct Coordinator {
     options: CoordinatorOptions,
     registry: PluginRegistry,
-    configs: BTreeMap<String, PluginConfig>,
+    loaded: LoadedConfig,
     enabled: Vec<String>,
     extra: Vec<PluginSpec>,
 }
@@ -242,12 +280,23 @@ impl Coordinator {
     /// A [`CoordinatorError`] naming the flag at fault.
     pub fn new(options: CoordinatorOptions) -> Result<Self, CoordinatorError> {
         let mut registry = plugin_registry();
-        let configs = load_config_and_plugin_dirs(
+        let loaded = load_config_and_plugin_dirs(
             options.config_file.as_deref(),
             &options.plugin_dirs,
+            &options.config_overrides,
             &mut registry,
         )?;
         let mut selection = options.plugins.clone();
+        // The configuration's choices first (in its start order: `after`/`requires`), then
+        // the command line's, which win: `--enable-plugin` over `enabled = false`.
+        let mut enable = loaded.config.enabled_plugins(&registry)?;
+        enable.extend(std::mem::take(&mut selection.enable));
+        for name in loaded.config.configured_plugins() {
+            if !loaded.config.is_enabled(name, &registry) && !enable.iter().any(|n| n == name) {
+                selection.disable.push(name.to_owned());
+            }
+        }
+        selection.enable = enable;
         if options.junit.is_some() && !selection.enable.iter().any(|n| n == "ci-reporter") {
             selection.enable.push("ci-reporter".to_owned());
         }
@@ -267,7 +316,7 @@ impl Coordinator {
         Ok(Self {
             options,
             registry,
-            configs,
+            loaded,
             enabled,
             extra: Vec::new(),
         })
@@ -294,7 +343,7 @@ impl Coordinator {
         let Self {
             options,
             registry,
-            configs,
+            loaded,
             enabled,
             extra,
         } = self;
@@ -309,12 +358,13 @@ impl Coordinator {
             SchedulingCoordinator::spec(Arc::new(SchedulerRegistry::new()), &options.scheduler)?;
         let executor_pool = pool.clone();
         let mut builder = PluginManager::builder()
+            .config(loaded.config.manager_config().clone())
             .spec(scheduler)
             .plugin(move || ShellExecutor::new(executor_pool.clone()))
             .plugin(move || RunTracker::new(done_tx.clone()));
         let mut reporter: Option<TaskReporterHandle> = None;
         for name in &enabled {
-            let config = configs.get(name).cloned();
+            let config = loaded.config.plugin_settings(name);
             let spec = match name.as_str() {
                 TaskReporter::NAME => {
                     let (spec, handle) = TaskReporter::spec();
@@ -342,12 +392,32 @@ impl Coordinator {
                         source,
                     })?,
             };
-            builder = builder.spec(spec);
+            builder = builder.spec(loaded.config.with_overrides(name, spec));
         }
         for spec in extra {
             builder = builder.spec(spec);
         }
         let manager = builder.spawn().await?;
+        // Hot reload: a changed, added or removed plugin in a plugin directory is swapped in
+        // while the run goes on, without losing events (`PluginManager::replace`).
+        let reloader = (!loaded.plugin_dirs.is_empty()).then(|| {
+            let mut r = Reloader::new(loaded.plugin_dirs.clone());
+            for name in loaded.config.configured_plugins() {
+                if let Some(settings) = loaded.config.plugin_settings(name) {
+                    r = r.settings(name, settings);
+                }
+            }
+            for name in loaded
+                .config
+                .configured_plugins()
+                .chain(loaded.loaded.iter().map(String::as_str))
+            {
+                if !enabled.iter().any(|n| n == name) {
+                    r = r.disabled(name);
+                }
+            }
+            r.spawn(manager.clone(), RELOAD_INTERVAL)
+        });
         let bus = manager.bus().with_source("coordinator");
         bus.publish(EventKind::coordinator_startup(options.run_id.clone()))
             .await?;
@@ -478,6 +548,9 @@ impl Coordinator {
             }
         }
         manager.flush().await;
+        if let Some(reloader) = reloader {
+            reloader.abort();
+        }
         let shutdown = manager.shutdown(reason).await;
         Ok(RunReport {
             tasks: total,
@@ -513,6 +586,10 @@ pub struct Cli {
     pub options: CoordinatorOptions,
     /// `--list-plugins`: list and exit.
     pub list_plugins: bool,
+    /// `--print-config`: print the effective configuration (secrets redacted) and exit.
+    pub print_config: bool,
+    /// `--check-config`: validate the configuration and the plugin directories, and exit.
+    pub check_config: bool,
     /// `--help`.
     pub help: bool,
 }
@@ -542,8 +619,13 @@ plugins:
   --disable-plugin Y      disable plugin Y (repeatable, or X,Y)
   --disable-plugins       start from no optional plugin (default: task-reporter)
   --junit FILE            enable ci-reporter writing JUnit XML to FILE
-  --config FILE           configuration file (checked; loading comes with issue 6)
-  --plugin-dirs A,B       plugin directories (checked; loading comes with issue 6)
+  --plugin-dirs A,B       directories of out-of-process plugins (replaces the file's plugin_dirs)
+
+configuration (docs/configuration.md; precedence: --set > DTF_* environment > file > defaults):
+  --config FILE           dtf.toml: manager settings, plugin_dirs, [plugins.NAME] enabled/settings
+  --set KEY=VALUE         override one key, e.g. --set manager.handler_timeout=5s (repeatable)
+  --print-config          print the effective configuration, secrets redacted, and exit
+  --check-config          validate the configuration and plugin directories without running, and exit
 
 exit code: 0 all tasks passed, 1 a task failed or was cancelled, 2 bad usage or configuration
 ";
@@ -592,6 +674,8 @@ impl Cli {
         while let Some(flag) = it.next() {
             match flag.as_str() {
                 "--list-plugins" => cli.list_plugins = true,
+                "--print-config" => cli.print_config = true,
+                "--check-config" => cli.check_config = true,
                 "--disable-plugins" => o.plugins.disable_all = true,
                 "-h" | "--help" => cli.help = true,
                 _ => {
@@ -629,6 +713,7 @@ impl Cli {
                         "--disable-plugin" => o.plugins.disable.extend(list(&value)),
                         "--junit" => o.junit = Some(PathBuf::from(value)),
                         "--config" => o.config_file = Some(PathBuf::from(value)),
+                        "--set" => o.config_overrides.push(value),
                         "--plugin-dirs" => o.plugin_dirs.extend(list(&value).map(PathBuf::from)),
                         _ => {
                             return Err(CoordinatorError::Usage(format!(
@@ -676,6 +761,31 @@ pub fn render_plugin_list(registry: &PluginRegistry) -> String {
             m.version,
             e.plugin_source().to_string(),
             e.describe()
+        ));
+    }
+    out
+}
+
+/// Renders one line per plugin from the manager's shutdown report: events delivered,
+/// dropped and dead-lettered, failures and restarts, what was left in its queue, and the
+/// error of a plugin whose shutdown failed.
+pub fn render_plugin_stats(report: &ShutdownReport) -> String {
+    let mut out = format!(
+        "{:<22} {:>9} {:>7} {:>6} {:>8} {:>8} {:>5}  {}\n",
+        "plugin", "delivered", "dropped", "dead", "failures", "restarts", "left", "shutdown"
+    );
+    for p in &report.plugins {
+        let s = &p.stats;
+        out.push_str(&format!(
+            "{:<22} {:>9} {:>7} {:>6} {:>8} {:>8} {:>5}  {}\n",
+            p.name,
+            s.delivered,
+            s.dropped,
+            s.dead_lettered,
+            s.failures,
+            s.restarts,
+            p.left_in_queue,
+            p.error.as_deref().unwrap_or("ok")
         ));
     }
     out
@@ -756,14 +866,34 @@ async fn run_cli_inner(
         w(out, USAGE);
         return Ok(0);
     }
-    if cli.list_plugins {
+    if cli.list_plugins || cli.print_config || cli.check_config {
         let mut registry = plugin_registry();
-        load_config_and_plugin_dirs(
+        let loaded = load_config_and_plugin_dirs(
             cli.options.config_file.as_deref(),
             &cli.options.plugin_dirs,
+            &cli.options.config_overrides,
             &mut registry,
         )?;
-        w(out, &render_plugin_list(&registry));
+        if cli.list_plugins {
+            w(out, &render_plugin_list(&registry));
+        }
+        if cli.print_config {
+            w(out, &loaded.config.to_redacted_toml(Some(&registry)));
+        }
+        if cli.check_config {
+            let enabled = loaded.config.enabled_plugins(&registry)?;
+            w(
+                out,
+                &format!(
+                    "configuration is valid; plugins enabled by it: {}\n",
+                    if enabled.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        enabled.join(", ")
+                    }
+                ),
+            );
+        }
         return Ok(0);
     }
     cli.options.handle_ctrl_c = signals;
@@ -776,17 +906,8 @@ async fn run_cli_inner(
         w(out, "\n");
         w(out, &summary.render_table());
     }
-    for p in report
-        .shutdown
-        .plugins
-        .iter()
-        .filter(|p| p.stats.failures > 0)
-    {
-        w(
-            out,
-            &format!("plugin {} failed {} time(s)\n", p.name, p.stats.failures),
-        );
-    }
+    w(out, "\n");
+    w(out, &render_plugin_stats(&report.shutdown));
     w(
         out,
         &format!(

@@ -24,12 +24,16 @@ pub enum CoordinatorError {
         /// The path given.
         path: PathBuf,
     },
-    /// `--plugin-dirs` names a directory that does not exist.
+    /// A plugin directory (from `--plugin-dirs` or the file's `plugin_dirs`) does not exist.
     #[error("--plugin-dirs: `{}` is not a directory", path.display())]
     MissingPluginDir {
         /// The path given.
         path: PathBuf,
     },
+    /// The configuration (file, `DTF_*` environment variables, `--set`) has problems: every
+    /// one of them, one per line, each with its key, position and a suggestion.
+    #[error("invalid configuration:\n{0}")]
+    Config(#[from] dtf_plugin_core::config::ConfigErrors),
     /// A plugin name given to `--enable-plugin`/`--disable-plugin` is not registered.
     #[error("{flag}: {source}")]
     Plugin {

@@ -470,10 +470,30 @@ async fn simulated_tasks_write_junit_and_exit_non_zero() {
         "{xml}"
     );
 
-    // Without the task reporter there is no summary, and the verdict still holds.
+    // Without the task reporter there is no task table and no summary: only the plugin
+    // table (the coordinator's own plugins) and the verdict.
     let (code, out) = cli(&["--simulate-tasks", "3", "--disable-plugins"]).await;
     assert_eq!(code, 0, "{out}");
-    assert_eq!(out, "\n3 of 3 task(s) passed; 0 failed\n");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[1].starts_with("plugin ") && lines[1].contains("delivered"),
+        "{out}"
+    );
+    let plugins: Vec<&str> = lines[2..]
+        .iter()
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(
+        plugins,
+        ["run-tracker", "shell-executor", "scheduler"],
+        "{out}"
+    );
+    assert!(
+        out.ends_with("\n\n3 of 3 task(s) passed; 0 failed\n"),
+        "{out}"
+    );
+    assert!(!out.contains("pass rate"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,4 +531,144 @@ async fn a_run_timeout_cancels_what_is_left_and_kills_its_processes() {
     // The command's process group was killed with its worker: it never gets to `touch`.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(!marker.exists(), "the timed-out command kept running");
+}
+
+/// The example external plugin's directory (Python, standard library only).
+fn plugins_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dtf-examples/plugins")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_and_a_plugin_directory_drive_the_run() {
+    let dir = temp_dir("config-run");
+    let junit = dir.join("junit.xml");
+    let config = dir.join("dtf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "plugin_dirs = [{plugins:?}]\n\
+             [manager]\nhandler_timeout = \"5s\"\n\
+             [plugins.ci-reporter.settings]\njunit = {junit:?}\n\
+             [plugins.task-reporter]\nenabled = false\n",
+            plugins = plugins_dir().display().to_string(),
+            junit = junit.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut o = options(
+        vec![
+            TaskDef::shell("ok", "true"),
+            // py-echo exits on events of the task with id `crash` (creation, completion).
+            TaskDef::shell("crash", "true"),
+        ],
+        2,
+    );
+    o.config_file = Some(config.clone());
+    // The command line wins over the file: the task reporter comes back.
+    o.plugins.enable.push("task-reporter".to_owned());
+    let (rec, recording) = RecordingPlugin::spec("recording", HookSet::of(&[Hook::Custom]));
+    let coordinator = Coordinator::new(o).unwrap();
+    assert_eq!(
+        coordinator.enabled_plugins(),
+        ["task-reporter", "ci-reporter", "py-echo"]
+    );
+    let report = coordinator.with_plugin(rec).run().await.unwrap();
+    assert_eq!(report.exit_code(), 0);
+    assert!(
+        report.summary.is_some(),
+        "--enable-plugin wins over enabled = false"
+    );
+
+    // The Python plugin got the task events, and published one custom event back for each
+    // it handled; the two events of task `crash` each killed it and were dead-lettered.
+    let echo = report
+        .shutdown
+        .plugins
+        .iter()
+        .find(|p| p.name == "py-echo")
+        .unwrap();
+    assert_eq!(echo.stats.dead_lettered, 2, "{echo:?}");
+    assert_eq!(echo.stats.restarts, 2, "{echo:?}");
+    assert!(echo.stats.is_conserved(), "{echo:?}");
+    let received: Vec<String> = recording
+        .events()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Custom(c) if c.name == "py-echo.received" => {
+                Some(c.payload["task"].as_str().unwrap_or("-").to_owned())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        received.iter().filter(|t| *t == "ok").count(),
+        2,
+        "created and completed: {received:?}"
+    );
+    assert!(!received.iter().any(|t| t == "crash"), "{received:?}");
+    // The file's settings reached the CI reporter.
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert_eq!(xml.matches("<testcase ").count(), 2, "{xml}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_errors_are_all_reported_with_positions_and_print_config_redacts_secrets() {
+    let dir = temp_dir("config-errors");
+    let config = dir.join("dtf.toml");
+    std::fs::write(
+        &config,
+        "[manager]\nqueue_capacty = 10\n\n[plugins.task-reportr]\nenabled = true\n",
+    )
+    .unwrap();
+    let path = config.to_str().unwrap();
+    let (code, out) = cli(&["--config", path, "--check-config"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.starts_with("error: invalid configuration:\n"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{path}:2:1: manager.queue_capacty: unknown key `queue_capacty` (did you mean `queue_capacity`?)"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "plugins.task-reportr: unknown plugin `task-reportr` (did you mean `task-reporter`?)"
+        ),
+        "{out}"
+    );
+
+    // Secrets (a secret-named key, a value read from the environment) are used but never
+    // printed; `--set` wins over the file.
+    std::fs::write(
+        &config,
+        "[manager]\nqueue_capacity = 10\n\n\
+         [plugins.notify.settings]\n\
+         channels = [\n\
+           { type = \"slack\", webhook_url = \"https://hooks.example/T0/B0/canary-5d1f\" },\n\
+           { type = \"webhook\", url = \"${HOME}/hook\" },\n\
+         ]\n",
+    )
+    .unwrap();
+    let (code, out) = cli(&[
+        "--config",
+        path,
+        "--set",
+        "manager.queue_capacity=64",
+        "--print-config",
+        "--check-config",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("canary-5d1f"), "{out}");
+    assert!(out.contains("webhook_url = \"***\""), "{out}");
+    assert!(!out.contains("/hook\""), "{out}");
+    assert!(out.contains(" url = \"***\""), "{out}");
+    assert!(
+        out.contains("queue_capacity = 64  # command-line override"),
+        "{out}"
+    );
+    assert!(
+        out.contains("configuration is valid; plugins enabled by it: notify"),
+        "{out}"
+    );
 }

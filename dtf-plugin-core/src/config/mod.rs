@@ -250,6 +250,20 @@ impl ConfigLoader {
     ///
     /// Every problem found, together.
     pub fn load(&self) -> Result<Config, ConfigErrors> {
+        let (config, issues) = self.load_with_issues()?;
+        ConfigErrors::check(issues)?;
+        Ok(config)
+    }
+
+    /// Like [`load`](Self::load), but once the file parses it returns the configuration even
+    /// when some values are wrong (those keep their defaults), together with every problem
+    /// found, so a caller can add the registry's checks ([`Config::problems`]) and report
+    /// everything at once. [`check`] does that.
+    ///
+    /// # Errors
+    ///
+    /// Syntax errors of the file (nothing else can be read then), every one of them.
+    pub fn load_with_issues(&self) -> Result<(Config, Vec<ConfigIssue>), ConfigErrors> {
         let env = self
             .env
             .clone()
@@ -368,14 +382,16 @@ impl ConfigLoader {
         let plugins = reader.plugins(top.get("plugins"));
         issues.sort_by_key(|a| order_key(&a.origin));
         issues.dedup();
-        ConfigErrors::check(issues)?;
-        Ok(Config {
-            tree: root,
-            manager,
-            plugin_dirs,
-            plugins,
-            file: file_name,
-        })
+        Ok((
+            Config {
+                tree: root,
+                manager,
+                plugin_dirs,
+                plugins,
+                file: file_name,
+            },
+            issues,
+        ))
     }
 }
 
@@ -569,6 +585,14 @@ impl Config {
         self.enabled_plugins(registry).map(|_| ())
     }
 
+    /// What [`validate`](Self::validate) finds, as a list (empty when valid).
+    pub fn problems(&self, registry: &PluginRegistry) -> Vec<ConfigIssue> {
+        self.validate(registry)
+            .err()
+            .map(|e| e.issues)
+            .unwrap_or_default()
+    }
+
     /// The enabled plugins in start order (after [`validate`](Self::validate)'s checks).
     ///
     /// # Errors
@@ -657,9 +681,8 @@ impl Config {
         let order = self.enabled_plugins(registry)?;
         let mut specs = Vec::with_capacity(order.len());
         for name in order {
-            let section = self.section(&name);
-            let settings = section.and_then(|s| s.settings.as_ref()).map(Node::to_json);
-            let mut spec = registry.spec(&name, settings).map_err(|e| ConfigErrors {
+            let settings = self.plugin_settings(&name);
+            let spec = registry.spec(&name, settings).map_err(|e| ConfigErrors {
                 issues: vec![ConfigIssue::new(
                     IssueKind::UnknownPlugin,
                     &format!("plugins.{name}"),
@@ -667,29 +690,37 @@ impl Config {
                     e.to_string(),
                 )],
             })?;
-            if let Some(s) = section {
-                if let Some(v) = s.queue_capacity {
-                    spec = spec.queue_capacity(v);
-                }
-                if let Some(v) = s.overflow {
-                    spec = spec.overflow(v);
-                }
-                if let Some(v) = s.handler_timeout {
-                    spec = spec.handler_timeout(v);
-                }
-                if let Some(v) = s.restart_policy {
-                    spec = spec.restart_policy(v);
-                }
-                if let Some(v) = s.restart_budget {
-                    spec = spec.restart_budget(v);
-                }
-                if let Some(v) = s.backoff {
-                    spec = spec.backoff(v);
-                }
-            }
-            specs.push(spec);
+            specs.push(self.with_overrides(&name, spec));
         }
         Ok(specs)
+    }
+
+    /// `spec` with the per-plugin overrides of `[plugins.<name>]` applied (queue capacity,
+    /// overflow, handler timeout, restart policy, restart budget, backoff), for a coordinator
+    /// that builds some specs itself rather than through [`plugin_specs`](Self::plugin_specs).
+    pub fn with_overrides(&self, name: &str, mut spec: PluginSpec) -> PluginSpec {
+        let Some(s) = self.section(name) else {
+            return spec;
+        };
+        if let Some(v) = s.queue_capacity {
+            spec = spec.queue_capacity(v);
+        }
+        if let Some(v) = s.overflow {
+            spec = spec.overflow(v);
+        }
+        if let Some(v) = s.handler_timeout {
+            spec = spec.handler_timeout(v);
+        }
+        if let Some(v) = s.restart_policy {
+            spec = spec.restart_policy(v);
+        }
+        if let Some(v) = s.restart_budget {
+            spec = spec.restart_budget(v);
+        }
+        if let Some(v) = s.backoff {
+            spec = spec.backoff(v);
+        }
+        spec
     }
 
     /// Sets `builder`'s manager config and adds every enabled plugin, in start order.
@@ -814,7 +845,26 @@ fn render_table(node: &Node, path: &[String], secret: bool, out: &mut String) {
 ///
 /// Every problem of the file, the environment, the command line and the plugins' settings.
 pub fn check(loader: &ConfigLoader, registry: &PluginRegistry) -> Result<Config, ConfigErrors> {
-    let config = loader.load()?;
-    config.validate(registry)?;
+    let (config, issues) = loader.load_with_issues()?;
+    validate_with_issues(&config, issues, registry)?;
     Ok(config)
+}
+
+/// Adds the registry's checks of `config` ([`Config::problems`]) to `issues` (what
+/// [`ConfigLoader::load_with_issues`] found) and fails with all of them, in file order. For a
+/// coordinator that registers plugins between loading and validating (plugin directories named
+/// in the file), so that every problem is still reported at once.
+///
+/// # Errors
+///
+/// Every problem, when there is any.
+pub fn validate_with_issues(
+    config: &Config,
+    mut issues: Vec<ConfigIssue>,
+    registry: &PluginRegistry,
+) -> Result<(), ConfigErrors> {
+    issues.extend(config.problems(registry));
+    issues.sort_by_key(|a| order_key(&a.origin));
+    issues.dedup();
+    ConfigErrors::check(issues)
 }
