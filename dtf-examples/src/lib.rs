@@ -37,7 +37,7 @@ pub mod progress;
 pub mod taskfile;
 
 pub use coordinator::{
-    Cli, Coordinator, CoordinatorOptions, DEFAULT_PLUGINS, PluginSelection, RunReport,
+    Cli, Coordinator, CoordinatorOptions, DEFAULT_PLUGINS, LoadedConfig, PluginSelection, RunReport,
     load_config_and_plugin_dirs, plugin_registry, run_cli, select_plugins,
 };
 pub use error::CoordinatorError;
