@@ -227,6 +227,39 @@ pub fn select_plugins(
     Ok(enabled)
 }
 
+/// The optional plugins a run with `options` starts, in order: the defaults
+/// ([`DEFAULT_PLUGINS`]), those the configuration enables (a `[plugins.NAME]` section without
+/// `enabled = false`, and plugins of the plugin directories, in `after`/`requires` order),
+/// `--junit`'s reporter, the progress line, then `--enable-plugin`; `enabled = false` and
+/// `--disable-plugin` remove one. The command line wins over the file.
+///
+/// # Errors
+///
+/// [`CoordinatorError::Plugin`] for an unknown name, [`CoordinatorError::Config`] for a
+/// configuration whose dependencies cannot be satisfied.
+pub fn plugins_to_run(
+    options: &CoordinatorOptions,
+    registry: &PluginRegistry,
+    loaded: &LoadedConfig,
+) -> Result<Vec<String>, CoordinatorError> {
+    let mut selection = options.plugins.clone();
+    let mut enable = loaded.config.enabled_plugins(registry)?;
+    enable.extend(std::mem::take(&mut selection.enable));
+    for name in loaded.config.configured_plugins() {
+        if !loaded.config.is_enabled(name, registry) && !enable.iter().any(|n| n == name) {
+            selection.disable.push(name.to_owned());
+        }
+    }
+    selection.enable = enable;
+    if options.junit.is_some() && !selection.enable.iter().any(|n| n == "ci-reporter") {
+        selection.enable.push("ci-reporter".to_owned());
+    }
+    if options.progress && !selection.disable_all {
+        selection.enable.push(ProgressDisplay::NAME.to_owned());
+    }
+    select_plugins(registry, &selection)
+}
+
 /// What a run produced.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -286,24 +319,7 @@ impl Coordinator {
             &options.config_overrides,
             &mut registry,
         )?;
-        let mut selection = options.plugins.clone();
-        // The configuration's choices first (in its start order: `after`/`requires`), then
-        // the command line's, which win: `--enable-plugin` over `enabled = false`.
-        let mut enable = loaded.config.enabled_plugins(&registry)?;
-        enable.extend(std::mem::take(&mut selection.enable));
-        for name in loaded.config.configured_plugins() {
-            if !loaded.config.is_enabled(name, &registry) && !enable.iter().any(|n| n == name) {
-                selection.disable.push(name.to_owned());
-            }
-        }
-        selection.enable = enable;
-        if options.junit.is_some() && !selection.enable.iter().any(|n| n == "ci-reporter") {
-            selection.enable.push("ci-reporter".to_owned());
-        }
-        if options.progress && !selection.disable_all {
-            selection.enable.push(ProgressDisplay::NAME.to_owned());
-        }
-        let enabled = select_plugins(&registry, &selection)?;
+        let enabled = plugins_to_run(&options, &registry, &loaded)?;
         SchedulerRegistry::new().build(&options.scheduler)?;
         if options.tasks.is_empty() {
             return Err(CoordinatorError::NoTasks);
@@ -740,30 +756,64 @@ impl Cli {
     }
 }
 
-/// Lists `registry`'s plugins with their kind, version, source and whether they are
-/// enabled by default.
-pub fn render_plugin_list(registry: &PluginRegistry) -> String {
+/// Lists `registry`'s plugins: name, whether a run with these options starts it (`enabled`:
+/// the names [`plugins_to_run`] gives), kind, version, source, description, and the hooks it
+/// subscribes to (a whole family as `task_*`).
+pub fn render_plugin_list(registry: &PluginRegistry, enabled: &[String]) -> String {
     let mut out = format!(
-        "{:<18} {:<14} {:<8} {:<26} {}\n",
-        "plugin", "kind", "version", "source", "description"
+        "{:<18} {:<8} {:<13} {:<8} {:<30} {}\n",
+        "plugin", "status", "kind", "version", "source", "description / hooks"
     );
     for e in registry.iter() {
         let m = e.metadata();
-        let default = if DEFAULT_PLUGINS.contains(&e.name()) {
-            " [default]"
+        let status = if enabled.iter().any(|n| n == e.name()) {
+            "enabled"
         } else {
-            ""
+            "off"
         };
         out.push_str(&format!(
-            "{:<18} {:<14} {:<8} {:<26} {}{default}\n",
+            "{:<18} {:<8} {:<13} {:<8} {:<30} {}\n{:<80} hooks: {}\n",
             e.name(),
+            status,
             m.kind.to_string(),
             m.version,
             e.plugin_source().to_string(),
-            e.describe()
+            e.describe(),
+            "",
+            hook_summary(m.hooks),
         ));
     }
     out
+}
+
+/// The hooks of `hooks` by their configuration names (`task_created`), a whole family as
+/// `task_*`, everything as `all`.
+fn hook_summary(hooks: HookSet) -> String {
+    if hooks == HookSet::ALL {
+        return "all".to_owned();
+    }
+    let name = |h: &Hook| {
+        serde_json::to_value(h)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let family = |n: &str| n.split('_').next().unwrap_or_default().to_owned();
+    let mut parts: Vec<String> = Vec::new();
+    for h in Hook::ALL {
+        let n = name(h);
+        let f = family(&n);
+        let members: Vec<&Hook> = Hook::ALL.iter().filter(|x| family(&name(x)) == f).collect();
+        if members.iter().all(|x| hooks.contains(**x)) {
+            let whole = format!("{f}_*");
+            if !parts.contains(&whole) {
+                parts.push(whole);
+            }
+        } else if hooks.contains(*h) {
+            parts.push(n);
+        }
+    }
+    parts.join(",")
 }
 
 /// Renders one line per plugin from the manager's shutdown report: events delivered,
@@ -875,7 +925,8 @@ async fn run_cli_inner(
             &mut registry,
         )?;
         if cli.list_plugins {
-            w(out, &render_plugin_list(&registry));
+            let enabled = plugins_to_run(&cli.options, &registry, &loaded)?;
+            w(out, &render_plugin_list(&registry, &enabled));
         }
         if cli.print_config {
             w(out, &loaded.config.to_redacted_toml(Some(&registry)));

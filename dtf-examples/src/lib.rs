@@ -37,8 +37,9 @@ pub mod progress;
 pub mod taskfile;
 
 pub use coordinator::{
-    Cli, Coordinator, CoordinatorOptions, DEFAULT_PLUGINS, LoadedConfig, PluginSelection, RunReport,
-    load_config_and_plugin_dirs, plugin_registry, run_cli, select_plugins,
+    Cli, Coordinator, CoordinatorOptions, DEFAULT_PLUGINS, LoadedConfig, PluginSelection,
+    RunReport, load_config_and_plugin_dirs, plugin_registry, plugins_to_run, run_cli,
+    select_plugins,
 };
 pub use error::CoordinatorError;
 pub use executor::{ShellExecutor, WorkerPool};

@@ -86,7 +86,7 @@ pub fn register(registry: &mut PluginRegistry) -> Result<(), RegistryError> {
     registry.register(
         RegistryEntry::new(|| PluginSpec::new(NotifyPlugin::new))
             .built_in("dtf-plugins-notify")
-            .description("notifications to Slack, Discord, Telegram, Teams, JIRA and webhooks: filtered, throttled, grouped, rate-limited, retried")
+            .description("notifications to Slack, Discord, Telegram, Teams, JIRA, email and webhooks: filtered, throttled, grouped, rate-limited, retried")
             .default_config(serde_json::json!({
                 "channels": [],
                 "group": { "group_wait_ms": 10_000, "group_interval_ms": 60_000 },

@@ -418,8 +418,20 @@ async fn plugin_flags_select_from_the_registry() {
         .find(|l| l.starts_with("task-reporter"))
         .unwrap();
     assert!(
-        line.contains("reporter") && line.contains("[default]"),
+        line.contains(" enabled ")
+            && line.contains(" reporter ")
+            && line.contains("built-in (dtf-plugins-ci)"),
         "{line}"
+    );
+    let teamcity = out
+        .lines()
+        .find(|l| l.starts_with("teamcity-live"))
+        .unwrap();
+    assert!(teamcity.contains(" off "), "{teamcity}");
+    // The hooks line under each plugin: whole families abbreviated.
+    assert!(
+        out.contains("hooks: coordinator_*,task_*,worker_*,recovery_*,custom"),
+        "{out}"
     );
 
     let selection = |disable_all, enable: &[&str], disable: &[&str]| {
