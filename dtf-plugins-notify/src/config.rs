@@ -148,6 +148,16 @@ impl<'de> Deserialize<'de> for SecretSource {
     }
 }
 
+/// A gate key for a destination known only by a secret (a webhook URL, a bot token): a hash,
+/// so that two channels posting to one destination share its gate (rate limit and
+/// `Retry-After`) while the secret stays out of the key, which appears in logs.
+pub(crate) fn secret_key(kind: &str, secret: &Secret) -> String {
+    format!(
+        "{kind}:{:016x}",
+        crate::message::fnv1a(secret.expose().as_bytes())
+    )
+}
+
 impl SecretSource {
     /// An environment-variable source.
     pub fn env(var: impl Into<String>) -> Self {
@@ -169,10 +179,23 @@ impl SecretSource {
                 )
             })?,
         };
-        if s.expose().trim().is_empty() {
+        // A value read from a file or an environment variable often ends in a newline; no
+        // token or URL has whitespace at its ends, and one inside would fail every request.
+        let trimmed = s.expose().trim();
+        if trimmed.is_empty() {
             return Err(NotifyError::config(key, "is empty"));
         }
-        Ok(s)
+        if trimmed.chars().any(char::is_control) {
+            return Err(NotifyError::config(
+                key,
+                "holds control characters (a line break inside the value?)",
+            ));
+        }
+        Ok(if trimmed.len() == s.expose().len() {
+            s
+        } else {
+            Secret::new(trimmed)
+        })
     }
 }
 
@@ -422,4 +445,37 @@ pub(crate) fn interval(key: &str, ms: u64) -> Result<Duration, NotifyError> {
         ));
     }
     Ok(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_trimmed_and_control_characters_refused() {
+        let s = SecretSource::Value(Secret::new("xoxb-123\n"))
+            .resolve("channels[0].token")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.expose(), "xoxb-123");
+        let err = SecretSource::Value(Secret::new("xoxb\n123"))
+            .resolve("channels[0].token")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("channels[0].token") && err.contains("control characters"),
+            "{err}"
+        );
+        assert!(!err.contains("xoxb"), "{err}");
+    }
+
+    #[test]
+    fn one_destination_gets_one_gate_key_whatever_the_channel_name() {
+        let a = secret_key("slack-webhook", &Secret::new("https://hooks.example/T/B/x"));
+        let b = secret_key("slack-webhook", &Secret::new("https://hooks.example/T/B/x"));
+        let c = secret_key("slack-webhook", &Secret::new("https://hooks.example/T/B/y"));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(!a.contains("hooks.example"));
+    }
 }

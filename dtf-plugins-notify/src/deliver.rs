@@ -57,6 +57,15 @@ impl GateSpec {
     }
 }
 
+/// The longest wait a destination can impose (a `Retry-After` beyond it is read as this), so a
+/// wild value from a proxy cannot overflow the clock.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// `now + wait`, with `wait` capped at [`MAX_WAIT`].
+fn later(now: Instant, wait: Duration) -> Instant {
+    now + wait.min(MAX_WAIT)
+}
+
 #[derive(Debug)]
 struct Gate {
     next_free: Instant,
@@ -64,6 +73,11 @@ struct Gate {
 }
 
 type GateRef = Arc<tokio::sync::Mutex<Gate>>;
+
+/// Every destination's gate, by key. Shared by the deliverers of one plugin across
+/// reconfigurations, so a `Retry-After` outlives the pipeline that received it.
+#[derive(Clone, Default)]
+pub(crate) struct Gates(Arc<Mutex<HashMap<String, GateRef>>>);
 
 /// What one attempt of an operation gave.
 #[derive(Debug)]
@@ -110,7 +124,7 @@ impl DeliveryError {
 pub struct Deliverer {
     transport: Arc<dyn Transport>,
     policy: RetryPolicy,
-    gates: Mutex<HashMap<String, GateRef>>,
+    gates: Gates,
     jitter: Mutex<Jitter>,
     stats: NotifyStats,
 }
@@ -129,10 +143,16 @@ impl Deliverer {
         Self {
             transport,
             policy,
-            gates: Mutex::new(HashMap::new()),
+            gates: Gates::default(),
             jitter: Mutex::new(Jitter::default()),
             stats,
         }
+    }
+
+    /// Uses `gates` (a previous deliverer's) instead of fresh ones.
+    pub(crate) fn with_gates(mut self, gates: Gates) -> Self {
+        self.gates = gates;
+        self
     }
 
     /// The statistics this deliverer writes.
@@ -143,6 +163,7 @@ impl Deliverer {
     fn gate(&self, key: &str) -> GateRef {
         let mut gates = self
             .gates
+            .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         gates
@@ -205,7 +226,7 @@ impl Deliverer {
             let (after, error) = match outcome {
                 Attempt::Done { value, slow_down } => {
                     if let Some(wait) = slow_down {
-                        g.not_before = g.not_before.max(now + wait);
+                        g.not_before = g.not_before.max(later(now, wait));
                         self.stats.target(target, |s| s.rate_limited += 1);
                         tracing::debug!(
                             target_channel = target,
@@ -225,8 +246,14 @@ impl Deliverer {
                 Attempt::Retry { after, error } => (after, error),
             };
             if let Some(wait) = after {
-                // Honoured in full by every later request to this destination, whatever the cap.
-                g.not_before = g.not_before.max(now + wait);
+                // Honoured in full by every later request to this destination, whatever the cap,
+                // and by the shared gate too: Telegram's flood control and Discord's global
+                // limit hold the whole bot, so no other chat may go first.
+                g.not_before = g.not_before.max(later(now, wait));
+                if let Some((shared, _)) = &shared {
+                    let mut s = shared.lock().await;
+                    s.not_before = s.not_before.max(later(now, wait));
+                }
                 self.stats.target(target, |s| s.rate_limited += 1);
             }
             drop(g);
@@ -342,7 +369,14 @@ fn classify(
 fn scrub(mut msg: String, request: &HttpRequest) -> String {
     let url = request.url.expose();
     let mut secrets: Vec<String> = vec![url.to_owned()];
-    secrets.extend(request.headers.iter().map(|(_, v)| v.expose().to_owned()));
+    for (_, v) in &request.headers {
+        let v = v.expose();
+        secrets.push(v.to_owned());
+        // The credential without its scheme (`Bearer xoxb-…` → `xoxb-…`): servers echo it.
+        if let Some((_, credential)) = v.split_once(' ') {
+            secrets.push(credential.trim().to_owned());
+        }
+    }
     if let Ok(parsed) = reqwest::Url::parse(url) {
         if let Some(segments) = parsed.path_segments() {
             secrets.extend(segments.map(str::to_owned));
@@ -371,6 +405,31 @@ pub(crate) fn short(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrub_removes_a_bare_token_the_server_echoes() {
+        let req = HttpRequest::post_json(
+            "slack chat.postMessage",
+            dtf_plugin_core::Secret::new("https://slack.example/api/chat.postMessage"),
+            serde_json::json!({}),
+        )
+        .header(
+            "authorization",
+            dtf_plugin_core::Secret::new("Bearer xoxb-canary-123456789"),
+        );
+        let msg = scrub("401: invalid token xoxb-canary-123456789".to_owned(), &req);
+        assert_eq!(msg, "401: invalid token ***");
+    }
+
+    #[test]
+    fn a_wild_retry_after_is_capped_not_overflowed() {
+        let now = Instant::now();
+        assert_eq!(later(now, Duration::MAX), now + MAX_WAIT);
+        assert_eq!(
+            later(now, Duration::from_secs(3)),
+            now + Duration::from_secs(3)
+        );
+    }
 
     #[test]
     fn scrub_removes_url_tokens_and_header_values() {

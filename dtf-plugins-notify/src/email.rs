@@ -53,7 +53,27 @@ use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+/// A secret given as a string or as `{"env": "VAR"}` (the other secrets of the notify
+/// configuration take the same two forms).
+fn secret_or_env<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Source {
+        Value(String),
+        Env { env: String },
+    }
+    match Option::<Source>::deserialize(d)? {
+        None => Ok(None),
+        Some(Source::Value(v)) => Ok(Some(Secret::new(v))),
+        Some(Source::Env { env }) => Secret::from_env(&env).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "environment variable `{env}` is not set (or empty)"
+            ))
+        }),
+    }
+}
 
 /// Default of [`EmailConfig::timeout_ms`]: 10 seconds.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
@@ -126,7 +146,10 @@ pub struct EmailConfig {
     /// User name for SMTP `AUTH` (PLAIN or LOGIN, whichever the server offers). Default: none,
     /// no authentication. Needs `password`.
     pub username: Option<String>,
-    /// Password for SMTP `AUTH`. Default: none. Needs `username`; not allowed with `plain`.
+    /// Password for SMTP `AUTH`: a string, or `{"env": "VAR"}` to read it from the
+    /// environment when the configuration is read. Default: none. Needs `username`; not
+    /// allowed with `plain`.
+    #[serde(deserialize_with = "secret_or_env")]
     pub password: Option<Secret>,
     /// The sender, `addr@example.com` or `Name <addr@example.com>`. Required.
     pub from: String,
@@ -718,6 +741,31 @@ fn tls_parameters(config: &EmailConfig) -> Result<TlsParameters, EmailError> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
     use super::*;
+
+    #[test]
+    fn the_password_can_come_from_the_environment() {
+        let base = serde_json::json!({
+            "host": "smtp.example.com", "from": "a@example.com", "to": ["b@example.com"],
+            "username": "u",
+        });
+        let mut with_env = base.clone();
+        with_env["password"] = serde_json::json!({ "env": "PATH" });
+        let c: EmailConfig = serde_json::from_value(with_env).unwrap_or_default();
+        assert_eq!(
+            c.password.as_ref().map(|p| p.expose().to_owned()),
+            std::env::var("PATH").ok()
+        );
+        let mut missing = base;
+        missing["password"] = serde_json::json!({ "env": "DTF_SURELY_UNSET_VARIABLE_7Q" });
+        let err = serde_json::from_value::<EmailConfig>(missing)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("`DTF_SURELY_UNSET_VARIABLE_7Q` is not set"),
+            "{err}"
+        );
+    }
 
     fn base() -> EmailConfig {
         EmailConfig {

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::channels::Channel;
 use crate::config::NotifyConfig;
-use crate::deliver::Deliverer;
+use crate::deliver::{Deliverer, Gates};
 use crate::error::NotifyError;
 use crate::group::Grouper;
 use crate::message::{EventInfo, Notification};
@@ -61,6 +61,9 @@ pub struct NotifyPlugin {
     transport: Option<Arc<dyn Transport>>,
     extra: Vec<Arc<dyn Channel>>,
     running: Option<Running>,
+    /// Every destination's gate; kept across reconfigurations so that a `Retry-After` or a
+    /// rate limit still holds for the new pipeline.
+    gates: Gates,
 }
 
 impl std::fmt::Debug for NotifyPlugin {
@@ -86,6 +89,7 @@ impl NotifyPlugin {
             transport: None,
             extra: Vec::new(),
             running: None,
+            gates: Gates::default(),
         }
     }
 
@@ -146,11 +150,10 @@ impl NotifyPlugin {
                     .map_err(|e| NotifyError::Client(e.message))?,
             ),
         };
-        let deliverer = Arc::new(Deliverer::new(
-            transport,
-            config.delivery.retry,
-            self.stats.clone(),
-        ));
+        let deliverer = Arc::new(
+            Deliverer::new(transport, config.delivery.retry, self.stats.clone())
+                .with_gates(self.gates.clone()),
+        );
         let (tx, rx) = mpsc::unbounded_channel();
         let groupers = channels
             .iter()
@@ -198,14 +201,25 @@ impl NotifyPlugin {
         };
         let (done_tx, done_rx) = oneshot::channel();
         let _ = r.tx.send(Command::Flush(done_tx));
-        let mut task = r.task;
+        // If this future is dropped before it ends (the manager's shutdown deadline or the
+        // handler timeout came first), the guard stops the pipeline and reports what was
+        // still pending: nothing is sent after the plugin is gone, nothing is lost unreported.
+        let mut guard = StopGuard {
+            task: Some(r.task),
+            stats: self.stats.clone(),
+        };
         if tokio::time::timeout(r.shutdown_timeout, done_rx)
             .await
             .is_err()
         {
-            task.abort();
+            if let Some(task) = &guard.task {
+                task.abort();
+            }
         }
-        let _ = (&mut task).await;
+        if let Some(task) = guard.task.as_mut() {
+            let _ = task.await;
+        }
+        guard.task = None;
         let left = self
             .stats
             .abandon_pending("shutdown deadline passed before delivery");
@@ -215,6 +229,26 @@ impl NotifyPlugin {
             tracing::info!("notifier flushed and stopped");
         }
         left
+    }
+}
+
+/// Stops the pipeline and reports its pending messages if `flush_and_stop` is cancelled.
+struct StopGuard {
+    task: Option<JoinHandle<()>>,
+    stats: NotifyStats,
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let left = self
+                .stats
+                .abandon_pending("the notifier's shutdown was cut short before delivery");
+            if left > 0 {
+                tracing::warn!(left, "notifier stopped early with messages not delivered");
+            }
+        }
     }
 }
 

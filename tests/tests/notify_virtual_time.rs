@@ -48,7 +48,6 @@ struct SimServer {
 }
 
 #[async_trait::async_trait]
-#[async_trait::async_trait]
 impl Transport for SimServer {
     async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
         let now = Instant::now();
@@ -258,7 +257,6 @@ impl Recorder {
 }
 
 #[async_trait::async_trait]
-#[async_trait::async_trait]
 impl Transport for Recorder {
     async fn send(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
         let body = match &request.body {
@@ -372,4 +370,118 @@ async fn discord_bucket_headers_hold_the_next_request_until_the_reset() {
     assert!(t[1] - t[0] >= Duration::from_millis(2500), "{t:?}");
     let s = stats.get("discord").unwrap();
     assert_eq!((s.ok, s.rate_limited), (2, 1));
+}
+
+fn too_many_requests(seconds: &str) -> HttpResponse {
+    HttpResponse::new(429, vec![("retry-after".into(), seconds.into())], "")
+}
+
+/// Two channels posting to one Slack webhook share its gate: the first one's 429 holds the
+/// second, so no request reaches the webhook before its `Retry-After` expires.
+#[tokio::test(start_paused = true)]
+async fn two_channels_on_one_webhook_share_its_retry_after() {
+    let rec = Recorder::new(vec![too_many_requests("5")]);
+    let hook = "https://hooks.invalid/services/T/B/shared";
+    feed(
+        rec.clone(),
+        json!({
+            "channels": [
+                { "type": "slack", "name": "alerts-a", "webhook_url": hook },
+                { "type": "slack", "name": "alerts-b", "webhook_url": hook },
+            ],
+            "group": { "group_wait_ms": 0 },
+        }),
+        vec![failure(1, "TimeoutError")],
+    )
+    .await;
+    let t = rec.times();
+    assert_eq!(t.len(), 3, "one 429, then both messages: {t:?}");
+    for later in &t[1..] {
+        assert!(*later - t[0] >= Duration::from_secs(5), "{t:?}");
+    }
+}
+
+/// A `Retry-After` far beyond any sane value (a buggy proxy) neither panics nor stops the
+/// channel: the message gives up (it exceeds `max_retry_after_ms`) and says why.
+#[tokio::test(start_paused = true)]
+async fn an_absurd_retry_after_fails_the_message_not_the_channel() {
+    let rec = Recorder::new(vec![too_many_requests("18446744073709551615")]);
+    let stats = feed(
+        rec.clone(),
+        json!({
+            "channels": [{ "type": "webhook", "url": "https://sim.invalid/hook" }],
+            "group": { "group_wait_ms": 0 },
+            "delivery": { "shutdown_timeout_ms": 1_000 },
+        }),
+        vec![failure(1, "TimeoutError")],
+    )
+    .await;
+    let undelivered = stats.undelivered();
+    assert_eq!(undelivered.len(), 1, "{undelivered:?}");
+    assert!(
+        undelivered[0].reason.contains("max_retry_after_ms"),
+        "{undelivered:?}"
+    );
+}
+
+/// A reconfiguration starts a new pipeline, but the destinations' gates carry over: a
+/// `Retry-After` received before it still holds after it.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_outlives_a_reconfiguration() {
+    let rec = Recorder::new(vec![too_many_requests("20")]);
+    let config = json!({
+        "channels": [{ "type": "webhook", "url": "https://sim.invalid/hook" }],
+        "group": { "group_wait_ms": 0 },
+        "delivery": { "retry": { "max_attempts": 1 }, "shutdown_timeout_ms": 60_000 },
+    });
+    let mut plugin = NotifyPlugin::new().with_transport(rec.clone());
+    let mut ctx = PluginContext::detached("notify", config);
+    plugin.on_start(&mut ctx).await.unwrap();
+    plugin
+        .on_event(&mut ctx, &failure(1, "TimeoutError"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rec.times().len(), 1, "the 429");
+    plugin.on_reconfigure(&mut ctx).await.unwrap();
+    plugin
+        .on_event(&mut ctx, &failure(2, "AssertionError"))
+        .await
+        .unwrap();
+    plugin.on_shutdown(&mut ctx).await.unwrap();
+    let t = rec.times();
+    assert_eq!(t.len(), 2, "{t:?}");
+    assert!(t[1] - t[0] >= Duration::from_secs(20), "{t:?}");
+}
+
+/// When the manager cuts the plugin's shutdown short (its deadline or the handler timeout
+/// comes before the notifier's own `shutdown_timeout_ms`), what was pending is reported and
+/// nothing more is sent afterwards.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_cut_short_reports_what_was_pending_and_sends_nothing_after() {
+    let rec = Recorder::new((0..20).map(|_| too_many_requests("5")).collect());
+    let config = json!({
+        "channels": [{ "type": "webhook", "url": "https://sim.invalid/hook" }],
+        "group": { "group_wait_ms": 0 },
+        "delivery": { "shutdown_timeout_ms": 60_000, "retry": { "max_attempts": 20 } },
+    });
+    let mut plugin = NotifyPlugin::new().with_transport(rec.clone());
+    let stats = plugin.stats_handle();
+    let mut ctx = PluginContext::detached("notify", config);
+    plugin.on_start(&mut ctx).await.unwrap();
+    plugin
+        .on_event(&mut ctx, &failure(1, "TimeoutError"))
+        .await
+        .unwrap();
+    let cut = tokio::time::timeout(Duration::from_secs(2), plugin.on_shutdown(&mut ctx)).await;
+    assert!(cut.is_err(), "the shutdown was cut short");
+    let undelivered = stats.undelivered();
+    assert_eq!(undelivered.len(), 1, "{undelivered:?}");
+    assert!(
+        undelivered[0].reason.contains("cut short"),
+        "{undelivered:?}"
+    );
+    let sent = rec.times().len();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(rec.times().len(), sent, "nothing is sent after the cut");
 }

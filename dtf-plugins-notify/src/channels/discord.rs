@@ -13,7 +13,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Channel, ChannelBuilder, emoji};
-use crate::config::{SecretSource, base_url, channel_name, interval, non_empty, parse_url};
+use crate::config::{
+    SecretSource, base_url, channel_name, interval, non_empty, parse_url, secret_key,
+};
 use crate::deliver::{Deliverer, DeliveryError, GateSpec};
 use crate::error::NotifyError;
 use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
@@ -81,11 +83,8 @@ impl ChannelBuilder for DiscordConfig {
                 let url = url.resolve(&k)?;
                 let mut parsed = parse_url(&k, url.expose(), true)?;
                 parsed.query_pairs_mut().append_pair("wait", "true");
-                (
-                    Secret::new(parsed.to_string()),
-                    None,
-                    format!("discord-webhook:{name}"),
-                )
+                let dest = secret_key("discord-webhook", &url);
+                (Secret::new(parsed.to_string()), None, dest)
             }
             (None, Some(token)) => {
                 let token = token.resolve(&format!("{key}.bot_token"))?;

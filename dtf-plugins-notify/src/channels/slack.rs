@@ -11,7 +11,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Channel, ChannelBuilder, emoji};
-use crate::config::{SecretSource, base_url, channel_name, interval, non_empty, parse_url};
+use crate::config::{
+    SecretSource, base_url, channel_name, interval, non_empty, parse_url, secret_key,
+};
 use crate::deliver::{Deliverer, DeliveryError, GateSpec};
 use crate::error::NotifyError;
 use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
@@ -87,7 +89,8 @@ impl ChannelBuilder for SlackConfig {
                 let k = format!("{key}.webhook_url");
                 let url = url.resolve(&k)?;
                 parse_url(&k, url.expose(), true)?;
-                (Mode::Webhook(url), format!("slack-webhook:{name}"))
+                let dest = secret_key("slack-webhook", &url);
+                (Mode::Webhook(url), dest)
             }
             (None, Some(token)) => {
                 let token = token.resolve(&format!("{key}.token"))?;

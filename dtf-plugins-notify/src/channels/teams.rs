@@ -18,7 +18,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Channel, ChannelBuilder};
-use crate::config::{SecretSource, base_url, channel_name, interval, non_empty, parse_url};
+use crate::config::{
+    SecretSource, base_url, channel_name, interval, non_empty, parse_url, secret_key,
+};
 use crate::deliver::{Deliverer, DeliveryError, GateSpec};
 use crate::error::NotifyError;
 use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
@@ -92,7 +94,8 @@ impl ChannelBuilder for TeamsConfig {
                 let k = format!("{key}.webhook_url");
                 let url = url.resolve(&k)?;
                 parse_url(&k, url.expose(), true)?;
-                (Mode::Webhook(url), format!("teams-webhook:{name}"))
+                let dest = secret_key("teams-webhook", &url);
+                (Mode::Webhook(url), dest)
             }
             (None, Some(token)) => {
                 let token = token.resolve(&format!("{key}.graph_token"))?;

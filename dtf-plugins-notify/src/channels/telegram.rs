@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Channel, ChannelBuilder, emoji};
-use crate::config::{SecretSource, base_url, channel_name, interval};
+use crate::config::{SecretSource, base_url, channel_name, interval, secret_key};
 use crate::deliver::{Deliverer, DeliveryError, GateSpec};
 use crate::error::NotifyError;
 use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
@@ -119,7 +119,7 @@ impl ChannelBuilder for TelegramConfig {
                 name: format!("{prefix}/{id}"),
                 filter,
                 gate: GateSpec::new(format!("telegram:{base}:{id}"), every)
-                    .shared(format!("telegram-bot:{prefix}"), bot_every),
+                    .shared(secret_key("telegram-bot", &token), bot_every),
                 url: url.clone(),
                 chat_id: id.to_owned(),
             }));

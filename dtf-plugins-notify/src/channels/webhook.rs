@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Channel, ChannelBuilder};
-use crate::config::{SecretSource, channel_name, interval, parse_url};
+use crate::config::{SecretSource, channel_name, interval, parse_url, secret_key};
 use crate::deliver::{Deliverer, DeliveryError, GateSpec};
 use crate::error::NotifyError;
 use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
@@ -81,7 +81,7 @@ impl ChannelBuilder for WebhookConfig {
         }
         let every = interval(&format!("{key}.min_interval_ms"), self.min_interval_ms)?;
         Ok(vec![Box::new(Webhook {
-            gate: GateSpec::new(format!("webhook:{name}"), every),
+            gate: GateSpec::new(secret_key("webhook", &url), every),
             name,
             filter,
             url,
