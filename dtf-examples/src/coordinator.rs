@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dtf_plugin_core::ShutdownReport;
-use dtf_plugin_core::config::{self, Config, ConfigLoader};
+use dtf_plugin_core::config::{
+    self, Config, ConfigErrors, ConfigIssue, ConfigLoader, IssueKind, Origin,
+};
 use dtf_plugin_core::event::{TaskCreated, TaskId, WorkerId};
 use dtf_plugin_core::external::{self, Reloader};
 use dtf_plugin_core::prelude::*;
@@ -135,6 +137,9 @@ pub struct LoadedConfig {
     pub plugin_dirs: Vec<PathBuf>,
     /// The plugins registered from those directories.
     pub loaded: Vec<String>,
+    /// Manifests that could not be loaded (each naming its file and key). A run goes on
+    /// without those plugins; `--check-config` reports them as errors.
+    pub manifest_errors: Vec<ConfigIssue>,
 }
 
 /// Loads the configuration (see [`LoadedConfig`]), registers the out-of-process plugins
@@ -167,26 +172,39 @@ pub fn load_config_and_plugin_dirs(
     // Every problem is reported at once: those of the file, the environment and `--set`, and
     // those that need the plugins (names, settings, dependencies), which can only be checked
     // once the plugin directories are registered.
-    let (config, issues) = loader.load_with_issues()?;
-    let dirs = if plugin_dirs.is_empty() {
+    let (config, mut issues) = loader.load_with_issues()?;
+    let from_file = plugin_dirs.is_empty();
+    let dirs = if from_file {
         config.plugin_dirs().to_vec()
     } else {
         plugin_dirs.to_vec()
     };
-    for dir in &dirs {
-        if !dir.is_dir() {
+    let mut present = Vec::with_capacity(dirs.len());
+    for (i, dir) in dirs.iter().enumerate() {
+        if dir.is_dir() {
+            present.push(dir.clone());
+        } else if from_file {
+            // Reported with the others, at the key's position in the file.
+            issues.push(ConfigIssue::new(
+                IssueKind::InvalidValue,
+                &format!("plugin_dirs[{i}]"),
+                config.origin("plugin_dirs").unwrap_or(Origin::Default),
+                format!("`{}` is not a directory", dir.display()),
+            ));
+        } else {
             return Err(CoordinatorError::MissingPluginDir { path: dir.clone() });
         }
     }
-    let report = external::register_dirs(registry, &dirs);
+    let report = external::register_dirs(registry, &present);
     for issue in &report.errors {
         tracing::error!(%issue, "a plugin could not be loaded; the others are");
     }
     config::validate_with_issues(&config, issues, registry)?;
     Ok(LoadedConfig {
         config,
-        plugin_dirs: dirs,
+        plugin_dirs: present,
         loaded: report.loaded,
+        manifest_errors: report.errors,
     })
 }
 
@@ -323,6 +341,14 @@ impl Coordinator {
         SchedulerRegistry::new().build(&options.scheduler)?;
         if options.tasks.is_empty() {
             return Err(CoordinatorError::NoTasks);
+        }
+        // The scheduler refuses a second task with a taken id, so it would never finish.
+        let mut ids = HashSet::new();
+        if let Some(dup) = options.tasks.iter().find(|t| !ids.insert(t.id.as_str())) {
+            return Err(CoordinatorError::Usage(format!(
+                "task id `{}` is given twice (ids must be unique across task files, --task and --simulate-tasks)",
+                dup.id
+            )));
         }
         if options.workers == 0 {
             return Err(CoordinatorError::Usage(
@@ -563,7 +589,12 @@ impl Coordinator {
                 bus.publish(EventKind::task_cancelled(id, why)).await?;
             }
         }
-        manager.flush().await;
+        // Bounded: a hung plugin must not hold the run past the manager's shutdown timeout
+        // (the shutdown that follows reports what it left).
+        let limit = loaded.config.manager_config().shutdown_timeout;
+        if let Err(e) = manager.flush_timeout(limit).await {
+            tracing::warn!(error = %e, "plugins had not caught up; shutting down anyway");
+        }
         if let Some(reloader) = reloader {
             reloader.abort();
         }
@@ -743,9 +774,18 @@ impl Cli {
         for file in &files {
             o.tasks.extend(load_task_file(file)?);
         }
-        for (i, command) in commands.into_iter().enumerate() {
+        let mut n = 0;
+        for command in commands {
+            // `cmd-<n>`, skipping ids the task files already use.
+            let id = loop {
+                n += 1;
+                let id = format!("cmd-{n}");
+                if !o.tasks.iter().any(|t| t.id == id) {
+                    break id;
+                }
+            };
             o.tasks.push(
-                TaskDef::shell(format!("cmd-{}", i + 1), command.clone())
+                TaskDef::shell(id, command.clone())
                     .name(command)
                     .timeout(timeout)
                     .retries(retries),
@@ -932,6 +972,9 @@ async fn run_cli_inner(
             w(out, &loaded.config.to_redacted_toml(Some(&registry)));
         }
         if cli.check_config {
+            if !loaded.manifest_errors.is_empty() {
+                return Err(ConfigErrors::new(loaded.manifest_errors).into());
+            }
             let enabled = loaded.config.enabled_plugins(&registry)?;
             w(
                 out,

@@ -407,15 +407,44 @@ fn remove_path(value: &mut serde_json::Value, path: &[String]) -> bool {
 
 /// Removes quoted values from a serde message so a misplaced secret never reaches an error.
 fn redact_values(message: &str) -> String {
+    // serde quotes a bad string as `string "…"` (with `\"` escapes inside) and an unknown
+    // enum value as `unknown variant `…``: both are cut out.
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
-    while let Some(i) = rest.find("string \"") {
-        let start = i + "string \"".len();
+    loop {
+        let string = rest.find("string \"").map(|i| (i, "string \"", '"'));
+        let variant = rest
+            .find("unknown variant `")
+            .map(|i| (i, "unknown variant `", '`'));
+        let next = match (string, variant) {
+            (Some(a), Some(b)) => Some(if a.0 < b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        let Some((i, opener, close)) = next else {
+            break;
+        };
+        let start = i + opener.len();
         out.push_str(&rest[..start]);
         out.push('…');
-        match rest[start..].find('"') {
-            Some(end) => rest = &rest[start + end..],
-            None => rest = "",
+        let tail = &rest[start..];
+        let mut end = None;
+        let mut escaped = false;
+        for (j, c) in tail.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                c if c == close && !escaped => {
+                    end = Some(j);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        match end {
+            Some(j) => rest = &tail[j..],
+            None => {
+                rest = "";
+                break;
+            }
         }
     }
     out.push_str(rest);
@@ -693,6 +722,18 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_are_cut_out_of_serde_messages() {
+        assert_eq!(
+            redact_values(r#"invalid type: string "ghp_x\"y", expected u32"#),
+            r#"invalid type: string "…", expected u32"#
+        );
+        assert_eq!(
+            redact_values("unknown variant `ghp_TopSecret`, expected one of `a`, `b`"),
+            "unknown variant `…`, expected one of `a`, `b`"
+        );
+    }
 
     #[test]
     fn edit_distance_counts_typos() {

@@ -178,6 +178,7 @@ pub fn register(registry: &mut PluginRegistry) -> Result<(), RegistryError> {
     registry.register(
         RegistryEntry::new(|| PluginSpec::new(CiReporter::new))
             .description("writes JUnit, JSON, Markdown reports and CI status lines at shutdown")
+            .config_type::<ReporterConfig>()
             .built_in(KRATE),
     )?;
     registry.register(
@@ -190,12 +191,14 @@ pub fn register(registry: &mut PluginRegistry) -> Result<(), RegistryError> {
             .description(
                 "tracks every task; summary with pass rate, p50/p95, slowest and flaky tasks",
             )
+            .config_type::<reporter::TaskReporterConfig>()
             .built_in(KRATE),
     )?;
     #[cfg(feature = "api")]
     registry.register(
         RegistryEntry::new(|| PluginSpec::new(CiApiReporter::new))
             .description("reports the run to the CI service's HTTP API (GitHub, GitLab, ...)")
+            .config_type::<ApiConfig>()
             .built_in(KRATE),
     )?;
     Ok(())

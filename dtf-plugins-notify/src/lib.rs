@@ -86,6 +86,9 @@ pub fn register(registry: &mut PluginRegistry) -> Result<(), RegistryError> {
     registry.register(
         RegistryEntry::new(|| PluginSpec::new(NotifyPlugin::new))
             .built_in("dtf-plugins-notify")
+            // The whole check of a start (URLs, names, intervals, secrets present), before
+            // anything starts; its messages name the key and never a secret.
+            .config_check::<NotifyConfig>(|c| c.validate().map_err(|e| e.to_string()))
             .description("notifications to Slack, Discord, Telegram, Teams, JIRA, email and webhooks: filtered, throttled, grouped, rate-limited, retried")
             .default_config(serde_json::json!({
                 "channels": [],

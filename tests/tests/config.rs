@@ -312,7 +312,7 @@ const CASES: &[Case] = &[
         env: &[],
         cli: &["manager.queue_capacity"],
         expected: &[
-            "command-line override of `manager.queue_capacity`: manager.queue_capacity: expected `key=value`",
+            "command-line override of `argument 1`: expected `key=value` (the argument is not shown: it could hold a secret)",
         ],
     },
     Case {

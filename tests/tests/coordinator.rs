@@ -657,7 +657,7 @@ async fn config_errors_are_all_reported_with_positions_and_print_config_redacts_
          [plugins.notify.settings]\n\
          channels = [\n\
            { type = \"slack\", webhook_url = \"https://hooks.example/T0/B0/canary-5d1f\" },\n\
-           { type = \"webhook\", url = \"${HOME}/hook\" },\n\
+           { type = \"webhook\", url = \"https://127.0.0.1:9${HOME}/hook\" },\n\
          ]\n",
     )
     .unwrap();
@@ -683,4 +683,48 @@ async fn config_errors_are_all_reported_with_positions_and_print_config_redacts_
         out.contains("configuration is valid; plugins enabled by it: notify"),
         "{out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_typos_missing_directories_and_duplicate_task_ids_are_refused_up_front() {
+    let dir = temp_dir("refused");
+    let config = dir.join("dtf.toml");
+    std::fs::write(
+        &config,
+        "plugin_dirs = [\"no-such-dir\"]\n\
+         [plugins.task-reporter.settings]\nslowst = 3\n\
+         [plugins.notify.settings]\nchannels = [{ type = \"slack\", webhook_url = \"not a url\" }]\n",
+    )
+    .unwrap();
+    let path = config.to_str().unwrap();
+    let (code, out) = cli(&["--config", path, "--check-config"]).await;
+    assert_eq!(code, 2, "{out}");
+    // All three, together, each with its position.
+    assert!(
+        out.contains(&format!("{path}:1:15: plugin_dirs[0]:"))
+            && out.contains("is not a directory"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{path}:3:1: plugins.task-reporter.settings.slowst: unknown key `slowst`"
+        )) && out.contains("did you mean `slowest`?"),
+        "{out}"
+    );
+    assert!(out.contains("plugins.notify.settings"), "{out}");
+    assert!(out.contains("channels[0].webhook_url"), "{out}");
+    assert!(!out.contains("not a url"), "the value is not echoed: {out}");
+
+    // Ids clash between a task file and --task: refused, not a run that never ends.
+    let tasks = dir.join("tasks.toml");
+    std::fs::write(&tasks, "[[task]]\nid = \"a\"\ncommand = \"true\"\n").unwrap();
+    let t = tasks.to_str().unwrap();
+    let (code, out) = cli(&["--tasks", t, "--tasks", t]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("task id `a` is given twice"), "{out}");
+    // `--task` ids skip the ids a task file already uses.
+    std::fs::write(&tasks, "[[task]]\nid = \"cmd-1\"\ncommand = \"true\"\n").unwrap();
+    let (code, out) = cli(&["--tasks", t, "--task", "true"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 of 2 task(s) passed"), "{out}");
 }

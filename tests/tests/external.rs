@@ -309,6 +309,33 @@ async fn garbage_output_is_a_failure_not_a_hang() {
 }
 
 #[tokio::test]
+async fn bytes_that_are_not_utf8_on_stderr_do_not_break_the_plugin() {
+    let mut registry = PluginRegistry::new();
+    external::register_dirs(&mut registry, &[examples()]);
+    let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
+    let manager = PluginManager::builder()
+        .spec(spec_from(&registry, "py-echo").backoff(Backoff::none()))
+        .spec(rec)
+        .spawn()
+        .await
+        .unwrap();
+    for task in ["stderr-bytes", "t2", "stderr-bytes", "t3"] {
+        manager
+            .publish(EventKind::task_created(task, "x"))
+            .await
+            .unwrap();
+    }
+    flushed(&manager).await;
+    assert_eq!(
+        tasks(&recording, "py-echo"),
+        ["stderr-bytes", "t2", "stderr-bytes", "t3"]
+    );
+    let stats = manager.stats("py-echo").await.unwrap();
+    assert_eq!((stats.failures, stats.restarts), (0, 0), "{stats:?}");
+    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+}
+
+#[tokio::test]
 async fn a_hung_plugin_is_cut_off_by_the_handler_timeout() {
     let mut registry = PluginRegistry::new();
     external::register_dirs(&mut registry, &[examples()]);

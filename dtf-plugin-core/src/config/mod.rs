@@ -105,12 +105,9 @@ pub struct ConfigIssue {
 }
 
 impl ConfigIssue {
-    pub(crate) fn new(
-        kind: IssueKind,
-        key: &str,
-        origin: Origin,
-        message: impl Into<String>,
-    ) -> Self {
+    /// An issue of `kind` at `key`, found at `origin` (for callers that check more than the
+    /// loader does, such as a coordinator checking that directories exist).
+    pub fn new(kind: IssueKind, key: &str, origin: Origin, message: impl Into<String>) -> Self {
         Self {
             kind,
             key: key.to_owned(),
@@ -156,6 +153,11 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl ConfigErrors {
+    /// Errors made of `issues` (for a caller that collected some itself).
+    pub fn new(issues: Vec<ConfigIssue>) -> Self {
+        Self { issues }
+    }
+
     fn check(issues: Vec<ConfigIssue>) -> Result<(), Self> {
         if issues.is_empty() {
             Ok(())
@@ -169,6 +171,11 @@ impl ConfigErrors {
 /// `webhook_url`, `api_key`, …): such values are printed as `"***"`.
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
+    // Whole keys that hold a secret in dtf's plugins: the task reporter's `endpoint` and the
+    // webhook channel's `url` carry credentials in their path or query.
+    if matches!(k.as_str(), "url" | "endpoint") {
+        return true;
+    }
     [
         "token",
         "password",
@@ -180,6 +187,8 @@ pub fn is_secret_key(key: &str) -> bool {
         "credential",
         "private_key",
         "authorization",
+        "api-key",
+        "auth",
     ]
     .iter()
     .any(|s| k.contains(s))
@@ -340,13 +349,14 @@ impl ConfigLoader {
             }
         }
 
-        for arg in &self.cli {
+        for (i, arg) in self.cli.iter().enumerate() {
             let Some((key, value)) = arg.split_once('=') else {
+                // Not echoed: without `=` there is no telling a key from a pasted secret.
                 issues.push(ConfigIssue::new(
                     IssueKind::InvalidValue,
-                    arg,
-                    Origin::Cli(arg.clone()),
-                    "expected `key=value`",
+                    "",
+                    Origin::Cli(format!("argument {}", i + 1)),
+                    "expected `key=value` (the argument is not shown: it could hold a secret)",
                 ));
                 continue;
             };
@@ -867,4 +877,26 @@ pub fn validate_with_issues(
     issues.sort_by_key(|a| order_key(&a.origin));
     issues.dedup();
     ConfigErrors::check(issues)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_keys_include_endpoints_and_urls_but_not_base_urls() {
+        for k in [
+            "endpoint",
+            "url",
+            "webhook_url",
+            "token",
+            "x-api-key",
+            "SMTP_PASSWORD",
+        ] {
+            assert!(is_secret_key(k), "{k}");
+        }
+        for k in ["base_url", "graph_base_url", "channel", "queue_capacity"] {
+            assert!(!is_secret_key(k), "{k}");
+        }
+    }
 }

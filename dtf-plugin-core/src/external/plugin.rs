@@ -80,11 +80,28 @@ impl ExternalPlugin {
         let stdout = process.stdout.take().ok_or("the child has no stdout")?;
         if let Some(stderr) = process.stderr.take() {
             let name = m.name.clone();
-            // The child's stderr (tracebacks, stray prints) goes to the log, line by line.
+            // The child's stderr (tracebacks, stray prints) goes to the log, line by line, as
+            // lossy UTF-8 and at most 8 KiB per line; it is read to the end whatever it holds,
+            // so a child never blocks or dies on a full or closed stderr pipe.
             tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::warn!(plugin = %name, stderr = %line, "external plugin wrote to stderr");
+                const MAX_LINE: usize = 8 * 1024;
+                let mut reader = BufReader::new(stderr);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match (&mut reader)
+                        .take(MAX_LINE as u64)
+                        .read_until(b'\n', &mut buf)
+                        .await
+                    {
+                        Ok(0) => break,
+                        Ok(_) => {
+                            let line = String::from_utf8_lossy(&buf);
+                            let line = line.trim_end_matches(['\n', '\r']);
+                            tracing::warn!(plugin = %name, stderr = %line, "external plugin wrote to stderr");
+                        }
+                        Err(_) => break,
+                    }
                 }
             });
         }
@@ -131,7 +148,20 @@ impl Running {
         }
         serde_json::from_slice(&buf).map_err(|e| {
             // Say what was wrong, not what the line was: it could echo a secret.
-            format!("protocol error: malformed line ({} bytes): {e}", buf.len()).into()
+            // serde's message can quote the offending value, so only its class and place.
+            let what = match e.classify() {
+                serde_json::error::Category::Io => "unreadable",
+                serde_json::error::Category::Syntax => "not JSON",
+                serde_json::error::Category::Data => "not a protocol message",
+                serde_json::error::Category::Eof => "truncated JSON",
+            };
+            format!(
+                "protocol error: malformed line ({} bytes): {what} at line {} column {}",
+                buf.len(),
+                e.line(),
+                e.column()
+            )
+            .into()
         })
     }
 
