@@ -957,3 +957,63 @@ async fn a_reloader_from_the_configuration_skips_disabled_plugins_and_passes_set
     assert_eq!(got[0]["greeting"], "hello");
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
 }
+
+/// A version that cannot start gets the plugin disabled; dropping a fixed version into the
+/// directory starts it again, and it receives what is published from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_version_restarts_a_plugin_disabled_by_failures() {
+    let dir = temp_dir("fix-disabled");
+    // Answers the handshake with a protocol the host does not speak: `on_start` fails.
+    write_plugin(&dir, "fixme", "", &["--reply-protocol", "99"]);
+    let mut registry = PluginRegistry::new();
+    external::register_dirs(&mut registry, std::slice::from_ref(&dir));
+    let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
+    let manager = PluginManager::builder()
+        .spec(spec_from(&registry, "fixme").restart_policy(RestartPolicy::Transient))
+        .spec(rec)
+        .spawn()
+        .await
+        .unwrap();
+    assert!(
+        reaches(&manager, "fixme", PluginStatus::Disabled).await,
+        "the broken version is disabled"
+    );
+    let mut reloader = Reloader::new(vec![dir.clone()]);
+    write_plugin(&dir, "fixme", "", &[]);
+    let changes = reloader.poll(&manager).await;
+    assert_eq!(
+        changes,
+        [ReloadEvent::Replaced {
+            name: "fixme".to_owned(),
+            version: "0.1.0".to_owned()
+        }]
+    );
+    assert!(
+        reaches(&manager, "fixme", PluginStatus::Running).await,
+        "the fixed version runs"
+    );
+    manager
+        .publish(EventKind::task_created("after-fix", "x"))
+        .await
+        .unwrap();
+    flushed(&manager).await;
+    assert_eq!(tasks(&recording, "fixme"), ["after-fix"]);
+    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+}
+
+/// Waits (up to 10 s) until plugin `name` has status `want`.
+async fn reaches(manager: &PluginManager, name: &str, want: PluginStatus) -> bool {
+    for _ in 0..1000 {
+        let now = manager
+            .list()
+            .await
+            .ok()
+            .and_then(|l| l.into_iter().find(|p| p.name == name))
+            .map(|p| p.status);
+        if now == Some(want) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}

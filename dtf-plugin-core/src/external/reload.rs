@@ -131,6 +131,13 @@ impl Reloader {
         r
     }
 
+    async fn is_disabled(manager: &PluginManager, name: &str) -> bool {
+        manager.list().await.is_ok_and(|list| {
+            list.iter()
+                .any(|p| p.name == name && p.status == crate::PluginStatus::Disabled)
+        })
+    }
+
     /// Gives plugin `name` these settings when it is (re)loaded.
     pub fn settings(mut self, name: impl Into<String>, config: PluginConfig) -> Self {
         self.settings.insert(name.into(), config);
@@ -180,9 +187,22 @@ impl Reloader {
                 Some(k) => {
                     let same_hooks = k.manifest.hooks == m.hooks;
                     let r = if same_hooks {
-                        manager.replace(self.spec(&m)).await
+                        match manager.replace(self.spec(&m)).await {
+                            // A version disabled by its failures (budget spent, or a failed
+                            // start) gets a fresh start with the new one: that is what a fix
+                            // dropped into the directory is for.
+                            Ok(()) if Self::is_disabled(manager, &name).await => {
+                                manager.enable(&name).await
+                            }
+                            r => r,
+                        }
                     } else {
                         // Other hooks need other routing: stop the old one, start the new one.
+                        // Events published between the two are not delivered to it.
+                        tracing::warn!(
+                            plugin = %name,
+                            "hooks changed: the plugin is removed and added again; events published meanwhile do not reach it"
+                        );
                         match manager.remove(&name).await {
                             Ok(()) | Err(ManagerError::UnknownPlugin { .. }) => {
                                 manager.add(self.spec(&m)).await
