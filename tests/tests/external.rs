@@ -1017,3 +1017,52 @@ async fn reaches(manager: &PluginManager, name: &str, want: PluginStatus) -> boo
     }
     false
 }
+
+/// A plugin runs in its own process group, killed as a whole when the plugin goes: a process
+/// the plugin started (here a `sleep` left running by its launcher script) does not outlive it.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_a_plugin_started_do_not_outlive_it() {
+    let dir = temp_dir("group");
+    let folder = write_plugin(&dir, "launcher", "", &[]);
+    std::fs::write(
+        folder.join("run.sh"),
+        "sleep 300 &\necho $! > \"$DTF_PLUGIN_DIR/child.pid\"\nexec python3 plugin.py\n",
+    )
+    .unwrap();
+    let manifest = folder.join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("command = \"python3\"", "command = \"sh\"")
+            .replace("args = [\"plugin.py\"]", "args = [\"run.sh\"]"),
+    )
+    .unwrap();
+    let mut registry = PluginRegistry::new();
+    external::register_dirs(&mut registry, std::slice::from_ref(&dir));
+    let manager = PluginManager::builder()
+        .spec(spec_from(&registry, "launcher"))
+        .spawn()
+        .await
+        .unwrap();
+    manager
+        .publish(EventKind::task_created("t1", "x"))
+        .await
+        .unwrap();
+    flushed(&manager).await;
+    let pid = std::fs::read_to_string(folder.join("child.pid")).unwrap();
+    let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+    assert!(
+        proc_dir.exists(),
+        "the plugin's own child runs while it does"
+    );
+    let report = manager.shutdown(ShutdownReason::Completed).await;
+    assert!(report.clean, "{report:?}");
+    let gone = common::eventually(Duration::from_secs(5), || {
+        // Gone, or a zombie waiting for init to reap it.
+        std::fs::read_to_string(proc_dir.join("stat"))
+            .map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+    })
+    .await;
+    assert!(gone, "the plugin's child was killed with it");
+}

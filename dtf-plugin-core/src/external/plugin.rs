@@ -41,6 +41,27 @@ struct Running {
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     next_id: u64,
+    /// The child's process group (its own, on Unix), killed as a whole when the plugin
+    /// instance goes, so that processes the plugin started do not outlive it.
+    group: Option<u32>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(pgid) = self.group.take() {
+            // `kill` on a negative pid signals the whole group; std has no killpg without
+            // unsafe code. A group that is already gone makes `kill` fail, which is fine.
+            let _ = std::process::Command::new("kill")
+                .arg("-KILL")
+                .arg("--")
+                .arg(format!("-{pgid}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 impl ExternalPlugin {
@@ -66,6 +87,10 @@ impl ExternalPlugin {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // Its own process group: a terminal's Ctrl-C to the coordinator does not reach it
+        // (the coordinator shuts it down in order), and its own children can be killed with it.
+        #[cfg(unix)]
+        cmd.process_group(0);
         if let Some(path) = std::env::var_os("PATH") {
             cmd.env("PATH", path);
         }
@@ -105,11 +130,13 @@ impl ExternalPlugin {
                 }
             });
         }
+        let group = if cfg!(unix) { process.id() } else { None };
         Ok(Running {
             process,
             stdin: Some(stdin),
             stdout: BufReader::new(stdout),
             next_id: 1,
+            group,
         })
     }
 }
@@ -143,26 +170,7 @@ impl Running {
         if n == 0 {
             return Err(self.exited("the plugin closed its output").await);
         }
-        if buf.last() != Some(&b'\n') && buf.len() > MAX_LINE {
-            return Err(format!("protocol error: a line longer than {MAX_LINE} bytes").into());
-        }
-        serde_json::from_slice(&buf).map_err(|e| {
-            // Say what was wrong, not what the line was: it could echo a secret.
-            // serde's message can quote the offending value, so only its class and place.
-            let what = match e.classify() {
-                serde_json::error::Category::Io => "unreadable",
-                serde_json::error::Category::Syntax => "not JSON",
-                serde_json::error::Category::Data => "not a protocol message",
-                serde_json::error::Category::Eof => "truncated JSON",
-            };
-            format!(
-                "protocol error: malformed line ({} bytes): {what} at line {} column {}",
-                buf.len(),
-                e.line(),
-                e.column()
-            )
-            .into()
-        })
+        parse_line(&buf)
     }
 
     /// Describes an exited (or exiting) process.
@@ -313,13 +321,31 @@ impl Plugin for ExternalPlugin {
         // Closing stdin is the second signal: a plugin reading lines sees end of input.
         running.stdin = None;
         let drained = tokio::time::timeout(grace, async {
-            // Log lines and publications written while finishing still count.
-            while let Ok(msg) = running.receive().await {
-                if let Some(other) = side_message(ctx, &name, msg) {
-                    tracing::debug!(plugin = %name, message = kind_of(&other), "unexpected message during shutdown");
+            // Log lines and publications written while finishing still count. The process's
+            // exit ends the wait even when its output stays open (a process it started holds
+            // the pipe; the group kill when `running` drops ends that one).
+            let Running {
+                process, stdout, ..
+            } = &mut running;
+            let limit = u64::try_from(MAX_LINE).unwrap_or(u64::MAX) + 1;
+            loop {
+                let mut buf = Vec::new();
+                let mut line = (&mut *stdout).take(limit);
+                tokio::select! {
+                    status = process.wait() => break status,
+                    n = line.read_until(b'\n', &mut buf) => match n {
+                        Ok(0) | Err(_) => break process.wait().await,
+                        Ok(_) => match parse_line(&buf) {
+                            Ok(msg) => {
+                                if let Some(other) = side_message(ctx, &name, msg) {
+                                    tracing::debug!(plugin = %name, message = kind_of(&other), "unexpected message during shutdown");
+                                }
+                            }
+                            Err(_) => break process.wait().await,
+                        },
+                    },
                 }
             }
-            running.process.wait().await
         })
         .await;
         match drained {
@@ -333,6 +359,30 @@ impl Plugin for ExternalPlugin {
             }
         }
     }
+}
+
+/// One line of the plugin's output as a message. Errors say what was wrong, never what the
+/// line was: it could echo a secret.
+fn parse_line(buf: &[u8]) -> Result<PluginMessage, PluginError> {
+    if buf.last() != Some(&b'\n') && buf.len() > MAX_LINE {
+        return Err(format!("protocol error: a line longer than {MAX_LINE} bytes").into());
+    }
+    serde_json::from_slice(buf).map_err(|e| {
+        // serde's message can quote the offending value, so only its class and place.
+        let what = match e.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax => "not JSON",
+            serde_json::error::Category::Data => "not a protocol message",
+            serde_json::error::Category::Eof => "truncated JSON",
+        };
+        format!(
+            "protocol error: malformed line ({} bytes): {what} at line {} column {}",
+            buf.len(),
+            e.line(),
+            e.column()
+        )
+        .into()
+    })
 }
 
 fn kind_of(msg: &PluginMessage) -> &'static str {
