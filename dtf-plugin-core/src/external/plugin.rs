@@ -328,24 +328,46 @@ impl Plugin for ExternalPlugin {
                 process, stdout, ..
             } = &mut running;
             let limit = u64::try_from(MAX_LINE).unwrap_or(u64::MAX) + 1;
-            loop {
+            let handle = |buf: &[u8]| match parse_line(buf) {
+                Ok(msg) => {
+                    if let Some(other) = side_message(ctx, &name, msg) {
+                        tracing::debug!(plugin = %name, message = kind_of(&other), "unexpected message during shutdown");
+                    }
+                    true
+                }
+                Err(_) => false,
+            };
+            let status = loop {
                 let mut buf = Vec::new();
                 let mut line = (&mut *stdout).take(limit);
                 tokio::select! {
                     status = process.wait() => break status,
                     n = line.read_until(b'\n', &mut buf) => match n {
                         Ok(0) | Err(_) => break process.wait().await,
-                        Ok(_) => match parse_line(&buf) {
-                            Ok(msg) => {
-                                if let Some(other) = side_message(ctx, &name, msg) {
-                                    tracing::debug!(plugin = %name, message = kind_of(&other), "unexpected message during shutdown");
-                                }
+                        Ok(_) => {
+                            if !handle(&buf) {
+                                break process.wait().await;
                             }
-                            Err(_) => break process.wait().await,
-                        },
+                        }
                     },
                 }
+            };
+            // What it wrote just before exiting is still in the pipe: read it, briefly (a
+            // process it started may hold the pipe open).
+            loop {
+                let mut buf = Vec::new();
+                let mut line = (&mut *stdout).take(limit);
+                match tokio::time::timeout(
+                    std::time::Duration::from_millis(200),
+                    line.read_until(b'\n', &mut buf),
+                )
+                .await
+                {
+                    Ok(Ok(n)) if n > 0 && handle(&buf) => {}
+                    _ => break,
+                }
             }
+            status
         })
         .await;
         match drained {
