@@ -534,6 +534,9 @@ pub(crate) struct Slot {
     read_pos: AtomicU64,
     /// `WakeState::resume` is set.
     has_resume: AtomicBool,
+    /// The reader let go of its segment (`Reader::seg` is `None`) and needs a resume hint to
+    /// find the log again; paired with `enqueued` in a Dekker-style handshake.
+    released: AtomicBool,
     /// Whether the plugin is routed (a flush stops waiting for an unrouted one).
     routed: AtomicBool,
     /// A publisher is waiting for room (paired with `acked` in a Dekker-style handshake).
@@ -618,6 +621,7 @@ impl Slot {
             reader: Mutex::new(Reader::default()),
             read_pos: AtomicU64::new(0),
             has_resume: AtomicBool::new(false),
+            released: AtomicBool::new(false),
             routed: AtomicBool::new(false),
             waiters: AtomicBool::new(false),
             space: Notify::new(),
@@ -711,17 +715,21 @@ impl Slot {
     /// at `pos` became readable).
     #[inline]
     fn wake_for(&self, tail: &Arc<Segment>, pos: u64) {
+        // A reader that let go of the log finds it again only through a hint, so one is left
+        // whenever it has let go, whether or not a wake-up is already on its way (a
+        // configuration change wakes the actor without one). The earliest hint is kept: every
+        // event from it on is unread.
+        if self.released.load(Ordering::SeqCst) {
+            let mut w = self.wake_state();
+            if w.resume.is_none() {
+                w.resume = Some((Arc::clone(tail), pos));
+            }
+            self.has_resume.store(true, Ordering::SeqCst);
+        }
         if self.scheduled.load(Ordering::SeqCst) || self.scheduled.swap(true, Ordering::SeqCst) {
             return;
         }
-        let mut w = self.wake_state();
-        // Keep the earliest hint: with no actor attached (restarting, being replaced)
-        // `scheduled` is cleared again and every publish comes here; overwriting the hint
-        // would make an idle reader resume at the latest event and skip the ones before it.
-        if w.resume.is_none() {
-            w.resume = Some((Arc::clone(tail), pos));
-        }
-        self.has_resume.store(true, Ordering::SeqCst);
+        let w = self.wake_state();
         Self::send_drain(&self.scheduled, &w);
     }
 
@@ -791,8 +799,16 @@ impl Slot {
             }
             if !more {
                 let mut r = self.reader();
-                if r.carry.is_empty() && self.pending() == 0 {
-                    r.seg = None;
+                if r.carry.is_empty() && r.seg.is_some() {
+                    // We mark the release, then check the count; publishers count, then check
+                    // the mark: with SeqCst one of us sees the other, so either we keep the
+                    // segment or the publisher leaves a hint.
+                    self.released.store(true, Ordering::SeqCst);
+                    if self.pending() == 0 {
+                        r.seg = None;
+                    } else {
+                        self.released.store(false, Ordering::SeqCst);
+                    }
                 }
             }
             return false;
@@ -823,6 +839,7 @@ impl Slot {
                 let pos = pos.max(r.pos);
                 r.seg = Some(seg);
                 r.pos = pos;
+                self.released.store(false, Ordering::SeqCst);
             }
         }
         let head = self.head.load(Ordering::SeqCst);
@@ -949,6 +966,7 @@ impl Slot {
         r.seg = Some(Arc::clone(tail));
         r.pos = pos;
         r.until = None;
+        self.released.store(false, Ordering::SeqCst);
         self.read_pos.store(pos, Ordering::Relaxed);
         self.routed.store(true, Ordering::SeqCst);
     }
@@ -976,6 +994,7 @@ impl Slot {
             r.carry.append(&mut kept);
         }
         r.seg = None;
+        self.released.store(true, Ordering::SeqCst);
         drop(r);
         self.space.notify_waiters();
         self.progress.notify_waiters();
