@@ -13,6 +13,20 @@
     reason = "a benchmark that cannot set up should stop loudly"
 )]
 
+/// The allocator matters as much as the dispatch design here: every case allocates and frees
+/// its events on different threads, and glibc's malloc makes that the bottleneck of dtf and the
+/// baselines alike. `--no-default-features` measures with the system allocator instead.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Which allocator this build measures with, for the summary.
+const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "system (glibc malloc)"
+};
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -556,7 +570,9 @@ fn main() {
     let rt = runtime();
     // Memory and latency first, in a fresh process: after the throughput runs the allocator
     // holds freed memory that new plugins would reuse, and the RSS delta would read near zero.
-    if std::env::args().any(|a| a == "--bench") {
+    // `DTF_BENCH_THROUGHPUT_ONLY=1` skips them (for profiling the throughput cases alone).
+    let extras = std::env::var_os("DTF_BENCH_THROUGHPUT_ONLY").is_none();
+    if extras && std::env::args().any(|a| a == "--bench") {
         let mem = memory_per_plugin(&rt);
         println!(
             "memory per idle plugin (1,000 plugins, RSS delta): {:.1} KiB",
@@ -601,7 +617,9 @@ fn main() {
             format!("{:.2}x", a / b)
         }
     };
-    println!("\n== dtf hook dispatch: deliveries/s (median of criterion samples) ==");
+    println!(
+        "\n== dtf hook dispatch: deliveries/s (median of criterion samples), allocator: {ALLOCATOR} =="
+    );
     println!(
         "{:<8} {:>14} {:>14} {:>14} {:>14} {:>14} {:>10} {:>10} {:>10}",
         "plugins",

@@ -1,12 +1,12 @@
 //! The bus: sequence numbers, routing by hook, a shared log, and one reader per plugin.
 //!
-//! Publishing takes one lock (`BusInner::state`), assigns sequence numbers, appends the batch
-//! to an append-only log *once*, and counts it for every plugin subscribed to its hooks (found
-//! through a per-hook routing table). Holding that lock across the whole publish is what makes
-//! every plugin see events in the same global order, whatever the number of concurrent
-//! publishers. Each plugin's actor reads the log through its own cursor without locking it
-//! (cells are written once, before `head` moves past them); it is woken (one actor message)
-//! only when it was idle, and then reads in chunks. Per plugin, `enqueued − acked` is its
+//! Publishing takes one lock (`BusInner::state`), assigns sequence numbers, counts the batch
+//! for every plugin subscribed to its hooks (found through a per-hook routing table), and then
+//! appends it to an append-only log *once*. Holding that lock across the whole publish is what
+//! makes every plugin see events in the same global order, whatever the number of concurrent
+//! publishers. Each plugin's actor reads the log through its own cursor without locking it, up
+//! to the first cell not yet written (cells are written once); it is woken (one actor message)
+//! only when it was idle, and then reads runs of cells in place. Per plugin, `enqueued − acked` is its
 //! queue: bounded, with the overflow policy applied at publish time.
 
 use std::collections::VecDeque;
@@ -59,8 +59,6 @@ impl fmt::Debug for Bus {
 
 pub(crate) struct BusInner {
     state: Mutex<BusState>,
-    /// Log positions below this are written: readers load it (Acquire) before reading cells.
-    head: Arc<AtomicU64>,
 }
 
 struct BusState {
@@ -74,6 +72,9 @@ struct BusState {
     by_hook: [Vec<Arc<Slot>>; Hook::COUNT],
     /// Every routed slot, in routing order.
     all: Vec<Arc<Slot>>,
+    /// The cells of segments the log has moved past, oldest first, until no reader holds them
+    /// any more: then a publisher frees them (see `BusInner::attempt`).
+    retired: VecDeque<Arc<Cells>>,
 }
 
 /// Publishing from inside a plugin (`Unbounded`) never waits; see `PluginContext::bus`.
@@ -95,7 +96,6 @@ impl Bus {
     pub(crate) fn new(source: &str) -> Self {
         Self {
             inner: Arc::new(BusInner {
-                head: Arc::new(AtomicU64::new(0)),
                 state: Mutex::new(BusState {
                     seq: 0,
                     closed: false,
@@ -103,6 +103,7 @@ impl Bus {
                     next_pos: 0,
                     by_hook: std::array::from_fn(|_| Vec::new()),
                     all: Vec::new(),
+                    retired: VecDeque::new(),
                 }),
             }),
             source: Arc::from(source),
@@ -177,14 +178,15 @@ impl Bus {
         kinds: impl IntoIterator<Item = EventKind>,
     ) -> Result<Range<u64>, BatchClosed> {
         let time = SystemTime::now();
-        let events: Vec<Event> = kinds
+        // Collected straight into the shared allocation when the iterator knows its length
+        // (no intermediate `Vec` to copy from).
+        let mut batch: Arc<[Event]> = kinds
             .into_iter()
             .map(|kind| self.event(kind, time))
             .collect();
-        if events.is_empty() {
+        if batch.is_empty() {
             return Ok(0..0);
         }
-        let mut batch: Arc<[Event]> = Arc::from(events);
         loop {
             match self.inner.attempt(&mut batch, Bound::Wait) {
                 Attempt::Published(r) => return Ok(r),
@@ -250,6 +252,8 @@ impl BusInner {
     /// One publishing attempt: under the bus lock, check room, assign sequence numbers,
     /// enqueue everywhere. Either everything is enqueued or nothing is.
     fn attempt(&self, batch: &mut Arc<[Event]>, bound: Bound) -> Attempt {
+        // Retired cells found free, dropped after the lock is released.
+        let mut freed: Vec<Arc<Cells>> = Vec::new();
         let mut state = self.lock();
         if state.closed {
             return Attempt::Closed;
@@ -293,30 +297,60 @@ impl BusInner {
             None => &state.all,
         };
         if targets.iter().any(|s| s.hooks.intersects(mask)) {
-            // Append the batch to the log once, whatever the number of subscribers...
+            // Append the batch to the log once, whatever the number of subscribers: take the
+            // next cell...
             let pos = state.next_pos;
             if (pos - state.tail.base) as usize == SEGMENT {
                 let next = Segment::new(pos);
                 let _ = state.tail.next.set(Arc::clone(&next));
-                state.tail = next;
-                // Once per segment: no slow reader may pin an unbounded stretch of the log.
+                let old = std::mem::replace(&mut state.tail, next);
+                state.retired.push_back(Arc::clone(&old.cells));
+                // Once per segment: no slow reader may pin an unbounded stretch of the log...
                 for slot in &state.all {
                     slot.bound_lag(pos);
                 }
+                // ...and every retired segment no reader holds any more is freed, even behind
+                // one that a stuck handler still holds.
+                let mut i = 0;
+                while i < state.retired.len() {
+                    if Arc::strong_count(&state.retired[i]) == 1 {
+                        freed.extend(state.retired.remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+            } else if state
+                .retired
+                .front()
+                .is_some_and(|c| Arc::strong_count(c) == 1)
+            {
+                // The events are freed by the thread that allocated them, the publisher's,
+                // not by whichever reader let go last: a free from another thread costs the
+                // allocator (and the next allocation's cache misses) far more.
+                freed.extend(state.retired.pop_front());
             }
-            let cell = Cell {
-                batch: Arc::clone(batch),
-                mask,
-            };
-            let _ = state.tail.cells[(pos - state.tail.base) as usize].set(cell);
-            state.next_pos = pos + 1;
-            // ...count it for each subscriber before readers can see it...
+            // ...count it for each subscriber before readers can see it (a reader must
+            // never acknowledge an event not yet counted)...
             for slot in targets {
                 if slot.hooks.intersects(mask) {
                     slot.account(slot.matching(batch, mask), pos, bounded);
                 }
             }
-            self.head.store(pos + 1, Ordering::SeqCst);
+            // ...and make it readable: a written cell is what readers look for (there is no
+            // shared end-of-log counter for them to poll, one cache line less per event).
+            let cell = Cell {
+                batch: Arc::clone(batch),
+                mask,
+            };
+            if let Some(c) = state.tail.cells.0.get((pos - state.tail.base) as usize) {
+                let _ = c.set(cell);
+            }
+            state.next_pos = pos + 1;
+            // The counts above (plain stores: only publishers write them, under this lock)
+            // must be visible before `wake_for` reads each consumer's `scheduled` and
+            // `released` flags: the publisher's half of the Dekker handshakes with
+            // `take_chunk`. One fence per publish instead of a locked instruction per plugin.
+            std::sync::atomic::fence(Ordering::SeqCst);
             // ...and wake the subscribers that were idle.
             for slot in targets {
                 if slot.hooks.intersects(mask) {
@@ -414,16 +448,32 @@ const SEGMENT: usize = 128;
 /// read without locks by every plugin's actor. Segments are freed once no reader holds them.
 pub(crate) struct Segment {
     base: u64,
-    cells: Box<[OnceLock<Cell>]>,
+    cells: Arc<Cells>,
     next: OnceLock<Arc<Segment>>,
 }
 
-/// Segments alive, for the test that a slow reader does not pin the log.
+/// The cells of one segment, in an allocation of their own: a chunk in a plugin's hands holds
+/// these (one reference count per run of cells, not one per cell), which keeps this segment's
+/// events alive but not the segments linked after it.
+///
+/// Each cell has a cache line pair of its own, so the publisher writing the next cell does not
+/// take the line from readers that are reading the previous one.
+pub(crate) struct Cells(Box<[Padded<OnceLock<Cell>>]>);
+
+impl Cells {
+    /// The cell at `index`, if it was written.
+    #[inline]
+    pub(crate) fn get(&self, index: usize) -> Option<&Cell> {
+        self.0.get(index).and_then(|c| c.0.get())
+    }
+}
+
+/// Segments whose cells are alive, for the test that a slow reader does not pin the log.
 #[cfg(test)]
 static LIVE_SEGMENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 #[cfg(test)]
-impl Drop for Segment {
+impl Drop for Cells {
     fn drop(&mut self) {
         LIVE_SEGMENTS.fetch_sub(1, Ordering::SeqCst);
     }
@@ -435,16 +485,18 @@ impl Segment {
         LIVE_SEGMENTS.fetch_add(1, Ordering::SeqCst);
         Arc::new(Segment {
             base,
-            cells: (0..SEGMENT).map(|_| OnceLock::new()).collect(),
+            cells: Arc::new(Cells(
+                (0..SEGMENT).map(|_| Padded(OnceLock::new())).collect(),
+            )),
             next: OnceLock::new(),
         })
     }
 }
 
 /// One published batch (usually one event) and the union of its hooks.
-struct Cell {
-    batch: Arc<[Event]>,
-    mask: HookSet,
+pub(crate) struct Cell {
+    pub(crate) batch: Arc<[Event]>,
+    pub(crate) mask: HookSet,
 }
 
 impl HookSet {
@@ -463,6 +515,15 @@ pub(crate) enum Item {
         start: usize,
         count: usize,
         filtered: bool,
+    },
+    /// Cells `from..to` of one segment, read in place: the events of the cells whose mask meets
+    /// the plugin's hooks, `count` of them (cells of other hooks in between are stepped over).
+    /// What a reader normally takes from the log: one reference count per run, not per cell.
+    Run {
+        cells: Arc<Cells>,
+        from: usize,
+        to: usize,
+        count: usize,
     },
     /// A new configuration, applied in order with the events.
     Reconfigure {
@@ -515,10 +576,11 @@ pub(crate) struct Slot {
     pub(crate) hooks: HookSet,
     capacity: usize,
     policy: OverflowPolicy,
-    /// The bus log's head (shared with `BusInner`).
-    head: Arc<AtomicU64>,
     /// Events routed to this plugin and not dropped (publishers, under the bus lock).
     enqueued: Padded<AtomicU64>,
+    /// A value `acked` had (it only grows): publishers check room against it and read `acked`
+    /// itself, a line the consumer writes, only when that bound says the queue may be full.
+    acked_seen: AtomicU64,
     /// Events not delivered because the queue was full.
     dropped: AtomicU64,
     /// Log positions dropped for this plugin, in order, and whether there are any.
@@ -581,11 +643,21 @@ impl Reader {
         self.carry
             .iter()
             .map(|i| match i {
-                Item::Events { count, .. } => *count as u64,
+                Item::Events { count, .. } | Item::Run { count, .. } => *count as u64,
                 _ => 0,
             })
             .sum()
     }
+}
+
+/// How `Slot::read_log` hands out what it reads.
+#[derive(Clone, Copy)]
+enum Read {
+    /// Runs of cells read in place ([`Item::Run`]): the consumer's normal path.
+    InPlace,
+    /// The matching batches, one reference each ([`Item::Events`]): for events kept out of the
+    /// log (a disabled or far-behind plugin), which must not keep whole segments alive.
+    Copy,
 }
 
 /// How far (in log positions) a reader with pending events may lag behind the log's end
@@ -603,15 +675,14 @@ impl Slot {
         policy: OverflowPolicy,
         dead_capacity: usize,
         config: Arc<PluginConfig>,
-        bus: &Bus,
     ) -> Self {
         Self {
             name,
             hooks,
             capacity: capacity.max(1),
             policy,
-            head: Arc::clone(&bus.inner().head),
             enqueued: Padded(AtomicU64::new(0)),
+            acked_seen: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             skips: Mutex::new(VecDeque::new()),
             has_skips: AtomicBool::new(false),
@@ -667,6 +738,14 @@ impl Slot {
         let wanted = wanted as u64;
         let cap = self.capacity as u64;
         let fits = |pending: u64| pending == 0 || pending + wanted <= cap;
+        // An upper bound of the queue, from a value of `acked` seen before: enough when it fits.
+        let enqueued = self.enqueued.load(Ordering::Relaxed);
+        if enqueued.saturating_sub(self.acked_seen.load(Ordering::Relaxed)) + wanted <= cap {
+            return true;
+        }
+        // Concurrent refreshes may store an older value: that only makes the bound looser.
+        self.acked_seen
+            .store(self.acked.load(Ordering::SeqCst), Ordering::Relaxed);
         if fits(self.pending()) {
             return true;
         }
@@ -708,7 +787,9 @@ impl Slot {
                 return;
             }
         }
-        self.enqueued.fetch_add(count, Ordering::SeqCst);
+        // Only publishers write `enqueued`, under the bus lock: no read-modify-write needed.
+        let enqueued = self.enqueued.load(Ordering::Relaxed);
+        self.enqueued.store(enqueued + count, Ordering::Release);
     }
 
     /// Wakes the actor if it was idle, telling it where to resume (publisher, after the event
@@ -822,13 +903,13 @@ impl Slot {
             std::mem::swap(&mut r.carry, into);
             return true;
         }
-        self.read_log(&mut r, into, CHUNK_EVENTS);
+        self.read_log(&mut r, into, CHUNK_EVENTS, Read::InPlace);
         !into.is_empty()
     }
 
     /// Reads up to `max_events` events (and the configuration changes due among them) from
     /// the log into `into`, advancing the cursor.
-    fn read_log(&self, r: &mut Reader, into: &mut VecDeque<Item>, max_events: usize) {
+    fn read_log(&self, r: &mut Reader, into: &mut VecDeque<Item>, max_events: usize, how: Read) {
         if self.has_resume.load(Ordering::SeqCst) {
             // Take the hint even when it is not needed: a stale hint would keep its segment,
             // and every segment after it, alive.
@@ -842,30 +923,38 @@ impl Slot {
                 self.released.store(false, Ordering::SeqCst);
             }
         }
-        let head = self.head.load(Ordering::SeqCst);
-        let end = r.until.map_or(head, |u| u.min(head));
+        // Readers read up to the first cell not yet written (or where the plugin was unrouted).
+        let end = r.until.unwrap_or(u64::MAX);
         let mut events = 0usize;
+        // Whether the last item in `into` is a run on the current segment that ends at
+        // `r.pos`'s cell and can be extended over it.
+        let mut open = false;
         while events < max_events {
             if let Some((due, _)) = r.control.front() {
                 if *due <= r.pos || self.pending() == 0 {
                     if let Some((_, item)) = r.control.pop_front() {
                         into.push_back(item);
                     }
+                    open = false;
                     continue;
                 }
             }
             if r.pos >= end {
                 break;
             }
-            let Some(seg) = r.seg.clone() else { break };
+            // Borrowed, not cloned: a reference count touched per cell is a cache line that
+            // every reader and the publisher fight over.
+            let Some(seg) = r.seg.as_ref() else { break };
             let index = (r.pos - seg.base) as usize;
             if index >= SEGMENT {
-                // Linked before any of its cells became readable.
-                r.seg = seg.next.get().cloned();
+                // Linked before any of its cells is written.
+                let Some(next) = seg.next.get() else { break };
+                r.seg = Some(Arc::clone(next));
+                open = false;
                 continue;
             }
-            let Some(cell) = seg.cells[index].get() else {
-                // Written before `head` moved past it; not reachable.
+            let Some(cell) = seg.cells.get(index) else {
+                // Not published yet: the end of the log for now.
                 break;
             };
             let pos = r.pos;
@@ -874,6 +963,8 @@ impl Slot {
                 continue;
             }
             if self.has_skips.load(Ordering::SeqCst) && self.skip(pos) {
+                // A dropped position must not end up inside a run.
+                open = false;
                 continue;
             }
             let count = self.matching(&cell.batch, cell.mask);
@@ -881,12 +972,30 @@ impl Slot {
                 continue;
             }
             events += count;
-            into.push_back(Item::Events {
-                batch: Arc::clone(&cell.batch),
-                start: 0,
-                count,
-                filtered: !self.hooks.contains_all(cell.mask),
-            });
+            match how {
+                Read::InPlace => {
+                    if open {
+                        if let Some(Item::Run { to, count: c, .. }) = into.back_mut() {
+                            *to = index + 1;
+                            *c += count;
+                            continue;
+                        }
+                    }
+                    into.push_back(Item::Run {
+                        cells: Arc::clone(&seg.cells),
+                        from: index,
+                        to: index + 1,
+                        count,
+                    });
+                    open = true;
+                }
+                Read::Copy => into.push_back(Item::Events {
+                    batch: Arc::clone(&cell.batch),
+                    start: 0,
+                    count,
+                    filtered: !self.hooks.contains_all(cell.mask),
+                }),
+            }
         }
         self.read_pos.store(r.pos, Ordering::Relaxed);
     }
@@ -902,7 +1011,7 @@ impl Slot {
         }
         let mut r = self.reader();
         let mut kept = VecDeque::new();
-        self.read_log(&mut r, &mut kept, usize::MAX);
+        self.read_log(&mut r, &mut kept, usize::MAX, Read::Copy);
         r.carry.append(&mut kept);
     }
 
@@ -990,7 +1099,7 @@ impl Slot {
         if self.pending() > r.carry_events() {
             // Copy the rest of the routed log into the carry queue.
             let mut kept = VecDeque::new();
-            self.read_log(&mut r, &mut kept, usize::MAX);
+            self.read_log(&mut r, &mut kept, usize::MAX, Read::Copy);
             r.carry.append(&mut kept);
         }
         r.seg = None;

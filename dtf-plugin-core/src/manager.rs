@@ -538,7 +538,6 @@ impl ManagerState {
             spec.overflow.unwrap_or(d.overflow),
             d.dead_letter_capacity,
             Arc::new(config),
-            &self.bus,
         ));
         let settings = Settings {
             handler_timeout: spec.handler_timeout.unwrap_or(d.handler_timeout),

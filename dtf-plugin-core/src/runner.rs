@@ -12,9 +12,10 @@ use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -97,6 +98,32 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Polls a hook's future once, turning a panic or an `Err` into a [`HookFailure`].
+#[inline]
+fn poll_caught<T, F>(fut: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<Result<T, HookFailure>>
+where
+    F: Future<Output = Result<T, PluginError>>,
+{
+    // Plugin state is discarded after a panic (the instance is dropped and rebuilt from its
+    // factory), so observing it in a broken state cannot happen: AssertUnwindSafe is sound.
+    match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+        Ok(Poll::Ready(r)) => Poll::Ready(r.map_err(HookFailure::Error)),
+        Ok(Poll::Pending) => Poll::Pending,
+        Err(payload) => Poll::Ready(Err(HookFailure::Panicked(panic_message(&*payload)))),
+    }
+}
+
+/// The rest of a hook that did not finish on its first poll, bounded by `timeout`.
+async fn finish<T, F>(mut fut: Pin<&mut F>, timeout: Duration) -> Result<T, HookFailure>
+where
+    F: Future<Output = Result<T, PluginError>>,
+{
+    match tokio::time::timeout(timeout, poll_fn(|cx| poll_caught(fut.as_mut(), cx))).await {
+        Ok(r) => r,
+        Err(_) => Err(HookFailure::TimedOut(timeout)),
+    }
+}
+
 /// Runs a plugin hook, catching panics and bounding its time.
 ///
 /// The future is polled once inline first: a handler that completes without waiting (the
@@ -106,24 +133,57 @@ pub(crate) async fn guarded<T>(
     timeout: Duration,
 ) -> Result<T, HookFailure> {
     let mut fut = std::pin::pin!(fut);
-    // Plugin state is discarded after a panic (the instance is dropped and rebuilt from its
-    // factory), so observing it in a broken state cannot happen: AssertUnwindSafe is sound.
-    let mut poll_guarded =
-        move |cx: &mut std::task::Context<'_>| match catch_unwind(AssertUnwindSafe(|| {
-            fut.as_mut().poll(cx)
-        })) {
-            Ok(Poll::Ready(r)) => Poll::Ready(r.map_err(HookFailure::Error)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(payload) => Poll::Ready(Err(HookFailure::Panicked(panic_message(&*payload)))),
-        };
-    let first = poll_fn(|cx| Poll::Ready(poll_guarded(cx))).await;
-    match first {
+    match poll_fn(|cx| Poll::Ready(poll_caught(fut.as_mut(), cx))).await {
         Poll::Ready(r) => r,
-        Poll::Pending => match tokio::time::timeout(timeout, poll_fn(poll_guarded)).await {
-            Ok(r) => r,
-            Err(_) => Err(HookFailure::TimedOut(timeout)),
-        },
+        Poll::Pending => finish(fut, timeout).await,
     }
+}
+
+/// What [`poll_event`] found.
+const PENDING: u8 = 0;
+const HANDLED: u8 = 1;
+const FAILED: u8 = 2;
+
+/// Polls an `on_event` future once. Returns one byte ([`PENDING`], [`HANDLED`] or [`FAILED`],
+/// with the failure in `failure`): what a caught closure returns travels through memory, and a
+/// one-byte answer is read back as it was written, where a wide `Result` stalled the reader on
+/// every event.
+#[inline(always)]
+fn poll_event<F>(fut: Pin<&mut F>, cx: &mut Context<'_>, failure: &mut Option<HookFailure>) -> u8
+where
+    F: Future<Output = Result<(), PluginError>>,
+{
+    let caught = catch_unwind(AssertUnwindSafe(|| match fut.poll(cx) {
+        Poll::Ready(Ok(())) => HANDLED,
+        Poll::Pending => PENDING,
+        Poll::Ready(Err(e)) => {
+            *failure = Some(HookFailure::Error(e));
+            FAILED
+        }
+    }));
+    match caught {
+        Ok(code) => code,
+        Err(payload) => {
+            *failure = Some(HookFailure::Panicked(panic_message(&*payload)));
+            FAILED
+        }
+    }
+}
+
+/// [`guarded`] for `on_event`, written out in place: the handler's future is built where it is
+/// polled instead of being moved into a wrapper future first, and its first poll answers in one
+/// byte. On the hot path the move and a wide answer cost more than a no-op handler itself
+/// (`benches/README.md`).
+macro_rules! on_event_guarded {
+    ($runner:ident, $ev:expr) => {{
+        let mut failure = None;
+        let mut fut = std::pin::pin!($runner.plugin.on_event(&mut $runner.ctx, $ev));
+        match poll_fn(|cx| Poll::Ready(poll_event(fut.as_mut(), cx, &mut failure))).await {
+            HANDLED => Ok(()),
+            PENDING => finish(fut, $runner.timeout).await,
+            _ => Err(failure.unwrap_or(HookFailure::Panicked(String::new()))),
+        }
+    }};
 }
 
 /// The actor type; generic so plugin calls are static (no boxing per event).
@@ -201,7 +261,7 @@ impl<P: Plugin> Runner<P> {
                             continue;
                         }
                         seen += 1;
-                        match guarded(self.plugin.on_event(&mut self.ctx, ev), self.timeout).await {
+                        match on_event_guarded!(self, ev) {
                             Ok(()) => delivered += 1,
                             Err(f) => {
                                 self.slot.dead_letter(ev, f.to_string());
@@ -221,6 +281,65 @@ impl<P: Plugin> Runner<P> {
                             });
                         }
                         // The poison event is handled (dead-lettered), so it is acknowledged.
+                        self.unacked += 1;
+                        break Err(self.fail(Phase::Event, failure));
+                    }
+                }
+                Item::Run {
+                    cells,
+                    from,
+                    to,
+                    count,
+                } => {
+                    let mut seen = 0usize;
+                    let mut failed = None;
+                    'cells: for i in from..to {
+                        // Every cell below `head` is written.
+                        let Some(cell) = cells.get(i) else { continue };
+                        if !hooks.intersects(cell.mask) {
+                            continue;
+                        }
+                        let filtered = !hooks.contains_all(cell.mask);
+                        for (j, ev) in cell.batch.iter().enumerate() {
+                            if filtered && !hooks.contains(ev.hook()) {
+                                continue;
+                            }
+                            seen += 1;
+                            match on_event_guarded!(self, ev) {
+                                Ok(()) => delivered += 1,
+                                Err(f) => {
+                                    self.slot.dead_letter(ev, f.to_string());
+                                    failed = Some((i, j, f));
+                                    break 'cells;
+                                }
+                            }
+                        }
+                    }
+                    if let Some((i, j, failure)) = failed {
+                        // The rest of the failed cell's batch, then the rest of the run.
+                        let in_cell = cells.get(i).map_or(0, |cell| {
+                            cell.batch[j + 1..]
+                                .iter()
+                                .filter(|e| hooks.contains(e.hook()))
+                                .count()
+                        });
+                        let in_run = count - seen - in_cell;
+                        if in_run > 0 {
+                            self.chunk.push_front(Item::Run {
+                                cells: Arc::clone(&cells),
+                                from: i + 1,
+                                to,
+                                count: in_run,
+                            });
+                        }
+                        if let (Some(cell), true) = (cells.get(i), in_cell > 0) {
+                            self.chunk.push_front(Item::Events {
+                                batch: Arc::clone(&cell.batch),
+                                start: j + 1,
+                                count: in_cell,
+                                filtered: true,
+                            });
+                        }
                         self.unacked += 1;
                         break Err(self.fail(Phase::Event, failure));
                     }
