@@ -72,9 +72,6 @@ struct BusState {
     by_hook: [Vec<Arc<Slot>>; Hook::COUNT],
     /// Every routed slot, in routing order.
     all: Vec<Arc<Slot>>,
-    /// The cells of segments the log has moved past, oldest first, until no reader holds them
-    /// any more: then a publisher frees them (see `BusInner::attempt`).
-    retired: VecDeque<Arc<Cells>>,
 }
 
 /// Publishing from inside a plugin (`Unbounded`) never waits; see `PluginContext::bus`.
@@ -103,7 +100,6 @@ impl Bus {
                     next_pos: 0,
                     by_hook: std::array::from_fn(|_| Vec::new()),
                     all: Vec::new(),
-                    retired: VecDeque::new(),
                 }),
             }),
             source: Arc::from(source),
@@ -252,8 +248,6 @@ impl BusInner {
     /// One publishing attempt: under the bus lock, check room, assign sequence numbers,
     /// enqueue everywhere. Either everything is enqueued or nothing is.
     fn attempt(&self, batch: &mut Arc<[Event]>, bound: Bound) -> Attempt {
-        // Retired cells found free, dropped after the lock is released.
-        let mut freed: Vec<Arc<Cells>> = Vec::new();
         let mut state = self.lock();
         if state.closed {
             return Attempt::Closed;
@@ -303,31 +297,11 @@ impl BusInner {
             if (pos - state.tail.base) as usize == SEGMENT {
                 let next = Segment::new(pos);
                 let _ = state.tail.next.set(Arc::clone(&next));
-                let old = std::mem::replace(&mut state.tail, next);
-                state.retired.push_back(Arc::clone(&old.cells));
-                // Once per segment: no slow reader may pin an unbounded stretch of the log...
+                state.tail = next;
+                // Once per segment: no slow reader may pin an unbounded stretch of the log.
                 for slot in &state.all {
                     slot.bound_lag(pos);
                 }
-                // ...and every retired segment no reader holds any more is freed, even behind
-                // one that a stuck handler still holds.
-                let mut i = 0;
-                while i < state.retired.len() {
-                    if Arc::strong_count(&state.retired[i]) == 1 {
-                        freed.extend(state.retired.remove(i));
-                    } else {
-                        i += 1;
-                    }
-                }
-            } else if state
-                .retired
-                .front()
-                .is_some_and(|c| Arc::strong_count(c) == 1)
-            {
-                // The events are freed by the thread that allocated them, the publisher's,
-                // not by whichever reader let go last: a free from another thread costs the
-                // allocator (and the next allocation's cache misses) far more.
-                freed.extend(state.retired.pop_front());
             }
             // ...count it for each subscriber before readers can see it (a reader must
             // never acknowledge an event not yet counted)...
@@ -857,6 +831,10 @@ impl Slot {
     /// `into`: carried items first, then due configuration changes and events read from the
     /// log. When nothing is left it returns false and, if `go_idle`, marks the consumer idle
     /// (the next publish wakes it) and lets go of the log.
+    ///
+    /// It may also return true with `into` empty: events are counted but not readable yet (a
+    /// publisher between counting them and writing their cell). The caller comes back after
+    /// handing control to the runtime, so a publisher stalled there cannot make it spin.
     pub(crate) fn take_chunk(
         &self,
         handled: usize,
@@ -864,6 +842,7 @@ impl Slot {
         go_idle: bool,
     ) -> bool {
         self.ack(handled);
+        let mut retries = 0;
         loop {
             if self.fill(into) {
                 return true;
@@ -876,7 +855,11 @@ impl Slot {
             // one of us sees the other, so an event published meanwhile is not left unread.
             let more = self.pending() > 0 || !self.reader().control.is_empty();
             if more && !self.scheduled.swap(true, Ordering::SeqCst) {
-                continue;
+                retries += 1;
+                if retries < 16 {
+                    continue;
+                }
+                return true;
             }
             if !more {
                 let mut r = self.reader();

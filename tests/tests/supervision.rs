@@ -506,3 +506,111 @@ async fn a_config_of_the_wrong_type_names_the_key() {
     );
     manager.shutdown(ShutdownReason::Completed).await;
 }
+
+/// One publisher's events, published one by one and in batches of mixed hooks, with a failing
+/// plugin that panics or errors on some of them. A failure can land anywhere: on a single
+/// event, at the start, middle or end of a batch, inside a run of cells the plugin took from
+/// the log at once; the rest of that batch and that run must still come, once and in order.
+mod failures_inside_batches {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An event: a numbered custom event (`true`) or a task event the faulty plugin does not
+    /// subscribe to (`false`), so batches mix hooks and the plugin filters inside them.
+    fn kind(custom: bool, i: u64) -> EventKind {
+        if custom {
+            n(i)
+        } else {
+            EventKind::task_created(format!("t{i}"), "x")
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+        #[test]
+        fn the_rest_of_a_batch_and_of_a_run_survive_a_failure(
+            customs in prop::collection::vec(prop::bool::weighted(0.7), 1..400),
+            batches in prop::collection::vec(1usize..40, 1..40),
+            every in 2u64..9,
+            panic in any::<bool>(),
+        ) {
+            quiet_poison_panics();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let poisoned = move |e: &Event| number(e).is_some_and(|x| x % every == every - 1);
+                let faulty = Probe::new("faulty", Hook::Custom).behaving(move |e| {
+                    match (poisoned(e), panic) {
+                        (false, _) => Action::Ok,
+                        (true, true) => Action::Panic,
+                        (true, false) => Action::Fail,
+                    }
+                });
+                let all = Probe::new("all", HookSet::TASK.union(Hook::Custom.into()));
+                let manager = PluginManager::builder()
+                    .config(forgiving())
+                    .spec(faulty.spec())
+                    .spec(all.spec())
+                    .spawn()
+                    .await
+                    .unwrap();
+                let events: Vec<(bool, u64)> =
+                    customs.iter().enumerate().map(|(i, c)| (*c, i as u64)).collect();
+                // Batch sizes cycle through `batches`; a size of 1 is a single publish.
+                let mut rest = &events[..];
+                let mut sizes = batches.iter().cycle();
+                while !rest.is_empty() {
+                    let size = (*sizes.next().unwrap()).min(rest.len());
+                    let (now, later) = rest.split_at(size);
+                    if size == 1 {
+                        manager.publish(kind(now[0].0, now[0].1)).await.unwrap();
+                    } else {
+                        manager
+                            .bus()
+                            .publish_batch(now.iter().map(|(c, i)| kind(*c, *i)))
+                            .await
+                            .unwrap();
+                    }
+                    rest = later;
+                }
+                // An event lost by a failure would never be acknowledged: fail, don't hang.
+                tokio::time::timeout(Duration::from_secs(10), manager.flush())
+                    .await
+                    .expect("flush: events were lost");
+
+                let numbered: Vec<u64> =
+                    events.iter().filter(|(c, _)| *c).map(|(_, i)| *i).collect();
+                let poison: Vec<u64> =
+                    numbered.iter().copied().filter(|x| x % every == every - 1).collect();
+                let good: Vec<u64> =
+                    numbered.iter().copied().filter(|x| x % every != every - 1).collect();
+                assert_eq!(faulty.numbers(), good, "delivered once and in order");
+                assert_eq!(all.seen().len(), events.len(), "the healthy plugin saw everything");
+                let dead: Vec<u64> = manager
+                    .dead_letters("faulty")
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|d| number(&d.event).unwrap())
+                    .collect();
+                assert_eq!(dead, poison, "exactly the failed events are dead-lettered");
+                // The last failure's restart may still be on its way when the flush returns
+                // (the failed event counts as handled once it is dead-lettered).
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                let mut s = manager.stats("faulty").await.unwrap();
+                while (s.restarts as usize) < poison.len() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    s = manager.stats("faulty").await.unwrap();
+                }
+                assert_eq!(s.restarts as usize, poison.len(), "one restart per failure");
+                assert_eq!(s.queued, 0);
+                assert_conserved(&manager).await;
+                manager.shutdown(ShutdownReason::Completed).await;
+            });
+        }
+    }
+}
