@@ -346,7 +346,7 @@ impl BusInner {
         if state.all.iter().any(|s| Arc::ptr_eq(s, slot)) {
             return;
         }
-        slot.routed_at(&state.tail, state.next_pos);
+        slot.routed_at(state.next_pos);
         for h in slot.hooks.iter() {
             state.by_hook[h.index()].push(Arc::clone(slot));
         }
@@ -1053,12 +1053,17 @@ impl Slot {
     }
 
     /// Routed at log position `pos` (the bus lock is held).
-    fn routed_at(&self, tail: &Arc<Segment>, pos: u64) {
+    ///
+    /// The reader starts out released, holding no segment: the first event published to it
+    /// leaves a hint where to start. Holding the tail instead would pin the log from here on
+    /// for as long as no event of its hooks comes (a plugin waiting for failures in a run
+    /// without any), since an idle reader is never woken to let go.
+    fn routed_at(&self, pos: u64) {
         let mut r = self.reader();
-        r.seg = Some(Arc::clone(tail));
+        r.seg = None;
         r.pos = pos;
         r.until = None;
-        self.released.store(false, Ordering::SeqCst);
+        self.released.store(true, Ordering::SeqCst);
         self.read_pos.store(pos, Ordering::Relaxed);
         self.routed.store(true, Ordering::SeqCst);
     }
@@ -1188,6 +1193,47 @@ mod tests {
             self.0.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plugin_whose_hooks_never_fire_does_not_pin_the_log() {
+        let counted = Arc::new(AtomicU64::new(0));
+        let (seen, c) = (Arc::new(AtomicU64::new(0)), Arc::clone(&counted));
+        let s = Arc::clone(&seen);
+        // `Gated` waits for `Custom` events, and none come; the gate is open anyway.
+        let (_gate, rx) = watch::channel(true);
+        let manager = PluginManager::builder()
+            .spec(PluginSpec::new(move || Gated(rx.clone(), Arc::clone(&s))))
+            .spec(PluginSpec::new(move || Count(Arc::clone(&c))))
+            .spawn()
+            .await
+            .unwrap();
+        // The segment the log starts with: both plugins were routed while it was the tail.
+        let first = Arc::downgrade(&manager.bus().inner().lock().tail);
+        const N: u64 = 300_000;
+        for i in 0..N {
+            manager
+                .publish(EventKind::task_created(format!("t{i}"), "x"))
+                .await
+                .unwrap();
+        }
+        manager.flush().await;
+        // 300,000 events are about 2,350 segments; the reader of `TaskCreated` lets go of
+        // each as it passes, and the plugin that never got an event holds none: the start of
+        // the log (and everything linked after it) is freed.
+        assert!(
+            first.upgrade().is_none(),
+            "the first segment is still pinned"
+        );
+        assert_eq!(counted.load(Ordering::SeqCst), N);
+        // Its first event still reaches it.
+        manager
+            .publish(EventKind::custom("late", serde_json::Value::Null))
+            .await
+            .unwrap();
+        manager.flush().await;
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        manager.shutdown(ShutdownReason::Completed).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
