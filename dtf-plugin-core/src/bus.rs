@@ -506,6 +506,40 @@ pub(crate) enum Item {
     },
 }
 
+impl Item {
+    /// The same events, holding their batches rather than a segment (a run becomes one item per
+    /// matching cell); other items are unchanged.
+    fn into_copies(self, hooks: HookSet) -> Vec<Item> {
+        let Item::Run {
+            cells, from, to, ..
+        } = self
+        else {
+            return vec![self];
+        };
+        (from..to)
+            .filter_map(|i| cells.get(i))
+            .filter(|cell| hooks.intersects(cell.mask))
+            .map(|cell| {
+                let count = if hooks.contains_all(cell.mask) {
+                    cell.batch.len()
+                } else {
+                    cell.batch
+                        .iter()
+                        .filter(|e| hooks.contains(e.hook()))
+                        .count()
+                };
+                Item::Events {
+                    batch: Arc::clone(&cell.batch),
+                    start: 0,
+                    count,
+                    filtered: !hooks.contains_all(cell.mask),
+                }
+            })
+            .filter(|item| matches!(item, Item::Events { count, .. } if *count > 0))
+            .collect()
+    }
+}
+
 /// Counters the consumer (the plugin's actor) updates, on their own cache line so that
 /// publishers never contend with them. `published` and `dropped` live under the queue lock.
 #[derive(Default)]
@@ -542,9 +576,11 @@ impl<T> std::ops::Deref for Padded<T> {
 /// One plugin's view of the bus: its counters, its place in the log, and the items (requeued
 /// events, configuration changes) that do not come from the log.
 ///
-/// Publishers only write the producer-side counters (`enqueued`, `dropped`, `skips`) and read
-/// `scheduled`; the plugin's actor reads the log through `reader` and writes `acked`. Each lives
-/// on its own cache lines, so a publish touches no line the actor writes per event.
+/// Publishers write the producer-side counters (`enqueued`, `acked_seen`, `dropped`, `skips`),
+/// read `scheduled` and `released`, and read `acked` only when the queue may be full; the
+/// plugin's actor reads the log through `reader` and writes `acked` and `read_pos`. `enqueued`,
+/// `acked` and `scheduled` live on cache lines of their own. (Padding `acked_seen` and
+/// `read_pos` as well measured no better.)
 pub(crate) struct Slot {
     pub(crate) name: Arc<str>,
     pub(crate) hooks: HookSet,
@@ -566,7 +602,7 @@ pub(crate) struct Slot {
     scheduled: Padded<AtomicBool>,
     wake: Mutex<WakeState>,
     reader: Mutex<Reader>,
-    /// The reader's cursor, published for the publishers' lag check.
+    /// The reader's cursor, published for the publishers' lag check (written per chunk).
     read_pos: AtomicU64,
     /// `WakeState::resume` is set.
     has_resume: AtomicBool,
@@ -640,6 +676,9 @@ const MAX_LAG: u64 = 64 * 1024;
 
 /// Most events one chunk takes from the log.
 const CHUNK_EVENTS: usize = 4096;
+
+/// Most runs of cells (so segments) one chunk holds.
+const MAX_RUNS: usize = 16;
 
 impl Slot {
     pub(crate) fn new(
@@ -912,6 +951,9 @@ impl Slot {
         // Whether the last item in `into` is a run on the current segment that ends at
         // `r.pos`'s cell and can be extended over it.
         let mut open = false;
+        // Runs opened, each holding one segment's cells: bounded, so that a chunk in the hands
+        // of a handler that hangs pins a bounded part of the log.
+        let mut runs = 0usize;
         while events < max_events {
             if let Some((due, _)) = r.control.front() {
                 if *due <= r.pos || self.pending() == 0 {
@@ -954,6 +996,11 @@ impl Slot {
             if count == 0 {
                 continue;
             }
+            if matches!(how, Read::InPlace) && !open && runs == MAX_RUNS {
+                // The next chunk starts here.
+                r.pos = pos;
+                break;
+            }
             events += count;
             match how {
                 Read::InPlace => {
@@ -971,6 +1018,7 @@ impl Slot {
                         count,
                     });
                     open = true;
+                    runs += 1;
                 }
                 Read::Copy => into.push_back(Item::Events {
                     batch: Arc::clone(&cell.batch),
@@ -1026,19 +1074,16 @@ impl Slot {
         self.ack(handled);
     }
 
-    /// Connects the slot to a (new) actor and wakes it if work is waiting.
+    /// Connects the slot to a (new) actor and wakes it: to take the work waiting, or, with
+    /// nothing waiting, to go idle properly and let go of the segment (or the resume hint)
+    /// that the failed or restarted instance held, which would otherwise pin the log from
+    /// there on until the next event of its hooks.
     pub(crate) fn attach(&self, actor: ActorRef<PluginMsg>) {
         let mut w = self.wake_state();
         w.actor = Some(actor);
         self.scheduled.store(false, Ordering::SeqCst);
         drop(w);
-        let waiting = {
-            let r = self.reader();
-            !r.carry.is_empty() || !r.control.is_empty()
-        };
-        if waiting || self.pending() > 0 {
-            self.wake_any();
-        }
+        self.wake_any();
     }
 
     /// Whether a started actor is attached (its `on_start` succeeded).
@@ -1083,6 +1128,14 @@ impl Slot {
             if let Item::Reconfigure { reply, .. } = item {
                 let _ = reply.send(Err("the plugin was disabled".to_owned()));
             }
+        }
+        // Runs put back after a failure hold their segments: keep their events, not the log.
+        if r.carry.iter().any(|i| matches!(i, Item::Run { .. })) {
+            let carry = std::mem::take(&mut r.carry);
+            r.carry = carry
+                .into_iter()
+                .flat_map(|item| item.into_copies(self.hooks))
+                .collect();
         }
         if self.pending() > r.carry_events() {
             // Copy the rest of the routed log into the carry queue.
@@ -1193,6 +1246,153 @@ mod tests {
             self.0.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
+    }
+
+    /// Records the numbers of the `n` custom events it handles; fails on `fail_on`, and
+    /// waits for the gate to open before handling `wait_on`.
+    struct Picky {
+        seen: Arc<std::sync::Mutex<Vec<u64>>>,
+        fail_on: u64,
+        wait_on: u64,
+        gate: watch::Receiver<bool>,
+    }
+
+    impl Plugin for Picky {
+        fn metadata(&self) -> PluginMetadata {
+            PluginMetadata::new("picky").hooks(Hook::Custom)
+        }
+        async fn on_event(&mut self, _: &mut PluginContext, e: &Event) -> Result<(), PluginError> {
+            let EventKind::Custom(c) = &e.kind else {
+                return Ok(());
+            };
+            let n = c.payload.as_u64().unwrap_or(u64::MAX);
+            if n == self.wait_on {
+                while !*self.gate.borrow_and_update() {
+                    self.gate.changed().await?;
+                }
+            }
+            if n == self.fail_on {
+                return Err("picky".into());
+            }
+            self.seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(n);
+            Ok(())
+        }
+    }
+
+    fn n(i: u64) -> EventKind {
+        EventKind::custom("n", serde_json::json!(i))
+    }
+
+    async fn status(manager: &PluginManager, name: &str) -> crate::PluginStatus {
+        let list = manager.list().await.unwrap();
+        list.into_iter().find(|p| p.name == name).unwrap().status
+    }
+
+    async fn filler(manager: &PluginManager, count: u64) {
+        for i in 0..count {
+            manager
+                .publish(EventKind::task_created(format!("t{i}"), "x"))
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plugin_restarted_after_its_last_event_does_not_pin_the_log() {
+        let (_gate, rx) = watch::channel(true);
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, counted) = (Arc::clone(&seen), Arc::new(AtomicU64::new(0)));
+        let c = Arc::clone(&counted);
+        let manager = PluginManager::builder()
+            .config(
+                crate::ManagerConfig::builder()
+                    .backoff(crate::Backoff::none())
+                    .build(),
+            )
+            .spec(PluginSpec::new(move || Picky {
+                seen: Arc::clone(&s),
+                fail_on: 0,
+                wait_on: u64::MAX,
+                gate: rx.clone(),
+            }))
+            .spec(PluginSpec::new(move || Count(Arc::clone(&c))))
+            .spawn()
+            .await
+            .unwrap();
+        // Its only event fails; the restarted instance has nothing to do, and no event of
+        // its hooks comes again.
+        manager.publish(n(0)).await.unwrap();
+        manager.flush().await;
+        let first = Arc::downgrade(&manager.bus().inner().lock().tail);
+        let mut waited = 0;
+        while manager.stats("picky").await.unwrap().restarts < 1 {
+            assert!(waited < 1000, "not restarted");
+            waited += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        filler(&manager, 300_000).await;
+        manager.flush().await;
+        assert!(
+            first.upgrade().is_none(),
+            "the restarted plugin pins the log"
+        );
+        manager.shutdown(ShutdownReason::Completed).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plugin_disabled_mid_chunk_keeps_its_events_but_not_the_log() {
+        let (gate, rx) = watch::channel(false);
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, counted) = (Arc::clone(&seen), Arc::new(AtomicU64::new(0)));
+        let c = Arc::clone(&counted);
+        let manager = PluginManager::builder()
+            .spec(
+                PluginSpec::new(move || Picky {
+                    seen: Arc::clone(&s),
+                    fail_on: 1,
+                    wait_on: 0,
+                    gate: rx.clone(),
+                })
+                .restart_policy(crate::RestartPolicy::Temporary),
+            )
+            .spec(PluginSpec::new(move || Count(Arc::clone(&c))))
+            .spawn()
+            .await
+            .unwrap();
+        // Event 0 blocks the plugin; events 1..=20 wait for it, one per segment, so its next
+        // chunk is a run per segment.
+        manager.publish(n(0)).await.unwrap();
+        // Let it take event 0 alone (and block on it) before the others come.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut segments = Vec::new();
+        for i in 1..=20 {
+            manager.publish(n(i)).await.unwrap();
+            segments.push(Arc::downgrade(&manager.bus().inner().lock().tail.cells));
+            filler(&manager, SEGMENT as u64).await;
+        }
+        // It handles 0, fails on 1 (the start of a chunk of runs) and is disabled.
+        gate.send(true).unwrap();
+        manager.flush().await;
+        let mut waited = 0;
+        while status(&manager, "picky").await != crate::PluginStatus::Disabled {
+            assert!(waited < 1000, "not disabled");
+            waited += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Everyone else moves on: the disabled plugin keeps its events, not their segments.
+        filler(&manager, 4 * SEGMENT as u64).await;
+        manager.flush().await;
+        let pinned = segments.iter().filter(|w| w.upgrade().is_some()).count();
+        assert_eq!(pinned, 0, "segments pinned by the disabled plugin");
+        // Enabled again, it gets 2..=20, once and in order.
+        manager.enable("picky").await.unwrap();
+        manager.flush().await;
+        let want: Vec<u64> = std::iter::once(0).chain(2..=20).collect();
+        assert_eq!(*seen.lock().unwrap(), want);
+        manager.shutdown(ShutdownReason::Completed).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -880,7 +880,10 @@ impl Actor for ManagerActor {
                                 Ok(())
                             }
                             Err(reason) => {
+                                // Events routed to it meanwhile are kept (copied out of the
+                                // log) for the next enable, as for any disabled plugin.
                                 state.bus.inner().unroute(&slot);
+                                slot.release();
                                 Err(ManagerError::Spawn { name, reason })
                             }
                         }

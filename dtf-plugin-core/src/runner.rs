@@ -294,7 +294,7 @@ impl<P: Plugin> Runner<P> {
                     let mut seen = 0usize;
                     let mut failed = None;
                     'cells: for i in from..to {
-                        // Every cell below `head` is written.
+                        // Every cell of a run was written before the run was read.
                         let Some(cell) = cells.get(i) else { continue };
                         if !hooks.intersects(cell.mask) {
                             continue;
@@ -323,7 +323,7 @@ impl<P: Plugin> Runner<P> {
                                 .filter(|e| hooks.contains(e.hook()))
                                 .count()
                         });
-                        let in_run = count - seen - in_cell;
+                        let in_run = count.saturating_sub(seen + in_cell);
                         if in_run > 0 {
                             self.chunk.push_front(Item::Run {
                                 cells: Arc::clone(&cells),
