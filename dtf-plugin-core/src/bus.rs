@@ -272,7 +272,7 @@ impl BusInner {
                 if slot.policy != OverflowPolicy::Backpressure || !slot.hooks.intersects(mask) {
                     continue;
                 }
-                let wanted = slot.matching(batch, mask);
+                let wanted = slot.hooks.matching(batch, mask);
                 if !slot.has_room(wanted, bound == Bound::Wait) {
                     return Attempt::Full(Arc::clone(slot), wanted);
                 }
@@ -307,7 +307,7 @@ impl BusInner {
             // never acknowledge an event not yet counted)...
             for slot in targets {
                 if slot.hooks.intersects(mask) {
-                    slot.account(slot.matching(batch, mask), pos, bounded);
+                    slot.account(slot.hooks.matching(batch, mask), pos, bounded);
                 }
             }
             // ...and make it readable: a written cell is what readers look for (there is no
@@ -478,6 +478,28 @@ impl HookSet {
     pub(crate) const fn intersects(self, other: HookSet) -> bool {
         !self.intersection(other).is_empty()
     }
+
+    /// How many events of `batch`, whose hooks are all in `mask`, are in this set.
+    #[inline]
+    pub(crate) fn matching(self, batch: &[Event], mask: HookSet) -> usize {
+        if self.contains_all(mask) {
+            batch.len()
+        } else {
+            batch.iter().filter(|e| self.contains(e.hook())).count()
+        }
+    }
+}
+
+impl Cell {
+    /// The cell's events for a plugin with `hooks`, holding the batch, not the segment.
+    fn copy_for(&self, hooks: HookSet) -> Item {
+        Item::Events {
+            batch: Arc::clone(&self.batch),
+            start: 0,
+            count: hooks.matching(&self.batch, self.mask),
+            filtered: !hooks.contains_all(self.mask),
+        }
+    }
 }
 
 /// One entry of a plugin's queue.
@@ -519,23 +541,7 @@ impl Item {
         (from..to)
             .filter_map(|i| cells.get(i))
             .filter(|cell| hooks.intersects(cell.mask))
-            .map(|cell| {
-                let count = if hooks.contains_all(cell.mask) {
-                    cell.batch.len()
-                } else {
-                    cell.batch
-                        .iter()
-                        .filter(|e| hooks.contains(e.hook()))
-                        .count()
-                };
-                Item::Events {
-                    batch: Arc::clone(&cell.batch),
-                    start: 0,
-                    count,
-                    filtered: !hooks.contains_all(cell.mask),
-                }
-            })
-            .filter(|item| matches!(item, Item::Events { count, .. } if *count > 0))
+            .map(|cell| cell.copy_for(hooks))
             .collect()
     }
 }
@@ -731,18 +737,6 @@ impl Slot {
     fn pending(&self) -> u64 {
         let enqueued = self.enqueued.load(Ordering::SeqCst);
         enqueued.saturating_sub(self.acked.load(Ordering::SeqCst))
-    }
-
-    #[inline]
-    fn matching(&self, batch: &[Event], mask: HookSet) -> usize {
-        if self.hooks.contains_all(mask) {
-            batch.len()
-        } else {
-            batch
-                .iter()
-                .filter(|e| self.hooks.contains(e.hook()))
-                .count()
-        }
     }
 
     /// Whether `wanted` more events fit. An oversized batch fits an empty queue, so it cannot
@@ -992,7 +986,7 @@ impl Slot {
                 open = false;
                 continue;
             }
-            let count = self.matching(&cell.batch, cell.mask);
+            let count = self.hooks.matching(&cell.batch, cell.mask);
             if count == 0 {
                 continue;
             }
@@ -1020,12 +1014,7 @@ impl Slot {
                     open = true;
                     runs += 1;
                 }
-                Read::Copy => into.push_back(Item::Events {
-                    batch: Arc::clone(&cell.batch),
-                    start: 0,
-                    count,
-                    filtered: !self.hooks.contains_all(cell.mask),
-                }),
+                Read::Copy => into.push_back(cell.copy_for(self.hooks)),
             }
         }
         self.read_pos.store(r.pos, Ordering::Relaxed);

@@ -317,12 +317,9 @@ impl<P: Plugin> Runner<P> {
                     }
                     if let Some((i, j, failure)) = failed {
                         // The rest of the failed cell's batch, then the rest of the run.
-                        let in_cell = cells.get(i).map_or(0, |cell| {
-                            cell.batch[j + 1..]
-                                .iter()
-                                .filter(|e| hooks.contains(e.hook()))
-                                .count()
-                        });
+                        let in_cell = cells
+                            .get(i)
+                            .map_or(0, |cell| hooks.matching(&cell.batch[j + 1..], cell.mask));
                         let in_run = count.saturating_sub(seen + in_cell);
                         if in_run > 0 {
                             self.chunk.push_front(Item::Run {

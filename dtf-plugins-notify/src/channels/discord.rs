@@ -199,21 +199,7 @@ pub(crate) fn embed(msg: &Notification) -> Value {
 
 #[async_trait::async_trait]
 impl Channel for Discord {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "discord"
-    }
-
-    fn filter(&self) -> &Filter {
-        &self.filter
-    }
-
-    fn gate(&self) -> &GateSpec {
-        &self.gate
-    }
+    channel_accessors!("discord");
 
     fn render(&self, msg: &Notification) -> Value {
         let mut body = json!({ "embeds": [embed(msg)], "allowed_mentions": { "parse": [] } });

@@ -136,21 +136,7 @@ fn title_html(title: &[Span]) -> String {
 
 #[async_trait::async_trait]
 impl Channel for Email {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "email"
-    }
-
-    fn filter(&self) -> &Filter {
-        &self.filter
-    }
-
-    fn gate(&self) -> &GateSpec {
-        &self.gate
-    }
+    channel_accessors!("email");
 
     fn render(&self, msg: &Notification) -> Value {
         let m = message(msg);

@@ -293,21 +293,7 @@ fn created_key(resp: &HttpResponse) -> Result<(), String> {
 
 #[async_trait::async_trait]
 impl Channel for Jira {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "jira"
-    }
-
-    fn filter(&self) -> &Filter {
-        &self.filter
-    }
-
-    fn gate(&self) -> &GateSpec {
-        &self.gate
-    }
+    channel_accessors!("jira");
 
     fn render(&self, msg: &Notification) -> Value {
         json!({

@@ -18,6 +18,29 @@ use crate::error::NotifyError;
 use crate::filter::Filter;
 use crate::message::{Notification, Severity};
 
+/// The `name`, `kind`, `filter` and `gate` methods of [`Channel`] for a channel struct with
+/// `name`, `filter` and `gate` fields: what every built-in channel shares.
+#[allow(unused_macros, reason = "used by the channel features only")]
+macro_rules! channel_accessors {
+    ($kind:literal) => {
+        fn name(&self) -> &str {
+            &self.name
+        }
+
+        fn kind(&self) -> &'static str {
+            $kind
+        }
+
+        fn filter(&self) -> &crate::filter::Filter {
+            &self.filter
+        }
+
+        fn gate(&self) -> &crate::deliver::GateSpec {
+            &self.gate
+        }
+    };
+}
+
 #[cfg(feature = "discord")]
 pub mod discord;
 #[cfg(feature = "email")]

@@ -184,21 +184,7 @@ fn check_api(resp: &HttpResponse) -> Result<(), String> {
 
 #[async_trait::async_trait]
 impl Channel for Slack {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "slack"
-    }
-
-    fn filter(&self) -> &Filter {
-        &self.filter
-    }
-
-    fn gate(&self) -> &GateSpec {
-        &self.gate
-    }
+    channel_accessors!("slack");
 
     fn render(&self, msg: &Notification) -> Value {
         let mut body = blocks(msg);

@@ -219,21 +219,7 @@ impl Teams {
 
 #[async_trait::async_trait]
 impl Channel for Teams {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "teams"
-    }
-
-    fn filter(&self) -> &Filter {
-        &self.filter
-    }
-
-    fn gate(&self) -> &GateSpec {
-        &self.gate
-    }
+    channel_accessors!("teams");
 
     fn render(&self, msg: &Notification) -> Value {
         self.body(msg)

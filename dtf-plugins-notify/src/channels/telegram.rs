@@ -178,21 +178,7 @@ fn check(resp: &HttpResponse) -> Result<(), String> {
 
 #[async_trait::async_trait]
 impl Channel for Telegram {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "telegram"
-    }
-
-    fn filter(&self) -> &Filter {
-        &self.filter
-    }
-
-    fn gate(&self) -> &GateSpec {
-        &self.gate
-    }
+    channel_accessors!("telegram");
 
     fn render(&self, msg: &Notification) -> Value {
         json!({

@@ -102,21 +102,7 @@ pub(crate) fn payload(msg: &Notification) -> Value {
 
 #[async_trait::async_trait]
 impl Channel for Webhook {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "webhook"
-    }
-
-    fn filter(&self) -> &Filter {
-        &self.filter
-    }
-
-    fn gate(&self) -> &GateSpec {
-        &self.gate
-    }
+    channel_accessors!("webhook");
 
     fn render(&self, msg: &Notification) -> Value {
         payload(msg)
