@@ -466,6 +466,29 @@ async fn a_handshake_on_another_version_is_refused_and_the_others_keep_running()
     manager.shutdown(ShutdownReason::Completed).await;
 }
 
+/// Publishes `n` task-created events (`{prefix}0`, `{prefix}1`, ...), `pace` apart if given;
+/// returns their sequence numbers.
+async fn publish_tasks(
+    manager: &PluginManager,
+    prefix: &str,
+    n: usize,
+    pace: Option<Duration>,
+) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for i in 0..n {
+        seqs.push(
+            manager
+                .publish(EventKind::task_created(format!("{prefix}{i}"), "x"))
+                .await
+                .unwrap(),
+        );
+        if let Some(pace) = pace {
+            tokio::time::sleep(pace).await;
+        }
+    }
+    seqs
+}
+
 /// Waits (polling, bounded) until plugin `name` has `status`.
 async fn wait_status(manager: &PluginManager, name: &str, status: PluginStatus) -> bool {
     for _ in 0..200 {
@@ -803,15 +826,7 @@ async fn replace_delivers_events_published_while_no_instance_runs() {
         .spawn()
         .await
         .unwrap();
-    let mut published = Vec::new();
-    for i in 0..5 {
-        published.push(
-            manager
-                .publish(EventKind::task_created(format!("a{i}"), "x"))
-                .await
-                .unwrap(),
-        );
-    }
+    let mut published = publish_tasks(&manager, "a", 5, None).await;
     // The plugin is idle now: everything was handled.
     manager.flush().await;
     let v2 = Versioned {
@@ -822,15 +837,7 @@ async fn replace_delivers_events_published_while_no_instance_runs() {
         let manager = manager.clone();
         tokio::spawn(async move { manager.replace(PluginSpec::new(move || v2.clone())).await })
     };
-    for i in 0..20 {
-        published.push(
-            manager
-                .publish(EventKind::task_created(format!("b{i}"), "x"))
-                .await
-                .unwrap(),
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    published.extend(publish_tasks(&manager, "b", 20, Some(Duration::from_millis(10))).await);
     replacing.await.unwrap().unwrap();
     flushed(&manager).await;
     let seen = seen.lock().unwrap().clone();
@@ -894,29 +901,13 @@ async fn a_restart_for_configuration_delivers_events_published_meanwhile() {
         .spawn()
         .await
         .unwrap();
-    let mut published = Vec::new();
-    for i in 0..3 {
-        published.push(
-            manager
-                .publish(EventKind::task_created(format!("a{i}"), "x"))
-                .await
-                .unwrap(),
-        );
-    }
+    let mut published = publish_tasks(&manager, "a", 3, None).await;
     manager.flush().await;
     manager
         .reconfigure("slow-start", serde_json::json!({ "v": 2 }))
         .await
         .unwrap();
-    for i in 0..20 {
-        published.push(
-            manager
-                .publish(EventKind::task_created(format!("b{i}"), "x"))
-                .await
-                .unwrap(),
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    published.extend(publish_tasks(&manager, "b", 20, Some(Duration::from_millis(10))).await);
     flushed(&manager).await;
     assert_eq!(*seen.lock().unwrap(), published);
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
@@ -975,7 +966,7 @@ async fn a_fixed_version_restarts_a_plugin_disabled_by_failures() {
         .await
         .unwrap();
     assert!(
-        reaches(&manager, "fixme", PluginStatus::Disabled).await,
+        wait_status(&manager, "fixme", PluginStatus::Disabled).await,
         "the broken version is disabled"
     );
     let mut reloader = Reloader::new(vec![dir.clone()]);
@@ -989,7 +980,7 @@ async fn a_fixed_version_restarts_a_plugin_disabled_by_failures() {
         }]
     );
     assert!(
-        reaches(&manager, "fixme", PluginStatus::Running).await,
+        wait_status(&manager, "fixme", PluginStatus::Running).await,
         "the fixed version runs"
     );
     manager
@@ -999,23 +990,6 @@ async fn a_fixed_version_restarts_a_plugin_disabled_by_failures() {
     flushed(&manager).await;
     assert_eq!(tasks(&recording, "fixme"), ["after-fix"]);
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
-}
-
-/// Waits (up to 10 s) until plugin `name` has status `want`.
-async fn reaches(manager: &PluginManager, name: &str, want: PluginStatus) -> bool {
-    for _ in 0..1000 {
-        let now = manager
-            .list()
-            .await
-            .ok()
-            .and_then(|l| l.into_iter().find(|p| p.name == name))
-            .map(|p| p.status);
-        if now == Some(want) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
 }
 
 /// A plugin runs in its own process group, killed as a whole when the plugin goes: a process

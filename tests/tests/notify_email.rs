@@ -771,6 +771,21 @@ async fn permanent_5xx_recipient_is_not_retryable() {
     assert!(!err.is_retryable());
 }
 
+/// Sends the test message to `127.0.0.1:port`, expecting it to fail.
+async fn send_error_to(port: u16, timeout_ms: u64) -> EmailError {
+    let config = EmailConfig {
+        host: "127.0.0.1".to_owned(),
+        port: Some(port),
+        timeout_ms,
+        ..valid()
+    };
+    EmailSender::new(&config)
+        .unwrap()
+        .send(&message())
+        .await
+        .unwrap_err()
+}
+
 #[tokio::test]
 async fn connection_refused_is_retryable() {
     captured();
@@ -779,19 +794,7 @@ async fn connection_refused_is_retryable() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let config = EmailConfig {
-        host: "127.0.0.1".to_owned(),
-        port: Some(port),
-        from: "dtf@example.com".to_owned(),
-        to: vec!["oncall@example.com".to_owned()],
-        timeout_ms: 5_000,
-        ..EmailConfig::default()
-    };
-    let err = EmailSender::new(&config)
-        .unwrap()
-        .send(&message())
-        .await
-        .unwrap_err();
+    let err = send_error_to(port, 5_000).await;
     assert!(
         matches!(
             &err,
@@ -815,19 +818,7 @@ async fn silent_server_times_out_retryably() {
         let (_stream, _) = listener.accept().await.unwrap();
         std::future::pending::<()>().await;
     });
-    let config = EmailConfig {
-        host: "127.0.0.1".to_owned(),
-        port: Some(port),
-        from: "dtf@example.com".to_owned(),
-        to: vec!["oncall@example.com".to_owned()],
-        timeout_ms: 200,
-        ..EmailConfig::default()
-    };
-    let err = EmailSender::new(&config)
-        .unwrap()
-        .send(&message())
-        .await
-        .unwrap_err();
+    let err = send_error_to(port, 200).await;
     assert!(
         matches!(
             &err,
