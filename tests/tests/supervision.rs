@@ -12,7 +12,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Action, POISON, Probe, assert_conserved, eventually, n, number, quiet_poison_panics};
+use common::{
+    Action, POISON, Probe, assert_conserved, dead_numbers, eventually, n, number,
+    quiet_poison_panics,
+};
 use dtf_plugin_core::prelude::*;
 use dtf_plugin_core::testing::RecordingPlugin;
 use dtf_plugin_core::{Backoff, ManagerError, PluginStatus, RestartBudget};
@@ -69,13 +72,7 @@ async fn a_plugin_panicking_on_every_10th_event_harms_nobody_else() {
     assert_eq!(s.failures as usize, poison.len());
     assert_eq!(s.dead_lettered as usize, poison.len());
     assert_eq!(s.delivered as usize, good.len());
-    let dead: Vec<u64> = manager
-        .dead_letters("faulty")
-        .await
-        .unwrap()
-        .iter()
-        .map(|d| number(&d.event).unwrap())
-        .collect();
+    let dead = dead_numbers(&manager, "faulty").await;
     assert_eq!(dead, poison, "exactly the poison events are dead-lettered");
     let letter = &manager.dead_letters("faulty").await.unwrap()[0];
     assert!(
@@ -590,13 +587,7 @@ mod failures_inside_batches {
                     numbered.iter().copied().filter(|x| x % every != every - 1).collect();
                 assert_eq!(faulty.numbers(), good, "delivered once and in order");
                 assert_eq!(all.seen().len(), events.len(), "the healthy plugin saw everything");
-                let dead: Vec<u64> = manager
-                    .dead_letters("faulty")
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|d| number(&d.event).unwrap())
-                    .collect();
+                let dead = dead_numbers(&manager, "faulty").await;
                 assert_eq!(dead, poison, "exactly the failed events are dead-lettered");
                 // The last failure's restart may still be on its way when the flush returns
                 // (the failed event counts as handled once it is dead-lettered).

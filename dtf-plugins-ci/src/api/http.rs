@@ -164,13 +164,7 @@ impl HttpCore {
                         tracing::debug!(target_api = call.target, %status, ?latency, "API call done");
                         return Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null));
                     }
-                    let retry_after = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(parse_retry_after);
-                    let text = resp.text().await.unwrap_or_default();
-                    let message = format!("HTTP {status}: {}", crate::markdown::short(&text, 200));
+                    let (retry_after, message) = failed_answer(resp).await;
                     if !is_retryable_status(status.as_u16()) {
                         return Err(self.fail(&call, message));
                     }
@@ -251,4 +245,18 @@ pub(crate) fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         .iter()
         .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
         .collect()
+}
+
+/// What a failed answer says: its `Retry-After` wait, if any, and `HTTP <status>: <start of
+/// the body>` for the error.
+pub(crate) async fn failed_answer(resp: reqwest::Response) -> (Option<Duration>, String) {
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let text = resp.text().await.unwrap_or_default();
+    let message = format!("HTTP {status}: {}", crate::markdown::short(&text, 200));
+    (retry_after, message)
 }

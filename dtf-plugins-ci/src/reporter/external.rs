@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dtf_plugin_core::prelude::*;
-use dtf_plugin_core::retry::{Jitter, RetryPolicy, is_retryable_status, parse_retry_after};
+use dtf_plugin_core::retry::{Jitter, RetryPolicy, is_retryable_status};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -163,13 +163,7 @@ impl Worker {
                 }
                 Ok(resp) => {
                     let status = resp.status();
-                    let retry_after = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(parse_retry_after);
-                    let text = resp.text().await.unwrap_or_default();
-                    let message = format!("HTTP {status}: {}", crate::markdown::short(&text, 200));
+                    let (retry_after, message) = crate::api::http::failed_answer(resp).await;
                     if !is_retryable_status(status.as_u16()) {
                         return self.give_up(n, message);
                     }

@@ -180,6 +180,17 @@ pub async fn assert_conserved(manager: &PluginManager) {
     }
 }
 
+/// The numbers of the `n` events dead-lettered for plugin `name`, in order.
+pub async fn dead_numbers(manager: &PluginManager, name: &str) -> Vec<u64> {
+    manager
+        .dead_letters(name)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| number(&d.event).expect("only `n` events are dead-lettered"))
+        .collect()
+}
+
 /// Polls `cond` every 2 ms until it holds or `limit` passes; returns whether it held.
 pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
