@@ -1244,6 +1244,8 @@ mod tests {
         fail_on: u64,
         wait_on: u64,
         gate: watch::Receiver<bool>,
+        /// Notified when it starts waiting on `wait_on`.
+        waiting: Arc<tokio::sync::Notify>,
     }
 
     impl Plugin for Picky {
@@ -1256,6 +1258,7 @@ mod tests {
             };
             let n = c.payload.as_u64().unwrap_or(u64::MAX);
             if n == self.wait_on {
+                self.waiting.notify_one();
                 while !*self.gate.borrow_and_update() {
                     self.gate.changed().await?;
                 }
@@ -1306,6 +1309,7 @@ mod tests {
                 fail_on: 0,
                 wait_on: u64::MAX,
                 gate: rx.clone(),
+                waiting: Arc::default(),
             }))
             .spec(PluginSpec::new(move || Count(Arc::clone(&c))))
             .spawn()
@@ -1337,6 +1341,8 @@ mod tests {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (s, counted) = (Arc::clone(&seen), Arc::new(AtomicU64::new(0)));
         let c = Arc::clone(&counted);
+        let waiting = Arc::new(tokio::sync::Notify::new());
+        let w = Arc::clone(&waiting);
         let manager = PluginManager::builder()
             .spec(
                 PluginSpec::new(move || Picky {
@@ -1344,6 +1350,7 @@ mod tests {
                     fail_on: 1,
                     wait_on: 0,
                     gate: rx.clone(),
+                    waiting: Arc::clone(&w),
                 })
                 .restart_policy(crate::RestartPolicy::Temporary),
             )
@@ -1354,8 +1361,8 @@ mod tests {
         // Event 0 blocks the plugin; events 1..=20 wait for it, one per segment, so its next
         // chunk is a run per segment.
         manager.publish(n(0)).await.unwrap();
-        // Let it take event 0 alone (and block on it) before the others come.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // It takes event 0 alone and blocks on it before the others come.
+        waiting.notified().await;
         let mut segments = Vec::new();
         for i in 1..=20 {
             manager.publish(n(i)).await.unwrap();
