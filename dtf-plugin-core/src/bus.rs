@@ -12,8 +12,8 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use ractor::ActorRef;
@@ -24,6 +24,7 @@ use crate::error::{BatchClosed, PublishError};
 use crate::event::{Event, EventKind, EventMeta, Hook, HookSet};
 use crate::plugin::PluginConfig;
 use crate::runner::PluginMsg;
+use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, fence, switch};
 
 /// What happens when an event is published to a plugin whose queue is full.
 ///
@@ -248,7 +249,11 @@ impl BusInner {
     /// One publishing attempt: under the bus lock, check room, assign sequence numbers,
     /// enqueue everywhere. Either everything is enqueued or nothing is.
     fn attempt(&self, batch: &mut Arc<[Event]>, bound: Bound) -> Attempt {
-        let mut state = self.lock();
+        Self::attempt_locked(&mut self.lock(), batch, bound)
+    }
+
+    /// [`attempt`](Self::attempt) with the bus lock held by the caller.
+    fn attempt_locked(state: &mut BusState, batch: &mut Arc<[Event]>, bound: Bound) -> Attempt {
         if state.closed {
             return Attempt::Closed;
         }
@@ -285,7 +290,6 @@ impl BusInner {
         for (i, ev) in Arc::make_mut(batch).iter_mut().enumerate() {
             ev.meta.seq = first + i as u64;
         }
-        let state = &mut *state;
         let targets: &[Arc<Slot>] = match single_hook {
             Some(h) => &state.by_hook[h.index()],
             None => &state.all,
@@ -296,6 +300,7 @@ impl BusInner {
             let pos = state.next_pos;
             if (pos - state.tail.base) as usize == SEGMENT {
                 let next = Segment::new(pos);
+                switch();
                 let _ = state.tail.next.set(Arc::clone(&next));
                 state.tail = next;
                 // Once per segment: no slow reader may pin an unbounded stretch of the log.
@@ -317,6 +322,7 @@ impl BusInner {
                 mask,
             };
             if let Some(c) = state.tail.cells.0.get((pos - state.tail.base) as usize) {
+                switch();
                 let _ = c.set(cell);
             }
             state.next_pos = pos + 1;
@@ -324,7 +330,7 @@ impl BusInner {
             // must be visible before `wake_for` reads each consumer's `scheduled` and
             // `released` flags: the publisher's half of the Dekker handshakes with
             // `take_chunk`. One fence per publish instead of a locked instruction per plugin.
-            std::sync::atomic::fence(Ordering::SeqCst);
+            fence(Ordering::SeqCst);
             // ...and wake the subscribers that were idle.
             for slot in targets {
                 if slot.hooks.intersects(mask) {
@@ -380,7 +386,8 @@ impl BusInner {
         }
     }
 
-    /// Closes the bus after publishing `last`, atomically: nothing can be published after it.
+    /// Closes the bus after publishing `last`, atomically: `last` is published and the bus
+    /// closed in one critical section, so no concurrent publisher gets in after it.
     pub(crate) fn close_with(&self, last: EventKind, source: &Arc<str>) -> Option<u64> {
         let mut batch: Arc<[Event]> = Arc::new([Event {
             meta: EventMeta {
@@ -390,11 +397,12 @@ impl BusInner {
             },
             kind: last,
         }]);
-        let seq = match self.attempt(&mut batch, Bound::Unbounded) {
+        let mut state = self.lock();
+        let seq = match Self::attempt_locked(&mut state, &mut batch, Bound::Unbounded) {
             Attempt::Published(r) => Some(r.start),
             _ => None,
         };
-        self.lock().closed = true;
+        state.closed = true;
         seq
     }
 
@@ -415,8 +423,8 @@ impl BusInner {
     }
 }
 
-/// Cells per log segment.
-const SEGMENT: usize = 128;
+/// Cells per log segment (4 in the model check, so that its few events cross segments).
+const SEGMENT: usize = if cfg!(dtf_shuttle) { 4 } else { 128 };
 
 /// A piece of the append-only log: cells written once by publishers (under the bus lock) and
 /// read without locks by every plugin's actor. Segments are freed once no reader holds them.
@@ -438,6 +446,7 @@ impl Cells {
     /// The cell at `index`, if it was written.
     #[inline]
     pub(crate) fn get(&self, index: usize) -> Option<&Cell> {
+        switch();
         self.0.get(index).and_then(|c| c.0.get())
     }
 }
@@ -629,10 +638,22 @@ pub(crate) struct Slot {
     config: Mutex<Arc<PluginConfig>>,
 }
 
+/// Where a slot's wake-ups go: the plugin's actor, or a consumer of the model check.
+pub(crate) trait Consumer: Send + Sync {
+    /// Asks the consumer to take its work; false when it is gone.
+    fn wake(&self) -> bool;
+}
+
+impl Consumer for ActorRef<PluginMsg> {
+    fn wake(&self) -> bool {
+        self.send_message(PluginMsg::Drain).is_ok()
+    }
+}
+
 #[derive(Default)]
 struct WakeState {
     /// The live actor, if any (none while restarting or disabled).
-    actor: Option<ActorRef<PluginMsg>>,
+    actor: Option<Box<dyn Consumer>>,
     /// Where an idle reader should resume: the segment and position of the event that woke it.
     resume: Option<(Arc<Segment>, u64)>,
 }
@@ -678,13 +699,13 @@ enum Read {
 
 /// How far (in log positions) a reader with pending events may lag behind the log's end
 /// before its unread events are copied out of the log (see `Slot::bound_lag`).
-const MAX_LAG: u64 = 64 * 1024;
+const MAX_LAG: u64 = if cfg!(dtf_shuttle) { 4 } else { 64 * 1024 };
 
 /// Most events one chunk takes from the log.
-const CHUNK_EVENTS: usize = 4096;
+const CHUNK_EVENTS: usize = if cfg!(dtf_shuttle) { 3 } else { 4096 };
 
 /// Most runs of cells (so segments) one chunk holds.
-const MAX_RUNS: usize = 16;
+const MAX_RUNS: usize = if cfg!(dtf_shuttle) { 2 } else { 16 };
 
 impl Slot {
     pub(crate) fn new(
@@ -825,7 +846,7 @@ impl Slot {
     /// when there is no actor to wake (the next one is woken in `attach`).
     fn send_drain(scheduled: &AtomicBool, w: &WakeState) {
         match &w.actor {
-            Some(actor) if actor.send_message(PluginMsg::Drain).is_ok() => {}
+            Some(actor) if actor.wake() => {}
             _ => scheduled.store(false, Ordering::SeqCst),
         }
     }
@@ -967,6 +988,7 @@ impl Slot {
             let index = (r.pos - seg.base) as usize;
             if index >= SEGMENT {
                 // Linked before any of its cells is written.
+                switch();
                 let Some(next) = seg.next.get() else { break };
                 r.seg = Some(Arc::clone(next));
                 open = false;
@@ -1067,7 +1089,7 @@ impl Slot {
     /// nothing waiting, to go idle properly and let go of the segment (or the resume hint)
     /// that the failed or restarted instance held, which would otherwise pin the log from
     /// there on until the next event of its hooks.
-    pub(crate) fn attach(&self, actor: ActorRef<PluginMsg>) {
+    pub(crate) fn attach(&self, actor: Box<dyn Consumer>) {
         let mut w = self.wake_state();
         w.actor = Some(actor);
         self.scheduled.store(false, Ordering::SeqCst);
@@ -1202,6 +1224,13 @@ impl Slot {
 }
 
 #[cfg(test)]
+#[cfg(dtf_shuttle)]
+#[path = "bus_model.rs"]
+mod model;
+
+// The tests below run on tokio and ractor, which the model check's build does not model.
+#[cfg(test)]
+#[cfg(not(dtf_shuttle))]
 mod tests {
     use super::*;
     use crate::event::Hook;

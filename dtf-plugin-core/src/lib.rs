@@ -101,6 +101,7 @@ pub mod retry;
 mod runner;
 mod secret;
 mod supervision;
+mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 

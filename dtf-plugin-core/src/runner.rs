@@ -449,7 +449,7 @@ impl<P: Plugin> Actor for PluginActor<P> {
         if let Err(f) = guarded(state.plugin.on_start(&mut state.ctx), state.timeout).await {
             return Err(state.fail(Phase::Start, f));
         }
-        state.slot.attach(myself);
+        state.slot.attach(Box::new(myself));
         Ok(())
     }
 

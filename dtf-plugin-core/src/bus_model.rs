@@ -1,0 +1,496 @@
+//! The model check of the dispatch protocol, on the code that ships.
+//!
+//! Built only with `RUSTFLAGS="--cfg dtf_shuttle"` (see `docs/model-check.md`): `src/sync.rs`
+//! then hands `bus.rs` shuttle's locks, atomics and fences, and shuttle runs each scenario
+//! below under many schedules (random and PCT), switching threads at every one of those
+//! operations. Publishers, consumers and the manager's side are shuttle threads calling the
+//! real `BusInner` and `Slot` methods; the consumers drive a slot the way `runner.rs` does
+//! (`take_chunk` without and then with `go_idle`, the events of each item in order,
+//! `requeue_front` of the rest after a failure, `attach` of a new instance), and the manager
+//! threads the way `manager.rs` does (`route`/`unroute`/`release`, `push_control`,
+//! `close_with`, `flush_targets` + `wait_handled`).
+//!
+//! Checked on every schedule: per-plugin FIFO; every event routed to a plugin handled exactly
+//! once; `published == delivered + dropped + dead_lettered + queued` with nothing queued once
+//! the run is over; `flush` returns only once everything published before it was handled; no
+//! event accepted after `CoordinatorShutdown`; and no segment alive once every reader passed it.
+//!
+//! What shuttle does not explore: weak-memory reorderings (it runs threads one at a time, so
+//! every access is sequentially consistent). The handshakes that rely on `SeqCst` are argued in
+//! `docs/model-check.md`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use shuttle::future::block_on;
+use shuttle::sync::mpsc::{Receiver, Sender, channel};
+use shuttle::thread;
+
+use super::{Bus, Consumer, Item, LIVE_SEGMENTS, OverflowPolicy, Slot};
+use crate::event::{EventKind, Hook, HookSet, ShutdownReason};
+use crate::sync::Mutex;
+
+/// Schedules explored per scenario and scheduler: `DTF_SHUTTLE_ITERATIONS` (the nightly
+/// setting is 200,000), default 2,000.
+fn iterations() -> usize {
+    std::env::var("DTF_SHUTTLE_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000)
+}
+
+/// Runs `scenario` under shuttle's random scheduler and its PCT scheduler (depth 3).
+fn explore(scenario: impl Fn() + Clone + Send + Sync + 'static) {
+    let n = iterations();
+    shuttle::check_random(scenario.clone(), n);
+    shuttle::check_pct(scenario, n, 3);
+}
+
+enum Msg {
+    Drain,
+    Stop,
+}
+
+/// A consumer's mailbox, as a plugin actor's: a wake-up is one message.
+struct Mailbox(Mutex<Sender<Msg>>);
+
+impl Consumer for Mailbox {
+    fn wake(&self) -> bool {
+        match self.0.lock() {
+            Ok(tx) => tx.send(Msg::Drain).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+fn mailbox() -> (Box<dyn Consumer>, Sender<Msg>, Receiver<Msg>) {
+    let (tx, rx) = channel();
+    (Box::new(Mailbox(Mutex::new(tx.clone()))), tx, rx)
+}
+
+/// The sequence numbers of an item's events that the plugin with `hooks` handles, in order
+/// (what `Runner::run_chunk` calls `on_event` with), or `None` for a configuration change.
+fn events_of(item: &Item, hooks: HookSet) -> Option<Vec<u64>> {
+    match item {
+        Item::Events {
+            batch,
+            start,
+            filtered,
+            ..
+        } => Some(
+            batch[*start..]
+                .iter()
+                .filter(|e| !filtered || hooks.contains(e.hook()))
+                .map(|e| e.meta.seq)
+                .collect(),
+        ),
+        Item::Run {
+            cells, from, to, ..
+        } => Some(
+            (*from..*to)
+                .filter_map(|i| cells.get(i))
+                .filter(|c| hooks.intersects(c.mask))
+                .flat_map(|c| c.batch.iter().filter(|e| hooks.contains(e.hook())))
+                .map(|e| e.meta.seq)
+                .collect(),
+        ),
+        Item::Reconfigure { .. } => None,
+    }
+}
+
+/// What a model consumer saw.
+#[derive(Default, Debug)]
+struct Seen {
+    /// Sequence numbers handled, in order.
+    events: Vec<u64>,
+    /// How many events had been handled when each configuration change was applied.
+    reconfigured_after: Vec<usize>,
+}
+
+/// A plugin instance, driven like `runner.rs` drives one: woken by a message, it takes chunks
+/// until the slot says there is nothing left. With `crash_at = Some(k)` the instance fails
+/// before its `k`-th item: that item and the rest of the chunk go back to the slot, and a new
+/// instance is attached (a restart), once.
+fn consume(slot: &Arc<Slot>, tx: Sender<Msg>, rx: Receiver<Msg>, crash_at: Option<usize>) -> Seen {
+    let mut seen = Seen::default();
+    let mut chunk = VecDeque::new();
+    let mut unacked = 0usize;
+    let mut items = 0usize;
+    let mut crash_at = crash_at;
+    'mailbox: while let Ok(Msg::Drain) = rx.recv() {
+        loop {
+            let handled = std::mem::take(&mut unacked);
+            if !slot.take_chunk(handled, &mut chunk, false) && !slot.take_chunk(0, &mut chunk, true)
+            {
+                continue 'mailbox;
+            }
+            if chunk.is_empty() {
+                // Counted but not yet readable (a publisher between counting and writing):
+                // hand control back, as the runner does, instead of spinning.
+                thread::yield_now();
+            }
+            while let Some(item) = chunk.pop_front() {
+                if crash_at == Some(items) {
+                    crash_at = None;
+                    chunk.push_front(item);
+                    slot.requeue_front(std::mem::take(&mut unacked), &mut chunk);
+                    // The supervisor sees the failure, detaches the dead instance and starts
+                    // a new one; wake-ups meanwhile go nowhere (the slot has no consumer).
+                    // The new instance shares the mailbox: a stale wake-up in it is harmless,
+                    // as a real actor's spurious `Drain` is.
+                    slot.detach();
+                    slot.attach(Box::new(Mailbox(Mutex::new(tx.clone()))));
+                    continue 'mailbox;
+                }
+                items += 1;
+                match events_of(&item, slot.hooks) {
+                    Some(events) => {
+                        unacked += events.len();
+                        slot.counters
+                            .delivered
+                            .fetch_add(events.len() as u64, Ordering::Relaxed);
+                        seen.events.extend(events);
+                    }
+                    None => seen.reconfigured_after.push(seen.events.len()),
+                }
+            }
+        }
+    }
+    // Acknowledge the last chunk, as `drain` does before it yields.
+    slot.requeue_front(unacked, &mut chunk);
+    seen
+}
+
+/// A plugin under test: its slot and the thread consuming it.
+struct Plugin {
+    slot: Arc<Slot>,
+    stop: Sender<Msg>,
+    thread: thread::JoinHandle<Seen>,
+}
+
+impl Plugin {
+    fn start(
+        bus: &Bus,
+        name: &str,
+        hooks: HookSet,
+        capacity: usize,
+        crash_at: Option<usize>,
+    ) -> Self {
+        let slot = Arc::new(Slot::new(
+            Arc::from(name),
+            hooks,
+            capacity,
+            OverflowPolicy::Backpressure,
+            16,
+            Arc::new(serde_json::Value::Null),
+        ));
+        bus.inner().route(&slot);
+        let (wake, stop, rx) = mailbox();
+        slot.attach(wake);
+        let (s, tx) = (Arc::clone(&slot), stop.clone());
+        let thread = thread::spawn(move || consume(&s, tx, rx, crash_at));
+        Self { slot, stop, thread }
+    }
+
+    /// Stops the consumer once the run is over and returns what it saw, after checking the
+    /// counters.
+    fn finish(self) -> (Arc<Slot>, Seen) {
+        let _ = self.stop.send(Msg::Stop);
+        let seen = match self.thread.join() {
+            Ok(seen) => seen,
+            Err(_) => panic!("a model consumer panicked"),
+        };
+        let (published, dropped, queued) = self.slot.queue_counts();
+        let delivered = self.slot.counters.delivered.load(Ordering::Relaxed);
+        let dead = self.slot.counters.dead_lettered.load(Ordering::Relaxed);
+        assert_eq!(
+            published,
+            delivered + dropped + dead + queued,
+            "conservation for `{}`",
+            self.slot.name
+        );
+        assert_eq!(queued, 0, "events left queued for `{}`", self.slot.name);
+        (self.slot, seen)
+    }
+}
+
+fn custom(i: u64) -> EventKind {
+    EventKind::custom("n", serde_json::json!(i))
+}
+
+fn task(i: u64) -> EventKind {
+    EventKind::task_created(format!("t{i}"), "x")
+}
+
+/// Strictly increasing: in publish order, none twice.
+fn assert_fifo(seen: &[u64]) {
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "out of order or twice: {seen:?}"
+    );
+}
+
+/// Waits until every event published so far is handled (`PluginManager::flush`).
+fn flush(bus: &Bus) {
+    for (slot, target) in bus.inner().flush_targets() {
+        block_on(slot.wait_handled(target));
+    }
+}
+
+fn live_segments() -> usize {
+    LIVE_SEGMENTS.load(Ordering::SeqCst)
+}
+
+/// Two publishers (single events and a batch) and two plugins with different hooks and tiny
+/// backpressured queues: every event reaches every subscriber once, in the global order, and
+/// `flush` waits for all of them. Afterwards only the log's current segment is alive.
+fn publish_read_ack() {
+    let before = live_segments();
+    let bus = Bus::new("model");
+    let customs = Plugin::start(&bus, "customs", Hook::Custom.into(), 2, None);
+    let all = Plugin::start(
+        &bus,
+        "all",
+        HookSet::from(Hook::Custom).with(Hook::TaskCreated),
+        2,
+        None,
+    );
+    let b1 = bus.clone();
+    let p1 = thread::spawn(move || {
+        let mut seqs = Vec::new();
+        for i in 0..3 {
+            seqs.push(block_on(b1.publish(custom(i))).unwrap_or(0));
+        }
+        seqs
+    });
+    let b2 = bus.clone();
+    let p2 = thread::spawn(move || {
+        let mut seqs: Vec<u64> = block_on(b2.publish_batch([task(10), custom(11)]))
+            .map(|r| r.collect())
+            .unwrap_or_default();
+        seqs.push(block_on(b2.publish(task(12))).unwrap_or(0));
+        seqs
+    });
+    let s1 = p1.join().unwrap_or_default();
+    let s2 = p2.join().unwrap_or_default();
+    assert_eq!(s1.len() + s2.len(), 6);
+    flush(&bus);
+    // After the flush, both handled everything: check through the counters before stopping.
+    for slot in [&customs.slot, &all.slot] {
+        let (published, _, queued) = slot.queue_counts();
+        assert_eq!(
+            queued, 0,
+            "flush returned with events queued for `{}`",
+            slot.name
+        );
+        assert!(published > 0);
+    }
+    let (cs, c) = customs.finish();
+    let (al, a) = all.finish();
+    for (slot, seen) in [(&cs, &c), (&al, &a)] {
+        let delivered = slot.counters.delivered.load(Ordering::Relaxed);
+        assert_eq!(delivered, seen.events.len() as u64, "delivered count");
+    }
+    assert_fifo(&c.events);
+    assert_fifo(&a.events);
+    let mut want_all: Vec<u64> = s1.iter().chain(&s2).copied().collect();
+    want_all.sort_unstable();
+    assert_eq!(a.events, want_all, "`all` missed or repeated events");
+    // `customs` gets the custom events: all of p1's and the second of p2's batch.
+    let mut want_c: Vec<u64> = s1.clone();
+    want_c.push(s2[1]);
+    want_c.sort_unstable();
+    assert_eq!(c.events, want_c, "`customs` missed or repeated events");
+    // Nobody holds a passed segment: 6 events fill one segment of 4 and start a second.
+    assert_eq!(
+        live_segments() - before,
+        1,
+        "segments kept alive after every reader passed them"
+    );
+    drop(bus);
+}
+
+/// A plugin instance fails in the middle of its chunks and is restarted: what it had not
+/// handled is put back in front and handled once, in order, by the next instance.
+fn failure_put_back_restart(crash: usize) {
+    let bus = Bus::new("model");
+    let plugin = Plugin::start(&bus, "crashy", Hook::Custom.into(), 8, Some(crash));
+    let b = bus.clone();
+    let p = thread::spawn(move || {
+        block_on(b.publish(custom(0))).ok();
+        block_on(b.publish_batch([custom(1), custom(2)])).ok();
+        block_on(b.publish(custom(3))).ok();
+        block_on(b.publish(custom(4))).ok();
+    });
+    p.join().ok();
+    flush(&bus);
+    let (_, seen) = plugin.finish();
+    assert_eq!(seen.events, vec![1, 2, 3, 4, 5]);
+}
+
+/// The manager disables a plugin (unroute, then release once its instance is gone) and
+/// enables it again (route, attach a new instance) while events are published: the plugin
+/// handles exactly what was routed to it, once and in order, and what it had not read when
+/// disabled (kept out of the log) reaches the new instance.
+fn disable_enable() {
+    let before = live_segments();
+    let bus = Bus::new("model");
+    let plugin = Plugin::start(&bus, "toggled", Hook::Custom.into(), 8, None);
+    let other = Plugin::start(&bus, "other", Hook::Custom.into(), 8, None);
+    let b = bus.clone();
+    let p = thread::spawn(move || {
+        for i in 0..6 {
+            block_on(b.publish(custom(i))).ok();
+        }
+    });
+    // The manager: disable...
+    let slot = Arc::clone(&plugin.slot);
+    bus.inner().unroute(&slot);
+    let Plugin {
+        slot: _,
+        stop,
+        thread: consumer,
+    } = plugin;
+    let _ = stop.send(Msg::Stop);
+    let mut first = consumer.join().unwrap_or_default();
+    slot.detach();
+    slot.release();
+    // ...and enable again.
+    bus.inner().route(&slot);
+    let (wake, stop, rx) = mailbox();
+    slot.attach(wake);
+    let (s, tx) = (Arc::clone(&slot), stop.clone());
+    let again = Plugin {
+        slot,
+        stop,
+        thread: thread::spawn(move || consume(&s, tx, rx, None)),
+    };
+    p.join().ok();
+    flush(&bus);
+    let (slot, second) = again.finish();
+    let (_, all) = other.finish();
+    assert_eq!(all.events, (1..=6).collect::<Vec<_>>());
+    first.events.extend(second.events);
+    assert_fifo(&first.events);
+    // Everything routed to it reached it: with `enqueued` counting exactly those.
+    let (published, _, _) = slot.queue_counts();
+    assert_eq!(first.events.len() as u64, published);
+    assert_eq!(live_segments() - before, 1, "segments kept alive");
+}
+
+/// Closing is one atomic step: with concurrent publishers, no event is accepted after
+/// `CoordinatorShutdown`, every plugin sees it last, and later publishes fail.
+fn close_is_atomic() {
+    let bus = Bus::new("model");
+    let plugin = Plugin::start(
+        &bus,
+        "watcher",
+        HookSet::from(Hook::Custom).with(Hook::CoordinatorShutdown),
+        8,
+        None,
+    );
+    let publishers: Vec<_> = (0..2)
+        .map(|p| {
+            let b = bus.clone();
+            thread::spawn(move || {
+                let mut accepted = Vec::new();
+                for i in 0..2 {
+                    if let Ok(seq) = block_on(b.publish(custom(p * 10 + i))) {
+                        accepted.push(seq);
+                    }
+                }
+                accepted
+            })
+        })
+        .collect();
+    let source: Arc<str> = Arc::from("model");
+    let shutdown = bus.inner().close_with(
+        EventKind::coordinator_shutdown(ShutdownReason::Completed),
+        &source,
+    );
+    let Some(shutdown) = shutdown else {
+        panic!("the first close must publish CoordinatorShutdown");
+    };
+    assert!(bus.try_publish(custom(99)).is_err(), "accepted after close");
+    let mut accepted = Vec::new();
+    for p in publishers {
+        accepted.extend(p.join().unwrap_or_default());
+    }
+    assert!(
+        accepted.iter().all(|s| *s < shutdown),
+        "accepted after CoordinatorShutdown ({shutdown}): {accepted:?}"
+    );
+    flush(&bus);
+    let (_, seen) = plugin.finish();
+    assert_eq!(seen.events.last(), Some(&shutdown), "shutdown is not last");
+    assert_eq!(seen.events.len(), accepted.len() + 1);
+}
+
+/// A configuration change is applied after every event published before it was queued and
+/// before every event published after it, while the consumer is busy.
+fn reconfigure_in_order() {
+    let bus = Bus::new("model");
+    let plugin = Plugin::start(&bus, "configured", Hook::Custom.into(), 8, None);
+    let b = bus.clone();
+    let (go_tx, go_rx) = channel::<()>();
+    let p = thread::spawn(move || {
+        block_on(b.publish(custom(0))).ok();
+        block_on(b.publish(custom(1))).ok();
+        let _ = go_rx.recv();
+        block_on(b.publish(custom(2))).ok();
+    });
+    // The manager queues it at the log's current end, as `ManagerMsg::Reconfigure` does.
+    let (reply, _answer) = tokio::sync::oneshot::channel();
+    // One single-event cell per event: the position is the number of events published before.
+    let position = bus.inner().position();
+    plugin.slot.push_control(
+        position,
+        Item::Reconfigure {
+            config: Arc::new(serde_json::Value::Null),
+            reply,
+        },
+    );
+    let _ = go_tx.send(());
+    p.join().ok();
+    flush(&bus);
+    let (_, seen) = plugin.finish();
+    assert_eq!(seen.events, vec![1, 2, 3]);
+    // After every event published before the call (the log's end when it was made), before
+    // every event published after it returned (the third); the second raced with it.
+    let [after] = seen.reconfigured_after[..] else {
+        panic!("applied {} times", seen.reconfigured_after.len());
+    };
+    assert!(
+        (position as usize..=2).contains(&after),
+        "configuration applied after {after} events, published before it: {position}"
+    );
+}
+
+#[test]
+fn model_publish_read_ack() {
+    explore(publish_read_ack);
+}
+
+#[test]
+fn model_failure_put_back_restart() {
+    // The instance fails before its first, second, third or fourth item.
+    for crash in 0..4 {
+        explore(move || failure_put_back_restart(crash));
+    }
+}
+
+#[test]
+fn model_disable_enable() {
+    explore(disable_enable);
+}
+
+#[test]
+fn model_close_is_atomic() {
+    explore(close_is_atomic);
+}
+
+#[test]
+fn model_reconfigure_in_order() {
+    explore(reconfigure_in_order);
+}
