@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -196,6 +197,8 @@ pub struct PluginSpec {
     restart_budget: Option<RestartBudget>,
     backoff: Option<Backoff>,
     factory: Box<dyn ErasedFactory>,
+    /// Why the spec cannot be used: its factory or `metadata` panicked when it was built.
+    broken: Option<String>,
 }
 
 impl fmt::Debug for PluginSpec {
@@ -213,9 +216,36 @@ impl PluginSpec {
         P: Plugin,
         F: Fn() -> P + Send + Sync + 'static,
     {
-        let first = factory();
-        let meta = first.metadata();
+        // Plugin code is untrusted from the first call on: a panic in the factory or in
+        // `metadata` makes a spec that `add` refuses (with the panic's message), not a panic in
+        // the embedding application.
+        let short = std::any::type_name::<P>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("plugin");
+        let caught = |what: &str, payload| {
+            format!("{what} panicked: {}", crate::runner::panic_message(payload))
+        };
+        let (first, meta, broken) = match catch_unwind(AssertUnwindSafe(&factory)) {
+            Err(payload) => (
+                None,
+                PluginMetadata::new(short.to_owned()),
+                Some(caught("the plugin factory", payload)),
+            ),
+            Ok(first) => match catch_unwind(AssertUnwindSafe(|| first.metadata())) {
+                Ok(meta) => (Some(first), meta, None),
+                Err(payload) => {
+                    crate::runner::drop_caught(first, "a plugin instance");
+                    (
+                        None,
+                        PluginMetadata::new(short.to_owned()),
+                        Some(caught("metadata()", payload)),
+                    )
+                }
+            },
+        };
         Self {
+            broken,
             meta,
             config: Ok(PluginConfig::Null),
             queue_capacity: None,
@@ -226,7 +256,7 @@ impl PluginSpec {
             backoff: None,
             factory: Box::new(Factory {
                 make: factory,
-                first: Mutex::new(Some(first)),
+                first: Mutex::new(first),
             }),
         }
     }
@@ -331,8 +361,12 @@ where
                 .take();
             let plugin = match first {
                 Some(p) => p,
-                None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(&self.make))
-                    .map_err(|_| "the plugin factory panicked".to_owned())?,
+                None => catch_unwind(AssertUnwindSafe(&self.make)).map_err(|payload| {
+                    format!(
+                        "the plugin factory panicked: {}",
+                        crate::runner::panic_message(payload)
+                    )
+                })?,
             };
             let args = RunnerArgs {
                 plugin,
@@ -519,6 +553,9 @@ impl ManagerState {
         myself: &ActorRef<ManagerMsg>,
     ) -> Result<(), ManagerError> {
         let name = spec.meta.name.to_string();
+        if let Some(reason) = spec.broken {
+            return Err(ManagerError::Spawn { name, reason });
+        }
         if name.is_empty() {
             return Err(ManagerError::EmptyName);
         }
@@ -665,6 +702,10 @@ impl ManagerState {
         let deadline = std::time::Instant::now() + self.config.shutdown_timeout;
         let name = spec.meta.name.to_string();
         let unknown = self.unknown(&name);
+        if let Some(reason) = spec.broken {
+            let _ = reply.send(Err(ManagerError::Spawn { name, reason }));
+            return;
+        }
         let Some(entry) = self.plugins.get_mut(&name) else {
             let _ = reply.send(Err(unknown));
             return;

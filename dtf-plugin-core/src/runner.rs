@@ -61,10 +61,12 @@ impl std::fmt::Display for Phase {
     }
 }
 
-/// How a call into plugin code failed.
+/// How a call into plugin code failed. Only text: a plugin's error is rendered (and dropped)
+/// where it is caught, under `catch_unwind`, so its `Display` or `Drop` can panic without
+/// taking anything but that plugin down ([`render_error`]).
 #[derive(Debug)]
 pub(crate) enum HookFailure {
-    Error(PluginError),
+    Error(String),
     Panicked(String),
     TimedOut(Duration),
 }
@@ -88,14 +90,37 @@ pub(crate) struct RunnerFailure {
     pub(crate) failure: HookFailure,
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
+/// The text of a panic, and the payload dropped where a panic in its `Drop` is caught.
+pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let text = if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    };
+    drop_caught(payload, "a panic payload");
+    text
+}
+
+/// Drops a value that plugin code made (an error, a future, a payload, the plugin itself),
+/// catching a panic in its `Drop`: plugin code is untrusted everywhere.
+pub(crate) fn drop_caught<T>(value: T, what: &str) {
+    if catch_unwind(AssertUnwindSafe(move || drop(value))).is_err() {
+        tracing::warn!(what, "plugin code panicked while being dropped");
     }
+}
+
+/// A plugin's error as text, rendered and dropped under `catch_unwind`: a panic in its
+/// `Display` or `Drop` must not escape into the runner or the manager (which would leave a
+/// chunk unacknowledged and a flush waiting forever).
+pub(crate) fn render_error(e: PluginError) -> String {
+    let text = catch_unwind(AssertUnwindSafe(|| e.to_string())).unwrap_or_else(|payload| {
+        let msg = panic_message(payload);
+        format!("(its error panicked when displayed: {msg})")
+    });
+    drop_caught(e, "a plugin error");
+    text
 }
 
 /// Polls a hook's future once, turning a panic or an `Err` into a [`HookFailure`].
@@ -107,36 +132,71 @@ where
     // Plugin state is discarded after a panic (the instance is dropped and rebuilt from its
     // factory), so observing it in a broken state cannot happen: AssertUnwindSafe is sound.
     match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
-        Ok(Poll::Ready(r)) => Poll::Ready(r.map_err(HookFailure::Error)),
+        Ok(Poll::Ready(r)) => Poll::Ready(r.map_err(|e| HookFailure::Error(render_error(e)))),
         Ok(Poll::Pending) => Poll::Pending,
-        Err(payload) => Poll::Ready(Err(HookFailure::Panicked(panic_message(&*payload)))),
+        Err(payload) => Poll::Ready(Err(HookFailure::Panicked(panic_message(payload)))),
     }
 }
 
 /// The rest of a hook that did not finish on its first poll, bounded by `timeout`.
-async fn finish<T, F>(mut fut: Pin<&mut F>, timeout: Duration) -> Result<T, HookFailure>
+async fn finish<T, F>(mut fut: Pin<&mut Option<F>>, timeout: Duration) -> Result<T, HookFailure>
 where
     F: Future<Output = Result<T, PluginError>>,
 {
-    match tokio::time::timeout(timeout, poll_fn(|cx| poll_caught(fut.as_mut(), cx))).await {
+    let poll = poll_fn(|cx| match fut.as_mut().as_pin_mut() {
+        Some(f) => poll_caught(f, cx),
+        None => Poll::Ready(Err(HookFailure::Panicked(
+            "polled after it finished".to_owned(),
+        ))),
+    });
+    match tokio::time::timeout(timeout, poll).await {
         Ok(r) => r,
         Err(_) => Err(HookFailure::TimedOut(timeout)),
     }
 }
 
-/// Runs a plugin hook, catching panics and bounding its time.
+/// Drops a hook's future in place, catching a panic in its `Drop` (then the hook failed).
+fn drop_future<T, F>(
+    mut fut: Pin<&mut Option<F>>,
+    result: Result<T, HookFailure>,
+) -> Result<T, HookFailure> {
+    match catch_unwind(AssertUnwindSafe(|| fut.set(None))) {
+        Ok(()) => result,
+        Err(payload) => Err(HookFailure::Panicked(format!(
+            "its future panicked when dropped: {}",
+            panic_message(payload)
+        ))),
+    }
+}
+
+/// Runs a plugin hook, catching panics (in the hook, its error and its future's `Drop`) and
+/// bounding its time.
 ///
 /// The future is polled once inline first: a handler that completes without waiting (the
 /// common case) costs no timer at all. Only a handler that actually suspends gets a deadline.
-pub(crate) async fn guarded<T>(
-    fut: impl Future<Output = Result<T, PluginError>>,
+///
+/// `make` calls the hook; it is run under `catch_unwind` too, since a hook that is not an
+/// `async fn` runs code before it returns its future. It returns `None` when there is no
+/// plugin instance to call (see [`Runner`]'s `Drop`).
+pub(crate) async fn guarded<T, F>(
+    make: impl FnOnce() -> Option<F>,
     timeout: Duration,
-) -> Result<T, HookFailure> {
+) -> Result<T, HookFailure>
+where
+    F: Future<Output = Result<T, PluginError>>,
+{
+    let fut = catch_unwind(AssertUnwindSafe(make))
+        .map_err(|payload| HookFailure::Panicked(panic_message(payload)))?;
     let mut fut = std::pin::pin!(fut);
-    match poll_fn(|cx| Poll::Ready(poll_caught(fut.as_mut(), cx))).await {
+    let first = match fut.as_mut().as_pin_mut() {
+        Some(mut f) => poll_fn(|cx| Poll::Ready(poll_caught(f.as_mut(), cx))).await,
+        None => Poll::Ready(Err(HookFailure::Panicked(GONE.to_owned()))),
+    };
+    let result = match first {
         Poll::Ready(r) => r,
-        Poll::Pending => finish(fut, timeout).await,
-    }
+        Poll::Pending => finish(fut.as_mut(), timeout).await,
+    };
+    drop_future(fut, result)
 }
 
 /// What [`poll_event`] found.
@@ -157,14 +217,14 @@ where
         Poll::Ready(Ok(())) => HANDLED,
         Poll::Pending => PENDING,
         Poll::Ready(Err(e)) => {
-            *failure = Some(HookFailure::Error(e));
+            *failure = Some(HookFailure::Error(render_error(e)));
             FAILED
         }
     }));
     match caught {
         Ok(code) => code,
         Err(payload) => {
-            *failure = Some(HookFailure::Panicked(panic_message(&*payload)));
+            *failure = Some(HookFailure::Panicked(panic_message(payload)));
             FAILED
         }
     }
@@ -177,12 +237,35 @@ where
 macro_rules! on_event_guarded {
     ($runner:ident, $ev:expr) => {{
         let mut failure = None;
-        let mut fut = std::pin::pin!($runner.plugin.on_event(&mut $runner.ctx, $ev));
-        match poll_fn(|cx| Poll::Ready(poll_event(fut.as_mut(), cx, &mut failure))).await {
+        // Built under `catch_unwind` (a handler that is not an `async fn` runs code before it
+        // returns its future), and kept in an `Option` so that it can be dropped in place
+        // under `catch_unwind` too.
+        let (plugin, ctx) = (&mut $runner.plugin, &mut $runner.ctx);
+        let made = catch_unwind(AssertUnwindSafe(move || {
+            Option::as_mut(plugin).map(move |p| p.on_event(ctx, $ev))
+        }));
+        let mut fut = std::pin::pin!(None);
+        let code = match made {
+            Ok(made) => {
+                fut.set(made);
+                match fut.as_mut().as_pin_mut() {
+                    Some(mut f) => {
+                        poll_fn(|cx| Poll::Ready(poll_event(f.as_mut(), cx, &mut failure))).await
+                    }
+                    None => FAILED,
+                }
+            }
+            Err(payload) => {
+                failure = Some(HookFailure::Panicked(panic_message(payload)));
+                FAILED
+            }
+        };
+        let result = match code {
             HANDLED => Ok(()),
-            PENDING => finish(fut, $runner.timeout).await,
-            _ => Err(failure.unwrap_or(HookFailure::Panicked(String::new()))),
-        }
+            PENDING => finish(fut.as_mut(), $runner.timeout).await,
+            _ => Err(failure.unwrap_or(HookFailure::Panicked(GONE.to_owned()))),
+        };
+        drop_future(fut, result)
     }};
 }
 
@@ -203,9 +286,14 @@ pub(crate) struct RunnerArgs<P> {
     pub(crate) handler_timeout: Duration,
 }
 
+/// What a hook call without a plugin instance fails with (it cannot happen: the instance is
+/// only taken out by `Runner`'s `Drop`).
+const GONE: &str = "the plugin instance is gone";
+
 /// The actor's state.
 pub(crate) struct Runner<P> {
-    plugin: P,
+    /// The instance; an `Option` only so that `Drop` can drop it under `catch_unwind`.
+    plugin: Option<P>,
     ctx: PluginContext,
     slot: Arc<Slot>,
     timeout: Duration,
@@ -213,6 +301,16 @@ pub(crate) struct Runner<P> {
     chunk: VecDeque<Item>,
     /// Events of the previous chunk not yet acknowledged to the slot.
     unacked: usize,
+}
+
+impl<P> Drop for Runner<P> {
+    fn drop(&mut self) {
+        // The plugin's own `Drop` is plugin code too: a panic in it is logged, not propagated
+        // into the actor's task.
+        if let Some(plugin) = self.plugin.take() {
+            drop_caught(plugin, "a plugin instance");
+        }
+    }
 }
 
 /// Chunks handled per `Drain` message before yielding to the mailbox.
@@ -344,7 +442,9 @@ impl<P: Plugin> Runner<P> {
                 Item::Reconfigure { config, reply } => {
                     let old = Arc::clone(self.ctx.config_arc());
                     self.ctx.set_config(Arc::clone(&config));
-                    match guarded(self.plugin.on_reconfigure(&mut self.ctx), self.timeout).await {
+                    let (plugin, ctx) = (&mut self.plugin, &mut self.ctx);
+                    let call = move || Option::as_mut(plugin).map(move |p| p.on_reconfigure(ctx));
+                    match guarded(call, self.timeout).await {
                         Ok(outcome) => {
                             self.slot.set_config(config);
                             let _ = reply.send(Ok(outcome));
@@ -354,7 +454,7 @@ impl<P: Plugin> Runner<P> {
                         }
                         Err(HookFailure::Error(e)) => {
                             self.ctx.set_config(old);
-                            let _ = reply.send(Err(e.to_string()));
+                            let _ = reply.send(Err(e));
                         }
                         Err(f) => {
                             self.ctx.set_config(old);
@@ -431,7 +531,7 @@ impl<P: Plugin> Actor for PluginActor<P> {
         args: RunnerArgs<P>,
     ) -> Result<Runner<P>, ActorProcessingErr> {
         Ok(Runner {
-            plugin: args.plugin,
+            plugin: Some(args.plugin),
             ctx: args.ctx,
             slot: args.slot,
             timeout: args.handler_timeout,
@@ -446,7 +546,9 @@ impl<P: Plugin> Actor for PluginActor<P> {
         state: &mut Runner<P>,
     ) -> Result<(), ActorProcessingErr> {
         // `on_start` runs in the actor's own task, so a slow start never blocks the manager.
-        if let Err(f) = guarded(state.plugin.on_start(&mut state.ctx), state.timeout).await {
+        let (plugin, ctx) = (&mut state.plugin, &mut state.ctx);
+        let call = move || Option::as_mut(plugin).map(move |p| p.on_start(ctx));
+        if let Err(f) = guarded(call, state.timeout).await {
             return Err(state.fail(Phase::Start, f));
         }
         state.slot.attach(Box::new(myself));
@@ -484,7 +586,9 @@ impl<P: Plugin> Actor for PluginActor<P> {
                     Ok(_) => {
                         let left = deadline.saturating_duration_since(Instant::now());
                         let budget = left.min(state.timeout).max(Duration::from_millis(1));
-                        let done = guarded(state.plugin.on_shutdown(&mut state.ctx), budget).await;
+                        let (plugin, ctx) = (&mut state.plugin, &mut state.ctx);
+                        let call = move || Option::as_mut(plugin).map(move |p| p.on_shutdown(ctx));
+                        let done = guarded(call, budget).await;
                         if let Err(f) = done {
                             let msg = format!("on_shutdown {f}");
                             tracing::warn!(plugin = %state.slot.name, error = %msg, "plugin shutdown failed");

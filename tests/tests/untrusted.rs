@@ -1,0 +1,386 @@
+//! Plugin code is untrusted everywhere: one test per place the framework calls into a plugin
+//! (its factory, `metadata`, `on_start`, `on_event`, `on_reconfigure`, `on_shutdown`, and the
+//! `Display` and `Drop` of its errors, its futures and itself). A panic there is an accounted
+//! failure of that plugin only: the other plugin gets every event, `flush` returns, the
+//! conservation law holds and shutdown finishes.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "in tests, a failed unwrap is a failed test"
+)]
+
+mod common;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use common::{POISON, Probe, assert_conserved, n, quiet_poison_panics};
+use dtf_plugin_core::prelude::*;
+use dtf_plugin_core::{Backoff, ManagerError, RestartBudget};
+
+/// Where the bomb goes off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Site {
+    /// The factory, from its second call on (a restart).
+    FactoryOnRestart,
+    Metadata,
+    OnStart,
+    OnEvent,
+    OnReconfigure,
+    OnShutdown,
+    /// `on_event` returns an error whose `Display` panics.
+    ErrorDisplay,
+    /// `on_event` returns an error whose `Drop` panics.
+    ErrorDrop,
+    /// The future `on_event` returns panics when dropped.
+    FutureDrop,
+    /// The plugin itself panics when dropped (after a failure, and at shutdown).
+    PluginDrop,
+}
+
+const EVENTS: u64 = 20;
+/// The event the bomb goes off on (for the per-event sites).
+const TRIGGER: u64 = 7;
+
+/// An error whose `Display` or `Drop` panics.
+struct BadError {
+    panic_in_display: bool,
+}
+
+impl fmt::Debug for BadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BadError")
+    }
+}
+
+impl fmt::Display for BadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.panic_in_display {
+            panic!("{POISON}: Display");
+        }
+        f.write_str("a bad error")
+    }
+}
+
+impl std::error::Error for BadError {}
+
+impl Drop for BadError {
+    fn drop(&mut self) {
+        if !self.panic_in_display && !std::thread::panicking() {
+            panic!("{POISON}: error Drop");
+        }
+    }
+}
+
+/// The future `on_event` returns: ready at once with `result`; with `bomb`, it panics when
+/// the runner drops it.
+struct EventFuture {
+    result: Option<Result<(), PluginError>>,
+    bomb: bool,
+}
+
+impl Future for EventFuture {
+    type Output = Result<(), PluginError>;
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(self.result.take().unwrap_or(Ok(())))
+    }
+}
+
+impl Drop for EventFuture {
+    fn drop(&mut self) {
+        if self.bomb && !std::thread::panicking() {
+            panic!("{POISON}: future Drop");
+        }
+    }
+}
+
+struct Bomb {
+    site: Site,
+    /// Set once the bomb went off, so that a restarted instance is healthy (except for the
+    /// sites that fire on every instance).
+    fired: Arc<AtomicU32>,
+}
+
+impl Bomb {
+    /// Whether to go off now: on `TRIGGER`, once.
+    fn on(&self, site: Site, e: Option<&Event>) -> bool {
+        self.site == site
+            && e.is_none_or(|e| common::number(e) == Some(TRIGGER))
+            && self.fired.fetch_add(1, Ordering::SeqCst) == 0
+    }
+}
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if self.site == Site::PluginDrop && !std::thread::panicking() {
+            self.fired.fetch_add(1, Ordering::SeqCst);
+            panic!("{POISON}: plugin Drop");
+        }
+    }
+}
+
+impl Plugin for Bomb {
+    fn metadata(&self) -> PluginMetadata {
+        if self.site == Site::Metadata {
+            panic!("{POISON}: metadata");
+        }
+        PluginMetadata::new("bomb").hooks(Hook::Custom)
+    }
+
+    async fn on_start(&mut self, _: &mut PluginContext) -> Result<(), PluginError> {
+        if self.on(Site::OnStart, None) {
+            panic!("{POISON}: on_start");
+        }
+        Ok(())
+    }
+
+    fn on_event(
+        &mut self,
+        _: &mut PluginContext,
+        e: &Event,
+    ) -> impl Future<Output = Result<(), PluginError>> + Send {
+        let result: Result<(), PluginError> = if self.on(Site::OnEvent, Some(e)) {
+            panic!("{POISON}: on_event");
+        } else if self.on(Site::ErrorDisplay, Some(e)) {
+            Err(Box::new(BadError {
+                panic_in_display: true,
+            }))
+        } else if self.on(Site::ErrorDrop, Some(e)) {
+            Err(Box::new(BadError {
+                panic_in_display: false,
+            }))
+        } else {
+            Ok(())
+        };
+        EventFuture {
+            result: Some(result),
+            bomb: self.on(Site::FutureDrop, Some(e)),
+        }
+    }
+
+    async fn on_reconfigure(&mut self, _: &mut PluginContext) -> Result<Reconfigured, PluginError> {
+        if self.on(Site::OnReconfigure, None) {
+            panic!("{POISON}: on_reconfigure");
+        }
+        Ok(Reconfigured::Applied)
+    }
+
+    async fn on_shutdown(&mut self, _: &mut PluginContext) -> Result<(), PluginError> {
+        if self.on(Site::OnShutdown, None) {
+            panic!("{POISON}: on_shutdown");
+        }
+        Ok(())
+    }
+}
+
+fn spec(site: Site, fired: &Arc<AtomicU32>) -> PluginSpec {
+    let calls = Arc::new(AtomicU32::new(0));
+    let fired = Arc::clone(fired);
+    PluginSpec::new(move || {
+        if site == Site::FactoryOnRestart && calls.fetch_add(1, Ordering::SeqCst) >= 1 {
+            panic!("{POISON}: factory");
+        }
+        Bomb {
+            site,
+            fired: Arc::clone(&fired),
+        }
+    })
+}
+
+/// Runs a manager with the bomb and a healthy plugin through `EVENTS` events (a
+/// reconfiguration in the middle) and shutdown; returns the bomb's failures.
+async fn survive(site: Site) -> u32 {
+    quiet_poison_panics();
+    let fired = Arc::new(AtomicU32::new(0));
+    let healthy = Probe::new("healthy", Hook::Custom);
+    let config = ManagerConfig::builder()
+        .restart_budget(RestartBudget::unlimited())
+        .backoff(Backoff::none())
+        .shutdown_timeout(Duration::from_secs(5))
+        .build();
+    let manager = PluginManager::builder()
+        .config(config)
+        .spec(healthy.spec())
+        .spec(spec(site, &fired).restart_policy(RestartPolicy::Permanent))
+        .spawn()
+        .await
+        .unwrap();
+    for i in 0..EVENTS {
+        manager.publish(n(i)).await.unwrap();
+        if i == EVENTS / 2 {
+            // Refused or applied, it must answer.
+            let answered = tokio::time::timeout(
+                Duration::from_secs(5),
+                manager.reconfigure("bomb", serde_json::json!({"k": 1})),
+            )
+            .await;
+            assert!(answered.is_ok(), "{site:?}: reconfigure did not answer");
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(10), manager.flush())
+        .await
+        .unwrap_or_else(|_| panic!("{site:?}: flush did not return"));
+    assert_eq!(
+        healthy.numbers(),
+        (0..EVENTS).collect::<Vec<_>>(),
+        "{site:?}: the healthy plugin missed events"
+    );
+    assert_conserved(&manager).await;
+    let stats = manager.stats("bomb").await.unwrap();
+    assert_eq!(stats.queued, 0, "{site:?}: {stats:?}");
+    let report = tokio::time::timeout(
+        Duration::from_secs(10),
+        manager.shutdown(ShutdownReason::Completed),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{site:?}: shutdown did not finish"));
+    let bomb = report.plugins.iter().find(|p| p.name == "bomb").unwrap();
+    assert!(bomb.stats.is_conserved(), "{site:?}: {:?}", bomb.stats);
+    let healthy_report = report.plugins.iter().find(|p| p.name == "healthy").unwrap();
+    assert!(
+        healthy_report.error.is_none(),
+        "{site:?}: {healthy_report:?}"
+    );
+    if site == Site::OnShutdown {
+        let error = bomb.error.as_deref().unwrap_or_default();
+        assert!(error.contains("panicked"), "{site:?}: {error}");
+    }
+    assert!(
+        fired.load(Ordering::SeqCst) >= 1,
+        "{site:?}: the bomb never went off"
+    );
+    stats.failures
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_factory_on_restart_is_a_spawn_error() {
+    // The first instance comes from the spec's first factory call; starting it again (enable
+    // after disable) calls the factory again, which panics: a spawn error naming the panic.
+    quiet_poison_panics();
+    let fired = Arc::new(AtomicU32::new(0));
+    let healthy = Probe::new("healthy", Hook::Custom);
+    let manager = PluginManager::builder()
+        .config(
+            ManagerConfig::builder()
+                .restart_budget(RestartBudget::new(3, Duration::from_secs(60)))
+                .backoff(Backoff::none())
+                .build(),
+        )
+        .spec(healthy.spec())
+        .spec(spec(Site::FactoryOnRestart, &fired).hooks(Hook::Custom))
+        .spawn()
+        .await
+        .unwrap();
+    manager.disable("bomb").await.unwrap();
+    let enabled = manager.enable("bomb").await;
+    let error = enabled.expect_err("the factory panicked on the second start");
+    assert!(matches!(error, ManagerError::Spawn { .. }), "{error}");
+    assert!(error.to_string().contains("factory panicked"), "{error}");
+    for i in 0..EVENTS {
+        manager.publish(n(i)).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), manager.flush())
+        .await
+        .expect("flush returns");
+    assert_eq!(healthy.numbers(), (0..EVENTS).collect::<Vec<_>>());
+    assert_conserved(&manager).await;
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_metadata_is_refused_by_add_with_the_message() {
+    quiet_poison_panics();
+    let fired = Arc::new(AtomicU32::new(0));
+    let manager = PluginManager::builder().spawn().await.unwrap();
+    let error = manager
+        .add(spec(Site::Metadata, &fired))
+        .await
+        .expect_err("metadata() panicked");
+    assert!(
+        error.to_string().contains("metadata() panicked") && error.to_string().contains(POISON),
+        "{error}"
+    );
+    // The manager is unharmed.
+    let healthy = Probe::new("healthy", Hook::Custom);
+    manager.add(healthy.spec()).await.unwrap();
+    manager.publish(n(1)).await.unwrap();
+    manager.flush().await;
+    assert_eq!(healthy.numbers(), vec![1]);
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_on_start_is_a_failure() {
+    assert!(survive(Site::OnStart).await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_on_event_is_a_failure() {
+    assert!(survive(Site::OnEvent).await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_on_reconfigure_is_a_failure() {
+    assert!(survive(Site::OnReconfigure).await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_on_shutdown_is_reported() {
+    survive(Site::OnShutdown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_an_errors_display_is_a_failure() {
+    assert!(survive(Site::ErrorDisplay).await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_an_errors_drop_is_a_failure() {
+    assert!(survive(Site::ErrorDrop).await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_futures_drop_is_a_failure() {
+    assert!(survive(Site::FutureDrop).await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_plugins_drop_harms_nothing() {
+    survive(Site::PluginDrop).await;
+}
+
+/// The dead letter of an error whose `Display` panicked says so, instead of the text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_of_an_undisplayable_error_says_so() {
+    quiet_poison_panics();
+    let fired = Arc::new(AtomicU32::new(0));
+    let manager = PluginManager::builder()
+        .config(
+            ManagerConfig::builder()
+                .restart_budget(RestartBudget::unlimited())
+                .backoff(Backoff::none())
+                .build(),
+        )
+        .spec(spec(Site::ErrorDisplay, &fired))
+        .spawn()
+        .await
+        .unwrap();
+    for i in 0..EVENTS {
+        manager.publish(n(i)).await.unwrap();
+    }
+    manager.flush().await;
+    let dead = manager.dead_letters("bomb").await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0].error.contains("panicked when displayed"),
+        "{:?}",
+        dead[0].error
+    );
+    manager.shutdown(ShutdownReason::Completed).await;
+}
