@@ -177,7 +177,7 @@ pub struct PluginShutdown {
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct ShutdownReport {
-    /// Per plugin, in the order they were stopped (reverse start order).
+    /// Per plugin, in reverse start order.
     pub plugins: Vec<PluginShutdown>,
     /// Whether every queue drained and every plugin stopped cleanly within the deadline.
     pub clean: bool,
@@ -1405,8 +1405,9 @@ impl PluginManager {
     /// 1. publishes `CoordinatorShutdown { reason }` and closes the bus (later publishes fail
     ///    with [`PublishError::Closed`], handing the event back);
     /// 2. waits until every queue has drained (plugins keep being restarted meanwhile);
-    /// 3. stops plugins in reverse start order, each handling what is left and then running
-    ///    `on_shutdown`;
+    /// 3. stops every plugin, each handling what is left and then running `on_shutdown`,
+    ///    concurrently and each with a deadline of its own (`shutdown_timeout` from the start
+    ///    of this step), so a slow plugin cannot use up another's time;
     /// 4. reports, per plugin, what was left and what failed.
     ///
     /// Calling it twice returns an empty report the second time.
@@ -1431,18 +1432,26 @@ impl PluginManager {
         if !drained {
             report.clean = false;
         }
+        // Every plugin gets a deadline of its own, counted from here: the drain above may have
+        // spent the shared one on a slow plugin, and an idle reporter stopped after it must
+        // still run `on_shutdown` (and write its report). They stop concurrently, so the whole
+        // stop takes one `shutdown_timeout` at most, not one per plugin.
+        let stop_deadline = Instant::now() + self.config.shutdown_timeout;
+        let mut stopping = Vec::new();
         for (name, actor) in live {
             let Some(actor) = actor else { continue };
             let (tx, rx) = ractor::concurrency::oneshot::<ShutdownOutcome>();
             let msg = PluginMsg::Shutdown {
-                deadline: deadline.into_std(),
+                deadline: stop_deadline.into_std(),
                 reply: Some(tx.into()),
             };
-            if actor.send_message(msg).is_err() {
-                continue;
+            if actor.send_message(msg).is_ok() {
+                stopping.push((name, actor, rx));
             }
+        }
+        for (name, actor, rx) in stopping {
             // A little grace past the deadline for `on_shutdown` itself to be cut off.
-            let grace = deadline + Duration::from_millis(100);
+            let grace = stop_deadline + Duration::from_millis(100);
             match tokio::time::timeout_at(grace, rx).await {
                 Ok(Ok(outcome)) => {
                     if let Some(e) = outcome.error {

@@ -254,7 +254,7 @@ async fn flush_waits_for_50_000_queued_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_drains_50_000_queued_events_then_stops_in_reverse_order() {
+async fn graceful_shutdown_drains_50_000_queued_events_then_stops_every_plugin() {
     let (gate_tx, gate_rx) = watch::channel(false);
     let first = Probe::new(
         "first",
@@ -421,4 +421,49 @@ async fn settle_waits_for_events_that_plugins_publish_in_reaction() {
     assert_eq!(pongs, (0..100).collect::<Vec<_>>());
     assert_conserved(&manager).await;
     manager.shutdown(ShutdownReason::Completed).await;
+}
+
+/// Each plugin gets a shutdown deadline of its own: a slow plugin that uses up the drain's
+/// time, stopped first, does not cost an idle reporter its `on_shutdown` (where a reporter
+/// writes its file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_reporter_stopped_after_a_slow_plugin_still_shuts_down() {
+    let reporter = Probe::new("reporter", Hook::TaskCreated);
+    let slow = Probe::new("slow", Hook::Custom).behaving(|_| Action::Sleep(Duration::from_secs(3)));
+    let manager = PluginManager::builder()
+        .config(
+            ManagerConfig::builder()
+                .shutdown_timeout(Duration::from_millis(500))
+                .build(),
+        )
+        // Started first, so stopped last (reverse start order): after the slow one.
+        .spec(reporter.spec())
+        .spec(slow.spec())
+        .spawn()
+        .await
+        .unwrap();
+    manager
+        .publish(EventKind::task_created("t1", "t1"))
+        .await
+        .unwrap();
+    manager.publish(n(1)).await.unwrap();
+    let report = manager.shutdown(ShutdownReason::Completed).await;
+    assert_eq!(
+        reporter.shutdowns(),
+        1,
+        "the reporter's on_shutdown did not run: {report:?}"
+    );
+    let r = report
+        .plugins
+        .iter()
+        .find(|p| p.name == "reporter")
+        .unwrap();
+    assert!(r.error.is_none(), "{r:?}");
+    assert_eq!(r.stats.delivered, 1);
+    let s = report.plugins.iter().find(|p| p.name == "slow").unwrap();
+    assert!(
+        s.error.is_some(),
+        "the slow plugin missed its deadline: {s:?}"
+    );
+    assert!(!report.clean);
 }
