@@ -618,11 +618,49 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Resolves on the first Ctrl-C, SIGTERM or SIGHUP (when `enabled`): the run then stops as on
+/// Ctrl-C (task process groups killed, reports written, notifications flushed within the
+/// shutdown timeout). From then on a second signal exits at once, with code 130.
 async fn ctrl_c(enabled: bool) {
-    if enabled && tokio::signal::ctrl_c().await.is_ok() {
-        return;
+    if !enabled {
+        return std::future::pending().await;
     }
-    std::future::pending().await
+    let Some(signal) = stop_signal().await else {
+        return std::future::pending().await;
+    };
+    tracing::warn!(
+        signal,
+        "stopping the run: tasks are killed and reports written; a second signal exits at once"
+    );
+    tokio::spawn(async {
+        if let Some(signal) = stop_signal().await {
+            tracing::error!(signal, "second signal: exiting at once");
+            std::process::exit(130);
+        }
+    });
+}
+
+/// The next stop signal's name, or `None` when signals cannot be listened to.
+async fn stop_signal() -> Option<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return tokio::signal::ctrl_c().await.ok().map(|()| "SIGINT");
+        };
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.ok().map(|()| "SIGINT"),
+            _ = term.recv() => Some("SIGTERM"),
+            _ = hup.recv() => Some("SIGHUP"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.ok().map(|()| "Ctrl-C")
+    }
 }
 
 /// The parsed command line of `dtf-coordinator`.

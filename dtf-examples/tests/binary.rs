@@ -65,3 +65,75 @@ fn the_sample_task_file_parses() {
     assert_eq!(tasks.len(), 4);
     assert_eq!(tasks[3].retries, 1);
 }
+
+/// Whether process `pid` still exists (`kill -0`).
+fn alive(pid: &str) -> bool {
+    Command::new("kill")
+        .args(["-0", pid])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn sigterm_stops_the_run_like_ctrl_c_kills_the_tasks_and_writes_the_report() {
+    let dir = std::env::temp_dir().join(format!("dtf-sigterm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid_file = dir.join("pid");
+    let junit = dir.join("junit.xml");
+    let task = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dtf-coordinator"))
+        .args(["--task", &task, "--junit"])
+        .arg(&junit)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The task is running once it wrote its pid (bounded: 20 s).
+    let mut task_pid = String::new();
+    for _ in 0..400 {
+        task_pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+        if !task_pid.trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let task_pid = task_pid.trim().to_owned();
+    assert!(!task_pid.is_empty(), "the task never started");
+    assert!(alive(&task_pid));
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut status = None;
+    for _ in 0..400 {
+        status = child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("the coordinator did not stop within 20 s of SIGTERM");
+    };
+    // Interrupted with a task unfinished: not a pass, and not killed by the signal either.
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    let report = std::fs::read_to_string(&junit).expect("the JUnit report was written");
+    assert!(report.contains("<testsuite"), "{report}");
+    let mut gone = false;
+    for _ in 0..40 {
+        if !alive(&task_pid) {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        gone,
+        "the task process {task_pid} outlived the coordinator by 2 s"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
