@@ -169,6 +169,33 @@ pub trait Scheduler: Send {
         earliest(heads)
     }
 
+    /// Queue-sort for many queues: whether the strategy keeps the queues in its own order.
+    /// Then the engine asks [`next_queue`](Scheduler::next_queue) instead of
+    /// [`pick`](Scheduler::pick) and never lists the heads of every queue, so a decision costs
+    /// what the strategy's order costs (`fairness`: `O(log queues)`). Default false.
+    fn ranks_queues(&self) -> bool {
+        false
+    }
+
+    /// A queue now has waiting tasks (`waiting` true) or has none left (false). Called for
+    /// every strategy, at the moment of the change; `now` is the engine's clock.
+    fn on_queue_waiting(&mut self, queue: QueueId, waiting: bool, now: Duration) {
+        let _ = (queue, waiting, now);
+    }
+
+    /// Queue-sort, when [`ranks_queues`](Scheduler::ranks_queues): offers queues in the
+    /// strategy's order to `runnable`, which answers whether that queue's head task can run on
+    /// a free worker now, and returns the queue to place from (one `runnable` accepted).
+    /// `None` places nothing more in this round. Default `None`.
+    fn next_queue(
+        &mut self,
+        now: Duration,
+        runnable: &mut dyn FnMut(QueueId) -> bool,
+    ) -> Option<QueueId> {
+        let _ = (now, runnable);
+        None
+    }
+
     /// Filter: whether `task` may run on `worker`. The engine has already dropped workers that
     /// are down, full or lack the task's requirements. Default: every such worker.
     fn filter(&self, task: &TaskSpec, worker: &WorkerView<'_>) -> bool {
