@@ -34,22 +34,29 @@ pub struct SchedulerConfig {
     /// `fairness`: the half-life of usage, in hours: usage from one half-life ago counts half,
     /// from two a quarter (like Slurm's `PriorityDecayHalfLife`). Default 12 (`None`: the
     /// default, or what `fairness_window_hours` maps to).
+    #[serde(deserialize_with = "de::positive_opt")]
     pub half_life_hours: Option<f64>,
     /// `fairness`: the older setting, kept working: a window of `W` hours maps to a half-life
     /// of `W / 2` hours (the default 24 h window is the default 12 h half-life). Setting both
     /// is an error.
+    #[serde(deserialize_with = "de::positive_opt")]
     pub fairness_window_hours: Option<f64>,
     /// `fairness`: per-tenant weights (> 0); tenants not listed get `default_weight`.
+    #[serde(deserialize_with = "de::positive_map")]
     pub weights: BTreeMap<String, f64>,
     /// `fairness`: the weight of tenants not in `weights`. Default 1.
+    #[serde(deserialize_with = "de::positive")]
     pub default_weight: f64,
     /// `fairness`: per-tenant caps (>= 1) on concurrently running tasks. Default none.
+    #[serde(deserialize_with = "de::quota_map")]
     pub quotas: BTreeMap<String, u32>,
     /// `priority`, `fairness`: seconds of waiting worth one priority level (aging, so low
     /// priorities are never starved). Default 60.
+    #[serde(deserialize_with = "de::positive")]
     pub aging_secs: f64,
     /// `fairness`, `longest-first`: the duration assumed for tasks without an expected
     /// duration, in seconds. Default 60.
+    #[serde(deserialize_with = "de::positive")]
     pub default_duration_secs: f64,
     /// Score weights; default: each strategy's own (spread for most, packing for
     /// `longest-first`).
@@ -242,4 +249,63 @@ fn positive(key: &str, value: f64) -> Result<f64, SchedulerError> {
 fn duration(key: &str, secs: f64) -> Result<Duration, SchedulerError> {
     Duration::try_from_secs_f64(secs)
         .map_err(|_| SchedulerError::invalid(key, format!("is too large (got {secs} s)")))
+}
+
+/// Range checks run while deserializing, so that a configuration file's error names the
+/// exact key (`weights.alice`) and its position, not just the settings table.
+mod de {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+    use serde::de::{Deserializer, Error};
+
+    /// A number that must be positive and finite.
+    struct Positive(f64);
+
+    impl<'de> Deserialize<'de> for Positive {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let v = f64::deserialize(d)?;
+            if v.is_finite() && v > 0.0 {
+                Ok(Self(v))
+            } else {
+                Err(D::Error::custom(format!(
+                    "must be a positive number (got {v})"
+                )))
+            }
+        }
+    }
+
+    /// A quota: at least 1.
+    struct Quota(u32);
+
+    impl<'de> Deserialize<'de> for Quota {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            match u32::deserialize(d)? {
+                0 => Err(D::Error::custom("must be at least 1 (got 0)")),
+                q => Ok(Self(q)),
+            }
+        }
+    }
+
+    pub(super) fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Positive::deserialize(d).map(|p| p.0)
+    }
+
+    pub(super) fn positive_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        Option::<Positive>::deserialize(d).map(|p| p.map(|p| p.0))
+    }
+
+    pub(super) fn positive_map<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, f64>, D::Error> {
+        let map = BTreeMap::<String, Positive>::deserialize(d)?;
+        Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
+    }
+
+    pub(super) fn quota_map<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, u32>, D::Error> {
+        let map = BTreeMap::<String, Quota>::deserialize(d)?;
+        Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
+    }
 }

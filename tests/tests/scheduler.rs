@@ -1154,3 +1154,84 @@ async fn a_recorded_run_replays_in_the_simulator() {
     assert_eq!(report.tasks.iter().filter(|t| t.end.is_some()).count(), 3);
     manager.shutdown(ShutdownReason::Completed).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The scheduler configured from dtf.toml, in the reference coordinator.
+// ---------------------------------------------------------------------------------------------
+
+async fn coordinator_cli(args: &[&str]) -> (i32, String) {
+    let mut out = Vec::new();
+    let mut args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    args.extend(["--progress".to_owned(), "never".to_owned()]);
+    let code = dtf_examples::run_cli(args, &mut out).await;
+    (code, String::from_utf8(out).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_reads_the_scheduler_from_dtf_toml_and_reports_bad_keys_with_positions() {
+    let dir = std::env::temp_dir().join(format!("dtf-sched-toml-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("dtf.toml");
+    let path = file.to_str().unwrap();
+
+    std::fs::write(
+        &file,
+        "[plugins.scheduler.settings]\n\
+         scheduler = \"fairness\"\n\
+         half_lifee_hours = 3\n\
+         weights = { alice = -1, bob = 2 }\n",
+    )
+    .unwrap();
+    let (code, out) = coordinator_cli(&["--config", path, "--check-config"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{path}:3:1: plugins.scheduler.settings.half_lifee_hours: unknown key `half_lifee_hours` (did you mean `half_life_hours`?)"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{path}:4:21: plugins.scheduler.settings.weights.alice: must be a positive number (got -1)"
+        )),
+        "{out}"
+    );
+
+    // A valid section: the run uses it (resolved from the loaded file), the scheduler is not
+    // started a second time as an optional plugin, and the tasks run.
+    std::fs::write(
+        &file,
+        "[plugins.scheduler.settings]\n\
+         scheduler = \"fairness\"\n\
+         half_life_hours = 6\n\
+         weights = { alice = 3 }\n\
+         quotas = { bob = 2 }\n",
+    )
+    .unwrap();
+    let mut registry = dtf_examples::plugin_registry();
+    let loaded =
+        dtf_examples::load_config_and_plugin_dirs(Some(&file), &[], &[], &mut registry).unwrap();
+    let resolved =
+        dtf_examples::scheduler_settings::resolve(&SchedulerConfig::new("fifo"), &loaded).unwrap();
+    assert_eq!(
+        resolved,
+        SchedulerConfig::new("fairness")
+            .half_life_hours(6.0)
+            .weight("alice", 3.0)
+            .quota("bob", 2)
+    );
+    // `--scheduler` on the command line wins.
+    let cli = SchedulerConfig::new("round-robin");
+    assert_eq!(
+        dtf_examples::scheduler_settings::resolve(&cli, &loaded).unwrap(),
+        cli
+    );
+    let (code, out) = coordinator_cli(&[
+        "--config", path, "--task", "true", "--task", "true", "--task", "true",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("3 of 3 task(s) passed"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
