@@ -320,6 +320,7 @@ impl Engine {
             return Err(SchedulerError::DuplicateTask(spec.id));
         }
         let name = self.scheduler.queue(&spec);
+        let name = name.as_ref();
         let queue = match self.queue_index.get(name) {
             Some(&q) => q,
             None => {

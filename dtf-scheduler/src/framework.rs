@@ -1,5 +1,6 @@
 //! The scheduling framework: the [`Scheduler`] trait and the types its extension points see.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use dtf_plugin_core::event::{Priority, TaskCreated, TaskId, WorkerId};
@@ -142,10 +143,11 @@ pub trait Scheduler: Send {
     fn name(&self) -> &str;
 
     /// Queue-sort: the name of the queue `task` waits in. Default: one shared queue (`""`).
-    /// Fair-share strategies return `&task.owner`, one queue per tenant.
-    fn queue<'t>(&self, task: &'t TaskSpec) -> &'t str {
+    /// Fair-share strategies return the owner (`round-robin`: one queue per tenant) or more
+    /// (`fairness`: one per tenant and resource pool); a name may be built (`Cow::Owned`).
+    fn queue<'t>(&self, task: &'t TaskSpec) -> Cow<'t, str> {
         let _ = task;
-        ""
+        Cow::Borrowed("")
     }
 
     /// Called once per queue, when the first task names it, before any other call about it.

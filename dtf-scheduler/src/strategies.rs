@@ -2,9 +2,12 @@
 //! Each is a small [`Scheduler`] over the machinery the [`Engine`](crate::Engine) shares
 //! between them; their bounds and measured figures are in `docs/scheduler.md`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound::{Excluded, Unbounded};
 use std::time::Duration;
+
+use dtf_plugin_core::event::TaskId;
 
 use crate::config::SchedulerConfig;
 use crate::error::SchedulerError;
@@ -106,8 +109,8 @@ impl Scheduler for RoundRobin {
         "round-robin"
     }
 
-    fn queue<'t>(&self, task: &'t TaskSpec) -> &'t str {
-        &task.owner
+    fn queue<'t>(&self, task: &'t TaskSpec) -> Cow<'t, str> {
+        Cow::Borrowed(&task.owner)
     }
 
     fn pick(&mut self, heads: &[QueueHead], _now: Duration) -> Option<usize> {
@@ -131,26 +134,36 @@ impl Scheduler for RoundRobin {
     }
 }
 
-/// `fairness`: weighted fair share between tenants, over time.
+/// `fairness`: weighted fair share between tenants, over time, per resource pool.
 ///
-/// One queue per tenant, ordered like `priority` (priority within a tenant, with aging). The
-/// next slot goes to the tenant with waiting work that fits a free worker, under its quota,
-/// whose **usage divided by its weight** is the lowest, where usage is
+/// One queue per tenant and pool, ordered like `priority` (priority within it, with aging).
+/// There are two pools: **plain** slots (workers offering no feature) and **accelerator**
+/// slots (workers offering `cuda`, `rocm`, `webgpu` or any other feature); tasks requiring a
+/// feature wait in their tenant's accelerator queue, the others in its plain queue. The next
+/// slot goes to the queue with waiting work that fits a free worker, whose tenant is under its
+/// quota, and whose tenant's **usage of that queue's pool divided by the tenant's weight** is
+/// the lowest. Usage is
 ///
-/// - the slot time its tasks really ran, charged continuously while they run (never their
-///   declared duration: estimates do not buy share, and a task without one costs the same),
-///   **fading with a half-life** (`half_life_hours`, default 12; `fairness_window_hours = W`
-///   maps to a half-life of `W / 2`): slot time used one half-life ago counts half; plus
-/// - a provisional `default_duration_secs` per task running now, the same for every task,
-///   so that a tenant given several slots at the same instant is charged for each at once;
-///   it is dropped when the task ends (the real run time has been charged by then).
+/// - the slot time its tasks really ran, charged continuously while they run, to the pool of
+///   the worker they run on (never their declared duration: estimates do not buy share, and a
+///   task without one costs the same), **fading with a half-life** (`half_life_hours`,
+///   default 12; `fairness_window_hours = W` maps to a half-life of `W / 2`): slot time used
+///   one half-life ago counts half; plus
+/// - a provisional `default_duration_secs` per task running now in that pool, the same for
+///   every task, so that a tenant given several slots at the same instant is charged for each
+///   at once; it is dropped when the task ends (the real run time has been charged by then).
 ///
-/// **No starvation.** A tenant with waiting work that has gone longer than the longest task
-/// seen so far (finished, or running now) without a placement takes the next slot that fits
-/// its work, before usage is compared: so it waits at most about twice the longest task.
+/// So a tenant's plain work never costs it its share of the accelerators (the property
+/// dominant resource fairness is after, see `docs/scheduler.md`). A plain task that takes a
+/// free accelerator slot (work-conserving) is charged to the accelerator pool.
 ///
-/// Ties go to the tenant served least recently. Quotas cap a tenant's running tasks;
-/// everything else is work-conserving. Selection costs `O(log tenants)` (see
+/// **No starvation.** A queue with waiting work, under its tenant's quota, that has gone longer
+/// than the longest task seen so far (finished, or running now) without a placement takes the
+/// next slot that fits its work, before usage is compared: it waits at most about twice the
+/// longest task.
+///
+/// Ties go to the queue served least recently. Quotas cap a tenant's running tasks (both
+/// pools); everything else is work-conserving. Selection costs `O(log queues)` (see
 /// [`Scheduler::next_queue`] and `docs/scheduler.md`).
 #[derive(Debug, Clone)]
 pub struct FairShare {
@@ -164,12 +177,15 @@ pub struct FairShare {
     default_weight: f64,
     quotas: BTreeMap<String, u32>,
     tenants: Vec<Tenant>,
-    /// Usage is kept scaled by `exp(lambda × (t − origin))`: decay then changes no tenant's
+    tenant_index: HashMap<String, u32>,
+    /// One per engine queue (a tenant's plain or accelerator queue).
+    accounts: Vec<Account>,
+    /// Usage is kept scaled by `exp(lambda × (t − origin))`: decay then changes no queue's
     /// order, so a stored key stays valid while its tenant's allocation does not change.
     origin: Duration,
-    /// Tenants with waiting work, under quota, by `(key bits, last served, queue)`.
+    /// Eligible queues (waiting work, tenant under quota) by `(key bits, last served, queue)`.
     order: BTreeSet<(u64, u64, u32)>,
-    /// Tenants with waiting work, by when they last were placed or started waiting.
+    /// Eligible queues by when they last got a placement or became eligible.
     starving: BTreeSet<(Duration, u32)>,
     /// Start times of the running tasks (with counts), for the longest running task.
     starts: BTreeMap<Duration, u32>,
@@ -177,27 +193,57 @@ pub struct FairShare {
     longest_done: Duration,
     /// Placements so far (the tie-breaker: least recently served first).
     served: u64,
+    /// Plain tasks running on accelerator workers (charged to the accelerator pool).
+    spilled: HashSet<TaskId>,
 }
+
+/// The pools: plain slots and accelerator slots.
+const PLAIN: usize = 0;
+const ACCELERATOR: usize = 1;
+
+/// Appended to the owner to name a tenant's accelerator queue.
+const ACCELERATOR_QUEUE: &str = "\u{1f}accelerator";
 
 #[derive(Debug, Clone)]
 struct Tenant {
     weight: f64,
     quota: Option<u32>,
+    /// Running tasks, both pools.
     running: u32,
-    /// Scaled slot-seconds charged up to `charged_at`.
-    usage: f64,
+    pools: [Pool; 2],
+    /// Usage is charged up to here.
     charged_at: Duration,
+    /// Its queue for each pool, once created.
+    queues: [Option<u32>; 2],
+    /// How many of its plain tasks run on accelerator workers.
+    spilled: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Pool {
+    running: u32,
+    /// Scaled slot-seconds.
+    usage: f64,
+}
+
+#[derive(Debug, Clone)]
+struct Account {
+    tenant: u32,
+    pool: usize,
     /// The key in `order` (bits of a non-negative f64) and when it was computed.
     key: u64,
     keyed_at: Duration,
     last_served: u64,
     waiting: bool,
-    /// When it last got a placement or started waiting (its entry in `starving`).
+    /// When it last got a placement or became eligible (its entry in `starving`).
     since: Duration,
+    /// Whether it has an entry in `order` / in `starving` (saves searching for none).
+    in_order: bool,
+    in_starving: bool,
 }
 
-/// Past this exponent (a scale of `exp(20)` ≈ 5·10⁸, about 29 half-lives), every tenant's
-/// usage is rescaled to a new origin, so scaled values never overflow.
+/// Past this exponent (a scale of `exp(20)` ≈ 5·10⁸, about 29 half-lives), all usage is
+/// rescaled to a new origin, so scaled values never overflow.
 const MAX_EXPONENT: f64 = 20.0;
 
 impl FairShare {
@@ -219,12 +265,15 @@ impl FairShare {
             default_weight: config.default_weight,
             quotas: config.quotas.clone(),
             tenants: Vec::new(),
+            tenant_index: HashMap::new(),
+            accounts: Vec::new(),
             origin: Duration::ZERO,
             order: BTreeSet::new(),
             starving: BTreeSet::new(),
             starts: BTreeMap::new(),
             longest_done: Duration::ZERO,
             served: 0,
+            spilled: HashSet::new(),
         })
     }
 
@@ -233,73 +282,109 @@ impl FairShare {
         (self.lambda * t.saturating_sub(self.origin).as_secs_f64()).exp()
     }
 
-    /// Charges tenant `q`'s running tasks up to `now`.
-    fn settle(&mut self, q: usize, now: Duration) {
-        let from = self.tenants[q].charged_at;
+    /// Charges tenant `t`'s running tasks up to `now`.
+    fn settle(&mut self, t: usize, now: Duration) {
+        let from = self.tenants[t].charged_at;
         if now > from {
-            let (scale, lambda) = (self.scale(from), self.lambda);
-            let t = &mut self.tenants[q];
-            if t.running > 0 {
-                let dt = (now - from).as_secs_f64();
-                t.usage += f64::from(t.running) * scale * (lambda * dt).exp_m1() / lambda;
+            let factor = self.scale(from) * (self.lambda * (now - from).as_secs_f64()).exp_m1()
+                / self.lambda;
+            let tenant = &mut self.tenants[t];
+            for pool in &mut tenant.pools {
+                pool.usage += f64::from(pool.running) * factor;
             }
-            t.charged_at = now;
+            tenant.charged_at = now;
         }
     }
 
-    /// Tenant `q`'s key at `now` (settling it first): scaled usage over weight, as f64 bits
-    /// (which order like the non-negative values).
+    /// Queue `q`'s key at `now` (settling its tenant first): the tenant's scaled usage of the
+    /// queue's pool over its weight, as f64 bits (which order like the non-negative values).
     fn key(&mut self, q: usize, now: Duration) -> u64 {
-        self.settle(q, now);
+        let (t, p) = (self.accounts[q].tenant as usize, self.accounts[q].pool);
+        self.settle(t, now);
         let scale = self.scale(now);
-        let t = &self.tenants[q];
-        let usage = t.usage + f64::from(t.running) * self.provisional * scale;
-        (usage / t.weight).max(0.0).to_bits()
+        let tenant = &self.tenants[t];
+        let pool = tenant.pools[p];
+        let usage = pool.usage + f64::from(pool.running) * self.provisional * scale;
+        (usage / tenant.weight).max(0.0).to_bits()
     }
 
     fn eligible(&self, q: usize) -> bool {
-        let t = &self.tenants[q];
-        t.waiting && t.quota.is_none_or(|quota| t.running < quota)
+        let a = &self.accounts[q];
+        let t = &self.tenants[a.tenant as usize];
+        a.waiting && t.quota.is_none_or(|quota| t.running < quota)
     }
 
-    /// Takes tenant `q` out of `order`, recomputes its key, and puts it back if eligible.
+    /// Takes queue `q` out of `order`.
+    fn unorder(&mut self, q: usize) {
+        let a = &mut self.accounts[q];
+        if a.in_order {
+            self.order.remove(&(a.key, a.last_served, q as u32));
+            a.in_order = false;
+        }
+    }
+
+    /// Takes queue `q` out of `order`, recomputes its key, and puts it back if eligible.
     fn rekey(&mut self, q: usize, now: Duration) {
-        let t = &self.tenants[q];
-        self.order.remove(&(t.key, t.last_served, q as u32));
+        self.unorder(q);
         let key = self.key(q, now);
-        let t = &mut self.tenants[q];
-        t.key = key;
-        t.keyed_at = now;
-        if self.eligible(q) {
-            let t = &self.tenants[q];
-            self.order.insert((t.key, t.last_served, q as u32));
+        let eligible = self.eligible(q);
+        let a = &mut self.accounts[q];
+        a.key = key;
+        a.keyed_at = now;
+        if eligible {
+            self.order.insert((a.key, a.last_served, q as u32));
+            a.in_order = true;
+        }
+    }
+
+    /// Keeps queue `q`'s entry in `starving` right: there while it is eligible, since it last
+    /// got a placement or became eligible. `placed` restarts its clock.
+    fn sync_starving(&mut self, q: usize, now: Duration, placed: bool) {
+        let eligible = self.eligible(q);
+        let a = &mut self.accounts[q];
+        if a.in_starving && (placed || !eligible) {
+            self.starving.remove(&(a.since, q as u32));
+            a.in_starving = false;
+        }
+        if eligible && !a.in_starving {
+            a.since = now;
+            self.starving.insert((now, q as u32));
+            a.in_starving = true;
+        }
+    }
+
+    /// Re-keys tenant `t`'s queues after its allocation changed; `placed` is the queue that
+    /// just got a placement, if any.
+    fn refresh_tenant(&mut self, t: usize, now: Duration, placed: Option<usize>) {
+        for q in self.tenants[t].queues.into_iter().flatten() {
+            let q = q as usize;
+            self.rekey(q, now);
+            self.sync_starving(q, now, placed == Some(q));
         }
     }
 
     /// Moves the origin of the scaled unit to `now` once the scale grows large: charges every
     /// tenant up to `now`, divides, and rebuilds `order` (decay does not change its order,
-    /// but the stored keys are in the old unit). `O(tenants log tenants)`, about once per 29
+    /// but the stored keys are in the old unit). `O(queues log queues)`, about once per 29
     /// half-lives.
     fn rebase(&mut self, now: Duration) {
         if self.lambda * now.saturating_sub(self.origin).as_secs_f64() < MAX_EXPONENT {
             return;
         }
-        for q in 0..self.tenants.len() {
-            self.settle(q, now);
+        for t in 0..self.tenants.len() {
+            self.settle(t, now);
         }
         let factor = self.scale(now);
         self.origin = now;
-        for t in &mut self.tenants {
-            t.usage /= factor;
+        for tenant in &mut self.tenants {
+            for pool in &mut tenant.pools {
+                pool.usage /= factor;
+            }
         }
         self.order.clear();
-        for q in 0..self.tenants.len() {
-            self.tenants[q].key = self.key(q, now);
-            self.tenants[q].keyed_at = now;
-            if self.eligible(q) {
-                let t = &self.tenants[q];
-                self.order.insert((t.key, t.last_served, q as u32));
-            }
+        for q in 0..self.accounts.len() {
+            self.accounts[q].in_order = false;
+            self.rekey(q, now);
         }
     }
 
@@ -311,15 +396,6 @@ impl FairShare {
             .map_or(Duration::ZERO, |(&start, _)| now.saturating_sub(start));
         self.longest_done.max(running)
     }
-
-    fn set_since(&mut self, q: usize, since: Duration) {
-        let t = &mut self.tenants[q];
-        self.starving.remove(&(t.since, q as u32));
-        t.since = since;
-        if t.waiting {
-            self.starving.insert((since, q as u32));
-        }
-    }
 }
 
 impl Scheduler for FairShare {
@@ -327,31 +403,57 @@ impl Scheduler for FairShare {
         "fairness"
     }
 
-    fn queue<'t>(&self, task: &'t TaskSpec) -> &'t str {
-        &task.owner
+    fn queue<'t>(&self, task: &'t TaskSpec) -> Cow<'t, str> {
+        if task.requirements.features.is_empty() {
+            Cow::Borrowed(&task.owner)
+        } else {
+            Cow::Owned(format!("{}{ACCELERATOR_QUEUE}", task.owner))
+        }
     }
 
     fn on_queue_created(&mut self, queue: QueueId, name: &str) {
-        let tenant = Tenant {
-            weight: self
-                .weights
-                .get(name)
-                .copied()
-                .unwrap_or(self.default_weight),
-            quota: self.quotas.get(name).copied(),
-            running: 0,
-            usage: 0.0,
-            charged_at: Duration::ZERO,
+        let (owner, pool) = match name.strip_suffix(ACCELERATOR_QUEUE) {
+            Some(owner) => (owner, ACCELERATOR),
+            None => (name, PLAIN),
+        };
+        let t = match self.tenant_index.get(owner) {
+            Some(&t) => t,
+            None => {
+                let t = self.tenants.len() as u32;
+                self.tenants.push(Tenant {
+                    weight: self
+                        .weights
+                        .get(owner)
+                        .copied()
+                        .unwrap_or(self.default_weight),
+                    quota: self.quotas.get(owner).copied(),
+                    running: 0,
+                    pools: [Pool::default(); 2],
+                    charged_at: Duration::ZERO,
+                    queues: [None; 2],
+                    spilled: 0,
+                });
+                self.tenant_index.insert(owner.to_owned(), t);
+                t
+            }
+        };
+        self.tenants[t as usize].queues[pool] = Some(queue.0);
+        let account = Account {
+            tenant: t,
+            pool,
             key: 0,
             keyed_at: Duration::ZERO,
             last_served: 0,
             waiting: false,
             since: Duration::ZERO,
+            in_order: false,
+            in_starving: false,
         };
-        if self.tenants.len() <= queue.index() {
-            self.tenants.resize(queue.index() + 1, tenant);
+        // Queues are numbered densely from 0 in creation order.
+        if self.accounts.len() <= queue.index() {
+            self.accounts.resize(queue.index() + 1, account);
         } else {
-            self.tenants[queue.index()] = tenant;
+            self.accounts[queue.index()] = account;
         }
     }
 
@@ -365,20 +467,20 @@ impl Scheduler for FairShare {
 
     fn on_queue_waiting(&mut self, queue: QueueId, waiting: bool, now: Duration) {
         let q = queue.index();
-        if q >= self.tenants.len() {
+        if q >= self.accounts.len() {
             return;
         }
         self.rebase(now);
-        self.tenants[q].waiting = waiting;
-        self.set_since(q, now);
+        self.accounts[q].waiting = waiting;
+        self.sync_starving(q, now, true);
         self.rekey(q, now);
     }
 
-    /// The starving tenants first (oldest first, if their work fits), then the others by
-    /// key. The stored key of a tenant with running tasks is a lower bound (its usage grows
-    /// while they run): a stale one met on the way is re-keyed and put back, so the tenant
-    /// returned has the smallest true key. Each tenant is re-keyed at most once per call,
-    /// and only those whose stale key is below the winner's.
+    /// The starving queues first (oldest first, if their work fits), then the others by
+    /// key. The stored key of a queue whose pool has running tasks is a lower bound (usage
+    /// grows while they run): a stale one met on the way is re-keyed and put back, so the
+    /// queue returned has the smallest true key. Each queue is re-keyed at most once per
+    /// call, and only those whose stale key is below the winner's.
     fn next_queue(
         &mut self,
         now: Duration,
@@ -396,7 +498,7 @@ impl Scheduler for FairShare {
             if now.saturating_sub(since) <= guard {
                 break;
             }
-            if self.eligible(q as usize) && runnable(QueueId(q)) {
+            if runnable(QueueId(q)) {
                 return Some(QueueId(q));
             }
             over = Some((since, q));
@@ -408,14 +510,15 @@ impl Scheduler for FairShare {
                 Some(c) => self.order.range((Excluded(c), Unbounded)).next(),
             };
             let &(key, served, q) = next?;
-            let t = &self.tenants[q as usize];
-            if t.running > 0 && t.keyed_at < now {
+            let a = &self.accounts[q as usize];
+            let running = self.tenants[a.tenant as usize].pools[a.pool].running;
+            if running > 0 && a.keyed_at < now {
                 let fresh = self.key(q as usize, now);
-                let t = &mut self.tenants[q as usize];
-                t.keyed_at = now;
+                let a = &mut self.accounts[q as usize];
+                a.keyed_at = now;
                 if fresh != key {
                     self.order.remove(&(key, served, q));
-                    t.key = fresh;
+                    a.key = fresh;
                     self.order.insert((fresh, served, q));
                     continue;
                 }
@@ -431,36 +534,40 @@ impl Scheduler for FairShare {
         self.score.score(task, worker)
     }
 
-    fn on_bind(
-        &mut self,
-        _task: &TaskSpec,
-        queue: QueueId,
-        _worker: &WorkerView<'_>,
-        now: Duration,
-    ) {
+    fn on_bind(&mut self, task: &TaskSpec, queue: QueueId, worker: &WorkerView<'_>, now: Duration) {
         let q = queue.index();
-        if q >= self.tenants.len() {
+        let Some(account) = self.accounts.get(q) else {
             return;
-        }
+        };
+        let (t, own_pool) = (account.tenant as usize, account.pool);
+        let pool = if worker.capabilities.features.is_empty() {
+            PLAIN
+        } else {
+            ACCELERATOR
+        };
         self.rebase(now);
         *self.starts.entry(now).or_insert(0) += 1;
         // Charge the running tasks up to now before one more runs.
-        self.settle(q, now);
-        let t = &self.tenants[q];
-        self.order.remove(&(t.key, t.last_served, q as u32));
+        self.settle(t, now);
+        self.unorder(q);
         self.served += 1;
-        let t = &mut self.tenants[q];
-        t.running += 1;
-        t.last_served = self.served;
-        self.rekey(q, now);
-        self.set_since(q, now);
+        self.accounts[q].last_served = self.served;
+        let tenant = &mut self.tenants[t];
+        tenant.running += 1;
+        tenant.pools[pool].running += 1;
+        if pool != own_pool {
+            tenant.spilled += 1;
+            self.spilled.insert(task.id.clone());
+        }
+        self.refresh_tenant(t, now, Some(q));
     }
 
-    fn on_release(&mut self, _task: &TaskSpec, queue: QueueId, ran_for: Duration, now: Duration) {
+    fn on_release(&mut self, task: &TaskSpec, queue: QueueId, ran_for: Duration, now: Duration) {
         let q = queue.index();
-        if q >= self.tenants.len() {
+        let Some(account) = self.accounts.get(q) else {
             return;
-        }
+        };
+        let (t, own_pool) = (account.tenant as usize, account.pool);
         self.rebase(now);
         let start = now.saturating_sub(ran_for);
         if let Some(n) = self.starts.get_mut(&start) {
@@ -470,12 +577,18 @@ impl Scheduler for FairShare {
             }
         }
         self.longest_done = self.longest_done.max(ran_for);
-        self.settle(q, now);
-        let t = &self.tenants[q];
-        self.order.remove(&(t.key, t.last_served, q as u32));
-        let t = &mut self.tenants[q];
-        t.running = t.running.saturating_sub(1);
-        self.rekey(q, now);
+        self.settle(t, now);
+        let tenant = &mut self.tenants[t];
+        // Only a plain task can run outside its own pool (on an accelerator worker).
+        let pool = if tenant.spilled > 0 && self.spilled.remove(&task.id) {
+            tenant.spilled -= 1;
+            ACCELERATOR
+        } else {
+            own_pool
+        };
+        tenant.running = tenant.running.saturating_sub(1);
+        tenant.pools[pool].running = tenant.pools[pool].running.saturating_sub(1);
+        self.refresh_tenant(t, now, None);
     }
 }
 
@@ -527,7 +640,7 @@ mod tests {
     /// Tenant 0's usage at `now`, in slot-seconds (unscaled).
     fn usage(f: &mut FairShare, now: Duration) -> f64 {
         f.settle(0, now);
-        f.tenants[0].usage / f.scale(now)
+        f.tenants[0].pools[PLAIN].usage / f.scale(now)
     }
 
     #[test]

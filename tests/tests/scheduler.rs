@@ -791,6 +791,88 @@ fn estimates_off_by_100x_or_missing_buy_no_share_and_starve_no_one() {
     assert!((a.share - 0.5).abs() < 0.025, "a: {}", a.share);
 }
 
+/// `owner`'s slot time on the workers whose id starts with `prefix`, within `[0, until)`.
+fn service_on(report: &Report, owner: &str, prefix: &str, until: Duration) -> f64 {
+    report
+        .tasks
+        .iter()
+        .filter(|t| t.owner == owner)
+        .filter(|t| {
+            t.worker
+                .as_ref()
+                .is_some_and(|w| w.as_str().starts_with(prefix))
+        })
+        .filter_map(|t| t.start.zip(t.end))
+        .map(|(s, e)| e.min(until).saturating_sub(s).as_secs_f64())
+        .sum()
+}
+
+#[test]
+fn a_tenants_plain_work_does_not_cost_it_its_share_of_the_accelerators() {
+    // 16 plain workers and 4 cuda workers. `a` keeps every plain slot busy and also wants
+    // the GPUs; `b` wants only the GPUs. With one usage figure per tenant, a's plain usage
+    // would keep it off the GPUs; with usage per pool they split the GPUs evenly.
+    let mut workload = Workload::default();
+    for w in 0..16 {
+        workload
+            .workers
+            .push(sim::SimWorker::new(format!("cpu{w:02}"), caps(8, &[], 1)));
+    }
+    for w in 0..4 {
+        workload.workers.push(sim::SimWorker::new(
+            format!("gpu{w}"),
+            caps(8, &["cuda"], 1),
+        ));
+    }
+    let cuda = Requirements::builder()
+        .features(vec!["cuda".into()])
+        .build();
+    let mut add = |id: String, owner: &str, gpu: bool, secs: u64| {
+        let mut spec = TaskSpec::builder().id(id).owner(owner).build();
+        if gpu {
+            spec.requirements = cuda.clone();
+        }
+        workload.tasks.push(SimTask::new(
+            Duration::ZERO,
+            spec,
+            Duration::from_secs(secs),
+        ));
+    };
+    for i in 0..4_000u64 {
+        add(format!("a-cpu{i}"), "a", false, spread(i));
+    }
+    for i in 0..400u64 {
+        add(format!("a-gpu{i}"), "a", true, spread(i + 3));
+        add(format!("b-gpu{i}"), "b", true, spread(i + 5));
+    }
+    let report = run(&workload, &SchedulerConfig::new("fairness"));
+    println!("{report}");
+    // While both have GPU work waiting: until the first of them places its last GPU task.
+    let last_gpu_start = |owner: &str| {
+        report
+            .tasks
+            .iter()
+            .filter(|t| t.owner == owner && t.id.as_str().contains("gpu"))
+            .filter_map(|t| t.start)
+            .max()
+            .unwrap()
+    };
+    let until = last_gpu_start("a").min(last_gpu_start("b"));
+    assert!(until > HOUR, "a long contended period: {until:?}");
+    let (a, b) = (
+        service_on(&report, "a", "gpu", until),
+        service_on(&report, "b", "gpu", until),
+    );
+    let a_share = a / (a + b);
+    println!("GPU time until {until:?}: a {a:.0}s, b {b:.0}s, a's share {a_share:.3}");
+    assert!((a_share - 0.5).abs() <= 0.05, "a's GPU share {a_share}");
+    // And a keeps the plain workers: no GPU task ever ran there, and a's plain work ran on
+    // them throughout.
+    let plain_a = service_on(&report, "a", "cpu", until);
+    assert!(plain_a >= 0.99 * 16.0 * until.as_secs_f64(), "{plain_a}");
+    assert!(report.longest_gap <= 2 * Duration::from_secs(90));
+}
+
 #[test]
 fn the_fairness_window_maps_onto_a_half_life_of_half_the_window() {
     let window = SchedulerConfig::new("fairness").fairness_window_hours(24.0);
