@@ -1,11 +1,12 @@
 //! Placement cost of `dtf-scheduler`: the time of one placement decision with 10,000 waiting
-//! tasks and 100 busy workers, for `fairness` and the `fifo` baseline in the same run (target:
-//! at most 2 µs).
+//! tasks and 100 busy workers, for `fairness` and the `fifo` baseline in the same run, with 10
+//! and with 10,000 tenants (target: at most 2 µs).
 //!
 //! Each measured iteration is one steady-state step: the oldest running task finishes (its
 //! slot frees), it is submitted again (the queue stays at 10,000), and `Engine::schedule`
 //! makes exactly one placement — so the figure includes the `finish` and `submit` that
-//! trigger a decision. Tasks belong to 10 tenants with 5 priority levels.
+//! trigger a decision. Tasks belong to 10 or 10,000 tenants, round-robin, with 5 priority
+//! levels.
 //!
 //! Run with `cargo bench -p dtf-benches --bench scheduler`; record results in
 //! `docs/scheduler.md`.
@@ -26,11 +27,11 @@ use dtf_scheduler::{Engine, Registry, SchedulerConfig, TaskSpec};
 
 const WAITING: usize = 10_000;
 const WORKERS: usize = 100;
-const TENANTS: usize = 10;
+const TENANTS: [usize; 2] = [10, 10_000];
 
 /// An engine with every worker busy and `WAITING` tasks queued, and the running tasks in the
 /// order they were placed.
-fn saturated(scheduler: &str) -> (Engine, VecDeque<TaskId>) {
+fn saturated(scheduler: &str, tenants: usize) -> (Engine, VecDeque<TaskId>) {
     let config = SchedulerConfig::new(scheduler);
     let mut engine = Engine::new(Registry::new().build(&config).expect("built-in scheduler"));
     for w in 0..WORKERS {
@@ -44,7 +45,7 @@ fn saturated(scheduler: &str) -> (Engine, VecDeque<TaskId>) {
     for i in 0..WAITING + WORKERS {
         let spec = TaskSpec::builder()
             .id(format!("t{i}"))
-            .owner(format!("tenant{}", i % TENANTS))
+            .owner(format!("tenant{}", i % tenants))
             .priority((i % 5) as i32)
             .expected_duration(Duration::from_secs(60 + (i % 7) as u64))
             .build();
@@ -62,10 +63,11 @@ fn saturated(scheduler: &str) -> (Engine, VecDeque<TaskId>) {
 
 fn bench_placement(c: &mut Criterion) {
     let mut group = c.benchmark_group("placement/10000-waiting/100-workers");
-    for scheduler in ["fairness", "fifo"] {
-        let (mut engine, mut running) = saturated(scheduler);
+    for (scheduler, tenants) in TENANTS.iter().flat_map(|&t| [("fairness", t), ("fifo", t)]) {
+        let (mut engine, mut running) = saturated(scheduler, tenants);
         let mut now = Duration::ZERO;
-        group.bench_function(BenchmarkId::from_parameter(scheduler), |b| {
+        let id = BenchmarkId::new(scheduler, format!("{tenants}-tenants"));
+        group.bench_function(id, |b| {
             b.iter(|| {
                 now += Duration::from_millis(10);
                 let done = running.pop_front().expect("a running task");

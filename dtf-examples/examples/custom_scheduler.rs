@@ -8,9 +8,12 @@
 //! 2. running the chosen strategy inside the `SchedulingCoordinator` plugin on a real plugin
 //!    manager: workers and tasks are published on the bus, assignments come back as events;
 //! 3. measuring it with the deterministic simulator on a contended workload — one tenant
-//!    submits 10× the tasks of each other — and printing the metrics table (Jain's fairness
-//!    index, each tenant's share against its weight, wait p50/p95/p99, makespan,
-//!    utilisation) for the chosen scheduler and for `fifo`, side by side.
+//!    submits 10× the tasks of each other, at priority 0, while the others submit at
+//!    priority 1 (so `priority` differs from `fifo`) — and printing the metrics table
+//!    (Jain's fairness index, each tenant's share against its weight, wait p50/p95/p99,
+//!    the longest time a tenant with waiting work went without a placement, makespan,
+//!    utilisation), the worst Jain's index over sliding windows, and each tenant's share
+//!    over time, for the chosen scheduler and for `fifo`, side by side.
 //!
 //! Run it from the workspace root:
 //!
@@ -21,9 +24,7 @@
 //! cargo run --example custom_scheduler -- --list-schedulers
 //! ```
 //!
-//! Flags: `--scheduler <name>` (default `fairness`), `--fairness-window-hours <h>` (24),
-//! `--workers <n>` (20), `--tasks <n>` (7200), `--tenants <n>` (3), `--weights a=2,b=1,...`
-//! (all 1), `--seed <n>` (42), `--list-schedulers`.
+//! Flags: see `USAGE` below (`--help` prints it).
 
 #![expect(clippy::print_stdout, reason = "an example reports to the terminal")]
 
@@ -38,6 +39,20 @@ use dtf_scheduler::{
     Registry, Scheduler, SchedulerConfig, SchedulerError, SchedulingCoordinator, TaskSpec,
     parse_weights,
 };
+
+const USAGE: &str = "\
+usage: custom_scheduler [flags]
+
+  --scheduler <name>          strategy to run (default fairness; --list-schedulers lists them)
+  --half-life-hours <h>       fairness: half-life of usage (default 12)
+  --fairness-window-hours <h> fairness: the older window setting, a half-life of h/2
+  --workers <n>               simulated workers, one slot each (default 20)
+  --tasks <n>                 total simulated tasks, exactly (default 7200)
+  --tenants <n>               tenants; the first submits 10x each other's share (default 3)
+  --weights a=2,b=1,...       fairness weights (default all 1)
+  --seed <n>                  workload seed (default 42)
+  --list-schedulers           print the registered strategies and exit
+  --help                      print this and exit";
 
 /// A custom strategy: shortest expected duration first (minimises mean wait when estimates
 /// are good). Only `name` is required; it overrides queue-sort and keeps the default filter,
@@ -71,6 +86,7 @@ struct Args {
     tenants: usize,
     seed: u64,
     list: bool,
+    help: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -81,11 +97,16 @@ fn parse_args() -> Result<Args, String> {
         tenants: 3,
         seed: 42,
         list: false,
+        help: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--list-schedulers" {
             args.list = true;
+            continue;
+        }
+        if flag == "--help" || flag == "-h" {
+            args.help = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -94,7 +115,11 @@ fn parse_args() -> Result<Args, String> {
             "--scheduler" => args.config.scheduler = value,
             "--fairness-window-hours" => {
                 args.config.fairness_window_hours =
-                    value.parse().map_err(|e| format!("{flag} {value}: {e}"))?;
+                    Some(value.parse().map_err(|e| format!("{flag} {value}: {e}"))?);
+            }
+            "--half-life-hours" => {
+                args.config.half_life_hours =
+                    Some(value.parse().map_err(|e| format!("{flag} {value}: {e}"))?);
             }
             "--workers" => args.workers = number(&value)? as usize,
             "--tasks" => args.tasks = number(&value)? as usize,
@@ -105,9 +130,7 @@ fn parse_args() -> Result<Args, String> {
                     parse_weights(&value).map_err(|e| format!("failed to {e}"))?;
             }
             _ => {
-                return Err(format!(
-                    "unknown flag {flag} (see the doc comment at the top)"
-                ));
+                return Err(format!("unknown flag {flag} (see --help)"));
             }
         }
     }
@@ -124,24 +147,35 @@ fn tenant_name(i: usize) -> String {
     }
 }
 
-/// The contended workload: tenant `a` submits 10 parts, every other tenant 1 part, all at
-/// once, onto a cluster far too small to run them together.
+/// The contended workload: tenant `a` submits 10 parts at priority 0, every other tenant 1
+/// part at priority 1, all at once, onto a cluster far too small to run them together.
+/// Exactly `--tasks` tasks: the remainder of the division goes to `a`.
 fn workload(args: &Args) -> Result<Workload, SchedulerError> {
     let parts = 10 + args.tenants - 1;
+    let light = args.tasks / parts;
     let tenants = (0..args.tenants)
         .map(|i| {
-            let share = if i == 0 { 10 } else { 1 };
-            TenantLoad::new(tenant_name(i), args.tasks * share / parts)
+            let n = if i == 0 {
+                args.tasks - light * (args.tenants - 1)
+            } else {
+                light
+            };
+            TenantLoad::new(tenant_name(i), n)
         })
         .collect();
-    Workload::generate(
+    let mut workload = Workload::generate(
         &Generator::builder()
             .seed(args.seed)
             .workers(args.workers)
             .tenants(tenants)
             .mean_duration(Duration::from_secs(60))
             .build(),
-    )
+    )?;
+    let heavy = tenant_name(0);
+    for task in &mut workload.tasks {
+        task.spec.priority = i32::from(task.spec.owner != heavy);
+    }
+    Ok(workload)
 }
 
 /// Runs the chosen strategy as the coordinator plugin on a real bus, for a handful of tasks.
@@ -217,6 +251,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(2);
         }
     };
+    if args.help {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    if args.tasks == 0 {
+        eprintln!("error: --tasks must be at least 1");
+        std::process::exit(2);
+    }
     let registry = registry()?;
     if args.list {
         println!("{}", registry.names().collect::<Vec<_>>().join("\n"));
@@ -244,11 +286,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     println!(
         "\nSimulated workload (seed {}): {} workers × 1 slot, tasks per tenant {{{}}}, all \
-         submitted at t=0, run times 30–90 s, fairness window {} h.\n",
+         submitted at t=0 (`a` at priority 0, the others at 1), run times 30–90 s, \
+         fairness half-life {:.1} h.\n",
         args.seed,
         args.workers,
         counts.join(", "),
-        args.config.fairness_window_hours
+        args.config.half_life()?.as_secs_f64() / 3600.0
     );
     let chosen = sim::simulate(&workload, &registry, &args.config)?;
     println!("{chosen}\n");
@@ -317,4 +360,46 @@ fn compare(chosen: &Report, fifo: &Report) {
         100.0 * chosen.utilisation,
         100.0 * fifo.utilisation
     );
+    // Figures an average cannot hide: the worst Jain's index over sliding windows (a tenth
+    // of the contended period each) and the longest drought of a tenant with waiting work.
+    let width = |r: &Report| (r.period.1 - r.period.0) / 10;
+    let worst_window = |r: &Report| r.worst_window_jain(width(r)).map_or(1.0, |(_, j)| j);
+    println!(
+        "{:<28} {:>14.5} {:>14.5}",
+        "worst sliding-window Jain",
+        worst_window(chosen),
+        worst_window(fifo)
+    );
+    println!(
+        "{:<28} {:>14} {:>14}",
+        "longest gap with work queued",
+        s(chosen.longest_gap),
+        s(fifo.longest_gap)
+    );
+    for r in [chosen, fifo] {
+        share_over_time(r);
+    }
+}
+
+/// Each tenant's share in ten windows of the run: share over time.
+fn share_over_time(r: &Report) {
+    let names: Vec<&str> = r.tenants.iter().map(|t| t.name.as_str()).collect();
+    println!(
+        "\nShare over time, `{}` (windows of a tenth of the run; tenants {}):",
+        r.scheduler,
+        names.join(", ")
+    );
+    for w in r.timeline(Duration::ZERO, r.makespan, r.makespan / 10) {
+        let shares: Vec<String> = w
+            .shares
+            .iter()
+            .map(|s| format!("{:>5.1}%", 100.0 * s))
+            .collect();
+        println!(
+            "  {:>6.0}s–{:>6.0}s  {}",
+            w.start.as_secs_f64(),
+            w.end.as_secs_f64(),
+            shares.join(" ")
+        );
+    }
 }

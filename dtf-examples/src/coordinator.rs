@@ -115,6 +115,7 @@ pub fn plugin_registry() -> PluginRegistry {
     if let Err(e) = dtf_plugins_notify::register(&mut registry) {
         tracing::error!(error = %e, "registering the notifier failed");
     }
+    crate::scheduler_settings::register(&mut registry);
     if let Err(e) = registry.register(
         RegistryEntry::new(|| PluginSpec::new(ProgressDisplay::default))
             .description("live status line (on by default when stdout is a terminal)")
@@ -329,7 +330,7 @@ impl Coordinator {
     /// # Errors
     ///
     /// A [`CoordinatorError`] naming the flag at fault.
-    pub fn new(options: CoordinatorOptions) -> Result<Self, CoordinatorError> {
+    pub fn new(mut options: CoordinatorOptions) -> Result<Self, CoordinatorError> {
         let mut registry = plugin_registry();
         let loaded = load_config_and_plugin_dirs(
             options.config_file.as_deref(),
@@ -337,7 +338,8 @@ impl Coordinator {
             &options.config_overrides,
             &mut registry,
         )?;
-        let enabled = plugins_to_run(&options, &registry, &loaded)?;
+        let mut enabled = plugins_to_run(&options, &registry, &loaded)?;
+        crate::scheduler_settings::apply(&mut options, &loaded, &mut enabled)?;
         SchedulerRegistry::new().build(&options.scheduler)?;
         if options.tasks.is_empty() {
             return Err(CoordinatorError::NoTasks);

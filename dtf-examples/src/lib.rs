@@ -12,7 +12,8 @@
 //!   workers and the optional plugins chosen by name from a
 //!   [`dtf_plugin_core::PluginRegistry`], runs the tasks and returns a [`RunReport`];
 //!   [`run_cli`] is the binary's entry point;
-//! - [`progress`]: the run tracker and the live progress line.
+//! - [`progress`]: the run tracker and the live progress line;
+//! - [`scheduler_settings`]: the scheduler tuned from `[plugins.scheduler.settings]`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), dtf_examples::CoordinatorError> {
@@ -34,6 +35,7 @@ pub mod coordinator;
 mod error;
 pub mod executor;
 pub mod progress;
+pub mod scheduler_settings;
 pub mod taskfile;
 
 pub use coordinator::{

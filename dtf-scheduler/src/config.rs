@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::SchedulerError;
 use crate::framework::ScoreWeights;
 
+/// The default half-life of `fairness` usage, in hours: a working day's usage has faded to a
+/// quarter by the next morning (Slurm's default is 7 days, for clusters shared over weeks).
+pub const DEFAULT_HALF_LIFE_HOURS: f64 = 12.0;
+
 /// Which scheduler to build and how it is tuned. Deserializes from a plugin's configuration
 /// (unknown keys are rejected); every field has a default, so `{}` is a valid configuration.
 ///
@@ -15,7 +19,7 @@ use crate::framework::ScoreWeights;
 /// use dtf_scheduler::SchedulerConfig;
 ///
 /// let config = SchedulerConfig::new("fairness")
-///     .fairness_window_hours(12.0)
+///     .half_life_hours(6.0)
 ///     .weight("alice", 2.0)
 ///     .quota("bob", 10);
 /// assert!(config.validate().is_ok());
@@ -27,19 +31,32 @@ use crate::framework::ScoreWeights;
 pub struct SchedulerConfig {
     /// The registry name of the strategy. Default `fifo`.
     pub scheduler: String,
-    /// `fairness`: how far back, in hours, service received counts. Default 24.
-    pub fairness_window_hours: f64,
+    /// `fairness`: the half-life of usage, in hours: usage from one half-life ago counts half,
+    /// from two a quarter (like Slurm's `PriorityDecayHalfLife`). Default 12 (`None`: the
+    /// default, or what `fairness_window_hours` maps to).
+    #[serde(deserialize_with = "de::positive_opt")]
+    pub half_life_hours: Option<f64>,
+    /// `fairness`: the older setting, kept working: a window of `W` hours maps to a half-life
+    /// of `W / 2` hours (the default 24 h window is the default 12 h half-life). Setting both
+    /// is an error.
+    #[serde(deserialize_with = "de::positive_opt")]
+    pub fairness_window_hours: Option<f64>,
     /// `fairness`: per-tenant weights (> 0); tenants not listed get `default_weight`.
+    #[serde(deserialize_with = "de::positive_map")]
     pub weights: BTreeMap<String, f64>,
     /// `fairness`: the weight of tenants not in `weights`. Default 1.
+    #[serde(deserialize_with = "de::positive")]
     pub default_weight: f64,
     /// `fairness`: per-tenant caps (>= 1) on concurrently running tasks. Default none.
+    #[serde(deserialize_with = "de::quota_map")]
     pub quotas: BTreeMap<String, u32>,
     /// `priority`, `fairness`: seconds of waiting worth one priority level (aging, so low
     /// priorities are never starved). Default 60.
+    #[serde(deserialize_with = "de::positive")]
     pub aging_secs: f64,
     /// `fairness`, `longest-first`: the duration assumed for tasks without an expected
     /// duration, in seconds. Default 60.
+    #[serde(deserialize_with = "de::positive")]
     pub default_duration_secs: f64,
     /// Score weights; default: each strategy's own (spread for most, packing for
     /// `longest-first`).
@@ -50,7 +67,8 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
             scheduler: "fifo".to_owned(),
-            fairness_window_hours: 24.0,
+            half_life_hours: None,
+            fairness_window_hours: None,
             weights: BTreeMap::new(),
             default_weight: 1.0,
             quotas: BTreeMap::new(),
@@ -70,9 +88,16 @@ impl SchedulerConfig {
         }
     }
 
-    /// Sets the fairness window, in hours (default 24).
+    /// Sets the half-life of usage, in hours (default 12).
+    pub fn half_life_hours(mut self, hours: f64) -> Self {
+        self.half_life_hours = Some(hours);
+        self
+    }
+
+    /// Sets the fairness window, in hours: a half-life of `hours / 2` (see
+    /// [`fairness_window_hours`](Self::fairness_window_hours)).
     pub fn fairness_window_hours(mut self, hours: f64) -> Self {
-        self.fairness_window_hours = hours;
+        self.fairness_window_hours = Some(hours);
         self
     }
 
@@ -125,10 +150,10 @@ impl SchedulerConfig {
     /// # Errors
     ///
     /// [`SchedulerError::InvalidConfig`] naming the first bad key: a weight, the default
-    /// weight, the window, the aging or the default duration that is not a positive finite
+    /// weight, the half-life or window (or both set), the aging or the default duration that is not a positive finite
     /// number, or a quota of 0.
     pub fn validate(&self) -> Result<(), SchedulerError> {
-        self.window()?;
+        self.half_life()?;
         self.aging()?;
         self.default_duration()?;
         positive("default_weight", self.default_weight)?;
@@ -146,9 +171,31 @@ impl SchedulerConfig {
         Ok(())
     }
 
-    pub(crate) fn window(&self) -> Result<Duration, SchedulerError> {
-        let hours = positive("fairness_window_hours", self.fairness_window_hours)?;
-        duration("fairness_window_hours", hours * 3600.0)
+    /// The half-life of usage, from `half_life_hours` or `fairness_window_hours` (default
+    /// 12 h).
+    ///
+    /// # Errors
+    ///
+    /// [`SchedulerError::InvalidConfig`] if the value is not a positive number, or if both
+    /// keys are set.
+    pub fn half_life(&self) -> Result<Duration, SchedulerError> {
+        let hours = match (self.half_life_hours, self.fairness_window_hours) {
+            (Some(_), Some(_)) => {
+                return Err(SchedulerError::invalid(
+                    "fairness_window_hours",
+                    "cannot be set together with `half_life_hours` (a window of W hours is a half-life of W/2)",
+                ));
+            }
+            (Some(h), None) => positive("half_life_hours", h)?,
+            (None, Some(w)) => positive("fairness_window_hours", w)? / 2.0,
+            (None, None) => DEFAULT_HALF_LIFE_HOURS,
+        };
+        let key = if self.half_life_hours.is_some() {
+            "half_life_hours"
+        } else {
+            "fairness_window_hours"
+        };
+        duration(key, hours * 3600.0)
     }
 
     pub(crate) fn aging(&self) -> Result<Duration, SchedulerError> {
@@ -202,4 +249,63 @@ fn positive(key: &str, value: f64) -> Result<f64, SchedulerError> {
 fn duration(key: &str, secs: f64) -> Result<Duration, SchedulerError> {
     Duration::try_from_secs_f64(secs)
         .map_err(|_| SchedulerError::invalid(key, format!("is too large (got {secs} s)")))
+}
+
+/// Range checks run while deserializing, so that a configuration file's error names the
+/// exact key (`weights.alice`) and its position, not just the settings table.
+mod de {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+    use serde::de::{Deserializer, Error};
+
+    /// A number that must be positive and finite.
+    struct Positive(f64);
+
+    impl<'de> Deserialize<'de> for Positive {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let v = f64::deserialize(d)?;
+            if v.is_finite() && v > 0.0 {
+                Ok(Self(v))
+            } else {
+                Err(D::Error::custom(format!(
+                    "must be a positive number (got {v})"
+                )))
+            }
+        }
+    }
+
+    /// A quota: at least 1.
+    struct Quota(u32);
+
+    impl<'de> Deserialize<'de> for Quota {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            match u32::deserialize(d)? {
+                0 => Err(D::Error::custom("must be at least 1 (got 0)")),
+                q => Ok(Self(q)),
+            }
+        }
+    }
+
+    pub(super) fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Positive::deserialize(d).map(|p| p.0)
+    }
+
+    pub(super) fn positive_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        Option::<Positive>::deserialize(d).map(|p| p.map(|p| p.0))
+    }
+
+    pub(super) fn positive_map<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, f64>, D::Error> {
+        let map = BTreeMap::<String, Positive>::deserialize(d)?;
+        Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
+    }
+
+    pub(super) fn quota_map<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, u32>, D::Error> {
+        let map = BTreeMap::<String, Quota>::deserialize(d)?;
+        Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
+    }
 }

@@ -289,7 +289,7 @@ impl Engine {
         let mut requeued = Vec::with_capacity(lost.len());
         for t in lost {
             self.unbind(t, now);
-            self.enqueue(t);
+            self.enqueue(t, now);
             if let Some(task) = &self.tasks[t as usize] {
                 requeued.push(task.spec.id.clone());
             }
@@ -320,6 +320,7 @@ impl Engine {
             return Err(SchedulerError::DuplicateTask(spec.id));
         }
         let name = self.scheduler.queue(&spec);
+        let name = name.as_ref();
         let queue = match self.queue_index.get(name) {
             Some(&q) => q,
             None => {
@@ -372,7 +373,7 @@ impl Engine {
         let t = self.task_id(id)?;
         match self.state(t) {
             Some(State::Running { .. }) => self.unbind(t, now),
-            Some(State::Queued(_)) => self.dequeued(t),
+            Some(State::Queued(_)) => self.dequeued(t, now),
             Some(State::Fresh) => self.fresh.retain(|&f| f != t),
             _ => {}
         }
@@ -390,7 +391,7 @@ impl Engine {
         let t = self.task_id(id)?;
         if let Some(State::Running { .. }) = self.state(t) {
             self.unbind(t, now);
-            self.enqueue(t);
+            self.enqueue(t, now);
         }
         Ok(())
     }
@@ -403,32 +404,25 @@ impl Engine {
     /// task fits a free slot.
     pub fn schedule(&mut self, now: Duration) -> Round {
         let mut round = Round::default();
-        self.admit(&mut round);
+        self.admit(&mut round, now);
         self.fits.clear();
         self.fits.resize(self.shapes.len(), Fit::Unknown);
         let mut parked = Vec::new();
+        let ranked = self.scheduler.ranks_queues();
         while self.waiting > 0 && !self.free.items.is_empty() {
-            self.collect_heads();
-            if self.heads.is_empty() {
-                break;
-            }
-            let Some(i) = self.scheduler.pick(&self.heads, now) else {
+            let next = if ranked {
+                self.next_ranked(now)
+            } else {
+                self.next_picked(now)
+            };
+            let Some((q, lane)) = next else {
                 break;
             };
-            let (Some(head), Some(&lane)) = (self.heads.get(i), self.head_lanes.get(i)) else {
-                tracing::warn!(
-                    scheduler = self.scheduler.name(),
-                    index = i,
-                    "pick returned an index out of range"
-                );
-                break;
-            };
-            let q = head.queue.index();
             let Some(Reverse(ticket)) = self.queues[q].lanes[lane].heap.pop() else {
                 break;
             };
             let t = ticket.task;
-            self.dequeued(t);
+            self.dequeued(t, now);
             self.set_state(t, State::Parked);
             match self.best_worker(t) {
                 Some(w) => self.bind(t, w, now, &mut round),
@@ -436,7 +430,7 @@ impl Engine {
             }
         }
         for t in parked {
-            self.enqueue(t);
+            self.enqueue(t, now);
         }
         round
     }
@@ -524,7 +518,7 @@ impl Engine {
     /// Moves fresh tasks into their queues, or out as unschedulable, and takes queued tasks
     /// no known worker can run any more out. Waits for the first worker: with none known,
     /// nothing can be judged.
-    fn admit(&mut self, round: &mut Round) {
+    fn admit(&mut self, round: &mut Round, now: Duration) {
         if self.workers.is_empty() {
             return;
         }
@@ -540,7 +534,7 @@ impl Engine {
             for ticket in gone {
                 let t = ticket.task;
                 if self.state(t) == Some(State::Queued(ticket.ticket)) {
-                    self.dequeued(t);
+                    self.dequeued(t, now);
                     if let Some(spec) = self.remove(t) {
                         round.unschedulable.push(spec);
                     }
@@ -557,7 +551,7 @@ impl Engine {
                 continue;
             }
             if self.shapes[task.shape as usize].ever_fits {
-                self.enqueue(t);
+                self.enqueue(t, now);
             } else if let Some(spec) = self.remove(t) {
                 tracing::debug!(task = %spec.id, "no known worker can run the task");
                 round.unschedulable.push(spec);
@@ -567,7 +561,7 @@ impl Engine {
         self.fresh = fresh;
     }
 
-    fn enqueue(&mut self, t: u32) {
+    fn enqueue(&mut self, t: u32, now: Duration) {
         let ticket = self.tickets;
         self.tickets += 1;
         let Some(task) = &mut self.tasks[t as usize] else {
@@ -592,13 +586,20 @@ impl Engine {
         }
         queue.waiting += 1;
         self.waiting += 1;
+        if queue.waiting == 1 {
+            self.scheduler.on_queue_waiting(task.queue, true, now);
+        }
     }
 
     /// Bookkeeping for a queued task leaving its queue (its heap entry goes stale or was popped).
-    fn dequeued(&mut self, t: u32) {
+    fn dequeued(&mut self, t: u32, now: Duration) {
         if let Some(task) = &self.tasks[t as usize] {
-            self.queues[task.queue.index()].waiting -= 1;
+            let queue = &mut self.queues[task.queue.index()];
+            queue.waiting -= 1;
             self.waiting -= 1;
+            if queue.waiting == 0 {
+                self.scheduler.on_queue_waiting(task.queue, false, now);
+            }
         }
     }
 
@@ -607,6 +608,72 @@ impl Engine {
         self.vacant.push(t);
         self.task_index.remove(&task.spec.id);
         Some(task.spec)
+    }
+
+    /// The queue and lane to place from next, as the strategy's `pick` chooses among the
+    /// runnable heads of every queue.
+    fn next_picked(&mut self, now: Duration) -> Option<(usize, usize)> {
+        self.collect_heads();
+        if self.heads.is_empty() {
+            return None;
+        }
+        let i = self.scheduler.pick(&self.heads, now)?;
+        let (Some(head), Some(&lane)) = (self.heads.get(i), self.head_lanes.get(i)) else {
+            tracing::warn!(
+                scheduler = self.scheduler.name(),
+                index = i,
+                "pick returned an index out of range"
+            );
+            return None;
+        };
+        Some((head.queue.index(), lane))
+    }
+
+    /// The queue and lane to place from next, as the strategy's own queue order offers them:
+    /// only the queues it offers are looked at.
+    fn next_ranked(&mut self, now: Duration) -> Option<(usize, usize)> {
+        let Self {
+            scheduler,
+            tasks,
+            queues,
+            shapes,
+            workers,
+            free,
+            fits,
+            ..
+        } = self;
+        let ctx = HeadContext {
+            tasks,
+            shapes,
+            workers,
+            free,
+        };
+        let mut found = None;
+        let picked = scheduler.next_queue(now, &mut |q| {
+            let lane = queues
+                .get_mut(q.index())
+                .and_then(|queue| runnable_head(&ctx, queue, fits))
+                .map(|(_, lane)| lane);
+            if let Some(lane) = lane {
+                found = Some((q.index(), lane));
+            }
+            lane.is_some()
+        })?;
+        match found {
+            Some((q, lane)) if q == picked.index() => Some((q, lane)),
+            _ => {
+                let queue = queues.get_mut(picked.index())?;
+                let lane = runnable_head(&ctx, queue, fits).map(|(_, lane)| lane);
+                if lane.is_none() {
+                    tracing::warn!(
+                        scheduler = scheduler.name(),
+                        queue = picked.0,
+                        "next_queue returned a queue with no runnable head"
+                    );
+                }
+                Some((picked.index(), lane?))
+            }
+        }
     }
 
     /// Fills `heads` with the best runnable head of each queue, dropping stale heap entries.
@@ -622,44 +689,17 @@ impl Engine {
             fits,
             ..
         } = self;
+        let ctx = HeadContext {
+            tasks,
+            shapes,
+            workers,
+            free,
+        };
         heads.clear();
         head_lanes.clear();
         for (q, queue) in queues.iter_mut().enumerate() {
-            if queue.waiting == 0 {
-                continue;
-            }
-            let mut best: Option<(Ticket, usize)> = None;
-            for (l, lane) in queue.lanes.iter_mut().enumerate() {
-                while let Some(Reverse(top)) = lane.heap.peek() {
-                    let live = tasks[top.task as usize]
-                        .as_ref()
-                        .is_some_and(|task| task.state == State::Queued(top.ticket));
-                    if live {
-                        break;
-                    }
-                    lane.heap.pop();
-                }
-                let Some(&Reverse(top)) = lane.heap.peek() else {
-                    continue;
-                };
-                if best.is_some_and(|(b, _)| (b.key, b.arrival) <= (top.key, top.arrival)) {
-                    continue;
-                }
-                let s = lane.shape as usize;
-                if fits[s] == Fit::Unknown {
-                    let req = &shapes[s].requirements;
-                    let yes = free
-                        .items
-                        .iter()
-                        .any(|&w| workers[w as usize].capabilities.satisfies(req));
-                    fits[s] = if yes { Fit::Yes } else { Fit::No };
-                }
-                if fits[s] == Fit::Yes {
-                    best = Some((top, l));
-                }
-            }
-            if let Some((top, lane)) = best {
-                let enqueued_at = tasks[top.task as usize]
+            if let Some((top, lane)) = runnable_head(&ctx, queue, fits) {
+                let enqueued_at = ctx.tasks[top.task as usize]
                     .as_ref()
                     .map_or(Duration::ZERO, |t| t.enqueued_at);
                 heads.push(QueueHead {
@@ -746,6 +786,59 @@ impl Engine {
             self.fits.fill(Fit::Unknown);
         }
     }
+}
+
+/// What finding a queue's runnable head reads (split from the engine so that the strategy can
+/// be called while it is borrowed).
+struct HeadContext<'a> {
+    tasks: &'a [Option<Task>],
+    shapes: &'a [Shape],
+    workers: &'a [Worker],
+    free: &'a FreeSet,
+}
+
+/// The best head, over the queue's lanes, that some free worker can run, and its lane;
+/// drops stale heap entries on the way.
+fn runnable_head(
+    ctx: &HeadContext<'_>,
+    queue: &mut Queue,
+    fits: &mut [Fit],
+) -> Option<(Ticket, usize)> {
+    if queue.waiting == 0 {
+        return None;
+    }
+    let mut best: Option<(Ticket, usize)> = None;
+    for (l, lane) in queue.lanes.iter_mut().enumerate() {
+        while let Some(Reverse(top)) = lane.heap.peek() {
+            let live = ctx.tasks[top.task as usize]
+                .as_ref()
+                .is_some_and(|task| task.state == State::Queued(top.ticket));
+            if live {
+                break;
+            }
+            lane.heap.pop();
+        }
+        let Some(&Reverse(top)) = lane.heap.peek() else {
+            continue;
+        };
+        if best.is_some_and(|(b, _)| (b.key, b.arrival) <= (top.key, top.arrival)) {
+            continue;
+        }
+        let s = lane.shape as usize;
+        if fits[s] == Fit::Unknown {
+            let req = &ctx.shapes[s].requirements;
+            let yes = ctx
+                .free
+                .items
+                .iter()
+                .any(|&w| ctx.workers[w as usize].capabilities.satisfies(req));
+            fits[s] = if yes { Fit::Yes } else { Fit::No };
+        }
+        if fits[s] == Fit::Yes {
+            best = Some((top, l));
+        }
+    }
+    best
 }
 
 fn can_ever_run(capabilities: &Capabilities, req: &Requirements) -> bool {

@@ -1,5 +1,6 @@
 //! The scheduling framework: the [`Scheduler`] trait and the types its extension points see.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use dtf_plugin_core::event::{Priority, TaskCreated, TaskId, WorkerId};
@@ -142,10 +143,11 @@ pub trait Scheduler: Send {
     fn name(&self) -> &str;
 
     /// Queue-sort: the name of the queue `task` waits in. Default: one shared queue (`""`).
-    /// Fair-share strategies return `&task.owner`, one queue per tenant.
-    fn queue<'t>(&self, task: &'t TaskSpec) -> &'t str {
+    /// Fair-share strategies return the owner (`round-robin`: one queue per tenant) or more
+    /// (`fairness`: one per tenant and resource pool); a name may be built (`Cow::Owned`).
+    fn queue<'t>(&self, task: &'t TaskSpec) -> Cow<'t, str> {
         let _ = task;
-        ""
+        Cow::Borrowed("")
     }
 
     /// Called once per queue, when the first task names it, before any other call about it.
@@ -167,6 +169,33 @@ pub trait Scheduler: Send {
     fn pick(&mut self, heads: &[QueueHead], now: Duration) -> Option<usize> {
         let _ = now;
         earliest(heads)
+    }
+
+    /// Queue-sort for many queues: whether the strategy keeps the queues in its own order.
+    /// Then the engine asks [`next_queue`](Scheduler::next_queue) instead of
+    /// [`pick`](Scheduler::pick) and never lists the heads of every queue, so a decision costs
+    /// what the strategy's order costs (`fairness`: `O(log queues)`). Default false.
+    fn ranks_queues(&self) -> bool {
+        false
+    }
+
+    /// A queue now has waiting tasks (`waiting` true) or has none left (false). Called for
+    /// every strategy, at the moment of the change; `now` is the engine's clock.
+    fn on_queue_waiting(&mut self, queue: QueueId, waiting: bool, now: Duration) {
+        let _ = (queue, waiting, now);
+    }
+
+    /// Queue-sort, when [`ranks_queues`](Scheduler::ranks_queues): offers queues in the
+    /// strategy's order to `runnable`, which answers whether that queue's head task can run on
+    /// a free worker now, and returns the queue to place from (one `runnable` accepted).
+    /// `None` places nothing more in this round. Default `None`.
+    fn next_queue(
+        &mut self,
+        now: Duration,
+        runnable: &mut dyn FnMut(QueueId) -> bool,
+    ) -> Option<QueueId> {
+        let _ = (now, runnable);
+        None
     }
 
     /// Filter: whether `task` may run on `worker`. The engine has already dropped workers that

@@ -82,7 +82,7 @@ mod rng;
 pub mod sim;
 pub mod strategies;
 
-pub use config::{SchedulerConfig, parse_weights};
+pub use config::{DEFAULT_HALF_LIFE_HOURS, SchedulerConfig, parse_weights};
 pub use coordinator::SchedulingCoordinator;
 pub use engine::{Engine, TaskStatus};
 pub use error::SchedulerError;

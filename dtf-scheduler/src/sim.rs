@@ -332,6 +332,9 @@ pub struct TenantReport {
     pub weight_share: f64,
     /// Its tasks' waits.
     pub wait: WaitStats,
+    /// The longest time it had tasks waiting without getting a placement (from the moment
+    /// it started waiting, or from its previous placement).
+    pub longest_gap: Duration,
 }
 
 /// The figures of one simulation.
@@ -357,8 +360,133 @@ pub struct Report {
     pub makespan: Duration,
     /// Busy slot time over total slot time within the makespan.
     pub utilisation: f64,
+    /// The longest time any tenant with waiting tasks went without a placement: the
+    /// largest `TenantReport::longest_gap` (a starvation figure no average can hide).
+    pub longest_gap: Duration,
     /// Every task, in workload order.
     pub tasks: Vec<TaskRecord>,
+}
+
+/// The tenants' service within one window of time, from [`Report::timeline`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct WindowShares {
+    /// Where the window starts.
+    pub start: Duration,
+    /// Where it ends.
+    pub end: Duration,
+    /// Each tenant's fraction of the service in the window, in [`Report::tenants`] order
+    /// (all 0 when nothing ran).
+    pub shares: Vec<f64>,
+    /// Jain's index of the weight-normalised service in the window.
+    pub jain: f64,
+}
+
+impl Report {
+    /// The tenants' shares in consecutive windows of `width` (the last one may be shorter),
+    /// from `from` to `to`: share over time.
+    pub fn timeline(&self, from: Duration, to: Duration, width: Duration) -> Vec<WindowShares> {
+        let mut out = Vec::new();
+        if width.is_zero() {
+            return out;
+        }
+        let mut start = from;
+        while start < to {
+            let end = (start + width).min(to);
+            out.push(self.window(start, end));
+            start = end;
+        }
+        out
+    }
+
+    /// Jain's index over sliding windows of `width` (stepped by `width / 2`) inside the
+    /// contended period, or the whole run if it was not contended: the worst window, and
+    /// where it starts. `None` if the period is shorter than `width`.
+    pub fn worst_window_jain(&self, width: Duration) -> Option<(Duration, f64)> {
+        let (from, to) = self.period;
+        if width.is_zero() {
+            return None;
+        }
+        let step = (width / 2).max(Duration::from_millis(1));
+        let mut worst: Option<(Duration, f64)> = None;
+        let mut start = from;
+        while start + width <= to {
+            let w = self.window(start, start + width);
+            if worst.is_none_or(|(_, j)| w.jain < j) {
+                worst = Some((start, w.jain));
+            }
+            start += step;
+        }
+        worst
+    }
+
+    /// The tenants' service within `[start, end)`.
+    fn window(&self, start: Duration, end: Duration) -> WindowShares {
+        let mut service = vec![0.0; self.tenants.len()];
+        let index: HashMap<&str, usize> = self
+            .tenants
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), i))
+            .collect();
+        for t in &self.tasks {
+            if let (Some(s), Some(e), Some(&i)) = (t.start, t.end, index.get(t.owner.as_str())) {
+                service[i] += e.min(end).saturating_sub(s.max(start)).as_secs_f64();
+            }
+        }
+        let total: f64 = service.iter().sum();
+        let normalised: Vec<f64> = service
+            .iter()
+            .zip(&self.tenants)
+            .map(|(s, t)| s / t.weight)
+            .collect();
+        WindowShares {
+            start,
+            end,
+            shares: service
+                .iter()
+                .map(|s| if total > 0.0 { s / total } else { 0.0 })
+                .collect(),
+            jain: jain(&normalised),
+        }
+    }
+}
+
+/// Jain's fairness index `(Σx)² / (n·Σx²)`; 1 for no or all-zero values.
+fn jain(x: &[f64]) -> f64 {
+    let (sum, sum_sq) = (x.iter().sum::<f64>(), x.iter().map(|v| v * v).sum::<f64>());
+    if sum_sq > 0.0 {
+        sum * sum / (x.len() as f64 * sum_sq)
+    } else {
+        1.0
+    }
+}
+
+/// The longest time `tasks` (one tenant's) had some task waiting without a placement.
+fn longest_gap<'a>(tasks: impl Iterator<Item = &'a TaskRecord>) -> Duration {
+    // (time, 0 = arrival / 1 = placement); arrivals first at equal times.
+    let mut events: Vec<(Duration, u8)> = Vec::new();
+    for t in tasks.filter(|t| !t.unschedulable) {
+        events.push((t.arrival, 0));
+        if let Some(s) = t.start {
+            events.push((s, 1));
+        }
+    }
+    events.sort_unstable();
+    let (mut waiting, mut since, mut longest) = (0usize, Duration::ZERO, Duration::ZERO);
+    for (at, kind) in events {
+        if kind == 0 {
+            if waiting == 0 {
+                since = at;
+            }
+            waiting += 1;
+        } else {
+            longest = longest.max(at.saturating_sub(since));
+            since = at;
+            waiting = waiting.saturating_sub(1);
+        }
+    }
+    longest
 }
 
 /// Runs `workload` through the strategy `config` names, on a virtual clock.
@@ -498,6 +626,7 @@ fn report(
                 share: 0.0,
                 weight_share: weight / total_weight,
                 wait: WaitStats::of(own().filter_map(TaskRecord::wait).collect()),
+                longest_gap: longest_gap(own()),
             }
         })
         .collect();
@@ -513,14 +642,10 @@ fn report(
         .iter()
         .map(|r| r.service.as_secs_f64() / r.weight)
         .collect();
-    let (sum, sum_sq) = (x.iter().sum::<f64>(), x.iter().map(|v| v * v).sum::<f64>());
-    let jain_index = if sum_sq > 0.0 {
-        sum * sum / (x.len() as f64 * sum_sq)
-    } else {
-        1.0
-    };
+    let jain_index = jain(&x);
     let busy: Duration = tasks.iter().filter_map(ran).map(|(s, e)| e - s).sum();
     let capacity = makespan.as_secs_f64() * slots as f64;
+    let longest_gap = rows.iter().map(|r| r.longest_gap).max().unwrap_or_default();
     Report {
         scheduler: scheduler.to_owned(),
         wait: WaitStats::of(tasks.iter().filter_map(TaskRecord::wait).collect()),
@@ -528,6 +653,7 @@ fn report(
         jain_index,
         period,
         contended: is_contended,
+        longest_gap,
         makespan,
         utilisation: if capacity > 0.0 {
             busy.as_secs_f64() / capacity
@@ -556,13 +682,21 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "{:<12} {:>6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}",
-            "tenant", "weight", "tasks", "share", "fair share", "wait p50", "wait p95", "wait p99"
+            "{:<12} {:>6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "tenant",
+            "weight",
+            "tasks",
+            "share",
+            "fair share",
+            "wait p50",
+            "wait p95",
+            "wait p99",
+            "max gap"
         )?;
         for t in &self.tenants {
             writeln!(
                 f,
-                "{:<12} {:>6.2} {:>7} {:>6.1}% {:>9.1}% {:>10} {:>10} {:>10}",
+                "{:<12} {:>6.2} {:>7} {:>6.1}% {:>9.1}% {:>10} {:>10} {:>10} {:>10}",
                 t.name,
                 t.weight,
                 t.tasks,
@@ -570,12 +704,13 @@ impl fmt::Display for Report {
                 100.0 * t.weight_share,
                 s(t.wait.p50),
                 s(t.wait.p95),
-                s(t.wait.p99)
+                s(t.wait.p99),
+                s(t.longest_gap)
             )?;
         }
         writeln!(
             f,
-            "{:<12} {:>6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}",
+            "{:<12} {:>6} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}",
             "(all)",
             "",
             self.tasks.len(),
@@ -583,8 +718,18 @@ impl fmt::Display for Report {
             "",
             s(self.wait.p50),
             s(self.wait.p95),
-            s(self.wait.p99)
+            s(self.wait.p99),
+            s(self.longest_gap)
         )?;
+        let width = (self.period.1 - self.period.0) / 10;
+        if let Some((at, j)) = self.worst_window_jain(width) {
+            writeln!(
+                f,
+                "worst Jain over sliding {} windows of the {period}: {j:.4} (window from {})",
+                s(width),
+                s(at)
+            )?;
+        }
         write!(
             f,
             "Jain's fairness index {:.4} · makespan {} · utilisation {:.1}%",

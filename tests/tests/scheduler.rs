@@ -637,14 +637,265 @@ fn quotas_cap_a_tenants_running_tasks_and_the_rest_goes_to_others() {
     assert!(round.placements[0].task.as_str().starts_with('a'));
 }
 
-// ---------------------------------------------------------------------------------------------
-// The fairness window, on a virtual clock.
+// Fair over time: decayed usage, elapsed-time charging, no starvation (simulator).
 // ---------------------------------------------------------------------------------------------
 
-/// Tenant `a` uses 10 workers for 2 hours (20 h of service); then, at `then`, `a` and `b`
-/// each submit 10 one-hour tasks at once. Returns how many of the 10 slots `b` gets.
-fn b_slots_after_a_used_the_cluster(then: Duration) -> usize {
-    let mut e = engine(&SchedulerConfig::new("fairness").fairness_window_hours(24.0));
+/// A task running for `secs`, declaring `expected` (or nothing).
+fn sim_task(
+    at: Duration,
+    id: String,
+    owner: &str,
+    secs: u64,
+    expected: Option<Duration>,
+) -> SimTask {
+    let spec = match expected {
+        Some(e) => TaskSpec::builder()
+            .id(id)
+            .owner(owner)
+            .expected_duration(e)
+            .build(),
+        None => TaskSpec::builder().id(id).owner(owner).build(),
+    };
+    SimTask::new(at, spec, Duration::from_secs(secs))
+}
+
+/// Run times of 30 to 90 s, spread deterministically.
+fn spread(i: u64) -> u64 {
+    30 + (i * 37) % 61
+}
+
+#[test]
+fn a_late_tenant_and_the_incumbent_share_evenly_after_one_half_life_and_neither_starves() {
+    // `a` has used all 10 workers for 24 h when `b` arrives; both stay backlogged.
+    let mut workload = Workload::default();
+    for w in 0..10 {
+        workload
+            .workers
+            .push(sim::SimWorker::new(format!("w{w}"), caps(8, &[], 1)));
+    }
+    for i in 0..30_000u64 {
+        let secs = spread(i);
+        workload.tasks.push(sim_task(
+            Duration::ZERO,
+            format!("a{i}"),
+            "a",
+            secs,
+            Some(Duration::from_secs(secs)),
+        ));
+    }
+    let arrival = 24 * HOUR;
+    for i in 0..15_000u64 {
+        let secs = spread(i + 7);
+        workload
+            .tasks
+            .push(sim_task(arrival, format!("b{i}"), "b", secs, None));
+    }
+    let config = SchedulerConfig::new("fairness");
+    let half_life = config.half_life().unwrap();
+    assert_eq!(half_life, 12 * HOUR, "the documented default");
+    let report = run(&workload, &config);
+    println!("{report}");
+    let longest = workload.tasks.iter().map(|t| t.duration).max().unwrap();
+
+    // From one half-life after b's arrival, every 1 h window is within ±10 % of 50 %, as long
+    // as both are backlogged (b runs out first, well after 46 h).
+    let from = arrival + half_life;
+    let to = 46 * HOUR;
+    assert!(
+        report
+            .tasks
+            .iter()
+            .any(|t| t.owner == "b" && t.start.is_none_or(|s| s > to))
+    );
+    for w in report.timeline(from, to, HOUR) {
+        println!("{:?}–{:?}: {:?}", w.start, w.end, w.shares);
+        for share in &w.shares {
+            assert!(
+                (share - 0.5).abs() <= 0.05,
+                "window from {:?}: shares {:?}",
+                w.start,
+                w.shares
+            );
+        }
+    }
+    // No starvation: neither goes more than 2 × the longest task without a placement, even
+    // while b catches up (the bound the guard gives: the longest task, then the next slot).
+    for t in &report.tenants {
+        assert!(
+            t.longest_gap <= 2 * longest,
+            "{}: {:?} without a placement (longest task {longest:?})",
+            t.name,
+            t.longest_gap
+        );
+    }
+    // And the old hard window's alternating monopolies are gone: fifo-like 12 h droughts
+    // would show up here.
+    assert!(report.longest_gap < 5 * MEAN, "{:?}", report.longest_gap);
+}
+
+#[test]
+fn estimates_off_by_100x_or_missing_buy_no_share_and_starve_no_one() {
+    // a declares 1 s for 100 s tasks, b 1000 s for 10 s tasks, c declares nothing (50 s).
+    let mut workload = Workload::default();
+    for w in 0..20 {
+        workload
+            .workers
+            .push(sim::SimWorker::new(format!("w{w}"), caps(8, &[], 1)));
+    }
+    let tenants = [
+        ("a", 100, Some(Duration::from_secs(1)), 1_500),
+        ("b", 10, Some(Duration::from_secs(1_000)), 12_000),
+        ("c", 50, None, 3_000),
+    ];
+    for (owner, secs, expected, count) in tenants {
+        for i in 0..count {
+            workload.tasks.push(sim_task(
+                Duration::ZERO,
+                format!("{owner}{i}"),
+                owner,
+                secs,
+                expected,
+            ));
+        }
+    }
+    let config = SchedulerConfig::new("fairness").weights(parse_weights("a=2,b=1,c=1").unwrap());
+    let report = run(&workload, &config);
+    println!("{report}");
+    assert!(
+        report.contended && report.period.1 > 2 * HOUR,
+        "{:?}",
+        report.period
+    );
+    for t in &report.tenants {
+        let off = (t.share - t.weight_share).abs() / t.weight_share;
+        assert!(
+            off <= 0.05,
+            "{}: share {:.4} vs weight share {:.4}",
+            t.name,
+            t.share,
+            t.weight_share
+        );
+    }
+    let longest = Duration::from_secs(100);
+    for t in &report.tenants {
+        assert!(
+            t.longest_gap <= longest,
+            "{}: {:?} without a placement",
+            t.name,
+            t.longest_gap
+        );
+    }
+    // Trusting the estimates instead (the old behaviour) is what FIFO-by-estimate would do;
+    // here the liar gets exactly its weight.
+    let a = tenant(&report, "a");
+    assert!((a.share - 0.5).abs() < 0.025, "a: {}", a.share);
+}
+
+/// `owner`'s slot time on the workers whose id starts with `prefix`, within `[0, until)`.
+fn service_on(report: &Report, owner: &str, prefix: &str, until: Duration) -> f64 {
+    report
+        .tasks
+        .iter()
+        .filter(|t| t.owner == owner)
+        .filter(|t| {
+            t.worker
+                .as_ref()
+                .is_some_and(|w| w.as_str().starts_with(prefix))
+        })
+        .filter_map(|t| t.start.zip(t.end))
+        .map(|(s, e)| e.min(until).saturating_sub(s).as_secs_f64())
+        .sum()
+}
+
+#[test]
+fn a_tenants_plain_work_does_not_cost_it_its_share_of_the_accelerators() {
+    // 16 plain workers and 4 cuda workers. `a` keeps every plain slot busy and also wants
+    // the GPUs; `b` wants only the GPUs. With one usage figure per tenant, a's plain usage
+    // would keep it off the GPUs; with usage per pool they split the GPUs evenly.
+    let mut workload = Workload::default();
+    for w in 0..16 {
+        workload
+            .workers
+            .push(sim::SimWorker::new(format!("cpu{w:02}"), caps(8, &[], 1)));
+    }
+    for w in 0..4 {
+        workload.workers.push(sim::SimWorker::new(
+            format!("gpu{w}"),
+            caps(8, &["cuda"], 1),
+        ));
+    }
+    let cuda = Requirements::builder()
+        .features(vec!["cuda".into()])
+        .build();
+    let mut add = |id: String, owner: &str, gpu: bool, secs: u64| {
+        let mut spec = TaskSpec::builder().id(id).owner(owner).build();
+        if gpu {
+            spec.requirements = cuda.clone();
+        }
+        workload.tasks.push(SimTask::new(
+            Duration::ZERO,
+            spec,
+            Duration::from_secs(secs),
+        ));
+    };
+    for i in 0..4_000u64 {
+        add(format!("a-cpu{i}"), "a", false, spread(i));
+    }
+    for i in 0..400u64 {
+        add(format!("a-gpu{i}"), "a", true, spread(i + 3));
+        add(format!("b-gpu{i}"), "b", true, spread(i + 5));
+    }
+    let report = run(&workload, &SchedulerConfig::new("fairness"));
+    println!("{report}");
+    // While both have GPU work waiting: until the first of them places its last GPU task.
+    let last_gpu_start = |owner: &str| {
+        report
+            .tasks
+            .iter()
+            .filter(|t| t.owner == owner && t.id.as_str().contains("gpu"))
+            .filter_map(|t| t.start)
+            .max()
+            .unwrap()
+    };
+    let until = last_gpu_start("a").min(last_gpu_start("b"));
+    assert!(until > HOUR, "a long contended period: {until:?}");
+    let (a, b) = (
+        service_on(&report, "a", "gpu", until),
+        service_on(&report, "b", "gpu", until),
+    );
+    let a_share = a / (a + b);
+    println!("GPU time until {until:?}: a {a:.0}s, b {b:.0}s, a's share {a_share:.3}");
+    assert!((a_share - 0.5).abs() <= 0.05, "a's GPU share {a_share}");
+    // And a keeps the plain workers: no GPU task ever ran there, and a's plain work ran on
+    // them throughout.
+    let plain_a = service_on(&report, "a", "cpu", until);
+    assert!(plain_a >= 0.99 * 16.0 * until.as_secs_f64(), "{plain_a}");
+    assert!(report.longest_gap <= 2 * Duration::from_secs(90));
+}
+
+#[test]
+fn the_fairness_window_maps_onto_a_half_life_of_half_the_window() {
+    let window = SchedulerConfig::new("fairness").fairness_window_hours(24.0);
+    assert_eq!(window.half_life().unwrap(), 12 * HOUR);
+    let both = window.clone().half_life_hours(6.0);
+    let err = both.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("fairness_window_hours") && err.contains("half_life_hours"),
+        "{err}"
+    );
+    assert_eq!(
+        SchedulerConfig::new("fairness")
+            .half_life_hours(6.0)
+            .half_life()
+            .unwrap(),
+        6 * HOUR
+    );
+}
+
+/// Tenant `a` uses 10 workers for 2 hours (20 slot-hours); then, at `then`, `a` and `b` each
+/// submit 10 one-hour tasks at once. Returns how many of the 10 slots `b` gets.
+fn b_slots_after_a_used_the_cluster(config: &SchedulerConfig, then: Duration) -> usize {
+    let mut e = engine(config);
     for w in 0..10 {
         e.add_worker(format!("w{w}"), caps(8, &[], 1));
     }
@@ -679,15 +930,23 @@ fn b_slots_after_a_used_the_cluster(then: Duration) -> usize {
 }
 
 #[test]
-fn usage_inside_the_window_counts_and_usage_older_than_the_window_stops_counting() {
-    // One hour later, a's 20 h of service count: b gets every slot.
-    assert_eq!(b_slots_after_a_used_the_cluster(3 * HOUR), 10);
-    // 22 h later, still inside the 24 h window.
-    assert_eq!(b_slots_after_a_used_the_cluster(24 * HOUR), 10);
-    // More than 24 h after a's last task ended, its usage no longer counts: an even split.
-    assert_eq!(b_slots_after_a_used_the_cluster(27 * HOUR), 5);
+fn past_usage_fades_with_the_half_life_instead_of_falling_off_a_cliff() {
+    // Half-life 1 h; every placement is provisionally charged 1 h (`default_duration_secs`),
+    // so b takes slots while its provisional charges are below a's faded usage.
+    let config = SchedulerConfig::new("fairness")
+        .half_life_hours(1.0)
+        .default_duration_secs(3600.0);
+    // a's usage when its tasks end at 2 h: 10 slots × ∫ 2^-(age/1 h) over 2 h = 10 × 0.75 ×
+    // 1 h / ln 2 ≈ 38,955 slot-seconds, more than b's 10 provisional hours: b takes every slot.
+    assert_eq!(b_slots_after_a_used_the_cluster(&config, 2 * HOUR), 10);
+    // Two half-lives later a's usage counts a quarter (≈ 9,739 s): b takes 3 slots (0, 3,600
+    // and 7,200 s are below it), then they alternate (a at 9,739, b at 10,800, ...): b gets 6.
+    assert_eq!(b_slots_after_a_used_the_cluster(&config, 4 * HOUR), 6);
+    // 10 half-lives later (about 1/1000): an even split.
+    assert_eq!(b_slots_after_a_used_the_cluster(&config, 12 * HOUR), 5);
 }
 
+// ---------------------------------------------------------------------------------------------
 // ---------------------------------------------------------------------------------------------
 // Bad input.
 // ---------------------------------------------------------------------------------------------
@@ -976,4 +1235,85 @@ async fn a_recorded_run_replays_in_the_simulator() {
     let report = run(&workload, &SchedulerConfig::new("fifo"));
     assert_eq!(report.tasks.iter().filter(|t| t.end.is_some()).count(), 3);
     manager.shutdown(ShutdownReason::Completed).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scheduler configured from dtf.toml, in the reference coordinator.
+// ---------------------------------------------------------------------------------------------
+
+async fn coordinator_cli(args: &[&str]) -> (i32, String) {
+    let mut out = Vec::new();
+    let mut args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    args.extend(["--progress".to_owned(), "never".to_owned()]);
+    let code = dtf_examples::run_cli(args, &mut out).await;
+    (code, String::from_utf8(out).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_reads_the_scheduler_from_dtf_toml_and_reports_bad_keys_with_positions() {
+    let dir = std::env::temp_dir().join(format!("dtf-sched-toml-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("dtf.toml");
+    let path = file.to_str().unwrap();
+
+    std::fs::write(
+        &file,
+        "[plugins.scheduler.settings]\n\
+         scheduler = \"fairness\"\n\
+         half_lifee_hours = 3\n\
+         weights = { alice = -1, bob = 2 }\n",
+    )
+    .unwrap();
+    let (code, out) = coordinator_cli(&["--config", path, "--check-config"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{path}:3:1: plugins.scheduler.settings.half_lifee_hours: unknown key `half_lifee_hours` (did you mean `half_life_hours`?)"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{path}:4:21: plugins.scheduler.settings.weights.alice: must be a positive number (got -1)"
+        )),
+        "{out}"
+    );
+
+    // A valid section: the run uses it (resolved from the loaded file), the scheduler is not
+    // started a second time as an optional plugin, and the tasks run.
+    std::fs::write(
+        &file,
+        "[plugins.scheduler.settings]\n\
+         scheduler = \"fairness\"\n\
+         half_life_hours = 6\n\
+         weights = { alice = 3 }\n\
+         quotas = { bob = 2 }\n",
+    )
+    .unwrap();
+    let mut registry = dtf_examples::plugin_registry();
+    let loaded =
+        dtf_examples::load_config_and_plugin_dirs(Some(&file), &[], &[], &mut registry).unwrap();
+    let resolved =
+        dtf_examples::scheduler_settings::resolve(&SchedulerConfig::new("fifo"), &loaded).unwrap();
+    assert_eq!(
+        resolved,
+        SchedulerConfig::new("fairness")
+            .half_life_hours(6.0)
+            .weight("alice", 3.0)
+            .quota("bob", 2)
+    );
+    // `--scheduler` on the command line wins.
+    let cli = SchedulerConfig::new("round-robin");
+    assert_eq!(
+        dtf_examples::scheduler_settings::resolve(&cli, &loaded).unwrap(),
+        cli
+    );
+    let (code, out) = coordinator_cli(&[
+        "--config", path, "--task", "true", "--task", "true", "--task", "true",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("3 of 3 task(s) passed"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
