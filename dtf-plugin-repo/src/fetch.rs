@@ -1,0 +1,297 @@
+//! Reading indexes and artifacts from `file://`, `https://` and loopback `http://` URLs,
+//! with a size cap on everything read.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use reqwest::Url;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::RepoError;
+
+/// Parses an index location: a `file://`, `https://` or loopback `http://` URL, or a local
+/// directory path. The result ends with `/` so relative artifact URLs resolve inside it.
+///
+/// # Errors
+///
+/// [`RepoError::BadUrl`] for another scheme, `http://` to a host that is not loopback, or
+/// a path that cannot be made absolute.
+pub fn index_url(location: &str) -> Result<Url, RepoError> {
+    let bad = |reason: &str| RepoError::BadUrl {
+        url: location.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let mut url = if location.contains("://") {
+        Url::parse(location).map_err(|e| bad(&e.to_string()))?
+    } else {
+        let path = std::path::absolute(location).map_err(|e| bad(&e.to_string()))?;
+        Url::from_directory_path(&path).map_err(|()| bad("not an absolute path"))?
+    };
+    check_url(&url).map_err(|reason| bad(&reason))?;
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+/// Whether `url` may be read: `https://`, `file://`, or `http://` to a loopback address
+/// (tests and local mirrors; plain HTTP over a network would let anyone swap the index).
+pub(crate) fn check_url(url: &Url) -> Result<(), String> {
+    match url.scheme() {
+        "https" | "file" => Ok(()),
+        "http" => {
+            let host = url.host_str().unwrap_or_default();
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = match host.parse::<IpAddr>() {
+                Ok(ip) => ip.is_loopback(),
+                Err(_) => host.eq_ignore_ascii_case("localhost"),
+            };
+            if loopback {
+                Ok(())
+            } else {
+                Err("plain http:// is only allowed to a loopback address; use https://".to_owned())
+            }
+        }
+        other => Err(format!(
+            "scheme `{other}` is not supported (https://, file://, or http:// on loopback)"
+        )),
+    }
+}
+
+/// A URL for messages: without user name, password, query or fragment (which could hold a
+/// token).
+pub(crate) fn redact(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
+}
+
+/// `relative` resolved against the index URL `base`, checked like an index URL.
+pub(crate) fn join(base: &Url, relative: &str) -> Result<Url, RepoError> {
+    let url = base.join(relative).map_err(|e| RepoError::BadUrl {
+        url: relative.to_owned(),
+        reason: e.to_string(),
+    })?;
+    check_url(&url).map_err(|reason| RepoError::BadUrl {
+        url: redact(&url),
+        reason,
+    })?;
+    Ok(url)
+}
+
+fn file_path(url: &Url) -> Result<PathBuf, RepoError> {
+    url.to_file_path().map_err(|()| RepoError::BadUrl {
+        url: redact(url),
+        reason: "not a local file path".to_owned(),
+    })
+}
+
+/// The HTTP client: rustls, redirects only to URLs [`check_url`] allows, at most 5.
+pub(crate) fn http_client() -> Result<reqwest::Client, RepoError> {
+    let policy = reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.previous().len() >= 5 {
+            attempt.error("too many redirects")
+        } else if let Err(reason) = check_url(attempt.url()) {
+            attempt.error(reason)
+        } else {
+            attempt.follow()
+        }
+    });
+    reqwest::Client::builder()
+        .redirect(policy)
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(300))
+        .user_agent(concat!("dtf-plugin-repo/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| RepoError::Fetch {
+            url: String::new(),
+            reason: format!("cannot build the HTTP client: {e}"),
+        })
+}
+
+/// Where the bytes of a download go as they arrive: a file (hashed on the way) or memory.
+struct Sink {
+    file: Option<(tokio::fs::File, PathBuf)>,
+    memory: Vec<u8>,
+    hash: Sha256,
+}
+
+impl Sink {
+    async fn put(&mut self, chunk: &[u8]) -> Result<(), RepoError> {
+        self.hash.update(chunk);
+        match &mut self.file {
+            Some((file, path)) => file
+                .write_all(chunk)
+                .await
+                .map_err(RepoError::io("write", &*path)),
+            None => {
+                self.memory.extend_from_slice(chunk);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Reads `url` into `sink`, failing as soon as more than `max` bytes arrive.
+async fn read_into(
+    http: &reqwest::Client,
+    url: &Url,
+    max: u64,
+    sink: &mut Sink,
+) -> Result<u64, RepoError> {
+    let fail = |reason: String| RepoError::Fetch {
+        url: redact(url),
+        reason,
+    };
+    let too_big = || fail(format!("larger than the {max} bytes expected"));
+    let mut total: u64 = 0;
+    if url.scheme() == "file" {
+        let path = file_path(url)?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = file.read(&mut buf).await.map_err(|e| fail(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if total > max {
+                return Err(too_big());
+            }
+            sink.put(&buf[..n]).await?;
+        }
+        return Ok(total);
+    }
+    let mut response = http
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| fail(without_url(e)))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(fail(format!("HTTP {status}")));
+    }
+    if response.content_length().is_some_and(|n| n > max) {
+        return Err(too_big());
+    }
+    while let Some(chunk) = response.chunk().await.map_err(|e| fail(without_url(e)))? {
+        total += chunk.len() as u64;
+        if total > max {
+            return Err(too_big());
+        }
+        sink.put(&chunk).await?;
+    }
+    Ok(total)
+}
+
+/// reqwest's message without the URL it appends (the caller names the URL, redacted).
+fn without_url(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    reason
+}
+
+/// The bytes at `url`, at most `max`.
+pub(crate) async fn get_bytes(
+    http: &reqwest::Client,
+    url: &Url,
+    max: u64,
+) -> Result<Vec<u8>, RepoError> {
+    let mut sink = Sink {
+        file: None,
+        memory: Vec::new(),
+        hash: Sha256::new(),
+    };
+    read_into(http, url, max, &mut sink).await?;
+    Ok(sink.memory)
+}
+
+/// Downloads `url` to the new file `dest`, at most `max` bytes; returns the size and the
+/// SHA-256 (lowercase hex) of what was written.
+pub(crate) async fn download(
+    http: &reqwest::Client,
+    url: &Url,
+    dest: &Path,
+    max: u64,
+) -> Result<(u64, String), RepoError> {
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .await
+        .map_err(RepoError::io("create", dest))?;
+    let mut sink = Sink {
+        file: Some((file, dest.to_owned())),
+        memory: Vec::new(),
+        hash: Sha256::new(),
+    };
+    let size = read_into(http, url, max, &mut sink).await?;
+    if let Some((mut file, _)) = sink.file {
+        file.flush().await.map_err(RepoError::io("write", dest))?;
+        file.sync_all()
+            .await
+            .map_err(RepoError::io("write", dest))?;
+    }
+    Ok((size, hex(&sink.hash.finalize())))
+}
+
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allows_https_file_and_loopback_http_only() {
+        assert!(index_url("https://plugins.example.org/dtf").is_ok());
+        assert!(index_url("http://127.0.0.1:8080/").is_ok());
+        assert!(index_url("http://[::1]:8080/").is_ok());
+        assert!(index_url("http://localhost/x").is_ok());
+        assert!(index_url("file:///srv/index").is_ok());
+        let err = index_url("http://plugins.example.org/")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("loopback"), "{err}");
+        let err = index_url("ftp://x/").unwrap_err().to_string();
+        assert!(err.contains("ftp"), "{err}");
+    }
+
+    #[test]
+    fn index_urls_end_with_a_slash_and_artifacts_resolve_inside() {
+        let base = index_url("https://h.example/repo").unwrap();
+        assert_eq!(base.as_str(), "https://h.example/repo/");
+        assert_eq!(
+            join(&base, "artifacts/a.tar.gz").unwrap().as_str(),
+            "https://h.example/repo/artifacts/a.tar.gz"
+        );
+        assert!(join(&base, "http://evil.example/a.tar.gz").is_err());
+    }
+
+    #[test]
+    fn redacts_credentials_and_queries() {
+        let url = Url::parse("https://user:pw@h.example/i/?token=abc#f").unwrap();
+        assert_eq!(redact(&url), "https://h.example/i/");
+    }
+}
