@@ -2,9 +2,9 @@
 //!
 //! The plugin architecture of a distributed testing framework: a strongly typed event model
 //! for everything that happens in a test run, plugins that each run as a supervised
-//! [`ractor`] actor, and a manager that fans events out to the plugins that subscribe,
-//! isolates and restarts the ones that fail, and lets an embedding application add, remove,
-//! enable, disable and reconfigure plugins while the run goes on.
+//! [`ractor`] actor, a bus that fans events out to the plugins that subscribe, and a manager
+//! that isolates and restarts the ones that fail and lets an embedding application add,
+//! remove, enable, disable and reconfigure plugins while the run goes on.
 //!
 //! ## Main types
 //!
