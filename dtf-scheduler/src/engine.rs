@@ -969,6 +969,75 @@ mod tests {
         assert_eq!((e.waiting(), e.running()), (0, 0));
     }
 
+    /// Ranks its queues itself: the newest queue first; records what the engine told it.
+    #[derive(Default)]
+    struct NewestFirst {
+        waiting: Vec<bool>,
+    }
+
+    impl Scheduler for NewestFirst {
+        fn name(&self) -> &str {
+            "newest-first"
+        }
+
+        fn queue<'t>(&self, task: &'t TaskSpec) -> std::borrow::Cow<'t, str> {
+            std::borrow::Cow::Borrowed(&task.owner)
+        }
+
+        fn ranks_queues(&self) -> bool {
+            true
+        }
+
+        fn on_queue_waiting(&mut self, queue: QueueId, waiting: bool, _now: Duration) {
+            if self.waiting.len() <= queue.index() {
+                self.waiting.resize(queue.index() + 1, false);
+            }
+            self.waiting[queue.index()] = waiting;
+        }
+
+        fn next_queue(
+            &mut self,
+            _now: Duration,
+            runnable: &mut dyn FnMut(QueueId) -> bool,
+        ) -> Option<QueueId> {
+            for q in (0..self.waiting.len() as u32).rev() {
+                if self.waiting[q as usize] && runnable(QueueId(q)) {
+                    return Some(QueueId(q));
+                }
+            }
+            None
+        }
+    }
+
+    #[test]
+    fn a_ranking_strategy_orders_the_queues_and_heads_that_cannot_run_are_skipped() {
+        let mut e = Engine::new(Box::new(NewestFirst::default()));
+        e.add_worker("cpu", caps(&[], 2));
+        e.add_worker("gpu", caps(&["cuda"], 1));
+        let owned = |id: &str, owner: &str, features: &[&str]| TaskSpec {
+            owner: owner.to_owned(),
+            ..spec(id, features)
+        };
+        e.submit(owned("a1", "a", &[]), T0).unwrap();
+        e.submit(owned("b1", "b", &["cuda"]), T0).unwrap();
+        e.submit(owned("c1", "c", &[]), T0).unwrap();
+        e.submit(owned("c2", "c", &[]), T0).unwrap();
+        // Newest queue first: c, c (c is then empty), b's cuda task, a's.
+        assert_eq!(
+            placed(&e.schedule(T0)),
+            [("c1", "cpu"), ("c2", "cpu"), ("b1", "gpu")]
+        );
+        e.submit(owned("b2", "b", &["cuda"]), T0).unwrap();
+        e.finish(&"c1".into(), T0).unwrap();
+        // Only a cpu slot is free: b (newest with work) is offered first, but its cuda task
+        // cannot run, so a's task takes the slot and b's waits.
+        assert_eq!(placed(&e.schedule(T0)), [("a1", "cpu")]);
+        assert_eq!(e.task(&"b2".into()), Some(TaskStatus::Waiting));
+        e.finish(&"b1".into(), T0).unwrap();
+        assert_eq!(placed(&e.schedule(T0)), [("b2", "gpu")]);
+        assert_eq!((e.waiting(), e.running()), (0, 3));
+    }
+
     /// Declines everything, or returns a bad index, or filters out every worker.
     struct Awkward(u8);
 

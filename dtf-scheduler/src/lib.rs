@@ -17,8 +17,9 @@
 //! - [`SchedulingCoordinator`]: the engine as a bus plugin: hears tasks and workers, publishes
 //!   `TaskAssigned`, recovery events, and `Unschedulable` failures.
 //! - [`sim`]: workloads (generated, recorded or hand-written), [`sim::simulate`] and its
-//!   [`sim::Report`] (Jain's index, shares against weights, wait percentiles, makespan,
-//!   utilisation).
+//!   [`sim::Report`] (Jain's index, also over sliding windows, shares against weights and
+//!   over time, wait percentiles, the longest gap a tenant with waiting work went without a
+//!   placement, makespan, utilisation).
 //!
 //! ## Example
 //!
@@ -65,7 +66,8 @@
 //! - **Determinism.** Same events, same decisions: ties break by arrival and worker
 //!   registration order; the simulator's randomness is seeded.
 //! - **Cost.** A placement decision is `O(log n)` in waiting tasks plus `O(queues + free
-//!   workers)`.
+//!   workers)`; `O(log queues + free workers)` for a strategy that ranks its queues itself
+//!   ([`Scheduler::ranks_queues`], as `fairness` does).
 //!
 //! The strategies' own guarantees (fair share, no starvation, with their bounds) and the
 //! measured figures are in `docs/scheduler.md`.
