@@ -101,6 +101,21 @@ pub enum ManagerError {
         /// The actor runtime's reason.
         reason: String,
     },
+    /// The plugin's `on_start` failed (it is then restarted within its budget, as after any
+    /// failure).
+    #[error("start plugin `{name}`: {reason}")]
+    StartFailed {
+        /// The plugin.
+        name: String,
+        /// How `on_start` failed.
+        reason: String,
+    },
+    /// [`crate::PluginManagerBuilder::spawn`] ran on a tokio runtime without its time driver.
+    #[error(
+        "spawn the plugin manager: the tokio runtime has no time driver (build it with \
+         `enable_time()` or `enable_all()`; `#[tokio::main]` and `#[tokio::test]` have it)"
+    )]
+    NoTimeDriver,
     /// The manager is shutting down or has stopped.
     #[error("reach the plugin manager: it has shut down")]
     ShutDown,

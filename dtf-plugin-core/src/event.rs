@@ -177,6 +177,9 @@ pub enum EventKind {
     PluginRestarted(Box<PluginLifecycle>),
     /// Framework: a plugin was disabled (restart budget spent, or by request).
     PluginDisabled(Box<PluginDisabled>),
+    /// Framework: a plugin was removed ([`crate::PluginManager::remove`]); it gets no more
+    /// events and its name is free again.
+    PluginRemoved(Box<PluginLifecycle>),
 }
 
 /// Payload of [`EventKind::CoordinatorStartup`].
@@ -500,7 +503,8 @@ pub struct CustomEvent {
     pub payload: serde_json::Value,
 }
 
-/// Payload of [`EventKind::PluginStarted`] and [`EventKind::PluginRestarted`].
+/// Payload of [`EventKind::PluginStarted`], [`EventKind::PluginRestarted`] and
+/// [`EventKind::PluginRemoved`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct PluginLifecycle {
@@ -708,6 +712,7 @@ impl EventKind {
             Self::PluginFailed(_) => Hook::PluginFailed,
             Self::PluginRestarted(_) => Hook::PluginRestarted,
             Self::PluginDisabled(_) => Hook::PluginDisabled,
+            Self::PluginRemoved(_) => Hook::PluginRemoved,
         }
     }
 
@@ -801,6 +806,8 @@ hooks! {
     PluginRestarted = 18,
     /// [`EventKind::PluginDisabled`].
     PluginDisabled = 19,
+    /// [`EventKind::PluginRemoved`].
+    PluginRemoved = 20,
 }
 
 impl Hook {
@@ -810,7 +817,7 @@ impl Hook {
     }
 
     /// The number of hooks (the length of [`Hook::ALL`]).
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 21;
 
     pub(crate) const fn index(self) -> usize {
         self as usize
@@ -837,7 +844,7 @@ impl HookSet {
     /// The three recovery hooks.
     pub const RECOVERY: HookSet = HookSet(0b111 << 12);
     /// The framework's `Plugin*` hooks.
-    pub const PLUGIN: HookSet = HookSet(0b1111 << 16);
+    pub const PLUGIN: HookSet = HookSet(0b1_1111 << 16);
     /// Failures of any kind: task, worker, recovery and plugin failures, plus plugin disabled.
     pub const FAILURES: HookSet = HookSet::EMPTY
         .with(Hook::TaskFailed)

@@ -31,7 +31,7 @@ use crate::plugin::{
     Plugin, PluginConfig, PluginContext, PluginMetadata, Reconfigured, RestartPolicy,
 };
 use crate::runner::{
-    PluginActor, PluginMsg, RESTART_FOR_CONFIG, RunnerArgs, RunnerFailure, ShutdownOutcome,
+    PluginActor, PluginMsg, RESTART_FOR_CONFIG, RunnerArgs, RunnerFailure, ShutdownOutcome, Started,
 };
 use crate::supervision::{Backoff, Jitter, RestartBudget, RestartTracker};
 
@@ -333,6 +333,7 @@ trait ErasedFactory: Send + Sync {
         slot: Arc<Slot>,
         handler_timeout: Duration,
         supervisor: ActorCell,
+        started: Option<Started>,
     ) -> SpawnFuture<'_>;
 }
 
@@ -352,6 +353,7 @@ where
         slot: Arc<Slot>,
         handler_timeout: Duration,
         supervisor: ActorCell,
+        started: Option<Started>,
     ) -> SpawnFuture<'_> {
         Box::pin(async move {
             let first = self
@@ -373,6 +375,7 @@ where
                 ctx,
                 slot,
                 handler_timeout,
+                started,
             };
             PluginActor::<P>::spawn_linked(None, PluginActor::new(), args, supervisor)
                 .await
@@ -518,6 +521,16 @@ impl ManagerState {
 
     /// Spawns a fresh actor for `name` from its factory. A spawn error is handled as a failure.
     async fn spawn(&mut self, name: &str, myself: &ActorRef<ManagerMsg>) -> Result<(), String> {
+        self.spawn_telling(name, myself, None).await
+    }
+
+    /// [`spawn`](Self::spawn), telling `started` how the instance's `on_start` went.
+    async fn spawn_telling(
+        &mut self,
+        name: &str,
+        myself: &ActorRef<ManagerMsg>,
+        started: Option<Started>,
+    ) -> Result<(), String> {
         let bus = self.bus.clone();
         let Some(entry) = self.plugins.get_mut(name) else {
             return Err(format!("no plugin `{name}`"));
@@ -534,6 +547,7 @@ impl ManagerState {
                 Arc::clone(&entry.slot),
                 entry.settings.handler_timeout,
                 myself.get_cell(),
+                started,
             )
             .await;
         match spawned {
@@ -685,8 +699,13 @@ impl ManagerState {
             }
             AfterStop::Remove => {
                 entry.slot.release();
+                let restarts = entry.restarts;
                 self.plugins.remove(name);
                 tracing::info!(plugin = %name, "plugin removed");
+                self.announce(EventKind::PluginRemoved(Box::new(PluginLifecycle {
+                    plugin: name.to_owned(),
+                    restarts,
+                })));
             }
             AfterStop::Nothing | AfterStop::Respawn => {}
         }
@@ -793,7 +812,7 @@ impl ManagerState {
         };
         match verdict {
             Ok(delay) => {
-                entry.tracker.record(now);
+                entry.tracker.record(&s.restart_budget, now);
                 entry.status = PluginStatus::Restarting;
                 entry.generation += 1;
                 let generation = entry.generation;
@@ -907,7 +926,8 @@ impl Actor for ManagerActor {
                         e.tracker = RestartTracker::default();
                         let slot = Arc::clone(&e.slot);
                         state.bus.inner().route(&slot);
-                        match state.spawn(&name, &myself).await {
+                        let (tx, rx) = oneshot::channel();
+                        match state.spawn_telling(&name, &myself, Some(tx)).await {
                             Ok(()) => {
                                 state.announce(EventKind::PluginStarted(Box::new(
                                     PluginLifecycle {
@@ -918,7 +938,25 @@ impl Actor for ManagerActor {
                                             .map_or(0, |e| e.restarts),
                                     },
                                 )));
-                                Ok(())
+                                // `enable` answers once `on_start` has run, with its error if
+                                // it failed (the failure itself is handled as any other: a
+                                // restart within the budget). Waited for outside the manager,
+                                // so a slow `on_start` never blocks it.
+                                tokio::spawn(async move {
+                                    let r = match rx.await {
+                                        Ok(Ok(())) => Ok(()),
+                                        Ok(Err(reason)) => {
+                                            Err(ManagerError::StartFailed { name, reason })
+                                        }
+                                        Err(_) => Err(ManagerError::StartFailed {
+                                            name,
+                                            reason: "the plugin stopped before it started"
+                                                .to_owned(),
+                                        }),
+                                    };
+                                    let _ = reply.send(r);
+                                });
+                                return Ok(());
                             }
                             Err(reason) => {
                                 // Events routed to it meanwhile are kept (copied out of the
@@ -1114,13 +1152,20 @@ impl PluginManagerBuilder {
 
     /// Starts the manager actor and every plugin.
     ///
-    /// Must be called inside a Tokio runtime.
+    /// Must be called inside a Tokio runtime with its time driver enabled.
     ///
     /// # Errors
     ///
-    /// The first [`ManagerError`] of any plugin (duplicate name, no hooks, bad config); the
-    /// manager is shut down again in that case.
+    /// [`ManagerError::NoTimeDriver`] when the runtime has no timer; the first
+    /// [`ManagerError`] of any plugin (duplicate name, no hooks, bad config), and the manager
+    /// is shut down again in that case.
     pub async fn spawn(self) -> Result<PluginManager, ManagerError> {
+        // Handler timeouts, restart backoff and shutdown deadlines all need tokio's timer:
+        // without it they would panic later, in the middle of a run. Say so now.
+        let timer = catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO)));
+        if timer.is_err() {
+            return Err(ManagerError::NoTimeDriver);
+        }
         let bus = Bus::new(&self.config.source);
         let (actor, join) = Actor::spawn(None, ManagerActor, (self.config.clone(), bus.clone()))
             .await
@@ -1237,7 +1282,8 @@ impl PluginManager {
         self.call(|r| ManagerMsg::Add(Box::new(spec), r)).await?
     }
 
-    /// Stops a plugin (it handles what is queued for it, then `on_shutdown`) and forgets it.
+    /// Stops a plugin (it handles what is queued for it, then `on_shutdown`) and forgets it;
+    /// the manager then publishes [`EventKind::PluginRemoved`].
     ///
     /// # Errors
     ///
@@ -1258,11 +1304,15 @@ impl PluginManager {
         self.call(|r| ManagerMsg::Disable(name, r)).await?
     }
 
-    /// Starts a disabled plugin again from its factory, with a fresh restart budget.
+    /// Starts a disabled plugin again from its factory, with a fresh restart budget. Returns
+    /// once its `on_start` has run.
     ///
     /// # Errors
     ///
-    /// [`ManagerError::UnknownPlugin`], [`ManagerError::WrongState`] unless disabled.
+    /// [`ManagerError::UnknownPlugin`], [`ManagerError::WrongState`] unless disabled,
+    /// [`ManagerError::Spawn`] when the factory panicked, [`ManagerError::StartFailed`] when
+    /// `on_start` failed (the plugin is then restarted within its budget, as after any
+    /// failure).
     pub async fn enable(&self, name: &str) -> Result<(), ManagerError> {
         let name = name.to_owned();
         self.call(|r| ManagerMsg::Enable(name, r)).await?

@@ -284,7 +284,12 @@ pub(crate) struct RunnerArgs<P> {
     pub(crate) ctx: PluginContext,
     pub(crate) slot: Arc<Slot>,
     pub(crate) handler_timeout: Duration,
+    /// Told how `on_start` went (for `PluginManager::enable`, which returns its error).
+    pub(crate) started: Option<Started>,
 }
+
+/// Where a runner reports how `on_start` went: `Err` with the failure's text.
+pub(crate) type Started = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// What a hook call without a plugin instance fails with (it cannot happen: the instance is
 /// only taken out by `Runner`'s `Drop`).
@@ -301,6 +306,8 @@ pub(crate) struct Runner<P> {
     chunk: VecDeque<Item>,
     /// Events of the previous chunk not yet acknowledged to the slot.
     unacked: usize,
+    /// Told how `on_start` went, once.
+    started: Option<Started>,
 }
 
 impl<P> Drop for Runner<P> {
@@ -309,6 +316,45 @@ impl<P> Drop for Runner<P> {
         // into the actor's task.
         if let Some(plugin) = self.plugin.take() {
             drop_caught(plugin, "a plugin instance");
+        }
+    }
+}
+
+/// A chunk's deliveries, counted as they happen. Settled when the chunk ends; if it never
+/// ends — the actor killed at a shutdown deadline drops `run_chunk` mid-chunk — its `Drop`
+/// counts and acknowledges what was handled, so the report's counters stay exact (what was
+/// not handled stays queued).
+struct Tally<'a> {
+    slot: &'a Slot,
+    delivered: usize,
+    started: Instant,
+    settled: bool,
+}
+
+impl Tally<'_> {
+    /// Adds the deliveries and handler time to the slot's counters; returns the deliveries,
+    /// which the caller acknowledges with its next chunk.
+    fn settle(mut self) -> usize {
+        self.settled = true;
+        self.record();
+        self.delivered
+    }
+
+    fn record(&self) {
+        self.slot
+            .counters
+            .delivered
+            .fetch_add(self.delivered as u64, Ordering::Relaxed);
+        self.slot.add_handler_time(self.started.elapsed());
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.record();
+            self.slot
+                .requeue_front(self.delivered, &mut VecDeque::new());
         }
     }
 }
@@ -338,8 +384,12 @@ impl<P: Plugin> Runner<P> {
 
     /// Handles `self.chunk` in order. On failure, puts the unhandled rest back in the slot.
     async fn run_chunk(&mut self) -> Result<ChunkEnd, ActorProcessingErr> {
-        let started = Instant::now();
-        let mut delivered = 0usize;
+        let mut tally = Tally {
+            slot: &self.slot,
+            delivered: 0,
+            started: Instant::now(),
+            settled: false,
+        };
         let hooks = self.slot.hooks;
         let result = loop {
             let Some(item) = self.chunk.pop_front() else {
@@ -360,7 +410,7 @@ impl<P: Plugin> Runner<P> {
                         }
                         seen += 1;
                         match on_event_guarded!(self, ev) {
-                            Ok(()) => delivered += 1,
+                            Ok(()) => tally.delivered += 1,
                             Err(f) => {
                                 self.slot.dead_letter(ev, f.to_string());
                                 failed = Some((i, f));
@@ -404,7 +454,7 @@ impl<P: Plugin> Runner<P> {
                             }
                             seen += 1;
                             match on_event_guarded!(self, ev) {
-                                Ok(()) => delivered += 1,
+                                Ok(()) => tally.delivered += 1,
                                 Err(f) => {
                                     self.slot.dead_letter(ev, f.to_string());
                                     failed = Some((i, j, f));
@@ -465,12 +515,7 @@ impl<P: Plugin> Runner<P> {
                 }
             }
         };
-        self.unacked += delivered;
-        self.slot
-            .counters
-            .delivered
-            .fetch_add(delivered as u64, Ordering::Relaxed);
-        self.slot.add_handler_time(started.elapsed());
+        self.unacked += tally.settle();
         if !matches!(result, Ok(ChunkEnd::Done)) {
             // Whatever is left goes back in front of newer events for the next instance.
             self.slot.requeue_front(self.unacked, &mut self.chunk);
@@ -535,6 +580,7 @@ impl<P: Plugin> Actor for PluginActor<P> {
             ctx: args.ctx,
             slot: args.slot,
             timeout: args.handler_timeout,
+            started: args.started,
             chunk: VecDeque::new(),
             unacked: 0,
         })
@@ -548,10 +594,18 @@ impl<P: Plugin> Actor for PluginActor<P> {
         // `on_start` runs in the actor's own task, so a slow start never blocks the manager.
         let (plugin, ctx) = (&mut state.plugin, &mut state.ctx);
         let call = move || Option::as_mut(plugin).map(move |p| p.on_start(ctx));
-        if let Err(f) = guarded(call, state.timeout).await {
+        let outcome = guarded(call, state.timeout).await;
+        let started = state.started.take();
+        if let Err(f) = outcome {
+            if let Some(started) = started {
+                let _ = started.send(Err(format!("on_start {f}")));
+            }
             return Err(state.fail(Phase::Start, f));
         }
         state.slot.attach(Box::new(myself));
+        if let Some(started) = started {
+            let _ = started.send(Ok(()));
+        }
         Ok(())
     }
 

@@ -99,6 +99,10 @@ pub(crate) struct RestartTracker {
     recent: VecDeque<Instant>,
 }
 
+/// Restarts remembered under [`RestartBudget::unlimited`]: only the backoff's exponent reads
+/// them, and it reaches its cap long before.
+const UNLIMITED_HISTORY: usize = 64;
+
 impl RestartTracker {
     /// Forgets restarts older than the window; returns how many remain.
     pub(crate) fn in_window(&mut self, budget: &RestartBudget, now: Instant) -> u32 {
@@ -117,9 +121,19 @@ impl RestartTracker {
         self.in_window(budget, now) < budget.max_restarts
     }
 
-    pub(crate) fn record(&mut self, now: Instant) {
-        // An unlimited budget would otherwise grow without bound.
-        if self.recent.len() >= 4096 {
+    /// Records a restart. The history holds at most `max_restarts` entries, which is all the
+    /// budget check needs (with that many inside the window, the next failure disables the
+    /// plugin): any budget is enforced exactly, in memory proportional to it. The unlimited
+    /// budget keeps only enough for the backoff's exponent.
+    pub(crate) fn record(&mut self, budget: &RestartBudget, now: Instant) {
+        let cap = if budget.max_restarts == u32::MAX {
+            UNLIMITED_HISTORY
+        } else {
+            usize::try_from(budget.max_restarts)
+                .unwrap_or(usize::MAX)
+                .max(1)
+        };
+        while self.recent.len() >= cap {
             self.recent.pop_front();
         }
         self.recent.push_back(now);
@@ -200,12 +214,43 @@ mod tests {
         let mut t = RestartTracker::default();
         let t0 = Instant::now();
         assert!(t.allows(&budget, t0));
-        t.record(t0);
-        t.record(t0 + Duration::from_secs(5));
+        t.record(&budget, t0);
+        t.record(&budget, t0 + Duration::from_secs(5));
         assert!(!t.allows(&budget, t0 + Duration::from_secs(6)));
         // The first restart leaves the window at t0 + 10 s.
         assert!(t.allows(&budget, t0 + Duration::from_secs(10)));
         assert_eq!(t.in_window(&budget, t0 + Duration::from_secs(15)), 0);
+    }
+
+    #[test]
+    fn a_budget_above_4096_restarts_is_enforced_exactly() {
+        // The history used to be capped at 4,096 entries, so any larger budget never ran out.
+        for max in [4_097, 10_000] {
+            let budget = RestartBudget::new(max, Duration::from_secs(3_600));
+            let mut t = RestartTracker::default();
+            let t0 = Instant::now();
+            for i in 0..max {
+                let now = t0 + Duration::from_millis(u64::from(i));
+                assert!(t.allows(&budget, now), "restart {i} of {max} refused");
+                t.record(&budget, now);
+            }
+            let next = t0 + Duration::from_millis(u64::from(max));
+            assert!(!t.allows(&budget, next), "restart {max} of {max} allowed");
+            assert_eq!(t.in_window(&budget, next), max);
+        }
+    }
+
+    #[test]
+    fn the_unlimited_budget_keeps_a_bounded_history() {
+        let budget = RestartBudget::unlimited();
+        let mut t = RestartTracker::default();
+        let t0 = Instant::now();
+        for i in 0..100_000 {
+            let now = t0 + Duration::from_nanos(i);
+            assert!(t.allows(&budget, now));
+            t.record(&budget, now);
+        }
+        assert_eq!(t.recent.len(), UNLIMITED_HISTORY);
     }
 
     #[test]

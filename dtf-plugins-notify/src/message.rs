@@ -315,6 +315,7 @@ pub(crate) fn hook_name(hook: Hook) -> &'static str {
         Hook::PluginFailed => "plugin_failed",
         Hook::PluginRestarted => "plugin_restarted",
         Hook::PluginDisabled => "plugin_disabled",
+        Hook::PluginRemoved => "plugin_removed",
         _ => "event",
     }
 }

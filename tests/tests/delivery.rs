@@ -467,3 +467,37 @@ async fn an_idle_reporter_stopped_after_a_slow_plugin_still_shuts_down() {
     );
     assert!(!report.clean);
 }
+
+/// A plugin killed at the shutdown deadline in the middle of a chunk: what it handled counts
+/// as delivered, event by event, and the rest as left in its queue (before, the 86 handled
+/// events of the unfinished chunk counted as nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_stay_exact_when_a_plugin_is_killed_mid_chunk() {
+    let stuck = Probe::new("stuck", Hook::Custom).behaving(|e| {
+        if number(e) == Some(86) {
+            Action::Hang
+        } else {
+            Action::Ok
+        }
+    });
+    let manager = PluginManager::builder()
+        .config(
+            ManagerConfig::builder()
+                .shutdown_timeout(Duration::from_millis(300))
+                .handler_timeout(Duration::from_secs(60))
+                .build(),
+        )
+        .spec(stuck.spec())
+        .spawn()
+        .await
+        .unwrap();
+    // One batch: one chunk.
+    manager.bus().publish_batch((0..100).map(n)).await.unwrap();
+    let report = manager.shutdown(ShutdownReason::Completed).await;
+    let s = report.plugins.iter().find(|p| p.name == "stuck").unwrap();
+    assert!(s.error.is_some(), "{s:?}");
+    assert_eq!(stuck.numbers(), (0..86).collect::<Vec<_>>());
+    assert_eq!(s.stats.delivered, 86, "{s:?}");
+    assert_eq!(s.left_in_queue, 14, "{s:?}");
+    assert!(s.stats.is_conserved(), "{s:?}");
+}

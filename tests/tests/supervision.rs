@@ -166,6 +166,7 @@ fn plugin_of(e: &Event) -> Option<&str> {
         EventKind::PluginStarted(p) | EventKind::PluginRestarted(p) => Some(&p.plugin),
         EventKind::PluginFailed(p) => Some(&p.plugin),
         EventKind::PluginDisabled(p) => Some(&p.plugin),
+        EventKind::PluginRemoved(p) => Some(&p.plugin),
         _ => None,
     }
 }
@@ -604,4 +605,74 @@ mod failures_inside_batches {
             });
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enable_returns_the_error_of_a_failing_on_start() {
+    let starts_badly = Probe::new("starts-badly", Hook::Custom).failing_start();
+    let manager = PluginManager::builder()
+        .spec(starts_badly.spec().restart_policy(RestartPolicy::Temporary))
+        .spawn()
+        .await
+        .unwrap();
+    // Its first start fails too; a temporary plugin is then disabled.
+    let m = manager.clone();
+    let mut disabled = false;
+    for _ in 0..200 {
+        let info = m.list().await.unwrap();
+        if info[0].status == PluginStatus::Disabled {
+            disabled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(disabled, "the plugin was never disabled");
+    let error = manager
+        .enable("starts-badly")
+        .await
+        .expect_err("on_start fails again");
+    assert!(
+        matches!(&error, ManagerError::StartFailed { name, .. } if name == "starts-badly"),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("probe configured to fail on start"),
+        "{error}"
+    );
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_publishes_plugin_removed() {
+    let (monitor, monitor_rec) = RecordingPlugin::spec("monitor", HookSet::PLUGIN);
+    let leaving = Probe::new("leaving", Hook::Custom);
+    let manager = PluginManager::builder()
+        .spec(monitor)
+        .spec(leaving.spec())
+        .spawn()
+        .await
+        .unwrap();
+    manager.remove("leaving").await.unwrap();
+    manager.flush().await;
+    let seen: Vec<Hook> = monitor_rec
+        .events()
+        .iter()
+        .filter(|e| plugin_of(e) == Some("leaving"))
+        .map(|e| e.hook())
+        .collect();
+    assert_eq!(seen, vec![Hook::PluginStarted, Hook::PluginRemoved]);
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+#[test]
+fn spawn_without_a_time_driver_fails_at_once_with_a_clear_error() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let spawned = runtime.block_on(PluginManager::builder().spawn());
+    let error = spawned.expect_err("no timer, no manager");
+    assert!(matches!(error, ManagerError::NoTimeDriver), "{error:?}");
+    assert!(error.to_string().contains("enable_time()"), "{error}");
 }

@@ -106,12 +106,15 @@ impl ExternalPlugin {
         if let Some(stderr) = process.stderr.take() {
             let name = m.name.clone();
             // The child's stderr (tracebacks, stray prints) goes to the log, line by line, as
-            // lossy UTF-8 and at most 8 KiB per line; it is read to the end whatever it holds,
-            // so a child never blocks or dies on a full or closed stderr pipe.
+            // lossy UTF-8 and at most 8 KiB per line, and at most `StderrBudget`'s rate: a
+            // flooding plugin cannot fill the disk with our log (the lines over the rate are
+            // counted and the count logged). It is read to the end whatever it holds, so a
+            // child never blocks or dies on a full or closed stderr pipe.
             tokio::spawn(async move {
                 const MAX_LINE: usize = 8 * 1024;
                 let mut reader = BufReader::new(stderr);
                 let mut buf = Vec::new();
+                let mut budget = StderrBudget::new(std::time::Instant::now());
                 loop {
                     buf.clear();
                     match (&mut reader)
@@ -121,12 +124,22 @@ impl ExternalPlugin {
                     {
                         Ok(0) => break,
                         Ok(_) => {
+                            let Some(suppressed) = budget.admit(std::time::Instant::now()) else {
+                                continue;
+                            };
                             let line = String::from_utf8_lossy(&buf);
                             let line = line.trim_end_matches(['\n', '\r']);
+                            if suppressed > 0 {
+                                tracing::warn!(plugin = %name, suppressed, "external plugin: stderr lines over the rate limit were not logged");
+                            }
                             tracing::warn!(plugin = %name, stderr = %line, "external plugin wrote to stderr");
                         }
                         Err(_) => break,
                     }
+                }
+                let suppressed = budget.take_suppressed();
+                if suppressed > 0 {
+                    tracing::warn!(plugin = %name, suppressed, "external plugin: stderr lines over the rate limit were not logged");
                 }
             });
         }
@@ -414,5 +427,80 @@ fn kind_of(msg: &PluginMessage) -> &'static str {
         PluginMessage::Error { .. } => "`error` with another id",
         PluginMessage::Log { .. } => "`log`",
         PluginMessage::Publish { .. } => "`publish`",
+    }
+}
+
+/// A token bucket for the lines of a plugin's stderr that reach the log: `STDERR_BURST` at
+/// once, then `STDERR_PER_SEC` a second. Lines over it are counted, not logged.
+struct StderrBudget {
+    tokens: f64,
+    last: std::time::Instant,
+    suppressed: u64,
+}
+
+/// Lines of a plugin's stderr logged per second, sustained.
+const STDERR_PER_SEC: f64 = 50.0;
+/// Lines of a plugin's stderr logged at once (a traceback fits).
+const STDERR_BURST: f64 = 200.0;
+
+impl StderrBudget {
+    fn new(now: std::time::Instant) -> Self {
+        Self {
+            tokens: STDERR_BURST,
+            last: now,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether a line arriving at `now` is logged: `Some(lines suppressed since the last one
+    /// logged)`, or `None` (it is counted).
+    fn admit(&mut self, now: std::time::Instant) -> Option<u64> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * STDERR_PER_SEC).min(STDERR_BURST);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Some(self.take_suppressed())
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+
+    fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
+}
+
+#[cfg(test)]
+mod stderr_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_flood_is_cut_to_the_burst_then_the_rate_and_counted() {
+        let t0 = Instant::now();
+        let mut budget = StderrBudget::new(t0);
+        // 10,000 lines in the same instant: the burst gets through, the rest is counted.
+        let logged = (0..10_000).filter(|_| budget.admit(t0).is_some()).count();
+        assert_eq!(logged, STDERR_BURST as usize);
+        // One second later the rate has refilled 50 tokens; the first line logged reports
+        // what was suppressed.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(budget.admit(t1), Some(10_000 - STDERR_BURST as u64));
+        let more = (0..1_000).filter(|_| budget.admit(t1).is_some()).count();
+        assert_eq!(more, STDERR_PER_SEC as usize - 1);
+        assert_eq!(budget.take_suppressed(), 1_000 - more as u64);
+    }
+
+    #[test]
+    fn a_quiet_plugin_loses_nothing() {
+        let t0 = Instant::now();
+        let mut budget = StderrBudget::new(t0);
+        for i in 0..1_000u64 {
+            // 20 lines a second, under the rate.
+            let now = t0 + Duration::from_millis(i * 50);
+            assert_eq!(budget.admit(now), Some(0), "line {i}");
+        }
     }
 }
