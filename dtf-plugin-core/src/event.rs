@@ -999,7 +999,7 @@ mod tests {
             ]
         );
         assert_eq!(HookSet::RECOVERY.iter().count(), 3);
-        assert_eq!(HookSet::PLUGIN.iter().count(), 4);
+        assert_eq!(HookSet::PLUGIN.iter().count(), 5);
         assert_eq!(HookSet::ALL.iter().count(), Hook::COUNT);
         assert!(!HookSet::TASK.contains(Hook::WorkerFailed));
     }

@@ -534,7 +534,7 @@ fn bad_manifests_name_the_file_the_key_and_the_fix() {
         errors,
         [
             format!(
-                "{}:4:26: hooks: unknown variant `task_complete`, expected one of `coordinator_startup`, `coordinator_shutdown`, `task_created`, `task_assigned`, `task_started`, `task_completed`, `task_failed`, `task_cancelled`, `worker_registered`, `worker_disconnected`, `worker_failed`, `worker_recovered`, `recovery_started`, `recovery_completed`, `recovery_failed`, `custom`, `plugin_started`, `plugin_failed`, `plugin_restarted`, `plugin_disabled` (did you mean `task_completed`?)",
+                "{}:4:26: hooks: unknown variant `task_complete`, expected one of `coordinator_startup`, `coordinator_shutdown`, `task_created`, `task_assigned`, `task_started`, `task_completed`, `task_failed`, `task_cancelled`, `worker_registered`, `worker_disconnected`, `worker_failed`, `worker_recovered`, `recovery_started`, `recovery_completed`, `recovery_failed`, `custom`, `plugin_started`, `plugin_failed`, `plugin_restarted`, `plugin_disabled`, `plugin_removed` (did you mean `task_completed`?)",
                 path("hook")
             ),
             format!(
