@@ -12,7 +12,9 @@
 //!   workers and the optional plugins chosen by name from a
 //!   [`dtf_plugin_core::PluginRegistry`], runs the tasks and returns a [`RunReport`];
 //!   [`run_cli`] is the binary's entry point;
-//! - [`progress`]: the run tracker and the live progress line.
+//! - [`progress`]: the run tracker and the live progress line;
+//! - [`plugin_cli`]: `dtf-coordinator plugin …`, the plugin repository client
+//!   ([`dtf_plugin_repo`]): search, install, update, remove, keygen, pack.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), dtf_examples::CoordinatorError> {
@@ -33,6 +35,7 @@
 pub mod coordinator;
 mod error;
 pub mod executor;
+pub mod plugin_cli;
 pub mod progress;
 pub mod taskfile;
 

@@ -939,3 +939,90 @@ fn protocol_ranges_are_written_by_pack() {
     assert!(text.contains("[[plugin.artifact]]"), "{text}");
     assert!(entry.artifacts[0].minisig.is_none());
 }
+
+/// Runs `dtf-coordinator plugin ARGS` in-process; returns the exit code and the output.
+async fn cli(args: &[&str]) -> (i32, String) {
+    let mut out = Vec::new();
+    let code = dtf_examples::plugin_cli::run(args.iter().map(|a| (*a).to_owned()), &mut out).await;
+    (code, String::from_utf8(out).unwrap())
+}
+
+#[tokio::test]
+async fn the_plugin_subcommand_reads_the_registry_table_and_flags_override_it() {
+    let fx = Fixture::new("cli");
+    let root = fx.root.display().to_string();
+    let (code, text) = cli(&["keygen", "--out", &format!("{root}/author")]).await;
+    assert_eq!(code, 0, "{text}");
+    let src = fx.plugin_src("echo", "0.1.0", "");
+    let (code, text) = cli(&[
+        "pack",
+        src.to_str().unwrap(),
+        "--key",
+        &format!("{root}/author/dtf-plugin.key"),
+        "--index",
+        &format!("{root}/index"),
+        "--trusted-key",
+        &format!("{root}/author/dtf-plugin.pub"),
+        "--license",
+        "MIT",
+    ])
+    .await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("the signature verifies with the trusted key"),
+        "{text}"
+    );
+    // The configuration names the index, the author's key and the plugin directory.
+    let config = fx.root.join("dtf.toml");
+    std::fs::write(
+        &config,
+        "plugin_dirs = [\"plugins\"]\n[registry]\nindexes = [\"index\"]\ntrusted_keys = [\"author/dtf-plugin.pub\"]\ncache_dir = \"cache\"\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (code, text) = cli(&["search", "echo", "--config", config]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.starts_with("echo  0.1.0"), "{text}");
+    let (code, text) = cli(&["info", "echo", "--config", config]).await;
+    assert!(
+        code == 0 && text.contains("license: MIT") && text.contains("ok for this build"),
+        "{text}"
+    );
+    let (code, text) = cli(&["install", "echo", "--config", config]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.starts_with("installed echo 0.1.0 (signed by "),
+        "{text}"
+    );
+    assert!(fx.root.join("plugins/echo/plugin.toml").is_file());
+    let (code, text) = cli(&["list", "--config", config]).await;
+    assert!(
+        code == 0 && text.starts_with("echo  0.1.0  signed by"),
+        "{text}"
+    );
+
+    // --trusted-key replaces the configured keys: the fixture's key did not sign it.
+    let (code, text) = cli(&[
+        "install",
+        "echo",
+        "--config",
+        config,
+        "--plugin-dir",
+        &format!("{root}/other-plugins"),
+        "--trusted-key",
+        fx.keys.public.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("not a trusted key"), "{text}");
+    assert!(!fx.root.join("other-plugins/echo").exists());
+
+    let (code, text) = cli(&["remove", "echo", "--config", config]).await;
+    assert!(
+        code == 0 && text.starts_with("removed echo 0.1.0"),
+        "{text}"
+    );
+    let (code, text) = cli(&["instal", "echo"]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("unrecognized subcommand"), "{text}");
+}
