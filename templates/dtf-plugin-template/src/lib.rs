@@ -86,6 +86,8 @@ pub fn register(registry: &mut PluginRegistry) -> Result<(), RegistryError> {
         RegistryEntry::new(|| PluginSpec::new(FailureCount::default))
             .built_in(env!("CARGO_PKG_NAME"))
             .description("counts failed tasks and publishes the running total")
+            // Settings from dtf.toml are checked before anything starts.
+            .config_type::<Settings>()
             .default_config(serde_json::json!({ "warn_from": 1 })),
     )
 }

@@ -47,3 +47,15 @@ async fn counts_failed_tasks_and_publishes_the_running_total() {
     assert_eq!(totals, expected);
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
 }
+
+#[test]
+fn settings_typos_are_caught_before_start() {
+    let mut registry = PluginRegistry::new();
+    dtf_plugin_template::register(&mut registry).unwrap();
+    let config = dtf_plugin_core::config::ConfigLoader::new()
+        .source("dtf.toml", "[plugins.failure-count]\nenabled = true\n[plugins.failure-count.settings]\nwarn_fro = 2\n")
+        .load()
+        .unwrap();
+    let err = config.validate(&registry).unwrap_err().to_string();
+    assert!(err.contains("warn_fro"), "{err}");
+}
