@@ -328,10 +328,11 @@ impl RepoClient {
                         reason: "not UTF-8".to_owned(),
                     })?;
                     let index = Index::parse(&name, &text)?;
-                    if let Err(e) = std::fs::create_dir_all(&self.cache_dir)
-                        .and_then(|()| std::fs::write(&cache, &text))
-                    {
-                        tracing::warn!(cache = %cache.display(), error = %e, "cannot cache the index");
+                    let cached = std::fs::create_dir_all(&self.cache_dir)
+                        .map_err(RepoError::io("create", &self.cache_dir))
+                        .and_then(|()| crate::lock::write_atomic(&cache, text.as_bytes()));
+                    if let Err(e) = cached {
+                        tracing::warn!(error = %e, "cannot cache the index");
                     }
                     out.push(IndexSnapshot {
                         url: name,
@@ -486,7 +487,15 @@ impl RepoClient {
         let mut visiting = BTreeSet::new();
         for n in &names {
             let current = lock.get(n).map(|l| l.version.clone());
-            let (_, entry) = choose(&snapshots, n, &Wanted::Latest)?;
+            let (_, entry) = match choose(&snapshots, n, &Wanted::Latest) {
+                Ok(found) => found,
+                // Updating everything: a plugin no index lists any more stays as it is.
+                Err(RepoError::NotFound { .. }) if name.is_none() => {
+                    tracing::warn!(plugin = %n, "no index lists this installed plugin any more; not updated");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if current.as_ref().is_some_and(|c| *c >= entry.version) {
                 continue;
             }
@@ -610,7 +619,13 @@ impl RepoClient {
                 suggestion: None,
             }));
         };
+        let installed = lock
+            .get(name)
+            .is_some_and(|l| l.version == entry.version && l.sha256 == artifact.sha256)
+            && self.plugin_dir.join(name).is_dir();
         match &artifact.minisig {
+            // Installed already (checked then): `execute` leaves it as it is.
+            _ if installed => {}
             None if !self.allow_unsigned.contains(name) => {
                 return Err(RepoError::Unsigned {
                     name: name.to_owned(),
@@ -694,6 +709,12 @@ impl RepoClient {
         let version = p.entry.version.to_string();
         let staging = self.staging(&name)?;
         let url = fetch::join(&p.base, &p.artifact.url)?;
+        if url.scheme() == "file" && p.base.scheme() != "file" {
+            return Err(RepoError::BadUrl {
+                url: redact(&url),
+                reason: "an index served over the network cannot point at local files".to_owned(),
+            });
+        }
         let file = staging.0.join("artifact.tar.gz");
         // One byte more than announced, so a longer artifact is told apart from a cut one.
         let (size, sha256) = fetch::download(&self.http, &url, &file, p.artifact.size + 1).await?;

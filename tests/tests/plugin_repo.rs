@@ -257,6 +257,16 @@ async fn installs_lists_updates_and_removes_over_http_and_from_file_urls() {
             client.install("echo").await.unwrap().is_empty(),
             "installed already"
         );
+        let keyless = RepoClient::builder()
+            .index(&index)
+            .plugin_dir(fx.plugin_dir())
+            .cache_dir(fx.root.join("cache"))
+            .build()
+            .unwrap();
+        assert!(
+            keyless.install("echo").await.unwrap().is_empty(),
+            "an installed version needs no key to be left as it is"
+        );
 
         // A new version appears in the index; update picks it up.
         fx.pack(&fx.plugin_src("echo", "0.2.0", ""));
@@ -316,6 +326,18 @@ async fn a_tampered_artifact_is_refused_and_nothing_is_installed() {
     std::fs::write(&file, &bytes).unwrap();
     let err = fx.client(&server.uri()).install("echo").await.unwrap_err();
     assert!(err.to_string().contains("bytes, the index says"), "{err}");
+    fx.assert_not_installed("echo");
+
+    // An index on the network pointing at a local file.
+    bytes.pop();
+    std::fs::write(&file, &bytes).unwrap();
+    fx.edit_index(|i| i.plugins[0].artifacts[0].url = format!("file://{}", file.display()));
+    let err = fx.client(&server.uri()).install("echo").await.unwrap_err();
+    assert!(matches!(err, RepoError::BadUrl { .. }), "{err}");
+    assert!(
+        err.to_string().contains("cannot point at local files"),
+        "{err}"
+    );
     fx.assert_not_installed("echo");
 }
 
