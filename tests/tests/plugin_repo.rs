@@ -1048,3 +1048,79 @@ async fn the_plugin_subcommand_reads_the_registry_table_and_flags_override_it() 
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("unrecognized subcommand"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_coordinator_starts_a_plugin_installed_during_the_run_within_two_seconds() {
+    use dtf_examples::{Coordinator, CoordinatorOptions, TaskDef};
+    use dtf_plugin_core::testing::RecordingPlugin;
+    use dtf_plugin_core::{EventKind, Hook, HookSet};
+
+    let fx = Fixture::new("coordinator");
+    let src = fx.plugin_src("echo", "0.1.0", "");
+    let manifest = src.join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace(
+            "hooks = [\"task_created\"]",
+            "hooks = [\"task_started\", \"task_completed\"]",
+        ),
+    )
+    .unwrap();
+    fx.pack(&src);
+    let server = serve(&fx.index_dir()).await;
+    let client = fx.client(&server.uri());
+    std::fs::create_dir_all(fx.plugin_dir()).unwrap();
+
+    // One worker runs 40 tasks of 100 ms one after the other: task events keep coming for
+    // about 4 s, whenever the plugin starts.
+    let mut options = CoordinatorOptions::default();
+    options.tasks = (0..40)
+        .map(|i| TaskDef::shell(format!("t{i}"), "sleep 0.1"))
+        .collect();
+    options.workers = 1;
+    options.progress = false;
+    options.run_timeout = Some(Duration::from_secs(30));
+    options.plugin_dirs = vec![fx.plugin_dir()];
+    let (rec, recording) =
+        RecordingPlugin::spec("recording", HookSet::of(&[Hook::TaskStarted, Hook::Custom]));
+    let run = tokio::spawn(Coordinator::new(options).unwrap().with_plugin(rec).run());
+
+    // Once the run is under way, install the plugin into its plugin directory.
+    let mut started = false;
+    for _ in 0..1000 {
+        if !recording.events().is_empty() {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(started, "the run started");
+    client.install("echo").await.unwrap();
+    let installed = std::time::SystemTime::now();
+
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(report.exit_code(), 0);
+    let echoed: Vec<std::time::SystemTime> = recording
+        .events()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Custom(c) if c.name == "echo.received" => Some(e.meta.time),
+            _ => None,
+        })
+        .collect();
+    let first = *echoed
+        .first()
+        .expect("the installed plugin handled task events");
+    let after = first.duration_since(installed).unwrap_or_default();
+    assert!(
+        after <= Duration::from_secs(2),
+        "the plugin's first event came {after:?} after the install"
+    );
+    let echo = report.shutdown.plugins.iter().find(|p| p.name == "echo");
+    assert!(
+        echo.is_some_and(|p| p.stats.delivered > 0),
+        "{:?}",
+        report.shutdown.plugins
+    );
+}
