@@ -689,6 +689,31 @@ async fn a_one_gib_bomb_is_refused_before_anything_of_it_is_written() {
         std::io::Read::read_exact(&mut first, &mut buf).unwrap();
         assert!(buf.iter().all(|b| *b == 0));
     }
+    // The unpacker stops at the entry's header: it reads a few KiB of the ~1 MiB archive.
+    struct Counting<'a>(&'a [u8], usize);
+    impl std::io::Read for Counting<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = std::io::Read::read(&mut self.0, buf)?;
+            self.1 += n;
+            Ok(n)
+        }
+    }
+    let target = fx.root.join("direct");
+    std::fs::create_dir_all(&target).unwrap();
+    let mut source = Counting(&bomb, 0);
+    let refused = dtf_plugin_repo::archive::unpack(&mut source, &target, &Limits::default());
+    assert!(refused.is_err());
+    assert!(
+        source.1 <= 64 << 10,
+        "read {} bytes of the archive",
+        source.1
+    );
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        0,
+        "nothing written"
+    );
+
     fx.add_raw_artifact("bomb", &bomb, Some(&fx.keys.secret));
     let client = fx.client(&fx.file_url());
     let err = client.install("bomb").await.unwrap_err();
