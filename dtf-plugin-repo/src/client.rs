@@ -153,9 +153,17 @@ pub struct RepoClientBuilder {
     cache_dir: Option<PathBuf>,
     provided: BTreeSet<String>,
     limits: Limits,
+    root_certificates: Vec<Vec<u8>>,
 }
 
 impl RepoClientBuilder {
+    /// Also trusts this CA certificate (PEM) for `https://` indexes, e.g. a company's
+    /// private CA. Default: the Mozilla root store only.
+    pub fn root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificates.push(pem.into());
+        self
+    }
+
     /// Adds an index (URL or directory). Indexes are searched in the order added.
     pub fn index(mut self, location: impl Into<String>) -> Self {
         self.indexes.push(location.into());
@@ -244,7 +252,7 @@ impl RepoClientBuilder {
             cache_dir,
             provided: self.provided,
             limits: self.limits,
-            http: fetch::http_client()?,
+            http: fetch::http_client(&self.root_certificates)?,
         })
     }
 }

@@ -91,8 +91,9 @@ fn file_path(url: &Url) -> Result<PathBuf, RepoError> {
     })
 }
 
-/// The HTTP client: rustls, redirects only to URLs [`check_url`] allows, at most 5.
-pub(crate) fn http_client() -> Result<reqwest::Client, RepoError> {
+/// The HTTP client: rustls (the Mozilla roots plus `extra_roots`, PEM), redirects only to
+/// URLs [`check_url`] allows, at most 5.
+pub(crate) fn http_client(extra_roots: &[Vec<u8>]) -> Result<reqwest::Client, RepoError> {
     let policy = reqwest::redirect::Policy::custom(|attempt| {
         if attempt.previous().len() >= 5 {
             attempt.error("too many redirects")
@@ -102,7 +103,15 @@ pub(crate) fn http_client() -> Result<reqwest::Client, RepoError> {
             attempt.follow()
         }
     });
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    for pem in extra_roots {
+        let cert = reqwest::Certificate::from_pem(pem).map_err(|e| RepoError::Fetch {
+            url: String::new(),
+            reason: format!("not a PEM certificate: {e}"),
+        })?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
         .redirect(policy)
         .connect_timeout(std::time::Duration::from_secs(10))
         .timeout(std::time::Duration::from_secs(300))

@@ -1,5 +1,6 @@
 //! The plugin repository (`dtf-plugin-repo`) against indexes these tests build with `pack`,
-//! served over HTTP by an in-process server on 127.0.0.1 and from `file://`: install, list,
+//! served over HTTP (and HTTPS, with a self-signed CA) by in-process servers on 127.0.0.1 and
+//! from `file://`: install, list,
 //! update, remove; tampered, wrongly signed, unknown-key and unsigned artifacts; hostile
 //! archives (`..`, absolute paths, links out, a 1 GiB bomb, an entry-count bomb);
 //! incompatible protocol and unmet `requires` refused before download; offline use from the
@@ -1148,4 +1149,86 @@ async fn a_running_coordinator_starts_a_plugin_installed_during_the_run_within_t
         "{:?}",
         report.shutdown.plugins
     );
+}
+
+/// A minimal HTTPS static file server on 127.0.0.1 (one request per connection) with a
+/// self-signed certificate; returns its URL and the certificate (PEM).
+async fn serve_https(dir: PathBuf) -> (String, String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_rustls::rustls;
+
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let dir = dir.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return; // a client that does not trust the certificate
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tls.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head);
+                let path = head.split_whitespace().nth(1).unwrap_or("/");
+                let response = match std::fs::read(dir.join(path.trim_start_matches('/'))) {
+                    Ok(body) => {
+                        let mut r = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
+                        r.extend_from_slice(&body);
+                        r
+                    }
+                    Err(_) => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                };
+                let _ = tls.write_all(&response).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (url, cert.pem(), task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installs_over_https_trusting_a_private_ca_and_refuses_an_untrusted_certificate() {
+    let fx = Fixture::new("https");
+    fx.pack(&fx.plugin_src("echo", "0.1.0", ""));
+    let (url, ca, server) = serve_https(fx.index_dir()).await;
+
+    let untrusting = fx.client(&url);
+    let err = untrusting.search(None).await.unwrap_err();
+    assert!(matches!(err, RepoError::Offline { .. }), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    let client = fx.client_with(&url, |b| b.root_certificate(ca.into_bytes()));
+    let done = client.install("echo").await.unwrap();
+    assert_eq!(done[0].plugin.index, url);
+    assert!(fx.plugin_dir().join("echo/plugin.toml").is_file());
+    server.abort();
 }
