@@ -19,7 +19,7 @@ use crate::RepoError;
 /// a path that cannot be made absolute.
 pub fn index_url(location: &str) -> Result<Url, RepoError> {
     let bad = |reason: &str| RepoError::BadUrl {
-        url: location.to_owned(),
+        url: redact_str(location),
         reason: reason.to_owned(),
     };
     let mut url = if location.contains("://") {
@@ -69,6 +69,24 @@ pub(crate) fn redact(url: &Url) -> String {
     u.set_query(None);
     u.set_fragment(None);
     u.to_string()
+}
+
+/// `location` for messages, without the user name and password of a URL (`user:pw@`),
+/// even when it does not parse.
+fn redact_str(location: &str) -> String {
+    if let Ok(url) = Url::parse(location) {
+        return redact(&url);
+    }
+    match location.split_once("://") {
+        Some((scheme, rest)) => {
+            let host_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..host_end].rfind('@') {
+                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                None => location.to_owned(),
+            }
+        }
+        None => location.to_owned(),
+    }
 }
 
 /// `relative` resolved against the index URL `base`, checked like an index URL.
@@ -302,5 +320,16 @@ mod tests {
     fn redacts_credentials_and_queries() {
         let url = Url::parse("https://user:pw@h.example/i/?token=abc#f").unwrap();
         assert_eq!(redact(&url), "https://h.example/i/");
+        let err = index_url("http://user:s3cret@plugins.example.org/")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !err.contains("s3cret") && err.contains("plugins.example.org"),
+            "{err}"
+        );
+        let err = index_url("http://user:s3cret@[bad/")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret"), "{err}");
     }
 }
