@@ -57,6 +57,10 @@ struct Common {
     /// Where fetched indexes are cached.
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+    /// Also trust this CA certificate (PEM) for https:// indexes. Repeatable; replaces
+    /// `[registry] ca_certificates`.
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    ca_certs: Vec<PathBuf>,
 }
 
 /// Options of the commands that touch a plugin directory.
@@ -194,6 +198,9 @@ fn client(common: Common, target: Option<Target>) -> Result<RepoClient, RepoErro
     }
     if !common.trusted_keys.is_empty() {
         settings.trusted_keys = common.trusted_keys;
+    }
+    if !common.ca_certs.is_empty() {
+        settings.ca_certificates = common.ca_certs;
     }
     let mut builder = RepoClient::builder();
     if let Some(target) = target {

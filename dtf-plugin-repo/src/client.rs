@@ -154,6 +154,7 @@ pub struct RepoClientBuilder {
     provided: BTreeSet<String>,
     limits: Limits,
     root_certificates: Vec<Vec<u8>>,
+    root_certificate_files: Vec<PathBuf>,
 }
 
 impl RepoClientBuilder {
@@ -208,9 +209,19 @@ impl RepoClientBuilder {
         self
     }
 
-    /// Applies `[registry]` settings: its indexes, keys and unsigned exceptions are added,
-    /// its cache directory and first plugin directory are used unless set already.
+    /// Also trusts the CA certificate in the PEM file `path` (read by
+    /// [`build`](Self::build)).
+    pub fn root_certificate_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.root_certificate_files.push(path.into());
+        self
+    }
+
+    /// Applies `[registry]` settings: its indexes, keys, unsigned exceptions and CA
+    /// certificates are added, its cache directory and first plugin directory are used
+    /// unless set already.
     pub fn settings(mut self, s: &RegistrySettings) -> Self {
+        self.root_certificate_files
+            .extend(s.ca_certificates.iter().cloned());
         self.indexes.extend(s.indexes.iter().cloned());
         self.trusted_keys.extend(s.trusted_keys.iter().cloned());
         self.allow_unsigned.extend(s.allow_unsigned.iter().cloned());
@@ -228,8 +239,12 @@ impl RepoClientBuilder {
     /// # Errors
     ///
     /// A URL that is not allowed ([`RepoError::BadUrl`]), a key file that cannot be read
-    /// ([`RepoError::Key`]).
-    pub fn build(self) -> Result<RepoClient, RepoError> {
+    /// ([`RepoError::Key`]), a certificate file that cannot be read or parsed.
+    pub fn build(mut self) -> Result<RepoClient, RepoError> {
+        for path in &self.root_certificate_files {
+            let pem = std::fs::read(path).map_err(RepoError::io("read", path))?;
+            self.root_certificates.push(pem);
+        }
         let indexes = self
             .indexes
             .iter()

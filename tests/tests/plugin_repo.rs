@@ -1226,9 +1226,31 @@ async fn installs_over_https_trusting_a_private_ca_and_refuses_an_untrusted_cert
         "{err}"
     );
 
-    let client = fx.client_with(&url, |b| b.root_certificate(ca.into_bytes()));
+    let client = fx.client_with(&url, |b| b.root_certificate(ca.clone().into_bytes()));
     let done = client.install("echo").await.unwrap();
     assert_eq!(done[0].plugin.index, url);
     assert!(fx.plugin_dir().join("echo/plugin.toml").is_file());
+
+    // The same from the command line, with the CA in a file.
+    let ca_file = fx.root.join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let other = fx.root.join("cli-plugins");
+    let (code, text) = cli(&[
+        "install",
+        "echo",
+        "--index",
+        &url,
+        "--trusted-key",
+        fx.keys.public.to_str().unwrap(),
+        "--plugin-dir",
+        other.to_str().unwrap(),
+        "--cache-dir",
+        fx.root.join("cli-cache").to_str().unwrap(),
+        "--ca-cert",
+        ca_file.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{text}");
+    assert!(other.join("echo/plugin.toml").is_file());
     server.abort();
 }

@@ -899,7 +899,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "dtf.toml:2:1: registry.index: unknown key `index` (valid: indexes, trusted_keys, allow_unsigned, cache_dir)"
+            "dtf.toml:2:1: registry.index: unknown key `index` (valid: indexes, trusted_keys, allow_unsigned, cache_dir, ca_certificates)"
         );
     }
 
