@@ -573,6 +573,13 @@ impl RepoClient {
         Ok(entry)
     }
 
+    /// The version of a plugin folder in the plugin directory that no index installed, if
+    /// its manifest reads and its version is semver.
+    fn hand_installed(&self, name: &str) -> Option<Version> {
+        let manifest = Manifest::load(&self.plugin_dir.join(name).join(MANIFEST_FILE)).ok()?;
+        Version::parse(&manifest.version).ok()
+    }
+
     fn staging(&self, name: &str) -> Result<Staging, RepoError> {
         std::fs::create_dir_all(&self.plugin_dir)
             .map_err(RepoError::io("create", &self.plugin_dir))?;
@@ -620,6 +627,13 @@ impl RepoClient {
             }
             if lock.get(req_name).is_some_and(|l| req.matches(&l.version)) {
                 continue;
+            }
+            if lock.get(req_name).is_none()
+                && self
+                    .hand_installed(req_name)
+                    .is_some_and(|v| req.matches(&v))
+            {
+                continue; // put in the plugin directory by hand
             }
             match self.plan(
                 snapshots,

@@ -813,6 +813,14 @@ async fn unmet_requires_are_refused_before_download_and_met_ones_are_installed_f
     assert!(!downloaded_an_artifact(&requested(&server).await));
     fx.assert_not_installed("app");
 
+    // Put in the plugin directory by hand at a matching version: satisfied, left alone.
+    let hand = fx.plugin_src("base", "0.1.0", "");
+    std::fs::create_dir_all(fx.plugin_dir()).unwrap();
+    std::fs::rename(&hand, fx.plugin_dir().join("base")).unwrap();
+    assert_eq!(client.install("app").await.unwrap().len(), 1);
+    client.remove("app").unwrap();
+    std::fs::remove_dir_all(fx.plugin_dir().join("base")).unwrap();
+
     // Built into this program: satisfied without an install.
     let provided = fx.client_with(&server.uri(), |b| b.provided(["base"]));
     assert_eq!(provided.install("app").await.unwrap().len(), 1);
