@@ -13,7 +13,9 @@
 //!   [`dtf_plugin_core::PluginRegistry`], runs the tasks and returns a [`RunReport`];
 //!   [`run_cli`] is the binary's entry point;
 //! - [`progress`]: the run tracker and the live progress line;
-//! - [`scheduler_settings`]: the scheduler tuned from `[plugins.scheduler.settings]`.
+//! - [`scheduler_settings`]: the scheduler tuned from `[plugins.scheduler.settings]`;
+//! - [`plugin_cli`]: `dtf-coordinator plugin …`, the plugin repository client
+//!   ([`dtf_plugin_repo`]): search, install, update, remove, keygen, pack.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), dtf_examples::CoordinatorError> {
@@ -34,6 +36,7 @@
 pub mod coordinator;
 mod error;
 pub mod executor;
+pub mod plugin_cli;
 pub mod progress;
 pub mod scheduler_settings;
 pub mod taskfile;

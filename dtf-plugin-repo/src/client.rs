@@ -153,9 +153,18 @@ pub struct RepoClientBuilder {
     cache_dir: Option<PathBuf>,
     provided: BTreeSet<String>,
     limits: Limits,
+    root_certificates: Vec<Vec<u8>>,
+    root_certificate_files: Vec<PathBuf>,
 }
 
 impl RepoClientBuilder {
+    /// Also trusts this CA certificate (PEM) for `https://` indexes, e.g. a company's
+    /// private CA. Default: the Mozilla root store only.
+    pub fn root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificates.push(pem.into());
+        self
+    }
+
     /// Adds an index (URL or directory). Indexes are searched in the order added.
     pub fn index(mut self, location: impl Into<String>) -> Self {
         self.indexes.push(location.into());
@@ -200,9 +209,19 @@ impl RepoClientBuilder {
         self
     }
 
-    /// Applies `[registry]` settings: its indexes, keys and unsigned exceptions are added,
-    /// its cache directory and first plugin directory are used unless set already.
+    /// Also trusts the CA certificate in the PEM file `path` (read by
+    /// [`build`](Self::build)).
+    pub fn root_certificate_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.root_certificate_files.push(path.into());
+        self
+    }
+
+    /// Applies `[registry]` settings: its indexes, keys, unsigned exceptions and CA
+    /// certificates are added, its cache directory and first plugin directory are used
+    /// unless set already.
     pub fn settings(mut self, s: &RegistrySettings) -> Self {
+        self.root_certificate_files
+            .extend(s.ca_certificates.iter().cloned());
         self.indexes.extend(s.indexes.iter().cloned());
         self.trusted_keys.extend(s.trusted_keys.iter().cloned());
         self.allow_unsigned.extend(s.allow_unsigned.iter().cloned());
@@ -220,8 +239,12 @@ impl RepoClientBuilder {
     /// # Errors
     ///
     /// A URL that is not allowed ([`RepoError::BadUrl`]), a key file that cannot be read
-    /// ([`RepoError::Key`]).
-    pub fn build(self) -> Result<RepoClient, RepoError> {
+    /// ([`RepoError::Key`]), a certificate file that cannot be read or parsed.
+    pub fn build(mut self) -> Result<RepoClient, RepoError> {
+        for path in &self.root_certificate_files {
+            let pem = std::fs::read(path).map_err(RepoError::io("read", path))?;
+            self.root_certificates.push(pem);
+        }
         let indexes = self
             .indexes
             .iter()
@@ -244,7 +267,7 @@ impl RepoClientBuilder {
             cache_dir,
             provided: self.provided,
             limits: self.limits,
-            http: fetch::http_client()?,
+            http: fetch::http_client(&self.root_certificates)?,
         })
     }
 }
@@ -328,10 +351,11 @@ impl RepoClient {
                         reason: "not UTF-8".to_owned(),
                     })?;
                     let index = Index::parse(&name, &text)?;
-                    if let Err(e) = std::fs::create_dir_all(&self.cache_dir)
-                        .and_then(|()| std::fs::write(&cache, &text))
-                    {
-                        tracing::warn!(cache = %cache.display(), error = %e, "cannot cache the index");
+                    let cached = std::fs::create_dir_all(&self.cache_dir)
+                        .map_err(RepoError::io("create", &self.cache_dir))
+                        .and_then(|()| crate::lock::write_atomic(&cache, text.as_bytes()));
+                    if let Err(e) = cached {
+                        tracing::warn!(error = %e, "cannot cache the index");
                     }
                     out.push(IndexSnapshot {
                         url: name,
@@ -486,7 +510,15 @@ impl RepoClient {
         let mut visiting = BTreeSet::new();
         for n in &names {
             let current = lock.get(n).map(|l| l.version.clone());
-            let (_, entry) = choose(&snapshots, n, &Wanted::Latest)?;
+            let (_, entry) = match choose(&snapshots, n, &Wanted::Latest) {
+                Ok(found) => found,
+                // Updating everything: a plugin no index lists any more stays as it is.
+                Err(RepoError::NotFound { .. }) if name.is_none() => {
+                    tracing::warn!(plugin = %n, "no index lists this installed plugin any more; not updated");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if current.as_ref().is_some_and(|c| *c >= entry.version) {
                 continue;
             }
@@ -541,6 +573,13 @@ impl RepoClient {
         Ok(entry)
     }
 
+    /// The version of a plugin folder in the plugin directory that no index installed, if
+    /// its manifest reads and its version is semver.
+    fn hand_installed(&self, name: &str) -> Option<Version> {
+        let manifest = Manifest::load(&self.plugin_dir.join(name).join(MANIFEST_FILE)).ok()?;
+        Version::parse(&manifest.version).ok()
+    }
+
     fn staging(&self, name: &str) -> Result<Staging, RepoError> {
         std::fs::create_dir_all(&self.plugin_dir)
             .map_err(RepoError::io("create", &self.plugin_dir))?;
@@ -589,6 +628,13 @@ impl RepoClient {
             if lock.get(req_name).is_some_and(|l| req.matches(&l.version)) {
                 continue;
             }
+            if lock.get(req_name).is_none()
+                && self
+                    .hand_installed(req_name)
+                    .is_some_and(|v| req.matches(&v))
+            {
+                continue; // put in the plugin directory by hand
+            }
             match self.plan(
                 snapshots,
                 lock,
@@ -610,7 +656,13 @@ impl RepoClient {
                 suggestion: None,
             }));
         };
+        let installed = lock
+            .get(name)
+            .is_some_and(|l| l.version == entry.version && l.sha256 == artifact.sha256)
+            && self.plugin_dir.join(name).is_dir();
         match &artifact.minisig {
+            // Installed already (checked then): `execute` leaves it as it is.
+            _ if installed => {}
             None if !self.allow_unsigned.contains(name) => {
                 return Err(RepoError::Unsigned {
                     name: name.to_owned(),
@@ -694,6 +746,12 @@ impl RepoClient {
         let version = p.entry.version.to_string();
         let staging = self.staging(&name)?;
         let url = fetch::join(&p.base, &p.artifact.url)?;
+        if url.scheme() == "file" && p.base.scheme() != "file" {
+            return Err(RepoError::BadUrl {
+                url: redact(&url),
+                reason: "an index served over the network cannot point at local files".to_owned(),
+            });
+        }
         let file = staging.0.join("artifact.tar.gz");
         // One byte more than announced, so a longer artifact is told apart from a cut one.
         let (size, sha256) = fetch::download(&self.http, &url, &file, p.artifact.size + 1).await?;

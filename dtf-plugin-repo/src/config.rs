@@ -7,7 +7,13 @@ use serde::Deserialize;
 use crate::RepoError;
 
 /// The keys of `[registry]`.
-pub const REGISTRY_KEYS: &[&str] = &["indexes", "trusted_keys", "allow_unsigned", "cache_dir"];
+pub const REGISTRY_KEYS: &[&str] = &[
+    "indexes",
+    "trusted_keys",
+    "allow_unsigned",
+    "cache_dir",
+    "ca_certificates",
+];
 
 /// `[registry]` of `dtf.toml`, paths resolved against the file's directory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,6 +28,8 @@ pub struct RegistrySettings {
     pub allow_unsigned: Vec<String>,
     /// Where fetched indexes are cached (default: the user's cache directory).
     pub cache_dir: Option<PathBuf>,
+    /// Extra CA certificates (PEM files) trusted for `https://` indexes.
+    pub ca_certificates: Vec<PathBuf>,
     /// The file's `plugin_dirs`: the first one is where plugins are installed by default.
     pub plugin_dirs: Vec<PathBuf>,
 }
@@ -45,6 +53,8 @@ struct Section {
     allow_unsigned: Vec<String>,
     #[serde(default)]
     cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    ca_certificates: Vec<PathBuf>,
 }
 
 impl RegistrySettings {
@@ -82,6 +92,7 @@ impl RegistrySettings {
             trusted_keys: Vec::new(),
             allow_unsigned: Vec::new(),
             cache_dir: None,
+            ca_certificates: Vec::new(),
         });
         Ok(Self {
             // A relative index directory is relative to the file, like every other path.
@@ -98,6 +109,7 @@ impl RegistrySettings {
             trusted_keys: section.trusted_keys.into_iter().map(resolve).collect(),
             allow_unsigned: section.allow_unsigned,
             cache_dir: section.cache_dir.map(resolve),
+            ca_certificates: section.ca_certificates.into_iter().map(resolve).collect(),
             plugin_dirs: file.plugin_dirs.into_iter().map(resolve).collect(),
         })
     }

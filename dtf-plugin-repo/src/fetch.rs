@@ -19,7 +19,7 @@ use crate::RepoError;
 /// a path that cannot be made absolute.
 pub fn index_url(location: &str) -> Result<Url, RepoError> {
     let bad = |reason: &str| RepoError::BadUrl {
-        url: location.to_owned(),
+        url: redact_str(location),
         reason: reason.to_owned(),
     };
     let mut url = if location.contains("://") {
@@ -71,6 +71,24 @@ pub(crate) fn redact(url: &Url) -> String {
     u.to_string()
 }
 
+/// `location` for messages, without the user name and password of a URL (`user:pw@`),
+/// even when it does not parse.
+fn redact_str(location: &str) -> String {
+    if let Ok(url) = Url::parse(location) {
+        return redact(&url);
+    }
+    match location.split_once("://") {
+        Some((scheme, rest)) => {
+            let host_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..host_end].rfind('@') {
+                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                None => location.to_owned(),
+            }
+        }
+        None => location.to_owned(),
+    }
+}
+
 /// `relative` resolved against the index URL `base`, checked like an index URL.
 pub(crate) fn join(base: &Url, relative: &str) -> Result<Url, RepoError> {
     let url = base.join(relative).map_err(|e| RepoError::BadUrl {
@@ -91,8 +109,9 @@ fn file_path(url: &Url) -> Result<PathBuf, RepoError> {
     })
 }
 
-/// The HTTP client: rustls, redirects only to URLs [`check_url`] allows, at most 5.
-pub(crate) fn http_client() -> Result<reqwest::Client, RepoError> {
+/// The HTTP client: rustls (the Mozilla roots plus `extra_roots`, PEM), redirects only to
+/// URLs [`check_url`] allows, at most 5.
+pub(crate) fn http_client(extra_roots: &[Vec<u8>]) -> Result<reqwest::Client, RepoError> {
     let policy = reqwest::redirect::Policy::custom(|attempt| {
         if attempt.previous().len() >= 5 {
             attempt.error("too many redirects")
@@ -102,7 +121,15 @@ pub(crate) fn http_client() -> Result<reqwest::Client, RepoError> {
             attempt.follow()
         }
     });
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    for pem in extra_roots {
+        let cert = reqwest::Certificate::from_pem(pem).map_err(|e| RepoError::Fetch {
+            url: String::new(),
+            reason: format!("not a PEM certificate: {e}"),
+        })?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
         .redirect(policy)
         .connect_timeout(std::time::Duration::from_secs(10))
         .timeout(std::time::Duration::from_secs(300))
@@ -293,5 +320,16 @@ mod tests {
     fn redacts_credentials_and_queries() {
         let url = Url::parse("https://user:pw@h.example/i/?token=abc#f").unwrap();
         assert_eq!(redact(&url), "https://h.example/i/");
+        let err = index_url("http://user:s3cret@plugins.example.org/")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !err.contains("s3cret") && err.contains("plugins.example.org"),
+            "{err}"
+        );
+        let err = index_url("http://user:s3cret@[bad/")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret"), "{err}");
     }
 }

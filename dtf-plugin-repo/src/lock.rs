@@ -6,6 +6,7 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 
 use crate::RepoError;
+use crate::index::is_valid_name;
 
 /// The lock file's name in a plugin directory. It does not end in `.toml`, so the plugin
 /// directory scanner does not take it for a manifest.
@@ -50,10 +51,20 @@ impl LockFile {
     pub fn load(plugin_dir: &Path) -> Result<Self, RepoError> {
         let path = plugin_dir.join(LOCK_FILE);
         match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| RepoError::Config {
-                path,
-                reason: e.to_string().trim().to_owned(),
-            }),
+            Ok(text) => {
+                let lock: Self = toml::from_str(&text).map_err(|e| RepoError::Config {
+                    path: path.clone(),
+                    reason: e.to_string().trim().to_owned(),
+                })?;
+                // Names become folder names: never a path.
+                if let Some(bad) = lock.plugins.iter().find(|p| !is_valid_name(&p.name)) {
+                    return Err(RepoError::Config {
+                        path,
+                        reason: format!("`{}` is not a valid plugin name", bad.name),
+                    });
+                }
+                Ok(lock)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(RepoError::io("read", path)(e)),
         }

@@ -1,5 +1,6 @@
 //! The plugin repository (`dtf-plugin-repo`) against indexes these tests build with `pack`,
-//! served over HTTP by an in-process server on 127.0.0.1 and from `file://`: install, list,
+//! served over HTTP (and HTTPS, with a self-signed CA) by in-process servers on 127.0.0.1 and
+//! from `file://`: install, list,
 //! update, remove; tampered, wrongly signed, unknown-key and unsigned artifacts; hostile
 //! archives (`..`, absolute paths, links out, a 1 GiB bomb, an entry-count bomb);
 //! incompatible protocol and unmet `requires` refused before download; offline use from the
@@ -257,6 +258,16 @@ async fn installs_lists_updates_and_removes_over_http_and_from_file_urls() {
             client.install("echo").await.unwrap().is_empty(),
             "installed already"
         );
+        let keyless = RepoClient::builder()
+            .index(&index)
+            .plugin_dir(fx.plugin_dir())
+            .cache_dir(fx.root.join("cache"))
+            .build()
+            .unwrap();
+        assert!(
+            keyless.install("echo").await.unwrap().is_empty(),
+            "an installed version needs no key to be left as it is"
+        );
 
         // A new version appears in the index; update picks it up.
         fx.pack(&fx.plugin_src("echo", "0.2.0", ""));
@@ -316,6 +327,18 @@ async fn a_tampered_artifact_is_refused_and_nothing_is_installed() {
     std::fs::write(&file, &bytes).unwrap();
     let err = fx.client(&server.uri()).install("echo").await.unwrap_err();
     assert!(err.to_string().contains("bytes, the index says"), "{err}");
+    fx.assert_not_installed("echo");
+
+    // An index on the network pointing at a local file.
+    bytes.pop();
+    std::fs::write(&file, &bytes).unwrap();
+    fx.edit_index(|i| i.plugins[0].artifacts[0].url = format!("file://{}", file.display()));
+    let err = fx.client(&server.uri()).install("echo").await.unwrap_err();
+    assert!(matches!(err, RepoError::BadUrl { .. }), "{err}");
+    assert!(
+        err.to_string().contains("cannot point at local files"),
+        "{err}"
+    );
     fx.assert_not_installed("echo");
 }
 
@@ -667,6 +690,31 @@ async fn a_one_gib_bomb_is_refused_before_anything_of_it_is_written() {
         std::io::Read::read_exact(&mut first, &mut buf).unwrap();
         assert!(buf.iter().all(|b| *b == 0));
     }
+    // The unpacker stops at the entry's header: it reads a few KiB of the ~1 MiB archive.
+    struct Counting<'a>(&'a [u8], usize);
+    impl std::io::Read for Counting<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = std::io::Read::read(&mut self.0, buf)?;
+            self.1 += n;
+            Ok(n)
+        }
+    }
+    let target = fx.root.join("direct");
+    std::fs::create_dir_all(&target).unwrap();
+    let mut source = Counting(&bomb, 0);
+    let refused = dtf_plugin_repo::archive::unpack(&mut source, &target, &Limits::default());
+    assert!(refused.is_err());
+    assert!(
+        source.1 <= 64 << 10,
+        "read {} bytes of the archive",
+        source.1
+    );
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        0,
+        "nothing written"
+    );
+
     fx.add_raw_artifact("bomb", &bomb, Some(&fx.keys.secret));
     let client = fx.client(&fx.file_url());
     let err = client.install("bomb").await.unwrap_err();
@@ -764,6 +812,14 @@ async fn unmet_requires_are_refused_before_download_and_met_ones_are_installed_f
     assert!(err.to_string().contains("requires `base`"), "{err}");
     assert!(!downloaded_an_artifact(&requested(&server).await));
     fx.assert_not_installed("app");
+
+    // Put in the plugin directory by hand at a matching version: satisfied, left alone.
+    let hand = fx.plugin_src("base", "0.1.0", "");
+    std::fs::create_dir_all(fx.plugin_dir()).unwrap();
+    std::fs::rename(&hand, fx.plugin_dir().join("base")).unwrap();
+    assert_eq!(client.install("app").await.unwrap().len(), 1);
+    client.remove("app").unwrap();
+    std::fs::remove_dir_all(fx.plugin_dir().join("base")).unwrap();
 
     // Built into this program: satisfied without an install.
     let provided = fx.client_with(&server.uri(), |b| b.provided(["base"]));
@@ -938,4 +994,271 @@ fn protocol_ranges_are_written_by_pack() {
     let text = std::fs::read_to_string(fx.index_dir().join(INDEX_FILE)).unwrap();
     assert!(text.contains("[[plugin.artifact]]"), "{text}");
     assert!(entry.artifacts[0].minisig.is_none());
+}
+
+/// Runs `dtf-coordinator plugin ARGS` in-process; returns the exit code and the output.
+async fn cli(args: &[&str]) -> (i32, String) {
+    let mut out = Vec::new();
+    let code = dtf_examples::plugin_cli::run(args.iter().map(|a| (*a).to_owned()), &mut out).await;
+    (code, String::from_utf8(out).unwrap())
+}
+
+#[tokio::test]
+async fn the_plugin_subcommand_reads_the_registry_table_and_flags_override_it() {
+    let fx = Fixture::new("cli");
+    let root = fx.root.display().to_string();
+    let (code, text) = cli(&["keygen", "--out", &format!("{root}/author")]).await;
+    assert_eq!(code, 0, "{text}");
+    let src = fx.plugin_src("echo", "0.1.0", "");
+    let (code, text) = cli(&[
+        "pack",
+        src.to_str().unwrap(),
+        "--key",
+        &format!("{root}/author/dtf-plugin.key"),
+        "--index",
+        &format!("{root}/index"),
+        "--trusted-key",
+        &format!("{root}/author/dtf-plugin.pub"),
+        "--license",
+        "MIT",
+    ])
+    .await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("the signature verifies with the trusted key"),
+        "{text}"
+    );
+    // The configuration names the index, the author's key and the plugin directory.
+    let config = fx.root.join("dtf.toml");
+    std::fs::write(
+        &config,
+        "plugin_dirs = [\"plugins\"]\n[registry]\nindexes = [\"index\"]\ntrusted_keys = [\"author/dtf-plugin.pub\"]\ncache_dir = \"cache\"\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (code, text) = cli(&["search", "echo", "--config", config]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.starts_with("echo  0.1.0"), "{text}");
+    let (code, text) = cli(&["info", "echo", "--config", config]).await;
+    assert!(
+        code == 0 && text.contains("license: MIT") && text.contains("ok for this build"),
+        "{text}"
+    );
+    let (code, text) = cli(&["install", "echo", "--config", config]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.starts_with("installed echo 0.1.0 (signed by "),
+        "{text}"
+    );
+    assert!(fx.root.join("plugins/echo/plugin.toml").is_file());
+    let (code, text) = cli(&["list", "--config", config]).await;
+    assert!(
+        code == 0 && text.starts_with("echo  0.1.0  signed by"),
+        "{text}"
+    );
+
+    // --trusted-key replaces the configured keys: the fixture's key did not sign it.
+    let (code, text) = cli(&[
+        "install",
+        "echo",
+        "--config",
+        config,
+        "--plugin-dir",
+        &format!("{root}/other-plugins"),
+        "--trusted-key",
+        fx.keys.public.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("not a trusted key"), "{text}");
+    assert!(!fx.root.join("other-plugins/echo").exists());
+
+    let (code, text) = cli(&["remove", "echo", "--config", config]).await;
+    assert!(
+        code == 0 && text.starts_with("removed echo 0.1.0"),
+        "{text}"
+    );
+    let (code, text) = cli(&["instal", "echo"]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("unrecognized subcommand"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_coordinator_starts_a_plugin_installed_during_the_run_within_two_seconds() {
+    use dtf_examples::{Coordinator, CoordinatorOptions, TaskDef};
+    use dtf_plugin_core::testing::RecordingPlugin;
+    use dtf_plugin_core::{EventKind, Hook, HookSet};
+
+    let fx = Fixture::new("coordinator");
+    let src = fx.plugin_src("echo", "0.1.0", "");
+    let manifest = src.join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace(
+            "hooks = [\"task_created\"]",
+            "hooks = [\"task_started\", \"task_completed\"]",
+        ),
+    )
+    .unwrap();
+    fx.pack(&src);
+    let server = serve(&fx.index_dir()).await;
+    let client = fx.client(&server.uri());
+    std::fs::create_dir_all(fx.plugin_dir()).unwrap();
+
+    // One worker runs 40 tasks of 100 ms one after the other: task events keep coming for
+    // about 4 s, whenever the plugin starts.
+    let mut options = CoordinatorOptions::default();
+    options.tasks = (0..40)
+        .map(|i| TaskDef::shell(format!("t{i}"), "sleep 0.1"))
+        .collect();
+    options.workers = 1;
+    options.progress = false;
+    options.run_timeout = Some(Duration::from_secs(30));
+    options.plugin_dirs = vec![fx.plugin_dir()];
+    let (rec, recording) =
+        RecordingPlugin::spec("recording", HookSet::of(&[Hook::TaskStarted, Hook::Custom]));
+    let run = tokio::spawn(Coordinator::new(options).unwrap().with_plugin(rec).run());
+
+    // Once the run is under way, install the plugin into its plugin directory.
+    let mut started = false;
+    for _ in 0..1000 {
+        if !recording.events().is_empty() {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(started, "the run started");
+    client.install("echo").await.unwrap();
+    let installed = std::time::SystemTime::now();
+
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(report.exit_code(), 0);
+    let echoed: Vec<std::time::SystemTime> = recording
+        .events()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Custom(c) if c.name == "echo.received" => Some(e.meta.time),
+            _ => None,
+        })
+        .collect();
+    let first = *echoed
+        .first()
+        .expect("the installed plugin handled task events");
+    let after = first.duration_since(installed).unwrap_or_default();
+    assert!(
+        after <= Duration::from_secs(2),
+        "the plugin's first event came {after:?} after the install"
+    );
+    let echo = report.shutdown.plugins.iter().find(|p| p.name == "echo");
+    assert!(
+        echo.is_some_and(|p| p.stats.delivered > 0),
+        "{:?}",
+        report.shutdown.plugins
+    );
+}
+
+/// A minimal HTTPS static file server on 127.0.0.1 (one request per connection) with a
+/// self-signed certificate; returns its URL and the certificate (PEM).
+async fn serve_https(dir: PathBuf) -> (String, String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_rustls::rustls;
+
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let dir = dir.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return; // a client that does not trust the certificate
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tls.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head);
+                let path = head.split_whitespace().nth(1).unwrap_or("/");
+                let response = match std::fs::read(dir.join(path.trim_start_matches('/'))) {
+                    Ok(body) => {
+                        let mut r = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
+                        r.extend_from_slice(&body);
+                        r
+                    }
+                    Err(_) => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                };
+                let _ = tls.write_all(&response).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (url, cert.pem(), task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installs_over_https_trusting_a_private_ca_and_refuses_an_untrusted_certificate() {
+    let fx = Fixture::new("https");
+    fx.pack(&fx.plugin_src("echo", "0.1.0", ""));
+    let (url, ca, server) = serve_https(fx.index_dir()).await;
+
+    let untrusting = fx.client(&url);
+    let err = untrusting.search(None).await.unwrap_err();
+    assert!(matches!(err, RepoError::Offline { .. }), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    let client = fx.client_with(&url, |b| b.root_certificate(ca.clone().into_bytes()));
+    let done = client.install("echo").await.unwrap();
+    assert_eq!(done[0].plugin.index, url);
+    assert!(fx.plugin_dir().join("echo/plugin.toml").is_file());
+
+    // The same from the command line, with the CA in a file.
+    let ca_file = fx.root.join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let other = fx.root.join("cli-plugins");
+    let (code, text) = cli(&[
+        "install",
+        "echo",
+        "--index",
+        &url,
+        "--trusted-key",
+        fx.keys.public.to_str().unwrap(),
+        "--plugin-dir",
+        other.to_str().unwrap(),
+        "--cache-dir",
+        fx.root.join("cli-cache").to_str().unwrap(),
+        "--ca-cert",
+        ca_file.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{text}");
+    assert!(other.join("echo/plugin.toml").is_file());
+    server.abort();
 }

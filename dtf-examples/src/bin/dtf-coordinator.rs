@@ -6,6 +6,7 @@
 //! cargo run -p dtf-examples --bin dtf-coordinator -- --help
 //! cargo run -p dtf-examples --bin dtf-coordinator -- --simulate-tasks 20 --workers 4
 //! cargo run -p dtf-examples --bin dtf-coordinator -- --tasks dtf-examples/tasks.toml --junit target/dtf/junit.xml
+//! cargo run -p dtf-examples --bin dtf-coordinator -- plugin --help
 //! ```
 //!
 //! Logs go to stderr (`RUST_LOG=debug` for more); see `docs/coordinator.md`.
@@ -32,7 +33,12 @@ fn main() {
     };
     let code = runtime.block_on(async {
         let mut out = std::io::stdout();
-        dtf_examples::coordinator::run_cli_with_signals(std::env::args().skip(1), &mut out).await
+        let mut args = std::env::args().skip(1).peekable();
+        // `dtf-coordinator plugin …` is the plugin repository client (plugin_cli.rs).
+        if args.peek().is_some_and(|a| a == "plugin") {
+            return dtf_examples::plugin_cli::run(args.skip(1), &mut out).await;
+        }
+        dtf_examples::coordinator::run_cli_with_signals(args, &mut out).await
     });
     let _ = std::io::stdout().flush();
     drop(runtime);

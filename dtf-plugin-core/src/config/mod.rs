@@ -48,7 +48,7 @@ use toml::de::DeTable;
 use crate::manager::{ManagerConfig, PluginManagerBuilder, PluginSpec};
 use crate::plugin::PluginConfig;
 use crate::registry::{PluginRegistry, RegistryError, did_you_mean};
-use schema::{PluginSection, Reader, TOP_KEYS, format_duration};
+use schema::{PluginSection, REGISTRY_KEYS, Reader, TOP_KEYS, format_duration};
 pub use tree::Origin;
 use tree::{FileReader, Node, Positions, Value, set_path};
 
@@ -390,6 +390,12 @@ impl ConfigLoader {
         let manager = reader.manager(top.get("manager"));
         let plugin_dirs = reader.plugin_dirs(top.get("plugin_dirs"));
         let plugins = reader.plugins(top.get("plugins"));
+        if let Some(registry) = top
+            .get("registry")
+            .and_then(|n| reader.table(n, "registry"))
+        {
+            reader.unknown_keys(registry, "registry", REGISTRY_KEYS);
+        }
         issues.sort_by_key(|a| order_key(&a.origin));
         issues.dedup();
         Ok((
@@ -882,6 +888,20 @@ pub fn validate_with_issues(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_registry_table_is_accepted_and_its_keys_checked() {
+        let ok = "[registry]\nindexes = [\"https://p.example/\"]\ntrusted_keys = [\"k.pub\"]\n";
+        assert!(ConfigLoader::new().source("dtf.toml", ok).load().is_ok());
+        let err = ConfigLoader::new()
+            .source("dtf.toml", "[registry]\nindex = []\n")
+            .load()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "dtf.toml:2:1: registry.index: unknown key `index` (valid: indexes, trusted_keys, allow_unsigned, cache_dir, ca_certificates)"
+        );
+    }
 
     #[test]
     fn secret_keys_include_endpoints_and_urls_but_not_base_urls() {

@@ -13,7 +13,16 @@ use crate::plugin::RestartPolicy;
 use crate::registry::did_you_mean;
 use crate::supervision::{Backoff, RestartBudget};
 
-pub(crate) const TOP_KEYS: &[&str] = &["manager", "plugin_dirs", "plugins"];
+pub(crate) const TOP_KEYS: &[&str] = &["manager", "plugin_dirs", "plugins", "registry"];
+/// The keys of `[registry]`, read by the plugin repository client (`dtf-plugin-repo`, which
+/// checks their values); the loader only checks that no other key is there.
+pub(crate) const REGISTRY_KEYS: &[&str] = &[
+    "indexes",
+    "trusted_keys",
+    "allow_unsigned",
+    "cache_dir",
+    "ca_certificates",
+];
 pub(crate) const MANAGER_KEYS: &[&str] = &[
     "queue_capacity",
     "overflow",
