@@ -2,7 +2,7 @@
 //!
 //! The manager actor owns the plugin table and is the ractor supervisor of every plugin actor.
 //! It is *not* on the publish path: publishers enqueue straight into the plugins' slots (see
-//! `bus.rs`), and the manager only handles management calls and supervision events.
+//! `bus/`), and the manager only handles management calls and supervision events.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

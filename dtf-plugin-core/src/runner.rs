@@ -1,7 +1,7 @@
 //! The private actor that runs one plugin instance.
 //!
 //! The actor owns the plugin value and takes its events in chunks from its slot, which reads
-//! them from the bus log through the plugin's cursor (see `bus.rs`). Every call into plugin
+//! them from the bus log through the plugin's cursor (see `bus/`). Every call into plugin
 //! code goes through [`guarded`], which turns a panic, an `Err` or a hung future into a
 //! [`HookFailure`]. A failure dead-letters the event in hand, puts the rest of the chunk back
 //! in front of the slot's carry queue, and fails the actor, so that its supervisor (the

@@ -1,7 +1,7 @@
-//! The synchronisation primitives of the dispatch core (`bus.rs`).
+//! The synchronisation primitives of the dispatch core (`bus/`).
 //!
 //! In a normal build these are `std`'s. Built with `RUSTFLAGS="--cfg dtf_shuttle"` they are
-//! [shuttle](https://docs.rs/shuttle)'s, so the model check (`bus_model.rs`, run by `.ci/run`)
+//! [shuttle](https://docs.rs/shuttle)'s, so the model check (`bus/model.rs`, run by `.ci/run`)
 //! explores the interleavings of the very code that ships: every lock, atomic access and
 //! fence below is a point where shuttle may switch threads. `OnceLock` has no shuttle
 //! counterpart; [`switch`] marks its uses as scheduling points instead.

@@ -1,7 +1,7 @@
 //! The model check of the dispatch protocol, on the code that ships.
 //!
 //! Built only with `RUSTFLAGS="--cfg dtf_shuttle"` (see `docs/model-check.md`): `src/sync.rs`
-//! then hands `bus.rs` shuttle's locks, atomics and fences, and shuttle runs each scenario
+//! then hands the bus shuttle's locks, atomics and fences, and shuttle runs each scenario
 //! below under many schedules (random and PCT), switching threads at every one of those
 //! operations. Publishers, consumers and the manager's side are shuttle threads calling the
 //! real `BusInner` and `Slot` methods; the consumers drive a slot the way `runner.rs` does
@@ -27,7 +27,8 @@ use shuttle::future::block_on;
 use shuttle::sync::mpsc::{Receiver, Sender, channel};
 use shuttle::thread;
 
-use super::{Bus, Consumer, Item, LIVE_SEGMENTS, OverflowPolicy, Slot};
+use super::slot::Consumer;
+use super::{Bus, Item, LIVE_SEGMENTS, OverflowPolicy, Slot};
 use crate::event::{EventKind, Hook, HookSet, ShutdownReason};
 use crate::sync::Mutex;
 

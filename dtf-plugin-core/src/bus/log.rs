@@ -1,0 +1,147 @@
+//! The log: append-only segments of write-once cells, and the items a reader hands out.
+
+use super::*;
+
+/// Cells per log segment (4 in the model check, so that its few events cross segments).
+pub(super) const SEGMENT: usize = if cfg!(dtf_shuttle) { 4 } else { 128 };
+
+/// A piece of the append-only log: cells written once by publishers (under the bus lock) and
+/// read without locks by every plugin's actor. Segments are freed once no reader holds them.
+pub(crate) struct Segment {
+    pub(super) base: u64,
+    pub(super) cells: Arc<Cells>,
+    pub(super) next: OnceLock<Arc<Segment>>,
+}
+
+/// The cells of one segment, in an allocation of their own: a chunk in a plugin's hands holds
+/// these (one reference count per run of cells, not one per cell), which keeps this segment's
+/// events alive but not the segments linked after it.
+///
+/// Each cell has a cache line pair of its own, so the publisher writing the next cell does not
+/// take the line from readers that are reading the previous one.
+pub(crate) struct Cells(pub(super) Box<[Padded<OnceLock<Cell>>]>);
+
+impl Cells {
+    /// The cell at `index`, if it was written.
+    #[inline]
+    pub(crate) fn get(&self, index: usize) -> Option<&Cell> {
+        switch();
+        self.0.get(index).and_then(|c| c.0.get())
+    }
+}
+
+/// Segments whose cells are alive, for the test that a slow reader does not pin the log.
+#[cfg(test)]
+pub(super) static LIVE_SEGMENTS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+#[cfg(test)]
+impl Drop for Cells {
+    fn drop(&mut self) {
+        LIVE_SEGMENTS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Segment {
+    pub(super) fn new(base: u64) -> Arc<Self> {
+        #[cfg(test)]
+        LIVE_SEGMENTS.fetch_add(1, Ordering::SeqCst);
+        Arc::new(Segment {
+            base,
+            cells: Arc::new(Cells(
+                (0..SEGMENT).map(|_| Padded(OnceLock::new())).collect(),
+            )),
+            next: OnceLock::new(),
+        })
+    }
+}
+
+/// One published batch (usually one event) and the union of its hooks.
+pub(crate) struct Cell {
+    pub(crate) batch: Arc<[Event]>,
+    pub(crate) mask: HookSet,
+}
+
+impl HookSet {
+    #[inline]
+    pub(crate) const fn intersects(self, other: HookSet) -> bool {
+        !self.intersection(other).is_empty()
+    }
+
+    /// How many events of `batch`, whose hooks are all in `mask`, are in this set.
+    #[inline]
+    pub(crate) fn matching(self, batch: &[Event], mask: HookSet) -> usize {
+        if self.contains_all(mask) {
+            batch.len()
+        } else {
+            batch.iter().filter(|e| self.contains(e.hook())).count()
+        }
+    }
+}
+
+impl Cell {
+    /// The cell's events for a plugin with `hooks`, holding the batch, not the segment.
+    pub(super) fn copy_for(&self, hooks: HookSet) -> Item {
+        Item::Events {
+            batch: Arc::clone(&self.batch),
+            start: 0,
+            count: hooks.matching(&self.batch, self.mask),
+            filtered: !hooks.contains_all(self.mask),
+        }
+    }
+}
+
+/// One entry of a plugin's queue.
+pub(crate) enum Item {
+    /// Events `batch[start..]` of which `count` match the plugin's hooks. `filtered` is false
+    /// when all of them match (the common case), so the consumer skips the per-event check.
+    Events {
+        batch: Arc<[Event]>,
+        start: usize,
+        count: usize,
+        filtered: bool,
+    },
+    /// Cells `from..to` of one segment, read in place: the events of the cells whose mask meets
+    /// the plugin's hooks, `count` of them (cells of other hooks in between are stepped over).
+    /// What a reader normally takes from the log: one reference count per run, not per cell.
+    Run {
+        cells: Arc<Cells>,
+        from: usize,
+        to: usize,
+        count: usize,
+    },
+    /// A new configuration, applied in order with the events.
+    Reconfigure {
+        config: Arc<PluginConfig>,
+        reply: oneshot::Sender<Result<crate::plugin::Reconfigured, String>>,
+    },
+}
+
+impl Item {
+    /// The same events, holding their batches rather than a segment (a run becomes one item per
+    /// matching cell); other items are unchanged.
+    pub(super) fn into_copies(self, hooks: HookSet) -> Vec<Item> {
+        let Item::Run {
+            cells, from, to, ..
+        } = self
+        else {
+            return vec![self];
+        };
+        (from..to)
+            .filter_map(|i| cells.get(i))
+            .filter(|cell| hooks.intersects(cell.mask))
+            .map(|cell| cell.copy_for(hooks))
+            .collect()
+    }
+}
+
+/// Keeps a value on its own cache lines, so writes to it don't invalidate its neighbours.
+#[repr(align(128))]
+pub(super) struct Padded<T>(pub(super) T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}

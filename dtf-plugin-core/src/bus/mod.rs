@@ -1,0 +1,443 @@
+//! The bus: sequence numbers, routing by hook, a shared log, and one reader per plugin.
+//!
+//! Publishing takes one lock (`BusInner::state`), assigns sequence numbers, counts the batch
+//! for every plugin subscribed to its hooks (found through a per-hook routing table), and then
+//! appends it to an append-only log *once*. Holding that lock across the whole publish is what
+//! makes every plugin see events in the same global order, whatever the number of concurrent
+//! publishers. Each plugin's actor reads the log through its own cursor without locking it, up
+//! to the first cell not yet written (cells are written once); it is woken (one actor message)
+//! only when it was idle, and then reads runs of cells in place. Per plugin, `enqueued − acked` is its
+//! queue: bounded, with the overflow policy applied at publish time.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use ractor::ActorRef;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, oneshot};
+
+use crate::error::{BatchClosed, PublishError};
+use crate::event::{Event, EventKind, EventMeta, Hook, HookSet};
+use crate::plugin::PluginConfig;
+use crate::runner::PluginMsg;
+use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, fence, switch};
+
+mod log;
+mod read;
+mod slot;
+
+pub(crate) use log::Item;
+use log::*;
+use read::*;
+pub use slot::DeadLetter;
+pub(crate) use slot::Slot;
+
+/// What happens when an event is published to a plugin whose queue is full.
+///
+/// Control events ([`Hook::is_control`]) and events published from inside a plugin are exempt:
+/// they are always enqueued, even past the capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum OverflowPolicy {
+    /// The publisher waits until the queue has room (the default): nothing is lost, and a slow
+    /// plugin slows the publishers down. `try_publish` returns [`PublishError::Full`] instead.
+    #[default]
+    Backpressure,
+    /// The event is not enqueued for that plugin and its `dropped` counter goes up; other
+    /// plugins still get it. For plugins that must never slow the run (e.g. live dashboards).
+    DropNewest,
+}
+
+/// A publishing handle: cheap to clone, stamps its own `source` on what it publishes.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<BusInner>,
+    source: Arc<str>,
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct BusInner {
+    state: Mutex<BusState>,
+}
+
+struct BusState {
+    /// The last sequence number handed out.
+    seq: u64,
+    closed: bool,
+    /// The log's last segment and the position of its next cell.
+    tail: Arc<Segment>,
+    next_pos: u64,
+    /// Routed (enabled) slots, by hook.
+    by_hook: [Vec<Arc<Slot>>; Hook::COUNT],
+    /// Every routed slot, in routing order.
+    all: Vec<Arc<Slot>>,
+}
+
+/// Publishing from inside a plugin (`Unbounded`) never waits; see `PluginContext::bus`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bound {
+    Wait,
+    Try,
+    Unbounded,
+}
+
+enum Attempt {
+    Published(Range<u64>),
+    Closed,
+    /// A backpressured slot had no room for `wanted` events: wait on it, then try again.
+    Full(Arc<Slot>, usize),
+}
+
+impl Bus {
+    pub(crate) fn new(source: &str) -> Self {
+        Self {
+            inner: Arc::new(BusInner {
+                state: Mutex::new(BusState {
+                    seq: 0,
+                    closed: false,
+                    tail: Segment::new(0),
+                    next_pos: 0,
+                    by_hook: std::array::from_fn(|_| Vec::new()),
+                    all: Vec::new(),
+                }),
+            }),
+            source: Arc::from(source),
+        }
+    }
+
+    /// A bus with no plugins, for [`crate::PluginContext::detached`].
+    pub(crate) fn detached(source: &str) -> Self {
+        Self::new(source)
+    }
+
+    /// A handle to the same bus that stamps `source` on the events it publishes.
+    pub fn with_source(&self, source: &str) -> Bus {
+        Bus {
+            inner: Arc::clone(&self.inner),
+            source: Arc::from(source),
+        }
+    }
+
+    /// The source this handle stamps on events.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Publishes one event and returns its sequence number.
+    ///
+    /// Under [`OverflowPolicy::Backpressure`] this waits while a subscribed plugin's queue is
+    /// full; events are enqueued for all subscribers at once, so a waiting publisher never
+    /// leaves an event half-delivered.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::Closed`], with the event, once the manager has shut down.
+    pub async fn publish(&self, kind: EventKind) -> Result<u64, PublishError> {
+        let mut batch = self.single(kind);
+        loop {
+            match self.inner.attempt(&mut batch, Bound::Wait) {
+                Attempt::Published(r) => return Ok(r.start),
+                Attempt::Closed => return Err(PublishError::Closed(take_first(&batch))),
+                Attempt::Full(slot, wanted) => slot.wait_for_space(wanted).await,
+            }
+        }
+    }
+
+    /// Publishes one event without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::Full`] when a subscribed plugin with [`OverflowPolicy::Backpressure`]
+    /// has a full queue (nothing was enqueued anywhere); [`PublishError::Closed`] after shutdown.
+    pub fn try_publish(&self, kind: EventKind) -> Result<u64, PublishError> {
+        let mut batch = self.single(kind);
+        match self.inner.attempt(&mut batch, Bound::Try) {
+            Attempt::Published(r) => Ok(r.start),
+            Attempt::Closed => Err(PublishError::Closed(take_first(&batch))),
+            Attempt::Full(slot, _) => Err(PublishError::Full {
+                event: take_first(&batch),
+                plugin: slot.name.to_string(),
+            }),
+        }
+    }
+
+    /// Publishes many events at once: one lock, one queue entry and at most one wake-up per
+    /// plugin for the whole batch, which is much cheaper per event than [`Bus::publish`].
+    /// Returns the range of sequence numbers given to the events, in order.
+    ///
+    /// # Errors
+    ///
+    /// [`BatchClosed`], with every event, once the manager has shut down.
+    pub async fn publish_batch(
+        &self,
+        kinds: impl IntoIterator<Item = EventKind>,
+    ) -> Result<Range<u64>, BatchClosed> {
+        let time = SystemTime::now();
+        // Collected straight into the shared allocation when the iterator knows its length
+        // (no intermediate `Vec` to copy from).
+        let mut batch: Arc<[Event]> = kinds
+            .into_iter()
+            .map(|kind| self.event(kind, time))
+            .collect();
+        if batch.is_empty() {
+            return Ok(0..0);
+        }
+        loop {
+            match self.inner.attempt(&mut batch, Bound::Wait) {
+                Attempt::Published(r) => return Ok(r),
+                Attempt::Closed => {
+                    return Err(BatchClosed(batch.iter().map(|e| e.kind.clone()).collect()));
+                }
+                Attempt::Full(slot, wanted) => slot.wait_for_space(wanted).await,
+            }
+        }
+    }
+
+    /// Publishes without waiting and past any capacity (used from inside plugins and by the
+    /// manager itself, which must never block on a queue).
+    pub(crate) fn publish_unbounded(&self, kind: EventKind) -> Result<u64, PublishError> {
+        let mut batch = self.single(kind);
+        match self.inner.attempt(&mut batch, Bound::Unbounded) {
+            Attempt::Published(r) => Ok(r.start),
+            Attempt::Closed | Attempt::Full(..) => Err(PublishError::Closed(take_first(&batch))),
+        }
+    }
+
+    /// Whether the bus still accepts events.
+    pub fn is_closed(&self) -> bool {
+        self.inner.lock().closed
+    }
+
+    fn event(&self, kind: EventKind, time: SystemTime) -> Event {
+        Event {
+            meta: EventMeta {
+                seq: 0,
+                time,
+                source: Arc::clone(&self.source),
+            },
+            kind,
+        }
+    }
+
+    fn single(&self, kind: EventKind) -> Arc<[Event]> {
+        Arc::new([self.event(kind, SystemTime::now())])
+    }
+
+    pub(crate) fn inner(&self) -> &BusInner {
+        &self.inner
+    }
+}
+
+/// The event of a one-event batch, handed back to the caller of a failed publish.
+fn take_first(batch: &Arc<[Event]>) -> EventKind {
+    match batch.first() {
+        Some(e) => e.kind.clone(),
+        // Single-event batches are built with exactly one event.
+        None => EventKind::custom("dtf.empty-batch", serde_json::Value::Null),
+    }
+}
+
+impl BusInner {
+    fn lock(&self) -> MutexGuard<'_, BusState> {
+        // A panic while holding this lock cannot leave the state inconsistent (every update is
+        // a single push or assignment), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One publishing attempt: under the bus lock, check room, assign sequence numbers,
+    /// enqueue everywhere. Either everything is enqueued or nothing is.
+    fn attempt(&self, batch: &mut Arc<[Event]>, bound: Bound) -> Attempt {
+        Self::attempt_locked(&mut self.lock(), batch, bound)
+    }
+
+    /// [`attempt`](Self::attempt) with the bus lock held by the caller.
+    fn attempt_locked(state: &mut BusState, batch: &mut Arc<[Event]>, bound: Bound) -> Attempt {
+        if state.closed {
+            return Attempt::Closed;
+        }
+        let n = batch.len();
+        // The union of the batch's hooks decides which slots can be concerned at all.
+        let (mask, control) = batch.iter().fold((HookSet::EMPTY, false), |(m, c), e| {
+            let h = e.hook();
+            (m.with(h), c || h.is_control())
+        });
+        let bounded = bound != Bound::Unbounded && !control;
+        // A single event: the slots subscribed to its hook, precomputed. A batch: every slot
+        // whose hooks intersect the batch's.
+        let single_hook = (n == 1).then(|| batch[0].hook());
+        let targets: &[Arc<Slot>] = match single_hook {
+            Some(h) => &state.by_hook[h.index()],
+            None => &state.all,
+        };
+
+        if bounded {
+            for slot in targets {
+                if slot.policy != OverflowPolicy::Backpressure || !slot.hooks.intersects(mask) {
+                    continue;
+                }
+                let wanted = slot.hooks.matching(batch, mask);
+                if !slot.has_room(wanted, bound == Bound::Wait) {
+                    return Attempt::Full(Arc::clone(slot), wanted);
+                }
+            }
+        }
+
+        let first = state.seq + 1;
+        state.seq += n as u64;
+        // Unique until now: it was created by this publisher and not yet shared.
+        for (i, ev) in Arc::make_mut(batch).iter_mut().enumerate() {
+            ev.meta.seq = first + i as u64;
+        }
+        let targets: &[Arc<Slot>] = match single_hook {
+            Some(h) => &state.by_hook[h.index()],
+            None => &state.all,
+        };
+        if targets.iter().any(|s| s.hooks.intersects(mask)) {
+            // Append the batch to the log once, whatever the number of subscribers: take the
+            // next cell...
+            let pos = state.next_pos;
+            if (pos - state.tail.base) as usize == SEGMENT {
+                let next = Segment::new(pos);
+                switch();
+                let _ = state.tail.next.set(Arc::clone(&next));
+                state.tail = next;
+                // Once per segment: no slow reader may pin an unbounded stretch of the log.
+                for slot in &state.all {
+                    slot.bound_lag(pos);
+                }
+            }
+            // ...count it for each subscriber before readers can see it (a reader must
+            // never acknowledge an event not yet counted)...
+            for slot in targets {
+                if slot.hooks.intersects(mask) {
+                    slot.account(slot.hooks.matching(batch, mask), pos, bounded);
+                }
+            }
+            // ...and make it readable: a written cell is what readers look for (there is no
+            // shared end-of-log counter for them to poll, one cache line less per event).
+            let cell = Cell {
+                batch: Arc::clone(batch),
+                mask,
+            };
+            if let Some(c) = state.tail.cells.0.get((pos - state.tail.base) as usize) {
+                switch();
+                let _ = c.set(cell);
+            }
+            state.next_pos = pos + 1;
+            // The counts above (plain stores: only publishers write them, under this lock)
+            // must be visible before `wake_for` reads each consumer's `scheduled` and
+            // `released` flags: the publisher's half of the Dekker handshakes with
+            // `take_chunk`. One fence per publish instead of a locked instruction per plugin.
+            fence(Ordering::SeqCst);
+            // ...and wake the subscribers that were idle.
+            for slot in targets {
+                if slot.hooks.intersects(mask) {
+                    slot.wake_for(&state.tail, pos);
+                }
+            }
+        }
+        Attempt::Published(first..first + n as u64)
+    }
+
+    /// The last sequence number handed out (0 before the first event).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.lock().seq
+    }
+
+    /// Starts delivering to `slot`: it reads the log from the current end on.
+    pub(crate) fn route(&self, slot: &Arc<Slot>) {
+        let mut state = self.lock();
+        if state.all.iter().any(|s| Arc::ptr_eq(s, slot)) {
+            return;
+        }
+        slot.routed_at(state.next_pos);
+        for h in slot.hooks.iter() {
+            state.by_hook[h.index()].push(Arc::clone(slot));
+        }
+        state.all.push(Arc::clone(slot));
+    }
+
+    /// Stops delivering to `slot`; it still reads what was published before. Publishers and
+    /// flushes waiting on it are woken to re-check.
+    pub(crate) fn unroute(&self, slot: &Arc<Slot>) {
+        let mut state = self.lock();
+        let was = state.all.iter().any(|s| Arc::ptr_eq(s, slot));
+        for list in state.by_hook.iter_mut() {
+            list.retain(|s| !Arc::ptr_eq(s, slot));
+        }
+        state.all.retain(|s| !Arc::ptr_eq(s, slot));
+        if was {
+            slot.unrouted_at(state.next_pos);
+        }
+        drop(state);
+        slot.space.notify_waiters();
+        slot.progress.notify_waiters();
+    }
+
+    /// Stops delivering to every slot (after shutdown), so a `flush` after shutdown returns at
+    /// once instead of waiting for stopped plugins, and lets go of the log.
+    pub(crate) fn unroute_all(&self) {
+        let slots = self.lock().all.clone();
+        for slot in slots {
+            self.unroute(&slot);
+            slot.release();
+        }
+    }
+
+    /// Closes the bus after publishing `last`, atomically: `last` is published and the bus
+    /// closed in one critical section, so no concurrent publisher gets in after it.
+    pub(crate) fn close_with(&self, last: EventKind, source: &Arc<str>) -> Option<u64> {
+        let mut batch: Arc<[Event]> = Arc::new([Event {
+            meta: EventMeta {
+                seq: 0,
+                time: SystemTime::now(),
+                source: Arc::clone(source),
+            },
+            kind: last,
+        }]);
+        let mut state = self.lock();
+        let seq = match Self::attempt_locked(&mut state, &mut batch, Bound::Unbounded) {
+            Attempt::Published(r) => Some(r.start),
+            _ => None,
+        };
+        state.closed = true;
+        seq
+    }
+
+    /// For every routed plugin, the number of events routed to it so far: a flush waits until
+    /// each has handled that many.
+    pub(crate) fn flush_targets(&self) -> Vec<(Arc<Slot>, u64)> {
+        let state = self.lock();
+        state
+            .all
+            .iter()
+            .map(|slot| (Arc::clone(slot), slot.enqueued.load(Ordering::SeqCst)))
+            .collect()
+    }
+
+    /// The current end of the log (for tagging control items).
+    pub(crate) fn position(&self) -> u64 {
+        self.lock().next_pos
+    }
+}
+
+#[cfg(test)]
+#[cfg(dtf_shuttle)]
+mod model;
+
+// The tests below run on tokio and ractor, which the model check's build does not model.
+#[cfg(test)]
+#[cfg(not(dtf_shuttle))]
+mod tests;

@@ -1,0 +1,409 @@
+//! One plugin's slot: its counters and queue bound, the publisher side (room, accounting,
+//! wake-ups), acknowledgements, attaching and detaching its actor, and its dead letters. How it
+//! reads the log is in `read.rs`.
+
+use super::*;
+
+/// Counters the consumer (the plugin's actor) updates, on their own cache line so that
+/// publishers never contend with them. `published` and `dropped` live under the queue lock.
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct Counters {
+    pub(crate) delivered: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) handler_nanos: AtomicU64,
+}
+
+/// An event whose handling failed (panic, error or timeout), kept for inspection.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The plugin that failed on it.
+    pub plugin: String,
+    /// The event.
+    pub event: Event,
+    /// How the handler failed.
+    pub error: String,
+}
+
+/// One plugin's view of the bus: its counters, its place in the log, and the items (requeued
+/// events, configuration changes) that do not come from the log.
+///
+/// Publishers write the producer-side counters (`enqueued`, `acked_seen`, `dropped`, `skips`),
+/// read `scheduled` and `released`, and read `acked` only when the queue may be full; the
+/// plugin's actor reads the log through `reader` and writes `acked` and `read_pos`. `enqueued`,
+/// `acked` and `scheduled` live on cache lines of their own. (Padding `acked_seen` and
+/// `read_pos` as well measured no better.)
+pub(crate) struct Slot {
+    pub(crate) name: Arc<str>,
+    pub(crate) hooks: HookSet,
+    pub(super) capacity: usize,
+    pub(super) policy: OverflowPolicy,
+    /// Events routed to this plugin and not dropped (publishers, under the bus lock).
+    pub(super) enqueued: Padded<AtomicU64>,
+    /// A value `acked` had (it only grows): publishers check room against it and read `acked`
+    /// itself, a line the consumer writes, only when that bound says the queue may be full.
+    pub(super) acked_seen: AtomicU64,
+    /// Events not delivered because the queue was full.
+    pub(super) dropped: AtomicU64,
+    /// Log positions dropped for this plugin, in order, and whether there are any.
+    pub(super) skips: Mutex<VecDeque<u64>>,
+    pub(super) has_skips: AtomicBool,
+    /// Events handled (delivered or dead-lettered) by the actor.
+    pub(super) acked: Padded<AtomicU64>,
+    /// A wake-up is in the actor's mailbox or the actor is draining.
+    pub(super) scheduled: Padded<AtomicBool>,
+    pub(super) wake: Mutex<WakeState>,
+    pub(super) reader: Mutex<Reader>,
+    /// The reader's cursor, published for the publishers' lag check (written per chunk).
+    pub(super) read_pos: AtomicU64,
+    /// `WakeState::resume` is set.
+    pub(super) has_resume: AtomicBool,
+    /// The reader let go of its segment (`Reader::seg` is `None`) and needs a resume hint to
+    /// find the log again; paired with `enqueued` in a Dekker-style handshake.
+    pub(super) released: AtomicBool,
+    /// Whether the plugin is routed (a flush stops waiting for an unrouted one).
+    pub(super) routed: AtomicBool,
+    /// A publisher is waiting for room (paired with `acked` in a Dekker-style handshake).
+    pub(super) waiters: AtomicBool,
+    pub(super) space: Notify,
+    /// A flush is waiting for progress.
+    pub(super) flush_waiters: AtomicBool,
+    pub(super) progress: Notify,
+    pub(crate) counters: Counters,
+    pub(super) dead: Mutex<VecDeque<DeadLetter>>,
+    pub(super) dead_capacity: usize,
+    pub(super) config: Mutex<Arc<PluginConfig>>,
+}
+
+/// Where a slot's wake-ups go: the plugin's actor, or a consumer of the model check.
+pub(crate) trait Consumer: Send + Sync {
+    /// Asks the consumer to take its work; false when it is gone.
+    fn wake(&self) -> bool;
+}
+
+impl Consumer for ActorRef<PluginMsg> {
+    fn wake(&self) -> bool {
+        self.send_message(PluginMsg::Drain).is_ok()
+    }
+}
+
+#[derive(Default)]
+pub(super) struct WakeState {
+    /// The live actor, if any (none while restarting or disabled).
+    pub(super) actor: Option<Box<dyn Consumer>>,
+    /// Where an idle reader should resume: the segment and position of the event that woke it.
+    pub(super) resume: Option<(Arc<Segment>, u64)>,
+}
+
+impl Slot {
+    pub(crate) fn new(
+        name: Arc<str>,
+        hooks: HookSet,
+        capacity: usize,
+        policy: OverflowPolicy,
+        dead_capacity: usize,
+        config: Arc<PluginConfig>,
+    ) -> Self {
+        Self {
+            name,
+            hooks,
+            capacity: capacity.max(1),
+            policy,
+            enqueued: Padded(AtomicU64::new(0)),
+            acked_seen: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            skips: Mutex::new(VecDeque::new()),
+            has_skips: AtomicBool::new(false),
+            acked: Padded(AtomicU64::new(0)),
+            scheduled: Padded(AtomicBool::new(false)),
+            wake: Mutex::new(WakeState::default()),
+            reader: Mutex::new(Reader::default()),
+            read_pos: AtomicU64::new(0),
+            has_resume: AtomicBool::new(false),
+            released: AtomicBool::new(false),
+            routed: AtomicBool::new(false),
+            waiters: AtomicBool::new(false),
+            space: Notify::new(),
+            flush_waiters: AtomicBool::new(false),
+            progress: Notify::new(),
+            counters: Counters::default(),
+            dead: Mutex::new(VecDeque::new()),
+            dead_capacity,
+            config: Mutex::new(config),
+        }
+    }
+
+    pub(super) fn reader(&self) -> MutexGuard<'_, Reader> {
+        // Every update is small and leaves the reader valid, so a poisoned lock is usable.
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn wake_state(&self) -> MutexGuard<'_, WakeState> {
+        self.wake.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Events routed and not yet handled.
+    pub(super) fn pending(&self) -> u64 {
+        let enqueued = self.enqueued.load(Ordering::SeqCst);
+        enqueued.saturating_sub(self.acked.load(Ordering::SeqCst))
+    }
+
+    /// Whether `wanted` more events fit. An oversized batch fits an empty queue, so it cannot
+    /// wait forever. When `register` is set and there is no room, marks a waiter.
+    pub(super) fn has_room(&self, wanted: usize, register: bool) -> bool {
+        let wanted = wanted as u64;
+        let cap = self.capacity as u64;
+        let fits = |pending: u64| pending == 0 || pending + wanted <= cap;
+        // An upper bound of the queue, from a value of `acked` seen before: enough when it fits.
+        let enqueued = self.enqueued.load(Ordering::Relaxed);
+        if enqueued.saturating_sub(self.acked_seen.load(Ordering::Relaxed)) + wanted <= cap {
+            return true;
+        }
+        // Concurrent refreshes may store an older value: that only makes the bound looser.
+        self.acked_seen
+            .store(self.acked.load(Ordering::SeqCst), Ordering::Relaxed);
+        if fits(self.pending()) {
+            return true;
+        }
+        if !register {
+            return false;
+        }
+        self.waiters.store(true, Ordering::SeqCst);
+        // The consumer raises `acked` and then reads `waiters`; we set `waiters` and then read
+        // `acked`. With SeqCst at least one of us sees the other's write: no wake-up is lost.
+        fits(self.pending())
+    }
+
+    pub(super) async fn wait_for_space(&self, wanted: usize) {
+        let notified = self.space.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.has_room(wanted, true) {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Counts `count` events at log position `pos` for this plugin, or drops them (publisher,
+    /// under the bus lock, before the position becomes readable).
+    pub(super) fn account(&self, count: usize, pos: u64, bounded: bool) {
+        if count == 0 {
+            return;
+        }
+        let count = count as u64;
+        if bounded && self.policy == OverflowPolicy::DropNewest {
+            let pending = self.pending();
+            if pending != 0 && pending + count > self.capacity as u64 {
+                self.dropped.fetch_add(count, Ordering::Relaxed);
+                self.skips
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push_back(pos);
+                self.has_skips.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+        // Only publishers write `enqueued`, under the bus lock: no read-modify-write needed.
+        let enqueued = self.enqueued.load(Ordering::Relaxed);
+        self.enqueued.store(enqueued + count, Ordering::Release);
+    }
+
+    /// Wakes the actor if it was idle, telling it where to resume (publisher, after the event
+    /// at `pos` became readable).
+    #[inline]
+    pub(super) fn wake_for(&self, tail: &Arc<Segment>, pos: u64) {
+        // A reader that let go of the log finds it again only through a hint, so one is left
+        // whenever it has let go, whether or not a wake-up is already on its way (a
+        // configuration change wakes the actor without one). The earliest hint is kept: every
+        // event from it on is unread.
+        if self.released.load(Ordering::SeqCst) {
+            let mut w = self.wake_state();
+            if w.resume.is_none() {
+                w.resume = Some((Arc::clone(tail), pos));
+            }
+            self.has_resume.store(true, Ordering::SeqCst);
+        }
+        if self.scheduled.load(Ordering::SeqCst) || self.scheduled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let w = self.wake_state();
+        Self::send_drain(&self.scheduled, &w);
+    }
+
+    /// Sends `Drain` to the attached actor; `scheduled` is already set and is cleared again
+    /// when there is no actor to wake (the next one is woken in `attach`).
+    pub(super) fn send_drain(scheduled: &AtomicBool, w: &WakeState) {
+        match &w.actor {
+            Some(actor) if actor.wake() => {}
+            _ => scheduled.store(false, Ordering::SeqCst),
+        }
+    }
+
+    pub(super) fn wake_any(&self) {
+        if self.scheduled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let w = self.wake_state();
+        Self::send_drain(&self.scheduled, &w);
+    }
+
+    /// Queues a configuration change, due once everything published before it was read.
+    pub(crate) fn push_control(&self, position: u64, item: Item) {
+        self.reader().control.push_back((position, item));
+        self.wake_any();
+    }
+
+    /// Acknowledges `handled` events and wakes publishers waiting for room and flushes waiting
+    /// for progress.
+    pub(super) fn ack(&self, handled: usize) {
+        if handled > 0 {
+            self.acked.fetch_add(handled as u64, Ordering::SeqCst);
+        }
+        if self.waiters.load(Ordering::SeqCst) && self.waiters.swap(false, Ordering::SeqCst) {
+            self.space.notify_waiters();
+        }
+        if self.flush_waiters.load(Ordering::SeqCst)
+            && self.flush_waiters.swap(false, Ordering::SeqCst)
+        {
+            self.progress.notify_waiters();
+        }
+    }
+
+    /// Connects the slot to a (new) actor and wakes it: to take the work waiting, or, with
+    /// nothing waiting, to go idle properly and let go of the segment (or the resume hint)
+    /// that the failed or restarted instance held, which would otherwise pin the log from
+    /// there on until the next event of its hooks.
+    pub(crate) fn attach(&self, actor: Box<dyn Consumer>) {
+        let mut w = self.wake_state();
+        w.actor = Some(actor);
+        self.scheduled.store(false, Ordering::SeqCst);
+        drop(w);
+        self.wake_any();
+    }
+
+    /// Whether a started actor is attached (its `on_start` succeeded).
+    pub(crate) fn is_attached(&self) -> bool {
+        self.wake_state().actor.is_some()
+    }
+
+    /// Disconnects the slot from its (failed or stopped) actor.
+    pub(crate) fn detach(&self) {
+        self.wake_state().actor = None;
+        self.scheduled.store(false, Ordering::SeqCst);
+    }
+
+    /// Routed at log position `pos` (the bus lock is held).
+    ///
+    /// The reader starts out released, holding no segment: the first event published to it
+    /// leaves a hint where to start. Holding the tail instead would pin the log from here on
+    /// for as long as no event of its hooks comes (a plugin waiting for failures in a run
+    /// without any), since an idle reader is never woken to let go.
+    pub(super) fn routed_at(&self, pos: u64) {
+        let mut r = self.reader();
+        r.seg = None;
+        r.pos = pos;
+        r.until = None;
+        self.released.store(true, Ordering::SeqCst);
+        self.read_pos.store(pos, Ordering::Relaxed);
+        self.routed.store(true, Ordering::SeqCst);
+    }
+
+    /// Unrouted at log position `pos` (the bus lock is held).
+    pub(super) fn unrouted_at(&self, pos: u64) {
+        self.reader().until = Some(pos);
+        self.routed.store(false, Ordering::SeqCst);
+    }
+
+    /// After a disable: pending configuration changes are rejected and waiting publishers and
+    /// flushes re-check. Events still unread are copied out of the log (so a disabled plugin
+    /// pins none of it) and delivered if the plugin is enabled again.
+    pub(crate) fn release(&self) {
+        let mut r = self.reader();
+        for (_, item) in std::mem::take(&mut r.control) {
+            if let Item::Reconfigure { reply, .. } = item {
+                let _ = reply.send(Err("the plugin was disabled".to_owned()));
+            }
+        }
+        // Runs put back after a failure hold their segments: keep their events, not the log.
+        if r.carry.iter().any(|i| matches!(i, Item::Run { .. })) {
+            let carry = std::mem::take(&mut r.carry);
+            r.carry = carry
+                .into_iter()
+                .flat_map(|item| item.into_copies(self.hooks))
+                .collect();
+        }
+        if self.pending() > r.carry_events() {
+            // Copy the rest of the routed log into the carry queue.
+            let mut kept = VecDeque::new();
+            self.read_log(&mut r, &mut kept, usize::MAX, Read::Copy);
+            r.carry.append(&mut kept);
+        }
+        r.seg = None;
+        self.released.store(true, Ordering::SeqCst);
+        drop(r);
+        self.space.notify_waiters();
+        self.progress.notify_waiters();
+    }
+
+    /// Resolves once `target` events have been handled, or the plugin is unrouted.
+    pub(crate) async fn wait_handled(&self, target: u64) {
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.flush_waiters.store(true, Ordering::SeqCst);
+            if self.acked.load(Ordering::SeqCst) >= target || !self.routed.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// `(published, dropped, queued)`.
+    pub(crate) fn queue_counts(&self) -> (u64, u64, u64) {
+        let dropped = self.dropped.load(Ordering::SeqCst);
+        let enqueued = self.enqueued.load(Ordering::SeqCst);
+        (enqueued + dropped, dropped, self.pending())
+    }
+
+    pub(crate) fn dead_letter(&self, event: &Event, error: String) {
+        self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        let mut dead = self.dead.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.dead_capacity == 0 {
+            return;
+        }
+        if dead.len() == self.dead_capacity {
+            dead.pop_front();
+        }
+        dead.push_back(DeadLetter {
+            plugin: self.name.to_string(),
+            event: event.clone(),
+            error,
+        });
+    }
+
+    pub(crate) fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.dead
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn config(&self) -> Arc<PluginConfig> {
+        Arc::clone(&self.config.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub(crate) fn set_config(&self, config: Arc<PluginConfig>) {
+        *self.config.lock().unwrap_or_else(PoisonError::into_inner) = config;
+    }
+
+    pub(crate) fn add_handler_time(&self, d: Duration) {
+        self.counters.handler_nanos.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}

@@ -1,0 +1,276 @@
+//! Tests of the log: what a slow, stuck, disabled or idle reader keeps alive.
+
+use super::*;
+use crate::event::Hook;
+use crate::plugin::{Plugin, PluginContext, PluginError, PluginMetadata};
+use crate::{PluginManager, PluginSpec, ShutdownReason};
+use tokio::sync::watch;
+
+/// Blocks on its first event until the gate opens.
+struct Gated(watch::Receiver<bool>, Arc<AtomicU64>);
+
+impl Plugin for Gated {
+    fn metadata(&self) -> PluginMetadata {
+        PluginMetadata::new("gated").hooks(Hook::Custom)
+    }
+    async fn on_event(&mut self, _: &mut PluginContext, _: &Event) -> Result<(), PluginError> {
+        while !*self.0.borrow_and_update() {
+            self.0.changed().await?;
+        }
+        self.1.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+struct Count(Arc<AtomicU64>);
+
+impl Plugin for Count {
+    fn metadata(&self) -> PluginMetadata {
+        PluginMetadata::new("count").hooks(Hook::TaskCreated)
+    }
+    async fn on_event(&mut self, _: &mut PluginContext, _: &Event) -> Result<(), PluginError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Records the numbers of the `n` custom events it handles; fails on `fail_on`, and
+/// waits for the gate to open before handling `wait_on`.
+struct Picky {
+    seen: Arc<std::sync::Mutex<Vec<u64>>>,
+    fail_on: u64,
+    wait_on: u64,
+    gate: watch::Receiver<bool>,
+    /// Notified when it starts waiting on `wait_on`.
+    waiting: Arc<tokio::sync::Notify>,
+}
+
+impl Plugin for Picky {
+    fn metadata(&self) -> PluginMetadata {
+        PluginMetadata::new("picky").hooks(Hook::Custom)
+    }
+    async fn on_event(&mut self, _: &mut PluginContext, e: &Event) -> Result<(), PluginError> {
+        let EventKind::Custom(c) = &e.kind else {
+            return Ok(());
+        };
+        let n = c.payload.as_u64().unwrap_or(u64::MAX);
+        if n == self.wait_on {
+            self.waiting.notify_one();
+            while !*self.gate.borrow_and_update() {
+                self.gate.changed().await?;
+            }
+        }
+        if n == self.fail_on {
+            return Err("picky".into());
+        }
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(n);
+        Ok(())
+    }
+}
+
+fn n(i: u64) -> EventKind {
+    EventKind::custom("n", serde_json::json!(i))
+}
+
+async fn status(manager: &PluginManager, name: &str) -> crate::PluginStatus {
+    let list = manager.list().await.unwrap();
+    list.into_iter().find(|p| p.name == name).unwrap().status
+}
+
+async fn filler(manager: &PluginManager, count: u64) {
+    for i in 0..count {
+        manager
+            .publish(EventKind::task_created(format!("t{i}"), "x"))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_restarted_after_its_last_event_does_not_pin_the_log() {
+    let (_gate, rx) = watch::channel(true);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (s, counted) = (Arc::clone(&seen), Arc::new(AtomicU64::new(0)));
+    let c = Arc::clone(&counted);
+    let manager = PluginManager::builder()
+        .config(
+            crate::ManagerConfig::builder()
+                .backoff(crate::Backoff::none())
+                .build(),
+        )
+        .spec(PluginSpec::new(move || Picky {
+            seen: Arc::clone(&s),
+            fail_on: 0,
+            wait_on: u64::MAX,
+            gate: rx.clone(),
+            waiting: Arc::default(),
+        }))
+        .spec(PluginSpec::new(move || Count(Arc::clone(&c))))
+        .spawn()
+        .await
+        .unwrap();
+    // Its only event fails; the restarted instance has nothing to do, and no event of
+    // its hooks comes again.
+    manager.publish(n(0)).await.unwrap();
+    manager.flush().await;
+    let first = Arc::downgrade(&manager.bus().inner().lock().tail);
+    let mut waited = 0;
+    while manager.stats("picky").await.unwrap().restarts < 1 {
+        assert!(waited < 1000, "not restarted");
+        waited += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    filler(&manager, 300_000).await;
+    manager.flush().await;
+    assert!(
+        first.upgrade().is_none(),
+        "the restarted plugin pins the log"
+    );
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_disabled_mid_chunk_keeps_its_events_but_not_the_log() {
+    let (gate, rx) = watch::channel(false);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (s, counted) = (Arc::clone(&seen), Arc::new(AtomicU64::new(0)));
+    let c = Arc::clone(&counted);
+    let waiting = Arc::new(tokio::sync::Notify::new());
+    let w = Arc::clone(&waiting);
+    let manager = PluginManager::builder()
+        .spec(
+            PluginSpec::new(move || Picky {
+                seen: Arc::clone(&s),
+                fail_on: 1,
+                wait_on: 0,
+                gate: rx.clone(),
+                waiting: Arc::clone(&w),
+            })
+            .restart_policy(crate::RestartPolicy::Temporary),
+        )
+        .spec(PluginSpec::new(move || Count(Arc::clone(&c))))
+        .spawn()
+        .await
+        .unwrap();
+    // Event 0 blocks the plugin; events 1..=20 wait for it, one per segment, so its next
+    // chunk is a run per segment.
+    manager.publish(n(0)).await.unwrap();
+    // It takes event 0 alone and blocks on it before the others come.
+    waiting.notified().await;
+    let mut segments = Vec::new();
+    for i in 1..=20 {
+        manager.publish(n(i)).await.unwrap();
+        segments.push(Arc::downgrade(&manager.bus().inner().lock().tail.cells));
+        filler(&manager, SEGMENT as u64).await;
+    }
+    // It handles 0, fails on 1 (the start of a chunk of runs) and is disabled.
+    gate.send(true).unwrap();
+    manager.flush().await;
+    let mut waited = 0;
+    while status(&manager, "picky").await != crate::PluginStatus::Disabled {
+        assert!(waited < 1000, "not disabled");
+        waited += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Everyone else moves on: the disabled plugin keeps its events, not their segments.
+    filler(&manager, 4 * SEGMENT as u64).await;
+    manager.flush().await;
+    let pinned = segments.iter().filter(|w| w.upgrade().is_some()).count();
+    assert_eq!(pinned, 0, "segments pinned by the disabled plugin");
+    // Enabled again, it gets 2..=20, once and in order.
+    manager.enable("picky").await.unwrap();
+    manager.flush().await;
+    let want: Vec<u64> = std::iter::once(0).chain(2..=20).collect();
+    assert_eq!(*seen.lock().unwrap(), want);
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_whose_hooks_never_fire_does_not_pin_the_log() {
+    let counted = Arc::new(AtomicU64::new(0));
+    let (seen, c) = (Arc::new(AtomicU64::new(0)), Arc::clone(&counted));
+    let s = Arc::clone(&seen);
+    // `Gated` waits for `Custom` events, and none come; the gate is open anyway.
+    let (_gate, rx) = watch::channel(true);
+    let manager = PluginManager::builder()
+        .spec(PluginSpec::new(move || Gated(rx.clone(), Arc::clone(&s))))
+        .spec(PluginSpec::new(move || Count(Arc::clone(&c))))
+        .spawn()
+        .await
+        .unwrap();
+    // The segment the log starts with: both plugins were routed while it was the tail.
+    let first = Arc::downgrade(&manager.bus().inner().lock().tail);
+    const N: u64 = 300_000;
+    for i in 0..N {
+        manager
+            .publish(EventKind::task_created(format!("t{i}"), "x"))
+            .await
+            .unwrap();
+    }
+    manager.flush().await;
+    // 300,000 events are about 2,350 segments; the reader of `TaskCreated` lets go of
+    // each as it passes, and the plugin that never got an event holds none: the start of
+    // the log (and everything linked after it) is freed.
+    assert!(
+        first.upgrade().is_none(),
+        "the first segment is still pinned"
+    );
+    assert_eq!(counted.load(Ordering::SeqCst), N);
+    // Its first event still reaches it.
+    manager
+        .publish(EventKind::custom("late", serde_json::Value::Null))
+        .await
+        .unwrap();
+    manager.flush().await;
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_reader_does_not_pin_the_log() {
+    let (gate, rx) = watch::channel(false);
+    let (gated_seen, counted) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (g, c) = (Arc::clone(&gated_seen), Arc::clone(&counted));
+    let manager = PluginManager::builder()
+        .spec(PluginSpec::new(move || Gated(rx.clone(), Arc::clone(&g))))
+        .spec(PluginSpec::new(move || Count(Arc::clone(&c))))
+        .spawn()
+        .await
+        .unwrap();
+    // The gated plugin takes its event and blocks; one more waits behind it.
+    manager
+        .publish(EventKind::custom("first", serde_json::Value::Null))
+        .await
+        .unwrap();
+    manager
+        .publish(EventKind::custom("second", serde_json::Value::Null))
+        .await
+        .unwrap();
+    // 300,000 events of another hook flow past it: 2,300+ segments without a bound.
+    const N: u64 = 300_000;
+    for i in 0..N {
+        manager
+            .publish(EventKind::task_created(format!("t{i}"), "x"))
+            .await
+            .unwrap();
+    }
+    // Without the bound the stuck reader pins all ~2,350 segments; with it, about
+    // MAX_LAG / SEGMENT = 512 plus the stretch since the last check.
+    let bound = 1_024;
+    assert!((MAX_LAG as usize / SEGMENT) + 64 < bound);
+    let live = LIVE_SEGMENTS.load(Ordering::SeqCst);
+    assert!(live <= bound, "{live} segments alive, bound {bound}");
+    // Nothing was lost or reordered by copying the stuck reader's events out of the log.
+    gate.send(true).unwrap();
+    manager.flush().await;
+    assert_eq!(gated_seen.load(Ordering::SeqCst), 2);
+    assert_eq!(counted.load(Ordering::SeqCst), N);
+    for info in manager.list().await.unwrap() {
+        assert!(info.stats.is_conserved(), "{info:?}");
+        assert_eq!(info.stats.queued, 0);
+    }
+    manager.shutdown(ShutdownReason::Completed).await;
+}
