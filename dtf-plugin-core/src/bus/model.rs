@@ -7,7 +7,7 @@
 //! real `BusInner` and `Slot` methods; the consumers drive a slot the way `runner.rs` does
 //! (`take_chunk` without and then with `go_idle`, the events of each item in order,
 //! `requeue_front` of the rest after a failure, `attach` of a new instance), and the manager
-//! threads the way `manager.rs` does (`route`/`unroute`/`release`, `push_control`,
+//! threads the way `manager/actor.rs` does (`route`/`unroute`/`release`, `push_control`,
 //! `close_with`, `flush_targets` + `wait_handled`).
 //!
 //! Checked on every schedule: per-plugin FIFO; every event routed to a plugin handled exactly
