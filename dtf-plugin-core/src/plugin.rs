@@ -239,23 +239,27 @@ impl PluginContext {
         self.config = config;
     }
 
-    /// The bus, to publish events from inside a hook.
+    /// The bus this plugin publishes on (its source is the plugin's name).
     ///
-    /// Events published from inside a plugin are never dropped and never wait for queue space
-    /// (a handler waiting on a queue that only plugins drain could deadlock the bus), so they
-    /// may exceed a queue's capacity.
+    /// From inside a hook, prefer [`publish`](Self::publish): [`Bus::publish`] waits for queue
+    /// space, and a handler waiting on a queue that only plugins drain can deadlock the bus.
     pub fn bus(&self) -> &Bus {
         &self.bus
     }
 
-    /// Publishes `kind` with this plugin as the source. See [`PluginContext::bus`] for why it
-    /// never waits.
+    /// Publishes `kind` with this plugin as the source, without ever waiting (see
+    /// [`bus`](Self::bus) for why). It may go past a subscriber's queue capacity, up to
+    /// 8 times it; beyond that it fails, so plugins that react to each other in a loop cannot
+    /// grow memory without bound. A subscriber with [`crate::OverflowPolicy::DropNewest`]
+    /// drops it at its capacity, as any other event. Control events are never refused.
     ///
     /// # Errors
     ///
-    /// [`crate::PublishError::Closed`], with the event, after the manager shut down.
+    /// [`crate::PublishError::Full`], with the event, when a subscriber is 8 times its
+    /// capacity behind (nothing was enqueued anywhere); [`crate::PublishError::Closed`] after
+    /// the manager shut down.
     pub fn publish(&self, kind: EventKind) -> Result<u64, crate::PublishError> {
-        self.bus.publish_unbounded(kind)
+        self.bus.publish_reaction(kind)
     }
 }
 

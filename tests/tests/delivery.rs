@@ -9,6 +9,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Action, Probe, assert_conserved, n, number};
@@ -500,4 +502,78 @@ async fn counters_stay_exact_when_a_plugin_is_killed_mid_chunk() {
     assert_eq!(s.stats.delivered, 86, "{s:?}");
     assert_eq!(s.left_in_queue, 14, "{s:?}");
     assert!(s.stats.is_conserved(), "{s:?}");
+}
+
+/// Echoes every custom event it gets straight back onto the bus, until a publish fails (or
+/// 10,000 of them went through); records the failure.
+struct Looper {
+    sent: Arc<AtomicU64>,
+    refused: Arc<Mutex<Option<String>>>,
+}
+
+impl Plugin for Looper {
+    fn metadata(&self) -> PluginMetadata {
+        PluginMetadata::new("looper").hooks(Hook::Custom)
+    }
+    async fn on_event(&mut self, ctx: &mut PluginContext, _: &Event) -> Result<(), PluginError> {
+        let mut refused = self.refused.lock().unwrap();
+        // Twice per event: without a bound this grows forever.
+        for _ in 0..2 {
+            if refused.is_some() || self.sent.load(Ordering::SeqCst) >= 10_000 {
+                return Ok(());
+            }
+            match ctx.publish(EventKind::custom("echo", serde_json::Value::Null)) {
+                Ok(_) => {
+                    self.sent.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(e) => *refused = Some(e.to_string()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A plugin that answers each event with two more (a reaction loop) while another subscriber
+/// is stuck: its publishes never wait, but once the stuck plugin is 8 times its capacity behind
+/// they fail, instead of growing the stuck plugin's queue without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaction_loop_is_stopped_at_eight_times_the_capacity() {
+    let (gate, rx) = watch::channel(false);
+    let stuck = Probe::new("stuck", Hook::Custom).behaving(move |_| Action::Gate(rx.clone()));
+    let sent = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(Mutex::new(None));
+    let (s, r) = (Arc::clone(&sent), Arc::clone(&refused));
+    let manager = PluginManager::builder()
+        .config(ManagerConfig::builder().queue_capacity(16).build())
+        .spec(stuck.spec())
+        .spec(PluginSpec::new(move || Looper {
+            sent: Arc::clone(&s),
+            refused: Arc::clone(&r),
+        }))
+        .spawn()
+        .await
+        .unwrap();
+    manager.publish(n(0)).await.unwrap();
+    // Bounded wait for the loop to be refused.
+    let mut waited = 0;
+    while refused.lock().unwrap().is_none() && sent.load(Ordering::SeqCst) < 10_000 {
+        assert!(waited < 2_000, "the loop neither stopped nor ran to 10,000");
+        waited += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let error = refused.lock().unwrap().clone();
+    let error = error.expect("the loop was never refused: it ran to 10,000 events");
+    assert!(error.contains("stuck"), "{error}");
+    let queued = manager.stats("stuck").await.unwrap().queued;
+    assert!(
+        queued <= 8 * 16,
+        "{queued} events queued for a plugin of capacity 16"
+    );
+    // Nothing is lost: once unstuck it gets every event that was accepted.
+    gate.send(true).unwrap();
+    manager.flush().await;
+    assert_eq!(stuck.numbers().len(), 1);
+    assert_eq!(stuck.seen().len() as u64, 1 + sent.load(Ordering::SeqCst));
+    assert_conserved(&manager).await;
+    manager.shutdown(ShutdownReason::Completed).await;
 }

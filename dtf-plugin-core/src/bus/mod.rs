@@ -38,8 +38,9 @@ pub(crate) use slot::Slot;
 
 /// What happens when an event is published to a plugin whose queue is full.
 ///
-/// Control events ([`Hook::is_control`]) and events published from inside a plugin are exempt:
-/// they are always enqueued, even past the capacity.
+/// Control events ([`Hook::is_control`]) are exempt: they are always enqueued, even past the
+/// capacity. Events published from inside a plugin ([`crate::PluginContext::publish`]) never
+/// wait: under `Backpressure` they may go past the capacity, up to 8 times it, and then fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -85,13 +86,26 @@ struct BusState {
     all: Vec<Arc<Slot>>,
 }
 
-/// Publishing from inside a plugin (`Unbounded`) never waits; see `PluginContext::bus`.
+/// How a publish treats full queues.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Bound {
+    /// Wait for room ([`Bus::publish`]).
     Wait,
+    /// Fail at once ([`Bus::try_publish`]).
     Try,
+    /// From inside a plugin ([`crate::PluginContext::publish`]): never waits (a handler
+    /// waiting on a queue that only plugins drain could deadlock the bus), but fails once a
+    /// subscriber is [`REACTION_HEADROOM`] times its capacity behind, so a reaction loop cannot
+    /// grow memory without bound.
+    Reaction,
+    /// The manager's own lifecycle events: never waits, never refused (their rate is bounded
+    /// by failures and restart backoff).
     Unbounded,
 }
+
+/// How many times its capacity a backpressured plugin's queue may hold through events that
+/// plugins publish in reaction, which never wait ([`Bound::Reaction`]).
+pub(crate) const REACTION_HEADROOM: u64 = 8;
 
 enum Attempt {
     Published(Range<u64>),
@@ -205,8 +219,22 @@ impl Bus {
         }
     }
 
-    /// Publishes without waiting and past any capacity (used from inside plugins and by the
-    /// manager itself, which must never block on a queue).
+    /// Publishes from inside a plugin: never waits, past a subscriber's capacity up to
+    /// [`REACTION_HEADROOM`] times it, then [`PublishError::Full`].
+    pub(crate) fn publish_reaction(&self, kind: EventKind) -> Result<u64, PublishError> {
+        let mut batch = self.single(kind);
+        match self.inner.attempt(&mut batch, Bound::Reaction) {
+            Attempt::Published(r) => Ok(r.start),
+            Attempt::Closed => Err(PublishError::Closed(take_first(&batch))),
+            Attempt::Full(slot, _) => Err(PublishError::Full {
+                event: take_first(&batch),
+                plugin: slot.name.to_string(),
+            }),
+        }
+    }
+
+    /// Publishes without waiting and past any capacity (the manager's own lifecycle events;
+    /// it must never block on a queue).
     pub(crate) fn publish_unbounded(&self, kind: EventKind) -> Result<u64, PublishError> {
         let mut batch = self.single(kind);
         match self.inner.attempt(&mut batch, Bound::Unbounded) {
@@ -288,7 +316,12 @@ impl BusInner {
                     continue;
                 }
                 let wanted = slot.hooks.matching(batch, mask);
-                if !slot.has_room(wanted, bound == Bound::Wait) {
+                let headroom = if bound == Bound::Reaction {
+                    REACTION_HEADROOM
+                } else {
+                    1
+                };
+                if !slot.has_room(wanted, bound == Bound::Wait, headroom) {
                     return Attempt::Full(Arc::clone(slot), wanted);
                 }
             }

@@ -149,11 +149,12 @@ impl Slot {
         enqueued.saturating_sub(self.acked.load(Ordering::SeqCst))
     }
 
-    /// Whether `wanted` more events fit. An oversized batch fits an empty queue, so it cannot
-    /// wait forever. When `register` is set and there is no room, marks a waiter.
-    pub(super) fn has_room(&self, wanted: usize, register: bool) -> bool {
+    /// Whether `wanted` more events fit in `headroom` times the capacity. An oversized batch
+    /// fits an empty queue, so it cannot wait forever. When `register` is set and there is no
+    /// room, marks a waiter.
+    pub(super) fn has_room(&self, wanted: usize, register: bool, headroom: u64) -> bool {
         let wanted = wanted as u64;
-        let cap = self.capacity as u64;
+        let cap = self.capacity as u64 * headroom;
         let fits = |pending: u64| pending == 0 || pending + wanted <= cap;
         // An upper bound of the queue, from a value of `acked` seen before: enough when it fits.
         let enqueued = self.enqueued.load(Ordering::Relaxed);
@@ -179,7 +180,7 @@ impl Slot {
         let notified = self.space.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if self.has_room(wanted, true) {
+        if self.has_room(wanted, true, 1) {
             return;
         }
         notified.await;
