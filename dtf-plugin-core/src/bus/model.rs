@@ -107,18 +107,29 @@ struct Seen {
     events: Vec<u64>,
     /// How many events had been handled when each configuration change was applied.
     reconfigured_after: Vec<usize>,
+    /// Sequence numbers dead-lettered.
+    dead: Vec<u64>,
+}
+
+/// How a model plugin instance fails, once.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Crash {
+    Never,
+    /// Before its `k`-th item, which goes back to the slot with the rest of the chunk.
+    PutBack(usize),
+    /// On its `k`-th item, which is dead-lettered (handled); the rest goes back.
+    DeadLetter(usize),
 }
 
 /// A plugin instance, driven like `runner.rs` drives one: woken by a message, it takes chunks
-/// until the slot says there is nothing left. With `crash_at = Some(k)` the instance fails
-/// before its `k`-th item: that item and the rest of the chunk go back to the slot, and a new
-/// instance is attached (a restart), once.
-fn consume(slot: &Arc<Slot>, tx: Sender<Msg>, rx: Receiver<Msg>, crash_at: Option<usize>) -> Seen {
+/// until the slot says there is nothing left. On a `crash` the rest of the chunk goes back to
+/// the slot, the instance is detached and a new one attached (a restart).
+fn consume(slot: &Arc<Slot>, tx: Sender<Msg>, rx: Receiver<Msg>, crash: Crash) -> Seen {
     let mut seen = Seen::default();
     let mut chunk = VecDeque::new();
     let mut unacked = 0usize;
     let mut items = 0usize;
-    let mut crash_at = crash_at;
+    let mut crash = crash;
     'mailbox: while let Ok(Msg::Drain) = rx.recv() {
         loop {
             let handled = std::mem::take(&mut unacked);
@@ -132,9 +143,19 @@ fn consume(slot: &Arc<Slot>, tx: Sender<Msg>, rx: Receiver<Msg>, crash_at: Optio
                 thread::yield_now();
             }
             while let Some(item) = chunk.pop_front() {
-                if crash_at == Some(items) {
-                    crash_at = None;
-                    chunk.push_front(item);
+                if crash == Crash::PutBack(items) || crash == Crash::DeadLetter(items) {
+                    if crash == Crash::PutBack(items) {
+                        chunk.push_front(item);
+                    } else if let Some(events) = events_of(&item, slot.hooks) {
+                        // Dead-lettered: handled, acknowledged with the rest.
+                        unacked += events.len();
+                        slot.counters
+                            .dead_lettered
+                            .fetch_add(events.len() as u64, Ordering::Relaxed);
+                        seen.dead.extend(events);
+                    }
+                    crash = Crash::Never;
+                    items += 1;
                     slot.requeue_front(std::mem::take(&mut unacked), &mut chunk);
                     // The supervisor sees the failure, detaches the dead instance and starts
                     // a new one; wake-ups meanwhile go nowhere (the slot has no consumer).
@@ -171,18 +192,30 @@ struct Plugin {
 }
 
 impl Plugin {
-    fn start(
+    fn start(bus: &Bus, name: &str, hooks: HookSet, capacity: usize, crash: Crash) -> Self {
+        Self::start_with(
+            bus,
+            name,
+            hooks,
+            capacity,
+            OverflowPolicy::Backpressure,
+            crash,
+        )
+    }
+
+    fn start_with(
         bus: &Bus,
         name: &str,
         hooks: HookSet,
         capacity: usize,
-        crash_at: Option<usize>,
+        policy: OverflowPolicy,
+        crash: Crash,
     ) -> Self {
         let slot = Arc::new(Slot::new(
             Arc::from(name),
             hooks,
             capacity,
-            OverflowPolicy::Backpressure,
+            policy,
             16,
             Arc::new(serde_json::Value::Null),
         ));
@@ -190,7 +223,7 @@ impl Plugin {
         let (wake, stop, rx) = mailbox();
         slot.attach(wake);
         let (s, tx) = (Arc::clone(&slot), stop.clone());
-        let thread = thread::spawn(move || consume(&s, tx, rx, crash_at));
+        let thread = thread::spawn(move || consume(&s, tx, rx, crash));
         Self { slot, stop, thread }
     }
 
@@ -249,13 +282,13 @@ fn live_segments() -> usize {
 fn publish_read_ack() {
     let before = live_segments();
     let bus = Bus::new("model");
-    let customs = Plugin::start(&bus, "customs", Hook::Custom.into(), 2, None);
+    let customs = Plugin::start(&bus, "customs", Hook::Custom.into(), 2, Crash::Never);
     let all = Plugin::start(
         &bus,
         "all",
         HookSet::from(Hook::Custom).with(Hook::TaskCreated),
         2,
-        None,
+        Crash::Never,
     );
     let b1 = bus.clone();
     let p1 = thread::spawn(move || {
@@ -314,9 +347,9 @@ fn publish_read_ack() {
 
 /// A plugin instance fails in the middle of its chunks and is restarted: what it had not
 /// handled is put back in front and handled once, in order, by the next instance.
-fn failure_put_back_restart(crash: usize) {
+fn failure_put_back_restart(crash: Crash) {
     let bus = Bus::new("model");
-    let plugin = Plugin::start(&bus, "crashy", Hook::Custom.into(), 8, Some(crash));
+    let plugin = Plugin::start(&bus, "crashy", Hook::Custom.into(), 8, crash);
     let b = bus.clone();
     let p = thread::spawn(move || {
         block_on(b.publish(custom(0))).ok();
@@ -327,7 +360,15 @@ fn failure_put_back_restart(crash: usize) {
     p.join().ok();
     flush(&bus);
     let (_, seen) = plugin.finish();
-    assert_eq!(seen.events, vec![1, 2, 3, 4, 5]);
+    // Handled once each, in order, or dead-lettered.
+    let mut all = seen.events.clone();
+    all.extend(&seen.dead);
+    all.sort_unstable();
+    assert_eq!(all, vec![1, 2, 3, 4, 5]);
+    assert_fifo(&seen.events);
+    if let Crash::PutBack(_) = crash {
+        assert!(seen.dead.is_empty());
+    }
 }
 
 /// The manager disables a plugin (unroute, then release once its instance is gone) and
@@ -337,8 +378,8 @@ fn failure_put_back_restart(crash: usize) {
 fn disable_enable() {
     let before = live_segments();
     let bus = Bus::new("model");
-    let plugin = Plugin::start(&bus, "toggled", Hook::Custom.into(), 8, None);
-    let other = Plugin::start(&bus, "other", Hook::Custom.into(), 8, None);
+    let plugin = Plugin::start(&bus, "toggled", Hook::Custom.into(), 8, Crash::Never);
+    let other = Plugin::start(&bus, "other", Hook::Custom.into(), 8, Crash::Never);
     let b = bus.clone();
     let p = thread::spawn(move || {
         for i in 0..6 {
@@ -365,7 +406,7 @@ fn disable_enable() {
     let again = Plugin {
         slot,
         stop,
-        thread: thread::spawn(move || consume(&s, tx, rx, None)),
+        thread: thread::spawn(move || consume(&s, tx, rx, Crash::Never)),
     };
     p.join().ok();
     flush(&bus);
@@ -389,7 +430,7 @@ fn close_is_atomic() {
         "watcher",
         HookSet::from(Hook::Custom).with(Hook::CoordinatorShutdown),
         8,
-        None,
+        Crash::Never,
     );
     let publishers: Vec<_> = (0..2)
         .map(|p| {
@@ -432,7 +473,7 @@ fn close_is_atomic() {
 /// before every event published after it, while the consumer is busy.
 fn reconfigure_in_order() {
     let bus = Bus::new("model");
-    let plugin = Plugin::start(&bus, "configured", Hook::Custom.into(), 8, None);
+    let plugin = Plugin::start(&bus, "configured", Hook::Custom.into(), 8, Crash::Never);
     let b = bus.clone();
     let (go_tx, go_rx) = channel::<()>();
     let p = thread::spawn(move || {
@@ -468,6 +509,120 @@ fn reconfigure_in_order() {
     );
 }
 
+/// A `DropNewest` plugin with a queue of one and two publishers: what it does not drop it
+/// handles once and in order, and every event is either handled or counted as dropped.
+fn drop_newest_counts() {
+    let bus = Bus::new("model");
+    let lossy = Plugin::start_with(
+        &bus,
+        "lossy",
+        Hook::Custom.into(),
+        1,
+        OverflowPolicy::DropNewest,
+        Crash::Never,
+    );
+    let publishers: Vec<_> = (0..2)
+        .map(|p| {
+            let b = bus.clone();
+            thread::spawn(move || {
+                (0..2)
+                    .filter_map(|i| block_on(b.publish(custom(p * 10 + i))).ok())
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    for p in publishers {
+        accepted.extend(p.join().unwrap_or_default());
+    }
+    assert_eq!(
+        accepted.len(),
+        4,
+        "a DropNewest plugin never refuses a publish"
+    );
+    flush(&bus);
+    let (slot, seen) = lossy.finish();
+    assert_fifo(&seen.events);
+    assert!(seen.events.iter().all(|s| accepted.contains(s)));
+    let (published, dropped, _) = slot.queue_counts();
+    assert_eq!(published, 4);
+    assert_eq!(seen.events.len() as u64 + dropped, 4);
+}
+
+/// A plugin that fails on its last event is restarted with nothing to do: the new instance
+/// lets go of the log its predecessor held, so a flood of other events afterwards frees every
+/// segment, and its next event still reaches it.
+fn idle_restart_releases() {
+    let before = live_segments();
+    let bus = Bus::new("model");
+    let idle = Plugin::start(&bus, "idle", Hook::Custom.into(), 8, Crash::DeadLetter(0));
+    let busy = Plugin::start(&bus, "busy", Hook::TaskCreated.into(), 8, Crash::Never);
+    block_on(bus.publish(custom(0))).ok();
+    let b = bus.clone();
+    let flood = thread::spawn(move || {
+        for i in 0..6 {
+            block_on(b.publish(task(i))).ok();
+        }
+    });
+    flood.join().ok();
+    flush(&bus);
+    // 7 events: two segments of 4; only the current one may be alive.
+    assert_eq!(
+        live_segments() - before,
+        1,
+        "the restarted idle plugin pins the log"
+    );
+    block_on(bus.publish(custom(1))).ok();
+    flush(&bus);
+    let (_, seen) = idle.finish();
+    assert_eq!((seen.dead, seen.events), (vec![1], vec![8]));
+    let (_, tasks) = busy.finish();
+    assert_eq!(tasks.events, (2..=7).collect::<Vec<_>>());
+}
+
+/// `flush` while events are still being published returns, and only once everything
+/// published before it was handled.
+fn flush_races_publish() {
+    let bus = Bus::new("model");
+    let plugin = Plugin::start(&bus, "flushed", Hook::Custom.into(), 2, Crash::Never);
+    let (tx, rx) = channel::<()>();
+    let b = bus.clone();
+    let publisher = thread::spawn(move || {
+        for i in 0..4 {
+            block_on(b.publish(custom(i))).ok();
+            if i == 1 {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let _ = rx.recv();
+    flush(&bus);
+    let handled = plugin.slot.counters.delivered.load(Ordering::Relaxed);
+    assert!(
+        handled >= 2,
+        "flush returned after {handled} of the 2 events published before it"
+    );
+    publisher.join().ok();
+    flush(&bus);
+    let (_, seen) = plugin.finish();
+    assert_eq!(seen.events, vec![1, 2, 3, 4]);
+}
+
+#[test]
+fn model_drop_newest_counts() {
+    explore(drop_newest_counts);
+}
+
+#[test]
+fn model_idle_restart_releases() {
+    explore(idle_restart_releases);
+}
+
+#[test]
+fn model_flush_races_publish() {
+    explore(flush_races_publish);
+}
+
 #[test]
 fn model_publish_read_ack() {
     explore(publish_read_ack);
@@ -475,9 +630,11 @@ fn model_publish_read_ack() {
 
 #[test]
 fn model_failure_put_back_restart() {
-    // The instance fails before its first, second, third or fourth item.
-    for crash in 0..4 {
-        explore(move || failure_put_back_restart(crash));
+    // The instance fails before (putting it back) or on (dead-lettering it) its first,
+    // second, third or fourth item.
+    for k in 0..4 {
+        explore(move || failure_put_back_restart(Crash::PutBack(k)));
+        explore(move || failure_put_back_restart(Crash::DeadLetter(k)));
     }
 }
 
