@@ -472,6 +472,7 @@ pub(crate) enum ManagerMsg {
     ),
     List(RpcReplyPort<Vec<PluginInfo>>),
     DeadLetters(String, Reply<Vec<DeadLetter>>),
+    Config(String, Reply<Arc<PluginConfig>>),
     RestartDue {
         name: String,
         generation: u64,
@@ -969,6 +970,13 @@ impl Actor for ManagerActor {
                 };
                 let _ = reply.send(r);
             }
+            ManagerMsg::Config(name, reply) => {
+                let r = match state.plugins.get(&name) {
+                    None => Err(state.unknown(&name)),
+                    Some(e) => Ok(e.slot.config()),
+                };
+                let _ = reply.send(r);
+            }
             ManagerMsg::RestartDue { name, generation } => {
                 let due = state.plugins.get(&name).is_some_and(|e| {
                     e.generation == generation && e.status == PluginStatus::Restarting
@@ -1361,6 +1369,19 @@ impl PluginManager {
     pub async fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>, ManagerError> {
         let name = name.to_owned();
         self.call(|r| ManagerMsg::DeadLetters(name, r)).await?
+    }
+
+    /// A plugin's configuration in force (the last one it accepted, or the one it will get
+    /// when enabled). It is the raw value, secrets included: redact it before showing it
+    /// anywhere (the web console replaces values under secret-looking keys with `***`).
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::UnknownPlugin`] or [`ManagerError::ShutDown`].
+    pub async fn config(&self, name: &str) -> Result<PluginConfig, ManagerError> {
+        let name = name.to_owned();
+        let config = self.call(|r| ManagerMsg::Config(name, r)).await??;
+        Ok(PluginConfig::clone(&config))
     }
 
     /// Resolves when every event published before the call has been handled (or
