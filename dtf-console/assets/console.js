@@ -174,8 +174,12 @@
     }
   }
   // Refreshes soon after a change (coalescing bursts), and at most once a second for counters.
+  var refreshSoon = false;
   function scheduleRefresh(soon) {
-    if (refreshTimer) return;
+    if (refreshTimer && (refreshSoon || !soon)) return;
+    // A change replaces a pending counter refresh (which may be up to a second away).
+    if (refreshTimer) clearTimeout(refreshTimer);
+    refreshSoon = soon;
     var wait = soon ? 30 : Math.max(0, 1000 - (performance.now() - lastRefresh));
     refreshTimer = setTimeout(function () {
       refreshTimer = null;
@@ -303,6 +307,11 @@
       stop = startStream(streamQuery());
     });
   }
+
+  // Times are sent as milliseconds since the epoch; show them in the reader's time zone.
+  Array.prototype.forEach.call(document.querySelectorAll('td.time[data-ms]'), function (td) {
+    td.textContent = new Date(Number(td.dataset.ms)).toLocaleString();
+  });
 
   function refreshAll() {
     refreshPlugins();
