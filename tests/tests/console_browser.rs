@@ -237,7 +237,15 @@ impl Browser {
     }
 
     async fn close(mut self) {
-        let _ = self.child.kill().await;
+        // Ask it to quit (it takes its helper processes along), then make sure.
+        let bye = json!({"id": 0, "method": "Browser.close"}).to_string();
+        let _ = self.sink.lock().await.send(Message::Text(bye.into())).await;
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
