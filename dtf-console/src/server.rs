@@ -71,6 +71,12 @@ impl ConsoleConfig {
         self
     }
 
+    /// Sets [`queue_capacity`](Self::queue_capacity) (at least 1).
+    pub fn queue_capacity(mut self, events: usize) -> Self {
+        self.queue_capacity = events.max(1);
+        self
+    }
+
     /// Sets [`page_size`](Self::page_size) (at least 1).
     pub fn page_size(mut self, rows: usize) -> Self {
         self.page_size = rows.max(1);

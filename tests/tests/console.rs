@@ -878,3 +878,32 @@ async fn every_path_of_the_openapi_file_answers_as_documented() {
     assert_eq!(checked, 12, "operations checked");
     fx.stop().await;
 }
+
+/// A console that falls behind drops its own copies and never makes the publisher wait: on a
+/// single-threaded runtime the console's actor cannot run while the publisher publishes, so
+/// its queue of 8 overflows at once. Its counts then say exactly what they missed.
+#[tokio::test(flavor = "current_thread")]
+async fn a_console_that_falls_behind_drops_its_own_events_not_the_bus() {
+    let fx = start(0, config().await.queue_capacity(8)).await;
+    let bus = fx.manager.bus();
+    // `flaky` (the other subscriber of custom events) has room for all of them.
+    for i in 0..5_000 {
+        bus.publish(EventKind::custom("burst", json!({"n": i})))
+            .await
+            .unwrap();
+    }
+    fx.manager.flush().await;
+    let console = fx.manager.stats(dtf_console::CONSOLE_PLUGIN).await.unwrap();
+    assert!(console.dropped >= 4_000, "{console:?}");
+    assert!(console.is_conserved(), "{console:?}");
+    let flaky = fx.manager.stats("flaky").await.unwrap();
+    assert_eq!(
+        flaky.delivered, 5_000,
+        "the bus delivered everything to the others"
+    );
+    assert_eq!(flaky.dropped, 0);
+    let (_, run) = call(&fx, Method::GET, "/api/run", None, false).await;
+    assert_eq!(run["console_dropped"], console.dropped);
+    assert_eq!(run["events_total"], console.delivered);
+    fx.stop().await;
+}
