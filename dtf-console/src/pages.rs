@@ -4,14 +4,14 @@
 use std::fmt::Write as _;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::Value;
 
 use crate::api::{self, ApiError, PluginRow};
 use crate::redact::redact;
-use crate::server::AppState;
+use crate::server::{AppState, OpenReads};
 
 const SCRIPT: &str = include_str!("../assets/console.js");
 const STYLE: &str = include_str!("../assets/console.css");
@@ -60,7 +60,7 @@ fn layout(title: &str, active: &str, reads_open: bool, body: &str) -> Html<Strin
     let closed = if reads_open {
         ""
     } else {
-        "<p class=\"notice\">This console listens on a non-loopback address: enter the token to read.</p>"
+        "<p class=\"notice\">Reading needs the token here (the console is not reached through a loopback address): enter the token above.</p>"
     };
     Html(format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -138,6 +138,7 @@ fn plugin_row(row: &PluginRow) -> String {
 /// `GET /`: the plugins table, one page at a time (`?page=1&q=name`).
 pub(crate) async fn plugins_page(
     State(state): State<AppState>,
+    Extension(OpenReads(open)): Extension<OpenReads>,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Html<String>, ApiError> {
     let Query(query) = query?;
@@ -145,7 +146,7 @@ pub(crate) async fn plugins_page(
     let page = query.page.unwrap_or(1).max(1);
     let q = query.q.clone().unwrap_or_default();
     let mut body = String::with_capacity(64 * 1024);
-    let (rows, total) = if state.reads_open {
+    let (rows, total) = if open {
         api::plugin_page(&state, Some(&q), (page - 1) * size, size).await?
     } else {
         (Vec::new(), 0)
@@ -188,7 +189,7 @@ pub(crate) async fn plugins_page(
         body.push_str(&plugin_row(row));
     }
     body.push_str("</tbody></table>");
-    Ok(layout("Plugins", "Plugins", state.reads_open, &body))
+    Ok(layout("Plugins", "Plugins", open, &body))
 }
 
 /// Query of the plugins page.
@@ -203,11 +204,12 @@ pub(crate) struct PageQuery {
 /// `GET /plugins/{name}`: one plugin, its configuration editor and its dead letters.
 pub(crate) async fn plugin_page(
     State(state): State<AppState>,
+    Extension(OpenReads(open)): Extension<OpenReads>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(name) = name?;
     let mut body = String::with_capacity(16 * 1024);
-    let (row, config, letters) = if state.reads_open {
+    let (row, config, letters) = if open {
         let row = api::find_plugin(&state, &name).await?;
         let config = redact(&state.manager.config(&name).await?);
         let letters = api::dead_letter_rows(&state, &name, DEAD_LETTERS_SHOWN).await?;
@@ -255,7 +257,7 @@ pub(crate) async fn plugin_page(
         );
     }
     body.push_str("</tbody></table>");
-    Ok(layout(&name, "", state.reads_open, &body).into_response())
+    Ok(layout(&name, "", open, &body).into_response())
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -270,8 +272,11 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// `GET /run`: task counts with a progress bar, workers, failures and the event stream.
-pub(crate) async fn run_page(State(state): State<AppState>) -> Html<String> {
-    let snap = if state.reads_open {
+pub(crate) async fn run_page(
+    State(state): State<AppState>,
+    Extension(OpenReads(open)): Extension<OpenReads>,
+) -> Html<String> {
+    let snap = if open {
         Some(api::run_snapshot(&state).await)
     } else {
         None
@@ -332,7 +337,7 @@ pub(crate) async fn run_page(State(state): State<AppState>) -> Html<String> {
         "</select></label> <span id=\"stream-count\">0</span> events received</form>\
 <ol id=\"stream\" class=\"stream\" reversed></ol>",
     );
-    layout("Run", "Run", state.reads_open, &body)
+    layout("Run", "Run", open, &body)
 }
 
 /// `GET /static/console.js`.

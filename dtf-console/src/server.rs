@@ -30,7 +30,7 @@ pub struct ConsoleConfig {
     /// Plugins per page on the plugins page. Default 100.
     pub page_size: usize,
     /// Capacity of the console plugin's queue (it drops the newest events beyond it, never
-    /// slowing the bus). Default 16384.
+    /// slowing the bus). Default 65,536.
     pub queue_capacity: usize,
     /// Notices buffered for the live streams; a slower browser misses updates. Default 4096.
     pub stream_capacity: usize,
@@ -45,7 +45,7 @@ impl Default for ConsoleConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit: 64 * 1024,
             page_size: 100,
-            queue_capacity: 16384,
+            queue_capacity: 65_536,
             stream_capacity: 4096,
             reads_need_token: false,
         }
@@ -243,14 +243,22 @@ impl RunningConsole {
     }
 }
 
+/// Whether this request may read without the token (set by [`access`] for the pages).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OpenReads(pub(crate) bool);
+
 /// The access rules: actions (anything but GET/HEAD) always need the token; reads need it
 /// unless the console listens on loopback. The page shells and the static files carry no
 /// data and are always served (the script then reads through the API with the token).
-async fn access(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn access(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    // Open reads are for this machine: a page of another site that got its name resolved to
+    // 127.0.0.1 (DNS rebinding) sends its own name as `Host`, and reads like a remote client.
+    let open = state.reads_open && loopback_host(&req);
+    req.extensions_mut().insert(OpenReads(open));
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     let path = req.uri().path();
     let needs_token = if read {
-        !state.reads_open && path.starts_with("/api/")
+        !open && path.starts_with("/api/")
     } else {
         true
     };
@@ -281,4 +289,26 @@ async fn access(State(state): State<AppState>, req: Request, next: Next) -> Resp
         }
     }
     next.run(req).await
+}
+
+/// Whether the request's `Host` names this machine (`localhost`, `127.0.0.1`, `[::1]`, with or
+/// without a port).
+fn loopback_host(req: &Request) -> bool {
+    let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    else {
+        // HTTP/1.1 requires it; an HTTP/1.0 client on this machine may leave it out.
+        return true;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

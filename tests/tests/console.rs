@@ -200,6 +200,117 @@ async fn reads_need_the_token_when_configured_so() {
     fx.stop().await;
 }
 
+/// DNS rebinding: a page of another site whose name resolves to 127.0.0.1 sends its own name
+/// as `Host`; it reads like a remote client (token needed), even though the console is on
+/// loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_under_a_foreign_host_name_need_the_token() {
+    let fx = start(0, config().await).await;
+    let get = |host: String, auth: bool| {
+        let mut req = client()
+            .get(format!("{}/api/plugins", fx.base))
+            .header("host", host);
+        if auth {
+            req = req.bearer_auth(TOKEN);
+        }
+        req.send()
+    };
+    let port = fx.addr.port();
+    assert_eq!(
+        get(format!("evil.example:{port}"), false)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(format!("evil.example:{port}"), true)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(format!("localhost:{port}"), false)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(format!("127.0.0.1:{port}"), false)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(format!("[::1]:{port}"), false).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let html = client()
+        .get(format!("{}/", fx.base))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("enter the token"));
+    assert!(!html.contains("picky"));
+    fx.stop().await;
+}
+
+/// The run page and `/api/run` stay small at 100,000 tasks (counts, not lists).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_counts_stay_small_at_100000_tasks() {
+    // A queue for the whole burst: this test is about sizes, not about dropping.
+    let fx = start(0, config().await.queue_capacity(200_000)).await;
+    let bus = fx.manager.bus();
+    for i in 0..100_000 {
+        bus.publish(EventKind::task_created(format!("t{i}"), "case"))
+            .await
+            .unwrap();
+    }
+    for i in 0..40_000 {
+        bus.publish(EventKind::task_completed(
+            format!("t{i}"),
+            format!("w{}", i % 50),
+            dtf_plugin_core::event::TaskOutcome::Passed,
+            Duration::from_millis(1),
+        ))
+        .await
+        .unwrap();
+    }
+    fx.manager.flush().await;
+    let resp = client()
+        .get(format!("{}/api/run", fx.base))
+        .send()
+        .await
+        .unwrap();
+    let text = resp.text().await.unwrap();
+    assert!(text.len() < 20_000, "/api/run is {} bytes", text.len());
+    let run: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(run["console_dropped"], 0);
+    assert_eq!(run["tasks_total"], 100_000);
+    assert_eq!(run["tasks_done"], 40_000);
+    assert_eq!(run["tasks_by_state"]["queued"], 60_000);
+    assert_eq!(run["workers"].as_array().unwrap().len(), 50);
+    assert!(run["eta_ms"].is_u64());
+    let html = client()
+        .get(format!("{}/run", fx.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.len() < 50_000, "/run is {} bytes", html.len());
+    assert!(html.contains("40000 / 100000 tasks done"));
+    fx.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disable_enable_restart_and_remove_plugins() {
     let fx = start(0, config().await).await;
