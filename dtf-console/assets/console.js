@@ -198,6 +198,7 @@
     var b = e.target.closest && e.target.closest('button[data-act]');
     if (!b) return;
     var name = b.getAttribute('data-name'), act = b.getAttribute('data-act');
+    if (act === 'remove' && !window.confirm('Remove plugin ' + name + ' from this run?')) return;
     b.disabled = true;
     api('POST', '/api/plugins/' + enc(name) + '/' + act).then(function (r) {
       b.disabled = false;
