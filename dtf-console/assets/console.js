@@ -303,6 +303,8 @@
     });
     $('#hook').addEventListener('change', function () {
       if (stop) stop();
+      $('#live').textContent = 'connecting';
+      $('#live').className = 'live';
       streamList.textContent = '';
       received = 0;
       stop = startStream(streamQuery());

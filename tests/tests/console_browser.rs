@@ -544,6 +544,47 @@ async fn console_in_headless_chromium() {
         .await;
     browser.screenshot(&shots.join("console-run.png")).await;
 
+    // The event stream filtered by hook: only task failures from now on.
+    browser
+        .eval("(() => { const h = document.getElementById('hook'); h.value = 'task_failed'; h.dispatchEvent(new Event('change')); return true; })()")
+        .await;
+    browser
+        .wait_for(
+            "document.getElementById('live').textContent === 'live'",
+            "the filtered stream",
+        )
+        .await;
+    // The stream answers (and so is subscribed) before the page says `live`.
+    bus.publish(EventKind::task_created("t-late", "late"))
+        .await
+        .unwrap();
+    let err = dtf_plugin_core::event::TaskError::builder()
+        .kind("exit")
+        .message("exit code 2")
+        .build();
+    bus.publish(EventKind::task_failed("t-late", err, false))
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "document.querySelectorAll('#stream li').length === 1",
+            "one filtered event",
+        )
+        .await;
+    let shown = browser
+        .eval("document.querySelector('#stream li').textContent")
+        .await;
+    assert!(shown.as_str().unwrap().contains("task_failed"), "{shown}");
+    browser
+        .eval("(() => { const h = document.getElementById('hook'); h.value = ''; h.dispatchEvent(new Event('change')); return true; })()")
+        .await;
+    browser
+        .wait_for(
+            "document.getElementById('live').textContent === 'live'",
+            "the unfiltered stream",
+        )
+        .await;
+
     // Event latency at 10,000 events/s: bus publish to the run page's stream handler.
     browser.eval("window.__dtfLatencies = []; true").await;
     let sent = load(&bus, 10_000, 3).await;
