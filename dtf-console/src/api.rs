@@ -226,21 +226,42 @@ pub(crate) async fn get_plugin(
 #[derive(Debug, Serialize)]
 pub(crate) struct ActionDone {
     plugin: String,
-    action: &'static str,
+    action: Action,
     /// The plugin's state afterwards; `null` once removed.
     state: Option<String>,
 }
 
-async fn act(state: &AppState, name: &str, action: &'static str) -> ApiResult<Json<ActionDone>> {
+/// What the action endpoints do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Action {
+    Enable,
+    Disable,
+    Restart,
+    Remove,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Enable => "enable",
+            Self::Disable => "disable",
+            Self::Restart => "restart",
+            Self::Remove => "remove",
+        }
+    }
+}
+
+async fn act(state: &AppState, name: &str, action: Action) -> ApiResult<Json<ActionDone>> {
     let m = &state.manager;
     match action {
-        "enable" => m.enable(name).await?,
-        "disable" => m.disable(name).await?,
-        "remove" => m.remove(name).await?,
+        Action::Enable => m.enable(name).await?,
+        Action::Disable => m.disable(name).await?,
+        Action::Remove => m.remove(name).await?,
         // Restart is disable then enable (the manager has no single restart call): the plugin
         // handles what is queued, runs `on_shutdown`, and starts again from its factory with a
         // fresh restart budget. A disabled plugin is just enabled.
-        _ => {
+        Action::Restart => {
             let row = find_plugin(state, name).await?;
             if row.state != "disabled" {
                 m.disable(name).await?;
@@ -248,9 +269,9 @@ async fn act(state: &AppState, name: &str, action: &'static str) -> ApiResult<Js
             m.enable(name).await?;
         }
     }
-    tracing::info!(plugin = %name, action, "plugin changed from the web console");
-    state.shared.plugin_changed(name, action);
-    let after = if action == "remove" {
+    tracing::info!(plugin = %name, action = action.as_str(), "plugin changed from the web console");
+    state.shared.plugin_changed(name, action.as_str());
+    let after = if action == Action::Remove {
         None
     } else {
         Some(find_plugin(state, name).await?.state)
@@ -267,7 +288,7 @@ pub(crate) async fn enable(
     name: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<ActionDone>> {
     let Path(name) = name?;
-    act(&state, &name, "enable").await
+    act(&state, &name, Action::Enable).await
 }
 
 pub(crate) async fn disable(
@@ -275,7 +296,7 @@ pub(crate) async fn disable(
     name: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<ActionDone>> {
     let Path(name) = name?;
-    act(&state, &name, "disable").await
+    act(&state, &name, Action::Disable).await
 }
 
 pub(crate) async fn restart(
@@ -283,7 +304,7 @@ pub(crate) async fn restart(
     name: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<ActionDone>> {
     let Path(name) = name?;
-    act(&state, &name, "restart").await
+    act(&state, &name, Action::Restart).await
 }
 
 pub(crate) async fn remove(
@@ -291,7 +312,7 @@ pub(crate) async fn remove(
     name: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<ActionDone>> {
     let Path(name) = name?;
-    act(&state, &name, "remove").await
+    act(&state, &name, Action::Remove).await
 }
 
 /// What `GET/PUT /api/plugins/{name}/config` return.
