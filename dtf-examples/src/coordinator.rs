@@ -80,6 +80,8 @@ pub struct CoordinatorOptions {
     pub run_timeout: Option<Duration>,
     /// Whether Ctrl-C cancels the run (the binary sets it). Default `false`.
     pub handle_ctrl_c: bool,
+    /// `--ui ADDR`: serve the web console there ([`crate::console`]). Default: off.
+    pub ui: Option<std::net::SocketAddr>,
 }
 
 impl Default for CoordinatorOptions {
@@ -98,6 +100,7 @@ impl Default for CoordinatorOptions {
             progress: std::io::stdout().is_terminal(),
             run_timeout: None,
             handle_ctrl_c: false,
+            ui: None,
         }
     }
 }
@@ -442,6 +445,7 @@ impl Coordinator {
             builder = builder.spec(spec);
         }
         let manager = builder.spawn().await?;
+        let console = crate::console::start(&manager, options.ui).await?;
         // Hot reload: a changed, added or removed plugin in a plugin directory is swapped in
         // while the run goes on, without losing events (`PluginManager::replace`).
         let reloader = (!loaded.plugin_dirs.is_empty()).then(|| {
@@ -600,6 +604,9 @@ impl Coordinator {
         if let Some(reloader) = reloader {
             reloader.abort();
         }
+        if let Some(console) = console {
+            console.stop().await;
+        }
         let shutdown = manager.shutdown(reason).await;
         Ok(RunReport {
             tasks: total,
@@ -699,6 +706,8 @@ running:
   --run-timeout SECS      cancel what is left after SECS
   --kill-worker-on-start TASK   fault injection: kill the worker when TASK starts (repeatable)
   --progress auto|never   live progress line (default auto: when stdout is a terminal)
+  --ui ADDR               serve the web console on ADDR, e.g. 127.0.0.1:8080 (default off;
+                          token from DTF_UI_TOKEN or DTF_UI_TOKEN_FILE, else generated; docs/web-console.md)
 
 plugins:
   --list-plugins          list the known plugins and exit
@@ -802,6 +811,7 @@ impl Cli {
                         "--config" => o.config_file = Some(PathBuf::from(value)),
                         "--set" => o.config_overrides.push(value),
                         "--plugin-dirs" => o.plugin_dirs.extend(list(&value).map(PathBuf::from)),
+                        "--ui" => o.ui = Some(crate::console::parse_ui(&value)?),
                         _ => {
                             return Err(CoordinatorError::Usage(format!(
                                 "unknown flag `{flag}` (see --help)"

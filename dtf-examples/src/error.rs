@@ -52,6 +52,9 @@ pub enum CoordinatorError {
     /// The plugin manager could not start or refused a plugin.
     #[error("plugin manager: {0}")]
     Manager(#[from] dtf_plugin_core::ManagerError),
+    /// The web console (`--ui`) could not start.
+    #[error("--ui: {0}")]
+    Console(#[from] dtf_console::ConsoleError),
     /// The bus closed while the coordinator was publishing.
     #[error("{0}")]
     Publish(#[from] dtf_plugin_core::PublishError),

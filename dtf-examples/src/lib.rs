@@ -33,6 +33,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod console;
 pub mod coordinator;
 mod error;
 pub mod executor;

@@ -137,3 +137,82 @@ fn sigterm_stops_the_run_like_ctrl_c_kills_the_tasks_and_writes_the_report() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--ui`: the console serves the run's plugins while it goes on; the generated token is
+/// printed once, on stderr; a token from `DTF_UI_TOKEN` is never printed.
+#[test]
+fn serves_the_web_console_during_the_run() {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    use std::process::Stdio;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dtf-coordinator"))
+        .args([
+            "--ui",
+            "127.0.0.1:0",
+            "--task",
+            "sleep 3",
+            "--progress",
+            "never",
+        ])
+        .env("RUST_LOG", "error")
+        .env_remove("DTF_UI_TOKEN")
+        .env_remove("DTF_UI_TOKEN_FILE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .strip_prefix("web console: http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no console address in {line:?}"))
+        .to_owned();
+    let token = line
+        .split("#token=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(token.len(), 64, "{line}");
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "GET /api/plugins HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    conn.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("\"name\":\"dtf-console\""), "{resp}");
+    let code = child.wait().unwrap().code();
+    assert_eq!(code, Some(0));
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(!rest.contains(&token), "the token is printed once: {rest}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_dtf-coordinator"))
+        .args(["--ui", "127.0.0.1:0", "--task", "true"])
+        .env("RUST_LOG", "debug")
+        .env("DTF_UI_TOKEN", "from-the-environment-1234")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("web console: http://127.0.0.1:"), "{all}");
+    assert!(!all.contains("from-the-environment-1234"), "{all}");
+
+    let (code, out, _) = coordinator(&["--ui", "nowhere", "--task", "true"]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        out,
+        "error: --ui: expected an address like 127.0.0.1:8080 (or a port), got `nowhere`\n"
+    );
+}

@@ -93,6 +93,7 @@ pub(crate) enum ManagerMsg {
     ),
     List(RpcReplyPort<Vec<PluginInfo>>),
     DeadLetters(String, Reply<Vec<DeadLetter>>),
+    Config(String, Reply<Arc<PluginConfig>>),
     RestartDue {
         name: String,
         generation: u64,
@@ -626,6 +627,13 @@ impl Actor for ManagerActor {
                 let r = match state.plugins.get(&name) {
                     None => Err(state.unknown(&name)),
                     Some(e) => Ok(e.slot.dead_letters()),
+                };
+                let _ = reply.send(r);
+            }
+            ManagerMsg::Config(name, reply) => {
+                let r = match state.plugins.get(&name) {
+                    None => Err(state.unknown(&name)),
+                    Some(e) => Ok(e.slot.config()),
                 };
                 let _ = reply.send(r);
             }

@@ -339,6 +339,19 @@ impl PluginManager {
         self.call(|r| ManagerMsg::DeadLetters(name, r)).await?
     }
 
+    /// A plugin's configuration in force (the last one it accepted, or the one it will get
+    /// when enabled). It is the raw value, secrets included: redact it before showing it
+    /// anywhere (the web console replaces values under secret-looking keys with `***`).
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::UnknownPlugin`] or [`ManagerError::ShutDown`].
+    pub async fn config(&self, name: &str) -> Result<PluginConfig, ManagerError> {
+        let name = name.to_owned();
+        let config = self.call(|r| ManagerMsg::Config(name, r)).await??;
+        Ok(PluginConfig::clone(&config))
+    }
+
     /// Resolves when every event published before the call has been handled (or
     /// dead-lettered) by every plugin it was routed to. A plugin that is restarting is waited
     /// for; one that gets disabled no longer holds the flush up. Events that plugins publish
