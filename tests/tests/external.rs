@@ -1040,3 +1040,64 @@ async fn processes_a_plugin_started_do_not_outlive_it() {
     .await;
     assert!(gone, "the plugin's child was killed with it");
 }
+
+/// A process the plugin started that left its process group (`setsid`, a new session) is
+/// killed with the plugin too: it is found in the plugin's process tree, noted before the
+/// plugin is asked to shut down (after its clean exit the tree no longer leads to it).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_descendant_that_called_setsid_does_not_outlive_the_plugin() {
+    let dir = temp_dir("setsid");
+    let folder = write_plugin(&dir, "escaper", "", &[]);
+    std::fs::write(
+        folder.join("run.sh"),
+        "setsid sleep 300 &\necho $! > \"$DTF_PLUGIN_DIR/child.pid\"\nexec python3 plugin.py\n",
+    )
+    .unwrap();
+    let manifest = folder.join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("command = \"python3\"", "command = \"sh\"")
+            .replace("args = [\"plugin.py\"]", "args = [\"run.sh\"]"),
+    )
+    .unwrap();
+    let mut registry = PluginRegistry::new();
+    external::register_dirs(&mut registry, std::slice::from_ref(&dir));
+    let manager = PluginManager::builder()
+        .spec(spec_from(&registry, "escaper"))
+        .spawn()
+        .await
+        .unwrap();
+    manager
+        .publish(EventKind::task_created("t1", "x"))
+        .await
+        .unwrap();
+    flushed(&manager).await;
+    let pid = std::fs::read_to_string(folder.join("child.pid")).unwrap();
+    let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+    let running = |proc_dir: &PathBuf| {
+        std::fs::read_to_string(proc_dir.join("stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next())
+                != Some("Z")
+        })
+    };
+    assert!(
+        running(&proc_dir),
+        "the plugin's setsid child runs while it does"
+    );
+    // It really left the plugin's group and session.
+    let stat = std::fs::read_to_string(proc_dir.join("stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    assert_eq!(fields[3], pid.trim(), "its own session: {stat}");
+    let report = manager.shutdown(ShutdownReason::Completed).await;
+    assert!(report.clean, "{report:?}");
+    let gone = common::eventually(Duration::from_secs(5), || !running(&proc_dir)).await;
+    assert!(gone, "the plugin's setsid child outlived it");
+}

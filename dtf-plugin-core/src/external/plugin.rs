@@ -44,24 +44,109 @@ struct Running {
     /// The child's process group (its own, on Unix), killed as a whole when the plugin
     /// instance goes, so that processes the plugin started do not outlive it.
     group: Option<u32>,
+    /// The plugin's descendants when it was asked to shut down, with their start times: a
+    /// descendant that left the group (`setsid`) is no longer found from the plugin once the
+    /// plugin has exited, so it is killed from this list (if its start time still matches,
+    /// so a reused pid is never hit).
+    tree: Vec<(u32, u64)>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         #[cfg(unix)]
         if let Some(pgid) = self.group.take() {
+            // The plugin's process tree, not only its group: a descendant that called
+            // `setsid` left the group but is still in the tree while its parent lives. The
+            // tree is frozen first (so nothing in it forks meanwhile), walked again for what
+            // was forked before the freeze, then killed together with the group.
+            let mut tree = descendants(pgid);
+            tree.extend(self.tree.iter().filter(|p| is_alive(**p)).copied());
+            for _ in 0..3 {
+                signal("-STOP", &pids(&tree));
+                let again = descendants(pgid);
+                if again.iter().all(|p| tree.contains(p)) {
+                    break;
+                }
+                tree.extend(again);
+            }
             // `kill` on a negative pid signals the whole group; std has no killpg without
-            // unsafe code. A group that is already gone makes `kill` fail, which is fine.
-            let _ = std::process::Command::new("kill")
-                .arg("-KILL")
-                .arg("--")
-                .arg(format!("-{pgid}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            // unsafe code. A process already gone makes `kill` fail for it, which is fine.
+            let mut targets = vec![format!("-{pgid}")];
+            targets.extend(pids(&tree).iter().map(u32::to_string));
+            signal("-KILL", &targets);
         }
     }
+}
+
+/// Sends `sig` to `targets` (pids, or `-pgid` for a group) with the `kill` command.
+#[cfg(unix)]
+fn signal<T: std::fmt::Display>(sig: &str, targets: &[T]) {
+    if targets.is_empty() {
+        return;
+    }
+    let _ = std::process::Command::new("kill")
+        .arg(sig)
+        .arg("--")
+        .args(targets.iter().map(ToString::to_string))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn pids(tree: &[(u32, u64)]) -> Vec<u32> {
+    tree.iter().map(|(pid, _)| *pid).collect()
+}
+
+/// A process's parent and start time, from `/proc/PID/stat` (Linux): the fields after the
+/// command name in parentheses are state, ppid, …, and the start time is the 22nd field.
+fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+/// Whether the process `pid` that started at `start` still runs (and is not a zombie).
+fn is_alive((pid, start): (u32, u64)) -> bool {
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit_once(')')
+            .is_none_or(|(_, rest)| rest.split_whitespace().next() == Some("Z"))
+    });
+    !zombie && proc_stat(pid).is_some_and(|(_, s)| s == start)
+}
+
+/// The processes descended from `root` with their start times, from `/proc` (Linux;
+/// elsewhere none).
+fn descendants(root: u32) -> Vec<(u32, u64)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut children: std::collections::HashMap<u32, Vec<(u32, u64)>> =
+        std::collections::HashMap::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some((ppid, start)) = proc_stat(pid) {
+            children.entry(ppid).or_default().push((pid, start));
+        }
+    }
+    let mut found: Vec<(u32, u64)> = Vec::new();
+    let mut next = vec![root];
+    while let Some(pid) = next.pop() {
+        for &child in children.get(&pid).map_or(&[][..], Vec::as_slice) {
+            if !found.contains(&child) && found.len() < 4096 {
+                found.push(child);
+                next.push(child.0);
+            }
+        }
+    }
+    found
 }
 
 impl ExternalPlugin {
@@ -150,6 +235,7 @@ impl ExternalPlugin {
             stdout: BufReader::new(stdout),
             next_id: 1,
             group,
+            tree: Vec::new(),
         })
     }
 }
@@ -328,6 +414,10 @@ impl Plugin for ExternalPlugin {
         };
         let name = self.manifest.name.clone();
         let grace = self.manifest.shutdown_grace;
+        // Who may outlive it by leaving its process group: noted while it still runs.
+        if let Some(pid) = running.group {
+            running.tree = descendants(pid);
+        }
         if let Err(e) = running.send(&HostMessage::Shutdown {}).await {
             tracing::debug!(plugin = %name, error = %e, "shutdown message not delivered");
         }
