@@ -24,6 +24,8 @@
 //! - Plugins: [`CiReporter`] writes the reports a [`ReporterConfig`] selects when the
 //!   coordinator shuts down; [`TeamcityLive`] writes TeamCity service messages as events
 //!   arrive.
+//! - [`neutralize`] and [`CiSafeWriter`] ([`safe`]): task-supplied text made inert for CI
+//!   runners in plain output and logs.
 //! - [`CiApiReporter`], configured by an [`ApiConfig`]: GitHub check runs, commit statuses
 //!   and a PR comment edited in place; GitLab commit statuses and a merge-request note;
 //!   Azure DevOps test runs; Bitbucket build statuses and a PR comment; the Jenkins build
@@ -94,6 +96,11 @@
 //!   neither end it early nor start another; in XML it cannot open a tag or an entity, and
 //!   characters XML 1.0 forbids are dropped. Property tests decode each dialect back with an
 //!   independent decoder.
+//! - **No injection in plain output either.** Task names, errors and worker ids printed in
+//!   tables ([`TaskSummary::render_table`]) or logs go through [`neutralize`] (or
+//!   [`CiSafeWriter`] for a log writer): they stay on one line and can start no GitHub, Azure
+//!   or TeamCity command. A property test runs a reference parser per CI system over such
+//!   output and finds no command.
 //! - **Valid JUnit.** The JUnit report validates against the Jenkins JUnit schema
 //!   (`tests/fixtures/junit/JUnit.xsd`), checked with `xmllint` in the integration tests.
 //! - **Limits are kept.** At most 10 GitHub annotations per type, with a notice counting the
@@ -127,6 +134,7 @@ pub mod reporter;
 /// [`dtf_plugin_core::retry`].
 pub use dtf_plugin_core::retry;
 mod run;
+pub mod safe;
 pub mod teamcity;
 
 #[cfg(feature = "api")]
@@ -150,6 +158,7 @@ pub use reporter::{
 pub use run::{
     Attempt, AttemptOutcome, RunRecorder, RunResult, TaskResult, TaskStatus, Totals, WorkerSummary,
 };
+pub use safe::{CiSafeWriter, neutralize};
 pub use teamcity::{TeamcityMessages, render_teamcity};
 
 use dtf_plugin_core::PluginSpec;
