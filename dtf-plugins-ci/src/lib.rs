@@ -200,14 +200,14 @@ pub fn register(registry: &mut PluginRegistry) -> Result<(), RegistryError> {
             .description(
                 "tracks every task; summary with pass rate, p50/p95, slowest and flaky tasks",
             )
-            .config_type::<reporter::TaskReporterConfig>()
+            .config_check::<reporter::TaskReporterConfig>(reporter::TaskReporterConfig::validate)
             .built_in(KRATE),
     )?;
     #[cfg(feature = "api")]
     registry.register(
         RegistryEntry::new(|| PluginSpec::new(CiApiReporter::new))
             .description("reports the run to the CI service's HTTP API (GitHub, GitLab, ...)")
-            .config_type::<ApiConfig>()
+            .config_check::<ApiConfig>(ApiConfig::validate)
             .built_in(KRATE),
     )?;
     Ok(())

@@ -63,6 +63,30 @@ pub struct TaskReporterConfig {
     pub external: Option<ExternalConfig>,
 }
 
+impl TaskReporterConfig {
+    /// Checks what serde cannot: `external.endpoint` is an absolute `http` or `https` URL
+    /// with a host (the message names the key, never the value, which may carry a key), and
+    /// `external` needs the `api` feature.
+    ///
+    /// # Errors
+    ///
+    /// The first problem found.
+    pub fn validate(&self) -> Result<(), String> {
+        let Some(external) = &self.external else {
+            return Ok(());
+        };
+        #[cfg(feature = "api")]
+        {
+            crate::api::check_url("external.endpoint", external.endpoint.expose())
+        }
+        #[cfg(not(feature = "api"))]
+        {
+            let _ = external;
+            Err("`external` reporting needs dtf-plugins-ci's `api` feature".to_owned())
+        }
+    }
+}
+
 impl Default for TaskReporterConfig {
     fn default() -> Self {
         Self {
