@@ -5,7 +5,7 @@
 //! ([`RunRecorder`] → [`RunResult`]), and pure renderers of that model into what CI systems
 //! read: JUnit XML, GitHub Actions annotations and job summaries, TeamCity service messages,
 //! Azure Pipelines logging commands, JSON and Markdown. Two plugins put them on the bus; a
-//! third ([`CiApiReporter`]) reports the run to CI services' HTTP APIs as it goes.
+//! third (`CiApiReporter`, feature `api`) reports the run to CI services' HTTP APIs as it goes.
 //!
 //! ## Main types
 //!
@@ -26,11 +26,20 @@
 //!   arrive.
 //! - [`neutralize`] and [`CiSafeWriter`] ([`safe`]): task-supplied text made inert for CI
 //!   runners in plain output and logs.
-//! - [`CiApiReporter`], configured by an [`ApiConfig`]: GitHub check runs, commit statuses
-//!   and a PR comment edited in place; GitLab commit statuses and a merge-request note;
-//!   Azure DevOps test runs; Bitbucket build statuses and a PR comment; the Jenkins build
-//!   description ([`api`]). Live updates are rate-limited; failures are retried per
-//!   [`retry`] and counted in [`ApiStats`]; tokens are [`Secret`]s.
+// The API items exist with the `api` feature only: linked then, plain text otherwise, so
+// `cargo doc --no-default-features` has no broken links.
+#![cfg_attr(
+    feature = "api",
+    doc = "- [`CiApiReporter`], configured by an [`ApiConfig`] (module [`api`], counted in [`ApiStats`]):"
+)]
+#![cfg_attr(
+    not(feature = "api"),
+    doc = "- `CiApiReporter` (feature `api`), configured by an `ApiConfig` (module `api`, counted in `ApiStats`):"
+)]
+//!   GitHub check runs, commit statuses and a PR comment edited in place; GitLab commit
+//!   statuses and a merge-request note; Azure DevOps test runs; Bitbucket build statuses and a
+//!   PR comment; the Jenkins build description. Live updates are rate-limited; failures are
+//!   retried per [`retry`]; tokens are [`Secret`]s.
 //!
 //! ## Example
 //!
@@ -81,7 +90,7 @@
 //!
 //! ## Feature flags
 //!
-//! - `api` (default): the HTTP API clients and [`CiApiReporter`]; pulls in `tokio` and
+//! - `api` (default): the HTTP API clients and `CiApiReporter`; pulls in `tokio` and
 //!   `reqwest` (rustls on ring, no OpenSSL). Without it the crate depends only on
 //!   `dtf-plugin-core`, `serde`, `serde_json`, `thiserror` and `tracing`: XML and the command
 //!   dialects are written by hand. The API clients share one HTTP core, so they are one
@@ -166,7 +175,7 @@ use dtf_plugin_core::registry::{PluginRegistry, RegistryEntry, RegistryError};
 
 /// Registers this crate's plugins in `registry` as built-in plugins of `dtf-plugins-ci`:
 /// [`CiReporter`] (`ci-reporter`), [`TeamcityLive`] (`teamcity-live`), [`TaskReporter`]
-/// (`task-reporter`) and, with the `api` feature, [`CiApiReporter`] (`ci-api-reporter`).
+/// (`task-reporter`) and, with the `api` feature, `CiApiReporter` (`ci-api-reporter`).
 ///
 /// `teamcity-live` and `ci-reporter` write to stdout; use their constructors directly to
 /// choose another writer.
