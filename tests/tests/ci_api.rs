@@ -614,6 +614,10 @@ async fn honours_retry_after_on_429_then_succeeds() {
     assert_eq!(reqs.len(), 3);
     let s = stats.get("github.status").unwrap();
     assert_eq!((s.ok, s.failed, s.attempts), (2, 0, 3), "{s:?}");
+    assert_eq!(
+        s.rate_limited, 1,
+        "the same TargetStats as the notifiers: {s:?}"
+    );
     assert_eq!(s.last_status, Some(201));
 }
 

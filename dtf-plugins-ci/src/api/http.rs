@@ -7,29 +7,14 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use serde::Serialize;
 
 use crate::error::CiError;
 use crate::retry::{Jitter, RetryPolicy, is_retryable_status, parse_retry_after};
 use dtf_plugin_core::Secret;
 
-/// What happened to the calls of one target (e.g. `github.check-run`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct TargetStats {
-    /// Calls that succeeded (after any retries).
-    pub ok: u64,
-    /// Calls that failed for good.
-    pub failed: u64,
-    /// HTTP attempts, retries included.
-    pub attempts: u64,
-    /// The last error, without secrets.
-    pub last_error: Option<String>,
-    /// The HTTP status of the last attempt that got a response.
-    pub last_status: Option<u16>,
-    /// How long the last attempt took.
-    pub last_latency: Option<Duration>,
-}
+/// What happened to the calls of one target (e.g. `github.check-run`): the type the notify
+/// channels use too, from [`dtf_plugin_core::retry`].
+pub use dtf_plugin_core::retry::TargetStats;
 
 /// Per-target statistics of the API calls, shared between the reporter and whoever holds a
 /// clone (cloning shares, it does not copy).
@@ -189,8 +174,12 @@ impl HttpCore {
             let (retry_after, message) = match result {
                 Ok(resp) => {
                     let status = resp.status();
-                    self.stats
-                        .update(call.target, |s| s.last_status = Some(status.as_u16()));
+                    self.stats.update(call.target, |s| {
+                        s.last_status = Some(status.as_u16());
+                        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                            s.rate_limited += 1;
+                        }
+                    });
                     if status.is_success() || status.is_redirection() {
                         let text = resp.text().await.unwrap_or_default();
                         self.stats.update(call.target, |s| s.ok += 1);
