@@ -109,6 +109,8 @@
 //! `docs/event-delivery.md`.
 
 #![forbid(unsafe_code)]
+// On docs.rs (`--cfg docsrs`, nightly), items gated by a feature show a badge naming it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bus;
 #[cfg(feature = "config")]

@@ -126,6 +126,8 @@
 //! `docs/ci.md`.
 
 #![forbid(unsafe_code)]
+// On docs.rs (`--cfg docsrs`, nightly), items gated by a feature show a badge naming it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "api")]
 pub mod api;
