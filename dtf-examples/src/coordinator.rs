@@ -925,10 +925,16 @@ pub fn render_plugin_stats(report: &ShutdownReport) -> String {
             s.failures,
             s.restarts,
             p.left_in_queue,
-            p.error.as_deref().unwrap_or("ok")
+            dtf_plugins_ci::neutralize(p.error.as_deref().unwrap_or("ok"))
         ));
     }
     out
+}
+
+/// `text` with each line neutralised for CI runners (a multi-line error keeps its lines).
+fn safe_lines(text: &str) -> String {
+    let lines: Vec<_> = text.lines().map(dtf_plugins_ci::neutralize).collect();
+    lines.join("\n")
 }
 
 /// Renders the per-task table printed after a run.
@@ -949,7 +955,8 @@ pub fn render_task_table(run: &RunResult) -> String {
                 )
             })
             .unwrap_or_default();
-        let mut name = t.name.clone();
+        // Task-supplied text is neutralised (one line, no CI command), then cut.
+        let mut name = dtf_plugins_ci::neutralize(&t.name).into_owned();
         if name.chars().count() > 28 {
             name = name.chars().take(27).collect::<String>() + "…";
         }
@@ -958,9 +965,9 @@ pub fn render_task_table(run: &RunResult) -> String {
             name,
             t.status.name(),
             t.attempts.len(),
-            t.worker().unwrap_or("-"),
+            dtf_plugins_ci::neutralize(t.worker().unwrap_or("-")),
             t.total_duration().as_secs_f64(),
-            error.lines().next().unwrap_or_default()
+            dtf_plugins_ci::neutralize(error.lines().next().unwrap_or_default())
         ));
     }
     out
@@ -973,7 +980,7 @@ pub async fn run_cli(args: impl IntoIterator<Item = String>, out: &mut (dyn Writ
     match run_cli_inner(args, out, false).await {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(out, "error: {e}");
+            let _ = writeln!(out, "error: {}", safe_lines(&e.to_string()));
             2
         }
     }
@@ -987,7 +994,7 @@ pub async fn run_cli_with_signals(
     match run_cli_inner(args, out, true).await {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(out, "error: {e}");
+            let _ = writeln!(out, "error: {}", safe_lines(&e.to_string()));
             2
         }
     }

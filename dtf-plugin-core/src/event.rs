@@ -72,7 +72,9 @@ impl Event {
 pub struct EventMeta {
     /// Per-bus sequence number: strictly increasing in publish order, starting at 1.
     pub seq: u64,
-    /// Wall-clock time at which the bus accepted the event.
+    /// Wall-clock time taken when the event was published (the call to `publish`, before
+    /// any wait for queue space; all events of one `publish_batch` share it). Unlike `seq`, it
+    /// is not ordered across concurrent publishers.
     pub time: SystemTime,
     /// Who published it: the name given to the [`crate::Bus`] handle, or a plugin's name.
     pub source: Arc<str>,
@@ -131,7 +133,17 @@ pub type Metadata = BTreeMap<String, String>;
 /// Everything that can happen in a test run.
 ///
 /// Variants carry typed payload structs; larger payloads are boxed so the enum stays small
-/// (32 bytes). New variants may be added in minor releases, so match with a wildcard arm.
+/// (16 bytes on 64-bit targets, checked by a test). Build one with a shorthand
+/// (`EventKind::worker_failed("w1", "disk full")`) or from a payload's builder, which every
+/// task, worker and recovery payload has, and `From`:
+///
+/// ```
+/// use dtf_plugin_core::event::{EventKind, WorkerFailed};
+///
+/// let kind: EventKind = WorkerFailed::builder().worker("w1").error("disk full").build().into();
+/// assert_eq!(kind, EventKind::worker_failed("w1", "disk full"));
+/// ```
+/// New variants may be added in minor releases, so match with a wildcard arm.
 /// See the [module docs](self) for the order in which they are expected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
@@ -271,26 +283,32 @@ pub struct Requirements {
 }
 
 /// Payload of [`EventKind::TaskAssigned`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
 #[non_exhaustive]
 pub struct TaskAssigned {
     /// The task.
+    #[builder(setter(into))]
     pub task: TaskId,
     /// The worker it was bound to.
+    #[builder(setter(into))]
     pub worker: WorkerId,
     /// Attempt number, starting at 1.
+    #[builder(default = 1)]
     pub attempt: u32,
 }
 
 /// Payload of [`EventKind::TaskStarted`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
 #[non_exhaustive]
 pub struct TaskStarted {
     /// The task.
+    #[builder(setter(into))]
     pub task: TaskId,
     /// The worker running it.
+    #[builder(setter(into))]
     pub worker: WorkerId,
     /// Attempt number, starting at 1.
+    #[builder(default = 1)]
     pub attempt: u32,
 }
 
@@ -379,12 +397,14 @@ pub struct TaskError {
 }
 
 /// Payload of [`EventKind::TaskCancelled`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
 #[non_exhaustive]
 pub struct TaskCancelled {
     /// The task.
+    #[builder(setter(into))]
     pub task: TaskId,
     /// Why it was cancelled.
+    #[builder(setter(into))]
     pub reason: String,
 }
 
@@ -421,75 +441,90 @@ impl Capabilities {
 }
 
 /// Payload of [`EventKind::WorkerRegistered`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
 #[non_exhaustive]
 pub struct WorkerRegistered {
     /// The worker.
+    #[builder(setter(into))]
     pub worker: WorkerId,
     /// What it offers.
+    #[builder(default)]
     pub capabilities: Capabilities,
     /// Extra information (host name, OS, ...).
     #[serde(default)]
+    #[builder(default)]
     pub metadata: Metadata,
 }
 
 /// Payload of [`EventKind::WorkerDisconnected`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
 #[non_exhaustive]
 pub struct WorkerDisconnected {
     /// The worker.
+    #[builder(setter(into))]
     pub worker: WorkerId,
     /// Why, if known.
+    #[builder(default, setter(into))]
     pub reason: String,
 }
 
 /// Payload of [`EventKind::WorkerFailed`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
 #[non_exhaustive]
 pub struct WorkerFailed {
     /// The worker.
+    #[builder(setter(into))]
     pub worker: WorkerId,
     /// What went wrong.
+    #[builder(setter(into))]
     pub error: String,
 }
 
 /// Payload of [`EventKind::WorkerRecovered`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
 #[non_exhaustive]
 pub struct WorkerRecovered {
     /// The worker.
+    #[builder(setter(into))]
     pub worker: WorkerId,
 }
 
 /// Payload of [`EventKind::RecoveryStarted`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
 #[non_exhaustive]
 pub struct RecoveryStarted {
     /// Matches the outcome event.
+    #[builder(setter(into))]
     pub recovery: RecoveryId,
     /// The worker being recovered from, if any.
+    #[builder(default, setter(strip_option, into))]
     pub worker: Option<WorkerId>,
     /// Tasks being re-queued.
+    #[builder(default)]
     pub tasks: Vec<TaskId>,
 }
 
 /// Payload of [`EventKind::RecoveryCompleted`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
 #[non_exhaustive]
 pub struct RecoveryCompleted {
     /// Matches the `RecoveryStarted`.
+    #[builder(setter(into))]
     pub recovery: RecoveryId,
     /// How many tasks were re-queued.
+    #[builder(default)]
     pub requeued: u32,
 }
 
 /// Payload of [`EventKind::RecoveryFailed`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TypedBuilder)]
 #[non_exhaustive]
 pub struct RecoveryFailed {
     /// Matches the `RecoveryStarted`.
+    #[builder(setter(into))]
     pub recovery: RecoveryId,
     /// What went wrong.
+    #[builder(setter(into))]
     pub error: String,
 }
 
@@ -534,6 +569,42 @@ pub struct PluginDisabled {
     pub plugin: String,
     /// Why it was disabled.
     pub reason: String,
+}
+
+/// `From<payload> for EventKind`: `EventKind::from(payload)` (or `payload.into()`) boxes the
+/// payload into its variant. [`PluginLifecycle`] is the payload of three variants and has no
+/// `From`.
+macro_rules! from_payload {
+    ($($payload:ident => $variant:ident),* $(,)?) => {
+        $(
+            impl From<$payload> for EventKind {
+                fn from(payload: $payload) -> Self {
+                    Self::$variant(Box::new(payload))
+                }
+            }
+        )*
+    };
+}
+
+from_payload! {
+    CoordinatorStartup => CoordinatorStartup,
+    CoordinatorShutdown => CoordinatorShutdown,
+    TaskCreated => TaskCreated,
+    TaskAssigned => TaskAssigned,
+    TaskStarted => TaskStarted,
+    TaskCompleted => TaskCompleted,
+    TaskFailed => TaskFailed,
+    TaskCancelled => TaskCancelled,
+    WorkerRegistered => WorkerRegistered,
+    WorkerDisconnected => WorkerDisconnected,
+    WorkerFailed => WorkerFailed,
+    WorkerRecovered => WorkerRecovered,
+    RecoveryStarted => RecoveryStarted,
+    RecoveryCompleted => RecoveryCompleted,
+    RecoveryFailed => RecoveryFailed,
+    CustomEvent => Custom,
+    PluginFailure => PluginFailed,
+    PluginDisabled => PluginDisabled,
 }
 
 /// Shorthand constructors, so publishers don't spell out payload structs.
@@ -964,12 +1035,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn event_kind_stays_small() {
-        assert!(
-            std::mem::size_of::<EventKind>() <= 16,
-            "{}",
-            std::mem::size_of::<EventKind>()
+    fn payload_builders_and_from_give_the_same_events_as_the_shorthands() {
+        let failed: EventKind = WorkerFailed::builder()
+            .worker("w1")
+            .error("disk full")
+            .build()
+            .into();
+        assert_eq!(failed, EventKind::worker_failed("w1", "disk full"));
+        let started = EventKind::from(
+            RecoveryStarted::builder()
+                .recovery("r1")
+                .worker("w1")
+                .tasks(vec![TaskId::from("t1")])
+                .build(),
         );
+        assert_eq!(
+            started,
+            EventKind::recovery_started("r1", Some(WorkerId::from("w1")), vec![TaskId::from("t1")])
+        );
+        let registered: EventKind = WorkerRegistered::builder().worker("w2").build().into();
+        assert_eq!(registered.hook(), Hook::WorkerRegistered);
+        let done: EventKind = RecoveryCompleted::builder()
+            .recovery("r1")
+            .requeued(1)
+            .build()
+            .into();
+        assert_eq!(done, EventKind::recovery_completed("r1", 1));
+        let assigned: EventKind = TaskAssigned::builder()
+            .task("t1")
+            .worker("w1")
+            .build()
+            .into();
+        assert_eq!(assigned, EventKind::task_assigned("t1", "w1", 1));
+    }
+
+    #[test]
+    fn event_kind_is_16_bytes_as_documented() {
+        // The enum docs and docs/ARCHITECTURE.md state this size; change them with it.
+        assert_eq!(std::mem::size_of::<EventKind>(), 16);
     }
 
     #[test]

@@ -64,15 +64,39 @@
 //!
 //! ## Feature flags
 //!
-//! - `testing`: [`testing::RecordingPlugin`], a plugin that records what it receives, for
-//!   asserting on events in your own tests.
-//!
-//! - `config`: [`config::ConfigLoader`] reads a `dtf.toml` (manager defaults, plugin
-//!   directories, per-plugin settings) with environment and command-line overrides, precise
-//!   error positions and redacted printing. Adds the `toml` crate.
-//! - `external`: [`external`] runs out-of-process plugins from plugin directories (a manifest
-//!   plus any executable, newline-delimited JSON over stdin/stdout) and reloads them when
-//!   they change. Implies `config`; adds tokio's `process` and `io-util`.
+// Feature-gated items are linked only when their feature is on, so `cargo doc
+// --no-default-features` has no broken links.
+#![cfg_attr(
+    feature = "testing",
+    doc = "- `testing`: [`testing::RecordingPlugin`], a plugin"
+)]
+#![cfg_attr(
+    not(feature = "testing"),
+    doc = "- `testing`: `testing::RecordingPlugin`, a plugin"
+)]
+//!   that records what it receives, for asserting on events in your own tests.
+#![cfg_attr(
+    feature = "config",
+    doc = "- `config`: [`config::ConfigLoader`] reads a `dtf.toml`"
+)]
+#![cfg_attr(
+    not(feature = "config"),
+    doc = "- `config`: `config::ConfigLoader` reads a `dtf.toml`"
+)]
+//!   (manager defaults, plugin directories, per-plugin settings) with environment and
+//!   command-line overrides, precise error positions and redacted printing. Adds the `toml`
+//!   crate.
+#![cfg_attr(
+    feature = "external",
+    doc = "- `external`: [`external`] runs out-of-process plugins"
+)]
+#![cfg_attr(
+    not(feature = "external"),
+    doc = "- `external`: `external` runs out-of-process plugins"
+)]
+//!   from plugin directories (a manifest plus any executable, newline-delimited JSON over
+//!   stdin/stdout) and reloads them when they change. Implies `config`; adds tokio's `process`
+//!   and `io-util`.
 //!
 //! ## Guarantees
 //!
@@ -85,6 +109,8 @@
 //! `docs/event-delivery.md`.
 
 #![forbid(unsafe_code)]
+// On docs.rs (`--cfg docsrs`, nightly), items gated by a feature show a badge naming it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bus;
 #[cfg(feature = "config")]
@@ -128,7 +154,7 @@ pub mod prelude {
         TaskError, TaskOutcome,
     };
     pub use crate::{
-        Bus, ManagerConfig, Plugin, PluginContext, PluginError, PluginManager, PluginMetadata,
-        PluginSpec, Reconfigured, RestartPolicy,
+        Bus, ManagerConfig, OverflowPolicy, Plugin, PluginContext, PluginError, PluginManager,
+        PluginMetadata, PluginSpec, Reconfigured, RestartPolicy,
     };
 }

@@ -15,7 +15,28 @@ use crate::bus::Bus;
 use crate::error::ConfigError;
 use crate::event::{Event, EventKind, HookSet, PluginKind};
 
-/// The error type plugin hooks return: any error, boxed, so authors can use `?`.
+/// The error type plugin hooks return: `Box<dyn std::error::Error + Send + Sync + 'static>`,
+/// so authors can use `?` on any error type and `.into()` on a string.
+///
+/// It is a type alias of [`Box`], not a struct of its own (rustdoc's "Aliased Type" section
+/// shows `Box`'s private fields, which says nothing about it): build one from any
+/// `std::error::Error + Send + Sync` or from a `&str`/`String`, read it with `Display`, and
+/// recover the concrete error with `downcast_ref`.
+///
+/// ```
+/// use dtf_plugin_core::PluginError;
+///
+/// fn parse(s: &str) -> Result<u32, PluginError> {
+///     if s.is_empty() {
+///         return Err("no value".into()); // from a string
+///     }
+///     Ok(s.parse::<u32>()?) // from any error, with `?`
+/// }
+///
+/// assert_eq!(parse("").unwrap_err().to_string(), "no value");
+/// let err = parse("x").unwrap_err();
+/// assert!(err.downcast_ref::<std::num::ParseIntError>().is_some());
+/// ```
 pub type PluginError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A plugin's configuration as the manager stores it: a JSON value (`null` when none was given).

@@ -210,6 +210,28 @@ pub fn discord_bucket_wait(remaining: Option<&str>, reset_after: Option<&str>) -
 /// The random source for jitter: the core's, so restarts and retries share one generator type.
 pub use crate::supervision::Jitter;
 
+/// What happened to the calls of one target, the same for every HTTP client: a notify
+/// channel (`slack`, `telegram/-100123`) or a CI API target (`github.check-run`). One type
+/// for both, so tools read them alike.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct TargetStats {
+    /// Calls that succeeded (after any retries).
+    pub ok: u64,
+    /// Calls that failed for good.
+    pub failed: u64,
+    /// Requests sent, retries included.
+    pub attempts: u64,
+    /// Responses that asked us to slow down (429, or a drained Discord bucket).
+    pub rate_limited: u64,
+    /// The HTTP status of the last response.
+    pub last_status: Option<u16>,
+    /// How long the last request took.
+    pub last_latency: Option<Duration>,
+    /// The last error, without secrets.
+    pub last_error: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 //! ([`RunRecorder`] → [`RunResult`]), and pure renderers of that model into what CI systems
 //! read: JUnit XML, GitHub Actions annotations and job summaries, TeamCity service messages,
 //! Azure Pipelines logging commands, JSON and Markdown. Two plugins put them on the bus; a
-//! third ([`CiApiReporter`]) reports the run to CI services' HTTP APIs as it goes.
+//! third (`CiApiReporter`, feature `api`) reports the run to CI services' HTTP APIs as it goes.
 //!
 //! ## Main types
 //!
@@ -24,11 +24,22 @@
 //! - Plugins: [`CiReporter`] writes the reports a [`ReporterConfig`] selects when the
 //!   coordinator shuts down; [`TeamcityLive`] writes TeamCity service messages as events
 //!   arrive.
-//! - [`CiApiReporter`], configured by an [`ApiConfig`]: GitHub check runs, commit statuses
-//!   and a PR comment edited in place; GitLab commit statuses and a merge-request note;
-//!   Azure DevOps test runs; Bitbucket build statuses and a PR comment; the Jenkins build
-//!   description ([`api`]). Live updates are rate-limited; failures are retried per
-//!   [`retry`] and counted in [`ApiStats`]; tokens are [`Secret`]s.
+//! - [`neutralize`] and [`CiSafeWriter`] ([`safe`]): task-supplied text made inert for CI
+//!   runners in plain output and logs.
+// The API items exist with the `api` feature only: linked then, plain text otherwise, so
+// `cargo doc --no-default-features` has no broken links.
+#![cfg_attr(
+    feature = "api",
+    doc = "- [`CiApiReporter`], configured by an [`ApiConfig`] (module [`api`], counted in [`ApiStats`]):"
+)]
+#![cfg_attr(
+    not(feature = "api"),
+    doc = "- `CiApiReporter` (feature `api`), configured by an `ApiConfig` (module `api`, counted in `ApiStats`):"
+)]
+//!   GitHub check runs, commit statuses and a PR comment edited in place; GitLab commit
+//!   statuses and a merge-request note; Azure DevOps test runs; Bitbucket build statuses and a
+//!   PR comment; the Jenkins build description. Live updates are rate-limited; failures are
+//!   retried per [`retry`]; tokens are [`Secret`]s.
 //!
 //! ## Example
 //!
@@ -79,7 +90,7 @@
 //!
 //! ## Feature flags
 //!
-//! - `api` (default): the HTTP API clients and [`CiApiReporter`]; pulls in `tokio` and
+//! - `api` (default): the HTTP API clients and `CiApiReporter`; pulls in `tokio` and
 //!   `reqwest` (rustls on ring, no OpenSSL). Without it the crate depends only on
 //!   `dtf-plugin-core`, `serde`, `serde_json`, `thiserror` and `tracing`: XML and the command
 //!   dialects are written by hand. The API clients share one HTTP core, so they are one
@@ -94,6 +105,11 @@
 //!   neither end it early nor start another; in XML it cannot open a tag or an entity, and
 //!   characters XML 1.0 forbids are dropped. Property tests decode each dialect back with an
 //!   independent decoder.
+//! - **No injection in plain output either.** Task names, errors and worker ids printed in
+//!   tables ([`TaskSummary::render_table`]) or logs go through [`neutralize`] (or
+//!   [`CiSafeWriter`] for a log writer): they stay on one line and can start no GitHub, Azure
+//!   or TeamCity command. A property test runs a reference parser per CI system over such
+//!   output and finds no command.
 //! - **Valid JUnit.** The JUnit report validates against the Jenkins JUnit schema
 //!   (`tests/fixtures/junit/JUnit.xsd`), checked with `xmllint` in the integration tests.
 //! - **Limits are kept.** At most 10 GitHub annotations per type, with a notice counting the
@@ -110,6 +126,8 @@
 //! `docs/ci.md`.
 
 #![forbid(unsafe_code)]
+// On docs.rs (`--cfg docsrs`, nightly), items gated by a feature show a badge naming it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "api")]
 pub mod api;
@@ -127,6 +145,7 @@ pub mod reporter;
 /// [`dtf_plugin_core::retry`].
 pub use dtf_plugin_core::retry;
 mod run;
+pub mod safe;
 pub mod teamcity;
 
 #[cfg(feature = "api")]
@@ -150,6 +169,7 @@ pub use reporter::{
 pub use run::{
     Attempt, AttemptOutcome, RunRecorder, RunResult, TaskResult, TaskStatus, Totals, WorkerSummary,
 };
+pub use safe::{CiSafeWriter, neutralize};
 pub use teamcity::{TeamcityMessages, render_teamcity};
 
 use dtf_plugin_core::PluginSpec;
@@ -157,7 +177,7 @@ use dtf_plugin_core::registry::{PluginRegistry, RegistryEntry, RegistryError};
 
 /// Registers this crate's plugins in `registry` as built-in plugins of `dtf-plugins-ci`:
 /// [`CiReporter`] (`ci-reporter`), [`TeamcityLive`] (`teamcity-live`), [`TaskReporter`]
-/// (`task-reporter`) and, with the `api` feature, [`CiApiReporter`] (`ci-api-reporter`).
+/// (`task-reporter`) and, with the `api` feature, `CiApiReporter` (`ci-api-reporter`).
 ///
 /// `teamcity-live` and `ci-reporter` write to stdout; use their constructors directly to
 /// choose another writer.
@@ -191,14 +211,14 @@ pub fn register(registry: &mut PluginRegistry) -> Result<(), RegistryError> {
             .description(
                 "tracks every task; summary with pass rate, p50/p95, slowest and flaky tasks",
             )
-            .config_type::<reporter::TaskReporterConfig>()
+            .config_check::<reporter::TaskReporterConfig>(reporter::TaskReporterConfig::validate)
             .built_in(KRATE),
     )?;
     #[cfg(feature = "api")]
     registry.register(
         RegistryEntry::new(|| PluginSpec::new(CiApiReporter::new))
             .description("reports the run to the CI service's HTTP API (GitHub, GitLab, ...)")
-            .config_type::<ApiConfig>()
+            .config_check::<ApiConfig>(ApiConfig::validate)
             .built_in(KRATE),
     )?;
     Ok(())

@@ -13,9 +13,10 @@ const SHORT_ERROR_CHARS: usize = 200;
 /// Renders `run` as Markdown: a headline, a table of totals, then tables of the failed,
 /// incomplete and flaky tasks with their short errors.
 ///
-/// Everything taken from the run is escaped for a table cell: `|` and the HTML
-/// metacharacters `<`, `>`, `&` become references, and line breaks become spaces, so a task
-/// name can neither break the table nor inject HTML.
+/// Everything taken from the run is escaped for a table cell, so a task name can neither
+/// break the table nor inject HTML: names and workers have `|`, `<`, `>`, `&` as references
+/// and line breaks as spaces; errors and the run id are code spans, shown exactly as written
+/// (no HTML escaping inside), with only `|` escaped and line breaks as spaces.
 pub fn render_markdown(run: &RunResult) -> String {
     let t = &run.totals;
     let mut out = String::new();
@@ -26,7 +27,7 @@ pub fn render_markdown(run: &RunResult) -> String {
     };
     let _ = writeln!(out, "## dtf test run: {verdict}\n");
     if let Some(id) = &run.run_id {
-        let _ = writeln!(out, "Run `{}`.\n", cell(id).replace('`', "'"));
+        let _ = writeln!(out, "Run {}.\n", code_span(id));
     }
     out.push_str("| Tasks | Passed | Failed | Flaky | Skipped | Cancelled | Incomplete | Attempts | Wall time |\n");
     out.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
@@ -75,7 +76,7 @@ fn section(out: &mut String, run: &RunResult, status: TaskStatus, title: &str) {
             cell(&task.name),
             cell(task.worker().unwrap_or("-")),
             task.attempts.len(),
-            cell(&short(&error, SHORT_ERROR_CHARS))
+            code_span(&short(&error, SHORT_ERROR_CHARS))
         );
     }
 }
@@ -108,6 +109,40 @@ pub(crate) fn cell(s: &str) -> String {
     out
 }
 
+/// `s` as a Markdown code span for a table cell: shown exactly as written, so no HTML
+/// escaping inside (`>&2` stays `>&2`; Markdown does not read HTML in a code span). Only what
+/// would break out is changed: `|` becomes `\|` (GFM tables split cells on `|` even inside code
+/// spans), line breaks become spaces, other control characters are dropped, and the fence is
+/// one backtick longer than the longest run of backticks inside (padded with a space when the
+/// text starts or ends with one).
+pub(crate) fn code_span(s: &str) -> String {
+    let mut body = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '|' => body.push_str("\\|"),
+            '\r' | '\n' => body.push(' '),
+            c if c.is_control() => {}
+            c => body.push(c),
+        }
+    }
+    if body.is_empty() {
+        return String::new();
+    }
+    let mut longest = 0;
+    let mut run = 0;
+    for c in body.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest + 1);
+    let pad = if body.starts_with('`') || body.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{body}{pad}{fence}")
+}
+
 /// `1m 02.500s`, `3.250s`.
 pub(crate) fn human(d: Duration) -> String {
     let secs = d.as_secs();
@@ -135,6 +170,15 @@ mod tests {
     #[test]
     fn cells_cannot_break_tables_or_inject_html() {
         assert_eq!(cell("a|b\n<script>&"), "a&#124;b &lt;script&gt;&amp;");
+    }
+
+    #[test]
+    fn code_spans_show_text_as_written_and_cannot_break_out() {
+        assert_eq!(code_span("echo oops >&2"), "`echo oops >&2`");
+        assert_eq!(code_span("<b>a|b</b>\nc"), "`<b>a\\|b</b> c`");
+        assert_eq!(code_span("a `b` c"), "``a `b` c``");
+        assert_eq!(code_span("`x``"), "``` `x`` ```");
+        assert_eq!(code_span(""), "");
         assert_eq!(short("first\nsecond", 10), "first…");
         assert_eq!(short("abcdef", 3), "abc…");
         assert_eq!(short("abc", 3), "abc");

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::CiError;
 use crate::run::{AttemptOutcome, RunRecorder, RunResult, TaskStatus, Totals};
+use crate::safe::neutralize;
 
 #[cfg(feature = "api")]
 #[path = "reporter/external.rs"]
@@ -60,6 +61,30 @@ pub struct TaskReporterConfig {
     pub log_summary: bool,
     /// Real-time reporting to an external HTTP endpoint (feature `api`). Default: off.
     pub external: Option<ExternalConfig>,
+}
+
+impl TaskReporterConfig {
+    /// Checks what serde cannot: `external.endpoint` is an absolute `http` or `https` URL
+    /// with a host (the message names the key, never the value, which may carry a key), and
+    /// `external` needs the `api` feature.
+    ///
+    /// # Errors
+    ///
+    /// The first problem found.
+    pub fn validate(&self) -> Result<(), String> {
+        let Some(external) = &self.external else {
+            return Ok(());
+        };
+        #[cfg(feature = "api")]
+        {
+            crate::api::check_url("external.endpoint", external.endpoint.expose())
+        }
+        #[cfg(not(feature = "api"))]
+        {
+            let _ = external;
+            Err("`external` reporting needs dtf-plugins-ci's `api` feature".to_owned())
+        }
+    }
 }
 
 impl Default for TaskReporterConfig {
@@ -524,7 +549,8 @@ impl TaskSummary {
         self.totals.is_failure()
     }
 
-    /// A plain-text table for a terminal or a log.
+    /// A plain-text table for a terminal or a log. Task names, errors, worker ids and owners
+    /// go through [`neutralize`], so the table is safe to print where a CI runner reads it.
     pub fn render_table(&self) -> String {
         use std::fmt::Write as _;
         let t = &self.totals;
@@ -563,7 +589,7 @@ impl TaskSummary {
                 let _ = writeln!(
                     out,
                     "{:<16} {:>8} {:>6} {:>6} {:>5} {:>9} {:>8}",
-                    w.id,
+                    neutralize(&w.id),
                     w.attempts,
                     w.passed,
                     w.failed,
@@ -583,7 +609,11 @@ impl TaskSummary {
                 let _ = writeln!(
                     out,
                     "{:<16} {:>6} {:>6} {:>6} {:>9} {:>10}",
-                    if t.owner.is_empty() { "-" } else { &t.owner },
+                    if t.owner.is_empty() {
+                        "-".into()
+                    } else {
+                        neutralize(&t.owner)
+                    },
                     t.tasks,
                     t.passed,
                     t.failed,
@@ -601,13 +631,13 @@ impl TaskSummary {
                 let _ = write!(
                     out,
                     "  {:<32} {:>9} {:<10} {} attempt(s)",
-                    l.name,
+                    neutralize(&l.name),
                     secs(l.duration),
                     l.status.name(),
                     l.attempts
                 );
                 if let Some(e) = &l.error {
-                    let _ = write!(out, "  {}", crate::markdown::short(e, 120));
+                    let _ = write!(out, "  {}", neutralize(&crate::markdown::short(e, 120)));
                 }
                 out.push('\n');
             }

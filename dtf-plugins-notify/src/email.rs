@@ -37,6 +37,7 @@
 //!         subject: "12 tasks failed on worker w3".to_owned(),
 //!         text: "12 tasks failed with TimeoutError on worker w3".to_owned(),
 //!         html: Some("<p>12 tasks failed with <code>TimeoutError</code></p>".to_owned()),
+//!         ..EmailMessage::default() // a fresh Message-ID, no thread
 //!     })
 //!     .await?;
 //! # Ok(())
@@ -412,12 +413,17 @@ fn validate_host(host: &str) -> Result<(), EmailError> {
     }
 }
 
-/// One email: a subject, a plain-text body and an optional HTML alternative.
+/// One email: a subject, a plain-text body and an optional HTML alternative, with the
+/// headers that thread it.
 ///
 /// With `html`, the message is `multipart/alternative` with the text part first and the
 /// HTML part second (mail clients show the last part they can render); without it, a single
 /// `text/plain; charset=utf-8` part.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Every mail has a `Message-ID`: `message_id` when set, otherwise a fresh
+/// `<time.pid.counter@domain-of-from>`. `in_reply_to` and `references` (message ids with
+/// their angle brackets) make mail clients show a group's messages as one thread.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EmailMessage {
     /// The `Subject` header (encoded as needed for non-ASCII text).
     pub subject: String,
@@ -425,6 +431,35 @@ pub struct EmailMessage {
     pub text: String,
     /// An optional HTML body, sent as an alternative to `text`.
     pub html: Option<String>,
+    /// The `Message-ID` (`<id@domain>`); generated when `None`.
+    pub message_id: Option<String>,
+    /// The `In-Reply-To` header: the message this one follows.
+    pub in_reply_to: Option<String>,
+    /// The `References` header: the thread's earlier messages, oldest first.
+    pub references: Vec<String>,
+}
+
+/// A fresh `<…@domain>` message id, unique within the process and, through the time and the
+/// process id, across runs.
+pub(crate) fn fresh_message_id(domain: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "<dtf.{}.{}@{domain}>",
+        run_nonce(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// This process's part of message ids: its start time (ns, hex) and process id.
+pub(crate) fn run_nonce() -> &'static str {
+    static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NONCE.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{nanos:x}.{:x}", std::process::id())
+    })
 }
 
 /// What went wrong with a send, for retry decisions and stats.
@@ -598,6 +633,11 @@ impl EmailSender {
         self.target.clone()
     }
 
+    /// The domain of the `from` address: the right-hand side of generated message ids.
+    pub fn domain(&self) -> &str {
+        self.from.email.domain()
+    }
+
     /// Sends `msg` to all recipients in one SMTP transaction, within `timeout_ms`.
     ///
     /// One attempt, no retry: the caller decides with [`EmailError::is_retryable`].
@@ -639,9 +679,20 @@ impl EmailSender {
     }
 
     fn build(&self, msg: &EmailMessage) -> Result<Message, EmailError> {
+        let id = msg
+            .message_id
+            .clone()
+            .unwrap_or_else(|| fresh_message_id(self.domain()));
         let mut builder = Message::builder()
             .from(self.from.clone())
-            .subject(msg.subject.clone());
+            .subject(msg.subject.clone())
+            .message_id(Some(id));
+        if let Some(parent) = &msg.in_reply_to {
+            builder = builder.in_reply_to(parent.clone());
+        }
+        if !msg.references.is_empty() {
+            builder = builder.references(msg.references.join(" "));
+        }
         for to in &self.to {
             builder = builder.to(to.clone());
         }
@@ -844,6 +895,7 @@ mod tests {
             subject: String::new(),
             text: String::new(),
             html: None,
+            ..EmailMessage::default()
         };
         assert_send(&sender.send(&msg));
     }
@@ -940,6 +992,7 @@ mod tests {
                 subject: "s".to_owned(),
                 text: "only text".to_owned(),
                 html: None,
+                ..EmailMessage::default()
             })
             .unwrap();
         let raw = String::from_utf8(msg.formatted()).unwrap();

@@ -48,6 +48,8 @@
 //! - Every message is delivered, or reported in [`NotifyStats::undelivered`] and logged.
 
 #![forbid(unsafe_code)]
+// On docs.rs (`--cfg docsrs`, nightly), items gated by a feature show a badge naming it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod channels;
 mod config;

@@ -2,30 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use serde::Serialize;
 
 /// What happened to the deliveries of one target (a channel name, or `name/destination` for
-/// channels with several destinations, e.g. `telegram/-100123`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct TargetStats {
-    /// Messages delivered (after any retries).
-    pub ok: u64,
-    /// Messages that failed for good.
-    pub failed: u64,
-    /// Requests sent, retries included.
-    pub attempts: u64,
-    /// Responses that asked us to slow down (429, or a drained Discord bucket).
-    pub rate_limited: u64,
-    /// The HTTP status of the last response.
-    pub last_status: Option<u16>,
-    /// How long the last request took.
-    pub last_latency: Option<Duration>,
-    /// The last error, without secrets.
-    pub last_error: Option<String>,
-}
+/// channels with several destinations, e.g. `telegram/-100123`): the type the CI API clients
+/// use too, from [`dtf_plugin_core::retry`].
+pub use dtf_plugin_core::retry::TargetStats;
 
 /// A message that was not delivered, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -59,6 +59,9 @@ struct Task {
     arrival: u64,
     enqueued_at: Duration,
     attempts: u32,
+    /// The worker its last attempt ran on, when that attempt was taken back (a retry or a
+    /// lost worker): the next placement prefers any other worker that can take it.
+    avoid: Option<u32>,
     state: State,
 }
 
@@ -343,6 +346,7 @@ impl Engine {
             arrival: self.arrivals,
             enqueued_at: now,
             attempts: 0,
+            avoid: None,
             state: State::Fresh,
             spec,
         };
@@ -716,9 +720,16 @@ impl Engine {
     }
 
     /// Filter and score over the free workers; ties go to the worker registered first.
+    ///
+    /// Anti-affinity: a task taken back from a worker (a retry, a lost worker) goes to another
+    /// free worker that passes the filter whenever there is one, whatever the scores; only
+    /// when none can take it does it go back to the same worker (placement stays
+    /// work-conserving).
     fn best_worker(&self, t: u32) -> Option<u32> {
-        let spec = &self.tasks[t as usize].as_ref()?.spec;
+        let task = self.tasks[t as usize].as_ref()?;
+        let spec = &task.spec;
         let mut best: Option<(i64, u32)> = None;
+        let mut same: Option<u32> = None;
         for &w in &self.free.items {
             let worker = &self.workers[w as usize];
             if !worker.capabilities.satisfies(&spec.requirements) {
@@ -728,12 +739,16 @@ impl Engine {
             if !self.scheduler.filter(spec, &view) {
                 continue;
             }
+            if task.avoid == Some(w) {
+                same = Some(w);
+                continue;
+            }
             let score = self.scheduler.score(spec, &view);
             if best.is_none_or(|(s, b)| score > s || (score == s && w < b)) {
                 best = Some((score, w));
             }
         }
-        best.map(|(_, w)| w)
+        best.map(|(_, w)| w).or(same)
     }
 
     fn bind(&mut self, t: u32, w: u32, now: Duration, round: &mut Round) {
@@ -776,6 +791,7 @@ impl Engine {
         self.scheduler
             .on_release(&task.spec, task.queue, now.saturating_sub(since), now);
         task.state = State::Parked;
+        task.avoid = Some(w);
         self.refresh_free(w);
     }
 
@@ -949,6 +965,73 @@ mod tests {
         let round = e.schedule(T0);
         assert_eq!(round.placements[0].attempt, 2);
         assert!(e.retry(&"zz".into(), T0).is_err());
+    }
+
+    #[test]
+    fn a_retried_task_prefers_another_worker_when_one_can_take_it() {
+        let mut e = fifo();
+        for w in ["w1", "w2"] {
+            e.add_worker(w, caps(&[], 1));
+        }
+        e.submit(spec("a", &[]), T0).unwrap();
+        // Registered first and tied on score: w1 takes it.
+        assert_eq!(placed(&e.schedule(T0)), [("a", "w1")]);
+        // It fails on w1 and is retried: w2 is free too, so it goes there even though w1
+        // wins the tie-break.
+        e.retry(&"a".into(), T0).unwrap();
+        assert_eq!(placed(&e.schedule(T0)), [("a", "w2")]);
+        // Fails on w2 now: back to w1, the other worker.
+        e.retry(&"a".into(), T0).unwrap();
+        let round = e.schedule(T0);
+        assert_eq!(placed(&round), [("a", "w1")]);
+        assert_eq!(round.placements[0].attempt, 3);
+    }
+
+    #[test]
+    fn a_retried_task_goes_back_to_its_worker_when_no_other_can_take_it() {
+        let mut e = fifo();
+        e.add_worker("gpu", caps(&["cuda"], 1));
+        e.add_worker("cpu", caps(&[], 1));
+        e.submit(spec("a", &["cuda"]), T0).unwrap();
+        assert_eq!(placed(&e.schedule(T0)), [("a", "gpu")]);
+        // Only the gpu worker satisfies it: the preference never leaves it waiting.
+        e.retry(&"a".into(), T0).unwrap();
+        assert_eq!(placed(&e.schedule(T0)), [("a", "gpu")]);
+        // Likewise when the other worker is busy: work-conserving, not strict.
+        let mut e = fifo();
+        e.add_worker("w1", caps(&[], 1));
+        e.add_worker("w2", caps(&[], 1));
+        e.submit(spec("a", &[]), T0).unwrap();
+        e.submit(spec("b", &[]), T0).unwrap();
+        assert_eq!(placed(&e.schedule(T0)), [("a", "w1"), ("b", "w2")]);
+        e.retry(&"a".into(), T0).unwrap();
+        assert_eq!(placed(&e.schedule(T0)), [("a", "w1")]);
+    }
+
+    #[test]
+    fn a_task_of_a_lost_worker_prefers_another_worker_after_the_recovery() {
+        let mut e = fifo();
+        e.add_worker("w1", caps(&[], 1));
+        e.add_worker("w2", caps(&[], 1));
+        e.submit(spec("a", &[]), T0).unwrap();
+        e.submit(spec("b", &[]), T0).unwrap();
+        assert_eq!(placed(&e.schedule(T0)), [("a", "w1"), ("b", "w2")]);
+        e.lose_worker(&"w1".into(), T0).unwrap();
+        assert!(e.schedule(T0).placements.is_empty(), "w2 is busy");
+        // w1 recovers before w2 frees up: w1 is the only worker that can take `a`, so it does.
+        e.recover_worker(&"w1".into()).unwrap();
+        assert_eq!(placed(&e.schedule(T0)), [("a", "w1")]);
+        // The other order: w2 frees up first, then w1 recovers: `a` goes to w2.
+        let mut e = fifo();
+        e.add_worker("w1", caps(&[], 1));
+        e.add_worker("w2", caps(&[], 1));
+        e.submit(spec("a", &[]), T0).unwrap();
+        e.submit(spec("b", &[]), T0).unwrap();
+        e.schedule(T0);
+        e.lose_worker(&"w1".into(), T0).unwrap();
+        e.recover_worker(&"w1".into()).unwrap();
+        e.finish(&"b".into(), T0).unwrap();
+        assert_eq!(placed(&e.schedule(T0)), [("a", "w2")], "not back on w1");
     }
 
     #[test]

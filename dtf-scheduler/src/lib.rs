@@ -73,6 +73,8 @@
 //! measured figures are in `docs/scheduler.md`.
 
 #![forbid(unsafe_code)]
+// On docs.rs (`--cfg docsrs`, nightly), items gated by a feature show a badge naming it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
 mod coordinator;

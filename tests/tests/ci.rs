@@ -388,11 +388,20 @@ fn github_summary_is_markdown_under_the_limit() {
     assert!(md.contains("| 11 | 3 | 4 | 1 | 1 | 1 | 1 |"), "{md}");
     assert!(md.contains("### Failed tasks"), "{md}");
     assert!(
-        md.contains("| src/lib.rs::parses | w&lt;2&gt; | 1 | Panic: index out of bounds |"),
+        md.contains("| src/lib.rs::parses | w&lt;2&gt; | 1 | `Panic: index out of bounds` |"),
         "{md}"
     );
     assert!(md.contains("### Flaky tasks"), "{md}");
-    assert!(!md.contains("<breaks>"), "{md}");
+    // HTML only ever appears inside code spans, where Markdown shows it as text.
+    assert!(
+        md.contains("| suite::it &lt;breaks&gt; &amp; \"quotes\""),
+        "{md}"
+    );
+    assert!(
+        md.contains("| `it <breaks> & \"quotes\" 'apostrophes'[31m…` |"),
+        "{md}"
+    );
+    assert_eq!(md.matches("<breaks>").count(), 1, "{md}");
 
     let path = temp_path("step-summary.md");
     std::fs::write(&path, "previous step\n").unwrap();
@@ -781,6 +790,217 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------
+// CI-safe plain output: reference parsers of what each CI runner reads as a command.
+//
+// They are stricter than the real runners (any command name counts, Azure and TeamCity
+// markers count anywhere in a line and in any case), so 0 here means 0 there.
+
+/// Lines as a runner reads them: split at `\r\n`, `\r` and `\n`.
+fn runner_lines(out: &str) -> impl Iterator<Item = &str> {
+    out.split('\n').flat_map(|l| l.split('\r'))
+}
+
+/// What a runner may skip before a command: whitespace and invisible format characters.
+fn trim_runner(line: &str) -> &str {
+    line.trim_start_matches(|c: char| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}' | '\u{AD}'
+            )
+    })
+}
+
+/// GitHub Actions: `::name …::data` (workflow commands, v2) or `##[name …]data` (v1) at the
+/// start of a line after leading whitespace (the runner's `ActionCommand.TryParseV2` and
+/// `TryParse`).
+fn github_command_count(out: &str) -> usize {
+    runner_lines(out)
+        .map(trim_runner)
+        .filter(|l| {
+            l.strip_prefix("::").is_some_and(|rest| rest.contains("::"))
+                || l.strip_prefix("##[").is_some_and(|rest| rest.contains(']'))
+        })
+        .count()
+}
+
+/// Azure Pipelines: `##vso[area.event …]data` anywhere in a line (the agent's
+/// `Command.TryParse` searches the whole line), and `##[…]` formatting commands at the start.
+fn azure_command_count(out: &str) -> usize {
+    runner_lines(out)
+        .filter(|l| {
+            let lower = l.to_ascii_lowercase();
+            lower
+                .find("##vso[")
+                .is_some_and(|i| lower[i..].contains(']'))
+                || trim_runner(l).starts_with("##[")
+        })
+        .count()
+}
+
+/// TeamCity: `##teamcity[name …]`, counted anywhere in a line.
+fn teamcity_command_count(out: &str) -> usize {
+    runner_lines(out)
+        .filter(|l| l.to_ascii_lowercase().contains("##teamcity["))
+        .count()
+}
+
+fn command_counts(out: &str) -> [usize; 3] {
+    [
+        github_command_count(out),
+        azure_command_count(out),
+        teamcity_command_count(out),
+    ]
+}
+
+/// Task-supplied text built from pieces that CI runners react to.
+fn hostile() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        3 => interesting(),
+        1 => Just("::add-mask::".to_owned()),
+        1 => Just("::error file=x::".to_owned()),
+        1 => Just("##vso[task.setvariable variable=X]y".to_owned()),
+        1 => Just("##VSO[".to_owned()),
+        1 => Just("##[group]".to_owned()),
+        1 => Just("##teamcity[buildStop]".to_owned()),
+        1 => Just("#".to_owned()),
+        1 => Just("##".to_owned()),
+        1 => Just("vso[".to_owned()),
+        1 => Just("::".to_owned()),
+        1 => Just("  ".to_owned()),
+        1 => Just("\u{FEFF}".to_owned()),
+        1 => Just("\u{2028}".to_owned()),
+        1 => Just("\n".to_owned()),
+        1 => Just("\r".to_owned()),
+    ];
+    proptest::collection::vec(piece, 0..6).prop_map(|v| v.concat())
+}
+
+/// A run where every task-supplied field is `text`: a failed task, a flaky one and a
+/// passed one, on worker `text`, owned by `text`.
+fn hostile_run(text: &str) -> Vec<EventKind> {
+    let created = |id: &str| {
+        EventKind::TaskCreated(Box::new(
+            TaskCreated::builder()
+                .task(id)
+                .name(text)
+                .owner(text)
+                .build(),
+        ))
+    };
+    vec![
+        EventKind::coordinator_startup("run"),
+        created("a"),
+        created("b"),
+        created("c"),
+        EventKind::task_started("a", text, 1),
+        failed("a", text, 1, error(text, text, text), false),
+        EventKind::task_started("b", text, 1),
+        failed("b", text, 1, error(text, text, text), true),
+        EventKind::task_started("b", text, 2),
+        completed("b", text, 2, TaskOutcome::Passed, 5, text),
+        EventKind::task_started("c", text, 1),
+        completed("c", text, 1, TaskOutcome::Passed, 9, text),
+    ]
+}
+
+/// Everything the coordinator prints from task-supplied text: its task table, the task
+/// reporter's summary table, and log lines through [`dtf_plugins_ci::CiSafeWriter`].
+fn plain_outputs(text: &str) -> Vec<(&'static str, String)> {
+    let run = record(hostile_run(text));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let summary = rt.block_on(async {
+        let (spec, handle) = dtf_plugins_ci::TaskReporter::spec();
+        let manager = PluginManager::builder().spec(spec).spawn().await.unwrap();
+        for e in hostile_run(text) {
+            manager.publish(e).await.unwrap();
+        }
+        manager.shutdown(ShutdownReason::Completed).await;
+        handle.summary()
+    });
+    let logs = SharedBuf::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || dtf_plugins_ci::CiSafeWriter::new(writer.clone()))
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::warn!(task = %text, worker = %text, "task {text} failed: {text}");
+        tracing::warn!("{text}");
+    });
+    vec![
+        (
+            "task table",
+            dtf_examples::coordinator::render_task_table(&run),
+        ),
+        ("summary", summary.render_table()),
+        ("logs", logs.text()),
+    ]
+}
+
+#[test]
+fn the_reference_parsers_find_injected_commands() {
+    // The parsers can fail: raw task text injects in each dialect.
+    assert_eq!(command_counts("x\n::add-mask::secret\n"), [1, 0, 0]);
+    assert_eq!(command_counts("  ::set-output name=a::b"), [1, 0, 0]);
+    assert_eq!(
+        command_counts("ok ##vso[task.setvariable variable=X]y"),
+        [0, 1, 0]
+    );
+    assert_eq!(command_counts("##[group]x"), [1, 1, 0]);
+    assert_eq!(command_counts("t ##teamcity[buildStop]"), [0, 0, 1]);
+    // And neutralised, the same text injects nothing.
+    for raw in [
+        "x\n::add-mask::secret\n",
+        "  ::set-output name=a::b",
+        "ok ##vso[task.setvariable variable=X]y",
+        "##[group]x",
+        "t ##teamcity[buildStop]",
+        "\u{FEFF}::error::x",
+    ] {
+        let safe = dtf_plugins_ci::neutralize(raw);
+        assert_eq!(command_counts(&safe), [0, 0, 0], "{safe:?}");
+        assert!(!safe.contains(['\n', '\r']), "{safe:?}");
+    }
+}
+
+#[test]
+fn a_task_named_like_a_command_is_printed_inert() {
+    let name = "x\n::add-mask::secret";
+    for (what, out) in plain_outputs(name) {
+        assert_eq!(command_counts(&out), [0, 0, 0], "{what}:\n{out}");
+        assert!(out.contains("x\\n::add-mask::secret"), "{what}:\n{out}");
+    }
+    let name = "##vso[task.setvariable variable=X]y";
+    for (what, out) in plain_outputs(name) {
+        assert_eq!(command_counts(&out), [0, 0, 0], "{what}:\n{out}");
+        assert!(out.contains("#\\#vso[task.setvariable"), "{what}:\n{out}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn plain_output_carries_no_ci_command(text in hostile()) {
+        for (what, out) in plain_outputs(&text) {
+            prop_assert_eq!(command_counts(&out), [0, 0, 0], "{}:\n{}", what, out);
+        }
+    }
+
+    #[test]
+    fn neutralized_fields_stay_inert_anywhere_on_a_line(a in hostile(), b in hostile()) {
+        let (a, b) = (dtf_plugins_ci::neutralize(&a), dtf_plugins_ci::neutralize(&b));
+        for line in [format!("{a}"), format!("  {a} {b}"), format!("{a}\t{b}\n{b}")] {
+            prop_assert_eq!(command_counts(&line), [0, 0, 0], "{:?}", line);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // The plugins on a real manager.
 
 #[derive(Clone, Default)]
@@ -881,7 +1101,7 @@ async fn reporter_plugin_writes_the_configured_reports_at_shutdown() {
     assert!(
         std::fs::read_to_string(dir.join("run.md"))
             .unwrap()
-            .contains("| suite::b | w1 | 1 | Panic: boom |")
+            .contains("| suite::b | w1 | 1 | `Panic: boom` |")
     );
     assert!(
         std::fs::read_to_string(dir.join("summary.md"))

@@ -455,6 +455,43 @@ async fn azure_creates_a_test_run_adds_results_and_completes_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_azure_test_run_id_that_is_not_understood_is_a_counted_failure() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/myorg/P/_apis/test/runs"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({ "id": "run-501", "state": "x" })),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let env = env(&[
+        ("TF_BUILD", "True"),
+        ("AZURE_DEVOPS_TOKEN", "azure-pat"),
+        ("SYSTEM_TEAMPROJECT", "P"),
+    ]);
+    let cfg = json!({
+        "services": ["azure-devops"],
+        "update_interval_ms": 3_600_000,
+        "azure_devops": { "base_url": format!("{}/myorg/", server.uri()) },
+    });
+    let stats = run(env, cfg).await;
+    server.verify().await;
+    // Only the create call was made (results and completion need the id), and it counts as
+    // failed with a reason, not as a success.
+    let s = stats.get("azure-devops.test-run").unwrap();
+    assert_eq!((s.ok, s.failed), (0, 1), "{s:?}");
+    let reason = s.last_error.unwrap();
+    assert!(reason.contains("not a whole number (a string)"), "{reason}");
+    assert!(
+        !reason.contains("run-501"),
+        "never echoes the answer: {reason}"
+    );
+    assert_eq!(stats.failed(), 1);
+    assert!(stats.get("azure-devops.results").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bitbucket_posts_build_statuses_and_a_comment() {
     let server = MockServer::start().await;
     let statuses = format!("/2.0/repositories/ws/repo/commit/{SHA}/statuses/build");
@@ -577,6 +614,10 @@ async fn honours_retry_after_on_429_then_succeeds() {
     assert_eq!(reqs.len(), 3);
     let s = stats.get("github.status").unwrap();
     assert_eq!((s.ok, s.failed, s.attempts), (2, 0, 3), "{s:?}");
+    assert_eq!(
+        s.rate_limited, 1,
+        "the same TargetStats as the notifiers: {s:?}"
+    );
     assert_eq!(s.last_status, Some(201));
 }
 

@@ -715,6 +715,33 @@ async fn settings_typos_missing_directories_and_duplicate_task_ids_are_refused_u
     assert!(out.contains("channels[0].webhook_url"), "{out}");
     assert!(!out.contains("not a url"), "the value is not echoed: {out}");
 
+    // URLs are checked up front too, named by key and never echoed: the task reporter's
+    // external endpoint and the CI API reporter's base URLs; an out-of-range or misspelt
+    // enum value and a bad duration are not echoed either.
+    std::fs::write(
+        &config,
+        "[manager]\noverflow = \"canary-overflow-77\"\nhandler_timeout = \"canary-duration-77\"\n\
+         [plugins.task-reporter.settings.external]\nendpoint = \"canary-endpoint-77\"\n\
+         [plugins.ci-api-reporter.settings]\ngitlab = { base_url = \"ftp://canary-url-77/\" }\n",
+    )
+    .unwrap();
+    let (code, out) = cli(&["--config", path, "--check-config"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("external.endpoint: not a URL"), "{out}");
+    assert!(
+        out.contains("gitlab.base_url: not an http or https URL with a host"),
+        "{out}"
+    );
+    assert!(
+        out.contains("manager.overflow: invalid value: expected one of"),
+        "{out}"
+    );
+    assert!(
+        out.contains("manager.handler_timeout: not a duration"),
+        "{out}"
+    );
+    assert!(!out.contains("canary"), "no value is echoed: {out}");
+
     // Ids clash between a task file and --task: refused, not a run that never ends.
     let tasks = dir.join("tasks.toml");
     std::fs::write(&tasks, "[[task]]\nid = \"a\"\ncommand = \"true\"\n").unwrap();

@@ -320,72 +320,25 @@ async fn discord_429_with_json_retry_after_is_retried_after_the_wait() {
 // ---------------------------------------------------------------------------------------
 // Telegram
 
-/// Matches a form-encoded body holding exactly these fields.
-struct Form(Vec<(&'static str, String)>);
-
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
-                out.push(u8::from_str_radix(hex, 16).unwrap());
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
-}
-
-fn parse_form(body: &[u8]) -> Vec<(String, String)> {
-    std::str::from_utf8(body)
-        .unwrap()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
-impl Match for Form {
-    fn matches(&self, request: &Request) -> bool {
-        let got = parse_form(&request.body);
-        let want: Vec<(String, String)> = self
-            .0
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect();
-        if got != want {
-            eprintln!("form mismatch:\n got {got:?}\nwant {want:?}");
-        }
-        got == want
-    }
-}
-
 #[tokio::test]
-async fn telegram_send_message_is_form_encoded_html_with_escaping() {
+async fn telegram_send_message_is_a_json_body_with_escaped_html() {
     let server = MockServer::start().await;
     let text = "🔴 <b>Task t1 failed with <code>TimeoutError</code> on worker w3</b>\n\n\
                 • t1 (attempt 1): expected a &lt; b &amp; c &gt; d\n\n\
                 <pre>expected a &lt; b &amp; c &gt; d</pre>\n\n\
                 <b>Events:</b> 1 · <b>Error type:</b> TimeoutError · <b>Worker:</b> w3 · <b>Severity:</b> error";
-    for chat in ["-1001234567890", "@dtf_alerts"] {
+    // The exact body: a numeric chat id is an integer, a username a string, and
+    // `link_preview_options` a JSON object (telegram.yaml: `LinkPreviewOptions`).
+    for chat in [json!(-1001234567890_i64), json!("@dtf_alerts")] {
         Mock::given(method("POST"))
             .and(path("/bot123456:canary-telegram-token/sendMessage"))
-            .and(header("content-type", "application/x-www-form-urlencoded"))
-            .and(Form(vec![
-                ("chat_id", chat.to_owned()),
-                ("text", text.to_owned()),
-                ("parse_mode", "HTML".to_owned()),
-                ("link_preview_options", "{\"is_disabled\":true}".to_owned()),
-            ]))
+            .and(header("content-type", "application/json"))
+            .and(body_json(json!({
+                "chat_id": chat,
+                "text": text,
+                "parse_mode": "HTML",
+                "link_preview_options": { "is_disabled": true },
+            })))
             .respond_with(
                 ResponseTemplate::new(200)
                     .set_body_json(json!({ "ok": true, "result": { "message_id": 1 } })),

@@ -393,6 +393,7 @@ fn message() -> EmailMessage {
         html: Some(
             "<p>12 tasks failed with <code>TimeoutError</code> on worker <b>w3</b>.</p>".to_owned(),
         ),
+        ..EmailMessage::default()
     }
 }
 
@@ -467,6 +468,12 @@ fn assert_message(raw: &str) {
     );
     assert_eq!(mail.header("mime-version"), "1.0");
     assert!(!mail.header("date").is_empty());
+    // Every mail has a Message-ID, on the from address's domain.
+    let id = mail.header("message-id");
+    assert!(
+        id.starts_with('<') && id.ends_with("@example.com>") && !id.contains(' '),
+        "{id}"
+    );
     assert!(
         mail.header("content-type")
             .starts_with("multipart/alternative;")
@@ -583,6 +590,39 @@ async fn starttls_auth_delivers_multipart_to_all_recipients() {
 }
 
 #[tokio::test]
+async fn thread_headers_reach_the_server() {
+    let server = start_server(ServerOptions::new(ServerTls::StartTls).with_auth()).await;
+    let sender = EmailSender::new(&with_credentials(config(&server, Security::StartTls))).unwrap();
+    let root = "<dtf.1.0@example.com>".to_owned();
+    let parent = "<dtf.1.1@example.com>".to_owned();
+    sender
+        .send(&EmailMessage {
+            message_id: Some("<dtf.1.2@example.com>".to_owned()),
+            in_reply_to: Some(parent.clone()),
+            references: vec![root.clone(), parent.clone()],
+            ..message()
+        })
+        .await
+        .unwrap();
+    sender.send(&message()).await.unwrap();
+    let rec = server.recorded();
+    assert_eq!(rec.mails.len(), 2);
+    let reply = Entity::parse(&rec.mails[0].data);
+    assert_eq!(reply.header("message-id"), "<dtf.1.2@example.com>");
+    assert_eq!(reply.header("in-reply-to"), parent);
+    assert_eq!(reply.header("references"), format!("{root} {parent}"));
+    // Without ids set, the sender makes a fresh one, different each time.
+    let plain = Entity::parse(&rec.mails[1].data);
+    assert_ne!(plain.header("message-id"), reply.header("message-id"));
+    assert!(
+        !plain
+            .headers
+            .iter()
+            .any(|(n, _)| n == "in-reply-to" || n == "references")
+    );
+}
+
+#[tokio::test]
 async fn implicit_tls_delivers() {
     let server = start_server(ServerOptions::new(ServerTls::Implicit).with_auth()).await;
     let sender = EmailSender::new(&with_credentials(config(&server, Security::Tls))).unwrap();
@@ -605,6 +645,7 @@ async fn text_only_message_is_a_single_plain_part() {
             subject: "worker w3 lost".to_owned(),
             text: "worker w3 stopped answering".to_owned(),
             html: None,
+            ..EmailMessage::default()
         })
         .await
         .unwrap();
@@ -1305,6 +1346,17 @@ async fn the_notify_plugin_mails_grouped_failures_through_the_email_channel() {
         parts[1].body
     );
     assert_eq!(rec.mails[0].to, ["oncall@example.com", "qa@example.org"]);
+    // Two groups, two threads: distinct Message-IDs, neither replying to the other.
+    let ids: Vec<String> = rec
+        .mails
+        .iter()
+        .map(|m| Entity::parse(&m.data).header("message-id").to_owned())
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+    assert!(
+        ids.iter().all(|id| id.ends_with("@example.com>")),
+        "{ids:?}"
+    );
     drop(rec);
 
     let target = &stats.targets()["oncall-mail"];

@@ -328,7 +328,8 @@ async fn telegram_respects_the_per_chat_and_per_bot_pace() {
     for chat in ["1", "2", "3"] {
         let times: Vec<Duration> = log
             .iter()
-            .filter(|(_, _, b)| b["chat_id"] == chat)
+            // Numeric chat ids go out as JSON integers.
+            .filter(|(_, _, b)| b["chat_id"] == json!(chat.parse::<i64>().unwrap()))
             .map(|(t, _, _)| *t)
             .collect();
         assert_eq!(times.len(), 3);

@@ -1195,6 +1195,52 @@ async fn coordinator_assigns_recovers_and_rejects_on_a_real_bus() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_task_is_assigned_to_another_worker_on_a_real_bus() {
+    let (rec_spec, rec) = RecordingPlugin::spec("rec", HookSet::TASK);
+    let spec =
+        SchedulingCoordinator::spec(Arc::new(Registry::new()), &SchedulerConfig::new("fifo"))
+            .unwrap();
+    let manager = PluginManager::builder()
+        .spec(spec)
+        .spec(rec_spec)
+        .spawn()
+        .await
+        .unwrap();
+    for w in ["w1", "w2"] {
+        manager
+            .publish(EventKind::worker_registered(w, caps(8, &[], 1)))
+            .await
+            .unwrap();
+    }
+    manager
+        .publish(EventKind::task_created("t", "tests::flaky"))
+        .await
+        .unwrap();
+    settle(&manager).await;
+    assert_eq!(assigned(&rec), [("t".into(), "w1".into(), 1)]);
+    // The attempt on w1 fails and will be retried: both workers are free, and the retry goes
+    // to w2, although w1 wins every tie.
+    manager
+        .publish(EventKind::task_started("t", "w1", 1))
+        .await
+        .unwrap();
+    let error = TaskError::builder()
+        .kind("ExitCode(1)")
+        .message("flake")
+        .build();
+    manager
+        .publish(EventKind::task_failed("t", error, true))
+        .await
+        .unwrap();
+    settle(&manager).await;
+    assert_eq!(
+        assigned(&rec),
+        [("t".into(), "w1".into(), 1), ("t".into(), "w2".into(), 2)]
+    );
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_run_replays_in_the_simulator() {
     let (rec_spec, rec) = RecordingPlugin::spec("rec", HookSet::TASK.union(HookSet::WORKER));
     let manager = PluginManager::builder()

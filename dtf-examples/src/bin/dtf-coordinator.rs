@@ -15,7 +15,8 @@ use std::io::Write as _;
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        // Log lines carry task names and errors: keep each one line with no CI command in it.
+        .with_writer(|| dtf_plugins_ci::CiSafeWriter::new(std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),

@@ -234,10 +234,8 @@ impl Reader<'_> {
             IssueKind::InvalidValue,
             &path,
             node.at.clone(),
-            format!(
-                "invalid value \"{s}\": expected one of {}",
-                choices.join(", ")
-            ),
+            // The value itself is never repeated: it could be a secret put under the wrong key.
+            format!("invalid value: expected one of {}", choices.join(", ")),
         );
         issue.suggestion = did_you_mean(s, choices.iter().copied()).map(str::to_owned);
         self.issues.push(issue);
@@ -273,7 +271,9 @@ impl Reader<'_> {
                     IssueKind::InvalidValue,
                     &path,
                     &node.at,
-                    format!("invalid duration \"{s}\": use a number with a unit: ms, s, m or h (e.g. \"30s\")"),
+                    // Never the value itself: it could be a secret put under the wrong key.
+                    "not a duration: use a number with a unit: ms, s, m or h (e.g. \"30s\")"
+                        .to_owned(),
                 );
                 None
             }

@@ -96,9 +96,7 @@ impl AzureDevops {
                 Call::new("azure-devops.test-run", Method::POST, url, Body::Json(body)),
             )
             .await;
-        self.run_id = created
-            .ok()
-            .and_then(|v| v.get("id").and_then(Value::as_u64));
+        self.run_id = http.answer_id("azure-devops.test-run", created);
     }
 
     async fn add_results(&mut self, http: &mut HttpCore, run: &RunResult, all: bool) {

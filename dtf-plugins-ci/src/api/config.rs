@@ -75,6 +75,47 @@ pub struct ApiConfig {
     pub jenkins: JenkinsConfig,
 }
 
+impl ApiConfig {
+    /// Checks what serde cannot: every URL given (`github.base_url`, `gitlab.base_url`,
+    /// `azure_devops.base_url`, `bitbucket.base_url`, `jenkins.build_url`) is an absolute
+    /// `http` or `https` URL with a host. The message names the key, never the value.
+    ///
+    /// # Errors
+    ///
+    /// A message per bad URL, joined with `; `.
+    pub fn validate(&self) -> Result<(), String> {
+        let urls = [
+            ("github.base_url", self.github.base_url.as_deref()),
+            ("gitlab.base_url", self.gitlab.base_url.as_deref()),
+            (
+                "azure_devops.base_url",
+                self.azure_devops.base_url.as_deref(),
+            ),
+            ("bitbucket.base_url", self.bitbucket.base_url.as_deref()),
+            ("jenkins.build_url", self.jenkins.build_url.as_deref()),
+        ];
+        let problems: Vec<String> = urls
+            .into_iter()
+            .filter_map(|(key, url)| check_url(key, url?).err())
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+/// `url` is an absolute `http`/`https` URL with a host; the error names `key`, never `url`
+/// (it may carry a key or a token).
+pub(crate) fn check_url(key: &str, url: &str) -> Result<(), String> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        Ok(_) => Err(format!("{key}: not an http or https URL with a host")),
+        Err(e) => Err(format!("{key}: not a URL ({e})")),
+    }
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {

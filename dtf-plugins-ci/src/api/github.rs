@@ -141,9 +141,7 @@ impl Github {
                     Call::new("github.check-run", Method::POST, url, Body::Json(body)),
                 )
                 .await;
-            self.check_run = created
-                .ok()
-                .and_then(|v| v.get("id").and_then(Value::as_u64));
+            self.check_run = http.answer_id("github.check-run", created);
         }
         self.post_status(http, "pending", "dtf: running").await;
     }

@@ -7,29 +7,14 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use serde::Serialize;
 
 use crate::error::CiError;
 use crate::retry::{Jitter, RetryPolicy, is_retryable_status, parse_retry_after};
 use dtf_plugin_core::Secret;
 
-/// What happened to the calls of one target (e.g. `github.check-run`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct TargetStats {
-    /// Calls that succeeded (after any retries).
-    pub ok: u64,
-    /// Calls that failed for good.
-    pub failed: u64,
-    /// HTTP attempts, retries included.
-    pub attempts: u64,
-    /// The last error, without secrets.
-    pub last_error: Option<String>,
-    /// The HTTP status of the last attempt that got a response.
-    pub last_status: Option<u16>,
-    /// How long the last attempt took.
-    pub last_latency: Option<Duration>,
-}
+/// What happened to the calls of one target (e.g. `github.check-run`): the type the notify
+/// channels use too, from [`dtf_plugin_core::retry`].
+pub use dtf_plugin_core::retry::TargetStats;
 
 /// Per-target statistics of the API calls, shared between the reporter and whoever holds a
 /// clone (cloning shares, it does not copy).
@@ -134,6 +119,39 @@ impl HttpCore {
         })
     }
 
+    /// The numeric `id` of an answer that must carry one (a created test run or check run),
+    /// or `None`. A call that failed is already counted; an answer that succeeded but has no
+    /// `id` this client understands (missing, not a number) is counted as a failure of
+    /// `target` (moved from `ok` to `failed`) and logged, never silently skipped.
+    pub(crate) fn answer_id(
+        &self,
+        target: &'static str,
+        answer: Result<serde_json::Value, CiError>,
+    ) -> Option<u64> {
+        let value = answer.ok()?;
+        let id = value.get("id");
+        let parsed = id.and_then(|id| match id {
+            serde_json::Value::Number(n) => n.as_u64(),
+            serde_json::Value::String(s) => s.parse().ok(),
+            _ => None,
+        });
+        if parsed.is_none() {
+            // Name the shape, never the values: an answer may echo what we sent.
+            let found = match id {
+                None => "no `id`".to_owned(),
+                Some(v) => format!("an `id` that is not a whole number ({})", json_type(v)),
+            };
+            let message = format!("unusable answer: {found}; later calls that need it are skipped");
+            tracing::warn!(target_name = target, error = %message, "API answer not understood; the run goes on");
+            self.stats.update(target, |s| {
+                s.ok = s.ok.saturating_sub(1);
+                s.failed += 1;
+                s.last_error = Some(message);
+            });
+        }
+        parsed
+    }
+
     /// Sends `call` with `auth` and `headers`, retrying transient failures, and returns the
     /// JSON response (`null` when the body is empty or not JSON). The outcome is counted in
     /// the stats and a failure is logged.
@@ -156,8 +174,12 @@ impl HttpCore {
             let (retry_after, message) = match result {
                 Ok(resp) => {
                     let status = resp.status();
-                    self.stats
-                        .update(call.target, |s| s.last_status = Some(status.as_u16()));
+                    self.stats.update(call.target, |s| {
+                        s.last_status = Some(status.as_u16());
+                        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                            s.rate_limited += 1;
+                        }
+                    });
                     if status.is_success() || status.is_redirection() {
                         let text = resp.text().await.unwrap_or_default();
                         self.stats.update(call.target, |s| s.ok += 1);
@@ -259,4 +281,15 @@ pub(crate) async fn failed_answer(resp: reqwest::Response) -> (Option<Duration>,
     let text = resp.text().await.unwrap_or_default();
     let message = format!("HTTP {status}: {}", crate::markdown::short(&text, 200));
     (retry_after, message)
+}
+
+fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }

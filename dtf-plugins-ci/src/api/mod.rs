@@ -17,6 +17,7 @@ pub(crate) mod gitlab;
 pub(crate) mod http;
 pub(crate) mod jenkins;
 
+pub(crate) use config::check_url;
 pub use config::{
     ApiConfig, ApiService, AzureDevopsConfig, BitbucketConfig, GithubConfig, GitlabConfig,
     JenkinsConfig,

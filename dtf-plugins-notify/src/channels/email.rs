@@ -8,12 +8,14 @@
 
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::{Mutex, PoisonError};
 
 use super::{Channel, ChannelBuilder};
 use crate::config::{channel_name, interval};
 use crate::deliver::{Attempt, Deliverer, DeliveryError, GateSpec};
-use crate::email::{EmailConfig, EmailMessage, EmailSender};
+use crate::email::{EmailConfig, EmailMessage, EmailSender, fresh_message_id};
 use crate::error::NotifyError;
 use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
 use crate::format::{escape_html, truncate};
@@ -53,6 +55,41 @@ struct Email {
     filter: Filter,
     gate: GateSpec,
     sender: EmailSender,
+    threads: Threads,
+}
+
+/// Message ids and threading: the messages of one notification group (one `group_key`, from
+/// `sequence` 1 on) form one thread. The first is its root; each later one replies to the
+/// previous one and references the root, so mail clients thread them. A group that starts
+/// again at sequence 1 (after going idle) starts a new thread.
+#[derive(Debug, Default)]
+struct Threads {
+    /// Per group key: the root's id and the last id sent.
+    groups: Mutex<HashMap<String, (String, String)>>,
+}
+
+impl Threads {
+    /// `mail` with a fresh `Message-ID` for `msg`'s place in its group's thread.
+    fn thread(&self, mut mail: EmailMessage, msg: &Notification, domain: &str) -> EmailMessage {
+        let id = fresh_message_id(domain);
+        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        match groups.get_mut(&msg.group_key) {
+            Some((root, last)) if msg.sequence > 1 => {
+                mail.in_reply_to = Some(last.clone());
+                mail.references = if root == last {
+                    vec![root.clone()]
+                } else {
+                    vec![root.clone(), last.clone()]
+                };
+                last.clone_from(&id);
+            }
+            _ => {
+                groups.insert(msg.group_key.clone(), (id.clone(), id.clone()));
+            }
+        }
+        mail.message_id = Some(id);
+        mail
+    }
 }
 
 impl ChannelBuilder for EmailChannelConfig {
@@ -74,6 +111,7 @@ impl ChannelBuilder for EmailChannelConfig {
             name,
             filter,
             sender,
+            threads: Threads::default(),
         })])
     }
 }
@@ -121,6 +159,7 @@ pub(crate) fn message(msg: &Notification) -> EmailMessage {
         subject,
         text,
         html: Some(html),
+        ..EmailMessage::default()
     }
 }
 
@@ -144,7 +183,8 @@ impl Channel for Email {
     }
 
     async fn deliver(&self, msg: &Notification, d: &Deliverer) -> Result<(), DeliveryError> {
-        let mail = message(msg);
+        // Ids are fixed before the first attempt, so a retried mail keeps its id.
+        let mail = self.threads.thread(message(msg), msg, self.sender.domain());
         d.run(&self.name, &self.gate, || async {
             match self.sender.send(&mail).await {
                 Ok(()) => Attempt::Done {
@@ -165,6 +205,56 @@ impl Channel for Email {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn in_group(key: &str, sequence: u64) -> Notification {
+        Notification {
+            kind: Hook::TaskFailed,
+            severity: Severity::Error,
+            group_key: key.to_owned(),
+            fingerprint: "f".to_owned(),
+            title: vec![Span::Text("t".to_owned())],
+            count: 1,
+            items: vec![],
+            more: 0,
+            facts: vec![],
+            detail: None,
+            first_seen: SystemTime::UNIX_EPOCH,
+            last_seen: SystemTime::UNIX_EPOCH,
+            sequence,
+        }
+    }
+
+    #[test]
+    fn messages_of_one_group_form_a_thread() {
+        let threads = Threads::default();
+        let mail = |key, seq| threads.thread(EmailMessage::default(), &in_group(key, seq), "x.org");
+        let a1 = mail("a", 1);
+        let b1 = mail("b", 1);
+        let a2 = mail("a", 2);
+        let a3 = mail("a", 3);
+        let ids: Vec<String> = [&a1, &b1, &a2, &a3]
+            .iter()
+            .map(|m| m.message_id.clone().unwrap())
+            .collect();
+        assert!(
+            ids.iter()
+                .all(|id| id.starts_with("<dtf.") && id.ends_with("@x.org>"))
+        );
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), 4, "{ids:?}");
+        // The first of each group is a root.
+        assert_eq!((a1.in_reply_to.clone(), a1.references.len()), (None, 0));
+        assert_eq!((b1.in_reply_to.clone(), b1.references.len()), (None, 0));
+        // Later ones reply to the previous one and reference the root.
+        assert_eq!(a2.in_reply_to, a1.message_id);
+        assert_eq!(a2.references, vec![ids[0].clone()]);
+        assert_eq!(a3.in_reply_to, a2.message_id);
+        assert_eq!(a3.references, vec![ids[0].clone(), ids[2].clone()]);
+        // A group starting again at 1 starts a new thread.
+        let again = mail("a", 1);
+        assert_eq!((again.in_reply_to, again.references.len()), (None, 0));
+        assert_eq!(mail("a", 2).in_reply_to, again.message_id);
+    }
     use crate::message::Severity;
     use dtf_plugin_core::event::Hook;
     use std::time::SystemTime;

@@ -1,7 +1,8 @@
 //! Telegram: Bot API `sendMessage` in HTML parse mode.
 //!
-//! Request (see `telegram.yaml`): `POST {base_url}/bot<token>/sendMessage`, form-encoded
-//! `chat_id`, `text`, `parse_mode=HTML`, `link_preview_options={"is_disabled":true}`. The text
+//! Request (see `telegram.yaml`): `POST {base_url}/bot<token>/sendMessage` with a JSON body
+//! `{"chat_id", "text", "parse_mode": "HTML", "link_preview_options": {"is_disabled": true}}`
+//! (a numeric chat id as a JSON integer; object parameters as JSON objects, not strings). The text
 //! escapes `&`, `<`, `>` (and `"`) everywhere it is not markup, and is kept under Telegram's
 //! 4096 characters. One channel per chat id, named `<name>/<chat_id>`; each chat has its own
 //! gate (about one message per second), and all chats of one bot share a gate of about 30
@@ -18,7 +19,7 @@ use crate::error::NotifyError;
 use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
 use crate::format::{escape_html, lines_within, truncate};
 use crate::message::{Notification, Severity, Span};
-use crate::transport::{Body, HttpRequest, HttpResponse, Method};
+use crate::transport::{HttpRequest, HttpResponse};
 
 /// `type = "telegram"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -181,27 +182,23 @@ impl Channel for Telegram {
     channel_accessors!("telegram");
 
     fn render(&self, msg: &Notification) -> Value {
+        // A numeric chat id goes out as a JSON integer, a `@username` as a string (the
+        // spec's `anyOf: [integer, string]`); object parameters are JSON objects.
+        let chat_id = self
+            .chat_id
+            .parse::<i64>()
+            .map_or_else(|_| json!(self.chat_id), |n| json!(n));
         json!({
-            "chat_id": self.chat_id,
+            "chat_id": chat_id,
             "text": html(msg),
             "parse_mode": "HTML",
-            "link_preview_options": "{\"is_disabled\":true}",
+            "link_preview_options": { "is_disabled": true },
         })
     }
 
     async fn deliver(&self, msg: &Notification, d: &Deliverer) -> Result<(), DeliveryError> {
-        let form = vec![
-            ("chat_id".to_owned(), self.chat_id.clone()),
-            ("text".to_owned(), html(msg)),
-            ("parse_mode".to_owned(), "HTML".to_owned()),
-            (
-                "link_preview_options".to_owned(),
-                "{\"is_disabled\":true}".to_owned(),
-            ),
-        ];
-        let mut req = HttpRequest::post_json("telegram sendMessage", self.url.clone(), Value::Null);
-        req.method = Method::Post;
-        req.body = Body::Form(form);
+        let req =
+            HttpRequest::post_json("telegram sendMessage", self.url.clone(), self.render(msg));
         d.send(&self.name, &self.gate, req, check).await?;
         Ok(())
     }
