@@ -232,13 +232,18 @@ impl Rates {
     /// The median rate over the measured samples (the last `SAMPLES` calls; the calls before
     /// them were criterion's warm-up).
     fn median(&self, case: &str) -> f64 {
+        self.quantile(case, 0.5)
+    }
+
+    /// The `q` quantile (0 to 1) of the rate over the measured samples.
+    fn quantile(&self, case: &str, q: f64) -> f64 {
         let map = self.0.lock().expect("rates");
         let Some(v) = map.get(case) else {
             return f64::NAN;
         };
         let mut v = v[v.len().saturating_sub(SAMPLES)..].to_vec();
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        v[((v.len() - 1) as f64 * q).round() as usize]
     }
 }
 
@@ -898,9 +903,14 @@ fn main() {
             (lo.min(r), hi.max(r))
         });
         let list: Vec<String> = p.iter().map(|r| format!("{:.2}", r / 1e6)).collect();
-        let measured = rates.median(&format!("broadcast/{k}"));
+        let case = format!("broadcast/{k}");
+        let (measured, low, high) = (
+            rates.median(&case),
+            rates.quantile(&case, 0.0),
+            rates.quantile(&case, 1.0),
+        );
         println!(
-            "broadcast/{k} probes on fresh channels (M/s): {}; spread {:.2}x{}; measured on the fastest: {}{}",
+            "broadcast/{k} probes on fresh channels (M/s): {}; spread {:.2}x{}; measured on the fastest: median {} (samples {} to {}){}",
             list.join(", "),
             hi / lo,
             if hi / lo > 1.25 {
@@ -909,11 +919,24 @@ fn main() {
                 ""
             },
             fmt(measured),
+            fmt(low),
+            fmt(high),
             if measured < 0.8 * hi {
                 " (BELOW the best probe by over 20 %: broadcast fell into its slow mode, rerun)"
             } else {
                 ""
             }
+        );
+        // The fast mode: the upper quartile of criterion's samples, or the best probe if
+        // higher. The ratio against it is the one that cannot flatter dtf.
+        let fast = rates.quantile(&case, 0.75).max(hi);
+        let single = rates.median(&format!("single/{k}"));
+        println!(
+            "  dtf single/{k} {} vs broadcast median {}, vs broadcast fast mode ({}) {}",
+            fmt(single),
+            ratio(single, measured),
+            fmt(fast),
+            ratio(single, fast)
         );
     }
 
