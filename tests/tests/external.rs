@@ -992,16 +992,16 @@ async fn a_fixed_version_restarts_a_plugin_disabled_by_failures() {
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
 }
 
-/// A plugin runs in its own process group, killed as a whole when the plugin goes: a process
-/// the plugin started (here a `sleep` left running by its launcher script) does not outlive it.
+/// Starts the Python test plugin through a shell `launcher` that first runs `spawn` in the
+/// background and writes its pid to `child.pid` in the plugin's folder; publishes one event
+/// so the plugin is surely up. Returns the manager and the background process's `/proc` dir.
 #[cfg(target_os = "linux")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn processes_a_plugin_started_do_not_outlive_it() {
-    let dir = temp_dir("group");
+async fn plugin_with_a_background_child(dir: &str, spawn: &str) -> (PluginManager, PathBuf) {
+    let dir = temp_dir(dir);
     let folder = write_plugin(&dir, "launcher", "", &[]);
     std::fs::write(
         folder.join("run.sh"),
-        "sleep 300 &\necho $! > \"$DTF_PLUGIN_DIR/child.pid\"\nexec python3 plugin.py\n",
+        format!("{spawn} &\necho $! > \"$DTF_PLUGIN_DIR/child.pid\"\nexec python3 plugin.py\n"),
     )
     .unwrap();
     let manifest = folder.join("plugin.toml");
@@ -1025,19 +1025,29 @@ async fn processes_a_plugin_started_do_not_outlive_it() {
         .unwrap();
     flushed(&manager).await;
     let pid = std::fs::read_to_string(folder.join("child.pid")).unwrap();
-    let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
-    assert!(
-        proc_dir.exists(),
-        "the plugin's own child runs while it does"
-    );
+    (manager, PathBuf::from(format!("/proc/{}", pid.trim())))
+}
+
+/// Whether the process of `proc_dir` runs (exists and is not a zombie waiting for its reaper).
+#[cfg(target_os = "linux")]
+fn runs(proc_dir: &std::path::Path) -> bool {
+    std::fs::read_to_string(proc_dir.join("stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            != Some("Z")
+    })
+}
+
+/// A plugin runs in its own process group, killed as a whole when the plugin goes: a process
+/// the plugin started (here a `sleep` left running by its launcher script) does not outlive it.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_a_plugin_started_do_not_outlive_it() {
+    let (manager, child) = plugin_with_a_background_child("group", "sleep 300").await;
+    assert!(runs(&child), "the plugin's own child runs while it does");
     let report = manager.shutdown(ShutdownReason::Completed).await;
     assert!(report.clean, "{report:?}");
-    let gone = common::eventually(Duration::from_secs(5), || {
-        // Gone, or a zombie waiting for init to reap it.
-        std::fs::read_to_string(proc_dir.join("stat"))
-            .map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
-    })
-    .await;
+    let gone = common::eventually(Duration::from_secs(5), || !runs(&child)).await;
     assert!(gone, "the plugin's child was killed with it");
 }
 
@@ -1047,57 +1057,20 @@ async fn processes_a_plugin_started_do_not_outlive_it() {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_descendant_that_called_setsid_does_not_outlive_the_plugin() {
-    let dir = temp_dir("setsid");
-    let folder = write_plugin(&dir, "escaper", "", &[]);
-    std::fs::write(
-        folder.join("run.sh"),
-        "setsid sleep 300 &\necho $! > \"$DTF_PLUGIN_DIR/child.pid\"\nexec python3 plugin.py\n",
-    )
-    .unwrap();
-    let manifest = folder.join("plugin.toml");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(
-        &manifest,
-        text.replace("command = \"python3\"", "command = \"sh\"")
-            .replace("args = [\"plugin.py\"]", "args = [\"run.sh\"]"),
-    )
-    .unwrap();
-    let mut registry = PluginRegistry::new();
-    external::register_dirs(&mut registry, std::slice::from_ref(&dir));
-    let manager = PluginManager::builder()
-        .spec(spec_from(&registry, "escaper"))
-        .spawn()
-        .await
-        .unwrap();
-    manager
-        .publish(EventKind::task_created("t1", "x"))
-        .await
-        .unwrap();
-    flushed(&manager).await;
-    let pid = std::fs::read_to_string(folder.join("child.pid")).unwrap();
-    let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
-    let running = |proc_dir: &PathBuf| {
-        std::fs::read_to_string(proc_dir.join("stat")).is_ok_and(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().next())
-                != Some("Z")
-        })
-    };
-    assert!(
-        running(&proc_dir),
-        "the plugin's setsid child runs while it does"
-    );
-    // It really left the plugin's group and session.
-    let stat = std::fs::read_to_string(proc_dir.join("stat")).unwrap();
+    let (manager, child) = plugin_with_a_background_child("setsid", "setsid sleep 300").await;
+    assert!(runs(&child), "the plugin's setsid child runs while it does");
+    // It really left the plugin's group and session: it leads a session of its own.
+    let stat = std::fs::read_to_string(child.join("stat")).unwrap();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .unwrap()
         .1
         .split_whitespace()
         .collect();
-    assert_eq!(fields[3], pid.trim(), "its own session: {stat}");
+    let pid = child.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(fields[3], pid, "its own session: {stat}");
     let report = manager.shutdown(ShutdownReason::Completed).await;
     assert!(report.clean, "{report:?}");
-    let gone = common::eventually(Duration::from_secs(5), || !running(&proc_dir)).await;
+    let gone = common::eventually(Duration::from_secs(5), || !runs(&child)).await;
     assert!(gone, "the plugin's setsid child outlived it");
 }
