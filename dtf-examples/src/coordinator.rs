@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dtf_cluster::{Hub, HubNote};
 use dtf_plugin_core::ShutdownReport;
 use dtf_plugin_core::config::{
     self, Config, ConfigErrors, ConfigIssue, ConfigLoader, IssueKind, Origin,
@@ -82,6 +83,9 @@ pub struct CoordinatorOptions {
     pub handle_ctrl_c: bool,
     /// `--ui ADDR`: serve the web console there ([`crate::console`]). Default: off.
     pub ui: Option<std::net::SocketAddr>,
+    /// `--listen ADDR` and friends: accept remote workers (`dtf-worker`, docs/cluster.md).
+    /// Default: off.
+    pub cluster: Option<crate::remote::ClusterOptions>,
 }
 
 impl Default for CoordinatorOptions {
@@ -101,6 +105,7 @@ impl Default for CoordinatorOptions {
             run_timeout: None,
             handle_ctrl_c: false,
             ui: None,
+            cluster: None,
         }
     }
 }
@@ -355,9 +360,10 @@ impl Coordinator {
                 dup.id
             )));
         }
-        if options.workers == 0 {
+        if options.workers == 0 && options.cluster.is_none() {
             return Err(CoordinatorError::Usage(
-                "--workers: must be at least 1".to_owned(),
+                "--workers: must be at least 1 (0 only with --listen: remote workers only)"
+                    .to_owned(),
             ));
         }
         Ok(Self {
@@ -485,6 +491,47 @@ impl Coordinator {
             let id = id.clone();
             watch.spawn(async move { (id, handle.await) });
         };
+        // Remote workers: the hub registers them on the bus; their mailboxes forward to it.
+        let mut remote_ids: Vec<WorkerId> = Vec::new();
+        let (hub, mut hub_notes) = match &options.cluster {
+            Some(cluster) => {
+                let (hub, notes) = Hub::start(cluster.hub_config()?, manager.bus()).await?;
+                (Some(Arc::new(hub)), Some(notes))
+            }
+            None => (None, None),
+        };
+        let on_hub_note = |note: HubNote, remote_ids: &mut Vec<WorkerId>| {
+            if let (HubNote::Registered(worker), Some(hub)) = (note, &hub) {
+                let (tx, rx) = mpsc::unbounded_channel();
+                pool.attach(&worker, tx);
+                crate::remote::forward(Arc::clone(hub), worker.clone(), rx);
+                remote_ids.push(worker);
+            }
+        };
+        if let (Some(cluster), Some(notes)) = (&options.cluster, hub_notes.as_mut()) {
+            if options.workers == 0 {
+                let min = cluster.min_workers as usize;
+                let mut said = tokio::time::Instant::now();
+                tracing::warn!(
+                    listen = %cluster.listen,
+                    "waiting for {min} remote worker(s) to register"
+                );
+                while remote_ids.len() < min {
+                    tokio::select! {
+                        Some(note) = notes.recv() => on_hub_note(note, &mut remote_ids),
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        () = ctrl_c(options.handle_ctrl_c) => break,
+                    }
+                    if said.elapsed() >= Duration::from_secs(5) {
+                        said = tokio::time::Instant::now();
+                        tracing::warn!(
+                            "waiting for remote workers: {} of {min} registered",
+                            remote_ids.len()
+                        );
+                    }
+                }
+            }
+        }
         let capabilities = Capabilities::builder().cpu_cores(1).slots(1).build();
         for id in &ids {
             spawn(id, &mut aborts, &mut watch);
@@ -527,6 +574,7 @@ impl Coordinator {
                         failed += 1;
                     }
                 }
+                Some(note) = recv_some(&mut hub_notes) => on_hub_note(note, &mut remote_ids),
                 Some(note) = notes_rx.recv() => {
                     let WorkerNote::Started { worker, task, attempt } = note;
                     if attempt == 1 && to_kill.remove(&task) {
@@ -570,7 +618,7 @@ impl Coordinator {
             ShutdownReason::Requested => "the run was interrupted",
             _ => "the run timed out",
         };
-        for id in &ids {
+        for id in ids.iter().chain(&remote_ids) {
             pool.close_worker(id);
             bus.publish(EventKind::worker_disconnected(id.clone(), why))
                 .await?;
@@ -607,6 +655,9 @@ impl Coordinator {
         if let Some(console) = console {
             console.stop().await;
         }
+        if let Some(hub) = &hub {
+            hub.shutdown().await;
+        }
         let shutdown = manager.shutdown(reason).await;
         Ok(RunReport {
             tasks: total,
@@ -617,6 +668,14 @@ impl Coordinator {
             run: reporter.as_ref().map(TaskReporterHandle::run),
             shutdown,
         })
+    }
+}
+
+/// The next item of an optional receiver; pending forever without one.
+async fn recv_some<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -706,6 +765,12 @@ running:
   --run-timeout SECS      cancel what is left after SECS
   --kill-worker-on-start TASK   fault injection: kill the worker when TASK starts (repeatable)
   --progress auto|never   live progress line (default auto: when stdout is a terminal)
+  --listen ADDR           accept remote workers (dtf-worker) on ADDR, e.g. 127.0.0.1:7700
+                          (TLS: --tls-cert FILE --tls-key FILE, or --insecure-cluster;
+                          cookie: DTF_CLUSTER_COOKIE or --cookie-file FILE; docs/cluster.md)
+  --min-workers N         with --workers 0: wait for N remote workers (default 1)
+  --heartbeat-timeout SECS  a silent remote worker is disconnected after SECS (default 10)
+  --reconnect-grace SECS  then its tasks are re-queued after SECS more (default 10)
   --ui ADDR               serve the web console on ADDR, e.g. 127.0.0.1:8080 (default off;
                           token from DTF_UI_TOKEN or DTF_UI_TOKEN_FILE, else generated; docs/web-console.md)
 
@@ -732,6 +797,13 @@ fn list(value: &str) -> impl Iterator<Item = String> + '_ {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
+}
+
+/// The cluster options, created with the default address by the first cluster flag.
+fn cluster(o: &mut CoordinatorOptions) -> &mut crate::remote::ClusterOptions {
+    o.cluster.get_or_insert_with(|| {
+        crate::remote::ClusterOptions::new(std::net::SocketAddr::from(([127, 0, 0, 1], 7700)))
+    })
 }
 
 fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, CoordinatorError> {
@@ -773,6 +845,7 @@ impl Cli {
                 "--print-config" => cli.print_config = true,
                 "--check-config" => cli.check_config = true,
                 "--disable-plugins" => o.plugins.disable_all = true,
+                "--insecure-cluster" => cluster(o).insecure = true,
                 "-h" | "--help" => cli.help = true,
                 _ => {
                     if !flag.starts_with("--") {
@@ -812,6 +885,23 @@ impl Cli {
                         "--set" => o.config_overrides.push(value),
                         "--plugin-dirs" => o.plugin_dirs.extend(list(&value).map(PathBuf::from)),
                         "--ui" => o.ui = Some(crate::console::parse_ui(&value)?),
+                        "--listen" => {
+                            let addr = value.parse().map_err(|e| {
+                                CoordinatorError::Usage(format!(
+                                    "--listen: expected HOST:PORT such as {}, got `{value}`: {e}",
+                                    crate::remote::DEFAULT_LISTEN
+                                ))
+                            })?;
+                            cluster(o).listen = addr;
+                        }
+                        "--min-workers" => cluster(o).min_workers = number(&flag, &value)?,
+                        "--tls-cert" => cluster(o).tls_cert = Some(PathBuf::from(value)),
+                        "--tls-key" => cluster(o).tls_key = Some(PathBuf::from(value)),
+                        "--cookie-file" => cluster(o).cookie_file = Some(PathBuf::from(value)),
+                        "--heartbeat-timeout" => {
+                            cluster(o).heartbeat_timeout = seconds(&flag, &value)?
+                        }
+                        "--reconnect-grace" => cluster(o).reconnect_grace = seconds(&flag, &value)?,
                         _ => {
                             return Err(CoordinatorError::Usage(format!(
                                 "unknown flag `{flag}` (see --help)"

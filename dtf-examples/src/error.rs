@@ -55,6 +55,9 @@ pub enum CoordinatorError {
     /// The web console (`--ui`) could not start.
     #[error("--ui: {0}")]
     Console(#[from] dtf_console::ConsoleError),
+    /// The cluster layer (`--listen`, `dtf-worker`): a cookie, certificate or address problem.
+    #[error("{0}")]
+    Cluster(#[from] dtf_cluster::ClusterError),
     /// The bus closed while the coordinator was publishing.
     #[error("{0}")]
     Publish(#[from] dtf_plugin_core::PublishError),

@@ -103,6 +103,12 @@ impl WorkerPool {
         ))
     }
 
+    /// Attaches a mailbox for worker `id` that is not a local actor (a remote worker: the
+    /// jobs are forwarded to it, [`crate::remote`]).
+    pub fn attach(&self, id: &WorkerId, mailbox: mpsc::UnboundedSender<Job>) {
+        self.lock().mailboxes.insert(id.clone(), mailbox);
+    }
+
     /// Closes worker `id`'s mailbox: the actor ends after its current job.
     pub fn close_worker(&self, id: &WorkerId) {
         self.lock().mailboxes.remove(id);
@@ -290,13 +296,77 @@ pub async fn run_job(job: &Job) -> JobResult {
     }
 }
 
+/// The watchdog of [`kill_tasks_on_exit`]: a `sh` reading `+ PGID` / `- PGID` lines; at end
+/// of input (this process died, however) it kills the groups still listed.
+const WATCHDOG: &str = r#"trap '' INT TERM HUP
+l=" "
+while read -r op g; do
+  case $op in
+    +) l="$l$g " ;;
+    -) n=" "; for x in $l; do [ "$x" = "$g" ] || n="$n$x "; done; l=$n ;;
+  esac
+done
+for g in $l; do kill -KILL "-$g" 2>/dev/null; done"#;
+
+static WATCHDOG_PIPE: Mutex<Option<std::process::ChildStdin>> = Mutex::new(None);
+
+/// Makes every task process group started from now on die with this process, even when it
+/// is killed with `SIGKILL` (which runs no destructor): a watchdog process in its own group
+/// holds the read end of a pipe; when this process ends, the pipe closes and the watchdog
+/// kills the groups of the tasks still running. `dtf-worker` and `dtf-coordinator` call it
+/// at start.
+///
+/// # Errors
+///
+/// The watchdog (`sh`) could not be started.
+pub fn kill_tasks_on_exit() -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(WATCHDOG)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    *WATCHDOG_PIPE.lock().unwrap_or_else(PoisonError::into_inner) = child.stdin.take();
+    Ok(())
+}
+
+fn tell_watchdog(op: char, pgid: u32) {
+    use std::io::Write as _;
+    let mut pipe = WATCHDOG_PIPE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(stdin) = pipe.as_mut() {
+        if writeln!(stdin, "{op} {pgid}").is_err() {
+            *pipe = None;
+        }
+    }
+}
+
 /// Kills a process group when dropped, unless disarmed: a timed-out attempt, or a worker
 /// killed mid-task (its future is dropped), leaves no process behind.
 struct GroupGuard(Option<u32>);
 
+impl GroupGuard {
+    fn new(pgid: Option<u32>) -> Self {
+        if let Some(pgid) = pgid {
+            tell_watchdog('+', pgid);
+        }
+        Self(pgid)
+    }
+
+    /// The group exited by itself: nothing to kill.
+    fn disarm(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            tell_watchdog('-', pgid);
+        }
+    }
+}
+
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pgid) = self.0.take() {
+            tell_watchdog('-', pgid);
             // `kill` on a negative pid signals the whole group; std has no killpg without
             // unsafe code. A group that already exited makes `kill` fail, which is fine.
             let _ = std::process::Command::new("kill")
@@ -333,7 +403,7 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
             };
         }
     };
-    let mut guard = GroupGuard(child.id());
+    let mut guard = GroupGuard::new(child.id());
     let waited = tokio::time::timeout(timeout, child.wait_with_output()).await;
     let out = match waited {
         Err(_) => {
@@ -355,7 +425,7 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
         }
         Ok(Ok(out)) => out,
     };
-    guard.0 = None;
+    guard.disarm();
     let duration = started.elapsed();
     let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
     output.push_str(&String::from_utf8_lossy(&out.stderr));

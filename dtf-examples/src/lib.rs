@@ -39,6 +39,7 @@ mod error;
 pub mod executor;
 pub mod plugin_cli;
 pub mod progress;
+pub mod remote;
 pub mod scheduler_settings;
 pub mod taskfile;
 

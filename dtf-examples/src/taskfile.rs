@@ -26,7 +26,7 @@ use serde::Deserialize;
 use crate::error::CoordinatorError;
 
 /// What a task does.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum TaskKind {
     /// A shell command, run with `sh -c`.
@@ -40,8 +40,8 @@ pub enum TaskKind {
     },
 }
 
-/// One task of a run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One task of a run. It travels to remote workers as JSON ([`crate::remote`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct TaskDef {
     /// Unique id.

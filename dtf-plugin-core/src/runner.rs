@@ -34,6 +34,11 @@ pub(crate) enum PluginMsg {
     },
 }
 
+// ractor's `cluster` feature (linked by `dtf-cluster`) drops its blanket `Message` impl; the
+// message never leaves the process, so the default (non-serializable) methods are right.
+#[cfg(feature = "cluster")]
+impl ractor::Message for PluginMsg {}
+
 /// How a plugin's shutdown went.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ShutdownOutcome {

@@ -22,8 +22,10 @@ use crate::registry::Registry;
 /// - `TaskAssigned` for each placement (attempt 1, then + 1 for each re-placement);
 /// - `TaskFailed` with error kind `Unschedulable` and `retryable: false` (and a warning in
 ///   the log) for a task no registered worker can run;
-/// - `RecoveryStarted` then `RecoveryCompleted` when a lost worker's tasks are re-queued,
-///   followed by their new `TaskAssigned`.
+/// - `RecoveryStarted` then `RecoveryCompleted` when a failed worker's tasks are re-queued
+///   (on `WorkerFailed`), followed by their new `TaskAssigned`. `WorkerDisconnected` only
+///   takes the worker out of service: its tasks wait for it (it may reconnect) until
+///   `WorkerFailed` or `WorkerRecovered`.
 ///
 /// A retryable `TaskFailed` queues the task again; a non-retryable one, a `TaskCompleted` or
 /// a `TaskCancelled` forgets it. Its configuration is a [`SchedulerConfig`]; an unknown
@@ -196,7 +198,9 @@ impl Plugin for SchedulingCoordinator {
             }
             EventKind::WorkerRecovered(w) => engine.recover_worker(&w.worker),
             EventKind::WorkerFailed(w) => recover(ctx, engine, &w.worker, seq, now),
-            EventKind::WorkerDisconnected(w) => recover(ctx, engine, &w.worker, seq, now),
+            // A disconnected worker may come back (a remote one within its reconnect grace):
+            // nothing new goes to it, its tasks wait; `WorkerFailed` re-queues them.
+            EventKind::WorkerDisconnected(w) => engine.suspend_worker(&w.worker),
             _ => Ok(()),
         };
         if let Err(e) = result {

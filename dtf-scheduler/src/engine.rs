@@ -300,6 +300,21 @@ impl Engine {
         Ok(requeued)
     }
 
+    /// Takes a worker out of service without taking its tasks away: it disconnected and may
+    /// come back (a remote worker within its reconnect grace, docs/cluster.md). Nothing new
+    /// is placed on it until [`recover_worker`](Self::recover_worker); its running tasks stay
+    /// bound to it until they finish or [`lose_worker`](Self::lose_worker) re-queues them.
+    ///
+    /// # Errors
+    ///
+    /// [`SchedulerError::UnknownWorker`] if no worker has this id.
+    pub fn suspend_worker(&mut self, id: &WorkerId) -> Result<(), SchedulerError> {
+        let w = self.worker_id(id)?;
+        self.workers[w as usize].up = false;
+        self.refresh_free(w);
+        Ok(())
+    }
+
     /// Puts a lost worker back in service, with the capabilities it had.
     ///
     /// # Errors

@@ -22,6 +22,10 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
+    // Task process groups die with the coordinator, even on SIGKILL.
+    if let Err(e) = dtf_examples::executor::kill_tasks_on_exit() {
+        tracing::warn!(error = %e, "no watchdog: task processes may outlive a killed coordinator");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -104,6 +104,11 @@ pub(crate) enum ManagerMsg {
     StopPlugins(RpcReplyPort<Vec<(String, Option<ActorRef<PluginMsg>>)>>),
 }
 
+// ractor's `cluster` feature (linked by `dtf-cluster`) drops its blanket `Message` impl; the
+// message never leaves the process, so the default (non-serializable) methods are right.
+#[cfg(feature = "cluster")]
+impl ractor::Message for ManagerMsg {}
+
 pub(super) struct ManagerActor;
 
 pub(super) struct ManagerState {

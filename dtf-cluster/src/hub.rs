@@ -1,0 +1,614 @@
+//! The coordinator's side: [`Hub`] accepts worker nodes, registers them on the bus, sends
+//! them jobs and applies their events exactly once per attempt.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dtf_plugin_core::Bus;
+use dtf_plugin_core::event::{Capabilities, EventKind, TaskId, WorkerId};
+use ractor::{Actor, ActorRef};
+use ractor_cluster::NodeServerMessage;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::ClusterError;
+use crate::config::{Cookie, DEFAULT_MAX_FRAME, Timing, Transport};
+use crate::net::{self, Refusals};
+use crate::wire::{self, FromWorker, HUB_GROUP, HubFrame, Inbox, RemoteJob, WorkerFrame};
+
+/// How the coordinator listens for workers.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Where to listen (default `127.0.0.1:7700`).
+    pub listen: SocketAddr,
+    /// The cluster's shared secret.
+    pub cookie: Cookie,
+    /// TLS, or plain TCP with an explicit opt-in.
+    pub transport: Transport,
+    /// The failure detector's timing.
+    pub timing: Timing,
+    /// Frames above this size close the connection (default [`DEFAULT_MAX_FRAME`]).
+    pub max_frame: u64,
+}
+
+impl HubConfig {
+    /// A configuration with the defaults: heartbeat timing from [`Timing::default`] and
+    /// [`DEFAULT_MAX_FRAME`].
+    pub fn new(listen: SocketAddr, cookie: Cookie, transport: Transport) -> Self {
+        Self {
+            listen,
+            cookie,
+            transport,
+            timing: Timing::default(),
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// What the hub tells the embedding coordinator besides the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HubNote {
+    /// A new worker registered (`WorkerRegistered` is on the bus): jobs may be posted to it.
+    Registered(WorkerId),
+    /// A worker started a job (`TaskStarted` is on the bus).
+    Started {
+        /// The worker.
+        worker: WorkerId,
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: u32,
+    },
+}
+
+/// Counters of the delivery layer (docs/cluster.md, "Guarantees").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HubStats {
+    /// Events applied to the bus.
+    pub applied: u64,
+    /// Event frames received again (resent after a reconnect) and dropped.
+    pub duplicates: u64,
+    /// Results of an attempt already applied (from another frame) and dropped.
+    pub duplicate_results: u64,
+    /// Results of jobs abandoned when their worker was declared failed, dropped: the re-run
+    /// wins.
+    pub late_results: u64,
+    /// Jobs sent again after a reconnect.
+    pub jobs_resent: u64,
+    /// Connections refused (TLS, cookie, handshake deadline, too many at once).
+    pub refused: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    applied: AtomicU64,
+    duplicates: AtomicU64,
+    duplicate_results: AtomicU64,
+    late_results: AtomicU64,
+    jobs_resent: AtomicU64,
+}
+
+enum Command {
+    Post(WorkerId, RemoteJob),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The coordinator's end of the cluster. See the crate docs.
+#[derive(Debug)]
+pub struct Hub {
+    commands: mpsc::UnboundedSender<Command>,
+    local_addr: SocketAddr,
+    counters: Arc<Counters>,
+    refusals: Arc<Refusals>,
+    accept: JoinHandle<()>,
+    node: ActorRef<NodeServerMessage>,
+    inbox: ActorRef<wire::Wire>,
+}
+
+impl Hub {
+    /// Listens for workers and publishes what they do on `bus`. Logs a warning when the
+    /// transport is [`Transport::Insecure`].
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Start`] if the address cannot be bound or the node not started;
+    /// [`ClusterError::Tls`] if a TLS transport has no server certificate.
+    pub async fn start(
+        config: HubConfig,
+        bus: Bus,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<HubNote>), ClusterError> {
+        let acceptor = match &config.transport {
+            Transport::Tls(files) => Some(files.acceptor().cloned().ok_or_else(|| {
+                ClusterError::Tls("the coordinator needs a certificate and a key".to_owned())
+            })?),
+            Transport::Insecure => {
+                tracing::warn!(
+                    listen = %config.listen,
+                    "the cluster runs WITHOUT TLS (--insecure-cluster): anyone on the network \
+                     path can read and alter the traffic; only the cookie guards it"
+                );
+                None
+            }
+        };
+        let listener = net::bind(config.listen).await?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| ClusterError::Start(format!("listen on {}: {e}", config.listen)))?;
+        let node = net::start_node(
+            format!("dtf-coordinator-{}", std::process::id()),
+            &config.cookie,
+            acceptor.clone(),
+            config.max_frame,
+        )
+        .await?;
+        let refusals = Arc::new(Refusals::default());
+        let links = net::watch(&node, Arc::clone(&refusals));
+        let (frames_tx, frames) = mpsc::unbounded_channel::<FromWorker>();
+        let (inbox, _) = Actor::spawn(
+            None,
+            Inbox::<FromWorker>::new(),
+            (HUB_GROUP.to_owned(), frames_tx),
+        )
+        .await
+        .map_err(|e| ClusterError::Start(format!("the coordinator's inbox: {e}")))?;
+        let accept = tokio::spawn(net::accept_loop(
+            listener,
+            node.clone(),
+            acceptor,
+            Arc::clone(&refusals),
+        ));
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (notes_tx, notes) = mpsc::unbounded_channel();
+        let counters = Arc::new(Counters::default());
+        let state = HubLoop {
+            bus: bus.with_source("cluster"),
+            timing: config.timing,
+            workers: HashMap::new(),
+            applied_results: HashSet::new(),
+            notes: notes_tx,
+            counters: Arc::clone(&counters),
+        };
+        tokio::spawn(state.run(frames, commands_rx, links));
+        tracing::info!(%local_addr, "the coordinator listens for workers");
+        Ok((
+            Self {
+                commands,
+                local_addr,
+                counters,
+                refusals,
+                accept,
+                node,
+                inbox,
+            },
+            notes,
+        ))
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Sends `job` to `worker`, resending it after a reconnect until the worker acknowledges it.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Closed`] after [`shutdown`](Self::shutdown).
+    pub fn post(&self, worker: &WorkerId, job: RemoteJob) -> Result<(), ClusterError> {
+        self.commands
+            .send(Command::Post(worker.clone(), job))
+            .map_err(|_| ClusterError::Closed)
+    }
+
+    /// The delivery layer's counters so far.
+    pub fn stats(&self) -> HubStats {
+        let c = &self.counters;
+        HubStats {
+            applied: c.applied.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            duplicate_results: c.duplicate_results.load(Ordering::Relaxed),
+            late_results: c.late_results.load(Ordering::Relaxed),
+            jobs_resent: c.jobs_resent.load(Ordering::Relaxed),
+            refused: self.refusals.total(),
+        }
+    }
+
+    /// Tells every worker the run is over, stops listening and stops the node. Logs the
+    /// delivery counters ([`HubStats`]) at `info`.
+    pub async fn shutdown(&self) {
+        let stats = self.stats();
+        tracing::info!(
+            applied = stats.applied,
+            duplicates = stats.duplicates,
+            duplicate_results = stats.duplicate_results,
+            late_results = stats.late_results,
+            jobs_resent = stats.jobs_resent,
+            refused = stats.refused,
+            "cluster delivery"
+        );
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+        }
+        self.accept.abort();
+        // Give the goodbyes a moment on the wire before the sessions close.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.inbox.stop(None);
+        self.node.stop(None);
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Health {
+    Up,
+    /// Silent for `heartbeat_timeout`: `WorkerDisconnected` published.
+    Silent,
+    /// Silent for the grace period too: `WorkerFailed` published, its jobs abandoned.
+    Failed,
+}
+
+struct RemoteWorker {
+    incarnation: u64,
+    health: Health,
+    last_seen: Instant,
+    /// Events applied, in order (the highest sequence number).
+    applied: u64,
+    next_job: u64,
+    /// Jobs sent and not acknowledged (with when they were last sent), resent after a
+    /// reconnect, or when a heartbeat shows they did not arrive.
+    unacked: VecDeque<(u64, RemoteJob, Instant)>,
+    /// The `applied` at which a resend was last asked for (once per gap).
+    resend_asked: Option<u64>,
+    /// Jobs sent and not finished: job seq → (task, attempt).
+    running: HashMap<u64, (TaskId, u32)>,
+    /// Jobs abandoned when the worker was declared failed; their results are dropped.
+    abandoned: HashSet<u64>,
+    group: String,
+}
+
+struct HubLoop {
+    bus: Bus,
+    timing: Timing,
+    workers: HashMap<WorkerId, RemoteWorker>,
+    /// `(task, attempt)` whose result was applied: a result is applied once per attempt.
+    applied_results: HashSet<(TaskId, u32)>,
+    notes: mpsc::UnboundedSender<HubNote>,
+    counters: Arc<Counters>,
+}
+
+impl HubLoop {
+    async fn run(
+        mut self,
+        mut frames: mpsc::UnboundedReceiver<FromWorker>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut links: mpsc::UnboundedReceiver<net::Link>,
+    ) {
+        let mut tick = tokio::time::interval(
+            self.timing
+                .heartbeat_interval
+                .max(Duration::from_millis(10))
+                / 2,
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                Some(frame) = frames.recv() => {
+                    let mut acks = BTreeMap::new();
+                    self.on_frame(frame, &mut acks).await;
+                    // Drain what else has arrived, then acknowledge once per worker.
+                    while let Ok(frame) = frames.try_recv() {
+                        self.on_frame(frame, &mut acks).await;
+                    }
+                    for (worker, upto) in acks {
+                        if let Some(w) = self.workers.get(&worker) {
+                            wire::send_to(&w.group, &HubFrame::Ack { upto });
+                        }
+                    }
+                }
+                Some(command) = commands.recv() => match command {
+                    Command::Post(worker, job) => self.post(worker, job),
+                    Command::Shutdown(done) => {
+                        for w in self.workers.values() {
+                            wire::send_to(&w.group, &HubFrame::Goodbye);
+                        }
+                        let _ = done.send(());
+                        return;
+                    }
+                },
+                Some(_link) = links.recv() => {
+                    // A session going down is noticed through the heartbeats (a worker may
+                    // be behind a proxy whose connection ends without a clean close).
+                }
+                _ = tick.tick() => self.check_health().await,
+                else => return,
+            }
+        }
+    }
+
+    async fn publish(&self, kind: EventKind) {
+        if let Err(e) = self.bus.publish(kind).await {
+            tracing::warn!(error = %e, "the bus refused a cluster event");
+        }
+    }
+
+    fn post(&mut self, worker: WorkerId, job: RemoteJob) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            tracing::warn!(%worker, task = %job.task, "a job for an unknown remote worker; dropped");
+            return;
+        };
+        w.next_job += 1;
+        let seq = w.next_job;
+        w.running.insert(seq, (job.task.clone(), job.attempt));
+        w.unacked.push_back((seq, job.clone(), Instant::now()));
+        // Sent now when the worker is connected; otherwise after its next Hello.
+        wire::send_to(&w.group, &HubFrame::Job { seq, job });
+    }
+
+    async fn on_frame(&mut self, frame: FromWorker, acks: &mut BTreeMap<WorkerId, u64>) {
+        let FromWorker {
+            worker,
+            incarnation,
+            body,
+        } = frame;
+        if let WorkerFrame::Hello {
+            capabilities,
+            labels,
+            jobs_received,
+        } = body
+        {
+            self.hello(worker, incarnation, capabilities, labels, jobs_received)
+                .await;
+            return;
+        }
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        if w.incarnation != incarnation {
+            // A frame of an incarnation that has since been replaced.
+            return;
+        }
+        w.last_seen = Instant::now();
+        // Any frame of the current incarnation proves the worker alive again.
+        let back = w.health != Health::Up;
+        if back {
+            w.health = Health::Up;
+        }
+        if back {
+            tracing::info!(%worker, "the worker is back");
+            self.publish(EventKind::worker_recovered(worker.clone()))
+                .await;
+        }
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        match body {
+            WorkerFrame::Hello { .. } => {}
+            WorkerFrame::Heartbeat { jobs_received } => {
+                ack_jobs(w, jobs_received);
+                acks.insert(worker, w.applied);
+                // A job not acknowledged two heartbeats after it was sent was lost in a cut.
+                let late = self.timing.heartbeat_interval * 2;
+                if w.unacked
+                    .front()
+                    .is_some_and(|(_, _, sent)| sent.elapsed() > late)
+                {
+                    let n = resend_jobs(w);
+                    self.counters.jobs_resent.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            WorkerFrame::Event { seq, job, kind } => {
+                if seq <= w.applied {
+                    self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                    acks.insert(worker, w.applied);
+                    return;
+                }
+                if seq != w.applied + 1 {
+                    // A gap (a frame lost in a cut): ask once for everything unacknowledged.
+                    if w.resend_asked != Some(w.applied) {
+                        w.resend_asked = Some(w.applied);
+                        wire::send_to(&w.group, &HubFrame::Resend { after: w.applied });
+                    }
+                    return;
+                }
+                w.applied = seq;
+                acks.insert(worker.clone(), seq);
+                if w.abandoned.contains(&job) {
+                    if is_result(&kind) {
+                        w.abandoned.remove(&job);
+                        self.counters.late_results.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%worker, job, "a late result of an abandoned job; the re-run wins");
+                    }
+                    return;
+                }
+                match &kind {
+                    EventKind::TaskStarted(s) => {
+                        let _ = self.notes.send(HubNote::Started {
+                            worker: worker.clone(),
+                            task: s.task.clone(),
+                            attempt: s.attempt,
+                        });
+                    }
+                    k if is_result(k) => {
+                        let Some((task, attempt)) = w.running.remove(&job) else {
+                            self.counters
+                                .duplicate_results
+                                .fetch_add(1, Ordering::Relaxed);
+                            return;
+                        };
+                        if !self.applied_results.insert((task, attempt)) {
+                            self.counters
+                                .duplicate_results
+                                .fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                    _ => {}
+                }
+                self.counters.applied.fetch_add(1, Ordering::Relaxed);
+                self.publish(kind).await;
+            }
+        }
+    }
+
+    async fn hello(
+        &mut self,
+        worker: WorkerId,
+        incarnation: u64,
+        mut capabilities: Capabilities,
+        labels: BTreeMap<String, String>,
+        jobs_received: u64,
+    ) {
+        for (k, v) in &labels {
+            let label = format!("{k}={v}");
+            if !capabilities.features.contains(&label) {
+                capabilities.features.push(label);
+            }
+        }
+        let group = wire::worker_group(worker.as_str());
+        let now = Instant::now();
+        match self.workers.get_mut(&worker) {
+            None => {
+                self.workers.insert(
+                    worker.clone(),
+                    RemoteWorker {
+                        incarnation,
+                        health: Health::Up,
+                        last_seen: now,
+                        applied: 0,
+                        next_job: 0,
+                        unacked: VecDeque::new(),
+                        resend_asked: None,
+                        running: HashMap::new(),
+                        abandoned: HashSet::new(),
+                        group: group.clone(),
+                    },
+                );
+                tracing::info!(%worker, slots = capabilities.slots, "a remote worker registered");
+                self.publish(EventKind::worker_registered(worker.clone(), capabilities))
+                    .await;
+                let _ = self.notes.send(HubNote::Registered(worker));
+                wire::send_to(&group, &HubFrame::Welcome { events_applied: 0 });
+            }
+            Some(w) if w.incarnation == incarnation => {
+                // The same process, reconnected: resend what it has not acknowledged.
+                w.last_seen = now;
+                let was = w.health;
+                w.health = Health::Up;
+                ack_jobs(w, jobs_received);
+                w.resend_asked = None;
+                wire::send_to(
+                    &group,
+                    &HubFrame::Welcome {
+                        events_applied: w.applied,
+                    },
+                );
+                let n = resend_jobs(w);
+                self.counters.jobs_resent.fetch_add(n, Ordering::Relaxed);
+                if was != Health::Up {
+                    tracing::info!(%worker, "the worker reconnected");
+                    self.publish(EventKind::worker_recovered(worker)).await;
+                }
+            }
+            Some(w) => {
+                // A new process under a known name: the old one's jobs are lost.
+                let was = w.health;
+                let lost: Vec<u64> = w.running.keys().copied().collect();
+                *w = RemoteWorker {
+                    incarnation,
+                    health: Health::Up,
+                    last_seen: now,
+                    applied: 0,
+                    next_job: 0,
+                    unacked: VecDeque::new(),
+                    resend_asked: None,
+                    running: HashMap::new(),
+                    abandoned: HashSet::new(),
+                    group: group.clone(),
+                };
+                wire::send_to(&group, &HubFrame::Welcome { events_applied: 0 });
+                if was != Health::Failed {
+                    tracing::warn!(%worker, jobs = lost.len(), "the worker restarted; its jobs are re-queued");
+                    self.publish(EventKind::worker_failed(
+                        worker.clone(),
+                        "the worker process restarted",
+                    ))
+                    .await;
+                }
+                self.publish(EventKind::worker_recovered(worker)).await;
+            }
+        }
+    }
+
+    async fn check_health(&mut self) {
+        let now = Instant::now();
+        let mut events = Vec::new();
+        for (id, w) in &mut self.workers {
+            let silent = now.saturating_duration_since(w.last_seen);
+            match w.health {
+                Health::Up if silent >= self.timing.heartbeat_timeout => {
+                    w.health = Health::Silent;
+                    tracing::warn!(worker = %id, "no heartbeat for {:.1} s", silent.as_secs_f64());
+                    events.push(EventKind::worker_disconnected(
+                        id.clone(),
+                        format!(
+                            "no heartbeat for {:.1} s; its tasks wait {:.1} s for it",
+                            silent.as_secs_f64(),
+                            self.timing.reconnect_grace.as_secs_f64()
+                        ),
+                    ));
+                }
+                Health::Silent
+                    if silent >= self.timing.heartbeat_timeout + self.timing.reconnect_grace =>
+                {
+                    w.health = Health::Failed;
+                    w.abandoned.extend(w.running.drain().map(|(seq, _)| seq));
+                    w.unacked.clear();
+                    tracing::warn!(worker = %id, "the worker did not come back; its tasks are re-queued");
+                    events.push(EventKind::worker_failed(
+                        id.clone(),
+                        format!("silent for {:.1} s", silent.as_secs_f64()),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for e in events {
+            self.publish(e).await;
+        }
+    }
+}
+
+fn is_result(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::TaskCompleted(_) | EventKind::TaskFailed(_))
+}
+
+fn ack_jobs(w: &mut RemoteWorker, received: u64) {
+    while w
+        .unacked
+        .front()
+        .is_some_and(|(seq, _, _)| *seq <= received)
+    {
+        w.unacked.pop_front();
+    }
+}
+
+/// Sends every unacknowledged job again, in order; returns how many.
+fn resend_jobs(w: &mut RemoteWorker) -> u64 {
+    let now = Instant::now();
+    for (seq, job, sent) in &mut w.unacked {
+        *sent = now;
+        wire::send_to(
+            &w.group,
+            &HubFrame::Job {
+                seq: *seq,
+                job: job.clone(),
+            },
+        );
+    }
+    w.unacked.len() as u64
+}

@@ -1,0 +1,171 @@
+//! What crosses the network: one ractor_cluster message type carrying JSON frames, and the
+//! frames themselves (docs/cluster.md, "Message flow").
+
+use std::collections::BTreeMap;
+
+use dtf_plugin_core::event::{Capabilities, EventKind, TaskId, WorkerId};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_cluster::RactorClusterMessage;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// The process group the coordinator's inbox joins.
+pub(crate) const HUB_GROUP: &str = "dtf.coordinator";
+
+/// The process group worker `id`'s inbox joins.
+pub(crate) fn worker_group(id: &str) -> String {
+    format!("dtf.worker.{id}")
+}
+
+/// The only message type sent between nodes: a JSON-encoded frame.
+#[derive(RactorClusterMessage)]
+pub(crate) enum Wire {
+    /// One frame.
+    Frame(Vec<u8>),
+}
+
+/// One unit of work for a remote worker. `spec` is the embedding coordinator's own task
+/// description (opaque to this crate), e.g. a shell command and its timeout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteJob {
+    /// The task.
+    pub task: TaskId,
+    /// The attempt, from 1.
+    pub attempt: u32,
+    /// What to run.
+    pub spec: serde_json::Value,
+}
+
+/// Worker to coordinator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct FromWorker {
+    pub(crate) worker: WorkerId,
+    /// Random per worker process: a new one means the worker restarted and lost its state.
+    pub(crate) incarnation: u64,
+    pub(crate) body: WorkerFrame,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum WorkerFrame {
+    /// Sent after every (re)connection.
+    Hello {
+        capabilities: Capabilities,
+        labels: BTreeMap<String, String>,
+        /// The highest job sequence number received in order (an acknowledgement).
+        jobs_received: u64,
+    },
+    /// An event about a job, numbered per incarnation from 1.
+    Event {
+        seq: u64,
+        /// The job's sequence number, so that a late result of an abandoned job is told
+        /// apart from the result of the same task's re-run.
+        job: u64,
+        kind: EventKind,
+    },
+    /// Every `heartbeat_interval`; also acknowledges jobs.
+    Heartbeat { jobs_received: u64 },
+}
+
+/// Coordinator to worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum HubFrame {
+    /// The answer to `Hello`: events up to `events_applied` need not be resent.
+    Welcome { events_applied: u64 },
+    /// A job, numbered per worker incarnation from 1.
+    Job { seq: u64, job: RemoteJob },
+    /// Events up to `upto` were applied (cumulative); also the answer to a heartbeat.
+    Ack { upto: u64 },
+    /// An event after `after` arrived out of order (one was lost in a cut): resend every
+    /// unacknowledged event.
+    Resend { after: u64 },
+    /// The run is over: the worker exits.
+    Goodbye,
+}
+
+pub(crate) fn encode<T: Serialize>(frame: &T) -> Option<Wire> {
+    match serde_json::to_vec(frame) {
+        Ok(bytes) => Some(Wire::Frame(bytes)),
+        Err(e) => {
+            tracing::error!(error = %e, "a cluster frame could not be encoded");
+            None
+        }
+    }
+}
+
+/// A node's inbox: an actor that joins `group` and hands each decoded frame to `sink`.
+pub(crate) struct Inbox<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> Inbox<T> {
+    pub(crate) fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<T> Actor for Inbox<T>
+where
+    T: for<'de> Deserialize<'de> + Send + 'static,
+{
+    type Msg = Wire;
+    type State = mpsc::UnboundedSender<T>;
+    type Arguments = (String, mpsc::UnboundedSender<T>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Wire>,
+        (group, sink): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        ractor::pg::join(group, vec![myself.get_cell()]);
+        Ok(sink)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Wire>,
+        message: Wire,
+        sink: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let Wire::Frame(bytes) = message;
+        match serde_json::from_slice::<T>(&bytes) {
+            Ok(frame) => {
+                let _ = sink.send(frame);
+            }
+            // A peer that passed the cookie handshake but speaks another protocol (or
+            // another version): the frame is dropped and said once per frame.
+            Err(e) => tracing::warn!(
+                error = %e,
+                bytes = bytes.len(),
+                "a cluster frame could not be decoded; dropped"
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// The remote member of `group` on the newest session (the local inbox of the same group is
+/// left out). After a reconnect the member of the closed session may linger in the group
+/// for a moment; node ids grow with every session, so the newest is the live one.
+pub(crate) fn remote_member(group: &str) -> Option<ActorRef<Wire>> {
+    newest_remote(group).map(|(_, cell)| ActorRef::<Wire>::from(cell))
+}
+
+/// The node id and cell of `group`'s remote member on the newest session.
+pub(crate) fn newest_remote(group: &str) -> Option<(u64, ractor::ActorCell)> {
+    ractor::pg::get_members(&group.to_owned())
+        .into_iter()
+        .filter_map(|cell| match cell.get_id() {
+            ractor::ActorId::Remote { node_id, .. } => Some((node_id, cell)),
+            ractor::ActorId::Local(_) => None,
+        })
+        .max_by_key(|(node_id, _)| *node_id)
+}
+
+/// Sends `frame` to the remote member of `group`; `false` when there is none (the
+/// connection is down) or the send failed. The caller keeps what it must resend.
+pub(crate) fn send_to<T: Serialize>(group: &str, frame: &T) -> bool {
+    let (Some(actor), Some(wire)) = (remote_member(group), encode(frame)) else {
+        return false;
+    };
+    actor.cast(wire).is_ok()
+}

@@ -1,0 +1,162 @@
+//! `dtf-worker`: a remote worker node for `dtf-coordinator --listen` (docs/cluster.md).
+//!
+//! ```text
+//! DTF_CLUSTER_COOKIE=... dtf-worker --coordinator 10.0.0.5:7700 --ca ca.pem --slots 4 --label gpu=cuda
+//! ```
+//!
+//! It connects (TLS unless `--insecure-cluster`), registers with its capabilities, runs each
+//! task it is given exactly as a local worker does (`sh -c` in its own process group, the
+//! task's timeout, the output limit), sends the events back until they are acknowledged,
+//! reconnects after a cut, and exits when the coordinator says the run is over. Every task
+//! process dies with it, even on `kill -9`.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use dtf_cluster::{Cookie, TlsFiles, WorkerConfig, run_worker};
+use dtf_examples::remote::{ShellJobRunner, heartbeat_interval, transport};
+use dtf_plugin_core::event::Capabilities;
+
+/// A remote worker node of a dtf run.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dtf-worker",
+    version,
+    about,
+    after_help = "\
+Environment:
+  DTF_CLUSTER_COOKIE   the cluster's shared secret (at least 32 bytes), unless --cookie-file
+  RUST_LOG             log filter (default: info)"
+)]
+struct Args {
+    /// The coordinator's address, HOST:PORT (its `--listen`).
+    #[arg(long, value_name = "ADDR")]
+    coordinator: String,
+    /// This worker's id, unique in the run (default: dtf-worker-<pid>).
+    #[arg(long)]
+    id: Option<String>,
+    /// How many tasks it runs at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    slots: u32,
+    /// A label KEY=VALUE (repeatable), e.g. gpu=cuda: tasks can require the feature
+    /// `KEY=VALUE`.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// The CA certificate (PEM) the coordinator's certificate must chain to.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "insecure_cluster"
+    )]
+    ca: Option<PathBuf>,
+    /// Connect over plain TCP (no TLS). Logs a warning.
+    #[arg(long)]
+    insecure_cluster: bool,
+    /// Read the cookie from this file instead of DTF_CLUSTER_COOKIE.
+    #[arg(long, value_name = "FILE")]
+    cookie_file: Option<PathBuf>,
+    /// Seconds of silence after which the coordinator is taken as lost (match the
+    /// coordinator's --heartbeat-timeout).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    heartbeat_timeout: f64,
+    /// Give up when the coordinator cannot be reached for this many seconds.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    give_up_after: f64,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got `{s}`")),
+    }
+}
+
+fn seconds(flag: &str, secs: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{flag}: expected a positive number of seconds"))
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let cookie = Cookie::load(args.cookie_file.as_deref()).map_err(|e| e.to_string())?;
+    let ca = args.ca.clone();
+    let transport = transport(args.insecure_cluster, || match &ca {
+        Some(ca) => Ok(TlsFiles::client(ca)?),
+        None => Err(dtf_examples::CoordinatorError::Usage(
+            "--ca FILE is required unless --insecure-cluster".to_owned(),
+        )),
+    })
+    .map_err(|e| e.to_string())?;
+    let id = args
+        .id
+        .unwrap_or_else(|| format!("dtf-worker-{}", std::process::id()));
+    let capabilities = Capabilities::builder()
+        .cpu_cores(
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+        )
+        .memory_mib(memory_mib())
+        .slots(args.slots)
+        .build();
+    let mut config = WorkerConfig::new(args.coordinator, id, capabilities, cookie, transport);
+    config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
+    config.timing.heartbeat_timeout = seconds("--heartbeat-timeout", args.heartbeat_timeout)?;
+    config.timing.heartbeat_interval = heartbeat_interval(config.timing.heartbeat_timeout);
+    config.give_up_after = seconds("--give-up-after", args.give_up_after)?;
+    run_worker(config, Arc::new(ShellJobRunner))
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Total memory from /proc/meminfo, 0 when unknown.
+fn memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(|| dtf_plugins_ci::CiSafeWriter::new(std::io::stderr()))
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if let Err(e) = dtf_examples::executor::kill_tasks_on_exit() {
+        tracing::warn!(error = %e, "no watchdog: task processes may outlive a killed worker");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: start the tokio runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

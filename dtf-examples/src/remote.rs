@@ -1,0 +1,153 @@
+//! Remote workers for the reference coordinator ([`dtf_cluster`]): the coordinator's options
+//! (`--listen`, `--min-workers`, TLS, cookie), the job runner of `dtf-worker`, and the
+//! forwarding of the executor's jobs to a remote worker. See docs/cluster.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dtf_cluster::{Cookie, Hub, HubConfig, JobRunner, RemoteJob, Timing, TlsFiles, Transport};
+use dtf_plugin_core::event::{EventKind, TaskError, WorkerId};
+use tokio::sync::mpsc;
+
+use crate::error::CoordinatorError;
+use crate::executor::{Job, run_job};
+use crate::taskfile::TaskDef;
+
+/// The default address of `--listen` when only a port matters: loopback.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+
+/// How the coordinator accepts remote workers (`--listen` and friends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterOptions {
+    /// `--listen ADDR`: where workers connect.
+    pub listen: SocketAddr,
+    /// `--min-workers N` (default 1): with `--workers 0`, tasks are created once this many
+    /// remote workers registered.
+    pub min_workers: u32,
+    /// `--insecure-cluster`: plain TCP instead of TLS (a warning at every start).
+    pub insecure: bool,
+    /// `--tls-cert FILE` and `--tls-key FILE`: the coordinator's certificate chain and key.
+    pub tls_cert: Option<PathBuf>,
+    /// See `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// `--cookie-file FILE`; else `DTF_CLUSTER_COOKIE`.
+    pub cookie_file: Option<PathBuf>,
+    /// `--heartbeat-timeout SECS` (default 10).
+    pub heartbeat_timeout: Duration,
+    /// `--reconnect-grace SECS` (default 10).
+    pub reconnect_grace: Duration,
+}
+
+impl ClusterOptions {
+    /// Options listening on `listen` with the defaults.
+    pub fn new(listen: SocketAddr) -> Self {
+        let timing = Timing::default();
+        Self {
+            listen,
+            min_workers: 1,
+            insecure: false,
+            tls_cert: None,
+            tls_key: None,
+            cookie_file: None,
+            heartbeat_timeout: timing.heartbeat_timeout,
+            reconnect_grace: timing.reconnect_grace,
+        }
+    }
+
+    /// The hub's configuration: reads the cookie and the certificates.
+    ///
+    /// # Errors
+    ///
+    /// [`CoordinatorError::Cluster`] naming what is missing or unreadable.
+    pub fn hub_config(&self) -> Result<HubConfig, CoordinatorError> {
+        let cookie = Cookie::load(self.cookie_file.as_deref())?;
+        let transport = transport(self.insecure, || match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(TlsFiles::server(cert, key)?),
+            _ => Err(CoordinatorError::Usage(
+                "--listen: TLS needs --tls-cert FILE and --tls-key FILE (or \
+                     --insecure-cluster for plain TCP)"
+                    .to_owned(),
+            )),
+        })?;
+        let mut config = HubConfig::new(self.listen, cookie, transport);
+        config.timing.heartbeat_timeout = self.heartbeat_timeout;
+        config.timing.reconnect_grace = self.reconnect_grace;
+        config.timing.heartbeat_interval = heartbeat_interval(self.heartbeat_timeout);
+        Ok(config)
+    }
+}
+
+/// A heartbeat every tenth of the timeout, between 50 ms and 1 s.
+pub fn heartbeat_interval(timeout: Duration) -> Duration {
+    (timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+/// TLS from `tls`, or plain TCP when `insecure`.
+pub fn transport(
+    insecure: bool,
+    tls: impl FnOnce() -> Result<TlsFiles, CoordinatorError>,
+) -> Result<Transport, CoordinatorError> {
+    if insecure {
+        return Ok(Transport::Insecure);
+    }
+    Ok(Transport::Tls(Arc::new(tls()?)))
+}
+
+/// The job of `job` for a remote worker: the task's whole definition travels.
+pub fn to_remote(job: &Job) -> RemoteJob {
+    RemoteJob {
+        task: job.task.id.as_str().into(),
+        attempt: job.attempt,
+        spec: serde_json::to_value(&*job.task).unwrap_or_default(),
+    }
+}
+
+/// `dtf-worker`'s job runner: the task runs exactly as on a local worker (own process group,
+/// timeout, output limit; [`run_job`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShellJobRunner;
+
+impl JobRunner for ShellJobRunner {
+    fn run(
+        &self,
+        worker: &WorkerId,
+        job: RemoteJob,
+    ) -> Pin<Box<dyn std::future::Future<Output = EventKind> + Send + 'static>> {
+        let worker = worker.clone();
+        Box::pin(async move {
+            let def: TaskDef = match serde_json::from_value(job.spec) {
+                Ok(def) => def,
+                Err(e) => {
+                    return EventKind::task_failed(
+                        job.task,
+                        TaskError::builder()
+                            .kind("BadJob")
+                            .message(format!("the worker cannot read the job: {e}"))
+                            .build(),
+                        false,
+                    );
+                }
+            };
+            let local = Job {
+                task: Arc::new(def),
+                attempt: job.attempt,
+            };
+            run_job(&local).await.into_event(&local, &worker)
+        })
+    }
+}
+
+/// Forwards the executor's jobs for remote worker `worker` to the hub until the mailbox closes.
+pub(crate) fn forward(hub: Arc<Hub>, worker: WorkerId, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    tokio::spawn(async move {
+        while let Some(job) = jobs.recv().await {
+            if hub.post(&worker, to_remote(&job)).is_err() {
+                return;
+            }
+        }
+    });
+}

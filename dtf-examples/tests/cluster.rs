@@ -1,0 +1,561 @@
+//! Multi-machine runs, as processes on 127.0.0.1 started by the tests: a `dtf-coordinator
+//! --listen` and `dtf-worker`s, over TLS with certificates made per test (docs/cluster.md).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const COOKIE: &str = "dtf-test-cookie-0123456789abcdef0123456789";
+
+struct Pki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, written under `dir/name`.
+fn make_pki(dir: &Path, name: &str) -> Pki {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("dtf test CA {name}"));
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let pki = Pki {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    std::fs::write(&pki.ca, ca.pem()).unwrap();
+    std::fs::write(&pki.cert, cert.pem()).unwrap();
+    std::fs::write(&pki.key, key.serialize_pem()).unwrap();
+    pki
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dtf-cluster-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A task file of `n` tasks; each appends a line to `marks/<id>`, so that the test can
+/// count how often each one ran.
+fn task_file(dir: &Path, n: usize, command: impl Fn(usize) -> String) -> PathBuf {
+    let marks = dir.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let mut toml = String::new();
+    for i in 0..n {
+        toml.push_str(&format!(
+            "[[task]]\nid = \"t{i:04}\"\ncommand = '''{}'''\n\n",
+            command(i)
+        ));
+    }
+    let path = dir.join("tasks.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+fn mark(dir: &Path) -> String {
+    format!("echo ran >> {}/marks/$DTF_TASK_ID", dir.display())
+}
+
+fn coordinator(dir: &Path, port: u16, pki: &Pki, extra: &[&str]) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dtf-coordinator"));
+    cmd.args(["--workers", "0", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--tls-cert")
+        .arg(&pki.cert)
+        .arg("--tls-key")
+        .arg(&pki.key)
+        .arg("--tasks")
+        .arg(dir.join("tasks.toml"))
+        .arg("--junit")
+        .arg(dir.join("junit.xml"))
+        .args(["--progress", "never"])
+        .args(extra)
+        .env("DTF_CLUSTER_COOKIE", COOKIE)
+        .env("RUST_LOG", "warn,dtf_cluster=info")
+        // Files, not pipes: nobody reads a pipe before the process ends, and a full pipe
+        // would block the summary table.
+        .stdout(std::fs::File::create(dir.join("coordinator.out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("coordinator.log")).unwrap());
+    cmd.spawn().unwrap()
+}
+
+fn worker(dir: &Path, addr: &str, ca: &Path, id: &str, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_dtf-worker"))
+        .args(["--coordinator", addr, "--id", id])
+        .arg("--ca")
+        .arg(ca)
+        .args(extra)
+        .env("DTF_CLUSTER_COOKIE", COOKIE)
+        .env("RUST_LOG", "warn,dtf_cluster=info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{id}.log"))).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child` up to `limit`, killing it after.
+fn wait(child: &mut Child, limit: Duration) -> Option<i32> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// A log or output file, without ANSI colour codes.
+fn log(dir: &Path, name: &str) -> String {
+    let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Every task ran exactly once, and the JUnit file has one passed case per task.
+fn assert_each_ran_once(dir: &Path, n: usize) {
+    for i in 0..n {
+        let marks = std::fs::read_to_string(dir.join(format!("marks/t{i:04}"))).unwrap_or_default();
+        assert_eq!(
+            marks.lines().count(),
+            1,
+            "task t{i:04} ran {} times",
+            marks.lines().count()
+        );
+    }
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert_eq!(junit.matches("<testcase ").count(), n, "{junit}");
+    assert_eq!(junit.matches("<failure").count(), 0, "{junit}");
+}
+
+#[test]
+fn three_worker_processes_run_300_tasks_each_exactly_once() {
+    let dir = temp_dir("300");
+    let pki = make_pki(&dir, "ok");
+    task_file(&dir, 300, |_| mark(&dir));
+    let port = free_port();
+    let mut coord = coordinator(&dir, port, &pki, &["--min-workers", "3"]);
+    let addr = format!("127.0.0.1:{port}");
+    let mut workers: Vec<Child> = (1..=3)
+        .map(|i| {
+            worker(
+                &dir,
+                &addr,
+                &pki.ca,
+                &format!("remote-{i}"),
+                &["--slots", "2"],
+            )
+        })
+        .collect();
+    let code = wait(&mut coord, Duration::from_secs(120));
+    let out = log(&dir, "coordinator.out");
+    assert_eq!(code, Some(0), "{out}\n{}", log(&dir, "coordinator.log"));
+    assert_each_ran_once(&dir, 300);
+    // Every worker took part, and each exits when the coordinator says the run is over.
+    for (i, w) in workers.iter_mut().enumerate() {
+        assert_eq!(
+            wait(w, Duration::from_secs(10)),
+            Some(0),
+            "worker {}",
+            i + 1
+        );
+        assert!(out.contains(&format!("remote-{}", i + 1)), "{out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited; only a running process counts.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_killed_worker_fails_its_task_reruns_elsewhere_and_leaves_no_process() {
+    let dir = temp_dir("kill");
+    let pki = make_pki(&dir, "ok");
+    let pidfile = dir.join("pid");
+    // The first attempt records its pid and hangs; the re-run passes.
+    task_file(&dir, 1, |_| {
+        format!(
+            "{}; if [ \"$DTF_ATTEMPT\" = 1 ]; then echo $$ > {}; sleep 60; fi",
+            mark(&dir),
+            pidfile.display()
+        )
+    });
+    let port = free_port();
+    let mut coord = coordinator(
+        &dir,
+        port,
+        &pki,
+        &[
+            "--min-workers",
+            "2",
+            "--heartbeat-timeout",
+            "1",
+            "--reconnect-grace",
+            "1",
+        ],
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let args = ["--heartbeat-timeout", "1"];
+    let mut a = worker(&dir, &addr, &pki.ca, "remote-a", &args);
+    let mut b = worker(&dir, &addr, &pki.ca, "remote-b", &args);
+    let start = Instant::now();
+    let task_pid: u32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            log(&dir, "coordinator.log")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let running_on = parent_of(task_pid).unwrap();
+    let (victim, other) = if running_on == a.id() {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    assert_eq!(
+        running_on,
+        victim.id(),
+        "the task's shell is a child of a worker"
+    );
+    victim.kill().unwrap(); // SIGKILL: no destructor runs
+    let _ = victim.wait();
+    let killed = Instant::now();
+    while alive(task_pid) && killed.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !alive(task_pid),
+        "the task process outlived its killed worker by 2 s"
+    );
+    let code = wait(&mut coord, Duration::from_secs(60));
+    let out = log(&dir, "coordinator.out");
+    let log = log(&dir, "coordinator.log");
+    assert_eq!(code, Some(0), "{out}\n{log}");
+    assert!(log.contains("did not come back"), "{log}");
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert_eq!(junit.matches("<testcase ").count(), 1, "{junit}");
+    assert_eq!(junit.matches("<failure").count(), 0, "{junit}");
+    // Ran twice: on the killed worker, then on the other one.
+    let marks = std::fs::read_to_string(dir.join("marks/t0000")).unwrap();
+    assert_eq!(marks.lines().count(), 2);
+    assert_eq!(wait(other, Duration::from_secs(10)), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A TCP proxy on 127.0.0.1 that can cut every connection through it.
+struct Proxy {
+    addr: SocketAddr,
+    cut: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (Arc::clone(&cut), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let generation = c.load(Ordering::Relaxed);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    let c = Arc::clone(&c);
+                    from.set_read_timeout(Some(Duration::from_millis(20)))
+                        .unwrap();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            if c.load(Ordering::Relaxed) != generation {
+                                let _ = from.shutdown(std::net::Shutdown::Both);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) => {
+                                    let _ = to.shutdown(std::net::Shutdown::Both);
+                                    return;
+                                }
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => {
+                                    let _ = to.shutdown(std::net::Shutdown::Both);
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { addr, cut, stop }
+    }
+
+    /// Cuts every connection open now.
+    fn cut(&self) {
+        self.cut.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+#[test]
+fn twenty_cut_connections_during_2000_tasks_lose_and_duplicate_nothing() {
+    let dir = temp_dir("cuts");
+    let pki = make_pki(&dir, "ok");
+    let n = 2000;
+    task_file(&dir, n, |_| mark(&dir));
+    let port = free_port();
+    let mut coord = coordinator(
+        &dir,
+        port,
+        &pki,
+        &[
+            "--min-workers",
+            "3",
+            "--heartbeat-timeout",
+            "5",
+            "--reconnect-grace",
+            "60",
+        ],
+    );
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // The coordinator must be listening before the proxy can connect through.
+    let start = Instant::now();
+    while TcpStream::connect(target).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let proxy = Proxy::start(target);
+    let addr = proxy.addr.to_string();
+    let mut workers: Vec<Child> = (1..=3)
+        .map(|i| {
+            worker(
+                &dir,
+                &addr,
+                &pki.ca,
+                &format!("remote-{i}"),
+                &["--slots", "2", "--heartbeat-timeout", "5"],
+            )
+        })
+        .collect();
+    // Cut 20 times while tasks run (a mark file appears per finished task).
+    let marks = dir.join("marks");
+    let mut cuts = 0;
+    while cuts < 20 {
+        std::thread::sleep(Duration::from_millis(150));
+        let done = std::fs::read_dir(&marks).unwrap().count();
+        if done > 0 && done < n {
+            proxy.cut();
+            cuts += 1;
+        }
+        if let Some(status) = coord.try_wait().unwrap() {
+            panic!(
+                "the run ended after {cuts} cuts: {status:?}\n{}",
+                log(&dir, "coordinator.log")
+            );
+        }
+    }
+    let code = wait(&mut coord, Duration::from_secs(120));
+    let out = log(&dir, "coordinator.out");
+    let log = log(&dir, "coordinator.log");
+    assert_eq!(code, Some(0), "{out}\n{log}");
+    assert_each_ran_once(&dir, n);
+    // The delivery layer's own account: resends happened, nothing applied twice.
+    let stats = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("cluster delivery"))
+        .unwrap_or_default();
+    eprintln!("{stats}");
+    assert!(stats.contains("duplicate_results=0"), "{stats}");
+    assert!(stats.contains(&format!("applied={}", 2 * n)), "{stats}");
+    for w in &mut workers {
+        wait(w, Duration::from_secs(10));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn refused_connections_are_logged_and_the_coordinator_keeps_serving() {
+    let dir = temp_dir("refuse");
+    let pki = make_pki(&dir, "ok");
+    let other = make_pki(&dir, "other-ca");
+    task_file(&dir, 20, |_| mark(&dir));
+    let port = free_port();
+    let mut coord = coordinator(&dir, port, &pki, &["--min-workers", "1"]);
+    let addr = format!("127.0.0.1:{port}");
+    let give_up = ["--give-up-after", "2"];
+    // A certificate from another CA: the worker refuses the coordinator.
+    let mut bad_ca = worker(&dir, &addr, &other.ca, "bad-ca", &give_up);
+    assert_eq!(wait(&mut bad_ca, Duration::from_secs(20)), Some(1));
+    assert!(
+        log(&dir, "bad-ca.log").contains("cannot reach the coordinator"),
+        "{}",
+        log(&dir, "bad-ca.log")
+    );
+    // Plain TCP to the TLS listener.
+    let mut plain = Command::new(env!("CARGO_BIN_EXE_dtf-worker"))
+        .args([
+            "--coordinator",
+            &addr,
+            "--id",
+            "plain",
+            "--insecure-cluster",
+            "--give-up-after",
+            "2",
+        ])
+        .env("DTF_CLUSTER_COOKIE", COOKIE)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eq!(wait(&mut plain, Duration::from_secs(20)), Some(1));
+    // The wrong cookie.
+    let mut cookie = Command::new(env!("CARGO_BIN_EXE_dtf-worker"))
+        .args([
+            "--coordinator",
+            &addr,
+            "--id",
+            "cookie",
+            "--give-up-after",
+            "2",
+        ])
+        .arg("--ca")
+        .arg(&pki.ca)
+        .env(
+            "DTF_CLUSTER_COOKIE",
+            "another-cookie-0123456789abcdef0123456789",
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eq!(wait(&mut cookie, Duration::from_secs(20)), Some(1));
+    // A cookie that is too short is refused before any connection, without echoing it.
+    let short = Command::new(env!("CARGO_BIN_EXE_dtf-worker"))
+        .args(["--coordinator", &addr, "--insecure-cluster"])
+        .env("DTF_CLUSTER_COOKIE", "hunter2")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&short.stderr);
+    assert_eq!(short.status.code(), Some(1));
+    assert!(
+        err.contains("at least 32 are required") && !err.contains("hunter2"),
+        "{err}"
+    );
+    // 10,000 connections of garbage bytes.
+    let garbage: Vec<u8> = (0..512u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for _ in 0..10_000 {
+        if let Ok(mut s) = TcpStream::connect(&addr) {
+            let _ = s.write_all(&garbage);
+        }
+    }
+    // Still serving: a good worker registers and the run passes.
+    let mut good = worker(&dir, &addr, &pki.ca, "good", &[]);
+    let code = wait(&mut coord, Duration::from_secs(120));
+    let out = log(&dir, "coordinator.out");
+    let log = log(&dir, "coordinator.log");
+    assert_eq!(code, Some(0), "{out}\n{log}");
+    assert_each_ran_once(&dir, 20);
+    assert!(
+        log.contains("refused a cluster connection: TLS handshake failed"),
+        "{log}"
+    );
+    assert!(!log.contains(COOKIE), "the cookie is never logged");
+    // Refusals are rate-limited: far fewer lines than connections.
+    assert!(
+        log.matches("refused a cluster connection").count() < 200,
+        "{log}"
+    );
+    assert_eq!(wait(&mut good, Duration::from_secs(10)), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
