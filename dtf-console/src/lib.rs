@@ -6,7 +6,8 @@
 //!   restart, remove, reconfigure; dead letters; the run's counts; a live event stream over
 //!   server-sent events), described in `docs/console-openapi.yaml`;
 //! - server-rendered pages (plugins, one plugin with its settings editor and dead letters, the
-//!   run) that one small vendored script keeps live; no CDN, no build step, works offline.
+//!   run, the plugin registry) that one small vendored script keeps live; no CDN, no build
+//!   step, works offline.
 //!
 //! # Main types
 //!
@@ -15,6 +16,9 @@
 //! - [`AccessToken`]: the bearer token every action needs ([`AccessToken::resolve`] reads
 //!   [`TOKEN_ENV`] or a file, or generates one).
 //! - [`ConsoleConfig`]: address, body limit, page size, queue sizes.
+//! - [`PluginCatalog`] (or the plain-data [`StaticCatalog`]): what the embedding coordinator
+//!   knows about its plugins (built in, from a plugin directory, installed from an index, and
+//!   what its indexes offer), handed over with [`Console::catalog`] for the registry page.
 //!
 //! # Example
 //!
@@ -55,6 +59,7 @@
 
 mod api;
 mod auth;
+mod catalog;
 mod error;
 mod pages;
 mod redact;
@@ -62,6 +67,10 @@ mod run;
 mod server;
 
 pub use auth::{AccessToken, TOKEN_ENV, TokenOrigin};
+pub use catalog::{
+    AVAILABLE_TTL, AvailablePlugin, CatalogFuture, InstalledPlugin, PluginCatalog, PluginOrigin,
+    StaticCatalog,
+};
 pub use error::ConsoleError;
 pub use run::CONSOLE_PLUGIN;
 pub use server::{Console, ConsoleConfig, RunningConsole};
