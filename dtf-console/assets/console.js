@@ -319,21 +319,30 @@
       if (!r.ok) { say((r.json && r.json.error) || ('HTTP ' + r.status), true); return; }
       var g = r.json;
       var known = { 'built-in': 'built-in', 'directory': 'plugin directory', 'index': 'installed from an index' };
-      cells(installed.tBodies[0], g.installed.map(function (p) {
+      // Running plugins whose source the coordinator did not name are summed up below the
+      // table (there may be a thousand); the plugins page lists them.
+      var listed = g.installed.filter(function (p) { return p.source; });
+      var unknown = g.installed.filter(function (p) { return !p.source; });
+      var more = $('#unknown-source');
+      more.hidden = !unknown.length;
+      $('#unknown-count').textContent = unknown.length;
+      $('#unknown-names').textContent = unknown.slice(0, 200).map(function (p) { return p.name; }).join(', ') +
+        (unknown.length > 200 ? ', …' : '');
+      cells(installed.tBodies[0], listed.map(function (p) {
         return {
           name: p.name,
           version: p.version + (p.running_version && p.running_version !== p.version ? ' (running ' + p.running_version + ')' : ''),
-          source: p.source ? known[p.source] + ' · ' + p.locality : 'unknown',
+          source: known[p.source] + ' · ' + p.locality,
           from: (p.location || '') + (p.signed_by ? ' (signed by ' + p.signed_by + ')' : ''),
           state: p.state || 'not running',
           description: p.description
         };
       }), ['name', 'version', 'source', 'from', 'state', 'description']);
       Array.prototype.forEach.call(installed.tBodies[0].rows, function (tr, i) {
-        tr.setAttribute('data-name', g.installed[i].name);
-        tr.cells[4].className = 'state state-' + (g.installed[i].state || 'none');
+        tr.setAttribute('data-name', listed[i].name);
+        tr.cells[4].className = 'state state-' + (listed[i].state || 'none');
       });
-      $('#installed-count').textContent = '(' + g.installed.length + ')';
+      $('#installed-count').textContent = '(' + listed.length + ')';
       var avail = $('#available');
       var note = $('#indexes');
       if (!g.indexes.length) {

@@ -352,6 +352,8 @@ pub(crate) async fn registry_page(
 <h2>Installed <small id=\"installed-count\"></small></h2>\
 <p class=\"hint\">Built into the coordinator (runs in its process), found in a plugin directory, or installed from a plugin index (both run in their own process).</p>\
 <table id=\"installed\"><thead><tr><th>Name</th><th>Version</th><th>Source</th><th>From</th><th>In this run</th><th>Description</th></tr></thead><tbody></tbody></table>\
+<details id=\"unknown-source\" hidden><summary><span id=\"unknown-count\">0</span> more running plugins whose source the coordinator did not name (see the Plugins page)</summary>\
+<p id=\"unknown-names\" class=\"hint\"></p></details>\
 <h2>Available from the plugin indexes</h2><p id=\"indexes\" class=\"hint\"></p>\
 <table id=\"available\" hidden><thead><tr><th>Name</th><th>Newest</th><th>Installable</th><th>Installed</th><th>Index</th><th>Description</th></tr></thead><tbody></tbody></table>";
     layout("Registry", "Registry", open, body)

@@ -125,14 +125,14 @@ pub(crate) fn catalog() -> StaticCatalog {
         )
         .with_installed(InstalledPlugin::new(
             "flaky",
-            "0.1.0",
+            "0.0.0",
             PluginOrigin::Directory {
                 manifest: "plugins/flaky/plugin.toml".into(),
             },
         ))
         .with_installed(InstalledPlugin::new(
             "quiet",
-            "0.1.0",
+            "0.0.0",
             PluginOrigin::BuiltIn {
                 krate: "dtf-tests".to_owned(),
             },
