@@ -471,6 +471,11 @@ pub(crate) struct Registry {
     pub(crate) index_error: Option<String>,
 }
 
+/// Where a plugin came from, as the browser may see it (an index without credentials).
+fn location(origin: &crate::PluginOrigin) -> String {
+    crate::catalog::without_credentials(&origin.location())
+}
+
 /// The registry: installed plugins (with their state in this run) and available ones.
 pub(crate) async fn registry_view(state: &AppState) -> ApiResult<Registry> {
     let running = state.manager.list().await?;
@@ -489,7 +494,7 @@ pub(crate) async fn registry_view(state: &AppState) -> ApiResult<Registry> {
                 .unwrap_or_default(),
             source: known.as_ref().map(|k| k.origin.as_str()),
             locality: known.as_ref().map(|k| k.origin.locality()),
-            location: known.as_ref().map(|k| k.origin.location()),
+            location: known.as_ref().map(|k| location(&k.origin)),
             signed_by: known.as_ref().and_then(|k| match &k.origin {
                 crate::PluginOrigin::Index { signed_by, .. } => Some(signed_by.clone()),
                 _ => None,
@@ -506,7 +511,7 @@ pub(crate) async fn registry_view(state: &AppState) -> ApiResult<Registry> {
             },
             source: Some(k.origin.as_str()),
             locality: Some(k.origin.locality()),
-            location: Some(k.origin.location()),
+            location: Some(location(&k.origin)),
             name: k.name,
             version: k.version,
             description: k.description,

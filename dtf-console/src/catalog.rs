@@ -172,6 +172,7 @@ pub trait PluginCatalog: Send + Sync + 'static {
     fn installed(&self) -> Vec<InstalledPlugin>;
 
     /// The plugin indexes configured (none: the registry page shows no available plugins).
+    /// The console shows URLs without their user name, password, query and fragment.
     fn indexes(&self) -> Vec<String> {
         Vec::new()
     }
@@ -244,6 +245,20 @@ const AVAILABLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// An answer of [`PluginCatalog::available`].
 type Available = Result<Vec<AvailablePlugin>, String>;
 
+/// An index location as the browser may see it: a URL without its user name, password, query
+/// and fragment (any of which may hold a credential); a directory as it is.
+pub(crate) fn without_credentials(location: &str) -> String {
+    let Some((scheme, rest)) = location.split_once("://") else {
+        return location.to_owned();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}{path}")
+}
+
 /// The catalog as the handlers use it: with the console's own plugin, and the available
 /// plugins cached.
 #[derive(Clone)]
@@ -288,8 +303,15 @@ impl Catalog {
         map
     }
 
+    /// The indexes, without credentials.
     pub(crate) fn indexes(&self) -> Vec<String> {
-        self.inner.as_ref().map(|c| c.indexes()).unwrap_or_default()
+        self.inner
+            .as_ref()
+            .map(|c| c.indexes())
+            .unwrap_or_default()
+            .iter()
+            .map(|i| without_credentials(i))
+            .collect()
     }
 
     /// What the indexes offer (cached for [`AVAILABLE_TTL`]); `None` when no index is
@@ -315,6 +337,14 @@ impl Catalog {
         if let Err(e) = &answer {
             tracing::warn!(error = %e, "the web console could not read the plugin indexes");
         }
+        let answer = answer.map(|list| {
+            list.into_iter()
+                .map(|mut p| {
+                    p.index = without_credentials(&p.index);
+                    p
+                })
+                .collect()
+        });
         *cache = Some((Instant::now(), answer.clone()));
         Some(answer)
     }
@@ -345,6 +375,19 @@ mod tests {
             ["local", "external", "external"]
         );
         assert_eq!(d.location(), "plugins/echo/plugin.toml");
+    }
+
+    #[test]
+    fn index_locations_are_shown_without_credentials() {
+        assert_eq!(
+            without_credentials("https://bob:hunter2@plugins.example.invalid/dtf/?token=abc#x"),
+            "https://plugins.example.invalid/dtf/"
+        );
+        assert_eq!(
+            without_credentials("https://plugins.example.invalid"),
+            "https://plugins.example.invalid"
+        );
+        assert_eq!(without_credentials("/srv/index"), "/srv/index");
     }
 
     #[tokio::test]

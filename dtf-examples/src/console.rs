@@ -192,6 +192,7 @@ impl CoordinatorCatalog {
                     .provided(provided)
                     .build()
                     .map_err(|e| e.to_string());
+                // The console shows them without credentials.
                 (settings.indexes, Some(client))
             }
             Err(e) => (

@@ -886,6 +886,44 @@ async fn registry_without_a_catalog_lists_the_running_plugins_and_no_index() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_never_shows_the_credentials_of_an_index_url() {
+    use dtf_console::{AvailablePlugin, InstalledPlugin, PluginOrigin, StaticCatalog};
+    let secret_index = "https://bob:hunter2@plugins.example.invalid/dtf/?token=s3cr3t";
+    let catalog = StaticCatalog::new()
+        .with_installed(InstalledPlugin::new(
+            "picky",
+            "1.2.3",
+            PluginOrigin::Index {
+                index: secret_index.to_owned(),
+                signed_by: "5F3C2A1B".to_owned(),
+            },
+        ))
+        .with_index(
+            secret_index,
+            [AvailablePlugin::new("echo", "0.2.0", secret_index)],
+        );
+    let fx = start_with(0, config().await, Some(catalog)).await;
+    let text = client()
+        .get(format!("{}/api/registry", fx.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !text.contains("hunter2") && !text.contains("s3cr3t") && !text.contains("bob"),
+        "{text}"
+    );
+    let reg: Value = serde_json::from_str(&text).unwrap();
+    let shown = "https://plugins.example.invalid/dtf/";
+    assert_eq!(reg["indexes"], json!([shown]));
+    assert_eq!(entry(&reg["installed"], "picky")["location"], shown);
+    assert_eq!(entry(&reg["available"], "echo")["index"], shown);
+    fx.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_reads_need_the_token_when_configured_so() {
     let fx = start(0, config().await.reads_need_token(true)).await;
     let (status, body) = call(&fx, Method::GET, "/api/registry", None, false).await;
