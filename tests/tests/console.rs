@@ -738,6 +738,21 @@ async fn pages_render_and_stay_small_at_1000_plugins() {
         .await
         .unwrap();
     assert_eq!(filtered.matches("<tr data-name=").count(), 10);
+    // The registry lists every plugin (1,000 of them with no known source) in one answer.
+    let registry = client()
+        .get(format!("{}/api/registry", fx.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    eprintln!("registry answer at 1,006 plugins: {} bytes", registry.len());
+    assert!(
+        registry.len() < 250_000,
+        "the registry answer is {} bytes",
+        registry.len()
+    );
     for path in [
         "/plugins/picky",
         "/run",
