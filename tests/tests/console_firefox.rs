@@ -3,12 +3,13 @@
 //! manager with 1,000 plugins it opens the plugins page, sees the rows and a row the page's
 //! script builds for a plugin added while the page is open, disables one with its button and
 //! sees its state change, sees another's state change live when it is disabled from outside,
-//! fills the registry page from the API, shows the API's error for a bad configuration, and
-//! saves a screenshot.
+//! fills the registry page from the API, shows the API's error for a bad configuration, sees
+//! the task counts advance on the run page, and saves a screenshot.
 //!
 //! Skipped with a message when no Firefox is installed, unless `CI=true` (then it fails).
 //! `DTF_UPDATE_SCREENSHOTS=1` writes the screenshot to `docs/images/` (else to a temporary
-//! directory). It prints the page-load figure (`FIGURE`); nothing is asserted about time.
+//! directory). It prints the page-load and live-update figures (`FIGURE`); nothing is asserted
+//! about time.
 //!
 //! The browser is kept on loopback: a profile whose proxy for everything but loopback is
 //! 127.0.0.1:9 (nothing listens there), with Firefox's own background services (remote
@@ -30,6 +31,8 @@ use base64::Engine as _;
 use console_common::{PICKY_SECRET, Quiet, TOKEN, start};
 use dtf_console::ConsoleConfig;
 use dtf_plugin_core::PluginSpec;
+use dtf_plugin_core::event::TaskOutcome;
+use dtf_plugin_core::prelude::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -267,6 +270,23 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// Publishes `rate` custom events per second for `secs` seconds, in batches every 10 ms.
+async fn load(bus: &dtf_plugin_core::Bus, rate: u64, secs: u64) -> u64 {
+    let per_tick = rate / 100;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut sent = 0;
+    for _ in 0..secs * 100 {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            bus.publish(EventKind::custom("load.tick", json!({"n": sent})))
+                .await
+                .unwrap();
+            sent += 1;
+        }
+    }
+    sent
+}
+
 fn state_js(name: &str) -> String {
     format!(
         "(document.querySelector('tr[data-name=\"{name}\"] [data-f=state]') || {{}}).textContent"
@@ -470,6 +490,76 @@ async fn console_in_headless_firefox() {
         "HTTP 422 config_rejected: reconfigure plugin `picky`: limit: must be at most 100, got 1000"
     );
     assert_eq!(fx.manager.config("picky").await.unwrap()["limit"], 10);
+
+    // ---- the run page: counts advance, and the event stream at 10,000 events/s
+    let bus = fx.manager.bus();
+    ff.open(&format!("{}/run", fx.base)).await;
+    ff.wait_for(
+        "document.getElementById('live').textContent === 'live'",
+        "the live stream",
+    )
+    .await;
+    for i in 0..10 {
+        bus.publish(EventKind::task_created(
+            format!("t{i}"),
+            format!("case_{i}"),
+        ))
+        .await
+        .unwrap();
+    }
+    for i in 0..6 {
+        let t = format!("t{i}");
+        bus.publish(EventKind::task_started(t.as_str(), "worker-a", 1))
+            .await
+            .unwrap();
+        bus.publish(EventKind::task_completed(
+            t.as_str(),
+            "worker-a",
+            TaskOutcome::Passed,
+            Duration::from_millis(5),
+        ))
+        .await
+        .unwrap();
+    }
+    ff.wait_for(
+        "document.querySelector('[data-count=passed]').textContent === '6' && \
+         document.getElementById('progress').value === 6 && \
+         document.getElementById('progress-text').textContent === '6 / 10 tasks done'",
+        "6 of 10 tasks passed",
+    )
+    .await;
+    ff.eval("(() => { window.__dtfLatencies = []; return true; })()")
+        .await;
+    let sent = load(&bus, 10_000, 3).await;
+    fx.manager.flush().await;
+    ff.wait_for("window.__dtfLatencies.length > 0", "events in the browser")
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // let the tail of the stream arrive
+    let lat = ff.eval("window.__dtfLatencies").await;
+    let mut lat: Vec<f64> = lat
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let dropped = fx
+        .manager
+        .stats(dtf_console::CONSOLE_PLUGIN)
+        .await
+        .unwrap()
+        .dropped;
+    eprintln!(
+        "FIGURE firefox: bus event to the browser at 10,000 events/s: {} sent, {} received, console dropped {}, \
+         p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        sent,
+        lat.len(),
+        dropped,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    assert!(!lat.is_empty());
 
     ff.close().await;
     fx.stop().await;
