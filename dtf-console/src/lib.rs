@@ -50,7 +50,8 @@
 //!   or a cookie, so another site cannot make a browser act (CSRF).
 //! - **Secrets stay on the server.** Values under secret-looking keys of plugin settings
 //!   (`token`, `password`, `url`, … see [`dtf_plugin_core::config::is_secret_key`]) are sent
-//!   as `"***"`; a `"***"` sent back keeps the current value.
+//!   as `"***"`; a `"***"` sent back keeps the current value. Plugin index URLs of the
+//!   registry are shown without user name, password, query and fragment.
 //! - **Bad input is a 4xx with a JSON message** (`{"error": …, "code": …}`): unknown plugin
 //!   404, malformed JSON 400, body over [`ConsoleConfig::body_limit`] 413, rejected
 //!   configuration 422 (the old one stays), wrong state 409, missing/wrong token 401/403.
