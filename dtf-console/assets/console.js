@@ -98,7 +98,7 @@
   }
 
   // ---- plugins table (plugins page and one plugin's page)
-  var COLS = ['name', 'kind', 'version', 'state', 'hooks', 'queue_depth', 'delivered', 'dead_letters', 'restarts', 'last_error'];
+  var COLS = ['name', 'kind', 'version', 'source', 'state', 'hooks', 'queue_depth', 'delivered', 'dead_letters', 'restarts', 'last_error'];
   function hooksText(hooks) { return hooks.length > 4 ? hooks.length + ' hooks' : hooks.join(', '); }
   function buildRow(p) {
     var tr = document.createElement('tr');
@@ -311,6 +311,74 @@
     });
   }
 
+  // ---- registry page: installed plugins and what the indexes offer, from /api/registry
+  var installed = $('#installed');
+  function refreshRegistry() {
+    if (!installed) return;
+    api('GET', '/api/registry').then(function (r) {
+      if (!r.ok) { say((r.json && r.json.error) || ('HTTP ' + r.status), true); return; }
+      var g = r.json;
+      var known = { 'built-in': 'built-in', 'directory': 'plugin directory', 'index': 'installed from an index' };
+      // Running plugins whose source the coordinator did not name are summed up below the
+      // table (there may be a thousand); the plugins page lists them.
+      var listed = g.installed.filter(function (p) { return p.source; });
+      var unknown = g.installed.filter(function (p) { return !p.source; });
+      var more = $('#unknown-source');
+      more.hidden = !unknown.length;
+      $('#unknown-count').textContent = unknown.length;
+      $('#unknown-names').textContent = unknown.slice(0, 200).map(function (p) { return p.name; }).join(', ') +
+        (unknown.length > 200 ? ', …' : '');
+      cells(installed.tBodies[0], listed.map(function (p) {
+        return {
+          name: p.name,
+          version: p.version + (p.running_version && p.running_version !== p.version ? ' (running ' + p.running_version + ')' : ''),
+          source: known[p.source] + ' · ' + p.locality,
+          from: (p.location || '') + (p.signed_by ? ' (signed by ' + p.signed_by + ')' : ''),
+          state: p.state || 'not running',
+          description: p.description
+        };
+      }), ['name', 'version', 'source', 'from', 'state', 'description']);
+      Array.prototype.forEach.call(installed.tBodies[0].rows, function (tr, i) {
+        tr.setAttribute('data-name', listed[i].name);
+        tr.cells[4].className = 'state state-' + (listed[i].state || 'none');
+      });
+      $('#installed-count').textContent = '(' + listed.length + ')';
+      var avail = $('#available');
+      var note = $('#indexes');
+      if (!g.indexes.length) {
+        note.textContent = 'No plugin index is configured ([registry] indexes in dtf.toml).';
+        avail.hidden = true;
+      } else if (g.index_error) {
+        note.textContent = 'Indexes: ' + g.indexes.join(', ') + '. They could not be read: ' + g.index_error;
+        note.className = 'error';
+        avail.hidden = true;
+      } else {
+        note.textContent = 'Indexes: ' + g.indexes.join(', ') + ' · ' + g.available.length + ' plugins';
+        cells(avail.tBodies[0], g.available.map(function (p) {
+          return {
+            name: p.name, version: p.version,
+            installable: p.installable || 'not by this build',
+            installed: p.installed || '',
+            index: p.index, description: p.description
+          };
+        }), ['name', 'version', 'installable', 'installed', 'index', 'description']);
+        Array.prototype.forEach.call(avail.tBodies[0].rows, function (tr, i) {
+          tr.setAttribute('data-name', g.available[i].name);
+        });
+        avail.hidden = false;
+      }
+      window.__dtfRegistry = g;
+    });
+  }
+  if (installed) {
+    // Plugin lifecycle events change the "in this run" column.
+    onStream(function (type, data) {
+      if (type === 'plugin' || (type === 'bus' && /^plugin_/.test(data.kind && data.kind.type))) {
+        if (!refreshTimer) refreshTimer = setTimeout(function () { refreshTimer = null; refreshRegistry(); }, 30);
+      }
+    });
+  }
+
   // Times are sent as milliseconds since the epoch; show them in the reader's time zone.
   Array.prototype.forEach.call(document.querySelectorAll('td.time[data-ms]'), function (td) {
     td.textContent = new Date(Number(td.dataset.ms)).toLocaleString();
@@ -318,13 +386,15 @@
 
   function refreshAll() {
     refreshPlugins();
+    refreshRegistry();
     loadConfig();
     if (streamList) api('GET', '/api/run').then(function (r) { if (r.ok) renderRun(r.json); });
   }
 
-  if (table || single) stop = startStream('?hook=plugin_started,plugin_failed,plugin_restarted,plugin_disabled');
+  if (table || single || installed) stop = startStream('?hook=plugin_started,plugin_failed,plugin_restarted,plugin_disabled');
   else if (streamList) stop = startStream(streamQuery());
   if (document.body.dataset.readsOpen !== 'true') refreshAll();
   else if (streamList) refreshAll();
+  else if (installed) refreshRegistry();
   window.__dtfConsoleReady = true;
 })();

@@ -1,5 +1,6 @@
 //! The JSON API under `/api/` (documented in `docs/console-openapi.yaml`).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::catalog::{AvailablePlugin, InstalledPlugin};
 use crate::redact::{redact, restore_masked};
 use crate::run::{CONSOLE_PLUGIN, Notice, RunSnapshot, epoch_ms};
 use crate::server::AppState;
@@ -127,10 +129,14 @@ pub(crate) struct PluginRow {
     pub(crate) last_error: Option<String>,
     /// Whether this is the console's own plugin.
     pub(crate) console: bool,
+    /// `local` (in the coordinator's process) or `external`; `None` when the embedding
+    /// coordinator did not say.
+    pub(crate) source: Option<&'static str>,
 }
 
-impl From<&PluginInfo> for PluginRow {
-    fn from(p: &PluginInfo) -> Self {
+impl PluginRow {
+    /// The row of `p`, its source looked up in `installed`.
+    pub(crate) fn new(p: &PluginInfo, installed: &HashMap<String, InstalledPlugin>) -> Self {
         Self {
             name: p.name.clone(),
             kind: p.kind.to_string(),
@@ -147,6 +153,7 @@ impl From<&PluginInfo> for PluginRow {
             failures: p.stats.failures,
             last_error: p.last_error.clone(),
             console: p.name == CONSOLE_PLUGIN,
+            source: installed.get(&p.name).map(|i| i.origin.locality()),
         }
     }
 }
@@ -177,11 +184,12 @@ pub(crate) async fn plugin_page(
         .filter(|p| q.is_none_or(|q| p.name.contains(q)))
         .collect();
     let total = matching.len();
+    let installed = state.catalog.installed();
     let rows = matching
         .into_iter()
         .skip(offset)
         .take(limit)
-        .map(PluginRow::from)
+        .map(|p| PluginRow::new(p, &installed))
         .collect();
     Ok((rows, total))
 }
@@ -204,7 +212,7 @@ pub(crate) async fn find_plugin(state: &AppState, name: &str) -> ApiResult<Plugi
     let list = state.manager.list().await?;
     list.iter()
         .find(|p| p.name == name)
-        .map(PluginRow::from)
+        .map(|p| PluginRow::new(p, &state.catalog.installed()))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -425,6 +433,109 @@ pub(crate) async fn run_snapshot(state: &AppState) -> RunSnapshot {
 
 pub(crate) async fn run(State(state): State<AppState>) -> Json<RunSnapshot> {
     Json(run_snapshot(&state).await)
+}
+
+/// One installed plugin as `GET /api/registry` shows it.
+#[derive(Debug, Serialize)]
+pub(crate) struct InstalledRow {
+    pub(crate) name: String,
+    /// The installed version (the running one when the catalog does not list it).
+    pub(crate) version: String,
+    pub(crate) description: String,
+    /// `built-in`, `directory`, `index`, or `None` when the coordinator did not say.
+    pub(crate) source: Option<&'static str>,
+    /// `local` or `external`, or `None` when unknown.
+    pub(crate) locality: Option<&'static str>,
+    /// The crate, the manifest path or the index it came from.
+    pub(crate) location: Option<String>,
+    /// For a plugin installed from an index: the key that signed it.
+    pub(crate) signed_by: Option<String>,
+    /// Its state in this run, `None` when it is not running in it.
+    pub(crate) state: Option<String>,
+    /// The version running in this run, when it runs.
+    pub(crate) running_version: Option<String>,
+}
+
+/// What `GET /api/registry` returns.
+#[derive(Debug, Serialize)]
+pub(crate) struct Registry {
+    /// Whether the embedding coordinator said where its plugins come from.
+    pub(crate) catalog: bool,
+    /// Installed plugins (those of the catalog and those running), by name.
+    pub(crate) installed: Vec<InstalledRow>,
+    /// The plugin indexes configured.
+    pub(crate) indexes: Vec<String>,
+    /// What they offer; `None` when no index is configured or they could not be read.
+    pub(crate) available: Option<Vec<AvailablePlugin>>,
+    /// Why the indexes could not be read.
+    pub(crate) index_error: Option<String>,
+}
+
+/// Where a plugin came from, as the browser may see it (an index without credentials).
+fn location(origin: &crate::PluginOrigin) -> String {
+    crate::catalog::without_credentials(&origin.location())
+}
+
+/// The registry: installed plugins (with their state in this run) and available ones.
+pub(crate) async fn registry_view(state: &AppState) -> ApiResult<Registry> {
+    let running = state.manager.list().await?;
+    let mut installed = state.catalog.installed();
+    let mut rows: Vec<InstalledRow> = Vec::with_capacity(installed.len() + running.len());
+    for p in &running {
+        let known = installed.remove(&p.name);
+        rows.push(InstalledRow {
+            name: p.name.clone(),
+            version: known
+                .as_ref()
+                .map_or_else(|| p.version.clone(), |k| k.version.clone()),
+            description: known
+                .as_ref()
+                .map(|k| k.description.clone())
+                .unwrap_or_default(),
+            source: known.as_ref().map(|k| k.origin.as_str()),
+            locality: known.as_ref().map(|k| k.origin.locality()),
+            location: known.as_ref().map(|k| location(&k.origin)),
+            signed_by: known.as_ref().and_then(|k| match &k.origin {
+                crate::PluginOrigin::Index { signed_by, .. } => Some(signed_by.clone()),
+                _ => None,
+            }),
+            state: Some(p.status.to_string()),
+            running_version: Some(p.version.clone()),
+        });
+    }
+    for k in installed.into_values() {
+        rows.push(InstalledRow {
+            signed_by: match &k.origin {
+                crate::PluginOrigin::Index { signed_by, .. } => Some(signed_by.clone()),
+                _ => None,
+            },
+            source: Some(k.origin.as_str()),
+            locality: Some(k.origin.locality()),
+            location: Some(location(&k.origin)),
+            name: k.name,
+            version: k.version,
+            description: k.description,
+            state: None,
+            running_version: None,
+        });
+    }
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    let (available, index_error) = match state.catalog.available().await {
+        None => (None, None),
+        Some(Ok(list)) => (Some(list), None),
+        Some(Err(e)) => (None, Some(e)),
+    };
+    Ok(Registry {
+        catalog: state.catalog.is_known(),
+        installed: rows,
+        indexes: state.catalog.indexes(),
+        available,
+        index_error,
+    })
+}
+
+pub(crate) async fn registry(State(state): State<AppState>) -> ApiResult<Json<Registry>> {
+    Ok(Json(registry_view(&state).await?))
 }
 
 /// Query of `GET /api/events`.

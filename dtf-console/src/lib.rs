@@ -6,7 +6,8 @@
 //!   restart, remove, reconfigure; dead letters; the run's counts; a live event stream over
 //!   server-sent events), described in `docs/console-openapi.yaml`;
 //! - server-rendered pages (plugins, one plugin with its settings editor and dead letters, the
-//!   run) that one small vendored script keeps live; no CDN, no build step, works offline.
+//!   run, the plugin registry) that one small vendored script keeps live; no CDN, no build
+//!   step, works offline.
 //!
 //! # Main types
 //!
@@ -15,6 +16,9 @@
 //! - [`AccessToken`]: the bearer token every action needs ([`AccessToken::resolve`] reads
 //!   [`TOKEN_ENV`] or a file, or generates one).
 //! - [`ConsoleConfig`]: address, body limit, page size, queue sizes.
+//! - [`PluginCatalog`] (or the plain-data [`StaticCatalog`]): what the embedding coordinator
+//!   knows about its plugins (built in, from a plugin directory, installed from an index, and
+//!   what its indexes offer), handed over with [`Console::catalog`] for the registry page.
 //!
 //! # Example
 //!
@@ -46,7 +50,8 @@
 //!   or a cookie, so another site cannot make a browser act (CSRF).
 //! - **Secrets stay on the server.** Values under secret-looking keys of plugin settings
 //!   (`token`, `password`, `url`, … see [`dtf_plugin_core::config::is_secret_key`]) are sent
-//!   as `"***"`; a `"***"` sent back keeps the current value.
+//!   as `"***"`; a `"***"` sent back keeps the current value. Plugin index URLs of the
+//!   registry are shown without user name, password, query and fragment.
 //! - **Bad input is a 4xx with a JSON message** (`{"error": …, "code": …}`): unknown plugin
 //!   404, malformed JSON 400, body over [`ConsoleConfig::body_limit`] 413, rejected
 //!   configuration 422 (the old one stays), wrong state 409, missing/wrong token 401/403.
@@ -55,6 +60,7 @@
 
 mod api;
 mod auth;
+mod catalog;
 mod error;
 mod pages;
 mod redact;
@@ -62,6 +68,10 @@ mod run;
 mod server;
 
 pub use auth::{AccessToken, TOKEN_ENV, TokenOrigin};
+pub use catalog::{
+    AVAILABLE_TTL, AvailablePlugin, CatalogFuture, InstalledPlugin, PluginCatalog, PluginOrigin,
+    StaticCatalog,
+};
 pub use error::ConsoleError;
 pub use run::CONSOLE_PLUGIN;
 pub use server::{Console, ConsoleConfig, RunningConsole};

@@ -66,21 +66,23 @@ fn layout(title: &str, active: &str, reads_open: bool, body: &str) -> Html<Strin
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <title>{title} · dtf console</title><link rel=\"stylesheet\" href=\"/static/console.css\"></head>\
-<body data-reads-open=\"{reads_open}\"><header><strong>dtf console</strong><nav>{} {}</nav>\
+<body data-reads-open=\"{reads_open}\"><header><strong>dtf console</strong><nav>{} {} {}</nav>\
 <form id=\"token-form\" autocomplete=\"off\"><input id=\"token\" type=\"password\" placeholder=\"access token\" aria-label=\"access token\">\
 <button type=\"submit\">Use token</button></form><span id=\"live\" class=\"live\">offline</span></header>\
 <main>{closed}<div id=\"msg\" role=\"status\"></div>{body}</main>\
 <script src=\"/static/console.js\"></script></body></html>",
         nav("/", "Plugins"),
         nav("/run", "Run"),
+        nav("/registry", "Registry"),
         title = esc(title),
     ))
 }
 
-const COLUMNS: [(&str, &str); 11] = [
+const COLUMNS: [(&str, &str); 12] = [
     ("name", "Name"),
     ("kind", "Kind"),
     ("version", "Version"),
+    ("source", "Source"),
     ("state", "State"),
     ("hooks", "Hooks"),
     ("queue_depth", "Queue"),
@@ -115,13 +117,14 @@ fn action_buttons(name: &str) -> String {
 fn plugin_row(row: &PluginRow) -> String {
     format!(
         "<tr data-name=\"{n}\"><td data-f=\"name\"><a href=\"/plugins/{s}\">{n}</a></td>\
-<td data-f=\"kind\">{}</td><td data-f=\"version\">{}</td>\
+<td data-f=\"kind\">{}</td><td data-f=\"version\">{}</td><td data-f=\"source\">{}</td>\
 <td data-f=\"state\" class=\"state state-{st}\">{st}</td><td data-f=\"hooks\">{}</td>\
 <td data-f=\"queue_depth\" class=\"num\">{}</td><td data-f=\"delivered\" class=\"num\">{}</td>\
 <td data-f=\"dead_letters\" class=\"num\">{}</td><td data-f=\"restarts\" class=\"num\">{}</td>\
 <td data-f=\"last_error\" class=\"err\">{}</td><td class=\"actions\">{}</td></tr>",
         esc(&row.kind),
         esc(&row.version),
+        row.source.unwrap_or(""),
         esc(&hooks_text(row)),
         row.queue_depth,
         row.delivered,
@@ -338,6 +341,22 @@ pub(crate) async fn run_page(
 <ol id=\"stream\" class=\"stream\" reversed></ol>",
     );
     layout("Run", "Run", open, &body)
+}
+
+/// `GET /registry`: installed plugins with their source and state in this run, and what the
+/// plugin indexes offer. The script fills both tables from `GET /api/registry`.
+pub(crate) async fn registry_page(
+    Extension(OpenReads(open)): Extension<OpenReads>,
+) -> Html<String> {
+    let body = "<h1>Plugin registry</h1>\
+<h2>Installed <small id=\"installed-count\"></small></h2>\
+<p class=\"hint\">Built into the coordinator (runs in its process), found in a plugin directory, or installed from a plugin index (both run in their own process).</p>\
+<table id=\"installed\"><thead><tr><th>Name</th><th>Version</th><th>Source</th><th>From</th><th>In this run</th><th>Description</th></tr></thead><tbody></tbody></table>\
+<details id=\"unknown-source\" hidden><summary><span id=\"unknown-count\">0</span> more running plugins whose source the coordinator did not name (see the Plugins page)</summary>\
+<p id=\"unknown-names\" class=\"hint\"></p></details>\
+<h2>Available from the plugin indexes</h2><p id=\"indexes\" class=\"hint\"></p>\
+<table id=\"available\" hidden><thead><tr><th>Name</th><th>Newest</th><th>Installable</th><th>Installed</th><th>Index</th><th>Description</th></tr></thead><tbody></tbody></table>";
+    layout("Registry", "Registry", open, body)
 }
 
 /// `GET /static/console.js`.

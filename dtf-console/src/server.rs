@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiError};
+use crate::catalog::{Catalog, PluginCatalog};
 use crate::run::{ConsolePlugin, Shared};
 use crate::{AccessToken, ConsoleError, pages};
 
@@ -93,6 +94,8 @@ pub(crate) struct AppState {
     /// Whether GETs are allowed without the token (bound to loopback).
     pub(crate) reads_open: bool,
     pub(crate) page_size: usize,
+    /// What the embedding coordinator knows about its plugins.
+    pub(crate) catalog: Catalog,
     /// Ends the live streams when the server stops.
     pub(crate) stop: watch::Receiver<bool>,
 }
@@ -104,6 +107,7 @@ pub struct Console {
     shared: Arc<Shared>,
     token: Arc<AccessToken>,
     config: ConsoleConfig,
+    catalog: Catalog,
     stop_tx: watch::Sender<bool>,
 }
 
@@ -111,6 +115,7 @@ impl std::fmt::Debug for Console {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Console")
             .field("config", &self.config)
+            .field("catalog", &self.catalog.is_known())
             .finish_non_exhaustive()
     }
 }
@@ -142,8 +147,18 @@ impl Console {
             shared,
             token: Arc::new(token),
             config,
+            catalog: Catalog::new(None),
             stop_tx,
         })
+    }
+
+    /// Hands over what the embedding coordinator knows about its plugins: where each comes
+    /// from (the `source` column of the plugins page, the registry page) and what its plugin
+    /// indexes offer. Without it, sources are unknown and the registry lists only the
+    /// running plugins. Call it before [`router`](Self::router) or [`serve`](Self::serve).
+    pub fn catalog(mut self, catalog: impl PluginCatalog) -> Self {
+        self.catalog = Catalog::new(Some(Arc::new(catalog)));
+        self
     }
 
     /// The console's routes. `reads_open`: whether GETs are served without the token (pass
@@ -155,6 +170,7 @@ impl Console {
             token: Arc::clone(&self.token),
             reads_open,
             page_size: self.config.page_size,
+            catalog: self.catalog.clone(),
             stop: self.stop_tx.subscribe(),
         };
         let api = Router::new()
@@ -170,6 +186,7 @@ impl Console {
             )
             .route("/plugins/{name}/dead-letters", get(api::dead_letters))
             .route("/run", get(api::run))
+            .route("/registry", get(api::registry))
             .route("/events", get(api::events))
             .fallback(api::not_found)
             .method_not_allowed_fallback(api::method_not_allowed);
@@ -177,6 +194,7 @@ impl Console {
             .route("/", get(pages::plugins_page))
             .route("/plugins/{name}", get(pages::plugin_page))
             .route("/run", get(pages::run_page))
+            .route("/registry", get(pages::registry_page))
             .route("/static/console.js", get(pages::script))
             .route("/static/console.css", get(pages::style))
             .nest("/api", api)

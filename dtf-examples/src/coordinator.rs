@@ -451,7 +451,14 @@ impl Coordinator {
             builder = builder.spec(spec);
         }
         let manager = builder.spawn().await?;
-        let console = crate::console::start(&manager, options.ui).await?;
+        let console = crate::console::start(
+            &manager,
+            options.ui,
+            &registry,
+            &loaded.plugin_dirs,
+            options.config_file.as_deref(),
+        )
+        .await?;
         // Hot reload: a changed, added or removed plugin in a plugin directory is swapped in
         // while the run goes on, without losing events (`PluginManager::replace`).
         let reloader = (!loaded.plugin_dirs.is_empty()).then(|| {

@@ -38,6 +38,8 @@ mod docs {
     mod notify {}
     #[doc = include_str!("../../docs/scheduler.md")]
     mod scheduler {}
+    #[doc = include_str!("../../docs/web-console.md")]
+    mod web_console {}
     #[doc = include_str!("../../docs/writing-a-plugin.md")]
     mod writing_a_plugin {}
 }

@@ -13,7 +13,7 @@ mod console_common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use console_common::{Fixture, PICKY_SECRET, TOKEN, start};
+use console_common::{Fixture, INDEX, PICKY_SECRET, TOKEN, start, start_with};
 use dtf_console::ConsoleConfig;
 use dtf_plugin_core::prelude::*;
 use reqwest::{Client, Method, StatusCode};
@@ -738,9 +738,25 @@ async fn pages_render_and_stay_small_at_1000_plugins() {
         .await
         .unwrap();
     assert_eq!(filtered.matches("<tr data-name=").count(), 10);
+    // The registry lists every plugin (1,000 of them with no known source) in one answer.
+    let registry = client()
+        .get(format!("{}/api/registry", fx.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    eprintln!("registry answer at 1,006 plugins: {} bytes", registry.len());
+    assert!(
+        registry.len() < 250_000,
+        "the registry answer is {} bytes",
+        registry.len()
+    );
     for path in [
         "/plugins/picky",
         "/run",
+        "/registry",
         "/static/console.js",
         "/static/console.css",
     ] {
@@ -763,6 +779,183 @@ async fn pages_render_and_stay_small_at_1000_plugins() {
         !script.contains("http://") && !script.contains("https://"),
         "the script loads nothing from elsewhere"
     );
+    fx.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The plugin registry and the source column.
+
+fn entry<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {list}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_lists_installed_plugins_with_their_source_and_the_index_offer() {
+    let fx = start(0, config().await).await;
+    fx.manager.disable("quiet").await.unwrap();
+    let (status, reg) = call(&fx, Method::GET, "/api/registry", None, false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(reg["catalog"], true);
+    let installed = &reg["installed"];
+    // Installed from the index, running: the index and the signer are shown.
+    let picky = entry(installed, "picky");
+    assert_eq!(picky["source"], "index");
+    assert_eq!(picky["locality"], "external");
+    assert_eq!(picky["location"], INDEX);
+    assert_eq!(picky["signed_by"], "5F3C2A1B");
+    assert_eq!(picky["version"], "1.2.3");
+    assert_eq!(picky["state"], "running");
+    assert_eq!(picky["description"], "accepts small limits");
+    let flaky = entry(installed, "flaky");
+    assert_eq!(flaky["source"], "directory");
+    assert_eq!(flaky["location"], "plugins/flaky/plugin.toml");
+    assert_eq!(flaky["signed_by"], Value::Null);
+    let quiet = entry(installed, "quiet");
+    assert_eq!(quiet["source"], "built-in");
+    assert_eq!(quiet["locality"], "local");
+    assert_eq!(quiet["state"], "disabled");
+    // Installed, not in this run.
+    let sleepy = entry(installed, "sleepy");
+    assert_eq!(sleepy["state"], Value::Null);
+    assert_eq!(sleepy["running_version"], Value::Null);
+    assert_eq!(sleepy["version"], "0.4.0");
+    // Running, but the coordinator did not say where it comes from.
+    let victim = entry(installed, "victim");
+    assert_eq!(victim["source"], Value::Null);
+    assert_eq!(victim["state"], "running");
+    // The console knows its own plugin.
+    assert_eq!(entry(installed, "dtf-console")["source"], "built-in");
+    let names: Vec<&str> = installed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted, "by name");
+    assert_eq!(names.len(), 7, "{names:?}");
+    // What the index offers.
+    assert_eq!(reg["indexes"], json!([INDEX]));
+    assert_eq!(reg["index_error"], Value::Null);
+    let available = &reg["available"];
+    assert_eq!(entry(available, "echo")["installable"], "0.2.0");
+    assert_eq!(entry(available, "picky")["installed"], "1.2.3");
+    assert_eq!(entry(available, "picky")["version"], "1.3.0");
+    assert_eq!(entry(available, "future")["installable"], Value::Null);
+
+    // The plugins list and page say local or external.
+    let (_, list) = call(&fx, Method::GET, "/api/plugins", None, false).await;
+    assert_eq!(entry(&list, "picky")["source"], "external");
+    assert_eq!(entry(&list, "flaky")["source"], "external");
+    assert_eq!(entry(&list, "quiet")["source"], "local");
+    assert_eq!(entry(&list, "victim")["source"], Value::Null);
+    let (_, one) = call(&fx, Method::GET, "/api/plugins/picky", None, false).await;
+    assert_eq!(one["source"], "external");
+    let html = client()
+        .get(format!("{}/", fx.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("<th>Source</th>"));
+    assert!(html.contains("<td data-f=\"source\">external</td>"));
+    assert!(html.contains("<td data-f=\"source\">local</td>"));
+    // The registry page is a shell the script fills from the API, linked from every page.
+    let page = client()
+        .get(format!("{}/registry", fx.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("id=\"installed\"") && page.contains("id=\"available\""));
+    assert!(html.contains("href=\"/registry\""));
+    fx.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_without_a_catalog_lists_the_running_plugins_and_no_index() {
+    let fx = start_with(0, config().await, None).await;
+    let (status, reg) = call(&fx, Method::GET, "/api/registry", None, false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(reg["catalog"], false);
+    assert_eq!(reg["indexes"], json!([]));
+    assert_eq!(reg["available"], Value::Null);
+    assert_eq!(reg["index_error"], Value::Null);
+    let installed = reg["installed"].as_array().unwrap();
+    assert_eq!(installed.len(), 6, "the five test plugins and the console");
+    assert_eq!(entry(&reg["installed"], "picky")["source"], Value::Null);
+    assert_eq!(entry(&reg["installed"], "picky")["version"], "1.2.3");
+    let (_, list) = call(&fx, Method::GET, "/api/plugins", None, false).await;
+    assert_eq!(entry(&list, "picky")["source"], Value::Null);
+    assert_eq!(entry(&list, "dtf-console")["source"], "local");
+    fx.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_never_shows_the_credentials_of_an_index_url() {
+    use dtf_console::{AvailablePlugin, InstalledPlugin, PluginOrigin, StaticCatalog};
+    let secret_index = "https://bob:hunter2@plugins.example.invalid/dtf/?token=s3cr3t";
+    let catalog = StaticCatalog::new()
+        .with_installed(InstalledPlugin::new(
+            "picky",
+            "1.2.3",
+            PluginOrigin::Index {
+                index: secret_index.to_owned(),
+                signed_by: "5F3C2A1B".to_owned(),
+            },
+        ))
+        .with_index(
+            secret_index,
+            [AvailablePlugin::new("echo", "0.2.0", secret_index)],
+        );
+    let fx = start_with(0, config().await, Some(catalog)).await;
+    let text = client()
+        .get(format!("{}/api/registry", fx.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !text.contains("hunter2") && !text.contains("s3cr3t") && !text.contains("bob"),
+        "{text}"
+    );
+    let reg: Value = serde_json::from_str(&text).unwrap();
+    let shown = "https://plugins.example.invalid/dtf/";
+    assert_eq!(reg["indexes"], json!([shown]));
+    assert_eq!(entry(&reg["installed"], "picky")["location"], shown);
+    assert_eq!(entry(&reg["available"], "echo")["index"], shown);
+    fx.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_reads_need_the_token_when_configured_so() {
+    let fx = start(0, config().await.reads_need_token(true)).await;
+    let (status, body) = call(&fx, Method::GET, "/api/registry", None, false).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["code"], "token_required");
+    let (status, _) = call(&fx, Method::GET, "/api/registry", None, true).await;
+    assert_eq!(status, StatusCode::OK);
+    // The page shell carries no data.
+    let page = client()
+        .get(format!("{}/registry", fx.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("picky"));
     fx.stop().await;
 }
 
@@ -986,7 +1179,7 @@ async fn every_path_of_the_openapi_file_answers_as_documented() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 12, "operations checked");
+    assert_eq!(checked, 13, "operations checked");
     fx.stop().await;
 }
 

@@ -1,8 +1,9 @@
 //! The web console in a real browser: headless Chromium driven over the DevTools protocol
 //! (a small client over a websocket on loopback). It opens the console of a running manager
 //! with 1,000 plugins, sees the plugins, disables one with its button, sees another's state
-//! change live when it is disabled from outside, submits a bad configuration and sees the
-//! API's error, sees the task counts advance, and saves screenshots.
+//! change live when it is disabled from outside, fills the registry page from the API, submits
+//! a bad configuration and sees the API's error, sees the task counts advance, and saves
+//! screenshots.
 //!
 //! Skipped with a message when no Chromium is installed, unless `CI=true` (then it fails).
 //! `DTF_UPDATE_SCREENSHOTS=1` writes the screenshots to `docs/images/` (else to a temporary
@@ -418,6 +419,31 @@ async fn console_in_headless_chromium() {
         at.as_f64().unwrap() - before
     );
     loader.await.unwrap();
+
+    // ---- the registry page, filled by the script from /api/registry
+    browser.open(&format!("{}/registry", fx.base)).await;
+    browser
+        .wait_for(
+            "window.__dtfRegistry && !document.getElementById('available').hidden",
+            "the registry tables",
+        )
+        .await;
+    let picky = browser
+        .eval("document.querySelector('#installed tr[data-name=\"picky\"]').textContent")
+        .await;
+    assert!(
+        picky.as_str().unwrap().contains("installed from an index"),
+        "{picky}"
+    );
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('#available tbody tr').length")
+            .await,
+        3
+    );
+    browser
+        .screenshot(&shots.join("console-registry.png"))
+        .await;
 
     // ---- a plugin's page: a bad configuration shows the API's error; the old one stays
     browser.open(&format!("{}/plugins/picky", fx.base)).await;

@@ -5,7 +5,10 @@
 
 use std::net::SocketAddr;
 
-use dtf_console::{AccessToken, Console, ConsoleConfig, RunningConsole};
+use dtf_console::{
+    AccessToken, AvailablePlugin, Console, ConsoleConfig, InstalledPlugin, PluginOrigin,
+    RunningConsole, StaticCatalog,
+};
 use dtf_plugin_core::prelude::*;
 use dtf_plugin_core::{PluginManager, PluginSpec, Reconfigured};
 use serde::Deserialize;
@@ -100,9 +103,76 @@ pub(crate) struct Fixture {
     pub(crate) addr: SocketAddr,
 }
 
+/// The index of [`catalog`].
+pub(crate) const INDEX: &str = "https://plugins.example.invalid/dtf/";
+
+/// What the test coordinator tells the console about its plugins: `picky` was installed from
+/// an index, `flaky` comes from a plugin directory, `quiet` is built in, `sleepy` is installed
+/// (from a plugin directory) but does not run; the index offers `echo` (installable), a newer
+/// `picky`, and `future` (not installable by this build). The others are not listed.
+pub(crate) fn catalog() -> StaticCatalog {
+    StaticCatalog::new()
+        .with_installed(
+            InstalledPlugin::new(
+                "picky",
+                "1.2.3",
+                PluginOrigin::Index {
+                    index: INDEX.to_owned(),
+                    signed_by: "5F3C2A1B".to_owned(),
+                },
+            )
+            .description("accepts small limits"),
+        )
+        .with_installed(InstalledPlugin::new(
+            "flaky",
+            "0.0.0",
+            PluginOrigin::Directory {
+                manifest: "plugins/flaky/plugin.toml".into(),
+            },
+        ))
+        .with_installed(InstalledPlugin::new(
+            "quiet",
+            "0.0.0",
+            PluginOrigin::BuiltIn {
+                krate: "dtf-tests".to_owned(),
+            },
+        ))
+        .with_installed(
+            InstalledPlugin::new(
+                "sleepy",
+                "0.4.0",
+                PluginOrigin::Directory {
+                    manifest: "plugins/sleepy/plugin.toml".into(),
+                },
+            )
+            .description("installed, disabled in dtf.toml"),
+        )
+        .with_index(
+            INDEX,
+            [
+                AvailablePlugin::new("echo", "0.2.0", INDEX).description("prints every event"),
+                AvailablePlugin::new("picky", "1.3.0", INDEX)
+                    .installed(Some("1.2.3".to_owned()))
+                    .description("accepts small limits"),
+                AvailablePlugin::new("future", "9.0.0", INDEX)
+                    .installable(None)
+                    .description("speaks a newer plugin protocol"),
+            ],
+        )
+}
+
 /// Starts a manager with `picky`, `flaky`, `quiet`, `victim`, `victim2` and `extra` more
-/// plugins (`p0000`…), attaches the console and serves it on 127.0.0.1:0.
+/// plugins (`p0000`…), attaches the console with [`catalog`] and serves it on 127.0.0.1:0.
 pub(crate) async fn start(extra: usize, config: ConsoleConfig) -> Fixture {
+    start_with(extra, config, Some(catalog())).await
+}
+
+/// Like [`start`], with the catalog given (`None`: the console is told nothing).
+pub(crate) async fn start_with(
+    extra: usize,
+    config: ConsoleConfig,
+    catalog: Option<StaticCatalog>,
+) -> Fixture {
     let mut builder = PluginManager::builder()
         .spec(PluginSpec::new(|| Picky).config(json!({"limit": 10, "token": PICKY_SECRET})))
         .plugin(|| Flaky)
@@ -114,9 +184,12 @@ pub(crate) async fn start(extra: usize, config: ConsoleConfig) -> Fixture {
     }
     let manager = builder.spawn().await.expect("manager starts");
     let config = config.bind(SocketAddr::from(([127, 0, 0, 1], 0)));
-    let console = Console::attach(&manager, AccessToken::new(TOKEN), config)
+    let mut console = Console::attach(&manager, AccessToken::new(TOKEN), config)
         .await
         .expect("console attaches");
+    if let Some(catalog) = catalog {
+        console = console.catalog(catalog);
+    }
     let console = console.serve().await.expect("console serves");
     let addr = console.local_addr();
     Fixture {
