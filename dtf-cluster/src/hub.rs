@@ -510,7 +510,7 @@ impl HubLoop {
                 let n = resend_jobs(w);
                 self.counters.jobs_resent.fetch_add(n, Ordering::Relaxed);
                 if was != Health::Up {
-                    tracing::info!(%worker, "the worker reconnected");
+                    tracing::info!(%worker, "the worker is back (reconnected)");
                     self.publish(EventKind::worker_recovered(worker)).await;
                 }
             }

@@ -253,7 +253,7 @@ impl WorkerLoop {
     async fn try_connect(&self) -> Result<u64, ClusterError> {
         self.drop_sessions().await;
         // Node ids grow with every session: the coordinator must appear on a newer one.
-        let stale = wire::newest_remote(HUB_GROUP).map_or(0, |(node, _)| node);
+        let stale = wire::newest_remote(HUB_GROUP).map(|(node, _)| node);
         let addr = self.config.coordinator.clone();
         let connected = match &self.config.transport {
             Transport::Insecure => ractor_cluster::client_connect(&self.node, addr.as_str()).await,
@@ -275,7 +275,9 @@ impl WorkerLoop {
         // exchange are done.
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if let Some((node, _)) = wire::newest_remote(HUB_GROUP).filter(|(n, _)| *n > stale) {
+            if let Some((node, _)) =
+                wire::newest_remote(HUB_GROUP).filter(|(n, _)| stale.is_none_or(|s| *n > s))
+            {
                 return Ok(node);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

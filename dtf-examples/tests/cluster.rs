@@ -311,6 +311,8 @@ struct Proxy {
     addr: SocketAddr,
     cut: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    /// While set, nothing is forwarded (the connections stay open): a network stall.
+    frozen: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -319,7 +321,8 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (c, s) = (Arc::clone(&cut), Arc::clone(&stop));
+        let frozen = Arc::new(AtomicBool::new(false));
+        let (c, s, f) = (Arc::clone(&cut), Arc::clone(&stop), Arc::clone(&frozen));
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if s.load(Ordering::Relaxed) {
@@ -335,6 +338,7 @@ impl Proxy {
                     (server.try_clone().unwrap(), client.try_clone().unwrap()),
                 ] {
                     let c = Arc::clone(&c);
+                    let f = Arc::clone(&f);
                     from.set_read_timeout(Some(Duration::from_millis(20)))
                         .unwrap();
                     std::thread::spawn(move || {
@@ -344,6 +348,10 @@ impl Proxy {
                                 let _ = from.shutdown(std::net::Shutdown::Both);
                                 let _ = to.shutdown(std::net::Shutdown::Both);
                                 return;
+                            }
+                            if f.load(Ordering::Relaxed) {
+                                std::thread::sleep(Duration::from_millis(10));
+                                continue;
                             }
                             match from.read(&mut buf) {
                                 Ok(0) => {
@@ -371,7 +379,12 @@ impl Proxy {
                 }
             }
         });
-        Self { addr, cut, stop }
+        Self {
+            addr,
+            cut,
+            stop,
+            frozen,
+        }
     }
 
     /// Cuts every connection open now.
@@ -557,5 +570,76 @@ fn refused_connections_are_logged_and_the_coordinator_keeps_serving() {
         "{log}"
     );
     assert_eq!(wait(&mut good, Duration::from_secs(10)), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_worker_back_within_the_grace_is_recovered_and_nothing_runs_twice() {
+    let dir = temp_dir("grace");
+    let pki = make_pki(&dir, "ok");
+    let n = 40;
+    task_file(&dir, n, |_| format!("{}; sleep 0.1", mark(&dir)));
+    let port = free_port();
+    let mut coord = coordinator(
+        &dir,
+        port,
+        &pki,
+        &[
+            "--min-workers",
+            "1",
+            "--heartbeat-timeout",
+            "1",
+            "--reconnect-grace",
+            "30",
+        ],
+    );
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let start = Instant::now();
+    while TcpStream::connect(target).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let proxy = Proxy::start(target);
+    let mut w = worker(
+        &dir,
+        &proxy.addr.to_string(),
+        &pki.ca,
+        "remote-1",
+        &["--slots", "2", "--heartbeat-timeout", "1"],
+    );
+    // Stall the network for 2.5 s while tasks run: longer than the heartbeat timeout,
+    // well within the grace.
+    let marks = dir.join("marks");
+    while std::fs::read_dir(&marks).unwrap().count() < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            log(&dir, "coordinator.log")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    proxy.frozen.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(2500));
+    proxy.frozen.store(false, Ordering::Relaxed);
+    let code = wait(&mut coord, Duration::from_secs(120));
+    let out = log(&dir, "coordinator.out");
+    let log = log(&dir, "coordinator.log");
+    assert_eq!(code, Some(0), "{out}\n{log}");
+    let disconnected = log.find("no heartbeat for").expect("reported disconnected");
+    let back = log.find("the worker is back").expect("reported recovered");
+    assert!(disconnected < back, "{log}");
+    assert!(!log.contains("did not come back"), "{log}");
+    // Its tasks waited for it: none was re-queued, none ran twice, none failed.
+    assert_each_ran_once(&dir, n);
+    let stats = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("cluster delivery"))
+        .unwrap_or_default();
+    assert!(
+        stats.contains("duplicate_results=0") && stats.contains("late_results=0"),
+        "{stats}"
+    );
+    assert_eq!(wait(&mut w, Duration::from_secs(10)), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
