@@ -9,6 +9,12 @@
 //! One criterion iteration is one whole run (registration of the remote workers included).
 //! `DTF_BENCH_CLUSTER_TASKS` sets another task count (the default is the 10,000).
 
+#![expect(clippy::print_stdout, reason = "a benchmark reports to the terminal")]
+#![expect(
+    clippy::expect_used,
+    reason = "a benchmark that cannot set up should stop loudly"
+)]
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
