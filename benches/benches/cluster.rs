@@ -27,6 +27,9 @@ use dtf_examples::{Coordinator, CoordinatorOptions, PluginSelection, TaskDef};
 
 const SAMPLES: usize = 10;
 
+/// Every run's time, per case.
+type Runs = Vec<(&'static str, Vec<Duration>)>;
+
 fn tasks() -> usize {
     std::env::var("DTF_BENCH_CLUSTER_TASKS")
         .ok()
@@ -97,7 +100,7 @@ fn main() {
         .expect("runtime");
     let dir = std::env::temp_dir().join(format!("dtf-bench-cluster-{}", std::process::id()));
     let (ca, cert, key, cookie) = credentials(&dir);
-    let medians: Arc<Mutex<Vec<(&str, Vec<Duration>)>>> = Arc::default();
+    let medians: Arc<Mutex<Runs>> = Arc::default();
     let record = |name: &'static str, d: Duration| {
         let mut m = medians.lock().expect("lock");
         match m.iter_mut().find(|(n, _)| *n == name) {
