@@ -124,14 +124,16 @@ impl Plugin for OnCall {
     }
 }
 
+/// A plugin written step by step, run in the reference coordinator. No flags.
+#[derive(Debug, clap::Parser)]
+#[command(name = "plugin_example", version)]
+struct Cli {}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    // `--help` and `--version`; anything else is a usage error (exit code 2).
+    let Cli {} = clap::Parser::parse();
+    dtf_examples::output::init_logging("warn");
 
     // Step 5: hand the plugin to the coordinator. The factory builds a fresh instance after a
     // restart; the shared `Seen` survives it.

@@ -200,16 +200,17 @@ fn table(plugins: &[PluginInfo]) {
     println!();
 }
 
+/// The plugin system end to end: a test run's lifecycle through supervised plugins. No flags;
+/// `RUST_LOG=debug` for more detail.
+#[derive(Debug, clap::Parser)]
+#[command(name = "plugin_system", version)]
+struct Cli {}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,dtf_plugin_core=info".into()),
-        )
-        .init();
+    // `--help` and `--version`; anything else is a usage error (exit code 2).
+    let Cli {} = clap::Parser::parse();
+    dtf_examples::output::init_logging("warn,dtf_plugin_core=info");
     // The buggy plugin's panic message is expected; keep the terminal readable.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::{CommandFactory as _, Parser as _};
 use dtf_plugin_core::ShutdownReport;
 use dtf_plugin_core::config::{
     self, Config, ConfigErrors, ConfigIssue, ConfigLoader, IssueKind, Origin,
@@ -16,16 +17,17 @@ use dtf_plugin_core::config::{
 use dtf_plugin_core::event::{TaskCreated, TaskId, WorkerId};
 use dtf_plugin_core::external::{self, Reloader};
 use dtf_plugin_core::prelude::*;
-use dtf_plugin_core::registry::{PluginRegistry, RegistryEntry};
+use dtf_plugin_core::registry::{PluginRegistry, RegistryEntry, did_you_mean};
 use dtf_plugins_ci::{ReporterConfig, RunResult, TaskReporter, TaskReporterHandle, TaskSummary};
 use dtf_scheduler::{Registry as SchedulerRegistry, SchedulerConfig, SchedulingCoordinator};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::cli::{Command, CoordinatorArgs, MAX_WORKERS};
 use crate::error::CoordinatorError;
 use crate::executor::{ShellExecutor, WorkerNote, WorkerPool};
 use crate::progress::{ProgressDisplay, RunTracker};
-use crate::taskfile::{TaskDef, TaskKind, load_task_file, simulated_tasks};
+use crate::taskfile::{TaskDef, TaskKind};
 
 /// How often the plugin directories are checked for changed, new or removed plugins.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -355,10 +357,22 @@ impl Coordinator {
                 dup.id
             )));
         }
-        if options.workers == 0 {
-            return Err(CoordinatorError::Usage(
-                "--workers: must be at least 1".to_owned(),
-            ));
+        if options.workers == 0 || options.workers > MAX_WORKERS {
+            return Err(CoordinatorError::Usage(format!(
+                "--workers: must be from 1 to {MAX_WORKERS}, got {}",
+                options.workers
+            )));
+        }
+        // Fault injection names task ids; an unknown one would silently inject nothing.
+        for id in &options.kill_worker_on_start {
+            if !options.tasks.iter().any(|t| t.id == *id) {
+                let hint = did_you_mean(id, options.tasks.iter().map(|t| t.id.as_str()))
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                return Err(CoordinatorError::Usage(format!(
+                    "--kill-worker-on-start: no task has the id `{id}`{hint}"
+                )));
+            }
         }
         Ok(Self {
             options,
@@ -672,7 +686,7 @@ async fn stop_signal() -> Option<&'static str> {
     }
 }
 
-/// The parsed command line of `dtf-coordinator`.
+/// The parsed command line of `dtf-coordinator` (from [`crate::cli::CoordinatorArgs`]).
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct Cli {
@@ -684,165 +698,43 @@ pub struct Cli {
     pub print_config: bool,
     /// `--check-config`: validate the configuration and the plugin directories, and exit.
     pub check_config: bool,
-    /// `--help`.
-    pub help: bool,
-}
-
-/// The usage text of `dtf-coordinator`.
-pub const USAGE: &str = "\
-usage: dtf-coordinator [--tasks FILE] [--task CMD]... [--simulate-tasks N] [options]
-
-tasks:
-  --tasks FILE            TOML task file ([[task]] command = \"...\"; see docs/coordinator.md)
-  --task CMD              a shell command to run as a task (repeatable)
-  --simulate-tasks N      N simulated tasks (some flaky, some failing)
-  --timeout SECS          per-attempt timeout of --task tasks (default 60)
-  --retries N             retries of --task tasks (default 0)
-
-running:
-  --workers N             local workers (default 2)
-  --scheduler NAME        fifo, priority, round-robin, fairness, longest-first (default fifo)
-  --run-id ID             run id (default dtf-run)
-  --run-timeout SECS      cancel what is left after SECS
-  --kill-worker-on-start TASK   fault injection: kill the worker when TASK starts (repeatable)
-  --progress auto|never   live progress line (default auto: when stdout is a terminal)
-  --ui ADDR               serve the web console on ADDR, e.g. 127.0.0.1:8080 (default off;
-                          token from DTF_UI_TOKEN or DTF_UI_TOKEN_FILE, else generated; docs/web-console.md)
-
-plugins:
-  --list-plugins          list the known plugins and exit
-  --enable-plugin X       enable plugin X (repeatable, or X,Y)
-  --disable-plugin Y      disable plugin Y (repeatable, or X,Y)
-  --disable-plugins       start from no optional plugin (default: task-reporter)
-  --junit FILE            enable ci-reporter writing JUnit XML to FILE
-  --plugin-dirs A,B       directories of out-of-process plugins (replaces the file's plugin_dirs)
-
-configuration (docs/configuration.md; precedence: --set > DTF_* environment > file > defaults):
-  --config FILE           dtf.toml: manager settings, plugin_dirs, [plugins.NAME] enabled/settings
-  --set KEY=VALUE         override one key, e.g. --set manager.handler_timeout=5s (repeatable)
-  --print-config          print the effective configuration, secrets redacted, and exit
-  --check-config          validate the configuration and plugin directories without running, and exit
-
-exit code: 0 all tasks passed, 1 a task failed or was cancelled, 2 bad usage or configuration
-";
-
-fn list(value: &str) -> impl Iterator<Item = String> + '_ {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-}
-
-fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, CoordinatorError> {
-    value
-        .parse()
-        .map_err(|_| CoordinatorError::Usage(format!("{flag}: expected a number, got `{value}`")))
-}
-
-fn seconds(flag: &str, value: &str) -> Result<Duration, CoordinatorError> {
-    let secs: f64 = number(flag, value)?;
-    if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 * 7.0 {
-        Ok(Duration::from_secs_f64(secs))
-    } else {
-        Err(CoordinatorError::Usage(format!(
-            "{flag}: expected seconds above 0 and at most a week, got `{value}`"
-        )))
-    }
 }
 
 impl Cli {
-    /// Parses `args` (without the program name). Task files are read here.
+    /// A command line that runs with `options`, or lists, prints or checks and exits.
+    pub fn new(
+        options: CoordinatorOptions,
+        list_plugins: bool,
+        print_config: bool,
+        check_config: bool,
+    ) -> Self {
+        Self {
+            options,
+            list_plugins,
+            print_config,
+            check_config,
+        }
+    }
+
+    /// Parses `args` (without the program name). Task files are read here. `--help`,
+    /// `--version` and the subcommands are handled by [`run_cli`], not here.
     ///
     /// # Errors
     ///
-    /// [`CoordinatorError::Usage`] for an unknown flag or a bad value (naming the flag),
-    /// [`CoordinatorError::TaskFile`] for a task file that cannot be read or parsed.
+    /// [`CoordinatorError::Usage`] with clap's message for an unknown flag (with a
+    /// did-you-mean) or a bad value (naming the flag), and for `--help`, `--version` or a
+    /// subcommand; [`CoordinatorError::TaskFile`] for a task file that cannot be read or
+    /// parsed.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, CoordinatorError> {
-        let mut cli = Cli::default();
-        let o = &mut cli.options;
-        let mut commands = Vec::new();
-        let mut files = Vec::new();
-        let mut simulate = 0u32;
-        let mut timeout = Duration::from_secs(60);
-        let mut retries = 0u32;
-        let mut it = args.into_iter();
-        while let Some(flag) = it.next() {
-            match flag.as_str() {
-                "--list-plugins" => cli.list_plugins = true,
-                "--print-config" => cli.print_config = true,
-                "--check-config" => cli.check_config = true,
-                "--disable-plugins" => o.plugins.disable_all = true,
-                "-h" | "--help" => cli.help = true,
-                _ => {
-                    if !flag.starts_with("--") {
-                        return Err(CoordinatorError::Usage(format!(
-                            "unexpected argument `{flag}` (see --help)"
-                        )));
-                    }
-                    let value = it
-                        .next()
-                        .ok_or_else(|| CoordinatorError::Usage(format!("{flag}: needs a value")))?;
-                    match flag.as_str() {
-                        "--tasks" => files.push(PathBuf::from(value)),
-                        "--task" => commands.push(value),
-                        "--simulate-tasks" => simulate = number(&flag, &value)?,
-                        "--timeout" => timeout = seconds(&flag, &value)?,
-                        "--retries" => retries = number(&flag, &value)?,
-                        "--workers" => o.workers = number(&flag, &value)?,
-                        "--scheduler" => o.scheduler = SchedulerConfig::new(value),
-                        "--run-id" => o.run_id = value,
-                        "--run-timeout" => o.run_timeout = Some(seconds(&flag, &value)?),
-                        "--kill-worker-on-start" => o.kill_worker_on_start.push(value),
-                        "--progress" => {
-                            o.progress = match value.as_str() {
-                                "auto" => std::io::stdout().is_terminal(),
-                                "never" => false,
-                                _ => {
-                                    return Err(CoordinatorError::Usage(format!(
-                                        "--progress: expected `auto` or `never`, got `{value}`"
-                                    )));
-                                }
-                            }
-                        }
-                        "--enable-plugin" => o.plugins.enable.extend(list(&value)),
-                        "--disable-plugin" => o.plugins.disable.extend(list(&value)),
-                        "--junit" => o.junit = Some(PathBuf::from(value)),
-                        "--config" => o.config_file = Some(PathBuf::from(value)),
-                        "--set" => o.config_overrides.push(value),
-                        "--plugin-dirs" => o.plugin_dirs.extend(list(&value).map(PathBuf::from)),
-                        "--ui" => o.ui = Some(crate::console::parse_ui(&value)?),
-                        _ => {
-                            return Err(CoordinatorError::Usage(format!(
-                                "unknown flag `{flag}` (see --help)"
-                            )));
-                        }
-                    }
-                }
-            }
+        let argv = std::iter::once("dtf-coordinator".to_owned()).chain(args);
+        let parsed = CoordinatorArgs::try_parse_from(argv)
+            .map_err(|e| CoordinatorError::Usage(e.render().to_string().trim_end().to_owned()))?;
+        if parsed.command.is_some() {
+            return Err(CoordinatorError::Usage(
+                "a subcommand is not a run: use run_cli".to_owned(),
+            ));
         }
-        for file in &files {
-            o.tasks.extend(load_task_file(file)?);
-        }
-        let mut n = 0;
-        for command in commands {
-            // `cmd-<n>`, skipping ids the task files already use.
-            let id = loop {
-                n += 1;
-                let id = format!("cmd-{n}");
-                if !o.tasks.iter().any(|t| t.id == id) {
-                    break id;
-                }
-            };
-            o.tasks.push(
-                TaskDef::shell(id, command.clone())
-                    .name(command)
-                    .timeout(timeout)
-                    .retries(retries),
-            );
-        }
-        o.tasks.extend(simulated_tasks(simulate));
-        Ok(cli)
+        parsed.into_cli()
     }
 }
 
@@ -974,45 +866,85 @@ pub fn render_task_table(run: &RunResult) -> String {
 }
 
 /// The `dtf-coordinator` binary's whole behaviour, for the binary and for tests: parses
-/// `args`, runs, writes the summary to `out`, and returns the exit code (0 all passed, 1 a
-/// task failed, 2 bad usage or configuration).
-pub async fn run_cli(args: impl IntoIterator<Item = String>, out: &mut (dyn Write + Send)) -> i32 {
-    match run_cli_inner(args, out, false).await {
-        Ok(code) => code,
-        Err(e) => {
-            let _ = writeln!(out, "error: {}", safe_lines(&e.to_string()));
-            2
-        }
-    }
+/// `args` (without the program name), runs, writes the results to `out` and every error to
+/// `err`, and returns the exit code (0 all passed, 1 a task failed or a report could not be
+/// written, 2 bad usage or configuration).
+pub async fn run_cli(
+    args: impl IntoIterator<Item = String>,
+    out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
+) -> i32 {
+    run_cli_outer(args, out, err, false).await
 }
 
 /// [`run_cli`] with Ctrl-C handling, for the binary.
 pub async fn run_cli_with_signals(
     args: impl IntoIterator<Item = String>,
     out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
 ) -> i32 {
-    match run_cli_inner(args, out, true).await {
+    run_cli_outer(args, out, err, true).await
+}
+
+async fn run_cli_outer(
+    args: impl IntoIterator<Item = String>,
+    out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
+    signals: bool,
+) -> i32 {
+    let argv = std::iter::once("dtf-coordinator".to_owned()).chain(args);
+    let parsed = match CoordinatorArgs::try_parse_from(argv) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            // `--help` and `--version` are not errors: stdout, exit 0. Usage errors: stderr, 2.
+            let text = e.render().to_string();
+            return if e.use_stderr() {
+                let _ = err.write_all(text.as_bytes());
+                2
+            } else {
+                let _ = out.write_all(text.as_bytes());
+                0
+            };
+        }
+    };
+    match parsed.command {
+        Some(Command::Completions { shell }) => {
+            let mut command = CoordinatorArgs::command();
+            // Into a buffer first: clap_complete panics when its writer fails (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "dtf-coordinator", &mut script);
+            return match out.write_all(&script) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = writeln!(err, "error: write the completion script: {e}");
+                    1
+                }
+            };
+        }
+        Some(Command::Plugin { args }) => return crate::plugin_cli::run(args, out).await,
+        _ => {}
+    }
+    let result = match parsed.into_cli() {
+        Ok(cli) => run_cli_inner(cli, out, signals).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(out, "error: {}", safe_lines(&e.to_string()));
+            let _ = writeln!(err, "error: {}", safe_lines(&e.to_string()));
             2
         }
     }
 }
 
 async fn run_cli_inner(
-    args: impl IntoIterator<Item = String>,
+    mut cli: Cli,
     out: &mut (dyn Write + Send),
     signals: bool,
 ) -> Result<i32, CoordinatorError> {
-    let mut cli = Cli::parse(args)?;
     let w = |out: &mut (dyn Write + Send), s: &str| {
         let _ = out.write_all(s.as_bytes());
     };
-    if cli.help {
-        w(out, USAGE);
-        return Ok(0);
-    }
     if cli.list_plugins || cli.print_config || cli.check_config {
         let mut registry = plugin_registry();
         let loaded = load_config_and_plugin_dirs(

@@ -42,18 +42,131 @@ fn runs_shell_tasks_and_exits_non_zero_when_one_fails() {
 }
 
 #[test]
-fn passes_with_zero_and_reports_usage_errors_with_two() {
+fn passes_with_zero_and_reports_usage_errors_with_two_on_stderr() {
     let (code, out, _) = coordinator(&["--task", "true", "--retries", "1"]);
     assert_eq!(code, 0, "{out}");
-    let (code, out, _) = coordinator(&["--enable-plugin", "junit"]);
+    let (code, out, err) = coordinator(&["--enable-plugin", "junit"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert_eq!(err, "error: --enable-plugin: unknown plugin `junit`\n");
+    let (code, out, err) = coordinator(&[]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(err.contains("no tasks"), "{err}");
+    // Configuration errors too.
+    let (code, out, err) = coordinator(&["--config", "/nonexistent/dtf.toml", "--check-config"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(err.starts_with("error: --config:"), "{err}");
+}
+
+#[test]
+fn help_lists_every_flag_and_the_environment_on_stdout() {
+    let (code, out, err) = coordinator(&["--help"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(out.contains("Usage: dtf-coordinator [OPTIONS]"), "{out}");
+    for flag in [
+        "--tasks",
+        "--task",
+        "--simulate-tasks",
+        "--timeout",
+        "--retries",
+        "--workers",
+        "--scheduler",
+        "--run-id",
+        "--run-timeout",
+        "--kill-worker-on-start",
+        "--progress",
+        "--ui",
+        "--list-plugins",
+        "--enable-plugin",
+        "--disable-plugin",
+        "--disable-plugins",
+        "--junit",
+        "--plugin-dirs",
+        "--config",
+        "--set",
+        "--print-config",
+        "--check-config",
+        "completions",
+        "plugin",
+    ] {
+        assert!(out.contains(flag), "{flag} missing from --help:\n{out}");
+    }
+    for var in [
+        "DTF_UI_TOKEN",
+        "DTF_UI_TOKEN_FILE",
+        "DTF_MANAGER__QUEUE_CAPACITY",
+        "NO_COLOR",
+        "RUST_LOG",
+    ] {
+        assert!(out.contains(var), "{var} missing from --help:\n{out}");
+    }
+    let (code, short, _) = coordinator(&["-h"]);
+    assert_eq!((code, short), (0, out));
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let (code, out, err) = coordinator(&["--version"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(
+        out,
+        format!("dtf-coordinator {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn an_unknown_flag_is_named_with_the_closest_one() {
+    let (code, out, err) = coordinator(&["--wokers", "3", "--task", "true"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(err.contains("unexpected argument '--wokers'"), "{err}");
+    assert!(
+        err.contains("a similar argument exists: '--workers'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn out_of_range_values_are_usage_errors() {
+    let (code, out, err) = coordinator(&["--workers", "1000000", "--task", "true"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(
+        err.contains("invalid value '1000000' for '--workers <N>': 1000000 is not in 1..=1024"),
+        "{err}"
+    );
+    let (code, _, err) = coordinator(&["--workers", "0", "--task", "true"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, out, err) = coordinator(&["--retries", "4294967295", "--task", "true"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(err.contains("4294967295 is not in 0..=100"), "{err}");
+    let (code, _, err) = coordinator(&["--timeout", "0", "--task", "true"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("'--timeout <SECS>'"), "{err}");
+    let (code, out, err) = coordinator(&["--task", "true", "--kill-worker-on-start", "cmd-2"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert_eq!(
+        err,
+        "error: --kill-worker-on-start: no task has the id `cmd-2` (did you mean `cmd-1`?)\n"
+    );
+}
+
+#[test]
+fn completions_for_bash_complete_the_flags() {
+    let (code, out, err) = coordinator(&["completions", "bash"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(
+        out.contains("complete -F _dtf-coordinator") || out.contains("_dtf__coordinator"),
+        "{out}"
+    );
+    for flag in [
+        "--workers",
+        "--kill-worker-on-start",
+        "--junit",
+        "--check-config",
+    ] {
+        assert!(out.contains(flag), "{flag} missing from the bash script");
+    }
+    let (code, _, err) = coordinator(&["completions", "tcsh"]);
     assert_eq!(code, 2);
-    assert_eq!(out, "error: --enable-plugin: unknown plugin `junit`\n");
-    let (code, out, _) = coordinator(&["--help"]);
-    assert_eq!(code, 0);
-    assert!(out.starts_with("usage: dtf-coordinator"), "{out}");
-    let (code, out, _) = coordinator(&[]);
-    assert_eq!(code, 2);
-    assert!(out.contains("no tasks"), "{out}");
+    assert!(err.contains("possible values: bash"), "{err}");
 }
 
 #[test]
@@ -209,10 +322,33 @@ fn serves_the_web_console_during_the_run() {
     assert!(all.contains("web console: http://127.0.0.1:"), "{all}");
     assert!(!all.contains("from-the-environment-1234"), "{all}");
 
-    let (code, out, _) = coordinator(&["--ui", "nowhere", "--task", "true"]);
-    assert_eq!(code, 2);
-    assert_eq!(
-        out,
-        "error: --ui: expected an address like 127.0.0.1:8080 (or a port), got `nowhere`\n"
+    let (code, out, err) = coordinator(&["--ui", "nowhere", "--task", "true"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(
+        err.starts_with(
+            "error: invalid value 'nowhere' for '--ui <ADDR>': expected an address like 127.0.0.1:8080 (or a port), got `nowhere`\n"
+        ),
+        "{err}"
     );
+}
+
+/// Logs on stderr that is not a terminal (a file, a pipe) carry no ANSI colour codes.
+#[test]
+fn logs_have_no_colour_when_stderr_is_not_a_terminal() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dtf-coordinator"))
+        .args([
+            "--task",
+            "true",
+            "--kill-worker-on-start",
+            "cmd-1",
+            "--retries",
+            "1",
+        ])
+        .env("RUST_LOG", "warn")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("fault injection"), "{err}");
+    assert!(!err.contains('\u{1b}'), "ANSI codes in {err:?}");
 }

@@ -1288,11 +1288,16 @@ async fn a_recorded_run_replays_in_the_simulator() {
 // ---------------------------------------------------------------------------------------------
 
 async fn coordinator_cli(args: &[&str]) -> (i32, String) {
-    let mut out = Vec::new();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
     args.extend(["--progress".to_owned(), "never".to_owned()]);
-    let code = dtf_examples::run_cli(args, &mut out).await;
-    (code, String::from_utf8(out).unwrap())
+    let code = dtf_examples::run_cli(args, &mut out, &mut err).await;
+    // Errors go to stderr, results to stdout: the test reads whichever the exit code says.
+    let (out, err) = (
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    );
+    (code, if code == 2 { err } else { out })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
