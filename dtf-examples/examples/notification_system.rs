@@ -361,13 +361,14 @@ async fn main() {
     println!("\nwhat was sent:");
     for (target, s) in stats.targets() {
         println!(
-            "  {target:<28} ok {:>2}  failed {:>2}  attempts {:>2}  rate-limited {:>2}  last status {:?}  last latency {:?}{}",
+            "  {target:<28} ok {:>2}  failed {:>2}  attempts {:>2}  rate-limited {:>2}  last status {}  last latency {}{}",
             s.ok,
             s.failed,
             s.attempts,
             s.rate_limited,
-            s.last_status,
-            s.last_latency,
+            s.last_status
+                .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            dtf_examples::output::maybe_duration(s.last_latency),
             s.last_error
                 .map(|e| format!("  last error: {e}"))
                 .unwrap_or_default()

@@ -90,8 +90,11 @@ impl Plugin for OnCall {
                 let mut seen = self.seen.lock().map_err(|_| "state poisoned")?;
                 seen.completed += 1;
                 if done.duration > Duration::from_millis(self.config.slow_ms) {
-                    seen.slow
-                        .push(format!("{} ({:?})", done.task, done.duration));
+                    seen.slow.push(format!(
+                        "{} ({})",
+                        done.task,
+                        dtf_examples::output::duration(done.duration)
+                    ));
                 }
             }
             EventKind::WorkerFailed(failed) => {

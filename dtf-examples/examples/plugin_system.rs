@@ -17,6 +17,7 @@
 
 use std::time::Duration;
 
+use dtf_examples::output::duration;
 use dtf_plugin_core::prelude::*;
 use dtf_plugin_core::{Backoff, PluginInfo, RestartBudget};
 use serde::Deserialize;
@@ -72,16 +73,16 @@ impl Plugin for Tally {
                 }
                 if done.duration > self.slow_threshold {
                     self.slow
-                        .push(format!("{} ({:?})", done.task, done.duration));
+                        .push(format!("{} ({})", done.task, duration(done.duration)));
                 }
             }
             EventKind::TaskFailed(f) if !f.retryable => self.failed += 1,
             EventKind::CoordinatorShutdown(_) => {
                 println!(
-                    "[tally] run finished: {} passed, {} failed; slower than {:?}: {}",
+                    "[tally] run finished: {} passed, {} failed; slower than {}: {}",
                     self.passed,
                     self.failed,
-                    self.slow_threshold,
+                    duration(self.slow_threshold),
                     if self.slow.is_empty() {
                         "none".to_owned()
                     } else {
@@ -147,8 +148,13 @@ impl Plugin for Watchdog {
     ) -> Result<(), PluginError> {
         match &event.kind {
             EventKind::PluginFailed(f) => println!(
-                "[watchdog] plugin `{}` failed: {} (restart in {:?})",
-                f.plugin, f.error, f.restart_in
+                "[watchdog] plugin `{}` failed: {} ({})",
+                f.plugin,
+                f.error,
+                f.restart_in.map_or_else(
+                    || "not restarted".to_owned(),
+                    |d| format!("restart in {}", duration(d))
+                )
             ),
             EventKind::PluginRestarted(r) => {
                 println!(
@@ -323,10 +329,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     table(&manager.list().await?);
     for letter in manager.dead_letters("buggy").await? {
         println!(
-            "dead letter for `{}`: seq {} ({:?}): {}",
+            "dead letter for `{}`: seq {} ({}): {}",
             letter.plugin,
             letter.event.meta.seq,
-            letter.event.hook(),
+            hook_name(letter.event.hook()),
             letter.error
         );
     }
@@ -361,4 +367,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// A hook by its configuration name (`task_completed`), as `dtf.toml` writes it.
+fn hook_name(hook: Hook) -> String {
+    serde_json::to_value(hook)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }

@@ -18,7 +18,10 @@ use dtf_plugin_core::event::{TaskCreated, TaskId, WorkerId};
 use dtf_plugin_core::external::{self, Reloader};
 use dtf_plugin_core::prelude::*;
 use dtf_plugin_core::registry::{PluginRegistry, RegistryEntry, did_you_mean};
-use dtf_plugins_ci::{ReporterConfig, RunResult, TaskReporter, TaskReporterHandle, TaskSummary};
+use dtf_plugins_ci::{
+    CiReporter, ReportFile, ReportFiles, ReporterConfig, RunResult, TaskReporter,
+    TaskReporterHandle, TaskSummary,
+};
 use dtf_scheduler::{Registry as SchedulerRegistry, SchedulerConfig, SchedulingCoordinator};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -302,12 +305,16 @@ pub struct RunReport {
     pub run: Option<RunResult>,
     /// The plugin manager's shutdown report.
     pub shutdown: ShutdownReport,
+    /// The report files the CI reporter and the task reporter tried to write (JUnit, JSON,
+    /// Markdown, summaries), each with its error when it could not be written.
+    pub reports: Vec<ReportFile>,
 }
 
 impl RunReport {
-    /// The process exit code: 0 when every task passed, 1 otherwise.
+    /// The process exit code: 0 when every task passed and every report was written, 1
+    /// otherwise.
     pub fn exit_code(&self) -> i32 {
-        i32::from(self.failed > 0)
+        i32::from(self.failed > 0 || self.reports.iter().any(|r| r.error.is_some()))
     }
 }
 
@@ -424,6 +431,7 @@ impl Coordinator {
             .plugin(move || ShellExecutor::new(executor_pool.clone()))
             .plugin(move || RunTracker::new(done_tx.clone()));
         let mut reporter: Option<TaskReporterHandle> = None;
+        let ci_files = ReportFiles::new();
         for name in &enabled {
             let config = loaded.config.plugin_settings(name);
             let spec = match name.as_str() {
@@ -435,16 +443,20 @@ impl Coordinator {
                         None => spec,
                     }
                 }
-                "ci-reporter" if options.junit.is_some() && config.is_none() => {
-                    let mut cfg = ReporterConfig::default();
-                    cfg.junit.clone_from(&options.junit);
-                    registry
-                        .spec(name, None)
-                        .map_err(|source| CoordinatorError::Plugin {
-                            flag: "--enable-plugin",
-                            source,
-                        })?
-                        .config(cfg)
+                CiReporter::NAME => {
+                    // Built here rather than from the registry so that the files it writes
+                    // (or fails to) are known at the end of the run.
+                    let files = ci_files.clone();
+                    let spec =
+                        PluginSpec::new(move || CiReporter::new().with_report_files(files.clone()));
+                    match config {
+                        Some(c) => spec.config(c),
+                        None => {
+                            let mut cfg = ReporterConfig::default();
+                            cfg.junit.clone_from(&options.junit);
+                            spec.config(cfg)
+                        }
+                    }
                 }
                 _ => registry
                     .spec(name, config)
@@ -622,6 +634,10 @@ impl Coordinator {
             console.stop().await;
         }
         let shutdown = manager.shutdown(reason).await;
+        let mut reports = ci_files.all();
+        if let Some(handle) = &reporter {
+            reports.extend(handle.report_files().all());
+        }
         Ok(RunReport {
             tasks: total,
             passed: total.saturating_sub(failed),
@@ -630,6 +646,7 @@ impl Coordinator {
             summary: reporter.as_ref().map(TaskReporterHandle::summary),
             run: reporter.as_ref().map(TaskReporterHandle::run),
             shutdown,
+            reports,
         })
     }
 }
@@ -925,7 +942,7 @@ async fn run_cli_outer(
         _ => {}
     }
     let result = match parsed.into_cli() {
-        Ok(cli) => run_cli_inner(cli, out, signals).await,
+        Ok(cli) => run_cli_inner(cli, out, err, signals).await,
         Err(e) => Err(e),
     };
     match result {
@@ -940,6 +957,7 @@ async fn run_cli_outer(
 async fn run_cli_inner(
     mut cli: Cli,
     out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
     signals: bool,
 ) -> Result<i32, CoordinatorError> {
     let w = |out: &mut (dyn Write + Send), s: &str| {
@@ -991,10 +1009,37 @@ async fn run_cli_inner(
     }
     w(out, "\n");
     w(out, &render_plugin_stats(&report.shutdown));
+    // Every report named with its path; one that could not be written fails the run.
+    let (written, failed): (Vec<_>, Vec<_>) =
+        report.reports.iter().partition(|r| r.error.is_none());
+    if !written.is_empty() {
+        w(out, "\n");
+    }
+    for r in &written {
+        w(
+            out,
+            &format!(
+                "report written: {}\n",
+                safe_lines(&r.path.display().to_string())
+            ),
+        );
+    }
+    for r in &failed {
+        let _ = writeln!(
+            err,
+            "error: failed to {}",
+            safe_lines(r.error.as_deref().unwrap_or("write a report"))
+        );
+    }
+    let unwritten = if failed.is_empty() {
+        String::new()
+    } else {
+        format!("; {} report(s) could not be written", failed.len())
+    };
     w(
         out,
         &format!(
-            "\n{} of {} task(s) passed; {} failed\n",
+            "\n{} of {} task(s) passed; {} failed{unwritten}\n",
             report.passed, report.tasks, report.failed
         ),
     );

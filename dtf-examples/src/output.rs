@@ -2,12 +2,18 @@
 //! the log subscriber (stderr, one CI-safe line per event, colour only on a terminal).
 
 use std::io::IsTerminal as _;
+use std::time::Duration;
 
 /// Whether colour may be written to a stream that `is_terminal` says is (or is not) a
 /// terminal: only to a terminal, and never when `NO_COLOR` is set to a non-empty value
 /// (<https://no-color.org>).
 pub fn colour(is_terminal: bool) -> bool {
-    is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    colour_with(is_terminal, std::env::var_os("NO_COLOR").as_deref())
+}
+
+/// [`colour`] with the value of `NO_COLOR` given.
+fn colour_with(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Whether colour may be written to stderr ([`colour`] of stderr).
@@ -29,12 +35,53 @@ pub fn init_logging(default_filter: &str) {
         .try_init();
 }
 
+/// A duration for people: `850 µs`, `27.96 ms`, `1.50 s`, `2m 05s`, `1h 02m` (never Rust's
+/// Debug form).
+pub fn duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d < Duration::from_millis(1) {
+        format!("{} µs", d.as_micros())
+    } else if d < Duration::from_secs(1) {
+        format!("{:.2} ms", d.as_secs_f64() * 1_000.0)
+    } else if secs < 60 {
+        format!("{:.2} s", d.as_secs_f64())
+    } else if secs < 3_600 {
+        format!("{}m {:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{}h {:02}m", secs / 3_600, secs % 3_600 / 60)
+    }
+}
+
+/// An optional duration for people: [`duration`], or `-` when there is none.
+pub fn maybe_duration(d: Option<Duration>) -> String {
+    d.map_or_else(|| "-".to_owned(), duration)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn no_colour_off_a_terminal() {
+    fn durations_read_as_people_write_them() {
+        assert_eq!(duration(Duration::from_micros(850)), "850 µs");
+        assert_eq!(duration(Duration::from_micros(27_960)), "27.96 ms");
+        assert_eq!(duration(Duration::from_millis(1_500)), "1.50 s");
+        assert_eq!(duration(Duration::from_secs(125)), "2m 05s");
+        assert_eq!(duration(Duration::from_secs(3_720)), "1h 02m");
+        assert_eq!(maybe_duration(None), "-");
+        assert_eq!(maybe_duration(Some(Duration::from_millis(2))), "2.00 ms");
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color() {
+        use std::ffi::OsStr;
         assert!(!colour(false));
+        assert!(colour_with(true, None));
+        assert!(
+            colour_with(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!colour_with(true, Some(OsStr::new("1"))));
+        assert!(!colour_with(false, None));
     }
 }

@@ -23,6 +23,7 @@ use dtf_plugin_core::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CiError;
+use crate::files::ReportFiles;
 use crate::run::{AttemptOutcome, RunRecorder, RunResult, TaskStatus, Totals};
 use crate::safe::neutralize;
 
@@ -198,6 +199,7 @@ impl Tracker {
 pub struct TaskReporterHandle {
     tracker: Arc<Mutex<Tracker>>,
     slowest: Arc<Mutex<usize>>,
+    files: ReportFiles,
     #[cfg(feature = "api")]
     external: Arc<Mutex<ExternalStats>>,
 }
@@ -213,6 +215,11 @@ impl TaskReporterHandle {
     pub fn summary(&self) -> TaskSummary {
         let slowest = *self.slowest.lock().unwrap_or_else(PoisonError::into_inner);
         self.lock().summary(slowest)
+    }
+
+    /// The report files written (`summary_json`), or not, so far.
+    pub fn report_files(&self) -> ReportFiles {
+        self.files.clone()
     }
 
     /// The full run model (every task with its attempts), as the CI reports see it.
@@ -308,15 +315,21 @@ impl TaskReporter {
         let Some(path) = &self.config.summary_json else {
             return Ok(());
         };
+        let written = Self::write_json(path, summary);
+        self.handle.files.record(path, &written);
+        written
+    }
+
+    fn write_json(path: &std::path::Path, summary: &TaskSummary) -> Result<(), CiError> {
         let json = serde_json::to_string_pretty(summary)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| CiError::Write {
-                path: path.clone(),
+                path: path.to_owned(),
                 source,
             })?;
         }
         std::fs::write(path, json).map_err(|source| CiError::Write {
-            path: path.clone(),
+            path: path.to_owned(),
             source,
         })
     }
