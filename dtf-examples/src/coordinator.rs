@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use crate::cli::{Command, CoordinatorArgs, MAX_WORKERS};
 use crate::error::CoordinatorError;
 use crate::executor::{ShellExecutor, WorkerNote, WorkerPool};
+use crate::output::{render_table, table};
 use crate::progress::{ProgressDisplay, RunTracker};
 use crate::taskfile::{TaskDef, TaskKind};
 
@@ -756,12 +757,20 @@ impl Cli {
 }
 
 /// Lists `registry`'s plugins: name, whether a run with these options starts it (`enabled`:
-/// the names [`plugins_to_run`] gives), kind, version, source, description, and the hooks it
-/// subscribes to (a whole family as `task_*`).
+/// the names [`plugins_to_run`] gives), kind, version, source, description, and under it the
+/// hooks it subscribes to (a whole family as `task_*`).
 pub fn render_plugin_list(registry: &PluginRegistry, enabled: &[String]) -> String {
-    let mut out = format!(
-        "{:<18} {:<8} {:<13} {:<8} {:<30} {}\n",
-        "plugin", "status", "kind", "version", "source", "description / hooks"
+    use dtf_plugins_ci::neutralize;
+    let mut table = table(
+        &[
+            "plugin",
+            "status",
+            "kind",
+            "version",
+            "source",
+            "description / hooks",
+        ],
+        &[],
     );
     for e in registry.iter() {
         let m = e.metadata();
@@ -770,19 +779,21 @@ pub fn render_plugin_list(registry: &PluginRegistry, enabled: &[String]) -> Stri
         } else {
             "off"
         };
-        out.push_str(&format!(
-            "{:<18} {:<8} {:<13} {:<8} {:<30} {}\n{:<80} hooks: {}\n",
-            e.name(),
-            status,
+        // Names and descriptions may come from plugin manifests: one line each, inert.
+        table.add_row(vec![
+            neutralize(e.name()).into_owned(),
+            status.to_owned(),
             m.kind.to_string(),
-            m.version,
-            e.plugin_source().to_string(),
-            e.describe(),
-            "",
-            hook_summary(m.hooks),
-        ));
+            neutralize(&m.version).into_owned(),
+            neutralize(&e.plugin_source().to_string()).into_owned(),
+            format!(
+                "{}\nhooks: {}",
+                neutralize(e.describe()),
+                hook_summary(m.hooks)
+            ),
+        ]);
     }
-    out
+    render_table(&table)
 }
 
 /// The hooks of `hooks` by their configuration names (`task_created`), a whole family as
@@ -819,25 +830,33 @@ fn hook_summary(hooks: HookSet) -> String {
 /// dropped and dead-lettered, failures and restarts, what was left in its queue, and the
 /// error of a plugin whose shutdown failed.
 pub fn render_plugin_stats(report: &ShutdownReport) -> String {
-    let mut out = format!(
-        "{:<22} {:>9} {:>7} {:>6} {:>8} {:>8} {:>5}  {}\n",
-        "plugin", "delivered", "dropped", "dead", "failures", "restarts", "left", "shutdown"
+    let mut table = table(
+        &[
+            "plugin",
+            "delivered",
+            "dropped",
+            "dead",
+            "failures",
+            "restarts",
+            "left",
+            "shutdown",
+        ],
+        &[1, 2, 3, 4, 5, 6],
     );
     for p in &report.plugins {
         let s = &p.stats;
-        out.push_str(&format!(
-            "{:<22} {:>9} {:>7} {:>6} {:>8} {:>8} {:>5}  {}\n",
-            p.name,
-            s.delivered,
-            s.dropped,
-            s.dead_lettered,
-            s.failures,
-            s.restarts,
-            p.left_in_queue,
-            dtf_plugins_ci::neutralize(p.error.as_deref().unwrap_or("ok"))
-        ));
+        table.add_row(vec![
+            dtf_plugins_ci::neutralize(&p.name).into_owned(),
+            s.delivered.to_string(),
+            s.dropped.to_string(),
+            s.dead_lettered.to_string(),
+            s.failures.to_string(),
+            s.restarts.to_string(),
+            p.left_in_queue.to_string(),
+            dtf_plugins_ci::neutralize(p.error.as_deref().unwrap_or("ok")).into_owned(),
+        ]);
     }
-    out
+    render_table(&table)
 }
 
 /// `text` with each line neutralised for CI runners (a multi-line error keeps its lines).
@@ -848,9 +867,9 @@ fn safe_lines(text: &str) -> String {
 
 /// Renders the per-task table printed after a run.
 pub fn render_task_table(run: &RunResult) -> String {
-    let mut out = format!(
-        "{:<28} {:<10} {:>8} {:<10} {:>9}  {}\n",
-        "task", "status", "attempts", "worker", "time", "error"
+    let mut table = table(
+        &["task", "status", "attempts", "worker", "time", "error"],
+        &[2, 4],
     );
     for t in &run.tasks {
         let error = t
@@ -869,17 +888,16 @@ pub fn render_task_table(run: &RunResult) -> String {
         if name.chars().count() > 28 {
             name = name.chars().take(27).collect::<String>() + "…";
         }
-        out.push_str(&format!(
-            "{:<28} {:<10} {:>8} {:<10} {:>8.2}s  {}\n",
+        table.add_row(vec![
             name,
-            t.status.name(),
-            t.attempts.len(),
-            dtf_plugins_ci::neutralize(t.worker().unwrap_or("-")),
-            t.total_duration().as_secs_f64(),
-            dtf_plugins_ci::neutralize(error.lines().next().unwrap_or_default())
-        ));
+            t.status.name().to_owned(),
+            t.attempts.len().to_string(),
+            dtf_plugins_ci::neutralize(t.worker().unwrap_or("-")).into_owned(),
+            format!("{:.2}s", t.total_duration().as_secs_f64()),
+            dtf_plugins_ci::neutralize(error.lines().next().unwrap_or_default()).into_owned(),
+        ]);
     }
-    out
+    render_table(&table)
 }
 
 /// The `dtf-coordinator` binary's whole behaviour, for the binary and for tests: parses

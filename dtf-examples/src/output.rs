@@ -35,6 +35,34 @@ pub fn init_logging(default_filter: &str) {
         .try_init();
 }
 
+/// The style of every table `dtf-coordinator` prints: no borders and no lines, so that each
+/// line of the output is a header or a row (scripts split them on blanks), with two spaces
+/// between columns (the padding after each cell).
+const TABLE_STYLE: &str = comfy_table::presets::NOTHING;
+
+/// A table with `header`, in the coordinator's style; the columns at `right_aligned`
+/// (numbers) are aligned right. Cells must be one line of neutralised text
+/// ([`dtf_plugins_ci::neutralize`]) when they come from tasks or plugins; render with
+/// [`render_table`].
+pub fn table(header: &[&str], right_aligned: &[usize]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(TABLE_STYLE).set_header(header.to_vec());
+    for (i, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, 2));
+        if right_aligned.contains(&i) {
+            column.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+    table
+}
+
+/// `table` as text, each line without trailing blanks and ending with a newline.
+pub fn render_table(table: &comfy_table::Table) -> String {
+    let mut out = table.trim_fmt();
+    out.push('\n');
+    out
+}
+
 /// A duration for people: `850 µs`, `27.96 ms`, `1.50 s`, `2m 05s`, `1h 02m` (never Rust's
 /// Debug form).
 pub fn duration(d: Duration) -> String {
@@ -60,6 +88,17 @@ pub fn maybe_duration(d: Option<Duration>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_have_one_line_per_row_right_aligned_numbers_and_no_trailing_blanks() {
+        let mut t = table(&["name", "count"], &[1]);
+        t.add_row(vec!["a", "7"]);
+        t.add_row(vec!["longer", "1234"]);
+        assert_eq!(
+            render_table(&t),
+            "name    count\na           7\nlonger   1234\n"
+        );
+    }
 
     #[test]
     fn durations_read_as_people_write_them() {
