@@ -7,7 +7,6 @@
 //! (exit code 2, on stderr); checks that need the whole run (task ids) are in
 //! [`crate::Coordinator::new`].
 
-use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -143,7 +142,8 @@ pub struct CoordinatorArgs {
     /// Repeatable.
     #[arg(long, value_name = "TASK", help_heading = "Running")]
     pub kill_worker_on_start: Vec<String>,
-    /// The live progress: auto (when stdout is a terminal) or never.
+    /// The live progress on stderr: auto (a bar on a terminal, a plain line every 10 s
+    /// otherwise) or never.
     #[arg(
         long,
         value_name = "WHEN",
@@ -240,7 +240,7 @@ impl CoordinatorArgs {
         o.run_id = self.run_id;
         o.run_timeout = self.run_timeout;
         o.kill_worker_on_start = self.kill_worker_on_start;
-        o.progress = self.progress == "auto" && std::io::stdout().is_terminal();
+        o.progress = self.progress == "auto";
         o.ui = self.ui;
         o.plugins.disable_all = self.disable_plugins;
         o.plugins.enable = trimmed(self.enable_plugin);

@@ -80,7 +80,9 @@ pub struct CoordinatorOptions {
     /// Fault injection (`--kill-worker-on-start TASK`): the worker running the first attempt
     /// of each of these tasks is killed as soon as the attempt starts.
     pub kill_worker_on_start: Vec<String>,
-    /// Whether to show the live progress line. Default: when stdout is a terminal.
+    /// Whether to run the live progress display ([`ProgressDisplay`]: a bar on a terminal,
+    /// plain periodic lines otherwise, on stderr). Default: when stderr is a terminal (the
+    /// command line's `--progress auto` turns it on everywhere).
     pub progress: bool,
     /// Stop (cancelling what is left) after this long. Default: none.
     pub run_timeout: Option<Duration>,
@@ -103,7 +105,7 @@ impl Default for CoordinatorOptions {
             plugin_dirs: Vec::new(),
             junit: None,
             kill_worker_on_start: Vec::new(),
-            progress: std::io::stdout().is_terminal(),
+            progress: std::io::stderr().is_terminal(),
             run_timeout: None,
             handle_ctrl_c: false,
             ui: None,
@@ -127,7 +129,9 @@ pub fn plugin_registry() -> PluginRegistry {
     crate::scheduler_settings::register(&mut registry);
     if let Err(e) = registry.register(
         RegistryEntry::new(|| PluginSpec::new(ProgressDisplay::default))
-            .description("live status line (on by default when stdout is a terminal)")
+            .description(
+                "live progress on stderr: a bar on a terminal, a plain line every 10 s otherwise",
+            )
             .built_in("dtf-examples"),
     ) {
         tracing::error!(error = %e, "registering the progress display failed");
