@@ -325,6 +325,39 @@ async fn a_worker_killed_mid_task_is_recovered_and_the_task_reruns_elsewhere() {
     assert_eq!(report.exit_code(), 0);
 }
 
+/// The README's demo: the killed worker is back at once while the other worker is busy; the
+/// retry waits for the other worker rather than going back to the one it was killed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_task_reruns_on_another_worker_even_when_that_one_is_busy() {
+    let victim = TaskDef::shell(
+        "victim",
+        r#"if [ "$DTF_ATTEMPT" = 1 ]; then sleep 5; fi; echo "attempt $DTF_ATTEMPT""#,
+    )
+    .retries(1);
+    let busy = TaskDef::shell("busy", "sleep 0.5");
+    let mut o = options(vec![victim, busy], 2);
+    o.kill_worker_on_start = vec!["victim".to_owned()];
+    let report = Coordinator::new(o).unwrap().run().await.unwrap();
+    assert_eq!(report.exit_code(), 0);
+    let run = report.run.unwrap();
+    let victim = run
+        .tasks
+        .iter()
+        .find(|t| t.id.as_str() == "victim")
+        .unwrap();
+    let workers: Vec<_> = victim.attempts.iter().map(|a| a.worker.clone()).collect();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    assert_ne!(
+        workers[0], workers[1],
+        "the re-run went back to the killed worker"
+    );
+    let busy = run.tasks.iter().find(|t| t.id.as_str() == "busy").unwrap();
+    assert_eq!(
+        busy.attempts[0].worker, workers[1],
+        "it waited for the busy worker"
+    );
+}
+
 /// Runs the CLI entry point and returns (exit code, stdout, stderr).
 async fn cli_streams(args: &[&str]) -> (i32, String, String) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
