@@ -88,7 +88,8 @@ pub struct CoordinatorOptions {
     pub run_timeout: Option<Duration>,
     /// Whether Ctrl-C cancels the run (the binary sets it). Default `false`.
     pub handle_ctrl_c: bool,
-    /// `--ui ADDR`: serve the web console there ([`crate::console`]). Default: off.
+    /// `--ui ADDR`: serve the web console there ([`crate::console`]); wins over `[ui] listen`
+    /// of the configuration. Default: off.
     pub ui: Option<std::net::SocketAddr>,
 }
 
@@ -154,6 +155,12 @@ pub struct LoadedConfig {
     /// Manifests that could not be loaded (each naming its file and key). A run goes on
     /// without those plugins; `--check-config` reports them as errors.
     pub manifest_errors: Vec<ConfigIssue>,
+    /// `[ui] listen`: where to serve the web console (`--ui` wins).
+    pub ui_listen: Option<std::net::SocketAddr>,
+    /// `[ui] token_file`: the file holding the console's token, relative paths resolved
+    /// against the configuration file's directory (`DTF_UI_TOKEN` and `DTF_UI_TOKEN_FILE`
+    /// win).
+    pub ui_token_file: Option<PathBuf>,
 }
 
 /// Loads the configuration (see [`LoadedConfig`]), registers the out-of-process plugins
@@ -187,6 +194,7 @@ pub fn load_config_and_plugin_dirs(
     // those that need the plugins (names, settings, dependencies), which can only be checked
     // once the plugin directories are registered.
     let (config, mut issues) = loader.load_with_issues()?;
+    let (ui_listen, ui_token_file) = ui_settings(&config, &mut issues);
     let from_file = plugin_dirs.is_empty();
     let dirs = if from_file {
         config.plugin_dirs().to_vec()
@@ -219,7 +227,67 @@ pub fn load_config_and_plugin_dirs(
         plugin_dirs: present,
         loaded: report.loaded,
         manifest_errors: report.errors,
+        ui_listen,
+        ui_token_file,
     })
+}
+
+/// `[ui] listen` and `token_file`, the same settings as `--ui` and `DTF_UI_TOKEN_FILE`; a bad
+/// value is added to `issues` at its position (and never echoed).
+fn ui_settings(
+    config: &Config,
+    issues: &mut Vec<ConfigIssue>,
+) -> (Option<std::net::SocketAddr>, Option<PathBuf>) {
+    let origin = |key: &str| config.origin(key).unwrap_or(Origin::Default);
+    let mut bad = |key: &str, message: &str| {
+        issues.push(ConfigIssue::new(
+            IssueKind::InvalidValue,
+            key,
+            origin(key),
+            message,
+        ));
+    };
+    let listen = match config.get("ui.listen") {
+        None => None,
+        Some(serde_json::Value::String(s)) => match crate::console::parse_ui(&s) {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                bad(
+                    "ui.listen",
+                    "expected an address like \"127.0.0.1:8080\" (or a port)",
+                );
+                None
+            }
+        },
+        Some(serde_json::Value::Number(n)) => match n.as_u64().map(u16::try_from) {
+            Some(Ok(port)) => crate::console::parse_ui(&port.to_string()).ok(),
+            _ => {
+                bad("ui.listen", "expected a port from 0 to 65535");
+                None
+            }
+        },
+        Some(_) => {
+            bad("ui.listen", "expected a string like \"127.0.0.1:8080\"");
+            None
+        }
+    };
+    let token_file = match config.get("ui.token_file") {
+        None => None,
+        Some(serde_json::Value::String(s)) if !s.is_empty() => {
+            let path = PathBuf::from(s);
+            Some(match origin("ui.token_file") {
+                Origin::File { path: file, .. } if path.is_relative() => file
+                    .parent()
+                    .map_or_else(|| path.clone(), |dir| dir.join(&path)),
+                _ => path,
+            })
+        }
+        Some(_) => {
+            bad("ui.token_file", "expected a non-empty path");
+            None
+        }
+    };
+    (listen, token_file)
 }
 
 /// The optional plugins `selection` enables, in order, each checked against `registry`.
@@ -356,6 +424,10 @@ impl Coordinator {
             &mut registry,
         )?;
         let mut enabled = plugins_to_run(&options, &registry, &loaded)?;
+        // `--ui` wins over `[ui] listen`.
+        if options.ui.is_none() {
+            options.ui = loaded.ui_listen;
+        }
         crate::scheduler_settings::apply(&mut options, &loaded, &mut enabled)?;
         SchedulerRegistry::new().build(&options.scheduler)?;
         if options.tasks.is_empty() {
@@ -476,7 +548,8 @@ impl Coordinator {
             builder = builder.spec(spec);
         }
         let manager = builder.spawn().await?;
-        let console = crate::console::start(&manager, options.ui).await?;
+        let console =
+            crate::console::start(&manager, options.ui, loaded.ui_token_file.as_deref()).await?;
         // Hot reload: a changed, added or removed plugin in a plugin directory is swapped in
         // while the run goes on, without losing events (`PluginManager::replace`).
         let reloader = (!loaded.plugin_dirs.is_empty()).then(|| {

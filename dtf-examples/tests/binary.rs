@@ -352,3 +352,69 @@ fn logs_have_no_colour_when_stderr_is_not_a_terminal() {
     assert!(err.contains("fault injection"), "{err}");
     assert!(!err.contains('\u{1b}'), "ANSI codes in {err:?}");
 }
+
+/// `[ui]` in dtf.toml: `listen` serves the console as `--ui` does, `token_file` (relative to
+/// the file) holds its token, and `--ui` wins over `listen`.
+#[test]
+fn the_ui_section_of_dtf_toml_serves_the_console_and_the_command_line_wins() {
+    let dir = std::env::temp_dir().join(format!("dtf-ui-config-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("token.txt"),
+        "token-from-the-file-0123456789abcdef\n",
+    )
+    .unwrap();
+    let config = dir.join("dtf.toml");
+    std::fs::write(
+        &config,
+        "[ui]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"token.txt\"\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dtf-coordinator"))
+            .args(["--config", config.to_str().unwrap(), "--task", "true"])
+            .args(["--progress", "never"])
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .env_remove("DTF_UI_TOKEN")
+            .env_remove("DTF_UI_TOKEN_FILE")
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    // Served, with the file's token: nothing generated, nothing printed.
+    assert!(err.starts_with("web console: http://127.0.0.1:"), "{err}");
+    assert!(!err.contains("#token="), "{err}");
+    assert!(!err.contains("token-from-the-file"), "{err}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (code, err) = run(&["--ui", &format!("127.0.0.1:{port}")]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.starts_with(&format!("web console: http://127.0.0.1:{port}/")),
+        "--ui wins: {err}"
+    );
+
+    // A bad value is a configuration error at its position, not echoed; an unknown key gets
+    // the closest one.
+    std::fs::write(&config, "[ui]\nlisten = \"canary-77\"\nlisen = 1\n").unwrap();
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("dtf.toml:2:10: ui.listen: expected an address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("ui.lisen: unknown key `lisen` (did you mean `listen`?)"),
+        "{err}"
+    );
+    assert!(!err.contains("canary"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
