@@ -1033,7 +1033,9 @@ async fn run_cli_outer(
                 }
             };
         }
-        Some(Command::Plugin { args }) => return crate::plugin_cli::run(args, out).await,
+        Some(Command::Plugin { args }) => {
+            return crate::plugin_cli::run_split(args, out, err).await;
+        }
         _ => {}
     }
     let result = match parsed.into_cli() {

@@ -418,3 +418,18 @@ fn the_ui_section_of_dtf_toml_serves_the_console_and_the_command_line_wins() {
     assert!(!err.contains("canary"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `dtf-coordinator plugin …`: help on stdout, usage errors on stderr with exit code 2.
+#[test]
+fn the_plugin_subcommand_reports_usage_errors_on_stderr() {
+    let (code, out, err) = coordinator(&["plugin", "--help"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(
+        out.contains("Usage: dtf-coordinator plugin <COMMAND>"),
+        "{out}"
+    );
+    let (code, out, err) = coordinator(&["plugin", "instal", "x"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(err.contains("unrecognized subcommand 'instal'"), "{err}");
+    assert!(err.contains("'install'"), "a suggestion: {err}");
+}
