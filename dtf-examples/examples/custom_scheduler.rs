@@ -24,12 +24,15 @@
 //! cargo run --example custom_scheduler -- --list-schedulers
 //! ```
 //!
-//! Flags: see `USAGE` below (`--help` prints it).
+//! Flags: `--help` lists them (the `Cli` struct below).
 
 #![expect(clippy::print_stdout, reason = "an example reports to the terminal")]
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{CommandFactory as _, Parser};
 
 use dtf_plugin_core::event::TaskCreated;
 use dtf_plugin_core::prelude::*;
@@ -39,20 +42,6 @@ use dtf_scheduler::{
     Registry, Scheduler, SchedulerConfig, SchedulerError, SchedulingCoordinator, TaskSpec,
     parse_weights,
 };
-
-const USAGE: &str = "\
-usage: custom_scheduler [flags]
-
-  --scheduler <name>          strategy to run (default fairness; --list-schedulers lists them)
-  --half-life-hours <h>       fairness: half-life of usage (default 12)
-  --fairness-window-hours <h> fairness: the older window setting, a half-life of h/2
-  --workers <n>               simulated workers, one slot each (default 20)
-  --tasks <n>                 total simulated tasks, exactly (default 7200)
-  --tenants <n>               tenants; the first submits 10x each other's share (default 3)
-  --weights a=2,b=1,...       fairness weights (default all 1)
-  --seed <n>                  workload seed (default 42)
-  --list-schedulers           print the registered strategies and exit
-  --help                      print this and exit";
 
 /// A custom strategy: shortest expected duration first (minimises mean wait when estimates
 /// are good). Only `name` is required; it overrides queue-sort and keeps the default filter,
@@ -79,6 +68,39 @@ fn registry() -> Result<Registry, SchedulerError> {
     Ok(registry)
 }
 
+/// Run a scheduling strategy on the bus, then measure it against fifo with the simulator.
+#[derive(Debug, Parser)]
+#[command(name = "custom_scheduler", version)]
+struct Cli {
+    /// The strategy to run (--list-schedulers lists them).
+    #[arg(long, value_name = "NAME", default_value = "fairness")]
+    scheduler: String,
+    /// fairness: the half-life of usage, in hours [default: 12].
+    #[arg(long, value_name = "H")]
+    half_life_hours: Option<f64>,
+    /// fairness: the older window setting, a half-life of H/2.
+    #[arg(long, value_name = "H")]
+    fairness_window_hours: Option<f64>,
+    /// Simulated workers, one slot each.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    workers: u32,
+    /// Total simulated tasks, exactly.
+    #[arg(long, value_name = "N", default_value_t = 7_200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    tasks: u32,
+    /// Tenants; the first submits 10x each other's share.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    tenants: u32,
+    /// Fairness weights, e.g. a=2,b=1 [default: all 1].
+    #[arg(long, value_name = "A=W,...")]
+    weights: Option<String>,
+    /// The workload's seed.
+    #[arg(long, value_name = "N", default_value_t = 42)]
+    seed: u64,
+    /// Print the registered strategies and exit.
+    #[arg(long)]
+    list_schedulers: bool,
+}
+
 struct Args {
     config: SchedulerConfig,
     workers: usize,
@@ -86,58 +108,34 @@ struct Args {
     tenants: usize,
     seed: u64,
     list: bool,
-    help: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        config: SchedulerConfig::new("fairness"),
-        workers: 20,
-        tasks: 7_200,
-        tenants: 3,
-        seed: 42,
-        list: false,
-        help: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--list-schedulers" {
-            args.list = true;
-            continue;
-        }
-        if flag == "--help" || flag == "-h" {
-            args.help = true;
-            continue;
-        }
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = |v: &str| v.parse::<u64>().map_err(|e| format!("{flag} {v}: {e}"));
-        match flag.as_str() {
-            "--scheduler" => args.config.scheduler = value,
-            "--fairness-window-hours" => {
-                args.config.fairness_window_hours =
-                    Some(value.parse().map_err(|e| format!("{flag} {value}: {e}"))?);
-            }
-            "--half-life-hours" => {
-                args.config.half_life_hours =
-                    Some(value.parse().map_err(|e| format!("{flag} {value}: {e}"))?);
-            }
-            "--workers" => args.workers = number(&value)? as usize,
-            "--tasks" => args.tasks = number(&value)? as usize,
-            "--tenants" => args.tenants = number(&value)? as usize,
-            "--seed" => args.seed = number(&value)?,
-            "--weights" => {
-                args.config.weights =
-                    parse_weights(&value).map_err(|e| format!("failed to {e}"))?;
-            }
-            _ => {
-                return Err(format!("unknown flag {flag} (see --help)"));
-            }
+/// The parsed command line; a usage error exits with code 2 (clap's message on stderr).
+fn parse_args() -> Args {
+    let cli = Cli::parse();
+    let mut config = SchedulerConfig::new(cli.scheduler);
+    config.half_life_hours = cli.half_life_hours;
+    config.fairness_window_hours = cli.fairness_window_hours;
+    if let Some(weights) = &cli.weights {
+        match parse_weights(weights) {
+            Ok(w) => config.weights = w,
+            Err(e) => Cli::command()
+                .error(
+                    ErrorKind::ValueValidation,
+                    format!("--weights: failed to {e}"),
+                )
+                .exit(),
         }
     }
-    if args.tenants == 0 || args.workers == 0 {
-        return Err("--tenants and --workers must be at least 1".into());
+    let n = |v: u32| usize::try_from(v).unwrap_or(usize::MAX);
+    Args {
+        config,
+        workers: n(cli.workers),
+        tasks: n(cli.tasks),
+        tenants: n(cli.tenants),
+        seed: cli.seed,
+        list: cli.list_schedulers,
     }
-    Ok(args)
 }
 
 fn tenant_name(i: usize) -> String {
@@ -238,27 +236,8 @@ async fn on_the_bus(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("error: {message}");
-            std::process::exit(2);
-        }
-    };
-    if args.help {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    if args.tasks == 0 {
-        eprintln!("error: --tasks must be at least 1");
-        std::process::exit(2);
-    }
+    dtf_examples::output::init_logging("warn");
+    let args = parse_args();
     let registry = registry()?;
     if args.list {
         println!("{}", registry.names().collect::<Vec<_>>().join("\n"));

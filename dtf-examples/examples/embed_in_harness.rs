@@ -243,8 +243,20 @@ impl Dtf {
     }
 }
 
+/// The test harness's command line: libtest's flags (libtest-mimic's `Arguments`, itself a
+/// clap derive struct), plus `--version`.
+#[derive(Debug, clap::Parser)]
+#[command(name = "embed_in_harness", version)]
+struct Cli {
+    #[command(flatten)]
+    tests: Arguments,
+    /// Print version (libtest's flags turn clap's own `--version` off, so it is added here).
+    #[arg(short = 'V', long, action = clap::ArgAction::Version)]
+    version: Option<bool>,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Arguments::from_args();
+    let args = <Cli as clap::Parser>::parse().tests;
     let dtf = Dtf::start("embed-in-harness")?; // dtf: start
     let tests: [(&str, TestFn); 4] = [
         ("parser::parses_a_version", parses_a_version),

@@ -34,6 +34,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use clap::error::ErrorKind;
+use clap::{CommandFactory as _, Parser};
 use dtf_plugin_core::EventMeta;
 use dtf_plugin_core::prelude::*;
 use dtf_plugins_notify::{NotifyConfig, NotifyPlugin, preview};
@@ -41,11 +43,43 @@ use serde_json::{Value, json};
 
 const CHANNELS: [&str; 6] = ["slack", "discord", "telegram", "teams", "jira", "email"];
 
-fn usage() -> ! {
-    eprintln!(
-        "usage: notification_system [--slack] [--discord] [--telegram] [--teams] [--jira] [--email] [--dry-run]"
-    );
-    std::process::exit(2)
+/// Send a burst of failures, grouped, to the chosen channels (or render them with --dry-run).
+#[derive(Debug, Parser)]
+#[command(
+    name = "notification_system",
+    version,
+    after_help = "Environment (each chosen channel needs its variables; --dry-run needs none):
+  --slack     SLACK_WEBHOOK_URL
+  --discord   DISCORD_WEBHOOK_URL
+  --telegram  TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID (comma-separated for several chats)
+  --teams     TEAMS_WEBHOOK_URL
+  --jira      JIRA_BASE_URL, JIRA_EMAIL, JIRA_API_TOKEN, JIRA_PROJECT_KEY
+  --email     SMTP_HOST, SMTP_FROM, SMTP_TO; optional SMTP_PORT, SMTP_SECURITY, SMTP_USERNAME,
+              SMTP_PASSWORD, SMTP_TIMEOUT_MS, SMTP_ROOT_CERTIFICATE
+A missing variable exits with code 2 naming it."
+)]
+struct Cli {
+    /// Send to Slack.
+    #[arg(long)]
+    slack: bool,
+    /// Send to Discord.
+    #[arg(long)]
+    discord: bool,
+    /// Send to Telegram.
+    #[arg(long)]
+    telegram: bool,
+    /// Send to Microsoft Teams.
+    #[arg(long)]
+    teams: bool,
+    /// Open JIRA issues.
+    #[arg(long)]
+    jira: bool,
+    /// Send email over SMTP.
+    #[arg(long)]
+    email: bool,
+    /// Render every chosen channel's requests (all channels when none is chosen); send nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn fail(message: &str) -> ! {
@@ -137,7 +171,8 @@ fn channel(flag: &str, dry_run: bool) -> Value {
             }
             json!({ "type": "email", "smtp": smtp })
         }
-        _ => usage(),
+        // `flag` comes from CHANNELS, every one of which has an arm above.
+        other => fail(&format!("unknown channel {other}")),
     }
 }
 
@@ -206,27 +241,31 @@ fn burst() -> Vec<EventKind> {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let dry_run = args.iter().any(|a| a == "--dry-run");
-    let mut flags: Vec<&str> = Vec::new();
-    for a in &args {
-        match a.strip_prefix("--") {
-            Some("dry-run") => {}
-            Some(f) if CHANNELS.contains(&f) => {
-                flags.push(CHANNELS[CHANNELS.iter().position(|c| *c == f).unwrap_or(0)])
-            }
-            _ => usage(),
-        }
-    }
+    dtf_examples::output::init_logging("info");
+    // A usage error exits with code 2, clap's message on stderr.
+    let cli = Cli::parse();
+    let dry_run = cli.dry_run;
+    let chosen = [
+        cli.slack,
+        cli.discord,
+        cli.telegram,
+        cli.teams,
+        cli.jira,
+        cli.email,
+    ];
+    let mut flags: Vec<&str> = CHANNELS
+        .iter()
+        .zip(chosen)
+        .filter_map(|(c, on)| on.then_some(*c))
+        .collect();
     if flags.is_empty() {
         if !dry_run {
-            eprintln!("choose at least one channel (or --dry-run to render every channel)");
-            usage();
+            Cli::command()
+                .error(
+                    ErrorKind::MissingRequiredArgument,
+                    "choose at least one channel (or --dry-run to render every channel)",
+                )
+                .exit();
         }
         flags = CHANNELS.to_vec();
     }
@@ -322,13 +361,14 @@ async fn main() {
     println!("\nwhat was sent:");
     for (target, s) in stats.targets() {
         println!(
-            "  {target:<28} ok {:>2}  failed {:>2}  attempts {:>2}  rate-limited {:>2}  last status {:?}  last latency {:?}{}",
+            "  {target:<28} ok {:>2}  failed {:>2}  attempts {:>2}  rate-limited {:>2}  last status {}  last latency {}{}",
             s.ok,
             s.failed,
             s.attempts,
             s.rate_limited,
-            s.last_status,
-            s.last_latency,
+            s.last_status
+                .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            dtf_examples::output::maybe_duration(s.last_latency),
             s.last_error
                 .map(|e| format!("  last error: {e}"))
                 .unwrap_or_default()

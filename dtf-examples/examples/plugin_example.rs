@@ -90,8 +90,11 @@ impl Plugin for OnCall {
                 let mut seen = self.seen.lock().map_err(|_| "state poisoned")?;
                 seen.completed += 1;
                 if done.duration > Duration::from_millis(self.config.slow_ms) {
-                    seen.slow
-                        .push(format!("{} ({:?})", done.task, done.duration));
+                    seen.slow.push(format!(
+                        "{} ({})",
+                        done.task,
+                        dtf_examples::output::duration(done.duration)
+                    ));
                 }
             }
             EventKind::WorkerFailed(failed) => {
@@ -124,14 +127,16 @@ impl Plugin for OnCall {
     }
 }
 
+/// A plugin written step by step, run in the reference coordinator. No flags.
+#[derive(Debug, clap::Parser)]
+#[command(name = "plugin_example", version)]
+struct Cli {}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    // `--help` and `--version`; anything else is a usage error (exit code 2).
+    let Cli {} = clap::Parser::parse();
+    dtf_examples::output::init_logging("warn");
 
     // Step 5: hand the plugin to the coordinator. The factory builds a fresh instance after a
     // restart; the shared `Seen` survives it.

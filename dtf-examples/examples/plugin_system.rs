@@ -17,6 +17,7 @@
 
 use std::time::Duration;
 
+use dtf_examples::output::duration;
 use dtf_plugin_core::prelude::*;
 use dtf_plugin_core::{Backoff, PluginInfo, RestartBudget};
 use serde::Deserialize;
@@ -72,16 +73,16 @@ impl Plugin for Tally {
                 }
                 if done.duration > self.slow_threshold {
                     self.slow
-                        .push(format!("{} ({:?})", done.task, done.duration));
+                        .push(format!("{} ({})", done.task, duration(done.duration)));
                 }
             }
             EventKind::TaskFailed(f) if !f.retryable => self.failed += 1,
             EventKind::CoordinatorShutdown(_) => {
                 println!(
-                    "[tally] run finished: {} passed, {} failed; slower than {:?}: {}",
+                    "[tally] run finished: {} passed, {} failed; slower than {}: {}",
                     self.passed,
                     self.failed,
-                    self.slow_threshold,
+                    duration(self.slow_threshold),
                     if self.slow.is_empty() {
                         "none".to_owned()
                     } else {
@@ -147,8 +148,13 @@ impl Plugin for Watchdog {
     ) -> Result<(), PluginError> {
         match &event.kind {
             EventKind::PluginFailed(f) => println!(
-                "[watchdog] plugin `{}` failed: {} (restart in {:?})",
-                f.plugin, f.error, f.restart_in
+                "[watchdog] plugin `{}` failed: {} ({})",
+                f.plugin,
+                f.error,
+                f.restart_in.map_or_else(
+                    || "not restarted".to_owned(),
+                    |d| format!("restart in {}", duration(d))
+                )
             ),
             EventKind::PluginRestarted(r) => {
                 println!(
@@ -200,16 +206,17 @@ fn table(plugins: &[PluginInfo]) {
     println!();
 }
 
+/// The plugin system end to end: a test run's lifecycle through supervised plugins. No flags;
+/// `RUST_LOG=debug` for more detail.
+#[derive(Debug, clap::Parser)]
+#[command(name = "plugin_system", version)]
+struct Cli {}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,dtf_plugin_core=info".into()),
-        )
-        .init();
+    // `--help` and `--version`; anything else is a usage error (exit code 2).
+    let Cli {} = clap::Parser::parse();
+    dtf_examples::output::init_logging("warn,dtf_plugin_core=info");
     // The buggy plugin's panic message is expected; keep the terminal readable.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -322,10 +329,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     table(&manager.list().await?);
     for letter in manager.dead_letters("buggy").await? {
         println!(
-            "dead letter for `{}`: seq {} ({:?}): {}",
+            "dead letter for `{}`: seq {} ({}): {}",
             letter.plugin,
             letter.event.meta.seq,
-            letter.event.hook(),
+            hook_name(letter.event.hook()),
             letter.error
         );
     }
@@ -360,4 +367,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// A hook by its configuration name (`task_completed`), as `dtf.toml` writes it.
+fn hook_name(hook: Hook) -> String {
+    serde_json::to_value(hook)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }

@@ -28,13 +28,14 @@
 //!   cargo run --example run_test_plugins -- --ci-system github --enable-external-reporting
 //! ```
 //!
-//! Flags: `--plugins <list>` (comma-separated from `ci-reporter`, `teamcity-live`,
-//! `ci-api`, `task-reporter`; default `ci-reporter,ci-api,task-reporter`), `--enable-external-reporting`, `--ci-system
-//! <name>` (default: detected), `--simulate-tasks <n>` (default 10). An unknown CI system
-//! or flag exits with code 2.
+//! Flags (`--help`): `--plugins <list>` (comma-separated from `ci-reporter`, `teamcity-live`,
+//! `ci-api`, `task-reporter`; default `ci-reporter,ci-api,task-reporter`),
+//! `--enable-external-reporting`, `--ci-system <name>` (default: detected),
+//! `--simulate-tasks <n>` (default 10). An unknown CI system or flag exits with code 2.
 
 #![expect(clippy::print_stdout, reason = "an example reports to the terminal")]
 
+use clap::Parser;
 use dtf_examples::{Coordinator, CoordinatorOptions, simulated_tasks};
 use dtf_plugin_core::prelude::*;
 use dtf_plugins_ci::{
@@ -51,44 +52,43 @@ struct Args {
 
 const PLUGINS: &[&str] = &["ci-reporter", "teamcity-live", "ci-api", "task-reporter"];
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        plugins: ["ci-reporter", "ci-api", "task-reporter"]
-            .map(str::to_owned)
-            .to_vec(),
-        external: false,
-        system: None,
-        tasks: 10,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--enable-external-reporting" {
-            args.external = true;
-            continue;
-        }
-        let value = it.next().ok_or_else(|| format!("`{flag}` needs a value"))?;
-        match flag.as_str() {
-            "--plugins" => {
-                args.plugins = value.split(',').map(|p| p.trim().to_owned()).collect();
-                if let Some(bad) = args.plugins.iter().find(|p| !PLUGINS.contains(&p.as_str())) {
-                    return Err(format!(
-                        "unknown plugin `{bad}` (valid: {})",
-                        PLUGINS.join(", ")
-                    ));
-                }
-            }
-            "--ci-system" => {
-                args.system = Some(value.parse().map_err(|e| format!("failed to {e}"))?)
-            }
-            "--simulate-tasks" => {
-                args.tasks = value
-                    .parse()
-                    .map_err(|_| format!("`--simulate-tasks` wants a number, got `{value}`"))?;
-            }
-            other => return Err(format!("unknown flag `{other}`")),
-        }
+/// Report a simulated test run to CI: JUnit/JSON/Markdown, status lines, the CI API.
+#[derive(Debug, Parser)]
+#[command(name = "run_test_plugins", version)]
+struct Cli {
+    /// The plugins to run, comma-separated.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "ci-reporter,ci-api,task-reporter",
+        value_parser = PLUGINS.to_vec()
+    )]
+    plugins: Vec<String>,
+    /// Call the CI system's HTTP API (needs DTF_CI_API_BASE_URL) and post task events (needs
+    /// DTF_REPORT_ENDPOINT).
+    #[arg(long)]
+    enable_external_reporting: bool,
+    /// The CI system (github, gitlab, azure, jenkins, ...) [default: detected].
+    #[arg(long, value_name = "NAME", value_parser = ci_system)]
+    ci_system: Option<CiSystem>,
+    /// How many simulated tasks.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    simulate_tasks: u32,
+}
+
+fn ci_system(value: &str) -> Result<CiSystem, String> {
+    value.parse().map_err(|e| format!("failed to {e}"))
+}
+
+fn parse_args() -> Args {
+    let cli = Cli::parse();
+    Args {
+        plugins: cli.plugins,
+        external: cli.enable_external_reporting,
+        system: cli.ci_system,
+        tasks: cli.simulate_tasks,
     }
-    Ok(args)
 }
 
 /// The commands dialect `CiReporter` prints for `system`.
@@ -150,19 +150,9 @@ fn api_for(system: CiSystem) -> Option<(&'static str, &'static [&'static str])> 
 
 #[tokio::main]
 async fn main() {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    // A usage error exits with code 2, clap's message on stderr.
+    let args = parse_args();
+    dtf_examples::output::init_logging("warn");
     if let Err(e) = run(args).await {
         eprintln!("error: {e}");
         std::process::exit(1);

@@ -44,7 +44,8 @@ pub fn parse_ui(value: &str) -> Result<SocketAddr, CoordinatorError> {
 }
 
 /// Starts the console on `manager` when `addr` is set, and says where on stderr (with the
-/// token when it was generated).
+/// token when it was generated). The token comes from `DTF_UI_TOKEN`, else the file named by
+/// `DTF_UI_TOKEN_FILE`, else `token_file` (`[ui] token_file`), else it is generated.
 ///
 /// # Errors
 ///
@@ -55,12 +56,15 @@ pub async fn start(
     registry: &PluginRegistry,
     plugin_dirs: &[PathBuf],
     config_file: Option<&Path>,
+    token_file: Option<&Path>,
 ) -> Result<Option<RunningConsole>, CoordinatorError> {
     let Some(addr) = addr else {
         return Ok(None);
     };
     let catalog = CoordinatorCatalog::new(registry, plugin_dirs, config_file);
-    let file = std::env::var_os(TOKEN_FILE_ENV).map(PathBuf::from);
+    let file = std::env::var_os(TOKEN_FILE_ENV)
+        .map(PathBuf::from)
+        .or_else(|| token_file.map(Path::to_owned));
     let token = AccessToken::resolve(file.as_deref())?;
     let generated = *token.origin() == TokenOrigin::Generated;
     // The fragment never reaches the server; the page keeps the token for the tab.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::{CommandFactory as _, Parser as _};
 use dtf_cluster::{Hub, HubNote};
 use dtf_plugin_core::ShutdownReport;
 use dtf_plugin_core::config::{
@@ -17,16 +18,21 @@ use dtf_plugin_core::config::{
 use dtf_plugin_core::event::{TaskCreated, TaskId, WorkerId};
 use dtf_plugin_core::external::{self, Reloader};
 use dtf_plugin_core::prelude::*;
-use dtf_plugin_core::registry::{PluginRegistry, RegistryEntry};
-use dtf_plugins_ci::{ReporterConfig, RunResult, TaskReporter, TaskReporterHandle, TaskSummary};
+use dtf_plugin_core::registry::{PluginRegistry, RegistryEntry, did_you_mean};
+use dtf_plugins_ci::{
+    CiReporter, ReportFile, ReportFiles, ReporterConfig, RunResult, TaskReporter,
+    TaskReporterHandle, TaskSummary,
+};
 use dtf_scheduler::{Registry as SchedulerRegistry, SchedulerConfig, SchedulingCoordinator};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::cli::{Command, CoordinatorArgs, MAX_WORKERS};
 use crate::error::CoordinatorError;
 use crate::executor::{ShellExecutor, WorkerNote, WorkerPool};
+use crate::output::{render_table, table};
 use crate::progress::{ProgressDisplay, RunTracker};
-use crate::taskfile::{TaskDef, TaskKind, load_task_file, simulated_tasks};
+use crate::taskfile::{TaskDef, TaskKind};
 
 /// How often the plugin directories are checked for changed, new or removed plugins.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -75,13 +81,16 @@ pub struct CoordinatorOptions {
     /// Fault injection (`--kill-worker-on-start TASK`): the worker running the first attempt
     /// of each of these tasks is killed as soon as the attempt starts.
     pub kill_worker_on_start: Vec<String>,
-    /// Whether to show the live progress line. Default: when stdout is a terminal.
+    /// Whether to run the live progress display ([`ProgressDisplay`]: a bar on a terminal,
+    /// plain periodic lines otherwise, on stderr). Default: when stderr is a terminal (the
+    /// command line's `--progress auto` turns it on everywhere).
     pub progress: bool,
     /// Stop (cancelling what is left) after this long. Default: none.
     pub run_timeout: Option<Duration>,
     /// Whether Ctrl-C cancels the run (the binary sets it). Default `false`.
     pub handle_ctrl_c: bool,
-    /// `--ui ADDR`: serve the web console there ([`crate::console`]). Default: off.
+    /// `--ui ADDR`: serve the web console there ([`crate::console`]); wins over `[ui] listen`
+    /// of the configuration. Default: off.
     pub ui: Option<std::net::SocketAddr>,
     /// `--listen ADDR` and friends: accept remote workers (`dtf-worker`, docs/cluster.md).
     /// Default: off.
@@ -101,7 +110,7 @@ impl Default for CoordinatorOptions {
             plugin_dirs: Vec::new(),
             junit: None,
             kill_worker_on_start: Vec::new(),
-            progress: std::io::stdout().is_terminal(),
+            progress: std::io::stderr().is_terminal(),
             run_timeout: None,
             handle_ctrl_c: false,
             ui: None,
@@ -126,7 +135,9 @@ pub fn plugin_registry() -> PluginRegistry {
     crate::scheduler_settings::register(&mut registry);
     if let Err(e) = registry.register(
         RegistryEntry::new(|| PluginSpec::new(ProgressDisplay::default))
-            .description("live status line (on by default when stdout is a terminal)")
+            .description(
+                "live progress on stderr: a bar on a terminal, a plain line every 10 s otherwise",
+            )
             .built_in("dtf-examples"),
     ) {
         tracing::error!(error = %e, "registering the progress display failed");
@@ -149,6 +160,12 @@ pub struct LoadedConfig {
     /// Manifests that could not be loaded (each naming its file and key). A run goes on
     /// without those plugins; `--check-config` reports them as errors.
     pub manifest_errors: Vec<ConfigIssue>,
+    /// `[ui] listen`: where to serve the web console (`--ui` wins).
+    pub ui_listen: Option<std::net::SocketAddr>,
+    /// `[ui] token_file`: the file holding the console's token, relative paths resolved
+    /// against the configuration file's directory (`DTF_UI_TOKEN` and `DTF_UI_TOKEN_FILE`
+    /// win).
+    pub ui_token_file: Option<PathBuf>,
 }
 
 /// Loads the configuration (see [`LoadedConfig`]), registers the out-of-process plugins
@@ -182,6 +199,7 @@ pub fn load_config_and_plugin_dirs(
     // those that need the plugins (names, settings, dependencies), which can only be checked
     // once the plugin directories are registered.
     let (config, mut issues) = loader.load_with_issues()?;
+    let (ui_listen, ui_token_file) = ui_settings(&config, &mut issues);
     let from_file = plugin_dirs.is_empty();
     let dirs = if from_file {
         config.plugin_dirs().to_vec()
@@ -214,7 +232,67 @@ pub fn load_config_and_plugin_dirs(
         plugin_dirs: present,
         loaded: report.loaded,
         manifest_errors: report.errors,
+        ui_listen,
+        ui_token_file,
     })
+}
+
+/// `[ui] listen` and `token_file`, the same settings as `--ui` and `DTF_UI_TOKEN_FILE`; a bad
+/// value is added to `issues` at its position (and never echoed).
+fn ui_settings(
+    config: &Config,
+    issues: &mut Vec<ConfigIssue>,
+) -> (Option<std::net::SocketAddr>, Option<PathBuf>) {
+    let origin = |key: &str| config.origin(key).unwrap_or(Origin::Default);
+    let mut bad = |key: &str, message: &str| {
+        issues.push(ConfigIssue::new(
+            IssueKind::InvalidValue,
+            key,
+            origin(key),
+            message,
+        ));
+    };
+    let listen = match config.get("ui.listen") {
+        None => None,
+        Some(serde_json::Value::String(s)) => match crate::console::parse_ui(&s) {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                bad(
+                    "ui.listen",
+                    "expected an address like \"127.0.0.1:8080\" (or a port)",
+                );
+                None
+            }
+        },
+        Some(serde_json::Value::Number(n)) => match n.as_u64().map(u16::try_from) {
+            Some(Ok(port)) => crate::console::parse_ui(&port.to_string()).ok(),
+            _ => {
+                bad("ui.listen", "expected a port from 0 to 65535");
+                None
+            }
+        },
+        Some(_) => {
+            bad("ui.listen", "expected a string like \"127.0.0.1:8080\"");
+            None
+        }
+    };
+    let token_file = match config.get("ui.token_file") {
+        None => None,
+        Some(serde_json::Value::String(s)) if !s.is_empty() => {
+            let path = PathBuf::from(s);
+            Some(match origin("ui.token_file") {
+                Origin::File { path: file, .. } if path.is_relative() => file
+                    .parent()
+                    .map_or_else(|| path.clone(), |dir| dir.join(&path)),
+                _ => path,
+            })
+        }
+        Some(_) => {
+            bad("ui.token_file", "expected a non-empty path");
+            None
+        }
+    };
+    (listen, token_file)
 }
 
 /// The optional plugins `selection` enables, in order, each checked against `registry`.
@@ -305,12 +383,16 @@ pub struct RunReport {
     pub run: Option<RunResult>,
     /// The plugin manager's shutdown report.
     pub shutdown: ShutdownReport,
+    /// The report files the CI reporter and the task reporter tried to write (JUnit, JSON,
+    /// Markdown, summaries), each with its error when it could not be written.
+    pub reports: Vec<ReportFile>,
 }
 
 impl RunReport {
-    /// The process exit code: 0 when every task passed, 1 otherwise.
+    /// The process exit code: 0 when every task passed and every report was written, 1
+    /// otherwise.
     pub fn exit_code(&self) -> i32 {
-        i32::from(self.failed > 0)
+        i32::from(self.failed > 0 || self.reports.iter().any(|r| r.error.is_some()))
     }
 }
 
@@ -347,6 +429,10 @@ impl Coordinator {
             &mut registry,
         )?;
         let mut enabled = plugins_to_run(&options, &registry, &loaded)?;
+        // `--ui` wins over `[ui] listen`.
+        if options.ui.is_none() {
+            options.ui = loaded.ui_listen;
+        }
         crate::scheduler_settings::apply(&mut options, &loaded, &mut enabled)?;
         SchedulerRegistry::new().build(&options.scheduler)?;
         if options.tasks.is_empty() {
@@ -360,11 +446,23 @@ impl Coordinator {
                 dup.id
             )));
         }
-        if options.workers == 0 && options.cluster.is_none() {
-            return Err(CoordinatorError::Usage(
-                "--workers: must be at least 1 (0 only with --listen: remote workers only)"
-                    .to_owned(),
-            ));
+        if (options.workers == 0 && options.cluster.is_none()) || options.workers > MAX_WORKERS {
+            return Err(CoordinatorError::Usage(format!(
+                "--workers: must be from 1 to {MAX_WORKERS} (0 only with --listen: remote \
+                 workers only), got {}",
+                options.workers
+            )));
+        }
+        // Fault injection names task ids; an unknown one would silently inject nothing.
+        for id in &options.kill_worker_on_start {
+            if !options.tasks.iter().any(|t| t.id == *id) {
+                let hint = did_you_mean(id, options.tasks.iter().map(|t| t.id.as_str()))
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                return Err(CoordinatorError::Usage(format!(
+                    "--kill-worker-on-start: no task has the id `{id}`{hint}"
+                )));
+            }
         }
         Ok(Self {
             options,
@@ -416,6 +514,7 @@ impl Coordinator {
             .plugin(move || ShellExecutor::new(executor_pool.clone()))
             .plugin(move || RunTracker::new(done_tx.clone()));
         let mut reporter: Option<TaskReporterHandle> = None;
+        let ci_files = ReportFiles::new();
         for name in &enabled {
             let config = loaded.config.plugin_settings(name);
             let spec = match name.as_str() {
@@ -427,16 +526,20 @@ impl Coordinator {
                         None => spec,
                     }
                 }
-                "ci-reporter" if options.junit.is_some() && config.is_none() => {
-                    let mut cfg = ReporterConfig::default();
-                    cfg.junit.clone_from(&options.junit);
-                    registry
-                        .spec(name, None)
-                        .map_err(|source| CoordinatorError::Plugin {
-                            flag: "--enable-plugin",
-                            source,
-                        })?
-                        .config(cfg)
+                CiReporter::NAME => {
+                    // Built here rather than from the registry so that the files it writes
+                    // (or fails to) are known at the end of the run.
+                    let files = ci_files.clone();
+                    let spec =
+                        PluginSpec::new(move || CiReporter::new().with_report_files(files.clone()));
+                    match config {
+                        Some(c) => spec.config(c),
+                        None => {
+                            let mut cfg = ReporterConfig::default();
+                            cfg.junit.clone_from(&options.junit);
+                            spec.config(cfg)
+                        }
+                    }
                 }
                 _ => registry
                     .spec(name, config)
@@ -457,6 +560,7 @@ impl Coordinator {
             &registry,
             &loaded.plugin_dirs,
             options.config_file.as_deref(),
+            loaded.ui_token_file.as_deref(),
         )
         .await?;
         // Hot reload: a changed, added or removed plugin in a plugin directory is swapped in
@@ -666,6 +770,10 @@ impl Coordinator {
             hub.shutdown().await;
         }
         let shutdown = manager.shutdown(reason).await;
+        let mut reports = ci_files.all();
+        if let Some(handle) = &reporter {
+            reports.extend(handle.report_files().all());
+        }
         Ok(RunReport {
             tasks: total,
             passed: total.saturating_sub(failed),
@@ -674,6 +782,7 @@ impl Coordinator {
             summary: reporter.as_ref().map(TaskReporterHandle::summary),
             run: reporter.as_ref().map(TaskReporterHandle::run),
             shutdown,
+            reports,
         })
     }
 }
@@ -738,7 +847,7 @@ async fn stop_signal() -> Option<&'static str> {
     }
 }
 
-/// The parsed command line of `dtf-coordinator`.
+/// The parsed command line of `dtf-coordinator` (from [`crate::cli::CoordinatorArgs`]).
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct Cli {
@@ -750,206 +859,61 @@ pub struct Cli {
     pub print_config: bool,
     /// `--check-config`: validate the configuration and the plugin directories, and exit.
     pub check_config: bool,
-    /// `--help`.
-    pub help: bool,
-}
-
-/// The usage text of `dtf-coordinator`.
-pub const USAGE: &str = "\
-usage: dtf-coordinator [--tasks FILE] [--task CMD]... [--simulate-tasks N] [options]
-
-tasks:
-  --tasks FILE            TOML task file ([[task]] command = \"...\"; see docs/coordinator.md)
-  --task CMD              a shell command to run as a task (repeatable)
-  --simulate-tasks N      N simulated tasks (some flaky, some failing)
-  --timeout SECS          per-attempt timeout of --task tasks (default 60)
-  --retries N             retries of --task tasks (default 0)
-
-running:
-  --workers N             local workers (default 2)
-  --scheduler NAME        fifo, priority, round-robin, fairness, longest-first (default fifo)
-  --run-id ID             run id (default dtf-run)
-  --run-timeout SECS      cancel what is left after SECS
-  --kill-worker-on-start TASK   fault injection: kill the worker when TASK starts (repeatable)
-  --progress auto|never   live progress line (default auto: when stdout is a terminal)
-  --listen ADDR           accept remote workers (dtf-worker) on ADDR, e.g. 127.0.0.1:7700
-                          (TLS: --tls-cert FILE --tls-key FILE, or --insecure-cluster;
-                          cookie: DTF_CLUSTER_COOKIE or --cookie-file FILE; docs/cluster.md)
-  --min-workers N         with --workers 0: wait for N remote workers (default 1)
-  --heartbeat-timeout SECS  a silent remote worker is disconnected after SECS (default 10)
-  --reconnect-grace SECS  then its tasks are re-queued after SECS more (default 10)
-  --ui ADDR               serve the web console on ADDR, e.g. 127.0.0.1:8080 (default off;
-                          token from DTF_UI_TOKEN or DTF_UI_TOKEN_FILE, else generated; docs/web-console.md)
-
-plugins:
-  --list-plugins          list the known plugins and exit
-  --enable-plugin X       enable plugin X (repeatable, or X,Y)
-  --disable-plugin Y      disable plugin Y (repeatable, or X,Y)
-  --disable-plugins       start from no optional plugin (default: task-reporter)
-  --junit FILE            enable ci-reporter writing JUnit XML to FILE
-  --plugin-dirs A,B       directories of out-of-process plugins (replaces the file's plugin_dirs)
-
-configuration (docs/configuration.md; precedence: --set > DTF_* environment > file > defaults):
-  --config FILE           dtf.toml: manager settings, plugin_dirs, [plugins.NAME] enabled/settings
-  --set KEY=VALUE         override one key, e.g. --set manager.handler_timeout=5s (repeatable)
-  --print-config          print the effective configuration, secrets redacted, and exit
-  --check-config          validate the configuration and plugin directories without running, and exit
-
-exit code: 0 all tasks passed, 1 a task failed or was cancelled, 2 bad usage or configuration
-";
-
-fn list(value: &str) -> impl Iterator<Item = String> + '_ {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-}
-
-/// The cluster options, created with the default address by the first cluster flag.
-fn cluster(o: &mut CoordinatorOptions) -> &mut crate::remote::ClusterOptions {
-    o.cluster.get_or_insert_with(|| {
-        crate::remote::ClusterOptions::new(std::net::SocketAddr::from(([127, 0, 0, 1], 7700)))
-    })
-}
-
-fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, CoordinatorError> {
-    value
-        .parse()
-        .map_err(|_| CoordinatorError::Usage(format!("{flag}: expected a number, got `{value}`")))
-}
-
-fn seconds(flag: &str, value: &str) -> Result<Duration, CoordinatorError> {
-    let secs: f64 = number(flag, value)?;
-    if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 * 7.0 {
-        Ok(Duration::from_secs_f64(secs))
-    } else {
-        Err(CoordinatorError::Usage(format!(
-            "{flag}: expected seconds above 0 and at most a week, got `{value}`"
-        )))
-    }
 }
 
 impl Cli {
-    /// Parses `args` (without the program name). Task files are read here.
+    /// A command line that runs with `options`, or lists, prints or checks and exits.
+    pub fn new(
+        options: CoordinatorOptions,
+        list_plugins: bool,
+        print_config: bool,
+        check_config: bool,
+    ) -> Self {
+        Self {
+            options,
+            list_plugins,
+            print_config,
+            check_config,
+        }
+    }
+
+    /// Parses `args` (without the program name). Task files are read here. `--help`,
+    /// `--version` and the subcommands are handled by [`run_cli`], not here.
     ///
     /// # Errors
     ///
-    /// [`CoordinatorError::Usage`] for an unknown flag or a bad value (naming the flag),
-    /// [`CoordinatorError::TaskFile`] for a task file that cannot be read or parsed.
+    /// [`CoordinatorError::Usage`] with clap's message for an unknown flag (with a
+    /// did-you-mean) or a bad value (naming the flag), and for `--help`, `--version` or a
+    /// subcommand; [`CoordinatorError::TaskFile`] for a task file that cannot be read or
+    /// parsed.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, CoordinatorError> {
-        let mut cli = Cli::default();
-        let o = &mut cli.options;
-        let mut commands = Vec::new();
-        let mut files = Vec::new();
-        let mut simulate = 0u32;
-        let mut timeout = Duration::from_secs(60);
-        let mut retries = 0u32;
-        let mut it = args.into_iter();
-        while let Some(flag) = it.next() {
-            match flag.as_str() {
-                "--list-plugins" => cli.list_plugins = true,
-                "--print-config" => cli.print_config = true,
-                "--check-config" => cli.check_config = true,
-                "--disable-plugins" => o.plugins.disable_all = true,
-                "--insecure-cluster" => cluster(o).insecure = true,
-                "-h" | "--help" => cli.help = true,
-                _ => {
-                    if !flag.starts_with("--") {
-                        return Err(CoordinatorError::Usage(format!(
-                            "unexpected argument `{flag}` (see --help)"
-                        )));
-                    }
-                    let value = it
-                        .next()
-                        .ok_or_else(|| CoordinatorError::Usage(format!("{flag}: needs a value")))?;
-                    match flag.as_str() {
-                        "--tasks" => files.push(PathBuf::from(value)),
-                        "--task" => commands.push(value),
-                        "--simulate-tasks" => simulate = number(&flag, &value)?,
-                        "--timeout" => timeout = seconds(&flag, &value)?,
-                        "--retries" => retries = number(&flag, &value)?,
-                        "--workers" => o.workers = number(&flag, &value)?,
-                        "--scheduler" => o.scheduler = SchedulerConfig::new(value),
-                        "--run-id" => o.run_id = value,
-                        "--run-timeout" => o.run_timeout = Some(seconds(&flag, &value)?),
-                        "--kill-worker-on-start" => o.kill_worker_on_start.push(value),
-                        "--progress" => {
-                            o.progress = match value.as_str() {
-                                "auto" => std::io::stdout().is_terminal(),
-                                "never" => false,
-                                _ => {
-                                    return Err(CoordinatorError::Usage(format!(
-                                        "--progress: expected `auto` or `never`, got `{value}`"
-                                    )));
-                                }
-                            }
-                        }
-                        "--enable-plugin" => o.plugins.enable.extend(list(&value)),
-                        "--disable-plugin" => o.plugins.disable.extend(list(&value)),
-                        "--junit" => o.junit = Some(PathBuf::from(value)),
-                        "--config" => o.config_file = Some(PathBuf::from(value)),
-                        "--set" => o.config_overrides.push(value),
-                        "--plugin-dirs" => o.plugin_dirs.extend(list(&value).map(PathBuf::from)),
-                        "--ui" => o.ui = Some(crate::console::parse_ui(&value)?),
-                        "--listen" => {
-                            let addr = value.parse().map_err(|e| {
-                                CoordinatorError::Usage(format!(
-                                    "--listen: expected HOST:PORT such as {}, got `{value}`: {e}",
-                                    crate::remote::DEFAULT_LISTEN
-                                ))
-                            })?;
-                            cluster(o).listen = addr;
-                        }
-                        "--min-workers" => cluster(o).min_workers = number(&flag, &value)?,
-                        "--tls-cert" => cluster(o).tls_cert = Some(PathBuf::from(value)),
-                        "--tls-key" => cluster(o).tls_key = Some(PathBuf::from(value)),
-                        "--cookie-file" => cluster(o).cookie_file = Some(PathBuf::from(value)),
-                        "--heartbeat-timeout" => {
-                            cluster(o).heartbeat_timeout = seconds(&flag, &value)?
-                        }
-                        "--reconnect-grace" => cluster(o).reconnect_grace = seconds(&flag, &value)?,
-                        _ => {
-                            return Err(CoordinatorError::Usage(format!(
-                                "unknown flag `{flag}` (see --help)"
-                            )));
-                        }
-                    }
-                }
-            }
+        let argv = std::iter::once("dtf-coordinator".to_owned()).chain(args);
+        let parsed = CoordinatorArgs::try_parse_from(argv)
+            .map_err(|e| CoordinatorError::Usage(e.render().to_string().trim_end().to_owned()))?;
+        if parsed.command.is_some() {
+            return Err(CoordinatorError::Usage(
+                "a subcommand is not a run: use run_cli".to_owned(),
+            ));
         }
-        for file in &files {
-            o.tasks.extend(load_task_file(file)?);
-        }
-        let mut n = 0;
-        for command in commands {
-            // `cmd-<n>`, skipping ids the task files already use.
-            let id = loop {
-                n += 1;
-                let id = format!("cmd-{n}");
-                if !o.tasks.iter().any(|t| t.id == id) {
-                    break id;
-                }
-            };
-            o.tasks.push(
-                TaskDef::shell(id, command.clone())
-                    .name(command)
-                    .timeout(timeout)
-                    .retries(retries),
-            );
-        }
-        o.tasks.extend(simulated_tasks(simulate));
-        Ok(cli)
+        parsed.into_cli()
     }
 }
 
 /// Lists `registry`'s plugins: name, whether a run with these options starts it (`enabled`:
-/// the names [`plugins_to_run`] gives), kind, version, source, description, and the hooks it
-/// subscribes to (a whole family as `task_*`).
+/// the names [`plugins_to_run`] gives), kind, version, source, description, and under it the
+/// hooks it subscribes to (a whole family as `task_*`).
 pub fn render_plugin_list(registry: &PluginRegistry, enabled: &[String]) -> String {
-    let mut out = format!(
-        "{:<18} {:<8} {:<13} {:<8} {:<30} {}\n",
-        "plugin", "status", "kind", "version", "source", "description / hooks"
+    use dtf_plugins_ci::neutralize;
+    let mut table = table(
+        &[
+            "plugin",
+            "status",
+            "kind",
+            "version",
+            "source",
+            "description / hooks",
+        ],
+        &[],
     );
     for e in registry.iter() {
         let m = e.metadata();
@@ -958,19 +922,21 @@ pub fn render_plugin_list(registry: &PluginRegistry, enabled: &[String]) -> Stri
         } else {
             "off"
         };
-        out.push_str(&format!(
-            "{:<18} {:<8} {:<13} {:<8} {:<30} {}\n{:<80} hooks: {}\n",
-            e.name(),
-            status,
+        // Names and descriptions may come from plugin manifests: one line each, inert.
+        table.add_row(vec![
+            neutralize(e.name()).into_owned(),
+            status.to_owned(),
             m.kind.to_string(),
-            m.version,
-            e.plugin_source().to_string(),
-            e.describe(),
-            "",
-            hook_summary(m.hooks),
-        ));
+            neutralize(&m.version).into_owned(),
+            neutralize(&e.plugin_source().to_string()).into_owned(),
+            format!(
+                "{}\nhooks: {}",
+                neutralize(e.describe()),
+                hook_summary(m.hooks)
+            ),
+        ]);
     }
-    out
+    render_table(&table)
 }
 
 /// The hooks of `hooks` by their configuration names (`task_created`), a whole family as
@@ -1007,25 +973,33 @@ fn hook_summary(hooks: HookSet) -> String {
 /// dropped and dead-lettered, failures and restarts, what was left in its queue, and the
 /// error of a plugin whose shutdown failed.
 pub fn render_plugin_stats(report: &ShutdownReport) -> String {
-    let mut out = format!(
-        "{:<22} {:>9} {:>7} {:>6} {:>8} {:>8} {:>5}  {}\n",
-        "plugin", "delivered", "dropped", "dead", "failures", "restarts", "left", "shutdown"
+    let mut table = table(
+        &[
+            "plugin",
+            "delivered",
+            "dropped",
+            "dead",
+            "failures",
+            "restarts",
+            "left",
+            "shutdown",
+        ],
+        &[1, 2, 3, 4, 5, 6],
     );
     for p in &report.plugins {
         let s = &p.stats;
-        out.push_str(&format!(
-            "{:<22} {:>9} {:>7} {:>6} {:>8} {:>8} {:>5}  {}\n",
-            p.name,
-            s.delivered,
-            s.dropped,
-            s.dead_lettered,
-            s.failures,
-            s.restarts,
-            p.left_in_queue,
-            dtf_plugins_ci::neutralize(p.error.as_deref().unwrap_or("ok"))
-        ));
+        table.add_row(vec![
+            dtf_plugins_ci::neutralize(&p.name).into_owned(),
+            s.delivered.to_string(),
+            s.dropped.to_string(),
+            s.dead_lettered.to_string(),
+            s.failures.to_string(),
+            s.restarts.to_string(),
+            p.left_in_queue.to_string(),
+            dtf_plugins_ci::neutralize(p.error.as_deref().unwrap_or("ok")).into_owned(),
+        ]);
     }
-    out
+    render_table(&table)
 }
 
 /// `text` with each line neutralised for CI runners (a multi-line error keeps its lines).
@@ -1036,9 +1010,9 @@ fn safe_lines(text: &str) -> String {
 
 /// Renders the per-task table printed after a run.
 pub fn render_task_table(run: &RunResult) -> String {
-    let mut out = format!(
-        "{:<28} {:<10} {:>8} {:<10} {:>9}  {}\n",
-        "task", "status", "attempts", "worker", "time", "error"
+    let mut table = table(
+        &["task", "status", "attempts", "worker", "time", "error"],
+        &[2, 4],
     );
     for t in &run.tasks {
         let error = t
@@ -1057,59 +1031,101 @@ pub fn render_task_table(run: &RunResult) -> String {
         if name.chars().count() > 28 {
             name = name.chars().take(27).collect::<String>() + "…";
         }
-        out.push_str(&format!(
-            "{:<28} {:<10} {:>8} {:<10} {:>8.2}s  {}\n",
+        table.add_row(vec![
             name,
-            t.status.name(),
-            t.attempts.len(),
-            dtf_plugins_ci::neutralize(t.worker().unwrap_or("-")),
-            t.total_duration().as_secs_f64(),
-            dtf_plugins_ci::neutralize(error.lines().next().unwrap_or_default())
-        ));
+            t.status.name().to_owned(),
+            t.attempts.len().to_string(),
+            dtf_plugins_ci::neutralize(t.worker().unwrap_or("-")).into_owned(),
+            format!("{:.2}s", t.total_duration().as_secs_f64()),
+            dtf_plugins_ci::neutralize(error.lines().next().unwrap_or_default()).into_owned(),
+        ]);
     }
-    out
+    render_table(&table)
 }
 
 /// The `dtf-coordinator` binary's whole behaviour, for the binary and for tests: parses
-/// `args`, runs, writes the summary to `out`, and returns the exit code (0 all passed, 1 a
-/// task failed, 2 bad usage or configuration).
-pub async fn run_cli(args: impl IntoIterator<Item = String>, out: &mut (dyn Write + Send)) -> i32 {
-    match run_cli_inner(args, out, false).await {
-        Ok(code) => code,
-        Err(e) => {
-            let _ = writeln!(out, "error: {}", safe_lines(&e.to_string()));
-            2
-        }
-    }
+/// `args` (without the program name), runs, writes the results to `out` and every error to
+/// `err`, and returns the exit code (0 all passed, 1 a task failed or a report could not be
+/// written, 2 bad usage or configuration).
+pub async fn run_cli(
+    args: impl IntoIterator<Item = String>,
+    out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
+) -> i32 {
+    run_cli_outer(args, out, err, false).await
 }
 
 /// [`run_cli`] with Ctrl-C handling, for the binary.
 pub async fn run_cli_with_signals(
     args: impl IntoIterator<Item = String>,
     out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
 ) -> i32 {
-    match run_cli_inner(args, out, true).await {
+    run_cli_outer(args, out, err, true).await
+}
+
+async fn run_cli_outer(
+    args: impl IntoIterator<Item = String>,
+    out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
+    signals: bool,
+) -> i32 {
+    let argv = std::iter::once("dtf-coordinator".to_owned()).chain(args);
+    let parsed = match CoordinatorArgs::try_parse_from(argv) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            // `--help` and `--version` are not errors: stdout, exit 0. Usage errors: stderr, 2.
+            let text = e.render().to_string();
+            return if e.use_stderr() {
+                let _ = err.write_all(text.as_bytes());
+                2
+            } else {
+                let _ = out.write_all(text.as_bytes());
+                0
+            };
+        }
+    };
+    match parsed.command {
+        Some(Command::Completions { shell }) => {
+            let mut command = CoordinatorArgs::command();
+            // Into a buffer first: clap_complete panics when its writer fails (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "dtf-coordinator", &mut script);
+            return match out.write_all(&script) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = writeln!(err, "error: write the completion script: {e}");
+                    1
+                }
+            };
+        }
+        Some(Command::Plugin { args }) => {
+            return crate::plugin_cli::run_split(args, out, err).await;
+        }
+        _ => {}
+    }
+    let result = match parsed.into_cli() {
+        Ok(cli) => run_cli_inner(cli, out, err, signals).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(out, "error: {}", safe_lines(&e.to_string()));
+            let _ = writeln!(err, "error: {}", safe_lines(&e.to_string()));
             2
         }
     }
 }
 
 async fn run_cli_inner(
-    args: impl IntoIterator<Item = String>,
+    mut cli: Cli,
     out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
     signals: bool,
 ) -> Result<i32, CoordinatorError> {
-    let mut cli = Cli::parse(args)?;
     let w = |out: &mut (dyn Write + Send), s: &str| {
         let _ = out.write_all(s.as_bytes());
     };
-    if cli.help {
-        w(out, USAGE);
-        return Ok(0);
-    }
     if cli.list_plugins || cli.print_config || cli.check_config {
         let mut registry = plugin_registry();
         let loaded = load_config_and_plugin_dirs(
@@ -1156,10 +1172,37 @@ async fn run_cli_inner(
     }
     w(out, "\n");
     w(out, &render_plugin_stats(&report.shutdown));
+    // Every report named with its path; one that could not be written fails the run.
+    let (written, failed): (Vec<_>, Vec<_>) =
+        report.reports.iter().partition(|r| r.error.is_none());
+    if !written.is_empty() {
+        w(out, "\n");
+    }
+    for r in &written {
+        w(
+            out,
+            &format!(
+                "report written: {}\n",
+                safe_lines(&r.path.display().to_string())
+            ),
+        );
+    }
+    for r in &failed {
+        let _ = writeln!(
+            err,
+            "error: failed to {}",
+            safe_lines(r.error.as_deref().unwrap_or("write a report"))
+        );
+    }
+    let unwritten = if failed.is_empty() {
+        String::new()
+    } else {
+        format!("; {} report(s) could not be written", failed.len())
+    };
     w(
         out,
         &format!(
-            "\n{} of {} task(s) passed; {} failed\n",
+            "\n{} of {} task(s) passed; {} failed{unwritten}\n",
             report.passed, report.tasks, report.failed
         ),
     );

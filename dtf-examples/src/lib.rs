@@ -12,8 +12,10 @@
 //!   workers and the optional plugins chosen by name from a
 //!   [`dtf_plugin_core::PluginRegistry`], runs the tasks and returns a [`RunReport`];
 //!   [`run_cli`] is the binary's entry point;
+//! - [`cli`]: the command line of `dtf-coordinator` ([`cli::CoordinatorArgs`], clap derive);
 //! - [`progress`]: the run tracker and the live progress line;
 //! - [`scheduler_settings`]: the scheduler tuned from `[plugins.scheduler.settings]`;
+//! - [`output`]: colour only on a terminal and never with `NO_COLOR`, the log subscriber;
 //! - [`plugin_cli`]: `dtf-coordinator plugin …`, the plugin repository client
 //!   ([`dtf_plugin_repo`]): search, install, update, remove, keygen, pack.
 //!
@@ -33,10 +35,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod console;
 pub mod coordinator;
 mod error;
 pub mod executor;
+pub mod output;
 pub mod plugin_cli;
 pub mod progress;
 pub mod remote;

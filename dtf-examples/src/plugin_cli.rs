@@ -168,21 +168,40 @@ enum Command {
     },
 }
 
-/// Runs `dtf-coordinator plugin ARGS…` (`args` without `plugin`), writing to `out`;
-/// returns the exit code.
+/// Runs `dtf-coordinator plugin ARGS…` (`args` without `plugin`), writing everything to
+/// `out` (errors last); returns the exit code. See [`run_split`].
 pub async fn run(args: impl IntoIterator<Item = String>, out: &mut (dyn Write + Send)) -> i32 {
+    let mut err = Vec::new();
+    let code = run_split(args, out, &mut err).await;
+    let _ = out.write_all(&err);
+    code
+}
+
+/// Runs `dtf-coordinator plugin ARGS…` (`args` without `plugin`): results and `--help` to
+/// `out`, usage errors (exit code 2) and failures (exit code 1) to `err`; returns the exit
+/// code.
+pub async fn run_split(
+    args: impl IntoIterator<Item = String>,
+    out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
+) -> i32 {
     let argv = std::iter::once("plugin".to_owned()).chain(args);
     let cli = match PluginCli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = write!(out, "{}", e.render());
-            return if e.use_stderr() { 2 } else { 0 };
+            return if e.use_stderr() {
+                let _ = write!(err, "{}", e.render());
+                2
+            } else {
+                let _ = write!(out, "{}", e.render());
+                0
+            };
         }
     };
     match execute(cli.command, out).await {
         Ok(()) => 0,
         Err(e) => {
-            let _ = writeln!(out, "error: failed to {e}");
+            let _ = writeln!(err, "error: failed to {e}");
             1
         }
     }

@@ -1,9 +1,12 @@
 //! The coordinator's own small plugins: [`RunTracker`] (tells the coordinator when tasks
-//! end) and [`ProgressDisplay`] (a live status line on a terminal).
+//! end) and [`ProgressDisplay`] (a progress bar on a terminal, plain periodic lines
+//! elsewhere).
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal as _, Write};
 use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use dtf_plugin_core::event::TaskId;
 use dtf_plugin_core::prelude::*;
@@ -58,30 +61,63 @@ impl Plugin for RunTracker {
     }
 }
 
-/// A one-line live display of the run: tasks done, failed, running, and what each worker is
-/// doing, redrawn at most every 100 ms. The coordinator adds it only when stdout is a
-/// terminal (`--progress never` turns it off).
+/// How often [`ProgressDisplay`] prints a plain line when stderr is not a terminal.
+pub const PLAIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The live progress of a run, on stderr.
+///
+/// On a terminal: an `indicatif` bar with tasks done out of created, the rate and the ETA, the
+/// failed and retried counts, and under it one line per busy worker (its task and for how
+/// long), redrawn as events arrive. Elsewhere (a CI log, a file): a plain line, the same
+/// counts, at most every [`PLAIN_INTERVAL`] and once at the end of the run, so a log shows
+/// the run is alive without a line per event. Task and worker names are neutralised for CI
+/// runners. The coordinator adds it unless `--progress never`.
 pub struct ProgressDisplay {
-    out: Box<dyn Write + Send>,
-    total: usize,
-    done: usize,
-    failed: usize,
-    retried: usize,
-    workers: BTreeMap<String, Option<String>>,
-    last_draw: Option<Instant>,
+    mode: Mode,
+    state: State,
+}
+
+/// What the display counts, whatever it draws.
+#[derive(Debug, Default)]
+struct State {
+    total: u64,
+    done: u64,
+    failed: u64,
+    retried: u64,
+    /// Busy workers: the task each runs, since when.
+    running: BTreeMap<String, (String, Instant)>,
+    started: Option<Instant>,
+}
+
+enum Mode {
+    Bar {
+        multi: MultiProgress,
+        main: ProgressBar,
+        workers: BTreeMap<String, ProgressBar>,
+    },
+    Plain {
+        out: Box<dyn Write + Send>,
+        every: Duration,
+        last: Option<Instant>,
+    },
 }
 
 impl std::fmt::Debug for ProgressDisplay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProgressDisplay")
-            .field("done", &self.done)
+            .field("done", &self.state.done)
             .finish_non_exhaustive()
     }
 }
 
 impl Default for ProgressDisplay {
+    /// A bar when stderr is a terminal, else plain lines on stderr every [`PLAIN_INTERVAL`].
     fn default() -> Self {
-        Self::new(Box::new(std::io::stdout()))
+        if std::io::stderr().is_terminal() {
+            Self::bar(ProgressDrawTarget::stderr())
+        } else {
+            Self::plain(Box::new(std::io::stderr()), PLAIN_INTERVAL)
+        }
     }
 }
 
@@ -89,45 +125,135 @@ impl ProgressDisplay {
     /// The plugin's name.
     pub const NAME: &'static str = "progress";
 
-    /// A display writing to `out`.
-    pub fn new(out: Box<dyn Write + Send>) -> Self {
+    /// A display drawing bars to `target` (a terminal).
+    pub fn bar(target: ProgressDrawTarget) -> Self {
+        let multi = MultiProgress::with_draw_target(target);
+        let main = multi.add(ProgressBar::new(0));
+        main.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} tasks  {rate}  ETA {eta}  {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.1}/s", state.per_sec());
+                },
+            )
+            .progress_chars("=> "),
+        );
+        main.enable_steady_tick(Duration::from_millis(200));
         Self {
-            out,
-            total: 0,
-            done: 0,
-            failed: 0,
-            retried: 0,
-            workers: BTreeMap::new(),
-            last_draw: None,
+            mode: Mode::Bar {
+                multi,
+                main,
+                workers: BTreeMap::new(),
+            },
+            state: State::default(),
         }
     }
 
-    /// The status line (without terminal control codes).
+    /// A display writing a plain line to `out` at most every `every`, and at the end.
+    pub fn plain(out: Box<dyn Write + Send>, every: Duration) -> Self {
+        Self {
+            mode: Mode::Plain {
+                out,
+                every,
+                last: None,
+            },
+            state: State::default(),
+        }
+    }
+
+    /// The plain status line: counts, rate, elapsed time, and the busy workers' tasks.
     pub fn line(&self) -> String {
-        let running = self.workers.values().filter(|t| t.is_some()).count();
+        let s = &self.state;
+        let elapsed = s.started.map_or(Duration::ZERO, |t| t.elapsed());
         let mut line = format!(
-            "[dtf] {}/{} done  {} failed  {} running  {} retried |",
-            self.done, self.total, self.failed, running, self.retried
+            "[dtf] {}/{} done  {} failed  {} running  {} retried  {} elapsed",
+            s.done,
+            s.total,
+            s.failed,
+            s.running.len(),
+            s.retried,
+            crate::output::duration(elapsed)
         );
-        for (w, task) in &self.workers {
-            line.push_str(&format!(" {w}: {}", task.as_deref().unwrap_or("idle")));
+        if !s.running.is_empty() {
+            line.push_str(" |");
+            for (worker, (task, _)) in &s.running {
+                line.push_str(&format!(" {worker}: {task}"));
+            }
         }
         line
     }
 
-    fn draw(&mut self, force: bool) -> std::io::Result<()> {
-        let now = Instant::now();
-        if !force
-            && self
-                .last_draw
-                .is_some_and(|t| now.duration_since(t) < Duration::from_millis(100))
-        {
-            return Ok(());
-        }
-        self.last_draw = Some(now);
+    fn counts(&self) -> String {
+        format!(
+            "{} failed  {} retried",
+            self.state.failed, self.state.retried
+        )
+    }
+
+    /// Brings the display up to date with the state (`end`: the run is over).
+    fn draw(&mut self, end: bool) -> std::io::Result<()> {
         let line = self.line();
-        write!(self.out, "\r\x1b[2K{line}")?;
-        self.out.flush()
+        let counts = self.counts();
+        let state = &self.state;
+        match &mut self.mode {
+            Mode::Bar {
+                multi,
+                main,
+                workers,
+            } => {
+                main.set_length(state.total);
+                main.set_position(state.done);
+                main.set_message(counts);
+                // One line per busy worker, in worker order, under the bar.
+                workers.retain(|w, bar| {
+                    let busy = state.running.contains_key(w);
+                    if !busy {
+                        bar.finish_and_clear();
+                        multi.remove(bar);
+                    }
+                    busy
+                });
+                for (worker, (task, since)) in &state.running {
+                    let bar = workers.entry(worker.clone()).or_insert_with(|| {
+                        let bar = multi.add(ProgressBar::new_spinner());
+                        bar.set_style(
+                            ProgressStyle::with_template("  {spinner} {prefix}: {msg}")
+                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                        );
+                        bar.set_prefix(worker.clone());
+                        bar.enable_steady_tick(Duration::from_millis(200));
+                        bar
+                    });
+                    bar.set_message(format!(
+                        "{task} ({})",
+                        crate::output::duration(since.elapsed())
+                    ));
+                }
+                if end {
+                    for bar in workers.values() {
+                        bar.finish_and_clear();
+                    }
+                    main.finish();
+                }
+                Ok(())
+            }
+            Mode::Plain { out, every, last } => {
+                let now = Instant::now();
+                let due = last.is_none_or(|t| now.duration_since(t) >= *every);
+                if (end && state.total > 0) || (due && last.is_some()) {
+                    writeln!(out, "{line}")?;
+                    out.flush()?;
+                }
+                if due {
+                    *last = Some(now);
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -148,45 +274,46 @@ impl Plugin for ProgressDisplay {
         _ctx: &mut PluginContext,
         event: &Event,
     ) -> Result<(), PluginError> {
-        let mut force = false;
+        let s = &mut self.state;
+        s.started.get_or_insert_with(Instant::now);
+        let name = |text: &str| dtf_plugins_ci::neutralize(text).into_owned();
         match &event.kind {
-            EventKind::TaskCreated(_) => self.total += 1,
-            EventKind::TaskStarted(s) => {
-                self.workers
-                    .insert(s.worker.to_string(), Some(s.task.to_string()));
+            EventKind::TaskCreated(_) => s.total += 1,
+            EventKind::TaskStarted(t) => {
+                s.running.insert(
+                    name(t.worker.as_str()),
+                    (name(t.task.as_str()), Instant::now()),
+                );
             }
             EventKind::TaskCompleted(c) => {
-                self.done += 1;
-                self.workers.insert(c.worker.to_string(), None);
+                s.done += 1;
+                s.running.remove(&name(c.worker.as_str()));
             }
             EventKind::TaskFailed(f) => {
                 if f.retryable {
-                    self.retried += 1;
+                    s.retried += 1;
                 } else {
-                    self.done += 1;
-                    self.failed += 1;
+                    s.done += 1;
+                    s.failed += 1;
                 }
                 if let Some(w) = &f.worker {
-                    self.workers.insert(w.to_string(), None);
+                    s.running.remove(&name(w.as_str()));
                 }
             }
-            EventKind::TaskCancelled(_) => self.done += 1,
-            EventKind::WorkerRegistered(w) => {
-                self.workers.insert(w.worker.to_string(), None);
-            }
+            EventKind::TaskCancelled(_) => s.done += 1,
             EventKind::WorkerFailed(w) => {
-                self.workers
-                    .insert(w.worker.to_string(), Some("FAILED".to_owned()));
-                force = true;
+                s.running.remove(&name(w.worker.as_str()));
+            }
+            EventKind::WorkerDisconnected(w) => {
+                s.running.remove(&name(w.worker.as_str()));
             }
             EventKind::CoordinatorShutdown(_) => {
                 self.draw(true)?;
-                writeln!(self.out)?;
                 return Ok(());
             }
             _ => return Ok(()),
         }
-        self.draw(force)?;
+        self.draw(false)?;
         Ok(())
     }
 }
@@ -194,18 +321,92 @@ impl Plugin for ProgressDisplay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Buf {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
 
     #[test]
-    fn the_line_counts_tasks_and_shows_workers() {
-        let mut p = ProgressDisplay::new(Box::new(std::io::sink()));
-        p.total = 4;
-        p.done = 2;
-        p.failed = 1;
-        p.workers.insert("w1".into(), Some("unit".into()));
-        p.workers.insert("w2".into(), None);
-        assert_eq!(
-            p.line(),
-            "[dtf] 2/4 done  1 failed  1 running  0 retried | w1: unit w2: idle"
+    fn the_line_counts_tasks_and_shows_busy_workers() {
+        let mut p = ProgressDisplay::plain(Box::new(std::io::sink()), PLAIN_INTERVAL);
+        p.state.total = 4;
+        p.state.done = 2;
+        p.state.failed = 1;
+        p.state
+            .running
+            .insert("w1".into(), ("unit".into(), Instant::now()));
+        let line = p.line();
+        assert!(
+            line.starts_with("[dtf] 2/4 done  1 failed  1 running  0 retried  "),
+            "{line}"
         );
+        assert!(line.ends_with(" elapsed | w1: unit"), "{line}");
+    }
+
+    #[test]
+    fn plain_lines_are_periodic_and_one_ends_the_run() {
+        let buf = Buf::default();
+        // An hour between lines: none while the run goes on, one at its end.
+        let mut p = ProgressDisplay::plain(Box::new(buf.clone()), Duration::from_secs(3_600));
+        p.state.total = 2;
+        p.draw(false).unwrap();
+        p.state.done = 1;
+        p.draw(false).unwrap();
+        assert_eq!(buf.text(), "");
+        p.state.done = 2;
+        p.draw(true).unwrap();
+        let text = buf.text();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.starts_with("[dtf] 2/2 done"), "{text}");
+
+        // No interval: a line for every change after the first.
+        let buf = Buf::default();
+        let mut p = ProgressDisplay::plain(Box::new(buf.clone()), Duration::ZERO);
+        p.state.total = 1;
+        for _ in 0..3 {
+            p.draw(false).unwrap();
+        }
+        assert_eq!(buf.text().lines().count(), 2, "{}", buf.text());
+    }
+
+    #[test]
+    fn the_bar_shows_one_line_per_busy_worker() {
+        let mut p = ProgressDisplay::bar(ProgressDrawTarget::hidden());
+        p.state.total = 3;
+        p.state
+            .running
+            .insert("w1".into(), ("a".into(), Instant::now()));
+        p.state
+            .running
+            .insert("w2".into(), ("b".into(), Instant::now()));
+        p.draw(false).unwrap();
+        let Mode::Bar { main, workers, .. } = &p.mode else {
+            panic!("not a bar");
+        };
+        assert_eq!((main.length(), workers.len()), (Some(3), 2));
+        p.state.running.remove("w1");
+        p.state.done = 1;
+        p.draw(false).unwrap();
+        let Mode::Bar { main, workers, .. } = &p.mode else {
+            panic!("not a bar");
+        };
+        assert_eq!(main.position(), 1);
+        assert_eq!(workers.keys().collect::<Vec<_>>(), ["w2"]);
     }
 }

@@ -4,7 +4,7 @@
 //! ```toml
 //! [defaults]            # optional; every key optional
 //! timeout_secs = 60.0   # per attempt; default 60
-//! retries = 0           # extra attempts after a failure; default 0
+//! retries = 0           # extra attempts after a failure; default 0, at most 100
 //! owner = ""            # the tenant fair-share schedulers group by; default none
 //!
 //! [[task]]
@@ -24,6 +24,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::CoordinatorError;
+
+/// The most retries a task may have (`--retries`, `retries` in a task file): a task that
+/// fails this often is failing, and a larger number would keep a worker busy for nothing.
+pub const MAX_RETRIES: u32 = 100;
 
 /// What a task does.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
@@ -171,6 +175,12 @@ pub fn parse_tasks(text: &str) -> Result<Vec<TaskDef>, String> {
         if !seen.insert(id.clone()) {
             return Err(format!("{key}.id: `{id}` is used by an earlier task"));
         }
+        let retries = t.retries.or(d.retries).unwrap_or(0);
+        if retries > MAX_RETRIES {
+            return Err(format!(
+                "{key}.retries: must be at most {MAX_RETRIES}, got {retries}"
+            ));
+        }
         let timeout = match t.timeout_secs {
             Some(s) => check_timeout(s, &format!("{key}.timeout_secs"))?,
             None => default_timeout,
@@ -180,7 +190,7 @@ pub fn parse_tasks(text: &str) -> Result<Vec<TaskDef>, String> {
             id,
             kind: TaskKind::Shell(t.command),
             timeout,
-            retries: t.retries.or(d.retries).unwrap_or(0),
+            retries,
             owner: t.owner.or_else(|| d.owner.clone()).unwrap_or_default(),
             priority: t.priority,
         });
@@ -282,6 +292,9 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err, "task[2].id: `a` is used by an earlier task");
+        let err =
+            parse_tasks("[defaults]\nretries = 101\n[[task]]\ncommand = \"x\"\n").unwrap_err();
+        assert_eq!(err, "task[1].retries: must be at most 100, got 101");
         let err = parse_tasks("[[task]]\ncommand = \" \"\n").unwrap_err();
         assert_eq!(err, "task[1].command: must not be empty");
         let err = parse_tasks("[[task]]\nname = \"x\"\n").unwrap_err();

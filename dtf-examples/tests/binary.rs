@@ -42,18 +42,147 @@ fn runs_shell_tasks_and_exits_non_zero_when_one_fails() {
 }
 
 #[test]
-fn passes_with_zero_and_reports_usage_errors_with_two() {
+fn passes_with_zero_and_reports_usage_errors_with_two_on_stderr() {
     let (code, out, _) = coordinator(&["--task", "true", "--retries", "1"]);
     assert_eq!(code, 0, "{out}");
-    let (code, out, _) = coordinator(&["--enable-plugin", "junit"]);
+    let (code, out, err) = coordinator(&["--enable-plugin", "junit"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert_eq!(err, "error: --enable-plugin: unknown plugin `junit`\n");
+    let (code, out, err) = coordinator(&[]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(err.contains("no tasks"), "{err}");
+    // Configuration errors too.
+    let (code, out, err) = coordinator(&["--config", "/nonexistent/dtf.toml", "--check-config"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(err.starts_with("error: --config:"), "{err}");
+}
+
+#[test]
+fn help_lists_every_flag_and_the_environment_on_stdout() {
+    let (code, out, err) = coordinator(&["--help"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(out.contains("Usage: dtf-coordinator [OPTIONS]"), "{out}");
+    for flag in [
+        "--tasks",
+        "--task",
+        "--simulate-tasks",
+        "--timeout",
+        "--retries",
+        "--workers",
+        "--scheduler",
+        "--run-id",
+        "--run-timeout",
+        "--kill-worker-on-start",
+        "--progress",
+        "--ui",
+        "--list-plugins",
+        "--enable-plugin",
+        "--disable-plugin",
+        "--disable-plugins",
+        "--junit",
+        "--plugin-dirs",
+        "--config",
+        "--set",
+        "--print-config",
+        "--check-config",
+        "completions",
+        "plugin",
+    ] {
+        assert!(out.contains(flag), "{flag} missing from --help:\n{out}");
+    }
+    for var in [
+        "DTF_UI_TOKEN",
+        "DTF_UI_TOKEN_FILE",
+        "DTF_MANAGER__QUEUE_CAPACITY",
+        "NO_COLOR",
+        "RUST_LOG",
+    ] {
+        assert!(out.contains(var), "{var} missing from --help:\n{out}");
+    }
+    let (code, short, _) = coordinator(&["-h"]);
+    assert_eq!((code, short), (0, out));
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let (code, out, err) = coordinator(&["--version"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(
+        out,
+        format!("dtf-coordinator {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn an_unknown_flag_is_named_with_the_closest_one() {
+    let (code, out, err) = coordinator(&["--wokers", "3", "--task", "true"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(err.contains("unexpected argument '--wokers'"), "{err}");
+    assert!(
+        err.contains("a similar argument exists: '--workers'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn out_of_range_values_are_usage_errors() {
+    let (code, out, err) = coordinator(&["--workers", "1000000", "--task", "true"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(
+        err.contains("invalid value '1000000' for '--workers <N>': 1000000 is not in 0..=1024"),
+        "{err}"
+    );
+    // 0 local workers only with --listen (remote workers only).
+    let (code, _, err) = coordinator(&["--workers", "0", "--task", "true"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("0 only with --listen"), "{err}");
+    // Cluster flags need --listen; TLS needs both halves.
+    let (code, _, err) = coordinator(&["--min-workers", "2", "--task", "true"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--listen"), "{err}");
+    let (code, _, err) = coordinator(&[
+        "--listen",
+        "127.0.0.1:7799",
+        "--tls-cert",
+        "c.pem",
+        "--task",
+        "true",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--tls-key"), "{err}");
+    let (code, out, err) = coordinator(&["--retries", "4294967295", "--task", "true"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(err.contains("4294967295 is not in 0..=100"), "{err}");
+    let (code, _, err) = coordinator(&["--timeout", "0", "--task", "true"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("'--timeout <SECS>'"), "{err}");
+    let (code, out, err) = coordinator(&["--task", "true", "--kill-worker-on-start", "cmd-2"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert_eq!(
+        err,
+        "error: --kill-worker-on-start: no task has the id `cmd-2` (did you mean `cmd-1`?)\n"
+    );
+}
+
+#[test]
+fn completions_for_bash_complete_the_flags() {
+    let (code, out, err) = coordinator(&["completions", "bash"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(
+        out.contains("complete -F _dtf-coordinator") || out.contains("_dtf__coordinator"),
+        "{out}"
+    );
+    for flag in [
+        "--workers",
+        "--kill-worker-on-start",
+        "--junit",
+        "--check-config",
+    ] {
+        assert!(out.contains(flag), "{flag} missing from the bash script");
+    }
+    let (code, _, err) = coordinator(&["completions", "tcsh"]);
     assert_eq!(code, 2);
-    assert_eq!(out, "error: --enable-plugin: unknown plugin `junit`\n");
-    let (code, out, _) = coordinator(&["--help"]);
-    assert_eq!(code, 0);
-    assert!(out.starts_with("usage: dtf-coordinator"), "{out}");
-    let (code, out, _) = coordinator(&[]);
-    assert_eq!(code, 2);
-    assert!(out.contains("no tasks"), "{out}");
+    assert!(err.contains("possible values: bash"), "{err}");
 }
 
 #[test]
@@ -209,10 +338,114 @@ fn serves_the_web_console_during_the_run() {
     assert!(all.contains("web console: http://127.0.0.1:"), "{all}");
     assert!(!all.contains("from-the-environment-1234"), "{all}");
 
-    let (code, out, _) = coordinator(&["--ui", "nowhere", "--task", "true"]);
-    assert_eq!(code, 2);
-    assert_eq!(
-        out,
-        "error: --ui: expected an address like 127.0.0.1:8080 (or a port), got `nowhere`\n"
+    let (code, out, err) = coordinator(&["--ui", "nowhere", "--task", "true"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(
+        err.starts_with(
+            "error: invalid value 'nowhere' for '--ui <ADDR>': expected an address like 127.0.0.1:8080 (or a port), got `nowhere`\n"
+        ),
+        "{err}"
     );
+}
+
+/// Logs on stderr that is not a terminal (a file, a pipe) carry no ANSI colour codes.
+#[test]
+fn logs_have_no_colour_when_stderr_is_not_a_terminal() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dtf-coordinator"))
+        .args([
+            "--task",
+            "true",
+            "--kill-worker-on-start",
+            "cmd-1",
+            "--retries",
+            "1",
+        ])
+        .env("RUST_LOG", "warn")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("fault injection"), "{err}");
+    assert!(!err.contains('\u{1b}'), "ANSI codes in {err:?}");
+}
+
+/// `[ui]` in dtf.toml: `listen` serves the console as `--ui` does, `token_file` (relative to
+/// the file) holds its token, and `--ui` wins over `listen`.
+#[test]
+fn the_ui_section_of_dtf_toml_serves_the_console_and_the_command_line_wins() {
+    let dir = std::env::temp_dir().join(format!("dtf-ui-config-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("token.txt"),
+        "token-from-the-file-0123456789abcdef\n",
+    )
+    .unwrap();
+    let config = dir.join("dtf.toml");
+    std::fs::write(
+        &config,
+        "[ui]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"token.txt\"\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dtf-coordinator"))
+            .args(["--config", config.to_str().unwrap(), "--task", "true"])
+            .args(["--progress", "never"])
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .env_remove("DTF_UI_TOKEN")
+            .env_remove("DTF_UI_TOKEN_FILE")
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    // Served, with the file's token: nothing generated, nothing printed.
+    assert!(err.starts_with("web console: http://127.0.0.1:"), "{err}");
+    assert!(!err.contains("#token="), "{err}");
+    assert!(!err.contains("token-from-the-file"), "{err}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (code, err) = run(&["--ui", &format!("127.0.0.1:{port}")]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.starts_with(&format!("web console: http://127.0.0.1:{port}/")),
+        "--ui wins: {err}"
+    );
+
+    // A bad value is a configuration error at its position, not echoed; an unknown key gets
+    // the closest one.
+    std::fs::write(&config, "[ui]\nlisten = \"canary-77\"\nlisen = 1\n").unwrap();
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("dtf.toml:2:10: ui.listen: expected an address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("ui.lisen: unknown key `lisen` (did you mean `listen`?)"),
+        "{err}"
+    );
+    assert!(!err.contains("canary"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `dtf-coordinator plugin …`: help on stdout, usage errors on stderr with exit code 2.
+#[test]
+fn the_plugin_subcommand_reports_usage_errors_on_stderr() {
+    let (code, out, err) = coordinator(&["plugin", "--help"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(
+        out.contains("Usage: dtf-coordinator plugin <COMMAND>"),
+        "{out}"
+    );
+    let (code, out, err) = coordinator(&["plugin", "instal", "x"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(err.contains("unrecognized subcommand 'instal'"), "{err}");
+    assert!(err.contains("'install'"), "a suggestion: {err}");
 }

@@ -80,10 +80,10 @@ fn render_suite(
             for a in &task.attempts {
                 let _ = writeln!(
                     system_out,
-                    "  attempt {} on {}: {:?}{}",
+                    "  attempt {} on {}: {}{}",
                     a.number,
                     a.worker.as_deref().unwrap_or("-"),
-                    a.outcome,
+                    a.outcome.name(),
                     a.message
                         .as_deref()
                         .map(|m| format!(": {m}"))

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::azure::{render_azure_issues, upload_summary_command};
 use crate::error::CiError;
+use crate::files::ReportFiles;
 use crate::github::{append_step_summary, render_github_annotations};
 use crate::junit::render_junit;
 use crate::markdown::{render_json, render_markdown};
@@ -76,6 +77,7 @@ pub struct CiReporter {
     recorder: RunRecorder,
     config: ReporterConfig,
     output: Output,
+    files: ReportFiles,
 }
 
 impl std::fmt::Debug for CiReporter {
@@ -107,7 +109,15 @@ impl CiReporter {
             recorder: RunRecorder::new(),
             config: ReporterConfig::default(),
             output,
+            files: ReportFiles::new(),
         }
+    }
+
+    /// Records every report file written (or not) in `files`, for the application to name
+    /// them after the run and to fail it when one could not be written.
+    pub fn with_report_files(mut self, files: ReportFiles) -> Self {
+        self.files = files;
+        self
     }
 
     /// The run recorded so far.
@@ -119,6 +129,11 @@ impl CiReporter {
         let run = self.recorder.result();
         let cfg = &self.config;
         let mut first_error = None;
+        let files = self.files.clone();
+        let keep_file = |path: &Path, r: Result<(), CiError>| -> Result<(), CiError> {
+            files.record(path, &r);
+            r
+        };
         let mut keep = |r: Result<(), CiError>| {
             if let Err(e) = r {
                 tracing::error!(error = %e, "failed to write a CI report");
@@ -126,16 +141,19 @@ impl CiReporter {
             }
         };
         if let Some(path) = &cfg.junit {
-            keep(write_file(path, &render_junit(&run)));
+            keep(keep_file(path, write_file(path, &render_junit(&run))));
         }
         if let Some(path) = &cfg.json {
-            keep(render_json(&run).and_then(|json| write_file(path, &json)));
+            keep(keep_file(
+                path,
+                render_json(&run).and_then(|json| write_file(path, &json)),
+            ));
         }
         if let Some(path) = &cfg.markdown {
-            keep(write_file(path, &render_markdown(&run)));
+            keep(keep_file(path, write_file(path, &render_markdown(&run))));
         }
         if let Some(path) = &cfg.github_step_summary {
-            keep(append_step_summary(path, &run));
+            keep(keep_file(path, append_step_summary(path, &run)));
         }
         let mut commands = match cfg.commands {
             Commands::Github => render_github_annotations(&run),
@@ -144,7 +162,7 @@ impl CiReporter {
             Commands::None => String::new(),
         };
         if let Some(path) = &cfg.azure_summary {
-            let written = write_file(path, &render_markdown(&run));
+            let written = keep_file(path, write_file(path, &render_markdown(&run)));
             if written.is_ok() {
                 commands.push_str(&upload_summary_command(path));
             }

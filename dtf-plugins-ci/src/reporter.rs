@@ -23,6 +23,7 @@ use dtf_plugin_core::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CiError;
+use crate::files::ReportFiles;
 use crate::run::{AttemptOutcome, RunRecorder, RunResult, TaskStatus, Totals};
 use crate::safe::neutralize;
 
@@ -198,6 +199,7 @@ impl Tracker {
 pub struct TaskReporterHandle {
     tracker: Arc<Mutex<Tracker>>,
     slowest: Arc<Mutex<usize>>,
+    files: ReportFiles,
     #[cfg(feature = "api")]
     external: Arc<Mutex<ExternalStats>>,
 }
@@ -213,6 +215,11 @@ impl TaskReporterHandle {
     pub fn summary(&self) -> TaskSummary {
         let slowest = *self.slowest.lock().unwrap_or_else(PoisonError::into_inner);
         self.lock().summary(slowest)
+    }
+
+    /// The report files written (`summary_json`), or not, so far.
+    pub fn report_files(&self) -> ReportFiles {
+        self.files.clone()
     }
 
     /// The full run model (every task with its attempts), as the CI reports see it.
@@ -308,15 +315,21 @@ impl TaskReporter {
         let Some(path) = &self.config.summary_json else {
             return Ok(());
         };
+        let written = Self::write_json(path, summary);
+        self.handle.files.record(path, &written);
+        written
+    }
+
+    fn write_json(path: &std::path::Path, summary: &TaskSummary) -> Result<(), CiError> {
         let json = serde_json::to_string_pretty(summary)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| CiError::Write {
-                path: path.clone(),
+                path: path.to_owned(),
                 source,
             })?;
         }
         std::fs::write(path, json).map_err(|source| CiError::Write {
-            path: path.clone(),
+            path: path.to_owned(),
             source,
         })
     }
@@ -580,73 +593,98 @@ impl TaskSummary {
             secs(self.queue_wait.p95)
         );
         if !self.workers.is_empty() {
-            let _ = writeln!(
-                out,
-                "\n{:<16} {:>8} {:>6} {:>6} {:>5} {:>9} {:>8}",
-                "worker", "attempts", "passed", "failed", "lost", "busy", "failures"
-            );
+            let mut table = table(Some(&[
+                "worker", "attempts", "passed", "failed", "lost", "busy", "failures",
+            ]));
             for w in &self.workers {
-                let _ = writeln!(
-                    out,
-                    "{:<16} {:>8} {:>6} {:>6} {:>5} {:>9} {:>8}",
-                    neutralize(&w.id),
-                    w.attempts,
-                    w.passed,
-                    w.failed,
-                    w.lost,
+                table.add_row(vec![
+                    neutralize(&w.id).into_owned(),
+                    w.attempts.to_string(),
+                    w.passed.to_string(),
+                    w.failed.to_string(),
+                    w.lost.to_string(),
                     secs(w.busy),
-                    w.failures
-                );
+                    w.failures.to_string(),
+                ]);
             }
+            let _ = write!(out, "\n{}", render(table, &[1, 2, 3, 4, 5, 6], 0));
         }
         if self.tenants.iter().any(|t| !t.owner.is_empty()) {
-            let _ = writeln!(
-                out,
-                "\n{:<16} {:>6} {:>6} {:>6} {:>9} {:>10}",
-                "tenant", "tasks", "passed", "failed", "run time", "queue wait"
-            );
+            let mut table = table(Some(&[
+                "tenant",
+                "tasks",
+                "passed",
+                "failed",
+                "run time",
+                "queue wait",
+            ]));
             for t in &self.tenants {
-                let _ = writeln!(
-                    out,
-                    "{:<16} {:>6} {:>6} {:>6} {:>9} {:>10}",
+                table.add_row(vec![
                     if t.owner.is_empty() {
-                        "-".into()
+                        "-".to_owned()
                     } else {
-                        neutralize(&t.owner)
+                        neutralize(&t.owner).into_owned()
                     },
-                    t.tasks,
-                    t.passed,
-                    t.failed,
+                    t.tasks.to_string(),
+                    t.passed.to_string(),
+                    t.failed.to_string(),
                     secs(t.run_time),
-                    secs(t.queue_wait)
-                );
+                    secs(t.queue_wait),
+                ]);
             }
+            let _ = write!(out, "\n{}", render(table, &[1, 2, 3, 4, 5], 0));
         }
         let mut list = |title: &str, lines: &[TaskLine]| {
             if lines.is_empty() {
                 return;
             }
             let _ = writeln!(out, "\n{title}:");
+            let mut table = table(None);
             for l in lines {
-                let _ = write!(
-                    out,
-                    "  {:<32} {:>9} {:<10} {} attempt(s)",
-                    neutralize(&l.name),
+                table.add_row(vec![
+                    neutralize(&l.name).into_owned(),
                     secs(l.duration),
-                    l.status.name(),
-                    l.attempts
-                );
-                if let Some(e) = &l.error {
-                    let _ = write!(out, "  {}", neutralize(&crate::markdown::short(e, 120)));
-                }
-                out.push('\n');
+                    l.status.name().to_owned(),
+                    format!("{} attempt(s)", l.attempts),
+                    l.error
+                        .as_deref()
+                        .map(|e| neutralize(&crate::markdown::short(e, 120)).into_owned())
+                        .unwrap_or_default(),
+                ]);
             }
+            out.push_str(&render(table, &[1], 2));
         };
         list("failed", &self.failed);
         list("flaky", &self.flaky);
         list("slowest", &self.slowest);
         out
     }
+}
+
+/// A borderless table (each line a header or a row), with `header` if any. Render it with
+/// [`render`] once the rows are in. Cells are one line of neutralised text.
+fn table(header: Option<&[&str]>) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    if let Some(header) = header {
+        table.set_header(header.to_vec());
+    }
+    table
+}
+
+/// `table` as text, two spaces between columns, the columns at `right_aligned` aligned
+/// right, indented by `indent` spaces; each line without trailing blanks, ending with a
+/// newline.
+fn render(mut table: comfy_table::Table, right_aligned: &[usize], indent: u16) -> String {
+    for (i, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((if i == 0 { indent } else { 0 }, 2));
+        if right_aligned.contains(&i) {
+            column.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+    let mut out = table.trim_fmt();
+    out.push('\n');
+    out
 }
 
 fn secs(d: Duration) -> String {

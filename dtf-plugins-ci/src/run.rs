@@ -34,6 +34,19 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
+    /// Lowercase name, as in the JSON report.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Passed => "passed",
+            Self::Failed => "failed",
+            Self::Errored => "errored",
+            Self::Skipped => "skipped",
+            Self::Cancelled => "cancelled",
+            Self::Lost => "lost",
+        }
+    }
+
     /// Whether the attempt counts as a failure (failed or errored).
     pub fn is_failure(self) -> bool {
         matches!(self, Self::Failed | Self::Errored)

@@ -12,6 +12,10 @@ use crate::framework::ScoreWeights;
 /// quarter by the next morning (Slurm's default is 7 days, for clusters shared over weeks).
 pub const DEFAULT_HALF_LIFE_HOURS: f64 = 12.0;
 
+/// The default of [`SchedulerConfig::retry_elsewhere_secs`]: how long a retried task waits
+/// for a worker other than the one it failed on.
+pub const DEFAULT_RETRY_ELSEWHERE_SECS: f64 = 10.0;
+
 /// Which scheduler to build and how it is tuned. Deserializes from a plugin's configuration
 /// (unknown keys are rejected); every field has a default, so `{}` is a valid configuration.
 ///
@@ -24,6 +28,7 @@ pub const DEFAULT_HALF_LIFE_HOURS: f64 = 12.0;
 ///     .quota("bob", 10);
 /// assert!(config.validate().is_ok());
 /// assert!(SchedulerConfig::new("fairness").weight("carol", 0.0).validate().is_err());
+/// assert!(SchedulerConfig::new("fifo").retry_elsewhere_secs(-1.0).validate().is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -61,6 +66,14 @@ pub struct SchedulerConfig {
     /// Score weights; default: each strategy's own (spread for most, packing for
     /// `longest-first`).
     pub score: Option<ScoreWeights>,
+    /// Anti-affinity of retries, in seconds: a task taken back from a worker (a retryable
+    /// failure, a lost worker) prefers any other free worker; when its old worker is the only
+    /// free one, it waits up to this long for another worker that could run it and is busy,
+    /// rather than running there again at once (other tasks use the free worker meanwhile).
+    /// `0`: go back at once (strictly work-conserving). Default 10. Applied by the
+    /// [`SchedulingCoordinator`](crate::SchedulingCoordinator) (`Engine::retry_elsewhere`).
+    #[serde(deserialize_with = "de::non_negative")]
+    pub retry_elsewhere_secs: f64,
 }
 
 impl Default for SchedulerConfig {
@@ -75,6 +88,7 @@ impl Default for SchedulerConfig {
             aging_secs: 60.0,
             default_duration_secs: 60.0,
             score: None,
+            retry_elsewhere_secs: DEFAULT_RETRY_ELSEWHERE_SECS,
         }
     }
 }
@@ -153,6 +167,7 @@ impl SchedulerConfig {
     /// weight, the half-life or window (or both set), the aging or the default duration that is not a positive finite
     /// number, or a quota of 0.
     pub fn validate(&self) -> Result<(), SchedulerError> {
+        self.retry_elsewhere()?;
         self.half_life()?;
         self.aging()?;
         self.default_duration()?;
@@ -169,6 +184,30 @@ impl SchedulerConfig {
             }
         }
         Ok(())
+    }
+
+    /// [`retry_elsewhere_secs`](Self::retry_elsewhere_secs) as a duration.
+    ///
+    /// # Errors
+    ///
+    /// [`SchedulerError::InvalidConfig`] if it is negative, not finite, or above a day.
+    pub fn retry_elsewhere(&self) -> Result<Duration, SchedulerError> {
+        let secs = self.retry_elsewhere_secs;
+        if secs.is_finite() && (0.0..=86_400.0).contains(&secs) {
+            Ok(Duration::from_secs_f64(secs))
+        } else {
+            Err(SchedulerError::invalid(
+                "retry_elsewhere_secs",
+                "must be from 0 to 86400 seconds",
+            ))
+        }
+    }
+
+    /// Sets [`retry_elsewhere_secs`](Self::retry_elsewhere_secs) (default 10; 0: a retry goes
+    /// back to its worker at once when that one is the only free worker).
+    pub fn retry_elsewhere_secs(mut self, secs: f64) -> Self {
+        self.retry_elsewhere_secs = secs;
+        self
     }
 
     /// The half-life of usage, from `half_life_hours` or `fairness_window_hours` (default
@@ -273,6 +312,24 @@ mod de {
                 )))
             }
         }
+    }
+
+    /// A number that must be finite and not negative.
+    struct NonNegative(f64);
+
+    impl<'de> Deserialize<'de> for NonNegative {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let v = f64::deserialize(d)?;
+            if v.is_finite() && v >= 0.0 {
+                Ok(Self(v))
+            } else {
+                Err(D::Error::custom("must be a number, 0 or more"))
+            }
+        }
+    }
+
+    pub(super) fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        NonNegative::deserialize(d).map(|p| p.0)
     }
 
     /// A quota: at least 1.

@@ -16,7 +16,8 @@ use crate::registry::Registry;
 /// the events it hears and publishes its decisions.
 ///
 /// It listens to `TaskCreated`, `TaskCompleted`, `TaskFailed`, `TaskCancelled`,
-/// `WorkerRegistered`, `WorkerDisconnected`, `WorkerFailed` and `WorkerRecovered`, and
+/// `WorkerRegistered`, `WorkerDisconnected`, `WorkerFailed` and `WorkerRecovered` (and to its
+/// own [`WAKE_EVENT`](Self::WAKE_EVENT), a custom event; other custom events are ignored), and
 /// publishes, following the event lifecycle:
 ///
 /// - `TaskAssigned` for each placement (attempt 1, then + 1 for each re-placement);
@@ -36,6 +37,8 @@ pub struct SchedulingCoordinator {
     engine: Option<Engine>,
     epoch: Option<SystemTime>,
     now: Duration,
+    /// When the wake-up asked for by a held retry fires (engine time), if one is pending.
+    wake_at: Option<Duration>,
 }
 
 impl std::fmt::Debug for SchedulingCoordinator {
@@ -68,8 +71,14 @@ impl SchedulingCoordinator {
             engine: None,
             epoch: None,
             now: Duration::ZERO,
+            wake_at: None,
         }
     }
+
+    /// The custom event the coordinator publishes to itself when a retry held for another
+    /// worker ([`SchedulerConfig::retry_elsewhere_secs`]) stops waiting, so that a round runs
+    /// then even if nothing else happens on the bus.
+    pub const WAKE_EVENT: &'static str = "dtf.scheduler.wake";
 
     /// A plugin spec for a coordinator running the strategy `config` names, checked now so a
     /// bad name or value is an error here rather than a plugin that cannot start. It uses
@@ -158,6 +167,8 @@ impl Plugin for SchedulingCoordinator {
                 Hook::WorkerDisconnected,
                 Hook::WorkerFailed,
                 Hook::WorkerRecovered,
+                // Only its own wake-up event (`WAKE_EVENT`); other custom events are ignored.
+                Hook::Custom,
             ]))
     }
 
@@ -168,7 +179,7 @@ impl Plugin for SchedulingCoordinator {
             scheduler = scheduler.name(),
             "scheduling coordinator started"
         );
-        self.engine = Some(Engine::new(scheduler));
+        self.engine = Some(Engine::new(scheduler).retry_elsewhere(config.retry_elsewhere()?));
         Ok(())
     }
 
@@ -177,8 +188,13 @@ impl Plugin for SchedulingCoordinator {
         ctx: &mut PluginContext,
         event: &Event,
     ) -> Result<(), PluginError> {
-        // Our own `TaskFailed` (unschedulable) comes back to us: it is already handled.
-        if &*event.meta.source == ctx.name() {
+        let wake = matches!(&event.kind, EventKind::Custom(c) if c.name == Self::WAKE_EVENT);
+        if wake {
+            self.wake_at = None;
+        } else if &*event.meta.source == ctx.name() {
+            // Our own `TaskFailed` (unschedulable) comes back to us: it is already handled.
+            return Ok(());
+        } else if matches!(event.kind, EventKind::Custom(_)) {
             return Ok(());
         }
         let now = self.tick(event.meta.time);
@@ -209,6 +225,22 @@ impl Plugin for SchedulingCoordinator {
         }
         let round = engine.schedule(now);
         publish_round(ctx, round);
+        // A retry held for another worker must get a round when its wait ends, even if no
+        // other event comes: wake ourselves then (one pending wake-up at a time, the earliest).
+        if let Some(until) = engine.hold_until() {
+            if self.wake_at.is_none_or(|w| until < w) {
+                self.wake_at = Some(until);
+                let bus = ctx.bus().clone();
+                let delay = until.saturating_sub(now);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    // After shutdown there is no one to wake.
+                    let _ = bus
+                        .publish(EventKind::custom(Self::WAKE_EVENT, serde_json::Value::Null))
+                        .await;
+                });
+            }
+        }
         Ok(())
     }
 }

@@ -49,6 +49,12 @@ pub struct Engine {
     heads: Vec<QueueHead>,
     head_lanes: Vec<usize>,
     fits: Vec<Fit>,
+    /// How long a taken-back task waits for a worker other than its last one
+    /// ([`Engine::retry_elsewhere`]).
+    retry_elsewhere: Duration,
+    /// The earliest time a task held back in the last round for another worker stops
+    /// waiting ([`Engine::hold_until`]).
+    hold_until: Option<Duration>,
 }
 
 struct Task {
@@ -62,6 +68,8 @@ struct Task {
     /// The worker its last attempt ran on, when that attempt was taken back (a retry or a
     /// lost worker): the next placement prefers any other worker that can take it.
     avoid: Option<u32>,
+    /// When that attempt was taken back (engine time).
+    taken_back_at: Duration,
     state: State,
 }
 
@@ -222,7 +230,28 @@ impl Engine {
             heads: Vec::new(),
             head_lanes: Vec::new(),
             fits: Vec::new(),
+            retry_elsewhere: Duration::ZERO,
+            hold_until: None,
         }
+    }
+
+    /// How long a task taken back from a worker (a retry, a lost worker) may wait for another
+    /// worker able to run it, while that worker is busy, instead of going straight back to
+    /// the one it left when that one is the only free worker. Default zero: placement is
+    /// work-conserving and a retry goes back at once (it still prefers another *free*
+    /// worker). With a wait, the task is held only while some other worker in service could
+    /// run it, and at most `wait` after it was taken back; other tasks use the free worker
+    /// meanwhile. The caller must run a round once [`hold_until`](Self::hold_until) has
+    /// passed (the [`SchedulingCoordinator`](crate::SchedulingCoordinator) does).
+    pub fn retry_elsewhere(mut self, wait: Duration) -> Self {
+        self.retry_elsewhere = wait;
+        self
+    }
+
+    /// When the earliest task held back by the last [`schedule`](Self::schedule) for another
+    /// worker ([`retry_elsewhere`](Self::retry_elsewhere)) stops waiting, if one was held.
+    pub fn hold_until(&self) -> Option<Duration> {
+        self.hold_until
     }
 
     /// The strategy's name.
@@ -362,6 +391,7 @@ impl Engine {
             enqueued_at: now,
             attempts: 0,
             avoid: None,
+            taken_back_at: Duration::ZERO,
             state: State::Fresh,
             spec,
         };
@@ -419,10 +449,12 @@ impl Engine {
     /// strategy stops, and removes the tasks no known worker can run.
     ///
     /// With a strategy whose [`filter`](Scheduler::filter) accepts every worker and whose
-    /// [`pick`](Scheduler::pick) never declines, it is work-conserving: afterwards no waiting
-    /// task fits a free slot.
+    /// [`pick`](Scheduler::pick) never declines, and with no
+    /// [`retry_elsewhere`](Self::retry_elsewhere) wait (the default), it is work-conserving:
+    /// afterwards no waiting task fits a free slot.
     pub fn schedule(&mut self, now: Duration) -> Round {
         let mut round = Round::default();
+        self.hold_until = None;
         self.admit(&mut round, now);
         self.fits.clear();
         self.fits.resize(self.shapes.len(), Fit::Unknown);
@@ -443,7 +475,7 @@ impl Engine {
             let t = ticket.task;
             self.dequeued(t, now);
             self.set_state(t, State::Parked);
-            match self.best_worker(t) {
+            match self.best_worker(t, now) {
                 Some(w) => self.bind(t, w, now, &mut round),
                 None => parked.push(t),
             }
@@ -737,10 +769,12 @@ impl Engine {
     /// Filter and score over the free workers; ties go to the worker registered first.
     ///
     /// Anti-affinity: a task taken back from a worker (a retry, a lost worker) goes to another
-    /// free worker that passes the filter whenever there is one, whatever the scores; only
-    /// when none can take it does it go back to the same worker (placement stays
-    /// work-conserving).
-    fn best_worker(&self, t: u32) -> Option<u32> {
+    /// free worker that passes the filter whenever there is one, whatever the scores; when
+    /// none is free it goes back to the same worker, unless another worker in service could
+    /// run it and the task has waited less than [`Engine::retry_elsewhere`] since it was
+    /// taken back: then it is held for that worker (and `hold_until` records when it stops
+    /// waiting).
+    fn best_worker(&mut self, t: u32, now: Duration) -> Option<u32> {
         let task = self.tasks[t as usize].as_ref()?;
         let spec = &task.spec;
         let mut best: Option<(i64, u32)> = None;
@@ -763,7 +797,19 @@ impl Engine {
                 best = Some((score, w));
             }
         }
-        best.map(|(_, w)| w).or(same)
+        if best.is_some() {
+            return best.map(|(_, w)| w);
+        }
+        let same = same?;
+        let until = task.taken_back_at.saturating_add(self.retry_elsewhere);
+        let another = self.workers.iter().enumerate().any(|(u, worker)| {
+            u as u32 != same && worker.up && worker.capabilities.satisfies(&spec.requirements)
+        });
+        if now < until && another {
+            self.hold_until = Some(self.hold_until.map_or(until, |h| h.min(until)));
+            return None;
+        }
+        Some(same)
     }
 
     fn bind(&mut self, t: u32, w: u32, now: Duration, round: &mut Round) {
@@ -807,6 +853,7 @@ impl Engine {
             .on_release(&task.spec, task.queue, now.saturating_sub(since), now);
         task.state = State::Parked;
         task.avoid = Some(w);
+        task.taken_back_at = now;
         self.refresh_free(w);
     }
 
@@ -1021,6 +1068,50 @@ mod tests {
         assert_eq!(placed(&e.schedule(T0)), [("a", "w1"), ("b", "w2")]);
         e.retry(&"a".into(), T0).unwrap();
         assert_eq!(placed(&e.schedule(T0)), [("a", "w1")]);
+    }
+
+    #[test]
+    fn a_retried_task_waits_for_another_busy_worker_up_to_retry_elsewhere() {
+        let wait = Duration::from_secs(10);
+        let two = || {
+            let mut e = fifo().retry_elsewhere(wait);
+            e.add_worker("w1", caps(&[], 1));
+            e.add_worker("w2", caps(&[], 1));
+            e.submit(spec("a", &[]), T0).unwrap();
+            e.submit(spec("b", &[]), T0).unwrap();
+            assert_eq!(placed(&e.schedule(T0)), [("a", "w1"), ("b", "w2")]);
+            e
+        };
+        // w1 is free again but w2 could run `a`: `a` waits for it, and a task behind it uses
+        // w1 meanwhile.
+        let mut e = two();
+        e.retry(&"a".into(), T0).unwrap();
+        e.submit(spec("c", &[]), T0).unwrap();
+        assert_eq!(placed(&e.schedule(T0)), [("c", "w1")]);
+        assert_eq!(e.hold_until(), Some(T0 + wait));
+        // w2 frees up: `a` runs there, attempt 2.
+        let t1 = T0 + Duration::from_secs(1);
+        e.finish(&"b".into(), t1).unwrap();
+        let round = e.schedule(t1);
+        assert_eq!(placed(&round), [("a", "w2")]);
+        assert_eq!(round.placements[0].attempt, 2);
+        assert_eq!(e.hold_until(), None);
+
+        // w2 stays busy: once the wait is over, `a` goes back to w1 (never stranded).
+        let mut e = two();
+        e.retry(&"a".into(), T0).unwrap();
+        assert!(e.schedule(T0 + wait / 2).placements.is_empty());
+        assert_eq!(placed(&e.schedule(T0 + wait)), [("a", "w1")]);
+
+        // No other worker could ever run it: no wait at all.
+        let mut e = fifo().retry_elsewhere(wait);
+        e.add_worker("gpu", caps(&["cuda"], 1));
+        e.add_worker("cpu", caps(&[], 1));
+        e.submit(spec("a", &["cuda"]), T0).unwrap();
+        assert_eq!(placed(&e.schedule(T0)), [("a", "gpu")]);
+        e.retry(&"a".into(), T0).unwrap();
+        assert_eq!(placed(&e.schedule(T0)), [("a", "gpu")]);
+        assert_eq!(e.hold_until(), None);
     }
 
     #[test]

@@ -86,7 +86,9 @@ mod rng;
 pub mod sim;
 pub mod strategies;
 
-pub use config::{DEFAULT_HALF_LIFE_HOURS, SchedulerConfig, parse_weights};
+pub use config::{
+    DEFAULT_HALF_LIFE_HOURS, DEFAULT_RETRY_ELSEWHERE_SECS, SchedulerConfig, parse_weights,
+};
 pub use coordinator::SchedulingCoordinator;
 pub use engine::{Engine, TaskStatus};
 pub use error::SchedulerError;

@@ -296,7 +296,7 @@ fn junit_rich_report_is_well_formed_and_valid_against_the_schema() {
         "{xml}"
     );
     assert!(
-        xml.contains("attempt 1 on w&lt;2&gt;: Errored: took 30s"),
+        xml.contains("attempt 1 on w&lt;2&gt;: errored: took 30s"),
         "{xml}"
     );
     assert!(

@@ -662,7 +662,7 @@ async fn a_configuration_builds_the_manager_and_its_plugins() {
         rows,
         [
             "rec  0.0.0  monitoring  [PluginStarted]  built-in ()  running",
-            "scheduler  0.1.0  scheduler  [TaskCreated, TaskCompleted, TaskFailed, TaskCancelled, WorkerRegistered, WorkerDisconnected, WorkerFailed, WorkerRecovered]  built-in (dtf-scheduler)  running",
+            "scheduler  0.1.0  scheduler  [TaskCreated, TaskCompleted, TaskFailed, TaskCancelled, WorkerRegistered, WorkerDisconnected, WorkerFailed, WorkerRecovered, Custom]  built-in (dtf-scheduler)  running",
             "slack  1.0.0  notification  [TaskFailed]  built-in (tests)  running",
         ]
     );

@@ -325,13 +325,102 @@ async fn a_worker_killed_mid_task_is_recovered_and_the_task_reruns_elsewhere() {
     assert_eq!(report.exit_code(), 0);
 }
 
-/// Runs the CLI entry point and returns (exit code, output).
-async fn cli(args: &[&str]) -> (i32, String) {
-    let mut out = Vec::new();
+/// The README's demo: the killed worker is back at once while the other worker is busy; the
+/// retry waits for the other worker rather than going back to the one it was killed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_task_reruns_on_another_worker_even_when_that_one_is_busy() {
+    let victim = TaskDef::shell(
+        "victim",
+        r#"if [ "$DTF_ATTEMPT" = 1 ]; then sleep 5; fi; echo "attempt $DTF_ATTEMPT""#,
+    )
+    .retries(1);
+    let busy = TaskDef::shell("busy", "sleep 0.5");
+    let mut o = options(vec![victim, busy], 2);
+    o.kill_worker_on_start = vec!["victim".to_owned()];
+    let report = Coordinator::new(o).unwrap().run().await.unwrap();
+    assert_eq!(report.exit_code(), 0);
+    let run = report.run.unwrap();
+    let victim = run
+        .tasks
+        .iter()
+        .find(|t| t.id.as_str() == "victim")
+        .unwrap();
+    let workers: Vec<_> = victim.attempts.iter().map(|a| a.worker.clone()).collect();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    assert_ne!(
+        workers[0], workers[1],
+        "the re-run went back to the killed worker"
+    );
+    let busy = run.tasks.iter().find(|t| t.id.as_str() == "busy").unwrap();
+    assert_eq!(
+        busy.attempts[0].worker, workers[1],
+        "it waited for the busy worker"
+    );
+}
+
+/// Runs the CLI entry point and returns (exit code, stdout, stderr).
+async fn cli_streams(args: &[&str]) -> (i32, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
     args.extend(["--progress".to_owned(), "never".to_owned()]);
-    let code = run_cli(args, &mut out).await;
-    (code, String::from_utf8(out).unwrap())
+    let code = run_cli(args, &mut out, &mut err).await;
+    (
+        code,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+/// Runs the CLI entry point and returns (exit code, output): stdout for a run (0 or 1) and
+/// stderr for a usage or configuration error (2), checking that a usage error prints nothing
+/// on stdout and a passing run nothing on stderr.
+async fn cli(args: &[&str]) -> (i32, String) {
+    let (code, out, err) = cli_streams(args).await;
+    match code {
+        2 => {
+            assert!(out.is_empty(), "a usage error printed on stdout: {out}");
+            (code, err)
+        }
+        0 => {
+            assert!(err.is_empty(), "a passing run printed on stderr: {err}");
+            (code, out)
+        }
+        _ => (code, out),
+    }
+}
+
+/// Each report is named with its path at the end; one that cannot be written fails the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_named_at_the_end_and_an_unwritable_one_fails_the_run() {
+    let dir = temp_dir("reports");
+    let junit = dir.join("junit.xml");
+    let (code, out, err) =
+        cli_streams(&["--task", "true", "--junit", junit.to_str().unwrap()]).await;
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    assert!(
+        out.ends_with(&format!(
+            "report written: {}\n\n1 of 1 task(s) passed; 0 failed\n",
+            junit.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        std::fs::read_to_string(&junit)
+            .unwrap()
+            .contains("<testsuite")
+    );
+
+    let (code, out, err) = cli_streams(&["--task", "true", "--junit", "/proc/nope/x.xml"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.starts_with("error: failed to write report `/proc/nope/x.xml`: "),
+        "{err}"
+    );
+    assert!(!out.contains("report written"), "{out}");
+    assert!(
+        out.ends_with("1 of 1 task(s) passed; 0 failed; 1 report(s) could not be written\n"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,9 +477,10 @@ async fn bad_plugin_names_and_paths_are_clear_errors() {
     );
 
     let (code, out) = cli(&["--workers", "many", "--task", "true"]).await;
-    assert_eq!(
-        (code, out.as_str()),
-        (2, "error: --workers: expected a number, got `many`\n")
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.starts_with("error: invalid value 'many' for '--workers <N>'"),
+        "{out}"
     );
     let (code, out) = cli(&["--scheduler", "fastest", "--task", "true"]).await;
     assert_eq!(code, 2);

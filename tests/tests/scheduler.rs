@@ -1240,6 +1240,71 @@ async fn a_retried_task_is_assigned_to_another_worker_on_a_real_bus() {
     manager.shutdown(ShutdownReason::Completed).await;
 }
 
+/// A retry whose old worker is the only free one waits for the other (busy) worker; when that
+/// one stays busy past `retry_elsewhere_secs`, the coordinator wakes itself and the retry goes
+/// back to the free worker, with no other event on the bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_retry_is_placed_when_its_wait_ends_without_another_event() {
+    let (rec_spec, rec) = RecordingPlugin::spec("rec", HookSet::TASK);
+    let config = SchedulerConfig::new("fifo").retry_elsewhere_secs(0.3);
+    let spec = SchedulingCoordinator::spec(Arc::new(Registry::new()), &config).unwrap();
+    let manager = PluginManager::builder()
+        .spec(spec)
+        .spec(rec_spec)
+        .spawn()
+        .await
+        .unwrap();
+    for w in ["w1", "w2"] {
+        manager
+            .publish(EventKind::worker_registered(w, caps(8, &[], 1)))
+            .await
+            .unwrap();
+    }
+    for t in ["a", "b"] {
+        manager
+            .publish(EventKind::task_created(t, t))
+            .await
+            .unwrap();
+    }
+    settle(&manager).await;
+    assert_eq!(
+        assigned(&rec),
+        [("a".into(), "w1".into(), 1), ("b".into(), "w2".into(), 1)]
+    );
+    manager
+        .publish(EventKind::task_started("a", "w1", 1))
+        .await
+        .unwrap();
+    let error = TaskError::builder()
+        .kind("ExitCode(1)")
+        .message("flake")
+        .build();
+    let failed_at = std::time::Instant::now();
+    manager
+        .publish(EventKind::task_failed("a", error, true))
+        .await
+        .unwrap();
+    settle(&manager).await;
+    // Held for w2, which runs `b`.
+    assert_eq!(assigned(&rec).len(), 2);
+    // No event comes; the wake-up places it on w1 once the wait is over (bounded: 10 s).
+    let mut placed = Vec::new();
+    for _ in 0..200 {
+        placed = assigned(&rec);
+        if placed.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        placed.get(2),
+        Some(&("a".into(), "w1".into(), 2)),
+        "{placed:?}"
+    );
+    assert!(failed_at.elapsed() >= Duration::from_millis(300));
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_run_replays_in_the_simulator() {
     let (rec_spec, rec) = RecordingPlugin::spec("rec", HookSet::TASK.union(HookSet::WORKER));
@@ -1288,11 +1353,16 @@ async fn a_recorded_run_replays_in_the_simulator() {
 // ---------------------------------------------------------------------------------------------
 
 async fn coordinator_cli(args: &[&str]) -> (i32, String) {
-    let mut out = Vec::new();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
     args.extend(["--progress".to_owned(), "never".to_owned()]);
-    let code = dtf_examples::run_cli(args, &mut out).await;
-    (code, String::from_utf8(out).unwrap())
+    let code = dtf_examples::run_cli(args, &mut out, &mut err).await;
+    // Errors go to stderr, results to stdout: the test reads whichever the exit code says.
+    let (out, err) = (
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    );
+    (code, if code == 2 { err } else { out })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

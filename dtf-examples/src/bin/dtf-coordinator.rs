@@ -14,14 +14,9 @@
 use std::io::Write as _;
 
 fn main() {
-    tracing_subscriber::fmt()
-        // Log lines carry task names and errors: keep each one line with no CI command in it.
-        .with_writer(|| dtf_plugins_ci::CiSafeWriter::new(std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    // Log lines carry task names and errors: each one line with no CI command in it, colour
+    // only on a terminal and never with NO_COLOR.
+    dtf_examples::output::init_logging("warn");
     // Task process groups die with the coordinator, even on SIGKILL.
     if let Err(e) = dtf_examples::executor::kill_tasks_on_exit() {
         tracing::warn!(error = %e, "no watchdog: task processes may outlive a killed coordinator");
@@ -38,12 +33,15 @@ fn main() {
     };
     let code = runtime.block_on(async {
         let mut out = std::io::stdout();
-        let mut args = std::env::args().skip(1).peekable();
-        // `dtf-coordinator plugin …` is the plugin repository client (plugin_cli.rs).
-        if args.peek().is_some_and(|a| a == "plugin") {
-            return dtf_examples::plugin_cli::run(args.skip(1), &mut out).await;
-        }
-        dtf_examples::coordinator::run_cli_with_signals(args, &mut out).await
+        let mut err = std::io::stderr();
+        // `dtf-coordinator plugin …` (the plugin repository client, plugin_cli.rs) and
+        // `dtf-coordinator completions SHELL` are subcommands of the same command line.
+        dtf_examples::coordinator::run_cli_with_signals(
+            std::env::args().skip(1),
+            &mut out,
+            &mut err,
+        )
+        .await
     });
     let _ = std::io::stdout().flush();
     drop(runtime);

@@ -131,14 +131,9 @@ fn memory_mib() -> u64 {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(|| dtf_plugins_ci::CiSafeWriter::new(std::io::stderr()))
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    // One line per log record, no CI command in it, colour only on a terminal and never
+    // with NO_COLOR.
+    dtf_examples::output::init_logging("info");
     if let Err(e) = dtf_examples::executor::kill_tasks_on_exit() {
         tracing::warn!(error = %e, "no watchdog: task processes may outlive a killed worker");
     }

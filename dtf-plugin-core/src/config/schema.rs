@@ -13,7 +13,11 @@ use crate::plugin::RestartPolicy;
 use crate::registry::did_you_mean;
 use crate::supervision::{Backoff, RestartBudget};
 
-pub(crate) const TOP_KEYS: &[&str] = &["manager", "plugin_dirs", "plugins", "registry"];
+pub(crate) const TOP_KEYS: &[&str] = &["manager", "plugin_dirs", "plugins", "registry", "ui"];
+/// The keys of `[ui]`, the web console of an application (the reference coordinator's
+/// `--ui`), which reads and checks their values; the loader only checks that no other key is
+/// there.
+pub(crate) const UI_KEYS: &[&str] = &["listen", "token_file"];
 /// The keys of `[registry]`, read by the plugin repository client (`dtf-plugin-repo`, which
 /// checks their values); the loader only checks that no other key is there.
 pub(crate) const REGISTRY_KEYS: &[&str] = &[

@@ -1,0 +1,365 @@
+//! The command line of `dtf-coordinator`: one `clap` derive struct, [`CoordinatorArgs`],
+//! turned into [`CoordinatorOptions`] by [`CoordinatorArgs::into_cli`].
+//!
+//! To add a flag: add a field with its `#[arg]` (and a `help_heading`), then carry it into
+//! the options in [`CoordinatorArgs::into_cli`]. Value checks that need nothing but the value
+//! (ranges, formats) belong in a `value_parser` so that clap reports them as usage errors
+//! (exit code 2, on stderr); checks that need the whole run (task ids) are in
+//! [`crate::Coordinator::new`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use dtf_scheduler::SchedulerConfig;
+
+use crate::coordinator::{Cli, CoordinatorOptions};
+use crate::error::CoordinatorError;
+use crate::taskfile::{MAX_RETRIES, TaskDef, load_task_file, simulated_tasks};
+
+/// The most local workers `--workers` accepts: each is an actor with its own task slot, and
+/// more than this on one machine only measures the machine.
+pub const MAX_WORKERS: u32 = 1024;
+
+/// The most simulated tasks `--simulate-tasks` accepts.
+pub const MAX_SIMULATED_TASKS: u32 = 100_000;
+
+/// The longest `--timeout` and `--run-timeout` accepted, in seconds (a week).
+pub const MAX_SECONDS: f64 = 86_400.0 * 7.0;
+
+/// The environment variables `dtf-coordinator` reads, shown at the end of `--help`.
+pub const ENVIRONMENT_HELP: &str = "\
+Environment:
+  DTF_<KEY>__<KEY>=VALUE  override a configuration key, e.g. DTF_MANAGER__QUEUE_CAPACITY=100
+                          (precedence: --set > DTF_* > --config file > defaults; docs/configuration.md)
+  DTF_UI_TOKEN            the web console's access token (--ui); never printed
+  DTF_UI_TOKEN_FILE       a file holding the web console's token (when DTF_UI_TOKEN is unset)
+  DTF_PLUGIN_KEY_PASSWORD the password of a protected signing key (`plugin pack`)
+  DTF_CLUSTER_COOKIE      the cluster's shared secret for --listen (at least 32 bytes)
+  RUST_LOG                log filter for stderr, e.g. RUST_LOG=debug (default warn)
+  NO_COLOR                when set (to anything), no colour in any output
+
+Exit code: 0 all tasks passed, 1 a task failed or was cancelled or a report could not be
+written, 2 bad usage or configuration.";
+
+/// Subcommands of `dtf-coordinator`. Without one, it runs tasks.
+#[derive(Debug, Clone, Subcommand)]
+#[non_exhaustive]
+pub enum Command {
+    /// Print a shell completion script for SHELL on stdout (e.g. `completions bash`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Search, install, update and remove signed plugins (`dtf-coordinator plugin --help`).
+    #[command(disable_help_flag = true)]
+    Plugin {
+        /// The plugin command and its arguments.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
+}
+
+/// The command line of `dtf-coordinator` (see `docs/coordinator.md`).
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "dtf-coordinator",
+    version,
+    about = "Run tasks on local workers with dtf's scheduler and plugins, and report",
+    long_about = None,
+    after_help = ENVIRONMENT_HELP,
+    args_conflicts_with_subcommands = true,
+    max_term_width = 100
+)]
+#[non_exhaustive]
+pub struct CoordinatorArgs {
+    /// A subcommand; without one, the tasks are run.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// A TOML task file (`[[task]]` tables; see docs/coordinator.md). Repeatable.
+    #[arg(long = "tasks", value_name = "FILE", help_heading = "Tasks")]
+    pub task_files: Vec<PathBuf>,
+    /// A shell command to run as a task (id cmd-N). Repeatable.
+    #[arg(long = "task", value_name = "CMD", help_heading = "Tasks")]
+    pub task_commands: Vec<String>,
+    /// N simulated tasks (some flaky, some failing).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_SIMULATED_TASKS)),
+        help_heading = "Tasks"
+    )]
+    pub simulate_tasks: u32,
+    /// The per-attempt timeout of --task tasks, in seconds (above 0, at most a week).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = seconds, help_heading = "Tasks")]
+    pub timeout: Duration,
+    /// Retries of --task tasks (at most 100).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_RETRIES)),
+        help_heading = "Tasks"
+    )]
+    pub retries: u32,
+
+    /// Local workers (1 to 1024; 0 with --listen: remote workers only).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_WORKERS)),
+        help_heading = "Running"
+    )]
+    pub workers: u32,
+    /// The scheduling strategy: fifo, priority, round-robin, fairness, longest-first.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "fifo",
+        help_heading = "Running"
+    )]
+    pub scheduler: String,
+    /// The run's id.
+    #[arg(
+        long,
+        value_name = "ID",
+        default_value = "dtf-run",
+        help_heading = "Running"
+    )]
+    pub run_id: String,
+    /// Cancel what is left after SECS (above 0, at most a week).
+    #[arg(long, value_name = "SECS", value_parser = seconds, help_heading = "Running")]
+    pub run_timeout: Option<Duration>,
+    /// Fault injection: kill the worker when task TASK (an id) starts its first attempt.
+    /// Repeatable.
+    #[arg(long, value_name = "TASK", help_heading = "Running")]
+    pub kill_worker_on_start: Vec<String>,
+    /// The live progress on stderr: auto (a bar on a terminal, a plain line every 10 s
+    /// otherwise) or never.
+    #[arg(
+        long,
+        value_name = "WHEN",
+        default_value = "auto",
+        value_parser = ["auto", "never"],
+        hide_possible_values = true,
+        help_heading = "Running"
+    )]
+    pub progress: String,
+    /// Serve the web console on ADDR (HOST:PORT or a port on 127.0.0.1; default off). Token
+    /// from DTF_UI_TOKEN or DTF_UI_TOKEN_FILE, else generated (docs/web-console.md).
+    #[arg(long, value_name = "ADDR", value_parser = ui_addr, help_heading = "Running")]
+    pub ui: Option<SocketAddr>,
+
+    /// Accept remote workers (dtf-worker) on ADDR, e.g. 127.0.0.1:7700 (docs/cluster.md).
+    /// TLS needs --tls-cert and --tls-key unless --insecure-cluster.
+    #[arg(long, value_name = "ADDR", help_heading = "Cluster")]
+    pub listen: Option<SocketAddr>,
+    /// With --workers 0: create the tasks once N remote workers registered.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=100_000),
+        requires = "listen",
+        help_heading = "Cluster"
+    )]
+    pub min_workers: u32,
+    /// The coordinator's TLS certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["listen", "tls_key"], help_heading = "Cluster")]
+    pub tls_cert: Option<PathBuf>,
+    /// The coordinator's TLS private key (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["listen", "tls_cert"], help_heading = "Cluster")]
+    pub tls_key: Option<PathBuf>,
+    /// Plain TCP instead of TLS: anyone on the network path can read the traffic (a warning
+    /// is logged at every start).
+    #[arg(long, requires = "listen", conflicts_with_all = ["tls_cert", "tls_key"], help_heading = "Cluster")]
+    pub insecure_cluster: bool,
+    /// Read the cluster cookie (at least 32 bytes) from FILE instead of DTF_CLUSTER_COOKIE.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "listen",
+        help_heading = "Cluster"
+    )]
+    pub cookie_file: Option<PathBuf>,
+    /// A remote worker silent this long is disconnected; its tasks wait for it.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds, help_heading = "Cluster")]
+    pub heartbeat_timeout: Duration,
+    /// Then, after this long more, its tasks are re-queued and it is failed.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds, help_heading = "Cluster")]
+    pub reconnect_grace: Duration,
+
+    /// List the known plugins and exit.
+    #[arg(long, help_heading = "Plugins")]
+    pub list_plugins: bool,
+    /// Enable plugin X (repeatable, or X,Y).
+    #[arg(
+        long,
+        value_name = "X",
+        value_delimiter = ',',
+        help_heading = "Plugins"
+    )]
+    pub enable_plugin: Vec<String>,
+    /// Disable plugin Y (repeatable, or X,Y); wins over --enable-plugin.
+    #[arg(
+        long,
+        value_name = "Y",
+        value_delimiter = ',',
+        help_heading = "Plugins"
+    )]
+    pub disable_plugin: Vec<String>,
+    /// Start from no optional plugin (default: task-reporter).
+    #[arg(long, help_heading = "Plugins")]
+    pub disable_plugins: bool,
+    /// Enable ci-reporter writing JUnit XML to FILE.
+    #[arg(long, value_name = "FILE", help_heading = "Plugins")]
+    pub junit: Option<PathBuf>,
+    /// Directories of out-of-process plugins (replace the file's plugin_dirs).
+    #[arg(
+        long,
+        value_name = "A,B",
+        value_delimiter = ',',
+        help_heading = "Plugins"
+    )]
+    pub plugin_dirs: Vec<PathBuf>,
+
+    /// dtf.toml: manager settings, plugin_dirs, `[plugins.NAME]` enabled/settings.
+    #[arg(long, value_name = "FILE", help_heading = "Configuration")]
+    pub config: Option<PathBuf>,
+    /// Override one key, e.g. --set manager.handler_timeout=5s (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", help_heading = "Configuration")]
+    pub overrides: Vec<String>,
+    /// Print the effective configuration, secrets redacted, and exit.
+    #[arg(long, help_heading = "Configuration")]
+    pub print_config: bool,
+    /// Validate the configuration and plugin directories without running, and exit.
+    #[arg(long, help_heading = "Configuration")]
+    pub check_config: bool,
+}
+
+impl CoordinatorArgs {
+    /// The options of a run (task files are read here, `--task` commands get ids `cmd-N`
+    /// skipping the ids the files use).
+    ///
+    /// # Errors
+    ///
+    /// [`CoordinatorError::TaskFile`] for a task file that cannot be read or parsed.
+    pub fn into_cli(self) -> Result<Cli, CoordinatorError> {
+        let mut o = CoordinatorOptions::default();
+        for file in &self.task_files {
+            o.tasks.extend(load_task_file(file)?);
+        }
+        let mut n = 0;
+        for command in self.task_commands {
+            let id = loop {
+                n += 1;
+                let id = format!("cmd-{n}");
+                if !o.tasks.iter().any(|t| t.id == id) {
+                    break id;
+                }
+            };
+            o.tasks.push(
+                TaskDef::shell(id, command.clone())
+                    .name(command)
+                    .timeout(self.timeout)
+                    .retries(self.retries),
+            );
+        }
+        o.tasks.extend(simulated_tasks(self.simulate_tasks));
+        o.workers = self.workers;
+        o.scheduler = SchedulerConfig::new(self.scheduler);
+        o.run_id = self.run_id;
+        o.run_timeout = self.run_timeout;
+        o.kill_worker_on_start = self.kill_worker_on_start;
+        o.progress = self.progress == "auto";
+        o.ui = self.ui;
+        o.cluster = self.listen.map(|listen| {
+            let mut c = crate::remote::ClusterOptions::new(listen);
+            c.min_workers = self.min_workers;
+            c.tls_cert = self.tls_cert;
+            c.tls_key = self.tls_key;
+            c.insecure = self.insecure_cluster;
+            c.cookie_file = self.cookie_file;
+            c.heartbeat_timeout = self.heartbeat_timeout;
+            c.reconnect_grace = self.reconnect_grace;
+            c
+        });
+        o.plugins.disable_all = self.disable_plugins;
+        o.plugins.enable = trimmed(self.enable_plugin);
+        o.plugins.disable = trimmed(self.disable_plugin);
+        o.junit = self.junit;
+        o.plugin_dirs = self
+            .plugin_dirs
+            .into_iter()
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        o.config_file = self.config;
+        o.config_overrides = self.overrides;
+        Ok(Cli::new(
+            o,
+            self.list_plugins,
+            self.print_config,
+            self.check_config,
+        ))
+    }
+}
+
+/// Names with surrounding blanks removed, empty ones dropped (`--enable-plugin "a, b,"`).
+fn trimmed(names: Vec<String>) -> Vec<String> {
+    names
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// A number of seconds above 0 and at most [`MAX_SECONDS`].
+fn seconds(value: &str) -> Result<Duration, String> {
+    let secs: f64 = value
+        .parse()
+        .map_err(|_| "expected a number of seconds".to_owned())?;
+    if secs.is_finite() && secs > 0.0 && secs <= MAX_SECONDS {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err("expected seconds above 0 and at most a week (604800)".to_owned())
+    }
+}
+
+fn ui_addr(value: &str) -> Result<SocketAddr, String> {
+    crate::console::parse_ui(value).map_err(|e| {
+        let message = e.to_string();
+        // clap names the flag itself.
+        message
+            .strip_prefix("--ui: ")
+            .map_or_else(|| message.clone(), str::to_owned)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        CoordinatorArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn seconds_are_bounded() {
+        assert_eq!(seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert!(seconds("0").is_err());
+        assert!(seconds("soon").is_err());
+        assert!(seconds("604801").is_err());
+        assert!(seconds("NaN").is_err());
+    }
+}
