@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dtf_plugin_core::Bus;
-use dtf_plugin_core::event::{Capabilities, EventKind, TaskId, WorkerId};
+use dtf_plugin_core::event::{Capabilities, Event, EventKind, TaskId, WorkerId};
 use ractor::{Actor, ActorRef};
 use ractor_cluster::NodeServerMessage;
 use tokio::sync::{mpsc, oneshot};
@@ -18,7 +18,9 @@ use tokio::time::Instant;
 use crate::ClusterError;
 use crate::config::{Cookie, DEFAULT_MAX_FRAME, Timing, Transport};
 use crate::net::{self, Refusals};
-use crate::wire::{self, FromWorker, HUB_GROUP, HubFrame, Inbox, RemoteJob, WorkerFrame};
+use crate::wire::{
+    self, FromWorker, HUB_GROUP, HostedPlugin, HubFrame, Inbox, RemoteJob, WorkerFrame,
+};
 
 /// How the coordinator listens for workers.
 #[derive(Debug, Clone)]
@@ -55,6 +57,14 @@ impl HubConfig {
 pub enum HubNote {
     /// A new worker registered (`WorkerRegistered` is on the bus): jobs may be posted to it.
     Registered(WorkerId),
+    /// A node registered with plugins it hosts for the coordinator: add a
+    /// [`crate::RemotePlugin`] for each to the manager.
+    Plugins {
+        /// The host.
+        host: WorkerId,
+        /// Its plugins.
+        plugins: Vec<HostedPlugin>,
+    },
     /// A worker started a job (`TaskStarted` is on the bus).
     Started {
         /// The worker.
@@ -93,9 +103,62 @@ struct Counters {
     jobs_resent: AtomicU64,
 }
 
+type Done = oneshot::Sender<Result<(), ClusterError>>;
+
 enum Command {
     Post(WorkerId, RemoteJob),
+    Deliver(WorkerId, String, Event, Done),
+    WaitHost(WorkerId, oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// A cheap, clonable handle on a [`Hub`] for what talks to remote nodes: the proxies of
+/// hosted plugins ([`crate::RemotePlugin`]).
+#[derive(Debug, Clone)]
+pub struct HubHandle {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl HubHandle {
+    /// Delivers `event` to `plugin` on `host`; resolves when the host handled it. The event is
+    /// resent after reconnections until then.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Unreachable`] when the host is unknown or declared failed (the event
+    /// stays queued on the hub and is resent when the host is back), [`ClusterError::Closed`]
+    /// after shutdown.
+    pub async fn deliver(
+        &self,
+        host: &WorkerId,
+        plugin: &str,
+        event: Event,
+    ) -> Result<(), ClusterError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Deliver(host.clone(), plugin.to_owned(), event, tx))
+            .map_err(|_| ClusterError::Closed)?;
+        rx.await.map_err(|_| ClusterError::Closed)?
+    }
+
+    /// Resolves when `host` is connected (at once when it is).
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Closed`] after shutdown.
+    pub async fn host_up(&self, host: &WorkerId) -> Result<(), ClusterError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::WaitHost(host.clone(), tx))
+            .map_err(|_| ClusterError::Closed)?;
+        rx.await.map_err(|_| ClusterError::Closed)
+    }
 }
 
 /// The coordinator's end of the cluster. See the crate docs.
@@ -205,6 +268,13 @@ impl Hub {
             .map_err(|_| ClusterError::Closed)
     }
 
+    /// A handle for the proxies of hosted plugins.
+    pub fn handle(&self) -> HubHandle {
+        HubHandle {
+            commands: self.commands.clone(),
+        }
+    }
+
     /// The delivery layer's counters so far.
     pub fn stats(&self) -> HubStats {
         let c = &self.counters;
@@ -268,7 +338,57 @@ struct RemoteWorker {
     running: HashMap<u64, (TaskId, u32)>,
     /// Jobs abandoned when the worker was declared failed; their results are dropped.
     abandoned: HashSet<u64>,
+    /// Events for its hosted plugins not yet handled, per plugin, in bus order.
+    deliveries: HashMap<String, VecDeque<Pending>>,
+    /// Proxies waiting for it to be connected.
+    waiting: Vec<oneshot::Sender<()>>,
+    /// `false` for a placeholder: a host a proxy waits for that has not registered yet.
+    registered: bool,
     group: String,
+}
+
+struct Pending {
+    event: Event,
+    /// `None` once the proxy was told the host failed; the event is still resent.
+    done: Option<Done>,
+}
+
+impl RemoteWorker {
+    fn new(incarnation: u64, group: String) -> Self {
+        Self {
+            incarnation,
+            health: Health::Up,
+            last_seen: Instant::now(),
+            applied: 0,
+            next_job: 0,
+            unacked: VecDeque::new(),
+            resend_asked: None,
+            running: HashMap::new(),
+            abandoned: HashSet::new(),
+            deliveries: HashMap::new(),
+            waiting: Vec::new(),
+            registered: true,
+            group,
+        }
+    }
+
+    /// Sends every unhandled delivery again, in order, and wakes the waiting proxies.
+    fn resend_deliveries(&mut self) {
+        for (plugin, queue) in &self.deliveries {
+            for p in queue {
+                wire::send_to(
+                    &self.group,
+                    &HubFrame::Deliver {
+                        plugin: plugin.clone(),
+                        event: p.event.clone(),
+                    },
+                );
+            }
+        }
+        for w in self.waiting.drain(..) {
+            let _ = w.send(());
+        }
+    }
 }
 
 struct HubLoop {
@@ -312,6 +432,21 @@ impl HubLoop {
                 }
                 Some(command) = commands.recv() => match command {
                     Command::Post(worker, job) => self.post(worker, job),
+                    Command::Deliver(host, plugin, event, done) => self.deliver(host, plugin, event, done),
+                    Command::WaitHost(host, tx) => match self.workers.get_mut(&host) {
+                        Some(w) if w.health == Health::Up => {
+                            let _ = tx.send(());
+                        }
+                        Some(w) => w.waiting.push(tx),
+                        // Not registered yet: it is waited for like a disconnected one.
+                        None => {
+                            let mut w = RemoteWorker::new(0, wire::worker_group(host.as_str()));
+                            w.health = Health::Failed;
+                            w.registered = false;
+                            w.waiting.push(tx);
+                            self.workers.insert(host, w);
+                        }
+                    },
                     Command::Shutdown(done) => {
                         for w in self.workers.values() {
                             wire::send_to(&w.group, &HubFrame::Goodbye);
@@ -349,6 +484,34 @@ impl HubLoop {
         wire::send_to(&w.group, &HubFrame::Job { seq, job });
     }
 
+    fn deliver(&mut self, host: WorkerId, plugin: String, event: Event, done: Done) {
+        let Some(w) = self.workers.get_mut(&host) else {
+            let _ = done.send(Err(ClusterError::Unreachable(format!(
+                "the plugin host `{host}` is not registered"
+            ))));
+            return;
+        };
+        wire::send_to(
+            &w.group,
+            &HubFrame::Deliver {
+                plugin: plugin.clone(),
+                event: event.clone(),
+            },
+        );
+        let done = if w.health == Health::Failed {
+            let _ = done.send(Err(ClusterError::Unreachable(format!(
+                "the plugin host `{host}` is down; the event waits for it"
+            ))));
+            None
+        } else {
+            Some(done)
+        };
+        w.deliveries
+            .entry(plugin)
+            .or_default()
+            .push_back(Pending { event, done });
+    }
+
     async fn on_frame(&mut self, frame: FromWorker, acks: &mut BTreeMap<WorkerId, u64>) {
         let FromWorker {
             worker,
@@ -359,10 +522,18 @@ impl HubLoop {
             capabilities,
             labels,
             jobs_received,
+            plugins,
         } = body
         {
-            self.hello(worker, incarnation, capabilities, labels, jobs_received)
-                .await;
+            self.hello(
+                worker,
+                incarnation,
+                capabilities,
+                labels,
+                jobs_received,
+                plugins,
+            )
+            .await;
             return;
         }
         let Some(w) = self.workers.get_mut(&worker) else {
@@ -388,6 +559,15 @@ impl HubLoop {
         };
         match body {
             WorkerFrame::Hello { .. } => {}
+            WorkerFrame::Handled { plugin, upto } => {
+                if let Some(queue) = w.deliveries.get_mut(&plugin) {
+                    while queue.front().is_some_and(|p| p.event.meta.seq <= upto) {
+                        if let Some(done) = queue.pop_front().and_then(|p| p.done) {
+                            let _ = done.send(Ok(()));
+                        }
+                    }
+                }
+            }
             WorkerFrame::Heartbeat { jobs_received } => {
                 ack_jobs(w, jobs_received);
                 acks.insert(worker, w.applied);
@@ -462,6 +642,7 @@ impl HubLoop {
         mut capabilities: Capabilities,
         labels: BTreeMap<String, String>,
         jobs_received: u64,
+        plugins: Vec<HostedPlugin>,
     ) {
         for (k, v) in &labels {
             let label = format!("{k}={v}");
@@ -471,27 +652,36 @@ impl HubLoop {
         }
         let group = wire::worker_group(worker.as_str());
         let now = Instant::now();
+        // A proxy may have waited for a host that had not registered yet.
+        let placeholder = if self.workers.get(&worker).is_some_and(|w| !w.registered) {
+            self.workers.remove(&worker)
+        } else {
+            None
+        };
         match self.workers.get_mut(&worker) {
             None => {
-                self.workers.insert(
-                    worker.clone(),
-                    RemoteWorker {
-                        incarnation,
-                        health: Health::Up,
-                        last_seen: now,
-                        applied: 0,
-                        next_job: 0,
-                        unacked: VecDeque::new(),
-                        resend_asked: None,
-                        running: HashMap::new(),
-                        abandoned: HashSet::new(),
-                        group: group.clone(),
-                    },
+                let mut w = RemoteWorker::new(incarnation, group.clone());
+                if let Some(old) = placeholder {
+                    w.deliveries = old.deliveries;
+                    w.waiting = old.waiting;
+                }
+                w.resend_deliveries();
+                self.workers.insert(worker.clone(), w);
+                tracing::info!(
+                    %worker,
+                    slots = capabilities.slots,
+                    plugins = plugins.len(),
+                    "a remote worker registered"
                 );
-                tracing::info!(%worker, slots = capabilities.slots, "a remote worker registered");
                 self.publish(EventKind::worker_registered(worker.clone(), capabilities))
                     .await;
-                let _ = self.notes.send(HubNote::Registered(worker));
+                let _ = self.notes.send(HubNote::Registered(worker.clone()));
+                if !plugins.is_empty() {
+                    let _ = self.notes.send(HubNote::Plugins {
+                        host: worker,
+                        plugins,
+                    });
+                }
                 wire::send_to(&group, &HubFrame::Welcome { events_applied: 0 });
             }
             Some(w) if w.incarnation == incarnation => {
@@ -509,6 +699,7 @@ impl HubLoop {
                 );
                 let n = resend_jobs(w);
                 self.counters.jobs_resent.fetch_add(n, Ordering::Relaxed);
+                w.resend_deliveries();
                 if was != Health::Up {
                     tracing::info!(%worker, "the worker is back (reconnected)");
                     self.publish(EventKind::worker_recovered(worker)).await;
@@ -518,19 +709,15 @@ impl HubLoop {
                 // A new process under a known name: the old one's jobs are lost.
                 let was = w.health;
                 let lost: Vec<u64> = w.running.keys().copied().collect();
-                *w = RemoteWorker {
-                    incarnation,
-                    health: Health::Up,
-                    last_seen: now,
-                    applied: 0,
-                    next_job: 0,
-                    unacked: VecDeque::new(),
-                    resend_asked: None,
-                    running: HashMap::new(),
-                    abandoned: HashSet::new(),
-                    group: group.clone(),
-                };
+                // Hosted plugins' events are kept: the new process gets them all again
+                // (at least once across a host restart).
+                let deliveries = std::mem::take(&mut w.deliveries);
+                let waiting = std::mem::take(&mut w.waiting);
+                *w = RemoteWorker::new(incarnation, group.clone());
+                w.deliveries = deliveries;
+                w.waiting = waiting;
                 wire::send_to(&group, &HubFrame::Welcome { events_applied: 0 });
+                w.resend_deliveries();
                 if was != Health::Failed {
                     tracing::warn!(%worker, jobs = lost.len(), "the worker restarted; its jobs are re-queued");
                     self.publish(EventKind::worker_failed(
@@ -568,6 +755,18 @@ impl HubLoop {
                     w.health = Health::Failed;
                     w.abandoned.extend(w.running.drain().map(|(seq, _)| seq));
                     w.unacked.clear();
+                    // A hosted plugin's proxy learns it failed; its events stay queued here
+                    // and are resent when the host is back.
+                    for queue in w.deliveries.values_mut() {
+                        for p in queue.iter_mut() {
+                            if let Some(done) = p.done.take() {
+                                let _ = done.send(Err(ClusterError::Unreachable(format!(
+                                    "the plugin host `{id}` failed: silent for {:.1} s",
+                                    silent.as_secs_f64()
+                                ))));
+                            }
+                        }
+                    }
                     tracing::warn!(worker = %id, "the worker did not come back; its tasks are re-queued");
                     events.push(EventKind::worker_failed(
                         id.clone(),

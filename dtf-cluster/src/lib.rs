@@ -41,6 +41,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
+mod host;
 mod hub;
 mod net;
 mod wire;
@@ -49,10 +50,11 @@ mod worker;
 pub use config::{
     COOKIE_ENV, Cookie, DEFAULT_MAX_FRAME, MIN_COOKIE_LEN, Timing, TlsFiles, Transport,
 };
-pub use hub::{Hub, HubConfig, HubNote, HubStats};
+pub use host::{PluginHost, RemotePlugin};
+pub use hub::{Hub, HubConfig, HubHandle, HubNote, HubStats};
 pub use net::{HANDSHAKE_DEADLINE, MAX_PENDING_HANDSHAKES};
-pub use wire::RemoteJob;
-pub use worker::{JobRunner, WorkerConfig, WorkerExit, run_worker};
+pub use wire::{HostedPlugin, RemoteJob};
+pub use worker::{JobRunner, WorkerConfig, WorkerExit, run_node, run_worker};
 
 /// What can go wrong in the cluster layer. No variant's message contains the cookie.
 #[derive(Debug, thiserror::Error)]

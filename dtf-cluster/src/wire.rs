@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use dtf_plugin_core::event::{Capabilities, EventKind, TaskId, WorkerId};
+use dtf_plugin_core::Hook;
+use dtf_plugin_core::event::{Capabilities, Event, EventKind, PluginKind, TaskId, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,20 @@ pub struct RemoteJob {
     pub spec: serde_json::Value,
 }
 
+/// A plugin a node hosts for the coordinator (`dtf-worker --plugins NAME`): what the
+/// coordinator's manager lists for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostedPlugin {
+    /// Its name in the coordinator's manager.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// Its kind.
+    pub kind: PluginKind,
+    /// The hooks it subscribes to.
+    pub hooks: Vec<Hook>,
+}
+
 /// Worker to coordinator.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct FromWorker {
@@ -54,7 +69,13 @@ pub(crate) enum WorkerFrame {
         labels: BTreeMap<String, String>,
         /// The highest job sequence number received in order (an acknowledgement).
         jobs_received: u64,
+        /// The plugins it hosts for the coordinator.
+        #[serde(default)]
+        plugins: Vec<HostedPlugin>,
     },
+    /// The hosted `plugin` handled every delivered event up to the coordinator's bus
+    /// sequence number `upto` (cumulative).
+    Handled { plugin: String, upto: u64 },
     /// An event about a job, numbered per incarnation from 1.
     Event {
         seq: u64,
@@ -80,6 +101,9 @@ pub(crate) enum HubFrame {
     /// An event after `after` arrived out of order (one was lost in a cut): resend every
     /// unacknowledged event.
     Resend { after: u64 },
+    /// An event for the hosted `plugin`, in the coordinator's publish order. Its bus
+    /// sequence number orders and deduplicates it on the host.
+    Deliver { plugin: String, event: Event },
     /// The run is over: the worker exits.
     Goodbye,
 }

@@ -1,13 +1,13 @@
 //! A worker node's side: connect to the coordinator, register, run jobs, send their events
 //! until the coordinator acknowledges them, reconnect after a cut.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtf_plugin_core::event::{Capabilities, EventKind, TaskError, WorkerId};
+use dtf_plugin_core::event::{Capabilities, Event, EventKind, TaskError, WorkerId};
 use ractor::{Actor, ActorRef};
 use ractor_cluster::NodeServerMessage;
 use tokio::sync::mpsc;
@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::ClusterError;
 use crate::config::{Cookie, DEFAULT_MAX_FRAME, Timing, Transport, server_name};
+use crate::host::PluginHost;
 use crate::net::{self, Link, Refusals};
 use crate::wire::{self, FromWorker, HUB_GROUP, HubFrame, Inbox, RemoteJob, WorkerFrame};
 
@@ -96,6 +97,20 @@ pub async fn run_worker(
     config: WorkerConfig,
     runner: Arc<dyn JobRunner>,
 ) -> Result<WorkerExit, ClusterError> {
+    run_node(config, runner, None).await
+}
+
+/// [`run_worker`] that also hosts plugins for the coordinator (docs/cluster.md, "Remote
+/// plugin hosts"). With `capabilities.slots == 0` the node runs no tasks, only plugins.
+///
+/// # Errors
+///
+/// As [`run_worker`].
+pub async fn run_node(
+    config: WorkerConfig,
+    runner: Arc<dyn JobRunner>,
+    host: Option<Arc<dyn PluginHost>>,
+) -> Result<WorkerExit, ClusterError> {
     if matches!(config.transport, Transport::Insecure) {
         tracing::warn!(
             coordinator = %config.coordinator,
@@ -125,6 +140,33 @@ pub async fn run_worker(
     .await
     .map_err(|e| ClusterError::Start(format!("the worker's inbox: {e}")))?;
     let (events_tx, mut events) = mpsc::unbounded_channel::<(u64, EventKind)>();
+    let (handled_tx, mut handled) = mpsc::unbounded_channel::<(String, u64)>();
+    // One queue and one task per hosted plugin: its events are handled one at a time, in
+    // order.
+    let mut hosted = HashMap::new();
+    let mut announced = Vec::new();
+    if let Some(host) = &host {
+        for p in host.plugins() {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+            let (host, name, done) = (Arc::clone(host), p.name.clone(), handled_tx.clone());
+            tokio::spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    let seq = event.meta.seq;
+                    host.handle(&name, event).await;
+                    let _ = done.send((name.clone(), seq));
+                }
+            });
+            hosted.insert(
+                p.name.clone(),
+                Hosted {
+                    queue: tx,
+                    last: 0,
+                    handled: 0,
+                },
+            );
+            announced.push(p);
+        }
+    }
     let mut w = WorkerLoop {
         config,
         incarnation,
@@ -137,6 +179,8 @@ pub async fn run_worker(
         last_heard: Instant::now(),
         runner,
         events: events_tx,
+        hosted,
+        announced,
     };
     w.connect().await?;
     let mut beat = tokio::time::interval(w.config.timing.heartbeat_interval);
@@ -150,6 +194,12 @@ pub async fn run_worker(
                 }
             }
             Some((job, kind)) = events.recv() => w.emit(job, kind),
+            Some((plugin, upto)) = handled.recv() => {
+                if let Some(h) = w.hosted.get_mut(&plugin) {
+                    h.handled = upto;
+                }
+                w.send(&WorkerFrame::Handled { plugin, upto });
+            }
             Some(link) = links.recv() => {
                 if matches!(link, Link::Down(node) if Some(node) == w.hub_node) {
                     tracing::warn!("lost the connection to the coordinator; reconnecting");
@@ -195,6 +245,16 @@ struct WorkerLoop {
     last_heard: Instant,
     runner: Arc<dyn JobRunner>,
     events: mpsc::UnboundedSender<(u64, EventKind)>,
+    hosted: HashMap<String, Hosted>,
+    announced: Vec<crate::wire::HostedPlugin>,
+}
+
+/// A hosted plugin's queue, and the highest bus sequence number queued for it.
+struct Hosted {
+    queue: mpsc::UnboundedSender<Event>,
+    last: u64,
+    /// The highest bus sequence number handled.
+    handled: u64,
 }
 
 impl WorkerLoop {
@@ -240,6 +300,7 @@ impl WorkerLoop {
             capabilities: self.config.capabilities.clone(),
             labels: self.config.labels.clone(),
             jobs_received: self.jobs_received,
+            plugins: self.announced.clone(),
         });
         tracing::info!(
             coordinator = %self.config.coordinator,
@@ -314,6 +375,21 @@ impl WorkerLoop {
                 // Lower: a resend of a job already running. Higher: a gap, filled by the
                 // coordinator's resend after the next hello.
             }
+            HubFrame::Deliver { plugin, event } => match self.hosted.get_mut(&plugin) {
+                // A resend of what is queued or handled already: the acknowledgement of what
+                // was handled may have been lost, so it is sent again.
+                Some(h) if event.meta.seq <= h.last => {
+                    if h.handled >= event.meta.seq {
+                        let upto = h.handled;
+                        self.send(&WorkerFrame::Handled { plugin, upto });
+                    }
+                }
+                Some(h) => {
+                    h.last = event.meta.seq;
+                    let _ = h.queue.send(event);
+                }
+                None => tracing::warn!(plugin, "an event for a plugin this node does not host"),
+            },
             HubFrame::Goodbye => return Some(WorkerExit::RunOver),
         }
         None

@@ -134,6 +134,14 @@ pub fn plugin_registry() -> PluginRegistry {
     }
     crate::scheduler_settings::register(&mut registry);
     if let Err(e) = registry.register(
+        RegistryEntry::new(|| PluginSpec::new(crate::event_log::EventLog::default))
+            .description("appends every event to a file, one JSON line each")
+            .built_in("dtf-examples")
+            .config_type::<crate::event_log::EventLogConfig>(),
+    ) {
+        tracing::error!(error = %e, "registering the event log failed");
+    }
+    if let Err(e) = registry.register(
         RegistryEntry::new(|| PluginSpec::new(ProgressDisplay::default))
             .description(
                 "live progress on stderr: a bar on a terminal, a plain line every 10 s otherwise",
@@ -611,12 +619,32 @@ impl Coordinator {
             }
             None => (None, None),
         };
-        let on_hub_note = |note: HubNote, remote_ids: &mut Vec<WorkerId>| {
-            if let (HubNote::Registered(worker), Some(hub)) = (note, &hub) {
-                let (tx, rx) = mpsc::unbounded_channel();
-                pool.attach(&worker, tx);
-                crate::remote::forward(Arc::clone(hub), worker.clone(), rx);
-                remote_ids.push(worker);
+        let on_hub_note = async |note: HubNote, remote_ids: &mut Vec<WorkerId>| {
+            let Some(hub) = &hub else { return };
+            match note {
+                HubNote::Registered(worker) => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    pool.attach(&worker, tx);
+                    crate::remote::forward(Arc::clone(hub), worker.clone(), rx);
+                    remote_ids.push(worker);
+                }
+                // A node hosting plugins: each becomes a proxy plugin of this manager.
+                HubNote::Plugins { host, plugins } => {
+                    for plugin in plugins {
+                        let name = plugin.name.clone();
+                        let spec =
+                            dtf_cluster::RemotePlugin::spec(hub.handle(), host.clone(), plugin);
+                        match manager.add(spec).await {
+                            Ok(()) => {
+                                tracing::info!(%host, plugin = %name, "a remote plugin joined")
+                            }
+                            Err(e) => {
+                                tracing::error!(%host, plugin = %name, error = %e, "a remote plugin could not be added")
+                            }
+                        }
+                    }
+                }
+                _ => {}
             }
         };
         if let (Some(cluster), Some(notes)) = (&options.cluster, hub_notes.as_mut()) {
@@ -629,7 +657,7 @@ impl Coordinator {
                 );
                 while remote_ids.len() < min {
                     tokio::select! {
-                        Some(note) = notes.recv() => on_hub_note(note, &mut remote_ids),
+                        Some(note) = notes.recv() => on_hub_note(note, &mut remote_ids).await,
                         () = tokio::time::sleep(Duration::from_secs(5)) => {}
                         () = ctrl_c(options.handle_ctrl_c) => break,
                     }
@@ -685,7 +713,7 @@ impl Coordinator {
                         failed += 1;
                     }
                 }
-                Some(note) = recv_some(&mut hub_notes) => on_hub_note(note, &mut remote_ids),
+                Some(note) = recv_some(&mut hub_notes) => on_hub_note(note, &mut remote_ids).await,
                 Some(note) = notes_rx.recv() => {
                     let WorkerNote::Started { worker, task, attempt } = note;
                     if attempt == 1 && to_kill.remove(&task) {
@@ -766,10 +794,11 @@ impl Coordinator {
         if let Some(console) = console {
             console.stop().await;
         }
+        let shutdown = manager.shutdown(reason).await;
+        // After the manager: remote plugins get their last events first.
         if let Some(hub) = &hub {
             hub.shutdown().await;
         }
-        let shutdown = manager.shutdown(reason).await;
         let mut reports = ci_files.all();
         if let Some(handle) = &reporter {
             reports.extend(handle.report_files().all());

@@ -39,6 +39,7 @@ pub mod cli;
 pub mod console;
 pub mod coordinator;
 mod error;
+pub mod event_log;
 pub mod executor;
 pub mod output;
 pub mod plugin_cli;

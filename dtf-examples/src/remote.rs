@@ -8,8 +8,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtf_cluster::{Cookie, Hub, HubConfig, JobRunner, RemoteJob, Timing, TlsFiles, Transport};
-use dtf_plugin_core::event::{EventKind, TaskError, WorkerId};
+use std::path::Path;
+
+use dtf_cluster::{
+    Cookie, HostedPlugin, Hub, HubConfig, JobRunner, PluginHost, RemoteJob, Timing, TlsFiles,
+    Transport,
+};
+use dtf_plugin_core::event::{Event, EventKind, TaskError, WorkerId};
+use dtf_plugin_core::{PluginManager, ShutdownReason};
 use tokio::sync::mpsc;
 
 use crate::error::CoordinatorError;
@@ -137,6 +143,93 @@ impl JobRunner for ShellJobRunner {
                 attempt: job.attempt,
             };
             run_job(&local).await.into_event(&local, &worker)
+        })
+    }
+}
+
+/// The plugins a `dtf-worker --plugins NAME…` node hosts for the coordinator: each runs in its
+/// own local [`PluginManager`] (guarded and supervised as on the coordinator), configured from
+/// the node's `--config` file; each event is published there and flushed before it is
+/// acknowledged.
+#[derive(Debug)]
+pub struct LocalPluginHost {
+    plugins: Vec<(HostedPlugin, PluginManager)>,
+}
+
+impl LocalPluginHost {
+    /// Starts the plugins `names` from the built-in ones and those of `plugin_dirs`.
+    ///
+    /// # Errors
+    ///
+    /// An unknown name (with the closest one), a bad configuration, or a plugin that fails
+    /// to start.
+    pub async fn start(
+        names: &[String],
+        config_file: Option<&Path>,
+        plugin_dirs: &[PathBuf],
+    ) -> Result<Self, CoordinatorError> {
+        let mut registry = crate::plugin_registry();
+        let loaded =
+            crate::load_config_and_plugin_dirs(config_file, plugin_dirs, &[], &mut registry)?;
+        let mut plugins = Vec::new();
+        for name in names {
+            let plugin_error = |source| CoordinatorError::Plugin {
+                flag: "--plugins",
+                source,
+            };
+            let m = registry
+                .entry(name)
+                .map_err(plugin_error)?
+                .metadata()
+                .clone();
+            let spec = registry
+                .spec(name, loaded.config.plugin_settings(name))
+                .map_err(plugin_error)?;
+            let manager = PluginManager::builder()
+                .config(loaded.config.manager_config().clone())
+                .spec(loaded.config.with_overrides(name, spec))
+                .spawn()
+                .await?;
+            let hosted = HostedPlugin {
+                name: name.clone(),
+                version: m.version.to_string(),
+                kind: m.kind,
+                hooks: m.hooks.iter().collect(),
+            };
+            plugins.push((hosted, manager));
+        }
+        Ok(Self { plugins })
+    }
+
+    /// Shuts the hosted plugins down (their `on_shutdown` runs).
+    pub async fn shutdown(&self) {
+        for (_, manager) in &self.plugins {
+            manager.shutdown(ShutdownReason::Completed).await;
+        }
+    }
+}
+
+impl PluginHost for LocalPluginHost {
+    fn plugins(&self) -> Vec<HostedPlugin> {
+        self.plugins.iter().map(|(p, _)| p.clone()).collect()
+    }
+
+    fn handle(
+        &self,
+        plugin: &str,
+        event: Event,
+    ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let manager = self
+            .plugins
+            .iter()
+            .find(|(p, _)| p.name == plugin)
+            .map(|(_, m)| m.clone());
+        Box::pin(async move {
+            let Some(manager) = manager else { return };
+            if let Err(e) = manager.publish(event.kind).await {
+                tracing::warn!(error = %e, "the hosted plugin's bus is closed");
+            }
+            manager.flush().await;
         })
     }
 }

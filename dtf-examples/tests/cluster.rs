@@ -94,7 +94,7 @@ fn coordinator(dir: &Path, port: u16, pki: &Pki, extra: &[&str]) -> Child {
         .args(["--progress", "never"])
         .args(extra)
         .env("DTF_CLUSTER_COOKIE", COOKIE)
-        .env("RUST_LOG", "warn,dtf_cluster=info")
+        .env("RUST_LOG", "warn,dtf_cluster=info,dtf_examples=info")
         // Files, not pipes: nobody reads a pipe before the process ends, and a full pipe
         // would block the summary table.
         .stdout(std::fs::File::create(dir.join("coordinator.out")).unwrap())
@@ -641,5 +641,164 @@ fn a_worker_back_within_the_grace_is_recovered_and_nothing_runs_twice() {
         "{stats}"
     );
     assert_eq!(wait(&mut w, Duration::from_secs(10)), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn plugin_host(dir: &Path, addr: &str, ca: &Path, id: &str, config: &Path) -> Child {
+    worker(
+        dir,
+        addr,
+        ca,
+        id,
+        &[
+            "--slots",
+            "0",
+            "--plugins",
+            "event-log",
+            "--config",
+            config.to_str().unwrap(),
+            "--heartbeat-timeout",
+            "1",
+        ],
+    )
+}
+
+/// The lines of `path`, each kept once (first occurrence): a host restarted mid-run handles
+/// the unacknowledged events again (at least once across a host restart).
+fn distinct_lines(path: &Path) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| seen.insert(l.to_string()))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_remote_plugin_host_gets_every_event_in_order_across_a_restart() {
+    let dir = temp_dir("host");
+    let pki = make_pki(&dir, "ok");
+    let n = 120;
+    task_file(&dir, n, |_| format!("{}; sleep 0.02", mark(&dir)));
+    let local_log = dir.join("local.jsonl");
+    let remote_log = dir.join("remote.jsonl");
+    let coord_toml = dir.join("coordinator.toml");
+    std::fs::write(
+        &coord_toml,
+        format!(
+            "[plugins.event-log]\nenabled = true\nsettings = {{ path = \"{}\" }}\n",
+            local_log.display()
+        ),
+    )
+    .unwrap();
+    let host_toml = dir.join("host.toml");
+    std::fs::write(
+        &host_toml,
+        format!(
+            "[plugins.event-log]\nsettings = {{ path = \"{}\" }}\n",
+            remote_log.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut coord = coordinator(
+        &dir,
+        port,
+        &pki,
+        &[
+            "--min-workers",
+            "2",
+            "--heartbeat-timeout",
+            "1",
+            "--reconnect-grace",
+            "30",
+            "--config",
+            coord_toml.to_str().unwrap(),
+        ],
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let mut host = plugin_host(&dir, &addr, &pki.ca, "host-1", &host_toml);
+    // The host registers first, so its plugin is added before any task event.
+    let start = Instant::now();
+    while !log(&dir, "coordinator.log").contains("a remote plugin joined") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            log(&dir, "coordinator.log")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut w = worker(
+        &dir,
+        &addr,
+        &pki.ca,
+        "remote-1",
+        &["--slots", "2", "--heartbeat-timeout", "1"],
+    );
+    // Kill the host mid-run, then start it again under the same id.
+    while distinct_lines(&remote_log).len() < 60 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            log(&dir, "coordinator.log")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    host.kill().unwrap();
+    let _ = host.wait();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut host = plugin_host(&dir, &addr, &pki.ca, "host-1", &host_toml);
+    let code = wait(&mut coord, Duration::from_secs(120));
+    let out = log(&dir, "coordinator.out");
+    let clog = log(&dir, "coordinator.log");
+    assert_eq!(code, Some(0), "{out}\n{clog}");
+    assert_each_ran_once(&dir, n);
+    // The host really was replaced mid-run.
+    assert!(clog.contains("the worker restarted"), "{clog}");
+    // Listed and counted by the coordinator's manager like a local plugin.
+    assert!(out.contains("event-log@host-1"), "{out}");
+    // Every event the remote plugin subscribed to since it joined, in publish order: the
+    // local event log's lines from the remote one's first line on.
+    let local = std::fs::read_to_string(&local_log).unwrap();
+    let local: Vec<&str> = local.lines().collect();
+    // The host's own manager tells its plugin that it started (once per host process):
+    // not a coordinator event.
+    let host_local = r#"{"type":"plugin_started","data":{"plugin":"event-log","restarts":0}}"#;
+    let remote: Vec<String> = distinct_lines(&remote_log)
+        .into_iter()
+        .filter(|l| l != host_local)
+        .collect();
+    let first = local
+        .iter()
+        .position(|l| *l == remote[0])
+        .expect("the remote plugin's first event is a local one");
+    let mut seen = std::collections::HashSet::new();
+    let expected: Vec<String> = local[first..]
+        .iter()
+        .filter(|l| seen.insert(l.to_string()))
+        .map(|s| s.to_string())
+        .collect();
+    // The coordinator's shutdown event may arrive after the host was told goodbye; all else
+    // must be there.
+    let remote_cmp: Vec<String> = remote
+        .iter()
+        .filter(|l| !l.contains("coordinator_shutdown"))
+        .cloned()
+        .collect();
+    let expected_cmp: Vec<String> = expected
+        .iter()
+        .filter(|l| !l.contains("coordinator_shutdown"))
+        .cloned()
+        .collect();
+    assert_eq!(remote_cmp.len(), expected_cmp.len(), "{clog}");
+    assert_eq!(remote_cmp, expected_cmp);
+    assert!(
+        remote.len() > 4 * n,
+        "task events of every task: {}",
+        remote.len()
+    );
+    assert_eq!(wait(&mut w, Duration::from_secs(10)), Some(0));
+    assert_eq!(wait(&mut host, Duration::from_secs(10)), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use dtf_cluster::{Cookie, TlsFiles, WorkerConfig, run_worker};
-use dtf_examples::remote::{ShellJobRunner, heartbeat_interval, transport};
+use dtf_cluster::{Cookie, PluginHost, TlsFiles, WorkerConfig, run_node};
+use dtf_examples::remote::{LocalPluginHost, ShellJobRunner, heartbeat_interval, transport};
 use dtf_plugin_core::event::Capabilities;
 
 /// A remote worker node of a dtf run.
@@ -40,9 +40,19 @@ struct Args {
     /// This worker's id, unique in the run (default: dtf-worker-<pid>).
     #[arg(long)]
     id: Option<String>,
-    /// How many tasks it runs at once.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// How many tasks it runs at once (0: none, a plugin host only).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1024))]
     slots: u32,
+    /// Host these plugins for the coordinator (repeatable, or A,B): built-in ones or those of
+    /// --plugin-dirs, configured from --config.
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    plugins: Vec<String>,
+    /// dtf.toml for the hosted plugins' settings (`[plugins.NAME]`) and manager settings.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directories of out-of-process plugins to host.
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    plugin_dirs: Vec<PathBuf>,
     /// A label KEY=VALUE (repeatable), e.g. gpu=cuda: tasks can require the feature
     /// `KEY=VALUE`.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
@@ -110,10 +120,20 @@ async fn run(args: Args) -> Result<(), String> {
     config.timing.heartbeat_timeout = seconds("--heartbeat-timeout", args.heartbeat_timeout)?;
     config.timing.heartbeat_interval = heartbeat_interval(config.timing.heartbeat_timeout);
     config.give_up_after = seconds("--give-up-after", args.give_up_after)?;
-    run_worker(config, Arc::new(ShellJobRunner))
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string())
+    let host = if args.plugins.is_empty() {
+        None
+    } else {
+        let host = LocalPluginHost::start(&args.plugins, args.config.as_deref(), &args.plugin_dirs)
+            .await
+            .map_err(|e| e.to_string())?;
+        Some(Arc::new(host))
+    };
+    let as_host = host.clone().map(|h| h as Arc<dyn PluginHost>);
+    let result = run_node(config, Arc::new(ShellJobRunner), as_host).await;
+    if let Some(host) = host {
+        host.shutdown().await;
+    }
+    result.map(drop).map_err(|e| e.to_string())
 }
 
 /// Total memory from /proc/meminfo, 0 when unknown.
