@@ -37,7 +37,7 @@ struct Args {
     /// The coordinator's address, HOST:PORT (its `--listen`).
     #[arg(long, value_name = "ADDR")]
     coordinator: String,
-    /// This worker's id, unique in the run (default: dtf-worker-<pid>).
+    /// This worker's id, unique in the run (default: `dtf-worker-PID`).
     #[arg(long)]
     id: Option<String>,
     /// How many tasks it runs at once (0: none, a plugin host only).
