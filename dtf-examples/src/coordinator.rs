@@ -174,6 +174,8 @@ pub struct LoadedConfig {
     /// against the configuration file's directory (`DTF_UI_TOKEN` and `DTF_UI_TOKEN_FILE`
     /// win).
     pub ui_token_file: Option<PathBuf>,
+    /// `[cluster]`: accept remote workers (`--listen` and the cluster flags win).
+    pub cluster: crate::remote::ClusterFile,
 }
 
 /// Loads the configuration (see [`LoadedConfig`]), registers the out-of-process plugins
@@ -208,6 +210,7 @@ pub fn load_config_and_plugin_dirs(
     // once the plugin directories are registered.
     let (config, mut issues) = loader.load_with_issues()?;
     let (ui_listen, ui_token_file) = ui_settings(&config, &mut issues);
+    let cluster = cluster_settings(&config, &mut issues);
     let from_file = plugin_dirs.is_empty();
     let dirs = if from_file {
         config.plugin_dirs().to_vec()
@@ -242,7 +245,64 @@ pub fn load_config_and_plugin_dirs(
         manifest_errors: report.errors,
         ui_listen,
         ui_token_file,
+        cluster,
     })
+}
+
+/// `[cluster]`: the same settings as `--listen`, `--min-workers`, `--tls-cert`, `--tls-key`,
+/// `--cookie-file` and `--insecure-cluster`; paths relative to the configuration file's
+/// directory. A bad value is added to `issues` at its position (and never echoed).
+fn cluster_settings(config: &Config, issues: &mut Vec<ConfigIssue>) -> crate::remote::ClusterFile {
+    let origin = |key: &str| config.origin(key).unwrap_or(Origin::Default);
+    let mut bad = |key: &str, message: &str| {
+        issues.push(ConfigIssue::new(IssueKind::InvalidValue, key, origin(key), message));
+    };
+    let mut file = crate::remote::ClusterFile::default();
+    match config.get("cluster.listen") {
+        None => {}
+        Some(serde_json::Value::String(s)) => match s.parse() {
+            Ok(addr) => file.listen = Some(addr),
+            Err(_) => bad("cluster.listen", "expected an address like \"127.0.0.1:7700\""),
+        },
+        Some(_) => bad("cluster.listen", "expected a string like \"127.0.0.1:7700\""),
+    }
+    match config.get("cluster.min_workers") {
+        None => {}
+        Some(serde_json::Value::Number(n)) => {
+            match n.as_u64().and_then(|n| u32::try_from(n).ok()).filter(|n| (1..=100_000).contains(n)) {
+                Some(n) => file.min_workers = Some(n),
+                None => bad("cluster.min_workers", "expected a number from 1 to 100000"),
+            }
+        }
+        Some(_) => bad("cluster.min_workers", "expected a number from 1 to 100000"),
+    }
+    match config.get("cluster.insecure") {
+        None => {}
+        Some(serde_json::Value::Bool(b)) => file.insecure = Some(b),
+        Some(_) => bad("cluster.insecure", "expected true or false"),
+    }
+    let mut path = |key: &str| -> Option<PathBuf> {
+        match config.get(key) {
+            None => None,
+            Some(serde_json::Value::String(s)) if !s.is_empty() => {
+                let path = PathBuf::from(s);
+                Some(match origin(key) {
+                    Origin::File { path: f, .. } if path.is_relative() => {
+                        f.parent().map_or_else(|| path.clone(), |dir| dir.join(&path))
+                    }
+                    _ => path,
+                })
+            }
+            Some(_) => {
+                bad(key, "expected a non-empty path");
+                None
+            }
+        }
+    };
+    file.tls_cert = path("cluster.tls_cert");
+    file.tls_key = path("cluster.tls_key");
+    file.cookie_file = path("cluster.cookie_file");
+    file
 }
 
 /// `[ui] listen` and `token_file`, the same settings as `--ui` and `DTF_UI_TOKEN_FILE`; a bad
@@ -441,6 +501,8 @@ impl Coordinator {
         if options.ui.is_none() {
             options.ui = loaded.ui_listen;
         }
+        // `--listen` and the cluster flags win over `[cluster]`.
+        loaded.cluster.apply(&mut options.cluster);
         crate::scheduler_settings::apply(&mut options, &loaded, &mut enabled)?;
         SchedulerRegistry::new().build(&options.scheduler)?;
         if options.tasks.is_empty() {

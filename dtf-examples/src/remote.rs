@@ -87,6 +87,61 @@ impl ClusterOptions {
     }
 }
 
+/// `[cluster]` in `dtf.toml` (docs/cluster.md, "Configuration"): what the command line did
+/// not say. There is no cookie key: the cookie comes from `cookie_file` or
+/// `DTF_CLUSTER_COOKIE`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterFile {
+    /// `listen`.
+    pub listen: Option<SocketAddr>,
+    /// `min_workers`.
+    pub min_workers: Option<u32>,
+    /// `tls_cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_key`.
+    pub tls_key: Option<PathBuf>,
+    /// `cookie_file`.
+    pub cookie_file: Option<PathBuf>,
+    /// `insecure`.
+    pub insecure: Option<bool>,
+}
+
+impl ClusterFile {
+    /// Fills `cli` from the file: with no `--listen`, the file's `listen` turns the cluster
+    /// on; paths and `insecure` fill what the command line left unset.
+    pub fn apply(&self, cli: &mut Option<ClusterOptions>) {
+        match cli {
+            Some(c) => self.fill(c, false),
+            None => {
+                if let Some(listen) = self.listen {
+                    let mut c = ClusterOptions::new(listen);
+                    self.fill(&mut c, true);
+                    *cli = Some(c);
+                }
+            }
+        }
+    }
+
+    fn fill(&self, c: &mut ClusterOptions, from_file: bool) {
+        if from_file {
+            if let Some(n) = self.min_workers {
+                c.min_workers = n;
+            }
+        }
+        if c.tls_cert.is_none() {
+            c.tls_cert.clone_from(&self.tls_cert);
+        }
+        if c.tls_key.is_none() {
+            c.tls_key.clone_from(&self.tls_key);
+        }
+        if c.cookie_file.is_none() {
+            c.cookie_file.clone_from(&self.cookie_file);
+        }
+        c.insecure = c.insecure || self.insecure.unwrap_or(false);
+    }
+}
+
 /// A heartbeat every tenth of the timeout, between 50 ms and 1 s.
 pub fn heartbeat_interval(timeout: Duration) -> Duration {
     (timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(1))

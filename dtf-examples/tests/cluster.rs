@@ -802,3 +802,62 @@ fn a_remote_plugin_host_gets_every_event_in_order_across_a_restart() {
     assert_eq!(wait(&mut host, Duration::from_secs(10)), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `[cluster]` in dtf.toml: `listen` (with TLS paths relative to the file) turns the cluster
+/// on as `--listen` does; bad values are errors at their position, never echoed, and there is
+/// no cookie key.
+#[test]
+fn the_cluster_section_of_dtf_toml_accepts_workers() {
+    let dir = temp_dir("toml");
+    let pki = make_pki(&dir, "ok");
+    task_file(&dir, 10, |_| mark(&dir));
+    let port = free_port();
+    let config = dir.join("dtf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nlisten = \"127.0.0.1:{port}\"\nmin_workers = 1\ntls_cert = \"ok/cert.pem\"\ntls_key = \"ok/key.pem\"\n"
+        ),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_dtf-coordinator"))
+            .args(["--config", config.to_str().unwrap(), "--workers", "0"])
+            .arg("--tasks")
+            .arg(dir.join("tasks.toml"))
+            .args(["--progress", "never"])
+            .args(extra)
+            .env("DTF_CLUSTER_COOKIE", COOKIE)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut coord = run(&[]);
+    let mut w = worker(&dir, &format!("127.0.0.1:{port}"), &pki.ca, "remote-1", &[]);
+    assert_eq!(wait(&mut coord, Duration::from_secs(60)), Some(0));
+    assert_each_ran_once_without_junit(&dir, 10);
+    assert_eq!(wait(&mut w, Duration::from_secs(10)), Some(0));
+
+    std::fs::write(
+        &config,
+        "[cluster]\nlisten = \"canary-77\"\nmin_workers = 0\ncookie = \"secret-canary\"\n",
+    )
+    .unwrap();
+    let out = run(&[]).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("dtf.toml:2:10: cluster.listen: expected an address"), "{err}");
+    assert!(err.contains("cluster.min_workers: expected a number from 1"), "{err}");
+    assert!(err.contains("cluster.cookie: unknown key `cookie`"), "{err}");
+    assert!(!err.contains("canary"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn assert_each_ran_once_without_junit(dir: &Path, n: usize) {
+    for i in 0..n {
+        let marks = std::fs::read_to_string(dir.join(format!("marks/t{i:04}"))).unwrap_or_default();
+        assert_eq!(marks.lines().count(), 1, "task t{i:04}");
+    }
+}

@@ -48,7 +48,9 @@ use toml::de::DeTable;
 use crate::manager::{ManagerConfig, PluginManagerBuilder, PluginSpec};
 use crate::plugin::PluginConfig;
 use crate::registry::{PluginRegistry, RegistryError, did_you_mean};
-use schema::{PluginSection, REGISTRY_KEYS, Reader, TOP_KEYS, UI_KEYS, format_duration};
+use schema::{
+    CLUSTER_KEYS, PluginSection, REGISTRY_KEYS, Reader, TOP_KEYS, UI_KEYS, format_duration,
+};
 pub use tree::Origin;
 use tree::{FileReader, Node, Positions, Value, set_path};
 
@@ -398,6 +400,9 @@ impl ConfigLoader {
         }
         if let Some(ui) = top.get("ui").and_then(|n| reader.table(n, "ui")) {
             reader.unknown_keys(ui, "ui", UI_KEYS);
+        }
+        if let Some(cluster) = top.get("cluster").and_then(|n| reader.table(n, "cluster")) {
+            reader.unknown_keys(cluster, "cluster", CLUSTER_KEYS);
         }
         issues.sort_by_key(|a| order_key(&a.origin));
         issues.dedup();

@@ -13,11 +13,29 @@ use crate::plugin::RestartPolicy;
 use crate::registry::did_you_mean;
 use crate::supervision::{Backoff, RestartBudget};
 
-pub(crate) const TOP_KEYS: &[&str] = &["manager", "plugin_dirs", "plugins", "registry", "ui"];
+pub(crate) const TOP_KEYS: &[&str] = &[
+    "manager",
+    "plugin_dirs",
+    "plugins",
+    "registry",
+    "ui",
+    "cluster",
+];
 /// The keys of `[ui]`, the web console of an application (the reference coordinator's
 /// `--ui`), which reads and checks their values; the loader only checks that no other key is
 /// there.
 pub(crate) const UI_KEYS: &[&str] = &["listen", "token_file"];
+
+/// The keys of `[cluster]` (read by the embedding coordinator, docs/cluster.md). There is no
+/// `cookie` key on purpose: the cookie is read from `cookie_file` or `DTF_CLUSTER_COOKIE`.
+pub(crate) const CLUSTER_KEYS: &[&str] = &[
+    "listen",
+    "min_workers",
+    "tls_cert",
+    "tls_key",
+    "cookie_file",
+    "insecure",
+];
 /// The keys of `[registry]`, read by the plugin repository client (`dtf-plugin-repo`, which
 /// checks their values); the loader only checks that no other key is there.
 pub(crate) const REGISTRY_KEYS: &[&str] = &[
