@@ -255,21 +255,36 @@ pub fn load_config_and_plugin_dirs(
 fn cluster_settings(config: &Config, issues: &mut Vec<ConfigIssue>) -> crate::remote::ClusterFile {
     let origin = |key: &str| config.origin(key).unwrap_or(Origin::Default);
     let mut bad = |key: &str, message: &str| {
-        issues.push(ConfigIssue::new(IssueKind::InvalidValue, key, origin(key), message));
+        issues.push(ConfigIssue::new(
+            IssueKind::InvalidValue,
+            key,
+            origin(key),
+            message,
+        ));
     };
     let mut file = crate::remote::ClusterFile::default();
     match config.get("cluster.listen") {
         None => {}
         Some(serde_json::Value::String(s)) => match s.parse() {
             Ok(addr) => file.listen = Some(addr),
-            Err(_) => bad("cluster.listen", "expected an address like \"127.0.0.1:7700\""),
+            Err(_) => bad(
+                "cluster.listen",
+                "expected an address like \"127.0.0.1:7700\"",
+            ),
         },
-        Some(_) => bad("cluster.listen", "expected a string like \"127.0.0.1:7700\""),
+        Some(_) => bad(
+            "cluster.listen",
+            "expected a string like \"127.0.0.1:7700\"",
+        ),
     }
     match config.get("cluster.min_workers") {
         None => {}
         Some(serde_json::Value::Number(n)) => {
-            match n.as_u64().and_then(|n| u32::try_from(n).ok()).filter(|n| (1..=100_000).contains(n)) {
+            match n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| (1..=100_000).contains(n))
+            {
                 Some(n) => file.min_workers = Some(n),
                 None => bad("cluster.min_workers", "expected a number from 1 to 100000"),
             }
@@ -287,9 +302,9 @@ fn cluster_settings(config: &Config, issues: &mut Vec<ConfigIssue>) -> crate::re
             Some(serde_json::Value::String(s)) if !s.is_empty() => {
                 let path = PathBuf::from(s);
                 Some(match origin(key) {
-                    Origin::File { path: f, .. } if path.is_relative() => {
-                        f.parent().map_or_else(|| path.clone(), |dir| dir.join(&path))
-                    }
+                    Origin::File { path: f, .. } if path.is_relative() => f
+                        .parent()
+                        .map_or_else(|| path.clone(), |dir| dir.join(&path)),
                     _ => path,
                 })
             }

@@ -848,9 +848,18 @@ fn the_cluster_section_of_dtf_toml_accepts_workers() {
     let out = run(&[]).wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("dtf.toml:2:10: cluster.listen: expected an address"), "{err}");
-    assert!(err.contains("cluster.min_workers: expected a number from 1"), "{err}");
-    assert!(err.contains("cluster.cookie: unknown key `cookie`"), "{err}");
+    assert!(
+        err.contains("dtf.toml:2:10: cluster.listen: expected an address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cluster.min_workers: expected a number from 1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cluster.cookie: unknown key `cookie`"),
+        "{err}"
+    );
     assert!(!err.contains("canary"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
