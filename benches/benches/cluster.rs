@@ -7,6 +7,10 @@
 //!   on 127.0.0.1 (the coordinator in this process, the workers started per run).
 //!
 //! One criterion iteration is one whole run (registration of the remote workers included).
+//! A fourth case runs the same tasks on 200 worker nodes with 1 slot each (200 processes:
+//! ractor_cluster numbers remote actors per node server, so two nodes in one process would
+//! collide), and before the cases the bench measures, for 200 nodes connecting to one hub, the
+//! registration time and the coordinator's memory per node.
 //! `DTF_BENCH_CLUSTER_TASKS` sets another task count (the default is the 10,000).
 
 #![expect(clippy::print_stdout, reason = "a benchmark reports to the terminal")]
@@ -91,6 +95,101 @@ fn run(rt: &tokio::runtime::Runtime, options: CoordinatorOptions, n: usize) -> D
     took
 }
 
+/// This process's resident memory in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+const SCALE_NODES: usize = 200;
+
+/// Waits up to 5 s for the nodes to leave after the run (they do on the coordinator's
+/// goodbye), then kills what is left.
+fn reap(children: &mut [Child]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for c in children.iter_mut() {
+        while Instant::now() < deadline {
+            if c.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn spawn_nodes(addr: SocketAddr, ca: &Path, cookie: &Path, slots: u32) -> Vec<Child> {
+    (1..=SCALE_NODES)
+        .map(|p| {
+            Command::new(env!("CARGO_BIN_EXE_dtf-bench-worker"))
+                .arg(addr.to_string())
+                .arg(format!("node-{p}"))
+                .arg(slots.to_string())
+                .arg(ca)
+                .arg(cookie)
+                .spawn()
+                .expect("worker")
+        })
+        .collect()
+}
+
+/// 200 worker nodes connect to one hub: how long until all registered, and the hub
+/// process's memory per node (resident set before the hub and after the registrations).
+fn scale(
+    rt: &tokio::runtime::Runtime,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    cookie: &Path,
+) -> (Duration, f64) {
+    rt.block_on(async {
+        let manager = dtf_plugin_core::PluginManager::builder()
+            .spawn()
+            .await
+            .expect("manager");
+        let before = rss_kib();
+        let addr = free_addr();
+        let config = dtf_cluster::HubConfig::new(
+            addr,
+            dtf_cluster::Cookie::load(Some(cookie)).expect("cookie"),
+            dtf_cluster::Transport::Tls(Arc::new(
+                dtf_cluster::TlsFiles::server(cert, key).expect("tls"),
+            )),
+        );
+        let (hub, mut notes) = dtf_cluster::Hub::start(config, manager.bus())
+            .await
+            .expect("hub");
+        let start = Instant::now();
+        let mut children = spawn_nodes(addr, ca, cookie, 1);
+        let mut registered = 0;
+        while registered < SCALE_NODES {
+            match tokio::time::timeout(Duration::from_secs(120), notes.recv()).await {
+                Ok(Some(dtf_cluster::HubNote::Registered(_))) => registered += 1,
+                Ok(Some(_)) => {}
+                _ => panic!("only {registered} of {SCALE_NODES} nodes registered"),
+            }
+        }
+        let took = start.elapsed();
+        // Let the sessions settle (heartbeats flowing) before reading memory.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let per_node = (rss_kib().saturating_sub(before)) as f64 / SCALE_NODES as f64;
+        hub.shutdown().await;
+        reap(&mut children);
+        manager
+            .shutdown(dtf_plugin_core::ShutdownReason::Completed)
+            .await;
+        (took, per_node)
+    })
+}
+
 fn main() {
     let n = tasks();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -108,6 +207,11 @@ fn main() {
             None => m.push((name, vec![d])),
         }
     };
+
+    let mut scale_runs = Vec::new();
+    for _ in 0..3 {
+        scale_runs.push(scale(&rt, &ca, &cert, &key, &cookie));
+    }
 
     let mut c = Criterion::default()
         .configure_from_args()
@@ -173,10 +277,29 @@ fn main() {
                     })
                     .collect();
                 let d = run(&rt, o, n);
-                for w in &mut workers {
-                    let _ = w.wait();
-                }
+                reap(&mut workers);
                 record("dtf remote, 4x2 slots", d);
+                total += d;
+            }
+            total
+        });
+    });
+    group.bench_function("dtf remote, 200 nodes x 1 slot, TLS", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let addr = free_addr();
+                let mut o = options(n, 0);
+                let mut cluster = ClusterOptions::new(addr);
+                cluster.min_workers = SCALE_NODES as u32;
+                cluster.tls_cert = Some(cert.clone());
+                cluster.tls_key = Some(key.clone());
+                cluster.cookie_file = Some(cookie.clone());
+                o.cluster = Some(cluster);
+                let mut workers = spawn_nodes(addr, &ca, &cookie, 1);
+                let d = run(&rt, o, n);
+                reap(&mut workers);
+                record("dtf remote, 200 nodes", d);
                 total += d;
             }
             total
@@ -204,6 +327,20 @@ fn main() {
                 d.as_secs_f64() * 1e6 / n as f64
             );
         }
+    }
+    for (i, (took, per_node)) in scale_runs.iter().enumerate() {
+        // Later runs reuse the memory the first one freed (the resident set does not
+        // shrink), so only the first run's figure is the cost of a node.
+        let memory = if i == 0 {
+            format!("; hub process memory {per_node:.0} KiB per node")
+        } else {
+            String::new()
+        };
+        println!(
+            "{SCALE_NODES} nodes (one process each) registered in {:.2} s (run {}){memory}",
+            took.as_secs_f64(),
+            i + 1,
+        );
     }
     if let (Some(x), Some(l), Some(r)) = (
         median("xargs -P 8"),

@@ -306,8 +306,17 @@ impl Hub {
             let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
         }
         self.accept.abort();
-        // Give the goodbyes a moment on the wire before the sessions close.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The workers leave on the goodbye, which closes their sessions: wait for that (up
+        // to 2 s), so that none misses it and waits for a coordinator that is gone.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match ractor::call_t!(self.node, NodeServerMessage::GetSessions, 500) {
+                Ok(sessions) if !sessions.is_empty() => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => break,
+            }
+        }
         self.inbox.stop(None);
         self.node.stop(None);
     }

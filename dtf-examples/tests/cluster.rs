@@ -11,6 +11,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// A child process killed when dropped, so that a failing test leaves no process behind.
+struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 const COOKIE: &str = "dtf-test-cookie-0123456789abcdef0123456789";
 
 struct Pki {
@@ -80,7 +103,7 @@ fn mark(dir: &Path) -> String {
     format!("echo ran >> {}/marks/$DTF_TASK_ID", dir.display())
 }
 
-fn coordinator(dir: &Path, port: u16, pki: &Pki, extra: &[&str]) -> Child {
+fn coordinator(dir: &Path, port: u16, pki: &Pki, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dtf-coordinator"));
     cmd.args(["--workers", "0", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--tls-cert")
@@ -99,21 +122,23 @@ fn coordinator(dir: &Path, port: u16, pki: &Pki, extra: &[&str]) -> Child {
         // would block the summary table.
         .stdout(std::fs::File::create(dir.join("coordinator.out")).unwrap())
         .stderr(std::fs::File::create(dir.join("coordinator.log")).unwrap());
-    cmd.spawn().unwrap()
+    Proc(cmd.spawn().unwrap())
 }
 
-fn worker(dir: &Path, addr: &str, ca: &Path, id: &str, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_dtf-worker"))
-        .args(["--coordinator", addr, "--id", id])
-        .arg("--ca")
-        .arg(ca)
-        .args(extra)
-        .env("DTF_CLUSTER_COOKIE", COOKIE)
-        .env("RUST_LOG", "warn,dtf_cluster=info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("{id}.log"))).unwrap())
-        .spawn()
-        .unwrap()
+fn worker(dir: &Path, addr: &str, ca: &Path, id: &str, extra: &[&str]) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_dtf-worker"))
+            .args(["--coordinator", addr, "--id", id])
+            .arg("--ca")
+            .arg(ca)
+            .args(extra)
+            .env("DTF_CLUSTER_COOKIE", COOKIE)
+            .env("RUST_LOG", "warn,dtf_cluster=info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{id}.log"))).unwrap())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// Waits for `child` up to `limit`, killing it after.
@@ -173,7 +198,7 @@ fn three_worker_processes_run_300_tasks_each_exactly_once() {
     let port = free_port();
     let mut coord = coordinator(&dir, port, &pki, &["--min-workers", "3"]);
     let addr = format!("127.0.0.1:{port}");
-    let mut workers: Vec<Child> = (1..=3)
+    let mut workers: Vec<Proc> = (1..=3)
         .map(|i| {
             worker(
                 &dir,
@@ -429,7 +454,7 @@ fn twenty_cut_connections_during_2000_tasks_lose_and_duplicate_nothing() {
     }
     let proxy = Proxy::start(target);
     let addr = proxy.addr.to_string();
-    let mut workers: Vec<Child> = (1..=3)
+    let mut workers: Vec<Proc> = (1..=3)
         .map(|i| {
             worker(
                 &dir,
@@ -644,7 +669,7 @@ fn a_worker_back_within_the_grace_is_recovered_and_nothing_runs_twice() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn plugin_host(dir: &Path, addr: &str, ca: &Path, id: &str, config: &Path) -> Child {
+fn plugin_host(dir: &Path, addr: &str, ca: &Path, id: &str, config: &Path) -> Proc {
     worker(
         dir,
         addr,
@@ -834,7 +859,7 @@ fn the_cluster_section_of_dtf_toml_accepts_workers() {
             .spawn()
             .unwrap()
     };
-    let mut coord = run(&[]);
+    let mut coord = Proc(run(&[]));
     let mut w = worker(&dir, &format!("127.0.0.1:{port}"), &pki.ca, "remote-1", &[]);
     assert_eq!(wait(&mut coord, Duration::from_secs(60)), Some(0));
     assert_each_ran_once_without_junit(&dir, 10);
