@@ -79,10 +79,18 @@ fn options(n: usize, workers: u32) -> CoordinatorOptions {
     o
 }
 
+/// A free port below Linux's ephemeral range (32768–60999): the 200 worker processes each
+/// bind a random port for their own node server, so a port found free by binding port 0
+/// could be taken again before the coordinator binds it.
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 2_000) as u16 * 2;
+    loop {
+        let p = base + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 8_000;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", p)) {
+            return l.local_addr().expect("an address");
+        }
+    }
 }
 
 fn run(rt: &tokio::runtime::Runtime, options: CoordinatorOptions, n: usize) -> Duration {
@@ -126,8 +134,9 @@ fn reap(children: &mut [Child]) {
     }
 }
 
-fn spawn_nodes(addr: SocketAddr, ca: &Path, cookie: &Path, slots: u32) -> Vec<Child> {
-    (1..=SCALE_NODES)
+/// Starts `nodes` worker processes (`node-1` …) with `slots` each.
+fn spawn_nodes(addr: SocketAddr, ca: &Path, cookie: &Path, nodes: usize, slots: u32) -> Vec<Child> {
+    (1..=nodes)
         .map(|p| {
             Command::new(env!("CARGO_BIN_EXE_dtf-bench-worker"))
                 .arg(addr.to_string())
@@ -168,7 +177,7 @@ fn scale(
             .await
             .expect("hub");
         let start = Instant::now();
-        let mut children = spawn_nodes(addr, ca, cookie, 1);
+        let mut children = spawn_nodes(addr, ca, cookie, SCALE_NODES, 1);
         let mut registered = 0;
         while registered < SCALE_NODES {
             match tokio::time::timeout(Duration::from_secs(120), notes.recv()).await {
@@ -252,59 +261,47 @@ fn main() {
         });
     });
 
-    group.bench_function("dtf remote, 4 processes x 2 slots, TLS", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let addr = free_addr();
-                let mut o = options(n, 0);
-                let mut cluster = ClusterOptions::new(addr);
-                cluster.min_workers = 4;
-                cluster.tls_cert = Some(cert.clone());
-                cluster.tls_key = Some(key.clone());
-                cluster.cookie_file = Some(cookie.clone());
-                o.cluster = Some(cluster);
-                let mut workers: Vec<Child> = (1..=4)
-                    .map(|i| {
-                        Command::new(env!("CARGO_BIN_EXE_dtf-bench-worker"))
-                            .arg(addr.to_string())
-                            .arg(format!("remote-{i}"))
-                            .arg("2")
-                            .arg(&ca)
-                            .arg(&cookie)
-                            .spawn()
-                            .expect("worker")
-                    })
-                    .collect();
-                let d = run(&rt, o, n);
-                reap(&mut workers);
-                record("dtf remote, 4x2 slots", d);
-                total += d;
-            }
-            total
+    // One remote run: `nodes` worker processes with `slots` each, the coordinator here.
+    let remote = |nodes: usize, slots: u32| {
+        let addr = free_addr();
+        let mut o = options(n, 0);
+        let mut cluster = ClusterOptions::new(addr);
+        cluster.min_workers = nodes as u32;
+        cluster.tls_cert = Some(cert.clone());
+        cluster.tls_key = Some(key.clone());
+        cluster.cookie_file = Some(cookie.clone());
+        o.cluster = Some(cluster);
+        let mut workers = spawn_nodes(addr, &ca, &cookie, nodes, slots);
+        let d = run(&rt, o, n);
+        reap(&mut workers);
+        d
+    };
+    for (label, name, nodes, slots) in [
+        (
+            "dtf remote, 4 processes x 2 slots, TLS",
+            "dtf remote, 4x2 slots",
+            4,
+            2,
+        ),
+        (
+            "dtf remote, 200 nodes x 1 slot, TLS",
+            "dtf remote, 200 nodes",
+            SCALE_NODES,
+            1,
+        ),
+    ] {
+        group.bench_function(label, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let d = remote(nodes, slots);
+                    record(name, d);
+                    total += d;
+                }
+                total
+            });
         });
-    });
-    group.bench_function("dtf remote, 200 nodes x 1 slot, TLS", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let addr = free_addr();
-                let mut o = options(n, 0);
-                let mut cluster = ClusterOptions::new(addr);
-                cluster.min_workers = SCALE_NODES as u32;
-                cluster.tls_cert = Some(cert.clone());
-                cluster.tls_key = Some(key.clone());
-                cluster.cookie_file = Some(cookie.clone());
-                o.cluster = Some(cluster);
-                let mut workers = spawn_nodes(addr, &ca, &cookie, 1);
-                let d = run(&rt, o, n);
-                reap(&mut workers);
-                record("dtf remote, 200 nodes", d);
-                total += d;
-            }
-            total
-        });
-    });
+    }
     group.finish();
     c.final_summary();
 

@@ -74,12 +74,18 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A free port below Linux's ephemeral range (32768–60999): worker processes bind random
+/// ports for their own node servers, so a port found free by binding port 0 could be taken
+/// again before the coordinator binds it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let base = 20_000 + (std::process::id() % 2_000) as usize * 2;
+    loop {
+        let p = (base + NEXT.fetch_add(1, Ordering::Relaxed) % 8_000) as u16;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 /// A task file of `n` tasks; each appends a line to `marks/<id>`, so that the test can
@@ -412,6 +418,20 @@ impl Proxy {
         }
     }
 
+    /// A proxy to the coordinator listening on `port`, once it listens.
+    fn to_coordinator(port: u16) -> Self {
+        let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let start = Instant::now();
+        while TcpStream::connect(target).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the coordinator never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self::start(target)
+    }
+
     /// Cuts every connection open now.
     fn cut(&self) {
         self.cut.fetch_add(1, Ordering::Relaxed);
@@ -445,14 +465,7 @@ fn twenty_cut_connections_during_2000_tasks_lose_and_duplicate_nothing() {
             "60",
         ],
     );
-    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    // The coordinator must be listening before the proxy can connect through.
-    let start = Instant::now();
-    while TcpStream::connect(target).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let proxy = Proxy::start(target);
+    let proxy = Proxy::to_coordinator(port);
     let addr = proxy.addr.to_string();
     let mut workers: Vec<Proc> = (1..=3)
         .map(|i| {
@@ -618,13 +631,8 @@ fn a_worker_back_within_the_grace_is_recovered_and_nothing_runs_twice() {
             "30",
         ],
     );
-    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let proxy = Proxy::to_coordinator(port);
     let start = Instant::now();
-    while TcpStream::connect(target).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let proxy = Proxy::start(target);
     let mut w = worker(
         &dir,
         &proxy.addr.to_string(),
