@@ -340,7 +340,8 @@ struct RemoteWorker {
     next_job: u64,
     /// Jobs sent and not acknowledged (with when they were last sent), resent after a
     /// reconnect, or when a heartbeat shows they did not arrive.
-    unacked: VecDeque<(u64, RemoteJob, Instant)>,
+    /// Each is kept as its encoded frame: a resend sends the same bytes again.
+    unacked: VecDeque<(u64, Vec<u8>, Instant)>,
     /// The `applied` at which a resend was last asked for (once per gap).
     resend_asked: Option<u64>,
     /// Jobs sent and not finished: job seq → (task, attempt).
@@ -357,7 +358,10 @@ struct RemoteWorker {
 }
 
 struct Pending {
-    event: Event,
+    /// The event's bus sequence number: the host acknowledges up to one.
+    seq: u64,
+    /// The encoded `Deliver` frame.
+    frame: Vec<u8>,
     /// `None` once the proxy was told the host failed; the event is still resent.
     done: Option<Done>,
 }
@@ -383,16 +387,8 @@ impl RemoteWorker {
 
     /// Sends every unhandled delivery again, in order, and wakes the waiting proxies.
     fn resend_deliveries(&mut self) {
-        for (plugin, queue) in &self.deliveries {
-            for p in queue {
-                wire::send_to(
-                    &self.group,
-                    &HubFrame::Deliver {
-                        plugin: plugin.clone(),
-                        event: p.event.clone(),
-                    },
-                );
-            }
+        for p in self.deliveries.values().flatten() {
+            wire::send_bytes(&self.group, p.frame.clone());
         }
         for w in self.waiting.drain(..) {
             let _ = w.send(());
@@ -488,9 +484,12 @@ impl HubLoop {
         w.next_job += 1;
         let seq = w.next_job;
         w.running.insert(seq, (job.task.clone(), job.attempt));
-        w.unacked.push_back((seq, job.clone(), Instant::now()));
+        let Some(frame) = wire::encode(&HubFrame::Job { seq, job }) else {
+            return;
+        };
+        w.unacked.push_back((seq, frame.clone(), Instant::now()));
         // Sent now when the worker is connected; otherwise after its next Hello.
-        wire::send_to(&w.group, &HubFrame::Job { seq, job });
+        wire::send_bytes(&w.group, frame);
     }
 
     fn deliver(&mut self, host: WorkerId, plugin: String, event: Event, done: Done) {
@@ -500,13 +499,15 @@ impl HubLoop {
             ))));
             return;
         };
-        wire::send_to(
-            &w.group,
-            &HubFrame::Deliver {
-                plugin: plugin.clone(),
-                event: event.clone(),
-            },
-        );
+        let seq = event.meta.seq;
+        let Some(frame) = wire::encode(&HubFrame::Deliver {
+            plugin: plugin.clone(),
+            event,
+        }) else {
+            let _ = done.send(Err(ClusterError::Encode("an event for a hosted plugin")));
+            return;
+        };
+        wire::send_bytes(&w.group, frame.clone());
         let done = if w.health == Health::Failed {
             let _ = done.send(Err(ClusterError::Unreachable(format!(
                 "the plugin host `{host}` is down; the event waits for it"
@@ -518,7 +519,7 @@ impl HubLoop {
         w.deliveries
             .entry(plugin)
             .or_default()
-            .push_back(Pending { event, done });
+            .push_back(Pending { seq, frame, done });
     }
 
     async fn on_frame(&mut self, frame: FromWorker, acks: &mut BTreeMap<WorkerId, u64>) {
@@ -570,7 +571,7 @@ impl HubLoop {
             WorkerFrame::Hello { .. } => {}
             WorkerFrame::Handled { plugin, upto } => {
                 if let Some(queue) = w.deliveries.get_mut(&plugin) {
-                    while queue.front().is_some_and(|p| p.event.meta.seq <= upto) {
+                    while queue.front().is_some_and(|p| p.seq <= upto) {
                         if let Some(done) = queue.pop_front().and_then(|p| p.done) {
                             let _ = done.send(Ok(()));
                         }
@@ -808,15 +809,9 @@ fn ack_jobs(w: &mut RemoteWorker, received: u64) {
 /// Sends every unacknowledged job again, in order; returns how many.
 fn resend_jobs(w: &mut RemoteWorker) -> u64 {
     let now = Instant::now();
-    for (seq, job, sent) in &mut w.unacked {
+    for (_, frame, sent) in &mut w.unacked {
         *sent = now;
-        wire::send_to(
-            &w.group,
-            &HubFrame::Job {
-                seq: *seq,
-                job: job.clone(),
-            },
-        );
+        wire::send_bytes(&w.group, frame.clone());
     }
     w.unacked.len() as u64
 }

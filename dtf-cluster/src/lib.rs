@@ -72,6 +72,9 @@ pub enum ClusterError {
     /// The coordinator cannot be reached.
     #[error("cannot reach the coordinator at {0}")]
     Unreachable(String),
+    /// A frame could not be encoded (logged with serde's reason).
+    #[error("a cluster frame could not be encoded: {0}")]
+    Encode(&'static str),
     /// The hub was shut down.
     #[error("the cluster hub is shut down")]
     Closed,

@@ -108,9 +108,19 @@ pub(crate) enum HubFrame {
     Goodbye,
 }
 
-pub(crate) fn encode<T: Serialize>(frame: &T) -> Option<Wire> {
+/// Worker to coordinator, borrowed: serializes exactly as [`FromWorker`] without cloning the
+/// id or the body.
+#[derive(Serialize)]
+pub(crate) struct FromWorkerRef<'a> {
+    pub(crate) worker: &'a WorkerId,
+    pub(crate) incarnation: u64,
+    pub(crate) body: &'a WorkerFrame,
+}
+
+/// `frame` as the bytes of a [`Wire::Frame`].
+pub(crate) fn encode<T: Serialize>(frame: &T) -> Option<Vec<u8>> {
     match serde_json::to_vec(frame) {
-        Ok(bytes) => Some(Wire::Frame(bytes)),
+        Ok(bytes) => Some(bytes),
         Err(e) => {
             tracing::error!(error = %e, "a cluster frame could not be encoded");
             None
@@ -188,8 +198,10 @@ pub(crate) fn newest_remote(group: &str) -> Option<(u64, ractor::ActorCell)> {
 /// Sends `frame` to the remote member of `group`; `false` when there is none (the
 /// connection is down) or the send failed. The caller keeps what it must resend.
 pub(crate) fn send_to<T: Serialize>(group: &str, frame: &T) -> bool {
-    let (Some(actor), Some(wire)) = (remote_member(group), encode(frame)) else {
-        return false;
-    };
-    actor.cast(wire).is_ok()
+    encode(frame).is_some_and(|bytes| send_bytes(group, bytes))
+}
+
+/// Sends an encoded frame (see [`encode`]) to the remote member of `group`.
+pub(crate) fn send_bytes(group: &str, bytes: Vec<u8>) -> bool {
+    remote_member(group).is_some_and(|actor| actor.cast(Wire::Frame(bytes)).is_ok())
 }

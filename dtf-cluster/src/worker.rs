@@ -17,7 +17,7 @@ use crate::ClusterError;
 use crate::config::{Cookie, DEFAULT_MAX_FRAME, Timing, Transport, server_name};
 use crate::host::PluginHost;
 use crate::net::{self, Link, Refusals};
-use crate::wire::{self, FromWorker, HUB_GROUP, HubFrame, Inbox, RemoteJob, WorkerFrame};
+use crate::wire::{self, FromWorkerRef, HUB_GROUP, HubFrame, Inbox, RemoteJob, WorkerFrame};
 
 /// Runs one job on a worker node and returns its result: `TaskCompleted` or `TaskFailed`.
 /// The worker publishes `TaskStarted` itself before calling it. A panic in it becomes a
@@ -236,7 +236,8 @@ struct WorkerLoop {
     next_seq: u64,
     /// Events sent and not acknowledged: resent after every reconnection, when the
     /// coordinator asks, and when one stays unacknowledged for two heartbeats.
-    outbox: VecDeque<(u64, u64, EventKind)>,
+    /// Each event is kept as its encoded frame: a resend sends the same bytes again.
+    outbox: VecDeque<(u64, Vec<u8>)>,
     /// When the oldest unacknowledged event was last sent.
     oldest_sent: Instant,
     jobs_received: u64,
@@ -258,15 +259,18 @@ struct Hosted {
 }
 
 impl WorkerLoop {
+    /// `body` in this worker's envelope, encoded.
+    fn encode(&self, body: &WorkerFrame) -> Option<Vec<u8>> {
+        wire::encode(&FromWorkerRef {
+            worker: &self.config.worker,
+            incarnation: self.incarnation,
+            body,
+        })
+    }
+
     fn send(&self, body: &WorkerFrame) -> bool {
-        wire::send_to(
-            HUB_GROUP,
-            &FromWorker {
-                worker: self.config.worker.clone(),
-                incarnation: self.incarnation,
-                body: body.clone(),
-            },
-        )
+        self.encode(body)
+            .is_some_and(|bytes| wire::send_bytes(HUB_GROUP, bytes))
     }
 
     /// (Re)connects on a new session until the coordinator's inbox is reachable through it,
@@ -397,7 +401,7 @@ impl WorkerLoop {
 
     fn acked(&mut self, upto: u64) {
         let mut moved = false;
-        while self.outbox.front().is_some_and(|(seq, _, _)| *seq <= upto) {
+        while self.outbox.front().is_some_and(|(seq, _)| *seq <= upto) {
             self.outbox.pop_front();
             moved = true;
         }
@@ -410,12 +414,8 @@ impl WorkerLoop {
     /// Sends every unacknowledged event again, in order.
     fn resend(&mut self) {
         self.oldest_sent = Instant::now();
-        for (seq, job, kind) in &self.outbox {
-            self.send(&WorkerFrame::Event {
-                seq: *seq,
-                job: *job,
-                kind: kind.clone(),
-            });
+        for (_, bytes) in &self.outbox {
+            wire::send_bytes(HUB_GROUP, bytes.clone());
         }
     }
 
@@ -425,8 +425,11 @@ impl WorkerLoop {
         }
         self.next_seq += 1;
         let seq = self.next_seq;
-        self.outbox.push_back((seq, job, kind.clone()));
-        self.send(&WorkerFrame::Event { seq, job, kind });
+        let Some(bytes) = self.encode(&WorkerFrame::Event { seq, job, kind }) else {
+            return;
+        };
+        self.outbox.push_back((seq, bytes.clone()));
+        wire::send_bytes(HUB_GROUP, bytes);
     }
 
     fn start(&self, seq: u64, job: RemoteJob) {
