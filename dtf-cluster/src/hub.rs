@@ -92,6 +92,9 @@ pub struct HubStats {
     pub jobs_resent: u64,
     /// Connections refused (TLS, cookie, handshake deadline, too many at once).
     pub refused: u64,
+    /// Events of remote publishers dropped because only the coordinator may publish them
+    /// (`CoordinatorStartup`, `CoordinatorShutdown`).
+    pub rejected: u64,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +104,7 @@ struct Counters {
     duplicate_results: AtomicU64,
     late_results: AtomicU64,
     jobs_resent: AtomicU64,
+    rejected: AtomicU64,
 }
 
 type Done = oneshot::Sender<Result<(), ClusterError>>;
@@ -285,6 +289,7 @@ impl Hub {
             late_results: c.late_results.load(Ordering::Relaxed),
             jobs_resent: c.jobs_resent.load(Ordering::Relaxed),
             refused: self.refusals.total(),
+            rejected: c.rejected.load(Ordering::Relaxed),
         }
     }
 
@@ -299,6 +304,7 @@ impl Hub {
             late_results = stats.late_results,
             jobs_resent = stats.jobs_resent,
             refused = stats.refused,
+            rejected = stats.rejected,
             "cluster delivery"
         );
         let (tx, rx) = oneshot::channel();
@@ -354,6 +360,9 @@ struct RemoteWorker {
     waiting: Vec<oneshot::Sender<()>>,
     /// `false` for a placeholder: a host a proxy waits for that has not registered yet.
     registered: bool,
+    /// A remote publisher ([`crate::RemotePublisher`]): no `Worker*` events are published
+    /// for it.
+    publisher: bool,
     group: String,
 }
 
@@ -381,6 +390,7 @@ impl RemoteWorker {
             deliveries: HashMap::new(),
             waiting: Vec::new(),
             registered: true,
+            publisher: false,
             group,
         }
     }
@@ -533,17 +543,22 @@ impl HubLoop {
             labels,
             jobs_received,
             plugins,
+            publisher,
         } = body
         {
-            self.hello(
-                worker,
-                incarnation,
-                capabilities,
-                labels,
-                jobs_received,
-                plugins,
-            )
-            .await;
+            if publisher {
+                self.publisher_hello(worker, incarnation);
+            } else {
+                self.hello(
+                    worker,
+                    incarnation,
+                    capabilities,
+                    labels,
+                    jobs_received,
+                    plugins,
+                )
+                .await;
+            }
             return;
         }
         let Some(w) = self.workers.get_mut(&worker) else {
@@ -559,7 +574,7 @@ impl HubLoop {
         if back {
             w.health = Health::Up;
         }
-        if back {
+        if back && !w.publisher {
             tracing::info!(%worker, "the worker is back");
             self.publish(EventKind::worker_recovered(worker.clone()))
                 .await;
@@ -590,6 +605,17 @@ impl HubLoop {
                     let n = resend_jobs(w);
                     self.counters.jobs_resent.fetch_add(n, Ordering::Relaxed);
                 }
+            }
+            WorkerFrame::Events { first, kinds } => {
+                let Some(fresh) = self.take_fresh(&worker, first, kinds, acks) else {
+                    return;
+                };
+                let n = fresh.len() as u64;
+                if let Err(e) = self.bus.publish_batch(fresh).await {
+                    tracing::warn!(error = %e, "the bus refused a remote publisher's events");
+                    return;
+                }
+                self.counters.applied.fetch_add(n, Ordering::Relaxed);
             }
             WorkerFrame::Event { seq, job, kind } => {
                 if seq <= w.applied {
@@ -643,6 +669,89 @@ impl HubLoop {
                 self.publish(kind).await;
             }
         }
+    }
+
+    /// A remote publisher (re)connected: it is tracked for acknowledgements only, never
+    /// registered as a worker.
+    fn publisher_hello(&mut self, id: WorkerId, incarnation: u64) {
+        let group = wire::worker_group(id.as_str());
+        let w = match self.workers.get_mut(&id) {
+            Some(w) if w.incarnation == incarnation => {
+                w.last_seen = Instant::now();
+                w.health = Health::Up;
+                w.resend_asked = None;
+                tracing::info!(publisher = %id, "a remote publisher reconnected");
+                w
+            }
+            Some(w) if !w.publisher => {
+                tracing::warn!(
+                    publisher = %id,
+                    "a remote publisher uses the id of a worker; refused"
+                );
+                return;
+            }
+            _ => {
+                tracing::info!(publisher = %id, "a remote publisher connected");
+                let mut w = RemoteWorker::new(incarnation, group.clone());
+                w.publisher = true;
+                self.workers.entry(id).insert_entry(w).into_mut()
+            }
+        };
+        wire::send_to(
+            &group,
+            &HubFrame::Welcome {
+                events_applied: w.applied,
+            },
+        );
+    }
+
+    /// The events of an `Events` frame not applied yet, in order; `None` for a duplicate or
+    /// a gap (a resend is asked for once per gap). Events only the coordinator may publish
+    /// (its own startup and shutdown) are dropped and counted.
+    fn take_fresh(
+        &mut self,
+        worker: &WorkerId,
+        first: u64,
+        kinds: Vec<EventKind>,
+        acks: &mut BTreeMap<WorkerId, u64>,
+    ) -> Option<Vec<EventKind>> {
+        let w = self.workers.get_mut(worker)?;
+        let n = kinds.len() as u64;
+        let last = (first + n).checked_sub(1)?;
+        if first == 0 || last <= w.applied {
+            self.counters.duplicates.fetch_add(n, Ordering::Relaxed);
+            acks.insert(worker.clone(), w.applied);
+            return None;
+        }
+        if first > w.applied + 1 {
+            if w.resend_asked != Some(w.applied) {
+                w.resend_asked = Some(w.applied);
+                wire::send_to(&w.group, &HubFrame::Resend { after: w.applied });
+            }
+            return None;
+        }
+        let skip = w.applied + 1 - first;
+        self.counters.duplicates.fetch_add(skip, Ordering::Relaxed);
+        w.applied = last;
+        acks.insert(worker.clone(), last);
+        let mut fresh: Vec<EventKind> = kinds.into_iter().skip(skip as usize).collect();
+        let before = fresh.len();
+        fresh.retain(|k| {
+            !matches!(
+                k,
+                EventKind::CoordinatorStartup(_) | EventKind::CoordinatorShutdown(_)
+            )
+        });
+        if fresh.len() < before {
+            let dropped = (before - fresh.len()) as u64;
+            self.counters.rejected.fetch_add(dropped, Ordering::Relaxed);
+            tracing::warn!(
+                publisher = %worker,
+                dropped,
+                "a remote publisher sent coordinator lifecycle events; dropped"
+            );
+        }
+        Some(fresh)
     }
 
     async fn hello(
@@ -746,6 +855,14 @@ impl HubLoop {
         let mut events = Vec::new();
         for (id, w) in &mut self.workers {
             let silent = now.saturating_duration_since(w.last_seen);
+            if w.publisher {
+                // Not a worker: nothing is re-queued, only said.
+                if w.health == Health::Up && silent >= self.timing.heartbeat_timeout {
+                    w.health = Health::Silent;
+                    tracing::info!(publisher = %id, "a remote publisher is silent");
+                }
+                continue;
+            }
             match w.health {
                 Health::Up if silent >= self.timing.heartbeat_timeout => {
                     w.health = Health::Silent;

@@ -44,6 +44,7 @@ mod config;
 mod host;
 mod hub;
 mod net;
+mod publisher;
 mod wire;
 mod worker;
 
@@ -53,6 +54,7 @@ pub use config::{
 pub use host::{PluginHost, RemotePlugin};
 pub use hub::{Hub, HubConfig, HubHandle, HubNote, HubStats};
 pub use net::{HANDSHAKE_DEADLINE, MAX_PENDING_HANDSHAKES};
+pub use publisher::{DEFAULT_PUBLISH_WINDOW, RemotePublisher};
 pub use wire::{HostedPlugin, RemoteJob};
 pub use worker::{JobRunner, WorkerConfig, WorkerExit, run_node, run_worker};
 
@@ -75,7 +77,15 @@ pub enum ClusterError {
     /// A frame could not be encoded (logged with serde's reason).
     #[error("a cluster frame could not be encoded: {0}")]
     Encode(&'static str),
-    /// The hub was shut down.
-    #[error("the cluster hub is shut down")]
+    /// An event is bigger than a frame may be; it was not sent.
+    #[error("an event of {bytes} bytes exceeds the cluster frame cap ({max} bytes); not sent")]
+    TooLarge {
+        /// The event's encoded size.
+        bytes: usize,
+        /// What a frame may carry.
+        max: usize,
+    },
+    /// The hub was shut down, or a node's connection is gone for good.
+    #[error("the cluster connection is closed")]
     Closed,
 }

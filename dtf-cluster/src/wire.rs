@@ -60,8 +60,11 @@ pub(crate) struct FromWorker {
     pub(crate) body: WorkerFrame,
 }
 
+/// Externally tagged (`{"events":{...}}`), unlike the internally tagged style elsewhere: serde
+/// decodes an internally tagged enum by buffering the whole body first, which for a frame of
+/// a thousand events doubles the hub's decoding work.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum WorkerFrame {
     /// Sent after every (re)connection.
     Hello {
@@ -72,6 +75,10 @@ pub(crate) enum WorkerFrame {
         /// The plugins it hosts for the coordinator.
         #[serde(default)]
         plugins: Vec<HostedPlugin>,
+        /// A remote publisher ([`crate::RemotePublisher`]): not a worker, runs no jobs, is
+        /// not registered on the bus.
+        #[serde(default)]
+        publisher: bool,
     },
     /// The hosted `plugin` handled every delivered event up to the coordinator's bus
     /// sequence number `upto` (cumulative).
@@ -84,13 +91,27 @@ pub(crate) enum WorkerFrame {
         job: u64,
         kind: EventKind,
     },
+    /// Events of a remote publisher, numbered `first`, `first + 1`, … in the same sequence
+    /// as `Event` frames.
+    Events { first: u64, kinds: Vec<EventKind> },
     /// Every `heartbeat_interval`; also acknowledges jobs.
     Heartbeat { jobs_received: u64 },
 }
 
+/// The head of an `Events` frame as the publisher sends it, with an empty list: the events,
+/// already encoded by the caller's task, are spliced in (`WorkerLoop::events_frame`). With
+/// them it decodes as [`WorkerFrame::Events`].
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum EncodedEvents {
+    Events { first: u64, kinds: [u8; 0] },
+}
+
 /// Coordinator to worker.
+/// Externally tagged, as [`WorkerFrame`] is (an event delivered to a host is decoded without
+/// buffering).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum HubFrame {
     /// The answer to `Hello`: events up to `events_applied` need not be resent.
     Welcome { events_applied: u64 },
@@ -109,12 +130,12 @@ pub(crate) enum HubFrame {
 }
 
 /// Worker to coordinator, borrowed: serializes exactly as [`FromWorker`] without cloning the
-/// id or the body.
+/// id or the body (a [`WorkerFrame`] or an [`EncodedEvents`]).
 #[derive(Serialize)]
-pub(crate) struct FromWorkerRef<'a> {
+pub(crate) struct FromWorkerRef<'a, B> {
     pub(crate) worker: &'a WorkerId,
     pub(crate) incarnation: u64,
-    pub(crate) body: &'a WorkerFrame,
+    pub(crate) body: &'a B,
 }
 
 /// `frame` as the bytes of a [`Wire::Frame`].

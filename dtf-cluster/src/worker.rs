@@ -10,14 +10,16 @@ use std::time::Duration;
 use dtf_plugin_core::event::{Capabilities, Event, EventKind, TaskError, WorkerId};
 use ractor::{Actor, ActorRef};
 use ractor_cluster::NodeServerMessage;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::ClusterError;
 use crate::config::{Cookie, DEFAULT_MAX_FRAME, Timing, Transport, server_name};
 use crate::host::PluginHost;
 use crate::net::{self, Link, Refusals};
-use crate::wire::{self, FromWorkerRef, HUB_GROUP, HubFrame, Inbox, RemoteJob, WorkerFrame};
+use crate::wire::{
+    self, EncodedEvents, FromWorkerRef, HUB_GROUP, HubFrame, Inbox, RemoteJob, WorkerFrame,
+};
 
 /// Runs one job on a worker node and returns its result: `TaskCompleted` or `TaskFailed`.
 /// The worker publishes `TaskStarted` itself before calling it. A panic in it becomes a
@@ -83,6 +85,8 @@ impl WorkerConfig {
 pub enum WorkerExit {
     /// The coordinator said the run is over.
     RunOver,
+    /// A remote publisher was closed by its owner.
+    Closed,
 }
 
 /// Connects to the coordinator and serves jobs with `runner` until the coordinator says the
@@ -110,6 +114,17 @@ pub async fn run_node(
     config: WorkerConfig,
     runner: Arc<dyn JobRunner>,
     host: Option<Arc<dyn PluginHost>>,
+) -> Result<WorkerExit, ClusterError> {
+    serve(config, Some(runner), host, None).await
+}
+
+/// A node's loop: a worker (with a runner), a plugin host, or a remote publisher (with
+/// `publisher`, and neither of the others).
+pub(crate) async fn serve(
+    config: WorkerConfig,
+    runner: Option<Arc<dyn JobRunner>>,
+    host: Option<Arc<dyn PluginHost>>,
+    publisher: Option<PublisherLink>,
 ) -> Result<WorkerExit, ClusterError> {
     if matches!(config.transport, Transport::Insecure) {
         tracing::warn!(
@@ -181,8 +196,25 @@ pub async fn run_node(
         events: events_tx,
         hosted,
         announced,
+        acked_upto: 0,
+        hello_seq: 0,
+        publisher: None,
+        pending: PendingBatch::default(),
+    };
+    let (mut commands, ready) = match publisher {
+        Some(link) => {
+            w.publisher = Some(Publishing {
+                window: link.window,
+                flushes: Vec::new(),
+            });
+            (Some(link.commands), Some(link.ready))
+        }
+        None => (None, None),
     };
     w.connect().await?;
+    if let Some(ready) = ready {
+        let _ = ready.send(());
+    }
     let mut beat = tokio::time::interval(w.config.timing.heartbeat_interval);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
@@ -194,6 +226,18 @@ pub async fn run_node(
                 }
             }
             Some((job, kind)) = events.recv() => w.emit(job, kind),
+            command = next_command(&mut commands) => match command {
+                Some(command) => {
+                    w.on_command(command);
+                    // Drain what else is queued: consecutive batches share one frame.
+                    while let Some(Ok(command)) = commands.as_mut().map(|c| c.try_recv()) {
+                        w.on_command(command);
+                    }
+                    w.send_pending();
+                }
+                // Every handle on the publisher was dropped (after `close` flushed).
+                None => break Ok(WorkerExit::Closed),
+            },
             Some((plugin, upto)) = handled.recv() => {
                 if let Some(h) = w.hosted.get_mut(&plugin) {
                     h.handled = upto;
@@ -226,7 +270,59 @@ pub async fn run_node(
     };
     inbox.stop(None);
     w.node.stop(None);
+    if let Some(p) = &w.publisher {
+        // A publisher waiting for room or a flush learns the node is gone.
+        p.window.close();
+    }
     result
+}
+
+/// The next command of a remote publisher; never resolves for other nodes.
+async fn next_command(
+    commands: &mut Option<mpsc::UnboundedReceiver<PublisherCommand>>,
+) -> Option<PublisherCommand> {
+    match commands {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a [`crate::RemotePublisher`] hands its node's loop.
+pub(crate) enum PublisherCommand {
+    /// `count` events, encoded as one JSON array, for one `Events` frame (consecutive batches
+    /// are merged while they fit in `max_bytes`).
+    Batch {
+        count: u64,
+        json: String,
+        max_bytes: usize,
+    },
+    /// Resolve once everything handed over before it is acknowledged.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The channels between a [`crate::RemotePublisher`] and its node's loop.
+pub(crate) struct PublisherLink {
+    pub(crate) commands: mpsc::UnboundedReceiver<PublisherCommand>,
+    /// One permit per event that may be unacknowledged; the loop gives them back on acks.
+    pub(crate) window: Arc<Semaphore>,
+    /// Told once the first connection is up.
+    pub(crate) ready: oneshot::Sender<()>,
+}
+
+/// A remote publisher's state in its node's loop.
+struct Publishing {
+    window: Arc<Semaphore>,
+    /// Flushes waiting: (sequence number to be acknowledged, reply).
+    flushes: Vec<(u64, oneshot::Sender<()>)>,
+}
+
+/// Batches handed over and not framed yet: merged into one `Events` frame.
+#[derive(Default)]
+struct PendingBatch {
+    count: u64,
+    /// The JSON array's elements, comma-separated, without the brackets.
+    body: String,
+    max_bytes: usize,
 }
 
 struct WorkerLoop {
@@ -237,17 +333,27 @@ struct WorkerLoop {
     /// Events sent and not acknowledged: resent after every reconnection, when the
     /// coordinator asks, and when one stays unacknowledged for two heartbeats.
     /// Each event is kept as its encoded frame: a resend sends the same bytes again.
-    outbox: VecDeque<(u64, Vec<u8>)>,
+    /// Each entry: the frame's last sequence number, its bytes, and how many of a
+    /// publisher's window permits it holds.
+    outbox: VecDeque<(u64, Vec<u8>, u32)>,
     /// When the oldest unacknowledged event was last sent.
     oldest_sent: Instant,
     jobs_received: u64,
     /// The node id of the session the coordinator is reached through.
     hub_node: Option<u64>,
     last_heard: Instant,
-    runner: Arc<dyn JobRunner>,
+    runner: Option<Arc<dyn JobRunner>>,
     events: mpsc::UnboundedSender<(u64, EventKind)>,
     hosted: HashMap<String, Hosted>,
     announced: Vec<crate::wire::HostedPlugin>,
+    /// The highest sequence number the coordinator acknowledged.
+    acked_upto: u64,
+    /// The highest sequence number sent before the last hello (on an older session).
+    hello_seq: u64,
+    /// Set on a remote publisher.
+    publisher: Option<Publishing>,
+    /// A publisher's batches not framed yet.
+    pending: PendingBatch,
 }
 
 /// A hosted plugin's queue, and the highest bus sequence number queued for it.
@@ -260,7 +366,7 @@ struct Hosted {
 
 impl WorkerLoop {
     /// `body` in this worker's envelope, encoded.
-    fn encode(&self, body: &WorkerFrame) -> Option<Vec<u8>> {
+    fn encode<B: serde::Serialize>(&self, body: &B) -> Option<Vec<u8>> {
         wire::encode(&FromWorkerRef {
             worker: &self.config.worker,
             incarnation: self.incarnation,
@@ -300,11 +406,13 @@ impl WorkerLoop {
             }
         }
         self.last_heard = Instant::now();
+        self.hello_seq = self.next_seq;
         self.send(&WorkerFrame::Hello {
             capabilities: self.config.capabilities.clone(),
             labels: self.config.labels.clone(),
             jobs_received: self.jobs_received,
             plugins: self.announced.clone(),
+            publisher: self.publisher.is_some(),
         });
         tracing::info!(
             coordinator = %self.config.coordinator,
@@ -365,10 +473,15 @@ impl WorkerLoop {
         match frame {
             HubFrame::Welcome {
                 events_applied: upto,
-            }
-            | HubFrame::Resend { after: upto } => {
+            } => {
+                // Only what was sent before this session's hello may be lost: what was sent
+                // after it follows the hello on the same connection, in order.
                 self.acked(upto);
-                self.resend();
+                self.resend_upto(self.hello_seq);
+            }
+            HubFrame::Resend { after: upto } => {
+                self.acked(upto);
+                self.resend_upto(u64::MAX);
             }
             HubFrame::Ack { upto } => self.acked(upto),
             HubFrame::Job { seq, job } => {
@@ -401,41 +514,133 @@ impl WorkerLoop {
 
     fn acked(&mut self, upto: u64) {
         let mut moved = false;
-        while self.outbox.front().is_some_and(|(seq, _)| *seq <= upto) {
-            self.outbox.pop_front();
+        let mut freed = 0usize;
+        while self.outbox.front().is_some_and(|(seq, _, _)| *seq <= upto) {
+            if let Some((_, _, permits)) = self.outbox.pop_front() {
+                freed += permits as usize;
+            }
             moved = true;
         }
         if moved {
             // The new oldest was sent at most now: count its wait from here.
             self.oldest_sent = Instant::now();
         }
+        self.acked_upto = self.acked_upto.max(upto);
+        if let Some(p) = &mut self.publisher {
+            if freed > 0 {
+                p.window.add_permits(freed);
+            }
+            let acked = self.acked_upto;
+            let (done, waiting) = std::mem::take(&mut p.flushes)
+                .into_iter()
+                .partition::<Vec<_>, _>(|(target, _)| *target <= acked);
+            p.flushes = waiting;
+            for (_, reply) in done {
+                let _ = reply.send(());
+            }
+        }
     }
 
     /// Sends every unacknowledged event again, in order.
     fn resend(&mut self) {
+        self.resend_upto(u64::MAX);
+    }
+
+    /// Sends the unacknowledged frames ending at or below `upto` again, in order.
+    fn resend_upto(&mut self, upto: u64) {
         self.oldest_sent = Instant::now();
-        for (_, bytes) in &self.outbox {
+        for (_, bytes, _) in self.outbox.iter().take_while(|(last, _, _)| *last <= upto) {
             wire::send_bytes(HUB_GROUP, bytes.clone());
         }
     }
 
-    fn emit(&mut self, job: u64, kind: EventKind) {
+    /// Keeps `bytes` (the frame ending at `last`) until acknowledged, and sends it.
+    fn push(&mut self, last: u64, bytes: Vec<u8>, permits: u32) {
         if self.outbox.is_empty() {
             self.oldest_sent = Instant::now();
         }
+        self.outbox.push_back((last, bytes.clone(), permits));
+        wire::send_bytes(HUB_GROUP, bytes);
+    }
+
+    fn emit(&mut self, job: u64, kind: EventKind) {
         self.next_seq += 1;
         let seq = self.next_seq;
         let Some(bytes) = self.encode(&WorkerFrame::Event { seq, job, kind }) else {
             return;
         };
-        self.outbox.push_back((seq, bytes.clone()));
-        wire::send_bytes(HUB_GROUP, bytes);
+        self.push(seq, bytes, 0);
+    }
+
+    fn on_command(&mut self, command: PublisherCommand) {
+        match command {
+            PublisherCommand::Batch {
+                count,
+                json,
+                max_bytes,
+            } => {
+                let items = json
+                    .strip_prefix('[')
+                    .and_then(|j| j.strip_suffix(']'))
+                    .unwrap_or_default();
+                if self.pending.count > 0
+                    && self.pending.body.len() + items.len() + 1 > self.pending.max_bytes
+                {
+                    self.send_pending();
+                }
+                if !self.pending.body.is_empty() && !items.is_empty() {
+                    self.pending.body.push(',');
+                }
+                self.pending.body.push_str(items);
+                self.pending.count += count;
+                self.pending.max_bytes = max_bytes;
+            }
+            PublisherCommand::Flush(reply) => {
+                self.send_pending();
+                let target = self.next_seq;
+                match &mut self.publisher {
+                    Some(p) if target > self.acked_upto => p.flushes.push((target, reply)),
+                    _ => {
+                        let _ = reply.send(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Frames and sends the publisher's merged batches, if any.
+    fn send_pending(&mut self) {
+        let batch = std::mem::take(&mut self.pending);
+        if batch.count == 0 {
+            return;
+        }
+        let first = self.next_seq + 1;
+        self.next_seq += batch.count;
+        let permits = u32::try_from(batch.count).unwrap_or(u32::MAX);
+        let frame = events_frame(&self.config.worker, self.incarnation, first, &batch.body);
+        match frame {
+            Some(bytes) => self.push(self.next_seq, bytes, permits),
+            None => {
+                // Cannot happen for arrays the publisher encoded itself; said, not hidden.
+                tracing::error!(
+                    events = batch.count,
+                    "a publisher's batch could not be framed; dropped"
+                );
+                self.next_seq -= batch.count;
+                if let Some(p) = &self.publisher {
+                    p.window.add_permits(permits as usize);
+                }
+            }
+        }
     }
 
     fn start(&self, seq: u64, job: RemoteJob) {
         let worker = self.config.worker.clone();
         let events = self.events.clone();
-        let runner = Arc::clone(&self.runner);
+        let Some(runner) = self.runner.clone() else {
+            tracing::warn!(task = %job.task, "a job for a node that runs none; ignored");
+            return;
+        };
         let _ = events.send((
             seq,
             EventKind::task_started(job.task.clone(), worker.clone(), job.attempt),
@@ -456,5 +661,55 @@ impl WorkerLoop {
             };
             let _ = events.send((seq, kind));
         });
+    }
+}
+
+/// The `Events` frame of the already encoded events `items` (a JSON array's elements,
+/// comma-separated), without parsing them again: the envelope is encoded with an empty array,
+/// which ends the frame (`"kinds"` is the last field of the `events` variant, the body the
+/// envelope's last field), and the items are spliced into it.
+fn events_frame(worker: &WorkerId, incarnation: u64, first: u64, items: &str) -> Option<Vec<u8>> {
+    const END: &[u8] = b"[]}}}";
+    let mut bytes = wire::encode(&FromWorkerRef {
+        worker,
+        incarnation,
+        body: &EncodedEvents::Events { first, kinds: [] },
+    })?;
+    if !bytes.ends_with(END) {
+        return None;
+    }
+    bytes.truncate(bytes.len() - END.len() + 1);
+    bytes.reserve(items.len() + END.len());
+    bytes.extend_from_slice(items.as_bytes());
+    bytes.extend_from_slice(&END[1..]);
+    Some(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::FromWorker;
+
+    #[test]
+    fn a_spliced_events_frame_decodes_as_the_events_sent() {
+        let kinds = [
+            EventKind::custom("a", serde_json::json!({ "i": 1 })),
+            EventKind::worker_failed("w", "gone"),
+        ];
+        for sent in [&kinds[..], &kinds[..1], &[][..]] {
+            let json = serde_json::to_string(sent).unwrap_or_default();
+            let items = &json[1..json.len() - 1];
+            let bytes = events_frame(&WorkerId::from("p-1"), 7, 42, items);
+            let decoded: FromWorker =
+                serde_json::from_slice(&bytes.unwrap_or_default()).expect("a frame");
+            assert_eq!(decoded.worker, WorkerId::from("p-1"));
+            assert_eq!(decoded.incarnation, 7);
+            match decoded.body {
+                WorkerFrame::Events { first, kinds } => {
+                    assert_eq!((first, kinds.as_slice()), (42, sent));
+                }
+                other => panic!("decoded as {other:?}"),
+            }
+        }
     }
 }

@@ -363,3 +363,74 @@ mod tests {
         assert!(seconds("NaN").is_err());
     }
 }
+
+/// How a node (`dtf-worker`, `dtf-publish`) reaches the coordinator: the options both
+/// binaries share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// The coordinator's address, HOST:PORT (its `--listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub coordinator: String,
+    /// This node's id, unique in the run (default: the binary's name and its pid).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The CA certificate (PEM) the coordinator's certificate must chain to.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "insecure_cluster"
+    )]
+    pub ca: Option<PathBuf>,
+    /// Connect over plain TCP (no TLS). Logs a warning.
+    #[arg(long)]
+    pub insecure_cluster: bool,
+    /// Read the cookie from this file instead of DTF_CLUSTER_COOKIE.
+    #[arg(long, value_name = "FILE")]
+    pub cookie_file: Option<PathBuf>,
+    /// Seconds of silence after which the coordinator is taken as lost (match the
+    /// coordinator's --heartbeat-timeout).
+    #[arg(long, default_value = "10", value_parser = seconds, value_name = "SECS")]
+    pub heartbeat_timeout: Duration,
+    /// Give up when the coordinator cannot be reached for this many seconds.
+    #[arg(long, default_value = "60", value_parser = seconds, value_name = "SECS")]
+    pub give_up_after: Duration,
+}
+
+impl NodeArgs {
+    /// The node's configuration with `capabilities`; its id defaults to `BINARY-PID`.
+    ///
+    /// # Errors
+    ///
+    /// A message: an unreadable or short cookie, an unreadable CA.
+    pub fn config(
+        &self,
+        binary: &str,
+        capabilities: dtf_plugin_core::event::Capabilities,
+    ) -> Result<dtf_cluster::WorkerConfig, String> {
+        let cookie =
+            dtf_cluster::Cookie::load(self.cookie_file.as_deref()).map_err(|e| e.to_string())?;
+        let transport = crate::remote::transport(self.insecure_cluster, || match &self.ca {
+            Some(ca) => Ok(dtf_cluster::TlsFiles::client(ca)?),
+            None => Err(CoordinatorError::Usage(
+                "--ca FILE is required unless --insecure-cluster".to_owned(),
+            )),
+        })
+        .map_err(|e| e.to_string())?;
+        let id = self
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("{binary}-{}", std::process::id()));
+        let mut config = dtf_cluster::WorkerConfig::new(
+            self.coordinator.clone(),
+            id,
+            capabilities,
+            cookie,
+            transport,
+        );
+        config.timing.heartbeat_timeout = self.heartbeat_timeout;
+        config.timing.heartbeat_interval =
+            crate::remote::heartbeat_interval(self.heartbeat_timeout);
+        config.give_up_after = self.give_up_after;
+        Ok(config)
+    }
+}

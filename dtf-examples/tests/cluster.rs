@@ -111,7 +111,11 @@ fn mark(dir: &Path) -> String {
 
 fn coordinator(dir: &Path, port: u16, pki: &Pki, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dtf-coordinator"));
-    cmd.args(["--workers", "0", "--listen", &format!("127.0.0.1:{port}")])
+    // Remote workers only, unless the test says otherwise.
+    if !extra.contains(&"--workers") {
+        cmd.args(["--workers", "0"]);
+    }
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--tls-cert")
         .arg(&pki.cert)
         .arg("--tls-key")
@@ -833,6 +837,151 @@ fn a_remote_plugin_host_gets_every_event_in_order_across_a_restart() {
     );
     assert_eq!(wait(&mut w, Duration::from_secs(10)), Some(0));
     assert_eq!(wait(&mut host, Duration::from_secs(10)), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn publisher(dir: &Path, addr: &str, ca: &Path, id: &str) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_dtf-publish"))
+            .args([
+                "--coordinator",
+                addr,
+                "--id",
+                id,
+                "--heartbeat-timeout",
+                "1",
+            ])
+            .arg("--ca")
+            .arg(ca)
+            .env("DTF_CLUSTER_COOKIE", COOKIE)
+            .env("RUST_LOG", "warn,dtf_cluster=info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{id}.log"))).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// A remote publisher (`dtf-publish`, events on stdin) behind a proxy that cuts the
+/// connection 10 times: every event lands on the coordinator's bus exactly once and in
+/// order. A bad line stops a second publisher with its line number, after what came before
+/// it was delivered; the coordinator's own lifecycle events from a publisher are dropped.
+#[test]
+fn a_remote_publisher_lands_every_event_once_in_order_across_cuts() {
+    use dtf_plugin_core::event::{EventKind, ShutdownReason};
+    let dir = temp_dir("publish");
+    let pki = make_pki(&dir, "ok");
+    let done = dir.join("done");
+    // One local task that keeps the run open until the test is done publishing.
+    task_file(&dir, 1, |_| {
+        format!("while [ ! -f {} ]; do sleep 0.05; done", done.display())
+    });
+    let local_log = dir.join("local.jsonl");
+    let coord_toml = dir.join("coordinator.toml");
+    std::fs::write(
+        &coord_toml,
+        format!(
+            "[plugins.event-log]\nenabled = true\nsettings = {{ path = \"{}\" }}\n",
+            local_log.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut coord = coordinator(
+        &dir,
+        port,
+        &pki,
+        &[
+            "--workers",
+            "1",
+            "--heartbeat-timeout",
+            "1",
+            "--config",
+            coord_toml.to_str().unwrap(),
+        ],
+    );
+    let proxy = Proxy::to_coordinator(port);
+    let addr = proxy.addr.to_string();
+    let n = 20_000;
+    let line = |i: usize| {
+        serde_json::to_string(&EventKind::custom(
+            "test.published",
+            serde_json::json!({ "i": i }),
+        ))
+        .unwrap()
+    };
+    let mut p = publisher(&dir, &addr, &pki.ca, "pub-1");
+    let mut stdin = p.stdin.take().unwrap();
+    for chunk in 0..10 {
+        let mut text = String::new();
+        for i in chunk * n / 10..(chunk + 1) * n / 10 {
+            text.push_str(&line(i));
+            text.push('\n');
+        }
+        stdin.write_all(text.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        proxy.cut();
+    }
+    drop(stdin);
+    assert_eq!(
+        wait(&mut p, Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        log(&dir, "pub-1.log")
+    );
+    // A bad second line: the first is delivered, the run goes on, the error names the line.
+    let mut q = publisher(&dir, &addr, &pki.ca, "pub-2");
+    let mut stdin = q.stdin.take().unwrap();
+    let shutdown =
+        serde_json::to_string(&EventKind::coordinator_shutdown(ShutdownReason::Completed)).unwrap();
+    writeln!(
+        stdin,
+        "{}\n{shutdown}\n{{\"type\":\"no_such_event\"}}",
+        line(n)
+    )
+    .unwrap();
+    drop(stdin);
+    assert_eq!(wait(&mut q, Duration::from_secs(60)), Some(1));
+    let qlog = log(&dir, "pub-2.log");
+    assert!(qlog.contains("stdin line 3: not an event"), "{qlog}");
+    std::fs::write(&done, "").unwrap();
+    let code = wait(&mut coord, Duration::from_secs(60));
+    let clog = log(&dir, "coordinator.log");
+    assert_eq!(code, Some(0), "{}\n{clog}", log(&dir, "coordinator.out"));
+    let published: Vec<usize> = std::fs::read_to_string(&local_log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("test.published"))
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["data"]["payload"]["i"].as_u64().unwrap() as usize
+        })
+        .collect();
+    assert_eq!(published, (0..=n).collect::<Vec<_>>(), "{clog}");
+    let stats = clog
+        .lines()
+        .rev()
+        .find(|l| l.contains("cluster delivery"))
+        .unwrap_or_default();
+    eprintln!("{stats}");
+    assert!(stats.contains(&format!("applied={}", n + 1)), "{stats}");
+    assert!(stats.contains("rejected=1"), "{stats}");
+    // The cuts really cut the publisher's connection.
+    let reconnects = log(&dir, "pub-1.log")
+        .matches("lost the connection to the coordinator")
+        .count();
+    assert!(
+        reconnects >= 5,
+        "{reconnects} reconnects\n{}",
+        log(&dir, "pub-1.log")
+    );
+    // No WorkerRegistered for a publisher: it is not a worker.
+    let local = std::fs::read_to_string(&local_log).unwrap();
+    assert!(
+        !local.contains("pub-1"),
+        "a publisher registered as a worker"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

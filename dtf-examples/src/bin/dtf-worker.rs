@@ -15,11 +15,11 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
-use dtf_cluster::{Cookie, PluginHost, TlsFiles, WorkerConfig, run_node};
-use dtf_examples::remote::{LocalPluginHost, ShellJobRunner, heartbeat_interval, transport};
+use dtf_cluster::{PluginHost, run_node};
+use dtf_examples::cli::NodeArgs;
+use dtf_examples::remote::{LocalPluginHost, ShellJobRunner};
 use dtf_plugin_core::event::Capabilities;
 
 /// A remote worker node of a dtf run.
@@ -34,12 +34,8 @@ Environment:
   RUST_LOG             log filter (default: info)"
 )]
 struct Args {
-    /// The coordinator's address, HOST:PORT (its `--listen`).
-    #[arg(long, value_name = "ADDR")]
-    coordinator: String,
-    /// This worker's id, unique in the run (default: `dtf-worker-PID`).
-    #[arg(long)]
-    id: Option<String>,
+    #[command(flatten)]
+    node: NodeArgs,
     /// How many tasks it runs at once (0: none, a plugin host only).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1024))]
     slots: u32,
@@ -57,26 +53,6 @@ struct Args {
     /// `KEY=VALUE`.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// The CA certificate (PEM) the coordinator's certificate must chain to.
-    #[arg(
-        long,
-        value_name = "FILE",
-        required_unless_present = "insecure_cluster"
-    )]
-    ca: Option<PathBuf>,
-    /// Connect over plain TCP (no TLS). Logs a warning.
-    #[arg(long)]
-    insecure_cluster: bool,
-    /// Read the cookie from this file instead of DTF_CLUSTER_COOKIE.
-    #[arg(long, value_name = "FILE")]
-    cookie_file: Option<PathBuf>,
-    /// Seconds of silence after which the coordinator is taken as lost (match the
-    /// coordinator's --heartbeat-timeout).
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    heartbeat_timeout: f64,
-    /// Give up when the coordinator cannot be reached for this many seconds.
-    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
-    give_up_after: f64,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -86,26 +62,7 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
-fn seconds(flag: &str, secs: f64) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(secs)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{flag}: expected a positive number of seconds"))
-}
-
 async fn run(args: Args) -> Result<(), String> {
-    let cookie = Cookie::load(args.cookie_file.as_deref()).map_err(|e| e.to_string())?;
-    let ca = args.ca.clone();
-    let transport = transport(args.insecure_cluster, || match &ca {
-        Some(ca) => Ok(TlsFiles::client(ca)?),
-        None => Err(dtf_examples::CoordinatorError::Usage(
-            "--ca FILE is required unless --insecure-cluster".to_owned(),
-        )),
-    })
-    .map_err(|e| e.to_string())?;
-    let id = args
-        .id
-        .unwrap_or_else(|| format!("dtf-worker-{}", std::process::id()));
     let capabilities = Capabilities::builder()
         .cpu_cores(
             std::thread::available_parallelism()
@@ -115,11 +72,8 @@ async fn run(args: Args) -> Result<(), String> {
         .memory_mib(memory_mib())
         .slots(args.slots)
         .build();
-    let mut config = WorkerConfig::new(args.coordinator, id, capabilities, cookie, transport);
+    let mut config = args.node.config("dtf-worker", capabilities)?;
     config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
-    config.timing.heartbeat_timeout = seconds("--heartbeat-timeout", args.heartbeat_timeout)?;
-    config.timing.heartbeat_interval = heartbeat_interval(config.timing.heartbeat_timeout);
-    config.give_up_after = seconds("--give-up-after", args.give_up_after)?;
     let host = if args.plugins.is_empty() {
         None
     } else {
