@@ -13,7 +13,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 use dtf_plugin_core::event::{Event, HookSet, WorkerId};
-use dtf_plugin_core::{Plugin, PluginContext, PluginError, PluginMetadata, PluginSpec};
+use dtf_plugin_core::{
+    Plugin, PluginContext, PluginError, PluginMetadata, PluginSpec, Reconfigured,
+};
 
 use crate::hub::HubHandle;
 use crate::wire::HostedPlugin;
@@ -52,6 +54,19 @@ impl Plugin for RemotePlugin {
             .map_err(|e| PluginError::from(e.to_string()))
     }
 
+    /// The new settings go to the host, whose manager applies them to the plugin in order
+    /// with its events; its answer is this answer. The plugin keeps running either way.
+    async fn on_reconfigure(
+        &mut self,
+        ctx: &mut PluginContext,
+    ) -> Result<Reconfigured, PluginError> {
+        self.hub
+            .reconfigure(&self.host, &self.plugin.name, ctx.raw_config().clone())
+            .await
+            .map(|()| Reconfigured::Applied)
+            .map_err(|e| PluginError::from(e.to_string()))
+    }
+
     async fn on_event(
         &mut self,
         _ctx: &mut PluginContext,
@@ -73,4 +88,18 @@ pub trait PluginHost: Send + Sync + 'static {
     /// is the host's own plugin failure, accounted there). Called in the coordinator's publish
     /// order, one event at a time per plugin.
     fn handle(&self, plugin: &str, event: Event) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// Applies `settings` to `plugin` (the coordinator reconfigured its proxy); resolves with
+    /// the rejection, if any, which names what is wrong without echoing values. Called in
+    /// order with `handle`. The default refuses: a host that cannot change its plugins'
+    /// settings says so.
+    fn reconfigure(
+        &self,
+        plugin: &str,
+        settings: serde_json::Value,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
+        let _ = settings;
+        let plugin = plugin.to_owned();
+        Box::pin(async move { Err(format!("this host cannot reconfigure `{plugin}`")) })
+    }
 }

@@ -58,7 +58,8 @@ pub enum HubNote {
     /// A new worker registered (`WorkerRegistered` is on the bus): jobs may be posted to it.
     Registered(WorkerId),
     /// A node registered with plugins it hosts for the coordinator: add a
-    /// [`crate::RemotePlugin`] for each to the manager.
+    /// [`crate::RemotePlugin`] for each to the manager. Noted just before the node's
+    /// `Registered`.
     Plugins {
         /// The host.
         host: WorkerId,
@@ -113,6 +114,7 @@ enum Command {
     Post(WorkerId, RemoteJob),
     Deliver(WorkerId, String, Event, Done),
     WaitHost(WorkerId, oneshot::Sender<()>),
+    Reconfigure(WorkerId, String, serde_json::Value, Done),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -147,6 +149,33 @@ impl HubHandle {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Deliver(host.clone(), plugin.to_owned(), event, tx))
+            .map_err(|_| ClusterError::Closed)?;
+        rx.await.map_err(|_| ClusterError::Closed)?
+    }
+
+    /// Applies `settings` to `plugin` on `host` (its manager's `reconfigure`, in order with
+    /// the plugin's events); resolves with the host's answer. Settings applied this way are
+    /// sent again to a restarted host, so they stay in force.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Refused`] with the host manager's reason (the old settings stay),
+    /// [`ClusterError::Unreachable`] when the host is unknown or down (nothing changes),
+    /// [`ClusterError::Closed`] after shutdown.
+    pub async fn reconfigure(
+        &self,
+        host: &WorkerId,
+        plugin: &str,
+        settings: serde_json::Value,
+    ) -> Result<(), ClusterError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Reconfigure(
+                host.clone(),
+                plugin.to_owned(),
+                settings,
+                tx,
+            ))
             .map_err(|_| ClusterError::Closed)?;
         rx.await.map_err(|_| ClusterError::Closed)?
     }
@@ -239,6 +268,7 @@ impl Hub {
             applied_results: HashSet::new(),
             notes: notes_tx,
             counters: Arc::clone(&counters),
+            next_request: 0,
         };
         tokio::spawn(state.run(frames, commands_rx, links));
         tracing::info!(%local_addr, "the coordinator listens for workers");
@@ -358,6 +388,11 @@ struct RemoteWorker {
     deliveries: HashMap<String, VecDeque<Pending>>,
     /// Proxies waiting for it to be connected.
     waiting: Vec<oneshot::Sender<()>>,
+    /// Reconfigurations sent and not answered: id → (plugin, settings, encoded frame, reply).
+    reconfiguring: BTreeMap<u64, (String, serde_json::Value, Vec<u8>, Done)>,
+    /// Settings its plugins were given through the coordinator, sent again to a restarted
+    /// host (before its events).
+    settings: BTreeMap<String, serde_json::Value>,
     /// `false` for a placeholder: a host a proxy waits for that has not registered yet.
     registered: bool,
     /// A remote publisher ([`crate::RemotePublisher`]): no `Worker*` events are published
@@ -389,14 +424,20 @@ impl RemoteWorker {
             abandoned: HashSet::new(),
             deliveries: HashMap::new(),
             waiting: Vec::new(),
+            reconfiguring: BTreeMap::new(),
+            settings: BTreeMap::new(),
             registered: true,
             publisher: false,
             group,
         }
     }
 
-    /// Sends every unhandled delivery again, in order, and wakes the waiting proxies.
+    /// Sends every unanswered reconfiguration and unhandled delivery again, in order, and
+    /// wakes the waiting proxies.
     fn resend_deliveries(&mut self) {
+        for (_, _, frame, _) in self.reconfiguring.values() {
+            wire::send_bytes(&self.group, frame.clone());
+        }
         for p in self.deliveries.values().flatten() {
             wire::send_bytes(&self.group, p.frame.clone());
         }
@@ -414,6 +455,8 @@ struct HubLoop {
     applied_results: HashSet<(TaskId, u32)>,
     notes: mpsc::UnboundedSender<HubNote>,
     counters: Arc<Counters>,
+    /// The id of the last request to a plugin host (`Reconfigure`).
+    next_request: u64,
 }
 
 impl HubLoop {
@@ -447,6 +490,9 @@ impl HubLoop {
                 }
                 Some(command) = commands.recv() => match command {
                     Command::Post(worker, job) => self.post(worker, job),
+                    Command::Reconfigure(host, plugin, settings, done) => {
+                        self.reconfigure(host, plugin, settings, done);
+                    }
                     Command::Deliver(host, plugin, event, done) => self.deliver(host, plugin, event, done),
                     Command::WaitHost(host, tx) => match self.workers.get_mut(&host) {
                         Some(w) if w.health == Health::Up => {
@@ -500,6 +546,36 @@ impl HubLoop {
         w.unacked.push_back((seq, frame.clone(), Instant::now()));
         // Sent now when the worker is connected; otherwise after its next Hello.
         wire::send_bytes(&w.group, frame);
+    }
+
+    fn reconfigure(
+        &mut self,
+        host: WorkerId,
+        plugin: String,
+        settings: serde_json::Value,
+        done: Done,
+    ) {
+        let w = match self.workers.get_mut(&host) {
+            Some(w) if w.registered && w.health != Health::Failed => w,
+            _ => {
+                let _ = done.send(Err(ClusterError::Unreachable(format!(
+                    "the plugin host `{host}` is not connected; nothing changed"
+                ))));
+                return;
+            }
+        };
+        self.next_request += 1;
+        let id = self.next_request;
+        let Some(frame) = wire::encode(&HubFrame::Reconfigure {
+            plugin: plugin.clone(),
+            id,
+            settings: settings.clone(),
+        }) else {
+            let _ = done.send(Err(ClusterError::Encode("settings for a hosted plugin")));
+            return;
+        };
+        wire::send_bytes(&w.group, frame.clone());
+        w.reconfiguring.insert(id, (plugin, settings, frame, done));
     }
 
     fn deliver(&mut self, host: WorkerId, plugin: String, event: Event, done: Done) {
@@ -584,6 +660,20 @@ impl HubLoop {
         };
         match body {
             WorkerFrame::Hello { .. } => {}
+            WorkerFrame::Reconfigured { plugin, id, error } => {
+                let Some((_, settings, _, done)) = w.reconfiguring.remove(&id) else {
+                    // An answer to a resend already answered.
+                    return;
+                };
+                let answer = match error {
+                    None => {
+                        w.settings.insert(plugin, settings);
+                        Ok(())
+                    }
+                    Some(e) => Err(ClusterError::Refused(e)),
+                };
+                let _ = done.send(answer);
+            }
             WorkerFrame::Handled { plugin, upto } => {
                 if let Some(queue) = w.deliveries.get_mut(&plugin) {
                     while queue.front().is_some_and(|p| p.seq <= upto) {
@@ -794,13 +884,14 @@ impl HubLoop {
                 );
                 self.publish(EventKind::worker_registered(worker.clone(), capabilities))
                     .await;
-                let _ = self.notes.send(HubNote::Registered(worker.clone()));
+                // Its plugins first: whoever sees `Registered` finds them already noted.
                 if !plugins.is_empty() {
                     let _ = self.notes.send(HubNote::Plugins {
-                        host: worker,
+                        host: worker.clone(),
                         plugins,
                     });
                 }
+                let _ = self.notes.send(HubNote::Registered(worker));
                 wire::send_to(&group, &HubFrame::Welcome { events_applied: 0 });
             }
             Some(w) if w.incarnation == incarnation => {
@@ -832,10 +923,25 @@ impl HubLoop {
                 // (at least once across a host restart).
                 let deliveries = std::mem::take(&mut w.deliveries);
                 let waiting = std::mem::take(&mut w.waiting);
+                let reconfiguring = std::mem::take(&mut w.reconfiguring);
+                let settings = std::mem::take(&mut w.settings);
                 *w = RemoteWorker::new(incarnation, group.clone());
                 w.deliveries = deliveries;
                 w.waiting = waiting;
+                w.reconfiguring = reconfiguring;
                 wire::send_to(&group, &HubFrame::Welcome { events_applied: 0 });
+                // The new process starts from its own configuration: what the coordinator
+                // set is applied again before any event (answers to these go unread).
+                for (plugin, settings) in settings {
+                    self.next_request += 1;
+                    let frame = HubFrame::Reconfigure {
+                        plugin: plugin.clone(),
+                        id: self.next_request,
+                        settings: settings.clone(),
+                    };
+                    wire::send_to(&group, &frame);
+                    w.settings.insert(plugin, settings);
+                }
                 w.resend_deliveries();
                 if was != Health::Failed {
                     tracing::warn!(%worker, jobs = lost.len(), "the worker restarted; its jobs are re-queued");
@@ -880,6 +986,11 @@ impl HubLoop {
                     if silent >= self.timing.heartbeat_timeout + self.timing.reconnect_grace =>
                 {
                     w.health = Health::Failed;
+                    for (_, _, _, done) in std::mem::take(&mut w.reconfiguring).into_values() {
+                        let _ = done.send(Err(ClusterError::Unreachable(format!(
+                            "the plugin host `{id}` failed before it answered"
+                        ))));
+                    }
                     w.abandoned.extend(w.running.drain().map(|(seq, _)| seq));
                     w.unacked.clear();
                     // A hosted plugin's proxy learns it failed; its events stay queued here

@@ -77,6 +77,9 @@ pub enum ClusterError {
     /// A frame could not be encoded (logged with serde's reason).
     #[error("a cluster frame could not be encoded: {0}")]
     Encode(&'static str),
+    /// A plugin host refused a request (e.g. its manager rejected new settings).
+    #[error("the plugin host refused: {0}")]
+    Refused(String),
     /// An event is bigger than a frame may be; it was not sent.
     #[error("an event of {bytes} bytes exceeds the cluster frame cap ({max} bytes); not sent")]
     TooLarge {

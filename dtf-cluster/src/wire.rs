@@ -83,6 +83,13 @@ pub(crate) enum WorkerFrame {
     /// The hosted `plugin` handled every delivered event up to the coordinator's bus
     /// sequence number `upto` (cumulative).
     Handled { plugin: String, upto: u64 },
+    /// The answer to `Reconfigure` `id` of the hosted `plugin`: `error` when its manager
+    /// rejected the settings (they are not in force).
+    Reconfigured {
+        plugin: String,
+        id: u64,
+        error: Option<String>,
+    },
     /// An event about a job, numbered per incarnation from 1.
     Event {
         seq: u64,
@@ -125,6 +132,14 @@ pub(crate) enum HubFrame {
     /// An event for the hosted `plugin`, in the coordinator's publish order. Its bus
     /// sequence number orders and deduplicates it on the host.
     Deliver { plugin: String, event: Event },
+    /// New settings for the hosted `plugin` (the coordinator's `reconfigure` of its proxy),
+    /// applied by the host's manager in order with the plugin's events; `id` grows with
+    /// every request.
+    Reconfigure {
+        plugin: String,
+        id: u64,
+        settings: serde_json::Value,
+    },
     /// The run is over: the worker exits.
     Goodbye,
 }

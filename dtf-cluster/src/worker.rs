@@ -155,20 +155,28 @@ pub(crate) async fn serve(
     .await
     .map_err(|e| ClusterError::Start(format!("the worker's inbox: {e}")))?;
     let (events_tx, mut events) = mpsc::unbounded_channel::<(u64, EventKind)>();
-    let (handled_tx, mut handled) = mpsc::unbounded_channel::<(String, u64)>();
+    let (handled_tx, mut handled) = mpsc::unbounded_channel::<(String, Done)>();
     // One queue and one task per hosted plugin: its events are handled one at a time, in
     // order.
     let mut hosted = HashMap::new();
     let mut announced = Vec::new();
     if let Some(host) = &host {
         for p in host.plugins() {
-            let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+            let (tx, mut rx) = mpsc::unbounded_channel::<HostedItem>();
             let (host, name, done) = (Arc::clone(host), p.name.clone(), handled_tx.clone());
             tokio::spawn(async move {
-                while let Some(event) = rx.recv().await {
-                    let seq = event.meta.seq;
-                    host.handle(&name, event).await;
-                    let _ = done.send((name.clone(), seq));
+                while let Some(item) = rx.recv().await {
+                    let answer = match item {
+                        HostedItem::Event(event) => {
+                            let seq = event.meta.seq;
+                            host.handle(&name, event).await;
+                            Done::Event(seq)
+                        }
+                        HostedItem::Reconfigure(id, settings) => {
+                            Done::Reconfigured(id, host.reconfigure(&name, settings).await.err())
+                        }
+                    };
+                    let _ = done.send((name.clone(), answer));
                 }
             });
             hosted.insert(
@@ -177,6 +185,8 @@ pub(crate) async fn serve(
                     queue: tx,
                     last: 0,
                     handled: 0,
+                    last_request: 0,
+                    answer: None,
                 },
             );
             announced.push(p);
@@ -238,12 +248,20 @@ pub(crate) async fn serve(
                 // Every handle on the publisher was dropped (after `close` flushed).
                 None => break Ok(WorkerExit::Closed),
             },
-            Some((plugin, upto)) = handled.recv() => {
-                if let Some(h) = w.hosted.get_mut(&plugin) {
-                    h.handled = upto;
+            Some((plugin, done)) = handled.recv() => match done {
+                Done::Event(upto) => {
+                    if let Some(h) = w.hosted.get_mut(&plugin) {
+                        h.handled = upto;
+                    }
+                    w.send(&WorkerFrame::Handled { plugin, upto });
                 }
-                w.send(&WorkerFrame::Handled { plugin, upto });
-            }
+                Done::Reconfigured(id, error) => {
+                    if let Some(h) = w.hosted.get_mut(&plugin) {
+                        h.answer = Some((id, error.clone()));
+                    }
+                    w.send(&WorkerFrame::Reconfigured { plugin, id, error });
+                }
+            },
             Some(link) = links.recv() => {
                 if matches!(link, Link::Down(node) if Some(node) == w.hub_node) {
                     tracing::warn!("lost the connection to the coordinator; reconnecting");
@@ -356,12 +374,29 @@ struct WorkerLoop {
     pending: PendingBatch,
 }
 
+/// What a hosted plugin's task handles, in order.
+enum HostedItem {
+    Event(Event),
+    Reconfigure(u64, serde_json::Value),
+}
+
+/// What a hosted plugin's task finished: an event (its bus sequence number) or a
+/// reconfiguration (its id and the rejection, if any).
+enum Done {
+    Event(u64),
+    Reconfigured(u64, Option<String>),
+}
+
 /// A hosted plugin's queue, and the highest bus sequence number queued for it.
 struct Hosted {
-    queue: mpsc::UnboundedSender<Event>,
+    queue: mpsc::UnboundedSender<HostedItem>,
     last: u64,
     /// The highest bus sequence number handled.
     handled: u64,
+    /// The id of the last reconfiguration queued.
+    last_request: u64,
+    /// The answer to the last reconfiguration handled, sent again for a resend of it.
+    answer: Option<(u64, Option<String>)>,
 }
 
 impl WorkerLoop {
@@ -503,9 +538,33 @@ impl WorkerLoop {
                 }
                 Some(h) => {
                     h.last = event.meta.seq;
-                    let _ = h.queue.send(event);
+                    let _ = h.queue.send(HostedItem::Event(event));
                 }
                 None => tracing::warn!(plugin, "an event for a plugin this node does not host"),
+            },
+            HubFrame::Reconfigure {
+                plugin,
+                id,
+                settings,
+            } => match self.hosted.get_mut(&plugin) {
+                Some(h) if id <= h.last_request => {
+                    // A resend: answer again if it was handled (the answer may be lost).
+                    if let Some((answered, error)) = h.answer.clone().filter(|(a, _)| *a == id) {
+                        self.send(&WorkerFrame::Reconfigured {
+                            plugin,
+                            id: answered,
+                            error,
+                        });
+                    }
+                }
+                Some(h) => {
+                    h.last_request = id;
+                    let _ = h.queue.send(HostedItem::Reconfigure(id, settings));
+                }
+                None => {
+                    let error = Some(format!("this node does not host `{plugin}`"));
+                    self.send(&WorkerFrame::Reconfigured { plugin, id, error });
+                }
             },
             HubFrame::Goodbye => return Some(WorkerExit::RunOver),
         }

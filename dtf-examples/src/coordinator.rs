@@ -1045,6 +1045,26 @@ pub fn render_plugin_list(registry: &PluginRegistry, enabled: &[String]) -> Stri
     render_table(&table)
 }
 
+/// The plugins remote nodes host, as `--list-plugins` shows them: named as the manager of a
+/// run names their proxies (`NAME@HOST`).
+pub fn render_hosted_list(hosted: &[(WorkerId, dtf_cluster::HostedPlugin)]) -> String {
+    use dtf_plugins_ci::neutralize;
+    if hosted.is_empty() {
+        return "no registered node hosts plugins\n".to_owned();
+    }
+    let mut table = table(&["hosted plugin", "host", "kind", "version", "hooks"], &[]);
+    for (host, p) in hosted {
+        table.add_row(vec![
+            neutralize(&format!("{}@{host}", p.name)).into_owned(),
+            neutralize(host.as_str()).into_owned(),
+            p.kind.to_string(),
+            neutralize(&p.version).into_owned(),
+            hook_summary(p.hooks.iter().copied().collect()),
+        ]);
+    }
+    render_table(&table)
+}
+
 /// The hooks of `hooks` by their configuration names (`task_created`), a whole family as
 /// `task_*`, everything as `all`.
 fn hook_summary(hooks: HookSet) -> String {
@@ -1243,6 +1263,17 @@ async fn run_cli_inner(
         if cli.list_plugins {
             let enabled = plugins_to_run(&cli.options, &registry, &loaded)?;
             w(out, &render_plugin_list(&registry, &enabled));
+            // With a cluster: the plugins the nodes host, once `min_workers` have registered.
+            let mut cluster = cli.options.cluster.clone();
+            loaded.cluster.apply(&mut cluster);
+            if let Some(cluster) = cluster {
+                let hosted = tokio::select! {
+                    hosted = crate::remote::hosted_plugins(&cluster) => hosted?,
+                    () = ctrl_c(signals) => return Ok(130),
+                };
+                w(out, "\n");
+                w(out, &render_hosted_list(&hosted));
+            }
         }
         if cli.print_config {
             w(out, &loaded.config.to_redacted_toml(Some(&registry)));

@@ -42,18 +42,18 @@ impl Plugin for EventLog {
     }
 
     async fn on_start(&mut self, ctx: &mut PluginContext) -> Result<(), PluginError> {
-        let config: EventLogConfig = ctx.config()?;
-        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| PluginError::from(format!("create {}: {e}", dir.display())))?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&config.path)
-            .map_err(|e| PluginError::from(format!("open {}: {e}", config.path.display())))?;
-        self.file = Some(std::io::BufWriter::new(file));
+        self.file = Some(open(&ctx.config()?)?);
         Ok(())
+    }
+
+    /// New settings take effect in place: the new file is opened first, so settings that
+    /// cannot be used are refused and the old file stays in use.
+    async fn on_reconfigure(
+        &mut self,
+        ctx: &mut PluginContext,
+    ) -> Result<Reconfigured, PluginError> {
+        self.file = Some(open(&ctx.config()?)?);
+        Ok(Reconfigured::Applied)
     }
 
     async fn on_event(
@@ -70,4 +70,18 @@ impl Plugin for EventLog {
             .and_then(|()| file.flush())
             .map_err(|e| PluginError::from(format!("write: {e}")))
     }
+}
+
+/// The file of `config`, opened for appending (created with its directory).
+fn open(config: &EventLogConfig) -> Result<std::io::BufWriter<std::fs::File>, PluginError> {
+    if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| PluginError::from(format!("create {}: {e}", dir.display())))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&config.path)
+        .map_err(|e| PluginError::from(format!("open {}: {e}", config.path.display())))?;
+    Ok(std::io::BufWriter::new(file))
 }

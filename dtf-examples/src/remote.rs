@@ -287,6 +287,71 @@ impl PluginHost for LocalPluginHost {
             manager.flush().await;
         })
     }
+
+    fn reconfigure(
+        &self,
+        plugin: &str,
+        settings: serde_json::Value,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+        let manager = self
+            .plugins
+            .iter()
+            .find(|(p, _)| p.name == plugin)
+            .map(|(_, m)| m.clone());
+        let plugin = plugin.to_owned();
+        Box::pin(async move {
+            let Some(manager) = manager else {
+                return Err(format!("this node does not host `{plugin}`"));
+            };
+            // Its manager waits until the plugin handled what was queued before, checks the
+            // settings against the plugin's schema and applies them (or restarts it).
+            manager
+                .reconfigure(&plugin, settings)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// For `--list-plugins` with a cluster: listens, waits until `min_workers` nodes have
+/// registered (saying so every 5 s), and returns the plugins they host, by host. The nodes
+/// are then told the run is over. No plugin of the coordinator runs meanwhile.
+///
+/// # Errors
+///
+/// The cluster cannot start (address, TLS files, cookie), or the manager cannot.
+pub async fn hosted_plugins(
+    cluster: &ClusterOptions,
+) -> Result<Vec<(WorkerId, HostedPlugin)>, CoordinatorError> {
+    let manager = PluginManager::builder().spawn().await?;
+    let (hub, mut notes) = Hub::start(cluster.hub_config()?, manager.bus()).await?;
+    let min = cluster.min_workers as usize;
+    tracing::warn!(
+        listen = %hub.local_addr(),
+        "waiting for {min} node(s) to register, to list the plugins they host"
+    );
+    let (mut registered, mut hosted) = (0usize, Vec::new());
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    while registered < min {
+        tokio::select! {
+            note = notes.recv() => match note {
+                Some(dtf_cluster::HubNote::Registered(_)) => registered += 1,
+                Some(dtf_cluster::HubNote::Plugins { host, plugins }) => {
+                    hosted.extend(plugins.into_iter().map(|p| (host.clone(), p)));
+                }
+                Some(_) => {}
+                None => break,
+            },
+            _ = tick.tick() => {
+                tracing::warn!("waiting for nodes: {registered} of {min} registered");
+            }
+        }
+    }
+    hub.shutdown().await;
+    let _ = manager.shutdown(ShutdownReason::Completed).await;
+    hosted.sort_by(|a, b| (&a.0, &a.1.name).cmp(&(&b.0, &b.1.name)));
+    Ok(hosted)
 }
 
 /// Forwards the executor's jobs for remote worker `worker` to the hub until the mailbox closes.

@@ -36,6 +36,9 @@ impl Drop for Proc {
 
 const COOKIE: &str = "dtf-test-cookie-0123456789abcdef0123456789";
 
+/// The web console's token, for the tests that start it (`--ui`).
+const UI_TOKEN: &str = "dtf-test-ui-token-0123456789abcdef0123456789";
+
 struct Pki {
     ca: PathBuf,
     cert: PathBuf,
@@ -127,6 +130,7 @@ fn coordinator(dir: &Path, port: u16, pki: &Pki, extra: &[&str]) -> Proc {
         .args(["--progress", "never"])
         .args(extra)
         .env("DTF_CLUSTER_COOKIE", COOKIE)
+        .env("DTF_UI_TOKEN", UI_TOKEN)
         .env("RUST_LOG", "warn,dtf_cluster=info,dtf_examples=info")
         // Files, not pipes: nobody reads a pipe before the process ends, and a full pipe
         // would block the summary table.
@@ -982,6 +986,136 @@ fn a_remote_publisher_lands_every_event_once_in_order_across_cuts() {
         !local.contains("pub-1"),
         "a publisher registered as a worker"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--list-plugins` with a cluster waits for the nodes and lists what they host, named as a
+/// run names their proxies; the nodes are then told the run is over.
+#[test]
+fn list_plugins_lists_the_plugins_of_registered_hosts() {
+    let dir = temp_dir("list");
+    let pki = make_pki(&dir, "ok");
+    task_file(&dir, 1, |_| "true".to_owned());
+    let host_toml = dir.join("host.toml");
+    std::fs::write(
+        &host_toml,
+        format!(
+            "[plugins.event-log]\nsettings = {{ path = \"{}\" }}\n",
+            dir.join("events.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut coord = coordinator(&dir, port, &pki, &["--list-plugins"]);
+    let addr = format!("127.0.0.1:{port}");
+    let mut host = plugin_host(&dir, &addr, &pki.ca, "host-1", &host_toml);
+    assert_eq!(
+        wait(&mut coord, Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        log(&dir, "coordinator.log")
+    );
+    let out = log(&dir, "coordinator.out");
+    // The local listing, then the hosted one.
+    assert!(out.contains("task-reporter"), "{out}");
+    let hosted = out.split("hosted plugin").nth(1).unwrap_or_default();
+    assert!(hosted.contains("event-log@host-1"), "{out}");
+    assert!(hosted.contains("reporter"), "{out}");
+    assert_eq!(wait(&mut host, Duration::from_secs(10)), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `PUT /api/plugins/NAME/config` on the coordinator's console: the status and the body.
+fn put_config(ui: u16, plugin: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", ui)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "PUT /api/plugins/{plugin}/config HTTP/1.1\r\nHost: 127.0.0.1:{ui}\r\n\
+         Authorization: Bearer {UI_TOKEN}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+/// Reconfiguring a hosted plugin's proxy on the coordinator (here from the web console)
+/// reaches the host: the plugin takes the new settings in order with its events; settings
+/// the host's plugin rejects are refused with the reason and the old ones stay.
+#[test]
+fn a_hosted_plugin_is_reconfigured_from_the_coordinator() {
+    let dir = temp_dir("reconfigure");
+    let pki = make_pki(&dir, "ok");
+    let go = dir.join("go");
+    task_file(&dir, 1, |_| {
+        format!("while [ ! -f {} ]; do sleep 0.05; done", go.display())
+    });
+    let (before, after) = (dir.join("before.jsonl"), dir.join("after.jsonl"));
+    let host_toml = dir.join("host.toml");
+    std::fs::write(
+        &host_toml,
+        format!(
+            "[plugins.event-log]\nsettings = {{ path = \"{}\" }}\n",
+            before.display()
+        ),
+    )
+    .unwrap();
+    let (port, ui) = (free_port(), free_port());
+    let mut coord = coordinator(
+        &dir,
+        port,
+        &pki,
+        &[
+            "--workers",
+            "1",
+            "--min-workers",
+            "1",
+            "--ui",
+            &format!("127.0.0.1:{ui}"),
+        ],
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let mut host = plugin_host(&dir, &addr, &pki.ca, "host-1", &host_toml);
+    let start = Instant::now();
+    while !log(&dir, "coordinator.log").contains("a remote plugin joined") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            log(&dir, "coordinator.log")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, response) = put_config(
+        ui,
+        "event-log@host-1",
+        &format!("{{\"path\": \"{}\"}}", after.display()),
+    );
+    assert_eq!(status, 200, "{response}\n{}", log(&dir, "host-1.log"));
+    let (status, response) = put_config(ui, "event-log@host-1", "{\"path\": 5}");
+    assert_eq!(status, 422, "{response}");
+    assert!(response.contains("path"), "names the key: {response}");
+    std::fs::write(&go, "").unwrap();
+    let code = wait(&mut coord, Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{}", log(&dir, "coordinator.log"));
+    assert_eq!(wait(&mut host, Duration::from_secs(10)), Some(0));
+    let before = std::fs::read_to_string(&before).unwrap_or_default();
+    let after = std::fs::read_to_string(&after).unwrap_or_default();
+    // The task finished after the change: its events are in the new file only.
+    assert!(
+        after.contains("task_completed"),
+        "after: {after}\nbefore: {before}"
+    );
+    assert!(!before.contains("task_completed"), "before: {before}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
