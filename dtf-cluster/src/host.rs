@@ -2,13 +2,14 @@
 //! allowed to reach Slack, a reporter next to a results store).
 //!
 //! On the coordinator each hosted plugin is a [`RemotePlugin`], an ordinary plugin of its
-//! manager: listed, counted, enabled, disabled and supervised like a local one, its events
-//! queued under the same bound and overflow policy. Its `on_event` hands the event to the hub
-//! and returns when the host acknowledged it; a host declared failed is a plugin failure
-//! (the plugin restarts when the host is back: `on_start` waits for it). On the host a
+//! manager: listed, counted, enabled, disabled, reconfigured and supervised like a local one,
+//! its events queued under the same bound and overflow policy. Its `on_event` hands the event
+//! to the hub, with up to [`DELIVERY_WINDOW`] events in flight; a host declared failed is a
+//! plugin failure (the plugin restarts when the host is back: `on_start` waits for it). On the host a
 //! [`PluginHost`] runs the plugin; events arrive in the coordinator's publish order and are
 //! deduplicated by their bus sequence number.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -17,22 +18,72 @@ use dtf_plugin_core::{
     Plugin, PluginContext, PluginError, PluginMetadata, PluginSpec, Reconfigured,
 };
 
-use crate::hub::HubHandle;
+use crate::hub::{Delivery, HubHandle};
 use crate::wire::HostedPlugin;
 
+/// Events a proxy keeps in flight to its host before it waits for the oldest to be handled.
+pub const DELIVERY_WINDOW: usize = 256;
+
 /// The coordinator's proxy of a plugin hosted on a remote node.
-#[derive(Debug, Clone)]
+///
+/// Up to [`DELIVERY_WINDOW`] events are in flight at once (sent, not yet handled by the host),
+/// so throughput is not one network round trip per event. `on_event` returns once its event
+/// is with the hub, which keeps it until the host acknowledges it; a failure of the host
+/// surfaces on a later event (or at shutdown) as this plugin's failure, and the events not
+/// yet handled are delivered when the host is back. `on_shutdown` waits for every event in
+/// flight to be handled.
 pub struct RemotePlugin {
     hub: HubHandle,
     host: WorkerId,
     plugin: HostedPlugin,
+    in_flight: VecDeque<Delivery>,
+}
+
+impl std::fmt::Debug for RemotePlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemotePlugin")
+            .field("host", &self.host)
+            .field("plugin", &self.plugin.name)
+            .field("in_flight", &self.in_flight.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RemotePlugin {
     /// The spec to add to the coordinator's manager for `plugin` on `host`.
     pub fn spec(hub: HubHandle, host: WorkerId, plugin: HostedPlugin) -> PluginSpec {
-        let proxy = Self { hub, host, plugin };
-        PluginSpec::new(move || proxy.clone())
+        PluginSpec::new(move || Self {
+            hub: hub.clone(),
+            host: host.clone(),
+            plugin: plugin.clone(),
+            in_flight: VecDeque::new(),
+        })
+    }
+
+    /// Waits for the oldest event in flight; its failure is this plugin's.
+    async fn settle_oldest(&mut self) -> Result<(), PluginError> {
+        match self.in_flight.pop_front() {
+            Some(handled) => handled.await.map_err(|e| PluginError::from(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops the events in flight known to be handled, oldest first, without waiting; the
+    /// first known failure is this plugin's.
+    fn settle_done(&mut self) -> Result<(), PluginError> {
+        while let Some(oldest) = self.in_flight.front_mut() {
+            match oldest.outcome() {
+                None => break,
+                Some(Ok(())) => {
+                    self.in_flight.pop_front();
+                }
+                Some(Err(e)) => {
+                    self.in_flight.pop_front();
+                    return Err(PluginError::from(e.to_string()));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -72,10 +123,23 @@ impl Plugin for RemotePlugin {
         _ctx: &mut PluginContext,
         event: &Event,
     ) -> Result<(), PluginError> {
-        self.hub
-            .deliver(&self.host, &self.plugin.name, event.clone())
-            .await
-            .map_err(|e| PluginError::from(e.to_string()))
+        self.settle_done()?;
+        while self.in_flight.len() >= DELIVERY_WINDOW {
+            self.settle_oldest().await?;
+        }
+        let handled = self
+            .hub
+            .send(&self.host, &self.plugin.name, event.clone())
+            .map_err(|e| PluginError::from(e.to_string()))?;
+        self.in_flight.push_back(handled);
+        Ok(())
+    }
+
+    async fn on_shutdown(&mut self, _ctx: &mut PluginContext) -> Result<(), PluginError> {
+        while !self.in_flight.is_empty() {
+            self.settle_oldest().await?;
+        }
+        Ok(())
     }
 }
 

@@ -146,11 +146,27 @@ impl HubHandle {
         plugin: &str,
         event: Event,
     ) -> Result<(), ClusterError> {
+        self.send(host, plugin, event)?.await
+    }
+
+    /// Hands `event` for `plugin` on `host` to the hub at once (in call order) and returns
+    /// what resolves as [`deliver`](Self::deliver) does, so that several events can be in
+    /// flight.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Closed`] after shutdown; the returned future as [`deliver`](Self::deliver).
+    pub fn send(
+        &self,
+        host: &WorkerId,
+        plugin: &str,
+        event: Event,
+    ) -> Result<Delivery, ClusterError> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Deliver(host.clone(), plugin.to_owned(), event, tx))
             .map_err(|_| ClusterError::Closed)?;
-        rx.await.map_err(|_| ClusterError::Closed)?
+        Ok(Delivery(rx))
     }
 
     /// Applies `settings` to `plugin` on `host` (its manager's `reconfigure`, in order with
@@ -191,6 +207,35 @@ impl HubHandle {
             .send(Command::WaitHost(host.clone(), tx))
             .map_err(|_| ClusterError::Closed)?;
         rx.await.map_err(|_| ClusterError::Closed)
+    }
+}
+
+/// An event on its way to a hosted plugin ([`HubHandle::send`]): resolves when the host
+/// handled it, or with why it could not (the hub still keeps the event for the host).
+#[derive(Debug)]
+pub struct Delivery(oneshot::Receiver<Result<(), ClusterError>>);
+
+impl Delivery {
+    /// The outcome if it is known already, without waiting.
+    pub fn outcome(&mut self) -> Option<Result<(), ClusterError>> {
+        match self.0.try_recv() {
+            Ok(outcome) => Some(outcome),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(ClusterError::Closed)),
+        }
+    }
+}
+
+impl Future for Delivery {
+    type Output = Result<(), ClusterError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ClusterError::Closed)))
     }
 }
 

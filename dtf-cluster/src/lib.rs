@@ -51,8 +51,8 @@ mod worker;
 pub use config::{
     COOKIE_ENV, Cookie, DEFAULT_MAX_FRAME, MIN_COOKIE_LEN, Timing, TlsFiles, Transport,
 };
-pub use host::{PluginHost, RemotePlugin};
-pub use hub::{Hub, HubConfig, HubHandle, HubNote, HubStats};
+pub use host::{DELIVERY_WINDOW, PluginHost, RemotePlugin};
+pub use hub::{Delivery, Hub, HubConfig, HubHandle, HubNote, HubStats};
 pub use net::{HANDSHAKE_DEADLINE, MAX_PENDING_HANDSHAKES};
 pub use publisher::{DEFAULT_PUBLISH_WINDOW, RemotePublisher};
 pub use wire::{HostedPlugin, RemoteJob};

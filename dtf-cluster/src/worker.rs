@@ -248,20 +248,31 @@ pub(crate) async fn serve(
                 // Every handle on the publisher was dropped (after `close` flushed).
                 None => break Ok(WorkerExit::Closed),
             },
-            Some((plugin, done)) = handled.recv() => match done {
-                Done::Event(upto) => {
+            Some(first) = handled.recv() => {
+                // One acknowledgement per plugin for everything handled by now.
+                let mut upto: BTreeMap<String, u64> = BTreeMap::new();
+                let mut next = Some(first);
+                while let Some((plugin, done)) = next {
+                    match done {
+                        Done::Event(seq) => {
+                            upto.insert(plugin, seq);
+                        }
+                        Done::Reconfigured(id, error) => {
+                            if let Some(h) = w.hosted.get_mut(&plugin) {
+                                h.answer = Some((id, error.clone()));
+                            }
+                            w.send(&WorkerFrame::Reconfigured { plugin, id, error });
+                        }
+                    }
+                    next = handled.try_recv().ok();
+                }
+                for (plugin, upto) in upto {
                     if let Some(h) = w.hosted.get_mut(&plugin) {
                         h.handled = upto;
                     }
                     w.send(&WorkerFrame::Handled { plugin, upto });
                 }
-                Done::Reconfigured(id, error) => {
-                    if let Some(h) = w.hosted.get_mut(&plugin) {
-                        h.answer = Some((id, error.clone()));
-                    }
-                    w.send(&WorkerFrame::Reconfigured { plugin, id, error });
-                }
-            },
+            }
             Some(link) = links.recv() => {
                 if matches!(link, Link::Down(node) if Some(node) == w.hub_node) {
                     tracing::warn!("lost the connection to the coordinator; reconnecting");
