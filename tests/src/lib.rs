@@ -18,6 +18,8 @@ mod docs {
     mod contributing {}
     #[doc = include_str!("../../docs/ci.md")]
     mod ci {}
+    #[doc = include_str!("../../docs/cluster.md")]
+    mod cluster {}
     #[doc = include_str!("../../docs/configuration.md")]
     mod configuration {}
     #[doc = include_str!("../../docs/coordinator.md")]
@@ -36,6 +38,10 @@ mod docs {
     mod notify_email {}
     #[doc = include_str!("../../docs/notify.md")]
     mod notify {}
+    #[doc = include_str!("../../docs/plugin-index.md")]
+    mod plugin_index {}
+    #[doc = include_str!("../../docs/publishing-a-plugin.md")]
+    mod publishing_a_plugin {}
     #[doc = include_str!("../../docs/scheduler.md")]
     mod scheduler {}
     #[doc = include_str!("../../docs/web-console.md")]
