@@ -73,31 +73,19 @@ fn mailbox() -> (Box<dyn Consumer>, Sender<Msg>, Receiver<Msg>) {
 /// The sequence numbers of an item's events that the plugin with `hooks` handles, in order
 /// (what `Runner::run_chunk` calls `on_event` with), or `None` for a configuration change.
 fn events_of(item: &Item, hooks: HookSet) -> Option<Vec<u64>> {
-    match item {
-        Item::Events {
-            batch,
-            start,
-            filtered,
-            ..
-        } => Some(
-            batch[*start..]
-                .iter()
-                .filter(|e| !filtered || hooks.contains(e.hook()))
-                .map(|e| e.meta.seq)
-                .collect(),
-        ),
-        Item::Run {
-            cells, from, to, ..
-        } => Some(
-            (*from..*to)
-                .filter_map(|i| cells.get(i))
-                .filter(|c| hooks.intersects(c.mask))
-                .flat_map(|c| c.batch.iter().filter(|e| hooks.contains(e.hook())))
-                .map(|e| e.meta.seq)
-                .collect(),
-        ),
-        Item::Reconfigure { .. } => None,
+    if let Item::Reconfigure { .. } = item {
+        return None;
     }
+    // The same walk as the runner's per-event loop (`Item::stretches`).
+    let mut seqs = Vec::new();
+    for stretch in item.stretches(hooks) {
+        for ev in &stretch.batch[stretch.start..] {
+            if !stretch.filtered || hooks.contains(ev.hook()) {
+                seqs.push(ev.meta.seq);
+            }
+        }
+    }
+    Some(seqs)
 }
 
 /// What a model consumer saw.
