@@ -554,6 +554,17 @@ fn idle_restart_releases() {
     });
     flood.join().ok();
     flush(&bus);
+    // `flush` does not wait for the new idle instance: its predecessor acknowledged its only
+    // event, so it returns at once, possibly before the new instance has run on the wake-up
+    // that `attach` sent, and until then the reader still holds the segment it stopped in. So
+    // the check gives the consumers turns first (a bounded number: if `attach` did not wake
+    // the new instance, nothing would ever let go of the segment, and the check fails).
+    for _ in 0..1_000 {
+        if live_segments() - before == 1 {
+            break;
+        }
+        thread::yield_now();
+    }
     // 7 events: two segments of 4; only the current one may be alive.
     assert_eq!(
         live_segments() - before,
