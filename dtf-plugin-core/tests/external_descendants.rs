@@ -16,10 +16,11 @@ use dtf_plugin_core::{PluginManager, PluginRegistry, PluginStatus};
 /// A plugin written in `sh` that speaks just enough of the protocol (answers `hello`, exits on
 /// `shutdown`) and, before that, starts a daemon the classic way: a subshell starts it in a
 /// new session (`setsid`) and exits at once, so the daemon's parent is gone and it is
-/// re-parented to init (or the nearest subreaper). Its pid goes to `daemon.pid`, the plugin's
-/// to `plugin.pid`.
+/// re-parented to init (or the nearest subreaper). The daemon itself starts a child with an
+/// empty environment (`env -i`), which no longer carries the instance's marker. The pids go to
+/// `plugin.pid`, `daemon.pid` and `cleared.pid`.
 const PLUGIN_SH: &str = r#"echo $$ > plugin.pid
-( setsid sh -c 'echo $$ > daemon.tmp && mv daemon.tmp daemon.pid && exec sleep 300' </dev/null >/dev/null 2>&1 & )
+( setsid sh -c 'env -i sleep 300 & echo $! > cleared.pid; echo $$ > daemon.tmp && mv daemon.tmp daemon.pid && exec sleep 300' </dev/null >/dev/null 2>&1 & )
 read -r hello
 echo '{"type":"hello","protocol_version":1}'
 while read -r line; do
@@ -143,13 +144,32 @@ async fn a_double_forked_daemon_does_not_outlive_the_plugin() {
         stat(daemon)
     );
     assert!(runs(plugin), "the plugin's process runs");
+    // The daemon's child runs without the instance's marker in its environment (whatever the
+    // host does to find it, it cannot be by the marker).
+    let marked = |pid: u32| {
+        let marker = format!("{}=", external::INSTANCE_ENV);
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .any(|var| var.starts_with(marker.as_bytes()))
+    };
+    let cleared = read_pid(&folder.join("cleared.pid")).expect("the daemon wrote its child's pid");
+    let started = eventually(Duration::from_secs(10), || {
+        runs(cleared) && !marked(cleared) && descends_from(cleared, daemon)
+    })
+    .await;
+    assert!(started, "the daemon's child runs with an empty environment");
 
     manager.remove("daemonizer").await.unwrap();
-    let gone = eventually(Duration::from_secs(2), || !runs(daemon) && !runs(plugin)).await;
+    let gone = eventually(Duration::from_secs(2), || {
+        !runs(daemon) && !runs(cleared) && !runs(plugin)
+    })
+    .await;
     assert!(
         gone,
-        "the double-forked daemon {daemon} outlived its plugin: {:?}",
-        stat(daemon)
+        "the double-forked daemon {daemon} (or its child {cleared}) outlived its plugin: {:?} {:?}",
+        stat(daemon),
+        stat(cleared)
     );
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
     let _ = std::fs::remove_dir_all(&dir);

@@ -120,8 +120,8 @@ impl Drop for Running {
 }
 
 /// A fresh random marker for a plugin instance: 128 bits in hex, from std's randomly keyed
-/// SipHash (`RandomState`) over a process-wide counter, the pid and the time, so that two
-/// instances, in this process or another, never share one.
+/// SipHash (`RandomState`) over a process-wide counter, the pid and the time: two instances,
+/// in this process or another, share one only by a chance of one in 2^128.
 fn instance_marker() -> String {
     use std::hash::{BuildHasher, Hasher};
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -239,6 +239,9 @@ fn scan_proc(root: Option<u32>, marker: &[u8]) -> Vec<(u32, u64)> {
             continue;
         }
         for &child in children.get(&pid).map_or(&[][..], Vec::as_slice) {
+            if child.0 == me {
+                continue;
+            }
             if !found.contains(&child) && found.len() < 4096 {
                 found.push(child);
             }
