@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::bus::{Item, Slot};
+use crate::event::HookSet;
 use crate::plugin::{Plugin, PluginContext, PluginError, Reconfigured};
 
 /// Messages to a plugin actor. Events never travel as actor messages: they wait in the slot.
@@ -378,6 +379,64 @@ enum ChunkEnd {
     RestartForConfig,
 }
 
+/// After the event `batch[j]` of cell `cell` of an events `item` failed, `seen` of the item's
+/// events having been handed to the plugin (that one included): puts the events after it back
+/// in front of `chunk`, in order — the rest of its batch, then, in a run, the cells after it.
+fn put_back_after(
+    item: Item,
+    cell: usize,
+    j: usize,
+    seen: usize,
+    hooks: HookSet,
+    chunk: &mut VecDeque<Item>,
+) {
+    match item {
+        Item::Events {
+            batch,
+            count,
+            filtered,
+            ..
+        } => {
+            let rest = count - seen;
+            if rest > 0 {
+                chunk.push_front(Item::Events {
+                    batch,
+                    start: j + 1,
+                    count: rest,
+                    filtered,
+                });
+            }
+        }
+        Item::Run {
+            cells, to, count, ..
+        } => {
+            let in_cell = cells
+                .get(cell)
+                .map_or(0, |c| hooks.matching(&c.batch[j + 1..], c.mask));
+            let in_run = count.saturating_sub(seen + in_cell);
+            if in_run > 0 {
+                chunk.push_front(Item::Run {
+                    cells: Arc::clone(&cells),
+                    from: cell + 1,
+                    to,
+                    count: in_run,
+                });
+            }
+            if let (Some(c), true) = (cells.get(cell), in_cell > 0) {
+                chunk.push_front(Item::Events {
+                    batch: Arc::clone(&c.batch),
+                    start: j + 1,
+                    count: in_cell,
+                    filtered: true,
+                });
+            }
+        }
+        // Not an events item, so none of it was handed to the plugin: it stays queued (not
+        // reached, the runner hands configuration changes to `on_reconfigure` instead).
+        reconfigure @ Item::Reconfigure { .. } => chunk.push_front(reconfigure),
+    }
+}
+
 impl<P: Plugin> Runner<P> {
     fn fail(&self, phase: Phase, failure: HookFailure) -> ActorProcessingErr {
         Box::new(RunnerFailure {
@@ -400,100 +459,7 @@ impl<P: Plugin> Runner<P> {
             let Some(item) = self.chunk.pop_front() else {
                 break Ok(ChunkEnd::Done);
             };
-            match item {
-                Item::Events {
-                    batch,
-                    start,
-                    count,
-                    filtered,
-                } => {
-                    let mut seen = 0usize;
-                    let mut failed = None;
-                    for (i, ev) in batch.iter().enumerate().skip(start) {
-                        if filtered && !hooks.contains(ev.hook()) {
-                            continue;
-                        }
-                        seen += 1;
-                        match on_event_guarded!(self, ev) {
-                            Ok(()) => tally.delivered += 1,
-                            Err(f) => {
-                                self.slot.dead_letter(ev, f.to_string());
-                                failed = Some((i, f));
-                                break;
-                            }
-                        }
-                    }
-                    if let Some((i, failure)) = failed {
-                        let rest = count - seen;
-                        if rest > 0 {
-                            self.chunk.push_front(Item::Events {
-                                batch,
-                                start: i + 1,
-                                count: rest,
-                                filtered,
-                            });
-                        }
-                        // The poison event is handled (dead-lettered), so it is acknowledged.
-                        self.unacked += 1;
-                        break Err(self.fail(Phase::Event, failure));
-                    }
-                }
-                Item::Run {
-                    cells,
-                    from,
-                    to,
-                    count,
-                } => {
-                    let mut seen = 0usize;
-                    let mut failed = None;
-                    'cells: for i in from..to {
-                        // Every cell of a run was written before the run was read.
-                        let Some(cell) = cells.get(i) else { continue };
-                        if !hooks.intersects(cell.mask) {
-                            continue;
-                        }
-                        let filtered = !hooks.contains_all(cell.mask);
-                        for (j, ev) in cell.batch.iter().enumerate() {
-                            if filtered && !hooks.contains(ev.hook()) {
-                                continue;
-                            }
-                            seen += 1;
-                            match on_event_guarded!(self, ev) {
-                                Ok(()) => tally.delivered += 1,
-                                Err(f) => {
-                                    self.slot.dead_letter(ev, f.to_string());
-                                    failed = Some((i, j, f));
-                                    break 'cells;
-                                }
-                            }
-                        }
-                    }
-                    if let Some((i, j, failure)) = failed {
-                        // The rest of the failed cell's batch, then the rest of the run.
-                        let in_cell = cells
-                            .get(i)
-                            .map_or(0, |cell| hooks.matching(&cell.batch[j + 1..], cell.mask));
-                        let in_run = count.saturating_sub(seen + in_cell);
-                        if in_run > 0 {
-                            self.chunk.push_front(Item::Run {
-                                cells: Arc::clone(&cells),
-                                from: i + 1,
-                                to,
-                                count: in_run,
-                            });
-                        }
-                        if let (Some(cell), true) = (cells.get(i), in_cell > 0) {
-                            self.chunk.push_front(Item::Events {
-                                batch: Arc::clone(&cell.batch),
-                                start: j + 1,
-                                count: in_cell,
-                                filtered: true,
-                            });
-                        }
-                        self.unacked += 1;
-                        break Err(self.fail(Phase::Event, failure));
-                    }
-                }
+            let item = match item {
                 Item::Reconfigure { config, reply } => {
                     let old = Arc::clone(self.ctx.config_arc());
                     self.ctx.set_config(Arc::clone(&config));
@@ -517,7 +483,35 @@ impl<P: Plugin> Runner<P> {
                             break Err(self.fail(Phase::Reconfigure, f));
                         }
                     }
+                    continue;
                 }
+                events => events,
+            };
+            // The one per-event loop, for both kinds of events item: each event is handed to
+            // the plugin, counted, or on a failure (error, panic, timeout) dead-lettered.
+            let mut seen = 0usize;
+            let mut failed = None;
+            'stretches: for stretch in item.stretches(hooks) {
+                for (j, ev) in stretch.batch.iter().enumerate().skip(stretch.start) {
+                    if stretch.filtered && !hooks.contains(ev.hook()) {
+                        continue;
+                    }
+                    seen += 1;
+                    match on_event_guarded!(self, ev) {
+                        Ok(()) => tally.delivered += 1,
+                        Err(f) => {
+                            self.slot.dead_letter(ev, f.to_string());
+                            failed = Some((stretch.cell, j, f));
+                            break 'stretches;
+                        }
+                    }
+                }
+            }
+            if let Some((cell, j, failure)) = failed {
+                put_back_after(item, cell, j, seen, hooks, &mut self.chunk);
+                // The poison event is handled (dead-lettered), so it is acknowledged.
+                self.unacked += 1;
+                break Err(self.fail(Phase::Event, failure));
             }
         };
         self.unacked += tally.settle();

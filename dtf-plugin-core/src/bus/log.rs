@@ -135,6 +135,92 @@ impl Item {
     }
 }
 
+impl Item {
+    /// The item's events that a plugin with `hooks` is handed, as stretches in order: one for
+    /// [`Item::Events`], one per cell whose mask meets `hooks` for [`Item::Run`], none for a
+    /// configuration change. The runner's one per-event loop walks these (and the model check
+    /// walks the same), so both kinds of item are handed to the plugin by the same code.
+    #[inline]
+    pub(crate) fn stretches(&self, hooks: HookSet) -> Stretches<'_> {
+        match self {
+            Item::Events {
+                batch,
+                start,
+                filtered,
+                ..
+            } => Stretches::One(Some(Stretch {
+                cell: 0,
+                batch,
+                start: *start,
+                filtered: *filtered,
+            })),
+            Item::Run {
+                cells, from, to, ..
+            } => Stretches::Run {
+                cells,
+                next: *from,
+                to: *to,
+                hooks,
+            },
+            Item::Reconfigure { .. } => Stretches::One(None),
+        }
+    }
+}
+
+/// Consecutive events of one batch: `batch[start..]`, of which only those whose hook the
+/// plugin has are its events when `filtered` (otherwise all are).
+pub(crate) struct Stretch<'a> {
+    /// The index of its cell in an [`Item::Run`] (0 for [`Item::Events`]).
+    pub(crate) cell: usize,
+    pub(crate) batch: &'a [Event],
+    pub(crate) start: usize,
+    pub(crate) filtered: bool,
+}
+
+/// The stretches of an item ([`Item::stretches`]).
+pub(crate) enum Stretches<'a> {
+    One(Option<Stretch<'a>>),
+    Run {
+        cells: &'a Cells,
+        next: usize,
+        to: usize,
+        hooks: HookSet,
+    },
+}
+
+impl<'a> Iterator for Stretches<'a> {
+    type Item = Stretch<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Stretch<'a>> {
+        match self {
+            Self::One(one) => one.take(),
+            Self::Run {
+                cells,
+                next,
+                to,
+                hooks,
+            } => {
+                while *next < *to {
+                    let i = *next;
+                    *next += 1;
+                    // Every cell of a run was written before the run was read.
+                    let Some(cell) = cells.get(i) else { continue };
+                    if hooks.intersects(cell.mask) {
+                        return Some(Stretch {
+                            cell: i,
+                            batch: &cell.batch,
+                            start: 0,
+                            filtered: !hooks.contains_all(cell.mask),
+                        });
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
 /// Keeps a value on its own cache lines, so writes to it don't invalidate its neighbours.
 #[repr(align(128))]
 pub(super) struct Padded<T>(pub(super) T);

@@ -13,12 +13,24 @@ use crate::plugin::{Plugin, PluginContext, PluginError, PluginMetadata};
 
 /// Environment variables the child gets (besides the manifest's `env` table). Nothing else
 /// of the coordinator's environment is passed on: it may hold tokens.
+///
+/// `DTF_PLUGIN_INSTANCE` is a random marker, new for each plugin instance: the processes the
+/// plugin starts inherit it, so that when the instance goes, the ones that left its process
+/// group and tree (a double-forked daemon) are still found and killed ([`INSTANCE_ENV`]).
 pub const CHILD_ENV: &[&str] = &[
     "PATH",
     "DTF_PLUGIN_NAME",
     "DTF_PLUGIN_DIR",
     "DTF_PROTOCOL_VERSION",
+    INSTANCE_ENV,
 ];
+
+/// The variable holding a plugin instance's random marker (128 bits, in hex). Every process
+/// whose environment holds the instance's exact `DTF_PLUGIN_INSTANCE=<marker>` entry is killed
+/// with the instance (Linux). A process that replaced its environment (`execve` with another
+/// one, e.g. `env -i`) and also left the plugin's process group and tree escapes: see
+/// `docs/external-plugins.md`, "Processes".
+pub const INSTANCE_ENV: &str = "DTF_PLUGIN_INSTANCE";
 
 /// An out-of-process plugin: spawns the manifest's command in `on_start`, speaks the
 /// newline-delimited JSON protocol with it, and kills it when dropped.
@@ -49,33 +61,84 @@ struct Running {
     /// plugin has exited, so it is killed from this list (if its start time still matches,
     /// so a reused pid is never hit).
     tree: Vec<(u32, u64)>,
+    /// This instance's `DTF_PLUGIN_INSTANCE` marker, inherited by every process the plugin
+    /// starts unless that process replaces its environment.
+    marker: String,
 }
+
+/// Rounds of "scan, freeze what is new" before the kill: each round finds what was forked
+/// before the previous round's freeze, and a round that finds nothing new ends the search.
+/// The bound only keeps a fork bomb from holding the host here forever (what it forks after
+/// the last round is not killed).
+const FREEZE_ROUNDS: usize = 8;
 
 impl Drop for Running {
     fn drop(&mut self) {
         #[cfg(unix)]
         if let Some(pgid) = self.group.take() {
-            // The plugin's process tree, not only its group: a descendant that called
-            // `setsid` left the group but is still in the tree while its parent lives. The
-            // tree is frozen first (so nothing in it forks meanwhile), walked again for what
-            // was forked before the freeze, then killed together with the group.
-            let mut tree = descendants(pgid);
-            tree.extend(self.tree.iter().filter(|p| is_alive(**p)).copied());
-            for _ in 0..3 {
-                signal("-STOP", &pids(&tree));
-                let again = descendants(pgid);
-                if again.iter().all(|p| tree.contains(p)) {
+            // Everything the plugin started, not only its group: a descendant that called
+            // `setsid` left the group but is still in the tree while its parent lives, and a
+            // double-forked daemon (its parent exited) is in neither, but still carries the
+            // instance's marker in its environment. The tree is walked from the plugin's
+            // process only while that process is not reaped (after, its pid may be reused).
+            // What is found is frozen (`SIGSTOP`, so nothing forks meanwhile), the scan
+            // repeated until it finds nothing new, then all of it killed with the group.
+            let marker = format!("{INSTANCE_ENV}={}", self.marker);
+            let root = self.process.id();
+            let mut found: Vec<(u32, u64)> = self
+                .tree
+                .iter()
+                .filter(|p| is_alive(**p))
+                .copied()
+                .collect();
+            signal("-STOP", &pids(&found));
+            for _ in 0..FREEZE_ROUNDS {
+                let new: Vec<(u32, u64)> = scan_proc(root, marker.as_bytes())
+                    .into_iter()
+                    .filter(|p| !found.contains(p))
+                    .collect();
+                if new.is_empty() {
                     break;
                 }
-                tree.extend(again);
+                signal("-STOP", &pids(&new));
+                found.extend(new);
             }
-            // `kill` on a negative pid signals the whole group; std has no killpg without
-            // unsafe code. A process already gone makes `kill` fail for it, which is fine.
+            // A frozen process cannot exit by itself, so a pid whose start time still matches
+            // here is the process that was found, not a reused pid. `kill` on a negative pid
+            // signals the whole group; std has no killpg without unsafe code. A process
+            // already gone makes `kill` fail for it, which is fine.
             let mut targets = vec![format!("-{pgid}")];
-            targets.extend(pids(&tree).iter().map(u32::to_string));
+            targets.extend(
+                found
+                    .iter()
+                    .filter(|p| is_alive(**p))
+                    .map(|(pid, _)| pid.to_string()),
+            );
             signal("-KILL", &targets);
         }
     }
+}
+
+/// A fresh random marker for a plugin instance: 128 bits in hex, from std's randomly keyed
+/// SipHash (`RandomState`) over a process-wide counter, the pid and the time: two instances,
+/// in this process or another, share one only by a chance of one in 2^128.
+fn instance_marker() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut words = [0u64; 2];
+    for (i, word) in words.iter_mut().enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(n);
+        h.write_u32(std::process::id());
+        h.write_u128(nanos);
+        h.write_usize(i);
+        *word = h.finish();
+    }
+    format!("{:016x}{:016x}", words[0], words[1])
 }
 
 /// Sends `sig` to `targets` (pids, or `-pgid` for a group) with the `kill` command.
@@ -119,11 +182,24 @@ fn is_alive((pid, start): (u32, u64)) -> bool {
 /// The processes descended from `root` with their start times, from `/proc` (Linux;
 /// elsewhere none).
 fn descendants(root: u32) -> Vec<(u32, u64)> {
+    scan_proc(Some(root), &[])
+}
+
+/// One pass over `/proc` (Linux; elsewhere none): the processes descended from `root` (if
+/// any), and, if `marker` is not empty, every process of our user whose environment holds the
+/// exact entry `marker` (`KEY=value`), each with its start time. This process is never in it.
+fn scan_proc(root: Option<u32>, marker: &[u8]) -> Vec<(u32, u64)> {
+    #[cfg(unix)]
+    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    #[cfg(unix)]
+    let uid = std::fs::metadata("/proc/self").ok().map(|m| m.uid());
+    let me = std::process::id();
     let mut children: std::collections::HashMap<u32, Vec<(u32, u64)>> =
         std::collections::HashMap::new();
+    let mut found: Vec<(u32, u64)> = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -132,18 +208,44 @@ fn descendants(root: u32) -> Vec<(u32, u64)> {
         else {
             continue;
         };
-        if let Some((ppid, start)) = proc_stat(pid) {
-            children.entry(ppid).or_default().push((pid, start));
+        let Some((ppid, start)) = proc_stat(pid) else {
+            continue;
+        };
+        children.entry(ppid).or_default().push((pid, start));
+        // Only our own user's processes: another user's environment is not readable (and
+        // its processes not ours to kill); the check is a `stat`, reading is not tried.
+        #[cfg(unix)]
+        let ours = uid.is_some() && entry.metadata().ok().map(|m| m.uid()) == uid;
+        #[cfg(not(unix))]
+        let ours = false;
+        if !marker.is_empty()
+            && pid != me
+            && ours
+            && std::fs::read(entry.path().join("environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker))
+            // The start time again: the pid read is the process whose environment was read.
+            && proc_stat(pid).is_some_and(|(_, s)| s == start)
+            && found.len() < 4096
+        {
+            found.push((pid, start));
         }
     }
-    let mut found: Vec<(u32, u64)> = Vec::new();
-    let mut next = vec![root];
+    // The walk starts from the plugin's process and from every marked process: a child that
+    // a marked process started with a replaced environment is still found through its parent.
+    let mut next: Vec<u32> = found.iter().map(|(pid, _)| *pid).chain(root).collect();
+    let mut walked = std::collections::HashSet::new();
     while let Some(pid) = next.pop() {
+        if !walked.insert(pid) {
+            continue;
+        }
         for &child in children.get(&pid).map_or(&[][..], Vec::as_slice) {
+            if child.0 == me {
+                continue;
+            }
             if !found.contains(&child) && found.len() < 4096 {
                 found.push(child);
-                next.push(child.0);
             }
+            next.push(child.0);
         }
     }
     found
@@ -160,6 +262,7 @@ impl ExternalPlugin {
 
     fn spawn(&self) -> Result<Running, PluginError> {
         let m = &self.manifest;
+        let marker = instance_marker();
         let mut cmd = Command::new(m.program());
         cmd.args(&m.args)
             .current_dir(&m.dir)
@@ -168,6 +271,7 @@ impl ExternalPlugin {
             .env("DTF_PLUGIN_NAME", &m.name)
             .env("DTF_PLUGIN_DIR", &m.dir)
             .env("DTF_PROTOCOL_VERSION", m.protocol.to_string())
+            .env(INSTANCE_ENV, &marker)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -236,6 +340,7 @@ impl ExternalPlugin {
             next_id: 1,
             group,
             tree: Vec::new(),
+            marker,
         })
     }
 }
