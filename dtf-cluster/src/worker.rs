@@ -349,8 +349,10 @@ struct Publishing {
 #[derive(Default)]
 struct PendingBatch {
     count: u64,
-    /// The JSON array's elements, comma-separated, without the brackets.
-    body: String,
+    /// The batches as encoded by the publisher: JSON arrays, copied once, into the frame.
+    parts: Vec<String>,
+    /// Their elements' bytes.
+    bytes: usize,
     max_bytes: usize,
 }
 
@@ -649,19 +651,13 @@ impl WorkerLoop {
                 json,
                 max_bytes,
             } => {
-                let items = json
-                    .strip_prefix('[')
-                    .and_then(|j| j.strip_suffix(']'))
-                    .unwrap_or_default();
-                if self.pending.count > 0
-                    && self.pending.body.len() + items.len() + 1 > self.pending.max_bytes
+                let items = json.len().saturating_sub(2);
+                if self.pending.count > 0 && self.pending.bytes + items + 1 > self.pending.max_bytes
                 {
                     self.send_pending();
                 }
-                if !self.pending.body.is_empty() && !items.is_empty() {
-                    self.pending.body.push(',');
-                }
-                self.pending.body.push_str(items);
+                self.pending.bytes += items + 1;
+                self.pending.parts.push(json);
                 self.pending.count += count;
                 self.pending.max_bytes = max_bytes;
             }
@@ -687,7 +683,7 @@ impl WorkerLoop {
         let first = self.next_seq + 1;
         self.next_seq += batch.count;
         let permits = u32::try_from(batch.count).unwrap_or(u32::MAX);
-        let frame = events_frame(&self.config.worker, self.incarnation, first, &batch.body);
+        let frame = events_frame(&self.config.worker, self.incarnation, first, &batch.parts);
         match frame {
             Some(bytes) => self.push(self.next_seq, bytes, permits),
             None => {
@@ -734,11 +730,16 @@ impl WorkerLoop {
     }
 }
 
-/// The `Events` frame of the already encoded events `items` (a JSON array's elements,
-/// comma-separated), without parsing them again: the envelope is encoded with an empty array,
-/// which ends the frame (`"kinds"` is the last field of the `events` variant, the body the
-/// envelope's last field), and the items are spliced into it.
-fn events_frame(worker: &WorkerId, incarnation: u64, first: u64, items: &str) -> Option<Vec<u8>> {
+/// The `Events` frame of the already encoded events `parts` (JSON arrays), without parsing
+/// them again: the envelope is encoded with an empty array, which ends the frame (`"kinds"` is
+/// the last field of the `events` variant, the body the envelope's last field), and the
+/// arrays' elements are spliced into it, each copied once.
+fn events_frame(
+    worker: &WorkerId,
+    incarnation: u64,
+    first: u64,
+    parts: &[String],
+) -> Option<Vec<u8>> {
     const END: &[u8] = b"[]}}}";
     let mut bytes = wire::encode(&FromWorkerRef {
         worker,
@@ -749,8 +750,19 @@ fn events_frame(worker: &WorkerId, incarnation: u64, first: u64, items: &str) ->
         return None;
     }
     bytes.truncate(bytes.len() - END.len() + 1);
-    bytes.reserve(items.len() + END.len());
-    bytes.extend_from_slice(items.as_bytes());
+    bytes.reserve(parts.iter().map(String::len).sum::<usize>() + END.len());
+    let mut empty = true;
+    for part in parts {
+        let items = part.strip_prefix('[')?.strip_suffix(']')?;
+        if items.is_empty() {
+            continue;
+        }
+        if !empty {
+            bytes.push(b',');
+        }
+        bytes.extend_from_slice(items.as_bytes());
+        empty = false;
+    }
     bytes.extend_from_slice(&END[1..]);
     Some(bytes)
 }
@@ -766,10 +778,19 @@ mod tests {
             EventKind::custom("a", serde_json::json!({ "i": 1 })),
             EventKind::worker_failed("w", "gone"),
         ];
-        for sent in [&kinds[..], &kinds[..1], &[][..]] {
-            let json = serde_json::to_string(sent).unwrap_or_default();
-            let items = &json[1..json.len() - 1];
-            let bytes = events_frame(&WorkerId::from("p-1"), 7, 42, items);
+        let encode = |k: &[EventKind]| serde_json::to_string(k).unwrap_or_default();
+        // One batch, a batch of one, none, and two batches merged (with an empty one).
+        let cases: [(Vec<String>, &[EventKind]); 4] = [
+            (vec![encode(&kinds)], &kinds[..]),
+            (vec![encode(&kinds[..1])], &kinds[..1]),
+            (vec![encode(&[])], &[]),
+            (
+                vec![encode(&kinds[..1]), encode(&[]), encode(&kinds[1..])],
+                &kinds[..],
+            ),
+        ];
+        for (parts, sent) in cases {
+            let bytes = events_frame(&WorkerId::from("p-1"), 7, 42, &parts);
             let decoded: FromWorker =
                 serde_json::from_slice(&bytes.unwrap_or_default()).expect("a frame");
             assert_eq!(decoded.worker, WorkerId::from("p-1"));
