@@ -17,6 +17,11 @@ pub const DEFAULT_PUBLISH_WINDOW: u32 = 65_536;
 /// Events per frame, at most; bigger batches are split.
 const MAX_FRAME_EVENTS: usize = 4_096;
 
+/// The size a frame is cut at (below the frame cap): frames stay below glibc's threshold for
+/// serving an allocation with its own `mmap` (128 KiB), so their buffers are reused instead of
+/// mapped, page-faulted and unmapped per frame on both sides.
+const FRAME_TARGET_BYTES: usize = 64 * 1024;
+
 /// Room left in a frame for the envelope around the events (id, incarnation, tags).
 const ENVELOPE_BYTES: u64 = 1_024;
 
@@ -140,43 +145,63 @@ impl RemotePublisher {
         &self,
         kinds: impl IntoIterator<Item = EventKind>,
     ) -> Result<(), ClusterError> {
-        let kinds: Vec<EventKind> = kinds.into_iter().collect();
-        let mut rest: &[EventKind] = &kinds;
-        while !rest.is_empty() {
-            let mut n = rest.len().min(MAX_FRAME_EVENTS);
-            let json = loop {
-                let json = serde_json::to_string(&rest[..n]).map_err(|e| {
-                    tracing::error!(error = %e, "an event could not be encoded");
-                    ClusterError::Encode("an event for the coordinator's bus")
-                })?;
-                if json.len() <= self.max_bytes {
-                    break json;
-                }
-                if n == 1 {
-                    return Err(ClusterError::TooLarge {
-                        bytes: json.len(),
-                        max: self.max_bytes,
-                    });
-                }
-                n /= 2;
-            };
-            // n ≤ MAX_FRAME_EVENTS ≤ the window's permits.
-            let permits = u32::try_from(n).unwrap_or(u32::MAX);
-            self.window
-                .acquire_many(permits)
-                .await
-                .map_err(|_| ClusterError::Closed)?
-                .forget();
-            self.commands
-                .send(PublisherCommand::Batch {
-                    count: n as u64,
-                    json,
-                    max_bytes: self.max_bytes,
-                })
-                .map_err(|_| ClusterError::Closed)?;
-            rest = &rest[n..];
+        // One pass: each event is encoded straight into the current frame's array, which is
+        // handed over when the next event would take it past FRAME_TARGET_BYTES or
+        // MAX_FRAME_EVENTS (that event moves to the next array).
+        let target = self.max_bytes.min(FRAME_TARGET_BYTES);
+        let mut json: Vec<u8> = Vec::with_capacity(target + 1);
+        let mut count = 0usize;
+        for kind in kinds {
+            let mark = json.len();
+            json.push(if count == 0 { b'[' } else { b',' });
+            serde_json::to_writer(&mut json, &kind).map_err(|e| {
+                tracing::error!(error = %e, "an event could not be encoded");
+                ClusterError::Encode("an event for the coordinator's bus")
+            })?;
+            let size = json.len() - mark - 1;
+            if size + 2 > self.max_bytes {
+                json.truncate(mark);
+                self.hand_over(json, count).await?;
+                return Err(ClusterError::TooLarge {
+                    bytes: size,
+                    max: self.max_bytes,
+                });
+            }
+            if count > 0 && (json.len() + 1 > target || count == MAX_FRAME_EVENTS) {
+                let tail = json.split_off(mark + 1);
+                json.truncate(mark);
+                self.hand_over(json, count).await?;
+                json = Vec::with_capacity(target + 1);
+                json.push(b'[');
+                json.extend_from_slice(&tail);
+                count = 0;
+            }
+            count += 1;
         }
-        Ok(())
+        self.hand_over(json, count).await
+    }
+
+    /// Hands the array `json` (without its closing bracket) of `count` events to the node's
+    /// loop, once the window has room for them.
+    async fn hand_over(&self, mut json: Vec<u8>, count: usize) -> Result<(), ClusterError> {
+        if count == 0 {
+            return Ok(());
+        }
+        json.push(b']');
+        // count ≤ MAX_FRAME_EVENTS ≤ the window's permits.
+        let permits = u32::try_from(count).unwrap_or(u32::MAX);
+        self.window
+            .acquire_many(permits)
+            .await
+            .map_err(|_| ClusterError::Closed)?
+            .forget();
+        self.commands
+            .send(PublisherCommand::Batch {
+                count: count as u64,
+                json,
+                max_bytes: self.max_bytes.min(FRAME_TARGET_BYTES),
+            })
+            .map_err(|_| ClusterError::Closed)
     }
 
     /// Resolves once every event handed over before the call is on the coordinator's bus

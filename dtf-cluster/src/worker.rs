@@ -322,7 +322,7 @@ pub(crate) enum PublisherCommand {
     /// are merged while they fit in `max_bytes`).
     Batch {
         count: u64,
-        json: String,
+        json: Vec<u8>,
         max_bytes: usize,
     },
     /// Resolve once everything handed over before it is acknowledged.
@@ -350,7 +350,7 @@ struct Publishing {
 struct PendingBatch {
     count: u64,
     /// The batches as encoded by the publisher: JSON arrays, copied once, into the frame.
-    parts: Vec<String>,
+    parts: Vec<Vec<u8>>,
     /// Their elements' bytes.
     bytes: usize,
     max_bytes: usize,
@@ -738,7 +738,7 @@ fn events_frame(
     worker: &WorkerId,
     incarnation: u64,
     first: u64,
-    parts: &[String],
+    parts: &[Vec<u8>],
 ) -> Option<Vec<u8>> {
     const END: &[u8] = b"[]}}}";
     let mut bytes = wire::encode(&FromWorkerRef {
@@ -750,17 +750,17 @@ fn events_frame(
         return None;
     }
     bytes.truncate(bytes.len() - END.len() + 1);
-    bytes.reserve(parts.iter().map(String::len).sum::<usize>() + END.len());
+    bytes.reserve(parts.iter().map(Vec::len).sum::<usize>() + END.len());
     let mut empty = true;
     for part in parts {
-        let items = part.strip_prefix('[')?.strip_suffix(']')?;
+        let items = part.strip_prefix(b"[")?.strip_suffix(b"]")?;
         if items.is_empty() {
             continue;
         }
         if !empty {
             bytes.push(b',');
         }
-        bytes.extend_from_slice(items.as_bytes());
+        bytes.extend_from_slice(items);
         empty = false;
     }
     bytes.extend_from_slice(&END[1..]);
@@ -778,9 +778,9 @@ mod tests {
             EventKind::custom("a", serde_json::json!({ "i": 1 })),
             EventKind::worker_failed("w", "gone"),
         ];
-        let encode = |k: &[EventKind]| serde_json::to_string(k).unwrap_or_default();
+        let encode = |k: &[EventKind]| serde_json::to_vec(k).unwrap_or_default();
         // One batch, a batch of one, none, and two batches merged (with an empty one).
-        let cases: [(Vec<String>, &[EventKind]); 4] = [
+        let cases: [(Vec<Vec<u8>>, &[EventKind]); 4] = [
             (vec![encode(&kinds)], &kinds[..]),
             (vec![encode(&kinds[..1])], &kinds[..1]),
             (vec![encode(&[])], &[]),

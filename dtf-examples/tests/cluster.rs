@@ -949,6 +949,20 @@ fn a_remote_publisher_lands_every_event_once_in_order_across_cuts() {
     assert_eq!(wait(&mut q, Duration::from_secs(60)), Some(1));
     let qlog = log(&dir, "pub-2.log");
     assert!(qlog.contains("stdin line 3: not an event"), "{qlog}");
+    // An event above the 4 MiB frame cap is refused, the one before it delivered.
+    let mut r = publisher(&dir, &addr, &pki.ca, "pub-3");
+    let mut stdin = r.stdin.take().unwrap();
+    let huge = serde_json::to_string(&EventKind::custom(
+        "test.huge",
+        serde_json::json!("x".repeat(5 << 20)),
+    ))
+    .unwrap();
+    writeln!(stdin, "{}\n{huge}", line(n + 1)).unwrap();
+    drop(stdin);
+    assert_eq!(wait(&mut r, Duration::from_secs(60)), Some(1));
+    let rlog = log(&dir, "pub-3.log");
+    assert!(rlog.contains("exceeds the cluster frame cap"), "{rlog}");
+    assert!(rlog.len() < 10_000, "the event is not echoed");
     std::fs::write(&done, "").unwrap();
     let code = wait(&mut coord, Duration::from_secs(60));
     let clog = log(&dir, "coordinator.log");
@@ -962,14 +976,19 @@ fn a_remote_publisher_lands_every_event_once_in_order_across_cuts() {
             v["data"]["payload"]["i"].as_u64().unwrap() as usize
         })
         .collect();
-    assert_eq!(published, (0..=n).collect::<Vec<_>>(), "{clog}");
+    assert_eq!(published, (0..=n + 1).collect::<Vec<_>>(), "{clog}");
+    assert!(
+        !std::fs::read_to_string(&local_log)
+            .unwrap()
+            .contains("test.huge")
+    );
     let stats = clog
         .lines()
         .rev()
         .find(|l| l.contains("cluster delivery"))
         .unwrap_or_default();
     eprintln!("{stats}");
-    assert!(stats.contains(&format!("applied={}", n + 1)), "{stats}");
+    assert!(stats.contains(&format!("applied={}", n + 2)), "{stats}");
     assert!(stats.contains("rejected=1"), "{stats}");
     // The cuts really cut the publisher's connection.
     let reconnects = log(&dir, "pub-1.log")

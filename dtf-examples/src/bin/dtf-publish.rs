@@ -52,7 +52,9 @@ async fn run(args: Args) -> Result<u64, String> {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut batch: Vec<EventKind> = Vec::with_capacity(BATCH);
     let mut number = 0u64;
-    let mut sent = 0u64;
+    let mut read = 0u64;
+    // What stopped the reading: a bad line, stdin's error, or an event the publisher
+    // refused. Everything handed over before it is delivered all the same.
     let mut bad = None;
     loop {
         let line = if batch.is_empty() {
@@ -61,11 +63,10 @@ async fn run(args: Args) -> Result<u64, String> {
             match tokio::time::timeout(LINGER, lines.next_line()).await {
                 Ok(line) => line,
                 Err(_) => {
-                    sent += batch.len() as u64;
-                    publisher
-                        .publish_batch(batch.drain(..))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    if let Err(e) = publisher.publish_batch(batch.drain(..)).await {
+                        bad = Some(e.to_string());
+                        break;
+                    }
                     continue;
                 }
             }
@@ -83,7 +84,10 @@ async fn run(args: Args) -> Result<u64, String> {
             continue;
         }
         match serde_json::from_str::<EventKind>(&line) {
-            Ok(kind) => batch.push(kind),
+            Ok(kind) => {
+                batch.push(kind);
+                read += 1;
+            }
             Err(e) => {
                 // serde's message names the line's column; the line itself is not echoed
                 // (it may hold anything).
@@ -92,23 +96,25 @@ async fn run(args: Args) -> Result<u64, String> {
             }
         }
         if batch.len() == BATCH {
-            sent += batch.len() as u64;
-            publisher
-                .publish_batch(batch.drain(..))
-                .await
-                .map_err(|e| e.to_string())?;
+            if let Err(e) = publisher.publish_batch(batch.drain(..)).await {
+                bad = Some(e.to_string());
+                break;
+            }
         }
     }
-    sent += batch.len() as u64;
-    publisher
-        .publish_batch(batch)
-        .await
-        .map_err(|e| e.to_string())?;
+    // What was read before a bad line goes out too (after a refused event, nothing is left).
+    if let Err(e) = publisher.publish_batch(batch).await {
+        bad.get_or_insert(e.to_string());
+    }
     publisher.close().await.map_err(|e| e.to_string())?;
-    tracing::info!(events = sent, "every event is on the coordinator's bus");
     match bad {
-        Some(bad) => Err(format!("{bad} ({sent} events before it were delivered)")),
-        None => Ok(sent),
+        Some(bad) => Err(format!(
+            "{bad} (what was handed over before it is on the coordinator's bus)"
+        )),
+        None => {
+            tracing::info!(events = read, "every event is on the coordinator's bus");
+            Ok(read)
+        }
     }
 }
 
