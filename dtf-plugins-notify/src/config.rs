@@ -151,6 +151,16 @@ impl<'de> Deserialize<'de> for SecretSource {
 /// A gate key for a destination known only by a secret (a webhook URL, a bot token): a hash,
 /// so that two channels posting to one destination share its gate (rate limit and
 /// `Retry-After`) while the secret stays out of the key, which appears in logs.
+#[cfg_attr(
+    not(any(
+        feature = "slack",
+        feature = "discord",
+        feature = "telegram",
+        feature = "teams",
+        feature = "webhook"
+    )),
+    expect(dead_code, reason = "only the channels addressed by a secret use it")
+)]
 pub(crate) fn secret_key(kind: &str, secret: &Secret) -> String {
     format!(
         "{kind}:{:016x}",
