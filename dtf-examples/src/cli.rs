@@ -364,6 +364,13 @@ mod tests {
     }
 }
 
+/// The environment variables a node binary (`dtf-worker`, `dtf-publish`) reads, for its
+/// `--help`.
+pub const NODE_ENV_HELP: &str = "\
+Environment:
+  DTF_CLUSTER_COOKIE   the cluster's shared secret (at least 32 bytes), unless --cookie-file
+  RUST_LOG             log filter (default: info)";
+
 /// How a node (`dtf-worker`, `dtf-publish`) reaches the coordinator: the options both
 /// binaries share.
 #[derive(Debug, Clone, clap::Args)]

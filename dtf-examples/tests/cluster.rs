@@ -685,6 +685,27 @@ fn a_worker_back_within_the_grace_is_recovered_and_nothing_runs_twice() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Writes a configuration file at `file` that sets the `event-log` plugin's file to `log`
+/// (and enables it, for a coordinator; a plugin host runs what `--plugins` names).
+fn event_log_config(file: &Path, log: &Path, enabled: bool) {
+    let enabled = if enabled { "enabled = true\n" } else { "" };
+    let settings = format!("settings = {{ path = \"{}\" }}\n", log.display());
+    std::fs::write(file, format!("[plugins.event-log]\n{enabled}{settings}")).unwrap();
+}
+
+/// Waits (up to 30 s) until the log file `name` under `dir` says `needle`.
+fn wait_for_log(dir: &Path, name: &str, needle: &str) {
+    let start = Instant::now();
+    while !log(dir, name).contains(needle) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            log(dir, name)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn plugin_host(dir: &Path, addr: &str, ca: &Path, id: &str, config: &Path) -> Proc {
     worker(
         dir,
@@ -725,23 +746,9 @@ fn a_remote_plugin_host_gets_every_event_in_order_across_a_restart() {
     let local_log = dir.join("local.jsonl");
     let remote_log = dir.join("remote.jsonl");
     let coord_toml = dir.join("coordinator.toml");
-    std::fs::write(
-        &coord_toml,
-        format!(
-            "[plugins.event-log]\nenabled = true\nsettings = {{ path = \"{}\" }}\n",
-            local_log.display()
-        ),
-    )
-    .unwrap();
+    event_log_config(&coord_toml, &local_log, true);
     let host_toml = dir.join("host.toml");
-    std::fs::write(
-        &host_toml,
-        format!(
-            "[plugins.event-log]\nsettings = {{ path = \"{}\" }}\n",
-            remote_log.display()
-        ),
-    )
-    .unwrap();
+    event_log_config(&host_toml, &remote_log, false);
     let port = free_port();
     let mut coord = coordinator(
         &dir,
@@ -762,14 +769,7 @@ fn a_remote_plugin_host_gets_every_event_in_order_across_a_restart() {
     let mut host = plugin_host(&dir, &addr, &pki.ca, "host-1", &host_toml);
     // The host registers first, so its plugin is added before any task event.
     let start = Instant::now();
-    while !log(&dir, "coordinator.log").contains("a remote plugin joined") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{}",
-            log(&dir, "coordinator.log")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_log(&dir, "coordinator.log", "a remote plugin joined");
     let mut w = worker(
         &dir,
         &addr,
@@ -883,14 +883,7 @@ fn a_remote_publisher_lands_every_event_once_in_order_across_cuts() {
     });
     let local_log = dir.join("local.jsonl");
     let coord_toml = dir.join("coordinator.toml");
-    std::fs::write(
-        &coord_toml,
-        format!(
-            "[plugins.event-log]\nenabled = true\nsettings = {{ path = \"{}\" }}\n",
-            local_log.display()
-        ),
-    )
-    .unwrap();
+    event_log_config(&coord_toml, &local_log, true);
     let port = free_port();
     let mut coord = coordinator(
         &dir,
@@ -1016,14 +1009,7 @@ fn list_plugins_lists_the_plugins_of_registered_hosts() {
     let pki = make_pki(&dir, "ok");
     task_file(&dir, 1, |_| "true".to_owned());
     let host_toml = dir.join("host.toml");
-    std::fs::write(
-        &host_toml,
-        format!(
-            "[plugins.event-log]\nsettings = {{ path = \"{}\" }}\n",
-            dir.join("events.jsonl").display()
-        ),
-    )
-    .unwrap();
+    event_log_config(&host_toml, &dir.join("events.jsonl"), false);
     let port = free_port();
     let mut coord = coordinator(&dir, port, &pki, &["--list-plugins"]);
     let addr = format!("127.0.0.1:{port}");
@@ -1081,14 +1067,7 @@ fn a_hosted_plugin_is_reconfigured_from_the_coordinator() {
     });
     let (before, after) = (dir.join("before.jsonl"), dir.join("after.jsonl"));
     let host_toml = dir.join("host.toml");
-    std::fs::write(
-        &host_toml,
-        format!(
-            "[plugins.event-log]\nsettings = {{ path = \"{}\" }}\n",
-            before.display()
-        ),
-    )
-    .unwrap();
+    event_log_config(&host_toml, &before, false);
     let (port, ui) = (free_port(), free_port());
     let mut coord = coordinator(
         &dir,
@@ -1105,15 +1084,7 @@ fn a_hosted_plugin_is_reconfigured_from_the_coordinator() {
     );
     let addr = format!("127.0.0.1:{port}");
     let mut host = plugin_host(&dir, &addr, &pki.ca, "host-1", &host_toml);
-    let start = Instant::now();
-    while !log(&dir, "coordinator.log").contains("a remote plugin joined") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{}",
-            log(&dir, "coordinator.log")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_log(&dir, "coordinator.log", "a remote plugin joined");
     let (status, response) = put_config(
         ui,
         "event-log@host-1",

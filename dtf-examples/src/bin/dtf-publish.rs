@@ -34,10 +34,7 @@ const LINGER: Duration = Duration::from_millis(50);
     name = "dtf-publish",
     version,
     about,
-    after_help = "\
-Environment:
-  DTF_CLUSTER_COOKIE   the cluster's shared secret (at least 32 bytes), unless --cookie-file
-  RUST_LOG             log filter (default: info)"
+    after_help = dtf_examples::cli::NODE_ENV_HELP
 )]
 struct Args {
     #[command(flatten)]
