@@ -371,6 +371,32 @@ Environment:
   DTF_CLUSTER_COOKIE   the cluster's shared secret (at least 32 bytes), unless --cookie-file
   RUST_LOG             log filter (default: info)";
 
+/// The `main` of a node binary (`dtf-worker`, `dtf-publish`): runs `run` on a multi-threaded
+/// tokio runtime; its error goes to stderr as `error: …` with exit code 1 (2 when the runtime
+/// cannot start).
+pub fn node_main(
+    run: impl std::future::Future<Output = Result<(), String>>,
+) -> std::process::ExitCode {
+    use std::io::Write as _;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: start the tokio runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
 /// How a node (`dtf-worker`, `dtf-publish`) reaches the coordinator: the options both
 /// binaries share.
 #[derive(Debug, Clone, clap::Args)]

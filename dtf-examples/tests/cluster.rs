@@ -108,6 +108,13 @@ fn task_file(dir: &Path, n: usize, command: impl Fn(usize) -> String) -> PathBuf
     path
 }
 
+/// A task file of one task that runs until `file` exists.
+fn task_waiting_for(dir: &Path, file: &Path) {
+    task_file(dir, 1, |_| {
+        format!("while [ ! -f {} ]; do sleep 0.05; done", file.display())
+    });
+}
+
 fn mark(dir: &Path) -> String {
     format!("echo ran >> {}/marks/$DTF_TASK_ID", dir.display())
 }
@@ -878,9 +885,7 @@ fn a_remote_publisher_lands_every_event_once_in_order_across_cuts() {
     let pki = make_pki(&dir, "ok");
     let done = dir.join("done");
     // One local task that keeps the run open until the test is done publishing.
-    task_file(&dir, 1, |_| {
-        format!("while [ ! -f {} ]; do sleep 0.05; done", done.display())
-    });
+    task_waiting_for(&dir, &done);
     let local_log = dir.join("local.jsonl");
     let coord_toml = dir.join("coordinator.toml");
     event_log_config(&coord_toml, &local_log, true);
@@ -1062,9 +1067,7 @@ fn a_hosted_plugin_is_reconfigured_from_the_coordinator() {
     let dir = temp_dir("reconfigure");
     let pki = make_pki(&dir, "ok");
     let go = dir.join("go");
-    task_file(&dir, 1, |_| {
-        format!("while [ ! -f {} ]; do sleep 0.05; done", go.display())
-    });
+    task_waiting_for(&dir, &go);
     let (before, after) = (dir.join("before.jsonl"), dir.join("after.jsonl"));
     let host_toml = dir.join("host.toml");
     event_log_config(&host_toml, &before, false);

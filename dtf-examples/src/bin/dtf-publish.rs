@@ -12,7 +12,6 @@
 //! coordinator has every event, then exits 0. A line that is not an event stops it: what was
 //! read before is delivered, and it exits 1 naming the line and column.
 
-use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -41,7 +40,7 @@ struct Args {
     node: NodeArgs,
 }
 
-async fn run(args: Args) -> Result<u64, String> {
+async fn run(args: Args) -> Result<(), String> {
     let config = args.node.config("dtf-publish", Capabilities::default())?;
     let publisher = RemotePublisher::connect(config)
         .await
@@ -110,7 +109,7 @@ async fn run(args: Args) -> Result<u64, String> {
         )),
         None => {
             tracing::info!(events = read, "every event is on the coordinator's bus");
-            Ok(read)
+            Ok(())
         }
     }
 }
@@ -118,21 +117,5 @@ async fn run(args: Args) -> Result<u64, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     dtf_examples::output::init_logging("info");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = writeln!(std::io::stderr(), "error: start the tokio runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => {
-            let _ = writeln!(std::io::stderr(), "error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    dtf_examples::cli::node_main(run(args))
 }

@@ -11,7 +11,6 @@
 //! process dies with it, even on `kill -9`.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -108,21 +107,5 @@ fn main() -> ExitCode {
     if let Err(e) = dtf_examples::executor::kill_tasks_on_exit() {
         tracing::warn!(error = %e, "no watchdog: task processes may outlive a killed worker");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = writeln!(std::io::stderr(), "error: start the tokio runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let _ = writeln!(std::io::stderr(), "error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    dtf_examples::cli::node_main(run(args))
 }
