@@ -111,6 +111,11 @@ impl Plugin for RemotePlugin {
         &mut self,
         ctx: &mut PluginContext,
     ) -> Result<Reconfigured, PluginError> {
+        // Every event before the change is handled first, so that no resend after a cut can
+        // put an older event behind the new settings.
+        while !self.in_flight.is_empty() {
+            self.settle_oldest().await?;
+        }
         self.hub
             .reconfigure(&self.host, &self.plugin.name, ctx.raw_config().clone())
             .await
@@ -123,15 +128,17 @@ impl Plugin for RemotePlugin {
         _ctx: &mut PluginContext,
         event: &Event,
     ) -> Result<(), PluginError> {
-        self.settle_done()?;
-        while self.in_flight.len() >= DELIVERY_WINDOW {
-            self.settle_oldest().await?;
-        }
+        // The event goes to the hub first, whatever happened to earlier ones: the hub keeps it
+        // for the host, so a failure reported below costs the host nothing.
         let handled = self
             .hub
             .send(&self.host, &self.plugin.name, event.clone())
             .map_err(|e| PluginError::from(e.to_string()))?;
         self.in_flight.push_back(handled);
+        self.settle_done()?;
+        while self.in_flight.len() > DELIVERY_WINDOW {
+            self.settle_oldest().await?;
+        }
         Ok(())
     }
 

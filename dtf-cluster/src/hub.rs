@@ -306,8 +306,10 @@ impl Hub {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (notes_tx, notes) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
+        let (out, out_rx) = mpsc::unbounded_channel();
+        tokio::spawn(publish_in_order(bus.with_source("cluster"), out_rx));
         let state = HubLoop {
-            bus: bus.with_source("cluster"),
+            out,
             timing: config.timing,
             workers: HashMap::new(),
             applied_results: HashSet::new(),
@@ -440,6 +442,8 @@ struct RemoteWorker {
     settings: BTreeMap<String, serde_json::Value>,
     /// `false` for a placeholder: a host a proxy waits for that has not registered yet.
     registered: bool,
+    /// The node id of the session its last `Hello` came on (see [`RemoteWorker::welcomed`]).
+    hello_node: Option<u64>,
     /// A remote publisher ([`crate::RemotePublisher`]): no `Worker*` events are published
     /// for it.
     publisher: bool,
@@ -472,14 +476,25 @@ impl RemoteWorker {
             reconfiguring: BTreeMap::new(),
             settings: BTreeMap::new(),
             registered: true,
+            hello_node: None,
             publisher: false,
             group,
         }
     }
 
+    /// Whether the node's newest session is the one its last `Hello` came on. A host that
+    /// reconnected is sent nothing new until its hello: what it missed is resent then, in
+    /// order, and a newer event arriving before that resend would make the host take the
+    /// resent ones for duplicates.
+    fn welcomed(&self) -> bool {
+        self.hello_node.is_some()
+            && wire::newest_remote(&self.group).map(|(node, _)| node) == self.hello_node
+    }
+
     /// Sends every unanswered reconfiguration and unhandled delivery again, in order, and
-    /// wakes the waiting proxies.
+    /// wakes the waiting proxies. Called on a hello: records the session it came on.
     fn resend_deliveries(&mut self) {
+        self.hello_node = wire::newest_remote(&self.group).map(|(node, _)| node);
         for (_, _, frame, _) in self.reconfiguring.values() {
             wire::send_bytes(&self.group, frame.clone());
         }
@@ -492,8 +507,44 @@ impl RemoteWorker {
     }
 }
 
+/// What the hub's loop hands to its publishing task, in order.
+enum Out {
+    /// One event for the bus.
+    One(EventKind),
+    /// A remote publisher's events, published together.
+    Batch(Vec<EventKind>),
+    /// Tell the node with this group that its events up to here are applied: sent after
+    /// everything before it is on the bus.
+    Ack(String, u64),
+}
+
+/// Publishes what the hub's loop applied, in the loop's order, and acknowledges it once it is
+/// on the bus. The loop itself never waits for the bus: a full queue (backpressure) slows
+/// this task, while the loop goes on handling acknowledgements, heartbeats and deliveries
+/// (which a hosted plugin's proxy, whose queue may be the full one, waits for).
+async fn publish_in_order(bus: Bus, mut out: mpsc::UnboundedReceiver<Out>) {
+    while let Some(item) = out.recv().await {
+        match item {
+            Out::One(kind) => {
+                if let Err(e) = bus.publish(kind).await {
+                    tracing::warn!(error = %e, "the bus refused a cluster event");
+                }
+            }
+            Out::Batch(kinds) => {
+                if let Err(e) = bus.publish_batch(kinds).await {
+                    tracing::warn!(error = %e, "the bus refused a remote publisher's events");
+                }
+            }
+            Out::Ack(group, upto) => {
+                wire::send_to(&group, &HubFrame::Ack { upto });
+            }
+        }
+    }
+}
+
 struct HubLoop {
-    bus: Bus,
+    /// To the publishing task ([`publish_in_order`]).
+    out: mpsc::UnboundedSender<Out>,
     timing: Timing,
     workers: HashMap<WorkerId, RemoteWorker>,
     /// `(task, attempt)` whose result was applied: a result is applied once per attempt.
@@ -527,9 +578,11 @@ impl HubLoop {
                     while let Ok(frame) = frames.try_recv() {
                         self.on_frame(frame, &mut acks).await;
                     }
+                    // Through the publishing task: an acknowledgement follows the events it
+                    // covers onto the bus.
                     for (worker, upto) in acks {
                         if let Some(w) = self.workers.get(&worker) {
-                            wire::send_to(&w.group, &HubFrame::Ack { upto });
+                            let _ = self.out.send(Out::Ack(w.group.clone(), upto));
                         }
                     }
                 }
@@ -572,9 +625,7 @@ impl HubLoop {
     }
 
     async fn publish(&self, kind: EventKind) {
-        if let Err(e) = self.bus.publish(kind).await {
-            tracing::warn!(error = %e, "the bus refused a cluster event");
-        }
+        let _ = self.out.send(Out::One(kind));
     }
 
     fn post(&mut self, worker: WorkerId, job: RemoteJob) {
@@ -619,7 +670,9 @@ impl HubLoop {
             let _ = done.send(Err(ClusterError::Encode("settings for a hosted plugin")));
             return;
         };
-        wire::send_bytes(&w.group, frame.clone());
+        if w.welcomed() {
+            wire::send_bytes(&w.group, frame.clone());
+        }
         w.reconfiguring.insert(id, (plugin, settings, frame, done));
     }
 
@@ -638,7 +691,9 @@ impl HubLoop {
             let _ = done.send(Err(ClusterError::Encode("an event for a hosted plugin")));
             return;
         };
-        wire::send_bytes(&w.group, frame.clone());
+        if w.welcomed() {
+            wire::send_bytes(&w.group, frame.clone());
+        }
         let done = if w.health == Health::Failed {
             let _ = done.send(Err(ClusterError::Unreachable(format!(
                 "the plugin host `{host}` is down; the event waits for it"
@@ -745,12 +800,10 @@ impl HubLoop {
                 let Some(fresh) = self.take_fresh(&worker, first, kinds, acks) else {
                     return;
                 };
-                let n = fresh.len() as u64;
-                if let Err(e) = self.bus.publish_batch(fresh).await {
-                    tracing::warn!(error = %e, "the bus refused a remote publisher's events");
-                    return;
-                }
-                self.counters.applied.fetch_add(n, Ordering::Relaxed);
+                self.counters
+                    .applied
+                    .fetch_add(fresh.len() as u64, Ordering::Relaxed);
+                let _ = self.out.send(Out::Batch(fresh));
             }
             WorkerFrame::Event { seq, job, kind } => {
                 if seq <= w.applied {
@@ -852,7 +905,8 @@ impl HubLoop {
     ) -> Option<Vec<EventKind>> {
         let w = self.workers.get_mut(worker)?;
         let n = kinds.len() as u64;
-        let last = (first + n).checked_sub(1)?;
+        // Numbers from the network: no overflow.
+        let last = first.checked_add(n)?.checked_sub(1)?;
         if first == 0 || last <= w.applied {
             self.counters.duplicates.fetch_add(n, Ordering::Relaxed);
             acks.insert(worker.clone(), w.applied);
@@ -973,18 +1027,29 @@ impl HubLoop {
                 *w = RemoteWorker::new(incarnation, group.clone());
                 w.deliveries = deliveries;
                 w.waiting = waiting;
-                w.reconfiguring = reconfiguring;
+                // A change the old process had not answered is refused: the new one starts
+                // from its own configuration plus what was applied before.
+                for (_, _, _, done) in reconfiguring.into_values() {
+                    let _ = done.send(Err(ClusterError::Unreachable(format!(
+                        "the plugin host `{worker}` restarted before it answered; nothing changed"
+                    ))));
+                }
                 wire::send_to(&group, &HubFrame::Welcome { events_applied: 0 });
-                // The new process starts from its own configuration: what the coordinator
-                // set is applied again before any event (answers to these go unread).
+                // What the coordinator set is applied again before any event; kept (and
+                // resent) until answered, like any change, and nobody waits for the answer.
                 for (plugin, settings) in settings {
                     self.next_request += 1;
-                    let frame = HubFrame::Reconfigure {
+                    let id = self.next_request;
+                    let frame = wire::encode(&HubFrame::Reconfigure {
                         plugin: plugin.clone(),
-                        id: self.next_request,
+                        id,
                         settings: settings.clone(),
-                    };
-                    wire::send_to(&group, &frame);
+                    });
+                    if let Some(frame) = frame {
+                        let (unread, _) = oneshot::channel();
+                        w.reconfiguring
+                            .insert(id, (plugin.clone(), settings.clone(), frame, unread));
+                    }
                     w.settings.insert(plugin, settings);
                 }
                 w.resend_deliveries();

@@ -228,7 +228,8 @@ impl RemotePublisher {
         let Self { commands, node, .. } = self;
         drop(commands);
         let ended = node.await.map_err(|_| ClusterError::Closed)?;
-        flushed?;
-        ended.map(|_| ())
+        // The node's own error (e.g. the coordinator unreachable) says more than `Closed`.
+        ended?;
+        flushed
     }
 }

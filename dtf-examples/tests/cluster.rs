@@ -937,9 +937,10 @@ fn a_remote_publisher_lands_every_event_once_in_order_across_cuts() {
     let mut stdin = q.stdin.take().unwrap();
     let shutdown =
         serde_json::to_string(&EventKind::coordinator_shutdown(ShutdownReason::Completed)).unwrap();
+    // The bad line carries a token where an object belongs: named by position, not echoed.
     writeln!(
         stdin,
-        "{}\n{shutdown}\n{{\"type\":\"no_such_event\"}}",
+        "{}\n{shutdown}\n{{\"type\":\"custom\",\"data\":\"xoxb-not-a-real-token\"}}",
         line(n)
     )
     .unwrap();
@@ -947,6 +948,7 @@ fn a_remote_publisher_lands_every_event_once_in_order_across_cuts() {
     assert_eq!(wait(&mut q, Duration::from_secs(60)), Some(1));
     let qlog = log(&dir, "pub-2.log");
     assert!(qlog.contains("stdin line 3: not an event"), "{qlog}");
+    assert!(!qlog.contains("xoxb"), "{qlog}");
     // An event above the 4 MiB frame cap is refused, the one before it delivered.
     let mut r = publisher(&dir, &addr, &pki.ca, "pub-3");
     let mut stdin = r.stdin.take().unwrap();

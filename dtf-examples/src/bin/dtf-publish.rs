@@ -7,7 +7,7 @@
 //!
 //! Each line of stdin is one event in the bus's JSON form, as the `event-log` plugin writes it
 //! (`{"type":"custom","data":{"name":"harness.step","payload":{}}}`). Events are sent in
-//! batches (up to 1,024, or what arrived within 50 ms), each lands on the coordinator's bus
+//! batches (up to 1,024, or when no line came for 50 ms), each lands on the coordinator's bus
 //! exactly once and in order, across reconnections. At the end of stdin it waits until the
 //! coordinator has every event, then exits 0. A line that is not an event stops it: what was
 //! read before is delivered, and it exits 1 naming the line and column.
@@ -85,8 +85,9 @@ async fn run(args: Args) -> Result<(), String> {
                 read += 1;
             }
             Err(e) => {
-                // serde's message names the line's column; the line itself is not echoed
-                // (it may hold anything).
+                // serde's message names the line's column; the line is not echoed, and a
+                // string value serde quotes is cut to `"…"` (it may be a token).
+                let e = redact_strings(&e.to_string());
                 bad = Some(format!("stdin line {number}: not an event: {e}"));
                 break;
             }
@@ -112,6 +113,26 @@ async fn run(args: Args) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// `message` with every string value serde quotes (`string "…"`) emptied.
+fn redact_strings(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("string \"") {
+        let start = i + "string \"".len();
+        out.push_str(&rest[..start]);
+        out.push('…');
+        match rest[start..].find('"') {
+            Some(end) => rest = &rest[start + end..],
+            None => {
+                rest = "";
+                out.push('"');
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn main() -> ExitCode {
