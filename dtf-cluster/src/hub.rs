@@ -307,13 +307,16 @@ impl Hub {
         let (notes_tx, notes) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
         let (out, out_rx) = mpsc::unbounded_channel();
-        tokio::spawn(publish_in_order(bus.with_source("cluster"), out_rx));
+        tokio::spawn(publish_in_order(
+            bus.with_source("cluster"),
+            out_rx,
+            notes_tx,
+        ));
         let state = HubLoop {
             out,
             timing: config.timing,
             workers: HashMap::new(),
             applied_results: HashSet::new(),
-            notes: notes_tx,
             counters: Arc::clone(&counters),
             next_request: 0,
         };
@@ -516,13 +519,20 @@ enum Out {
     /// Tell the node with this group that its events up to here are applied: sent after
     /// everything before it is on the bus.
     Ack(String, u64),
+    /// Tell the embedding coordinator, after everything before it is on the bus (a worker's
+    /// `Registered` after its `WorkerRegistered`, so that tasks created on that note find it).
+    Note(HubNote),
 }
 
 /// Publishes what the hub's loop applied, in the loop's order, and acknowledges it once it is
 /// on the bus. The loop itself never waits for the bus: a full queue (backpressure) slows
 /// this task, while the loop goes on handling acknowledgements, heartbeats and deliveries
 /// (which a hosted plugin's proxy, whose queue may be the full one, waits for).
-async fn publish_in_order(bus: Bus, mut out: mpsc::UnboundedReceiver<Out>) {
+async fn publish_in_order(
+    bus: Bus,
+    mut out: mpsc::UnboundedReceiver<Out>,
+    notes: mpsc::UnboundedSender<HubNote>,
+) {
     while let Some(item) = out.recv().await {
         match item {
             Out::One(kind) => {
@@ -538,6 +548,9 @@ async fn publish_in_order(bus: Bus, mut out: mpsc::UnboundedReceiver<Out>) {
             Out::Ack(group, upto) => {
                 wire::send_to(&group, &HubFrame::Ack { upto });
             }
+            Out::Note(note) => {
+                let _ = notes.send(note);
+            }
         }
     }
 }
@@ -549,7 +562,6 @@ struct HubLoop {
     workers: HashMap<WorkerId, RemoteWorker>,
     /// `(task, attempt)` whose result was applied: a result is applied once per attempt.
     applied_results: HashSet<(TaskId, u32)>,
-    notes: mpsc::UnboundedSender<HubNote>,
     counters: Arc<Counters>,
     /// The id of the last request to a plugin host (`Reconfigure`).
     next_request: u64,
@@ -626,6 +638,10 @@ impl HubLoop {
 
     async fn publish(&self, kind: EventKind) {
         let _ = self.out.send(Out::One(kind));
+    }
+
+    fn note(&self, note: HubNote) {
+        let _ = self.out.send(Out::Note(note));
     }
 
     fn post(&mut self, worker: WorkerId, job: RemoteJob) {
@@ -831,7 +847,7 @@ impl HubLoop {
                 }
                 match &kind {
                     EventKind::TaskStarted(s) => {
-                        let _ = self.notes.send(HubNote::Started {
+                        self.note(HubNote::Started {
                             worker: worker.clone(),
                             task: s.task.clone(),
                             attempt: s.attempt,
@@ -985,12 +1001,12 @@ impl HubLoop {
                     .await;
                 // Its plugins first: whoever sees `Registered` finds them already noted.
                 if !plugins.is_empty() {
-                    let _ = self.notes.send(HubNote::Plugins {
+                    self.note(HubNote::Plugins {
                         host: worker.clone(),
                         plugins,
                     });
                 }
-                let _ = self.notes.send(HubNote::Registered(worker));
+                self.note(HubNote::Registered(worker));
                 wire::send_to(&group, &HubFrame::Welcome { events_applied: 0 });
             }
             Some(w) if w.incarnation == incarnation => {
