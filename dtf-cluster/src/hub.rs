@@ -125,12 +125,6 @@ pub struct HubHandle {
     commands: mpsc::UnboundedSender<Command>,
 }
 
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Command")
-    }
-}
-
 impl HubHandle {
     /// Delivers `event` to `plugin` on `host`; resolves when the host handled it. The event is
     /// resent after reconnections until then.
@@ -494,9 +488,9 @@ impl RemoteWorker {
             && wire::newest_remote(&self.group).map(|(node, _)| node) == self.hello_node
     }
 
-    /// Sends every unanswered reconfiguration and unhandled delivery again, in order, and
-    /// wakes the waiting proxies. Called on a hello: records the session it came on.
-    fn resend_deliveries(&mut self) {
+    /// On a hello: records the session it came on, sends every unanswered reconfiguration
+    /// and unhandled delivery again, in order, and wakes the waiting proxies.
+    fn on_hello(&mut self) {
         self.hello_node = wire::newest_remote(&self.group).map(|(node, _)| node);
         for (_, _, frame, _) in self.reconfiguring.values() {
             wire::send_bytes(&self.group, frame.clone());
@@ -585,10 +579,10 @@ impl HubLoop {
             tokio::select! {
                 Some(frame) = frames.recv() => {
                     let mut acks = BTreeMap::new();
-                    self.on_frame(frame, &mut acks).await;
+                    self.on_frame(frame, &mut acks);
                     // Drain what else has arrived, then acknowledge once per worker.
                     while let Ok(frame) = frames.try_recv() {
-                        self.on_frame(frame, &mut acks).await;
+                        self.on_frame(frame, &mut acks);
                     }
                     // Through the publishing task: an acknowledgement follows the events it
                     // covers onto the bus.
@@ -630,13 +624,13 @@ impl HubLoop {
                     // A session going down is noticed through the heartbeats (a worker may
                     // be behind a proxy whose connection ends without a clean close).
                 }
-                _ = tick.tick() => self.check_health().await,
+                _ = tick.tick() => self.check_health(),
                 else => return,
             }
         }
     }
 
-    async fn publish(&self, kind: EventKind) {
+    fn publish(&self, kind: EventKind) {
         let _ = self.out.send(Out::One(kind));
     }
 
@@ -724,7 +718,7 @@ impl HubLoop {
             .push_back(Pending { seq, frame, done });
     }
 
-    async fn on_frame(&mut self, frame: FromWorker, acks: &mut BTreeMap<WorkerId, u64>) {
+    fn on_frame(&mut self, frame: FromWorker, acks: &mut BTreeMap<WorkerId, u64>) {
         let FromWorker {
             worker,
             incarnation,
@@ -748,8 +742,7 @@ impl HubLoop {
                     labels,
                     jobs_received,
                     plugins,
-                )
-                .await;
+                );
             }
             return;
         }
@@ -768,8 +761,7 @@ impl HubLoop {
         }
         if back && !w.publisher {
             tracing::info!(%worker, "the worker is back");
-            self.publish(EventKind::worker_recovered(worker.clone()))
-                .await;
+            self.publish(EventKind::worker_recovered(worker.clone()));
         }
         let Some(w) = self.workers.get_mut(&worker) else {
             return;
@@ -870,7 +862,7 @@ impl HubLoop {
                     _ => {}
                 }
                 self.counters.applied.fetch_add(1, Ordering::Relaxed);
-                self.publish(kind).await;
+                self.publish(kind);
             }
         }
     }
@@ -959,7 +951,7 @@ impl HubLoop {
         Some(fresh)
     }
 
-    async fn hello(
+    fn hello(
         &mut self,
         worker: WorkerId,
         incarnation: u64,
@@ -989,7 +981,7 @@ impl HubLoop {
                     w.deliveries = old.deliveries;
                     w.waiting = old.waiting;
                 }
-                w.resend_deliveries();
+                w.on_hello();
                 self.workers.insert(worker.clone(), w);
                 tracing::info!(
                     %worker,
@@ -997,8 +989,7 @@ impl HubLoop {
                     plugins = plugins.len(),
                     "a remote worker registered"
                 );
-                self.publish(EventKind::worker_registered(worker.clone(), capabilities))
-                    .await;
+                self.publish(EventKind::worker_registered(worker.clone(), capabilities));
                 // Its plugins first: whoever sees `Registered` finds them already noted.
                 if !plugins.is_empty() {
                     self.note(HubNote::Plugins {
@@ -1024,10 +1015,10 @@ impl HubLoop {
                 );
                 let n = resend_jobs(w);
                 self.counters.jobs_resent.fetch_add(n, Ordering::Relaxed);
-                w.resend_deliveries();
+                w.on_hello();
                 if was != Health::Up {
                     tracing::info!(%worker, "the worker is back (reconnected)");
-                    self.publish(EventKind::worker_recovered(worker)).await;
+                    self.publish(EventKind::worker_recovered(worker));
                 }
             }
             Some(w) => {
@@ -1068,21 +1059,20 @@ impl HubLoop {
                     }
                     w.settings.insert(plugin, settings);
                 }
-                w.resend_deliveries();
+                w.on_hello();
                 if was != Health::Failed {
                     tracing::warn!(%worker, jobs = lost.len(), "the worker restarted; its jobs are re-queued");
                     self.publish(EventKind::worker_failed(
                         worker.clone(),
                         "the worker process restarted",
-                    ))
-                    .await;
+                    ));
                 }
-                self.publish(EventKind::worker_recovered(worker)).await;
+                self.publish(EventKind::worker_recovered(worker));
             }
         }
     }
 
-    async fn check_health(&mut self) {
+    fn check_health(&mut self) {
         let now = Instant::now();
         let mut events = Vec::new();
         for (id, w) in &mut self.workers {
@@ -1141,7 +1131,7 @@ impl HubLoop {
             }
         }
         for e in events {
-            self.publish(e).await;
+            self.publish(e);
         }
     }
 }

@@ -65,14 +65,11 @@ const ENVELOPE_BYTES: u64 = 1_024;
 pub struct RemotePublisher {
     commands: mpsc::UnboundedSender<PublisherCommand>,
     window: Arc<Semaphore>,
+    /// The most an event may take (the frame cap less the envelope).
     max_bytes: usize,
+    /// Where frames are cut (`FRAME_TARGET_BYTES`, or less under a small cap).
+    frame_target: usize,
     node: JoinHandle<Result<WorkerExit, ClusterError>>,
-}
-
-impl std::fmt::Debug for PublisherCommand {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PublisherCommand")
-    }
 }
 
 impl RemotePublisher {
@@ -100,10 +97,12 @@ impl RemotePublisher {
         let (ready_tx, ready) = oneshot::channel();
         let max_bytes =
             usize::try_from(config.max_frame.saturating_sub(ENVELOPE_BYTES)).unwrap_or(usize::MAX);
+        let frame_target = max_bytes.min(FRAME_TARGET_BYTES);
         let link = PublisherLink {
             commands: commands_rx,
             window: Arc::clone(&window),
             ready: ready_tx,
+            frame_target,
         };
         let node = tokio::spawn(worker::serve(config, None, None, Some(link)));
         if ready.await.is_err() {
@@ -117,6 +116,7 @@ impl RemotePublisher {
             commands,
             window,
             max_bytes,
+            frame_target,
             node,
         })
     }
@@ -148,7 +148,7 @@ impl RemotePublisher {
         // One pass: each event is encoded straight into the current frame's array, which is
         // handed over when the next event would take it past FRAME_TARGET_BYTES or
         // MAX_FRAME_EVENTS (that event moves to the next array).
-        let target = self.max_bytes.min(FRAME_TARGET_BYTES);
+        let target = self.frame_target;
         let mut json: Vec<u8> = Vec::with_capacity(target + 1);
         let mut count = 0usize;
         for kind in kinds {
@@ -199,7 +199,6 @@ impl RemotePublisher {
             .send(PublisherCommand::Batch {
                 count: count as u64,
                 json,
-                max_bytes: self.max_bytes.min(FRAME_TARGET_BYTES),
             })
             .map_err(|_| ClusterError::Closed)
     }

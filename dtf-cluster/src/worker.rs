@@ -215,6 +215,7 @@ pub(crate) async fn serve(
         Some(link) => {
             w.publisher = Some(Publishing {
                 window: link.window,
+                frame_target: link.frame_target,
                 flushes: Vec::new(),
             });
             (Some(link.commands), Some(link.ready))
@@ -319,12 +320,8 @@ async fn next_command(
 /// What a [`crate::RemotePublisher`] hands its node's loop.
 pub(crate) enum PublisherCommand {
     /// `count` events, encoded as one JSON array, for one `Events` frame (consecutive batches
-    /// are merged while they fit in `max_bytes`).
-    Batch {
-        count: u64,
-        json: Vec<u8>,
-        max_bytes: usize,
-    },
+    /// are merged while they fit in the link's `frame_target`).
+    Batch { count: u64, json: Vec<u8> },
     /// Resolve once everything handed over before it is acknowledged.
     Flush(oneshot::Sender<()>),
 }
@@ -336,11 +333,14 @@ pub(crate) struct PublisherLink {
     pub(crate) window: Arc<Semaphore>,
     /// Told once the first connection is up.
     pub(crate) ready: oneshot::Sender<()>,
+    /// How many bytes of events a merged frame may carry.
+    pub(crate) frame_target: usize,
 }
 
 /// A remote publisher's state in its node's loop.
 struct Publishing {
     window: Arc<Semaphore>,
+    frame_target: usize,
     /// Flushes waiting: (sequence number to be acknowledged, reply).
     flushes: Vec<(u64, oneshot::Sender<()>)>,
 }
@@ -353,7 +353,6 @@ struct PendingBatch {
     parts: Vec<Vec<u8>>,
     /// Their elements' bytes.
     bytes: usize,
-    max_bytes: usize,
 }
 
 struct WorkerLoop {
@@ -646,20 +645,15 @@ impl WorkerLoop {
 
     fn on_command(&mut self, command: PublisherCommand) {
         match command {
-            PublisherCommand::Batch {
-                count,
-                json,
-                max_bytes,
-            } => {
+            PublisherCommand::Batch { count, json } => {
                 let items = json.len().saturating_sub(2);
-                if self.pending.count > 0 && self.pending.bytes + items + 1 > self.pending.max_bytes
-                {
+                let target = self.publisher.as_ref().map_or(0, |p| p.frame_target);
+                if self.pending.count > 0 && self.pending.bytes + items + 1 > target {
                     self.send_pending();
                 }
                 self.pending.bytes += items + 1;
                 self.pending.parts.push(json);
                 self.pending.count += count;
-                self.pending.max_bytes = max_bytes;
             }
             PublisherCommand::Flush(reply) => {
                 self.send_pending();

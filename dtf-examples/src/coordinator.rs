@@ -249,30 +249,59 @@ pub fn load_config_and_plugin_dirs(
     })
 }
 
-/// `[cluster]`: the same settings as `--listen`, `--min-workers`, `--tls-cert`, `--tls-key`,
-/// `--cookie-file` and `--insecure-cluster`; paths relative to the configuration file's
-/// directory. A bad value is added to `issues` at its position (and never echoed).
-fn cluster_settings(config: &Config, issues: &mut Vec<ConfigIssue>) -> crate::remote::ClusterFile {
-    let origin = |key: &str| config.origin(key).unwrap_or(Origin::Default);
-    let mut bad = |key: &str, message: &str| {
-        issues.push(ConfigIssue::new(
+/// Reads the reference coordinator's own sections of `dtf.toml` (`[cluster]`, `[ui]`): each
+/// bad value is added to `issues` at its position, and never echoed.
+struct SectionReader<'a> {
+    config: &'a Config,
+    issues: &'a mut Vec<ConfigIssue>,
+}
+
+impl SectionReader<'_> {
+    fn origin(&self, key: &str) -> Origin {
+        self.config.origin(key).unwrap_or(Origin::Default)
+    }
+
+    fn bad(&mut self, key: &str, message: &str) {
+        let origin = self.origin(key);
+        self.issues.push(ConfigIssue::new(
             IssueKind::InvalidValue,
             key,
-            origin(key),
+            origin,
             message,
         ));
-    };
+    }
+
+    /// A non-empty path, relative to the directory of the file it came from.
+    fn path(&mut self, key: &str) -> Option<PathBuf> {
+        match self.config.get(key) {
+            None => None,
+            Some(serde_json::Value::String(s)) if !s.is_empty() => {
+                Some(self.origin(key).resolve_path(&s))
+            }
+            Some(_) => {
+                self.bad(key, "expected a non-empty path");
+                None
+            }
+        }
+    }
+}
+
+/// `[cluster]`: the same settings as `--listen`, `--min-workers`, `--tls-cert`, `--tls-key`,
+/// `--cookie-file` and `--insecure-cluster`; paths relative to the configuration file's
+/// directory.
+fn cluster_settings(config: &Config, issues: &mut Vec<ConfigIssue>) -> crate::remote::ClusterFile {
+    let mut r = SectionReader { config, issues };
     let mut file = crate::remote::ClusterFile::default();
     match config.get("cluster.listen") {
         None => {}
         Some(serde_json::Value::String(s)) => match s.parse() {
             Ok(addr) => file.listen = Some(addr),
-            Err(_) => bad(
+            Err(_) => r.bad(
                 "cluster.listen",
                 "expected an address like \"127.0.0.1:7700\"",
             ),
         },
-        Some(_) => bad(
+        Some(_) => r.bad(
             "cluster.listen",
             "expected a string like \"127.0.0.1:7700\"",
         ),
@@ -286,61 +315,34 @@ fn cluster_settings(config: &Config, issues: &mut Vec<ConfigIssue>) -> crate::re
                 .filter(|n| (1..=100_000).contains(n))
             {
                 Some(n) => file.min_workers = Some(n),
-                None => bad("cluster.min_workers", "expected a number from 1 to 100000"),
+                None => r.bad("cluster.min_workers", "expected a number from 1 to 100000"),
             }
         }
-        Some(_) => bad("cluster.min_workers", "expected a number from 1 to 100000"),
+        Some(_) => r.bad("cluster.min_workers", "expected a number from 1 to 100000"),
     }
     match config.get("cluster.insecure") {
         None => {}
         Some(serde_json::Value::Bool(b)) => file.insecure = Some(b),
-        Some(_) => bad("cluster.insecure", "expected true or false"),
+        Some(_) => r.bad("cluster.insecure", "expected true or false"),
     }
-    let mut path = |key: &str| -> Option<PathBuf> {
-        match config.get(key) {
-            None => None,
-            Some(serde_json::Value::String(s)) if !s.is_empty() => {
-                let path = PathBuf::from(s);
-                Some(match origin(key) {
-                    Origin::File { path: f, .. } if path.is_relative() => f
-                        .parent()
-                        .map_or_else(|| path.clone(), |dir| dir.join(&path)),
-                    _ => path,
-                })
-            }
-            Some(_) => {
-                bad(key, "expected a non-empty path");
-                None
-            }
-        }
-    };
-    file.tls_cert = path("cluster.tls_cert");
-    file.tls_key = path("cluster.tls_key");
-    file.cookie_file = path("cluster.cookie_file");
+    file.tls_cert = r.path("cluster.tls_cert");
+    file.tls_key = r.path("cluster.tls_key");
+    file.cookie_file = r.path("cluster.cookie_file");
     file
 }
 
-/// `[ui] listen` and `token_file`, the same settings as `--ui` and `DTF_UI_TOKEN_FILE`; a bad
-/// value is added to `issues` at its position (and never echoed).
+/// `[ui] listen` and `token_file`, the same settings as `--ui` and `DTF_UI_TOKEN_FILE`.
 fn ui_settings(
     config: &Config,
     issues: &mut Vec<ConfigIssue>,
 ) -> (Option<std::net::SocketAddr>, Option<PathBuf>) {
-    let origin = |key: &str| config.origin(key).unwrap_or(Origin::Default);
-    let mut bad = |key: &str, message: &str| {
-        issues.push(ConfigIssue::new(
-            IssueKind::InvalidValue,
-            key,
-            origin(key),
-            message,
-        ));
-    };
+    let mut r = SectionReader { config, issues };
     let listen = match config.get("ui.listen") {
         None => None,
         Some(serde_json::Value::String(s)) => match crate::console::parse_ui(&s) {
             Ok(addr) => Some(addr),
             Err(_) => {
-                bad(
+                r.bad(
                     "ui.listen",
                     "expected an address like \"127.0.0.1:8080\" (or a port)",
                 );
@@ -350,31 +352,16 @@ fn ui_settings(
         Some(serde_json::Value::Number(n)) => match n.as_u64().map(u16::try_from) {
             Some(Ok(port)) => crate::console::parse_ui(&port.to_string()).ok(),
             _ => {
-                bad("ui.listen", "expected a port from 0 to 65535");
+                r.bad("ui.listen", "expected a port from 0 to 65535");
                 None
             }
         },
         Some(_) => {
-            bad("ui.listen", "expected a string like \"127.0.0.1:8080\"");
+            r.bad("ui.listen", "expected a string like \"127.0.0.1:8080\"");
             None
         }
     };
-    let token_file = match config.get("ui.token_file") {
-        None => None,
-        Some(serde_json::Value::String(s)) if !s.is_empty() => {
-            let path = PathBuf::from(s);
-            Some(match origin("ui.token_file") {
-                Origin::File { path: file, .. } if path.is_relative() => file
-                    .parent()
-                    .map_or_else(|| path.clone(), |dir| dir.join(&path)),
-                _ => path,
-            })
-        }
-        Some(_) => {
-            bad("ui.token_file", "expected a non-empty path");
-            None
-        }
-    };
+    let token_file = r.path("ui.token_file");
     (listen, token_file)
 }
 

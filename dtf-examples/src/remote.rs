@@ -264,6 +264,16 @@ impl LocalPluginHost {
     }
 }
 
+impl LocalPluginHost {
+    /// The manager that runs `plugin`.
+    fn manager(&self, plugin: &str) -> Option<PluginManager> {
+        self.plugins
+            .iter()
+            .find(|(p, _)| p.name == plugin)
+            .map(|(_, m)| m.clone())
+    }
+}
+
 impl PluginHost for LocalPluginHost {
     fn plugins(&self) -> Vec<HostedPlugin> {
         self.plugins.iter().map(|(p, _)| p.clone()).collect()
@@ -274,11 +284,7 @@ impl PluginHost for LocalPluginHost {
         plugin: &str,
         event: Event,
     ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        let manager = self
-            .plugins
-            .iter()
-            .find(|(p, _)| p.name == plugin)
-            .map(|(_, m)| m.clone());
+        let manager = self.manager(plugin);
         Box::pin(async move {
             let Some(manager) = manager else { return };
             if let Err(e) = manager.publish(event.kind).await {
@@ -293,11 +299,7 @@ impl PluginHost for LocalPluginHost {
         plugin: &str,
         settings: serde_json::Value,
     ) -> Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
-        let manager = self
-            .plugins
-            .iter()
-            .find(|(p, _)| p.name == plugin)
-            .map(|(_, m)| m.clone());
+        let manager = self.manager(plugin);
         let plugin = plugin.to_owned();
         Box::pin(async move {
             let Some(manager) = manager else {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::tree::{Node, Origin, Value, join, resolve_path};
+use super::tree::{Node, Origin, Value, join};
 use super::{ConfigIssue, IssueKind};
 use crate::bus::OverflowPolicy;
 use crate::manager::ManagerConfig;
@@ -381,13 +381,13 @@ impl Reader<'_> {
         match &node.value {
             // From the environment: a PATH-style list.
             Value::String(s) => std::env::split_paths(s)
-                .map(|p| resolve_path(&p.to_string_lossy(), &node.at))
+                .map(|p| node.at.resolve_path(&p.to_string_lossy()))
                 .collect(),
             Value::Array(items) => items
                 .iter()
                 .enumerate()
                 .filter_map(|(i, item)| match &item.value {
-                    Value::String(s) => Some(resolve_path(s, &item.at)),
+                    Value::String(s) => Some(item.at.resolve_path(s)),
                     _ => {
                         self.wrong_type(&format!("plugin_dirs[{i}]"), item, "a string (a path)");
                         None

@@ -31,6 +31,21 @@ pub enum Origin {
     Cli(String),
 }
 
+impl Origin {
+    /// `value`, a path given at this origin, resolved relative to the directory of the file it
+    /// came from (as is where it came from the environment or the command line, or was
+    /// absolute).
+    pub fn resolve_path(&self, value: &str) -> PathBuf {
+        let p = PathBuf::from(value);
+        match self {
+            Origin::File { path, .. } if p.is_relative() => {
+                path.parent().map_or_else(|| p.clone(), |dir| dir.join(&p))
+            }
+            _ => p,
+        }
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -338,16 +353,5 @@ pub(crate) fn set_path(root: &mut Node, path: &[String], value: Node) -> Result<
             "`{walked}` is a {}, not a table",
             other.type_name()
         )),
-    }
-}
-
-/// Resolves `path` relative to the directory of the file it came from.
-pub(crate) fn resolve_path(value: &str, at: &Origin) -> PathBuf {
-    let p = PathBuf::from(value);
-    match at {
-        Origin::File { path, .. } if p.is_relative() => {
-            path.parent().map_or_else(|| p.clone(), |dir| dir.join(&p))
-        }
-        _ => p,
     }
 }
