@@ -2,8 +2,15 @@
 
 use super::*;
 
-/// Cells per log segment (4 in the model check, so that its few events cross segments).
-pub(super) const SEGMENT: usize = if cfg!(dtf_shuttle) { 4 } else { 128 };
+/// Cells per log segment (4 in the shuttle model check and 2 in the loom one, so that their
+/// few events cross segments).
+pub(super) const SEGMENT: usize = if cfg!(dtf_loom) {
+    2
+} else if MODEL {
+    4
+} else {
+    128
+};
 
 /// A piece of the append-only log: cells written once by publishers (under the bus lock) and
 /// read without locks by every plugin's actor. Segments are freed once no reader holds them.

@@ -13,18 +13,20 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use crate::error::{BatchClosed, PublishError};
 use crate::event::{Event, EventKind, EventMeta, Hook, HookSet};
 use crate::plugin::PluginConfig;
 use crate::runner::PluginMsg;
-use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard, fence, switch};
+use crate::sync::{
+    AtomicBool, AtomicU64, MODEL, Mutex, MutexGuard, Notify, OnceLock, fence, switch,
+};
 
 mod log;
 mod read;
@@ -467,10 +469,10 @@ impl BusInner {
 }
 
 #[cfg(test)]
-#[cfg(dtf_shuttle)]
+#[cfg(any(dtf_shuttle, dtf_loom))]
 mod model;
 
 // The tests below run on tokio and ractor, which the model check's build does not model.
 #[cfg(test)]
-#[cfg(not(dtf_shuttle))]
+#[cfg(not(any(dtf_shuttle, dtf_loom)))]
 mod tests;

@@ -46,13 +46,13 @@ pub(super) enum Read {
 
 /// How far (in log positions) a reader with pending events may lag behind the log's end
 /// before its unread events are copied out of the log (see `Slot::bound_lag`).
-pub(super) const MAX_LAG: u64 = if cfg!(dtf_shuttle) { 4 } else { 64 * 1024 };
+pub(super) const MAX_LAG: u64 = if MODEL { 4 } else { 64 * 1024 };
 
 /// Most events one chunk takes from the log.
-pub(super) const CHUNK_EVENTS: usize = if cfg!(dtf_shuttle) { 3 } else { 4096 };
+pub(super) const CHUNK_EVENTS: usize = if MODEL { 3 } else { 4096 };
 
 /// Most runs of cells (so segments) one chunk holds.
-pub(super) const MAX_RUNS: usize = if cfg!(dtf_shuttle) { 2 } else { 16 };
+pub(super) const MAX_RUNS: usize = if MODEL { 2 } else { 16 };
 
 impl Slot {
     /// Acknowledges `handled` events of the previous chunk and takes the next chunk into
@@ -78,11 +78,13 @@ impl Slot {
             if !go_idle {
                 return false;
             }
-            self.scheduled.store(false, Ordering::SeqCst);
-            // Publishers count, then check `scheduled`; we cleared it, then check the count:
-            // one of us sees the other, so an event published meanwhile is not left unread.
+            self.scheduled.store(false, Ordering::Relaxed);
+            // Publishers count, fence, then check `scheduled`; we clear it, fence, then check
+            // the count: whichever fence comes second sees the other side's write, so an event
+            // published meanwhile is not left unread.
+            fence(Ordering::SeqCst);
             let more = self.pending() > 0 || !self.reader().control.is_empty();
-            if more && !self.scheduled.swap(true, Ordering::SeqCst) {
+            if more && self.claim() {
                 retries += 1;
                 if retries < 16 {
                     continue;
@@ -92,12 +94,14 @@ impl Slot {
             if !more {
                 let mut r = self.reader();
                 if r.carry.is_empty() && r.seg.is_some() {
-                    // We mark the release, then check the count; publishers count, then check
-                    // the mark: with SeqCst one of us sees the other, so either we keep the
-                    // segment or the publisher leaves a hint.
-                    self.released.store(true, Ordering::SeqCst);
+                    // We mark the release, fence, then check the count; publishers count,
+                    // fence, then check the mark: one of us sees the other, so either we keep
+                    // the segment or the publisher leaves a hint.
+                    self.released.store(true, Ordering::Relaxed);
+                    fence(Ordering::SeqCst);
                     if self.pending() == 0 {
                         r.seg = None;
+                        self.drop_stale_hint(r.pos);
                     } else {
                         self.released.store(false, Ordering::SeqCst);
                     }
@@ -127,11 +131,15 @@ impl Slot {
         max_events: usize,
         how: Read,
     ) {
-        if self.has_resume.load(Ordering::SeqCst) {
-            // Take the hint even when it is not needed: a stale hint would keep its segment,
-            // and every segment after it, alive.
-            self.has_resume.store(false, Ordering::SeqCst);
-            let resume = self.wake_state().resume.take();
+        // Without a segment the hint is the only way back into the log: look for it under its
+        // lock (the flag may not show it yet). With one, a hint is stale: take it even so, or
+        // it would keep its segment, and every segment after it, alive.
+        if r.seg.is_none() || self.has_resume.load(Ordering::Relaxed) {
+            let resume = {
+                let mut w = self.wake_state();
+                self.has_resume.store(false, Ordering::Relaxed);
+                w.resume.take()
+            };
             if let (None, Some((seg, pos))) = (&r.seg, resume) {
                 // Never move backwards: a stale hint must not replay what was read.
                 let pos = pos.max(r.pos);

@@ -34,6 +34,12 @@ pub struct DeadLetter {
 /// plugin's actor reads the log through `reader` and writes `acked` and `read_pos`. `enqueued`,
 /// `acked` and `scheduled` live on cache lines of their own. (Padding `acked_seen` and
 /// `read_pos` as well measured no better.)
+///
+/// Where a publisher and the actor each write one flag and then read the other's (a lost
+/// wake-up otherwise), both sides put a `SeqCst` fence between the write and the read: the
+/// form of that handshake that the C++20/Rust memory model orders and that loom models. Who
+/// waits for `acked` to grow registers in `acked`'s own low bits with a read-modify-write, so
+/// that handshake needs no fence at all.
 pub(crate) struct Slot {
     pub(crate) name: Arc<str>,
     pub(crate) hooks: HookSet,
@@ -49,7 +55,8 @@ pub(crate) struct Slot {
     /// Log positions dropped for this plugin, in order, and whether there are any.
     pub(super) skips: Mutex<VecDeque<u64>>,
     pub(super) has_skips: AtomicBool,
-    /// Events handled (delivered or dead-lettered) by the actor.
+    /// Events handled (delivered or dead-lettered) by the actor, shifted left by
+    /// [`ACKED_SHIFT`]; the low bits flag waiters ([`SPACE`], [`PROGRESS`]).
     pub(super) acked: Padded<AtomicU64>,
     /// A wake-up is in the actor's mailbox or the actor is draining.
     pub(super) scheduled: Padded<AtomicBool>,
@@ -57,24 +64,31 @@ pub(crate) struct Slot {
     pub(super) reader: Mutex<Reader>,
     /// The reader's cursor, published for the publishers' lag check (written per chunk).
     pub(super) read_pos: AtomicU64,
-    /// `WakeState::resume` is set.
+    /// `WakeState::resume` is set (written under the wake lock). A reader with a segment reads
+    /// it without the lock, to drop a stale hint; one without a segment always takes the lock.
     pub(super) has_resume: AtomicBool,
     /// The reader let go of its segment (`Reader::seg` is `None`) and needs a resume hint to
     /// find the log again; paired with `enqueued` in a Dekker-style handshake.
     pub(super) released: AtomicBool,
     /// Whether the plugin is routed (a flush stops waiting for an unrouted one).
     pub(super) routed: AtomicBool,
-    /// A publisher is waiting for room (paired with `acked` in a Dekker-style handshake).
-    pub(super) waiters: AtomicBool,
+    /// Publishers waiting for room ([`SPACE`] in `acked`).
     pub(super) space: Notify,
-    /// A flush is waiting for progress.
-    pub(super) flush_waiters: AtomicBool,
+    /// Flushes waiting for progress ([`PROGRESS`] in `acked`).
     pub(super) progress: Notify,
     pub(crate) counters: Counters,
     pub(super) dead: Mutex<VecDeque<DeadLetter>>,
     pub(super) dead_capacity: usize,
     pub(super) config: Mutex<Arc<PluginConfig>>,
 }
+
+/// `Slot::acked` holds the handled count shifted left by this many bits...
+pub(super) const ACKED_SHIFT: u32 = 2;
+/// ...and this bit when a publisher waits for room...
+pub(super) const SPACE: u64 = 1;
+/// ...and this one when a flush waits for progress.
+pub(super) const PROGRESS: u64 = 2;
+const WAITING: u64 = SPACE | PROGRESS;
 
 /// Where a slot's wake-ups go: the plugin's actor, or a consumer of the model check.
 pub(crate) trait Consumer: Send + Sync {
@@ -123,9 +137,7 @@ impl Slot {
             has_resume: AtomicBool::new(false),
             released: AtomicBool::new(false),
             routed: AtomicBool::new(false),
-            waiters: AtomicBool::new(false),
             space: Notify::new(),
-            flush_waiters: AtomicBool::new(false),
             progress: Notify::new(),
             counters: Counters::default(),
             dead: Mutex::new(VecDeque::new()),
@@ -143,10 +155,15 @@ impl Slot {
         self.wake.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Events handled so far.
+    pub(super) fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Acquire) >> ACKED_SHIFT
+    }
+
     /// Events routed and not yet handled.
     pub(super) fn pending(&self) -> u64 {
-        let enqueued = self.enqueued.load(Ordering::SeqCst);
-        enqueued.saturating_sub(self.acked.load(Ordering::SeqCst))
+        let enqueued = self.enqueued.load(Ordering::Acquire);
+        enqueued.saturating_sub(self.acked())
     }
 
     /// Whether `wanted` more events fit in `headroom` times the capacity. An oversized batch
@@ -162,18 +179,18 @@ impl Slot {
             return true;
         }
         // Concurrent refreshes may store an older value: that only makes the bound looser.
-        self.acked_seen
-            .store(self.acked.load(Ordering::SeqCst), Ordering::Relaxed);
+        self.acked_seen.store(self.acked(), Ordering::Relaxed);
         if fits(self.pending()) {
             return true;
         }
         if !register {
             return false;
         }
-        self.waiters.store(true, Ordering::SeqCst);
-        // The consumer raises `acked` and then reads `waiters`; we set `waiters` and then read
-        // `acked`. With SeqCst at least one of us sees the other's write: no wake-up is lost.
-        fits(self.pending())
+        // Registering reads `acked` in the same step: either it already counts the consumer's
+        // latest acknowledgement, or that acknowledgement comes later in `acked`'s order and
+        // sees our flag. No wake-up is lost.
+        let acked = self.acked.fetch_or(SPACE, Ordering::AcqRel) >> ACKED_SHIFT;
+        fits(self.enqueued.load(Ordering::Acquire).saturating_sub(acked))
     }
 
     pub(super) async fn wait_for_space(&self, wanted: usize) {
@@ -216,20 +233,51 @@ impl Slot {
     pub(super) fn wake_for(&self, tail: &Arc<Segment>, pos: u64) {
         // A reader that let go of the log finds it again only through a hint, so one is left
         // whenever it has let go, whether or not a wake-up is already on its way (a
-        // configuration change wakes the actor without one). The earliest hint is kept: every
-        // event from it on is unread.
+        // configuration change wakes the actor without one). The earliest hint for an unread
+        // event is kept: every event from it on is unread.
+        //
+        // `released` may be an old value (under weak memory, nothing orders the reader's
+        // taking back a segment before our read), so a hint may be for an event the reader
+        // reads anyway: one before its position is stale. It is replaced here, dropped by the
+        // reader when it goes idle (`drop_stale_hint`), and never left for an event already
+        // read, where it would pin its segment until the plugin's next event. (The reader
+        // publishes its position before it takes this lock to go idle.)
         if self.released.load(Ordering::SeqCst) {
             let mut w = self.wake_state();
-            if w.resume.is_none() {
+            let read = self.read_pos.load(Ordering::Relaxed);
+            if read <= pos && w.resume.as_ref().is_none_or(|(_, at)| *at < read) {
                 w.resume = Some((Arc::clone(tail), pos));
+                self.has_resume.store(true, Ordering::Relaxed);
             }
-            self.has_resume.store(true, Ordering::SeqCst);
         }
-        if self.scheduled.load(Ordering::SeqCst) || self.scheduled.swap(true, Ordering::SeqCst) {
+        if self.scheduled.load(Ordering::SeqCst) || !self.claim() {
             return;
         }
         let w = self.wake_state();
         Self::send_drain(&self.scheduled, &w);
+    }
+
+    /// Going idle without a segment at log position `pos`: drops a hint left for an event
+    /// before `pos`, already read (a publisher that saw an old `released`), which would pin
+    /// its segment until the plugin's next event. A hint at `pos` or later is for unread events.
+    pub(super) fn drop_stale_hint(&self, pos: u64) {
+        let mut w = self.wake_state();
+        if w.resume.as_ref().is_some_and(|(_, at)| *at < pos) {
+            w.resume = None;
+            self.has_resume.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets `scheduled` if it was clear; whether this call did (and so owns the wake-up).
+    ///
+    /// A compare-exchange, not a swap: a failed claim writes nothing. A swap would write
+    /// `true` over `true`, a write that no later clear by the consumer is ordered after, which
+    /// loom (whose modification order is built from what each thread has seen) may then let a
+    /// publisher read after that clear: a wake-up lost in the model that C11 rules out.
+    pub(super) fn claim(&self) -> bool {
+        self.scheduled
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
     }
 
     /// Sends `Drain` to the attached actor; `scheduled` is already set and is cleared again
@@ -242,7 +290,7 @@ impl Slot {
     }
 
     pub(super) fn wake_any(&self) {
-        if self.scheduled.swap(true, Ordering::SeqCst) {
+        if !self.claim() {
             return;
         }
         let w = self.wake_state();
@@ -256,18 +304,22 @@ impl Slot {
     }
 
     /// Acknowledges `handled` events and wakes publishers waiting for room and flushes waiting
-    /// for progress.
+    /// for progress (nobody waits for an acknowledgement of nothing).
     pub(super) fn ack(&self, handled: usize) {
-        if handled > 0 {
-            self.acked.fetch_add(handled as u64, Ordering::SeqCst);
+        if handled == 0 {
+            return;
         }
-        if self.waiters.load(Ordering::SeqCst) && self.waiters.swap(false, Ordering::SeqCst) {
-            self.space.notify_waiters();
-        }
-        if self.flush_waiters.load(Ordering::SeqCst)
-            && self.flush_waiters.swap(false, Ordering::SeqCst)
-        {
-            self.progress.notify_waiters();
+        let before = self
+            .acked
+            .fetch_add((handled as u64) << ACKED_SHIFT, Ordering::AcqRel);
+        if before & WAITING != 0 {
+            let waiting = self.acked.fetch_and(!WAITING, Ordering::AcqRel) & WAITING;
+            if waiting & SPACE != 0 {
+                self.space.notify_waiters();
+            }
+            if waiting & PROGRESS != 0 {
+                self.progress.notify_waiters();
+            }
         }
     }
 
@@ -307,6 +359,7 @@ impl Slot {
         r.until = None;
         self.released.store(true, Ordering::SeqCst);
         self.read_pos.store(pos, Ordering::Relaxed);
+        self.drop_stale_hint(pos);
         self.routed.store(true, Ordering::SeqCst);
     }
 
@@ -349,12 +402,16 @@ impl Slot {
 
     /// Resolves once `target` events have been handled, or the plugin is unrouted.
     pub(crate) async fn wait_handled(&self, target: u64) {
+        let done = |acked: u64| acked >= target || !self.routed.load(Ordering::SeqCst);
         loop {
             let notified = self.progress.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            self.flush_waiters.store(true, Ordering::SeqCst);
-            if self.acked.load(Ordering::SeqCst) >= target || !self.routed.load(Ordering::SeqCst) {
+            if done(self.acked()) {
+                return;
+            }
+            // Registering reads `acked` in the same step (see `has_room`).
+            if done(self.acked.fetch_or(PROGRESS, Ordering::AcqRel) >> ACKED_SHIFT) {
                 return;
             }
             notified.await;
