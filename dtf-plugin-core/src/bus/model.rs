@@ -1,9 +1,11 @@
 //! The model check of the dispatch protocol, on the code that ships.
 //!
-//! Built only with `RUSTFLAGS="--cfg dtf_shuttle"` (see `docs/model-check.md`): `src/sync.rs`
-//! then hands the bus shuttle's locks, atomics and fences, and shuttle runs each scenario
-//! below under many schedules (random and PCT), switching threads at every one of those
-//! operations. Publishers, consumers and the manager's side are shuttle threads calling the
+//! Built only with `RUSTFLAGS="--cfg dtf_shuttle"` or `--cfg dtf_loom` (see
+//! `docs/model-check.md`): `src/sync.rs` then hands the bus the checker's locks, atomics and
+//! fences. shuttle runs each scenario below under many schedules (random and PCT), switching
+//! threads at every one of those operations; loom runs the smaller ones in `weak_memory`
+//! under every execution within a preemption bound, including the older values weak memory
+//! lets each load see. Publishers, consumers and the manager's side are threads calling the
 //! real `BusInner` and `Slot` methods; the consumers drive a slot the way `runner.rs` does
 //! (`take_chunk` without and then with `go_idle`, the events of each item in order,
 //! `requeue_front` of the rest after a failure, `attach` of a new instance), and the manager
@@ -16,8 +18,7 @@
 //! event accepted after `CoordinatorShutdown`; and no segment alive once every reader passed it.
 //!
 //! What shuttle does not explore: weak-memory reorderings (it runs threads one at a time, so
-//! every access is sequentially consistent). The handshakes that rely on `SeqCst` are argued in
-//! `docs/model-check.md`.
+//! every access is sequentially consistent). That is loom's part, on smaller scenarios.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
