@@ -236,12 +236,13 @@ impl Slot {
         // configuration change wakes the actor without one). The earliest hint for an unread
         // event is kept: every event from it on is unread.
         //
-        // `released` may be an old value (under weak memory, nothing orders the reader's
-        // taking back a segment before our read), so a hint may be for an event the reader
-        // reads anyway: one before its position is stale. It is replaced here, dropped by the
-        // reader when it goes idle (`drop_stale_hint`), and never left for an event already
-        // read, where it would pin its segment until the plugin's next event. (The reader
-        // publishes its position before it takes this lock to go idle.)
+        // A hint may be for an event the reader reads anyway: `released` may be an old value
+        // (under weak memory nothing orders the reader's taking back a segment before our
+        // read), or the reader took an earlier hint after we read it. One before the reader's
+        // published position is stale: none is left for an event already read as far as we
+        // can see, an older one is replaced here, and the reader drops one when it goes idle
+        // (`drop_stale_hint`; it publishes its position before taking this lock) or is
+        // disabled (`release`). Kept, it would pin its segment until the plugin's next event.
         if self.released.load(Ordering::SeqCst) {
             let mut w = self.wake_state();
             let read = self.read_pos.load(Ordering::Relaxed);
@@ -392,6 +393,13 @@ impl Slot {
             let mut kept = VecDeque::new();
             self.read_log(&mut r, &mut kept, usize::MAX, Read::Copy);
             r.carry.append(&mut kept);
+        }
+        // Everything unread is in the carry queue now, and routing again starts at the log's
+        // end: any hint is stale, and kept it would pin its segment while the plugin is off.
+        {
+            let mut w = self.wake_state();
+            w.resume = None;
+            self.has_resume.store(false, Ordering::Relaxed);
         }
         r.seg = None;
         self.released.store(true, Ordering::SeqCst);
