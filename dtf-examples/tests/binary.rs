@@ -352,9 +352,11 @@ fn serves_the_web_console_during_the_run() {
 #[test]
 fn logs_have_no_colour_when_stderr_is_not_a_terminal() {
     let out = Command::new(env!("CARGO_BIN_EXE_dtf-coordinator"))
+        // A task that outlives the injected kill: `true` could finish first, and then no
+        // warning was logged at all (seen once in .ci/run).
         .args([
             "--task",
-            "true",
+            "sleep 0.5",
             "--kill-worker-on-start",
             "cmd-1",
             "--retries",
