@@ -38,7 +38,7 @@ use shuttle::{
 };
 
 use super::slot::Consumer;
-use super::{Bus, Item, LIVE_SEGMENTS, OverflowPolicy, Slot};
+use super::{Bus, Item, LIVE_SEGMENTS, OverflowPolicy, SEGMENT, Slot};
 use crate::event::{EventKind, Hook, HookSet, ShutdownReason};
 use crate::sync::Mutex;
 
@@ -109,7 +109,11 @@ fn explore_up_to(bound: usize, cap: Option<usize>, scenario: impl Fn() + Send + 
 }
 
 enum Msg {
+    /// Take a chunk (`PluginMsg::Drain`).
     Drain,
+    /// Drain until idle, then stop (`PluginMsg::Shutdown`).
+    Shutdown,
+    /// Stop now (an actor's stop signal: a disable).
     Stop,
 }
 
@@ -169,20 +173,32 @@ enum Crash {
     DeadLetter(usize),
 }
 
-/// A plugin instance, driven like `runner.rs` drives one: woken by a message, it takes chunks
-/// until the slot says there is nothing left. On a `crash` the rest of the chunk goes back to
-/// the slot, the instance is detached and a new one attached (a restart).
+/// A plugin instance, driven like `runner.rs` drives one: woken by a message, it takes a chunk
+/// and, until the slot says there is nothing left, wakes itself for the next one (a stop can
+/// come in between, as a stop signal between a runner's rounds of chunks); a shutdown drains
+/// until idle. On a `crash` the rest of the chunk goes back to the slot, the instance is
+/// detached and a new one attached (a restart).
 fn consume(slot: &Arc<Slot>, tx: Sender<Msg>, rx: Receiver<Msg>, crash: Crash) -> Seen {
     let mut seen = Seen::default();
     let mut chunk = VecDeque::new();
     let mut unacked = 0usize;
     let mut items = 0usize;
     let mut crash = crash;
-    'mailbox: while let Ok(Msg::Drain) = rx.recv() {
+    'mailbox: loop {
+        let shutdown = match rx.recv() {
+            Ok(Msg::Drain) => false,
+            Ok(Msg::Shutdown) => true,
+            Ok(Msg::Stop) | Err(_) => break,
+        };
+        // One chunk per wake-up (the runner's `CHUNKS_PER_WAKE` at its smallest); a shutdown
+        // drains until idle, as the runner's does.
         loop {
             let handled = std::mem::take(&mut unacked);
             if !slot.take_chunk(handled, &mut chunk, false) && !slot.take_chunk(0, &mut chunk, true)
             {
+                if shutdown {
+                    break 'mailbox;
+                }
                 continue 'mailbox;
             }
             if chunk.is_empty() {
@@ -211,6 +227,9 @@ fn consume(slot: &Arc<Slot>, tx: Sender<Msg>, rx: Receiver<Msg>, crash: Crash) -
                     // as a real actor's spurious `Drain` is.
                     slot.detach();
                     slot.attach(Box::new(Mailbox(Mutex::new(tx.clone()))));
+                    if shutdown {
+                        let _ = tx.send(Msg::Shutdown);
+                    }
                     continue 'mailbox;
                 }
                 items += 1;
@@ -224,6 +243,13 @@ fn consume(slot: &Arc<Slot>, tx: Sender<Msg>, rx: Receiver<Msg>, crash: Crash) -
                     }
                     None => seen.reconfigured_after.push(seen.events.len()),
                 }
+            }
+            if !shutdown {
+                // Work may remain: acknowledge the chunk and go back to the mailbox with a
+                // wake-up to ourselves, as the runner does, so that a stop gets through.
+                slot.requeue_front(std::mem::take(&mut unacked), &mut chunk);
+                let _ = tx.send(Msg::Drain);
+                continue 'mailbox;
             }
         }
     }
@@ -278,7 +304,7 @@ impl Plugin {
     /// Stops the consumer once the run is over and returns what it saw, after checking the
     /// counters.
     fn finish(self) -> (Arc<Slot>, Seen) {
-        let _ = self.stop.send(Msg::Stop);
+        let _ = self.stop.send(Msg::Shutdown);
         let seen = match self.thread.join() {
             Ok(seen) => seen,
             Err(_) => panic!("a model consumer panicked"),
@@ -468,6 +494,74 @@ fn disable_enable() {
     let (published, _, _) = slot.queue_counts();
     assert_eq!(first.events.len() as u64, published);
     assert_eq!(live_segments() - before, 1, "segments kept alive");
+}
+
+/// A plugin disabled for good while `publishers` threads publish `each` of its events: it pins
+/// none of the log. A flood of another hook's events afterwards, across segments, leaves only
+/// the current segment alive; the disabled plugin's unread events wait in its carry queue
+/// (copies that hold their batches, not segments), counted as queued.
+///
+/// The regression this guards: a publisher may leave a resume hint for an event the reader
+/// reads anyway (it saw `released` before the reader took an earlier hint back). The reader
+/// drops such a hint when it goes idle, but a plugin disabled before that kept it, and with
+/// it its segment and every segment after it, for as long as it stayed disabled.
+fn disable_for_good(publishers: u64, each: u64) {
+    let before = live_segments();
+    let bus = Bus::new("model");
+    let off = Plugin::start(&bus, "off", Hook::Custom.into(), 8, Crash::Never);
+    let busy = Plugin::start(&bus, "busy", Hook::TaskCreated.into(), 8, Crash::Never);
+    let threads: Vec<_> = (0..publishers)
+        .map(|k| {
+            let b = bus.clone();
+            thread::spawn(move || {
+                for i in 0..each {
+                    block_on(b.publish(custom(k * each + i))).ok();
+                }
+            })
+        })
+        .collect();
+    // The manager disables it meanwhile, as `manager/actor.rs` does: unrouted, its actor
+    // stopped and detached, the slot released.
+    let slot = Arc::clone(&off.slot);
+    bus.inner().unroute(&slot);
+    let Plugin {
+        slot: _,
+        stop,
+        thread: consumer,
+    } = off;
+    let _ = stop.send(Msg::Stop);
+    let seen = consumer.join().unwrap_or_default();
+    slot.detach();
+    slot.release();
+    for t in threads {
+        t.join().ok();
+    }
+    for i in 0..2 * SEGMENT as u64 {
+        block_on(bus.publish(task(i))).ok();
+    }
+    flush(&bus);
+    // Joined after its last event: it has gone idle and let go of the log.
+    let (_, tasks) = busy.finish();
+    assert_eq!(tasks.events.len(), 2 * SEGMENT);
+    assert_eq!(
+        live_segments() - before,
+        1,
+        "the disabled plugin pins the log"
+    );
+    assert_fifo(&seen.events);
+    let (published, dropped, queued) = slot.queue_counts();
+    let delivered = slot.counters.delivered.load(Ordering::Relaxed);
+    assert_eq!(delivered, seen.events.len() as u64);
+    assert_eq!(
+        published,
+        delivered + dropped + queued,
+        "conservation for `off`"
+    );
+    assert_eq!(
+        queued,
+        slot.reader().carry_events(),
+        "queued outside the carry"
+    );
 }
 
 /// Closing is one atomic step: with concurrent publishers, no event is accepted after
@@ -730,6 +824,13 @@ mod weak_memory {
         }
     }
 
+    /// A plugin disabled while one publisher publishes its two events, then a flood of another
+    /// hook's events: the disabled plugin holds no hint and no segment.
+    #[test]
+    fn disable_for_good_under_weak_memory() {
+        explore(1, || disable_for_good(1, 2));
+    }
+
     #[test]
     fn close_is_atomic_under_weak_memory() {
         explore(2, close_is_atomic);
@@ -766,6 +867,12 @@ fn model_failure_put_back_restart() {
 #[test]
 fn model_disable_enable() {
     explore(disable_enable);
+}
+
+#[cfg(dtf_shuttle)]
+#[test]
+fn model_disable_for_good() {
+    explore(|| disable_for_good(2, 2));
 }
 
 #[cfg(dtf_shuttle)]
