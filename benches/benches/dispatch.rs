@@ -116,8 +116,22 @@ fn touch(ev: &Event) -> u64 {
 
 /// A consumer's count of handled events. Only its consumer writes it while events flow (a
 /// plain load and store, not a locked add); the bench reads and resets it once every consumer
-/// has caught up.
-type Tally = Arc<AtomicU64>;
+/// has caught up. Each on cache lines of its own: tallies allocated one after another would
+/// otherwise share a line, and consumers on different cores would fight over it on every event
+/// (for dtf and every baseline alike).
+type Tally = Arc<PaddedU64>;
+
+/// An `AtomicU64` alone on its cache lines.
+#[derive(Default)]
+#[repr(align(128))]
+struct PaddedU64(AtomicU64);
+
+impl std::ops::Deref for PaddedU64 {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
+}
 
 fn add(tally: &AtomicU64, n: u64) {
     tally.store(tally.load(Ordering::Relaxed) + n, Ordering::Relaxed);
@@ -213,11 +227,44 @@ fn on_worker(rt: &Runtime, fut: impl Future<Output = Duration> + Send + 'static)
 }
 
 /// Per case, the rate of each call criterion made (warm-up calls first, then `SAMPLES`
-/// measured ones).
+/// measured ones), and the process's CPU time and units over all its calls.
 #[derive(Default)]
-struct Rates(Mutex<BTreeMap<String, Vec<f64>>>);
+struct Rates(
+    Mutex<BTreeMap<String, Vec<f64>>>,
+    Mutex<BTreeMap<String, (u64, Duration)>>,
+);
+
+/// The CPU time (user and system) of this process's threads so far, from `/proc/self/stat`
+/// (in clock ticks of 10 ms); `None` where that file does not exist.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name, in parentheses: the state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let ticks: u64 = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
 
 impl Rates {
+    /// Adds `units` done with `cpu` of the process's CPU time (every thread: the publisher,
+    /// the consumers, the runtime) to the case's total.
+    fn record_cpu(&self, case: &str, units: u64, cpu: Option<Duration>) {
+        if let Some(cpu) = cpu {
+            let mut map = self.1.lock().expect("cpu");
+            let e = map.entry(case.to_owned()).or_default();
+            e.0 += units;
+            e.1 += cpu;
+        }
+    }
+
+    /// CPU nanoseconds per unit over all calls of the case (warm-up included).
+    fn cpu_per_unit(&self, case: &str) -> f64 {
+        match self.1.lock().expect("cpu").get(case) {
+            Some(&(units, cpu)) if units > 0 => cpu.as_nanos() as f64 / units as f64,
+            _ => f64::NAN,
+        }
+    }
+
     /// Records `units` (deliveries, or publishes) done in `elapsed`.
     fn record(&self, case: &str, units: u64, elapsed: Duration) {
         let rate = units as f64 / elapsed.as_secs_f64();
@@ -278,8 +325,11 @@ fn bench_dtf(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
             b.iter_custom(|iters| {
                 let (s, r) = (Arc::clone(&s), Arc::clone(&r));
                 on_worker(rt, async move {
+                    let cpu = process_cpu();
                     let el = dtf_single(&s, iters, false).await;
+                    let cpu = process_cpu().zip(cpu).map(|(b, a)| b.saturating_sub(a));
                     r.record(&format!("single/{k}"), iters * EVENTS * k as u64, el);
+                    r.record_cpu(&format!("single/{k}"), iters * EVENTS * k as u64, cpu);
                     s.verify("dtf single", iters * EVENTS);
                     el
                 })
@@ -291,6 +341,7 @@ fn bench_dtf(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
                 let (s, r) = (Arc::clone(&s), Arc::clone(&r));
                 on_worker(rt, async move {
                     let bus = s.m.bus();
+                    let cpu = process_cpu();
                     let start = Instant::now();
                     for _ in 0..iters {
                         for _ in 0..(EVENTS as usize / BATCH) {
@@ -301,7 +352,9 @@ fn bench_dtf(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) {
                         s.m.flush().await;
                     }
                     let el = start.elapsed();
+                    let cpu = process_cpu().zip(cpu).map(|(b, a)| b.saturating_sub(a));
                     r.record(&format!("batched/{k}"), iters * EVENTS * k as u64, el);
+                    r.record_cpu(&format!("batched/{k}"), iters * EVENTS * k as u64, cpu);
                     s.verify("dtf batched", iters * EVENTS);
                     el
                 })
@@ -455,8 +508,11 @@ fn bench_broadcast(c: &mut Criterion, rt: &Runtime, rates: &Arc<Rates>) -> Probe
             b.iter_custom(|iters| {
                 let (s, r) = (Arc::clone(&s), Arc::clone(&r));
                 on_worker(rt, async move {
+                    let cpu = process_cpu();
                     let el = s.run(iters).await;
+                    let cpu = process_cpu().zip(cpu).map(|(b, a)| b.saturating_sub(a));
                     r.record(&format!("broadcast/{k}"), iters * EVENTS * k as u64, el);
+                    r.record_cpu(&format!("broadcast/{k}"), iters * EVENTS * k as u64, cpu);
                     el
                 })
             });
@@ -771,8 +827,9 @@ fn memory_per_plugin(rt: &Runtime) -> u64 {
                 .await
                 .expect("add");
         }
-        let before = rss_bytes();
+        // The bench's own tallies are allocated before the first reading: not charged to dtf.
         let idle = tallies(K);
+        let before = rss_bytes();
         for (i, t) in idle.iter().enumerate() {
             m.add(counting(format!("idle{i}"), hook, t))
                 .await
@@ -903,6 +960,29 @@ fn main() {
             ratio(single, mp),
             ratio(single, ra)
         );
+    }
+    // Less sensitive to where the runtime placed the tasks than the rates: what the work cost.
+    println!("CPU time per delivery, all calls of each case (warm-up included), every thread:");
+    for &k in &PLUGIN_COUNTS {
+        let cpu = |case: &str| {
+            let ns = rates.cpu_per_unit(&format!("{case}/{k}"));
+            if ns.is_nan() {
+                "-".to_owned()
+            } else {
+                format!("{ns:.1} ns")
+            }
+        };
+        if ["single", "batched", "broadcast"]
+            .iter()
+            .any(|c| !rates.cpu_per_unit(&format!("{c}/{k}")).is_nan())
+        {
+            println!(
+                "  {k} plugins: dtf single {}, dtf batched {}, broadcast {}",
+                cpu("single"),
+                cpu("batched"),
+                cpu("broadcast")
+            );
+        }
     }
 
     for (k, p) in &probes {
