@@ -14,6 +14,12 @@ pub(super) const SEGMENT: usize = if cfg!(dtf_loom) {
 
 /// A piece of the append-only log: cells written once by publishers (under the bus lock) and
 /// read without locks by every plugin's actor. Segments are freed once no reader holds them.
+///
+/// Aligned to 128 bytes so that, inside its `Arc`, its fields sit on cache lines apart from
+/// the reference counts: those change whenever a reader takes or lets go of the segment (and a
+/// wake-up's resume hint clones it), while the publisher reads `base` on every publish and
+/// readers read it on every cell.
+#[repr(align(128))]
 pub(crate) struct Segment {
     pub(super) base: u64,
     pub(super) cells: Arc<Cells>,
@@ -25,7 +31,10 @@ pub(crate) struct Segment {
 /// events alive but not the segments linked after it.
 ///
 /// Each cell has a cache line pair of its own, so the publisher writing the next cell does not
-/// take the line from readers that are reading the previous one.
+/// take the line from readers that are reading the previous one. Aligned like [`Segment`], for
+/// the same reason: every chunk's run clones this `Arc`, and the publisher and every reader
+/// load the cells' address from it on every event.
+#[repr(align(128))]
 pub(crate) struct Cells(pub(super) Box<[Padded<OnceLock<Cell>>]>);
 
 impl Cells {

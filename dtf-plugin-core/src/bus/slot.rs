@@ -193,6 +193,20 @@ impl Slot {
         fits(self.enqueued.load(Ordering::Acquire).saturating_sub(acked))
     }
 
+    /// How many events fit without going past the capacity, from a fresh `acked` (also
+    /// refreshing `acked_seen`); unbounded for a slot that drops instead of waiting. A lower
+    /// bound of the room [`has_room`](Self::has_room) finds for as long as no event is
+    /// enqueued here (publisher, under the bus lock).
+    pub(super) fn free_room(&self) -> u64 {
+        if self.policy != OverflowPolicy::Backpressure {
+            return u64::MAX;
+        }
+        let acked = self.acked();
+        self.acked_seen.store(acked, Ordering::Relaxed);
+        let pending = self.enqueued.load(Ordering::Relaxed).saturating_sub(acked);
+        (self.capacity as u64).saturating_sub(pending)
+    }
+
     pub(super) async fn wait_for_space(&self, wanted: usize) {
         let notified = self.space.notified();
         tokio::pin!(notified);
