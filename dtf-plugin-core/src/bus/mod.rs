@@ -390,8 +390,8 @@ impl BusInner {
                 for slot in targets {
                     if slot.policy == OverflowPolicy::Backpressure && slot.hooks.intersects(mask) {
                         let wanted = slot.hooks.matching(&batch, mask) as u64;
-                        let bound = (slot.capacity as u64 * headroom).max(wanted);
-                        assert!(slot.pending() <= bound, "a queue went past its bound");
+                        let limit = (slot.capacity as u64 * headroom).max(wanted);
+                        assert!(slot.pending() <= limit, "a queue went past its bound");
                     }
                 }
             }
