@@ -3,7 +3,7 @@
 //! A worker is an actor: a tokio task owning a mailbox of [`Job`]s, which it runs one at a
 //! time (one slot). [`ShellExecutor`] (kind [`PluginKind::TaskExecutor`]) hears the
 //! scheduler's `TaskAssigned` and posts the job to the worker's mailbox; the worker publishes
-//! `TaskStarted`, runs the command with `sh -c` in its own process group, and publishes the
+//! `TaskStarted`, runs the command in `sh` in its own process group, and publishes the
 //! outcome:
 //!
 //! | what happened | event | error kind | retryable |
@@ -20,7 +20,9 @@
 //! (stdout then stderr) is captured, keeping the last [`OUTPUT_LIMIT`] bytes; it goes
 //! in `TaskCompleted::output` or `TaskError::details`. On a timeout, and when a worker is
 //! killed, the whole process group is killed (`kill -KILL -<pgid>`), so no grandchild
-//! outlives its task.
+//! outlives its task. The shell holds the command at a gate until the group is registered
+//! with the watchdog of [`kill_tasks_on_exit`], so this holds for a worker killed with
+//! `SIGKILL` at any moment, even right after it started the shell.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -380,20 +382,48 @@ impl Drop for GroupGuard {
     }
 }
 
-async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
-    let started = Instant::now();
+/// What `sh -c` runs: wait for one line on stdin (the gate), then run the task's command
+/// (`$1`) in this same shell with stdin from `/dev/null`. End of input without a line (the
+/// worker died before opening the gate) runs nothing. `eval "shift; $1"` drops the command
+/// from the positional parameters before it runs, so it sees `$#` = 0, as under `sh -c`.
+const GATED: &str = r#"read -r _ || exit 125; exec </dev/null; eval "shift; $1""#;
+
+/// Starts `command` in a process group of its own, held at [`GATED`]'s gate: nothing of the
+/// task runs until [`open_gate`] writes to the returned stdin.
+fn spawn_gated(
+    command: &str,
+    job: &Job,
+) -> std::io::Result<(tokio::process::Child, Option<tokio::process::ChildStdin>)> {
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
+        .arg(GATED)
+        .arg("sh")
         .arg(command)
         .env("DTF_TASK_ID", &job.task.id)
         .env("DTF_ATTEMPT", job.attempt.to_string())
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let child = match cmd.spawn() {
-        Ok(child) => child,
+    let mut child = cmd.spawn()?;
+    let gate = child.stdin.take();
+    Ok((child, gate))
+}
+
+/// Lets a task held by [`spawn_gated`] run. A write that fails means the shell is gone; its
+/// exit status tells the rest.
+async fn open_gate(gate: Option<tokio::process::ChildStdin>) {
+    use tokio::io::AsyncWriteExt as _;
+    if let Some(mut gate) = gate {
+        let _ = gate.write_all(b"go\n").await;
+    }
+}
+
+async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
+    let started = Instant::now();
+    let (child, gate) = match spawn_gated(command, job) {
+        Ok(spawned) => spawned,
         Err(e) => {
             return JobResult::Failed {
                 kind: "SpawnError".to_owned(),
@@ -403,7 +433,11 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
             };
         }
     };
+    // The group is in the watchdog's list before the task can start a process: a worker
+    // killed at any point after this leaves nothing behind. (Registered after the task had
+    // started, a worker preempted here and then killed left the task running.)
     let mut guard = GroupGuard::new(child.id());
+    open_gate(gate).await;
     let waited = tokio::time::timeout(timeout, child.wait_with_output()).await;
     let out = match waited {
         Err(_) => {
@@ -505,13 +539,14 @@ mod tests {
     #[tokio::test]
     async fn maps_exit_codes_timeouts_and_missing_commands() {
         let r = run_job(&job(
-            "echo hi $DTF_TASK_ID $DTF_ATTEMPT; echo err >&2",
+            "echo hi $DTF_TASK_ID $DTF_ATTEMPT $# $0; cat; echo err >&2",
             5000,
             0,
         ))
         .await;
+        // As under `sh -c`: no positional parameters, `$0` is `sh`, stdin is empty.
         assert!(
-            matches!(&r, JobResult::Passed { output, .. } if output == "hi t 1\nerr\n"),
+            matches!(&r, JobResult::Passed { output, .. } if output == "hi t 1 0 sh\nerr\n"),
             "{r:?}"
         );
 
@@ -534,6 +569,33 @@ mod tests {
             matches!(&r, JobResult::Failed { kind, retry_helps: true, .. } if kind == "Timeout"),
             "{r:?}"
         );
+    }
+
+    /// The regression for a task that outlived its `SIGKILL`ed worker: the task had started
+    /// before its group was registered with the watchdog. Now nothing of it runs until the
+    /// gate opens, and a worker that dies first (the gate closes unopened) runs nothing.
+    #[tokio::test]
+    async fn a_gated_task_runs_nothing_until_its_gate_opens() {
+        let dir = std::env::temp_dir().join(format!("dtf-gate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ran = dir.join("ran");
+        let command = format!("echo ran > {}", ran.display());
+
+        let (child, gate) = spawn_gated(&command, &job(&command, 5000, 0)).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!ran.exists(), "the task ran before its gate opened");
+        open_gate(gate).await;
+        let out = child.wait_with_output().await.unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(std::fs::read_to_string(&ran).unwrap(), "ran\n");
+
+        std::fs::remove_file(&ran).unwrap();
+        let (child, gate) = spawn_gated(&command, &job(&command, 5000, 0)).unwrap();
+        drop(gate);
+        let out = child.wait_with_output().await.unwrap();
+        assert_eq!(out.status.code(), Some(125));
+        assert!(!ran.exists(), "a task whose gate closed unopened ran");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
