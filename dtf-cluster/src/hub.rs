@@ -305,6 +305,9 @@ impl Hub {
             bus.with_source("cluster"),
             out_rx,
             notes_tx,
+            |group: &str, upto| {
+                wire::send_to(group, &HubFrame::Ack { upto });
+            },
         ));
         let state = HubLoop {
             out,
@@ -519,28 +522,42 @@ enum Out {
 }
 
 /// Publishes what the hub's loop applied, in the loop's order, and acknowledges it once it is
-/// on the bus. The loop itself never waits for the bus: a full queue (backpressure) slows
-/// this task, while the loop goes on handling acknowledgements, heartbeats and deliveries
-/// (which a hosted plugin's proxy, whose queue may be the full one, waits for).
+/// on the bus (`ack(group, upto)`). The loop itself never waits for the bus: a full queue
+/// (backpressure) slows this task, while the loop goes on handling acknowledgements,
+/// heartbeats and deliveries (which a hosted plugin's proxy, whose queue may be the full one,
+/// waits for).
+///
+/// Once the bus has refused events (it refuses only when closed, which is for good), no
+/// acknowledgement is sent any more: it would tell a node that events are on the bus which
+/// are not, and a remote publisher's `flush` would succeed for them. The nodes' unacknowledged
+/// events stay theirs, and their `flush` fails when the run's `Goodbye` comes.
 async fn publish_in_order(
     bus: Bus,
     mut out: mpsc::UnboundedReceiver<Out>,
     notes: mpsc::UnboundedSender<HubNote>,
+    ack: impl Fn(&str, u64),
 ) {
+    let mut refused = false;
     while let Some(item) = out.recv().await {
         match item {
             Out::One(kind) => {
                 if let Err(e) = bus.publish(kind).await {
+                    refused = true;
                     tracing::warn!(error = %e, "the bus refused a cluster event");
                 }
             }
             Out::Batch(kinds) => {
                 if let Err(e) = bus.publish_batch(kinds).await {
+                    refused = true;
                     tracing::warn!(error = %e, "the bus refused a remote publisher's events");
                 }
             }
             Out::Ack(group, upto) => {
-                wire::send_to(&group, &HubFrame::Ack { upto });
+                if refused {
+                    tracing::debug!(upto, "not acknowledged: the bus is closed");
+                } else {
+                    ack(&group, upto);
+                }
             }
             Out::Note(note) => {
                 let _ = notes.send(note);
@@ -1158,4 +1175,64 @@ fn resend_jobs(w: &mut RemoteWorker) -> u64 {
         wire::send_bytes(&w.group, frame.clone());
     }
     w.unacked.len() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use std::sync::Mutex;
+
+    use dtf_plugin_core::PluginManager;
+    use dtf_plugin_core::event::ShutdownReason;
+
+    use super::*;
+
+    /// The bus refuses events once the run has shut down: acknowledging them (or anything
+    /// after them) would make a remote publisher's `flush` succeed for events that are not on
+    /// the bus.
+    #[tokio::test]
+    async fn nothing_is_acknowledged_once_the_bus_refused_events() {
+        let manager = PluginManager::builder().spawn().await.unwrap();
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let (notes_tx, mut notes) = mpsc::unbounded_channel();
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&acks);
+        let task = tokio::spawn(publish_in_order(
+            manager.bus(),
+            out_rx,
+            notes_tx,
+            move |group: &str, upto| seen.lock().unwrap().push((group.to_owned(), upto)),
+        ));
+        let events = |n: u64| {
+            (0..n)
+                .map(|i| EventKind::custom("harness.step", serde_json::json!({ "i": i })))
+                .collect::<Vec<_>>()
+        };
+        // Everything before a note has been handled once the note comes out.
+        let mut handled = async |out: &mpsc::UnboundedSender<Out>| {
+            out.send(Out::Note(HubNote::Registered(WorkerId::from("x"))))
+                .unwrap();
+            notes.recv().await.unwrap();
+        };
+
+        out.send(Out::Batch(events(2))).unwrap();
+        out.send(Out::Ack("publisher".to_owned(), 2)).unwrap();
+        handled(&out).await;
+        assert_eq!(*acks.lock().unwrap(), [("publisher".to_owned(), 2)]);
+
+        manager.shutdown(ShutdownReason::Completed).await;
+        out.send(Out::Batch(events(2))).unwrap();
+        out.send(Out::Ack("publisher".to_owned(), 4)).unwrap();
+        out.send(Out::One(EventKind::worker_failed("w", "gone")))
+            .unwrap();
+        out.send(Out::Ack("worker".to_owned(), 1)).unwrap();
+        handled(&out).await;
+        assert_eq!(
+            *acks.lock().unwrap(),
+            [("publisher".to_owned(), 2)],
+            "acknowledged after the bus refused events"
+        );
+        drop(out);
+        task.await.unwrap();
+    }
 }
