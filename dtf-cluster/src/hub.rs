@@ -901,6 +901,13 @@ impl HubLoop {
                     publisher = %id,
                     "a remote publisher uses the id of a worker; refused"
                 );
+                wire::send_to_all(
+                    &group,
+                    &HubFrame::Refused {
+                        incarnation,
+                        reason: format!("the id `{id}` is a worker's in this run"),
+                    },
+                );
                 return;
             }
             _ => {
@@ -992,6 +999,16 @@ impl HubLoop {
             None
         };
         match self.workers.get_mut(&worker) {
+            Some(w) if w.publisher => {
+                tracing::warn!(%worker, "a worker uses the id of a remote publisher; refused");
+                wire::send_to_all(
+                    &group,
+                    &HubFrame::Refused {
+                        incarnation,
+                        reason: format!("the id `{worker}` is a remote publisher's in this run"),
+                    },
+                );
+            }
             None => {
                 let mut w = RemoteWorker::new(incarnation, group.clone());
                 if let Some(old) = placeholder {

@@ -91,4 +91,8 @@ pub enum ClusterError {
     /// The hub was shut down, or a node's connection is gone for good.
     #[error("the cluster connection is closed")]
     Closed,
+    /// The coordinator refused this node, e.g. because its id belongs to another kind of node
+    /// in the run (a remote publisher using a worker's id, or the reverse).
+    #[error("the coordinator refused this node: {0}")]
+    Rejected(String),
 }

@@ -142,6 +142,10 @@ pub(crate) enum HubFrame {
     },
     /// The run is over: the worker exits.
     Goodbye,
+    /// The hello of the node whose incarnation is `incarnation` is refused (its id belongs to
+    /// another kind of node in this run): that node stops with `reason`. Sent to every node in
+    /// the id's group, since the node already holding the id is in it too; the others ignore it.
+    Refused { incarnation: u64, reason: String },
 }
 
 /// Worker to coordinator, borrowed: serializes exactly as [`FromWorker`] without cloning the
@@ -235,6 +239,16 @@ pub(crate) fn newest_remote(group: &str) -> Option<(u64, ractor::ActorCell)> {
 /// connection is down) or the send failed. The caller keeps what it must resend.
 pub(crate) fn send_to<T: Serialize>(group: &str, frame: &T) -> bool {
     encode(frame).is_some_and(|bytes| send_bytes(group, bytes))
+}
+
+/// Sends `frame` to every remote member of `group` (old sessions' members included).
+pub(crate) fn send_to_all<T: Serialize>(group: &str, frame: &T) {
+    let Some(bytes) = encode(frame) else { return };
+    for cell in ractor::pg::get_members(&group.to_owned()) {
+        if matches!(cell.get_id(), ractor::ActorId::Remote { .. }) {
+            let _ = ActorRef::<Wire>::from(cell).cast(Wire::Frame(bytes.clone()));
+        }
+    }
 }
 
 /// Sends an encoded frame (see [`encode`]) to the remote member of `group`.

@@ -233,7 +233,7 @@ pub(crate) async fn serve(
             Some(frame) = frames.recv() => {
                 w.last_heard = Instant::now();
                 if let Some(exit) = w.on_frame(frame) {
-                    break Ok(exit);
+                    break exit;
                 }
             }
             Some((job, kind)) = events.recv() => w.emit(job, kind),
@@ -516,7 +516,8 @@ impl WorkerLoop {
         }
     }
 
-    fn on_frame(&mut self, frame: HubFrame) -> Option<WorkerExit> {
+    /// Handles a frame of the coordinator's; `Some` ends the node.
+    fn on_frame(&mut self, frame: HubFrame) -> Option<Result<WorkerExit, ClusterError>> {
         match frame {
             HubFrame::Welcome {
                 events_applied: upto,
@@ -578,7 +579,16 @@ impl WorkerLoop {
                     self.send(&WorkerFrame::Reconfigured { plugin, id, error });
                 }
             },
-            HubFrame::Goodbye => return Some(WorkerExit::RunOver),
+            HubFrame::Goodbye => return Some(Ok(WorkerExit::RunOver)),
+            HubFrame::Refused {
+                incarnation,
+                reason,
+            } if incarnation == self.incarnation => {
+                tracing::error!(%reason, "the coordinator refused this node");
+                return Some(Err(ClusterError::Rejected(reason)));
+            }
+            // For the other node with the same id.
+            HubFrame::Refused { .. } => {}
         }
         None
     }
