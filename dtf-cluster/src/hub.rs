@@ -316,6 +316,7 @@ impl Hub {
             applied_results: HashSet::new(),
             counters: Arc::clone(&counters),
             next_request: 0,
+            hub: hub_id()?,
         };
         tokio::spawn(state.run(frames, commands_rx, links));
         tracing::info!(%local_addr, "the coordinator listens for workers");
@@ -576,6 +577,16 @@ struct HubLoop {
     counters: Arc<Counters>,
     /// The id of the last request to a plugin host (`Reconfigure`).
     next_request: u64,
+    /// This run's id, in every `Welcome`: a node that was welcomed by another run (the
+    /// coordinator restarted on the same address) is refused.
+    hub: u64,
+}
+
+/// A random, non-zero id for this coordinator run.
+fn hub_id() -> Result<u64, ClusterError> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| ClusterError::Start(format!("randomness: {e}")))?;
+    Ok(u64::from_le_bytes(b).max(1))
 }
 
 impl HubLoop {
@@ -747,8 +758,26 @@ impl HubLoop {
             jobs_received,
             plugins,
             publisher,
+            hub,
         } = body
         {
+            if let Some(hub) = hub.filter(|h| *h != self.hub) {
+                tracing::warn!(
+                    %worker,
+                    previous_run = format_args!("{hub:x}"),
+                    "a node of the coordinator's previous run (it restarted on this address); refused"
+                );
+                wire::send_to_all(
+                    &wire::worker_group(worker.as_str()),
+                    &HubFrame::Refused {
+                        incarnation,
+                        reason: "the coordinator restarted: this node served its previous run \
+                                 (start the node again to join the new one)"
+                            .to_owned(),
+                    },
+                );
+                return;
+            }
             if publisher {
                 self.publisher_hello(worker, incarnation);
             } else {
@@ -921,6 +950,7 @@ impl HubLoop {
             &group,
             &HubFrame::Welcome {
                 events_applied: w.applied,
+                hub: self.hub,
             },
         );
     }
@@ -1032,7 +1062,13 @@ impl HubLoop {
                     });
                 }
                 self.note(HubNote::Registered(worker));
-                wire::send_to(&group, &HubFrame::Welcome { events_applied: 0 });
+                wire::send_to(
+                    &group,
+                    &HubFrame::Welcome {
+                        events_applied: 0,
+                        hub: self.hub,
+                    },
+                );
             }
             Some(w) if w.incarnation == incarnation => {
                 // The same process, reconnected: resend what it has not acknowledged.
@@ -1045,6 +1081,7 @@ impl HubLoop {
                     &group,
                     &HubFrame::Welcome {
                         events_applied: w.applied,
+                        hub: self.hub,
                     },
                 );
                 let n = resend_jobs(w);
@@ -1075,7 +1112,13 @@ impl HubLoop {
                         "the plugin host `{worker}` restarted before it answered; nothing changed"
                     ))));
                 }
-                wire::send_to(&group, &HubFrame::Welcome { events_applied: 0 });
+                wire::send_to(
+                    &group,
+                    &HubFrame::Welcome {
+                        events_applied: 0,
+                        hub: self.hub,
+                    },
+                );
                 // What the coordinator set is applied again before any event; kept (and
                 // resent) until answered, like any change, and nobody waits for the answer.
                 for (plugin, settings) in settings {

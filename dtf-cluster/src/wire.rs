@@ -79,6 +79,11 @@ pub(crate) enum WorkerFrame {
         /// not registered on the bus.
         #[serde(default)]
         publisher: bool,
+        /// The id of the coordinator run that welcomed this node before (`Welcome::hub`), if
+        /// any: a coordinator restarted on the same address refuses a node of its previous
+        /// run, whose numbering it does not know.
+        #[serde(default)]
+        hub: Option<u64>,
     },
     /// The hosted `plugin` handled every delivered event up to the coordinator's bus
     /// sequence number `upto` (cumulative).
@@ -120,8 +125,13 @@ pub(crate) enum EncodedEvents {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum HubFrame {
-    /// The answer to `Hello`: events up to `events_applied` need not be resent.
-    Welcome { events_applied: u64 },
+    /// The answer to `Hello`: events up to `events_applied` need not be resent. `hub` is
+    /// the coordinator run's random id (0 from a version without it).
+    Welcome {
+        events_applied: u64,
+        #[serde(default)]
+        hub: u64,
+    },
     /// A job, numbered per worker incarnation from 1.
     Job { seq: u64, job: RemoteJob },
     /// Events up to `upto` were applied (cumulative); also the answer to a heartbeat.

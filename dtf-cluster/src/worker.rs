@@ -210,6 +210,7 @@ pub(crate) async fn serve(
         hello_seq: 0,
         publisher: None,
         pending: PendingBatch::default(),
+        hub: None,
     };
     let (mut commands, ready) = match publisher {
         Some(link) => {
@@ -384,6 +385,8 @@ struct WorkerLoop {
     publisher: Option<Publishing>,
     /// A publisher's batches not framed yet.
     pending: PendingBatch,
+    /// The id of the coordinator run that welcomed this node (said in every hello).
+    hub: Option<u64>,
 }
 
 /// What a hosted plugin's task handles, in order.
@@ -460,6 +463,7 @@ impl WorkerLoop {
             jobs_received: self.jobs_received,
             plugins: self.announced.clone(),
             publisher: self.publisher.is_some(),
+            hub: self.hub,
         });
         tracing::info!(
             coordinator = %self.config.coordinator,
@@ -521,7 +525,11 @@ impl WorkerLoop {
         match frame {
             HubFrame::Welcome {
                 events_applied: upto,
+                hub,
             } => {
+                if hub != 0 {
+                    self.hub = Some(hub);
+                }
                 // Only what was sent before this session's hello may be lost: what was sent
                 // after it follows the hello on the same connection, in order.
                 self.acked(upto);

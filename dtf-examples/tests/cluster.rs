@@ -968,6 +968,86 @@ fn a_publisher_and_a_worker_with_the_same_id_are_refused_and_told_why() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A coordinator killed and started again on the same address is a new run, which does not
+/// know the numbering of the old one's nodes: a worker and a publisher of the old run are
+/// refused and exit 1 saying so, instead of waiting forever (the publisher's events would have
+/// been a gap to the new hub, its flush never resolving) or serving a run whose jobs they
+/// cannot number. The new run registers neither.
+#[test]
+fn nodes_of_a_restarted_coordinators_previous_run_are_refused_and_told_why() {
+    use dtf_plugin_core::event::EventKind;
+    let dir = temp_dir("restart");
+    let pki = make_pki(&dir, "ok");
+    let done = dir.join("done");
+    task_waiting_for(&dir, &done);
+    let port = free_port();
+    let mut old = coordinator(&dir, port, &pki, &["--workers", "1"]);
+    let addr = format!("127.0.0.1:{port}");
+    let mut w = worker(
+        &dir,
+        &addr,
+        &pki.ca,
+        "node-w",
+        &["--heartbeat-timeout", "1"],
+    );
+    let mut p = publisher(&dir, &addr, &pki.ca, "node-p");
+    let mut stdin = p.stdin.take().unwrap();
+    let event = |i: u64| {
+        serde_json::to_string(&EventKind::custom(
+            "test.published",
+            serde_json::json!({ "i": i }),
+        ))
+        .unwrap()
+    };
+    writeln!(stdin, "{}", event(1)).unwrap();
+    let start = Instant::now();
+    loop {
+        let clog = log(&dir, "coordinator.log");
+        if clog.contains("a remote worker registered")
+            && clog.contains("a remote publisher connected")
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{clog}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    old.kill().unwrap(); // SIGKILL: it says goodbye to nobody
+    let _ = old.wait();
+    let mut new = coordinator(&dir, port, &pki, &["--workers", "1"]);
+
+    assert_eq!(
+        wait(&mut w, Duration::from_secs(30)),
+        Some(1),
+        "{}",
+        log(&dir, "node-w.log")
+    );
+    let wlog = log(&dir, "node-w.log");
+    assert!(
+        wlog.contains("the coordinator restarted: this node served its previous run"),
+        "{wlog}"
+    );
+    writeln!(stdin, "{}", event(2)).unwrap();
+    drop(stdin);
+    assert_eq!(wait(&mut p, Duration::from_secs(30)), Some(1));
+    let plog = log(&dir, "publisher-node-p.log");
+    assert!(
+        plog.contains("the coordinator restarted: this node served its previous run"),
+        "{plog}"
+    );
+
+    std::fs::write(&done, "").unwrap();
+    let code = wait(&mut new, Duration::from_secs(60));
+    let clog = log(&dir, "coordinator.log");
+    assert_eq!(code, Some(0), "{}\n{clog}", log(&dir, "coordinator.out"));
+    assert!(
+        clog.contains("a node of the coordinator's previous run"),
+        "{clog}"
+    );
+    assert!(!clog.contains("a remote worker registered"), "{clog}");
+    assert!(!clog.contains("a remote publisher connected"), "{clog}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A remote publisher (`dtf-publish`, events on stdin) behind a proxy that cuts the
 /// connection 10 times: every event lands on the coordinator's bus exactly once and in
 /// order. A bad line stops a second publisher with its line number, after what came before
