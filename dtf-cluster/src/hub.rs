@@ -792,6 +792,21 @@ impl HubLoop {
             }
             return;
         }
+        if let WorkerFrame::Undecodable { failure } = body {
+            // It would resend the frame forever, and a publisher's flush would never resolve.
+            tracing::warn!(%worker, %failure, "a node sent a frame this coordinator cannot decode; refused");
+            wire::send_to_all(
+                &wire::worker_group(worker.as_str()),
+                &HubFrame::Refused {
+                    incarnation,
+                    reason: format!(
+                        "the coordinator could not decode a frame of this node ({failure}); \
+                         do both run the same dtf version?"
+                    ),
+                },
+            );
+            return;
+        }
         let Some(w) = self.workers.get_mut(&worker) else {
             return;
         };
@@ -813,7 +828,8 @@ impl HubLoop {
             return;
         };
         match body {
-            WorkerFrame::Hello { .. } => {}
+            // Handled above.
+            WorkerFrame::Hello { .. } | WorkerFrame::Undecodable { .. } => {}
             WorkerFrame::Reconfigured { plugin, id, error } => {
                 let Some((_, settings, _, done)) = w.reconfiguring.remove(&id) else {
                     // An answer to a resend already answered.

@@ -108,6 +108,42 @@ pub(crate) enum WorkerFrame {
     Events { first: u64, kinds: Vec<EventKind> },
     /// Every `heartbeat_interval`; also acknowledges jobs.
     Heartbeat { jobs_received: u64 },
+    /// Never on the wire: made by the coordinator's inbox for a frame whose envelope decodes
+    /// but whose body does not (another version), described by [`decode_failure`].
+    #[serde(skip)]
+    Undecodable { failure: String },
+}
+
+/// What an inbox makes of a frame it cannot decode.
+pub(crate) trait Undecodable: Sized {
+    /// A frame standing for `bytes`, which failed to decode with `failure`, if the inbox's
+    /// owner should hear of it (by default it is only logged).
+    fn undecodable(_bytes: &[u8], _failure: String) -> Option<Self> {
+        None
+    }
+}
+
+impl Undecodable for HubFrame {}
+
+impl Undecodable for FromWorker {
+    /// Who sent it, when the envelope decodes: the hub refuses that node rather than leave
+    /// it resending a frame that will never decode.
+    fn undecodable(bytes: &[u8], failure: String) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Envelope {
+            worker: WorkerId,
+            incarnation: u64,
+        }
+        let Envelope {
+            worker,
+            incarnation,
+        } = serde_json::from_slice(bytes).ok()?;
+        Some(FromWorker {
+            worker,
+            incarnation,
+            body: WorkerFrame::Undecodable { failure },
+        })
+    }
 }
 
 /// The head of an `Events` frame as the publisher sends it, with an empty list: the events,
@@ -189,7 +225,7 @@ impl<T> Inbox<T> {
 
 impl<T> Actor for Inbox<T>
 where
-    T: for<'de> Deserialize<'de> + Send + 'static,
+    T: for<'de> Deserialize<'de> + Undecodable + Send + 'static,
 {
     type Msg = Wire;
     type State = mpsc::UnboundedSender<T>;
@@ -218,11 +254,17 @@ where
             // A peer that passed the cookie handshake but speaks another protocol (or
             // another version): the frame is dropped and said once per frame. serde's message
             // is not logged: it may quote a string of the frame (an event may carry a token).
-            Err(e) => tracing::warn!(
-                error = %decode_failure(&e),
-                bytes = bytes.len(),
-                "a cluster frame could not be decoded; dropped"
-            ),
+            Err(e) => {
+                let failure = decode_failure(&e);
+                tracing::warn!(
+                    error = %failure,
+                    bytes = bytes.len(),
+                    "a cluster frame could not be decoded; dropped"
+                );
+                if let Some(frame) = T::undecodable(&bytes, failure) {
+                    let _ = sink.send(frame);
+                }
+            }
         }
         Ok(())
     }
@@ -300,5 +342,18 @@ mod tests {
         // What serde itself says quotes the frame: that is why it is not logged.
         let serde_said = e.to_string();
         assert!(serde_said.contains("newer_kind"), "{serde_said}");
+
+        // The hub hears who sent it, to refuse that node.
+        let Some(FromWorker {
+            worker,
+            incarnation,
+            body: WorkerFrame::Undecodable { failure },
+        }) = FromWorker::undecodable(frame, said.clone())
+        else {
+            panic!("the sender of an undecodable frame was not told");
+        };
+        assert_eq!((worker.as_str(), incarnation, failure), ("p-1", 7, said));
+        // Not even the envelope: nobody to tell.
+        assert!(FromWorker::undecodable(b"{\"worker\":", String::new()).is_none());
     }
 }
