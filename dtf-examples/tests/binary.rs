@@ -25,16 +25,18 @@ fn runs_shell_tasks_and_exits_non_zero_when_one_fails() {
         "--task",
         "exit 4",
         "--task",
-        "sleep 5",
+        "sleep 60",
+        // For all three: generous, so that `echo ok` and `exit 4` finish in time on a
+        // loaded machine.
         "--timeout",
-        "0.3",
+        "3",
     ]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("ExitCode(4): `exit 4` exited with code 4"),
         "{out}"
     );
-    assert!(out.contains("Timeout: no exit within 0.300s"), "{out}");
+    assert!(out.contains("Timeout: no exit within 3.000s"), "{out}");
     assert!(out.contains("tasks 3  passed 1  failed 2"), "{out}");
     assert!(out.ends_with("1 of 3 task(s) passed; 2 failed\n"), "{out}");
     // Not a terminal: no progress line.
