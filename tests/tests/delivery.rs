@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Action, Probe, assert_conserved, n, number};
+use common::{Action, Probe, assert_conserved, eventually, n, number};
 use dtf_plugin_core::prelude::*;
 use dtf_plugin_core::testing::RecordingPlugin;
 use dtf_plugin_core::{ManagerError, OverflowPolicy, PublishError};
@@ -344,6 +344,9 @@ async fn shutdown_reports_what_a_stuck_plugin_left_behind() {
         .unwrap();
     // One batch: one chunk.
     manager.bus().publish_batch((0..100).map(n)).await.unwrap();
+    // Stuck on event 86 before the deadline starts (on a loaded machine the 300 ms of the
+    // deadline need not cover handling the 86 first).
+    assert!(eventually(Duration::from_secs(20), || stuck.numbers().len() == 86).await);
     let report = manager.shutdown(ShutdownReason::Requested).await;
     assert!(!report.clean);
     let p = &report.plugins[0];

@@ -39,6 +39,10 @@ mod actor;
 mod spec;
 mod types;
 
+/// How long a shutdown waits for plugins it killed at their deadline to stop (see
+/// [`PluginManager::shutdown`]).
+const KILL_WAIT: Duration = Duration::from_secs(1);
+
 use actor::*;
 pub use spec::PluginSpec;
 use spec::*;
@@ -438,6 +442,7 @@ impl PluginManager {
                 stopping.push((name, actor, rx));
             }
         }
+        let mut killed = Vec::new();
         for (name, actor, rx) in stopping {
             // A little grace past the deadline for `on_shutdown` itself to be cut off.
             let grace = stop_deadline + Duration::from_millis(100);
@@ -452,8 +457,23 @@ impl PluginManager {
                 }
                 Err(_) => {
                     actor.kill();
+                    killed.push(actor);
                     errors.insert(name, "did not stop before the shutdown deadline".to_owned());
                 }
+            }
+        }
+        // A kill takes effect on the actor's own task, which drops the chunk in hand; that
+        // drop counts what the chunk handled (`Tally`). The report is read after it, or its
+        // counters could miss those events. Bounded: a plugin blocking its thread never yields
+        // to the kill.
+        let killed_by = Instant::now() + KILL_WAIT;
+        for actor in killed {
+            let left = killed_by.saturating_duration_since(Instant::now());
+            if actor.wait(Some(left)).await.is_err() {
+                tracing::warn!(
+                    plugin = actor.get_name().unwrap_or_default(),
+                    "a killed plugin did not stop; its counters may miss its last events"
+                );
             }
         }
         self.bus.inner().unroute_all();
