@@ -601,11 +601,14 @@ async fn simulated_tasks_write_junit_and_exit_non_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_timeout_cancels_what_is_left_and_kills_its_processes() {
     let dir = temp_dir("run-timeout");
-    let marker = dir.join("should-not-exist");
-    let slow = TaskDef::shell("slow", format!("sleep 0.6; touch '{}'", marker.display()));
-    // One worker: `waiting` never starts.
+    let pidfile = dir.join("pid");
+    let slow = TaskDef::shell(
+        "slow",
+        format!("echo $$ > '{}'; sleep 60", pidfile.display()),
+    );
+    // One worker: `waiting` never starts. 3 s: `slow` starts well before, even under load.
     let mut o = options(vec![slow, TaskDef::shell("waiting", "true")], 1);
-    o.run_timeout = Some(Duration::from_millis(200));
+    o.run_timeout = Some(Duration::from_secs(3));
     let (rec, recording) = recorder();
     let report = Coordinator::new(o)
         .unwrap()
@@ -630,9 +633,24 @@ async fn a_run_timeout_cancels_what_is_left_and_kills_its_processes() {
     let summary = report.summary.clone().unwrap();
     assert_eq!(summary.totals.cancelled, 2);
     assert_eq!((report.failed, report.exit_code()), (2, 1));
-    // The command's process group was killed with its worker: it never gets to `touch`.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(!marker.exists(), "the timed-out command kept running");
+    // The command's process group was killed with its worker.
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let stat = format!("/proc/{}/stat", pid.trim());
+    let alive = || {
+        // A zombie has exited: only a running process counts.
+        std::fs::read_to_string(&stat).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    let start = std::time::Instant::now();
+    while alive() && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!alive(), "the timed-out command kept running");
 }
 
 /// The example external plugin's directory (Python, standard library only).
