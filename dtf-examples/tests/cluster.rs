@@ -465,7 +465,20 @@ fn twenty_cut_connections_during_2000_tasks_lose_and_duplicate_nothing() {
     let dir = temp_dir("cuts");
     let pki = make_pki(&dir, "ok");
     let n = 2000;
-    task_file(&dir, n, |_| mark(&dir));
+    // The first task holds the run open until the cuts are done (on a fast machine the other
+    // 1,999 could all finish first).
+    let cuts_done = dir.join("cuts-done");
+    task_file(&dir, n, |i| {
+        if i == 0 {
+            format!(
+                "while [ ! -f {} ]; do sleep 0.05; done; {}",
+                cuts_done.display(),
+                mark(&dir)
+            )
+        } else {
+            mark(&dir)
+        }
+    });
     let port = free_port();
     let mut coord = coordinator(
         &dir,
@@ -510,7 +523,17 @@ fn twenty_cut_connections_during_2000_tasks_lose_and_duplicate_nothing() {
             );
         }
     }
+    std::fs::write(&cuts_done, "").unwrap();
     let code = wait(&mut coord, Duration::from_secs(120));
+    // The cuts cut the workers' connections (each cut cuts all three, when connected).
+    let lost: usize = (1..=3)
+        .map(|i| {
+            log(&dir, &format!("remote-{i}.log"))
+                .matches("lost the connection to the coordinator")
+                .count()
+        })
+        .sum();
+    assert!(lost >= 10, "{lost} lost connections in 20 cuts");
     let out = log(&dir, "coordinator.out");
     let log = log(&dir, "coordinator.log");
     assert_eq!(code, Some(0), "{out}\n{log}");
@@ -666,8 +689,11 @@ fn a_worker_back_within_the_grace_is_recovered_and_nothing_runs_twice() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Frozen until the coordinator has noticed (however long that takes under load), and
+    // 1.5 s more, so that the worker's own heartbeat timeout passes too.
     proxy.frozen.store(true, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(2500));
+    wait_for_log(&dir, "coordinator.log", "no heartbeat for");
+    std::thread::sleep(Duration::from_millis(1500));
     proxy.frozen.store(false, Ordering::Relaxed);
     let code = wait(&mut coord, Duration::from_secs(120));
     let out = log(&dir, "coordinator.out");
