@@ -221,7 +221,10 @@ impl RemotePublisher {
     ///
     /// # Errors
     ///
-    /// As [`flush`](Self::flush), or the error that ended the connection.
+    /// As [`flush`](Self::flush), or the error that ended the connection: e.g.
+    /// [`ClusterError::Rejected`] when the coordinator refused this publisher (its id is a
+    /// worker's, the coordinator restarted since it welcomed the publisher, or it cannot decode
+    /// the publisher's frames), in which case its unacknowledged events were not delivered.
     pub async fn close(self) -> Result<(), ClusterError> {
         let flushed = self.flush().await;
         let Self { commands, node, .. } = self;

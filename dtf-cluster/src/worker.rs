@@ -96,7 +96,9 @@ pub enum WorkerExit {
 ///
 /// [`ClusterError::Start`] if the node cannot start; [`ClusterError::Unreachable`] if the
 /// coordinator cannot be reached for `give_up_after`; [`ClusterError::Tls`] for a bad
-/// server name.
+/// server name; [`ClusterError::Rejected`] when the coordinator refuses the node (its id is a
+/// remote publisher's in the run, the coordinator restarted since it welcomed the node, or
+/// it cannot decode the node's frames).
 pub async fn run_worker(
     config: WorkerConfig,
     runner: Arc<dyn JobRunner>,
