@@ -161,7 +161,7 @@ async fn a_double_forked_daemon_does_not_outlive_the_plugin() {
     assert!(started, "the daemon's child runs with an empty environment");
 
     manager.remove("daemonizer").await.unwrap();
-    let gone = eventually(Duration::from_secs(2), || {
+    let gone = eventually(Duration::from_secs(10), || {
         !runs(daemon) && !runs(cleared) && !runs(plugin)
     })
     .await;
