@@ -16,13 +16,13 @@
 //! | no exit within the timeout | `TaskFailed` | `Timeout` | if attempts remain |
 //! | `sh` could not be started | `TaskFailed` | `SpawnError` | no |
 //!
-//! The command sees `DTF_TASK_ID` and `DTF_ATTEMPT` (from 1) in its environment. Output
+//! The command sees `DTF_TASK_ID` and `DTF_ATTEMPT` (from 1) in its environment (and,
+//! under [`kill_tasks_on_exit`], `DTF_TASK_WATCH`, the watchdog's marker). Output
 //! (stdout then stderr) is captured, keeping the last [`OUTPUT_LIMIT`] bytes; it goes
 //! in `TaskCompleted::output` or `TaskError::details`. On a timeout, and when a worker is
 //! killed, the whole process group is killed (`kill -KILL -<pgid>`), so no grandchild
-//! outlives its task. The shell holds the command at a gate until the group is registered
-//! with the watchdog of [`kill_tasks_on_exit`], so this holds for a worker killed with
-//! `SIGKILL` at any moment, even right after it started the shell.
+//! outlives its task. With [`kill_tasks_on_exit`] this holds for a worker killed with
+//! `SIGKILL` at any moment, even right after it started the shell (see there).
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -298,41 +298,100 @@ pub async fn run_job(job: &Job) -> JobResult {
     }
 }
 
-/// The watchdog of [`kill_tasks_on_exit`]: a `sh` reading `+ PGID` / `- PGID` lines; at end
-/// of input (this process died, however) it kills the groups still listed.
+/// The watchdog of [`kill_tasks_on_exit`]: a `sh` reading `+ PGID` / `- PGID` lines (and
+/// `x 0` when its owner ends normally); at end of input (its owner died, however) it kills
+/// the groups still listed, then, unless told of a normal end, every process whose
+/// environment carries its owner's marker (`$1`, in [`MARKER_VAR`]), with its group: a task
+/// started and not listed yet, and what tasks started and left behind.
 const WATCHDOG: &str = r#"trap '' INT TERM HUP
 l=" "
+e=
 while read -r op g; do
   case $op in
     +) l="$l$g " ;;
     -) n=" "; for x in $l; do [ "$x" = "$g" ] || n="$n$x "; done; l=$n ;;
+    x) e=normal ;;
   esac
 done
-for g in $l; do kill -KILL "-$g" 2>/dev/null; done"#;
+for g in $l; do kill -KILL "-$g" 2>/dev/null; done
+[ -z "$e" ] || exit 0
+for f in $(grep -l -a -s -F "DTF_TASK_WATCH=$1" /proc/[0-9]*/environ); do
+  p=${f#/proc/}; p=${p%/environ}
+  read -r st < "/proc/$p/stat" 2>/dev/null || continue
+  set -- ${st##*) }
+  kill -KILL "-$3" 2>/dev/null; kill -KILL "$p" 2>/dev/null
+done"#;
+
+/// The environment variable that marks the task processes of this process for the watchdog
+/// (its value is [`MARKER`]).
+const MARKER_VAR: &str = "DTF_TASK_WATCH";
+
+/// This process's marker, set by [`kill_tasks_on_exit`].
+static MARKER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 static WATCHDOG_PIPE: Mutex<Option<std::process::ChildStdin>> = Mutex::new(None);
 
 /// Makes every task process group started from now on die with this process, even when it
 /// is killed with `SIGKILL` (which runs no destructor): a watchdog process in its own group
 /// holds the read end of a pipe; when this process ends, the pipe closes and the watchdog
-/// kills the groups of the tasks still running. `dtf-worker` and `dtf-coordinator` call it
-/// at start.
+/// kills the groups of the tasks still running. A task is listed once it has started; one
+/// killed in between (this process killed right after starting it) is found by a marker in
+/// its environment, which what it starts inherits (Linux: `/proc/PID/environ`).
+/// `dtf-worker` and `dtf-coordinator` call it at start.
 ///
 /// # Errors
 ///
 /// The watchdog (`sh`) could not be started.
 pub fn kill_tasks_on_exit() -> std::io::Result<()> {
+    let marker = MARKER.get_or_init(new_marker);
+    // Not waited for: it outlives this process by design (a zombie until then, at most).
+    let (_watchdog, stdin) = start_watchdog(marker)?;
+    *WATCHDOG_PIPE.lock().unwrap_or_else(PoisonError::into_inner) = Some(stdin);
+    Ok(())
+}
+
+/// Starts a watchdog for the processes marked `marker`: the process, and its input.
+fn start_watchdog(
+    marker: &str,
+) -> std::io::Result<(std::process::Child, std::process::ChildStdin)> {
     use std::os::unix::process::CommandExt as _;
     let mut child = std::process::Command::new("sh")
         .arg("-c")
         .arg(WATCHDOG)
+        .arg("sh")
+        .arg(marker)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()?;
-    *WATCHDOG_PIPE.lock().unwrap_or_else(PoisonError::into_inner) = child.stdin.take();
-    Ok(())
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| std::io::Error::other("the watchdog has no stdin"))?;
+    Ok((child, stdin))
+}
+
+/// A marker unlikely to occur anywhere else: this process's id, the time and a random
+/// hasher's output, in hex.
+fn new_marker() -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:x}-{:016x}", std::process::id(), h.finish())
+}
+
+/// Tells the watchdog of [`kill_tasks_on_exit`] that this process ends normally: tasks still
+/// running are killed as ever, but what finished tasks started and left running (a server
+/// for later tasks, say) is left alone. Without it, as after a `SIGKILL`, the watchdog kills
+/// every process a task of this process started. Call it just before exiting.
+pub fn exiting_normally() {
+    tell_watchdog('x', 0);
 }
 
 fn tell_watchdog(op: char, pgid: u32) {
@@ -382,48 +441,24 @@ impl Drop for GroupGuard {
     }
 }
 
-/// What `sh -c` runs: wait for one line on stdin (the gate), then run the task's command
-/// (`$1`) in this same shell with stdin from `/dev/null`. End of input without a line (the
-/// worker died before opening the gate) runs nothing. `eval "shift; $1"` drops the command
-/// from the positional parameters before it runs, so it sees `$#` = 0, as under `sh -c`.
-const GATED: &str = r#"read -r _ || exit 125; exec </dev/null; eval "shift; $1""#;
-
-/// Starts `command` in a process group of its own, held at [`GATED`]'s gate: nothing of the
-/// task runs until [`open_gate`] writes to the returned stdin.
-fn spawn_gated(
-    command: &str,
-    job: &Job,
-) -> std::io::Result<(tokio::process::Child, Option<tokio::process::ChildStdin>)> {
+async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
+    let started = Instant::now();
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
-        .arg(GATED)
-        .arg("sh")
         .arg(command)
         .env("DTF_TASK_ID", &job.task.id)
         .env("DTF_ATTEMPT", job.attempt.to_string())
-        .stdin(Stdio::piped())
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd.spawn()?;
-    let gate = child.stdin.take();
-    Ok((child, gate))
-}
-
-/// Lets a task held by [`spawn_gated`] run. A write that fails means the shell is gone; its
-/// exit status tells the rest.
-async fn open_gate(gate: Option<tokio::process::ChildStdin>) {
-    use tokio::io::AsyncWriteExt as _;
-    if let Some(mut gate) = gate {
-        let _ = gate.write_all(b"go\n").await;
+    if let Some(marker) = MARKER.get() {
+        // Found by the watchdog even before its group is listed below.
+        cmd.env(MARKER_VAR, marker);
     }
-}
-
-async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
-    let started = Instant::now();
-    let (child, gate) = match spawn_gated(command, job) {
-        Ok(spawned) => spawned,
+    let child = match cmd.spawn() {
+        Ok(child) => child,
         Err(e) => {
             return JobResult::Failed {
                 kind: "SpawnError".to_owned(),
@@ -433,11 +468,7 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
             };
         }
     };
-    // The group is in the watchdog's list before the task can start a process: a worker
-    // killed at any point after this leaves nothing behind. (Registered after the task had
-    // started, a worker preempted here and then killed left the task running.)
     let mut guard = GroupGuard::new(child.id());
-    open_gate(gate).await;
     let waited = tokio::time::timeout(timeout, child.wait_with_output()).await;
     let out = match waited {
         Err(_) => {
@@ -571,31 +602,52 @@ mod tests {
         );
     }
 
-    /// The regression for a task that outlived its `SIGKILL`ed worker: the task had started
-    /// before its group was registered with the watchdog. Now nothing of it runs until the
-    /// gate opens, and a worker that dies first (the gate closes unopened) runs nothing.
-    #[tokio::test]
-    async fn a_gated_task_runs_nothing_until_its_gate_opens() {
-        let dir = std::env::temp_dir().join(format!("dtf-gate-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ran = dir.join("ran");
-        let command = format!("echo ran > {}", ran.display());
+    /// The regression for a task that outlived its `SIGKILL`ed worker: the worker was killed
+    /// after starting the task and before listing its group with the watchdog. The watchdog
+    /// finds such a task by its marker; an unmarked process is left alone.
+    #[test]
+    fn the_watchdog_kills_a_marked_task_it_was_never_told_of() {
+        use std::os::unix::process::CommandExt as _;
+        let marker = new_marker();
+        let (mut dog, watchdog) = start_watchdog(&marker).unwrap();
+        let spawn = |marked: bool| {
+            let mut cmd = std::process::Command::new("sh");
+            cmd.args(["-c", "sleep 60"]).process_group(0);
+            if marked {
+                cmd.env(MARKER_VAR, &marker);
+            }
+            cmd.spawn().unwrap()
+        };
+        let (mut task, mut other) = (spawn(true), spawn(false));
+        drop(watchdog); // what the watchdog sees when its owner dies
+        dog.wait().unwrap();
+        let start = Instant::now();
+        let task_gone = loop {
+            if task.try_wait().unwrap().is_some() {
+                break true;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let other_runs = other.try_wait().unwrap().is_none();
+        let _ = (task.kill(), other.kill(), task.wait(), other.wait());
+        assert!(task_gone, "the marked task outlived the watchdog's owner");
+        assert!(other_runs, "an unmarked process was killed");
 
-        let (child, gate) = spawn_gated(&command, &job(&command, 5000, 0)).unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!ran.exists(), "the task ran before its gate opened");
-        open_gate(gate).await;
-        let out = child.wait_with_output().await.unwrap();
-        assert_eq!(out.status.code(), Some(0));
-        assert_eq!(std::fs::read_to_string(&ran).unwrap(), "ran\n");
-
-        std::fs::remove_file(&ran).unwrap();
-        let (child, gate) = spawn_gated(&command, &job(&command, 5000, 0)).unwrap();
-        drop(gate);
-        let out = child.wait_with_output().await.unwrap();
-        assert_eq!(out.status.code(), Some(125));
-        assert!(!ran.exists(), "a task whose gate closed unopened ran");
-        let _ = std::fs::remove_dir_all(&dir);
+        // An owner that ends normally leaves what finished tasks left running alone.
+        let (mut dog, mut watchdog) = start_watchdog(&marker).unwrap();
+        let mut left = spawn(true);
+        {
+            use std::io::Write as _;
+            writeln!(watchdog, "x 0").unwrap();
+        }
+        drop(watchdog);
+        dog.wait().unwrap(); // done with whatever it was going to kill
+        let left_runs = left.try_wait().unwrap().is_none();
+        let _ = (left.kill(), left.wait());
+        assert!(left_runs, "killed after a normal end");
     }
 
     #[test]

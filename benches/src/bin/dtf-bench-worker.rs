@@ -80,6 +80,7 @@ fn worker(rt: &tokio::runtime::Runtime, args: &[String]) -> ExitCode {
         let config = WorkerConfig::new(addr.as_str(), id.as_str(), caps, cookie, transport);
         run_worker(config, Arc::new(ShellJobRunner)).await
     });
+    dtf_examples::executor::exiting_normally();
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(_) => ExitCode::from(1),

@@ -45,5 +45,6 @@ fn main() {
     });
     let _ = std::io::stdout().flush();
     drop(runtime);
+    dtf_examples::executor::exiting_normally();
     std::process::exit(code);
 }

@@ -107,5 +107,7 @@ fn main() -> ExitCode {
     if let Err(e) = dtf_examples::executor::kill_tasks_on_exit() {
         tracing::warn!(error = %e, "no watchdog: task processes may outlive a killed worker");
     }
-    dtf_examples::cli::node_main(run(args))
+    let code = dtf_examples::cli::node_main(run(args));
+    dtf_examples::executor::exiting_normally();
+    code
 }
