@@ -582,6 +582,19 @@ struct HubLoop {
     hub: u64,
 }
 
+/// Refuses the node `worker` of `incarnation`, which stops with `reason`. Sent to every node
+/// of the id's group, since a node already holding the id is in it too; only the refused
+/// incarnation acts on it.
+fn refuse(worker: &WorkerId, incarnation: u64, reason: String) {
+    wire::send_to_all(
+        &wire::worker_group(worker.as_str()),
+        &HubFrame::Refused {
+            incarnation,
+            reason,
+        },
+    );
+}
+
 /// A random, non-zero id for this coordinator run.
 fn hub_id() -> Result<u64, ClusterError> {
     let mut b = [0u8; 8];
@@ -767,14 +780,12 @@ impl HubLoop {
                     previous_run = format_args!("{hub:x}"),
                     "a node of the coordinator's previous run (it restarted on this address); refused"
                 );
-                wire::send_to_all(
-                    &wire::worker_group(worker.as_str()),
-                    &HubFrame::Refused {
-                        incarnation,
-                        reason: "the coordinator restarted: this node served its previous run \
-                                 (start the node again to join the new one)"
-                            .to_owned(),
-                    },
+                refuse(
+                    &worker,
+                    incarnation,
+                    "the coordinator restarted: this node served its previous run \
+                     (start the node again to join the new one)"
+                        .to_owned(),
                 );
                 return;
             }
@@ -795,15 +806,13 @@ impl HubLoop {
         if let WorkerFrame::Undecodable { failure } = body {
             // It would resend the frame forever, and a publisher's flush would never resolve.
             tracing::warn!(%worker, %failure, "a node sent a frame this coordinator cannot decode; refused");
-            wire::send_to_all(
-                &wire::worker_group(worker.as_str()),
-                &HubFrame::Refused {
-                    incarnation,
-                    reason: format!(
-                        "the coordinator could not decode a frame of this node ({failure}); \
-                         do both run the same dtf version?"
-                    ),
-                },
+            refuse(
+                &worker,
+                incarnation,
+                format!(
+                    "the coordinator could not decode a frame of this node ({failure}); \
+                     do both run the same dtf version?"
+                ),
             );
             return;
         }
@@ -946,12 +955,10 @@ impl HubLoop {
                     publisher = %id,
                     "a remote publisher uses the id of a worker; refused"
                 );
-                wire::send_to_all(
-                    &group,
-                    &HubFrame::Refused {
-                        incarnation,
-                        reason: format!("the id `{id}` is a worker's in this run"),
-                    },
+                refuse(
+                    &id,
+                    incarnation,
+                    format!("the id `{id}` is a worker's in this run"),
                 );
                 return;
             }
@@ -1047,12 +1054,10 @@ impl HubLoop {
         match self.workers.get_mut(&worker) {
             Some(w) if w.publisher => {
                 tracing::warn!(%worker, "a worker uses the id of a remote publisher; refused");
-                wire::send_to_all(
-                    &group,
-                    &HubFrame::Refused {
-                        incarnation,
-                        reason: format!("the id `{worker}` is a remote publisher's in this run"),
-                    },
+                refuse(
+                    &worker,
+                    incarnation,
+                    format!("the id `{worker}` is a remote publisher's in this run"),
                 );
             }
             None => {

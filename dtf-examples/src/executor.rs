@@ -301,8 +301,8 @@ pub async fn run_job(job: &Job) -> JobResult {
 /// The watchdog of [`kill_tasks_on_exit`]: a `sh` reading `+ PGID` / `- PGID` lines (and
 /// `x 0` when its owner ends normally); at end of input (its owner died, however) it kills
 /// the groups still listed, then, unless told of a normal end, every process whose
-/// environment carries its owner's marker (`$1`, in [`MARKER_VAR`]), with its group: a task
-/// started and not listed yet, and what tasks started and left behind.
+/// environment carries its owner's marker (`$1`: `MARKER_VAR=marker`), with its group: a
+/// task started and not listed yet, and what tasks started and left behind.
 const WATCHDOG: &str = r#"trap '' INT TERM HUP
 l=" "
 e=
@@ -315,7 +315,7 @@ while read -r op g; do
 done
 for g in $l; do kill -KILL "-$g" 2>/dev/null; done
 [ -z "$e" ] || exit 0
-for f in $(grep -l -a -s -F "DTF_TASK_WATCH=$1" /proc/[0-9]*/environ); do
+for f in $(grep -l -a -s -F "$1" /proc/[0-9]*/environ); do
   p=${f#/proc/}; p=${p%/environ}
   read -r st < "/proc/$p/stat" 2>/dev/null || continue
   set -- ${st##*) }
@@ -359,7 +359,7 @@ fn start_watchdog(
         .arg("-c")
         .arg(WATCHDOG)
         .arg("sh")
-        .arg(marker)
+        .arg(format!("{MARKER_VAR}={marker}"))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
