@@ -400,7 +400,9 @@ impl PluginManager {
     /// 2. waits until every queue has drained (plugins keep being restarted meanwhile);
     /// 3. stops every plugin, each handling what is left and then running `on_shutdown`,
     ///    concurrently and each with a deadline of its own (`shutdown_timeout` from the start
-    ///    of this step), so a slow plugin cannot use up another's time;
+    ///    of this step), so a slow plugin cannot use up another's time; a plugin still busy
+    ///    at its deadline is killed, and waited for (up to 1 s) so that what it handled of
+    ///    its last chunk is counted;
     /// 4. reports, per plugin, what was left and what failed.
     ///
     /// Calling it twice returns an empty report the second time.
@@ -457,8 +459,11 @@ impl PluginManager {
                 }
                 Err(_) => {
                     actor.kill();
-                    killed.push(actor);
-                    errors.insert(name, "did not stop before the shutdown deadline".to_owned());
+                    errors.insert(
+                        name.clone(),
+                        "did not stop before the shutdown deadline".to_owned(),
+                    );
+                    killed.push((name, actor));
                 }
             }
         }
@@ -467,11 +472,12 @@ impl PluginManager {
         // counters could miss those events. Bounded: a plugin blocking its thread never yields
         // to the kill.
         let killed_by = Instant::now() + KILL_WAIT;
-        for actor in killed {
+        for (name, actor) in killed {
             let left = killed_by.saturating_duration_since(Instant::now());
             if actor.wait(Some(left)).await.is_err() {
+                // Plugin actors are spawned without a name: the manager's name for it.
                 tracing::warn!(
-                    plugin = actor.get_name().unwrap_or_default(),
+                    plugin = %name,
                     "a killed plugin did not stop; its counters may miss its last events"
                 );
             }
