@@ -246,21 +246,25 @@ macro_rules! on_event_guarded {
         // Built under `catch_unwind` (a handler that is not an `async fn` runs code before it
         // returns its future), and kept in an `Option` so that it can be dropped in place
         // under `catch_unwind` too.
+        // Built where it is polled: constructing it elsewhere and moving it here cost a copy
+        // of the future per event.
         let (plugin, ctx) = (&mut $runner.plugin, &mut $runner.ctx);
-        let made = catch_unwind(AssertUnwindSafe(move || {
-            Option::as_mut(plugin).map(move |p| p.on_event(ctx, $ev))
-        }));
         let mut fut = std::pin::pin!(None);
-        let code = match made {
-            Ok(made) => {
-                fut.set(made);
-                match fut.as_mut().as_pin_mut() {
-                    Some(mut f) => {
-                        poll_fn(|cx| Poll::Ready(poll_event(f.as_mut(), cx, &mut failure))).await
-                    }
-                    None => FAILED,
-                }
+        let slot = fut.as_mut();
+        let made = catch_unwind(AssertUnwindSafe(move || {
+            // Moved out of the closure, so that the future may borrow them past its call.
+            let (plugin, ctx, mut slot) = (plugin, ctx, slot);
+            if let Some(p) = Option::as_mut(plugin) {
+                slot.set(Some(p.on_event(ctx, $ev)));
             }
+        }));
+        let code = match made {
+            Ok(()) => match fut.as_mut().as_pin_mut() {
+                Some(mut f) => {
+                    poll_fn(|cx| Poll::Ready(poll_event(f.as_mut(), cx, &mut failure))).await
+                }
+                None => FAILED,
+            },
             Err(payload) => {
                 failure = Some(HookFailure::Panicked(panic_message(payload)));
                 FAILED
