@@ -15,12 +15,13 @@ pub(super) const SEGMENT: usize = if cfg!(dtf_loom) {
 /// A piece of the append-only log: cells written once by publishers (under the bus lock) and
 /// read without locks by every plugin's actor. Segments are freed once no reader holds them.
 ///
-/// Aligned to 128 bytes so that, inside its `Arc`, its fields sit on cache lines apart from
+/// Its fields start 128 bytes into its `Arc` ([`ApartFromCounts`]), on cache lines apart from
 /// the reference counts: those change whenever a reader takes or lets go of the segment (and a
 /// wake-up's resume hint clones it), while the publisher reads `base` on every publish and
 /// readers read it on every cell.
-#[repr(align(128))]
+#[repr(C)]
 pub(crate) struct Segment {
+    _apart: ApartFromCounts,
     pub(super) base: u64,
     pub(super) cells: Arc<Cells>,
     pub(super) next: OnceLock<Arc<Segment>>,
@@ -31,18 +32,100 @@ pub(crate) struct Segment {
 /// events alive but not the segments linked after it.
 ///
 /// Each cell has a cache line pair of its own, so the publisher writing the next cell does not
-/// take the line from readers that are reading the previous one. Aligned like [`Segment`], for
-/// the same reason: every chunk's run clones this `Arc`, and the publisher and every reader
-/// load the cells' address from it on every event.
-#[repr(align(128))]
-pub(crate) struct Cells(pub(super) Box<[Padded<OnceLock<Cell>>]>);
+/// take the line from readers that are reading the previous one. Its fields are kept apart
+/// from its `Arc`'s counts like [`Segment`]'s, for the same reason: every chunk's run clones
+/// this `Arc`, and the publisher and every reader load the cells' address from it on every
+/// event.
+#[repr(C)]
+pub(crate) struct Cells {
+    _apart: ApartFromCounts,
+    pub(super) slots: Box<[CellSlot]>,
+    /// Where the slots go, emptied, when the last holder lets go of them.
+    spare: Arc<Spare>,
+}
+
+/// Put first in a `#[repr(C)]` struct, keeps the fields after it 128 bytes from the start of
+/// the struct's `Arc` allocation, where the two reference counts are (16 bytes, `ArcInner` is
+/// `#[repr(C)]`): never on the same 128-byte pair of cache lines, whatever the allocation's
+/// address. Aligning the struct to 128 bytes did the same, but glibc serves aligned
+/// allocations through `memalign`, which took 2 % of all CPU samples in `dtf/single/8` for a
+/// new segment's two small allocations (`benches/README.md`, session 11).
+#[derive(Default)]
+struct ApartFromCounts {
+    _pad: [u64; 14],
+}
+
+/// One cell of a segment, on cache lines of its own.
+pub(super) type CellSlot = Padded<OnceLock<Cell>>;
 
 impl Cells {
     /// The cell at `index`, if it was written.
     #[inline]
     pub(crate) fn get(&self, index: usize) -> Option<&Cell> {
         switch();
-        self.0.get(index).and_then(|c| c.0.get())
+        self.slots.get(index).and_then(|c| c.0.get())
+    }
+}
+
+/// Most emptied cell arrays a bus keeps for its next segments: 1 MiB at most, as many as a
+/// reader that lags a full default queue (8,192 single events) behind holds. None in the
+/// model check, which explores the log's handshakes, not the allocator's.
+const SPARES: usize = if MODEL { 0 } else { 64 };
+
+/// The cell arrays of freed segments, emptied, kept for the next segments of the same bus
+/// instead of going back to the allocator.
+///
+/// A segment's cells are one 16 KiB allocation aligned to 128 bytes. On glibc each fresh one
+/// went through `memalign`, which also merged the allocator's bins of small free chunks every
+/// time: `Segment::new` took 4.5 % of all CPU samples of the dispatch bench's `dtf/single/8`.
+/// With this pool (and [`ApartFromCounts`]) single publish at 8 plugins on glibc rose by about
+/// 6 % in an A/B (`benches/README.md`, session 11). The reader that lets go of a segment last
+/// empties its cells and hands them back here; the publisher takes them under the bus lock.
+/// Only the owner of a whole array (`&mut`, after the last `Arc<Cells>` is gone) ever empties
+/// it, so this is a plain hand-over through a lock, not a protocol of its own.
+#[derive(Default)]
+pub(crate) struct Spare {
+    arrays: std::sync::Mutex<Vec<Box<[CellSlot]>>>,
+    /// Cell arrays allocated afresh, for the test that they are reused.
+    #[cfg(test)]
+    pub(super) fresh: std::sync::atomic::AtomicUsize,
+}
+
+impl Spare {
+    fn take(&self) -> Option<Box<[CellSlot]>> {
+        if SPARES == 0 {
+            return None;
+        }
+        self.arrays
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+    }
+
+    fn give(&self, slots: Box<[CellSlot]>) {
+        if SPARES == 0 {
+            return;
+        }
+        let mut spare = self.arrays.lock().unwrap_or_else(PoisonError::into_inner);
+        if spare.len() < SPARES {
+            spare.push(slots);
+        }
+    }
+}
+
+impl Drop for Cells {
+    fn drop(&mut self) {
+        #[cfg(test)]
+        LIVE_SEGMENTS.fetch_sub(1, Ordering::SeqCst);
+        let mut slots = std::mem::take(&mut self.slots);
+        if slots.len() != SEGMENT || SPARES == 0 {
+            return;
+        }
+        // Emptied here, by the thread that let go of the segment last, not by the publisher.
+        for slot in slots.iter_mut() {
+            slot.0 = OnceLock::new();
+        }
+        self.spare.give(slots);
     }
 }
 
@@ -51,22 +134,25 @@ impl Cells {
 pub(super) static LIVE_SEGMENTS: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
-#[cfg(test)]
-impl Drop for Cells {
-    fn drop(&mut self) {
-        LIVE_SEGMENTS.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 impl Segment {
-    pub(super) fn new(base: u64) -> Arc<Self> {
+    /// A segment starting at log position `base`, with emptied cells from `spare` if it has
+    /// any.
+    pub(super) fn new(base: u64, spare: &Arc<Spare>) -> Arc<Self> {
         #[cfg(test)]
         LIVE_SEGMENTS.fetch_add(1, Ordering::SeqCst);
+        let slots = spare.take().unwrap_or_else(|| {
+            #[cfg(test)]
+            spare.fresh.fetch_add(1, Ordering::SeqCst);
+            (0..SEGMENT).map(|_| Padded(OnceLock::new())).collect()
+        });
         Arc::new(Segment {
+            _apart: ApartFromCounts::default(),
             base,
-            cells: Arc::new(Cells(
-                (0..SEGMENT).map(|_| Padded(OnceLock::new())).collect(),
-            )),
+            cells: Arc::new(Cells {
+                _apart: ApartFromCounts::default(),
+                slots,
+                spare: Arc::clone(spare),
+            }),
             next: OnceLock::new(),
         })
     }

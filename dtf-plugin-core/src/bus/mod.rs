@@ -97,6 +97,8 @@ struct BusState {
     /// refreshing it on every publish would add a pass over every plugin to the per-subscriber
     /// check.
     room_backoff: u32,
+    /// Emptied cells of freed segments, for the next ones.
+    spare: Arc<Spare>,
 }
 
 /// A refresh of the room budget that finds less than this many events... (1 in the model
@@ -138,17 +140,19 @@ enum Attempt {
 
 impl Bus {
     pub(crate) fn new(source: &str) -> Self {
+        let spare = Arc::new(Spare::default());
         Self {
             inner: Arc::new(BusInner {
                 state: Mutex::new(BusState {
                     seq: 0,
                     closed: false,
-                    tail: Segment::new(0),
+                    tail: Segment::new(0, &spare),
                     next_pos: 0,
                     by_hook: std::array::from_fn(|_| Vec::new()),
                     all: Vec::new(),
                     room: 0,
                     room_backoff: 0,
+                    spare,
                 }),
             }),
             source: Arc::from(source),
@@ -386,7 +390,7 @@ impl BusInner {
             // next cell...
             let pos = state.next_pos;
             if (pos - state.tail.base) as usize == SEGMENT {
-                let next = Segment::new(pos);
+                let next = Segment::new(pos, &state.spare);
                 switch();
                 let _ = state.tail.next.set(Arc::clone(&next));
                 state.tail = next;
@@ -418,7 +422,7 @@ impl BusInner {
             // ...and make it readable: a written cell is what readers look for (there is no
             // shared end-of-log counter for them to poll, one cache line less per event).
             let cell = Cell { batch, mask };
-            if let Some(c) = state.tail.cells.0.get((pos - state.tail.base) as usize) {
+            if let Some(c) = state.tail.cells.slots.get((pos - state.tail.base) as usize) {
                 switch();
                 let _ = c.set(cell);
             }

@@ -189,6 +189,40 @@ async fn a_plugin_disabled_mid_chunk_keeps_its_events_but_not_the_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freed_segments_cells_are_reused() {
+    let counted = Arc::new(AtomicU64::new(0));
+    let c = Arc::clone(&counted);
+    let manager = PluginManager::builder()
+        .spec(PluginSpec::new(move || Count(Arc::clone(&c))))
+        .spawn()
+        .await
+        .unwrap();
+    const N: u64 = 100 * SEGMENT as u64;
+    for i in 0..N {
+        manager
+            .publish(EventKind::task_created(format!("t{i}"), "x"))
+            .await
+            .unwrap();
+        if i % 64 == 0 {
+            manager.flush().await;
+        }
+    }
+    manager.flush().await;
+    assert_eq!(counted.load(Ordering::SeqCst), N);
+    // 100 segments went by; a reader that keeps up holds one or two at a time, so after the
+    // first few every new segment takes the cells of one the reader let go of.
+    let fresh = manager
+        .bus()
+        .inner()
+        .lock()
+        .spare
+        .fresh
+        .load(Ordering::SeqCst);
+    assert!(fresh <= 4, "{fresh} cell arrays allocated for 100 segments");
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_whose_hooks_never_fire_does_not_pin_the_log() {
     let counted = Arc::new(AtomicU64::new(0));
     let (seen, c) = (Arc::new(AtomicU64::new(0)), Arc::clone(&counted));
