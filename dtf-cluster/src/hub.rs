@@ -317,6 +317,7 @@ impl Hub {
             counters: Arc::clone(&counters),
             next_request: 0,
             hub: hub_id()?,
+            max_frame: config.max_frame,
         };
         tokio::spawn(state.run(frames, commands_rx, links));
         tracing::info!(%local_addr, "the coordinator listens for workers");
@@ -580,6 +581,8 @@ struct HubLoop {
     /// This run's id, in every `Welcome`: a node that was welcomed by another run (the
     /// coordinator restarted on the same address) is refused.
     hub: u64,
+    /// The coordinator's frame cap: a node must have the same.
+    max_frame: u64,
 }
 
 /// Refuses the node `worker` of `incarnation`, which stops with `reason`. Sent to every node
@@ -772,6 +775,7 @@ impl HubLoop {
             plugins,
             publisher,
             hub,
+            max_frame,
         } = body
         {
             if let Some(hub) = hub.filter(|h| *h != self.hub) {
@@ -786,6 +790,26 @@ impl HubLoop {
                     "the coordinator restarted: this node served its previous run \
                      (start the node again to join the new one)"
                         .to_owned(),
+                );
+                return;
+            }
+            if let Some(theirs) = max_frame.filter(|m| *m != self.max_frame) {
+                tracing::warn!(
+                    %worker,
+                    node_max_frame = theirs,
+                    max_frame = self.max_frame,
+                    "a node with another frame cap; refused"
+                );
+                refuse(
+                    &worker,
+                    incarnation,
+                    format!(
+                        "this node's frame cap ({theirs} bytes) differs from the \
+                         coordinator's ({} bytes): a frame over either cap would close the \
+                         connection and be resent forever; configure both with the same \
+                         max_frame",
+                        self.max_frame
+                    ),
                 );
                 return;
             }

@@ -84,6 +84,11 @@ pub(crate) enum WorkerFrame {
         /// run, whose numbering it does not know.
         #[serde(default)]
         hub: Option<u64>,
+        /// The node's frame cap (`max_frame` of its configuration). The hub refuses a node
+        /// whose cap differs from its own: a frame over the receiver's cap closes the
+        /// connection, and the sender would reconnect and resend it forever.
+        #[serde(default)]
+        max_frame: Option<u64>,
     },
     /// The hosted `plugin` handled every delivered event up to the coordinator's bus
     /// sequence number `upto` (cumulative).
@@ -189,8 +194,8 @@ pub(crate) enum HubFrame {
     /// The run is over: the worker exits.
     Goodbye,
     /// The node whose incarnation is `incarnation` is refused (its id is another kind of
-    /// node's in this run, an earlier coordinator run welcomed it, or its frames do not
-    /// decode): that node stops with `reason`. Sent to every node in the id's group, since a
+    /// node's in this run, an earlier coordinator run welcomed it, its frames do not decode,
+    /// or its frame cap differs from the hub's): that node stops with `reason`. Sent to every node in the id's group, since a
     /// node already holding the id is in it too; the others ignore it.
     Refused { incarnation: u64, reason: String },
 }

@@ -466,6 +466,7 @@ impl WorkerLoop {
             plugins: self.announced.clone(),
             publisher: self.publisher.is_some(),
             hub: self.hub,
+            max_frame: Some(self.config.max_frame),
         });
         tracing::info!(
             coordinator = %self.config.coordinator,

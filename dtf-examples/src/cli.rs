@@ -197,6 +197,10 @@ pub struct CoordinatorArgs {
     /// Then, after this long more, its tasks are re-queued and it is failed.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds, help_heading = "Cluster")]
     pub reconnect_grace: Duration,
+    /// The largest cluster frame accepted, in bytes (at least 65536); every worker and
+    /// publisher must use the same value (a node with another one is refused).
+    #[arg(long, value_name = "BYTES", default_value_t = dtf_cluster::DEFAULT_MAX_FRAME, value_parser = max_frame, help_heading = "Cluster")]
+    pub max_frame: u64,
 
     /// List the known plugins and exit.
     #[arg(long, help_heading = "Plugins")]
@@ -291,6 +295,7 @@ impl CoordinatorArgs {
             c.cookie_file = self.cookie_file;
             c.heartbeat_timeout = self.heartbeat_timeout;
             c.reconnect_grace = self.reconnect_grace;
+            c.max_frame = self.max_frame;
             c
         });
         o.plugins.disable_all = self.disable_plugins;
@@ -362,6 +367,17 @@ mod tests {
         assert!(seconds("604801").is_err());
         assert!(seconds("NaN").is_err());
     }
+
+    #[test]
+    fn a_frame_cap_is_at_least_64_kib() {
+        assert_eq!(max_frame("65536"), Ok(65_536));
+        assert_eq!(max_frame("4194304"), Ok(4_194_304));
+        assert_eq!(
+            max_frame("65535"),
+            Err("65535 bytes is below the least frame cap, 65536".to_owned())
+        );
+        assert!(max_frame("4M").is_err());
+    }
 }
 
 /// The environment variables a node binary (`dtf-worker`, `dtf-publish`) reads, for its
@@ -427,6 +443,22 @@ pub struct NodeArgs {
     /// Give up when the coordinator cannot be reached for this many seconds.
     #[arg(long, default_value = "60", value_parser = seconds, value_name = "SECS")]
     pub give_up_after: Duration,
+    /// The largest cluster frame accepted, in bytes (at least 65536): the coordinator's
+    /// --max-frame (a node with another value is refused).
+    #[arg(long, value_name = "BYTES", default_value_t = dtf_cluster::DEFAULT_MAX_FRAME, value_parser = max_frame)]
+    pub max_frame: u64,
+}
+
+/// `--max-frame`: a byte count of at least 64 KiB (a remote publisher cuts its frames at
+/// 64 KiB).
+fn max_frame(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of bytes"))?;
+    if n < 64 * 1024 {
+        return Err(format!("{n} bytes is below the least frame cap, 65536"));
+    }
+    Ok(n)
 }
 
 impl NodeArgs {
@@ -464,6 +496,7 @@ impl NodeArgs {
         config.timing.heartbeat_interval =
             crate::remote::heartbeat_interval(self.heartbeat_timeout);
         config.give_up_after = self.give_up_after;
+        config.max_frame = self.max_frame;
         Ok(config)
     }
 }

@@ -46,6 +46,9 @@ pub struct ClusterOptions {
     pub heartbeat_timeout: Duration,
     /// `--reconnect-grace SECS` (default 10).
     pub reconnect_grace: Duration,
+    /// `--max-frame BYTES` (default [`dtf_cluster::DEFAULT_MAX_FRAME`]): every node must use
+    /// the same.
+    pub max_frame: u64,
 }
 
 impl ClusterOptions {
@@ -61,6 +64,7 @@ impl ClusterOptions {
             cookie_file: None,
             heartbeat_timeout: timing.heartbeat_timeout,
             reconnect_grace: timing.reconnect_grace,
+            max_frame: dtf_cluster::DEFAULT_MAX_FRAME,
         }
     }
 
@@ -83,6 +87,7 @@ impl ClusterOptions {
         config.timing.heartbeat_timeout = self.heartbeat_timeout;
         config.timing.reconnect_grace = self.reconnect_grace;
         config.timing.heartbeat_interval = heartbeat_interval(self.heartbeat_timeout);
+        config.max_frame = self.max_frame;
         Ok(config)
     }
 }

@@ -974,6 +974,71 @@ fn a_publisher_and_a_worker_with_the_same_id_are_refused_and_told_why() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A node whose frame cap differs from the coordinator's is refused and exits 1 naming both
+/// caps; one with the coordinator's cap serves the run. A frame over the receiver's cap closes
+/// the connection, so with different caps the sender would resend such a frame after every
+/// reconnect. Both sides' `--max-frame` is checked here: were the coordinator's flag not
+/// applied, the second worker would be the one refused.
+#[test]
+fn a_node_with_another_frame_cap_is_refused_and_told_why() {
+    let dir = temp_dir("frame-cap");
+    let pki = make_pki(&dir, "ok");
+    let done = dir.join("done");
+    task_waiting_for(&dir, &done);
+    let port = free_port();
+    let mut coord = coordinator(&dir, port, &pki, &["--max-frame", "1048576"]);
+    let addr = format!("127.0.0.1:{port}");
+
+    let mut other = worker(&dir, &addr, &pki.ca, "node-4m", &[]);
+    assert_eq!(
+        wait(&mut other, Duration::from_secs(30)),
+        Some(1),
+        "{}",
+        log(&dir, "node-4m.log")
+    );
+    let olog = log(&dir, "node-4m.log");
+    assert!(
+        olog.contains(
+            "the coordinator refused this node: this node's frame cap (4194304 bytes) \
+             differs from the coordinator's (1048576 bytes)"
+        ),
+        "{olog}"
+    );
+    assert!(
+        log(&dir, "coordinator.log").contains("a node with another frame cap; refused"),
+        "{}",
+        log(&dir, "coordinator.log")
+    );
+
+    let mut same = worker(&dir, &addr, &pki.ca, "node-1m", &["--max-frame", "1048576"]);
+    let start = Instant::now();
+    while !log(&dir, "coordinator.log").contains("a remote worker registered") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            log(&dir, "coordinator.log")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(&done, "").unwrap();
+    let code = wait(&mut coord, Duration::from_secs(60));
+    let clog = log(&dir, "coordinator.log");
+    assert_eq!(code, Some(0), "{}\n{clog}", log(&dir, "coordinator.out"));
+    assert_eq!(
+        wait(&mut same, Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        log(&dir, "node-1m.log")
+    );
+    // The refused node was never registered.
+    assert_eq!(
+        clog.matches("a remote worker registered").count(),
+        1,
+        "{clog}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A coordinator killed and started again on the same address is a new run, which does not
 /// know the numbering of the old one's nodes: a worker and a publisher of the old run are
 /// refused and exit 1 saying so, instead of waiting forever (the publisher's events would have
