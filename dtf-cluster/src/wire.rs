@@ -193,10 +193,10 @@ pub(crate) enum HubFrame {
     },
     /// The run is over: the worker exits.
     Goodbye,
-    /// The node whose incarnation is `incarnation` is refused (its id is another kind of
-    /// node's in this run, an earlier coordinator run welcomed it, its frames do not decode,
-    /// or its frame cap differs from the hub's): that node stops with `reason`. Sent to every node in the id's group, since a
-    /// node already holding the id is in it too; the others ignore it.
+    /// The node whose incarnation is `incarnation` is refused (its id is another kind of node's in
+    /// this run, an earlier coordinator run welcomed it, its frames do not decode, or its frame cap
+    /// differs from the hub's): that node stops with `reason`. Sent to every node in the id's
+    /// group, since a node already holding the id is in it too; the others ignore it.
     Refused { incarnation: u64, reason: String },
 }
 

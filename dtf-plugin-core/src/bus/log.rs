@@ -39,21 +39,28 @@ pub(crate) struct Segment {
 #[repr(C)]
 pub(crate) struct Cells {
     _apart: ApartFromCounts,
+    /// The cells, each on its own pair of cache lines.
     pub(super) slots: Box<[CellSlot]>,
     /// Where the slots go, emptied, when the last holder lets go of them.
     spare: Arc<Spare>,
 }
 
 /// Put first in a `#[repr(C)]` struct, keeps the fields after it 128 bytes from the start of
-/// the struct's `Arc` allocation, where the two reference counts are (16 bytes, `ArcInner` is
+/// the struct's `Arc` allocation, where the two reference counts are (16 bytes; `ArcInner` is
 /// `#[repr(C)]`): never on the same 128-byte pair of cache lines, whatever the allocation's
-/// address. Aligning the struct to 128 bytes did the same, but glibc serves aligned
-/// allocations through `memalign`, which took 2 % of all CPU samples in `dtf/single/8` for a
-/// new segment's two small allocations (`benches/README.md`, session 11).
+/// address. Aligning the struct to 128 bytes did the same, and also kept the next allocation
+/// off the fields' last line, but glibc serves aligned allocations through `memalign`: with
+/// the cell arrays pooled, the two headers' `memalign` still took 2 % of all CPU samples of
+/// `dtf/single/8` on glibc. The same padding at the end as well, to keep the next allocation
+/// away too, measured slower in an A/B (single/8 17.2–21.3 against 19.3–23.5 M/s, four
+/// rounds), so it is not there (`benches/README.md`, session 11).
 #[derive(Default)]
 struct ApartFromCounts {
     _pad: [u64; 14],
 }
+
+// The fields start 128 bytes into the `Arc` allocation (16 bytes of counts, then the padding).
+const _: () = assert!(16 + std::mem::size_of::<ApartFromCounts>() == 128);
 
 /// One cell of a segment, on cache lines of its own.
 pub(super) type CellSlot = Padded<OnceLock<Cell>>;
