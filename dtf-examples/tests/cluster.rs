@@ -915,15 +915,7 @@ fn a_publisher_and_a_worker_with_the_same_id_are_refused_and_told_why() {
     let mut coord = coordinator(&dir, port, &pki, &["--workers", "1"]);
     let addr = format!("127.0.0.1:{port}");
     let mut w = worker(&dir, &addr, &pki.ca, "node-w", &[]);
-    let start = Instant::now();
-    while !log(&dir, "coordinator.log").contains("a remote worker registered") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{}",
-            log(&dir, "coordinator.log")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_log(&dir, "coordinator.log", "a remote worker registered");
     let event = serde_json::to_string(&EventKind::custom(
         "test.published",
         serde_json::json!({ "i": 1 }),
@@ -1011,15 +1003,7 @@ fn a_node_with_another_frame_cap_is_refused_and_told_why() {
     );
 
     let mut same = worker(&dir, &addr, &pki.ca, "node-1m", &["--max-frame", "1048576"]);
-    let start = Instant::now();
-    while !log(&dir, "coordinator.log").contains("a remote worker registered") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{}",
-            log(&dir, "coordinator.log")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_log(&dir, "coordinator.log", "a remote worker registered");
     std::fs::write(&done, "").unwrap();
     let code = wait(&mut coord, Duration::from_secs(60));
     let clog = log(&dir, "coordinator.log");
