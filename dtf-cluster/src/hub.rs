@@ -806,8 +806,8 @@ impl HubLoop {
                     format!(
                         "this node's frame cap ({theirs} bytes) differs from the \
                          coordinator's ({} bytes): a frame over either cap would close the \
-                         connection and be resent forever; configure both with the same \
-                         max_frame",
+                         connection and be resent forever; give both the same cap \
+                         (`--max-frame` of the binaries, `max_frame` of the configuration)",
                         self.max_frame
                     ),
                 );

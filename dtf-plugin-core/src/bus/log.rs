@@ -99,6 +99,7 @@ pub(crate) struct Spare {
 }
 
 impl Spare {
+    /// An emptied array, if one is kept.
     fn take(&self) -> Option<Box<[CellSlot]>> {
         if SPARES == 0 {
             return None;
@@ -109,10 +110,8 @@ impl Spare {
             .pop()
     }
 
+    /// Keeps `slots` (emptied) if there is room (called only when [`SPARES`] is not 0).
     fn give(&self, slots: Box<[CellSlot]>) {
-        if SPARES == 0 {
-            return;
-        }
         let mut spare = self.arrays.lock().unwrap_or_else(PoisonError::into_inner);
         if spare.len() < SPARES {
             spare.push(slots);
