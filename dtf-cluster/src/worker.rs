@@ -818,4 +818,36 @@ mod tests {
             }
         }
     }
+
+    /// A metric that is not a finite number reaches the hub. `serde_json` wrote it as `null`,
+    /// which did not decode: the hub took the frame for another version's and refused the
+    /// node that sent it.
+    #[test]
+    fn a_metric_that_is_not_a_finite_number_decodes_at_the_hub() {
+        use dtf_plugin_core::event::{TaskCompleted, TaskOutcome};
+        let measured: EventKind = TaskCompleted::builder()
+            .task("t-1")
+            .worker("p-1")
+            .outcome(TaskOutcome::Passed)
+            .duration(std::time::Duration::from_millis(5))
+            .metrics(std::collections::BTreeMap::from([
+                ("ratio".to_owned(), f64::NAN),
+                ("peak".to_owned(), f64::INFINITY),
+                ("ms".to_owned(), 5.0),
+            ]))
+            .build()
+            .into();
+        let part = serde_json::to_vec(&[measured]).unwrap_or_default();
+        let bytes = events_frame(&WorkerId::from("p-1"), 7, 1, &[part]).unwrap_or_default();
+        let decoded = serde_json::from_slice::<FromWorker>(&bytes).map(|f| f.body);
+        let Ok(WorkerFrame::Events { kinds, .. }) = decoded else {
+            panic!("the hub could not decode it: {decoded:?}");
+        };
+        let [EventKind::TaskCompleted(done)] = kinds.as_slice() else {
+            panic!("decoded as {kinds:?}");
+        };
+        assert!(done.metrics["ratio"].is_nan());
+        assert_eq!(done.metrics["peak"], f64::INFINITY);
+        assert_eq!(done.metrics["ms"], 5.0);
+    }
 }

@@ -347,14 +347,103 @@ pub struct TaskCompleted {
     #[builder(default, setter(into))]
     #[serde(default)]
     pub output: String,
-    /// Numeric metrics the task reported.
+    /// Numeric metrics the task reported. In JSON (the cluster's frames, the event log) a
+    /// value that is not finite is written as the string `"NaN"`, `"inf"` or `"-inf"`: JSON
+    /// has no number for it, and `null` would not read back as one.
     #[builder(default)]
-    #[serde(default)]
+    #[serde(default, with = "metrics_json")]
     pub metrics: BTreeMap<String, f64>,
 }
 
 fn one() -> u32 {
     1
+}
+
+/// How [`TaskCompleted::metrics`] is written in JSON and read back.
+///
+/// JSON has no number for NaN or the infinities, and `serde_json` writes them as `null`,
+/// which does not read back as a number: an event with such a metric could be published but
+/// not decoded, so a coordinator refused the remote node that sent it (as a node of another
+/// version), and an event log holding it could not be read. Finite values stay numbers; the
+/// others are the strings `"NaN"`, `"inf"` and `"-inf"`. Reading also takes `null` as NaN (what
+/// earlier versions wrote).
+mod metrics_json {
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    use serde::de::{self, Deserializer, Visitor};
+    use serde::{Deserialize, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        metrics: &BTreeMap<String, f64>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(metrics.iter().map(|(k, v)| (k, Metric(*v))))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, f64>, D::Error> {
+        let metrics = BTreeMap::<String, Metric>::deserialize(d)?;
+        Ok(metrics.into_iter().map(|(k, v)| (k, v.0)).collect())
+    }
+
+    struct Metric(f64);
+
+    impl Serialize for Metric {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match self.0 {
+                v if v.is_finite() => s.serialize_f64(v),
+                v if v.is_nan() => s.serialize_str("NaN"),
+                v if v > 0.0 => s.serialize_str("inf"),
+                _ => s.serialize_str("-inf"),
+            }
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Metric {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(MetricVisitor)
+        }
+    }
+
+    struct MetricVisitor;
+
+    impl Visitor<'_> for MetricVisitor {
+        type Value = Metric;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number, or \"NaN\", \"inf\" or \"-inf\"")
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Metric, E> {
+            Ok(Metric(v))
+        }
+
+        // Whole numbers in JSON: the nearest f64, as for a field of type f64.
+        #[allow(clippy::cast_precision_loss)]
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Metric, E> {
+            Ok(Metric(v as f64))
+        }
+
+        #[allow(clippy::cast_precision_loss)]
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Metric, E> {
+            Ok(Metric(v as f64))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Metric, E> {
+            match v {
+                "NaN" => Ok(Metric(f64::NAN)),
+                "inf" => Ok(Metric(f64::INFINITY)),
+                "-inf" => Ok(Metric(f64::NEG_INFINITY)),
+                _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+            }
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Metric, E> {
+            Ok(Metric(f64::NAN))
+        }
+    }
 }
 
 /// Payload of [`EventKind::TaskFailed`].
@@ -1033,6 +1122,54 @@ impl fmt::Display for PluginKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_that_are_not_finite_survive_json() {
+        let metrics = BTreeMap::from([
+            ("nan".to_owned(), f64::NAN),
+            ("up".to_owned(), f64::INFINITY),
+            ("down".to_owned(), f64::NEG_INFINITY),
+            ("ms".to_owned(), 12.5),
+        ]);
+        let event: EventKind = TaskCompleted::builder()
+            .task("t1")
+            .worker("w1")
+            .outcome(TaskOutcome::Passed)
+            .duration(Duration::from_millis(3))
+            .metrics(metrics)
+            .build()
+            .into();
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            json["data"]["metrics"],
+            serde_json::json!({ "nan": "NaN", "up": "inf", "down": "-inf", "ms": 12.5 })
+        );
+        let back: EventKind = serde_json::from_value(json).unwrap();
+        let EventKind::TaskCompleted(done) = back else {
+            panic!("not a TaskCompleted: {back:?}");
+        };
+        assert!(done.metrics["nan"].is_nan());
+        assert_eq!(done.metrics["up"], f64::INFINITY);
+        assert_eq!(done.metrics["down"], f64::NEG_INFINITY);
+        assert_eq!(done.metrics["ms"], 12.5);
+
+        // What earlier versions wrote for NaN (`null`) reads as NaN, whole numbers as numbers,
+        // and anything else is an error that says what was expected.
+        let old = r#"{"type":"task_completed","data":{"task":"t1","worker":"w1","outcome":"passed","duration":{"secs":0,"nanos":3},"metrics":{"a":null,"b":7}}}"#;
+        let EventKind::TaskCompleted(done) = serde_json::from_str::<EventKind>(old).unwrap() else {
+            panic!("not a TaskCompleted");
+        };
+        assert!(done.metrics["a"].is_nan());
+        assert_eq!(done.metrics["b"], 7.0);
+        let bad = old.replace("null", "\"lots\"");
+        let err = serde_json::from_str::<EventKind>(&bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(r#"a number, or "NaN", "inf" or "-inf""#),
+            "{err}"
+        );
+    }
 
     #[test]
     fn payload_builders_and_from_give_the_same_events_as_the_shorthands() {
