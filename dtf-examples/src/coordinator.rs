@@ -760,7 +760,14 @@ impl Coordinator {
                 .await?;
         }
 
-        let total = options.tasks.len();
+        // Only the run's own tasks count: a task event about another task (a remote
+        // publisher's, a plugin's) must not end the run while its tasks still run.
+        let ours: HashSet<TaskId> = options
+            .tasks
+            .iter()
+            .map(|t| TaskId::from(t.id.as_str()))
+            .collect();
+        let total = ours.len();
         let mut finished: HashSet<TaskId> = HashSet::new();
         let mut failed = 0usize;
         let mut to_kill: HashSet<TaskId> = options
@@ -773,7 +780,7 @@ impl Coordinator {
         while finished.len() < total {
             tokio::select! {
                 Some((task, ok)) = done_rx.recv() => {
-                    if finished.insert(task) && !ok {
+                    if ours.contains(&task) && finished.insert(task) && !ok {
                         failed += 1;
                     }
                 }
@@ -835,7 +842,7 @@ impl Coordinator {
             tracing::warn!("plugins still busy 5 s after the workers stopped");
         }
         while let Ok((task, ok)) = done_rx.try_recv() {
-            if finished.insert(task) && !ok {
+            if ours.contains(&task) && finished.insert(task) && !ok {
                 failed += 1;
             }
         }

@@ -1109,7 +1109,8 @@ fn nodes_of_a_restarted_coordinators_previous_run_are_refused_and_told_why() {
 /// it was delivered; the coordinator's own lifecycle events from a publisher are dropped.
 #[test]
 fn a_remote_publisher_lands_every_event_once_in_order_across_cuts() {
-    use dtf_plugin_core::event::{EventKind, ShutdownReason};
+    use dtf_plugin_core::event::{EventKind, ShutdownReason, TaskCompleted, TaskOutcome};
+    use std::collections::BTreeMap;
     let dir = temp_dir("publish");
     let pki = make_pki(&dir, "ok");
     let done = dir.join("done");
@@ -1201,7 +1202,24 @@ fn a_remote_publisher_lands_every_event_once_in_order_across_cuts() {
         serde_json::json!("x".repeat(5 << 20)),
     ))
     .unwrap();
-    writeln!(stdin, "{}\n{huge}", line(n + 1)).unwrap();
+    // A task event about a task that is not the run's must not end the run (the local task
+    // still waits for `done`), and a metric that is not a finite number (JSON has none) crosses
+    // the cluster: written as "NaN". Written as `null`, as before, the coordinator could not
+    // decode the frame and refused the publisher.
+    let measured = serde_json::to_string(&EventKind::from(
+        TaskCompleted::builder()
+            .task("remote-measure")
+            .worker("pub-3")
+            .outcome(TaskOutcome::Passed)
+            .duration(Duration::from_millis(5))
+            .metrics(BTreeMap::from([
+                ("ratio".to_owned(), f64::NAN),
+                ("ms".to_owned(), 5.0),
+            ]))
+            .build(),
+    ))
+    .unwrap();
+    writeln!(stdin, "{}\n{measured}\n{huge}", line(n + 1)).unwrap();
     drop(stdin);
     assert_eq!(wait(&mut r, Duration::from_secs(60)), Some(1));
     let rlog = log(&dir, "publisher-pub-3.log");
@@ -1226,13 +1244,24 @@ fn a_remote_publisher_lands_every_event_once_in_order_across_cuts() {
             .unwrap()
             .contains("test.huge")
     );
+    let local = std::fs::read_to_string(&local_log).unwrap();
     let stats = clog
         .lines()
         .rev()
         .find(|l| l.contains("cluster delivery"))
         .unwrap_or_default();
     eprintln!("{stats}");
-    assert!(stats.contains(&format!("applied={}", n + 2)), "{stats}");
+    assert!(stats.contains(&format!("applied={}", n + 3)), "{stats}");
+    let measured = local
+        .lines()
+        .find(|l| l.contains("remote-measure"))
+        .unwrap_or_else(|| panic!("the measured task's event is not in the log\n{clog}"));
+    let v: serde_json::Value = serde_json::from_str(measured).unwrap();
+    assert_eq!(
+        v["data"]["metrics"],
+        serde_json::json!({ "ratio": "NaN", "ms": 5.0 }),
+        "{measured}"
+    );
     assert!(stats.contains("rejected=1"), "{stats}");
     // The cuts really cut the publisher's connection.
     let reconnects = log(&dir, "publisher-pub-1.log")
@@ -1244,7 +1273,6 @@ fn a_remote_publisher_lands_every_event_once_in_order_across_cuts() {
         log(&dir, "publisher-pub-1.log")
     );
     // No WorkerRegistered for a publisher: it is not a worker.
-    let local = std::fs::read_to_string(&local_log).unwrap();
     assert!(
         !local.contains("pub-1"),
         "a publisher registered as a worker"
