@@ -242,7 +242,7 @@ impl Plugin for CiReporter {
 }
 
 /// Writes TeamCity service messages as task events arrive, so TeamCity's build page shows
-/// tests starting and finishing live. Each worker is a `flowId`.
+/// tests starting and finishing live. Each task is its own `flowId`.
 ///
 /// Its writer is injected ([`TeamcityLive::with_output`]); [`TeamcityLive::new`] writes to
 /// stdout, which is where TeamCity reads service messages from.

@@ -2,7 +2,13 @@
 //!
 //! [`render_teamcity`] writes the whole run after the fact; [`TeamcityMessages`] turns events
 //! into messages as they arrive, which the [`crate::TeamcityLive`] plugin writes so the build
-//! page shows progress. Each worker is its own `flowId`, so parallel tests do not interleave.
+//! page shows progress.
+//!
+//! Each task is its own `flowId`. TeamCity takes a `testStarted` as the end of the test open
+//! in the same flow, so a flow per worker closed a test as passed when its worker (with more
+//! than one slot) started another one, and its failure then came outside it. Both outputs
+//! begin with `testRetrySupport enabled='true'`, so that a test that failed and then passed on
+//! a retry is flaky, not failed (TeamCity's "Enabling Test Retry").
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -33,6 +39,9 @@ pub fn escape(s: &str) -> String {
     }
     out
 }
+
+/// The message that makes TeamCity treat a test reported again after a failure as a retry.
+const RETRY_SUPPORT: &str = "##teamcity[testRetrySupport enabled='true']\n";
 
 /// Builds one service message line (with its trailing newline) from `name` and attributes.
 fn message(name: &str, attrs: &[(&str, &str)]) -> String {
@@ -84,20 +93,21 @@ fn ignored(test: &str, flow: &str, msg: &str) -> String {
 
 /// Renders every attempt of every task of `run`: `testStarted`, then `testFailed` for a
 /// failed or errored attempt or `testIgnored` for a skipped or cancelled one, then
-/// `testFinished` with the duration in milliseconds. A retried test therefore appears once
-/// per attempt (TeamCity's own retry handling marks it flaky). Attempts that never finished
-/// are reported as failed with the message `did not finish`.
+/// `testFinished` with the duration in milliseconds, each in the task's own flow (its id). A
+/// retried test therefore appears once per attempt, after `testRetrySupport`, so TeamCity
+/// shows one that failed and then passed as flaky. Attempts that never finished are reported
+/// as failed with the message `did not finish`.
 pub fn render_teamcity(run: &RunResult) -> String {
     let mut out = String::new();
     for task in &run.tasks {
+        let flow = task.id.as_str();
         if task.attempts.is_empty() {
             if let Some(reason) = &task.cancel_reason {
-                out.push_str(&ignored(&task.name, "dtf", &format!("cancelled: {reason}")));
+                out.push_str(&ignored(&task.name, flow, &format!("cancelled: {reason}")));
             }
             continue;
         }
         for a in &task.attempts {
-            let flow = a.worker.as_deref().unwrap_or("dtf");
             out.push_str(&started(&task.name, flow));
             let msg = a.message.as_deref().unwrap_or_default();
             match a.outcome {
@@ -129,6 +139,9 @@ pub fn render_teamcity(run: &RunResult) -> String {
             out.push_str(&finished(&task.name, flow, a.duration));
         }
     }
+    if !out.is_empty() {
+        out.insert_str(0, RETRY_SUPPORT);
+    }
     out
 }
 
@@ -142,13 +155,15 @@ fn join_details(details: &str, output: &str) -> String {
 
 /// Turns events into service messages as they arrive (the state of [`crate::TeamcityLive`]).
 ///
-/// It remembers task names from `TaskCreated` and which tasks have an open `testStarted`
-/// (and on which flow), so that a `TaskFailed` without a worker, a `TaskCancelled` or a lost
-/// worker still closes the right test.
+/// It remembers task names from `TaskCreated` and which tasks have an open `testStarted`, so
+/// that a `TaskCancelled` or a task started again after its worker was lost closes the right
+/// test. Every message of a task is in the task's own flow (its id).
 #[derive(Debug, Default)]
 pub struct TeamcityMessages {
     names: HashMap<TaskId, String>,
-    open: HashMap<TaskId, String>,
+    open: std::collections::HashSet<TaskId>,
+    /// Whether `testRetrySupport` went out (before the first message).
+    retry_support: bool,
 }
 
 impl TeamcityMessages {
@@ -160,67 +175,67 @@ impl TeamcityMessages {
     /// The messages `kind` calls for (possibly none), each a line ending in `\n`.
     pub fn on_event(&mut self, kind: &EventKind) -> String {
         let mut out = String::new();
+        if !self.retry_support && Self::writes_for(kind) {
+            self.retry_support = true;
+            out.push_str(RETRY_SUPPORT);
+        }
         match kind {
             EventKind::TaskCreated(c) => {
                 self.names.insert(c.task.clone(), c.name.clone());
             }
             EventKind::TaskStarted(s) => {
-                let name = self.name(&s.task);
-                if let Some(flow) = self.open.remove(&s.task) {
+                let (name, flow) = (self.name(&s.task), s.task.as_str());
+                if self.open.remove(&s.task) {
                     out.push_str(&failed(
                         &name,
-                        &flow,
+                        flow,
                         "worker lost; the task was re-assigned",
                         "",
                     ));
-                    out.push_str(&finished(&name, &flow, Duration::ZERO));
+                    out.push_str(&finished(&name, flow, Duration::ZERO));
                 }
-                out.push_str(&started(&name, s.worker.as_str()));
-                self.open.insert(s.task.clone(), s.worker.0.clone());
+                out.push_str(&started(&name, flow));
+                self.open.insert(s.task.clone());
             }
             EventKind::TaskCompleted(c) => {
-                let name = self.name(&c.task);
-                let flow = self
-                    .open
-                    .remove(&c.task)
-                    .unwrap_or_else(|| c.worker.0.clone());
+                let (name, flow) = (self.name(&c.task), c.task.as_str());
+                self.open.remove(&c.task);
                 match c.outcome {
                     TaskOutcome::Passed => {}
-                    TaskOutcome::Skipped => out.push_str(&ignored(&name, &flow, "skipped")),
-                    _ => out.push_str(&failed(
-                        &name,
-                        &flow,
-                        "the test reported failure",
-                        &c.output,
-                    )),
+                    TaskOutcome::Skipped => out.push_str(&ignored(&name, flow, "skipped")),
+                    _ => out.push_str(&failed(&name, flow, "the test reported failure", &c.output)),
                 }
-                out.push_str(&finished(&name, &flow, c.duration));
+                out.push_str(&finished(&name, flow, c.duration));
             }
             EventKind::TaskFailed(f) => {
-                let name = self.name(&f.task);
-                let flow = self
-                    .open
-                    .remove(&f.task)
-                    .or_else(|| f.worker.as_ref().map(|w| w.0.clone()))
-                    .unwrap_or_else(|| "dtf".to_owned());
+                let (name, flow) = (self.name(&f.task), f.task.as_str());
+                self.open.remove(&f.task);
                 let msg = format!("{}: {}", f.error.kind, f.error.message);
-                out.push_str(&failed(&name, &flow, &msg, &f.error.details));
-                out.push_str(&finished(&name, &flow, Duration::ZERO));
+                out.push_str(&failed(&name, flow, &msg, &f.error.details));
+                out.push_str(&finished(&name, flow, Duration::ZERO));
             }
             EventKind::TaskCancelled(c) => {
-                let name = self.name(&c.task);
+                let (name, flow) = (self.name(&c.task), c.task.as_str());
                 let reason = format!("cancelled: {}", c.reason);
-                match self.open.remove(&c.task) {
-                    Some(flow) => {
-                        out.push_str(&ignored(&name, &flow, &reason));
-                        out.push_str(&finished(&name, &flow, Duration::ZERO));
-                    }
-                    None => out.push_str(&ignored(&name, "dtf", &reason)),
+                out.push_str(&ignored(&name, flow, &reason));
+                if self.open.remove(&c.task) {
+                    out.push_str(&finished(&name, flow, Duration::ZERO));
                 }
             }
             _ => {}
         }
         out
+    }
+
+    /// Whether `kind` produces messages.
+    fn writes_for(kind: &EventKind) -> bool {
+        matches!(
+            kind,
+            EventKind::TaskStarted(_)
+                | EventKind::TaskCompleted(_)
+                | EventKind::TaskFailed(_)
+                | EventKind::TaskCancelled(_)
+        )
     }
 
     fn name(&self, task: &TaskId) -> String {
@@ -252,7 +267,8 @@ mod tests {
         );
         assert_eq!(
             tc.on_event(&EventKind::task_started("t", "w1", 1)),
-            "##teamcity[testStarted name='suite::it|'s' captureStandardOutput='false' flowId='w1']\n"
+            "##teamcity[testRetrySupport enabled='true']\n\
+             ##teamcity[testStarted name='suite::it|'s' captureStandardOutput='false' flowId='t']\n"
         );
         assert_eq!(
             tc.on_event(&EventKind::task_completed(
@@ -261,11 +277,64 @@ mod tests {
                 TaskOutcome::Passed,
                 Duration::from_millis(1234)
             )),
-            "##teamcity[testFinished name='suite::it|'s' duration='1234' flowId='w1']\n"
+            "##teamcity[testFinished name='suite::it|'s' duration='1234' flowId='t']\n"
         );
         assert_eq!(
             tc.on_event(&EventKind::task_cancelled("u", "stop")),
-            "##teamcity[testIgnored name='u' message='cancelled: stop' flowId='dtf']\n"
+            "##teamcity[testIgnored name='u' message='cancelled: stop' flowId='u']\n"
         );
+    }
+
+    /// The tests open in each flow, as TeamCity reads the messages: a `testStarted` ends the
+    /// test open in its flow. Fails on a message about a test that is not the one open in its
+    /// flow (what a flow per worker produced when a worker ran two tasks at once).
+    fn replay(lines: &str) -> Result<Vec<(String, String)>, String> {
+        let attr = |line: &str, key: &str| {
+            let start = line.find(&format!(" {key}='"))? + key.len() + 3;
+            let end = line[start..].find('\'')? + start;
+            Some(line[start..end].to_owned())
+        };
+        let mut open: HashMap<String, String> = HashMap::new();
+        let mut results = Vec::new();
+        for line in lines.lines() {
+            let (Some(name), Some(flow)) = (attr(line, "name"), attr(line, "flowId")) else {
+                continue;
+            };
+            if line.starts_with("##teamcity[testStarted ") {
+                if let Some(before) = open.insert(flow, name.clone()) {
+                    results.push((before, "passed (closed by the next start)".to_owned()));
+                }
+            } else if line.starts_with("##teamcity[testFailed ") {
+                if open.get(&flow) != Some(&name) {
+                    return Err(format!("{name} failed outside its test: {line}"));
+                }
+                results.push((name, "failed".to_owned()));
+            } else if line.starts_with("##teamcity[testFinished ") {
+                if open.remove(&flow).as_ref() != Some(&name) {
+                    return Err(format!("{name} finished outside its test: {line}"));
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    #[test]
+    fn two_tasks_at_once_on_one_worker_keep_their_own_results() {
+        let mut tc = TeamcityMessages::new();
+        let mut out = String::new();
+        for kind in [
+            EventKind::task_started("a", "w1", 1),
+            EventKind::task_started("b", "w1", 1),
+            EventKind::task_completed("a", "w1", TaskOutcome::Failed, Duration::from_millis(5)),
+            EventKind::task_completed("b", "w1", TaskOutcome::Passed, Duration::from_millis(7)),
+        ] {
+            out.push_str(&tc.on_event(&kind));
+        }
+        assert_eq!(
+            replay(&out),
+            Ok(vec![("a".to_owned(), "failed".to_owned())]),
+            "{out}"
+        );
+        assert_eq!(out.matches("testRetrySupport").count(), 1, "{out}");
     }
 }

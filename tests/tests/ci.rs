@@ -436,14 +436,15 @@ fn github_summary_is_markdown_under_the_limit() {
 fn teamcity_snapshot() {
     assert_eq!(
         render_teamcity(&small_run()),
-        "##teamcity[testStarted name='math::adds' captureStandardOutput='false' flowId='w1']\n\
-         ##teamcity[testFinished name='math::adds' duration='1500' flowId='w1']\n\
-         ##teamcity[testStarted name='math::divides' captureStandardOutput='false' flowId='w1']\n\
-         ##teamcity[testFailed name='math::divides' message='TestFailure: the test reported failure' details='left: 1|nright: 2' flowId='w1']\n\
-         ##teamcity[testFinished name='math::divides' duration='250' flowId='w1']\n\
-         ##teamcity[testStarted name='math::slow' captureStandardOutput='false' flowId='w2']\n\
-         ##teamcity[testIgnored name='math::slow' message='skipped' flowId='w2']\n\
-         ##teamcity[testFinished name='math::slow' duration='0' flowId='w2']\n"
+        "##teamcity[testRetrySupport enabled='true']\n\
+         ##teamcity[testStarted name='math::adds' captureStandardOutput='false' flowId='t1']\n\
+         ##teamcity[testFinished name='math::adds' duration='1500' flowId='t1']\n\
+         ##teamcity[testStarted name='math::divides' captureStandardOutput='false' flowId='t2']\n\
+         ##teamcity[testFailed name='math::divides' message='TestFailure: the test reported failure' details='left: 1|nright: 2' flowId='t2']\n\
+         ##teamcity[testFinished name='math::divides' duration='250' flowId='t2']\n\
+         ##teamcity[testStarted name='math::slow' captureStandardOutput='false' flowId='t3']\n\
+         ##teamcity[testIgnored name='math::slow' message='skipped' flowId='t3']\n\
+         ##teamcity[testFinished name='math::slow' duration='0' flowId='t3']\n"
     );
     for line in render_teamcity(&rich_run()).lines() {
         parse_teamcity(line).unwrap_or_else(|| panic!("unparsable: {line}"));
@@ -753,21 +754,24 @@ proptest! {
     }
 
     #[test]
-    fn teamcity_messages_round_trip(name in interesting(), message in interesting(), worker in interesting()) {
+    fn teamcity_messages_round_trip(name in interesting(), message in interesting(), task in interesting()) {
         let run = record(vec![
-            EventKind::task_created("t", name.clone()),
-            EventKind::task_started("t", worker.clone(), 1),
-            failed("t", &worker, 1, error("E", &message, &message), false),
+            EventKind::task_created(task.clone(), name.clone()),
+            EventKind::task_started(task.clone(), "w1", 1),
+            failed(&task, "w1", 1, error("E", &message, &message), false),
         ]);
         let out = render_teamcity(&run);
-        prop_assert_eq!(out.matches('\n').count(), 3);
-        for line in out.lines() {
+        prop_assert_eq!(out.matches('\n').count(), 4);
+        let (first, _) = parse_teamcity(out.lines().next().unwrap()).unwrap();
+        prop_assert_eq!(first, "testRetrySupport");
+        for line in out.lines().skip(1) {
             prop_assert!(!line.contains('\r'));
             let (_, attrs) = parse_teamcity(line).unwrap();
             prop_assert_eq!(&attrs[0], &("name".to_owned(), name.clone()));
-            prop_assert_eq!(&attrs.last().unwrap().1, &worker);
+            // Each task is its own flow.
+            prop_assert_eq!(&attrs.last().unwrap().1, &task);
         }
-        let (cmd, attrs) = parse_teamcity(out.lines().nth(1).unwrap()).unwrap();
+        let (cmd, attrs) = parse_teamcity(out.lines().nth(2).unwrap()).unwrap();
         prop_assert_eq!(cmd, "testFailed");
         prop_assert_eq!(&attrs[1].1, &format!("E: {message}"));
         prop_assert_eq!(&attrs[2].1, &message);
@@ -1077,10 +1081,10 @@ async fn reporter_plugin_writes_the_configured_reports_at_shutdown() {
     manager.flush().await;
     // Live: the TeamCity messages are out before the run ends.
     let live = live_out.text();
-    assert_eq!(live.lines().count(), 5, "{live}");
+    assert_eq!(live.lines().count(), 6, "{live}");
     assert!(
         live.contains(
-            "##teamcity[testFailed name='suite::b' message='Panic: boom' details='' flowId='w1']"
+            "##teamcity[testFailed name='suite::b' message='Panic: boom' details='' flowId='b']"
         ),
         "{live}"
     );
