@@ -309,10 +309,10 @@ mod tests {
                     return Err(format!("{name} failed outside its test: {line}"));
                 }
                 results.push((name, "failed".to_owned()));
-            } else if line.starts_with("##teamcity[testFinished ") {
-                if open.remove(&flow).as_ref() != Some(&name) {
-                    return Err(format!("{name} finished outside its test: {line}"));
-                }
+            } else if line.starts_with("##teamcity[testFinished ")
+                && open.remove(&flow).as_ref() != Some(&name)
+            {
+                return Err(format!("{name} finished outside its test: {line}"));
             }
         }
         Ok(results)
