@@ -468,15 +468,36 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
             };
         }
     };
+    let mut child = child;
     let mut guard = GroupGuard::new(child.id());
-    let waited = tokio::time::timeout(timeout, child.wait_with_output()).await;
-    let out = match waited {
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let (out_pipe, err_pipe) = (child.stdout.take(), child.stderr.take());
+    // Boxed so that dropping it ends its borrows of the two buffers.
+    let mut reading = Box::pin(async {
+        tokio::join!(drain(out_pipe, &mut stdout), drain(err_pipe, &mut stderr));
+    });
+    // The shell's exit ends the attempt, not the end of its output: a process it left in the
+    // background may hold the pipes open for as long as it runs.
+    let mut read_all = false;
+    let waited = tokio::time::timeout(timeout, async {
+        loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                () = &mut reading, if !read_all => read_all = true,
+            }
+        }
+    })
+    .await;
+    let status = match waited {
         Err(_) => {
             drop(guard); // kills the group
+            // What it wrote before the timeout (the pipes close with the group).
+            let _ = tokio::time::timeout(AFTER_KILL, &mut reading).await;
+            drop(reading);
             return JobResult::Failed {
                 kind: "Timeout".to_owned(),
                 message: format!("no exit within {:.3}s: `{command}`", timeout.as_secs_f64()),
-                output: String::new(),
+                output: keep_tail(joined(&stdout, &stderr), OUTPUT_LIMIT),
                 retry_helps: true,
             };
         }
@@ -488,12 +509,30 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
                 retry_helps: true,
             };
         }
-        Ok(Ok(out)) => out,
+        Ok(Ok(status)) => status,
     };
-    guard.disarm();
+    let left_behind = !read_all
+        && tokio::time::timeout(LEFT_BEHIND_GRACE, &mut reading)
+            .await
+            .is_err();
+    if left_behind {
+        // Processes of the attempt still hold its output: they would outlive it.
+        drop(guard); // kills the group
+        let _ = tokio::time::timeout(AFTER_KILL, &mut reading).await;
+    } else {
+        guard.disarm();
+    }
+    drop(reading);
+    let out = std::process::Output {
+        status,
+        stdout,
+        stderr,
+    };
     let duration = started.elapsed();
-    let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
-    output.push_str(&String::from_utf8_lossy(&out.stderr));
+    let mut output = joined(&out.stdout, &out.stderr);
+    if left_behind {
+        output.push_str(LEFT_BEHIND_NOTE);
+    }
     let output = keep_tail(output, OUTPUT_LIMIT);
     let stderr_line = String::from_utf8_lossy(&out.stderr)
         .lines()
@@ -537,6 +576,33 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
             }
         }
     }
+}
+
+/// How long the output pipes may stay open after the task's shell exited: longer, and a
+/// process the task left in the background holds them, and its group is killed.
+const LEFT_BEHIND_GRACE: Duration = Duration::from_millis(200);
+
+/// How long the rest of the output is read after the group was killed.
+const AFTER_KILL: Duration = Duration::from_secs(1);
+
+/// Added to the output of an attempt whose background processes were killed.
+const LEFT_BEHIND_NOTE: &str = "\n[dtf: processes the task left running still held its output when it exited; they were killed]\n";
+
+/// Reads `pipe` to its end into `buf` (what was read stays in `buf` if this is dropped).
+async fn drain(pipe: Option<impl tokio::io::AsyncRead + Unpin>, buf: &mut Vec<u8>) {
+    use tokio::io::AsyncReadExt as _;
+    let Some(mut pipe) = pipe else { return };
+    let mut chunk = [0u8; 8192];
+    while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// stdout then stderr, as text.
+fn joined(stdout: &[u8], stderr: &[u8]) -> String {
+    let mut output = String::from_utf8_lossy(stdout).into_owned();
+    output.push_str(&String::from_utf8_lossy(stderr));
+    output
 }
 
 /// The last `limit` bytes of `s` (cut on a character boundary), marked when cut.
@@ -595,9 +661,52 @@ mod tests {
             "{r:?}"
         );
 
-        let r = run_job(&job("sleep 5", 200, 0)).await;
+        // A timed-out attempt keeps what it wrote before the timeout.
+        let r = run_job(&job("echo before; sleep 5", 300, 0)).await;
         assert!(
-            matches!(&r, JobResult::Failed { kind, retry_helps: true, .. } if kind == "Timeout"),
+            matches!(&r, JobResult::Failed { kind, output, retry_helps: true, .. }
+                if kind == "Timeout" && output == "before\n"),
+            "{r:?}"
+        );
+    }
+
+    /// A task that starts a server in the background and exits: the attempt ends with its
+    /// shell, not when the server stops writing to the task's output. Waiting for the output to
+    /// close instead made it a `Timeout` (after the whole timeout, its output lost). The
+    /// processes left running are killed and the output says so.
+    #[tokio::test]
+    async fn a_process_left_in_the_background_does_not_hold_the_attempt() {
+        let started = Instant::now();
+        let r = run_job(&job("sleep 30 & echo pid $!; echo done", 20_000, 0)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        let JobResult::Passed { output, .. } = &r else {
+            panic!("{r:?}");
+        };
+        assert!(output.contains("\ndone\n"), "{output}");
+        assert!(output.ends_with(LEFT_BEHIND_NOTE), "{output}");
+        let pid = output
+            .lines()
+            .find_map(|l| l.strip_prefix("pid "))
+            .unwrap()
+            .to_owned();
+        // Killed with its group (reaped by init, so it is gone from /proc shortly after).
+        let gone = Instant::now();
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(
+                gone.elapsed() < Duration::from_secs(5),
+                "`sleep 30` ({pid}) outlived its task"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+
+        // One whose output closes with it is not killed and gets no note.
+        let r = run_job(&job("echo quiet", 5000, 0)).await;
+        assert!(
+            matches!(&r, JobResult::Passed { output, .. } if output == "quiet\n"),
             "{r:?}"
         );
     }
