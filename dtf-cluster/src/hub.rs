@@ -966,6 +966,12 @@ impl HubLoop {
     /// registered as a worker.
     fn publisher_hello(&mut self, id: WorkerId, incarnation: u64) {
         let group = wire::worker_group(id.as_str());
+        // An earlier publisher process under this id, told to stop below (as for workers).
+        let replaced = self
+            .workers
+            .get(&id)
+            .filter(|w| w.publisher && w.incarnation != incarnation)
+            .map(|w| w.incarnation);
         let w = match self.workers.get_mut(&id) {
             Some(w) if w.incarnation == incarnation => {
                 w.last_seen = Instant::now();
@@ -988,6 +994,16 @@ impl HubLoop {
             }
             _ => {
                 tracing::info!(publisher = %id, "a remote publisher connected");
+                if let Some(old) = replaced {
+                    refuse(
+                        &id,
+                        old,
+                        format!(
+                            "another node took the id `{id}` (a newer process with the same \
+                             id); give each node its own `--id`"
+                        ),
+                    );
+                }
                 let mut w = RemoteWorker::new(incarnation, group.clone());
                 w.publisher = true;
                 self.workers.entry(id).insert_entry(w).into_mut()
@@ -1140,6 +1156,7 @@ impl HubLoop {
             Some(w) => {
                 // A new process under a known name: the old one's jobs are lost.
                 let was = w.health;
+                let old = w.incarnation;
                 let lost: Vec<u64> = w.running.keys().copied().collect();
                 // Hosted plugins' events are kept: the new process gets them all again
                 // (at least once across a host restart).
@@ -1148,6 +1165,17 @@ impl HubLoop {
                 let reconfiguring = std::mem::take(&mut w.reconfiguring);
                 let settings = std::mem::take(&mut w.settings);
                 *w = RemoteWorker::new(incarnation, group.clone());
+                // If the old process is alive (two nodes started with one id), it is told to
+                // stop rather than dropped silently: it would take the id back at its next
+                // `Hello`, and the two would evict each other for the rest of the run.
+                refuse(
+                    &worker,
+                    old,
+                    format!(
+                        "another node took the id `{worker}` (a newer process with the same \
+                         id); give each node its own `--id`"
+                    ),
+                );
                 w.deliveries = deliveries;
                 w.waiting = waiting;
                 // A change the old process had not answered is refused: the new one starts

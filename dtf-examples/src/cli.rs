@@ -420,7 +420,8 @@ pub struct NodeArgs {
     /// The coordinator's address, HOST:PORT (its `--listen`).
     #[arg(long, value_name = "ADDR")]
     pub coordinator: String,
-    /// This node's id, unique in the run (default: the binary's name and its pid).
+    /// This node's id, unique in the run (default: the binary's name, the host's name and
+    /// the pid, e.g. `dtf-worker-ci-runner-7-4242`).
     #[arg(long)]
     pub id: Option<String>,
     /// The CA certificate (PEM) the coordinator's certificate must chain to.
@@ -451,6 +452,21 @@ pub struct NodeArgs {
 
 /// `--max-frame`: a byte count of at least 64 KiB (a remote publisher cuts its frames at
 /// 64 KiB).
+/// A node's id when `--id` is not given: the binary's name, the host's name and the pid. The
+/// pid alone repeats across containers (each node is pid 1 in its own), and two nodes with
+/// one id make the coordinator refuse the older one.
+fn default_node_id(binary: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let host = host.trim();
+    if host.is_empty() {
+        format!("{binary}-{}", std::process::id())
+    } else {
+        format!("{binary}-{host}-{}", std::process::id())
+    }
+}
+
 fn max_frame(s: &str) -> Result<u64, String> {
     let n: u64 = s
         .parse()
@@ -481,10 +497,7 @@ impl NodeArgs {
             )),
         })
         .map_err(|e| e.to_string())?;
-        let id = self
-            .id
-            .clone()
-            .unwrap_or_else(|| format!("{binary}-{}", std::process::id()));
+        let id = self.id.clone().unwrap_or_else(|| default_node_id(binary));
         let mut config = dtf_cluster::WorkerConfig::new(
             self.coordinator.clone(),
             id,

@@ -1023,6 +1023,54 @@ fn a_node_with_another_frame_cap_is_refused_and_told_why() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Two live workers with one id (pods that all run `dtf-worker` as pid 1 had the same default
+/// id): the newer one takes the id, and the older one is told so and exits 1. Before, the hub
+/// dropped the older one's frames silently; it took the id back at its next `Hello` after a
+/// heartbeat timeout, and the two evicted each other for the rest of the run.
+#[test]
+fn the_older_of_two_workers_with_one_id_is_told_to_stop() {
+    let dir = temp_dir("twin-ids");
+    let pki = make_pki(&dir, "ok");
+    let done = dir.join("done");
+    task_waiting_for(&dir, &done);
+    let port = free_port();
+    let mut coord = coordinator(&dir, port, &pki, &["--workers", "1"]);
+    let addr = format!("127.0.0.1:{port}");
+    let mut older = worker(&dir, &addr, &pki.ca, "twin", &[]);
+    wait_for_log(&dir, "coordinator.log", "a remote worker registered");
+    // The same id, its log in a directory of its own.
+    let newer_dir = dir.join("newer");
+    std::fs::create_dir_all(&newer_dir).unwrap();
+    let mut newer = worker(&newer_dir, &addr, &pki.ca, "twin", &[]);
+    assert_eq!(
+        wait(&mut older, Duration::from_secs(30)),
+        Some(1),
+        "{}",
+        log(&dir, "twin.log")
+    );
+    let olog = log(&dir, "twin.log");
+    assert!(
+        olog.contains(
+            "the coordinator refused this node: another node took the id `twin` (a newer \
+             process with the same id); give each node its own `--id`"
+        ),
+        "{olog}"
+    );
+    // The newer one serves the run to its end.
+    std::fs::write(&done, "").unwrap();
+    let code = wait(&mut coord, Duration::from_secs(60));
+    let clog = log(&dir, "coordinator.log");
+    assert_eq!(code, Some(0), "{}\n{clog}", log(&dir, "coordinator.out"));
+    assert_eq!(
+        wait(&mut newer, Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        log(&newer_dir, "twin.log")
+    );
+    assert!(!log(&newer_dir, "twin.log").contains("refused"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A coordinator killed and started again on the same address is a new run, which does not
 /// know the numbering of the old one's nodes: a worker and a publisher of the old run are
 /// refused and exit 1 saying so, instead of waiting forever (the publisher's events would have
