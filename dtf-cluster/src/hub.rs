@@ -423,6 +423,9 @@ struct RemoteWorker {
     /// Events applied, in order (the highest sequence number).
     applied: u64,
     next_job: u64,
+    /// Jobs numbered up to here that were abandoned when the worker was declared failed, and
+    /// that it will never get (said in `Welcome`, so it takes the jobs after them).
+    jobs_void_upto: u64,
     /// Jobs sent and not acknowledged (with when they were last sent), resent after a
     /// reconnect, or when a heartbeat shows they did not arrive.
     /// Each is kept as its encoded frame: a resend sends the same bytes again.
@@ -469,6 +472,7 @@ impl RemoteWorker {
             last_seen: Instant::now(),
             applied: 0,
             next_job: 0,
+            jobs_void_upto: 0,
             unacked: VecDeque::new(),
             resend_asked: None,
             running: HashMap::new(),
@@ -1014,6 +1018,7 @@ impl HubLoop {
             &HubFrame::Welcome {
                 events_applied: w.applied,
                 hub: self.hub,
+                jobs_void_upto: 0,
             },
         );
     }
@@ -1128,6 +1133,7 @@ impl HubLoop {
                     &HubFrame::Welcome {
                         events_applied: 0,
                         hub: self.hub,
+                        jobs_void_upto: 0,
                     },
                 );
             }
@@ -1143,6 +1149,7 @@ impl HubLoop {
                     &HubFrame::Welcome {
                         events_applied: w.applied,
                         hub: self.hub,
+                        jobs_void_upto: w.jobs_void_upto,
                     },
                 );
                 let n = resend_jobs(w);
@@ -1190,6 +1197,7 @@ impl HubLoop {
                     &HubFrame::Welcome {
                         events_applied: 0,
                         hub: self.hub,
+                        jobs_void_upto: 0,
                     },
                 );
                 // What the coordinator set is applied again before any event; kept (and
@@ -1258,7 +1266,11 @@ impl HubLoop {
                         ))));
                     }
                     w.abandoned.extend(w.running.drain().map(|(seq, _)| seq));
+                    // Jobs it never acknowledged are not resent (their tasks run elsewhere):
+                    // should it come back, it is told to number its next job after them, or
+                    // it would wait for them and take no job again.
                     w.unacked.clear();
+                    w.jobs_void_upto = w.next_job;
                     // A hosted plugin's proxy learns it failed; its events stay queued here
                     // and are resent when the host is back.
                     for queue in w.deliveries.values_mut() {
@@ -1319,6 +1331,66 @@ mod tests {
     use dtf_plugin_core::event::ShutdownReason;
 
     use super::*;
+
+    /// A worker taken for failed has its unacknowledged jobs abandoned (their tasks run
+    /// elsewhere) and never resent: the hub records how far they go, which its next `Welcome`
+    /// says, so that the worker takes the jobs numbered after them (see the worker's
+    /// `a_worker_back_from_failed_takes_the_jobs_after_the_abandoned_ones`).
+    #[tokio::test]
+    async fn a_failed_workers_abandoned_jobs_are_void_when_it_comes_back() {
+        let (out, _out_rx) = mpsc::unbounded_channel();
+        let mut hub = HubLoop {
+            out,
+            timing: Timing {
+                heartbeat_interval: Duration::from_secs(1),
+                heartbeat_timeout: Duration::ZERO,
+                reconnect_grace: Duration::ZERO,
+            },
+            workers: HashMap::new(),
+            applied_results: HashSet::new(),
+            counters: Arc::new(Counters::default()),
+            next_request: 0,
+            hub: 7,
+            max_frame: DEFAULT_MAX_FRAME,
+        };
+        let w1 = WorkerId::from("w1");
+        let hello = |hub: &mut HubLoop, jobs_received| {
+            hub.hello(
+                w1.clone(),
+                5,
+                Capabilities::default(),
+                BTreeMap::new(),
+                jobs_received,
+                Vec::new(),
+            );
+        };
+        let job = |task: &str| RemoteJob {
+            task: TaskId::from(task),
+            attempt: 1,
+            spec: serde_json::Value::Null,
+        };
+        hello(&mut hub, 0);
+        hub.post(w1.clone(), job("a"));
+        hub.post(w1.clone(), job("b"));
+        assert_eq!(hub.workers[&w1].jobs_void_upto, 0);
+        // Silent, then failed (both timings are zero).
+        hub.check_health();
+        hub.check_health();
+        let w = &hub.workers[&w1];
+        assert_eq!(w.health, Health::Failed);
+        assert!(w.unacked.is_empty(), "abandoned jobs are not resent");
+        assert_eq!(w.jobs_void_upto, 2);
+        // Back with only job 1 received: its next job is 3, and job 2 is void.
+        hello(&mut hub, 1);
+        hub.post(w1.clone(), job("c"));
+        let w = &hub.workers[&w1];
+        assert_eq!(w.health, Health::Up);
+        assert_eq!(w.jobs_void_upto, 2);
+        assert_eq!(
+            w.unacked.iter().map(|(seq, _, _)| *seq).collect::<Vec<_>>(),
+            [3]
+        );
+    }
 
     /// The bus refuses events once the run has shut down: acknowledging them (or anything
     /// after them) would make a remote publisher's `flush` succeed for events that are not on

@@ -167,11 +167,15 @@ pub(crate) enum EncodedEvents {
 #[serde(rename_all = "snake_case")]
 pub(crate) enum HubFrame {
     /// The answer to `Hello`: events up to `events_applied` need not be resent. `hub` is
-    /// the coordinator run's random id (0 from a version without it).
+    /// the coordinator run's random id (0 from a version without it). Jobs up to
+    /// `jobs_void_upto` will not come (they were abandoned when the worker was declared
+    /// failed): the worker's next job is numbered after them.
     Welcome {
         events_applied: u64,
         #[serde(default)]
         hub: u64,
+        #[serde(default)]
+        jobs_void_upto: u64,
     },
     /// A job, numbered per worker incarnation from 1.
     Job { seq: u64, job: RemoteJob },

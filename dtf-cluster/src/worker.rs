@@ -200,7 +200,7 @@ pub(crate) async fn serve(
         node,
         next_seq: 0,
         outbox: VecDeque::new(),
-        jobs_received: 0,
+        jobs_received: JobCursor::default(),
         hub_node: None,
         oldest_sent: Instant::now(),
         last_heard: Instant::now(),
@@ -286,7 +286,9 @@ pub(crate) async fn serve(
                 }
             }
             _ = beat.tick() => {
-                w.send(&WorkerFrame::Heartbeat { jobs_received: w.jobs_received });
+                w.send(&WorkerFrame::Heartbeat {
+                    jobs_received: w.jobs_received.0,
+                });
                 if !w.outbox.is_empty()
                     && w.oldest_sent.elapsed() > w.config.timing.heartbeat_interval * 2
                 {
@@ -358,6 +360,28 @@ struct PendingBatch {
     bytes: usize,
 }
 
+/// The jobs a worker has taken: numbered from 1, taken in order, each once.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct JobCursor(u64);
+
+impl JobCursor {
+    /// Whether job `seq` is the next one (then it is taken). Lower: a resend of a job already
+    /// taken. Higher: a gap, filled by the coordinator's resend after the next hello.
+    fn take(&mut self, seq: u64) -> bool {
+        let next = seq == self.0 + 1;
+        if next {
+            self.0 = seq;
+        }
+        next
+    }
+
+    /// Jobs up to `void_upto` will never come (`Welcome::jobs_void_upto`: abandoned while the
+    /// coordinator took this node for failed): the next job is numbered after them.
+    fn skip_to(&mut self, void_upto: u64) {
+        self.0 = self.0.max(void_upto);
+    }
+}
+
 struct WorkerLoop {
     config: WorkerConfig,
     incarnation: u64,
@@ -371,7 +395,7 @@ struct WorkerLoop {
     outbox: VecDeque<(u64, Vec<u8>, u32)>,
     /// When the oldest unacknowledged event was last sent.
     oldest_sent: Instant,
-    jobs_received: u64,
+    jobs_received: JobCursor,
     /// The node id of the session the coordinator is reached through.
     hub_node: Option<u64>,
     last_heard: Instant,
@@ -462,7 +486,7 @@ impl WorkerLoop {
         self.send(&WorkerFrame::Hello {
             capabilities: self.config.capabilities.clone(),
             labels: self.config.labels.clone(),
-            jobs_received: self.jobs_received,
+            jobs_received: self.jobs_received.0,
             plugins: self.announced.clone(),
             publisher: self.publisher.is_some(),
             hub: self.hub,
@@ -529,10 +553,12 @@ impl WorkerLoop {
             HubFrame::Welcome {
                 events_applied: upto,
                 hub,
+                jobs_void_upto,
             } => {
                 if hub != 0 {
                     self.hub = Some(hub);
                 }
+                self.jobs_received.skip_to(jobs_void_upto);
                 // Only what was sent before this session's hello may be lost: what was sent
                 // after it follows the hello on the same connection, in order.
                 self.acked(upto);
@@ -544,12 +570,9 @@ impl WorkerLoop {
             }
             HubFrame::Ack { upto } => self.acked(upto),
             HubFrame::Job { seq, job } => {
-                if seq == self.jobs_received + 1 {
-                    self.jobs_received = seq;
+                if self.jobs_received.take(seq) {
                     self.start(seq, job);
                 }
-                // Lower: a resend of a job already running. Higher: a gap, filled by the
-                // coordinator's resend after the next hello.
             }
             HubFrame::Deliver { plugin, event } => match self.hosted.get_mut(&plugin) {
                 // A resend of what is queued or handled already: the acknowledgement of what
@@ -817,6 +840,23 @@ mod tests {
                 other => panic!("decoded as {other:?}"),
             }
         }
+    }
+
+    /// A worker the coordinator took for failed comes back having missed a job (sent as the
+    /// connection dropped, then abandoned). Before `jobs_void_upto` it waited for that job,
+    /// which was never resent, and took none of the jobs after it: its tasks never ran.
+    #[test]
+    fn a_worker_back_from_failed_takes_the_jobs_after_the_abandoned_ones() {
+        let mut jobs = JobCursor::default();
+        assert!(jobs.take(1));
+        assert!(!jobs.take(1), "a resend is taken once");
+        // Job 2 was lost and abandoned; job 3 comes after the worker is back.
+        assert!(!jobs.take(3), "a gap");
+        jobs.skip_to(2);
+        assert!(jobs.take(3));
+        // An older Welcome's value does not move it back.
+        jobs.skip_to(1);
+        assert_eq!(jobs, JobCursor(3));
     }
 
     /// A metric that is not a finite number reaches the hub. `serde_json` wrote it as `null`,
