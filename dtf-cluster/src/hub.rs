@@ -115,6 +115,7 @@ enum Command {
     Deliver(WorkerId, String, Event, Done),
     WaitHost(WorkerId, oneshot::Sender<()>),
     Reconfigure(WorkerId, String, serde_json::Value, Done),
+    AbandonJobs(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -372,6 +373,18 @@ impl Hub {
         }
     }
 
+    /// Abandons every job the remote workers still run, for the end of a run: their results,
+    /// should they come, are dropped and counted as late ([`HubStats::late_results`]), and
+    /// jobs not yet acknowledged are not resent. Resolves once every result applied before it
+    /// is on the bus, so that a `TaskCancelled` published after it is the last word on its
+    /// task (a result arriving later would otherwise mark a cancelled task passed).
+    pub async fn abandon_jobs(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::AbandonJobs(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Tells every worker the run is over, stops listening and stops the node. Logs the
     /// delivery counters ([`HubStats`]) at `info`.
     pub async fn shutdown(&self) {
@@ -525,6 +538,8 @@ enum Out {
     /// Tell the embedding coordinator, after everything before it is on the bus (a worker's
     /// `Registered` after its `WorkerRegistered`, so that tasks created on that note find it).
     Note(HubNote),
+    /// Answered once everything before it is on the bus.
+    Published(oneshot::Sender<()>),
 }
 
 /// Publishes what the hub's loop applied, in the loop's order, and acknowledges it once it is
@@ -567,6 +582,9 @@ async fn publish_in_order(
             }
             Out::Note(note) => {
                 let _ = notes.send(note);
+            }
+            Out::Published(done) => {
+                let _ = done.send(());
             }
         }
     }
@@ -660,6 +678,10 @@ impl HubLoop {
                             self.workers.insert(host, w);
                         }
                     },
+                    Command::AbandonJobs(done) => {
+                        self.abandon_jobs();
+                        let _ = self.out.send(Out::Published(done));
+                    }
                     Command::Shutdown(done) => {
                         for w in self.workers.values() {
                             wire::send_to(&w.group, &HubFrame::Goodbye);
@@ -1230,6 +1252,19 @@ impl HubLoop {
         }
     }
 
+    /// Every job a worker runs or was sent is abandoned ([`Hub::abandon_jobs`]).
+    fn abandon_jobs(&mut self) {
+        for (id, w) in &mut self.workers {
+            if w.publisher || (w.running.is_empty() && w.unacked.is_empty()) {
+                continue;
+            }
+            tracing::info!(worker = %id, jobs = w.running.len(), "the run is ending; its jobs are abandoned");
+            w.abandoned.extend(w.running.drain().map(|(seq, _)| seq));
+            w.unacked.clear();
+            w.jobs_void_upto = w.next_job;
+        }
+    }
+
     fn check_health(&mut self) {
         let now = Instant::now();
         let mut events = Vec::new();
@@ -1390,6 +1425,72 @@ mod tests {
             w.unacked.iter().map(|(seq, _, _)| *seq).collect::<Vec<_>>(),
             [3]
         );
+    }
+
+    /// At the end of a run the coordinator abandons the remote workers' jobs before it cancels
+    /// their tasks: a result that comes after that is dropped and counted as late, not put on
+    /// the bus, where it would have turned the cancelled task into a passed one.
+    #[tokio::test]
+    async fn results_after_the_jobs_were_abandoned_at_the_end_of_a_run_are_dropped() {
+        let (out, mut out_rx) = mpsc::unbounded_channel();
+        let mut hub = HubLoop {
+            out,
+            timing: Timing::default(),
+            workers: HashMap::new(),
+            applied_results: HashSet::new(),
+            counters: Arc::new(Counters::default()),
+            next_request: 0,
+            hub: 7,
+            max_frame: DEFAULT_MAX_FRAME,
+        };
+        let w1 = WorkerId::from("w1");
+        hub.hello(
+            w1.clone(),
+            5,
+            Capabilities::default(),
+            BTreeMap::new(),
+            0,
+            Vec::new(),
+        );
+        for task in ["a", "b"] {
+            hub.post(
+                w1.clone(),
+                RemoteJob {
+                    task: TaskId::from(task),
+                    attempt: 1,
+                    spec: serde_json::Value::Null,
+                },
+            );
+        }
+        hub.abandon_jobs();
+        let w = &hub.workers[&w1];
+        assert!(w.running.is_empty() && w.unacked.is_empty());
+        assert_eq!(w.jobs_void_upto, 2);
+        // Job 1's result comes after all.
+        let result = FromWorker {
+            worker: w1.clone(),
+            incarnation: 5,
+            body: WorkerFrame::Event {
+                seq: 1,
+                job: 1,
+                kind: EventKind::task_completed(
+                    "a",
+                    "w1",
+                    dtf_plugin_core::event::TaskOutcome::Passed,
+                    Duration::from_millis(3),
+                ),
+            },
+        };
+        let mut acks = BTreeMap::new();
+        hub.on_frame(result, &mut acks);
+        assert_eq!(hub.counters.late_results.load(Ordering::Relaxed), 1);
+        // Acknowledged (the worker must not resend it), but not published.
+        assert_eq!(acks.get(&w1), Some(&1));
+        while let Ok(item) = out_rx.try_recv() {
+            if let Out::One(kind) = item {
+                assert!(!is_result(&kind), "a late result was published: {kind:?}");
+            }
+        }
     }
 
     /// The bus refuses events once the run has shut down: acknowledging them (or anything

@@ -828,6 +828,11 @@ impl Coordinator {
             ShutdownReason::Requested => "the run was interrupted",
             _ => "the run timed out",
         };
+        // Remote workers' results still in flight are dropped from here on (counted as late),
+        // so that they cannot turn a task cancelled below into a passed one.
+        if let Some(hub) = &hub {
+            hub.abandon_jobs().await;
+        }
         for id in ids.iter().chain(&remote_ids) {
             pool.close_worker(id);
             bus.publish(EventKind::worker_disconnected(id.clone(), why))
