@@ -265,6 +265,56 @@ async fn github_comment_is_edited_in_place_on_the_second_run() {
     assert_eq!(stats.get("github.comment").unwrap().ok, 2);
 }
 
+/// On a busy pull request our comment is on a later page (GitHub lists the oldest first): every
+/// page is searched, and it is edited, not posted again (which notifies everyone on the pull
+/// request each run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_comment_on_a_later_page_is_edited_not_duplicated() {
+    let server = MockServer::start().await;
+    let others = |from: u64, n: u64| {
+        (from..from + n)
+            .map(|id| json!({ "id": id, "body": "a bot's comment" }))
+            .collect::<Vec<_>>()
+    };
+    github_headers(Mock::given(method("GET")).and(path("/repos/acme/widgets/issues/7/comments")))
+        .and(query_param("per_page", "100"))
+        .and(query_param("page", "1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!(others(1, 100))))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let mut page2 = others(101, 30);
+    page2.push(json!({ "id": 777, "body": "<!-- dtf-report -->\n## dtf test run: old" }));
+    github_headers(Mock::given(method("GET")).and(path("/repos/acme/widgets/issues/7/comments")))
+        .and(query_param("per_page", "100"))
+        .and(query_param("page", "2"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!(page2)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    github_headers(
+        Mock::given(method("PATCH")).and(path("/repos/acme/widgets/issues/comments/777")),
+    )
+    .and(body_string_contains("<!-- dtf-report -->"))
+    .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 777 })))
+    .expect(1)
+    .mount(&server)
+    .await;
+    Mock::given(method("POST"))
+        .and(path("/repos/acme/widgets/issues/7/comments"))
+        .respond_with(ResponseTemplate::new(201))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let cfg = github_config(
+        &server,
+        json!({ "github": { "checks": false, "status": false } }),
+    );
+    let stats = run(github_env(), cfg).await;
+    server.verify().await;
+    assert_eq!(stats.get("github.comment").unwrap().ok, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_annotations_go_fifty_per_request() {
     let server = MockServer::start().await;

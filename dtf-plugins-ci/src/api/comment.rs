@@ -10,6 +10,12 @@ use serde_json::{Value, json};
 use super::COMMENT_MARKER;
 use super::http::{Auth, Body, Call, HttpCore};
 
+/// Comments per listed page (what each service's `list_query` asks for).
+pub(crate) const PAGE_SIZE: usize = 100;
+
+/// Most pages of comments searched for ours.
+pub(crate) const MAX_PAGES: u32 = 20;
+
 /// The JSON shape of a service's comments.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Shape {
@@ -25,7 +31,8 @@ pub(crate) struct CommentThread {
     pub(crate) target: &'static str,
     /// The comments collection: listed with GET (plus `list_query`), created with POST.
     pub(crate) collection_url: String,
-    /// The query that asks for the largest page (only the first page is searched).
+    /// The query that asks for the largest page ([`PAGE_SIZE`] comments); `&page=N` is added
+    /// for each page.
     pub(crate) list_query: &'static str,
     /// One comment's URL is `item_base/{id}`.
     pub(crate) item_base: String,
@@ -41,13 +48,18 @@ impl CommentThread {
         }
     }
 
-    /// The id of the first comment carrying our marker.
-    fn find(&self, listed: &Value) -> Option<u64> {
-        let items = match self.shape {
+    /// The comments of one listed page.
+    fn items<'a>(&self, listed: &'a Value) -> &'a [Value] {
+        match self.shape {
             Shape::Body => listed.as_array(),
             Shape::ContentRaw => listed.get("values").and_then(Value::as_array),
-        }?;
-        items.iter().find_map(|c| {
+        }
+        .map_or(&[], Vec::as_slice)
+    }
+
+    /// The id of the first comment carrying our marker.
+    fn find(&self, listed: &Value) -> Option<u64> {
+        self.items(listed).iter().find_map(|c| {
             let text = match self.shape {
                 Shape::Body => c.get("body"),
                 Shape::ContentRaw => c.get("content").and_then(|x| x.get("raw")),
@@ -59,9 +71,11 @@ impl CommentThread {
         })
     }
 
-    /// Edits our comment to `text`, or creates it. Failures are counted and logged by
-    /// `http`; a failed listing falls back to creating a comment would risk duplicates, so
-    /// it gives up instead.
+    /// Edits our comment to `text`, or creates it. Every page of comments is searched (up to
+    /// [`MAX_PAGES`]): on a busy pull request ours is not on the first page (GitHub and
+    /// Bitbucket list the oldest first), and creating another comment each run would notify
+    /// everyone on it each time. Failures are counted and logged by `http`; a failed listing,
+    /// or a thread longer than [`MAX_PAGES`] pages, gives up rather than risk a duplicate.
     pub(crate) async fn upsert(
         &self,
         http: &mut HttpCore,
@@ -69,16 +83,32 @@ impl CommentThread {
         headers: &HeaderMap,
         text: &str,
     ) {
-        let list = Call::new(
-            self.target,
-            Method::GET,
-            format!("{}{}", self.collection_url, self.list_query),
-            Body::None,
-        );
-        let Ok(listed) = http.send(list, auth, headers).await else {
-            return;
-        };
-        let call = match self.find(&listed) {
+        let mut found = None;
+        for page in 1..=MAX_PAGES {
+            let list = Call::new(
+                self.target,
+                Method::GET,
+                format!("{}{}&page={page}", self.collection_url, self.list_query),
+                Body::None,
+            );
+            let Ok(listed) = http.send(list, auth, headers).await else {
+                return;
+            };
+            found = self.find(&listed);
+            if found.is_some() || self.items(&listed).len() < PAGE_SIZE {
+                break;
+            }
+            if page == MAX_PAGES {
+                tracing::warn!(
+                    target = self.target,
+                    pages = MAX_PAGES,
+                    "the pull request has more comments than are searched; the report comment \
+                     is not posted, to avoid a duplicate"
+                );
+                return;
+            }
+        }
+        let call = match found {
             Some(id) => Call::new(
                 self.target,
                 self.edit_method.clone(),
