@@ -16,7 +16,7 @@ use dtf_plugin_core::prelude::*;
 use dtf_plugin_core::{EventMeta, PluginRegistry};
 use dtf_plugins_notify::{NotifyConfig, NotifyPlugin, NotifyStats, preview};
 use serde_json::{Value, json};
-use wiremock::matchers::{body_json, header, method, path, query_param};
+use wiremock::matchers::{body_json, header, method, path, query_param, query_param_is_missing};
 use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
 
 // ---------------------------------------------------------------------------------------
@@ -525,7 +525,20 @@ async fn jira_creates_an_issue_when_no_open_issue_has_the_fingerprint() {
         ))
         .and(query_param("maxResults", "1"))
         .and(query_param("fields", "key"))
+        .and(query_param_is_missing("reconcileIssues"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "issues": [], "isLast": true })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    // The second search names the issue it created (JIRA's search is eventually consistent;
+    // `reconcileIssues` makes it check that issue as of now), and finds it open.
+    Mock::given(method("GET"))
+        .and(path("/rest/api/3/search/jql"))
+        .and(header("authorization", JIRA_AUTH))
+        .and(query_param("reconcileIssues", "10000"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({ "issues": [{ "id": "10000", "key": "OPS-1" }], "isLast": true }),
+        ))
         .expect(1)
         .mount(&server)
         .await;
@@ -548,8 +561,7 @@ async fn jira_creates_an_issue_when_no_open_issue_has_the_fingerprint() {
         .expect(1)
         .mount(&server)
         .await;
-    // A second failure with the same error later in the run comments on OPS-1 (remembered,
-    // no second search: JIRA's search may not see the new issue yet).
+    // A second failure with the same error later in the run comments on OPS-1.
     Mock::given(method("POST"))
         .and(path("/rest/api/3/issue/OPS-1/comment"))
         .and(header("authorization", JIRA_AUTH))
@@ -574,6 +586,70 @@ async fn jira_creates_an_issue_when_no_open_issue_has_the_fingerprint() {
         .await
         .unwrap();
     plugin.on_shutdown(&mut ctx).await.unwrap();
+    let s = stats.get("jira").unwrap();
+    assert_eq!((s.ok, s.failed), (2, 0));
+}
+
+/// An issue the channel created and someone resolved since is not commented on: the search
+/// (with the issue named in `reconcileIssues`) does not find it open, and a new one is created.
+/// The channel used to remember the issue for the rest of the run and comment "Seen again" on
+/// the resolved one.
+#[tokio::test]
+async fn jira_creates_a_new_issue_when_the_one_it_created_was_resolved() {
+    let server = MockServer::start().await;
+    let cfg = jira_cfg(&server);
+    Mock::given(method("GET"))
+        .and(path("/rest/api/3/search/jql"))
+        .and(query_param_is_missing("reconcileIssues"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({ "issues": [], "isLast": true })),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/rest/api/3/search/jql"))
+        .and(query_param("reconcileIssues", "10000"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({ "issues": [], "isLast": true })),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/rest/api/3/issue"))
+        .and(header("authorization", JIRA_AUTH))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({ "id": "10000", "key": "OPS-1", "self": "x" })),
+        )
+        .expect(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/rest/api/3/issue/OPS-1/comment"))
+        .respond_with(ResponseTemplate::new(201))
+        .expect(0)
+        .mount(&server)
+        .await;
+    logs();
+    let mut c = cfg.clone();
+    c["group"] = json!({ "group_wait_ms": 0, "group_interval_ms": 1 });
+    let mut plugin = NotifyPlugin::new();
+    let stats = plugin.stats_handle();
+    let mut ctx = PluginContext::detached("notify", c);
+    plugin.on_start(&mut ctx).await.unwrap();
+    plugin.on_event(&mut ctx, &timeout_failure()).await.unwrap();
+    wait_until(|| stats.get("jira").is_some_and(|s| s.ok == 1)).await;
+    plugin
+        .on_event(
+            &mut ctx,
+            &task_failed("t2", "TimeoutError", "timed out after 31s", "w9"),
+        )
+        .await
+        .unwrap();
+    plugin.on_shutdown(&mut ctx).await.unwrap();
+    server.verify().await;
     let s = stats.get("jira").unwrap();
     assert_eq!((s.ok, s.failed), (2, 0));
 }

@@ -84,9 +84,11 @@ struct Jira {
     issue_type: String,
     labels: Vec<String>,
     dedupe: bool,
-    /// Issues created by this channel, by fingerprint (JIRA's search is eventually
-    /// consistent, so a just-created issue may not be found yet).
-    known: Mutex<HashMap<String, String>>,
+    /// The ids of issues this channel created, by fingerprint. JIRA's search is eventually
+    /// consistent, so a just-created issue may not be found yet: the search names it in
+    /// `reconcileIssues`, which makes JIRA check it as of now. The search still decides:
+    /// an issue resolved since is not commented on.
+    known: Mutex<HashMap<String, u64>>,
 }
 
 impl ChannelBuilder for JiraConfig {
@@ -257,30 +259,39 @@ impl Jira {
         msg: &Notification,
         d: &Deliverer,
     ) -> Result<Option<String>, DeliveryError> {
-        let fp = msg.fingerprint.clone();
-        if let Some(k) = self
+        let created = self
             .known
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&fp)
-        {
-            return Ok(Some(k.clone()));
-        }
+            .get(&msg.fingerprint)
+            .copied();
         let mut url = reqwest::Url::parse(&format!("{}/rest/api/3/search/jql", self.base))
             .map_err(|e| DeliveryError::new(format!("jira search URL: {e}")))?;
         url.query_pairs_mut()
             .append_pair("jql", &self.jql(msg))
             .append_pair("maxResults", "1")
             .append_pair("fields", "key");
+        if let Some(id) = created {
+            url.query_pairs_mut()
+                .append_pair("reconcileIssues", &id.to_string());
+        }
         let req = self.request("jira search", Method::Get, url.to_string(), Body::Empty);
         let resp = d.send(&self.name, &self.gate, req, |_| Ok(())).await?;
-        Ok(resp
+        let open = resp
             .json()
             .get("issues")
             .and_then(|i| i.get(0))
             .and_then(|i| i.get("key"))
             .and_then(Value::as_str)
-            .map(str::to_owned))
+            .map(str::to_owned);
+        if open.is_none() && created.is_some() {
+            // Resolved (or deleted) since this channel created it: a new issue is due.
+            self.known
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&msg.fingerprint);
+        }
+        Ok(open)
     }
 }
 
@@ -330,12 +341,20 @@ impl Channel for Jira {
                     Body::Json(self.create_body(msg)),
                 );
                 let resp = d.send(&self.name, &self.gate, req, created_key).await?;
-                if let Some(k) = resp.json().get("key").and_then(Value::as_str) {
+                let created = resp.json();
+                if let Some(k) = created.get("key").and_then(Value::as_str) {
                     tracing::info!(target_channel = %self.name, issue = k, "created an issue");
+                }
+                // JIRA answers the id as a string of digits.
+                let id = created.get("id").and_then(|id| match id {
+                    Value::String(s) => s.parse::<u64>().ok(),
+                    other => other.as_u64(),
+                });
+                if let Some(id) = id {
                     self.known
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(msg.fingerprint.clone(), k.to_owned());
+                        .insert(msg.fingerprint.clone(), id);
                 }
             }
         }
