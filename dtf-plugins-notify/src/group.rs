@@ -139,9 +139,17 @@ impl Grouper {
     }
 
     /// The messages of every group due at `now`; forgets idle groups.
+    #[cfg(test)]
     pub(crate) fn due(&mut self, now: Instant) -> Vec<Notification> {
+        self.due_at_most(now, usize::MAX)
+    }
+
+    /// The messages of at most `max` of the groups due at `now`, the earliest first; the
+    /// others stay due, and keep gathering events until taken. Forgets idle groups.
+    pub(crate) fn due_at_most(&mut self, now: Instant, max: usize) -> Vec<Notification> {
         let interval = self.settings.group_interval;
-        let keys = self.pending_keys(|g| g.due.is_some_and(|d| d <= now));
+        let mut keys = self.pending_keys(|g| g.due.is_some_and(|d| d <= now));
+        keys.truncate(max);
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             if let Some(n) = self.take(&key, now) {

@@ -1,6 +1,7 @@
 //! [`NotifyPlugin`]: the plugin, its background pipeline and the shutdown flush.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dtf_plugin_core::event::{Event, HookSet, PluginKind};
@@ -308,14 +309,25 @@ async fn pipeline(
     // JoinSet (when this task is aborted at the shutdown deadline) aborts them.
     let mut workers = JoinSet::new();
     let mut queues = Vec::with_capacity(channels.len());
-    for ch in &channels {
+    // Messages queued for each destination and not yet delivered (or given up).
+    let backlogs: Vec<Arc<AtomicUsize>> = channels
+        .iter()
+        .map(|_| Arc::new(AtomicUsize::new(0)))
+        .collect();
+    for (ch, backlog) in channels.iter().zip(&backlogs) {
         let (tx, rx) = mpsc::unbounded_channel::<(Notification, u64)>();
-        workers.spawn(destination(ch.clone(), rx, deliverer.clone()));
+        workers.spawn(destination(
+            ch.clone(),
+            rx,
+            deliverer.clone(),
+            Arc::clone(backlog),
+        ));
         queues.push(tx);
     }
     let enqueue = |i: usize,
                    msgs: Vec<Notification>,
                    queues: &[mpsc::UnboundedSender<(Notification, u64)>]| {
+        backlogs[i].fetch_add(msgs.len(), Ordering::Relaxed);
         for m in msgs {
             let ticket = stats.enqueue(channels[i].name(), &m.title_plain(), m.count);
             tracing::debug!(target_channel = channels[i].name(), title = %m.title_plain(), count = m.count, "message queued");
@@ -325,7 +337,24 @@ async fn pipeline(
         }
     };
     let flush_done = loop {
-        let deadline = groupers.iter().filter_map(Grouper::next_deadline).min();
+        // A destination with a full backlog takes no new message until it has delivered some:
+        // its due groups wait, gathering events, instead of queueing without bound (a
+        // destination slower than the groups fall due would fall behind for good, sending
+        // stale messages long after the failures stopped). Checked again every
+        // `BACKLOG_RECHECK` while it is full.
+        let now = Instant::now();
+        let deadline = groupers
+            .iter()
+            .zip(&backlogs)
+            .filter_map(|(g, backlog)| {
+                let due = g.next_deadline()?;
+                Some(if backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
+                    due.max(now + BACKLOG_RECHECK)
+                } else {
+                    due
+                })
+            })
+            .min();
         tokio::select! {
             cmd = rx.recv() => match cmd {
                 Some(Command::Event(event)) => {
@@ -352,7 +381,10 @@ async fn pipeline(
             () = sleep_until_opt(deadline) => {
                 let now = Instant::now();
                 for (i, g) in groupers.iter_mut().enumerate() {
-                    enqueue(i, g.due(now), &queues);
+                    let room = MAX_BACKLOG.saturating_sub(backlogs[i].load(Ordering::Relaxed));
+                    if room > 0 {
+                        enqueue(i, g.due_at_most(now, room), &queues);
+                    }
                 }
             }
         }
@@ -375,14 +407,24 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
+/// Most messages queued for one destination before its due groups are held back (see
+/// `pipeline`).
+const MAX_BACKLOG: usize = 4;
+
+/// How often a destination with a full backlog is checked for room.
+const BACKLOG_RECHECK: Duration = Duration::from_millis(100);
+
 async fn destination(
     channel: Arc<dyn Channel>,
     mut rx: mpsc::UnboundedReceiver<(Notification, u64)>,
     deliverer: Arc<Deliverer>,
+    backlog: Arc<AtomicUsize>,
 ) {
     let stats = deliverer.stats().clone();
     while let Some((msg, ticket)) = rx.recv().await {
-        match channel.deliver(&msg, &deliverer).await {
+        let delivered = channel.deliver(&msg, &deliverer).await;
+        backlog.fetch_sub(1, Ordering::Relaxed);
+        match delivered {
             Ok(()) => {
                 stats.target(channel.name(), |s| s.ok += 1);
                 stats.done(ticket);

@@ -729,6 +729,70 @@ async fn jira_ignores_non_error_events_by_default() {
 }
 
 // ---------------------------------------------------------------------------------------
+// A destination slower than the groups fall due
+
+/// Twenty workers keep failing, each its own group, faster than the destination takes
+/// messages (one per 50 ms). The destination's queue stays short: due groups wait and gather
+/// events instead of queueing one message each, so the messages stay few and current, and
+/// every event is still counted in one. Before, every due group was queued at once: about a
+/// thousand messages here, delivered one per 50 ms for most of a minute after the failures
+/// stopped.
+#[tokio::test]
+async fn a_slow_destination_gets_fewer_fuller_messages_not_a_backlog() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&server)
+        .await;
+    logs();
+    let cfg = json!({
+        "channels": [{ "type": "webhook", "url": format!("{}/hook", server.uri()), "min_interval_ms": 50 }],
+        "group": { "group_wait_ms": 0, "group_interval_ms": 10, "by": ["worker"] }
+    });
+    let mut plugin = NotifyPlugin::new();
+    let stats = plugin.stats_handle();
+    let mut ctx = PluginContext::detached("notify", cfg);
+    plugin.on_start(&mut ctx).await.unwrap();
+    let (rounds, workers) = (50, 20);
+    for round in 0..rounds {
+        for w in 0..workers {
+            let task = format!("t{round}-{w}");
+            plugin
+                .on_event(
+                    &mut ctx,
+                    &task_failed(&task, "ConnectionError", "refused", &format!("w{w}")),
+                )
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    plugin.on_shutdown(&mut ctx).await.unwrap();
+    let requests = server.received_requests().await.unwrap();
+    let counts: Vec<u64> = requests
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            v["count"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        counts.iter().sum::<u64>(),
+        rounds * workers,
+        "an event was lost"
+    );
+    assert!(
+        counts.len() <= 80,
+        "{} messages for {} groups in about a second",
+        counts.len(),
+        workers
+    );
+    let s = stats.get("webhook").unwrap();
+    assert_eq!((s.ok, s.failed), (counts.len() as u64, 0));
+}
+
+// ---------------------------------------------------------------------------------------
 // Generic webhook and retries
 
 #[tokio::test]
