@@ -86,8 +86,9 @@ pub struct HubStats {
     pub duplicates: u64,
     /// Results of an attempt already applied (from another frame) and dropped.
     pub duplicate_results: u64,
-    /// Results of jobs abandoned when their worker was declared failed, dropped: the re-run
-    /// wins.
+    /// Results of abandoned jobs, dropped: those of a worker declared failed (the re-run
+    /// wins), and those that came after the run's end abandoned every job
+    /// ([`Hub::abandon_jobs`]).
     pub late_results: u64,
     /// Jobs sent again after a reconnect.
     pub jobs_resent: u64,
@@ -319,6 +320,7 @@ impl Hub {
             next_request: 0,
             hub: hub_id()?,
             max_frame: config.max_frame,
+            closing: false,
         };
         tokio::spawn(state.run(frames, commands_rx, links));
         tracing::info!(%local_addr, "the coordinator listens for workers");
@@ -436,8 +438,9 @@ struct RemoteWorker {
     /// Events applied, in order (the highest sequence number).
     applied: u64,
     next_job: u64,
-    /// Jobs numbered up to here that were abandoned when the worker was declared failed, and
-    /// that it will never get (said in `Welcome`, so it takes the jobs after them).
+    /// Jobs numbered up to here that were abandoned (the worker was declared failed, or the
+    /// run is ending) and that it will never get (said in `Welcome`, so it takes the jobs
+    /// after them).
     jobs_void_upto: u64,
     /// Jobs sent and not acknowledged (with when they were last sent), resent after a
     /// reconnect, or when a heartbeat shows they did not arrive.
@@ -447,8 +450,12 @@ struct RemoteWorker {
     resend_asked: Option<u64>,
     /// Jobs sent and not finished: job seq → (task, attempt).
     running: HashMap<u64, (TaskId, u32)>,
-    /// Jobs abandoned when the worker was declared failed; their results are dropped.
+    /// Jobs abandoned (the worker was declared failed, or the run is ending); their results
+    /// are dropped.
     abandoned: HashSet<u64>,
+    /// Incarnations a newer process under this id replaced: a `Hello` from one of them (late,
+    /// or from a twin still running) is refused rather than taking the id back.
+    retired: HashSet<u64>,
     /// Events for its hosted plugins not yet handled, per plugin, in bus order.
     deliveries: HashMap<String, VecDeque<Pending>>,
     /// Proxies waiting for it to be connected.
@@ -490,6 +497,7 @@ impl RemoteWorker {
             resend_asked: None,
             running: HashMap::new(),
             abandoned: HashSet::new(),
+            retired: HashSet::new(),
             deliveries: HashMap::new(),
             waiting: Vec::new(),
             reconfiguring: BTreeMap::new(),
@@ -605,6 +613,8 @@ struct HubLoop {
     hub: u64,
     /// The coordinator's frame cap: a node must have the same.
     max_frame: u64,
+    /// Set by [`Hub::abandon_jobs`]: the run is ending, and no job is posted any more.
+    closing: bool,
 }
 
 /// Refuses the node `worker` of `incarnation`, which stops with `reason`. Sent to every node
@@ -618,6 +628,14 @@ fn refuse(worker: &WorkerId, incarnation: u64, reason: String) {
             reason,
         },
     );
+}
+
+/// Why a node replaced by a newer one under the same id is refused.
+fn another_took_the_id(id: &WorkerId) -> String {
+    format!(
+        "another node took the id `{id}` (a newer process with the same id); give each node \
+         its own `--id`"
+    )
 }
 
 /// A random, non-zero id for this coordinator run.
@@ -709,6 +727,11 @@ impl HubLoop {
     }
 
     fn post(&mut self, worker: WorkerId, job: RemoteJob) {
+        if self.closing {
+            // Its task is cancelled with the others that had not ended.
+            tracing::info!(%worker, task = %job.task, "a job posted after the run's end; dropped");
+            return;
+        }
         let Some(w) = self.workers.get_mut(&worker) else {
             tracing::warn!(%worker, task = %job.task, "a job for an unknown remote worker; dropped");
             return;
@@ -954,7 +977,7 @@ impl HubLoop {
                     if is_result(&kind) {
                         w.abandoned.remove(&job);
                         self.counters.late_results.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(%worker, job, "a late result of an abandoned job; the re-run wins");
+                        tracing::info!(%worker, job, "a late result of an abandoned job; dropped");
                     }
                     return;
                 }
@@ -1006,6 +1029,11 @@ impl HubLoop {
                 tracing::info!(publisher = %id, "a remote publisher reconnected");
                 w
             }
+            Some(w) if w.retired.contains(&incarnation) => {
+                tracing::warn!(publisher = %id, "a replaced publisher said hello again; refused");
+                refuse(&id, incarnation, another_took_the_id(&id));
+                return;
+            }
             Some(w) if !w.publisher => {
                 tracing::warn!(
                     publisher = %id,
@@ -1020,18 +1048,19 @@ impl HubLoop {
             }
             _ => {
                 tracing::info!(publisher = %id, "a remote publisher connected");
+                let mut retired = HashSet::new();
                 if let Some(old) = replaced {
-                    refuse(
-                        &id,
-                        old,
-                        format!(
-                            "another node took the id `{id}` (a newer process with the same \
-                             id); give each node its own `--id`"
-                        ),
-                    );
+                    refuse(&id, old, another_took_the_id(&id));
+                    retired = self
+                        .workers
+                        .get_mut(&id)
+                        .map(|w| std::mem::take(&mut w.retired))
+                        .unwrap_or_default();
+                    retired.insert(old);
                 }
                 let mut w = RemoteWorker::new(incarnation, group.clone());
                 w.publisher = true;
+                w.retired = retired;
                 self.workers.entry(id).insert_entry(w).into_mut()
             }
         };
@@ -1119,6 +1148,12 @@ impl HubLoop {
             None
         };
         match self.workers.get_mut(&worker) {
+            Some(w) if w.retired.contains(&incarnation) => {
+                // A process a newer one replaced (its hello came late, or it still runs):
+                // the newer one keeps the id.
+                tracing::warn!(%worker, "a replaced node said hello again; refused");
+                refuse(&worker, incarnation, another_took_the_id(&worker));
+            }
             Some(w) if w.publisher => {
                 tracing::warn!(%worker, "a worker uses the id of a remote publisher; refused");
                 refuse(
@@ -1193,18 +1228,14 @@ impl HubLoop {
                 let waiting = std::mem::take(&mut w.waiting);
                 let reconfiguring = std::mem::take(&mut w.reconfiguring);
                 let settings = std::mem::take(&mut w.settings);
+                let mut retired = std::mem::take(&mut w.retired);
+                retired.insert(old);
                 *w = RemoteWorker::new(incarnation, group.clone());
+                w.retired = retired;
                 // If the old process is alive (two nodes started with one id), it is told to
                 // stop rather than dropped silently: it would take the id back at its next
                 // `Hello`, and the two would evict each other for the rest of the run.
-                refuse(
-                    &worker,
-                    old,
-                    format!(
-                        "another node took the id `{worker}` (a newer process with the same \
-                         id); give each node its own `--id`"
-                    ),
-                );
+                refuse(&worker, old, another_took_the_id(&worker));
                 w.deliveries = deliveries;
                 w.waiting = waiting;
                 // A change the old process had not answered is refused: the new one starts
@@ -1252,8 +1283,10 @@ impl HubLoop {
         }
     }
 
-    /// Every job a worker runs or was sent is abandoned ([`Hub::abandon_jobs`]).
+    /// Every job a worker runs or was sent is abandoned, and no job is posted any more
+    /// ([`Hub::abandon_jobs`]).
     fn abandon_jobs(&mut self) {
+        self.closing = true;
         for (id, w) in &mut self.workers {
             if w.publisher || (w.running.is_empty() && w.unacked.is_empty()) {
                 continue;
@@ -1387,6 +1420,7 @@ mod tests {
             next_request: 0,
             hub: 7,
             max_frame: DEFAULT_MAX_FRAME,
+            closing: false,
         };
         let w1 = WorkerId::from("w1");
         let hello = |hub: &mut HubLoop, jobs_received| {
@@ -1427,6 +1461,46 @@ mod tests {
         );
     }
 
+    /// Of two processes with one id, the newer keeps it: a `Hello` from the one it replaced
+    /// (late, or from a twin still running) is refused, not taken for a newer process.
+    #[tokio::test]
+    async fn a_replaced_incarnation_does_not_take_its_id_back() {
+        let (out, _out_rx) = mpsc::unbounded_channel();
+        let mut hub = HubLoop {
+            out,
+            timing: Timing::default(),
+            workers: HashMap::new(),
+            applied_results: HashSet::new(),
+            counters: Arc::new(Counters::default()),
+            next_request: 0,
+            hub: 7,
+            max_frame: DEFAULT_MAX_FRAME,
+            closing: false,
+        };
+        let w1 = WorkerId::from("w1");
+        let hello = |hub: &mut HubLoop, incarnation| {
+            hub.hello(
+                w1.clone(),
+                incarnation,
+                Capabilities::default(),
+                BTreeMap::new(),
+                0,
+                Vec::new(),
+            );
+        };
+        hello(&mut hub, 5);
+        hello(&mut hub, 6);
+        assert_eq!(hub.workers[&w1].incarnation, 6);
+        hello(&mut hub, 5);
+        assert_eq!(
+            hub.workers[&w1].incarnation, 6,
+            "the replaced process took the id back"
+        );
+        // The newer one reconnecting is still itself.
+        hello(&mut hub, 6);
+        assert_eq!(hub.workers[&w1].incarnation, 6);
+    }
+
     /// At the end of a run the coordinator abandons the remote workers' jobs before it cancels
     /// their tasks: a result that comes after that is dropped and counted as late, not put on
     /// the bus, where it would have turned the cancelled task into a passed one.
@@ -1442,6 +1516,7 @@ mod tests {
             next_request: 0,
             hub: 7,
             max_frame: DEFAULT_MAX_FRAME,
+            closing: false,
         };
         let w1 = WorkerId::from("w1");
         hub.hello(
@@ -1466,6 +1541,18 @@ mod tests {
         let w = &hub.workers[&w1];
         assert!(w.running.is_empty() && w.unacked.is_empty());
         assert_eq!(w.jobs_void_upto, 2);
+        // A job the scheduler posts after that (it may still be assigning) is not sent.
+        hub.post(
+            w1.clone(),
+            RemoteJob {
+                task: TaskId::from("c"),
+                attempt: 1,
+                spec: serde_json::Value::Null,
+            },
+        );
+        let w = &hub.workers[&w1];
+        assert!(w.running.is_empty() && w.unacked.is_empty());
+        assert_eq!(w.next_job, 2);
         // Job 1's result comes after all.
         let result = FromWorker {
             worker: w1.clone(),

@@ -168,8 +168,8 @@ pub(crate) enum EncodedEvents {
 pub(crate) enum HubFrame {
     /// The answer to `Hello`: events up to `events_applied` need not be resent. `hub` is
     /// the coordinator run's random id (0 from a version without it). Jobs up to
-    /// `jobs_void_upto` will not come (they were abandoned when the worker was declared
-    /// failed): the worker's next job is numbered after them.
+    /// `jobs_void_upto` will not come (they were abandoned: the worker was declared failed,
+    /// or the run is ending): the worker's next job is numbered after them.
     Welcome {
         events_applied: u64,
         #[serde(default)]

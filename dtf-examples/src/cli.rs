@@ -450,8 +450,6 @@ pub struct NodeArgs {
     pub max_frame: u64,
 }
 
-/// `--max-frame`: a byte count of at least 64 KiB (a remote publisher cuts its frames at
-/// 64 KiB).
 /// A node's id when `--id` is not given: the binary's name, the host's name and the pid. The
 /// pid alone repeats across containers (each node is pid 1 in its own), and two nodes with
 /// one id make the coordinator refuse the older one.
@@ -467,6 +465,8 @@ fn default_node_id(binary: &str) -> String {
     }
 }
 
+/// `--max-frame`: a byte count of at least 64 KiB (a remote publisher cuts its frames at
+/// 64 KiB).
 fn max_frame(s: &str) -> Result<u64, String> {
     let n: u64 = s
         .parse()

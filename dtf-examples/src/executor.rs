@@ -515,10 +515,13 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
         && tokio::time::timeout(LEFT_BEHIND_GRACE, &mut reading)
             .await
             .is_err();
+    // Whether the processes holding the output are gone (the group kill reaches only those
+    // still in the group: one that called `setsid` escapes it).
+    let mut killed = true;
     if left_behind {
         // Processes of the attempt still hold its output: they would outlive it.
         drop(guard); // kills the group
-        let _ = tokio::time::timeout(AFTER_KILL, &mut reading).await;
+        killed = tokio::time::timeout(AFTER_KILL, &mut reading).await.is_ok();
     } else {
         guard.disarm();
     }
@@ -531,7 +534,11 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
     let duration = started.elapsed();
     let mut output = joined(&out.stdout, &out.stderr);
     if left_behind {
-        output.push_str(LEFT_BEHIND_NOTE);
+        output.push_str(if killed {
+            LEFT_BEHIND_NOTE
+        } else {
+            ESCAPED_NOTE
+        });
     }
     let output = keep_tail(output, OUTPUT_LIMIT);
     let stderr_line = String::from_utf8_lossy(&out.stderr)
@@ -587,6 +594,10 @@ const AFTER_KILL: Duration = Duration::from_secs(1);
 
 /// Added to the output of an attempt whose background processes were killed.
 const LEFT_BEHIND_NOTE: &str = "\n[dtf: processes the task left running still held its output when it exited; they were killed]\n";
+
+/// Added to the output of an attempt whose background processes left its process group
+/// (`setsid`) and still held its output after the group was killed.
+const ESCAPED_NOTE: &str = "\n[dtf: processes the task left running still held its output when it exited; they had left its process group and were not killed]\n";
 
 /// Reads `pipe` to its end into `buf` (what was read stays in `buf` if this is dropped).
 async fn drain(pipe: Option<impl tokio::io::AsyncRead + Unpin>, buf: &mut Vec<u8>) {
@@ -693,9 +704,17 @@ mod tests {
             .find_map(|l| l.strip_prefix("pid "))
             .unwrap()
             .to_owned();
-        // Killed with its group (reaped by init, so it is gone from /proc shortly after).
+        // Killed with its group: gone from /proc once reaped, a zombie until then (where
+        // nothing reaps orphans, it stays one).
+        let alive = |pid: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // The state follows the command name in parentheses.
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            })
+        };
         let gone = Instant::now();
-        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        while alive(&pid) {
             assert!(
                 gone.elapsed() < Duration::from_secs(5),
                 "`sleep 30` ({pid}) outlived its task"

@@ -57,6 +57,15 @@ impl CommentThread {
         .map_or(&[], Vec::as_slice)
     }
 
+    /// Whether `listed` is the last page: Bitbucket says so by leaving out `next` (it may
+    /// cut pages shorter than asked); GitHub and GitLab by a page shorter than asked.
+    fn last_page(&self, listed: &Value) -> bool {
+        match self.shape {
+            Shape::Body => self.items(listed).len() < PAGE_SIZE,
+            Shape::ContentRaw => listed.get("next").is_none_or(Value::is_null),
+        }
+    }
+
     /// The id of the first comment carrying our marker.
     fn find(&self, listed: &Value) -> Option<u64> {
         self.items(listed).iter().find_map(|c| {
@@ -95,7 +104,7 @@ impl CommentThread {
                 return;
             };
             found = self.find(&listed);
-            if found.is_some() || self.items(&listed).len() < PAGE_SIZE {
+            if found.is_some() || self.last_page(&listed) {
                 break;
             }
             if page == MAX_PAGES {
