@@ -1400,20 +1400,12 @@ mod tests {
 
     use super::*;
 
-    /// A worker taken for failed has its unacknowledged jobs abandoned (their tasks run
-    /// elsewhere) and never resent: the hub records how far they go, which its next `Welcome`
-    /// says, so that the worker takes the jobs numbered after them (see the worker's
-    /// `a_worker_back_from_failed_takes_the_jobs_after_the_abandoned_ones`).
-    #[tokio::test]
-    async fn a_failed_workers_abandoned_jobs_are_void_when_it_comes_back() {
-        let (out, _out_rx) = mpsc::unbounded_channel();
-        let mut hub = HubLoop {
+    /// A hub loop with no workers and `timing`, and what it hands the publishing task.
+    fn test_hub(timing: Timing) -> (HubLoop, mpsc::UnboundedReceiver<Out>) {
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let hub = HubLoop {
             out,
-            timing: Timing {
-                heartbeat_interval: Duration::from_secs(1),
-                heartbeat_timeout: Duration::ZERO,
-                reconnect_grace: Duration::ZERO,
-            },
+            timing,
             workers: HashMap::new(),
             applied_results: HashSet::new(),
             counters: Arc::new(Counters::default()),
@@ -1422,6 +1414,20 @@ mod tests {
             max_frame: DEFAULT_MAX_FRAME,
             closing: false,
         };
+        (hub, out_rx)
+    }
+
+    /// A worker taken for failed has its unacknowledged jobs abandoned (their tasks run
+    /// elsewhere) and never resent: the hub records how far they go, which its next `Welcome`
+    /// says, so that the worker takes the jobs numbered after them (see the worker's
+    /// `a_worker_back_from_failed_takes_the_jobs_after_the_abandoned_ones`).
+    #[tokio::test]
+    async fn a_failed_workers_abandoned_jobs_are_void_when_it_comes_back() {
+        let (mut hub, _out_rx) = test_hub(Timing {
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::ZERO,
+            reconnect_grace: Duration::ZERO,
+        });
         let w1 = WorkerId::from("w1");
         let hello = |hub: &mut HubLoop, jobs_received| {
             hub.hello(
@@ -1465,18 +1471,7 @@ mod tests {
     /// (late, or from a twin still running) is refused, not taken for a newer process.
     #[tokio::test]
     async fn a_replaced_incarnation_does_not_take_its_id_back() {
-        let (out, _out_rx) = mpsc::unbounded_channel();
-        let mut hub = HubLoop {
-            out,
-            timing: Timing::default(),
-            workers: HashMap::new(),
-            applied_results: HashSet::new(),
-            counters: Arc::new(Counters::default()),
-            next_request: 0,
-            hub: 7,
-            max_frame: DEFAULT_MAX_FRAME,
-            closing: false,
-        };
+        let (mut hub, _out_rx) = test_hub(Timing::default());
         let w1 = WorkerId::from("w1");
         let hello = |hub: &mut HubLoop, incarnation| {
             hub.hello(
@@ -1506,18 +1501,7 @@ mod tests {
     /// the bus, where it would have turned the cancelled task into a passed one.
     #[tokio::test]
     async fn results_after_the_jobs_were_abandoned_at_the_end_of_a_run_are_dropped() {
-        let (out, mut out_rx) = mpsc::unbounded_channel();
-        let mut hub = HubLoop {
-            out,
-            timing: Timing::default(),
-            workers: HashMap::new(),
-            applied_results: HashSet::new(),
-            counters: Arc::new(Counters::default()),
-            next_request: 0,
-            hub: 7,
-            max_frame: DEFAULT_MAX_FRAME,
-            closing: false,
-        };
+        let (mut hub, mut out_rx) = test_hub(Timing::default());
         let w1 = WorkerId::from("w1");
         hub.hello(
             w1.clone(),

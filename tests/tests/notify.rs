@@ -569,23 +569,7 @@ async fn jira_creates_an_issue_when_no_open_issue_has_the_fingerprint() {
         .expect(1)
         .mount(&server)
         .await;
-    logs();
-    let mut c = cfg.clone();
-    c["group"] = json!({ "group_wait_ms": 0, "group_interval_ms": 1 });
-    let mut plugin = NotifyPlugin::new();
-    let stats = plugin.stats_handle();
-    let mut ctx = PluginContext::detached("notify", c);
-    plugin.on_start(&mut ctx).await.unwrap();
-    plugin.on_event(&mut ctx, &timeout_failure()).await.unwrap();
-    wait_until(|| stats.get("jira").is_some_and(|s| s.ok == 1)).await;
-    plugin
-        .on_event(
-            &mut ctx,
-            &task_failed("t2", "TimeoutError", "timed out after 31s", "w9"),
-        )
-        .await
-        .unwrap();
-    plugin.on_shutdown(&mut ctx).await.unwrap();
+    let stats = the_same_failure_twice(&cfg).await;
     let s = stats.get("jira").unwrap();
     assert_eq!((s.ok, s.failed), (2, 0));
 }
@@ -632,6 +616,14 @@ async fn jira_creates_a_new_issue_when_the_one_it_created_was_resolved() {
         .expect(0)
         .mount(&server)
         .await;
+    let stats = the_same_failure_twice(&cfg).await;
+    server.verify().await;
+    let s = stats.get("jira").unwrap();
+    assert_eq!((s.ok, s.failed), (2, 0));
+}
+
+/// Two failures with the same error, the second once the first was delivered to JIRA.
+async fn the_same_failure_twice(cfg: &Value) -> NotifyStats {
     logs();
     let mut c = cfg.clone();
     c["group"] = json!({ "group_wait_ms": 0, "group_interval_ms": 1 });
@@ -649,9 +641,7 @@ async fn jira_creates_a_new_issue_when_the_one_it_created_was_resolved() {
         .await
         .unwrap();
     plugin.on_shutdown(&mut ctx).await.unwrap();
-    server.verify().await;
-    let s = stats.get("jira").unwrap();
-    assert_eq!((s.ok, s.failed), (2, 0));
+    stats
 }
 
 async fn wait_until(f: impl Fn() -> bool) {
