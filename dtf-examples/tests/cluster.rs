@@ -162,6 +162,25 @@ fn worker(dir: &Path, addr: &str, ca: &Path, id: &str, extra: &[&str]) -> Proc {
     )
 }
 
+/// Lets the run's task end (`done`), then checks that the coordinator and `node` (which logs
+/// to `node_log`) exit 0 and that the node was never refused. Returns the coordinator's log.
+fn end_the_run(
+    dir: &Path,
+    done: &Path,
+    coord: &mut Child,
+    node: &mut Child,
+    node_log: &Path,
+) -> String {
+    std::fs::write(done, "").unwrap();
+    let code = wait(coord, Duration::from_secs(60));
+    let clog = log(dir, "coordinator.log");
+    assert_eq!(code, Some(0), "{}\n{clog}", log(dir, "coordinator.out"));
+    let nlog = || std::fs::read_to_string(node_log).unwrap_or_default();
+    assert_eq!(wait(node, Duration::from_secs(10)), Some(0), "{}", nlog());
+    assert!(!nlog().contains("refused"), "{}", nlog());
+    clog
+}
+
 /// Waits for `child` up to `limit`, killing it after.
 fn wait(child: &mut Child, limit: Duration) -> Option<i32> {
     let start = Instant::now();
@@ -952,17 +971,7 @@ fn a_publisher_and_a_worker_with_the_same_id_are_refused_and_told_why() {
     );
 
     // The worker that held its id first is still serving: the run ends normally for it.
-    std::fs::write(&done, "").unwrap();
-    let code = wait(&mut coord, Duration::from_secs(60));
-    let clog = log(&dir, "coordinator.log");
-    assert_eq!(code, Some(0), "{}\n{clog}", log(&dir, "coordinator.out"));
-    assert_eq!(
-        wait(&mut w, Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        log(&dir, "node-w.log")
-    );
-    assert!(!log(&dir, "node-w.log").contains("refused"));
+    end_the_run(&dir, &done, &mut coord, &mut w, &dir.join("node-w.log"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1057,17 +1066,13 @@ fn the_older_of_two_workers_with_one_id_is_told_to_stop() {
         "{olog}"
     );
     // The newer one serves the run to its end.
-    std::fs::write(&done, "").unwrap();
-    let code = wait(&mut coord, Duration::from_secs(60));
-    let clog = log(&dir, "coordinator.log");
-    assert_eq!(code, Some(0), "{}\n{clog}", log(&dir, "coordinator.out"));
-    assert_eq!(
-        wait(&mut newer, Duration::from_secs(10)),
-        Some(0),
-        "{}",
-        log(&newer_dir, "twin.log")
+    end_the_run(
+        &dir,
+        &done,
+        &mut coord,
+        &mut newer,
+        &newer_dir.join("twin.log"),
     );
-    assert!(!log(&newer_dir, "twin.log").contains("refused"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
