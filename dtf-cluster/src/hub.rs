@@ -485,6 +485,17 @@ struct Pending {
 }
 
 impl RemoteWorker {
+    /// Abandons its jobs: results of those it runs are dropped when they come, and those it
+    /// never acknowledged are not resent (their tasks are re-queued or cancelled). Should it
+    /// come back, it is told to number its next job after them, or it would wait for them and
+    /// take no job again.
+    fn abandon_jobs(&mut self) {
+        self.abandoned
+            .extend(self.running.drain().map(|(seq, _)| seq));
+        self.unacked.clear();
+        self.jobs_void_upto = self.next_job;
+    }
+
     fn new(incarnation: u64, group: String) -> Self {
         Self {
             incarnation,
@@ -1292,9 +1303,7 @@ impl HubLoop {
                 continue;
             }
             tracing::info!(worker = %id, jobs = w.running.len(), "the run is ending; its jobs are abandoned");
-            w.abandoned.extend(w.running.drain().map(|(seq, _)| seq));
-            w.unacked.clear();
-            w.jobs_void_upto = w.next_job;
+            w.abandon_jobs();
         }
     }
 
@@ -1333,12 +1342,7 @@ impl HubLoop {
                             "the plugin host `{id}` failed before it answered"
                         ))));
                     }
-                    w.abandoned.extend(w.running.drain().map(|(seq, _)| seq));
-                    // Jobs it never acknowledged are not resent (their tasks run elsewhere):
-                    // should it come back, it is told to number its next job after them, or
-                    // it would wait for them and take no job again.
-                    w.unacked.clear();
-                    w.jobs_void_upto = w.next_job;
+                    w.abandon_jobs();
                     // A hosted plugin's proxy learns it failed; its events stay queued here
                     // and are resent when the host is back.
                     for queue in w.deliveries.values_mut() {

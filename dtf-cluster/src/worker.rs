@@ -375,8 +375,9 @@ impl JobCursor {
         next
     }
 
-    /// Jobs up to `void_upto` will never come (`Welcome::jobs_void_upto`: abandoned while the
-    /// coordinator took this node for failed): the next job is numbered after them.
+    /// Jobs up to `void_upto` will never come (`Welcome::jobs_void_upto`: abandoned when the
+    /// coordinator took this node for failed, or as the run ended): the next job is numbered
+    /// after them.
     fn skip_to(&mut self, void_upto: u64) {
         self.0 = self.0.max(void_upto);
     }

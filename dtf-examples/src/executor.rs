@@ -511,6 +511,8 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
         }
         Ok(Ok(status)) => status,
     };
+    // The attempt's time ends with its shell, not with the wait for what it left behind.
+    let duration = started.elapsed();
     let left_behind = !read_all
         && tokio::time::timeout(LEFT_BEHIND_GRACE, &mut reading)
             .await
@@ -526,13 +528,7 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
         guard.disarm();
     }
     drop(reading);
-    let out = std::process::Output {
-        status,
-        stdout,
-        stderr,
-    };
-    let duration = started.elapsed();
-    let mut output = joined(&out.stdout, &out.stderr);
+    let mut output = joined(&stdout, &stderr);
     if left_behind {
         output.push_str(if killed {
             LEFT_BEHIND_NOTE
@@ -541,7 +537,7 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
         });
     }
     let output = keep_tail(output, OUTPUT_LIMIT);
-    let stderr_line = String::from_utf8_lossy(&out.stderr)
+    let stderr_line = String::from_utf8_lossy(&stderr)
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
@@ -549,7 +545,7 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
         .trim()
         .to_owned();
     use std::os::unix::process::ExitStatusExt as _;
-    match (out.status.code(), out.status.signal()) {
+    match (status.code(), status.signal()) {
         (Some(0), _) => JobResult::Passed { duration, output },
         (Some(127), _) => JobResult::Failed {
             kind: "CommandNotFound".to_owned(),
