@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dtf_plugin_core::Bus;
-use dtf_plugin_core::event::{Capabilities, Event, EventKind, TaskId, WorkerId};
+use dtf_plugin_core::event::{Capabilities, Event, EventKind, EventMeta, TaskId, WorkerId};
 use ractor::{Actor, ActorRef};
 use ractor_cluster::NodeServerMessage;
 use tokio::sync::{mpsc, oneshot};
@@ -549,8 +549,9 @@ impl RemoteWorker {
 enum Out {
     /// One event for the bus.
     One(EventKind),
-    /// A remote publisher's events, published together.
-    Batch(Vec<EventKind>),
+    /// A remote publisher's events, published together under its source (`remote:` and its
+    /// id, [`EventMeta::remote_publisher`]).
+    Batch(Arc<str>, Vec<EventKind>),
     /// Tell the node with this group that its events up to here are applied: sent after
     /// everything before it is on the bus.
     Ack(String, u64),
@@ -586,8 +587,8 @@ async fn publish_in_order(
                     tracing::warn!(error = %e, "the bus refused a cluster event");
                 }
             }
-            Out::Batch(kinds) => {
-                if let Err(e) = bus.publish_batch(kinds).await {
+            Out::Batch(source, kinds) => {
+                if let Err(e) = bus.with_source(&source).publish_batch(kinds).await {
                     refused = true;
                     tracing::warn!(error = %e, "the bus refused a remote publisher's events");
                 }
@@ -966,7 +967,8 @@ impl HubLoop {
                 self.counters
                     .applied
                     .fetch_add(fresh.len() as u64, Ordering::Relaxed);
-                let _ = self.out.send(Out::Batch(fresh));
+                let source = format!("{}{worker}", EventMeta::REMOTE_SOURCE_PREFIX);
+                let _ = self.out.send(Out::Batch(source.into(), fresh));
             }
             WorkerFrame::Event { seq, job, kind } => {
                 if seq <= w.applied {
@@ -1596,13 +1598,15 @@ mod tests {
             notes.recv().await.unwrap();
         };
 
-        out.send(Out::Batch(events(2))).unwrap();
+        out.send(Out::Batch("remote:publisher".into(), events(2)))
+            .unwrap();
         out.send(Out::Ack("publisher".to_owned(), 2)).unwrap();
         handled(&out).await;
         assert_eq!(*acks.lock().unwrap(), [("publisher".to_owned(), 2)]);
 
         manager.shutdown(ShutdownReason::Completed).await;
-        out.send(Out::Batch(events(2))).unwrap();
+        out.send(Out::Batch("remote:publisher".into(), events(2)))
+            .unwrap();
         out.send(Out::Ack("publisher".to_owned(), 4)).unwrap();
         out.send(Out::One(EventKind::worker_failed("w", "gone")))
             .unwrap();

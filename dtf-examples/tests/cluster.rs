@@ -1167,7 +1167,8 @@ fn a_remote_publisher_lands_every_event_once_in_order_across_cuts() {
     let dir = temp_dir("publish");
     let pki = make_pki(&dir, "ok");
     let done = dir.join("done");
-    // One local task that keeps the run open until the test is done publishing.
+    // One local task that keeps the run open until the test is done publishing, and a second
+    // worker, idle: a task a publisher creates must not be placed on it.
     task_waiting_for(&dir, &done);
     let local_log = dir.join("local.jsonl");
     let coord_toml = dir.join("coordinator.toml");
@@ -1179,7 +1180,7 @@ fn a_remote_publisher_lands_every_event_once_in_order_across_cuts() {
         &pki,
         &[
             "--workers",
-            "1",
+            "2",
             "--heartbeat-timeout",
             "1",
             "--config",
@@ -1272,7 +1273,10 @@ fn a_remote_publisher_lands_every_event_once_in_order_across_cuts() {
             .build(),
     ))
     .unwrap();
-    writeln!(stdin, "{}\n{measured}\n{huge}", line(n + 1)).unwrap();
+    // The harness runs its task itself: the coordinator's idle worker must not get it.
+    let created =
+        serde_json::to_string(&EventKind::task_created("remote-measure", "harness")).unwrap();
+    writeln!(stdin, "{}\n{created}\n{measured}\n{huge}", line(n + 1)).unwrap();
     drop(stdin);
     assert_eq!(wait(&mut r, Duration::from_secs(60)), Some(1));
     let rlog = log(&dir, "publisher-pub-3.log");
@@ -1304,10 +1308,16 @@ fn a_remote_publisher_lands_every_event_once_in_order_across_cuts() {
         .find(|l| l.contains("cluster delivery"))
         .unwrap_or_default();
     eprintln!("{stats}");
-    assert!(stats.contains(&format!("applied={}", n + 3)), "{stats}");
+    assert!(stats.contains(&format!("applied={}", n + 4)), "{stats}");
+    assert!(
+        !local
+            .lines()
+            .any(|l| l.contains("task_assigned") && l.contains("remote-measure")),
+        "a publisher's task was placed on the coordinator's worker\n{local}"
+    );
     let measured = local
         .lines()
-        .find(|l| l.contains("remote-measure"))
+        .find(|l| l.contains("remote-measure") && l.contains("task_completed"))
         .unwrap_or_else(|| panic!("the measured task's event is not in the log\n{clog}"));
     let v: serde_json::Value = serde_json::from_str(measured).unwrap();
     assert_eq!(

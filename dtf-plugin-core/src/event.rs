@@ -77,7 +77,29 @@ pub struct EventMeta {
     /// is not ordered across concurrent publishers.
     pub time: SystemTime,
     /// Who published it: the name given to the [`crate::Bus`] handle, or a plugin's name.
+    /// A remote publisher's events (`dtf-cluster`) carry `remote:` and its id
+    /// ([`EventMeta::remote_publisher`]).
     pub source: Arc<str>,
+}
+
+impl EventMeta {
+    /// What the source of a remote publisher's event starts with; its id follows.
+    pub const REMOTE_SOURCE_PREFIX: &'static str = "remote:";
+
+    /// The id of the remote publisher that published this event, if one did (its source is
+    /// [`REMOTE_SOURCE_PREFIX`](Self::REMOTE_SOURCE_PREFIX) and the id). Such an event is
+    /// about the publisher's own tests and machines (a harness on another host), not the
+    /// coordinator's: the scheduler, for one, never places a task it creates.
+    ///
+    /// ```
+    /// # use dtf_plugin_core::EventMeta;
+    /// # use std::time::SystemTime;
+    /// let meta = EventMeta { seq: 1, time: SystemTime::now(), source: "remote:harness-7".into() };
+    /// assert_eq!(meta.remote_publisher(), Some("harness-7"));
+    /// ```
+    pub fn remote_publisher(&self) -> Option<&str> {
+        self.source.strip_prefix(Self::REMOTE_SOURCE_PREFIX)
+    }
 }
 
 macro_rules! id_type {

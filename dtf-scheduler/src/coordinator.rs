@@ -1,5 +1,6 @@
 //! [`SchedulingCoordinator`]: the engine as a plugin on the bus.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -29,7 +30,11 @@ use crate::registry::Registry;
 ///   `WorkerFailed` or `WorkerRecovered`.
 ///
 /// A retryable `TaskFailed` queues the task again; a non-retryable one, a `TaskCompleted` or
-/// a `TaskCancelled` forgets it. Its configuration is a [`SchedulerConfig`]; an unknown
+/// a `TaskCancelled` forgets it. Events of remote publishers
+/// ([`EventMeta::remote_publisher`](dtf_plugin_core::EventMeta::remote_publisher)) are
+/// ignored: their tasks and workers are a harness's on another machine, which runs them
+/// itself, so none of its tasks is ever placed on the coordinator's workers and none of its
+/// workers gets one (the first such task of each publisher is logged once). Its configuration is a [`SchedulerConfig`]; an unknown
 /// scheduler name or a bad value fails `on_start`. Time is taken from the events' timestamps.
 /// Its state lives in the instance: after a restart it starts empty.
 pub struct SchedulingCoordinator {
@@ -39,6 +44,8 @@ pub struct SchedulingCoordinator {
     now: Duration,
     /// When the wake-up asked for by a held retry fires (engine time), if one is pending.
     wake_at: Option<Duration>,
+    /// Remote publishers whose tasks were logged as not scheduled (once each).
+    remote_told: HashSet<String>,
 }
 
 impl std::fmt::Debug for SchedulingCoordinator {
@@ -72,6 +79,7 @@ impl SchedulingCoordinator {
             epoch: None,
             now: Duration::ZERO,
             wake_at: None,
+            remote_told: HashSet::new(),
         }
     }
 
@@ -196,6 +204,17 @@ impl Plugin for SchedulingCoordinator {
             return Ok(());
         } else if matches!(event.kind, EventKind::Custom(_)) {
             return Ok(());
+        } else if let Some(publisher) = event.meta.remote_publisher() {
+            // A harness elsewhere runs its own tests on its own machines.
+            if matches!(event.kind, EventKind::TaskCreated(_))
+                && self.remote_told.insert(publisher.to_owned())
+            {
+                tracing::info!(
+                    publisher,
+                    "tasks created by a remote publisher are not scheduled: its harness runs them"
+                );
+            }
+            return Ok(());
         }
         let now = self.tick(event.meta.time);
         let seq = event.meta.seq;
@@ -250,6 +269,7 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     use dtf_plugin_core::EventMeta;
+    use dtf_plugin_core::event::TaskId;
 
     use super::*;
 
@@ -308,5 +328,49 @@ mod tests {
         own.meta.source = SchedulingCoordinator::NAME.into();
         c.on_event(&mut ctx, &own).await.unwrap();
         assert_eq!(c.engine.as_ref().unwrap().running(), 1);
+    }
+
+    /// A remote publisher's tasks and workers are its harness's: a task it creates is never
+    /// placed (it held a slot of the coordinator's worker until the harness reported the
+    /// test's end, forever if the harness died), and a worker it registers gets no task.
+    #[tokio::test]
+    async fn a_remote_publishers_tasks_and_workers_are_not_scheduled() {
+        let mut ctx = PluginContext::detached(SchedulingCoordinator::NAME, serde_json::Value::Null);
+        let mut c = SchedulingCoordinator::new();
+        c.on_start(&mut ctx).await.unwrap();
+        let remote = |seq: u64, kind: EventKind| {
+            let mut e = event(seq, seq, kind);
+            e.meta.source = "remote:harness-7".into();
+            e
+        };
+        let slots = |n| Capabilities::builder().slots(n).build();
+        let events = [
+            event(1, 1, EventKind::worker_registered("w", slots(1))),
+            remote(2, EventKind::worker_registered("device-3", slots(4))),
+            remote(3, EventKind::task_created("harness/t1", "a")),
+            remote(4, EventKind::task_created("harness/t2", "a")),
+            event(5, 5, EventKind::task_created("t1", "a")),
+            event(6, 6, EventKind::task_created("t2", "a")),
+        ];
+        for e in &events {
+            c.on_event(&mut ctx, e).await.unwrap();
+        }
+        let engine = c.engine.as_ref().unwrap();
+        assert_eq!(engine.workers().count(), 1, "only the coordinator's worker");
+        assert!(engine.task(&TaskId::from("harness/t1")).is_none());
+        // The coordinator's own tasks: one runs on its one slot, the other waits for it.
+        assert_eq!((engine.running(), engine.waiting()), (1, 1));
+        assert!(engine.task(&TaskId::from("t1")).is_some());
+        // The harness's result for its own task changes nothing here either.
+        let done = EventKind::task_completed(
+            "harness/t1",
+            "device-3",
+            TaskOutcome::Passed,
+            Duration::from_secs(1),
+        );
+        c.on_event(&mut ctx, &remote(7, done)).await.unwrap();
+        let engine = c.engine.as_ref().unwrap();
+        assert_eq!((engine.running(), engine.waiting()), (1, 1));
+        assert_eq!(c.remote_told.len(), 1, "told once per publisher");
     }
 }
