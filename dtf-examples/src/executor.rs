@@ -470,7 +470,7 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
     };
     let mut child = child;
     let mut guard = GroupGuard::new(child.id());
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let (mut stdout, mut stderr) = (Tail::default(), Tail::default());
     let (out_pipe, err_pipe) = (child.stdout.take(), child.stderr.take());
     // Boxed so that dropping it ends its borrows of the two buffers.
     let mut reading = Box::pin(async {
@@ -497,7 +497,7 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
             return JobResult::Failed {
                 kind: "Timeout".to_owned(),
                 message: format!("no exit within {:.3}s: `{command}`", timeout.as_secs_f64()),
-                output: keep_tail(joined(&stdout, &stderr), OUTPUT_LIMIT),
+                output: joined(stdout, stderr, ""),
                 retry_helps: true,
             };
         }
@@ -528,22 +528,19 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
         guard.disarm();
     }
     drop(reading);
-    let mut output = joined(&stdout, &stderr);
-    if left_behind {
-        output.push_str(if killed {
-            LEFT_BEHIND_NOTE
-        } else {
-            ESCAPED_NOTE
-        });
-    }
-    let output = keep_tail(output, OUTPUT_LIMIT);
-    let stderr_line = String::from_utf8_lossy(&stderr)
+    let stderr_line = String::from_utf8_lossy(&stderr.buf)
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or_default()
         .trim()
         .to_owned();
+    let note = match (left_behind, killed) {
+        (false, _) => "",
+        (true, true) => LEFT_BEHIND_NOTE,
+        (true, false) => ESCAPED_NOTE,
+    };
+    let output = joined(stdout, stderr, note);
     use std::os::unix::process::ExitStatusExt as _;
     match (status.code(), status.signal()) {
         (Some(0), _) => JobResult::Passed { duration, output },
@@ -595,33 +592,63 @@ const LEFT_BEHIND_NOTE: &str = "\n[dtf: processes the task left running still he
 /// (`setsid`) and still held its output after the group was killed.
 const ESCAPED_NOTE: &str = "\n[dtf: processes the task left running still held its output when it exited; they had left its process group and were not killed]\n";
 
-/// Reads `pipe` to its end into `buf` (what was read stays in `buf` if this is dropped).
-async fn drain(pipe: Option<impl tokio::io::AsyncRead + Unpin>, buf: &mut Vec<u8>) {
+/// Reads `pipe` to its end into `tail` (what was read stays there if this is dropped).
+async fn drain(pipe: Option<impl tokio::io::AsyncRead + Unpin>, tail: &mut Tail) {
     use tokio::io::AsyncReadExt as _;
     let Some(mut pipe) = pipe else { return };
     let mut chunk = [0u8; 8192];
     while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
-        buf.extend_from_slice(&chunk[..n]);
+        tail.push(&chunk[..n]);
     }
 }
 
-/// stdout then stderr, as text.
-fn joined(stdout: &[u8], stderr: &[u8]) -> String {
-    let mut output = String::from_utf8_lossy(stdout).into_owned();
-    output.push_str(&String::from_utf8_lossy(stderr));
-    output
+/// The end of one output stream, at most `2 ×` [`OUTPUT_LIMIT`] bytes in memory however much
+/// the task writes (a test that logs gigabytes must not take the worker's memory with it), and
+/// how many bytes before it were let go.
+#[derive(Debug, Default)]
+struct Tail {
+    buf: Vec<u8>,
+    cut: usize,
 }
 
-/// The last `limit` bytes of `s` (cut on a character boundary), marked when cut.
-fn keep_tail(s: String, limit: usize) -> String {
-    if s.len() <= limit {
-        return s;
+impl Tail {
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= 2 * OUTPUT_LIMIT {
+            self.trim(OUTPUT_LIMIT);
+        }
     }
-    let mut start = s.len() - limit;
-    while !s.is_char_boundary(start) {
-        start += 1;
+
+    /// Keeps at most the last `limit` bytes, starting on a UTF-8 character boundary when the
+    /// text is UTF-8 (a continuation byte never starts it; at most 3 are skipped).
+    fn trim(&mut self, limit: usize) {
+        let Some(mut start) = self.buf.len().checked_sub(limit) else {
+            return;
+        };
+        let end = (start + 3).min(self.buf.len());
+        while start < end && self.buf[start] & 0xC0 == 0x80 {
+            start += 1;
+        }
+        self.buf.drain(..start);
+        self.cut += start;
     }
-    format!("[… {start} bytes cut]\n{}", &s[start..])
+}
+
+/// stdout then stderr then `note`, as text: the last [`OUTPUT_LIMIT`] bytes of it, marked
+/// with how many bytes before them were cut.
+fn joined(mut stdout: Tail, mut stderr: Tail, note: &str) -> String {
+    let limit = OUTPUT_LIMIT.saturating_sub(note.len());
+    stderr.trim(limit);
+    stdout.trim(limit - stderr.buf.len().min(limit));
+    let cut = stdout.cut + stderr.cut;
+    let mut output = String::from_utf8_lossy(&stdout.buf).into_owned();
+    output.push_str(&String::from_utf8_lossy(&stderr.buf));
+    output.push_str(note);
+    if cut == 0 {
+        output
+    } else {
+        format!("[… {cut} bytes cut]\n{output}")
+    }
 }
 
 #[cfg(test)]
@@ -791,8 +818,45 @@ mod tests {
 
     #[test]
     fn keeps_the_tail_of_long_output() {
-        let s = "é".repeat(10);
-        let t = keep_tail(s, 5);
-        assert!(t.starts_with("[… ") && t.ends_with("éé"), "{t}");
+        let mut t = Tail::default();
+        t.push("é".repeat(10).as_bytes());
+        t.trim(5);
+        // Two whole characters: the cut does not start inside one.
+        assert_eq!(
+            (t.cut, String::from_utf8(t.buf).unwrap()),
+            (16, "éé".to_owned())
+        );
+    }
+
+    /// A task's output is read as it comes, and only its end is kept: memory stays bounded
+    /// however much it writes (it was all kept until the task ended, then cut), and the cut
+    /// says how much went.
+    #[tokio::test]
+    async fn a_task_that_writes_megabytes_keeps_only_the_end_in_memory() {
+        let mut stdout = Tail::default();
+        let block = [b'x'; 1000];
+        for _ in 0..10_000 {
+            stdout.push(&block);
+            assert!(stdout.buf.len() < 2 * OUTPUT_LIMIT);
+        }
+        assert_eq!(stdout.cut + stdout.buf.len(), 10_000_000);
+
+        let command = "head -c 3000000 /dev/zero | tr '\\0' a; echo; echo last words >&2; exit 3";
+        let result = run_shell(command, &job(command, 10_000, 1), Duration::from_secs(10)).await;
+        let JobResult::Failed {
+            output,
+            kind,
+            message,
+            ..
+        } = result
+        else {
+            panic!("{result:?}")
+        };
+        assert_eq!(kind, "ExitCode(3)");
+        assert!(message.ends_with("last words"), "{message}");
+        let header = format!("[… {} bytes cut]\n", 3_000_001 + 11 - OUTPUT_LIMIT);
+        assert!(output.starts_with(&header), "{}", &output[..60]);
+        assert_eq!(output.len(), header.len() + OUTPUT_LIMIT);
+        assert!(output.ends_with("aaaa\nlast words\n"));
     }
 }
