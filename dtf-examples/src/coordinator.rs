@@ -18,7 +18,7 @@ use dtf_plugin_core::config::{
 use dtf_plugin_core::event::{TaskCreated, TaskId, WorkerId};
 use dtf_plugin_core::external::{self, Reloader};
 use dtf_plugin_core::prelude::*;
-use dtf_plugin_core::registry::{PluginRegistry, RegistryEntry, did_you_mean};
+use dtf_plugin_core::registry::{PluginRegistry, PluginSource, RegistryEntry, did_you_mean};
 use dtf_plugins_ci::{
     CiReporter, ReportFile, ReportFiles, ReporterConfig, RunResult, TaskReporter,
     TaskReporterHandle, TaskSummary,
@@ -639,6 +639,13 @@ impl Coordinator {
         // while the run goes on, without losing events (`PluginManager::replace`).
         let reloader = (!loaded.plugin_dirs.is_empty()).then(|| {
             let mut r = Reloader::new(loaded.plugin_dirs.clone());
+            // A manifest named like a built-in was refused at start; it must not replace or
+            // remove the built-in later either.
+            for entry in registry.iter() {
+                if matches!(entry.plugin_source(), PluginSource::BuiltIn { .. }) {
+                    r = r.reserved(entry.name());
+                }
+            }
             for name in loaded.config.configured_plugins() {
                 if let Some(settings) = loaded.config.plugin_settings(name) {
                     r = r.settings(name, settings);

@@ -197,7 +197,8 @@ impl RepoClientBuilder {
     }
 
     /// Names of plugins this program provides itself (built-in plugins), which satisfy
-    /// `requires` without an install. Default: none.
+    /// `requires` without an install and are never installed from an index
+    /// ([`RepoError::BuiltIn`]). Default: none.
     pub fn provided(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.provided.extend(names.into_iter().map(Into::into));
         self
@@ -602,6 +603,11 @@ impl RepoClient {
         plan: &mut Vec<Planned>,
         visiting: &mut BTreeSet<String>,
     ) -> Result<(), RepoError> {
+        if self.provided.contains(name) {
+            return Err(RepoError::BuiltIn {
+                name: name.to_owned(),
+            });
+        }
         let (s, entry) = choose(snapshots, name, wanted)?;
         if !visiting.insert(name.to_owned()) {
             return Ok(()); // a requirement cycle: the first visit installs it

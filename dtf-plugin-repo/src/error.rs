@@ -154,6 +154,15 @@ pub enum RepoError {
         /// The offending entry and why.
         reason: String,
     },
+    /// An index lists a plugin under the name of one this program has built in: installed, it
+    /// would not load (two plugins cannot share a name), or would shadow the built-in.
+    #[error(
+        "install plugin `{name}`: a built-in plugin has that name; an installed one could not load next to it"
+    )]
+    BuiltIn {
+        /// The plugin.
+        name: String,
+    },
     /// The unpacked plugin is not a valid plugin folder (no or bad `plugin.toml`, or one that
     /// does not match the index entry).
     #[error("check plugin `{name}`: {reason}")]

@@ -1076,3 +1076,60 @@ async fn a_descendant_that_called_setsid_does_not_outlive_the_plugin() {
     let gone = common::eventually(Duration::from_secs(5), || !runs(&child)).await;
     assert!(gone, "the plugin's setsid child outlived it");
 }
+
+/// A manifest named like a plugin that is not from the directories never replaces or removes
+/// it: a built-in named with `reserved`, taken at start (before, a folder named like the
+/// run's `scheduler` was taken as running, and deleting it removed the scheduler), and an
+/// in-process plugin a new manifest's `add` found under its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_never_removes_a_plugin_that_is_not_from_the_directories() {
+    let dir = temp_dir("reload-builtin");
+    write_plugin(&dir, "builtin", "", &[]);
+    let (builtin, _) = RecordingPlugin::spec("builtin", Hook::Custom);
+    let (inproc, _) = RecordingPlugin::spec("inproc", Hook::Custom);
+    let manager = PluginManager::builder()
+        .spec(builtin)
+        .spec(inproc)
+        .spawn()
+        .await
+        .unwrap();
+    let names = async || -> Vec<String> {
+        let mut v: Vec<String> = manager
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        v.sort();
+        v
+    };
+    let mut reloader = Reloader::new(vec![dir.clone()]).reserved("builtin");
+    let first = reloader.poll(&manager).await;
+    assert!(
+        matches!(&first[..], [ReloadEvent::Failed { name: Some(n), error }]
+            if n == "builtin" && error.contains("a built-in plugin is named `builtin`")),
+        "{first:?}"
+    );
+    assert!(reloader.poll(&manager).await.is_empty(), "reported once");
+
+    // A new folder named like the in-process plugin: its add fails, once.
+    write_plugin(&dir, "inproc", "", &[]);
+    let added = reloader.poll(&manager).await;
+    assert!(
+        matches!(&added[..], [ReloadEvent::Failed { name: Some(n), .. }] if n == "inproc"),
+        "{added:?}"
+    );
+    assert!(
+        reloader.poll(&manager).await.is_empty(),
+        "not retried unchanged"
+    );
+
+    std::fs::remove_dir_all(dir.join("builtin")).unwrap();
+    std::fs::remove_dir_all(dir.join("inproc")).unwrap();
+    let gone = reloader.poll(&manager).await;
+    assert!(gone.is_empty(), "{gone:?}");
+    assert_eq!(names().await, ["builtin", "inproc"]);
+    manager.shutdown(ShutdownReason::Completed).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

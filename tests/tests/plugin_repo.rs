@@ -825,6 +825,16 @@ async fn unmet_requires_are_refused_before_download_and_met_ones_are_installed_f
     let provided = fx.client_with(&server.uri(), |b| b.provided(["base"]));
     assert_eq!(provided.install("app").await.unwrap().len(), 1);
     provided.remove("app").unwrap();
+    // ...and never installed from an index under the built-in's name (it could not load next
+    // to it, and hot reload would have taken it for the built-in).
+    fx.pack(&fx.plugin_src("base", "0.2.0", ""));
+    let err = provided.install("base").await.unwrap_err();
+    assert!(matches!(err, RepoError::BuiltIn { .. }), "{err}");
+    assert!(
+        err.to_string().contains("a built-in plugin has that name"),
+        "{err}"
+    );
+    fx.assert_not_installed("base");
 
     // In the index: installed first.
     fx.pack(&fx.plugin_src("base", "0.3.0", ""));

@@ -53,18 +53,29 @@ pub enum ReloadEvent {
 struct Known {
     manifest: Arc<Manifest>,
     fingerprint: u64,
+    /// Whether the manager's plugin of this name is this manifest's (taken as running at
+    /// start, or added or replaced by a poll). A manifest whose name another plugin holds (its
+    /// `add` failed) is remembered so that it is not retried every poll, but the other plugin
+    /// is never replaced or removed for it.
+    ours: bool,
 }
 
 /// Watches plugin directories and applies changes to a running manager: see the
 /// [module docs](super).
 ///
 /// The plugins present when the reloader is created are taken as already running (started
-/// from the configuration); only later changes are applied.
+/// from the configuration); only later changes are applied. A plugin the manager holds under
+/// the same name that is not from the directories (a built-in, named with
+/// [`reserved`](Self::reserved), or one a manifest's `add` found there) is never replaced or
+/// removed by a change in the directories.
 pub struct Reloader {
     dirs: Vec<PathBuf>,
     known: BTreeMap<String, Known>,
     settings: BTreeMap<String, PluginConfig>,
     disabled: BTreeSet<String>,
+    reserved: BTreeSet<String>,
+    /// Reserved names whose manifest was reported, once each.
+    refused: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -101,6 +112,7 @@ impl Reloader {
                     Known {
                         manifest: Arc::new(m),
                         fingerprint,
+                        ours: true,
                     },
                 )
             })
@@ -110,7 +122,18 @@ impl Reloader {
             known,
             settings: BTreeMap::new(),
             disabled: BTreeSet::new(),
+            reserved: BTreeSet::new(),
+            refused: BTreeSet::new(),
         }
+    }
+
+    /// Plugin `name` is not from the plugin directories (a built-in of the program): a
+    /// manifest with that name is reported once and ignored, and never replaces or removes it.
+    pub fn reserved(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.known.remove(&name);
+        self.reserved.insert(name);
+        self
     }
 
     /// A reloader over a configuration's `plugin_dirs`, giving plugins their configured
@@ -180,11 +203,23 @@ impl Reloader {
             if self.disabled.contains(&name) || !seen.insert(name.clone()) {
                 continue;
             }
+            if self.reserved.contains(&name) {
+                if self.refused.insert(name.clone()) {
+                    events.push(ReloadEvent::Failed {
+                        error: format!(
+                            "{}: a built-in plugin is named `{name}`; this manifest is ignored",
+                            m.path.display()
+                        ),
+                        name: Some(name),
+                    });
+                }
+                continue;
+            }
             let fp = fingerprint(&m);
             let m = Arc::new(m);
             match self.known.get(&name) {
                 Some(k) if k.fingerprint == fp => {}
-                Some(k) => {
+                Some(k) if k.ours => {
                     let same_hooks = k.manifest.hooks == m.hooks;
                     let r = if same_hooks {
                         match manager.replace(self.spec(&m)).await {
@@ -220,16 +255,21 @@ impl Reloader {
                             error: e.to_string(),
                         },
                     });
+                    // Replaced or not, the manager's plugin of this name is still this
+                    // manifest's (a failed replace keeps the old version running).
                     self.known.insert(
                         name,
                         Known {
                             manifest: m,
                             fingerprint: fp,
+                            ours: true,
                         },
                     );
                 }
-                None => {
+                // New, or taken by another plugin when last seen (tried again as it changed).
+                Some(_) | None => {
                     let r = manager.add(self.spec(&m)).await;
+                    let ours = r.is_ok();
                     events.push(match r {
                         Ok(()) => ReloadEvent::Loaded {
                             name: name.clone(),
@@ -245,6 +285,7 @@ impl Reloader {
                         Known {
                             manifest: m,
                             fingerprint: fp,
+                            ours,
                         },
                     );
                 }
@@ -257,7 +298,9 @@ impl Reloader {
             .map(|(n, _)| n.clone())
             .collect();
         for name in gone {
-            self.known.remove(&name);
+            if self.known.remove(&name).is_some_and(|k| !k.ours) {
+                continue; // the plugin of this name is another's
+            }
             events.push(match manager.remove(&name).await {
                 Ok(()) | Err(ManagerError::UnknownPlugin { .. }) => ReloadEvent::Unloaded { name },
                 Err(e) => ReloadEvent::Failed {
