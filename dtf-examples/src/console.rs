@@ -101,7 +101,14 @@ impl std::fmt::Debug for CoordinatorCatalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CoordinatorCatalog")
             .field("installed", &self.installed.len())
-            .field("indexes", &self.indexes)
+            .field(
+                "indexes",
+                &self
+                    .indexes
+                    .iter()
+                    .map(|i| dtf_plugin_repo::redact_location(i))
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }

@@ -210,7 +210,7 @@ pub async fn run_split(
 fn client(common: Common, target: Option<Target>) -> Result<RepoClient, RepoError> {
     let mut settings = match &common.config {
         Some(path) => RegistrySettings::load(path)?,
-        None => RegistrySettings::default(),
+        None => RegistrySettings::from_env()?,
     };
     if !common.indexes.is_empty() {
         settings.indexes = common.indexes;

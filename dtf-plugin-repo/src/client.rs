@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use dtf_plugin_core::external::{MANIFEST_FILE, Manifest};
 
 use crate::archive::{self, Limits};
-use crate::fetch::{self, hex, redact};
+use crate::fetch::{self, hex, redact, redact_location};
 use crate::index::{Artifact, INDEX_FILE, Index, IndexEntry, MAX_INDEX_SIZE};
 use crate::lock::{LockFile, LockedPlugin};
 use crate::sign::{self, TrustedKey};
@@ -24,7 +24,7 @@ use crate::{RegistrySettings, RepoError};
 pub const STAGING_PREFIX: &str = ".dtf-staging-";
 
 /// One index as fetched (or read from the cache).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct IndexSnapshot {
     /// The index URL, without credentials.
@@ -133,6 +133,47 @@ pub fn parse_spec(spec: &str) -> Result<(String, Wanted), RepoError> {
     Ok((name.to_owned(), wanted))
 }
 
+// The index locations may carry credentials (`https://user:token@…`): `Debug` shows them
+// without (`redact_location`), as logs and messages do.
+
+impl std::fmt::Debug for IndexSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexSnapshot")
+            .field("url", &self.url)
+            .field("plugins", &self.index.plugins.len())
+            .field("stale", &self.stale)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for RepoClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let indexes: Vec<String> = self.indexes.iter().map(|i| redact_location(i)).collect();
+        f.debug_struct("RepoClientBuilder")
+            .field("indexes", &indexes)
+            .field("trusted_keys", &self.trusted_keys)
+            .field("allow_unsigned", &self.allow_unsigned)
+            .field("plugin_dir", &self.plugin_dir)
+            .field("provided", &self.provided)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for RepoClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let indexes: Vec<String> = self.indexes.iter().map(redact).collect();
+        f.debug_struct("RepoClient")
+            .field("indexes", &indexes)
+            .field("keys", &self.keys)
+            .field("allow_unsigned", &self.allow_unsigned)
+            .field("plugin_dir", &self.plugin_dir)
+            .field("cache_dir", &self.cache_dir)
+            .field("provided", &self.provided)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A version chosen for installation, with where it comes from.
 #[derive(Debug, Clone)]
 struct Planned {
@@ -143,7 +184,7 @@ struct Planned {
 }
 
 /// Builds a [`RepoClient`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 #[must_use]
 pub struct RepoClientBuilder {
     indexes: Vec<String>,
@@ -286,7 +327,6 @@ fn default_cache_dir(plugin_dir: &Path) -> PathBuf {
 /// The plugin repository client. Installing never runs plugin code: it downloads, checks
 /// size, SHA-256 and signature, unpacks defensively into a temporary directory and renames
 /// it into place.
-#[derive(Debug)]
 pub struct RepoClient {
     indexes: Vec<Url>,
     keys: Vec<TrustedKey>,
@@ -933,4 +973,29 @@ fn closest(snapshots: &[IndexSnapshot], name: &str) -> Option<String> {
         .flat_map(|s| s.index.plugins.iter().map(|e| e.name.as_str()))
         .collect();
     dtf_plugin_core::registry::did_you_mean(name, names).map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    /// An index URL's user name, password and query may be credentials: `Debug` of everything
+    /// that holds one shows none of them (the derived one showed them all).
+    #[test]
+    fn debug_output_shows_no_index_credentials() {
+        let index = "https://ci:glpat-SECRET@git.example/dtf/?private_token=QUERYTOKEN";
+        let builder = RepoClient::builder().index(index).plugin_dir("/tmp/none");
+        let settings = RegistrySettings {
+            indexes: vec![index.to_owned()],
+            ..RegistrySettings::default()
+        };
+        let shown = format!("{builder:?} {settings:?}");
+        let client = builder.build().unwrap();
+        let shown = format!("{shown} {client:?}");
+        for secret in ["glpat-SECRET", "QUERYTOKEN", "ci:"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("git.example/dtf/"), "{shown}");
+    }
 }

@@ -19,7 +19,7 @@ use crate::RepoError;
 /// a path that cannot be made absolute.
 pub fn index_url(location: &str) -> Result<Url, RepoError> {
     let bad = |reason: &str| RepoError::BadUrl {
-        url: redact_str(location),
+        url: redact_location(location),
         reason: reason.to_owned(),
     };
     let mut url = if location.contains("://") {
@@ -71,9 +71,17 @@ pub(crate) fn redact(url: &Url) -> String {
     u.to_string()
 }
 
-/// `location` for messages, without the user name and password of a URL (`user:pw@`),
-/// even when it does not parse.
-fn redact_str(location: &str) -> String {
+/// An index location (URL or directory) as logs, messages and `Debug` may show it: a URL
+/// without its user name and password (`user:pw@`), and without query and fragment when it
+/// parses (any of them may hold a token); a directory as it is.
+///
+/// ```
+/// assert_eq!(
+///     dtf_plugin_repo::redact_location("https://ci:glpat-x@git.example/dtf/?token=y"),
+///     "https://git.example/dtf/"
+/// );
+/// ```
+pub fn redact_location(location: &str) -> String {
     if let Ok(url) = Url::parse(location) {
         return redact(&url);
     }

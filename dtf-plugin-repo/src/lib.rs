@@ -69,7 +69,7 @@ pub use client::{
 };
 pub use config::{REGISTRY_KEYS, RegistrySettings};
 pub use error::RepoError;
-pub use fetch::index_url;
+pub use fetch::{index_url, redact_location};
 pub use index::{Artifact, INDEX_FILE, Index, IndexEntry, ProtocolRange};
 pub use lock::{LOCK_FILE, LockFile, LockedPlugin};
 pub use pack::{ARTIFACTS_DIR, PackOptions, pack};
