@@ -358,7 +358,8 @@ pub(crate) async fn put_config(
         )
     })?;
     let current = state.manager.config(&name).await?;
-    restore_masked(&mut new, &current);
+    restore_masked(&mut new, &current)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "secret_unclear", e))?;
     state.manager.reconfigure(&name, &new).await?;
     tracing::info!(plugin = %name, "plugin reconfigured from the web console");
     state.shared.plugin_changed(&name, "config");

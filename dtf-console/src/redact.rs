@@ -29,25 +29,78 @@ pub(crate) fn redact(value: &Value) -> Value {
 
 /// Puts the current secrets back where an edited configuration still says `"***"` (the user
 /// kept the masked value), so editing a redacted configuration does not erase its secrets.
-pub(crate) fn restore_masked(new: &mut Value, current: &Value) {
-    match (new, current) {
-        (Value::Object(new), Value::Object(current)) => {
-            for (k, v) in new.iter_mut() {
-                let Some(old) = current.get(k) else { continue };
-                if is_secret_key(k) && v.as_str() == Some(MASK) {
-                    *v = old.clone();
+///
+/// An element of a list is matched with the current element it stands for: the one with the
+/// same `name` (or `id`) when it has one, else the one at the same position if the list kept
+/// its length. A masked value with no such counterpart is refused rather than guessed: a
+/// deleted or inserted channel must not hand its neighbour's webhook URL to another channel.
+///
+/// # Errors
+///
+/// The first masked value whose secret is unclear, by its path (`channels[0].url`).
+pub(crate) fn restore_masked(new: &mut Value, current: &Value) -> Result<(), String> {
+    let mut unclear = None;
+    restore(new, Some(current), "", &mut unclear);
+    match unclear {
+        None => Ok(()),
+        Some(path) => Err(format!(
+            "`{path}` is `{MASK}`, but which secret it stands for is unclear (the list around it \
+             changed, or there was none): enter the value again"
+        )),
+    }
+}
+
+fn restore(new: &mut Value, current: Option<&Value>, path: &str, unclear: &mut Option<String>) {
+    match new {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                let here = if path.is_empty() {
+                    k.clone()
                 } else {
-                    restore_masked(v, old);
+                    format!("{path}.{k}")
+                };
+                let old = current.and_then(|c| c.get(k));
+                if is_secret_key(k) && v.as_str() == Some(MASK) {
+                    match old {
+                        Some(old) => *v = old.clone(),
+                        None => {
+                            unclear.get_or_insert(here);
+                        }
+                    }
+                } else {
+                    restore(v, old, &here, unclear);
                 }
             }
         }
-        (Value::Array(new), Value::Array(current)) => {
-            for (v, old) in new.iter_mut().zip(current) {
-                restore_masked(v, old);
+        Value::Array(items) => {
+            let current = current.and_then(Value::as_array);
+            let same_length = current.is_some_and(|c| c.len() == items.len());
+            for (i, v) in items.iter_mut().enumerate() {
+                let old = current.and_then(|c| counterpart(v, c, i, same_length));
+                restore(v, old, &format!("{path}[{i}]"), unclear);
             }
         }
         _ => {}
     }
+}
+
+/// The current element that the edited list element `new`, at `i`, stands for.
+fn counterpart<'a>(
+    new: &Value,
+    current: &'a [Value],
+    i: usize,
+    same_length: bool,
+) -> Option<&'a Value> {
+    for key in ["name", "id"] {
+        if let Some(id) = new.get(key).filter(|v| !v.is_null()) {
+            let mut same = current.iter().filter(|c| c.get(key) == Some(id));
+            return match (same.next(), same.next()) {
+                (Some(one), None) => Some(one),
+                _ => None,
+            };
+        }
+    }
+    if same_length { current.get(i) } else { None }
 }
 
 #[cfg(test)]
@@ -72,10 +125,46 @@ mod tests {
     fn masked_values_keep_the_current_secret() {
         let current = json!({"token": "xoxb-1", "smtp": {"password": "p"}, "n": 1});
         let mut edited = json!({"token": "***", "smtp": {"password": "new"}, "n": 2});
-        restore_masked(&mut edited, &current);
+        restore_masked(&mut edited, &current).unwrap();
         assert_eq!(
             edited,
             json!({"token": "xoxb-1", "smtp": {"password": "new"}, "n": 2})
         );
+    }
+
+    /// A list element keeps its own secret, never its neighbour's: matched by name when it
+    /// has one (before, by position only: deleting the first channel gave the second the
+    /// first one's webhook URL).
+    #[test]
+    fn a_list_element_keeps_its_own_secret() {
+        let current = json!({"channels": [{"name": "team-a", "url": "https://hooks/A"},
+                                          {"name": "team-b", "url": "https://hooks/B"}]});
+        let mut deleted = json!({"channels": [{"name": "team-b", "url": "***"}]});
+        restore_masked(&mut deleted, &current).unwrap();
+        assert_eq!(deleted["channels"][0]["url"], "https://hooks/B");
+
+        let mut inserted = json!({"channels": [{"name": "new", "url": "https://hooks/N"},
+                                               {"name": "team-a", "url": "***"},
+                                               {"name": "team-b", "url": "***"}]});
+        restore_masked(&mut inserted, &current).unwrap();
+        assert_eq!(inserted["channels"][1]["url"], "https://hooks/A");
+        assert_eq!(inserted["channels"][2]["url"], "https://hooks/B");
+
+        // Without names: by position while the length stays; otherwise refused, not guessed.
+        let current = json!({"hooks": [{"url": "https://hooks/A"}, {"url": "https://hooks/B"}]});
+        let mut same = json!({"hooks": [{"url": "***"}, {"url": "https://hooks/C"}]});
+        restore_masked(&mut same, &current).unwrap();
+        assert_eq!(same["hooks"][0]["url"], "https://hooks/A");
+        let mut shorter = json!({"hooks": [{"url": "***"}]});
+        let err = restore_masked(&mut shorter, &current).unwrap_err();
+        assert!(err.contains("`hooks[0].url` is `***`"), "{err}");
+        assert!(!err.contains("https://hooks"), "{err}");
+
+        // A renamed channel, or a new one typed as `***`: refused.
+        let mut renamed = json!({"channels": [{"name": "team-c", "url": "***"}]});
+        let current = json!({"channels": [{"name": "team-b", "url": "https://hooks/B"}]});
+        assert!(restore_masked(&mut renamed, &current).is_err());
+        let mut new_key = json!({"token": "***"});
+        assert!(restore_masked(&mut new_key, &json!({})).is_err());
     }
 }
