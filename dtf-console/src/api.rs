@@ -266,15 +266,16 @@ async fn act(state: &AppState, name: &str, action: Action) -> ApiResult<Json<Act
         Action::Enable => m.enable(name).await?,
         Action::Disable => m.disable(name).await?,
         Action::Remove => m.remove(name).await?,
-        // Restart is disable then enable (the manager has no single restart call): the plugin
-        // handles what is queued, runs `on_shutdown`, and starts again from its factory with a
-        // fresh restart budget. A disabled plugin is just enabled.
+        // The plugin handles what is queued, runs `on_shutdown`, and a new instance from its
+        // factory goes on with the next event: nothing published meanwhile is lost (a disable
+        // and enable would lose it). A disabled plugin is just enabled.
         Action::Restart => {
             let row = find_plugin(state, name).await?;
-            if row.state != "disabled" {
-                m.disable(name).await?;
+            if row.state == "disabled" {
+                m.enable(name).await?;
+            } else {
+                m.restart(name).await?;
             }
-            m.enable(name).await?;
         }
     }
     tracing::info!(plugin = %name, action = action.as_str(), "plugin changed from the web console");

@@ -1,7 +1,7 @@
 //! [`SchedulingCoordinator`]: the engine as a plugin on the bus.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use dtf_plugin_core::event::WorkerId;
@@ -34,11 +34,25 @@ use crate::registry::Registry;
 /// ([`EventMeta::remote_publisher`](dtf_plugin_core::EventMeta::remote_publisher)) are
 /// ignored: their tasks and workers are a harness's on another machine, which runs them
 /// itself, so none of its tasks is ever placed on the coordinator's workers and none of its
-/// workers gets one (the first such task of each publisher is logged once). Its configuration is a [`SchedulerConfig`]; an unknown
-/// scheduler name or a bad value fails `on_start`. Time is taken from the events' timestamps.
-/// Its state lives in the instance: after a restart it starts empty.
+/// workers gets one (the first such task of each publisher is logged once). Its configuration
+/// is a [`SchedulerConfig`]; an unknown scheduler name or a bad value fails `on_start`. Time
+/// is taken from the events' timestamps.
+///
+/// **Its state survives a restart.** An instance made by [`spec`](Self::spec)'s factory hands
+/// its queue, workers and clock to the next instance of the same factory when it is dropped
+/// (after a panic, or a restart from the web console), which continues with the next event:
+/// the run goes on. Started empty, it would have forgotten every task, ignored their later
+/// events as unknown and placed nothing again, and the run would have waited forever. Its
+/// settings cannot change during a run ([`Plugin::on_reconfigure`] refuses a change, naming
+/// why): the queues were ordered by the old ones. While the plugin is disabled it hears
+/// nothing, so a scheduler disabled mid-run and enabled again has missed what happened
+/// meanwhile.
 pub struct SchedulingCoordinator {
     registry: Arc<Registry>,
+    /// Where the state goes when this instance is dropped, for the factory's next instance.
+    kept: Arc<Mutex<Option<Kept>>>,
+    /// The settings `engine` was built with.
+    config: Option<SchedulerConfig>,
     engine: Option<Engine>,
     epoch: Option<SystemTime>,
     now: Duration,
@@ -46,6 +60,34 @@ pub struct SchedulingCoordinator {
     wake_at: Option<Duration>,
     /// Remote publishers whose tasks were logged as not scheduled (once each).
     remote_told: HashSet<String>,
+}
+
+/// What one instance hands to the next ([`SchedulingCoordinator`]'s restart).
+struct Kept {
+    config: SchedulerConfig,
+    engine: Engine,
+    epoch: Option<SystemTime>,
+    now: Duration,
+    wake_at: Option<Duration>,
+    remote_told: HashSet<String>,
+}
+
+impl Drop for SchedulingCoordinator {
+    fn drop(&mut self) {
+        let (Some(config), Some(engine)) = (self.config.take(), self.engine.take()) else {
+            return;
+        };
+        let kept = Kept {
+            config,
+            engine,
+            epoch: self.epoch,
+            now: self.now,
+            wake_at: self.wake_at,
+            remote_told: std::mem::take(&mut self.remote_told),
+        };
+        // A panic while the lock was held (in another instance's drop) left nothing half done.
+        *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(kept);
+    }
 }
 
 impl std::fmt::Debug for SchedulingCoordinator {
@@ -75,6 +117,8 @@ impl SchedulingCoordinator {
     pub fn with_registry(registry: Arc<Registry>) -> Self {
         Self {
             registry,
+            kept: Arc::default(),
+            config: None,
             engine: None,
             epoch: None,
             now: Duration::ZERO,
@@ -100,11 +144,14 @@ impl SchedulingCoordinator {
         config: &SchedulerConfig,
     ) -> Result<PluginSpec, SchedulerError> {
         registry.build(config)?;
-        Ok(
-            PluginSpec::new(move || Self::with_registry(Arc::clone(&registry)))
-                .config(config)
-                .restart_policy(RestartPolicy::Transient),
-        )
+        let kept = Arc::default();
+        Ok(PluginSpec::new(move || {
+            let mut c = Self::with_registry(Arc::clone(&registry));
+            c.kept = Arc::clone(&kept);
+            c
+        })
+        .config(config)
+        .restart_policy(RestartPolicy::Transient))
     }
 
     /// Moves the clock to `time` (relative to the first event seen; never backwards).
@@ -182,13 +229,47 @@ impl Plugin for SchedulingCoordinator {
 
     async fn on_start(&mut self, ctx: &mut PluginContext) -> Result<(), PluginError> {
         let config: SchedulerConfig = ctx.config()?;
+        let kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(k) = kept.filter(|k| k.config == config) {
+            tracing::info!(
+                scheduler = k.engine.scheduler_name(),
+                waiting = k.engine.waiting(),
+                running = k.engine.running(),
+                "scheduling coordinator restarted; it goes on with its queue and workers"
+            );
+            (self.engine, self.epoch, self.now) = (Some(k.engine), k.epoch, k.now);
+            (self.wake_at, self.remote_told) = (k.wake_at, k.remote_told);
+            self.config = Some(config);
+            return Ok(());
+        }
         let scheduler = self.registry.build(&config)?;
         tracing::info!(
             scheduler = scheduler.name(),
             "scheduling coordinator started"
         );
         self.engine = Some(Engine::new(scheduler).retry_elsewhere(config.retry_elsewhere()?));
+        self.config = Some(config);
         Ok(())
+    }
+
+    async fn on_reconfigure(
+        &mut self,
+        ctx: &mut PluginContext,
+    ) -> Result<Reconfigured, PluginError> {
+        let config: SchedulerConfig = ctx.config()?;
+        if self.config.as_ref() == Some(&config) {
+            return Ok(Reconfigured::Applied);
+        }
+        Err(
+            "the scheduler's settings cannot change during a run (its queues are ordered by \
+             the current ones): set them for the next run (`[plugins.scheduler.settings]` or \
+             --scheduler)"
+                .into(),
+        )
     }
 
     async fn on_event(

@@ -1434,3 +1434,59 @@ async fn the_coordinator_reads_the_scheduler_from_dtf_toml_and_reports_bad_keys_
     assert!(out.contains("3 of 3 task(s) passed"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A restarted scheduler goes on with its queue and workers, and hears what was published
+/// while it restarted (before, the console's restart was a disable and an enable: the new
+/// instance started empty and the events in between never reached it, so every waiting task
+/// was forgotten and the run waited forever). Its settings cannot change during a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_scheduler_keeps_its_queue_and_misses_no_event() {
+    let (rec_spec, rec) = RecordingPlugin::spec("rec", HookSet::TASK);
+    let config = SchedulerConfig::new("fifo");
+    let spec = SchedulingCoordinator::spec(Arc::new(Registry::new()), &config).unwrap();
+    let manager = PluginManager::builder()
+        .spec(spec)
+        .spec(rec_spec)
+        .spawn()
+        .await
+        .unwrap();
+    let publish = async |kind: EventKind| manager.publish(kind).await.unwrap();
+    publish(EventKind::worker_registered("w", caps(8, &[], 1))).await;
+    for t in ["t1", "t2", "t3"] {
+        publish(EventKind::task_created(t, "a")).await;
+    }
+    settle(&manager).await;
+    assert_eq!(assigned(&rec), [("t1".into(), "w".into(), 1)]);
+
+    // The first task ends while the scheduler restarts.
+    let name = SchedulingCoordinator::NAME;
+    let (restarted, ()) = tokio::join!(manager.restart(name), async {
+        let done = EventKind::task_completed("t1", "w", TaskOutcome::Passed, Duration::ZERO);
+        manager.publish(done).await.unwrap();
+    });
+    restarted.unwrap();
+    settle(&manager).await;
+    assert_eq!(assigned(&rec)[1], ("t2".into(), "w".into(), 1));
+    let stats = manager.stats(name).await.unwrap();
+    assert_eq!((stats.restarts, stats.failures), (0, 0), "{stats:?}");
+
+    // The same settings are accepted; others are refused, and it goes on.
+    manager.reconfigure(name, &config).await.unwrap();
+    let other = SchedulerConfig::new("fairness");
+    let err = manager.reconfigure(name, &other).await.unwrap_err();
+    assert!(
+        err.to_string().contains("cannot change during a run"),
+        "{err}"
+    );
+    publish(EventKind::task_completed(
+        "t2",
+        "w",
+        TaskOutcome::Passed,
+        Duration::ZERO,
+    ))
+    .await;
+    settle(&manager).await;
+    assert_eq!(assigned(&rec).len(), 3, "{:?}", assigned(&rec));
+    manager.restart("nope").await.unwrap_err();
+    manager.shutdown(ShutdownReason::Completed).await;
+}

@@ -86,6 +86,7 @@ pub(crate) enum ManagerMsg {
     Enable(String, Reply<()>),
     Disable(String, Reply<()>),
     Replace(Box<PluginSpec>, Reply<()>),
+    Restart(String, Reply<()>),
     Reconfigure(
         String,
         PluginConfig,
@@ -373,23 +374,53 @@ impl ManagerState {
         entry.meta = spec.meta;
         tracing::info!(plugin = %name, version = %entry.meta.version, "replacing plugin");
         match &entry.actor {
-            Some(actor) if entry.after_stop == AfterStop::Nothing => {
-                entry.after_stop = AfterStop::Respawn;
-                entry.generation += 1;
-                entry.waiting.push(reply);
-                let msg = PluginMsg::Shutdown {
-                    deadline,
-                    reply: None,
-                };
-                if actor.send_message(msg).is_err() {
-                    tracing::debug!(plugin = %name, "plugin actor already stopping");
-                }
+            Some(_) if entry.after_stop == AfterStop::Nothing => {
+                Self::respawn(&name, entry, deadline, reply);
             }
             // Restarting, disabled or stopping: the next start uses the new factory.
             _ => {
                 let _ = reply.send(Ok(()));
             }
         }
+    }
+
+    /// A running instance finishes its queue, shuts down and is started again from its
+    /// factory (`AfterStop::Respawn`), staying routed: `reply` once the new one runs.
+    fn respawn(name: &str, entry: &mut Entry, deadline: std::time::Instant, reply: Reply<()>) {
+        let Some(actor) = &entry.actor else {
+            let _ = reply.send(Ok(()));
+            return;
+        };
+        entry.after_stop = AfterStop::Respawn;
+        entry.generation += 1;
+        entry.waiting.push(reply);
+        let msg = PluginMsg::Shutdown {
+            deadline,
+            reply: None,
+        };
+        if actor.send_message(msg).is_err() {
+            tracing::debug!(plugin = %name, "plugin actor already stopping");
+        }
+    }
+
+    /// [`PluginManager::restart`](super::PluginManager::restart).
+    pub(super) fn restart_on_request(&mut self, name: &str, reply: Reply<()>) {
+        let deadline = std::time::Instant::now() + self.config.shutdown_timeout;
+        let unknown = self.unknown(name);
+        let Some(entry) = self.plugins.get_mut(name) else {
+            let _ = reply.send(Err(unknown));
+            return;
+        };
+        if entry.actor.is_none() || entry.after_stop != AfterStop::Nothing {
+            let _ = reply.send(Err(ManagerError::WrongState {
+                action: "restart",
+                name: name.to_owned(),
+                status: entry.status,
+            }));
+            return;
+        }
+        tracing::info!(plugin = %name, "restarting plugin on request");
+        Self::respawn(name, entry, deadline, reply);
     }
 
     /// A plugin failed: restart it after a backoff, or disable it.
@@ -599,6 +630,7 @@ impl Actor for ManagerActor {
                 let _ = reply.send(r);
             }
             ManagerMsg::Replace(spec, reply) => state.replace(*spec, reply),
+            ManagerMsg::Restart(name, reply) => state.restart_on_request(&name, reply),
             ManagerMsg::Reconfigure(name, config, reply) => {
                 let r = match state.plugins.get(&name) {
                     None => Err(state.unknown(&name)),

@@ -267,6 +267,24 @@ impl PluginManager {
             .await?
     }
 
+    /// Restarts a running plugin from its factory, on request (the web console's restart):
+    /// like [`replace`](Self::replace) with its own factory. It handles what is queued for it
+    /// (at most [`ManagerConfig::shutdown_timeout`]), shuts down (`on_shutdown`), and a new
+    /// instance goes on with the next event; it stays subscribed throughout, so events
+    /// published meanwhile reach the new instance: none is lost (disabling and enabling it
+    /// would lose them). Not a failure: no restart budget is spent.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::UnknownPlugin`]; [`ManagerError::WrongState`] when it is not running
+    /// (disabled, restarting after a failure, or being stopped: enable a disabled one);
+    /// [`ManagerError::Spawn`] when the new instance cannot be started (then handled as a
+    /// failure).
+    pub async fn restart(&self, name: &str) -> Result<(), ManagerError> {
+        let name = name.to_owned();
+        self.call(|r| ManagerMsg::Restart(name, r)).await?
+    }
+
     /// Changes a plugin's configuration while it runs. The change is applied in order with
     /// the events (everything published before this call is handled with the old one); see
     /// [`Plugin::on_reconfigure`]. A disabled plugin gets it when enabled.
