@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use dtf_scheduler::SchedulerConfig;
 
 use crate::coordinator::{Cli, CoordinatorOptions};
 use crate::error::CoordinatorError;
@@ -120,14 +119,10 @@ pub struct CoordinatorArgs {
         help_heading = "Running"
     )]
     pub workers: u32,
-    /// The scheduling strategy: fifo, priority, round-robin, fairness, longest-first.
-    #[arg(
-        long,
-        value_name = "NAME",
-        default_value = "fifo",
-        help_heading = "Running"
-    )]
-    pub scheduler: String,
+    /// The scheduling strategy: fifo, priority, round-robin, fairness, longest-first (default
+    /// fifo, or the config file's; the file's tuning of weights, quotas etc. is kept).
+    #[arg(long, value_name = "NAME", help_heading = "Running")]
+    pub scheduler: Option<String>,
     /// The run's id.
     #[arg(
         long,
@@ -280,7 +275,7 @@ impl CoordinatorArgs {
         }
         o.tasks.extend(simulated_tasks(self.simulate_tasks));
         o.workers = self.workers;
-        o.scheduler = SchedulerConfig::new(self.scheduler);
+        o.scheduler_name = self.scheduler;
         o.run_id = self.run_id;
         o.run_timeout = self.run_timeout;
         o.kill_worker_on_start = self.kill_worker_on_start;

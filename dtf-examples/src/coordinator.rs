@@ -61,8 +61,13 @@ pub struct CoordinatorOptions {
     pub tasks: Vec<TaskDef>,
     /// Local workers (one slot each). Default 2.
     pub workers: u32,
-    /// The scheduling strategy and its settings. Default `fifo`.
+    /// The scheduling strategy and its settings. Default `fifo`. When left at the default,
+    /// the configuration file's `[plugins.scheduler.settings]` apply.
     pub scheduler: SchedulerConfig,
+    /// `--scheduler NAME`: the strategy, replacing the `scheduler` of the settings in force
+    /// (the file's, or [`scheduler`](Self::scheduler)) and keeping their tuning (weights,
+    /// quotas, half-life, …). Default: none.
+    pub scheduler_name: Option<String>,
     /// The run's id (`CoordinatorStartup`). Default `dtf-run`.
     pub run_id: String,
     /// Optional plugins.
@@ -103,6 +108,7 @@ impl Default for CoordinatorOptions {
             tasks: Vec::new(),
             workers: 2,
             scheduler: SchedulerConfig::new("fifo"),
+            scheduler_name: None,
             run_id: "dtf-run".to_owned(),
             plugins: PluginSelection::default(),
             config_file: None,

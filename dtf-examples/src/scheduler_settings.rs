@@ -4,7 +4,8 @@
 //! keys of [`SchedulerConfig`] (strategy, weights, quotas, half-life or window, aging, default
 //! duration, score weights), checked with the rest of the file: a bad value is reported with
 //! its key and position (`dtf.toml:7:7: plugins.scheduler.settings.weights.alice: must be a
-//! positive number (got -1)`). `--scheduler NAME` on the command line wins over the file.
+//! positive number (got -1)`). `--scheduler NAME` on the command line chooses the strategy over the
+//! file's and keeps the file's tuning.
 //!
 //! ```toml
 //! [plugins.scheduler.settings]
@@ -33,26 +34,30 @@ pub fn register(registry: &mut PluginRegistry) {
     }
 }
 
-/// The scheduler configuration a run uses: `cli` when the command line chose a scheduler
-/// (anything but the default `fifo` without settings), else the file's
-/// `[plugins.scheduler.settings]`, else `cli` (the default).
+/// The scheduler configuration a run uses: `base` when it is not the default (`fifo` with no
+/// settings: an embedding program chose it), else the file's `[plugins.scheduler.settings]`,
+/// else `base`; then `name` (`--scheduler`), if given, replaces its strategy and keeps its
+/// tuning. So `--scheduler fairness` with the file's weights and quotas runs fairness with
+/// them, and an explicit `--scheduler fifo` wins over the file's strategy.
 ///
 /// # Errors
 ///
 /// [`CoordinatorError::Usage`] if the settings do not parse (they were checked when the file
 /// was loaded, so only a caller that skipped that check can see this).
 pub fn resolve(
-    cli: &SchedulerConfig,
+    base: &SchedulerConfig,
+    name: Option<&str>,
     loaded: &LoadedConfig,
 ) -> Result<SchedulerConfig, CoordinatorError> {
-    if *cli != SchedulerConfig::new("fifo") {
-        return Ok(cli.clone());
+    let mut config = match loaded.config.plugin_settings(NAME) {
+        Some(settings) if *base == SchedulerConfig::new("fifo") => serde_json::from_value(settings)
+            .map_err(|e| CoordinatorError::Usage(format!("plugins.{NAME}.settings: {e}")))?,
+        _ => base.clone(),
+    };
+    if let Some(name) = name {
+        name.clone_into(&mut config.scheduler);
     }
-    match loaded.config.plugin_settings(NAME) {
-        Some(settings) => serde_json::from_value(settings)
-            .map_err(|e| CoordinatorError::Usage(format!("plugins.{NAME}.settings: {e}"))),
-        None => Ok(cli.clone()),
-    }
+    Ok(config)
 }
 
 /// Applies the file's scheduler settings to `options` ([`resolve`]) and takes the scheduler
@@ -66,7 +71,11 @@ pub fn apply(
     loaded: &LoadedConfig,
     enabled: &mut Vec<String>,
 ) -> Result<(), CoordinatorError> {
-    options.scheduler = resolve(&options.scheduler, loaded)?;
+    options.scheduler = resolve(
+        &options.scheduler,
+        options.scheduler_name.as_deref(),
+        loaded,
+    )?;
     enabled.retain(|name| name != NAME);
     Ok(())
 }

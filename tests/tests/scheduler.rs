@@ -1411,21 +1411,26 @@ async fn the_coordinator_reads_the_scheduler_from_dtf_toml_and_reports_bad_keys_
     let mut registry = dtf_examples::plugin_registry();
     let loaded =
         dtf_examples::load_config_and_plugin_dirs(Some(&file), &[], &[], &mut registry).unwrap();
-    let resolved =
-        dtf_examples::scheduler_settings::resolve(&SchedulerConfig::new("fifo"), &loaded).unwrap();
-    assert_eq!(
-        resolved,
-        SchedulerConfig::new("fairness")
-            .half_life_hours(6.0)
-            .weight("alice", 3.0)
-            .quota("bob", 2)
-    );
-    // `--scheduler` on the command line wins.
-    let cli = SchedulerConfig::new("round-robin");
-    assert_eq!(
-        dtf_examples::scheduler_settings::resolve(&cli, &loaded).unwrap(),
-        cli
-    );
+    let resolve = |base: &SchedulerConfig, name: Option<&str>| {
+        dtf_examples::scheduler_settings::resolve(base, name, &loaded).unwrap()
+    };
+    let fifo = SchedulerConfig::new("fifo");
+    let from_file = SchedulerConfig::new("fairness")
+        .half_life_hours(6.0)
+        .weight("alice", 3.0)
+        .quota("bob", 2);
+    assert_eq!(resolve(&fifo, None), from_file);
+    // `--scheduler` on the command line chooses the strategy and keeps the file's tuning
+    // (before, it threw the weights and quotas away), even when it names the default `fifo`
+    // (before, that was taken for no choice, and the file's strategy ran).
+    let mut chosen = from_file.clone();
+    chosen.scheduler = "round-robin".into();
+    assert_eq!(resolve(&fifo, Some("round-robin")), chosen);
+    chosen.scheduler = "fifo".into();
+    assert_eq!(resolve(&fifo, Some("fifo")), chosen);
+    // A program that set its own settings keeps them.
+    let own = SchedulerConfig::new("priority");
+    assert_eq!(resolve(&own, None), own);
     let (code, out) = coordinator_cli(&[
         "--config", path, "--task", "true", "--task", "true", "--task", "true",
     ])
