@@ -285,7 +285,11 @@ impl FairShare {
     /// Charges tenant `t`'s running tasks up to `now`.
     fn settle(&mut self, t: usize, now: Duration) {
         let from = self.tenants[t].charged_at;
-        if now > from {
+        if now > from && self.tenants[t].pools.iter().all(|p| p.running == 0) {
+            // Nothing to charge. A tenant first seen long after the scale's origin moved
+            // (`charged_at` 0) would otherwise get 0 × inf = NaN, a key below every other.
+            self.tenants[t].charged_at = now;
+        } else if now > from {
             let factor = self.scale(from) * (self.lambda * (now - from).as_secs_f64()).exp_m1()
                 / self.lambda;
             let tenant = &mut self.tenants[t];
@@ -670,6 +674,23 @@ mod tests {
         f.rebase(late);
         let left = usage(&mut f, late) / expected;
         assert!((left / 2f64.powi(-59) - 1.0).abs() < 1e-9, "{left}");
+    }
+
+    /// A tenant first seen after many half-lives starts with no usage, not NaN (which keyed
+    /// it below every other tenant for the rest of the run, whatever its weight).
+    #[test]
+    fn a_tenant_first_seen_after_many_half_lives_has_no_usage() {
+        let config = SchedulerConfig::new("fairness").half_life_hours(0.01);
+        let mut f = FairShare::from_config(&config).unwrap();
+        f.on_queue_created(QueueId(0), "a");
+        let late = 11 * HOUR; // 1,100 half-lives: exp(λ·t) overflows
+        f.rebase(late);
+        f.on_queue_created(QueueId(1), "b");
+        let b = f.tenant_index["b"] as usize;
+        f.settle(b, late);
+        let usage = f.tenants[b].pools[PLAIN].usage;
+        assert_eq!(usage, 0.0);
+        assert!(f64::from_bits(f.key(1, late)).is_finite());
     }
 
     #[test]
