@@ -594,7 +594,10 @@ pub(crate) async fn events(
             loop {
                 let event = tokio::select! {
                     biased;
-                    _ = stop.changed() => return None,
+                    // Only a stop ends the stream: once the `Console` (or `RunningConsole`)
+                    // handle is dropped, `changed` fails, and a router kept without its
+                    // console (`Console::attach(..).await?.router(..)`) must stay live.
+                    Ok(()) = stop.changed() => return None,
                     got = rx.recv() => match got {
                         Ok(Notice::Event { hook, json }) => {
                             if hooks.as_ref().is_some_and(|hs| !hs.contains(&hook)) {

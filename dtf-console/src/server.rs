@@ -224,7 +224,11 @@ impl Console {
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
+                    // A dropped `RunningConsole` leaves the server running, as a dropped
+                    // `JoinHandle` leaves its task: only `stop` stops it.
+                    if stop.wait_for(|s| *s).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
                 })
                 .await;
             if let Err(e) = served {
@@ -240,8 +244,10 @@ impl Console {
     }
 }
 
-/// A console being served; stop it with [`stop`](Self::stop).
+/// A console being served; stop it with [`stop`](Self::stop). Dropped, it leaves the console
+/// serving for the rest of the process.
 #[derive(Debug)]
+#[must_use = "the console serves until `stop`; keep the handle to stop it"]
 pub struct RunningConsole {
     addr: SocketAddr,
     stop_tx: watch::Sender<bool>,

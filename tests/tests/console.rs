@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use console_common::{Fixture, INDEX, PICKY_SECRET, TOKEN, start, start_with};
-use dtf_console::ConsoleConfig;
+use dtf_console::{AccessToken, Console, ConsoleConfig};
 use dtf_plugin_core::prelude::*;
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
@@ -1210,4 +1210,34 @@ async fn a_console_that_falls_behind_drops_its_own_events_not_the_bus() {
     assert_eq!(run["console_dropped"], console.dropped);
     assert_eq!(run["events_total"], console.delivered);
     fx.stop().await;
+}
+
+/// A router kept without its `Console` (as an embedding server mounts it) serves a live event
+/// stream: before, dropping the console ended every stream at once, and the page flapped
+/// between offline and reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_kept_without_its_console_streams_live_events() {
+    let manager = PluginManager::builder().spawn().await.unwrap();
+    let router = Console::attach(&manager, AccessToken::new(TOKEN), config().await)
+        .await
+        .unwrap()
+        .router(true);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let mut resp = client()
+        .get(format!("http://{addr}/api/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Two run ticks: the stream is still open after the first.
+    let mut ticks = 0;
+    read_stream(&mut resp, |kind, _| {
+        ticks += usize::from(kind == "run");
+        ticks == 2
+    })
+    .await;
+    server.abort();
+    manager.shutdown(ShutdownReason::Completed).await;
 }
