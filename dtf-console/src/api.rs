@@ -73,6 +73,11 @@ impl From<ManagerError> for ApiError {
             }
             ManagerError::Config(_) => (StatusCode::UNPROCESSABLE_ENTITY, "config_invalid"),
             ManagerError::ShutDown => (StatusCode::SERVICE_UNAVAILABLE, "shut_down"),
+            // The plugin could not start (its settings, or what it needs, are wrong): the
+            // reason is the plugin's, not the console's failure.
+            ManagerError::StartFailed { .. } | ManagerError::Spawn { .. } => {
+                (StatusCode::CONFLICT, "start_failed")
+            }
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "manager_error"),
         };
         // ManagerError messages name plugins, keys and reasons, never configuration values
@@ -358,6 +363,19 @@ pub(crate) async fn put_config(
             format!("the body is not JSON: {e}"),
         )
     })?;
+    // A plugin that is not running would only store the settings, unchecked, and fail to
+    // start with bad ones at the next enable (losing the good ones): refused instead.
+    let row = find_plugin(&state, &name).await?;
+    if matches!(row.state.as_str(), "disabled" | "stopped") {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "wrong_state",
+            format!(
+                "`{name}` is {}: enable it first, so that it checks new settings before they take effect",
+                row.state
+            ),
+        ));
+    }
     let current = state.manager.config(&name).await?;
     restore_masked(&mut new, &current)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "secret_unclear", e))?;

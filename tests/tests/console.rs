@@ -476,6 +476,31 @@ async fn reconfigure_shows_the_precise_error_and_keeps_the_old_config() {
             .unwrap();
         assert!(!text.contains(PICKY_SECRET), "{path} shows the secret");
     }
+
+    // Disabled, it cannot check new settings: refused (before, they were stored unchecked, the
+    // good ones lost, and the next enable failed with a 500).
+    let (status, _) = call(&fx, Method::POST, "/api/plugins/picky/disable", None, true).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, err) = call(
+        &fx,
+        Method::PUT,
+        "/api/plugins/picky/config",
+        Some(r#"{"limit": 1000, "token": "***"}"#),
+        true,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert_eq!(err["code"], "wrong_state");
+    assert!(
+        err["error"].as_str().unwrap().contains("enable it first"),
+        "{err}"
+    );
+    assert_eq!(
+        fx.manager.config("picky").await.unwrap(),
+        json!({"limit": 42, "token": PICKY_SECRET})
+    );
+    let (status, _) = call(&fx, Method::POST, "/api/plugins/picky/enable", None, true).await;
+    assert_eq!(status, StatusCode::OK);
     fx.stop().await;
 }
 
