@@ -147,16 +147,22 @@ pub(crate) async fn plugins_page(
     let Query(query) = query?;
     let size = state.page_size;
     let page = query.page.unwrap_or(1).max(1);
+    // Saturating: any page number in the query is accepted (past the end, an empty page).
+    let offset = (page - 1).saturating_mul(size);
     let q = query.q.clone().unwrap_or_default();
     let mut body = String::with_capacity(64 * 1024);
     let (rows, total) = if open {
-        api::plugin_page(&state, Some(&q), (page - 1) * size, size).await?
+        api::plugin_page(&state, Some(&q), offset, size).await?
     } else {
         (Vec::new(), 0)
     };
     let pages = total.div_ceil(size).max(1);
-    let first = if total == 0 { 0 } else { (page - 1) * size + 1 };
-    let last = ((page - 1) * size + rows.len()).min(total);
+    let first = if total == 0 {
+        0
+    } else {
+        offset.saturating_add(1).min(total)
+    };
+    let last = offset.saturating_add(rows.len()).min(total);
     let _ = write!(
         body,
         "<h1>Plugins</h1><form class=\"filter\" method=\"get\" action=\"/\">\
@@ -181,7 +187,7 @@ pub(crate) async fn plugins_page(
     let _ = write!(
         body,
         "</p><table id=\"plugins\" data-offset=\"{}\" data-limit=\"{size}\" data-q=\"{}\"><thead><tr>",
-        (page - 1) * size,
+        offset,
         esc(&q)
     );
     for (_, label) in COLUMNS {

@@ -754,6 +754,16 @@ async fn pages_render_and_stay_small_at_1000_plugins() {
         .await
         .unwrap();
     assert!(page3.contains("data-name=\"p0195\""));
+    // Any page number: past the end, an empty page (a huge one overflowed the offset and
+    // dropped the connection).
+    let resp = client()
+        .get(format!("{}/?page={}", fx.base, usize::MAX))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let far = resp.text().await.unwrap();
+    assert_eq!(far.matches("<tr data-name=").count(), 0);
     let filtered = client()
         .get(format!("{}/?q=p099", fx.base))
         .send()
