@@ -84,7 +84,7 @@ pub struct Installed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Wanted {
-    /// The newest installable version.
+    /// The newest installable release (a pre-release only when no release is installable).
     Latest,
     /// This version.
     Exact(Version),
@@ -467,8 +467,8 @@ impl RepoClient {
                     name: name.to_owned(),
                     version: newest.version.clone(),
                     description: newest.description.clone(),
-                    installable: versions
-                        .iter()
+                    installable: stable_first(versions.clone())
+                        .into_iter()
                         .find(|e| e.incompatibility().is_none())
                         .map(|e| e.version.clone()),
                     installed: lock.get(name).map(|l| l.version.clone()),
@@ -551,7 +551,14 @@ impl RepoClient {
         let mut visiting = BTreeSet::new();
         for n in &names {
             let current = lock.get(n).map(|l| l.version.clone());
-            let (_, entry) = match choose(&snapshots, n, &Wanted::Latest) {
+            // On a pre-release, newer pre-releases of it count too (and releases).
+            let wanted = match &current {
+                Some(c) if !c.pre.is_empty() => {
+                    VersionReq::parse(&format!(">={c}")).map_or(Wanted::Latest, Wanted::Range)
+                }
+                _ => Wanted::Latest,
+            };
+            let (_, entry) = match choose(&snapshots, n, &wanted) {
                 Ok(found) => found,
                 // Updating everything: a plugin no index lists any more stays as it is.
                 Err(RepoError::NotFound { .. }) if name.is_none() => {
@@ -666,18 +673,18 @@ impl RepoClient {
                 continue;
             }
             if let Some(p) = plan.iter().find(|p| &p.entry.name == req_name) {
-                if req.matches(&p.entry.version) {
+                if meets(req, &p.entry.version) {
                     continue;
                 }
                 return Err(missing());
             }
-            if lock.get(req_name).is_some_and(|l| req.matches(&l.version)) {
+            if lock.get(req_name).is_some_and(|l| meets(req, &l.version)) {
                 continue;
             }
             if lock.get(req_name).is_none()
                 && self
                     .hand_installed(req_name)
-                    .is_some_and(|v| req.matches(&v))
+                    .is_some_and(|v| meets(req, &v))
             {
                 continue; // put in the plugin directory by hand
             }
@@ -941,11 +948,14 @@ fn choose<'a>(
 ) -> Result<(&'a IndexSnapshot, &'a IndexEntry), RepoError> {
     let s = find_index(snapshots, name)?;
     let versions = s.index.versions(name);
-    let matching: Vec<&IndexEntry> = versions
+    let mut matching: Vec<&IndexEntry> = versions
         .iter()
         .copied()
         .filter(|e| wanted.matches(&e.version))
         .collect();
+    if *wanted == Wanted::Latest {
+        matching = stable_first(matching);
+    }
     let Some(newest) = matching.first() else {
         return Err(RepoError::NoVersion {
             name: name.to_owned(),
@@ -964,6 +974,22 @@ fn choose<'a>(
             suggestion: None,
         })),
     }
+}
+
+/// `versions` (newest first) with the releases before the pre-releases: without a version
+/// asked for, a release candidate is installed only when no release is installable.
+fn stable_first(versions: Vec<&IndexEntry>) -> Vec<&IndexEntry> {
+    let (stable, pre): (Vec<_>, Vec<_>) =
+        versions.into_iter().partition(|e| e.version.pre.is_empty());
+    stable.into_iter().chain(pre).collect()
+}
+
+/// Whether `version` meets the requirement `req` of another plugin. A requirement without a
+/// range (`requires = ["name"]`, written as `*`) is met by any version, a pre-release too
+/// (semver's `*` matches no pre-release: an installed `2.0.0-rc.1` was then replaced by the
+/// newest release, a downgrade).
+fn meets(req: &VersionReq, version: &Version) -> bool {
+    req.comparators.is_empty() || req.matches(version)
 }
 
 /// The listed name closest to `name`, if one is close (edit distance ≤ 2).

@@ -1272,3 +1272,33 @@ async fn installs_over_https_trusting_a_private_ca_and_refuses_an_untrusted_cert
     assert!(other.join("echo/plugin.toml").is_file());
     server.abort();
 }
+
+/// Without a version asked for, a release is installed, not a newer pre-release (before, the
+/// newest version won, so `install` and `update` moved users onto release candidates); a
+/// pre-release asked for meets a plain `requires` of another plugin (before, semver's `*`
+/// refused it, and installing that plugin replaced the candidate with the older release);
+/// and `update` on a pre-release takes a newer pre-release.
+#[tokio::test]
+async fn releases_win_over_pre_releases_unless_one_is_asked_for() {
+    let fx = Fixture::new("pre");
+    fx.pack(&fx.plugin_src("foo", "1.4.0", ""));
+    fx.pack(&fx.plugin_src("foo", "2.0.0-rc.1", ""));
+    fx.pack(&fx.plugin_src("bar", "0.1.0", "requires = [\"foo\"]\n"));
+    let server = serve(&fx.index_dir()).await;
+    let client = fx.client(&server.uri());
+    let hits = client.search(Some("foo")).await.unwrap();
+    assert_eq!(hits[0].installable.as_ref().unwrap().to_string(), "1.4.0");
+    let done = client.install("foo").await.unwrap();
+    assert_eq!(done[0].plugin.version.to_string(), "1.4.0");
+    client.remove("foo").unwrap();
+
+    let done = client.install("foo@2.0.0-rc.1").await.unwrap();
+    assert_eq!(done[0].plugin.version.to_string(), "2.0.0-rc.1");
+    let done = client.install("bar").await.unwrap();
+    let names: Vec<&str> = done.iter().map(|d| d.plugin.name.as_str()).collect();
+    assert_eq!(names, ["bar"], "foo is left as it is");
+
+    fx.pack(&fx.plugin_src("foo", "2.0.0-rc.2", ""));
+    let done = client.update(Some("foo")).await.unwrap();
+    assert_eq!(done[0].plugin.version.to_string(), "2.0.0-rc.2");
+}
