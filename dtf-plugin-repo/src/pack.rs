@@ -14,6 +14,7 @@ use crate::index::{
     ANY, Artifact, INDEX_FILE, Index, IndexEntry, ProtocolRange, is_valid_name, trusted_comment,
 };
 use crate::lock::write_atomic;
+use crate::sign::TrustedKey;
 use crate::{RepoError, archive, sign};
 
 /// The folder of an index directory that `pack` writes artifacts to.
@@ -37,6 +38,9 @@ pub struct PackOptions {
     pub license: Option<String>,
     /// The protocol versions spoken; default the manifest's `protocol`, alone.
     pub protocol: Option<ProtocolRange>,
+    /// Keys the new signature must verify with before anything is written (a CI job's check
+    /// that it signs with the published key); none: not checked.
+    pub verify_with: Vec<TrustedKey>,
 }
 
 impl std::fmt::Debug for PackOptions {
@@ -49,6 +53,7 @@ impl std::fmt::Debug for PackOptions {
             .field("homepage", &self.homepage)
             .field("license", &self.license)
             .field("protocol", &self.protocol)
+            .field("verify_with", &self.verify_with)
             .finish()
     }
 }
@@ -88,6 +93,13 @@ impl PackOptions {
     /// The protocol versions spoken.
     pub fn protocol(mut self, range: ProtocolRange) -> Self {
         self.protocol = Some(range);
+        self
+    }
+
+    /// The signature must verify with one of `keys`, checked before the index directory is
+    /// touched.
+    pub fn verify_with(mut self, keys: Vec<TrustedKey>) -> Self {
+        self.verify_with = keys;
         self
     }
 }
@@ -145,29 +157,51 @@ pub fn pack(dir: &Path, index_dir: &Path, options: &PackOptions) -> Result<Index
     } else {
         format!("{}-{version}-{os}-{arch}.tar.gz", m.name)
     };
+    // Everything is built, signed and checked in memory first: a failure (a key without its
+    // password, a signature the trusted keys refuse) leaves the index directory as it was.
+    // Then the artifact, its signature and the index are written, each atomically, in that
+    // order.
+    let mut bytes = Vec::new();
+    archive::pack_dir(dir, &mut bytes).map_err(RepoError::io("pack", dir))?;
+    let sha256 = hex(&Sha256::digest(&bytes));
+    let comment = trusted_comment(&m.name, &version, &sha256);
+    let minisig = match &options.secret_key {
+        Some(key) => Some(sign::sign_bytes(
+            key,
+            options.password.clone(),
+            &bytes,
+            &comment,
+        )?),
+        None => None,
+    };
+    if !options.verify_with.is_empty() {
+        let refused = |reason: String| RepoError::BadSignature {
+            name: m.name.clone(),
+            version: version.to_string(),
+            reason,
+        };
+        let sig = minisig
+            .as_deref()
+            .ok_or_else(|| refused("the artifact is not signed".to_owned()))?;
+        sign::verify_reader(&options.verify_with, sig, bytes.as_slice(), &comment)
+            .map_err(refused)?;
+    }
+    let index_path = index_dir.join(INDEX_FILE);
+    let mut index = match std::fs::read_to_string(&index_path) {
+        Ok(text) => Index::parse(&index_path.display().to_string(), &text)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::default(),
+        Err(e) => return Err(RepoError::io("read", &index_path)(e)),
+    };
     let artifacts = index_dir.join(ARTIFACTS_DIR);
     std::fs::create_dir_all(&artifacts).map_err(RepoError::io("create", &artifacts))?;
     let path = artifacts.join(&file_name);
-    let mut bytes = Vec::new();
-    archive::pack_dir(dir, &mut bytes).map_err(RepoError::io("pack", dir))?;
     write_atomic(&path, &bytes)?;
-    let sha256 = hex(&Sha256::digest(&bytes));
-    let minisig = match &options.secret_key {
-        Some(key) => {
-            let sig = sign::sign_file(
-                key,
-                options.password.clone(),
-                &path,
-                &trusted_comment(&m.name, &version, &sha256),
-            )?;
-            write_atomic(
-                &path.with_file_name(format!("{file_name}.minisig")),
-                sig.as_bytes(),
-            )?;
-            Some(sig)
-        }
-        None => None,
-    };
+    if let Some(sig) = &minisig {
+        write_atomic(
+            &path.with_file_name(format!("{file_name}.minisig")),
+            sig.as_bytes(),
+        )?;
+    }
     let entry = IndexEntry {
         name: m.name.clone(),
         version,
@@ -190,12 +224,6 @@ pub fn pack(dir: &Path, index_dir: &Path, options: &PackOptions) -> Result<Index
             sha256,
             minisig,
         }],
-    };
-    let index_path = index_dir.join(INDEX_FILE);
-    let mut index = match std::fs::read_to_string(&index_path) {
-        Ok(text) => Index::parse(&index_path.display().to_string(), &text)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::default(),
-        Err(e) => return Err(RepoError::io("read", &index_path)(e)),
     };
     index.upsert(entry.clone());
     write_atomic(&index_path, index.to_toml()?.as_bytes())?;

@@ -110,10 +110,30 @@ pub fn sign_file(
     data: &Path,
     trusted_comment: &str,
 ) -> Result<String, RepoError> {
+    let sk = load_secret(secret_key, password)?;
+    let file = fs::File::open(data).map_err(RepoError::io("read", data))?;
+    sign_with(&sk, secret_key, file, trusted_comment)
+}
+
+/// [`sign_file`] for bytes in memory (`pack` signs before it writes anything).
+pub(crate) fn sign_bytes(
+    secret_key: &Path,
+    password: Option<String>,
+    data: &[u8],
+    trusted_comment: &str,
+) -> Result<String, RepoError> {
+    let sk = load_secret(secret_key, password)?;
+    sign_with(&sk, secret_key, data, trusted_comment)
+}
+
+fn load_secret(
+    secret_key: &Path,
+    password: Option<String>,
+) -> Result<minisign::SecretKey, RepoError> {
     let text = fs::read_to_string(secret_key).map_err(RepoError::io("read", secret_key))?;
     let sk_box = minisign::SecretKeyBox::from_string(&text)
         .map_err(|_| key_error(secret_key, "not a minisign secret key"))?;
-    let sk = match password {
+    match password {
         Some(p) => minisign::SecretKey::from_box(sk_box, Some(p)),
         None => minisign::SecretKey::from_unencrypted_box(sk_box),
     }
@@ -124,10 +144,17 @@ pub fn sign_file(
                 "cannot use the secret key ({e}); if it is password-protected, give its password"
             ),
         )
-    })?;
-    let file = fs::File::open(data).map_err(RepoError::io("read", data))?;
+    })
+}
+
+fn sign_with(
+    sk: &minisign::SecretKey,
+    secret_key: &Path,
+    data: impl Read,
+    trusted_comment: &str,
+) -> Result<String, RepoError> {
     let untrusted = format!("signature from dtf plugin key {}", key_id(sk.keynum()));
-    let sig = minisign::sign(None, &sk, file, Some(trusted_comment), Some(&untrusted))
+    let sig = minisign::sign(None, sk, data, Some(trusted_comment), Some(&untrusted))
         .map_err(|e| key_error(secret_key, format!("cannot sign: {e}")))?;
     Ok(sig.into_string())
 }
@@ -216,6 +243,17 @@ pub fn verify_file(
     data: &Path,
     expected_comment: &str,
 ) -> Result<String, String> {
+    let file = fs::File::open(data).map_err(|e| format!("cannot read the artifact: {e}"))?;
+    verify_reader(keys, minisig, file, expected_comment)
+}
+
+/// [`verify_file`] for data read from `data` (`pack` checks bytes in memory).
+pub(crate) fn verify_reader(
+    keys: &[TrustedKey],
+    minisig: &str,
+    mut data: impl Read,
+    expected_comment: &str,
+) -> Result<String, String> {
     let signature = minisign_verify::Signature::decode(minisig)
         .map_err(|e| format!("the signature is not in minisign's format ({e})"))?;
     let signer = signer_id(minisig)?;
@@ -228,10 +266,9 @@ pub fn verify_file(
         }
         other => other.to_string(),
     })?;
-    let mut file = fs::File::open(data).map_err(|e| format!("cannot read the artifact: {e}"))?;
     let mut buf = vec![0u8; 64 << 10];
     loop {
-        let n = file
+        let n = data
             .read(&mut buf)
             .map_err(|e| format!("cannot read the artifact: {e}"))?;
         if n == 0 {

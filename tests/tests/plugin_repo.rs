@@ -1038,6 +1038,35 @@ async fn the_plugin_subcommand_reads_the_registry_table_and_flags_override_it() 
         text.contains("the signature verifies with the trusted key"),
         "{text}"
     );
+    // Re-packed with changes, signed by a key the trusted key does not match: refused before
+    // the index directory is touched (before, the artifact and `index.toml` were already
+    // rewritten when the check failed).
+    let index_toml = fx.root.join("index").join(dtf_plugin_repo::INDEX_FILE);
+    let artifact = fx.root.join("index/artifacts/echo-0.1.0.tar.gz");
+    let before = (
+        std::fs::read(&index_toml).unwrap(),
+        std::fs::read(&artifact).unwrap(),
+    );
+    std::fs::write(src.join("extra.txt"), "changed").unwrap();
+    let (code, text) = cli(&[
+        "pack",
+        src.to_str().unwrap(),
+        "--key",
+        fx.keys.secret.to_str().unwrap(),
+        "--index",
+        &format!("{root}/index"),
+        "--trusted-key",
+        &format!("{root}/author/dtf-plugin.pub"),
+    ])
+    .await;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("not a trusted key"), "{text}");
+    let after = (
+        std::fs::read(&index_toml).unwrap(),
+        std::fs::read(&artifact).unwrap(),
+    );
+    assert!(before == after, "the index directory changed");
+    std::fs::remove_file(src.join("extra.txt")).unwrap();
     // The configuration names the index, the author's key and the plugin directory.
     let config = fx.root.join("dtf.toml");
     std::fs::write(
