@@ -1,6 +1,7 @@
 //! Hot reload: a poll-based watcher over the plugin directories.
 //!
-//! Polling (hashing a few small files every interval) needs no platform file-watching crate
+//! Polling (reading each manifest and the metadata of the files it runs, every interval, on a
+//! blocking thread) needs no platform file-watching crate
 //! and behaves the same on every OS and file system, including network mounts where change
 //! notifications are unreliable.
 
@@ -87,16 +88,57 @@ impl std::fmt::Debug for Reloader {
     }
 }
 
+/// What identifies a plugin's version on disk: the manifest's contents, and the identity of
+/// the files it runs (size, modification and change times, inode), not their contents. A
+/// plugin's program may be a large binary: reading and hashing it at every poll cost a second
+/// of I/O each interval and stalled the runtime's worker meanwhile. Replaced (an install
+/// renames a new file in) or rewritten in place, the file gets a new inode or times.
 fn fingerprint(m: &Manifest) -> u64 {
     let mut h = DefaultHasher::new();
-    for file in m.watched_files() {
+    for (i, file) in m.watched_files().into_iter().enumerate() {
         file.hash(&mut h);
-        match std::fs::read(&file) {
-            Ok(bytes) => bytes.hash(&mut h),
+        if i == 0 {
+            // The manifest itself (small): its contents.
+            match std::fs::read(&file) {
+                Ok(bytes) => bytes.hash(&mut h),
+                Err(e) => e.kind().to_string().hash(&mut h),
+            }
+            continue;
+        }
+        match std::fs::metadata(&file) {
+            Ok(md) => {
+                (md.len(), md.modified().ok()).hash(&mut h);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::MetadataExt as _;
+                    (md.ino(), md.dev(), md.ctime(), md.ctime_nsec()).hash(&mut h);
+                }
+            }
             Err(e) => e.kind().to_string().hash(&mut h),
         }
     }
     h.finish()
+}
+
+/// Scans `dirs` and fingerprints what it finds, on a blocking thread (file-system work off
+/// the runtime's workers).
+async fn scan(dirs: Vec<PathBuf>) -> (Vec<(Manifest, u64)>, Vec<crate::config::ConfigIssue>) {
+    let scanned = tokio::task::spawn_blocking(move || {
+        let (manifests, errors) = scan_dirs(&dirs);
+        let manifests = manifests
+            .into_iter()
+            .map(|m| {
+                let fp = fingerprint(&m);
+                (m, fp)
+            })
+            .collect();
+        (manifests, errors)
+    })
+    .await;
+    scanned.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "hot reload: the scan of the plugin directories failed");
+        (Vec::new(), Vec::new())
+    })
 }
 
 impl Reloader {
@@ -184,7 +226,7 @@ impl Reloader {
     /// Scans the directories once and applies what changed: new plugins are added, changed
     /// ones replaced with [`PluginManager::replace`] (no event lost), removed ones removed.
     pub async fn poll(&mut self, manager: &PluginManager) -> Vec<ReloadEvent> {
-        let (manifests, errors) = scan_dirs(&self.dirs);
+        let (manifests, errors) = scan(self.dirs.clone()).await;
         let mut events = Vec::new();
         // A plugin whose manifest became unreadable keeps running its last good version.
         let mut broken = BTreeSet::new();
@@ -198,7 +240,7 @@ impl Reloader {
             });
         }
         let mut seen = BTreeSet::new();
-        for m in manifests {
+        for (m, fp) in manifests {
             let name = m.name.clone();
             if self.disabled.contains(&name) || !seen.insert(name.clone()) {
                 continue;
@@ -215,7 +257,6 @@ impl Reloader {
                 }
                 continue;
             }
-            let fp = fingerprint(&m);
             let m = Arc::new(m);
             match self.known.get(&name) {
                 Some(k) if k.fingerprint == fp => {}
@@ -331,5 +372,45 @@ impl Reloader {
                 self.poll(&manager).await;
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    /// The program's identity on disk decides, not its contents (which are not read): a
+    /// rewrite in place or a replacement by rename changes the fingerprint, nothing else does.
+    #[test]
+    fn a_program_rewritten_or_replaced_changes_the_fingerprint() {
+        let dir = std::env::temp_dir().join(format!("dtf-reload-fp-{}", std::process::id()));
+        let plugin = dir.join("p");
+        std::fs::create_dir_all(&plugin).unwrap();
+        std::fs::write(
+            plugin.join("plugin.toml"),
+            "name = \"p\"\nversion = \"0.1.0\"\nkind = \"monitoring\"\nhooks = [\"task_created\"]\n\
+             protocol = 1\ncommand = \"run.sh\"\n",
+        )
+        .unwrap();
+        let program = plugin.join("run.sh");
+        std::fs::write(&program, "echo one").unwrap();
+        let fp = || {
+            let (m, errors) = scan_dirs(std::slice::from_ref(&dir));
+            assert!(errors.is_empty(), "{errors:?}");
+            assert_eq!(m[0].watched_files().len(), 2);
+            fingerprint(&m[0])
+        };
+        let first = fp();
+        assert_eq!(fp(), first, "unchanged");
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&program, "echo two").unwrap(); // same size, in place
+        let rewritten = fp();
+        assert_ne!(rewritten, first);
+        let new = plugin.join("run.sh.new");
+        std::fs::write(&new, "echo two").unwrap();
+        std::fs::rename(&new, &program).unwrap(); // same contents, a new file
+        assert_ne!(fp(), rewritten);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
