@@ -97,7 +97,10 @@ pub fn redact_location(location: &str) -> String {
     }
 }
 
-/// `relative` resolved against the index URL `base`, checked like an index URL.
+/// `relative` resolved against the index URL `base`, checked like an index URL. Only a
+/// `file://` index may point at files, and only an index on this machine at a loopback host
+/// (else a remote index could make the client send requests to local services before any
+/// signature is checked).
 pub(crate) fn join(base: &Url, relative: &str) -> Result<Url, RepoError> {
     let url = base.join(relative).map_err(|e| RepoError::BadUrl {
         url: relative.to_owned(),
@@ -107,7 +110,45 @@ pub(crate) fn join(base: &Url, relative: &str) -> Result<Url, RepoError> {
         url: redact(&url),
         reason,
     })?;
+    if url.scheme() == "file" && base.scheme() != "file" {
+        return Err(RepoError::BadUrl {
+            url: redact(&url),
+            reason: "an index served over the network cannot point at local files".to_owned(),
+        });
+    }
+    if is_local(&url) && !is_local(base) {
+        return Err(RepoError::BadUrl {
+            url: redact(&url),
+            reason: "an index served over the network cannot point at this machine".to_owned(),
+        });
+    }
     Ok(url)
+}
+
+/// Whether `url` points at this machine: a `file://` URL, or a loopback, unspecified
+/// (`0.0.0.0`) or `localhost` host.
+pub(crate) fn is_local(url: &Url) -> bool {
+    let local_ip = |ip: IpAddr| {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        ip.is_loopback() || ip.is_unspecified()
+    };
+    if url.scheme() == "file" {
+        return true;
+    }
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<IpAddr>() {
+        Ok(ip) => local_ip(ip),
+        Err(_) => {
+            let d = host.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+    }
 }
 
 fn file_path(url: &Url) -> Result<PathBuf, RepoError> {
@@ -125,6 +166,8 @@ pub(crate) fn http_client(extra_roots: &[Vec<u8>]) -> Result<reqwest::Client, Re
             attempt.error("too many redirects")
         } else if let Err(reason) = check_url(attempt.url()) {
             attempt.error(reason)
+        } else if is_local(attempt.url()) && !attempt.previous().first().is_none_or(is_local) {
+            attempt.error("a redirect from the network to this machine is refused")
         } else {
             attempt.follow()
         }
@@ -322,6 +365,33 @@ mod tests {
             "https://h.example/repo/artifacts/a.tar.gz"
         );
         assert!(join(&base, "http://evil.example/a.tar.gz").is_err());
+    }
+
+    /// An index read over the network cannot send the client to this machine's services.
+    #[test]
+    fn a_remote_index_cannot_point_at_this_machine() {
+        let remote = index_url("https://plugins.example.org/dtf/").unwrap();
+        for target in [
+            "http://127.0.0.1:9/admin",
+            "http://[::1]/x",
+            "http://localhost:2375/containers/json",
+            "https://localhost/x",
+            "https://127.0.0.2/x",
+            "https://[::ffff:127.0.0.1]/x",
+            "https://0.0.0.0/x",
+        ] {
+            let err = join(&remote, target).unwrap_err().to_string();
+            assert!(
+                err.contains("cannot point at this machine"),
+                "{target}: {err}"
+            );
+        }
+        let err = join(&remote, "file:///etc/passwd").unwrap_err().to_string();
+        assert!(err.contains("cannot point at local files"), "{err}");
+        // A local index may (a local mirror), and a remote one may point elsewhere.
+        let local = index_url("http://127.0.0.1:8080/").unwrap();
+        assert!(join(&local, "http://127.0.0.1:8080/artifacts/a.tar.gz").is_ok());
+        assert!(join(&remote, "https://cdn.example.org/a.tar.gz").is_ok());
     }
 
     #[test]
