@@ -116,7 +116,7 @@ impl Dtf {
         let (reporter, summary) = TaskReporter::spec();
         let manager = runtime.block_on(
             PluginManager::builder()
-                .spec(PluginSpec::new(CiReporter::new).config(serde_json::json!({
+                .spec(CiReporter::spec().config(serde_json::json!({
                     "junit": junit, "commands": commands,
                 })))
                 .spec(reporter.config(serde_json::json!({ "log_summary": false })))

@@ -184,7 +184,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut specs: Vec<PluginSpec> = Vec::new();
     let wants = |p: &str| args.plugins.iter().any(|x| x == p);
     if wants("ci-reporter") {
-        specs.push(PluginSpec::new(CiReporter::new).config(serde_json::json!({
+        specs.push(CiReporter::spec().config(serde_json::json!({
             "junit": dir.join("junit.xml"),
             "json": dir.join("run.json"),
             "markdown": dir.join("summary.md"),
@@ -192,7 +192,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         })));
     }
     if wants("teamcity-live") {
-        specs.push(PluginSpec::new(TeamcityLive::new));
+        specs.push(TeamcityLive::spec());
     }
     let stats = ApiStats::default();
     let mut api_enabled = false;

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use clap::{CommandFactory as _, Parser as _};
 use dtf_cluster::{Hub, HubNote};
-use dtf_plugin_core::ShutdownReport;
 use dtf_plugin_core::config::{
     self, Config, ConfigErrors, ConfigIssue, ConfigLoader, IssueKind, Origin,
 };
@@ -19,6 +18,7 @@ use dtf_plugin_core::event::{TaskCreated, TaskId, WorkerId};
 use dtf_plugin_core::external::{self, Reloader};
 use dtf_plugin_core::prelude::*;
 use dtf_plugin_core::registry::{PluginRegistry, PluginSource, RegistryEntry, did_you_mean};
+use dtf_plugin_core::{Handover, ShutdownReport};
 use dtf_plugins_ci::{
     CiReporter, ReportFile, ReportFiles, ReporterConfig, RunResult, TaskReporter,
     TaskReporterHandle, TaskSummary,
@@ -607,9 +607,14 @@ impl Coordinator {
                 CiReporter::NAME => {
                     // Built here rather than from the registry so that the files it writes
                     // (or fails to) are known at the end of the run.
+                    // A restarted instance goes on with the run recorded so far.
                     let files = ci_files.clone();
-                    let spec =
-                        PluginSpec::new(move || CiReporter::new().with_report_files(files.clone()));
+                    let handover = Handover::new();
+                    let spec = PluginSpec::new(move || {
+                        CiReporter::new()
+                            .with_report_files(files.clone())
+                            .with_handover(handover.clone())
+                    });
                     match config {
                         Some(c) => spec.config(c),
                         None => {

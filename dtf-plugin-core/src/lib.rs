@@ -119,6 +119,7 @@ mod error;
 pub mod event;
 #[cfg(feature = "external")]
 pub mod external;
+mod handover;
 pub mod lifecycle;
 mod manager;
 mod plugin;
@@ -134,6 +135,7 @@ pub mod testing;
 pub use bus::{Bus, DeadLetter, OverflowPolicy};
 pub use error::{BatchClosed, ConfigError, ManagerError, PublishError};
 pub use event::{Event, EventKind, EventMeta, Hook, HookSet, PluginKind, ShutdownReason};
+pub use handover::Handover;
 pub use manager::{
     ManagerConfig, PluginInfo, PluginManager, PluginManagerBuilder, PluginShutdown, PluginSpec,
     PluginStats, PluginStatus, ShutdownReport,

@@ -75,7 +75,7 @@
 //!
 //! let dir = std::env::temp_dir().join(format!("dtf-ci-doc-{}", std::process::id()));
 //! let manager = PluginManager::builder()
-//!     .spec(PluginSpec::new(CiReporter::new).config(serde_json::json!({
+//!     .spec(CiReporter::spec().config(serde_json::json!({
 //!         "junit": dir.join("junit.xml"),
 //!         "markdown": dir.join("summary.md"),
 //!     })))
@@ -198,18 +198,18 @@ use dtf_plugin_core::registry::{PluginRegistry, RegistryEntry, RegistryError};
 pub fn register(registry: &mut PluginRegistry) -> Result<(), RegistryError> {
     const KRATE: &str = "dtf-plugins-ci";
     registry.register(
-        RegistryEntry::new(|| PluginSpec::new(CiReporter::new))
+        RegistryEntry::new(CiReporter::spec)
             .description("writes JUnit, JSON, Markdown reports and CI status lines at shutdown")
             .config_type::<ReporterConfig>()
             .built_in(KRATE),
     )?;
     registry.register(
-        RegistryEntry::new(|| PluginSpec::new(TeamcityLive::new))
+        RegistryEntry::new(TeamcityLive::spec)
             .description("streams TeamCity service messages as tasks run")
             .built_in(KRATE),
     )?;
     registry.register(
-        RegistryEntry::new(|| PluginSpec::new(TaskReporter::default))
+        RegistryEntry::new(|| TaskReporter::spec().0)
             .description(
                 "tracks every task; summary with pass rate, p50/p95, slowest and flaky tasks",
             )

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use dtf_plugin_core::Handover;
 use dtf_plugin_core::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -72,12 +73,27 @@ pub struct ReporterConfig {
 /// Report files are written in order (JUnit, JSON, Markdown, GitHub summary, Azure summary);
 /// parent directories are created. A report that cannot be written is logged and the others
 /// are still written; the handler then returns the first error, so the failure shows in the
-/// plugin's stats. The recorded run lives in the instance: after a restart it starts empty.
+/// plugin's stats.
+///
+/// Built by [`CiReporter::spec`] (as the registry does), an instance hands the run recorded
+/// so far to the next one after a restart ([`Handover`]), so the reports still list every
+/// task; a reporter built by hand with [`CiReporter::new`] starts empty after a restart.
 pub struct CiReporter {
     recorder: RunRecorder,
     config: ReporterConfig,
     output: Output,
     files: ReportFiles,
+    handover: Handover<RunRecorder>,
+    /// The reports were written: nothing to hand over.
+    written: bool,
+}
+
+impl Drop for CiReporter {
+    fn drop(&mut self) {
+        if !self.written {
+            self.handover.put(std::mem::take(&mut self.recorder));
+        }
+    }
 }
 
 impl std::fmt::Debug for CiReporter {
@@ -110,7 +126,23 @@ impl CiReporter {
             config: ReporterConfig::default(),
             output,
             files: ReportFiles::new(),
+            handover: Handover::new(),
+            written: false,
         }
+    }
+
+    /// A spec whose instances hand the run recorded so far to the next one after a restart
+    /// (printing commands to stdout).
+    pub fn spec() -> PluginSpec {
+        let handover = Handover::new();
+        PluginSpec::new(move || Self::new().with_handover(handover.clone()))
+    }
+
+    /// Takes the run recorded by the previous instance from `handover` at start, and leaves
+    /// its own there when dropped before writing the reports (see [`CiReporter::spec`]).
+    pub fn with_handover(mut self, handover: Handover<RunRecorder>) -> Self {
+        self.handover = handover;
+        self
     }
 
     /// Records every report file written (or not) in `files`, for the application to name
@@ -214,6 +246,9 @@ impl Plugin for CiReporter {
 
     async fn on_start(&mut self, ctx: &mut PluginContext) -> Result<(), PluginError> {
         self.config = ctx.config::<ReporterConfig>()?;
+        if let Some(recorder) = self.handover.take() {
+            self.recorder = recorder;
+        }
         Ok(())
     }
 
@@ -235,6 +270,7 @@ impl Plugin for CiReporter {
         if matches!(event.kind, EventKind::CoordinatorShutdown(_)) {
             // The reports are small and written once, at the very end of the run; blocking
             // the handler for that is cheaper than handing the state to a blocking thread.
+            self.written = true;
             self.write_reports()?;
         }
         Ok(())
@@ -245,10 +281,19 @@ impl Plugin for CiReporter {
 /// tests starting and finishing live. Each task is its own `flowId`.
 ///
 /// Its writer is injected ([`TeamcityLive::with_output`]); [`TeamcityLive::new`] writes to
-/// stdout, which is where TeamCity reads service messages from.
+/// stdout, which is where TeamCity reads service messages from. Built by
+/// [`TeamcityLive::spec`] (as the registry does), an instance hands the tests it has open to
+/// the next one after a restart, so a test started before the restart still finishes.
 pub struct TeamcityLive {
     messages: TeamcityMessages,
     output: Output,
+    handover: Handover<TeamcityMessages>,
+}
+
+impl Drop for TeamcityLive {
+    fn drop(&mut self) {
+        self.handover.put(std::mem::take(&mut self.messages));
+    }
 }
 
 impl std::fmt::Debug for TeamcityLive {
@@ -277,7 +322,19 @@ impl TeamcityLive {
         Self {
             messages: TeamcityMessages::new(),
             output,
+            handover: Handover::new(),
         }
+    }
+
+    /// A spec whose instances hand their open tests to the next one after a restart (writing
+    /// to stdout).
+    pub fn spec() -> PluginSpec {
+        let handover = Handover::new();
+        PluginSpec::new(move || {
+            let mut live = Self::new();
+            live.handover = handover.clone();
+            live
+        })
     }
 }
 
@@ -287,6 +344,13 @@ impl Plugin for TeamcityLive {
             .version(env!("CARGO_PKG_VERSION"))
             .kind(PluginKind::Reporter)
             .hooks(HookSet::TASK)
+    }
+
+    async fn on_start(&mut self, _ctx: &mut PluginContext) -> Result<(), PluginError> {
+        if let Some(messages) = self.handover.take() {
+            self.messages = messages;
+        }
+        Ok(())
     }
 
     async fn on_event(

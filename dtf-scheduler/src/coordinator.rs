@@ -1,9 +1,10 @@
 //! [`SchedulingCoordinator`]: the engine as a plugin on the bus.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use dtf_plugin_core::Handover;
 use dtf_plugin_core::event::WorkerId;
 use dtf_plugin_core::prelude::*;
 
@@ -50,7 +51,7 @@ use crate::registry::Registry;
 pub struct SchedulingCoordinator {
     registry: Arc<Registry>,
     /// Where the state goes when this instance is dropped, for the factory's next instance.
-    kept: Arc<Mutex<Option<Kept>>>,
+    kept: Handover<Kept>,
     /// The settings `engine` was built with.
     config: Option<SchedulerConfig>,
     engine: Option<Engine>,
@@ -85,8 +86,7 @@ impl Drop for SchedulingCoordinator {
             wake_at: self.wake_at,
             remote_told: std::mem::take(&mut self.remote_told),
         };
-        // A panic while the lock was held (in another instance's drop) left nothing half done.
-        *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(kept);
+        self.kept.put(kept);
     }
 }
 
@@ -117,7 +117,7 @@ impl SchedulingCoordinator {
     pub fn with_registry(registry: Arc<Registry>) -> Self {
         Self {
             registry,
-            kept: Arc::default(),
+            kept: Handover::new(),
             config: None,
             engine: None,
             epoch: None,
@@ -144,10 +144,10 @@ impl SchedulingCoordinator {
         config: &SchedulerConfig,
     ) -> Result<PluginSpec, SchedulerError> {
         registry.build(config)?;
-        let kept = Arc::default();
+        let kept = Handover::new();
         Ok(PluginSpec::new(move || {
             let mut c = Self::with_registry(Arc::clone(&registry));
-            c.kept = Arc::clone(&kept);
+            c.kept = kept.clone();
             c
         })
         .config(config)
@@ -229,12 +229,7 @@ impl Plugin for SchedulingCoordinator {
 
     async fn on_start(&mut self, ctx: &mut PluginContext) -> Result<(), PluginError> {
         let config: SchedulerConfig = ctx.config()?;
-        let kept = self
-            .kept
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(k) = kept.filter(|k| k.config == config) {
+        if let Some(k) = self.kept.take().filter(|k| k.config == config) {
             tracing::info!(
                 scheduler = k.engine.scheduler_name(),
                 waiting = k.engine.waiting(),

@@ -18,8 +18,9 @@ use std::time::{Duration, SystemTime};
 use dtf_plugin_core::event::{EventMeta, TaskCompleted, TaskCreated, TaskFailed};
 use dtf_plugin_core::prelude::*;
 use dtf_plugins_ci::{
-    CiReporter, RunRecorder, RunResult, TaskStatus, TeamcityLive, azure, github, junit,
-    render_azure_issues, render_github_annotations, render_junit, render_markdown, render_teamcity,
+    CiReporter, RunRecorder, RunResult, TaskReporter, TaskStatus, TeamcityLive, azure, github,
+    junit, render_azure_issues, render_github_annotations, render_junit, render_markdown,
+    render_teamcity,
 };
 use proptest::prelude::*;
 
@@ -1218,4 +1219,71 @@ fn an_unknown_ci_system_name_is_an_error_listing_the_valid_names() {
         "Jenkins".parse::<dtf_plugins_ci::CiSystem>().unwrap(),
         dtf_plugins_ci::CiSystem::Jenkins
     );
+}
+
+/// A reporter restarted mid-run (on request here; a panic does the same) still reports every
+/// task: its instances hand the run recorded so far to the next one. Before, the new instance
+/// started empty, and the JUnit file and the task summary listed only the tasks that ended
+/// after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reporter_restarted_mid_run_still_reports_every_task() {
+    let dir = temp_path("restarted");
+    let _ = std::fs::remove_dir_all(&dir);
+    let junit = dir.join("junit.xml");
+    let summary_json = dir.join("summary.json");
+    // Both as the registry builds them (the coordinator's path).
+    let mut registry = dtf_plugin_core::PluginRegistry::new();
+    dtf_plugins_ci::register(&mut registry).unwrap();
+    let spec = |name: &str, config| registry.entry(name).unwrap().spec(Some(config));
+    let manager = PluginManager::builder()
+        .spec(spec(
+            CiReporter::NAME,
+            serde_json::json!({ "junit": junit }),
+        ))
+        .spec(spec(
+            TaskReporter::NAME,
+            serde_json::json!({ "summary_json": summary_json }),
+        ))
+        .spawn()
+        .await
+        .unwrap();
+    let publish = async |kind: EventKind| manager.publish(kind).await.unwrap();
+    publish(EventKind::coordinator_startup("run-restart")).await;
+    let task = async |i: u32| {
+        let id = format!("t{i}");
+        publish(EventKind::task_created(
+            id.as_str(),
+            format!("suite::case_{i}"),
+        ))
+        .await;
+        publish(EventKind::task_started(id.as_str(), "w", 1)).await;
+        publish(completed(&id, "w", 1, TaskOutcome::Passed, 5, "")).await;
+    };
+    task(1).await;
+    manager.settle().await;
+    for name in [CiReporter::NAME, TaskReporter::NAME] {
+        manager.restart(name).await.unwrap();
+    }
+    task(2).await;
+    manager.settle().await;
+    let summary = manager
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name, p.stats.restarts, p.status))
+        .collect::<Vec<_>>();
+    manager.shutdown(ShutdownReason::Completed).await;
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    for case in ["name=\"case_1\"", "name=\"case_2\""] {
+        assert!(
+            xml.contains(case),
+            "{case} missing after a restart: {xml}\n{summary:?}"
+        );
+    }
+    assert!(xml.contains("tests=\"2\""), "{xml}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_json).unwrap()).unwrap();
+    assert_eq!(summary["totals"]["tasks"], 2, "{summary}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
