@@ -174,7 +174,6 @@ pub use run::{
 pub use safe::{CiSafeWriter, neutralize};
 pub use teamcity::{TeamcityMessages, render_teamcity};
 
-use dtf_plugin_core::PluginSpec;
 use dtf_plugin_core::registry::{PluginRegistry, RegistryEntry, RegistryError};
 
 /// Registers this crate's plugins in `registry` as built-in plugins of `dtf-plugins-ci`:
@@ -218,7 +217,7 @@ pub fn register(registry: &mut PluginRegistry) -> Result<(), RegistryError> {
     )?;
     #[cfg(feature = "api")]
     registry.register(
-        RegistryEntry::new(|| PluginSpec::new(CiApiReporter::new))
+        RegistryEntry::new(|| dtf_plugin_core::PluginSpec::new(CiApiReporter::new))
             .description("reports the run to the CI service's HTTP API (GitHub, GitLab, ...)")
             .config_check::<ApiConfig>(ApiConfig::validate)
             .built_in(KRATE),
