@@ -166,6 +166,10 @@ pub(crate) struct RunState {
     events: u64,
     by_hook: BTreeMap<Hook, u64>,
     tasks: HashMap<TaskId, TaskState>,
+    /// The worker each running task runs on (the one its `TaskStarted` named): its end
+    /// frees that worker's count whatever the ending event names (a `TaskCancelled` names
+    /// none, a `TaskFailed` may not).
+    running_on: HashMap<TaskId, WorkerId>,
     by_state: BTreeMap<TaskState, u64>,
     workers: BTreeMap<WorkerId, WorkerRow>,
     failures: VecDeque<FailureRow>,
@@ -199,6 +203,7 @@ impl RunState {
             events: 0,
             by_hook: BTreeMap::new(),
             tasks: HashMap::new(),
+            running_on: HashMap::new(),
             by_state: BTreeMap::new(),
             workers: BTreeMap::new(),
             failures: VecDeque::new(),
@@ -213,8 +218,13 @@ impl RunState {
         *self.by_state.entry(state).or_default() += 1;
     }
 
-    fn task_state(&self, task: &TaskId) -> Option<TaskState> {
-        self.tasks.get(task).copied()
+    /// The task is no longer running (it ended, or starts again elsewhere): its worker's
+    /// running count goes down.
+    fn stop_running(&mut self, task: &TaskId) {
+        if let Some(worker) = self.running_on.remove(task) {
+            let w = self.worker(&worker);
+            w.running = w.running.saturating_sub(1);
+        }
     }
 
     fn worker(&mut self, worker: &WorkerId) -> &mut WorkerRow {
@@ -239,11 +249,13 @@ impl RunState {
             EventKind::TaskCreated(t) => self.set_task(&t.task, TaskState::Queued),
             EventKind::TaskAssigned(t) => self.set_task(&t.task, TaskState::Assigned),
             EventKind::TaskStarted(t) => {
+                self.stop_running(&t.task);
                 self.set_task(&t.task, TaskState::Running);
                 self.worker(&t.worker).running += 1;
+                self.running_on.insert(t.task.clone(), t.worker.clone());
             }
             EventKind::TaskCompleted(t) => {
-                let was_running = self.task_state(&t.task) == Some(TaskState::Running);
+                self.stop_running(&t.task);
                 let state = match t.outcome {
                     TaskOutcome::Passed => TaskState::Passed,
                     TaskOutcome::Skipped => TaskState::Skipped,
@@ -251,9 +263,6 @@ impl RunState {
                 };
                 self.set_task(&t.task, state);
                 let w = self.worker(&t.worker);
-                if was_running {
-                    w.running = w.running.saturating_sub(1);
-                }
                 if state == TaskState::Failed {
                     w.failed += 1;
                 } else {
@@ -261,14 +270,10 @@ impl RunState {
                 }
             }
             EventKind::TaskFailed(t) => {
-                let was_running = self.task_state(&t.task) == Some(TaskState::Running);
+                self.stop_running(&t.task);
                 self.set_task(&t.task, TaskState::Failed);
                 if let Some(worker) = &t.worker {
-                    let w = self.worker(worker);
-                    if was_running {
-                        w.running = w.running.saturating_sub(1);
-                    }
-                    w.failed += 1;
+                    self.worker(worker).failed += 1;
                 }
                 if self.failures.len() == FAILURES_KEPT {
                     self.failures.pop_front();
@@ -283,7 +288,10 @@ impl RunState {
                     time_ms: epoch_ms(event.meta.time),
                 });
             }
-            EventKind::TaskCancelled(t) => self.set_task(&t.task, TaskState::Cancelled),
+            EventKind::TaskCancelled(t) => {
+                self.stop_running(&t.task);
+                self.set_task(&t.task, TaskState::Cancelled);
+            }
             EventKind::WorkerRegistered(w) => self.worker(&w.worker).state = "registered",
             EventKind::WorkerDisconnected(w) => self.worker(&w.worker).state = "disconnected",
             EventKind::WorkerFailed(w) => self.worker(&w.worker).state = "failed",
@@ -392,6 +400,39 @@ mod tests {
         assert_eq!(s.workers[0].running, 0);
         assert_eq!(s.failures.len(), 1);
         assert!(s.failures[0].tail.len() <= TAIL_BYTES + '…'.len_utf8());
+    }
+
+    /// A running task's end frees its worker's count whatever the ending event names: a
+    /// cancellation names no worker, a failure may not, and a task started again elsewhere
+    /// (its worker lost) leaves the old one (before, these counts stayed up for good).
+    #[test]
+    fn a_running_task_frees_its_worker_however_it_ends() {
+        let mut run = RunState::new();
+        let err = || TaskError::builder().kind("lost").message("gone").build();
+        let events = [
+            EventKind::task_started("a", "w1", 1),
+            EventKind::task_started("b", "w1", 1),
+            EventKind::task_started("c", "w1", 1),
+            EventKind::task_cancelled("a", "the run ended"),
+            EventKind::task_failed("b", err(), true), // no worker named
+            EventKind::task_started("c", "w2", 2),   // w1 was lost: c runs again on w2
+        ];
+        for (i, kind) in events.into_iter().enumerate() {
+            run.record(&ev(kind, i as u64 + 1));
+        }
+        let running = |run: &RunState| -> Vec<(String, u64)> {
+            run.snapshot()
+                .workers
+                .iter()
+                .map(|w| (w.worker.clone(), w.running))
+                .collect()
+        };
+        assert_eq!(running(&run), [("w1".to_owned(), 0), ("w2".to_owned(), 1)]);
+        run.record(&ev(
+            EventKind::task_completed("c", "w2", TaskOutcome::Passed, Duration::ZERO),
+            7,
+        ));
+        assert_eq!(running(&run), [("w1".to_owned(), 0), ("w2".to_owned(), 0)]);
     }
 
     #[test]
