@@ -415,7 +415,7 @@ mod tests {
             EventKind::task_started("c", "w1", 1),
             EventKind::task_cancelled("a", "the run ended"),
             EventKind::task_failed("b", err(), true), // no worker named
-            EventKind::task_started("c", "w2", 2),   // w1 was lost: c runs again on w2
+            EventKind::task_started("c", "w2", 2),    // w1 was lost: c runs again on w2
         ];
         for (i, kind) in events.into_iter().enumerate() {
             run.record(&ev(kind, i as u64 + 1));
