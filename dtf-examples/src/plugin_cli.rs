@@ -72,6 +72,10 @@ struct Target {
     /// Trust this plugin without a signature. Repeatable.
     #[arg(long = "allow-unsigned", value_name = "NAME")]
     allow_unsigned: Vec<String>,
+    /// Let this plugin be replaced by a version signed by another trusted key than the
+    /// installed one's. Repeatable.
+    #[arg(long = "allow-signer-change", value_name = "NAME")]
+    allow_signer_change: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,6 +232,9 @@ fn client(common: Common, target: Option<Target>) -> Result<RepoClient, RepoErro
         }
         for name in target.allow_unsigned {
             builder = builder.allow_unsigned(name);
+        }
+        for name in target.allow_signer_change {
+            builder = builder.allow_signer_change(name);
         }
     }
     if let Some(dir) = common.cache_dir {

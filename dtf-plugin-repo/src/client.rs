@@ -23,6 +23,9 @@ use crate::{RegistrySettings, RepoError};
 /// ignores them: they hold no `plugin.toml` at their top.
 pub const STAGING_PREFIX: &str = ".dtf-staging-";
 
+/// What the lock file says for a plugin trusted without a signature (`signed_by`).
+const UNSIGNED: &str = "unsigned";
+
 /// One index as fetched (or read from the cache).
 #[derive(Clone)]
 #[non_exhaustive]
@@ -190,6 +193,7 @@ pub struct RepoClientBuilder {
     indexes: Vec<String>,
     trusted_keys: Vec<PathBuf>,
     allow_unsigned: BTreeSet<String>,
+    allow_signer_change: BTreeSet<String>,
     plugin_dir: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
     provided: BTreeSet<String>,
@@ -221,6 +225,13 @@ impl RepoClientBuilder {
     /// Trusts plugin `name` without a signature. Default: no plugin.
     pub fn allow_unsigned(mut self, name: impl Into<String>) -> Self {
         self.allow_unsigned.insert(name.into());
+        self
+    }
+
+    /// Lets plugin `name` be replaced by a version signed by another trusted key than the
+    /// installed one's ([`RepoError::SignerChanged`] otherwise). Default: no plugin.
+    pub fn allow_signer_change(mut self, name: impl Into<String>) -> Self {
+        self.allow_signer_change.insert(name.into());
         self
     }
 
@@ -305,6 +316,7 @@ impl RepoClientBuilder {
             indexes,
             keys,
             allow_unsigned: self.allow_unsigned,
+            allow_signer_change: self.allow_signer_change,
             plugin_dir,
             cache_dir,
             provided: self.provided,
@@ -331,6 +343,7 @@ pub struct RepoClient {
     indexes: Vec<Url>,
     keys: Vec<TrustedKey>,
     allow_unsigned: BTreeSet<String>,
+    allow_signer_change: BTreeSet<String>,
     plugin_dir: PathBuf,
     cache_dir: PathBuf,
     provided: BTreeSet<String>,
@@ -738,6 +751,20 @@ impl RepoClient {
                 if !self.keys.iter().any(|k| k.id() == signer) {
                     return Err(bad(sign::untrusted_signer(&self.keys, &signer)));
                 }
+                // The key that signed the installed version is pinned: another trusted key
+                // (another index listed first now, another publisher of the same name) does
+                // not replace the plugin unless the user says so.
+                if let Some(l) = lock.get(name).filter(|l| l.signed_by != UNSIGNED) {
+                    if l.signed_by != signer && !self.allow_signer_change.contains(name) {
+                        return Err(RepoError::SignerChanged {
+                            name: name.to_owned(),
+                            version: entry.version.to_string(),
+                            installed: l.version.to_string(),
+                            from: l.signed_by.clone(),
+                            to: signer,
+                        });
+                    }
+                }
             }
         }
         if artifact.size > self.limits.max_download {
@@ -882,7 +909,7 @@ fn check_and_unpack(
         )?,
         None => {
             tracing::warn!(plugin = %name, "installing an unsigned plugin the user trusts without a signature");
-            "unsigned".to_owned()
+            UNSIGNED.to_owned()
         }
     };
     std::fs::create_dir(root).map_err(RepoError::io("create", root))?;

@@ -163,6 +163,24 @@ pub enum RepoError {
         /// The plugin.
         name: String,
     },
+    /// A version signed by another key than the installed one's: another publisher's plugin
+    /// of the same name (an index listed first now, a renamed key) does not replace it
+    /// unless the user allows it.
+    #[error(
+        "install plugin `{name}` {version}: it is signed by key {to}, the installed {installed} by key {from}; refusing a change of signer (allow it with --allow-signer-change {name})"
+    )]
+    SignerChanged {
+        /// The plugin.
+        name: String,
+        /// The version refused.
+        version: String,
+        /// The version installed.
+        installed: String,
+        /// The key that signed the installed version.
+        from: String,
+        /// The key that signed the new one.
+        to: String,
+    },
     /// The unpacked plugin is not a valid plugin folder (no or bad `plugin.toml`, or one that
     /// does not match the index entry).
     #[error("check plugin `{name}`: {reason}")]

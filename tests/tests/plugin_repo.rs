@@ -1331,3 +1331,38 @@ async fn releases_win_over_pre_releases_unless_one_is_asked_for() {
     let done = client.update(Some("foo")).await.unwrap();
     assert_eq!(done[0].plugin.version.to_string(), "2.0.0-rc.2");
 }
+
+/// The key that signed an installed plugin is pinned: a version signed by another trusted
+/// key (another publisher's plugin of the same name, in an index listed first now) is refused
+/// unless the user allows the change. Before, any trusted key's newer version replaced it.
+#[tokio::test]
+async fn an_update_signed_by_another_key_is_refused_unless_allowed() {
+    let fx = Fixture::new("signer");
+    fx.pack(&fx.plugin_src("foo", "1.0.0", ""));
+    let server = serve(&fx.index_dir()).await;
+    let other = keygen(&fx.root.join("other-key")).unwrap();
+    let client = fx.client_with(&server.uri(), |b| b.trusted_key(&other.public));
+    client.install("foo").await.unwrap();
+    pack(
+        &fx.plugin_src("foo", "2.0.0", ""),
+        &fx.index_dir(),
+        &PackOptions::default().secret_key(&other.secret),
+    )
+    .unwrap();
+    let before = requested(&server).await.len();
+    let err = client.update(Some("foo")).await.unwrap_err();
+    assert!(matches!(err, RepoError::SignerChanged { .. }), "{err}");
+    assert!(!downloaded_an_artifact(&requested(&server).await[before..]));
+    let text = err.to_string();
+    assert!(
+        text.contains(&other.key_id) && text.contains(&fx.keys.key_id),
+        "{text}"
+    );
+    assert!(text.contains("--allow-signer-change foo"), "{text}");
+    let allowed = fx.client_with(&server.uri(), |b| {
+        b.trusted_key(&other.public).allow_signer_change("foo")
+    });
+    let done = allowed.update(Some("foo")).await.unwrap();
+    assert_eq!(done[0].plugin.version.to_string(), "2.0.0");
+    assert_eq!(done[0].plugin.signed_by, other.key_id);
+}
