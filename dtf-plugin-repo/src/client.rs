@@ -537,7 +537,9 @@ impl RepoClient {
     }
 
     /// Updates `name` (or every installed plugin) to the newest version this build can
-    /// install, with missing requirements. The plugin's settings live in `dtf.toml` and are
+    /// install that the installed plugins requiring it allow (their ranges), with missing
+    /// requirements. Updating every plugin, one that no listed version fits is left as it is
+    /// with a warning. The plugin's settings live in `dtf.toml` and are
     /// not touched. Returns what changed.
     ///
     /// # Errors
@@ -571,11 +573,25 @@ impl RepoClient {
                 }
                 _ => Wanted::Latest,
             };
+            // The installed plugins that require it keep it within their ranges.
+            let held = dependents_ranges(&snapshots, &lock, n);
+            let wanted = match (held.is_empty(), wanted) {
+                (true, wanted) => wanted,
+                (false, Wanted::Range(r)) => Wanted::Range(VersionReq {
+                    comparators: [r.comparators, held].concat(),
+                }),
+                (false, _) => Wanted::Range(VersionReq { comparators: held }),
+            };
             let (_, entry) = match choose(&snapshots, n, &wanted) {
                 Ok(found) => found,
                 // Updating everything: a plugin no index lists any more stays as it is.
                 Err(RepoError::NotFound { .. }) if name.is_none() => {
                     tracing::warn!(plugin = %n, "no index lists this installed plugin any more; not updated");
+                    continue;
+                }
+                // ...and one whose dependents allow no listed version too.
+                Err(RepoError::NoVersion { .. }) if name.is_none() => {
+                    tracing::warn!(plugin = %n, %wanted, "no listed version meets what the installed plugins that require it allow; not updated");
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -996,6 +1012,28 @@ fn choose<'a>(
             suggestion: None,
         })),
     }
+}
+
+/// The ranges within which the installed plugins that require `name` need it: what each
+/// one's installed version requires, as its index entry says (the lock file lists only the
+/// names). A dependent no index lists any more constrains nothing here.
+fn dependents_ranges(
+    snapshots: &[IndexSnapshot],
+    lock: &LockFile,
+    name: &str,
+) -> Vec<semver::Comparator> {
+    lock.plugins
+        .iter()
+        .filter(|d| d.requires.iter().any(|r| r == name))
+        .filter_map(|d| {
+            snapshots
+                .iter()
+                .flat_map(|s| s.index.versions(&d.name))
+                .find(|e| e.version == d.version)
+                .and_then(|e| e.requires.get(name))
+        })
+        .flat_map(|req| req.comparators.iter().cloned())
+        .collect()
 }
 
 /// `versions` (newest first) with the releases before the pre-releases: without a version

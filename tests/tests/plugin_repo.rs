@@ -1366,3 +1366,33 @@ async fn an_update_signed_by_another_key_is_refused_unless_allowed() {
     assert_eq!(done[0].plugin.version.to_string(), "2.0.0");
     assert_eq!(done[0].plugin.signed_by, other.key_id);
 }
+
+/// `update` keeps a plugin within the ranges of the installed plugins that require it (their
+/// index entries say which): before, it moved it to the newest version and broke them.
+#[tokio::test]
+async fn update_keeps_a_plugin_within_what_its_dependents_require() {
+    let fx = Fixture::new("ranges");
+    fx.pack(&fx.plugin_src("b", "1.2.0", ""));
+    fx.pack(&fx.plugin_src("a", "1.0.0", "requires = [\"b\"]\n"));
+    fx.edit_index(|i| {
+        let a = i.plugins.iter_mut().find(|e| e.name == "a").unwrap();
+        a.requires
+            .insert("b".into(), semver::VersionReq::parse("^1").unwrap());
+    });
+    let server = serve(&fx.index_dir()).await;
+    let client = fx.client(&server.uri());
+    let done = client.install("a").await.unwrap();
+    let names: Vec<&str> = done.iter().map(|d| d.plugin.name.as_str()).collect();
+    assert_eq!(names, ["b", "a"]);
+
+    fx.pack(&fx.plugin_src("b", "2.0.0", ""));
+    assert!(client.update(None).await.unwrap().is_empty(), "b 2 breaks a");
+    assert!(client.update(Some("b")).await.unwrap().is_empty());
+    fx.pack(&fx.plugin_src("b", "1.3.0", ""));
+    let done = client.update(None).await.unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        (done[0].plugin.name.as_str(), done[0].plugin.version.to_string()),
+        ("b", "1.3.0".to_owned())
+    );
+}
