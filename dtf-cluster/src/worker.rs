@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dtf_plugin_core::event::{Capabilities, Event, EventKind, TaskError, WorkerId};
+use dtf_plugin_core::event::{Capabilities, Event, EventKind, TaskError, TaskId, WorkerId};
 use ractor::{Actor, ActorRef};
 use ractor_cluster::NodeServerMessage;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -201,6 +201,7 @@ pub(crate) async fn serve(
         next_seq: 0,
         outbox: VecDeque::new(),
         jobs_received: JobCursor::default(),
+        running: BTreeMap::new(),
         hub_node: None,
         oldest_sent: Instant::now(),
         last_heard: Instant::now(),
@@ -397,6 +398,8 @@ struct WorkerLoop {
     /// When the oldest unacknowledged event was last sent.
     oldest_sent: Instant,
     jobs_received: JobCursor,
+    /// The jobs running, by number: their task and a handle to stop them.
+    running: BTreeMap<u64, (TaskId, tokio::task::AbortHandle)>,
     /// The node id of the session the coordinator is reached through.
     hub_node: Option<u64>,
     last_heard: Instant,
@@ -560,6 +563,7 @@ impl WorkerLoop {
                     self.hub = Some(hub);
                 }
                 self.jobs_received.skip_to(jobs_void_upto);
+                self.stop_void_jobs(jobs_void_upto);
                 // Only what was sent before this session's hello may be lost: what was sent
                 // after it follows the hello on the same connection, in order.
                 self.acked(upto);
@@ -628,6 +632,25 @@ impl WorkerLoop {
         None
     }
 
+    /// Stops the jobs up to `void_upto` still running: the coordinator gave them up while
+    /// this node was away (it took the node for failed, or the run ended) and put their tasks
+    /// back in the queue. Left running, each would run alongside its own next attempt
+    /// elsewhere (two copies of one test on shared resources), and this node would run more
+    /// jobs than its slots until they ended. Dropping a job's future kills its process group.
+    fn stop_void_jobs(&mut self, void_upto: u64) {
+        let void: Vec<u64> = self.running.range(..=void_upto).map(|(s, _)| *s).collect();
+        for seq in void {
+            if let Some((task, run)) = self.running.remove(&seq) {
+                run.abort();
+                tracing::warn!(
+                    %task,
+                    job = seq,
+                    "the coordinator gave this job up while this node was away and runs the task again; stopped it"
+                );
+            }
+        }
+    }
+
     fn acked(&mut self, upto: u64) {
         let mut moved = false;
         let mut freed = 0usize;
@@ -680,6 +703,9 @@ impl WorkerLoop {
     }
 
     fn emit(&mut self, job: u64, kind: EventKind) {
+        if !matches!(kind, EventKind::TaskStarted(_)) {
+            self.running.remove(&job); // its result
+        }
         self.next_seq += 1;
         let seq = self.next_seq;
         let Some(bytes) = self.encode(&WorkerFrame::Event { seq, job, kind }) else {
@@ -739,7 +765,7 @@ impl WorkerLoop {
         }
     }
 
-    fn start(&self, seq: u64, job: RemoteJob) {
+    fn start(&mut self, seq: u64, job: RemoteJob) {
         let worker = self.config.worker.clone();
         let events = self.events.clone();
         let Some(runner) = self.runner.clone() else {
@@ -751,10 +777,15 @@ impl WorkerLoop {
             EventKind::task_started(job.task.clone(), worker.clone(), job.attempt),
         ));
         let task = job.task.clone();
+        let runs_on = worker.clone();
+        let run = tokio::spawn(async move { runner.run(&runs_on, job).await });
+        self.running.insert(seq, (task.clone(), run.abort_handle()));
         tokio::spawn(async move {
-            let run = tokio::spawn(runner.run(&worker, job));
             let kind = match run.await {
                 Ok(kind) => kind,
+                // Stopped because the coordinator gave the job up (`stop_void_jobs`): it ran
+                // the task elsewhere, and a result would not count.
+                Err(e) if e.is_cancelled() => return,
                 Err(e) => EventKind::task_failed(
                     task,
                     TaskError::builder()

@@ -737,6 +737,80 @@ fn a_worker_back_within_the_grace_is_recovered_and_nothing_runs_twice() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A worker taken for failed, and back, stops the jobs the coordinator gave up before it
+/// runs their tasks again: the task's first attempt (a process in the background) is gone
+/// by the time its second attempt starts on the same worker. Before, the first attempt went
+/// on beside the second (two copies of one test on shared resources), the worker running
+/// more jobs than its slots.
+#[test]
+fn a_worker_back_after_being_taken_for_failed_stops_the_jobs_given_up() {
+    let dir = temp_dir("void");
+    let pki = make_pki(&dir, "ok");
+    let d = dir.display();
+    let command = format!(
+        "if [ \"$DTF_ATTEMPT\" = 1 ]; then sleep 120 & echo $! > {d}/sleep-pid; wait; \
+         else sleep 0.5; st=$(awk '{{print $3}}' /proc/$(cat {d}/sleep-pid)/stat 2>/dev/null); \
+         echo \"state=$st\" > {d}/first-attempt; fi"
+    );
+    std::fs::write(
+        dir.join("tasks.toml"),
+        format!("[[task]]\nid = \"t\"\nretries = 2\ncommand = '''{command}'''\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut coord = coordinator(
+        &dir,
+        port,
+        &pki,
+        &[
+            "--min-workers",
+            "1",
+            "--heartbeat-timeout",
+            "1",
+            "--reconnect-grace",
+            "1",
+        ],
+    );
+    let proxy = Proxy::to_coordinator(port);
+    let mut w = worker(
+        &dir,
+        &proxy.addr.to_string(),
+        &pki.ca,
+        "remote-1",
+        &["--heartbeat-timeout", "1"],
+    );
+    let start = Instant::now();
+    while !dir.join("sleep-pid").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            log(&dir, "coordinator.log")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Cut off until the coordinator has given the worker up and re-queued its task.
+    proxy.frozen.store(true, Ordering::Relaxed);
+    wait_for_log(&dir, "coordinator.log", "did not come back");
+    proxy.frozen.store(false, Ordering::Relaxed);
+    let code = wait(&mut coord, Duration::from_secs(120));
+    let clog = log(&dir, "coordinator.log");
+    assert_eq!(code, Some(0), "{}\n{clog}", log(&dir, "coordinator.out"));
+    let first = std::fs::read_to_string(dir.join("first-attempt")).unwrap_or_default();
+    // Gone (no /proc entry), or dead and not yet reaped (`Z`).
+    assert!(
+        first.trim() == "state=" || first.trim() == "state=Z",
+        "the first attempt still ran when the second started: {first}\n{}",
+        log(&dir, "remote-1.log")
+    );
+    assert!(
+        log(&dir, "remote-1.log").contains("gave this job up"),
+        "{}",
+        log(&dir, "remote-1.log")
+    );
+    assert_eq!(wait(&mut w, Duration::from_secs(10)), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Writes a configuration file at `file` that sets the `event-log` plugin's file to `log`
 /// (and enables it, for a coordinator; a plugin host runs what `--plugins` names).
 fn event_log_config(file: &Path, log: &Path, enabled: bool) {

@@ -1386,13 +1386,19 @@ async fn update_keeps_a_plugin_within_what_its_dependents_require() {
     assert_eq!(names, ["b", "a"]);
 
     fx.pack(&fx.plugin_src("b", "2.0.0", ""));
-    assert!(client.update(None).await.unwrap().is_empty(), "b 2 breaks a");
+    assert!(
+        client.update(None).await.unwrap().is_empty(),
+        "b 2 breaks a"
+    );
     assert!(client.update(Some("b")).await.unwrap().is_empty());
     fx.pack(&fx.plugin_src("b", "1.3.0", ""));
     let done = client.update(None).await.unwrap();
     assert_eq!(done.len(), 1);
     assert_eq!(
-        (done[0].plugin.name.as_str(), done[0].plugin.version.to_string()),
+        (
+            done[0].plugin.name.as_str(),
+            done[0].plugin.version.to_string()
+        ),
         ("b", "1.3.0".to_owned())
     );
 }
