@@ -775,7 +775,6 @@ impl RepoClient {
                         return Err(RepoError::SignerChanged {
                             name: name.to_owned(),
                             version: entry.version.to_string(),
-                            installed: l.version.to_string(),
                             from: l.signed_by.clone(),
                             to: signer,
                         });

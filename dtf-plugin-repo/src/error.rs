@@ -167,15 +167,13 @@ pub enum RepoError {
     /// of the same name (an index listed first now, a renamed key) does not replace it
     /// unless the user allows it.
     #[error(
-        "install plugin `{name}` {version}: it is signed by key {to}, the installed {installed} by key {from}; refusing a change of signer (allow it with --allow-signer-change {name})"
+        "install plugin `{name}` {version}: it is signed by key {to}, the installed version by key {from}; refusing a change of signer (allow it with --allow-signer-change {name})"
     )]
     SignerChanged {
         /// The plugin.
         name: String,
         /// The version refused.
         version: String,
-        /// The version installed.
-        installed: String,
         /// The key that signed the installed version.
         from: String,
         /// The key that signed the new one.
