@@ -224,8 +224,8 @@ impl Console {
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
-                    // A dropped `RunningConsole` leaves the server running, as a dropped
-                    // `JoinHandle` leaves its task: only `stop` stops it.
+                    // `RunningConsole` says `true` when stopped or dropped; a sender gone
+                    // without a word cannot happen, and would not stop the server either.
                     if stop.wait_for(|s| *s).await.is_err() {
                         std::future::pending::<()>().await;
                     }
@@ -239,19 +239,26 @@ impl Console {
         Ok(RunningConsole {
             addr: local,
             stop_tx: self.stop_tx,
-            task,
+            task: Some(task),
         })
     }
 }
 
-/// A console being served; stop it with [`stop`](Self::stop). Dropped, it leaves the console
-/// serving for the rest of the process.
+/// A console being served; stop it with [`stop`](Self::stop). Dropped (an early return of
+/// the program that serves it, say), it stops the console too, without waiting for open
+/// requests.
 #[derive(Debug)]
-#[must_use = "the console serves until `stop`; keep the handle to stop it"]
+#[must_use = "dropping the handle stops the console; keep it for as long as it should serve"]
 pub struct RunningConsole {
     addr: SocketAddr,
     stop_tx: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for RunningConsole {
+    fn drop(&mut self) {
+        let _ = self.stop_tx.send(true);
+    }
 }
 
 impl RunningConsole {
@@ -261,9 +268,11 @@ impl RunningConsole {
     }
 
     /// Stops accepting connections, ends the live streams, and waits for open requests.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         let _ = self.stop_tx.send(true);
-        let _ = self.task.await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 }
 

@@ -640,9 +640,19 @@ fn joined(mut stdout: Tail, mut stderr: Tail, note: &str) -> String {
     let limit = OUTPUT_LIMIT.saturating_sub(note.len());
     stderr.trim(limit);
     stdout.trim(limit - stderr.buf.len().min(limit));
-    let cut = stdout.cut + stderr.cut;
+    let mut cut = stdout.cut + stderr.cut;
     let mut output = String::from_utf8_lossy(&stdout.buf).into_owned();
     output.push_str(&String::from_utf8_lossy(&stderr.buf));
+    // Bytes that are not UTF-8 each became a 3-byte replacement character: cut again, on a
+    // character boundary, so the text stays within the limit.
+    if output.len() > limit {
+        let mut start = output.len() - limit;
+        while !output.is_char_boundary(start) {
+            start += 1;
+        }
+        output.drain(..start);
+        cut += start;
+    }
     output.push_str(note);
     if cut == 0 {
         output
@@ -858,5 +868,14 @@ mod tests {
         assert!(output.starts_with(&header), "{}", &output[..60]);
         assert_eq!(output.len(), header.len() + OUTPUT_LIMIT);
         assert!(output.ends_with("aaaa\nlast words\n"));
+
+        // Bytes that are not UTF-8 become replacement characters, and the text still keeps
+        // to the limit.
+        let mut binary = Tail::default();
+        binary.push(&vec![0xff; 3 * OUTPUT_LIMIT]);
+        let text = joined(binary, Tail::default(), "");
+        let body = text.split_once('\n').map_or("", |(_, b)| b);
+        assert!(body.len() <= OUTPUT_LIMIT, "{}", body.len());
+        assert!(text.starts_with("[… "), "{}", &text[..20]);
     }
 }

@@ -9,21 +9,30 @@ use std::sync::{Arc, Mutex, PoisonError};
 ///
 /// Make one per spec, outside the factory, and give every instance a clone. An instance puts
 /// its state in when it is dropped (the manager drops it after its last call, whatever ended
-/// it), and the next one takes it in [`Plugin::on_start`]. Events published while the plugin
-/// restarts stay queued for it and reach the next instance, so together nothing is missed.
+/// it, and before the next instance starts), and the next one takes it in
+/// [`Plugin::on_start`]. Events published while the plugin restarts stay queued for it and
+/// reach the next instance, so together nothing is missed.
+///
+/// Put only from an instance whose `on_start` took the state: one that failed to start (a
+/// bad configuration) would otherwise replace the state with its empty one. After a panic the
+/// state is what the panicking call left (part of an update, perhaps): hand over only state
+/// that stays usable then, or mark it.
 ///
 /// ```
 /// use dtf_plugin_core::prelude::*;
 /// use dtf_plugin_core::Handover;
 ///
 /// struct Counter {
-///     seen: u64,
+///     /// `None` until `on_start` took the previous instance's count.
+///     seen: Option<u64>,
 ///     handover: Handover<u64>,
 /// }
 ///
 /// impl Drop for Counter {
 ///     fn drop(&mut self) {
-///         self.handover.put(self.seen);
+///         if let Some(seen) = self.seen {
+///             self.handover.put(seen);
+///         }
 ///     }
 /// }
 ///
@@ -33,18 +42,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 ///     }
 ///
 ///     async fn on_start(&mut self, _ctx: &mut PluginContext) -> Result<(), PluginError> {
-///         self.seen = self.handover.take().unwrap_or(0);
+///         self.seen = Some(self.handover.take().unwrap_or(0));
 ///         Ok(())
 ///     }
 ///
 ///     async fn on_event(&mut self, _ctx: &mut PluginContext, _e: &Event) -> Result<(), PluginError> {
-///         self.seen += 1;
+///         *self.seen.get_or_insert(0) += 1;
 ///         Ok(())
 ///     }
 /// }
 ///
 /// let handover = Handover::new();
-/// let spec = PluginSpec::new(move || Counter { seen: 0, handover: handover.clone() });
+/// let spec = PluginSpec::new(move || Counter { seen: None, handover: handover.clone() });
 /// # drop(spec);
 /// ```
 ///

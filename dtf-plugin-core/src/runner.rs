@@ -135,8 +135,10 @@ fn poll_caught<T, F>(fut: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<Result<T, H
 where
     F: Future<Output = Result<T, PluginError>>,
 {
-    // Plugin state is discarded after a panic (the instance is dropped and rebuilt from its
-    // factory), so observing it in a broken state cannot happen: AssertUnwindSafe is sound.
+    // After a panic no hook of this instance is called again (it is dropped and rebuilt from
+    // its factory), so the framework never observes it half-updated: AssertUnwindSafe is
+    // sound here. What the instance itself hands to the next one in its `Drop` (`Handover`)
+    // is the plugin's choice, documented there.
     match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
         Ok(Poll::Ready(r)) => Poll::Ready(r.map_err(|e| HookFailure::Error(render_error(e)))),
         Ok(Poll::Pending) => Poll::Pending,

@@ -84,13 +84,18 @@ pub struct CiReporter {
     output: Output,
     files: ReportFiles,
     handover: Handover<RunRecorder>,
+    /// `on_start` ran to its end (and took what the previous instance left): only then is
+    /// this instance's record the run's, to hand over.
+    started: bool,
     /// The reports were written: nothing to hand over.
     written: bool,
 }
 
 impl Drop for CiReporter {
     fn drop(&mut self) {
-        if !self.written {
+        // An instance that never started (a bad configuration) must not replace the record
+        // the previous one left with an empty one.
+        if self.started && !self.written {
             self.handover.put(std::mem::take(&mut self.recorder));
         }
     }
@@ -127,6 +132,7 @@ impl CiReporter {
             output,
             files: ReportFiles::new(),
             handover: Handover::new(),
+            started: false,
             written: false,
         }
     }
@@ -249,6 +255,7 @@ impl Plugin for CiReporter {
         if let Some(recorder) = self.handover.take() {
             self.recorder = recorder;
         }
+        self.started = true;
         Ok(())
     }
 
@@ -288,11 +295,15 @@ pub struct TeamcityLive {
     messages: TeamcityMessages,
     output: Output,
     handover: Handover<TeamcityMessages>,
+    /// `on_start` took what the previous instance left (see [`CiReporter`]'s).
+    started: bool,
 }
 
 impl Drop for TeamcityLive {
     fn drop(&mut self) {
-        self.handover.put(std::mem::take(&mut self.messages));
+        if self.started {
+            self.handover.put(std::mem::take(&mut self.messages));
+        }
     }
 }
 
@@ -323,6 +334,7 @@ impl TeamcityLive {
             messages: TeamcityMessages::new(),
             output,
             handover: Handover::new(),
+            started: false,
         }
     }
 
@@ -350,6 +362,7 @@ impl Plugin for TeamcityLive {
         if let Some(messages) = self.handover.take() {
             self.messages = messages;
         }
+        self.started = true;
         Ok(())
     }
 

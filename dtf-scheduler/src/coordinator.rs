@@ -144,14 +144,20 @@ impl SchedulingCoordinator {
         config: &SchedulerConfig,
     ) -> Result<PluginSpec, SchedulerError> {
         registry.build(config)?;
+        Ok(PluginSpec::new(Self::factory(registry))
+            .config(config)
+            .restart_policy(RestartPolicy::Transient))
+    }
+
+    /// A factory whose instances hand their state to the next one (one [`Handover`] per
+    /// factory: make one per spec).
+    pub(crate) fn factory(registry: Arc<Registry>) -> impl Fn() -> Self + Send + Sync + 'static {
         let kept = Handover::new();
-        Ok(PluginSpec::new(move || {
+        move || {
             let mut c = Self::with_registry(Arc::clone(&registry));
             c.kept = kept.clone();
             c
-        })
-        .config(config)
-        .restart_policy(RestartPolicy::Transient))
+        }
     }
 
     /// Moves the clock to `time` (relative to the first event seen; never backwards).
@@ -237,8 +243,16 @@ impl Plugin for SchedulingCoordinator {
                 "scheduling coordinator restarted; it goes on with its queue and workers"
             );
             (self.engine, self.epoch, self.now) = (Some(k.engine), k.epoch, k.now);
-            (self.wake_at, self.remote_told) = (k.wake_at, k.remote_told);
+            self.remote_told = k.remote_told;
             self.config = Some(config);
+            if k.wake_at.is_some() {
+                // The wake-up asked for may have come while no instance heard it: a round
+                // now re-arms what is still held (`wake_at` stays clear until then).
+                publish(
+                    ctx,
+                    EventKind::custom(Self::WAKE_EVENT, serde_json::Value::Null),
+                );
+            }
             return Ok(());
         }
         let scheduler = self.registry.build(&config)?;

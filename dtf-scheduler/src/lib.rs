@@ -126,8 +126,8 @@ pub fn register(
     let check = Arc::clone(&strategies);
     registry.register(
         RegistryEntry::new(move || {
-            let strategies = Arc::clone(&strategies);
-            PluginSpec::new(move || SchedulingCoordinator::with_registry(Arc::clone(&strategies)))
+            // One hand-over per spec: a restarted instance goes on with the queue.
+            PluginSpec::new(SchedulingCoordinator::factory(Arc::clone(&strategies)))
                 .restart_policy(RestartPolicy::Transient)
         })
         .built_in("dtf-scheduler")

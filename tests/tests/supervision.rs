@@ -691,3 +691,57 @@ fn spawn_without_a_time_driver_fails_at_once_with_a_clear_error() {
     assert!(matches!(error, ManagerError::NoTimeDriver), "{error:?}");
     assert!(error.to_string().contains("enable_time()"), "{error}");
 }
+
+/// `restart` answers once the new instance has started, with its error when `on_start` fails
+/// (before, it answered Ok as soon as the actor existed), and refuses a plugin that is not
+/// running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_answers_with_the_new_instances_start() {
+    struct Once(Arc<std::sync::atomic::AtomicU32>);
+    impl Plugin for Once {
+        fn metadata(&self) -> PluginMetadata {
+            PluginMetadata::new("once").hooks(Hook::Custom)
+        }
+        async fn on_start(&mut self, _ctx: &mut PluginContext) -> Result<(), PluginError> {
+            match self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 | 1 => Ok(()),
+                _ => Err("only twice".into()),
+            }
+        }
+        async fn on_event(&mut self, _: &mut PluginContext, _: &Event) -> Result<(), PluginError> {
+            Ok(())
+        }
+    }
+    let starts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = Arc::clone(&starts);
+    let manager = PluginManager::builder()
+        .spec(
+            PluginSpec::new(move || Once(Arc::clone(&counter)))
+                .restart_policy(RestartPolicy::Temporary),
+        )
+        .spawn()
+        .await
+        .unwrap();
+    manager.restart("once").await.unwrap();
+    let error = manager
+        .restart("once")
+        .await
+        .expect_err("the third start fails");
+    assert!(
+        matches!(&error, ManagerError::StartFailed { name, reason } if name == "once" && reason.contains("only twice")),
+        "{error:?}"
+    );
+    // Temporary: disabled after that failure; a restart of a plugin that is not running is
+    // refused (enable it instead).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while manager.list().await.unwrap()[0].status != PluginStatus::Disabled {
+        assert!(tokio::time::Instant::now() < deadline, "never disabled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let error = manager.restart("once").await.expect_err("not running");
+    assert!(
+        matches!(error, ManagerError::WrongState { .. }),
+        "{error:?}"
+    );
+    manager.shutdown(ShutdownReason::Completed).await;
+}

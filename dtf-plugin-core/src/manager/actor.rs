@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How long a new instance waits for the previous one to be dropped (see `Entry::last_task`).
+const PREVIOUS_INSTANCE_GRACE: Duration = Duration::from_secs(1);
+
 /// Settings in force for one plugin (spec overrides applied to the manager defaults).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Settings {
@@ -30,6 +33,9 @@ pub(super) struct Entry {
     pub(super) slot: Arc<Slot>,
     pub(super) status: PluginStatus,
     pub(super) actor: Option<ActorRef<PluginMsg>>,
+    /// The task of the last actor: a new instance starts once it ended, so the old instance
+    /// is dropped first (its `Drop` may hand state to the new `on_start`, `Handover`).
+    pub(super) last_task: Option<tokio::task::JoinHandle<()>>,
     pub(super) restarts: u32,
     pub(super) failures: u32,
     pub(super) tracker: RestartTracker,
@@ -164,6 +170,16 @@ impl ManagerState {
         let Some(entry) = self.plugins.get_mut(name) else {
             return Err(format!("no plugin `{name}`"));
         };
+        if let Some(last) = entry.last_task.take() {
+            // Normally over already (a failed instance is dropped as its task ends, before the
+            // backoff); bounded, since a plugin's `Drop` is untrusted code.
+            if tokio::time::timeout(PREVIOUS_INSTANCE_GRACE, last)
+                .await
+                .is_err()
+            {
+                tracing::warn!(plugin = %name, "the previous instance is still being dropped; starting the new one anyway");
+            }
+        }
         let ctx = PluginContext::new(
             Arc::clone(&entry.name),
             entry.slot.config(),
@@ -180,9 +196,10 @@ impl ManagerState {
             )
             .await;
         match spawned {
-            Ok(actor) => {
+            Ok((actor, task)) => {
                 self.by_actor.insert(actor.get_id(), name.to_owned());
                 entry.actor = Some(actor);
+                entry.last_task = Some(task);
                 entry.status = PluginStatus::Running;
                 Ok(())
             }
@@ -237,6 +254,7 @@ impl ManagerState {
                 slot: Arc::clone(&slot),
                 status: PluginStatus::Starting,
                 actor: None,
+                last_task: None,
                 restarts: 0,
                 failures: 0,
                 tracker: RestartTracker::default(),
@@ -440,19 +458,23 @@ impl ManagerState {
         entry.failures += 1;
         entry.last_error = Some(error.clone());
         tracing::warn!(plugin = %name, %error, "plugin failed");
+        // A replace or restart waiting for the old instance to finish its queue: answered
+        // below, once it is known whether the plugin restarts or is disabled.
+        let mut respawn_waiting = Vec::new();
         if entry.after_stop == AfterStop::Respawn {
             // The old version failed while finishing its queue: restart as after any failure,
             // from the new factory.
             entry.after_stop = AfterStop::Nothing;
-            for reply in std::mem::take(&mut entry.waiting) {
-                let _ = reply.send(Ok(()));
-            }
+            respawn_waiting = std::mem::take(&mut entry.waiting);
         } else if entry.after_stop != AfterStop::Nothing {
             self.finish_stop(name);
             return;
         }
         if stopping {
             entry.status = PluginStatus::Stopped;
+            for reply in respawn_waiting {
+                let _ = reply.send(Err(ManagerError::ShutDown));
+            }
             return;
         }
         let s = entry.settings;
@@ -484,13 +506,25 @@ impl ManagerState {
                 ractor::time::send_after(delay, myself.get_cell(), move || {
                     ManagerMsg::RestartDue { name, generation }
                 });
+                // It restarts (from the new factory, for a replace), as asked.
+                for reply in respawn_waiting {
+                    let _ = reply.send(Ok(()));
+                }
             }
             Err(reason) => {
                 self.announce(EventKind::PluginFailed(Box::new(PluginFailure {
                     plugin: name.to_owned(),
-                    error,
+                    error: error.clone(),
                     restart_in: None,
                 })));
+                for reply in respawn_waiting {
+                    let _ = reply.send(Err(ManagerError::StartFailed {
+                        name: name.to_owned(),
+                        reason: format!(
+                            "it failed while finishing its queue ({error}) and was disabled: {reason}"
+                        ),
+                    }));
+                }
                 self.disable_now(name, reason);
             }
         }
@@ -729,7 +763,10 @@ impl Actor for ManagerActor {
                 }
                 state.on_failure(&name, err.to_string(), start_failure, &myself);
             }
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+            SupervisionEvent::ActorTerminated(cell, old_state, reason) => {
+                // The stopped instance (carried in the event) is dropped before any new one
+                // starts: its `Drop` may hand state over (`Handover`) to the next `on_start`.
+                drop(old_state);
                 let Some(name) = state.by_actor.remove(&cell.get_id()) else {
                     return Ok(());
                 };
@@ -742,25 +779,48 @@ impl Actor for ManagerActor {
                 if e.after_stop == AfterStop::Respawn {
                     e.after_stop = AfterStop::Nothing;
                     let waiting = std::mem::take(&mut e.waiting);
-                    let result = if stopping {
+                    if stopping {
                         e.status = PluginStatus::Stopped;
-                        Ok(())
-                    } else {
-                        tracing::info!(plugin = %name, "starting the replaced plugin");
-                        match state.spawn(&name, &myself).await {
-                            Ok(()) => Ok(()),
-                            Err(err) => {
-                                let reason = format!("respawn failed: {err}");
-                                state.on_failure(&name, reason.clone(), true, &myself);
-                                Err(reason)
+                        for reply in waiting {
+                            let _ = reply.send(Err(ManagerError::ShutDown));
+                        }
+                        return Ok(());
+                    }
+                    tracing::info!(plugin = %name, "starting the replaced or restarted plugin");
+                    let (tx, rx) = oneshot::channel();
+                    match state.spawn_telling(&name, &myself, Some(tx)).await {
+                        // Answered once the new instance's `on_start` has run (outside the
+                        // manager: a slow `on_start` never blocks it), with its error if it
+                        // failed (handled as any failure: a restart within the budget).
+                        Ok(()) => {
+                            tokio::spawn(async move {
+                                let r = match rx.await {
+                                    Ok(Ok(())) => Ok(()),
+                                    Ok(Err(reason)) => Err(reason),
+                                    Err(_) => {
+                                        Err("the plugin stopped before it started".to_owned())
+                                    }
+                                };
+                                for reply in waiting {
+                                    let _ = reply.send(r.clone().map_err(|reason| {
+                                        ManagerError::StartFailed {
+                                            name: name.clone(),
+                                            reason,
+                                        }
+                                    }));
+                                }
+                            });
+                        }
+                        Err(err) => {
+                            let reason = format!("respawn failed: {err}");
+                            state.on_failure(&name, reason.clone(), true, &myself);
+                            for reply in waiting {
+                                let _ = reply.send(Err(ManagerError::Spawn {
+                                    name: name.clone(),
+                                    reason: reason.clone(),
+                                }));
                             }
                         }
-                    };
-                    for reply in waiting {
-                        let _ = reply.send(result.clone().map_err(|reason| ManagerError::Spawn {
-                            name: name.clone(),
-                            reason,
-                        }));
                     }
                 } else if e.after_stop != AfterStop::Nothing {
                     state.finish_stop(&name);

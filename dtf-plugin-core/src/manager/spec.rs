@@ -142,8 +142,14 @@ impl PluginSpec {
     }
 }
 
-pub(super) type SpawnFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<ActorRef<PluginMsg>, String>> + Send + 'a>>;
+/// The new actor, and its task (which ends once the actor and its plugin instance are gone).
+pub(super) type SpawnFuture<'a> = Pin<
+    Box<
+        dyn Future<Output = Result<(ActorRef<PluginMsg>, tokio::task::JoinHandle<()>), String>>
+            + Send
+            + 'a,
+    >,
+>;
 
 /// Erases the plugin type so the manager can keep a heterogeneous table.
 pub(super) trait ErasedFactory: Send + Sync {
@@ -199,7 +205,6 @@ where
             };
             PluginActor::<P>::spawn_linked(None, PluginActor::new(), args, supervisor)
                 .await
-                .map(|(actor, _join)| actor)
                 .map_err(|e| e.to_string())
         })
     }
