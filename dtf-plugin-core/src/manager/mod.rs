@@ -261,7 +261,10 @@ impl PluginManager {
     ///
     /// [`ManagerError::UnknownPlugin`], [`ManagerError::HooksChanged`] (remove and add it
     /// instead), [`ManagerError::Config`], [`ManagerError::Spawn`] when the new version
-    /// cannot be spawned (it is then handled as a failure and retried within the budget).
+    /// cannot be spawned, [`ManagerError::StartFailed`] when its `on_start` failed, or when
+    /// the old version failed while finishing its queue and the plugin was disabled (a
+    /// failure is otherwise handled as any other: a restart within the budget). It answers
+    /// once the new version has started.
     pub async fn replace(&self, spec: PluginSpec) -> Result<(), ManagerError> {
         self.call(|r| ManagerMsg::Replace(Box::new(spec), r))
             .await?
