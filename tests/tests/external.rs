@@ -715,14 +715,7 @@ async fn hot_reload_replaces_unloads_and_loads_without_losing_events() {
             },
         ]
     );
-    let names: Vec<String> = manager
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
-    assert_eq!(names, ["rec", "fresh"]);
+    assert_eq!(common::plugin_names(&manager).await, ["rec", "fresh"]);
     manager
         .publish(EventKind::task_created("after", "x"))
         .await
@@ -1093,17 +1086,6 @@ async fn hot_reload_never_removes_a_plugin_that_is_not_from_the_directories() {
         .spawn()
         .await
         .unwrap();
-    let names = async || -> Vec<String> {
-        let mut v: Vec<String> = manager
-            .list()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|p| p.name)
-            .collect();
-        v.sort();
-        v
-    };
     let mut reloader = Reloader::new(vec![dir.clone()]).reserved("builtin");
     let first = reloader.poll(&manager).await;
     assert!(
@@ -1129,7 +1111,7 @@ async fn hot_reload_never_removes_a_plugin_that_is_not_from_the_directories() {
     std::fs::remove_dir_all(dir.join("inproc")).unwrap();
     let gone = reloader.poll(&manager).await;
     assert!(gone.is_empty(), "{gone:?}");
-    assert_eq!(names().await, ["builtin", "inproc"]);
+    assert_eq!(common::plugin_names(&manager).await, ["builtin", "inproc"]);
     manager.shutdown(ShutdownReason::Completed).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -180,6 +180,17 @@ pub async fn assert_conserved(manager: &PluginManager) {
     }
 }
 
+/// The names of the manager's plugins, in its list's order (start order).
+pub async fn plugin_names(manager: &PluginManager) -> Vec<String> {
+    manager
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect()
+}
+
 /// The numbers of the `n` events dead-lettered for plugin `name`, in order.
 pub async fn dead_numbers(manager: &PluginManager, name: &str) -> Vec<u64> {
     manager
