@@ -674,29 +674,8 @@ fn a_worker_back_within_the_grace_is_recovered_and_nothing_runs_twice() {
     let pki = make_pki(&dir, "ok");
     let n = 40;
     task_file(&dir, n, |_| format!("{}; sleep 0.1", mark(&dir)));
-    let port = free_port();
-    let mut coord = coordinator(
-        &dir,
-        port,
-        &pki,
-        &[
-            "--min-workers",
-            "1",
-            "--heartbeat-timeout",
-            "1",
-            "--reconnect-grace",
-            "30",
-        ],
-    );
-    let proxy = Proxy::to_coordinator(port);
+    let (mut coord, proxy, mut w) = one_worker_behind_a_proxy(&dir, &pki, "30", &["--slots", "2"]);
     let start = Instant::now();
-    let mut w = worker(
-        &dir,
-        &proxy.addr.to_string(),
-        &pki.ca,
-        "remote-1",
-        &["--slots", "2", "--heartbeat-timeout", "1"],
-    );
     // Stall the network for 2.5 s while tasks run: longer than the heartbeat timeout,
     // well within the grace.
     let marks = dir.join("marks");
@@ -737,6 +716,34 @@ fn a_worker_back_within_the_grace_is_recovered_and_nothing_runs_twice() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A coordinator waiting for one remote worker (heartbeat timeout 1 s, the given reconnect
+/// grace), and the worker `remote-1` reaching it through a proxy the test can freeze.
+fn one_worker_behind_a_proxy(
+    dir: &Path,
+    pki: &Pki,
+    grace: &str,
+    worker_args: &[&str],
+) -> (Proc, Proxy, Proc) {
+    let port = free_port();
+    let coord = coordinator(
+        dir,
+        port,
+        pki,
+        &[
+            "--min-workers",
+            "1",
+            "--heartbeat-timeout",
+            "1",
+            "--reconnect-grace",
+            grace,
+        ],
+    );
+    let proxy = Proxy::to_coordinator(port);
+    let args = [worker_args, &["--heartbeat-timeout", "1"]].concat();
+    let w = worker(dir, &proxy.addr.to_string(), &pki.ca, "remote-1", &args);
+    (coord, proxy, w)
+}
+
 /// A worker taken for failed, and back, stops the jobs the coordinator gave up before it
 /// runs their tasks again: the task's first attempt (a process in the background) is gone
 /// by the time its second attempt starts on the same worker. Before, the first attempt went
@@ -757,28 +764,7 @@ fn a_worker_back_after_being_taken_for_failed_stops_the_jobs_given_up() {
         format!("[[task]]\nid = \"t\"\nretries = 2\ncommand = '''{command}'''\n"),
     )
     .unwrap();
-    let port = free_port();
-    let mut coord = coordinator(
-        &dir,
-        port,
-        &pki,
-        &[
-            "--min-workers",
-            "1",
-            "--heartbeat-timeout",
-            "1",
-            "--reconnect-grace",
-            "1",
-        ],
-    );
-    let proxy = Proxy::to_coordinator(port);
-    let mut w = worker(
-        &dir,
-        &proxy.addr.to_string(),
-        &pki.ca,
-        "remote-1",
-        &["--heartbeat-timeout", "1"],
-    );
+    let (mut coord, proxy, mut w) = one_worker_behind_a_proxy(&dir, &pki, "1", &[]);
     let start = Instant::now();
     while !dir.join("sleep-pid").exists() {
         assert!(
