@@ -24,6 +24,11 @@ use crate::wire::{
 /// Runs one job on a worker node and returns its result: `TaskCompleted` or `TaskFailed`.
 /// The worker publishes `TaskStarted` itself before calling it. A panic in it becomes a
 /// `TaskFailed` of kind `WorkerPanic`.
+///
+/// Dropping the returned future must stop the job (and what it started): that is how the
+/// worker stops a job the coordinator gave up (when it comes back after being taken for
+/// failed) and its running jobs when the node ends. A runner that hands the work to a task
+/// of its own must stop that task when the future is dropped.
 pub trait JobRunner: Send + Sync + 'static {
     /// Runs `job` as `worker`.
     fn run(
@@ -304,6 +309,11 @@ pub(crate) async fn serve(
             }
         }
     };
+    // The node ends: so do its jobs (an embedder's `run_worker` returning must not leave them
+    // running; `dtf-worker` exits anyway).
+    for (_, (_, run)) in std::mem::take(&mut w.running) {
+        run.abort();
+    }
     inbox.stop(None);
     w.node.stop(None);
     if let Some(p) = &w.publisher {

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 ///
 /// Make one per spec, outside the factory, and give every instance a clone. An instance puts
 /// its state in when it is dropped (the manager drops it after its last call, whatever ended
-/// it, and before the next instance starts), and the next one takes it in
+/// it, and starts the next instance once that drop is over, waiting at most a second), and
+/// the next one takes it in
 /// [`Plugin::on_start`]. Events published while the plugin restarts stay queued for it and
 /// reach the next instance, so together nothing is missed.
 ///

@@ -556,7 +556,10 @@ impl RepoClient {
                 });
             }
             Some(n) => vec![n.to_owned()],
-            None => lock.plugins.iter().map(|p| p.name.clone()).collect(),
+            // Dependents before what they require: a dependent's new version may need a new
+            // range of its requirement, which its planning then installs, and what it
+            // requires is then held to the planned version's ranges, not the installed one's.
+            None => dependents_first(&lock),
         };
         if names.is_empty() {
             return Ok(Vec::new());
@@ -565,6 +568,9 @@ impl RepoClient {
         let mut plan = Vec::new();
         let mut visiting = BTreeSet::new();
         for n in &names {
+            if plan.iter().any(|p: &Planned| p.entry.name == *n) {
+                continue; // planned already, as what an updated dependent requires
+            }
             let current = lock.get(n).map(|l| l.version.clone());
             // On a pre-release, newer pre-releases of it count too (and releases).
             let wanted = match &current {
@@ -574,7 +580,7 @@ impl RepoClient {
                 _ => Wanted::Latest,
             };
             // The installed plugins that require it keep it within their ranges.
-            let held = dependents_ranges(&snapshots, &lock, n);
+            let held = dependents_ranges(&snapshots, &lock, &plan, n);
             let wanted = match (held.is_empty(), wanted) {
                 (true, wanted) => wanted,
                 (false, Wanted::Range(r)) => Wanted::Range(VersionReq {
@@ -751,7 +757,19 @@ impl RepoClient {
                     version: entry.version.to_string(),
                 });
             }
-            None => {}
+            // Trusted unsigned, but the installed version was signed: a change of signer too.
+            None => {
+                if let Some(l) = lock.get(name).filter(|l| l.signed_by != UNSIGNED) {
+                    if !self.allow_signer_change.contains(name) {
+                        return Err(RepoError::SignerChanged {
+                            name: name.to_owned(),
+                            version: entry.version.to_string(),
+                            from: l.signed_by.clone(),
+                            to: UNSIGNED.to_owned(),
+                        });
+                    }
+                }
+            }
             Some(_) if self.keys.is_empty() => {
                 return Err(RepoError::NoTrustedKeys {
                     name: name.to_owned(),
@@ -1014,25 +1032,47 @@ fn choose<'a>(
 }
 
 /// The ranges within which the installed plugins that require `name` need it: what each
-/// one's installed version requires, as its index entry says (the lock file lists only the
-/// names). A dependent no index lists any more constrains nothing here.
+/// one's planned version requires if it is being updated, else its installed version, as the
+/// index it came from says (the lock file lists only the names). A dependent no index lists
+/// any more constrains nothing here.
 fn dependents_ranges(
     snapshots: &[IndexSnapshot],
     lock: &LockFile,
+    plan: &[Planned],
     name: &str,
 ) -> Vec<semver::Comparator> {
     lock.plugins
         .iter()
         .filter(|d| d.requires.iter().any(|r| r == name))
-        .filter_map(|d| {
-            snapshots
+        .filter_map(|d| match plan.iter().find(|p| p.entry.name == d.name) {
+            Some(p) => p.entry.requires.get(name).cloned(),
+            None => snapshots
                 .iter()
+                .filter(|s| s.url == d.index)
                 .flat_map(|s| s.index.versions(&d.name))
                 .find(|e| e.version == d.version)
-                .and_then(|e| e.requires.get(name))
+                .and_then(|e| e.requires.get(name).cloned()),
         })
-        .flat_map(|req| req.comparators.iter().cloned())
+        .flat_map(|req| req.comparators)
         .collect()
+}
+
+/// The installed plugins' names, each before the plugins it requires (its dependents first).
+fn dependents_first(lock: &LockFile) -> Vec<String> {
+    fn visit(lock: &LockFile, name: &str, seen: &mut BTreeSet<String>, out: &mut Vec<String>) {
+        if !seen.insert(name.to_owned()) {
+            return; // done, or a requirement cycle
+        }
+        for d in lock.plugins.iter().filter(|d| d.requires.iter().any(|r| r == name)) {
+            visit(lock, &d.name, seen, out);
+        }
+        out.push(name.to_owned());
+    }
+    let (mut seen, mut out) = (BTreeSet::new(), Vec::new());
+    for p in &lock.plugins {
+        visit(lock, &p.name, &mut seen, &mut out);
+    }
+    out
 }
 
 /// `versions` (newest first) with the releases before the pre-releases: without a version

@@ -167,7 +167,7 @@ pub enum RepoError {
     /// of the same name (an index listed first now, a renamed key) does not replace it
     /// unless the user allows it.
     #[error(
-        "install plugin `{name}` {version}: it is signed by key {to}, the installed version by key {from}; refusing a change of signer (allow it with --allow-signer-change {name})"
+        "install plugin `{name}` {version}: its signer is {to}, the installed version's {from}; refusing a change of signer (allow it with --allow-signer-change {name})"
     )]
     SignerChanged {
         /// The plugin.
@@ -176,7 +176,7 @@ pub enum RepoError {
         version: String,
         /// The key that signed the installed version.
         from: String,
-        /// The key that signed the new one.
+        /// The key that signed the new one (`unsigned` for none).
         to: String,
     },
     /// The unpacked plugin is not a valid plugin folder (no or bad `plugin.toml`, or one that

@@ -1402,3 +1402,69 @@ async fn update_keeps_a_plugin_within_what_its_dependents_require() {
         ("b", "1.3.0".to_owned())
     );
 }
+
+/// Updating everything, a dependent's new version that needs the next major of what it
+/// requires takes both along (dependents are planned first, and what they require is held to
+/// the planned version's range, not the installed one's), whatever the names' order.
+#[tokio::test]
+async fn update_moves_a_dependency_to_the_range_a_dependents_new_version_needs() {
+    let fx = Fixture::new("ranges-major");
+    let major_ranges = |i: &mut Index| {
+        for e in i.plugins.iter_mut().filter(|e| e.name == "zeta") {
+            let range = format!("^{}", e.version.major);
+            e.requires
+                .insert("alpha".into(), semver::VersionReq::parse(&range).unwrap());
+        }
+    };
+    fx.pack(&fx.plugin_src("alpha", "1.2.0", ""));
+    fx.pack(&fx.plugin_src("zeta", "1.0.0", "requires = [\"alpha\"]\n"));
+    fx.edit_index(major_ranges);
+    let server = serve(&fx.index_dir()).await;
+    let client = fx.client(&server.uri());
+    client.install("zeta").await.unwrap();
+    fx.pack(&fx.plugin_src("alpha", "1.3.0", ""));
+    fx.pack(&fx.plugin_src("alpha", "2.0.0", ""));
+    fx.pack(&fx.plugin_src("zeta", "2.0.0", "requires = [\"alpha\"]\n"));
+    fx.edit_index(major_ranges);
+    let done = client.update(None).await.unwrap();
+    let mut got: Vec<(String, String)> = done
+        .iter()
+        .map(|d| (d.plugin.name.clone(), d.plugin.version.to_string()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("alpha".to_owned(), "2.0.0".to_owned()),
+            ("zeta".to_owned(), "2.0.0".to_owned())
+        ]
+    );
+}
+
+/// A signed plugin is not replaced by an unsigned version of the same name either, even one
+/// the user trusts without a signature (a name left in `allow_unsigned` from development),
+/// unless the change of signer is allowed.
+#[tokio::test]
+async fn a_signed_plugin_is_not_replaced_by_an_unsigned_version() {
+    let fx = Fixture::new("signer-unsigned");
+    fx.pack(&fx.plugin_src("foo", "1.0.0", ""));
+    let server = serve(&fx.index_dir()).await;
+    fx.client(&server.uri()).install("foo").await.unwrap();
+    pack(
+        &fx.plugin_src("foo", "2.0.0", ""),
+        &fx.index_dir(),
+        &PackOptions::default(),
+    )
+    .unwrap();
+    let trusting = fx.client_with(&server.uri(), |b| b.allow_unsigned("foo"));
+    let err = trusting.update(Some("foo")).await.unwrap_err();
+    assert!(
+        matches!(&err, RepoError::SignerChanged { to, .. } if to == "unsigned"),
+        "{err}"
+    );
+    let allowed = fx.client_with(&server.uri(), |b| {
+        b.allow_unsigned("foo").allow_signer_change("foo")
+    });
+    let done = allowed.update(Some("foo")).await.unwrap();
+    assert_eq!(done[0].plugin.signed_by, "unsigned");
+}

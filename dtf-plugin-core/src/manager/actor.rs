@@ -33,7 +33,8 @@ pub(super) struct Entry {
     pub(super) slot: Arc<Slot>,
     pub(super) status: PluginStatus,
     pub(super) actor: Option<ActorRef<PluginMsg>>,
-    /// The task of the last actor: a new instance starts once it ended, so the old instance
+    /// The task of the last actor, or the one dropping its stopped instance: a new instance
+    /// starts once it ended (waiting at most `PREVIOUS_INSTANCE_GRACE`), so the old instance
     /// is dropped first (its `Drop` may hand state to the new `on_start`, `Handover`).
     pub(super) last_task: Option<tokio::task::JoinHandle<()>>,
     pub(super) restarts: u32,
@@ -764,9 +765,11 @@ impl Actor for ManagerActor {
                 state.on_failure(&name, err.to_string(), start_failure, &myself);
             }
             SupervisionEvent::ActorTerminated(cell, old_state, reason) => {
-                // The stopped instance (carried in the event) is dropped before any new one
-                // starts: its `Drop` may hand state over (`Handover`) to the next `on_start`.
-                drop(old_state);
+                // The stopped instance rides in the event. It is dropped off the manager's task
+                // (its `Drop` is untrusted code), and a new instance waits for that, bounded
+                // (`last_task`): its `Drop` may hand state over (`Handover`) to the next
+                // `on_start`.
+                let dropping = tokio::task::spawn_blocking(move || drop(old_state));
                 let Some(name) = state.by_actor.remove(&cell.get_id()) else {
                     return Ok(());
                 };
@@ -774,6 +777,7 @@ impl Actor for ManagerActor {
                 let Some(e) = state.plugins.get_mut(&name) else {
                     return Ok(());
                 };
+                e.last_task = Some(dropping);
                 e.actor = None;
                 e.slot.detach();
                 if e.after_stop == AfterStop::Respawn {

@@ -264,7 +264,8 @@ impl PluginManager {
     /// cannot be spawned, [`ManagerError::StartFailed`] when its `on_start` failed, or when
     /// the old version failed while finishing its queue and the plugin was disabled (a
     /// failure is otherwise handled as any other: a restart within the budget). It answers
-    /// once the new version has started.
+    /// once the new version has started, with the exceptions [`restart`](Self::restart)
+    /// lists.
     pub async fn replace(&self, spec: PluginSpec) -> Result<(), ManagerError> {
         self.call(|r| ManagerMsg::Replace(Box::new(spec), r))
             .await?
@@ -281,8 +282,12 @@ impl PluginManager {
     ///
     /// [`ManagerError::UnknownPlugin`]; [`ManagerError::WrongState`] when it is not running
     /// (disabled, restarting after a failure, or being stopped: enable a disabled one);
-    /// [`ManagerError::Spawn`] when the new instance cannot be started (then handled as a
-    /// failure).
+    /// [`ManagerError::Spawn`] or [`ManagerError::StartFailed`] when the new instance cannot
+    /// be started (then handled as a failure); [`ManagerError::ShutDown`] when the manager
+    /// shuts down meanwhile. It answers once the new instance has started, with two
+    /// exceptions: when the old instance fails while finishing its queue, once its restart
+    /// after a failure is scheduled (or with `StartFailed` if the plugin is disabled
+    /// instead); and when a `disable` or `remove` comes first, with `Ok` once that is done.
     pub async fn restart(&self, name: &str) -> Result<(), ManagerError> {
         let name = name.to_owned();
         self.call(|r| ManagerMsg::Restart(name, r)).await?
