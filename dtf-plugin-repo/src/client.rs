@@ -1063,7 +1063,11 @@ fn dependents_first(lock: &LockFile) -> Vec<String> {
         if !seen.insert(name.to_owned()) {
             return; // done, or a requirement cycle
         }
-        for d in lock.plugins.iter().filter(|d| d.requires.iter().any(|r| r == name)) {
+        for d in lock
+            .plugins
+            .iter()
+            .filter(|d| d.requires.iter().any(|r| r == name))
+        {
             visit(lock, &d.name, seen, out);
         }
         out.push(name.to_owned());
