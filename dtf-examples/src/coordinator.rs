@@ -576,6 +576,10 @@ impl Coordinator {
             enabled,
             extra,
         } = self;
+        // Listening from the start, for the whole run: a signal during start-up (plugins
+        // starting, tasks being created under backpressure) stops the run as well, and none
+        // is lost between two waits.
+        let mut stop = StopSignal::install(options.handle_ctrl_c);
         let pool = WorkerPool::default();
         for task in &options.tasks {
             pool.add_task(task.clone());
@@ -737,11 +741,11 @@ impl Coordinator {
                     listen = %cluster.listen,
                     "waiting for {min} remote worker(s) to register"
                 );
-                while remote_ids.len() < min {
+                while remote_ids.len() < min && !stop.is_requested() {
                     tokio::select! {
                         Some(note) = notes.recv() => on_hub_note(note, &mut remote_ids).await,
                         () = tokio::time::sleep(Duration::from_secs(5)) => {}
-                        () = ctrl_c(options.handle_ctrl_c) => break,
+                        () = stop.requested() => break,
                     }
                     if said.elapsed() >= Duration::from_secs(5) {
                         said = tokio::time::Instant::now();
@@ -763,6 +767,9 @@ impl Coordinator {
             .await?;
         }
         for task in &options.tasks {
+            if stop.is_requested() {
+                break; // the tasks not created yet are reported cancelled
+            }
             let mut metadata = BTreeMap::new();
             if let TaskKind::Shell(command) = &task.kind {
                 metadata.insert("command".to_owned(), command.clone());
@@ -774,8 +781,13 @@ impl Coordinator {
                 .priority(task.priority)
                 .metadata(metadata)
                 .build();
-            bus.publish(EventKind::TaskCreated(Box::new(created)))
-                .await?;
+            // It may wait for room (backpressure behind a slow plugin): a stop comes first.
+            tokio::select! {
+                published = bus.publish(EventKind::TaskCreated(Box::new(created))) => {
+                    published?;
+                }
+                () = stop.requested() => break,
+            }
         }
 
         // Only the run's own tasks count: a task event about another task (a remote
@@ -794,8 +806,12 @@ impl Coordinator {
             .map(|t| TaskId::from(t.as_str()))
             .collect();
         let deadline = options.run_timeout.map(|d| tokio::time::Instant::now() + d);
-        let mut reason = ShutdownReason::Completed;
-        while finished.len() < total {
+        let mut reason = if stop.is_requested() {
+            ShutdownReason::Requested
+        } else {
+            ShutdownReason::Completed
+        };
+        while finished.len() < total && !stop.is_requested() {
             tokio::select! {
                 Some((task, ok)) = done_rx.recv() => {
                     if ours.contains(&task) && finished.insert(task) && !ok {
@@ -828,7 +844,7 @@ impl Coordinator {
                     reason = ShutdownReason::Error("run timeout".to_owned());
                     break;
                 }
-                () = ctrl_c(options.handle_ctrl_c) => {
+                () = stop.requested() => {
                     reason = ShutdownReason::Requested;
                     break;
                 }
@@ -857,12 +873,18 @@ impl Coordinator {
                 .await?;
         }
         // Let the scheduler handle the disconnections (and anything it was still deciding),
-        // then count the tasks that ended meanwhile.
-        if tokio::time::timeout(Duration::from_secs(5), manager.settle())
+        // then count the tasks that ended meanwhile. After a stop signal, briefly: a container
+        // gets a grace period before it is killed, and the reports come after this.
+        let settle_for = if reason == ShutdownReason::Requested {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(5)
+        };
+        if tokio::time::timeout(settle_for, manager.settle())
             .await
             .is_err()
         {
-            tracing::warn!("plugins still busy 5 s after the workers stopped");
+            tracing::warn!(?settle_for, "plugins still busy after the workers stopped");
         }
         while let Ok((task, ok)) = done_rx.try_recv() {
             if ours.contains(&task) && finished.insert(task) && !ok {
@@ -876,12 +898,10 @@ impl Coordinator {
                 bus.publish(EventKind::task_cancelled(id, why)).await?;
             }
         }
-        // Bounded: a hung plugin must not hold the run past the manager's shutdown timeout
-        // (the shutdown that follows reports what it left).
-        let limit = loaded.config.manager_config().shutdown_timeout;
-        if let Err(e) = manager.flush_timeout(limit).await {
-            tracing::warn!(error = %e, "plugins had not caught up; shutting down anyway");
-        }
+        // No flush of its own before the shutdown: `shutdown` publishes `CoordinatorShutdown`
+        // behind everything (each plugin handles it after the rest, so the reporters write
+        // their files then) and drains, bounded. A flush here, bounded by the same timeout,
+        // held the reports back by that much behind a hung plugin.
         if let Some(reloader) = reloader {
             reloader.abort();
         }
@@ -925,49 +945,103 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Resolves on the first Ctrl-C, SIGTERM or SIGHUP (when `enabled`): the run then stops as on
-/// Ctrl-C (task process groups killed, reports written, notifications flushed within the
-/// shutdown timeout). From then on a second signal exits at once, with code 130.
-async fn ctrl_c(enabled: bool) {
-    if !enabled {
-        return std::future::pending().await;
-    }
-    let Some(signal) = stop_signal().await else {
-        return std::future::pending().await;
-    };
-    tracing::warn!(
-        signal,
-        "stopping the run: tasks are killed and reports written; a second signal exits at once"
-    );
-    tokio::spawn(async {
-        if let Some(signal) = stop_signal().await {
-            tracing::error!(signal, "second signal: exiting at once");
-            std::process::exit(130);
+/// Ctrl-C, SIGTERM and SIGHUP for a whole run, listened to from its start by one task (a
+/// listener made per wait lost a signal that came between two waits, and none existed during
+/// start-up, when SIGTERM's default action killed the coordinator without a report). The
+/// first signal asks the run to stop as on Ctrl-C (task process groups killed, reports
+/// written, notifications flushed within the shutdown timeout); a second one exits at once,
+/// with code 130.
+struct StopSignal(tokio::sync::watch::Receiver<bool>);
+
+impl StopSignal {
+    /// Starts listening (when `enabled`; otherwise no stop is ever requested).
+    fn install(enabled: bool) -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        if enabled {
+            let Some(mut signals) = Signals::listen() else {
+                tracing::warn!(
+                    "stop signals cannot be listened to; Ctrl-C will not stop the run cleanly"
+                );
+                return Self(rx);
+            };
+            tokio::spawn(async move {
+                let Some(signal) = signals.next().await else {
+                    return;
+                };
+                tracing::warn!(
+                    signal,
+                    "stopping the run: tasks are killed and reports written; a second signal exits at once"
+                );
+                let _ = tx.send(true);
+                if let Some(signal) = signals.next().await {
+                    tracing::error!(signal, "second signal: exiting at once");
+                    std::process::exit(130);
+                }
+            });
         }
-    });
+        Self(rx)
+    }
+
+    /// Resolves once a stop was requested (never, without listening).
+    async fn requested(&mut self) {
+        if self.0.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn is_requested(&self) -> bool {
+        *self.0.borrow()
+    }
 }
 
-/// The next stop signal's name, or `None` when signals cannot be listened to.
-async fn stop_signal() -> Option<&'static str> {
+/// The stop signals' listeners, made once.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            return tokio::signal::ctrl_c().await.ok().map(|()| "SIGINT");
-        };
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.ok().map(|()| "SIGINT"),
-            _ = term.recv() => Some("SIGTERM"),
-            _ = hup.recv() => Some("SIGHUP"),
+    streams: [tokio::signal::unix::Signal; 3],
+}
+
+impl Signals {
+    fn listen() -> Option<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Some(Self {
+                streams: [
+                    signal(SignalKind::interrupt()).ok()?,
+                    signal(SignalKind::terminate()).ok()?,
+                    signal(SignalKind::hangup()).ok()?,
+                ],
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Some(Self {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.ok().map(|()| "Ctrl-C")
+
+    /// The next stop signal's name (`None` once they cannot be received any more).
+    async fn next(&mut self) -> Option<&'static str> {
+        #[cfg(unix)]
+        {
+            let [int, term, hup] = &mut self.streams;
+            tokio::select! {
+                r = int.recv() => r.map(|()| "SIGINT"),
+                r = term.recv() => r.map(|()| "SIGTERM"),
+                r = hup.recv() => r.map(|()| "SIGHUP"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c().await.ok().map(|()| "Ctrl-C")
+        }
     }
+}
+
+/// Resolves on the first stop signal when `enabled` (for the waits outside a run, such as
+/// `--list-plugins` waiting for the cluster's nodes).
+async fn ctrl_c(enabled: bool) {
+    let mut stop = StopSignal::install(enabled);
+    stop.requested().await;
 }
 
 /// The parsed command line of `dtf-coordinator` (from [`crate::cli::CoordinatorArgs`]).

@@ -269,6 +269,82 @@ fn sigterm_stops_the_run_like_ctrl_c_kills_the_tasks_and_writes_the_report() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// SIGTERM while the coordinator waits for remote workers stops the run: the task is reported
+/// cancelled in the JUnit file and the coordinator exits 1. Before, the signal only ended the
+/// wait: the run went on to create its task, which no worker could take, and hung (a second
+/// signal then exited at once, with no report).
+#[test]
+fn sigterm_while_waiting_for_remote_workers_stops_the_run_with_a_report() {
+    let dir = std::env::temp_dir().join(format!("dtf-sigterm-wait-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let junit = dir.join("junit.xml");
+    let log = dir.join("coordinator.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dtf-coordinator"))
+        .args([
+            "--workers",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-cluster",
+            "--task",
+            "true",
+            "--progress",
+            "never",
+            "--junit",
+        ])
+        .arg(&junit)
+        .env(
+            "DTF_CLUSTER_COOKIE",
+            "a-cookie-long-enough-0123456789abcdef",
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut waiting = false;
+    for _ in 0..400 {
+        if std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("waiting for 1 remote worker")
+        {
+            waiting = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        waiting,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut status = None;
+    for _ in 0..400 {
+        status = child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!(
+            "the coordinator did not stop within 20 s of SIGTERM\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    };
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    let report = std::fs::read_to_string(&junit).expect("the JUnit report was written");
+    assert!(report.contains("tests=\"1\""), "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--ui`: the console serves the run's plugins while it goes on; the generated token is
 /// printed once, on stderr; a token from `DTF_UI_TOKEN` is never printed.
 #[test]

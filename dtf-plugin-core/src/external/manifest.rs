@@ -176,7 +176,11 @@ impl Manifest {
             env: file.env,
             shutdown_grace,
             path: path.to_owned(),
-            dir: path.parent().map_or_else(PathBuf::new, Path::to_owned),
+            // Absolute: the plugin runs in its folder, so a relative plugin directory
+            // (`--plugin-dirs plugins`) would make `./run.sh` resolve against itself twice.
+            dir: path.parent().map_or_else(PathBuf::new, |d| {
+                std::path::absolute(d).unwrap_or_else(|_| d.to_owned())
+            }),
         })
     }
 
@@ -244,4 +248,23 @@ fn describe(path: &Path, text: &str, e: &toml::de::Error) -> ConfigIssue {
         }
     }
     issue
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    /// A plugin in a relative plugin directory (`--plugin-dirs plugins`) runs `./run.sh`
+    /// from its folder: the program's path is absolute, not relative to a folder the plugin
+    /// already runs in (which pointed at `plugins/x/plugins/x/run.sh`).
+    #[test]
+    fn a_relative_plugin_directory_gives_an_absolute_program() {
+        let text = "name = \"x\"\nversion = \"0.1.0\"\nkind = \"monitoring\"\n\
+                    hooks = [\"task_created\"]\nprotocol = 1\ncommand = \"./run.sh\"\n";
+        let m = Manifest::parse(Path::new("plugins/x/plugin.toml"), text).unwrap();
+        assert!(m.dir.is_absolute(), "{}", m.dir.display());
+        assert!(m.program().is_absolute(), "{}", m.program().display());
+        assert!(m.program().ends_with("plugins/x/./run.sh"));
+    }
 }

@@ -65,7 +65,7 @@ impl PluginManagerBuilder {
     }
 
     /// Adds a plugin built by `factory` with default settings. Plugins start in the order
-    /// they are added and stop in reverse.
+    /// they are added; at shutdown they are stopped together, each with its own deadline.
     pub fn plugin<P, F>(self, factory: F) -> Self
     where
         P: Plugin,
@@ -419,7 +419,8 @@ impl PluginManager {
             .map_err(|_| ManagerError::FlushTimeout(limit))
     }
 
-    /// Shuts down gracefully, within [`ManagerConfig::shutdown_timeout`]:
+    /// Shuts down gracefully, within twice [`ManagerConfig::shutdown_timeout`] (steps 2 and
+    /// 3 are each bounded by it) and a little more:
     ///
     /// 1. publishes `CoordinatorShutdown { reason }` and closes the bus (later publishes fail
     ///    with [`PublishError::Closed`], handing the event back);
