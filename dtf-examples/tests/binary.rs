@@ -206,6 +206,27 @@ fn alive(pid: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Sends SIGTERM to `child` and waits (up to 20 s) for it to exit; what `context` says then
+/// goes in the failure message.
+fn sigterm_and_wait(
+    child: &mut std::process::Child,
+    context: impl Fn() -> String,
+) -> std::process::ExitStatus {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    for _ in 0..400 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("the coordinator did not stop within 20 s of SIGTERM\n{}", context());
+}
+
 #[test]
 fn sigterm_stops_the_run_like_ctrl_c_kills_the_tasks_and_writes_the_report() {
     let dir = std::env::temp_dir().join(format!("dtf-sigterm-{}", std::process::id()));
@@ -233,23 +254,7 @@ fn sigterm_stops_the_run_like_ctrl_c_kills_the_tasks_and_writes_the_report() {
     let task_pid = task_pid.trim().to_owned();
     assert!(!task_pid.is_empty(), "the task never started");
     assert!(alive(&task_pid));
-    let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let mut status = None;
-    for _ in 0..400 {
-        status = child.try_wait().unwrap();
-        if status.is_some() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let Some(status) = status else {
-        let _ = child.kill();
-        panic!("the coordinator did not stop within 20 s of SIGTERM");
-    };
+    let status = sigterm_and_wait(&mut child, String::new);
     // Interrupted with a task unfinished: not a pass, and not killed by the signal either.
     assert_eq!(status.code(), Some(1), "{status:?}");
     let report = std::fs::read_to_string(&junit).expect("the JUnit report was written");
@@ -319,26 +324,9 @@ fn sigterm_while_waiting_for_remote_workers_stops_the_run_with_a_report() {
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let mut status = None;
-    for _ in 0..400 {
-        status = child.try_wait().unwrap();
-        if status.is_some() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let Some(status) = status else {
-        let _ = child.kill();
-        panic!(
-            "the coordinator did not stop within 20 s of SIGTERM\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    };
+    let status = sigterm_and_wait(&mut child, || {
+        std::fs::read_to_string(&log).unwrap_or_default()
+    });
     assert_eq!(status.code(), Some(1), "{status:?}");
     let report = std::fs::read_to_string(&junit).expect("the JUnit report was written");
     assert!(report.contains("tests=\"1\""), "{report}");
