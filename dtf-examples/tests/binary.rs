@@ -224,7 +224,10 @@ fn sigterm_and_wait(
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let _ = child.kill();
-    panic!("the coordinator did not stop within 20 s of SIGTERM\n{}", context());
+    panic!(
+        "the coordinator did not stop within 20 s of SIGTERM\n{}",
+        context()
+    );
 }
 
 #[test]
