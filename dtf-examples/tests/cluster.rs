@@ -679,14 +679,7 @@ fn a_worker_back_within_the_grace_is_recovered_and_nothing_runs_twice() {
     // Stall the network for 2.5 s while tasks run: longer than the heartbeat timeout,
     // well within the grace.
     let marks = dir.join("marks");
-    while std::fs::read_dir(&marks).unwrap().count() < 4 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{}",
-            log(&dir, "coordinator.log")
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(&dir, start, || std::fs::read_dir(&marks).unwrap().count() >= 4);
     // Frozen until the coordinator has noticed (however long that takes under load), and
     // 1.5 s more, so that the worker's own heartbeat timeout passes too.
     proxy.frozen.store(true, Ordering::Relaxed);
@@ -766,14 +759,7 @@ fn a_worker_back_after_being_taken_for_failed_stops_the_jobs_given_up() {
     .unwrap();
     let (mut coord, proxy, mut w) = one_worker_behind_a_proxy(&dir, &pki, "1", &[]);
     let start = Instant::now();
-    while !dir.join("sleep-pid").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{}",
-            log(&dir, "coordinator.log")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(&dir, start, || dir.join("sleep-pid").exists());
     // Cut off until the coordinator has given the worker up and re-queued its task.
     proxy.frozen.store(true, Ordering::Relaxed);
     wait_for_log(&dir, "coordinator.log", "did not come back");
@@ -815,6 +801,18 @@ fn wait_for_log(dir: &Path, name: &str, needle: &str) {
             log(dir, name)
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits (up to 60 s from `start`) until `done` holds; failing, shows the coordinator's log.
+fn wait_until(dir: &Path, start: Instant, mut done: impl FnMut() -> bool) {
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            log(dir, "coordinator.log")
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -890,14 +888,7 @@ fn a_remote_plugin_host_gets_every_event_in_order_across_a_restart() {
         &["--slots", "2", "--heartbeat-timeout", "1"],
     );
     // Kill the host mid-run, then start it again under the same id.
-    while distinct_lines(&remote_log).len() < 60 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{}",
-            log(&dir, "coordinator.log")
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(&dir, start, || distinct_lines(&remote_log).len() >= 60);
     host.kill().unwrap();
     let _ = host.wait();
     std::thread::sleep(Duration::from_millis(1500));
