@@ -679,7 +679,9 @@ fn a_worker_back_within_the_grace_is_recovered_and_nothing_runs_twice() {
     // Stall the network for 2.5 s while tasks run: longer than the heartbeat timeout,
     // well within the grace.
     let marks = dir.join("marks");
-    wait_until(&dir, start, || std::fs::read_dir(&marks).unwrap().count() >= 4);
+    wait_until(&dir, start, || {
+        std::fs::read_dir(&marks).unwrap().count() >= 4
+    });
     // Frozen until the coordinator has noticed (however long that takes under load), and
     // 1.5 s more, so that the worker's own heartbeat timeout passes too.
     proxy.frozen.store(true, Ordering::Relaxed);
