@@ -337,6 +337,10 @@ static WATCHDOG_PIPE: Mutex<Option<std::process::ChildStdin>> = Mutex::new(None)
 /// kills the groups of the tasks still running. A task is listed once it has started; one
 /// killed in between (this process killed right after starting it) is found by a marker in
 /// its environment, which what it starts inherits (Linux: `/proc/PID/environ`).
+/// External plugin processes started from now on carry the same marker
+/// ([`mark_plugin_processes`](dtf_plugin_core::external::mark_plugin_processes)), so they, and
+/// what they started, die with this process too when it ends without shutting them down (a
+/// `SIGKILL`, or the immediate exit at a second stop signal).
 /// `dtf-worker` and `dtf-coordinator` call it at start.
 ///
 /// # Errors
@@ -347,6 +351,7 @@ pub fn kill_tasks_on_exit() -> std::io::Result<()> {
     // Not waited for: it outlives this process by design (a zombie until then, at most).
     let (_watchdog, stdin) = start_watchdog(marker)?;
     *WATCHDOG_PIPE.lock().unwrap_or_else(PoisonError::into_inner) = Some(stdin);
+    dtf_plugin_core::external::mark_plugin_processes(MARKER_VAR, marker.as_str());
     Ok(())
 }
 

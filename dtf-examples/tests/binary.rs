@@ -521,3 +521,100 @@ fn the_plugin_subcommand_reports_usage_errors_on_stderr() {
     assert!(err.contains("unrecognized subcommand 'instal'"), "{err}");
     assert!(err.contains("'install'"), "a suggestion: {err}");
 }
+
+/// Whether the process `pid` runs: it exists and is not a zombie waiting for its reaper.
+#[cfg(target_os = "linux")]
+fn runs(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            != Some("Z")
+    })
+}
+
+/// A coordinator killed with `SIGKILL` takes its external plugins with it, and what they
+/// started, even a process that left their group with `setsid`: its task watchdog finds them
+/// by the marker they inherit. Before, only task processes were marked: the plugin (reparented
+/// to init) and its children ran on. The same path serves the immediate exit at a second
+/// stop signal.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_coordinator_leaves_no_plugin_process_behind() {
+    let dir = std::env::temp_dir().join(format!("dtf-kill-plugins-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let folder = dir.join("plugins/launcher");
+    std::fs::create_dir_all(&folder).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/py-echo/plugin.py");
+    std::fs::copy(script, folder.join("plugin.py")).unwrap();
+    // The plugin's launcher starts a process in a session of its own, notes its pid and its
+    // own (kept by `exec`), then becomes the example plugin.
+    std::fs::write(
+        folder.join("run.sh"),
+        "setsid sleep 300 &\necho $! > \"$DTF_PLUGIN_DIR/child.pid\"\n\
+         echo $$ > \"$DTF_PLUGIN_DIR/plugin.pid\"\nexec python3 plugin.py\n",
+    )
+    .unwrap();
+    std::fs::write(
+        folder.join("plugin.toml"),
+        "name = \"launcher\"\nversion = \"0.1.0\"\nkind = \"monitoring\"\n\
+         hooks = [\"task_created\"]\nprotocol = 1\ncommand = \"sh\"\nargs = [\"run.sh\"]\n",
+    )
+    .unwrap();
+    let config = dir.join("dtf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "plugin_dirs = [{:?}]\n",
+            dir.join("plugins").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dtf-coordinator"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--task", "sleep 60"])
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let read_pid = |file: &str| {
+        std::fs::read_to_string(folder.join(file))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    // Both pids are written once the plugin has started (bounded: 20 s).
+    let (mut plugin, mut grandchild) = (String::new(), String::new());
+    for _ in 0..400 {
+        (plugin, grandchild) = (read_pid("plugin.pid"), read_pid("child.pid"));
+        if !plugin.is_empty() && !grandchild.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        !plugin.is_empty() && !grandchild.is_empty(),
+        "the plugin never started"
+    );
+    assert!(runs(&plugin) && runs(&grandchild), "the plugin runs");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        if !runs(&plugin) && !runs(&grandchild) {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (p, g) = (runs(&plugin), runs(&grandchild));
+    // Whatever the outcome, leave nothing running.
+    for pid in [&plugin, &grandchild] {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+    assert!(
+        gone,
+        "5 s after the coordinator was killed: plugin running {p}, its setsid child running {g}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -142,6 +142,7 @@ pub use manager::{
 };
 pub use plugin::{
     Plugin, PluginConfig, PluginContext, PluginError, PluginMetadata, Reconfigured, RestartPolicy,
+    Stopping,
 };
 pub use registry::{
     Listing, PluginRegistry, PluginSource, RegistryEntry, RegistryError, SettingsProblem,
@@ -157,6 +158,6 @@ pub mod prelude {
     };
     pub use crate::{
         Bus, ManagerConfig, OverflowPolicy, Plugin, PluginContext, PluginError, PluginManager,
-        PluginMetadata, PluginSpec, Reconfigured, RestartPolicy,
+        PluginMetadata, PluginSpec, Reconfigured, RestartPolicy, Stopping,
     };
 }

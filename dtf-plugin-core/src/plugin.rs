@@ -88,6 +88,27 @@ impl PluginMetadata {
     }
 }
 
+/// Why [`Plugin::on_shutdown`] is called, as [`PluginContext::stopping`] tells it: whether
+/// the plugin's work is over, or a new instance goes on with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stopping {
+    /// The manager shuts down: the run is over.
+    Manager,
+    /// The plugin is disabled ([`PluginManager::disable`](crate::PluginManager::disable));
+    /// it may be enabled again later, as a new instance.
+    Disabled,
+    /// The plugin is removed ([`PluginManager::remove`](crate::PluginManager::remove)).
+    Removed,
+    /// A new instance takes over right after this one, and gets the events published
+    /// meanwhile: a restart on request ([`PluginManager::restart`](crate::PluginManager::restart),
+    /// the web console's restart) or a replacement
+    /// ([`PluginManager::replace`](crate::PluginManager::replace), hot reload). A reporter
+    /// keeps its final report for the instance that sees the run end (see
+    /// [`Handover`](crate::Handover)).
+    Replaced,
+}
+
 /// What [`Plugin::on_reconfigure`] did with a new configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -185,8 +206,9 @@ pub trait Plugin: Send + 'static {
         async { Ok(Reconfigured::Restart) }
     }
 
-    /// Called once when the plugin is disabled, removed, or the manager shuts down, after the
-    /// events queued for it were handled (within the shutdown deadline).
+    /// Called once when the plugin is disabled, removed, replaced by a new instance, or the
+    /// manager shuts down, after the events queued for it were handled (within the shutdown
+    /// deadline). [`PluginContext::stopping`] says which.
     fn on_shutdown(
         &mut self,
         ctx: &mut PluginContext,
@@ -205,6 +227,7 @@ pub struct PluginContext {
     name: Arc<str>,
     config: Arc<PluginConfig>,
     bus: Bus,
+    stopping: Option<Stopping>,
 }
 
 impl std::fmt::Debug for PluginContext {
@@ -213,13 +236,19 @@ impl std::fmt::Debug for PluginContext {
             .field("name", &self.name)
             .field("config", &"<redacted>")
             .field("bus", &self.bus)
+            .field("stopping", &self.stopping)
             .finish()
     }
 }
 
 impl PluginContext {
     pub(crate) fn new(name: Arc<str>, config: Arc<PluginConfig>, bus: Bus) -> Self {
-        Self { name, config, bus }
+        Self {
+            name,
+            config,
+            bus,
+            stopping: None,
+        }
     }
 
     /// A context attached to a bus with no plugins, for unit-testing a plugin without a
@@ -250,6 +279,16 @@ impl PluginContext {
     /// The raw configuration value.
     pub fn raw_config(&self) -> &PluginConfig {
         &self.config
+    }
+
+    /// Why the plugin is being stopped, in [`Plugin::on_shutdown`]; `None` in the other hooks.
+    pub fn stopping(&self) -> Option<Stopping> {
+        self.stopping
+    }
+
+    /// Marks the context for `on_shutdown` (see [`stopping`](Self::stopping)).
+    pub(crate) fn set_stopping(&mut self, why: Stopping) {
+        self.stopping = Some(why);
     }
 
     pub(crate) fn config_arc(&self) -> &Arc<PluginConfig> {

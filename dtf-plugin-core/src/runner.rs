@@ -22,7 +22,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::bus::{Item, Slot};
 use crate::event::HookSet;
-use crate::plugin::{Plugin, PluginContext, PluginError, Reconfigured};
+use crate::plugin::{Plugin, PluginContext, PluginError, Reconfigured, Stopping};
 
 /// Messages to a plugin actor. Events never travel as actor messages: they wait in the slot.
 pub(crate) enum PluginMsg {
@@ -31,6 +31,8 @@ pub(crate) enum PluginMsg {
     /// Drain what is queued (until `deadline`), call `on_shutdown`, reply, stop.
     Shutdown {
         deadline: Instant,
+        /// What `on_shutdown` is told ([`PluginContext::stopping`]).
+        why: Stopping,
         reply: Option<RpcReplyPort<ShutdownOutcome>>,
     },
 }
@@ -634,7 +636,11 @@ impl<P: Plugin> Actor for PluginActor<P> {
                 }
                 (false, ChunkEnd::Done) => {}
             },
-            PluginMsg::Shutdown { deadline, reply } => {
+            PluginMsg::Shutdown {
+                deadline,
+                why,
+                reply,
+            } => {
                 let mut outcome = ShutdownOutcome::default();
                 let drained = state.drain(usize::MAX, Some(deadline)).await;
                 state.slot.detach();
@@ -645,6 +651,7 @@ impl<P: Plugin> Actor for PluginActor<P> {
                     Ok(_) => {
                         let left = deadline.saturating_duration_since(Instant::now());
                         let budget = left.min(state.timeout).max(Duration::from_millis(1));
+                        state.ctx.set_stopping(why);
                         let (plugin, ctx) = (&mut state.plugin, &mut state.ctx);
                         let call = move || Option::as_mut(plugin).map(move |p| p.on_shutdown(ctx));
                         let done = guarded(call, budget).await;

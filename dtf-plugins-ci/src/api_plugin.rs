@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use dtf_plugin_core::Handover;
 use dtf_plugin_core::prelude::*;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -29,19 +30,59 @@ use crate::run::RunRecorder;
 ///
 /// Identifiers (commit, pull request, build URL) come from [`detect`] over the environment
 /// given to [`CiApiReporter::with_env`] (the process environment for [`CiApiReporter::new`]).
-/// After a restart the instance starts with an empty record and creates a new check run or
-/// test run with the next event.
+///
+/// Built by [`CiApiReporter::spec`] (as the registry does) or given a [`Handover`] with
+/// [`CiApiReporter::with_handover`], an instance that is restarted (after a failure, or with
+/// [`PluginManager::restart`](dtf_plugin_core::PluginManager::restart)) hands its background
+/// task over to the next instance: the run goes on in the same check run, status and test
+/// run, with the whole record, and the final report lists every task. Only new settings
+/// (a reconfiguration, which restarts it) start a new background task, with new clients and
+/// a new check run; the old one gets no verdict. A reporter built by hand without a
+/// hand-over starts anew after any restart.
 pub struct CiApiReporter {
     env: Env,
     info: Option<CiInfo>,
     stats: ApiStats,
     config: ApiConfig,
+    /// The raw settings the worker was started with, handed over with it.
+    settings: serde_json::Value,
     worker: Option<Worker>,
+    handover: Handover<ApiRun>,
+}
+
+/// A [`CiApiReporter`]'s run in progress, left for the next instance after a restart (see
+/// [`CiApiReporter::with_handover`]): its background task, which owns the service clients (with
+/// the check run, status or test run they created) and the record of the run.
+pub struct ApiRun {
+    settings: serde_json::Value,
+    worker: Worker,
+}
+
+impl std::fmt::Debug for ApiRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The settings may hold tokens: nothing of them is shown.
+        f.debug_struct("ApiRun")
+            .field("finished", &self.worker.handle.is_finished())
+            .finish_non_exhaustive()
+    }
 }
 
 struct Worker {
     tx: mpsc::UnboundedSender<Msg>,
     handle: JoinHandle<()>,
+}
+
+impl Drop for CiApiReporter {
+    fn drop(&mut self) {
+        // A worker is only here between `on_start` and the final report: the run goes on
+        // without this instance.
+        if let Some(worker) = self.worker.take() {
+            self.handover.put(ApiRun {
+                settings: std::mem::take(&mut self.settings),
+                worker,
+            });
+        }
+    }
 }
 
 enum Msg {
@@ -83,8 +124,26 @@ impl CiApiReporter {
             info: None,
             stats: ApiStats::default(),
             config: ApiConfig::default(),
+            settings: serde_json::Value::Null,
             worker: None,
+            handover: Handover::new(),
         }
+    }
+
+    /// A spec whose instances hand the run in progress to the next one after a restart
+    /// (reading identifiers and tokens from the process environment). The registry's
+    /// `ci-api-reporter` is built so.
+    pub fn spec() -> PluginSpec {
+        let handover = Handover::new();
+        PluginSpec::new(move || Self::new().with_handover(handover.clone()))
+    }
+
+    /// Takes the run in progress that the previous instance left in `handover` at start (if
+    /// it was started with the same settings), and leaves its own there when dropped before
+    /// the final report (see [`CiApiReporter::spec`]).
+    pub fn with_handover(mut self, handover: Handover<ApiRun>) -> Self {
+        self.handover = handover;
+        self
     }
 
     /// Uses `info` instead of detecting the CI system from the environment (e.g. a system
@@ -138,6 +197,18 @@ impl Plugin for CiApiReporter {
         let info = self.info.clone().unwrap_or_else(|| detect(&self.env));
         let clients = build_clients(&self.config, &info, &self.env)?;
         self.info = Some(info);
+        self.settings = ctx.raw_config().clone();
+        if let Some(run) = self.handover.take() {
+            if run.settings == self.settings && !run.worker.handle.is_finished() {
+                tracing::debug!("the CI API reporter goes on with the previous instance's run");
+                self.worker = Some(run.worker);
+                return Ok(());
+            }
+            // Dropped: its worker ends without a verdict, as the run is reported anew.
+            tracing::info!(
+                "the CI API reporter's settings changed: the run is reported anew (a new check run)"
+            );
+        }
         if clients.is_empty() {
             return Ok(());
         }
@@ -184,8 +255,12 @@ impl Plugin for CiApiReporter {
         Ok(())
     }
 
-    async fn on_shutdown(&mut self, _ctx: &mut PluginContext) -> Result<(), PluginError> {
-        self.finish(Some(Msg::Finish)).await;
+    async fn on_shutdown(&mut self, ctx: &mut PluginContext) -> Result<(), PluginError> {
+        // A new instance takes over: no verdict yet; the worker is handed over when this
+        // instance is dropped.
+        if ctx.stopping() != Some(Stopping::Replaced) {
+            self.finish(Some(Msg::Finish)).await;
+        }
         Ok(())
     }
 }
@@ -258,8 +333,9 @@ async fn work(
             None => rx.recv().await,
         };
         let finish = match msg {
-            // Dropped without a finish: the plugin failed and is being restarted. No
-            // verdict is sent for a run this instance did not see to the end.
+            // Dropped without a finish: the plugin was restarted with other settings (with
+            // the same ones, the next instance took this worker over), removed, or the whole
+            // manager is gone. No verdict is sent for a run not seen to the end.
             None => return,
             Some(Msg::Finish) => true,
             Some(Msg::Event(event)) => {

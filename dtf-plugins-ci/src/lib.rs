@@ -152,7 +152,7 @@ pub mod teamcity;
 #[cfg(feature = "api")]
 pub use api::{ApiConfig, ApiService, ApiStats, TargetStats};
 #[cfg(feature = "api")]
-pub use api_plugin::CiApiReporter;
+pub use api_plugin::{ApiRun, CiApiReporter};
 pub use azure::render_azure_issues;
 pub use detect::{CiInfo, CiSystem, Env, detect, detect_from_process_env, process_env};
 pub use dtf_plugin_core::Secret;
@@ -217,7 +217,7 @@ pub fn register(registry: &mut PluginRegistry) -> Result<(), RegistryError> {
     )?;
     #[cfg(feature = "api")]
     registry.register(
-        RegistryEntry::new(|| dtf_plugin_core::PluginSpec::new(CiApiReporter::new))
+        RegistryEntry::new(CiApiReporter::spec)
             .description("reports the run to the CI service's HTTP API (GitHub, GitLab, ...)")
             .config_check::<ApiConfig>(ApiConfig::validate)
             .built_in(KRATE),

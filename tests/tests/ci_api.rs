@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use dtf_plugin_core::Handover;
 use dtf_plugin_core::event::TaskCreated;
 use dtf_plugin_core::prelude::*;
 use dtf_plugins_ci::{ApiConfig, ApiStats, CiApiReporter, CiInfo, CiSystem, Env};
@@ -228,6 +229,55 @@ async fn github_creates_a_check_run_posts_statuses_and_comments_once() {
     );
     assert_eq!(stats.get("github.status").unwrap().ok, 2);
     assert_eq!(stats.failed(), 0);
+}
+
+/// A restart in the middle of the run (the console's restart button, or a panic) keeps the
+/// run's one check run: the next instance takes the background task over, and the final
+/// report counts every task, those before the restart too. Before, the new instance created
+/// a second check run with the tasks after the restart, and the first stayed "in progress"
+/// for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_run_keeps_the_one_check_run_and_the_whole_record() {
+    let server = MockServer::start().await;
+    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 42 })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    github_headers(Mock::given(method("PATCH")).and(path("/repos/acme/widgets/check-runs/42")))
+        .and(body_partial_json(json!({
+            "status": "completed",
+            "conclusion": "failure",
+            "output": { "title": "dtf: 1 passed, 1 failed, 1 flaky of 3 tasks" },
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 42 })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let config = github_config(
+        &server,
+        json!({ "github": { "status": false, "comment": false } }),
+    );
+    let handover = Handover::new();
+    let spec = PluginSpec::new(move || {
+        CiApiReporter::with_env(github_env()).with_handover(handover.clone())
+    })
+    .config(config);
+    let manager = PluginManager::builder().spec(spec).spawn().await.unwrap();
+    // Up to the first task's start, then the rest after the restart.
+    let mut all = events();
+    let later = all.split_off(5);
+    for e in all {
+        manager.publish(e).await.unwrap();
+    }
+    manager.flush().await;
+    manager.restart(CiApiReporter::NAME).await.unwrap();
+    for e in later {
+        manager.publish(e).await.unwrap();
+    }
+    let report = manager.shutdown(ShutdownReason::Completed).await;
+    assert!(report.clean, "{report:?}");
+    server.verify().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

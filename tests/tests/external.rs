@@ -335,6 +335,70 @@ async fn bytes_that_are_not_utf8_on_stderr_do_not_break_the_plugin() {
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
 }
 
+/// A plugin's `log` messages reach the log at the rate its stderr does (a burst, then 50 a
+/// second), and the rest are counted: 5,000 messages at once are not 5,000 lines of our log.
+/// Each one is either logged or counted in a `suppressed` figure.
+#[tokio::test]
+async fn a_flood_of_log_messages_is_rate_limited_and_counted() {
+    let captured = captured_logs();
+    let dir = temp_dir("log-flood");
+    write_plugin(&dir, "flooder", "", &[]);
+    let mut registry = PluginRegistry::new();
+    external::register_dirs(&mut registry, std::slice::from_ref(&dir));
+    let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
+    let started = std::time::Instant::now();
+    let manager = PluginManager::builder()
+        .spec(spec_from(&registry, "flooder"))
+        .spec(rec)
+        .spawn()
+        .await
+        .unwrap();
+    for task in ["log-flood", "t2"] {
+        manager
+            .publish(EventKind::task_created(task, "x"))
+            .await
+            .unwrap();
+    }
+    flushed(&manager).await;
+    // The plugin went on working through its flood.
+    assert_eq!(tasks(&recording, "flooder"), ["log-flood", "t2"]);
+    let report = manager.shutdown(ShutdownReason::Completed).await;
+    assert!(report.clean, "{report:?}");
+    let elapsed = started.elapsed().as_secs_f64();
+    let all = captured.text();
+    let ours: Vec<&str> = all
+        .lines()
+        .filter(|l| l.contains("plugin=\"flooder\"") || l.contains("plugin=flooder"))
+        .collect();
+    // What it sends: one message after the handshake, the flood, one at shutdown.
+    let forwarded = ours
+        .iter()
+        .filter(|l| {
+            l.contains(" flood ") || l.contains("ready; environment") || l.contains("shutting down")
+        })
+        .count();
+    let logged = ours.iter().filter(|l| l.contains(" flood ")).count();
+    let suppressed: usize = ours
+        .iter()
+        .filter(|l| l.contains("`log` messages over the rate limit"))
+        .map(|l| {
+            let n = l.split("suppressed=").nth(1).expect("a count");
+            n.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(forwarded + suppressed, 5_002, "{}", ours.join("\n"));
+    // The burst (200) and 50 a second after it.
+    let bound = 200.0 + 50.0 * elapsed;
+    assert!(
+        (logged as f64) <= bound,
+        "{logged} flood lines logged in {elapsed:.1} s (at most {bound:.0})"
+    );
+}
+
 #[tokio::test]
 async fn a_hung_plugin_is_cut_off_by_the_handler_timeout() {
     let mut registry = PluginRegistry::new();

@@ -745,3 +745,97 @@ async fn restart_answers_with_the_new_instances_start() {
     );
     manager.shutdown(ShutdownReason::Completed).await;
 }
+
+/// `on_shutdown` is told why it is called (`PluginContext::stopping`): a restart on request
+/// and a replacement are followed by a new instance (`Replaced`), unlike a disable, a removal
+/// or the manager's shutdown. The other hooks see `None`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_shutdown_is_told_whether_a_new_instance_follows() {
+    type Seen = Arc<Mutex<Vec<(&'static str, Option<Stopping>)>>>;
+    struct Tells(&'static str, Seen);
+    impl Plugin for Tells {
+        fn metadata(&self) -> PluginMetadata {
+            PluginMetadata::new(self.0).hooks(Hook::Custom)
+        }
+        async fn on_start(&mut self, ctx: &mut PluginContext) -> Result<(), PluginError> {
+            self.1.lock().unwrap().push(("start", ctx.stopping()));
+            Ok(())
+        }
+        async fn on_event(
+            &mut self,
+            ctx: &mut PluginContext,
+            _: &Event,
+        ) -> Result<(), PluginError> {
+            self.1.lock().unwrap().push(("event", ctx.stopping()));
+            Ok(())
+        }
+        async fn on_shutdown(&mut self, ctx: &mut PluginContext) -> Result<(), PluginError> {
+            self.1.lock().unwrap().push((self.0, ctx.stopping()));
+            Ok(())
+        }
+    }
+    let seen: Seen = Arc::default();
+    let spec = |name: &'static str| {
+        let seen = Arc::clone(&seen);
+        PluginSpec::new(move || Tells(name, Arc::clone(&seen)))
+    };
+    let manager = PluginManager::builder()
+        .spec(spec("a"))
+        .spec(spec("b"))
+        .spec(spec("c"))
+        .spawn()
+        .await
+        .unwrap();
+    manager
+        .publish(EventKind::custom("x", serde_json::Value::Null))
+        .await
+        .unwrap();
+    manager.flush().await;
+    manager.restart("a").await.unwrap();
+    manager.replace(spec("a")).await.unwrap();
+    manager.disable("b").await.unwrap();
+    manager.remove("c").await.unwrap();
+    let shutdowns = |seen: &Seen| -> Vec<(&'static str, Option<Stopping>)> {
+        let mut v: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(what, _)| !["start", "event"].contains(what))
+            .copied()
+            .collect();
+        v.sort_by_key(|(name, _)| *name);
+        v
+    };
+    assert_eq!(
+        shutdowns(&seen),
+        [
+            ("a", Some(Stopping::Replaced)),
+            ("a", Some(Stopping::Replaced)),
+            ("b", Some(Stopping::Disabled)),
+            ("c", Some(Stopping::Removed)),
+        ]
+    );
+    manager.shutdown(ShutdownReason::Completed).await;
+    // Only `a` still runs (`b` is disabled, `c` gone).
+    assert_eq!(
+        shutdowns(&seen),
+        [
+            ("a", Some(Stopping::Replaced)),
+            ("a", Some(Stopping::Replaced)),
+            ("a", Some(Stopping::Manager)),
+            ("b", Some(Stopping::Disabled)),
+            ("c", Some(Stopping::Removed)),
+        ]
+    );
+    // The other hooks are not told anything.
+    let others: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(what, _)| ["start", "event"].contains(what))
+        .map(|(_, why)| *why)
+        .collect();
+    // Five starts (three, the restart's, the replacement's) and three events.
+    assert_eq!(others.len(), 5 + 3, "{others:?}");
+    assert!(others.iter().all(Option::is_none), "{others:?}");
+}

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use manifest::{MANIFEST_FILE, Manifest};
-pub use plugin::{CHILD_ENV, ExternalPlugin, INSTANCE_ENV};
+pub use plugin::{CHILD_ENV, ExternalPlugin, INSTANCE_ENV, mark_plugin_processes};
 pub use protocol::{MAX_LINE, SUPPORTED_PROTOCOLS};
 pub use reload::{ReloadEvent, Reloader};
 

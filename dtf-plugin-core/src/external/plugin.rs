@@ -11,8 +11,9 @@ use super::protocol::{HostMessage, Level, MAX_LINE, PluginMessage, SUPPORTED_PRO
 use crate::event::{Event, EventKind};
 use crate::plugin::{Plugin, PluginContext, PluginError, PluginMetadata};
 
-/// Environment variables the child gets (besides the manifest's `env` table). Nothing else
-/// of the coordinator's environment is passed on: it may hold tokens.
+/// Environment variables the child gets (besides the manifest's `env` table, and the mark of
+/// [`mark_plugin_processes`] if one was set). Nothing else of the coordinator's environment is
+/// passed on: it may hold tokens.
 ///
 /// `DTF_PLUGIN_INSTANCE` is a random marker, new for each plugin instance: the processes the
 /// plugin starts inherit it, so that when the instance goes, the ones that left its process
@@ -31,6 +32,24 @@ pub const CHILD_ENV: &[&str] = &[
 /// one, e.g. `env -i`) and also left the plugin's process group and tree escapes: see
 /// `docs/external-plugins.md`, "Processes".
 pub const INSTANCE_ENV: &str = "DTF_PLUGIN_INSTANCE";
+
+/// The mark set by [`mark_plugin_processes`], given to every plugin process started after.
+static PROCESS_MARK: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
+/// Gives every external plugin process that this process starts from now on one more
+/// environment variable, `name=value`, which what the plugin starts inherits as well.
+///
+/// A plugin's processes are killed with its instance, and the manager stops every instance
+/// when it shuts down. If this process dies without shutting down (`SIGKILL`, the OOM killer,
+/// an immediate exit on a second Ctrl-C), nothing of this process is left to do that: the
+/// plugins run on, reparented to init. With a mark, a watchdog outside this process can find
+/// them by their environment (Linux: `/proc/PID/environ`) and kill them; `dtf-coordinator`
+/// gives them the marker its task watchdog already looks for.
+///
+/// The first mark stays: returns `false`, and changes nothing, when one was set before.
+pub fn mark_plugin_processes(name: impl Into<String>, value: impl Into<String>) -> bool {
+    PROCESS_MARK.set((name.into(), value.into())).is_ok()
+}
 
 /// An out-of-process plugin: spawns the manifest's command in `on_start`, speaks the
 /// newline-delimited JSON protocol with it, and kills it when dropped.
@@ -64,6 +83,11 @@ struct Running {
     /// This instance's `DTF_PLUGIN_INSTANCE` marker, inherited by every process the plugin
     /// starts unless that process replaces its environment.
     marker: String,
+    /// The rate of the plugin's `log` messages, limited like its stderr: a plugin flooding
+    /// the protocol with them cannot fill the disk with our log either.
+    logs: LineBudget,
+    /// The plugin's name, for the log.
+    name: String,
 }
 
 /// Rounds of "scan, freeze what is new" before the kill: each round finds what was forked
@@ -74,6 +98,10 @@ const FREEZE_ROUNDS: usize = 8;
 
 impl Drop for Running {
     fn drop(&mut self) {
+        let suppressed = self.logs.take_suppressed();
+        if suppressed > 0 {
+            tracing::warn!(plugin = %self.name, suppressed, "external plugin: `log` messages over the rate limit were not logged");
+        }
         #[cfg(unix)]
         if let Some(pgid) = self.group.take() {
             // Everything the plugin started, not only its group: a descendant that called
@@ -272,6 +300,7 @@ impl ExternalPlugin {
             .env("DTF_PLUGIN_DIR", &m.dir)
             .env("DTF_PROTOCOL_VERSION", m.protocol.to_string())
             .env(INSTANCE_ENV, &marker)
+            .envs(PROCESS_MARK.get().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -295,7 +324,7 @@ impl ExternalPlugin {
         if let Some(stderr) = process.stderr.take() {
             let name = m.name.clone();
             // The child's stderr (tracebacks, stray prints) goes to the log, line by line, as
-            // lossy UTF-8 and at most 8 KiB per line, and at most `StderrBudget`'s rate: a
+            // lossy UTF-8 and at most 8 KiB per line, and at most `LineBudget`'s rate: a
             // flooding plugin cannot fill the disk with our log (the lines over the rate are
             // counted and the count logged). It is read to the end whatever it holds, so a
             // child never blocks or dies on a full or closed stderr pipe.
@@ -303,7 +332,7 @@ impl ExternalPlugin {
                 const MAX_LINE: usize = 8 * 1024;
                 let mut reader = BufReader::new(stderr);
                 let mut buf = Vec::new();
-                let mut budget = StderrBudget::new(std::time::Instant::now());
+                let mut budget = LineBudget::new(std::time::Instant::now());
                 loop {
                     buf.clear();
                     match (&mut reader)
@@ -341,6 +370,8 @@ impl ExternalPlugin {
             group,
             tree: Vec::new(),
             marker,
+            logs: LineBudget::new(std::time::Instant::now()),
+            name: m.name.clone(),
         })
     }
 }
@@ -398,11 +429,27 @@ fn forward_log(plugin: &str, level: Level, message: &str) {
     }
 }
 
-/// Handles the messages a plugin may send at any time; returns the others.
-fn side_message(ctx: &PluginContext, plugin: &str, msg: PluginMessage) -> Option<PluginMessage> {
+/// Handles the messages a plugin may send at any time; returns the others. `log` messages are
+/// forwarded within `logs`' rate; the others are counted, and the count logged with the next
+/// one let through (or when the process goes).
+fn side_message(
+    ctx: &PluginContext,
+    plugin: &str,
+    logs: &mut LineBudget,
+    msg: PluginMessage,
+) -> Option<PluginMessage> {
     match msg {
         PluginMessage::Log { level, message } => {
-            forward_log(plugin, level, &message);
+            if let Some(suppressed) = logs.admit(std::time::Instant::now()) {
+                if suppressed > 0 {
+                    tracing::warn!(
+                        plugin,
+                        suppressed,
+                        "external plugin: `log` messages over the rate limit were not logged"
+                    );
+                }
+                forward_log(plugin, level, &message);
+            }
             None
         }
         PluginMessage::Publish { name, payload } => {
@@ -439,7 +486,7 @@ impl Plugin for ExternalPlugin {
             .await?;
         loop {
             let msg = running.receive().await?;
-            match side_message(ctx, &name, msg) {
+            match side_message(ctx, &name, &mut running.logs, msg) {
                 None => {}
                 Some(PluginMessage::Hello {
                     protocol_version,
@@ -493,7 +540,7 @@ impl Plugin for ExternalPlugin {
         running.send(&HostMessage::Event { id, event }).await?;
         loop {
             let msg = running.receive().await?;
-            match side_message(ctx, name, msg) {
+            match side_message(ctx, name, &mut running.logs, msg) {
                 None => {}
                 Some(PluginMessage::Ack { id: got }) if got == id => {
                     tracing::trace!(plugin = %name, id, "event acknowledged");
@@ -533,12 +580,15 @@ impl Plugin for ExternalPlugin {
             // exit ends the wait even when its output stays open (a process it started holds
             // the pipe; the group kill when `running` drops ends that one).
             let Running {
-                process, stdout, ..
+                process,
+                stdout,
+                logs,
+                ..
             } = &mut running;
             let limit = u64::try_from(MAX_LINE).unwrap_or(u64::MAX) + 1;
-            let handle = |buf: &[u8]| match parse_line(buf) {
+            let mut handle = |buf: &[u8]| match parse_line(buf) {
                 Ok(msg) => {
-                    if let Some(other) = side_message(ctx, &name, msg) {
+                    if let Some(other) = side_message(ctx, &name, logs, msg) {
                         tracing::debug!(plugin = %name, message = kind_of(&other), "unexpected message during shutdown");
                     }
                     true
@@ -625,23 +675,25 @@ fn kind_of(msg: &PluginMessage) -> &'static str {
     }
 }
 
-/// A token bucket for the lines of a plugin's stderr that reach the log: `STDERR_BURST` at
-/// once, then `STDERR_PER_SEC` a second. Lines over it are counted, not logged.
-struct StderrBudget {
+/// A token bucket for the lines of a plugin's stderr that reach the log: `LINES_BURST` at
+/// once, then `LINES_PER_SEC` a second. Lines over it are counted, not logged.
+#[derive(Debug)]
+struct LineBudget {
     tokens: f64,
     last: std::time::Instant,
     suppressed: u64,
 }
 
-/// Lines of a plugin's stderr logged per second, sustained.
-const STDERR_PER_SEC: f64 = 50.0;
-/// Lines of a plugin's stderr logged at once (a traceback fits).
-const STDERR_BURST: f64 = 200.0;
+/// Lines of a plugin's stderr (and, apart, of its `log` messages) logged per second, sustained.
+const LINES_PER_SEC: f64 = 50.0;
+/// Lines of a plugin's stderr (and, apart, of its `log` messages) logged at once (a traceback
+/// fits).
+const LINES_BURST: f64 = 200.0;
 
-impl StderrBudget {
+impl LineBudget {
     fn new(now: std::time::Instant) -> Self {
         Self {
-            tokens: STDERR_BURST,
+            tokens: LINES_BURST,
             last: now,
             suppressed: 0,
         }
@@ -652,7 +704,7 @@ impl StderrBudget {
     fn admit(&mut self, now: std::time::Instant) -> Option<u64> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * STDERR_PER_SEC).min(STDERR_BURST);
+        self.tokens = (self.tokens + elapsed * LINES_PER_SEC).min(LINES_BURST);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             Some(self.take_suppressed())
@@ -675,23 +727,23 @@ mod stderr_tests {
     #[test]
     fn a_flood_is_cut_to_the_burst_then_the_rate_and_counted() {
         let t0 = Instant::now();
-        let mut budget = StderrBudget::new(t0);
+        let mut budget = LineBudget::new(t0);
         // 10,000 lines in the same instant: the burst gets through, the rest is counted.
         let logged = (0..10_000).filter(|_| budget.admit(t0).is_some()).count();
-        assert_eq!(logged, STDERR_BURST as usize);
+        assert_eq!(logged, LINES_BURST as usize);
         // One second later the rate has refilled 50 tokens; the first line logged reports
         // what was suppressed.
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(budget.admit(t1), Some(10_000 - STDERR_BURST as u64));
+        assert_eq!(budget.admit(t1), Some(10_000 - LINES_BURST as u64));
         let more = (0..1_000).filter(|_| budget.admit(t1).is_some()).count();
-        assert_eq!(more, STDERR_PER_SEC as usize - 1);
+        assert_eq!(more, LINES_PER_SEC as usize - 1);
         assert_eq!(budget.take_suppressed(), 1_000 - more as u64);
     }
 
     #[test]
     fn a_quiet_plugin_loses_nothing() {
         let t0 = Instant::now();
-        let mut budget = StderrBudget::new(t0);
+        let mut budget = LineBudget::new(t0);
         for i in 0..1_000u64 {
             // 20 lines a second, under the rate.
             let now = t0 + Duration::from_millis(i * 50);

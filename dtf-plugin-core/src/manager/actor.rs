@@ -313,6 +313,11 @@ impl ManagerState {
                 if actor
                     .send_message(PluginMsg::Shutdown {
                         deadline,
+                        why: if then == AfterStop::Remove {
+                            Stopping::Removed
+                        } else {
+                            Stopping::Disabled
+                        },
                         reply: None,
                     })
                     .is_err()
@@ -415,6 +420,7 @@ impl ManagerState {
         entry.waiting.push(reply);
         let msg = PluginMsg::Shutdown {
             deadline,
+            why: Stopping::Replaced,
             reply: None,
         };
         if actor.send_message(msg).is_err() {

@@ -28,7 +28,7 @@ use crate::event::{
     ShutdownReason,
 };
 use crate::plugin::{
-    Plugin, PluginConfig, PluginContext, PluginMetadata, Reconfigured, RestartPolicy,
+    Plugin, PluginConfig, PluginContext, PluginMetadata, Reconfigured, RestartPolicy, Stopping,
 };
 use crate::runner::{
     PluginActor, PluginMsg, RESTART_FOR_CONFIG, RunnerArgs, RunnerFailure, ShutdownOutcome, Started,
@@ -465,6 +465,7 @@ impl PluginManager {
             let (tx, rx) = ractor::concurrency::oneshot::<ShutdownOutcome>();
             let msg = PluginMsg::Shutdown {
                 deadline: stop_deadline.into_std(),
+                why: Stopping::Manager,
                 reply: Some(tx.into()),
             };
             if actor.send_message(msg).is_ok() {
