@@ -841,7 +841,7 @@ impl Coordinator {
                     bus.publish(EventKind::worker_recovered(worker)).await?;
                 }
                 () = sleep_until(deadline) => {
-                    reason = ShutdownReason::Error("run timeout".to_owned());
+                    reason = ShutdownReason::TimedOut;
                     break;
                 }
                 () = stop.requested() => {

@@ -247,6 +247,8 @@ pub enum ShutdownReason {
     Completed,
     /// Someone asked it to stop (a signal, a user).
     Requested,
+    /// It reached its time limit (a run timeout) with work left.
+    TimedOut,
     /// It is stopping because of an error.
     Error(String),
 }

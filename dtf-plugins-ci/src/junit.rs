@@ -111,6 +111,16 @@ fn render_suite(
                 skipped += 1;
                 cases.push_str(">\n      <skipped/>\n    </testcase>\n");
             }
+            // Interrupted while it ran: the test did not pass, and a skip would hide that.
+            TaskStatus::Cancelled if task.was_interrupted() => {
+                errors += 1;
+                let reason = task.cancel_reason.as_deref().unwrap_or_default();
+                let _ = write!(
+                    cases,
+                    ">\n      <error type=\"Cancelled\" message=\"{}\"/>\n    </testcase>\n",
+                    escape_attr(&format!("interrupted: {reason}"))
+                );
+            }
             TaskStatus::Cancelled => {
                 skipped += 1;
                 let reason = task.cancel_reason.as_deref().unwrap_or_default();

@@ -169,7 +169,8 @@ pub use reporter::{
     TaskSummary, TenantStats, WorkerStats,
 };
 pub use run::{
-    Attempt, AttemptOutcome, RunRecorder, RunResult, TaskResult, TaskStatus, Totals, WorkerSummary,
+    Attempt, AttemptOutcome, RunRecorder, RunResult, TaskResult, TaskStatus, Totals, Verdict,
+    WorkerSummary,
 };
 pub use safe::{CiSafeWriter, neutralize};
 pub use teamcity::{TeamcityMessages, render_teamcity};

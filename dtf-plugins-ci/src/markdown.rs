@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::error::CiError;
-use crate::run::{RunResult, TaskResult, TaskStatus};
+use crate::run::{RunResult, TaskResult, TaskStatus, Verdict};
 
 /// How many characters of an error message a summary table shows.
 const SHORT_ERROR_CHARS: usize = 200;
@@ -17,19 +17,39 @@ const SHORT_ERROR_CHARS: usize = 200;
 /// break the table nor inject HTML: names and workers have `|`, `<`, `>`, `&` as references
 /// and line breaks as spaces; errors and the run id are code spans, shown exactly as written
 /// (no HTML escaping inside), with only `|` escaped and line breaks as spaces.
+///
+/// The headline is the run's [`verdict`](RunResult::verdict): passed, failed, cancelled (the
+/// run was stopped) or timed out.
 pub fn render_markdown(run: &RunResult) -> String {
+    render(run, false)
+}
+
+/// [`render_markdown`] for a run still going (a check run's live summary): the headline says
+/// it is running, and the tasks that have not ended yet are counted, not listed as
+/// incomplete.
+pub(crate) fn render_progress(run: &RunResult) -> String {
+    render(run, true)
+}
+
+fn render(run: &RunResult, live: bool) -> String {
     let t = &run.totals;
     let mut out = String::new();
-    let verdict = if t.is_failure() {
-        "❌ failed"
-    } else {
-        "✅ passed"
+    let verdict = match run.verdict() {
+        _ if live => "⏳ running",
+        Verdict::Passed => "✅ passed",
+        Verdict::Cancelled => "⏹️ cancelled",
+        Verdict::TimedOut => "⏱️ timed out",
+        _ => "❌ failed",
     };
     let _ = writeln!(out, "## dtf test run: {verdict}\n");
     if let Some(id) = &run.run_id {
         let _ = writeln!(out, "Run {}.\n", code_span(id));
     }
-    out.push_str("| Tasks | Passed | Failed | Flaky | Skipped | Cancelled | Incomplete | Attempts | Wall time |\n");
+    let unfinished = if live { "Not done yet" } else { "Incomplete" };
+    let _ = writeln!(
+        out,
+        "| Tasks | Passed | Failed | Flaky | Skipped | Cancelled | {unfinished} | Attempts | Wall time |"
+    );
     out.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     let _ = writeln!(
         out,
@@ -45,7 +65,10 @@ pub fn render_markdown(run: &RunResult) -> String {
         human(run.wall_time)
     );
     section(&mut out, run, TaskStatus::Failed, "Failed tasks");
-    section(&mut out, run, TaskStatus::Incomplete, "Incomplete tasks");
+    if !live {
+        section(&mut out, run, TaskStatus::Incomplete, "Incomplete tasks");
+    }
+    section(&mut out, run, TaskStatus::Cancelled, "Cancelled tasks");
     section(
         &mut out,
         run,
@@ -63,13 +86,23 @@ fn section(out: &mut String, run: &RunResult, status: TaskStatus, title: &str) {
     let _ = writeln!(out, "\n### {title}\n");
     out.push_str("| Task | Worker | Attempts | Error |\n| --- | --- | ---: | --- |\n");
     for task in tasks {
-        let error = task
-            .last_failure()
-            .map(|a| {
-                let kind = a.error_kind.as_deref().unwrap_or("error");
-                format!("{kind}: {}", a.message.as_deref().unwrap_or_default())
-            })
-            .unwrap_or_else(|| "did not finish".to_owned());
+        let error = match task.cancel_reason.as_deref() {
+            Some(reason) if status == TaskStatus::Cancelled => {
+                let what = if task.was_interrupted() {
+                    "interrupted"
+                } else {
+                    "not run"
+                };
+                format!("{what}: {reason}")
+            }
+            _ => task
+                .last_failure()
+                .map(|a| {
+                    let kind = a.error_kind.as_deref().unwrap_or("error");
+                    format!("{kind}: {}", a.message.as_deref().unwrap_or_default())
+                })
+                .unwrap_or_else(|| "did not finish".to_owned()),
+        };
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} |",
@@ -81,13 +114,14 @@ fn section(out: &mut String, run: &RunResult, status: TaskStatus, title: &str) {
     }
 }
 
-/// The first line of `s`, cut to `max` characters with an ellipsis.
+/// The first line of `s`, cut with an ellipsis to `max` characters at most, the ellipsis
+/// included (services refuse a longer value).
 pub(crate) fn short(s: &str, max: usize) -> String {
     let line = s.lines().next().unwrap_or_default();
     if line.chars().count() <= max && line.len() == s.trim_end().len() {
         return line.to_owned();
     }
-    let mut cut: String = line.chars().take(max).collect();
+    let mut cut: String = line.chars().take(max.saturating_sub(1)).collect();
     cut.push('…');
     cut
 }
@@ -180,7 +214,7 @@ mod tests {
         assert_eq!(code_span("`x``"), "``` `x`` ```");
         assert_eq!(code_span(""), "");
         assert_eq!(short("first\nsecond", 10), "first…");
-        assert_eq!(short("abcdef", 3), "abc…");
+        assert_eq!(short("abcdef", 3), "ab…");
         assert_eq!(short("abc", 3), "abc");
         assert_eq!(human(Duration::from_millis(62_500)), "1m 02.500s");
     }

@@ -557,7 +557,7 @@ pub struct TaskSummary {
 }
 
 impl TaskSummary {
-    /// Whether the run failed: a task failed or never finished.
+    /// Whether the run failed: a task failed, was cancelled, or never finished.
     pub fn is_failure(&self) -> bool {
         self.totals.is_failure()
     }

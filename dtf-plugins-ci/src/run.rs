@@ -171,6 +171,16 @@ impl TaskResult {
         self.attempts.iter().map(|a| a.duration).sum()
     }
 
+    /// Whether it was cancelled while an attempt of it ran (its worker had started it): it
+    /// was interrupted, not only never run.
+    pub fn was_interrupted(&self) -> bool {
+        self.status == TaskStatus::Cancelled
+            && self
+                .attempts
+                .iter()
+                .any(|a| a.outcome == AttemptOutcome::Cancelled && a.started_at.is_some())
+    }
+
     /// The last failed or errored attempt, if any.
     pub fn last_failure(&self) -> Option<&Attempt> {
         self.attempts.iter().rev().find(|a| a.outcome.is_failure())
@@ -193,8 +203,10 @@ impl TaskResult {
             }
             Some(AttemptOutcome::Passed) => TaskStatus::Passed,
             Some(AttemptOutcome::Skipped) => TaskStatus::Skipped,
-            _ if self.cancel_reason.is_some() => TaskStatus::Cancelled,
+            // A failure stays one when the retry that could have mended it is cancelled (the
+            // run was stopped or timed out meanwhile).
             Some(AttemptOutcome::Failed | AttemptOutcome::Errored) => TaskStatus::Failed,
+            _ if self.cancel_reason.is_some() => TaskStatus::Cancelled,
             _ => TaskStatus::Incomplete,
         }
     }
@@ -235,9 +247,38 @@ pub struct Totals {
 }
 
 impl Totals {
-    /// Whether the run failed: a task failed or never finished.
+    /// Whether the run failed: a task failed, was cancelled, or never finished (as
+    /// `dtf-coordinator`'s exit code has it: a run stopped before its tests ended did not pass).
     pub fn is_failure(&self) -> bool {
-        self.failed > 0 || self.incomplete > 0
+        self.failed > 0 || self.cancelled > 0 || self.incomplete > 0
+    }
+}
+
+/// How a run ended, for a CI page's verdict: [`RunResult::verdict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Verdict {
+    /// Every task passed (flaky ones included) or was skipped.
+    Passed,
+    /// A task failed, or the run ended with tasks cancelled or unfinished, or on an error.
+    Failed,
+    /// The run was stopped on request (a signal, a user) before its tasks ended, and none of
+    /// them had failed.
+    Cancelled,
+    /// The run reached its time limit before its tasks ended, and none of them had failed.
+    TimedOut,
+}
+
+impl Verdict {
+    /// Lowercase words, for a one-line description ("passed", "timed out").
+    pub const fn words(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::TimedOut => "timed out",
+        }
     }
 }
 
@@ -264,6 +305,25 @@ pub struct RunResult {
     pub tasks: Vec<TaskResult>,
     /// Workers in registration order.
     pub workers: Vec<WorkerSummary>,
+}
+
+impl RunResult {
+    /// The run's verdict. A failed task decides it (even in a run stopped later); otherwise a
+    /// run stopped on request, or by its time limit, with tasks left is
+    /// [`Cancelled`](Verdict::Cancelled) or [`TimedOut`](Verdict::TimedOut); otherwise tasks
+    /// cancelled or unfinished, or a shutdown on an error, fail it.
+    pub fn verdict(&self) -> Verdict {
+        let t = &self.totals;
+        let unfinished = t.cancelled > 0 || t.incomplete > 0;
+        match self.shutdown.as_deref() {
+            _ if t.failed > 0 => Verdict::Failed,
+            Some("requested") if unfinished => Verdict::Cancelled,
+            Some("timed out") if unfinished => Verdict::TimedOut,
+            Some(s) if s.starts_with("error") => Verdict::Failed,
+            _ if t.is_failure() => Verdict::Failed,
+            _ => Verdict::Passed,
+        }
+    }
 }
 
 /// Folds dtf events into a [`RunResult`]. Pure: no I/O, no clock (times come from the events).
@@ -329,6 +389,7 @@ impl RunRecorder {
                 self.shutdown = Some(match &s.reason {
                     ShutdownReason::Completed => "completed".to_owned(),
                     ShutdownReason::Requested => "requested".to_owned(),
+                    ShutdownReason::TimedOut => "timed out".to_owned(),
                     ShutdownReason::Error(e) => format!("error: {e}"),
                     _ => "other".to_owned(),
                 });
@@ -555,6 +616,67 @@ mod tests {
             .message(msg)
             .details("trace")
             .build()
+    }
+
+    /// A run stopped or timed out before its tasks ended is not a pass: its verdict says how
+    /// it ended, and a failure before the stop outweighs it. A task whose retry was cancelled
+    /// stays failed; one cancelled while it ran was interrupted, one never started was not.
+    #[test]
+    fn a_stopped_or_timed_out_run_is_not_a_pass_and_a_failure_outweighs_the_stop() {
+        let run = |reason: ShutdownReason, fail_first: bool| {
+            let mut r = RunRecorder::new();
+            r.record_kind(&EventKind::coordinator_startup("run"), at(0));
+            for id in ["t1", "t2", "t3"] {
+                r.record_kind(&EventKind::task_created(id, id), at(0));
+            }
+            r.record_kind(
+                &EventKind::task_completed("t1", "w", TaskOutcome::Passed, Duration::ZERO),
+                at(1),
+            );
+            r.record_kind(&EventKind::task_started("t2", "w", 1), at(1));
+            if fail_first {
+                r.record_kind(&EventKind::task_failed("t2", err("boom"), true), at(2));
+            }
+            r.record_kind(&EventKind::task_cancelled("t2", "stopped"), at(3));
+            r.record_kind(&EventKind::task_cancelled("t3", "stopped"), at(3));
+            r.record_kind(&EventKind::coordinator_shutdown(reason), at(3));
+            r.result()
+        };
+        let stopped = run(ShutdownReason::Requested, false);
+        assert_eq!(stopped.verdict(), Verdict::Cancelled);
+        assert!(stopped.totals.is_failure(), "{:?}", stopped.totals);
+        assert_eq!(stopped.totals.cancelled, 2);
+        assert!(stopped.tasks[1].was_interrupted(), "t2 ran when cancelled");
+        assert!(!stopped.tasks[2].was_interrupted(), "t3 never started");
+        // The JUnit file shows the interrupted test as an error, the other as skipped.
+        let xml = crate::junit::render_junit(&stopped);
+        assert!(
+            xml.contains(r#"<error type="Cancelled" message="interrupted: stopped"/>"#),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(r#"<skipped message="cancelled: stopped"/>"#),
+            "{xml}"
+        );
+        let md = crate::markdown::render_markdown(&stopped);
+        assert!(md.starts_with("## dtf test run: ⏹️ cancelled"), "{md}");
+        assert!(md.contains("`interrupted: stopped`"), "{md}");
+        // While it runs, the live summary says so, whatever has happened so far.
+        let live = crate::markdown::render_progress(&stopped);
+        assert!(live.starts_with("## dtf test run: ⏳ running"), "{live}");
+        assert_eq!(
+            run(ShutdownReason::TimedOut, false).verdict(),
+            Verdict::TimedOut
+        );
+        // The failure of t2's first attempt decides, though its retry was cancelled.
+        let failed = run(ShutdownReason::TimedOut, true);
+        assert_eq!(failed.tasks[1].status, TaskStatus::Failed);
+        assert_eq!(failed.verdict(), Verdict::Failed);
+        // Cancelled tasks in a run that says it completed: not a pass either.
+        assert_eq!(
+            run(ShutdownReason::Completed, false).verdict(),
+            Verdict::Failed
+        );
     }
 
     #[test]

@@ -168,6 +168,7 @@ impl EventInfo {
                 let (sev, text) = match &e.reason {
                     ShutdownReason::Completed => (Severity::Info, "completed".to_owned()),
                     ShutdownReason::Requested => (Severity::Warning, "requested".to_owned()),
+                    ShutdownReason::TimedOut => (Severity::Error, "timed out".to_owned()),
                     ShutdownReason::Error(m) => (Severity::Error, format!("error: {m}")),
                     _ => (Severity::Warning, "other".to_owned()),
                 };

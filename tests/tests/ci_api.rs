@@ -280,6 +280,57 @@ async fn a_restart_mid_run_keeps_the_one_check_run_and_the_whole_record() {
     server.verify().await;
 }
 
+/// A run stopped by a signal before its tasks ended is "cancelled" on the check run and an
+/// "error" on the commit status, not "success"; one that timed out after a failure is a
+/// "failure" (before, cancelled tasks counted for nothing and both runs showed green).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_run_is_cancelled_and_a_failure_before_a_timeout_fails_it() {
+    let boom = TaskError::builder().kind("Panic").message("boom").build();
+    for (reason, fail_first, conclusion, state) in [
+        (ShutdownReason::Requested, false, "cancelled", "error"),
+        (ShutdownReason::TimedOut, false, "timed_out", "error"),
+        (ShutdownReason::TimedOut, true, "failure", "failure"),
+    ] {
+        let server = MockServer::start().await;
+        github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
+            .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 42 })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        github_headers(Mock::given(method("PATCH")).and(path("/repos/acme/widgets/check-runs/42")))
+            .and(body_partial_json(
+                json!({ "status": "completed", "conclusion": conclusion }),
+            ))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 42 })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let statuses = format!("/repos/acme/widgets/statuses/{SHA}");
+        github_headers(Mock::given(method("POST")).and(path(statuses.as_str())))
+            .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 1 })))
+            .expect(2)
+            .mount(&server)
+            .await;
+        let mut events = vec![
+            EventKind::coordinator_startup("run-1"),
+            EventKind::task_created("t1", "a::passes"),
+            EventKind::task_created("t2", "a::runs"),
+            EventKind::task_completed("t1", "w1", TaskOutcome::Passed, Duration::from_millis(5)),
+            EventKind::task_started("t2", "w1", 1),
+        ];
+        if fail_first {
+            events.push(EventKind::task_failed("t2", boom.clone(), true));
+        }
+        events.push(EventKind::task_cancelled("t2", "the run was interrupted"));
+        events.push(EventKind::coordinator_shutdown(reason.clone()));
+        let config = github_config(&server, json!({ "github": { "comment": false } }));
+        run_events(github_env(), config, events).await;
+        server.verify().await;
+        let posted = bodies(&server, "POST", &statuses).await;
+        assert_eq!(posted[1]["state"], state, "{reason:?}: {posted:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_comment_is_edited_in_place_on_the_second_run() {
     let server = MockServer::start().await;

@@ -154,6 +154,7 @@ pub(crate) fn result(t: &TaskResult) -> Value {
     let outcome = match t.status {
         TaskStatus::Passed | TaskStatus::Flaky => "Passed",
         TaskStatus::Failed => "Failed",
+        TaskStatus::Cancelled if t.was_interrupted() => "Aborted",
         TaskStatus::Skipped | TaskStatus::Cancelled => "NotExecuted",
         TaskStatus::Incomplete => "Aborted",
     };

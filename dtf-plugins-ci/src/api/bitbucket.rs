@@ -12,7 +12,7 @@ use super::{ApiConfig, comment_body, one_line, required, segment, setting, trim_
 use crate::detect::{CiInfo, Env};
 use crate::error::CiError;
 use crate::markdown::short;
-use crate::run::RunResult;
+use crate::run::{RunResult, Verdict};
 
 /// Bitbucket's comment limit is not documented; 32 KiB renders reliably.
 const COMMENT_LIMIT: usize = 32_768;
@@ -117,10 +117,10 @@ impl Bitbucket {
     }
 
     pub(crate) async fn finish(&mut self, http: &mut HttpCore, run: &RunResult) {
-        let state = if run.totals.is_failure() {
-            "FAILED"
-        } else {
-            "SUCCESSFUL"
+        let state = match run.verdict() {
+            Verdict::Passed => "SUCCESSFUL",
+            Verdict::Cancelled => "STOPPED",
+            _ => "FAILED",
         };
         self.status(http, state, &one_line(run)).await;
         if let Some(thread) = &self.comment {

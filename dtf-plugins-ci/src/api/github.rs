@@ -12,8 +12,8 @@ use super::http::{Auth, Body, Call, HttpCore, headers};
 use super::{ApiConfig, cap, comment_body, one_line, required, segment, trim_base};
 use crate::detect::{CiInfo, Env};
 use crate::error::CiError;
-use crate::markdown::{render_markdown, short};
-use crate::run::{RunResult, TaskStatus, format_utc};
+use crate::markdown::{render_markdown, render_progress, short};
+use crate::run::{RunResult, TaskStatus, Verdict, format_utc};
 
 /// The Checks API takes at most 50 annotations per request.
 pub(crate) const ANNOTATIONS_PER_REQUEST: usize = 50;
@@ -146,10 +146,17 @@ impl Github {
         self.post_status(http, "pending", "dtf: running").await;
     }
 
-    fn output(run: &RunResult, annotations: &[Value]) -> Value {
+    /// The check run's output: a live one while the run goes on, the final one with its
+    /// verdict at the end.
+    fn output(run: &RunResult, annotations: &[Value], live: bool) -> Value {
+        let summary = if live {
+            render_progress(run)
+        } else {
+            render_markdown(run)
+        };
         json!({
             "title": one_line(run),
-            "summary": cap(&render_markdown(run), TEXT_LIMIT),
+            "summary": cap(&summary, TEXT_LIMIT),
             "annotations": annotations,
         })
     }
@@ -159,7 +166,7 @@ impl Github {
     pub(crate) async fn update(&mut self, http: &mut HttpCore, run: &RunResult) {
         let Some(id) = self.check_run else { return };
         let url = format!("{}/check-runs/{id}", self.api);
-        let body = json!({ "output": Self::output(run, &[]) });
+        let body = json!({ "output": Self::output(run, &[], true) });
         let _ = self
             .send(
                 http,
@@ -169,7 +176,7 @@ impl Github {
     }
 
     pub(crate) async fn finish(&mut self, http: &mut HttpCore, run: &RunResult) {
-        let failed = run.totals.is_failure();
+        let verdict = run.verdict();
         if let Some(id) = self.check_run {
             let url = format!("{}/check-runs/{id}", self.api);
             let annotations = annotations(run);
@@ -178,7 +185,7 @@ impl Github {
             // Annotations accumulate over updates: all batches but the last go first, the
             // last one travels with the conclusion.
             for batch in batches {
-                let body = json!({ "output": Self::output(run, batch) });
+                let body = json!({ "output": Self::output(run, batch, false) });
                 let call = Call::new(
                     "github.check-run",
                     Method::PATCH,
@@ -189,8 +196,13 @@ impl Github {
             }
             let mut body = json!({
                 "status": "completed",
-                "conclusion": if failed { "failure" } else { "success" },
-                "output": Self::output(run, last),
+                "conclusion": match verdict {
+                    Verdict::Passed => "success",
+                    Verdict::Cancelled => "cancelled",
+                    Verdict::TimedOut => "timed_out",
+                    _ => "failure",
+                },
+                "output": Self::output(run, last, false),
             });
             if let Some(t) = run.finished_at {
                 body["completed_at"] = json!(format!("{}Z", format_utc(t)));
@@ -202,7 +214,12 @@ impl Github {
                 )
                 .await;
         }
-        let state = if failed { "failure" } else { "success" };
+        // A commit status has no "cancelled": a run that did not get to its end is an error.
+        let state = match verdict {
+            Verdict::Passed => "success",
+            Verdict::Cancelled | Verdict::TimedOut => "error",
+            _ => "failure",
+        };
         self.post_status(http, state, &one_line(run)).await;
         if let Some(thread) = &self.comment {
             thread

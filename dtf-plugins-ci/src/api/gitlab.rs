@@ -12,7 +12,7 @@ use super::{ApiConfig, comment_body, one_line, required, segment, setting, trim_
 use crate::detect::{CiInfo, Env};
 use crate::error::CiError;
 use crate::markdown::short;
-use crate::run::RunResult;
+use crate::run::{RunResult, Verdict};
 
 /// GitLab's note limit is 1,000,000 characters; stay well under it.
 const NOTE_LIMIT: usize = 1_000_000;
@@ -110,10 +110,10 @@ impl Gitlab {
     }
 
     pub(crate) async fn finish(&mut self, http: &mut HttpCore, run: &RunResult) {
-        let state = if run.totals.is_failure() {
-            "failed"
-        } else {
-            "success"
+        let state = match run.verdict() {
+            Verdict::Passed => "success",
+            Verdict::Cancelled => "canceled",
+            _ => "failed",
         };
         self.status(http, state, &one_line(run)).await;
         if let Some(note) = &self.note {

@@ -57,11 +57,7 @@ impl Jenkins {
     }
 
     pub(crate) async fn finish(&mut self, http: &mut HttpCore, run: &RunResult) {
-        let verdict = if run.totals.is_failure() {
-            "failed"
-        } else {
-            "passed"
-        };
+        let verdict = run.verdict().words();
         self.describe(http, format!("{} ({verdict})", one_line(run)))
             .await;
     }
