@@ -165,17 +165,24 @@ impl CiApiReporter {
         self.stats.clone()
     }
 
-    /// Waits for the worker to send the final report.
+    /// Waits for the worker to send the final report: at most `final_timeout_ms` and a
+    /// second (the worker cuts a live update short for it, and bounds the report itself).
     async fn finish(&mut self, msg: Option<Msg>) {
-        let Some(worker) = self.worker.take() else {
+        let Some(mut worker) = self.worker.take() else {
             return;
         };
         if let Some(msg) = msg {
             let _ = worker.tx.send(msg);
         }
         drop(worker.tx);
-        if let Err(e) = worker.handle.await {
-            tracing::error!(error = %e, "the CI API worker stopped abnormally");
+        let bound = Duration::from_millis(self.config.final_timeout_ms) + Duration::from_secs(1);
+        match tokio::time::timeout(bound, &mut worker.handle).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "the CI API worker stopped abnormally"),
+            Err(_) => tracing::error!(
+                ?bound,
+                "the final CI API report did not finish in time; no longer waited for"
+            ),
         }
     }
 }
@@ -305,6 +312,41 @@ impl Throttle {
     }
 }
 
+/// One live update of every client, while events go on being recorded. The end of the run
+/// (`CoordinatorShutdown`, a finish, the channel closed) cuts it short and is returned, to
+/// be handled at once: the final report does not wait behind progress that it supersedes.
+async fn live_update(
+    clients: &mut [Client],
+    http: &mut HttpCore,
+    run: &crate::run::RunResult,
+    rx: &mut mpsc::UnboundedReceiver<Msg>,
+    recorder: &mut RunRecorder,
+    throttle: &mut Throttle,
+) -> Option<Option<Msg>> {
+    let update = async {
+        for c in clients.iter_mut() {
+            c.update(http, run).await;
+        }
+    };
+    tokio::pin!(update);
+    loop {
+        tokio::select! {
+            () = &mut update => return None,
+            msg = rx.recv() => match msg {
+                Some(Msg::Event(event))
+                    if !matches!(event.kind, EventKind::CoordinatorShutdown(_)) =>
+                {
+                    recorder.record(&event);
+                    if !matches!(event.kind, EventKind::CoordinatorStartup(_)) {
+                        throttle.changed();
+                    }
+                }
+                other => return Some(other),
+            },
+        }
+    }
+}
+
 /// The background task: folds events, calls the clients, ends after the final report.
 async fn work(
     mut rx: mpsc::UnboundedReceiver<Msg>,
@@ -316,21 +358,37 @@ async fn work(
     let mut recorder = RunRecorder::new();
     let mut throttle = Throttle::new(interval, Instant::now());
     let mut started = false;
+    // A message that ended a live update early, handled next.
+    let mut stashed: Option<Option<Msg>> = None;
     loop {
-        let msg = match throttle.due_at() {
-            Some(at) => tokio::select! {
-                msg = rx.recv() => msg,
-                () = tokio::time::sleep_until(at) => {
+        let msg = if let Some(msg) = stashed.take() {
+            msg
+        } else {
+            let due = match throttle.due_at() {
+                Some(at) => tokio::select! {
+                    msg = rx.recv() => Err(msg),
+                    () = tokio::time::sleep_until(at) => Ok(()),
+                },
+                None => Err(rx.recv().await),
+            };
+            match due {
+                Err(msg) => msg,
+                Ok(()) => {
                     if throttle.take(Instant::now()) {
                         let run = recorder.result();
-                        for c in &mut clients {
-                            c.update(&mut http, &run).await;
-                        }
+                        stashed = live_update(
+                            &mut clients,
+                            &mut http,
+                            &run,
+                            &mut rx,
+                            &mut recorder,
+                            &mut throttle,
+                        )
+                        .await;
                     }
                     continue;
                 }
-            },
-            None => rx.recv().await,
+            }
         };
         let finish = match msg {
             // Dropped without a finish: the plugin was restarted with other settings (with

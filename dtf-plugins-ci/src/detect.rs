@@ -142,7 +142,9 @@ pub struct CiInfo {
     pub build_id: Option<String>,
     /// A link to the build's page.
     pub build_url: Option<String>,
-    /// The commit being built.
+    /// The commit being built. For a GitHub Actions pull-request build it is the pull
+    /// request's head commit (from the event file), where GitHub shows checks and statuses:
+    /// `GITHUB_SHA` is then a merge commit that the pull request does not show.
     pub commit: Option<String>,
     /// The branch being built (the source branch for pull requests, where known).
     pub branch: Option<String>,
@@ -191,7 +193,7 @@ impl CiInfo {
                     )),
                     _ => None,
                 };
-                info.commit = v("GITHUB_SHA");
+                info.commit = github_pr_head(env).or_else(|| v("GITHUB_SHA"));
                 info.branch = first(&["GITHUB_HEAD_REF", "GITHUB_REF_NAME"]);
                 info.pull_request = get(env, "GITHUB_REF").and_then(github_pr_number);
                 info.job = v("GITHUB_JOB");
@@ -345,6 +347,36 @@ fn get<'a>(env: &'a Env, key: &str) -> Option<&'a str> {
         .filter(|v| !v.trim().is_empty())
 }
 
+/// The head commit of the pull request a GitHub Actions build is for: `pull_request.head.sha`
+/// in the event file (`GITHUB_EVENT_PATH`) of a `pull_request` or `pull_request_target` event.
+/// `None` for other events, or when the file cannot be read or holds no such commit.
+fn github_pr_head(env: &Env) -> Option<String> {
+    if !matches!(
+        get(env, "GITHUB_EVENT_NAME"),
+        Some("pull_request" | "pull_request_target")
+    ) {
+        return None;
+    }
+    let path = get(env, "GITHUB_EVENT_PATH")?;
+    let read = std::fs::File::open(path).and_then(|f| {
+        use std::io::Read as _;
+        // An event file is a few hundred KiB at most; a bound keeps a wrong path cheap.
+        let mut text = String::new();
+        f.take(64 << 20).read_to_string(&mut text)?;
+        Ok(text)
+    });
+    let text = match read {
+        Ok(text) => text,
+        Err(e) => {
+            tracing::warn!(error = %e, "GITHUB_EVENT_PATH could not be read: reporting on GITHUB_SHA");
+            return None;
+        }
+    };
+    let event: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let sha = event.pointer("/pull_request/head/sha")?.as_str()?;
+    (sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then(|| sha.to_owned())
+}
+
 /// `refs/pull/42/merge` → 42.
 fn github_pr_number(git_ref: &str) -> Option<u64> {
     git_ref
@@ -369,6 +401,36 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    /// On a pull-request build, checks and statuses go to the pull request's head commit
+    /// (from the event file), not to `GITHUB_SHA`, the merge commit the pull request does not
+    /// show; on a push, and when the file is missing, `GITHUB_SHA` stays.
+    #[test]
+    fn a_github_pull_request_reports_on_its_head_commit() {
+        let head = "0123456789abcdef0123456789abcdef01234567";
+        let file = std::env::temp_dir().join(format!("dtf-gh-event-{}.json", std::process::id()));
+        std::fs::write(
+            &file,
+            format!(r#"{{"number": 7, "pull_request": {{"head": {{"sha": "{head}"}}}}}}"#),
+        )
+        .unwrap();
+        let path = file.display().to_string();
+        let base = [
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_SHA", "merge"),
+            ("GITHUB_EVENT_PATH", path.as_str()),
+        ];
+        let with = |name: &str| {
+            let mut pairs = base.to_vec();
+            pairs.push(("GITHUB_EVENT_NAME", name));
+            detect(&env(&pairs)).commit
+        };
+        assert_eq!(with("pull_request").as_deref(), Some(head));
+        assert_eq!(with("pull_request_target").as_deref(), Some(head));
+        assert_eq!(with("push").as_deref(), Some("merge"));
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(with("pull_request").as_deref(), Some("merge"), "no file");
     }
 
     #[test]

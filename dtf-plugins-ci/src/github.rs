@@ -139,19 +139,33 @@ pub(crate) fn cap_summary(mut summary: String, limit: usize) -> String {
     summary
 }
 
-/// Appends [`render_github_summary`] to `path` (the file `GITHUB_STEP_SUMMARY` names),
-/// creating it if needed.
+/// Appends [`render_markdown`] to `path` (the file `GITHUB_STEP_SUMMARY` names), creating it
+/// if needed. GitHub drops a step's whole summary when the file is over
+/// [`STEP_SUMMARY_LIMIT`], so the report is cut to the room the file has left (what the step
+/// wrote before counts), ending with [`TRUNCATED_MARKER`]; with no room for even that, nothing
+/// is appended (and a warning logged).
 ///
 /// # Errors
 ///
 /// [`CiError::Write`] if the file cannot be opened or written.
 pub fn append_step_summary(path: &Path, run: &RunResult) -> Result<(), CiError> {
-    let summary = render_github_summary(run);
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)?;
+        let used = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+        // Room for the report and its final line break.
+        let room = STEP_SUMMARY_LIMIT.saturating_sub(used).saturating_sub(1);
+        if room < TRUNCATED_MARKER.len() {
+            tracing::warn!(
+                path = %path.display(),
+                used,
+                "the job summary file is full (GitHub's limit is 1 MiB): the report is not appended"
+            );
+            return Ok(());
+        }
+        let summary = cap_summary(render_markdown(run), room);
         file.write_all(summary.as_bytes())?;
         file.write_all(b"\n")
     };
@@ -178,5 +192,38 @@ mod tests {
         assert!(capped.len() <= 120, "{}", capped.len());
         assert!(capped.ends_with(TRUNCATED_MARKER));
         assert_eq!(cap_summary("short".into(), 120), "short");
+    }
+
+    /// The report goes in the room the step's summary file has left: file and report
+    /// together stay within GitHub's 1 MiB (over it, GitHub shows no summary at all).
+    #[test]
+    fn the_step_summary_fits_in_what_the_file_has_left() {
+        use dtf_plugin_core::prelude::*;
+        let mut rec = crate::RunRecorder::new();
+        let t0 = std::time::SystemTime::UNIX_EPOCH;
+        let err = TaskError::builder()
+            .kind("Panic")
+            .message("x".repeat(150))
+            .build();
+        for i in 0..10_000 {
+            let id = format!("t{i}");
+            rec.record_kind(
+                &EventKind::task_created(id.as_str(), format!("suite::case_{i}")),
+                t0,
+            );
+            rec.record_kind(&EventKind::task_failed(id.as_str(), err.clone(), false), t0);
+        }
+        let run = rec.result();
+        assert!(render_markdown(&run).len() > STEP_SUMMARY_LIMIT / 2);
+        let path = std::env::temp_dir().join(format!("dtf-step-summary-{}", std::process::id()));
+        std::fs::write(&path, "a".repeat(STEP_SUMMARY_LIMIT / 2 + 7)).unwrap();
+        append_step_summary(&path, &run).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() <= STEP_SUMMARY_LIMIT, "{}", text.len());
+        assert!(text.ends_with(&format!("{TRUNCATED_MARKER}\n")));
+        // A full file gets nothing more.
+        append_step_summary(&path, &run).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().len(), text.len());
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -27,6 +27,10 @@ pub fn render_markdown(run: &RunResult) -> String {
 /// [`render_markdown`] for a run still going (a check run's live summary): the headline says
 /// it is running, and the tasks that have not ended yet are counted, not listed as
 /// incomplete.
+#[cfg_attr(
+    not(feature = "api"),
+    allow(dead_code, reason = "only the API clients report live")
+)]
 pub(crate) fn render_progress(run: &RunResult) -> String {
     render(run, true)
 }

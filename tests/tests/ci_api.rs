@@ -416,6 +416,76 @@ async fn github_comment_on_a_later_page_is_edited_not_duplicated() {
     assert_eq!(stats.get("github.comment").unwrap().ok, 3);
 }
 
+/// The end of the run does not wait behind a live update that hangs (a slow service, a
+/// rate limit): the update is cut short and the final report, with the conclusion, goes at
+/// once. Before, `CoordinatorShutdown` waited for the update to end (here 20 s, in real life
+/// up to four request timeouts), past the manager's handler timeout, and the check run could
+/// stay "in progress".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_final_report_does_not_wait_behind_a_hung_live_update() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/repos/acme/widgets/check-runs"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 9 })))
+        .mount(&server)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path("/repos/acme/widgets/check-runs/9"))
+        .and(body_partial_json(json!({ "status": "completed" })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 9 })))
+        .with_priority(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    // Live updates (no status): answered after 20 s.
+    Mock::given(method("PATCH"))
+        .and(path("/repos/acme/widgets/check-runs/9"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(20)))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let config = github_config(
+        &server,
+        json!({
+            "update_interval_ms": 50,
+            "request_timeout_ms": 60_000,
+            "github": { "status": false, "comment": false },
+        }),
+    );
+    let spec = PluginSpec::new(move || CiApiReporter::with_env(github_env())).config(config);
+    let manager = PluginManager::builder().spec(spec).spawn().await.unwrap();
+    for e in [
+        EventKind::coordinator_startup("run-1"),
+        EventKind::task_created("t1", "a::b"),
+        EventKind::task_completed("t1", "w1", TaskOutcome::Passed, Duration::from_millis(5)),
+    ] {
+        manager.publish(e).await.unwrap();
+    }
+    // Until the live update hangs on the server.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bodies(&server, "PATCH", "/repos/acme/widgets/check-runs/9")
+        .await
+        .iter()
+        .any(|b| b.get("status").is_none())
+    {
+        assert!(Instant::now() < deadline, "no live update was sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    manager
+        .publish(EventKind::coordinator_shutdown(ShutdownReason::Completed))
+        .await
+        .unwrap();
+    manager.flush().await;
+    let waited = started.elapsed();
+    server.verify().await;
+    assert!(
+        waited < Duration::from_secs(10),
+        "the final report waited {waited:?} behind the live update"
+    );
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_annotations_go_fifty_per_request() {
     let server = MockServer::start().await;
@@ -456,10 +526,12 @@ async fn github_annotations_go_fifty_per_request() {
         .iter()
         .map(|b| b["output"]["annotations"].as_array().map_or(0, Vec::len))
         .collect();
+    // The conclusion goes first, with the first batch: if the final report runs out of time,
+    // annotations are what is cut, not the verdict.
     assert_eq!(sizes, [50, 50, 20]);
-    assert!(patches[..2].iter().all(|b| b.get("conclusion").is_none()));
-    assert_eq!(patches[2]["conclusion"], "failure");
-    assert_eq!(patches[2]["status"], "completed");
+    assert_eq!(patches[0]["conclusion"], "failure");
+    assert_eq!(patches[0]["status"], "completed");
+    assert!(patches[1..].iter().all(|b| b.get("conclusion").is_none()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,6 +547,9 @@ async fn gitlab_posts_statuses_and_edits_its_note() {
             "description": "dtf: running",
             "target_url": "https://gitlab.example.invalid/p/-/pipelines/5",
             "ref": "feature",
+            // The status belongs to this pipeline (a merge-request pipeline's ref is not the
+            // branch: without the id GitLab files it elsewhere, out of the merge request).
+            "pipeline_id": 5,
         })))
         .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 1 })))
         .expect(1)
@@ -483,7 +558,7 @@ async fn gitlab_posts_statuses_and_edits_its_note() {
     Mock::given(method("POST"))
         .and(path(statuses.as_str()))
         .and(body_partial_json(
-            json!({ "state": "failed", "name": "dtf" }),
+            json!({ "state": "failed", "name": "dtf", "pipeline_id": 5 }),
         ))
         .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 2 })))
         .expect(1)
@@ -521,6 +596,7 @@ async fn gitlab_posts_statuses_and_edits_its_note() {
             "CI_PIPELINE_URL",
             "https://gitlab.example.invalid/p/-/pipelines/5",
         ),
+        ("CI_PIPELINE_ID", "5"),
         ("CI_MERGE_REQUEST_IID", "4"),
         ("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME", "feature"),
     ]);

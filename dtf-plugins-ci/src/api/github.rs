@@ -170,20 +170,52 @@ impl Github {
         let _ = self
             .send(
                 http,
-                Call::new("github.check-run", Method::PATCH, url, Body::Json(body)),
+                Call::new("github.check-run", Method::PATCH, url, Body::Json(body)).once(),
             )
             .await;
     }
 
     pub(crate) async fn finish(&mut self, http: &mut HttpCore, run: &RunResult) {
         let verdict = run.verdict();
-        if let Some(id) = self.check_run {
-            let url = format!("{}/check-runs/{id}", self.api);
-            let annotations = annotations(run);
-            let mut batches: Vec<&[Value]> = annotations.chunks(ANNOTATIONS_PER_REQUEST).collect();
-            let last = batches.pop().unwrap_or(&[]);
-            // Annotations accumulate over updates: all batches but the last go first, the
-            // last one travels with the conclusion.
+        let annotations = annotations(run);
+        let mut batches = annotations.chunks(ANNOTATIONS_PER_REQUEST);
+        let url = self
+            .check_run
+            .map(|id| format!("{}/check-runs/{id}", self.api));
+        // The verdicts first (the check run's conclusion with the first annotations, then the
+        // commit status), the rest after: if the final report runs out of time, what is cut
+        // is annotations, never the verdict (a check run left "in progress" for good).
+        if let Some(url) = &url {
+            let mut body = json!({
+                "status": "completed",
+                "conclusion": match verdict {
+                    Verdict::Passed => "success",
+                    Verdict::Cancelled => "cancelled",
+                    Verdict::TimedOut => "timed_out",
+                    _ => "failure",
+                },
+                "output": Self::output(run, batches.next().unwrap_or(&[]), false),
+            });
+            if let Some(t) = run.finished_at {
+                body["completed_at"] = json!(format!("{}Z", format_utc(t)));
+            }
+            let call = Call::new(
+                "github.check-run",
+                Method::PATCH,
+                url.clone(),
+                Body::Json(body),
+            );
+            let _ = self.send(http, call).await;
+        }
+        // A commit status has no "cancelled": a run that did not get to its end is an error.
+        let state = match verdict {
+            Verdict::Passed => "success",
+            Verdict::Cancelled | Verdict::TimedOut => "error",
+            _ => "failure",
+        };
+        self.post_status(http, state, &one_line(run)).await;
+        // Annotations accumulate over updates, also on a completed check run.
+        if let Some(url) = &url {
             for batch in batches {
                 let body = json!({ "output": Self::output(run, batch, false) });
                 let call = Call::new(
@@ -194,33 +226,7 @@ impl Github {
                 );
                 let _ = self.send(http, call).await;
             }
-            let mut body = json!({
-                "status": "completed",
-                "conclusion": match verdict {
-                    Verdict::Passed => "success",
-                    Verdict::Cancelled => "cancelled",
-                    Verdict::TimedOut => "timed_out",
-                    _ => "failure",
-                },
-                "output": Self::output(run, last, false),
-            });
-            if let Some(t) = run.finished_at {
-                body["completed_at"] = json!(format!("{}Z", format_utc(t)));
-            }
-            let _ = self
-                .send(
-                    http,
-                    Call::new("github.check-run", Method::PATCH, url, Body::Json(body)),
-                )
-                .await;
         }
-        // A commit status has no "cancelled": a run that did not get to its end is an error.
-        let state = match verdict {
-            Verdict::Passed => "success",
-            Verdict::Cancelled | Verdict::TimedOut => "error",
-            _ => "failure",
-        };
-        self.post_status(http, state, &one_line(run)).await;
         if let Some(thread) = &self.comment {
             thread
                 .upsert(

@@ -9,7 +9,7 @@ use super::comment::{CommentThread, Shape};
 use super::config::token;
 use super::http::{Auth, Body, Call, HttpCore};
 use super::{ApiConfig, comment_body, one_line, required, segment, setting, trim_base};
-use crate::detect::{CiInfo, Env};
+use crate::detect::{CiInfo, CiSystem, Env};
 use crate::error::CiError;
 use crate::markdown::short;
 use crate::run::{RunResult, Verdict};
@@ -24,6 +24,11 @@ pub(crate) struct Gitlab {
     branch: Option<String>,
     name: String,
     target_url: Option<String>,
+    /// The pipeline the status belongs to (`CI_PIPELINE_ID`): a merge-request pipeline's ref
+    /// is not the branch, and without it GitLab files the status under another pipeline,
+    /// which the merge request does not show. Only with the detected commit (not a `sha`
+    /// setting, which may name another one).
+    pipeline: Option<u64>,
     auth: Auth,
     note: Option<CommentThread>,
 }
@@ -82,6 +87,9 @@ impl Gitlab {
             branch: info.branch.clone(),
             name: config.name.clone(),
             target_url: info.build_url.clone(),
+            pipeline: (c.sha.is_none() && info.system == CiSystem::Gitlab)
+                .then(|| info.build_id.as_deref()?.trim().parse().ok())
+                .flatten(),
             auth,
             note,
         })
@@ -99,6 +107,9 @@ impl Gitlab {
         }
         if let Some(branch) = &self.branch {
             body["ref"] = json!(branch);
+        }
+        if let Some(id) = self.pipeline {
+            body["pipeline_id"] = json!(id);
         }
         let url = format!("{}/statuses/{}", self.api, segment(sha));
         let call = Call::new("gitlab.status", Method::POST, url, Body::Json(body));

@@ -75,6 +75,8 @@ pub(crate) struct Call {
     pub(crate) method: Method,
     pub(crate) url: String,
     pub(crate) body: Body,
+    /// Whether a transient failure is retried (per the policy).
+    pub(crate) retry: bool,
 }
 
 impl Call {
@@ -84,7 +86,15 @@ impl Call {
             method,
             url,
             body,
+            retry: true,
         }
+    }
+
+    /// Tried once: a live progress update, which the next one supersedes. Retrying it (up to
+    /// minutes behind a rate limit) would hold back the final report behind it.
+    pub(crate) fn once(mut self) -> Self {
+        self.retry = false;
+        self
     }
 }
 
@@ -194,15 +204,17 @@ impl HttpCore {
                 }
                 Err(e) => {
                     // Connection failures and timeouts are transient; a request that could
-                    // not even be built (bad URL) is not.
-                    let message = e.to_string();
-                    if e.is_builder() {
+                    // not even be built (bad URL) is not. reqwest's message names the URL,
+                    // which may carry credentials: not kept.
+                    let builder = e.is_builder();
+                    let message = e.without_url().to_string();
+                    if builder {
                         return Err(self.fail(&call, message));
                     }
                     (None, message)
                 }
             };
-            if !self.policy.allows_another(attempt) {
+            if !call.retry || !self.policy.allows_another(attempt) {
                 return Err(self.fail(&call, message));
             }
             let delay = self
@@ -246,7 +258,7 @@ impl HttpCore {
         tracing::error!(
             target_api = call.target,
             method = %call.method,
-            url = %call.url,
+            url = %loggable(&call.url),
             error = %message,
             "API call failed; the run goes on"
         );
@@ -262,6 +274,20 @@ impl HttpCore {
 }
 
 /// A header map from static pairs.
+/// `url` for a log: without user information and query, which may hold credentials (a base URL
+/// with `user:token@`, a `?private_token=`).
+fn loggable(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => "<an invalid URL>".to_owned(),
+    }
+}
+
 pub(crate) fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
     pairs
         .iter()

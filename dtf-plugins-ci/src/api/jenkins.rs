@@ -40,25 +40,28 @@ impl Jenkins {
         })
     }
 
-    async fn describe(&self, http: &mut HttpCore, text: String) {
-        let call = Call::new(
+    async fn describe(&self, http: &mut HttpCore, text: String, live: bool) {
+        let mut call = Call::new(
             "jenkins.description",
             Method::POST,
             self.url.clone(),
             Body::Form(vec![("description", text)]),
         );
+        if live {
+            call = call.once();
+        }
         let _ = http.send(call, &self.auth, &HeaderMap::new()).await;
     }
 
     /// Live progress in the description.
     pub(crate) async fn update(&mut self, http: &mut HttpCore, run: &RunResult) {
-        self.describe(http, format!("{} (running)", one_line(run)))
+        self.describe(http, format!("{} (running)", one_line(run)), true)
             .await;
     }
 
     pub(crate) async fn finish(&mut self, http: &mut HttpCore, run: &RunResult) {
         let verdict = run.verdict().words();
-        self.describe(http, format!("{} ({verdict})", one_line(run)))
+        self.describe(http, format!("{} ({verdict})", one_line(run)), false)
             .await;
     }
 }
