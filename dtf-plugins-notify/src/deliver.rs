@@ -282,7 +282,8 @@ impl Deliverer {
     }
 
     /// Sends `request` through `gate` with retries. `check` looks at a 2xx response and may
-    /// still call it a failure (Slack's `{"ok": false}`); its message must hold no secret.
+    /// still call it a failure ([`Refusal`]: Slack's `{"ok": false}`, a Teams webhook's
+    /// "delivery failed" in a 200), retried or not; its message must hold no secret.
     ///
     /// # Errors
     ///
@@ -293,7 +294,7 @@ impl Deliverer {
         target: &str,
         gate: &GateSpec,
         request: HttpRequest,
-        check: impl Fn(&HttpResponse) -> Result<(), String>,
+        check: impl Fn(&HttpResponse) -> Result<(), Refusal>,
     ) -> Result<HttpResponse, DeliveryError> {
         let scrub = |msg: String| scrub(msg, &request);
         let result = self
@@ -324,10 +325,40 @@ impl Deliverer {
     }
 }
 
+/// Why a channel's check refused a 2xx answer: the message (no secret in it), and whether
+/// the request is worth another try (the service says it was throttled) or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// What was wrong with the answer.
+    pub message: String,
+    /// Whether to try again (within the retry policy).
+    pub retry: bool,
+}
+
+impl Refusal {
+    /// A refusal worth another try.
+    pub fn retry(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retry: true,
+        }
+    }
+}
+
+/// A refusal for good.
+impl From<String> for Refusal {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            retry: false,
+        }
+    }
+}
+
 fn classify(
     label: &str,
     resp: HttpResponse,
-    check: &impl Fn(&HttpResponse) -> Result<(), String>,
+    check: &impl Fn(&HttpResponse) -> Result<(), Refusal>,
     scrub: &impl Fn(String) -> String,
 ) -> Attempt<HttpResponse> {
     let status = resp.status;
@@ -341,7 +372,11 @@ fn classify(
                 value: resp,
                 slow_down,
             },
-            Err(e) => Attempt::Fail(scrub(format!("{label}: {e}"))),
+            Err(r) if r.retry => Attempt::Retry {
+                after: None,
+                error: scrub(format!("{label}: {}", r.message)),
+            },
+            Err(r) => Attempt::Fail(scrub(format!("{label}: {}", r.message))),
         };
     }
     let error = scrub(format!(
@@ -493,8 +528,14 @@ mod tests {
         assert!(
             matches!(classify("l", r, &check, &id), Attempt::Done { slow_down: Some(d), .. } if d == Duration::from_millis(1500))
         );
-        let failing = |_: &HttpResponse| Err("ok=false: channel_not_found".to_owned());
+        let failing = |_: &HttpResponse| Err("ok=false: channel_not_found".to_owned().into());
         let r = HttpResponse::new(200, vec![], "");
         assert!(matches!(classify("l", r, &failing, &id), Attempt::Fail(_)));
+        let throttled = |_: &HttpResponse| Err(Refusal::retry("throttled"));
+        let r = HttpResponse::new(200, vec![], "");
+        assert!(matches!(
+            classify("l", r, &throttled, &id),
+            Attempt::Retry { after: None, .. }
+        ));
     }
 }

@@ -51,6 +51,38 @@ pub fn escape_slack(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// [`escape_slack`] of `s`, cut to at most `max` UTF-16 units (the cut marked as by
+/// [`truncate`]) between characters of `s`: never inside an entity (`&amp;` cut to `&a`
+/// shows as text).
+pub fn escape_slack_within(s: &str, max: usize) -> String {
+    let escaped = escape_slack(s);
+    if utf16_len(&escaped) <= max {
+        return escaped;
+    }
+    let budget = max.saturating_sub(utf16_len(TRUNCATED));
+    let mut out = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let entity = match c {
+            '&' => Some("&amp;"),
+            '<' => Some("&lt;"),
+            '>' => Some("&gt;"),
+            _ => None,
+        };
+        let add = entity.map_or(c.len_utf16(), str::len);
+        if used + add > budget {
+            break;
+        }
+        used += add;
+        match entity {
+            Some(e) => out.push_str(e),
+            None => out.push(c),
+        }
+    }
+    out.push_str(TRUNCATED);
+    out
+}
+
 /// Escapes Discord markdown (`\ * _ ~ ` | >` and `@` of mass mentions are neutralised by
 /// `allowed_mentions`).
 pub fn escape_discord(s: &str) -> String {

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use dtf_plugin_core::event::Hook;
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -50,6 +51,10 @@ struct Group {
     first: Option<EventInfo>,
     severity: Severity,
     count: u64,
+    /// The distinct tasks (for worker events the workers, for recovery events the
+    /// recoveries) of the pending events, at most [`MAX_TASKS_COUNTED`]: a title says "Task t1
+    /// failed 3 times", not "3 tasks failed", for a test that failed three times.
+    tasks: std::collections::HashSet<String>,
     items: Vec<String>,
     last_time: std::time::SystemTime,
     /// When the pending events are due; `None` when nothing is pending.
@@ -59,6 +64,23 @@ struct Group {
     /// Arrival number of the first pending event: messages due together go out in the order
     /// their first events arrived.
     order: u64,
+}
+
+/// How many distinct tasks (workers, recoveries) a group tells apart (beyond, the title
+/// counts events only).
+const MAX_TASKS_COUNTED: usize = 10_000;
+
+/// Worker and recovery events: grouped across workers ([`Grouper::key`]).
+fn is_worker_or_recovery(hook: Hook) -> bool {
+    matches!(
+        hook,
+        Hook::WorkerFailed
+            | Hook::WorkerDisconnected
+            | Hook::WorkerRecovered
+            | Hook::RecoveryStarted
+            | Hook::RecoveryCompleted
+            | Hook::RecoveryFailed
+    )
 }
 
 /// The groups of one channel.
@@ -81,9 +103,18 @@ impl Grouper {
     }
 
     /// The group key of an event.
+    ///
+    /// Worker and recovery events are grouped by kind and error only: an outage that takes
+    /// 20 workers down is one "20 workers failed" message, not 80 (a failure, a disconnection
+    /// and a recovery's start and end per worker, each its own group by worker or by the
+    /// recovery's id).
     pub(crate) fn key(&self, info: &EventInfo) -> String {
         let mut key = hook_name(info.hook).to_owned();
+        let across_workers = is_worker_or_recovery(info.hook);
         for part in &self.settings.by {
+            if across_workers && matches!(part, GroupBy::Worker | GroupBy::Subject) {
+                continue;
+            }
             let v = match part {
                 GroupBy::Error => &info.error_type,
                 GroupBy::Worker => &info.worker,
@@ -104,6 +135,7 @@ impl Grouper {
             first: None,
             severity: Severity::Routine,
             count: 0,
+            tasks: std::collections::HashSet::new(),
             items: Vec::new(),
             last_time: info.time,
             due: None,
@@ -123,6 +155,16 @@ impl Grouper {
             group.due = Some(self.throttle.earliest(&key, at));
         }
         group.count += 1;
+        let who = match info.hook {
+            Hook::WorkerFailed | Hook::WorkerDisconnected | Hook::WorkerRecovered => &info.worker,
+            Hook::RecoveryStarted | Hook::RecoveryCompleted | Hook::RecoveryFailed => &info.subject,
+            _ => &info.task,
+        };
+        if let Some(who) = who {
+            if group.tasks.len() < MAX_TASKS_COUNTED {
+                group.tasks.insert(who.clone());
+            }
+        }
         group.severity = group.severity.max(info.severity);
         group.last_time = info.time;
         if group.items.len() < s.max_items {
@@ -185,17 +227,30 @@ impl Grouper {
         let first = g.first.take()?;
         let count = std::mem::take(&mut g.count);
         let items = std::mem::take(&mut g.items);
+        let tasks = std::mem::take(&mut g.tasks);
+        // Past the cap the distinct tasks are not known: the title counts events then.
+        let tasks = if tasks.len() < MAX_TASKS_COUNTED {
+            tasks.len() as u64
+        } else {
+            count
+        };
         g.due = None;
         g.last_sent = Some(now);
         g.sequence += 1;
         let severity = std::mem::replace(&mut g.severity, Severity::Routine);
         self.throttle.record(key, now);
         let mut facts = vec![("Events".to_owned(), count.to_string())];
-        if let Some(e) = &first.error_type {
-            facts.push(("Error type".to_owned(), e.clone()));
+        // An empty value is no fact (and Discord refuses a field without a value: the whole
+        // message would be lost).
+        let given = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+        if let Some(e) = given(&first.error_type) {
+            facts.push(("Error type".to_owned(), e));
         }
-        if let Some(w) = &first.worker {
-            facts.push(("Worker".to_owned(), w.clone()));
+        // A group of worker or recovery events may span workers: the first one's worker
+        // is then not the group's.
+        let one_worker = !is_worker_or_recovery(first.hook) || count == 1;
+        if let Some(w) = given(&first.worker).filter(|_| one_worker) {
+            facts.push(("Worker".to_owned(), w));
         }
         facts.push(("Severity".to_owned(), severity.as_str().to_owned()));
         let more = count.saturating_sub(items.len() as u64);
@@ -204,7 +259,7 @@ impl Grouper {
             severity,
             group_key: key.to_owned(),
             fingerprint: first.fingerprint(),
-            title: title(&first, count),
+            title: title(&first, count, tasks),
             count,
             items,
             more,

@@ -321,8 +321,8 @@ pub(crate) fn hook_name(hook: Hook) -> &'static str {
     }
 }
 
-/// The headline for `count` events like `first`.
-pub(crate) fn title(first: &EventInfo, count: u64) -> Vec<Span> {
+/// The headline for `count` events like `first`, of `tasks` distinct tasks.
+pub(crate) fn title(first: &EventInfo, count: u64, tasks: u64) -> Vec<Span> {
     let t = |s: String| Span::Text(s);
     let on_worker = |w: &Option<String>| {
         w.as_ref()
@@ -333,13 +333,14 @@ pub(crate) fn title(first: &EventInfo, count: u64) -> Vec<Span> {
     let subject = first.subject.clone().unwrap_or_default();
     match first.hook {
         Hook::TaskFailed => {
-            let head = if many {
-                format!("{count} tasks failed with ")
-            } else {
-                format!(
-                    "Task {} failed with ",
-                    first.task.clone().unwrap_or_default()
-                )
+            let task = first.task.clone().unwrap_or_default();
+            // Attempts are not tasks: a test that failed three times (then perhaps passed on
+            // a retry) is not three failed tasks.
+            let head = match (many, tasks) {
+                (false, _) => format!("Task {task} failed with "),
+                (true, 1) => format!("Task {task} failed {count} times with "),
+                (true, n) if n >= count || n == 0 => format!("{count} tasks failed with "),
+                (true, n) => format!("{count} failures of {n} tasks with "),
             };
             vec![
                 t(head),
@@ -361,15 +362,28 @@ pub(crate) fn title(first: &EventInfo, count: u64) -> Vec<Span> {
                 Hook::WorkerDisconnected => "disconnected",
                 _ => "recovered",
             };
-            let times = if many {
-                format!(" ({count} times)")
-            } else {
-                String::new()
+            let times = |n: u64| {
+                if n > 1 {
+                    format!(" ({n} times)")
+                } else {
+                    String::new()
+                }
             };
-            vec![t(format!(
-                "Worker {} {verb}{times}",
-                first.worker.clone().unwrap_or_default()
-            ))]
+            if tasks > 1 {
+                // Workers here: the group spans them.
+                let extra = if count > tasks {
+                    times(count)
+                } else {
+                    String::new()
+                };
+                vec![t(format!("{tasks} workers {verb}{extra}"))]
+            } else {
+                vec![t(format!(
+                    "Worker {} {verb}{}",
+                    first.worker.clone().unwrap_or_default(),
+                    times(count)
+                ))]
+            }
         }
         Hook::RecoveryStarted | Hook::RecoveryCompleted | Hook::RecoveryFailed => {
             let verb = match first.hook {
@@ -378,10 +392,8 @@ pub(crate) fn title(first: &EventInfo, count: u64) -> Vec<Span> {
                 _ => "failed",
             };
             if many {
-                vec![t(format!(
-                    "{count} recoveries {verb}{}",
-                    on_worker(&first.worker)
-                ))]
+                // The group spans workers (and recoveries).
+                vec![t(format!("{count} recoveries {verb}"))]
             } else {
                 vec![t(format!(
                     "Recovery {subject} {verb}{}",
@@ -491,7 +503,7 @@ mod tests {
     fn task_failures_name_count_error_type_and_worker() {
         let info = EventInfo::of(&failed("t1", "TimeoutError", "w3"));
         assert_eq!(info.severity, Severity::Error);
-        let title = title(&info, 12);
+        let title = title(&info, 12, 12);
         let n = Notification {
             kind: Hook::TaskFailed,
             severity: Severity::Error,
@@ -516,10 +528,27 @@ mod tests {
             title_of(&failed("t9", "X", "w1"), 1),
             "Task t9 failed with `X` on worker w1"
         );
+        // Attempts are not tasks.
+        let plain = |count, tasks| {
+            super::title(&info, count, tasks)
+                .iter()
+                .map(|s| match s {
+                    Span::Text(t) | Span::Code(t) => t.clone(),
+                })
+                .collect::<String>()
+        };
+        assert_eq!(
+            plain(3, 1),
+            "Task t1 failed 3 times with TimeoutError on worker w3"
+        );
+        assert_eq!(
+            plain(5, 2),
+            "5 failures of 2 tasks with TimeoutError on worker w3"
+        );
     }
 
     fn title_of(e: &Event, n: u64) -> String {
-        title(&EventInfo::of(e), n)
+        title(&EventInfo::of(e), n, n)
             .iter()
             .map(|s| match s {
                 Span::Text(t) => t.clone(),

@@ -195,10 +195,17 @@ impl Transport for ReqwestTransport {
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect();
-        let body = resp
-            .text()
-            .await
-            .map_err(|e| TransportError::new(error_chain(&e.without_url()), true))?;
+        let body = match resp.text().await {
+            Ok(body) => body,
+            // The service took the request (2xx) and the answer's body was lost: sending it
+            // again would post the message twice. It stands as delivered with an empty body
+            // (a channel that needs the body refuses it, for good). A lookup is tried again.
+            Err(e) if (200..300).contains(&status) && request.method != Method::Get => {
+                tracing::warn!(label = %request.label, error = %error_chain(&e.without_url()), "the answer's body was lost after a success; not sent again");
+                String::new()
+            }
+            Err(e) => return Err(TransportError::new(error_chain(&e.without_url()), true)),
+        };
         Ok(HttpResponse::new(status, headers, body))
     }
 }

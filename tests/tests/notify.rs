@@ -439,6 +439,89 @@ async fn teams_webhook_posts_an_adaptive_card_envelope() {
     assert_eq!(stats.get("teams").unwrap().ok, 1);
 }
 
+/// A Teams webhook answers 200 also when Teams did not post the message, with the reason in
+/// the body. Throttled: tried again (then `1`: delivered, two attempts). Refused for another
+/// reason (a card too large): reported undelivered, not counted as sent. Before, both were
+/// counted delivered after one attempt.
+#[tokio::test]
+async fn a_teams_webhook_200_that_says_delivery_failed_is_not_a_delivery() {
+    let throttled = "Webhook message delivery failed with error: Microsoft Teams endpoint \
+                     returned HTTP error 429 with ContextId tcid=0,server=msgapi-canary";
+    let too_large = "Webhook message delivery failed with error: Microsoft Teams endpoint \
+                     returned HTTP error 413 with ContextId tcid=1";
+    for (first, then, delivered, attempts) in
+        [(throttled, Some("1"), true, 2), (too_large, None, false, 1)]
+    {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/hook"))
+            .respond_with(ResponseTemplate::new(200).set_body_string(first))
+            .up_to_n_times(1)
+            .with_priority(1)
+            .mount(&server)
+            .await;
+        if let Some(body) = then {
+            Mock::given(method("POST"))
+                .and(path("/hook"))
+                .respond_with(ResponseTemplate::new(200).set_body_string(body))
+                .with_priority(2)
+                .mount(&server)
+                .await;
+        }
+        let url = format!("{}/hook", server.uri());
+        let stats = run(
+            json!({ "channels": [{ "type": "teams", "webhook_url": url }], "delivery": fast_retry() }),
+            &[timeout_failure()],
+        )
+        .await;
+        let s = stats.get("teams").unwrap();
+        assert_eq!(
+            (s.ok, s.failed, s.attempts),
+            (u64::from(delivered), u64::from(!delivered), attempts),
+            "{first}: {s:?}"
+        );
+        assert_eq!(stats.undelivered().len(), usize::from(!delivered));
+    }
+}
+
+/// A service that took the message (a 2xx status) and whose answer's body was then lost (the
+/// connection closed mid-body) is not sent the message again: it would post it twice. One
+/// request, counted delivered. Before, the lost body was retried like a connection error:
+/// the same message four times.
+#[tokio::test]
+async fn a_success_whose_body_is_lost_is_not_sent_again() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&requests);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = conn.read(&mut buf).await;
+            // Promises 100 bytes, sends 2, closes.
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\nok")
+                .await;
+            let _ = conn.shutdown().await;
+        }
+    });
+    let url = format!("http://{addr}/hook");
+    let stats = run(
+        json!({ "channels": [{ "type": "webhook", "url": url }], "delivery": fast_retry() }),
+        &[timeout_failure()],
+    )
+    .await;
+    let s = stats.get("webhook").unwrap();
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "{s:?}"
+    );
+    assert_eq!((s.ok, s.failed), (1, 0), "{s:?}");
+}
+
 /// Graph's card travels as a JSON string; compare it parsed, and check the attachment id
 /// referenced from the HTML body.
 struct GraphBody(String);
@@ -936,6 +1019,81 @@ async fn connection_errors_are_retried_then_reported() {
 
 // ---------------------------------------------------------------------------------------
 // Grouping end to end through a real manager
+
+/// An outage that takes 20 workers down (each disconnected, failed, and recovered by a
+/// recovery of its own) is four messages, one per kind, each naming how many workers or
+/// recoveries; before, each worker and each recovery id made a group of its own: 80
+/// messages, about 80 s of Slack's pace. A flaky task's three failures say so, not "3 tasks".
+#[test]
+fn an_outage_of_many_workers_is_a_few_messages_and_attempts_are_not_tasks() {
+    let cfg: NotifyConfig = serde_json::from_value(json!({
+        "channels": [{
+            "type": "webhook",
+            "url": "http://127.0.0.1:9/hook",
+            "filter": {
+                "events": ["worker_disconnected", "worker_failed", "recovery_started", "recovery_completed"],
+                "min_severity": "info",
+            },
+        }],
+    }))
+    .unwrap();
+    let mut events = Vec::new();
+    for i in 0..20 {
+        let w = format!("w{i}");
+        events.push(event(EventKind::worker_disconnected(
+            w.as_str(),
+            "heartbeat lost",
+        )));
+        events.push(event(EventKind::worker_failed(
+            w.as_str(),
+            "connection reset by peer",
+        )));
+        let recovery = format!("r{i}");
+        events.push(event(EventKind::recovery_started(
+            recovery.as_str(),
+            Some(w.as_str().into()),
+            vec![format!("t{i}").into()],
+        )));
+        events.push(event(EventKind::recovery_completed(recovery.as_str(), 1)));
+    }
+    let messages = preview(&cfg, &events).unwrap();
+    let mut titles: Vec<String> = messages.iter().map(|p| p.message.title_plain()).collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        [
+            "20 recoveries completed",
+            "20 recoveries started",
+            "20 workers disconnected",
+            "20 workers failed",
+        ]
+    );
+    // No "Worker" fact claims the first worker for the whole group.
+    assert!(
+        messages
+            .iter()
+            .all(|p| p.message.facts.iter().all(|(k, _)| k != "Worker"))
+    );
+
+    let cfg: NotifyConfig = serde_json::from_value(json!({
+        "channels": [{ "type": "webhook", "url": "http://127.0.0.1:9/hook" }],
+    }))
+    .unwrap();
+    let flaky: Vec<Event> = (1..=3)
+        .map(|attempt| {
+            let mut e = task_failed("t1", "TimeoutError", "took too long", "w3");
+            if let EventKind::TaskFailed(f) = &mut e.kind {
+                f.attempt = attempt;
+            }
+            e
+        })
+        .collect();
+    let messages = preview(&cfg, &flaky).unwrap();
+    assert_eq!(
+        messages[0].message.title_plain(),
+        "Task t1 failed 3 times with `TimeoutError` on worker w3"
+    );
+}
 
 #[tokio::test]
 async fn a_burst_of_failures_becomes_one_grouped_message_through_the_manager() {

@@ -153,6 +153,8 @@ pub(crate) fn embed(msg: &Notification) -> Value {
     let fields: Vec<Value> = msg
         .facts
         .iter()
+        // Discord refuses a field with an empty value (400: the message would be lost).
+        .filter(|(_, v)| !v.trim().is_empty())
         .take(10)
         .map(|(k, v)| json!({ "name": truncate(k, 64), "value": truncate(v, 200), "inline": true }))
         .collect();

@@ -1,4 +1,5 @@
-//! JIRA (Cloud or Data Center) REST v3: an issue per error, de-duplicated by fingerprint.
+//! JIRA Cloud REST v3: an issue per error, de-duplicated by fingerprint. Data Center and
+//! Server speak REST v2 with wiki-markup descriptions instead of v3's ADF: not supported.
 //!
 //! For each message (by default only final task failures, worker failures and recovery
 //! failures): the label `dtf-fp-<fingerprint>` identifies the error (event kind + error type,
@@ -9,7 +10,8 @@
 //! (`POST /rest/api/3/issue/{key}/comment`, body in ADF); only when there is none does it
 //! create one (`POST /rest/api/3/issue` with project, summary ≤ 255 characters, issue type,
 //! labels and an ADF description). Auth: `Authorization: Basic base64(email:api_token)` when
-//! `email` is given (Cloud), else `Authorization: Bearer <token>` (Data Center PAT).
+//! `email` is given (an API token), else `Authorization: Bearer <token>` (an OAuth 2.0 access
+//! token, with `base_url` `https://api.atlassian.com/ex/jira/<cloud id>`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::{Channel, ChannelBuilder};
 use crate::config::{SecretSource, base_url, channel_name, interval, non_empty};
-use crate::deliver::{Deliverer, DeliveryError, GateSpec};
+use crate::deliver::{Deliverer, DeliveryError, GateSpec, Refusal};
 use crate::error::NotifyError;
 use crate::filter::{ERROR_EVENTS, Filter, FilterConfig};
 use crate::format::truncate;
@@ -40,10 +42,11 @@ pub struct JiraConfig {
     pub filter: FilterConfig,
     /// The site, e.g. `https://example.atlassian.net`.
     pub base_url: String,
-    /// Account e-mail for Cloud basic auth; leave out to send the token as a Bearer PAT.
+    /// Account e-mail for basic auth with an API token; leave out to send the token as a
+    /// Bearer token (OAuth 2.0).
     #[serde(default)]
     pub email: Option<String>,
-    /// API token (Cloud) or personal access token (Data Center).
+    /// API token (with `email`) or OAuth 2.0 access token (without).
     pub api_token: SecretSource,
     /// Project key, e.g. `OPS`.
     pub project_key: String,
@@ -295,10 +298,12 @@ impl Jira {
     }
 }
 
-fn created_key(resp: &HttpResponse) -> Result<(), String> {
+fn created_key(resp: &HttpResponse) -> Result<(), Refusal> {
     match resp.json().get("key") {
         Some(Value::String(_)) => Ok(()),
-        _ => Err("JIRA answered without the new issue's `key`".to_owned()),
+        _ => Err("JIRA answered without the new issue's `key`"
+            .to_owned()
+            .into()),
     }
 }
 

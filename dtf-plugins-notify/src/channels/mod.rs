@@ -167,6 +167,61 @@ mod limits {
         assert!(v.to_string().contains(TRUNCATED) && v.to_string().contains("more"));
     }
 
+    /// Cuts fall between characters of the text, never inside an entity (`&a…` would show
+    /// as text), the title keeps its closing `*`, and the notification text is escaped too
+    /// (a test named `<!channel>` would ping the whole channel from a preview).
+    #[test]
+    fn slack_cuts_never_split_an_entity_and_the_fallback_text_is_escaped() {
+        let mut msg = huge();
+        msg.title = vec![Span::Text(format!("<!channel> {}", "&".repeat(2000)))];
+        msg.detail = Some("&".repeat(5000));
+        msg.facts = vec![("Error".to_owned(), "<".repeat(500))];
+        let v = super::slack::blocks(&msg);
+        let mut all = Vec::new();
+        strings(&v, &mut all);
+        for text in &all {
+            for (i, _) in text.match_indices('&') {
+                let rest = &text[i..];
+                assert!(
+                    ["&amp;", "&lt;", "&gt;"]
+                        .iter()
+                        .any(|e| rest.starts_with(e)),
+                    "a split entity at {i}: {}",
+                    &rest[..rest.len().min(12)]
+                );
+            }
+            assert!(!text.contains("<!channel>"), "{text}");
+        }
+        let title = v["blocks"][0]["text"]["text"].as_str().unwrap();
+        assert!(
+            title.ends_with(&format!("{TRUNCATED}*")),
+            "{}",
+            &title[title.len() - 20..]
+        );
+        assert!(
+            v["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("&lt;!channel&gt; &amp;")
+        );
+    }
+
+    /// Discord answers 400 to a field without a value, and the message is lost: an empty
+    /// fact (an error type `""` from an external runner) is left out.
+    #[test]
+    fn discord_fields_all_have_a_value() {
+        let mut msg = huge();
+        msg.facts = vec![
+            ("Error type".to_owned(), String::new()),
+            ("Worker".to_owned(), " ".to_owned()),
+            ("Events".to_owned(), "2".to_owned()),
+        ];
+        let e = super::discord::embed(&msg);
+        let fields = e["fields"].as_array().unwrap();
+        assert_eq!(fields.len(), 1, "{fields:?}");
+        assert_eq!(fields[0]["value"], "2");
+    }
+
     #[test]
     fn discord_embed_stays_within_its_limits() {
         let e = super::discord::embed(&huge());

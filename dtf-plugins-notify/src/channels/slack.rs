@@ -14,10 +14,10 @@ use super::{Channel, ChannelBuilder, emoji};
 use crate::config::{
     SecretSource, base_url, channel_name, interval, non_empty, parse_url, secret_key,
 };
-use crate::deliver::{Deliverer, DeliveryError, GateSpec};
+use crate::deliver::{Deliverer, DeliveryError, GateSpec, Refusal};
 use crate::error::NotifyError;
 use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
-use crate::format::{code_text, escape_slack, lines_within, truncate};
+use crate::format::{code_text, escape_slack, escape_slack_within, lines_within, utf16_len};
 use crate::message::{Notification, Severity, Span};
 use crate::transport::{HttpRequest, HttpResponse};
 
@@ -134,8 +134,14 @@ impl ChannelBuilder for SlackConfig {
 }
 
 /// The Block Kit message: `{text, blocks}`.
+///
+/// Every text from the run is escaped (`&`, `<`, `>`: a test named `<!channel>` pings no one)
+/// and cut before escaping, so a cut never splits an entity or drops the title's closing `*`.
 pub(crate) fn blocks(msg: &Notification) -> Value {
-    let title: String = msg
+    let emoji = emoji(msg.severity);
+    // The section's 3000 characters, less the emoji, the space and the two `*`.
+    let room = 3000 - utf16_len(emoji) - 3;
+    let mut title: String = msg
         .title
         .iter()
         .map(|s| match s {
@@ -143,34 +149,42 @@ pub(crate) fn blocks(msg: &Notification) -> Value {
             Span::Code(c) => format!("`{}`", escape_slack(&code_text(c))),
         })
         .collect();
+    if utf16_len(&title) > room {
+        // Too long with its code spans: plain, cut (a cut code span would stay open).
+        title = escape_slack_within(&msg.title_plain(), room);
+    }
     let mut blocks = vec![json!({
         "type": "section",
-        "text": { "type": "mrkdwn", "text": truncate(&format!("{} *{title}*", emoji(msg.severity)), 3000) }
+        "text": { "type": "mrkdwn", "text": format!("{emoji} *{title}*") }
     })];
     if !msg.items.is_empty() {
         let lines: Vec<String> = msg
             .items
             .iter()
-            .map(|i| format!("• {}", escape_slack(i)))
+            .map(|i| format!("• {}", escape_slack_within(i, 498)))
             .collect();
         let list = lines_within(&lines, 2900, 500, msg.more);
-        blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": truncate(&list, 3000) } }));
+        blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": list } }));
     }
     if let Some(detail) = &msg.detail {
-        let d = truncate(&escape_slack(&detail.replace("```", "ˋˋˋ")), 2800);
+        let d = escape_slack_within(&detail.replace("```", "ˋˋˋ"), 2800);
         blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!("```{d}```") } }));
     }
     let facts: Vec<Value> = msg
         .facts
         .iter()
         .take(10)
-        .map(|(k, v)| json!({ "type": "mrkdwn", "text": truncate(&format!("*{k}:* {}", escape_slack(v)), 300) }))
+        .map(|(k, v)| {
+            let room = 300usize.saturating_sub(utf16_len(k) + 4);
+            json!({ "type": "mrkdwn", "text": format!("*{k}:* {}", escape_slack_within(v, room)) })
+        })
         .collect();
     blocks.push(json!({ "type": "context", "elements": facts }));
-    json!({ "text": truncate(&msg.title_plain(), 3000), "blocks": blocks })
+    // The notification text (previews, push notifications) is mrkdwn too: escaped as well.
+    json!({ "text": escape_slack_within(&msg.title_plain(), 3000), "blocks": blocks })
 }
 
-fn check_api(resp: &HttpResponse) -> Result<(), String> {
+fn check_api(resp: &HttpResponse) -> Result<(), Refusal> {
     let v = resp.json();
     if v.get("ok") == Some(&Value::Bool(true)) {
         return Ok(());
@@ -179,7 +193,7 @@ fn check_api(resp: &HttpResponse) -> Result<(), String> {
         .get("error")
         .and_then(Value::as_str)
         .unwrap_or("no `ok: true` in the answer");
-    Err(format!("Slack answered ok=false: {error}"))
+    Err(format!("Slack answered ok=false: {error}").into())
 }
 
 #[async_trait::async_trait]

@@ -21,12 +21,12 @@ use super::{Channel, ChannelBuilder};
 use crate::config::{
     SecretSource, base_url, channel_name, interval, non_empty, parse_url, secret_key,
 };
-use crate::deliver::{Deliverer, DeliveryError, GateSpec};
+use crate::deliver::{Deliverer, DeliveryError, GateSpec, Refusal, short};
 use crate::error::NotifyError;
 use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
 use crate::format::{lines_within, truncate};
 use crate::message::{Notification, Severity};
-use crate::transport::HttpRequest;
+use crate::transport::{HttpRequest, HttpResponse};
 
 /// `type = "teams"`: give `webhook_url`, or `graph_token`, `team_id` and `channel_id`.
 #[derive(Debug, Clone, Deserialize)]
@@ -236,7 +236,28 @@ impl Channel for Teams {
                 )
             }
         };
-        d.send(&self.name, &self.gate, req, |_| Ok(())).await?;
+        match &self.mode {
+            Mode::Webhook(_) => d.send(&self.name, &self.gate, req, check_webhook).await?,
+            Mode::Graph { .. } => d.send(&self.name, &self.gate, req, |_| Ok(())).await?,
+        };
         Ok(())
+    }
+}
+
+/// A Teams webhook answers `200` also when Teams did not post the message: the body then
+/// says so ("Webhook message delivery failed with error: Microsoft Teams endpoint returned
+/// HTTP error 429 …", Microsoft's documented behaviour). Delivered: `202` (Workflows), or a
+/// body of `1` (connectors) or none. Throttled (`HTTP error 429`) or a server error: tried
+/// again; anything else (a card too large, a removed channel): a failure, not a delivery.
+fn check_webhook(resp: &HttpResponse) -> Result<(), Refusal> {
+    let body = resp.body.trim();
+    if resp.status == 202 || body.is_empty() || body == "1" {
+        return Ok(());
+    }
+    let message = format!("Teams did not post the message: {}", short(body, 300));
+    if body.contains("HTTP error 429") || body.contains("HTTP error 5") {
+        Err(Refusal::retry(message))
+    } else {
+        Err(message.into())
     }
 }

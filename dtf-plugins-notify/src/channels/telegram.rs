@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{Channel, ChannelBuilder, emoji};
 use crate::config::{SecretSource, base_url, channel_name, interval, secret_key};
-use crate::deliver::{Deliverer, DeliveryError, GateSpec};
+use crate::deliver::{Deliverer, DeliveryError, GateSpec, Refusal};
 use crate::error::NotifyError;
 use crate::filter::{DEFAULT_EVENTS, Filter, FilterConfig};
 use crate::format::{escape_html, lines_within, truncate};
@@ -170,10 +170,10 @@ pub(crate) fn html(msg: &Notification) -> String {
     text
 }
 
-fn check(resp: &HttpResponse) -> Result<(), String> {
+fn check(resp: &HttpResponse) -> Result<(), Refusal> {
     match resp.json().get("ok") {
         Some(Value::Bool(true)) => Ok(()),
-        _ => Err("Telegram answered without `ok: true`".to_owned()),
+        _ => Err("Telegram answered without `ok: true`".to_owned().into()),
     }
 }
 
