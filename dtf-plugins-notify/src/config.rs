@@ -296,6 +296,7 @@ impl NotifyConfig {
             group_interval: Duration::from_millis(self.group.group_interval_ms),
             by: self.group.by.clone(),
             max_items: self.group.max_items,
+            by_fingerprint: false,
         }
     }
 

@@ -44,6 +44,8 @@ pub(crate) struct GroupSettings {
     pub(crate) group_interval: Duration,
     pub(crate) by: Vec<GroupBy>,
     pub(crate) max_items: usize,
+    /// Group by the events' fingerprint instead of `by` ([`crate::Channel::groups_by_fingerprint`]).
+    pub(crate) by_fingerprint: bool,
 }
 
 #[derive(Debug)]
@@ -109,6 +111,9 @@ impl Grouper {
     /// and a recovery's start and end per worker, each its own group by worker or by the
     /// recovery's id).
     pub(crate) fn key(&self, info: &EventInfo) -> String {
+        if self.settings.by_fingerprint {
+            return format!("fingerprint/{}", info.fingerprint());
+        }
         let mut key = hook_name(info.hook).to_owned();
         let across_workers = is_worker_or_recovery(info.hook);
         for part in &self.settings.by {
@@ -304,6 +309,7 @@ mod tests {
                 group_interval: Duration::from_secs(60),
                 by: vec![GroupBy::Error, GroupBy::Worker, GroupBy::Subject],
                 max_items: 3,
+                by_fingerprint: false,
             },
             Throttle::new(throttle),
         )

@@ -15,7 +15,7 @@ use crate::channels::Channel;
 use crate::config::NotifyConfig;
 use crate::deliver::{Deliverer, Gates};
 use crate::error::NotifyError;
-use crate::group::Grouper;
+use crate::group::{GroupSettings, Grouper};
 use crate::message::{EventInfo, Notification};
 use crate::stats::NotifyStats;
 use crate::throttle::Throttle;
@@ -158,9 +158,9 @@ impl NotifyPlugin {
         let (tx, rx) = mpsc::unbounded_channel();
         let groupers = channels
             .iter()
-            .map(|_| {
+            .map(|ch| {
                 Grouper::new(
-                    config.group_settings(),
+                    group_settings(config, ch.as_ref()),
                     Throttle::new(Duration::from_millis(config.throttle.interval_ms)),
                 )
             })
@@ -441,6 +441,13 @@ async fn destination(
     }
 }
 
+/// The grouping of `channel`'s events.
+fn group_settings(config: &NotifyConfig, channel: &dyn Channel) -> GroupSettings {
+    let mut settings = config.group_settings();
+    settings.by_fingerprint = channel.groups_by_fingerprint();
+    settings
+}
+
 /// One rendered message of a dry run.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
@@ -466,7 +473,10 @@ pub fn preview(config: &NotifyConfig, events: &[Event]) -> Result<Vec<Preview>, 
     let now = Instant::now();
     let mut out = Vec::new();
     for ch in &channels {
-        let mut g = Grouper::new(config.group_settings(), Throttle::new(Duration::ZERO));
+        let mut g = Grouper::new(
+            group_settings(config, ch.as_ref()),
+            Throttle::new(Duration::ZERO),
+        );
         for e in events {
             let info = EventInfo::of(e);
             if ch.filter().accepts(&info) {

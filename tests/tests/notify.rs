@@ -768,6 +768,36 @@ async fn jira_comments_on_the_open_issue_with_the_same_fingerprint() {
     assert_eq!(stats.get("jira").unwrap().ok, 1);
 }
 
+/// JIRA files one issue per fingerprint (event kind and error), so it groups by it: one error
+/// on ten workers is one message (one issue, or one comment), where a chat channel with the
+/// default grouping names each worker. Before, JIRA grouped by worker too: one issue and nine
+/// "Seen again" comments, each e-mailing the issue's watchers.
+#[test]
+fn jira_gets_one_message_per_error_however_many_workers_it_hit() {
+    let cfg: NotifyConfig = serde_json::from_value(json!({
+        "channels": [
+            { "type": "jira", "base_url": "http://127.0.0.1:9", "email": "bot@example.com", "api_token": "canary-jira-token", "project_key": "OPS" },
+            { "type": "webhook", "url": "http://127.0.0.1:9/hook" },
+        ],
+    }))
+    .unwrap();
+    let events: Vec<Event> = (0..10)
+        .map(|i| {
+            task_failed(
+                &format!("t{i}"),
+                "TimeoutError",
+                "timed out",
+                &format!("w{i}"),
+            )
+        })
+        .collect();
+    let messages = preview(&cfg, &events).unwrap();
+    let per = |kind: &str| messages.iter().filter(|p| p.kind == kind).count();
+    assert_eq!((per("jira"), per("webhook")), (1, 10));
+    let jira = messages.iter().find(|p| p.kind == "jira").unwrap();
+    assert_eq!(jira.message.count, 10);
+}
+
 #[tokio::test]
 async fn jira_ignores_non_error_events_by_default() {
     let server = MockServer::start().await;

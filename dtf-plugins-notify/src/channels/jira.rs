@@ -319,6 +319,10 @@ impl Channel for Jira {
         })
     }
 
+    fn groups_by_fingerprint(&self) -> bool {
+        self.dedupe
+    }
+
     async fn deliver(&self, msg: &Notification, d: &Deliverer) -> Result<(), DeliveryError> {
         let open = if self.dedupe {
             self.find_open(msg, d).await?

@@ -81,6 +81,14 @@ pub trait Channel: Send + Sync + 'static {
         message: &Notification,
         deliverer: &Deliverer,
     ) -> Result<(), DeliveryError>;
+
+    /// Whether this channel groups events by their [`Notification::fingerprint`] (event kind
+    /// and error) instead of `group.by`: one message per error however many workers it hit.
+    /// JIRA does, since it files one issue per fingerprint: grouped by worker, one error on
+    /// ten workers made ten messages, one issue and nine "Seen again" comments at once.
+    fn groups_by_fingerprint(&self) -> bool {
+        false
+    }
 }
 
 /// A channel's configuration: validates itself and builds its channel(s).
