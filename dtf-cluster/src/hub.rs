@@ -949,6 +949,11 @@ impl HubLoop {
             }
             WorkerFrame::Heartbeat { jobs_received } => {
                 ack_jobs(w, jobs_received);
+                // A sign of life at once, acknowledging nothing: the acknowledgement below
+                // waits for its events to be on the bus, and a stalled bus (a plugin with a
+                // full queue) would leave the worker hearing nothing, and stopping its jobs
+                // as if cut off (`Welcome::fail_after_ms`).
+                wire::send_to(&w.group, &HubFrame::Ack { upto: 0 });
                 acks.insert(worker, w.applied);
                 // A job not acknowledged two heartbeats after it was sent was lost in a cut.
                 let late = self.timing.heartbeat_interval * 2;
@@ -1083,6 +1088,7 @@ impl HubLoop {
                 events_applied: w.applied,
                 hub: self.hub,
                 jobs_void_upto: 0,
+                fail_after_ms: 0, // a publisher runs no jobs
             },
         );
     }
@@ -1154,6 +1160,7 @@ impl HubLoop {
         }
         let group = wire::worker_group(worker.as_str());
         let now = Instant::now();
+        let fail_after_ms = self.fail_after_ms();
         // A proxy may have waited for a host that had not registered yet.
         let placeholder = if self.workers.get(&worker).is_some_and(|w| !w.registered) {
             self.workers.remove(&worker)
@@ -1204,6 +1211,7 @@ impl HubLoop {
                         events_applied: 0,
                         hub: self.hub,
                         jobs_void_upto: 0,
+                        fail_after_ms,
                     },
                 );
             }
@@ -1220,6 +1228,7 @@ impl HubLoop {
                         events_applied: w.applied,
                         hub: self.hub,
                         jobs_void_upto: w.jobs_void_upto,
+                        fail_after_ms,
                     },
                 );
                 let n = resend_jobs(w);
@@ -1264,6 +1273,7 @@ impl HubLoop {
                         events_applied: 0,
                         hub: self.hub,
                         jobs_void_upto: 0,
+                        fail_after_ms,
                     },
                 );
                 // What the coordinator set is applied again before any event; kept (and
@@ -1307,6 +1317,13 @@ impl HubLoop {
             tracing::info!(worker = %id, jobs = w.running.len(), "the run is ending; its jobs are abandoned");
             w.abandon_jobs();
         }
+    }
+
+    /// How long a worker is silent before it is taken for failed and its jobs given up (said
+    /// in `Welcome`: a worker cut off that long stops its jobs first).
+    fn fail_after_ms(&self) -> u64 {
+        let after = self.timing.heartbeat_timeout + self.timing.reconnect_grace;
+        u64::try_from(after.as_millis()).unwrap_or(u64::MAX)
     }
 
     fn check_health(&mut self) {

@@ -169,13 +169,17 @@ pub(crate) enum HubFrame {
     /// The answer to `Hello`: events up to `events_applied` need not be resent. `hub` is
     /// the coordinator run's random id (0 from a version without it). Jobs up to
     /// `jobs_void_upto` will not come (they were abandoned: the worker was declared failed,
-    /// or the run is ending): the worker's next job is numbered after them.
+    /// or the run is ending): the worker's next job is numbered after them. A worker silent
+    /// for `fail_after_ms` is taken for failed and its jobs given up (0 from a version
+    /// without it): a worker cut off from the coordinator that long stops its jobs first.
     Welcome {
         events_applied: u64,
         #[serde(default)]
         hub: u64,
         #[serde(default)]
         jobs_void_upto: u64,
+        #[serde(default)]
+        fail_after_ms: u64,
     },
     /// A job, numbered per worker incarnation from 1.
     Job { seq: u64, job: RemoteJob },

@@ -206,7 +206,12 @@ pub(crate) async fn serve(
         next_seq: 0,
         outbox: VecDeque::new(),
         jobs_received: JobCursor::default(),
-        running: BTreeMap::new(),
+        fence: Arc::new(std::sync::Mutex::new(Fence {
+            running: BTreeMap::new(),
+            stopped: Vec::new(),
+            last_contact: Instant::now(),
+            stop_after: None,
+        })),
         hub_node: None,
         oldest_sent: Instant::now(),
         last_heard: Instant::now(),
@@ -235,12 +240,17 @@ pub(crate) async fn serve(
     if let Some(ready) = ready {
         let _ = ready.send(());
     }
+    let fence = tokio::spawn(watch_fence(
+        Arc::clone(&w.fence),
+        (w.config.timing.heartbeat_interval / 4).max(Duration::from_millis(20)),
+    ));
     let mut beat = tokio::time::interval(w.config.timing.heartbeat_interval);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         tokio::select! {
             Some(frame) = frames.recv() => {
                 w.last_heard = Instant::now();
+                w.fence().last_contact = w.last_heard;
                 if let Some(exit) = w.on_frame(frame) {
                     break exit;
                 }
@@ -311,7 +321,8 @@ pub(crate) async fn serve(
     };
     // The node ends: so do its jobs (an embedder's `run_worker` returning must not leave them
     // running; `dtf-worker` exits anyway).
-    for (_, (_, run)) in std::mem::take(&mut w.running) {
+    fence.abort();
+    for (_, (_, run)) in std::mem::take(&mut w.fence().running) {
         run.abort();
     }
     inbox.stop(None);
@@ -408,8 +419,8 @@ struct WorkerLoop {
     /// When the oldest unacknowledged event was last sent.
     oldest_sent: Instant,
     jobs_received: JobCursor,
-    /// The jobs running, by number: their task and a handle to stop them.
-    running: BTreeMap<u64, (TaskId, tokio::task::AbortHandle)>,
+    /// The jobs running, and what the fence watches (shared with the fence's task).
+    fence: Arc<std::sync::Mutex<Fence>>,
     /// The node id of the session the coordinator is reached through.
     hub_node: Option<u64>,
     last_heard: Instant,
@@ -427,6 +438,86 @@ struct WorkerLoop {
     pending: PendingBatch,
     /// The id of the coordinator run that welcomed this node (said in every hello).
     hub: Option<u64>,
+}
+
+/// The jobs a worker runs, and when it last heard from the coordinator: a worker cut off
+/// from it for nearly as long as the coordinator waits before it takes the worker for failed
+/// and runs its tasks again elsewhere stops its jobs first, so that no test runs twice at
+/// once (before, they ran on until the worker was back, beside their next attempts).
+struct Fence {
+    /// The jobs running, by number: their task and a handle to stop them.
+    running: BTreeMap<u64, (TaskId, tokio::task::AbortHandle)>,
+    /// Jobs the fence stopped, not reported yet: at the next `Welcome`, those the
+    /// coordinator did not give up are reported failed (it waits for their results); the
+    /// others are not (it runs their tasks again, and records the attempts as lost).
+    stopped: Vec<(u64, TaskId)>,
+    /// When the last frame of the coordinator's arrived.
+    last_contact: Instant,
+    /// How long a silence stops the jobs: a little less than the coordinator's time to take
+    /// this worker for failed (`Welcome::fail_after_ms`); `None` before a `Welcome` says it.
+    stop_after: Option<Duration>,
+}
+
+impl Fence {
+    /// The silence after which jobs stop, for a coordinator that gives a worker up after
+    /// `fail_after` of silence and a worker that beats every `beat`: two beats earlier (the
+    /// coordinator last heard this worker up to a beat after it last heard the coordinator),
+    /// and at least half of it.
+    fn stop_after(fail_after: Duration, beat: Duration) -> Duration {
+        fail_after.saturating_sub(beat * 2).max(fail_after / 2)
+    }
+
+    /// Stops the jobs still running if the coordinator has been silent for too long; returns
+    /// how long, and the jobs stopped. A job that has just ended is left to report its result.
+    fn cut_off(&mut self, now: Instant) -> Option<(Duration, Vec<(u64, TaskId)>)> {
+        let silent = now.saturating_duration_since(self.last_contact);
+        if silent < self.stop_after? {
+            return None;
+        }
+        let ending: Vec<u64> = self
+            .running
+            .iter()
+            .filter(|(_, (_, run))| !run.is_finished())
+            .map(|(seq, _)| *seq)
+            .collect();
+        if ending.is_empty() {
+            return None;
+        }
+        let mut stopped = Vec::new();
+        for seq in ending {
+            if let Some((task, run)) = self.running.remove(&seq) {
+                run.abort();
+                stopped.push((seq, task));
+            }
+        }
+        self.stopped.extend(stopped.iter().cloned());
+        Some((silent, stopped))
+    }
+}
+
+/// Stops the jobs of a worker cut off from the coordinator ([`Fence`]). Reporting them waits
+/// for the next `Welcome` ([`WorkerLoop::on_frame`]).
+async fn watch_fence(fence: Arc<std::sync::Mutex<Fence>>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let cut = fence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .cut_off(Instant::now());
+        let Some((silent, stopped)) = cut else {
+            continue;
+        };
+        for (seq, task) in stopped {
+            tracing::warn!(
+                %task,
+                job = seq,
+                silent_secs = silent.as_secs_f64(),
+                "cut off from the coordinator, which is about to run the task again elsewhere; stopped the job"
+            );
+        }
+    }
 }
 
 /// What a hosted plugin's task handles, in order.
@@ -455,6 +546,13 @@ struct Hosted {
 }
 
 impl WorkerLoop {
+    /// The fence: the jobs running and the coordinator's last contact.
+    fn fence(&self) -> std::sync::MutexGuard<'_, Fence> {
+        self.fence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// `body` in this worker's envelope, encoded.
     fn encode<B: serde::Serialize>(&self, body: &B) -> Option<Vec<u8>> {
         wire::encode(&FromWorkerRef {
@@ -568,12 +666,21 @@ impl WorkerLoop {
                 events_applied: upto,
                 hub,
                 jobs_void_upto,
+                fail_after_ms,
             } => {
                 if hub != 0 {
                     self.hub = Some(hub);
                 }
+                if fail_after_ms > 0 {
+                    let beat = self.config.timing.heartbeat_interval;
+                    self.fence().stop_after = Some(Fence::stop_after(
+                        Duration::from_millis(fail_after_ms),
+                        beat,
+                    ));
+                }
                 self.jobs_received.skip_to(jobs_void_upto);
                 self.stop_void_jobs(jobs_void_upto);
+                self.report_stopped(jobs_void_upto);
                 // Only what was sent before this session's hello may be lost: what was sent
                 // after it follows the hello on the same connection, in order.
                 self.acked(upto);
@@ -642,15 +749,34 @@ impl WorkerLoop {
         None
     }
 
+    /// Reports the jobs the fence stopped that the coordinator did not give up (up to
+    /// `void_upto`): it waits for their results. Failed and retryable, as the coordinator
+    /// runs a lost worker's tasks again whatever their retries. The others are not reported:
+    /// their tasks run again elsewhere.
+    fn report_stopped(&mut self, void_upto: u64) {
+        let stopped = std::mem::take(&mut self.fence().stopped);
+        for (seq, task) in stopped.into_iter().filter(|(seq, _)| *seq > void_upto) {
+            let error = TaskError::builder()
+                .kind("WorkerCutOff")
+                .message(
+                    "the worker heard nothing from the coordinator for too long and stopped the \
+                     job, so that it could not run twice",
+                )
+                .build();
+            self.emit(seq, EventKind::task_failed(task, error, true));
+        }
+    }
+
     /// Stops the jobs up to `void_upto` still running: the coordinator gave them up while
     /// this node was away (it took the node for failed, or the run ended) and put their tasks
     /// back in the queue. Left running, each would run alongside its own next attempt
     /// elsewhere (two copies of one test on shared resources), and this node would run more
     /// jobs than its slots until they ended. Dropping a job's future kills its process group.
     fn stop_void_jobs(&mut self, void_upto: u64) {
-        let void: Vec<u64> = self.running.range(..=void_upto).map(|(s, _)| *s).collect();
+        let mut fence = self.fence();
+        let void: Vec<u64> = fence.running.range(..=void_upto).map(|(s, _)| *s).collect();
         for seq in void {
-            if let Some((task, run)) = self.running.remove(&seq) {
+            if let Some((task, run)) = fence.running.remove(&seq) {
                 run.abort();
                 tracing::warn!(
                     %task,
@@ -714,7 +840,7 @@ impl WorkerLoop {
 
     fn emit(&mut self, job: u64, kind: EventKind) {
         if !matches!(kind, EventKind::TaskStarted(_)) {
-            self.running.remove(&job); // its result
+            self.fence().running.remove(&job); // its result
         }
         self.next_seq += 1;
         let seq = self.next_seq;
@@ -789,12 +915,27 @@ impl WorkerLoop {
         let task = job.task.clone();
         let runs_on = worker.clone();
         let run = tokio::spawn(async move { runner.run(&runs_on, job).await });
-        self.running.insert(seq, (task.clone(), run.abort_handle()));
+        self.fence()
+            .running
+            .insert(seq, (task.clone(), run.abort_handle()));
+        let fence = Arc::clone(&self.fence);
         tokio::spawn(async move {
-            let kind = match run.await {
+            let result = run.await;
+            // Whoever takes the job out of the running ones reports it: this task with its
+            // result, or the fence with a failure. Taken already: stopped because the
+            // coordinator gave the job up (`stop_void_jobs`: it ran the task elsewhere, and a
+            // result would not count), or by the fence (which reports it at the next `Welcome` if the coordinator still waits for it).
+            let ours = fence
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .running
+                .remove(&seq)
+                .is_some();
+            if !ours {
+                return;
+            }
+            let kind = match result {
                 Ok(kind) => kind,
-                // Stopped because the coordinator gave the job up (`stop_void_jobs`): it ran
-                // the task elsewhere, and a result would not count.
                 Err(e) if e.is_cancelled() => return,
                 Err(e) => EventKind::task_failed(
                     task,
@@ -882,6 +1023,42 @@ mod tests {
                 other => panic!("decoded as {other:?}"),
             }
         }
+    }
+
+    /// The fence stops the running jobs once the coordinator has been silent for its time
+    /// (two beats before the coordinator gives the worker up), not before, and not at all
+    /// before a `Welcome` said the coordinator's time.
+    #[tokio::test]
+    async fn the_fence_stops_the_jobs_of_a_worker_cut_off_for_too_long() {
+        let s = Duration::from_secs;
+        assert_eq!(Fence::stop_after(s(20), s(1)), s(18));
+        assert_eq!(Fence::stop_after(s(2), s(1)), s(1));
+        let job = tokio::spawn(std::future::pending::<()>());
+        // A job that has just ended reports its own result: the fence leaves it.
+        let ended = tokio::spawn(async {});
+        while !ended.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        let t0 = Instant::now();
+        let mut fence = Fence {
+            running: BTreeMap::from([
+                (3, (TaskId::from("t"), job.abort_handle())),
+                (4, (TaskId::from("e"), ended.abort_handle())),
+            ]),
+            stopped: Vec::new(),
+            last_contact: t0,
+            stop_after: None,
+        };
+        assert!(fence.cut_off(t0 + s(600)).is_none(), "no Welcome said when");
+        fence.stop_after = Some(s(18));
+        assert!(fence.cut_off(t0 + s(17)).is_none());
+        let (silent, stopped) = fence.cut_off(t0 + s(18)).unwrap();
+        assert_eq!((silent, stopped), (s(18), vec![(3, TaskId::from("t"))]));
+        assert!(job.await.unwrap_err().is_cancelled());
+        assert_eq!(fence.running.keys().collect::<Vec<_>>(), [&4]);
+        // Kept for the next `Welcome`, which reports it unless the coordinator gave it up.
+        assert_eq!(fence.stopped, [(3, TaskId::from("t"))]);
+        assert!(fence.cut_off(t0 + s(60)).is_none(), "nothing left to stop");
     }
 
     /// A worker the coordinator took for failed comes back having missed a job (sent as the

@@ -776,12 +776,86 @@ fn a_worker_back_after_being_taken_for_failed_stops_the_jobs_given_up() {
         "the first attempt still ran when the second started: {first}\n{}",
         log(&dir, "remote-1.log")
     );
+    // Stopped by the worker itself while cut off (its fence), or, had it come back before
+    // the fence's time, as it came back (`stop_void_jobs`).
+    let wlog = log(&dir, "remote-1.log");
     assert!(
-        log(&dir, "remote-1.log").contains("gave this job up"),
+        wlog.contains("gave this job up") || wlog.contains("cut off from the coordinator"),
+        "{wlog}"
+    );
+    assert_eq!(wait(&mut w, Duration::from_secs(10)), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A worker cut off from the coordinator stops its jobs before the coordinator takes it for
+/// failed and runs their tasks again elsewhere: while the worker stays unreachable, the
+/// task's second attempt, on another worker, finds the first attempt's process gone. Before,
+/// the first attempt ran on beside the second until the worker was back (two copies of one
+/// test on shared resources), or for good if it never came back.
+#[test]
+fn a_worker_cut_off_stops_its_jobs_before_they_run_again_elsewhere() {
+    let dir = temp_dir("fence");
+    let pki = make_pki(&dir, "ok");
+    let d = dir.display();
+    let command = format!(
+        "if [ \"$DTF_ATTEMPT\" = 1 ]; then sleep 120 & echo $! > {d}/sleep-pid; wait; \
+         else sleep 0.5; st=$(awk '{{print $3}}' /proc/$(cat {d}/sleep-pid)/stat 2>/dev/null); \
+         echo \"state=$st\" > {d}/first-attempt; fi"
+    );
+    std::fs::write(
+        dir.join("tasks.toml"),
+        format!("[[task]]\nid = \"t\"\nretries = 2\ncommand = '''{command}'''\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    // Taken for failed after 1 + 3 s of silence; the worker stops its jobs after 2 s.
+    let mut coord = coordinator(
+        &dir,
+        port,
+        &pki,
+        &[
+            "--min-workers",
+            "1",
+            "--heartbeat-timeout",
+            "1",
+            "--reconnect-grace",
+            "3",
+        ],
+    );
+    let proxy = Proxy::to_coordinator(port);
+    let cut_off = worker(
+        &dir,
+        &proxy.addr.to_string(),
+        &pki.ca,
+        "remote-1",
+        &["--heartbeat-timeout", "1"],
+    );
+    let start = Instant::now();
+    wait_until(&dir, start, || dir.join("sleep-pid").exists());
+    // The second attempt's worker, reaching the coordinator directly.
+    let mut other = worker(&dir, &format!("127.0.0.1:{port}"), &pki.ca, "remote-2", &[]);
+    proxy.frozen.store(true, Ordering::Relaxed);
+    // Unreachable until the second attempt has looked.
+    wait_until(&dir, start, || dir.join("first-attempt").exists());
+    proxy.frozen.store(false, Ordering::Relaxed);
+    let code = wait(&mut coord, Duration::from_secs(120));
+    let clog = log(&dir, "coordinator.log");
+    assert_eq!(code, Some(0), "{}\n{clog}", log(&dir, "coordinator.out"));
+    let first = std::fs::read_to_string(dir.join("first-attempt")).unwrap_or_default();
+    // Gone (no /proc entry), or dead and not yet reaped (`Z`).
+    assert!(
+        first.trim() == "state=" || first.trim() == "state=Z",
+        "the first attempt still ran when the second started: {first}\n{}\n{clog}",
+        log(&dir, "remote-1.log")
+    );
+    assert!(
+        log(&dir, "remote-1.log").contains("cut off from the coordinator"),
         "{}",
         log(&dir, "remote-1.log")
     );
-    assert_eq!(wait(&mut w, Duration::from_secs(10)), Some(0));
+    assert_eq!(wait(&mut other, Duration::from_secs(10)), Some(0));
+    // The cut-off worker may still be reconnecting when the run ends: it is killed on drop.
+    drop(cut_off);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
