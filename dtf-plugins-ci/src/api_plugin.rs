@@ -48,6 +48,9 @@ pub struct CiApiReporter {
     settings: serde_json::Value,
     worker: Option<Worker>,
     handover: Handover<ApiRun>,
+    /// A hand-over shared with the next instances was given ([`CiApiReporter::with_handover`]):
+    /// only then is a replaced instance's run left for the next one rather than finished.
+    shared: bool,
 }
 
 /// A [`CiApiReporter`]'s run in progress, left for the next instance after a restart (see
@@ -127,6 +130,7 @@ impl CiApiReporter {
             settings: serde_json::Value::Null,
             worker: None,
             handover: Handover::new(),
+            shared: false,
         }
     }
 
@@ -143,6 +147,7 @@ impl CiApiReporter {
     /// the final report (see [`CiApiReporter::spec`]).
     pub fn with_handover(mut self, handover: Handover<ApiRun>) -> Self {
         self.handover = handover;
+        self.shared = true;
         self
     }
 
@@ -166,7 +171,8 @@ impl CiApiReporter {
     }
 
     /// Waits for the worker to send the final report: at most `final_timeout_ms` and a
-    /// second (the worker cuts a live update short for it, and bounds the report itself).
+    /// second (the worker counts the report's time from the end of the run, a live request
+    /// in flight included, and bounds it).
     async fn finish(&mut self, msg: Option<Msg>) {
         let Some(mut worker) = self.worker.take() else {
             return;
@@ -263,9 +269,11 @@ impl Plugin for CiApiReporter {
     }
 
     async fn on_shutdown(&mut self, ctx: &mut PluginContext) -> Result<(), PluginError> {
-        // A new instance takes over: no verdict yet; the worker is handed over when this
-        // instance is dropped.
-        if ctx.stopping() != Some(Stopping::Replaced) {
+        // A new instance takes over and shares the hand-over: no verdict yet; the worker is
+        // handed over when this instance is dropped. Without a shared hand-over the next
+        // instance could not take the run: it is finished, or its check run would stay "in
+        // progress" for good.
+        if !(self.shared && ctx.stopping() == Some(Stopping::Replaced)) {
             self.finish(Some(Msg::Finish)).await;
         }
         Ok(())
@@ -313,8 +321,9 @@ impl Throttle {
 }
 
 /// One live update of every client, while events go on being recorded. The end of the run
-/// (`CoordinatorShutdown`, a finish, the channel closed) cuts it short and is returned, to
-/// be handled at once: the final report does not wait behind progress that it supersedes.
+/// (`CoordinatorShutdown`, a finish, the channel closed) stops it after the client being
+/// updated (a request cut in flight may still land after the final report, or, for Azure's
+/// results, be sent twice) and is returned, with when it came, to be handled at once.
 async fn live_update(
     clients: &mut [Client],
     http: &mut HttpCore,
@@ -322,29 +331,32 @@ async fn live_update(
     rx: &mut mpsc::UnboundedReceiver<Msg>,
     recorder: &mut RunRecorder,
     throttle: &mut Throttle,
-) -> Option<Option<Msg>> {
-    let update = async {
-        for c in clients.iter_mut() {
-            c.update(http, run).await;
+) -> Option<(Option<Msg>, Instant)> {
+    let mut end: Option<(Option<Msg>, Instant)> = None;
+    for c in clients.iter_mut() {
+        if end.is_some() {
+            break;
         }
-    };
-    tokio::pin!(update);
-    loop {
-        tokio::select! {
-            () = &mut update => return None,
-            msg = rx.recv() => match msg {
-                Some(Msg::Event(event))
-                    if !matches!(event.kind, EventKind::CoordinatorShutdown(_)) =>
-                {
-                    recorder.record(&event);
-                    if !matches!(event.kind, EventKind::CoordinatorStartup(_)) {
-                        throttle.changed();
+        let update = c.update(http, run);
+        tokio::pin!(update);
+        loop {
+            tokio::select! {
+                () = &mut update => break,
+                msg = rx.recv(), if end.is_none() => match msg {
+                    Some(Msg::Event(event))
+                        if !matches!(event.kind, EventKind::CoordinatorShutdown(_)) =>
+                    {
+                        recorder.record(&event);
+                        if !matches!(event.kind, EventKind::CoordinatorStartup(_)) {
+                            throttle.changed();
+                        }
                     }
-                }
-                other => return Some(other),
-            },
+                    other => end = Some((other, Instant::now())),
+                },
+            }
         }
     }
+    end
 }
 
 /// The background task: folds events, calls the clients, ends after the final report.
@@ -358,10 +370,13 @@ async fn work(
     let mut recorder = RunRecorder::new();
     let mut throttle = Throttle::new(interval, Instant::now());
     let mut started = false;
-    // A message that ended a live update early, handled next.
-    let mut stashed: Option<Option<Msg>> = None;
+    // A message that ended a live update early, handled next, and when it came: the final
+    // report's time counts from then.
+    let mut stashed: Option<(Option<Msg>, Instant)> = None;
+    let mut ended_at = None;
     loop {
-        let msg = if let Some(msg) = stashed.take() {
+        let msg = if let Some((msg, at)) = stashed.take() {
+            ended_at = Some(at);
             msg
         } else {
             let due = match throttle.due_at() {
@@ -424,7 +439,10 @@ async fn work(
                         c.finish(&mut http, &run).await;
                     }
                 };
-                if tokio::time::timeout(final_timeout, all).await.is_err() {
+                // What a live request in flight took counts, down to half the time at least.
+                let spent = ended_at.map_or(Duration::ZERO, |t| t.elapsed());
+                let budget = final_timeout.saturating_sub(spent).max(final_timeout / 2);
+                if tokio::time::timeout(budget, all).await.is_err() {
                     tracing::error!(
                         ?final_timeout,
                         "the final CI API report did not finish in time; abandoned"

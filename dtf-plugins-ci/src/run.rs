@@ -192,10 +192,17 @@ impl TaskResult {
     }
 
     fn compute_status(&self) -> TaskStatus {
+        // A cancelled attempt ended nothing: the last one that did decides (a failure whose
+        // retry, assigned or running, was cancelled stays a failure).
         let finished: Vec<_> = self
             .attempts
             .iter()
-            .filter(|a| !matches!(a.outcome, AttemptOutcome::Running | AttemptOutcome::Lost))
+            .filter(|a| {
+                !matches!(
+                    a.outcome,
+                    AttemptOutcome::Running | AttemptOutcome::Lost | AttemptOutcome::Cancelled
+                )
+            })
             .collect();
         match finished.last().map(|a| a.outcome) {
             Some(AttemptOutcome::Passed) if finished.iter().any(|a| a.outcome.is_failure()) => {
@@ -636,6 +643,8 @@ mod tests {
             r.record_kind(&EventKind::task_started("t2", "w", 1), at(1));
             if fail_first {
                 r.record_kind(&EventKind::task_failed("t2", err("boom"), true), at(2));
+                // Its retry is assigned, then the run is stopped.
+                r.record_kind(&EventKind::task_assigned("t2", "w", 2), at(2));
             }
             r.record_kind(&EventKind::task_cancelled("t2", "stopped"), at(3));
             r.record_kind(&EventKind::task_cancelled("t3", "stopped"), at(3));

@@ -162,6 +162,8 @@ fn join_details(details: &str, output: &str) -> String {
 pub struct TeamcityMessages {
     names: HashMap<TaskId, String>,
     open: std::collections::HashSet<TaskId>,
+    /// Tasks whose last result was a failure: a cancellation of their retry leaves it.
+    failed: std::collections::HashSet<TaskId>,
     /// Whether `testRetrySupport` went out (before the first message).
     retry_support: bool,
 }
@@ -199,7 +201,16 @@ impl TeamcityMessages {
             }
             EventKind::TaskCompleted(c) => {
                 let (name, flow) = (self.name(&c.task), c.task.as_str());
-                self.open.remove(&c.task);
+                // A test TeamCity was never told started (its start was not seen) is opened
+                // first: a result outside a testStarted/testFinished pair is not one.
+                if !self.open.remove(&c.task) {
+                    out.push_str(&started(&name, flow));
+                }
+                if matches!(c.outcome, TaskOutcome::Passed | TaskOutcome::Skipped) {
+                    self.failed.remove(&c.task);
+                } else {
+                    self.failed.insert(c.task.clone());
+                }
                 match c.outcome {
                     TaskOutcome::Passed => {}
                     TaskOutcome::Skipped => out.push_str(&ignored(&name, flow, "skipped")),
@@ -209,17 +220,27 @@ impl TeamcityMessages {
             }
             EventKind::TaskFailed(f) => {
                 let (name, flow) = (self.name(&f.task), f.task.as_str());
-                self.open.remove(&f.task);
+                // Also a task that never started (unschedulable, a spawn error).
+                if !self.open.remove(&f.task) {
+                    out.push_str(&started(&name, flow));
+                }
+                self.failed.insert(f.task.clone());
                 let msg = format!("{}: {}", f.error.kind, f.error.message);
                 out.push_str(&failed(&name, flow, &msg, &f.error.details));
                 out.push_str(&finished(&name, flow, Duration::ZERO));
             }
             EventKind::TaskCancelled(c) => {
                 let (name, flow) = (self.name(&c.task), c.task.as_str());
-                let reason = format!("cancelled: {}", c.reason);
-                out.push_str(&ignored(&name, flow, &reason));
                 if self.open.remove(&c.task) {
+                    // Interrupted while it ran: it did not pass (as the JUnit file says).
+                    let reason = format!("interrupted: {}", c.reason);
+                    out.push_str(&failed(&name, flow, &reason, ""));
                     out.push_str(&finished(&name, flow, Duration::ZERO));
+                } else if !self.failed.contains(&c.task) {
+                    // A retry cancelled before it started leaves the failure before it as
+                    // the test's last result (with retry support, the last one counts).
+                    let reason = format!("cancelled: {}", c.reason);
+                    out.push_str(&ignored(&name, flow, &reason));
                 }
             }
             _ => {}
@@ -249,6 +270,53 @@ impl TeamcityMessages {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every result is inside a testStarted/testFinished pair, also for a task that never
+    /// started (unschedulable); a task cancelled while it ran failed ("interrupted"), one
+    /// cancelled before it started is ignored.
+    #[test]
+    fn live_results_are_always_inside_a_started_test() {
+        use dtf_plugin_core::event::TaskError;
+        let mut m = TeamcityMessages::new();
+        let err = TaskError::builder()
+            .kind("Unschedulable")
+            .message("no worker")
+            .build();
+        let out = m.on_event(&EventKind::task_failed("u", err, false));
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| !l.contains("testRetrySupport"))
+            .collect();
+        assert!(
+            lines[0].starts_with("##teamcity[testStarted name='u'"),
+            "{out}"
+        );
+        assert!(
+            lines[1].starts_with("##teamcity[testFailed name='u'"),
+            "{out}"
+        );
+        assert!(
+            lines[2].starts_with("##teamcity[testFinished name='u'"),
+            "{out}"
+        );
+        m.on_event(&EventKind::task_started("r", "w", 1));
+        let out = m.on_event(&EventKind::task_cancelled("r", "stopped"));
+        assert!(
+            out.starts_with("##teamcity[testFailed name='r' message='interrupted: stopped'"),
+            "{out}"
+        );
+        assert!(out.contains("##teamcity[testFinished name='r'"), "{out}");
+        let out = m.on_event(&EventKind::task_cancelled("q", "stopped"));
+        assert!(
+            out.starts_with("##teamcity[testIgnored name='q' message='cancelled: stopped'"),
+            "{out}"
+        );
+        // A failure whose retry is cancelled before it starts stays the last word.
+        let err = TaskError::builder().kind("Panic").message("boom").build();
+        m.on_event(&EventKind::task_started("f", "w", 1));
+        m.on_event(&EventKind::task_failed("f", err, true));
+        assert_eq!(m.on_event(&EventKind::task_cancelled("f", "stopped")), "");
+    }
 
     #[test]
     fn escapes_per_teamcity_rules() {
