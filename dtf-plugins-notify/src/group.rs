@@ -57,6 +57,10 @@ struct Group {
     /// recoveries) of the pending events, at most [`MAX_TASKS_COUNTED`]: a title says "Task t1
     /// failed 3 times", not "3 tasks failed", for a test that failed three times.
     tasks: std::collections::HashSet<String>,
+    /// The distinct workers of the pending events (as many at most): a group may span them
+    /// (worker and recovery events; every event of a channel grouping by fingerprint), and
+    /// then no title or fact names one of them for all.
+    workers: std::collections::HashSet<String>,
     items: Vec<String>,
     last_time: std::time::SystemTime,
     /// When the pending events are due; `None` when nothing is pending.
@@ -141,6 +145,7 @@ impl Grouper {
             severity: Severity::Routine,
             count: 0,
             tasks: std::collections::HashSet::new(),
+            workers: std::collections::HashSet::new(),
             items: Vec::new(),
             last_time: info.time,
             due: None,
@@ -168,6 +173,11 @@ impl Grouper {
         if let Some(who) = who {
             if group.tasks.len() < MAX_TASKS_COUNTED {
                 group.tasks.insert(who.clone());
+            }
+        }
+        if let Some(worker) = &info.worker {
+            if group.workers.len() < MAX_TASKS_COUNTED {
+                group.workers.insert(worker.clone());
             }
         }
         group.severity = group.severity.max(info.severity);
@@ -233,6 +243,7 @@ impl Grouper {
         let count = std::mem::take(&mut g.count);
         let items = std::mem::take(&mut g.items);
         let tasks = std::mem::take(&mut g.tasks);
+        let workers = std::mem::take(&mut g.workers).len() as u64;
         // Past the cap the distinct tasks are not known: the title counts events then.
         let tasks = if tasks.len() < MAX_TASKS_COUNTED {
             tasks.len() as u64
@@ -251,10 +262,8 @@ impl Grouper {
         if let Some(e) = given(&first.error_type) {
             facts.push(("Error type".to_owned(), e));
         }
-        // A group of worker or recovery events may span workers: the first one's worker
-        // is then not the group's.
-        let one_worker = !is_worker_or_recovery(first.hook) || count == 1;
-        if let Some(w) = given(&first.worker).filter(|_| one_worker) {
+        // A group may span workers: the first one's worker is then not the group's.
+        if let Some(w) = given(&first.worker).filter(|_| workers == 1) {
             facts.push(("Worker".to_owned(), w));
         }
         facts.push(("Severity".to_owned(), severity.as_str().to_owned()));
@@ -264,7 +273,7 @@ impl Grouper {
             severity,
             group_key: key.to_owned(),
             fingerprint: first.fingerprint(),
-            title: title(&first, count, tasks),
+            title: title(&first, count, tasks, workers),
             count,
             items,
             more,

@@ -69,6 +69,7 @@ pub mod transport;
 pub use config::{
     ChannelConfig, DeliveryConfig, GroupConfig, NotifyConfig, SecretSource, ThrottleConfig,
 };
+pub use deliver::Refusal;
 pub use error::NotifyError;
 pub use group::GroupBy;
 pub use message::{Notification, Severity, Span};

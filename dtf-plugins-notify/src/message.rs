@@ -321,11 +321,13 @@ pub(crate) fn hook_name(hook: Hook) -> &'static str {
     }
 }
 
-/// The headline for `count` events like `first`, of `tasks` distinct tasks.
-pub(crate) fn title(first: &EventInfo, count: u64, tasks: u64) -> Vec<Span> {
+/// The headline for `count` events like `first`, of `tasks` distinct tasks and `workers`
+/// distinct workers (a worker is named only when there is one).
+pub(crate) fn title(first: &EventInfo, count: u64, tasks: u64, workers: u64) -> Vec<Span> {
     let t = |s: String| Span::Text(s);
     let on_worker = |w: &Option<String>| {
         w.as_ref()
+            .filter(|_| workers <= 1)
             .map(|w| format!(" on worker {w}"))
             .unwrap_or_default()
     };
@@ -503,7 +505,7 @@ mod tests {
     fn task_failures_name_count_error_type_and_worker() {
         let info = EventInfo::of(&failed("t1", "TimeoutError", "w3"));
         assert_eq!(info.severity, Severity::Error);
-        let title = title(&info, 12, 12);
+        let title = title(&info, 12, 12, 1);
         let n = Notification {
             kind: Hook::TaskFailed,
             severity: Severity::Error,
@@ -530,7 +532,7 @@ mod tests {
         );
         // Attempts are not tasks.
         let plain = |count, tasks| {
-            super::title(&info, count, tasks)
+            super::title(&info, count, tasks, 1)
                 .iter()
                 .map(|s| match s {
                     Span::Text(t) | Span::Code(t) => t.clone(),
@@ -548,7 +550,7 @@ mod tests {
     }
 
     fn title_of(e: &Event, n: u64) -> String {
-        title(&EventInfo::of(e), n, n)
+        title(&EventInfo::of(e), n, n, 1)
             .iter()
             .map(|s| match s {
                 Span::Text(t) => t.clone(),

@@ -796,6 +796,12 @@ fn jira_gets_one_message_per_error_however_many_workers_it_hit() {
     assert_eq!((per("jira"), per("webhook")), (1, 10));
     let jira = messages.iter().find(|p| p.kind == "jira").unwrap();
     assert_eq!(jira.message.count, 10);
+    // It spans ten workers: neither the title nor a fact names one of them for all.
+    assert_eq!(
+        jira.message.title_plain(),
+        "10 tasks failed with `TimeoutError`"
+    );
+    assert!(jira.message.facts.iter().all(|(k, _)| k != "Worker"));
 }
 
 #[tokio::test]

@@ -284,6 +284,31 @@ mod limits {
         assert_eq!(card["version"], "1.5");
     }
 
+    /// Teams counts its 28 KB in bytes of the request: with CJK test names (three bytes a
+    /// character) and the most items, the card's character budgets alone went over it, and
+    /// Graph escapes the card once more as a JSON string. The texts are cut shorter until the
+    /// whole body fits, in both modes.
+    #[test]
+    fn teams_requests_stay_under_28_kb_in_bytes_whatever_the_script() {
+        use super::ChannelBuilder as _;
+        let mut msg = huge();
+        msg.title = vec![Span::Text("失敗".repeat(400))];
+        msg.items = (0..50)
+            .map(|i| format!("テスト{i} {}", "が失敗した\"".repeat(200)))
+            .collect();
+        msg.detail = Some("詳細\u{1}".repeat(5000));
+        for config in [
+            serde_json::json!({ "webhook_url": "https://example.invalid/hook" }),
+            serde_json::json!({ "graph_token": "canary", "team_id": "t", "channel_id": "c" }),
+        ] {
+            let config: super::teams::TeamsConfig = serde_json::from_value(config).unwrap();
+            let channels = config.build("channels[0]").unwrap();
+            let body = channels[0].render(&msg).to_string();
+            assert!(body.len() < 28_000, "{} bytes", body.len());
+            assert!(body.contains("テスト0"), "the list is cut, not dropped");
+        }
+    }
+
     #[test]
     fn jira_adf_has_no_empty_text_nodes_and_stays_under_the_field_limit() {
         let doc = super::jira::adf(&huge(), Some("Seen again:"));
