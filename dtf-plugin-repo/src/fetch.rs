@@ -97,15 +97,25 @@ pub fn redact_location(location: &str) -> String {
     }
 }
 
-/// `relative` resolved against the index URL `base`, checked like an index URL. Only a
+/// `relative` resolved against the index URL `base`, checked like an index URL. A URL under the
+/// index's own origin and path without a query of its own gets the index URL's query: an index reached
+/// with `?private_token=…` (a GitLab package registry) serves its `index.toml` and artifacts
+/// with the same token (before, the join dropped it and every download answered 401). Only a
 /// `file://` index may point at files, and only an index on this machine at a loopback host
 /// (else a remote index could make the client send requests to local services before any
 /// signature is checked).
 pub(crate) fn join(base: &Url, relative: &str) -> Result<Url, RepoError> {
-    let url = base.join(relative).map_err(|e| RepoError::BadUrl {
+    let mut url = base.join(relative).map_err(|e| RepoError::BadUrl {
         url: relative.to_owned(),
         reason: e.to_string(),
     })?;
+    if url.query().is_none()
+        && base.query().is_some()
+        && url.origin() == base.origin()
+        && url.path().starts_with(base.path())
+    {
+        url.set_query(base.query());
+    }
     check_url(&url).map_err(|reason| RepoError::BadUrl {
         url: redact(&url),
         reason,
@@ -365,6 +375,40 @@ mod tests {
             "https://h.example/repo/artifacts/a.tar.gz"
         );
         assert!(join(&base, "http://evil.example/a.tar.gz").is_err());
+    }
+
+    /// An index reached with a token in its query (a GitLab package registry's
+    /// `?private_token=`) keeps it for `index.toml` and the artifacts on its own origin; an
+    /// artifact elsewhere never gets it, and one with a query of its own keeps that.
+    #[test]
+    fn the_index_urls_query_goes_under_its_own_origin_and_path_only() {
+        let base = index_url(
+            "https://gitlab.example/api/v4/projects/7/packages/generic/dtf?private_token=canary",
+        )
+        .unwrap();
+        assert_eq!(
+            join(&base, "index.toml").unwrap().as_str(),
+            "https://gitlab.example/api/v4/projects/7/packages/generic/dtf/index.toml?private_token=canary"
+        );
+        assert_eq!(
+            join(&base, "https://gitlab.example/a/b.tar.gz?sig=1")
+                .unwrap()
+                .as_str(),
+            "https://gitlab.example/a/b.tar.gz?sig=1"
+        );
+        // Another project on the same host does not get this one's token.
+        assert_eq!(
+            join(&base, "https://gitlab.example/api/v4/projects/8/b.tar.gz")
+                .unwrap()
+                .as_str(),
+            "https://gitlab.example/api/v4/projects/8/b.tar.gz"
+        );
+        assert_eq!(
+            join(&base, "https://cdn.example/b.tar.gz")
+                .unwrap()
+                .as_str(),
+            "https://cdn.example/b.tar.gz"
+        );
     }
 
     /// An index read over the network cannot send the client to this machine's services.
