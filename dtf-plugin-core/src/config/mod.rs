@@ -227,7 +227,8 @@ impl ConfigLoader {
 
     /// Turns on environment overrides: `<PREFIX>MANAGER__QUEUE_CAPACITY=100` sets
     /// `manager.queue_capacity` (`__` separates keys, names are lowercased). Variables whose
-    /// first key is not `manager`, `plugin_dirs` or `plugins` are ignored.
+    /// first key is not a top-level section (`manager`, `plugin_dirs`, `plugins`, `registry`,
+    /// `ui`, `cluster`) are ignored.
     pub fn env_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.env_prefix = Some(prefix.into());
         self
