@@ -739,15 +739,9 @@ fn one_worker_behind_a_proxy(
     (coord, proxy, w)
 }
 
-/// A worker taken for failed, and back, stops the jobs the coordinator gave up before it
-/// runs their tasks again: the task's first attempt (a process in the background) is gone
-/// by the time its second attempt starts on the same worker. Before, the first attempt went
-/// on beside the second (two copies of one test on shared resources), the worker running
-/// more jobs than its slots.
-#[test]
-fn a_worker_back_after_being_taken_for_failed_stops_the_jobs_given_up() {
-    let dir = temp_dir("void");
-    let pki = make_pki(&dir, "ok");
+/// Writes a task `t` (two retries) whose first attempt leaves a process running (its pid in
+/// `sleep-pid`) and whose next attempt writes that process's state to `first-attempt`.
+fn task_with_a_lingering_first_attempt(dir: &Path) {
     let d = dir.display();
     let command = format!(
         "if [ \"$DTF_ATTEMPT\" = 1 ]; then sleep 120 & echo $! > {d}/sleep-pid; wait; \
@@ -759,6 +753,29 @@ fn a_worker_back_after_being_taken_for_failed_stops_the_jobs_given_up() {
         format!("[[task]]\nid = \"t\"\nretries = 2\ncommand = '''{command}'''\n"),
     )
     .unwrap();
+}
+
+/// Asserts that the first attempt's process of [`task_with_a_lingering_first_attempt`] was
+/// gone (no `/proc` entry, or dead and not yet reaped: `Z`) when the next attempt looked.
+fn assert_first_attempt_was_gone(dir: &Path, context: &str) {
+    let first = std::fs::read_to_string(dir.join("first-attempt")).unwrap_or_default();
+    assert!(
+        first.trim() == "state=" || first.trim() == "state=Z",
+        "the first attempt still ran when the second started: {first}\n{}\n{context}",
+        log(dir, "remote-1.log")
+    );
+}
+
+/// A worker taken for failed, and back, stops the jobs the coordinator gave up before it
+/// runs their tasks again: the task's first attempt (a process in the background) is gone
+/// by the time its second attempt starts on the same worker. Before, the first attempt went
+/// on beside the second (two copies of one test on shared resources), the worker running
+/// more jobs than its slots.
+#[test]
+fn a_worker_back_after_being_taken_for_failed_stops_the_jobs_given_up() {
+    let dir = temp_dir("void");
+    let pki = make_pki(&dir, "ok");
+    task_with_a_lingering_first_attempt(&dir);
     let (mut coord, proxy, mut w) = one_worker_behind_a_proxy(&dir, &pki, "1", &[]);
     let start = Instant::now();
     wait_until(&dir, start, || dir.join("sleep-pid").exists());
@@ -769,13 +786,7 @@ fn a_worker_back_after_being_taken_for_failed_stops_the_jobs_given_up() {
     let code = wait(&mut coord, Duration::from_secs(120));
     let clog = log(&dir, "coordinator.log");
     assert_eq!(code, Some(0), "{}\n{clog}", log(&dir, "coordinator.out"));
-    let first = std::fs::read_to_string(dir.join("first-attempt")).unwrap_or_default();
-    // Gone (no /proc entry), or dead and not yet reaped (`Z`).
-    assert!(
-        first.trim() == "state=" || first.trim() == "state=Z",
-        "the first attempt still ran when the second started: {first}\n{}",
-        log(&dir, "remote-1.log")
-    );
+    assert_first_attempt_was_gone(&dir, &clog);
     // Stopped by the worker itself while cut off (its fence), or, had it come back before
     // the fence's time, as it came back (`stop_void_jobs`).
     let wlog = log(&dir, "remote-1.log");
@@ -796,17 +807,7 @@ fn a_worker_back_after_being_taken_for_failed_stops_the_jobs_given_up() {
 fn a_worker_cut_off_stops_its_jobs_before_they_run_again_elsewhere() {
     let dir = temp_dir("fence");
     let pki = make_pki(&dir, "ok");
-    let d = dir.display();
-    let command = format!(
-        "if [ \"$DTF_ATTEMPT\" = 1 ]; then sleep 120 & echo $! > {d}/sleep-pid; wait; \
-         else sleep 0.5; st=$(awk '{{print $3}}' /proc/$(cat {d}/sleep-pid)/stat 2>/dev/null); \
-         echo \"state=$st\" > {d}/first-attempt; fi"
-    );
-    std::fs::write(
-        dir.join("tasks.toml"),
-        format!("[[task]]\nid = \"t\"\nretries = 2\ncommand = '''{command}'''\n"),
-    )
-    .unwrap();
+    task_with_a_lingering_first_attempt(&dir);
     let port = free_port();
     // Taken for failed after 1 + 3 s of silence; the worker stops its jobs after 2 s.
     let mut coord = coordinator(
@@ -841,13 +842,7 @@ fn a_worker_cut_off_stops_its_jobs_before_they_run_again_elsewhere() {
     let code = wait(&mut coord, Duration::from_secs(120));
     let clog = log(&dir, "coordinator.log");
     assert_eq!(code, Some(0), "{}\n{clog}", log(&dir, "coordinator.out"));
-    let first = std::fs::read_to_string(dir.join("first-attempt")).unwrap_or_default();
-    // Gone (no /proc entry), or dead and not yet reaped (`Z`).
-    assert!(
-        first.trim() == "state=" || first.trim() == "state=Z",
-        "the first attempt still ran when the second started: {first}\n{}\n{clog}",
-        log(&dir, "remote-1.log")
-    );
+    assert_first_attempt_was_gone(&dir, &clog);
     assert!(
         log(&dir, "remote-1.log").contains("cut off from the coordinator"),
         "{}",

@@ -170,7 +170,7 @@ impl Github {
         let _ = self
             .send(
                 http,
-                Call::new("github.check-run", Method::PATCH, url, Body::Json(body)).once(),
+                patch(&url, body).once(),
             )
             .await;
     }
@@ -199,13 +199,7 @@ impl Github {
             if let Some(t) = run.finished_at {
                 body["completed_at"] = json!(format!("{}Z", format_utc(t)));
             }
-            let call = Call::new(
-                "github.check-run",
-                Method::PATCH,
-                url.clone(),
-                Body::Json(body),
-            );
-            let _ = self.send(http, call).await;
+            let _ = self.send(http, patch(url, body)).await;
         }
         // A commit status has no "cancelled": a run that did not get to its end is an error.
         let state = match verdict {
@@ -218,13 +212,7 @@ impl Github {
         if let Some(url) = &url {
             for batch in batches {
                 let body = json!({ "output": Self::output(run, batch, false) });
-                let call = Call::new(
-                    "github.check-run",
-                    Method::PATCH,
-                    url.clone(),
-                    Body::Json(body),
-                );
-                let _ = self.send(http, call).await;
+                let _ = self.send(http, patch(url, body)).await;
             }
         }
         if let Some(thread) = &self.comment {
@@ -238,6 +226,16 @@ impl Github {
                 .await;
         }
     }
+}
+
+/// A `PATCH` of the check run at `url` with `body`.
+fn patch(url: &str, body: Value) -> Call {
+    Call::new(
+        "github.check-run",
+        Method::PATCH,
+        url.to_owned(),
+        Body::Json(body),
+    )
 }
 
 /// One annotation per failed, unfinished or flaky task that names a `file` in its metadata
