@@ -167,12 +167,7 @@ impl Github {
         let Some(id) = self.check_run else { return };
         let url = format!("{}/check-runs/{id}", self.api);
         let body = json!({ "output": Self::output(run, &[], true) });
-        let _ = self
-            .send(
-                http,
-                patch(&url, body).once(),
-            )
-            .await;
+        let _ = self.send(http, patch(&url, body).once()).await;
     }
 
     pub(crate) async fn finish(&mut self, http: &mut HttpCore, run: &RunResult) {
