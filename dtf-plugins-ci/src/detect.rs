@@ -152,6 +152,11 @@ pub struct CiInfo {
     pub pull_request: Option<u64>,
     /// The job (step, stage) name.
     pub job: Option<String>,
+    /// Which of the copies of a parallel job this is, `(index from 1, total)`, where the
+    /// system says (GitLab `parallel:`, Azure DevOps `parallel`, Bitbucket parallel steps,
+    /// CircleCI `parallelism`, Buildkite `parallelism`); `None` for a job that runs once.
+    /// GitHub Actions does not say which matrix entry a job is.
+    pub shard: Option<(u32, u32)>,
 }
 
 impl CiInfo {
@@ -165,6 +170,7 @@ impl CiInfo {
             branch: None,
             pull_request: None,
             job: None,
+            shard: None,
         }
     }
 
@@ -174,6 +180,15 @@ impl CiInfo {
         let v = |key: &str| get(env, key).map(str::to_owned);
         let first = |keys: &[&str]| keys.iter().find_map(|k| v(k));
         let num = |key: &str| get(env, key).and_then(|s| s.trim().parse::<u64>().ok());
+        // `(index, total)` from the variables naming them, the index counted from `base`; a
+        // job that is one of one is no shard.
+        let shard = |index: &str, total: &str, base: u64| {
+            let (i, n) = (num(index)?, num(total)?);
+            let i = i.checked_add(1 - base)?;
+            ((1..=n).contains(&i) && n > 1)
+                .then(|| Some((u32::try_from(i).ok()?, u32::try_from(n).ok()?)))
+                .flatten()
+        };
         let mut info = Self {
             system,
             ..Self::local()
@@ -205,6 +220,7 @@ impl CiInfo {
                 info.branch = first(&["CI_MERGE_REQUEST_SOURCE_BRANCH_NAME", "CI_COMMIT_REF_NAME"]);
                 info.pull_request = num("CI_MERGE_REQUEST_IID");
                 info.job = v("CI_JOB_NAME");
+                info.shard = shard("CI_NODE_INDEX", "CI_NODE_TOTAL", 1);
             }
             CiSystem::Jenkins => {
                 info.build_id = first(&["BUILD_ID", "BUILD_NUMBER"]);
@@ -240,6 +256,7 @@ impl CiInfo {
                 info.pull_request = num("SYSTEM_PULLREQUEST_PULLREQUESTNUMBER")
                     .or_else(|| num("SYSTEM_PULLREQUEST_PULLREQUESTID"));
                 info.job = v("AGENT_JOBNAME");
+                info.shard = shard("SYSTEM_JOBPOSITIONINPHASE", "SYSTEM_TOTALJOBSINPHASE", 1);
             }
             CiSystem::Circleci => {
                 info.build_id = v("CIRCLE_BUILD_NUM");
@@ -249,6 +266,7 @@ impl CiInfo {
                 info.pull_request = num("CIRCLE_PR_NUMBER")
                     .or_else(|| get(env, "CIRCLE_PULL_REQUEST").and_then(last_number_segment));
                 info.job = v("CIRCLE_JOB");
+                info.shard = shard("CIRCLE_NODE_INDEX", "CIRCLE_NODE_TOTAL", 0);
             }
             CiSystem::Bitbucket => {
                 let build = get(env, "BITBUCKET_BUILD_NUMBER");
@@ -266,6 +284,11 @@ impl CiInfo {
                 info.branch = v("BITBUCKET_BRANCH");
                 info.pull_request = num("BITBUCKET_PR_ID");
                 info.job = v("BITBUCKET_STEP_UUID");
+                info.shard = shard(
+                    "BITBUCKET_PARALLEL_STEP",
+                    "BITBUCKET_PARALLEL_STEP_COUNT",
+                    0,
+                );
             }
             CiSystem::Teamcity => {
                 info.build_id = v("BUILD_NUMBER");
@@ -280,6 +303,7 @@ impl CiInfo {
                 // "false" when the build is not for a pull request.
                 info.pull_request = num("BUILDKITE_PULL_REQUEST");
                 info.job = first(&["BUILDKITE_LABEL", "BUILDKITE_STEP_KEY"]);
+                info.shard = shard("BUILDKITE_PARALLEL_JOB", "BUILDKITE_PARALLEL_JOB_COUNT", 0);
             }
             CiSystem::Travis => {
                 info.build_id = v("TRAVIS_BUILD_ID");
@@ -433,6 +457,44 @@ mod tests {
         assert_eq!(with("pull_request").as_deref(), Some("merge"), "no file");
     }
 
+    /// The copies of a parallel job say which they are (index from 1), where the system tells;
+    /// one of one is no shard.
+    #[test]
+    fn parallel_jobs_say_which_shard_they_are() {
+        let shard = |pairs: &[(&str, &str)]| detect(&env(pairs)).shard;
+        let gitlab = [
+            ("GITLAB_CI", "true"),
+            ("CI_NODE_INDEX", "2"),
+            ("CI_NODE_TOTAL", "3"),
+        ];
+        assert_eq!(shard(&gitlab), Some((2, 3)));
+        let circle = [
+            ("CIRCLECI", "true"),
+            ("CIRCLE_NODE_INDEX", "0"),
+            ("CIRCLE_NODE_TOTAL", "4"),
+        ];
+        assert_eq!(shard(&circle), Some((1, 4)));
+        let bitbucket = [
+            ("BITBUCKET_BUILD_NUMBER", "7"),
+            ("BITBUCKET_PARALLEL_STEP", "3"),
+            ("BITBUCKET_PARALLEL_STEP_COUNT", "4"),
+        ];
+        assert_eq!(shard(&bitbucket), Some((4, 4)));
+        let one = [
+            ("GITLAB_CI", "true"),
+            ("CI_NODE_INDEX", "1"),
+            ("CI_NODE_TOTAL", "1"),
+        ];
+        assert_eq!(shard(&one), None);
+        let out_of_range = [
+            ("GITLAB_CI", "true"),
+            ("CI_NODE_INDEX", "5"),
+            ("CI_NODE_TOTAL", "3"),
+        ];
+        assert_eq!(shard(&out_of_range), None);
+        assert_eq!(shard(&[("GITLAB_CI", "true")]), None);
+    }
+
     #[test]
     fn detects_github_actions_pull_request() {
         let info = detect(&env(&[
@@ -457,6 +519,7 @@ mod tests {
                 branch: Some("feature/x".into()),
                 pull_request: Some(42),
                 job: Some("test".into()),
+                shard: None,
             }
         );
     }

@@ -614,6 +614,63 @@ async fn gitlab_posts_statuses_and_edits_its_note() {
     assert_eq!(stats.failed(), 0);
 }
 
+/// A shard of a parallel GitLab job (`parallel: 3`) reports under a name of its own,
+/// `dtf (2/3)`, and keeps a merge-request note of its own: it leaves another reporter's note
+/// alone and posts its own. Before, every shard posted the status `dtf` and edited one note,
+/// so the last shard to end was the merge request's verdict and a failing shard could be
+/// hidden by a passing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_of_a_parallel_job_reports_under_its_own_name_and_note() {
+    let server = MockServer::start().await;
+    let statuses = format!("/api/v4/projects/acme%2Fwidgets/statuses/{SHA}");
+    Mock::given(method("POST"))
+        .and(path(statuses.as_str()))
+        .and(body_partial_json(json!({ "name": "dtf (2/3)" })))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 1 })))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let notes = "/api/v4/projects/acme%2Fwidgets/merge_requests/4/notes";
+    Mock::given(method("GET"))
+        .and(path(notes))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([
+            { "id": 11, "body": "<!-- dtf-report -->\nanother reporter's" },
+            { "id": 12, "body": "<!-- dtf-report: dtf (1/3) -->\nthe first shard's" }
+        ])))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(notes))
+        .and(body_string_contains("<!-- dtf-report: dtf (2/3) -->"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 13 })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let env = env(&[
+        ("GITLAB_CI", "true"),
+        ("GITLAB_TOKEN", "glpat-secret"),
+        ("CI_PROJECT_ID", "acme/widgets"),
+        ("CI_COMMIT_SHA", SHA),
+        ("CI_MERGE_REQUEST_IID", "4"),
+        ("CI_NODE_INDEX", "2"),
+        ("CI_NODE_TOTAL", "3"),
+    ]);
+    let cfg = json!({
+        "services": ["gitlab"],
+        "update_interval_ms": 3_600_000,
+        "gitlab": { "base_url": server.uri() },
+    });
+    let stats = run(env, cfg).await;
+    server.verify().await;
+    assert_eq!(stats.failed(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_creates_a_test_run_adds_results_and_completes_it() {
     let server = MockServer::start().await;

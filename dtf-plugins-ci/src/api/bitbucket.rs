@@ -78,6 +78,7 @@ impl Bitbucket {
                     item_base: comments,
                     edit_method: Method::PUT,
                     shape: Shape::ContentRaw,
+                    marker: super::comment_marker(&config.name),
                 }
             });
         Ok(Self {
@@ -129,7 +130,7 @@ impl Bitbucket {
                     http,
                     &self.auth,
                     &HeaderMap::new(),
-                    &comment_body(run, COMMENT_LIMIT),
+                    &comment_body(&thread.marker, run, COMMENT_LIMIT),
                 )
                 .await;
         }

@@ -1,5 +1,5 @@
 //! A pull-request comment kept up to date in place: list the comments, find ours by
-//! [`super::COMMENT_MARKER`], edit it if found, else create it. GitHub issue comments, GitLab
+//! its marker ([`super::comment_marker`]), edit it if found, else create it. GitHub issue comments, GitLab
 //! merge-request notes and Bitbucket pull-request comments differ only in URLs, the edit
 //! method and the JSON shape, which [`CommentThread`] describes.
 
@@ -7,7 +7,6 @@ use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
-use super::COMMENT_MARKER;
 use super::http::{Auth, Body, Call, HttpCore};
 
 /// Comments per listed page (what each service's `list_query` asks for).
@@ -38,6 +37,8 @@ pub(crate) struct CommentThread {
     pub(crate) item_base: String,
     pub(crate) edit_method: Method,
     pub(crate) shape: Shape,
+    /// What identifies our comment ([`super::comment_marker`]).
+    pub(crate) marker: String,
 }
 
 impl CommentThread {
@@ -74,7 +75,7 @@ impl CommentThread {
                 Shape::ContentRaw => c.get("content").and_then(|x| x.get("raw")),
             }?;
             text.as_str()
-                .filter(|t| t.contains(COMMENT_MARKER))
+                .filter(|t| t.contains(self.marker.as_str()))
                 .and(c.get("id"))
                 .and_then(Value::as_u64)
         })

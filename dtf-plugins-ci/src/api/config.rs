@@ -124,7 +124,7 @@ impl Default for ApiConfig {
             request_timeout_ms: 10_000,
             final_timeout_ms: 20_000,
             retry: RetryPolicy::default(),
-            name: "dtf".to_owned(),
+            name: super::DEFAULT_NAME.to_owned(),
             github: GithubConfig::default(),
             gitlab: GitlabConfig::default(),
             azure_devops: AzureDevopsConfig::default(),

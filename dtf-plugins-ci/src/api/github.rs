@@ -74,6 +74,7 @@ impl Github {
             item_base: format!("{api}/issues/comments"),
             edit_method: Method::PATCH,
             shape: Shape::Body,
+            marker: super::comment_marker(&config.name),
         });
         Ok(Self {
             api,
@@ -216,7 +217,7 @@ impl Github {
                     http,
                     &self.auth,
                     &self.headers,
-                    &comment_body(run, TEXT_LIMIT),
+                    &comment_body(&thread.marker, run, TEXT_LIMIT),
                 )
                 .await;
         }

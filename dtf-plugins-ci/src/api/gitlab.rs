@@ -79,6 +79,7 @@ impl Gitlab {
                     item_base: notes,
                     edit_method: Method::PUT,
                     shape: Shape::Body,
+                    marker: super::comment_marker(&config.name),
                 }
             });
         Ok(Self {
@@ -132,7 +133,7 @@ impl Gitlab {
                 http,
                 &self.auth,
                 &HeaderMap::new(),
-                &comment_body(run, NOTE_LIMIT),
+                &comment_body(&note.marker, run, NOTE_LIMIT),
             )
             .await;
         }

@@ -29,8 +29,25 @@ use crate::error::CiError;
 use crate::run::RunResult;
 use http::HttpCore;
 
-/// The hidden marker that identifies our pull-request comment, so a later run edits it.
+/// The hidden marker that identifies our pull-request comment, so a later run edits it (with
+/// the default name; see [`comment_marker`]).
 pub const COMMENT_MARKER: &str = "<!-- dtf-report -->";
+
+/// The marker of the pull-request comment of the reporter named `name`: [`COMMENT_MARKER`]
+/// for the default name, else one that carries the name, so that reporters of different
+/// names (the shards of a parallel job, jobs of a matrix given a name each) keep a comment
+/// each instead of overwriting one another's.
+pub fn comment_marker(name: &str) -> String {
+    if name == DEFAULT_NAME {
+        COMMENT_MARKER.to_owned()
+    } else {
+        // An HTML comment cannot hold `--`.
+        format!("<!-- dtf-report: {} -->", name.replace("--", "- -"))
+    }
+}
+
+/// The default name of the check run, status context and comment.
+pub(crate) const DEFAULT_NAME: &str = "dtf";
 
 /// One configured service client.
 #[derive(Debug)]
@@ -86,6 +103,20 @@ pub(crate) fn build_clients(
     info: &CiInfo,
     env: &Env,
 ) -> Result<Vec<Client>, CiError> {
+    // A shard of a parallel job reports under a name of its own: under one name the shards'
+    // statuses and comments overwrote one another, and the last one to end was the page's
+    // verdict, hiding a failing shard behind a passing one.
+    let sharded;
+    let config = match info.shard {
+        Some((i, n)) if config.name == DEFAULT_NAME => {
+            sharded = ApiConfig {
+                name: format!("{DEFAULT_NAME} ({i}/{n})"),
+                ..config.clone()
+            };
+            &sharded
+        }
+        _ => config,
+    };
     let mut clients = Vec::new();
     for service in &config.services {
         let client = match service {
@@ -183,12 +214,9 @@ pub(crate) fn one_line(run: &RunResult) -> String {
 }
 
 /// The Markdown of our pull-request comment: the marker, then the report.
-pub(crate) fn comment_body(run: &RunResult, max: usize) -> String {
+pub(crate) fn comment_body(marker: &str, run: &RunResult, max: usize) -> String {
     cap(
-        &format!(
-            "{COMMENT_MARKER}\n{}",
-            crate::markdown::render_markdown(run)
-        ),
+        &format!("{marker}\n{}", crate::markdown::render_markdown(run)),
         max,
     )
 }
