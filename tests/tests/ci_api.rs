@@ -591,27 +591,40 @@ async fn gitlab_posts_statuses_and_edits_its_note() {
         .expect(0)
         .mount(&server)
         .await;
-    let env = env(&[
-        ("GITLAB_CI", "true"),
-        ("GITLAB_TOKEN", "glpat-secret"),
-        ("CI_PROJECT_ID", "acme/widgets"),
-        ("CI_COMMIT_SHA", SHA),
+    let env = gitlab_env(&[
         (
             "CI_PIPELINE_URL",
             "https://gitlab.example.invalid/p/-/pipelines/5",
         ),
         ("CI_PIPELINE_ID", "5"),
-        ("CI_MERGE_REQUEST_IID", "4"),
         ("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME", "feature"),
     ]);
-    let cfg = json!({
+    let stats = run(env, gitlab_config(&server)).await;
+    server.verify().await;
+    assert_eq!(stats.failed(), 0);
+}
+
+/// A GitLab merge-request pipeline's environment (project `acme/widgets`, commit [`SHA`],
+/// merge request 4), plus `extra`.
+fn gitlab_env(extra: &[(&str, &str)]) -> Env {
+    let mut pairs = vec![
+        ("GITLAB_CI", "true"),
+        ("GITLAB_TOKEN", "glpat-secret"),
+        ("CI_PROJECT_ID", "acme/widgets"),
+        ("CI_COMMIT_SHA", SHA),
+        ("CI_MERGE_REQUEST_IID", "4"),
+    ];
+    pairs.extend_from_slice(extra);
+    env(&pairs)
+}
+
+/// The GitLab client against `server`, with no live update during a test.
+fn gitlab_config(server: &MockServer) -> Value {
+    json!({
         "services": ["gitlab"],
         "update_interval_ms": 3_600_000,
         "gitlab": { "base_url": server.uri() },
-    });
-    let stats = run(env, cfg).await;
-    server.verify().await;
-    assert_eq!(stats.failed(), 0);
+    })
 }
 
 /// A shard of a parallel GitLab job (`parallel: 3`) reports under a name of its own,
@@ -652,21 +665,8 @@ async fn a_shard_of_a_parallel_job_reports_under_its_own_name_and_note() {
         .expect(0)
         .mount(&server)
         .await;
-    let env = env(&[
-        ("GITLAB_CI", "true"),
-        ("GITLAB_TOKEN", "glpat-secret"),
-        ("CI_PROJECT_ID", "acme/widgets"),
-        ("CI_COMMIT_SHA", SHA),
-        ("CI_MERGE_REQUEST_IID", "4"),
-        ("CI_NODE_INDEX", "2"),
-        ("CI_NODE_TOTAL", "3"),
-    ]);
-    let cfg = json!({
-        "services": ["gitlab"],
-        "update_interval_ms": 3_600_000,
-        "gitlab": { "base_url": server.uri() },
-    });
-    let stats = run(env, cfg).await;
+    let env = gitlab_env(&[("CI_NODE_INDEX", "2"), ("CI_NODE_TOTAL", "3")]);
+    let stats = run(env, gitlab_config(&server)).await;
     server.verify().await;
     assert_eq!(stats.failed(), 0);
 }
