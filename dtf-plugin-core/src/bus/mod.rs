@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use ractor::ActorRef;
@@ -28,10 +28,13 @@ use crate::sync::{
     AtomicBool, AtomicU64, MODEL, Mutex, MutexGuard, Notify, OnceLock, fence, switch,
 };
 
+mod group;
 mod log;
 mod read;
 mod slot;
 
+pub(crate) use group::Group;
+use group::*;
 pub(crate) use log::Item;
 use log::*;
 use read::*;
@@ -82,10 +85,12 @@ struct BusState {
     /// The log's last segment and the position of its next cell.
     tail: Arc<Segment>,
     next_pos: u64,
-    /// Routed (enabled) slots, by hook.
-    by_hook: [Vec<Arc<Slot>>; Hook::COUNT],
+    /// Routed (enabled) slots in groups, by hook.
+    routes: Routes,
     /// Every routed slot, in routing order.
     all: Vec<Arc<Slot>>,
+    /// The groups plugins share, by hooks (see [`BusInner::group`]).
+    groups: Vec<Weak<Group>>,
     /// Events that can be enqueued for any routed backpressured slot without checking its
     /// room: a lower bound of the free capacity of each, as of the last check, less every
     /// event published since (its queue grows only by publishes, which all count here). The
@@ -148,8 +153,9 @@ impl Bus {
                     closed: false,
                     tail: Segment::new(0, &spare),
                     next_pos: 0,
-                    by_hook: std::array::from_fn(|_| Vec::new()),
+                    routes: Routes::default(),
                     all: Vec::new(),
+                    groups: Vec::new(),
                     room: 0,
                     room_backoff: 0,
                     spare,
@@ -340,22 +346,29 @@ impl BusInner {
         } else {
             1
         };
-        // A single event: the slots subscribed to its hook, precomputed. A batch: every slot
+        // A single event: the groups subscribed to its hook, precomputed. A batch: every group
         // whose hooks intersect the batch's.
         let single_hook = (n == 1).then(|| batch[0].hook());
-        let targets: &[Arc<Slot>] = match single_hook {
-            Some(h) => &state.by_hook[h.index()],
-            None => &state.all,
+        let Routes {
+            routes,
+            by_hook,
+            every,
+        } = &mut state.routes;
+        let targets: &[usize] = match single_hook {
+            Some(h) => &by_hook[h.index()],
+            None => every,
         };
+        let concerned = |i: &usize| routes[*i].group.hooks.intersects(mask);
 
         if bounded && n as u64 > state.room {
-            for slot in targets {
-                if slot.policy != OverflowPolicy::Backpressure || !slot.hooks.intersects(mask) {
-                    continue;
-                }
-                let wanted = slot.hooks.matching(&batch, mask);
-                if !slot.has_room(wanted, bound == Bound::Wait, headroom) {
-                    return Attempt::Full(Arc::clone(slot), wanted, batch);
+            for route in targets.iter().filter(|i| concerned(i)).map(|i| &routes[*i]) {
+                let wanted = route.group.hooks.matching(&batch, mask);
+                for slot in &route.slots {
+                    if slot.policy == OverflowPolicy::Backpressure
+                        && !slot.has_room(wanted, bound == Bound::Wait, headroom)
+                    {
+                        return Attempt::Full(Arc::clone(slot), wanted, batch);
+                    }
                 }
             }
             if state.room_backoff > 0 {
@@ -381,11 +394,7 @@ impl BusInner {
         for (i, ev) in Arc::make_mut(&mut batch).iter_mut().enumerate() {
             ev.meta.seq = first + i as u64;
         }
-        let targets: &[Arc<Slot>] = match single_hook {
-            Some(h) => &state.by_hook[h.index()],
-            None => &state.all,
-        };
-        if targets.iter().any(|s| s.hooks.intersects(mask)) {
+        if targets.iter().any(concerned) {
             // Append the batch to the log once, whatever the number of subscribers: take the
             // next cell...
             let pos = state.next_pos;
@@ -399,23 +408,23 @@ impl BusInner {
                     slot.bound_lag(pos);
                 }
             }
-            // ...count it for each subscriber before readers can see it (a reader must
-            // never acknowledge an event not yet counted)...
-            for slot in targets {
-                if slot.hooks.intersects(mask) {
-                    slot.account(slot.hooks.matching(&batch, mask), pos, bounded);
-                }
+            // ...count it for each group of subscribers before readers can see it (a reader
+            // must never acknowledge an event not yet counted)...
+            for route in targets.iter().filter(|i| concerned(i)).map(|i| &routes[*i]) {
+                route.count(route.group.hooks.matching(&batch, mask), pos, bounded);
             }
             // The model check's invariant for the room check (shuttle; loom would explore the
             // extra loads too, for a lock-protected rule): a bounded publish leaves no
             // backpressured queue past its bound (only an empty queue takes an oversized batch).
             #[cfg(dtf_shuttle)]
             if bounded {
-                for slot in targets {
-                    if slot.policy == OverflowPolicy::Backpressure && slot.hooks.intersects(mask) {
-                        let wanted = slot.hooks.matching(&batch, mask) as u64;
-                        let limit = (slot.capacity as u64 * headroom).max(wanted);
-                        assert!(slot.pending() <= limit, "a queue went past its bound");
+                for route in targets.iter().filter(|i| concerned(i)).map(|i| &routes[*i]) {
+                    let wanted = route.group.hooks.matching(&batch, mask) as u64;
+                    for slot in &route.slots {
+                        if slot.policy == OverflowPolicy::Backpressure {
+                            let limit = (slot.capacity as u64 * headroom).max(wanted);
+                            assert!(slot.pending() <= limit, "a queue went past its bound");
+                        }
                     }
                 }
             }
@@ -428,14 +437,16 @@ impl BusInner {
             }
             state.next_pos = pos + 1;
             // The counts above (plain stores: only publishers write them, under this lock)
-            // must be visible before `wake_for` reads each consumer's `scheduled` and
-            // `released` flags: the publisher's half of the Dekker handshakes with
-            // `take_chunk`. One fence per publish instead of a locked instruction per plugin.
+            // must be visible before `Route::wake` reads each group's `attention` (and then
+            // its members' `scheduled` and `released` flags): the publisher's half of the
+            // Dekker handshakes with `take_chunk`. One fence per publish instead of a locked
+            // instruction per plugin.
             fence(Ordering::SeqCst);
             // ...and wake the subscribers that were idle.
-            for slot in targets {
-                if slot.hooks.intersects(mask) {
-                    slot.wake_for(&state.tail, pos);
+            for &i in targets.iter() {
+                let route = &mut routes[i];
+                if route.group.hooks.intersects(mask) {
+                    route.wake(&state.tail, pos);
                 }
             }
         }
@@ -456,10 +467,29 @@ impl BusInner {
         slot.routed_at(state.next_pos);
         state.room = 0;
         state.room_backoff = 0;
-        for h in slot.hooks.iter() {
-            state.by_hook[h.index()].push(Arc::clone(slot));
-        }
         state.all.push(Arc::clone(slot));
+        state.routes = Routes::build(&state.all);
+    }
+
+    /// The group for a new plugin's slot with `hooks`: shared with the other plugins that have
+    /// the same hooks, unless the plugin drops events when full (it decides per publish).
+    pub(crate) fn group(&self, hooks: HookSet, policy: OverflowPolicy) -> Arc<Group> {
+        let private = policy == OverflowPolicy::DropNewest;
+        let mut state = self.lock();
+        state.groups.retain(|g| g.strong_count() > 0);
+        if !private {
+            let shared = state
+                .groups
+                .iter()
+                .filter_map(Weak::upgrade)
+                .find(|g| !g.private && g.hooks == hooks);
+            if let Some(g) = shared {
+                return g;
+            }
+        }
+        let group = Group::new(hooks, private);
+        state.groups.push(Arc::downgrade(&group));
+        group
     }
 
     /// Stops delivering to `slot`; it still reads what was published before. Publishers and
@@ -467,12 +497,10 @@ impl BusInner {
     pub(crate) fn unroute(&self, slot: &Arc<Slot>) {
         let mut state = self.lock();
         let was = state.all.iter().any(|s| Arc::ptr_eq(s, slot));
-        for list in state.by_hook.iter_mut() {
-            list.retain(|s| !Arc::ptr_eq(s, slot));
-        }
         state.all.retain(|s| !Arc::ptr_eq(s, slot));
         if was {
             slot.unrouted_at(state.next_pos);
+            state.routes = Routes::build(&state.all);
         }
         drop(state);
         slot.space.notify_waiters();
@@ -516,7 +544,7 @@ impl BusInner {
         state
             .all
             .iter()
-            .map(|slot| (Arc::clone(slot), slot.enqueued.load(Ordering::SeqCst)))
+            .map(|slot| (Arc::clone(slot), slot.enqueued()))
             .collect()
     }
 

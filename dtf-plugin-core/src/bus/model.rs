@@ -286,6 +286,7 @@ impl Plugin {
         crash: Crash,
     ) -> Self {
         let slot = Arc::new(Slot::new(
+            bus.inner().group(hooks, policy),
             Arc::from(name),
             hooks,
             capacity,
@@ -772,6 +773,60 @@ fn flush_races_publish(events: u64, capacity: usize, before: u64) {
     );
 }
 
+/// Two plugins with the same hooks share a group: one count of their events, one `attention`
+/// word, and a publisher that looks at their flags only when one of them raised it (going
+/// idle, letting go of its segment, or a restart's detach and attach). The second one fails
+/// per `crash` and is restarted. Both get every event once, in order, `flush` waits for both,
+/// and afterwards only the log's current segment is alive.
+fn shared_group(events: u64, capacity: usize, crash: Crash) {
+    let before = live_segments();
+    let bus = Bus::new("model");
+    let a = Plugin::start(&bus, "a", Hook::Custom.into(), capacity, Crash::Never);
+    let b = Plugin::start(&bus, "b", Hook::Custom.into(), capacity, crash);
+    assert!(
+        Arc::ptr_eq(&a.slot.group, &b.slot.group),
+        "plugins with the same hooks share a group"
+    );
+    let p = bus.clone();
+    let publisher = thread::spawn(move || {
+        for i in 0..events {
+            block_on(p.publish(custom(i))).ok();
+        }
+    });
+    publisher.join().ok();
+    flush(&bus);
+    for slot in [&a.slot, &b.slot] {
+        let (published, _, queued) = slot.queue_counts();
+        assert_eq!(published, events, "events counted for `{}`", slot.name);
+        assert_eq!(
+            queued, 0,
+            "flush returned with events queued for `{}`",
+            slot.name
+        );
+    }
+    let (_, seen_a) = a.finish();
+    let (_, seen_b) = b.finish();
+    let all: Vec<u64> = (1..=events).collect();
+    assert_eq!(seen_a.events, all, "`a` missed or repeated events");
+    let mut b_all: Vec<u64> = seen_b.events.iter().chain(&seen_b.dead).copied().collect();
+    b_all.sort_unstable();
+    assert_eq!(b_all, all, "`b` missed or repeated events");
+    assert_fifo(&seen_b.events);
+    assert_eq!(
+        live_segments() - before,
+        1,
+        "segments kept alive after every reader passed them"
+    );
+}
+
+#[cfg(dtf_shuttle)]
+#[test]
+fn model_shared_group() {
+    explore(|| shared_group(5, 2, Crash::Never));
+    explore(|| shared_group(5, 1, Crash::PutBack(1)));
+    explore(|| shared_group(5, 2, Crash::DeadLetter(2)));
+}
+
 #[cfg(dtf_shuttle)]
 #[test]
 fn model_drop_newest_counts() {
@@ -804,6 +859,14 @@ mod weak_memory {
     fn flush_races_publish_backpressured() {
         explore(2, || flush_races_publish(2, 1, 1));
         explore(1, || flush_races_publish(3, 1, 1));
+    }
+
+    /// Two plugins with the same hooks (one group, one `attention` word) and one publisher:
+    /// the wake-up and release handshakes through the group's word, under weak memory.
+    #[test]
+    fn shared_group_under_weak_memory() {
+        explore(1, || shared_group(2, 1, Crash::Never));
+        explore(1, || shared_group(2, 1, Crash::PutBack(0)));
     }
 
     #[test]

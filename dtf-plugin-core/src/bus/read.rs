@@ -78,10 +78,11 @@ impl Slot {
             if !go_idle {
                 return false;
             }
-            self.scheduled.store(false, Ordering::Relaxed);
-            // Publishers count, fence, then check `scheduled`; we clear it, fence, then check
-            // the count: whichever fence comes second sees the other side's write, so an event
-            // published meanwhile is not left unread.
+            self.unschedule();
+            // Publishers count, fence, then check the group's `attention` and `scheduled`; we
+            // clear `scheduled`, raise `attention`, fence, then check the count: whichever
+            // fence comes second sees the other side's writes, so an event published meanwhile
+            // is not left unread.
             fence(Ordering::SeqCst);
             let more = self.pending() > 0 || !self.reader().control.is_empty();
             if more && self.claim() {
@@ -94,10 +95,11 @@ impl Slot {
             if !more {
                 let mut r = self.reader();
                 if r.carry.is_empty() && r.seg.is_some() {
-                    // We mark the release, fence, then check the count; publishers count,
-                    // fence, then check the mark: one of us sees the other, so either we keep
-                    // the segment or the publisher leaves a hint.
-                    self.released.store(true, Ordering::Relaxed);
+                    // We mark the release (raising `attention`), fence, then check the count;
+                    // publishers count, fence, then check `attention` and the mark: one of us
+                    // sees the other, so either we keep the segment or the publisher leaves a
+                    // hint.
+                    self.mark_released();
                     fence(Ordering::SeqCst);
                     if self.pending() == 0 {
                         r.seg = None;

@@ -29,11 +29,12 @@ pub struct DeadLetter {
 /// One plugin's view of the bus: its counters, its place in the log, and the items (requeued
 /// events, configuration changes) that do not come from the log.
 ///
-/// Publishers write the producer-side counters (`enqueued`, `acked_seen`, `dropped`, `skips`),
-/// read `scheduled` and `released`, and read `acked` only when the queue may be full; the
-/// plugin's actor reads the log through `reader` and writes `acked` and `read_pos`. `enqueued`,
-/// `acked` and `scheduled` live on cache lines of their own. (Padding `acked_seen` and
-/// `read_pos` as well measured no better.)
+/// Publishers write the producer-side counters (the group's count, `acked_seen`, `dropped`,
+/// `skips`), read `scheduled` and `released` (only when the group's `attention` moved), and read
+/// `acked` only when the queue may be full; the plugin's actor reads the log through `reader`
+/// and writes `acked` and `read_pos`. `acked` and `scheduled` live on cache lines of their own,
+/// as do the group's count and `attention`. (Padding `acked_seen` and `read_pos` as well
+/// measured no better.)
 ///
 /// Where a publisher and the actor each write one flag and then read the other's (a lost
 /// wake-up otherwise), both sides put a `SeqCst` fence between the write and the read: the
@@ -45,8 +46,12 @@ pub(crate) struct Slot {
     pub(crate) hooks: HookSet,
     pub(super) capacity: usize,
     pub(super) policy: OverflowPolicy,
-    /// Events routed to this plugin and not dropped (publishers, under the bus lock).
-    pub(super) enqueued: Padded<AtomicU64>,
+    /// The plugins with the same hooks, whose count of published events this slot shares.
+    pub(super) group: Arc<Group>,
+    /// Events routed to this plugin and not dropped, as [`Slot::enqueued`] derives them: while
+    /// routed, the offset (modulo 2^63) to add to the group's count; while not, [`FROZEN`] and
+    /// the number itself. Written under the bus lock, when the slot is routed and unrouted.
+    pub(super) enq: AtomicU64,
     /// A value `acked` had (it only grows): publishers check room against it and read `acked`
     /// itself, a line the consumer writes, only when that bound says the queue may be full.
     pub(super) acked_seen: AtomicU64,
@@ -82,6 +87,9 @@ pub(crate) struct Slot {
     pub(super) config: Mutex<Arc<PluginConfig>>,
 }
 
+/// `Slot::enq` holds the number of events itself, not an offset to the group's count.
+pub(super) const FROZEN: u64 = 1 << 63;
+
 /// `Slot::acked` holds the handled count shifted left by this many bits...
 pub(super) const ACKED_SHIFT: u32 = 2;
 /// ...and this bit when a publisher waits for room...
@@ -112,6 +120,7 @@ pub(super) struct WakeState {
 
 impl Slot {
     pub(crate) fn new(
+        group: Arc<Group>,
         name: Arc<str>,
         hooks: HookSet,
         capacity: usize,
@@ -124,7 +133,8 @@ impl Slot {
             hooks,
             capacity: capacity.max(1),
             policy,
-            enqueued: Padded(AtomicU64::new(0)),
+            group,
+            enq: AtomicU64::new(FROZEN),
             acked_seen: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             skips: Mutex::new(VecDeque::new()),
@@ -160,10 +170,44 @@ impl Slot {
         self.acked.load(Ordering::Acquire) >> ACKED_SHIFT
     }
 
+    /// Events routed to this plugin and not dropped, so far.
+    ///
+    /// Exact under the bus lock. Without it, never less than the value as of the last `enq`
+    /// store seen (routing stores it after reading the group's count, which only grows), nor
+    /// than the events of the cells read so far (counted before their cells were written); a
+    /// group's count that grew meanwhile for the other members of an unrouted slot makes it
+    /// more, until `enq` is read again.
+    pub(super) fn enqueued(&self) -> u64 {
+        let enq = self.enq.load(Ordering::Acquire);
+        if enq & FROZEN != 0 {
+            enq & !FROZEN
+        } else {
+            self.group.count.load(Ordering::Acquire).wrapping_add(enq) & !FROZEN
+        }
+    }
+
     /// Events routed and not yet handled.
     pub(super) fn pending(&self) -> u64 {
-        let enqueued = self.enqueued.load(Ordering::Acquire);
-        enqueued.saturating_sub(self.acked())
+        self.enqueued().saturating_sub(self.acked())
+    }
+
+    /// Scheduled (a wake-up on its way or draining) and holding its segment: a publish needs
+    /// neither to wake it nor to leave it a hint.
+    pub(super) fn settled(&self) -> bool {
+        self.scheduled.load(Ordering::SeqCst) && !self.released.load(Ordering::SeqCst)
+    }
+
+    /// Clears `scheduled` and tells the publishers to look (before a fence, where there is
+    /// one).
+    pub(super) fn unschedule(&self) {
+        self.scheduled.store(false, Ordering::SeqCst);
+        self.group.raise();
+    }
+
+    /// Marks the reader as having let go of the log and tells the publishers to look.
+    pub(super) fn mark_released(&self) {
+        self.released.store(true, Ordering::SeqCst);
+        self.group.raise();
     }
 
     /// Whether `wanted` more events fit in `headroom` times the capacity. An oversized batch
@@ -174,7 +218,7 @@ impl Slot {
         let cap = self.capacity as u64 * headroom;
         let fits = |pending: u64| pending == 0 || pending + wanted <= cap;
         // An upper bound of the queue, from a value of `acked` seen before: enough when it fits.
-        let enqueued = self.enqueued.load(Ordering::Relaxed);
+        let enqueued = self.enqueued();
         if enqueued.saturating_sub(self.acked_seen.load(Ordering::Relaxed)) + wanted <= cap {
             return true;
         }
@@ -190,7 +234,7 @@ impl Slot {
         // latest acknowledgement, or that acknowledgement comes later in `acked`'s order and
         // sees our flag. No wake-up is lost.
         let acked = self.acked.fetch_or(SPACE, Ordering::AcqRel) >> ACKED_SHIFT;
-        fits(self.enqueued.load(Ordering::Acquire).saturating_sub(acked))
+        fits(self.enqueued().saturating_sub(acked))
     }
 
     /// How many events fit without going past the capacity, from a fresh `acked` (also
@@ -203,7 +247,7 @@ impl Slot {
         }
         let acked = self.acked();
         self.acked_seen.store(acked, Ordering::Relaxed);
-        let pending = self.enqueued.load(Ordering::Relaxed).saturating_sub(acked);
+        let pending = self.enqueued().saturating_sub(acked);
         (self.capacity as u64).saturating_sub(pending)
     }
 
@@ -217,28 +261,24 @@ impl Slot {
         notified.await;
     }
 
-    /// Counts `count` events at log position `pos` for this plugin, or drops them (publisher,
-    /// under the bus lock, before the position becomes readable).
-    pub(super) fn account(&self, count: usize, pos: u64, bounded: bool) {
-        if count == 0 {
-            return;
+    /// Whether `count` events at log position `pos` are dropped for this plugin, because it
+    /// drops when full and its queue is; records them as dropped if so (publisher, under the
+    /// bus lock, before the position becomes readable; the slot is its group's only member).
+    pub(super) fn drops(&self, count: u64, pos: u64) -> bool {
+        if self.policy != OverflowPolicy::DropNewest {
+            return false;
         }
-        let count = count as u64;
-        if bounded && self.policy == OverflowPolicy::DropNewest {
-            let pending = self.pending();
-            if pending != 0 && pending + count > self.capacity as u64 {
-                self.dropped.fetch_add(count, Ordering::Relaxed);
-                self.skips
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push_back(pos);
-                self.has_skips.store(true, Ordering::SeqCst);
-                return;
-            }
+        let pending = self.pending();
+        if pending == 0 || pending + count <= self.capacity as u64 {
+            return false;
         }
-        // Only publishers write `enqueued`, under the bus lock: no read-modify-write needed.
-        let enqueued = self.enqueued.load(Ordering::Relaxed);
-        self.enqueued.store(enqueued + count, Ordering::Release);
+        self.dropped.fetch_add(count, Ordering::Relaxed);
+        self.skips
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(pos);
+        self.has_skips.store(true, Ordering::SeqCst);
+        true
     }
 
     /// Wakes the actor if it was idle, telling it where to resume (publisher, after the event
@@ -269,7 +309,7 @@ impl Slot {
             return;
         }
         let w = self.wake_state();
-        Self::send_drain(&self.scheduled, &w);
+        self.send_drain(&w);
     }
 
     /// Going idle without a segment at log position `pos`: drops a hint left for an event
@@ -297,10 +337,10 @@ impl Slot {
 
     /// Sends `Drain` to the attached actor; `scheduled` is already set and is cleared again
     /// when there is no actor to wake (the next one is woken in `attach`).
-    pub(super) fn send_drain(scheduled: &AtomicBool, w: &WakeState) {
+    pub(super) fn send_drain(&self, w: &WakeState) {
         match &w.actor {
             Some(actor) if actor.wake() => {}
-            _ => scheduled.store(false, Ordering::SeqCst),
+            _ => self.unschedule(),
         }
     }
 
@@ -309,7 +349,7 @@ impl Slot {
             return;
         }
         let w = self.wake_state();
-        Self::send_drain(&self.scheduled, &w);
+        self.send_drain(&w);
     }
 
     /// Queues a configuration change, due once everything published before it was read.
@@ -345,7 +385,7 @@ impl Slot {
     pub(crate) fn attach(&self, actor: Box<dyn Consumer>) {
         let mut w = self.wake_state();
         w.actor = Some(actor);
-        self.scheduled.store(false, Ordering::SeqCst);
+        self.unschedule();
         drop(w);
         self.wake_any();
     }
@@ -358,10 +398,11 @@ impl Slot {
     /// Disconnects the slot from its (failed or stopped) actor.
     pub(crate) fn detach(&self) {
         self.wake_state().actor = None;
-        self.scheduled.store(false, Ordering::SeqCst);
+        self.unschedule();
     }
 
-    /// Routed at log position `pos` (the bus lock is held).
+    /// Routed at log position `pos` (the bus lock is held): its count goes on from the
+    /// group's.
     ///
     /// The reader starts out released, holding no segment: the first event published to it
     /// leaves a hint where to start. Holding the tail instead would pin the log from here on
@@ -372,15 +413,20 @@ impl Slot {
         r.seg = None;
         r.pos = pos;
         r.until = None;
-        self.released.store(true, Ordering::SeqCst);
+        let enqueued = self.enqueued();
+        let count = self.group.count.load(Ordering::Relaxed);
+        self.enq
+            .store(enqueued.wrapping_sub(count) & !FROZEN, Ordering::Release);
+        self.mark_released();
         self.read_pos.store(pos, Ordering::Relaxed);
         self.drop_stale_hint(pos);
         self.routed.store(true, Ordering::SeqCst);
     }
 
-    /// Unrouted at log position `pos` (the bus lock is held).
+    /// Unrouted at log position `pos` (the bus lock is held): its count stops.
     pub(super) fn unrouted_at(&self, pos: u64) {
         self.reader().until = Some(pos);
+        self.enq.store(FROZEN | self.enqueued(), Ordering::Release);
         self.routed.store(false, Ordering::SeqCst);
     }
 
@@ -416,7 +462,7 @@ impl Slot {
             self.has_resume.store(false, Ordering::Relaxed);
         }
         r.seg = None;
-        self.released.store(true, Ordering::SeqCst);
+        self.mark_released();
         drop(r);
         self.space.notify_waiters();
         self.progress.notify_waiters();
@@ -443,7 +489,7 @@ impl Slot {
     /// `(published, dropped, queued)`.
     pub(crate) fn queue_counts(&self) -> (u64, u64, u64) {
         let dropped = self.dropped.load(Ordering::SeqCst);
-        let enqueued = self.enqueued.load(Ordering::SeqCst);
+        let enqueued = self.enqueued();
         (enqueued + dropped, dropped, self.pending())
     }
 

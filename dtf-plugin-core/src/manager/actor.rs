@@ -229,11 +229,13 @@ impl ManagerState {
         let config = spec.config?;
         let d = &self.config;
         let name_arc: Arc<str> = Arc::from(name.as_str());
+        let overflow = spec.overflow.unwrap_or(d.overflow);
         let slot = Arc::new(Slot::new(
+            self.bus.inner().group(spec.meta.hooks, overflow),
             Arc::clone(&name_arc),
             spec.meta.hooks,
             spec.queue_capacity.unwrap_or(d.queue_capacity),
-            spec.overflow.unwrap_or(d.overflow),
+            overflow,
             d.dead_letter_capacity,
             Arc::new(config),
         ));
