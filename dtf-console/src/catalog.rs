@@ -252,11 +252,10 @@ pub(crate) fn without_credentials(location: &str) -> String {
         return location.to_owned();
     };
     let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    format!("{scheme}://{host}{path}")
+    // Up to the last `@`, not just the authority's: a password may hold a `/` (then the URL
+    // does not even parse), and a path that holds an `@` only loses its start.
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, after)| after);
+    format!("{scheme}://{rest}")
 }
 
 /// The catalog as the handlers use it: with the console's own plugin, and the available
@@ -388,6 +387,10 @@ mod tests {
             "https://plugins.example.invalid"
         );
         assert_eq!(without_credentials("/srv/index"), "/srv/index");
+        // A password with a `/` (base64 tokens have them): the URL does not parse, and the
+        // authority is not what comes before the first `/`.
+        let shown = without_credentials("https://ci:abc/def@plugins.example.invalid/dtf/?t=x");
+        assert_eq!(shown, "https://plugins.example.invalid/dtf/");
     }
 
     #[tokio::test]

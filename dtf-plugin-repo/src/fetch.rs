@@ -85,13 +85,15 @@ pub fn redact_location(location: &str) -> String {
     if let Ok(url) = Url::parse(location) {
         return redact(&url);
     }
+    // Not a URL the parser takes, e.g. a password with a `/` in it (`user:abc/def@host`):
+    // everything up to the last `@` may be credentials, and the query and fragment may hold a
+    // token, so none of them is shown (a path with an `@` in it loses its start, which only
+    // shows less).
     match location.split_once("://") {
         Some((scheme, rest)) => {
-            let host_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..host_end].rfind('@') {
-                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-                None => location.to_owned(),
-            }
+            let rest = rest.split(['?', '#']).next().unwrap_or_default();
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, after)| after);
+            format!("{scheme}://{rest}")
         }
         None => location.to_owned(),
     }
@@ -453,5 +455,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("s3cret"), "{err}");
+        // A password with a `/` in it (base64 tokens have them): the URL does not parse, and
+        // the credentials do not end at the first `/`.
+        let location = "https://ci:abc/def@plugins.example.org/dtf/?token=x";
+        assert_eq!(
+            redact_location(location),
+            "https://plugins.example.org/dtf/"
+        );
+        let err = index_url(location).unwrap_err().to_string();
+        assert!(!err.contains("def") && !err.contains("abc"), "{err}");
     }
 }
