@@ -504,6 +504,8 @@ impl Coordinator {
             &options.config_overrides,
             &mut registry,
         )?;
+        // A task's environment is the coordinator's, less the secrets the plugins read.
+        crate::executor::hide_from_tasks(crate::executor::secret_env_vars(&loaded.config));
         let mut enabled = plugins_to_run(&options, &registry, &loaded)?;
         // `--ui` wins over `[ui] listen`.
         if options.ui.is_none() {

@@ -65,6 +65,9 @@ pub enum WorkerNote {
 #[derive(Debug, Default)]
 struct PoolState {
     mailboxes: HashMap<WorkerId, mpsc::UnboundedSender<Job>>,
+    /// Jobs for workers without a mailbox yet: a remote worker is on the bus (and can be
+    /// assigned tasks) before the coordinator has attached its mailbox.
+    parked: HashMap<WorkerId, Vec<Job>>,
     tasks: HashMap<TaskId, Arc<TaskDef>>,
 }
 
@@ -106,32 +109,58 @@ impl WorkerPool {
     }
 
     /// Attaches a mailbox for worker `id` that is not a local actor (a remote worker: the
-    /// jobs are forwarded to it, [`crate::remote`]).
+    /// jobs are forwarded to it, [`crate::remote`]), and hands it the jobs assigned to the
+    /// worker before it had one.
     pub fn attach(&self, id: &WorkerId, mailbox: mpsc::UnboundedSender<Job>) {
-        self.lock().mailboxes.insert(id.clone(), mailbox);
+        let mut state = self.lock();
+        for job in state.parked.remove(id).unwrap_or_default() {
+            let task = job.task.id.clone();
+            if mailbox.send(job).is_err() {
+                tracing::warn!(%task, worker = %id, "worker `{id}` is gone");
+            }
+        }
+        state.mailboxes.insert(id.clone(), mailbox);
     }
 
     /// Closes worker `id`'s mailbox: the actor ends after its current job.
     pub fn close_worker(&self, id: &WorkerId) {
-        self.lock().mailboxes.remove(id);
+        let mut state = self.lock();
+        state.mailboxes.remove(id);
+        state.parked.remove(id);
+    }
+
+    /// Forgets the jobs kept for worker `id` until its mailbox came (it failed or left before
+    /// that: recovery gives its tasks to other workers).
+    fn drop_parked(&self, id: &WorkerId) {
+        if let Some(jobs) = self.lock().parked.remove(id) {
+            tracing::warn!(
+                worker = %id,
+                jobs = jobs.len(),
+                "the worker left before its mailbox was attached; its tasks go elsewhere"
+            );
+        }
     }
 
     fn post(&self, worker: &WorkerId, task: &TaskId, attempt: u32) -> Result<(), String> {
-        let state = self.lock();
+        let mut state = self.lock();
         let def = state
             .tasks
             .get(task)
             .ok_or_else(|| format!("task `{task}` is not known to the executor"))?;
-        let mailbox = state
-            .mailboxes
-            .get(worker)
-            .ok_or_else(|| format!("worker `{worker}` has no mailbox"))?;
-        mailbox
-            .send(Job {
-                task: Arc::clone(def),
-                attempt,
-            })
-            .map_err(|_| format!("worker `{worker}` is gone"))
+        let job = Job {
+            task: Arc::clone(def),
+            attempt,
+        };
+        match state.mailboxes.get(worker) {
+            Some(mailbox) => mailbox
+                .send(job)
+                .map_err(|_| format!("worker `{worker}` is gone")),
+            None => {
+                // Registered on the bus, mailbox not attached yet: it gets the job then.
+                state.parked.entry(worker.clone()).or_default().push(job);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -156,7 +185,11 @@ impl Plugin for ShellExecutor {
         PluginMetadata::new(Self::NAME)
             .version(env!("CARGO_PKG_VERSION"))
             .kind(PluginKind::TaskExecutor)
-            .hooks(Hook::TaskAssigned)
+            .hooks(
+                HookSet::from(Hook::TaskAssigned)
+                    .with(Hook::WorkerFailed)
+                    .with(Hook::WorkerDisconnected),
+            )
     }
 
     async fn on_event(
@@ -164,8 +197,17 @@ impl Plugin for ShellExecutor {
         _ctx: &mut PluginContext,
         event: &Event,
     ) -> Result<(), PluginError> {
-        let EventKind::TaskAssigned(a) = &event.kind else {
-            return Ok(());
+        let a = match &event.kind {
+            EventKind::TaskAssigned(a) => a,
+            EventKind::WorkerFailed(w) => {
+                self.pool.drop_parked(&w.worker);
+                return Ok(());
+            }
+            EventKind::WorkerDisconnected(w) => {
+                self.pool.drop_parked(&w.worker);
+                return Ok(());
+            }
+            _ => return Ok(()),
         };
         if let Err(message) = self.pool.post(&a.worker, &a.task, a.attempt) {
             // The worker died between the assignment and now: recovery re-queues the task
@@ -331,6 +373,59 @@ static MARKER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 static WATCHDOG_PIPE: Mutex<Option<std::process::ChildStdin>> = Mutex::new(None);
 
+/// Secrets of dtf itself that tasks never see: the web console's token and the cluster's
+/// cookie. A test that prints its environment when it fails would otherwise put them into its
+/// output, and from there into the console, JUnit files, CI pages and notifications; and a
+/// test holding the token could drive the console.
+const ALWAYS_HIDDEN: [&str; 2] = ["DTF_UI_TOKEN", "DTF_CLUSTER_COOKIE"];
+
+/// More variables hidden from tasks ([`hide_from_tasks`]).
+static HIDDEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Keeps `vars` out of the environment of every task started from now on, besides
+/// `DTF_UI_TOKEN` and `DTF_CLUSTER_COOKIE`, which tasks never get. The coordinator hides the
+/// variables its configuration takes secrets from ([`secret_env_vars`]); other variables pass
+/// through, since tests may need them.
+pub fn hide_from_tasks(vars: impl IntoIterator<Item = String>) {
+    let mut hidden = HIDDEN.lock().unwrap_or_else(PoisonError::into_inner);
+    for var in vars {
+        if !hidden.contains(&var) {
+            hidden.push(var);
+        }
+    }
+}
+
+/// The environment variables a configuration takes secrets from: those named by a secret
+/// given as `{ env = "NAME" }`, and the `DTF_…` variables that set a secret key (a token, a
+/// password, a webhook URL: [`is_secret_key`](dtf_plugin_core::config::is_secret_key)).
+pub fn secret_env_vars(config: &dtf_plugin_core::config::Config) -> Vec<String> {
+    fn named(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let (1, Some(serde_json::Value::String(var))) = (map.len(), map.get("env")) {
+                    out.push(var.clone());
+                }
+                map.values().for_each(|v| named(v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| named(v, out)),
+            _ => {}
+        }
+    }
+    let mut vars = Vec::new();
+    if let Some(plugins) = config.get("plugins") {
+        named(&plugins, &mut vars);
+    }
+    for (var, _) in std::env::vars_os() {
+        let Some(var) = var.to_str() else { continue };
+        if var.starts_with("DTF_") && dtf_plugin_core::config::is_secret_key(&var[4..]) {
+            vars.push(var.to_owned());
+        }
+    }
+    vars.sort();
+    vars.dedup();
+    vars
+}
+
 /// Makes every task process group started from now on die with this process, even when it
 /// is killed with `SIGKILL` (which runs no destructor): a watchdog process in its own group
 /// holds the read end of a pipe; when this process ends, the pipe closes and the watchdog
@@ -461,6 +556,12 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
     if let Some(marker) = MARKER.get() {
         // Found by the watchdog even before its group is listed below.
         cmd.env(MARKER_VAR, marker);
+    }
+    for var in ALWAYS_HIDDEN {
+        cmd.env_remove(var);
+    }
+    for var in HIDDEN.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+        cmd.env_remove(var);
     }
     let child = match cmd.spawn() {
         Ok(child) => child,
@@ -680,6 +781,80 @@ mod tests {
             ),
             attempt: 1,
         }
+    }
+
+    /// A remote worker is on the bus, and can be assigned tasks, before the coordinator has
+    /// attached its mailbox (the hub's note comes through the coordinator's loop, which may be
+    /// busy creating tasks): the job waits for the mailbox instead of being dropped, which
+    /// left the task assigned and never run (found by a review).
+    #[test]
+    fn a_job_for_a_worker_without_a_mailbox_yet_waits_for_it() {
+        let pool = WorkerPool::default();
+        pool.add_task(TaskDef::shell("t1", "true"));
+        pool.add_task(TaskDef::shell("t2", "true"));
+        let w = WorkerId::from("remote-1");
+        pool.post(&w, &TaskId::from("t1"), 1).unwrap();
+        pool.post(&w, &TaskId::from("t2"), 2).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        pool.attach(&w, tx);
+        let got: Vec<(String, u32)> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|j| (j.task.id.clone(), j.attempt))
+            .collect();
+        assert_eq!(got, [("t1".to_owned(), 1), ("t2".to_owned(), 2)]);
+        // Later jobs go straight to the mailbox.
+        pool.post(&w, &TaskId::from("t1"), 3).unwrap();
+        assert_eq!(rx.try_recv().map(|j| j.attempt).ok(), Some(3));
+    }
+
+    /// A worker that fails before its mailbox comes loses the jobs kept for it (recovery gives
+    /// its tasks to others): attached later, it must not run them as well.
+    #[tokio::test]
+    async fn the_jobs_kept_for_a_worker_that_failed_are_dropped() {
+        let pool = WorkerPool::default();
+        pool.add_task(TaskDef::shell("t1", "true"));
+        let w = WorkerId::from("remote-1");
+        let mut executor = ShellExecutor::new(pool.clone());
+        let mut ctx = PluginContext::detached("test", serde_json::Value::Null);
+        let event = |kind| Event {
+            meta: dtf_plugin_core::event::EventMeta {
+                seq: 1,
+                time: std::time::SystemTime::now(),
+                source: Arc::from("test"),
+            },
+            kind,
+        };
+        let assigned = event(EventKind::task_assigned(TaskId::from("t1"), w.clone(), 1));
+        executor.on_event(&mut ctx, &assigned).await.unwrap();
+        let failed = event(EventKind::worker_failed(w.clone(), "lost"));
+        executor.on_event(&mut ctx, &failed).await.unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        pool.attach(&w, tx);
+        assert!(
+            rx.try_recv().is_err(),
+            "a job of a failed worker was handed over"
+        );
+    }
+
+    /// The variables a configuration names as the source of a secret are hidden from tasks.
+    #[test]
+    fn secret_env_vars_are_the_ones_the_configuration_names() {
+        let config = dtf_plugin_core::config::ConfigLoader::new()
+            .source(
+                "dtf.toml",
+                r#"
+[plugins.notify.settings]
+channels = [{ type = "slack", token = { env = "MY_SLACK_TOKEN" } }]
+[plugins.other.settings]
+webhook_url = { env = "MY_HOOK" }
+name = "not-a-secret"
+"#,
+            )
+            .load()
+            .unwrap();
+        let vars = secret_env_vars(&config);
+        assert!(vars.contains(&"MY_SLACK_TOKEN".to_owned()), "{vars:?}");
+        assert!(vars.contains(&"MY_HOOK".to_owned()), "{vars:?}");
+        assert!(!vars.iter().any(|v| v == "not-a-secret"), "{vars:?}");
     }
 
     #[tokio::test]
