@@ -373,19 +373,27 @@ static MARKER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 static WATCHDOG_PIPE: Mutex<Option<std::process::ChildStdin>> = Mutex::new(None);
 
-/// Secrets of dtf itself that tasks never see: the web console's token and the cluster's
-/// cookie. A test that prints its environment when it fails would otherwise put them into its
-/// output, and from there into the console, JUnit files, CI pages and notifications; and a
-/// test holding the token could drive the console.
-const ALWAYS_HIDDEN: [&str; 2] = ["DTF_UI_TOKEN", "DTF_CLUSTER_COOKIE"];
+/// Secrets of dtf itself that tasks never see: the web console's token, the cluster's cookie
+/// and the plugin signing key's password; nor any other `DTF_…` variable that sets a secret key
+/// (a token, a password, a webhook URL:
+/// [`is_secret_key`](dtf_plugin_core::config::is_secret_key)). A test that prints its
+/// environment when it fails would otherwise put them into its output, and from there into the
+/// console, JUnit files, CI pages and notifications; and a test holding the token could drive
+/// the console.
+const ALWAYS_HIDDEN: [&str; 3] = [
+    "DTF_UI_TOKEN",
+    "DTF_CLUSTER_COOKIE",
+    "DTF_PLUGIN_KEY_PASSWORD",
+];
 
 /// More variables hidden from tasks ([`hide_from_tasks`]).
 static HIDDEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// Keeps `vars` out of the environment of every task started from now on, besides
-/// `DTF_UI_TOKEN` and `DTF_CLUSTER_COOKIE`, which tasks never get. The coordinator hides the
-/// variables its configuration takes secrets from ([`secret_env_vars`]); other variables pass
-/// through, since tests may need them.
+/// Keeps `vars` out of the environment of every task started from now on, besides dtf's own
+/// secrets, which tasks never get (`DTF_UI_TOKEN`, `DTF_CLUSTER_COOKIE`, and every `DTF_…`
+/// variable that sets a secret key). The coordinator hides the variables its configuration
+/// takes secrets from ([`secret_env_vars`]); other variables pass through, since tests may
+/// need them.
 pub fn hide_from_tasks(vars: impl IntoIterator<Item = String>) {
     let mut hidden = HIDDEN.lock().unwrap_or_else(PoisonError::into_inner);
     for var in vars {
@@ -395,9 +403,8 @@ pub fn hide_from_tasks(vars: impl IntoIterator<Item = String>) {
     }
 }
 
-/// The environment variables a configuration takes secrets from: those named by a secret
-/// given as `{ env = "NAME" }`, and the `DTF_…` variables that set a secret key (a token, a
-/// password, a webhook URL: [`is_secret_key`](dtf_plugin_core::config::is_secret_key)).
+/// The environment variables a configuration names as the source of a secret
+/// (`{ env = "NAME" }`).
 pub fn secret_env_vars(config: &dtf_plugin_core::config::Config) -> Vec<String> {
     fn named(value: &serde_json::Value, out: &mut Vec<String>) {
         match value {
@@ -414,12 +421,6 @@ pub fn secret_env_vars(config: &dtf_plugin_core::config::Config) -> Vec<String> 
     let mut vars = Vec::new();
     if let Some(plugins) = config.get("plugins") {
         named(&plugins, &mut vars);
-    }
-    for (var, _) in std::env::vars_os() {
-        let Some(var) = var.to_str() else { continue };
-        if var.starts_with("DTF_") && dtf_plugin_core::config::is_secret_key(&var[4..]) {
-            vars.push(var.to_owned());
-        }
     }
     vars.sort();
     vars.dedup();
@@ -559,6 +560,13 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
     }
     for var in ALWAYS_HIDDEN {
         cmd.env_remove(var);
+    }
+    for (var, _) in std::env::vars_os() {
+        if let Some(rest) = var.to_str().and_then(|v| v.strip_prefix("DTF_")) {
+            if dtf_plugin_core::config::is_secret_key(rest) {
+                cmd.env_remove(&var);
+            }
+        }
     }
     for var in HIDDEN.lock().unwrap_or_else(PoisonError::into_inner).iter() {
         cmd.env_remove(var);
