@@ -34,6 +34,8 @@ pub(crate) fn redact(value: &Value) -> Value {
 /// same `name` (or `id`) when it has one, else the one at the same position if the list kept
 /// its length. A masked value with no such counterpart is refused rather than guessed: a
 /// deleted or inserted channel must not hand its neighbour's webhook URL to another channel.
+/// So is one whose object now points elsewhere (a changed `base_url`, `host`, `type`…): the
+/// secret was given for the old destination, and must not be sent to a new one unasked.
 ///
 /// # Errors
 ///
@@ -45,14 +47,36 @@ pub(crate) fn restore_masked(new: &mut Value, current: &Value) -> Result<(), Str
         None => Ok(()),
         Some(path) => Err(format!(
             "`{path}` is `{MASK}`, but which secret it stands for is unclear (the list around it \
-             changed, or there was none): enter the value again"
+             changed, the destination next to it changed, or there was none): enter the value \
+             again"
         )),
     }
+}
+
+/// Whether a key names where a secret is sent (not a secret itself).
+fn is_destination_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k == "type"
+        || ["url", "host", "server", "domain", "address", "instance", "site"]
+            .iter()
+            .any(|d| k.contains(d))
+}
+
+/// Whether the edited object `new` points somewhere else than `current`: a destination key
+/// (not a secret) added, removed or changed.
+fn moved(new: &serde_json::Map<String, Value>, current: Option<&Value>) -> bool {
+    let Some(current) = current.and_then(Value::as_object) else {
+        return false;
+    };
+    let keys = new.keys().chain(current.keys());
+    keys.filter(|k| is_destination_key(k) && !is_secret_key(k))
+        .any(|k| new.get(k) != current.get(k))
 }
 
 fn restore(new: &mut Value, current: Option<&Value>, path: &str, unclear: &mut Option<String>) {
     match new {
         Value::Object(map) => {
+            let moved = moved(map, current);
             for (k, v) in map.iter_mut() {
                 let here = if path.is_empty() {
                     k.clone()
@@ -62,8 +86,8 @@ fn restore(new: &mut Value, current: Option<&Value>, path: &str, unclear: &mut O
                 let old = current.and_then(|c| c.get(k));
                 if is_secret_key(k) && v.as_str() == Some(MASK) {
                     match old {
-                        Some(old) => *v = old.clone(),
-                        None => {
+                        Some(old) if !moved => *v = old.clone(),
+                        _ => {
                             unclear.get_or_insert(here);
                         }
                     }
@@ -152,6 +176,22 @@ mod tests {
 
         // Without names: by position while the length stays; otherwise refused, not guessed.
         let current = json!({"hooks": [{"url": "https://hooks/A"}, {"url": "https://hooks/B"}]});
+        // A kept secret whose destination changed is not sent there unasked (found by a
+        // review: a token holder could point `base_url` at their own server).
+        let current = json!({"channels": [{"type": "slack", "base_url": "https://slack.com/api",
+                                           "token": "xoxb-secret"}]});
+        let mut elsewhere = json!({"channels": [{"type": "slack", "base_url": "https://evil.example",
+                                                 "token": "***"}]});
+        let err = restore_masked(&mut elsewhere, &current).unwrap_err();
+        assert!(err.contains("channels[0].token") && !err.contains("xoxb"), "{err}");
+        assert!(!elsewhere.to_string().contains("xoxb"));
+        let mut other_type = json!({"channels": [{"type": "discord", "token": "***"}]});
+        let current_type = json!({"channels": [{"type": "slack", "token": "xoxb-secret"}]});
+        assert!(restore_masked(&mut other_type, &current_type).is_err());
+        let mut unchanged = json!({"channels": [{"type": "slack", "base_url": "https://slack.com/api",
+                                                 "token": "***", "channel": "#new"}]});
+        restore_masked(&mut unchanged, &current).unwrap();
+        assert_eq!(unchanged["channels"][0]["token"], "xoxb-secret");
         let mut same = json!({"hooks": [{"url": "***"}, {"url": "https://hooks/C"}]});
         restore_masked(&mut same, &current).unwrap();
         assert_eq!(same["hooks"][0]["url"], "https://hooks/A");

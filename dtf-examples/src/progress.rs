@@ -2,7 +2,7 @@
 //! end) and [`ProgressDisplay`] (a progress bar on a terminal, plain periodic lines
 //! elsewhere).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal as _, Write};
 use std::time::{Duration, Instant};
 
@@ -15,9 +15,15 @@ use tokio::sync::mpsc;
 /// Sends the id of each task that reaches a terminal event (`TaskCompleted`,
 /// `TaskCancelled`, or a `TaskFailed` that is not retryable) to the coordinator, which
 /// waits for all of them, with whether it passed (or was skipped).
+///
+/// A remote publisher's task events are its own harness's tests, not this run's, whatever
+/// their ids; and the result of an attempt taken back while a later one was assigned (its
+/// worker taken for lost, then back) is not the task's end: the later attempt's is.
 #[derive(Debug, Clone)]
 pub struct RunTracker {
     done: mpsc::UnboundedSender<(TaskId, bool)>,
+    /// The latest attempt assigned, by task.
+    assigned: HashMap<TaskId, u32>,
 }
 
 impl RunTracker {
@@ -26,7 +32,15 @@ impl RunTracker {
 
     /// A tracker reporting to `done`.
     pub fn new(done: mpsc::UnboundedSender<(TaskId, bool)>) -> Self {
-        Self { done }
+        Self {
+            done,
+            assigned: HashMap::new(),
+        }
+    }
+
+    /// Whether a result of `attempt` of `task` comes from an attempt a later one replaced.
+    fn superseded(&self, task: &TaskId, attempt: u32) -> bool {
+        self.assigned.get(task).is_some_and(|&latest| attempt < latest)
     }
 }
 
@@ -36,6 +50,7 @@ impl Plugin for RunTracker {
             .version(env!("CARGO_PKG_VERSION"))
             .kind(PluginKind::Monitoring)
             .hooks(HookSet::of(&[
+                Hook::TaskAssigned,
                 Hook::TaskCompleted,
                 Hook::TaskFailed,
                 Hook::TaskCancelled,
@@ -47,9 +62,21 @@ impl Plugin for RunTracker {
         _ctx: &mut PluginContext,
         event: &Event,
     ) -> Result<(), PluginError> {
+        if event.meta.remote_publisher().is_some() {
+            return Ok(());
+        }
         let done = match &event.kind {
+            EventKind::TaskAssigned(a) => {
+                let latest = self.assigned.entry(a.task.clone()).or_default();
+                *latest = (*latest).max(a.attempt);
+                None
+            }
+            EventKind::TaskCompleted(c) if self.superseded(&c.task, c.attempt) => None,
             EventKind::TaskCompleted(c) => Some((c.task.clone(), c.outcome != TaskOutcome::Failed)),
             EventKind::TaskCancelled(c) => Some((c.task.clone(), false)),
+            EventKind::TaskFailed(f) if f.worker.is_some() && self.superseded(&f.task, f.attempt) => {
+                None
+            }
             EventKind::TaskFailed(f) if !f.retryable => Some((f.task.clone(), false)),
             _ => None,
         };
@@ -340,6 +367,51 @@ mod tests {
         fn text(&self) -> String {
             String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
         }
+    }
+
+    /// The tracker ends a task on the result of its latest attempt only, and never on a remote
+    /// publisher's events (its harness's tests, whatever their ids).
+    #[tokio::test]
+    async fn the_tracker_ignores_superseded_attempts_and_remote_publishers() {
+        use dtf_plugin_core::EventMeta;
+        use dtf_plugin_core::event::TaskCompleted;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut tracker = RunTracker::new(tx);
+        let mut ctx = PluginContext::detached(RunTracker::NAME, serde_json::Value::Null);
+        let event = |source: &str, kind| Event {
+            meta: EventMeta {
+                seq: 1,
+                time: std::time::SystemTime::now(),
+                source: source.into(),
+            },
+            kind,
+        };
+        let completed = |worker: &str, attempt, outcome| {
+            EventKind::TaskCompleted(Box::new(
+                TaskCompleted::builder()
+                    .task("t1")
+                    .worker(worker)
+                    .attempt(attempt)
+                    .outcome(outcome)
+                    .duration(Duration::from_secs(1))
+                    .build(),
+            ))
+        };
+        let events = [
+            event("scheduler", EventKind::task_assigned("t1", "w1", 1)),
+            event("scheduler", EventKind::task_assigned("t1", "w2", 2)),
+            // Attempt 1 comes back after its worker was taken for lost: not the end.
+            event("w1", completed("w1", 1, TaskOutcome::Failed)),
+            // A remote harness's test with the same id: not this run's.
+            event("remote:harness", completed("h", 1, TaskOutcome::Passed)),
+        ];
+        for e in &events {
+            tracker.on_event(&mut ctx, e).await.unwrap();
+        }
+        assert!(rx.try_recv().is_err(), "the task ended on a stale or foreign result");
+        let last = event("w2", completed("w2", 2, TaskOutcome::Passed));
+        tracker.on_event(&mut ctx, &last).await.unwrap();
+        assert_eq!(rx.try_recv().ok(), Some((TaskId::from("t1"), true)));
     }
 
     #[test]

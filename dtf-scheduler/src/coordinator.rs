@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use dtf_plugin_core::Handover;
-use dtf_plugin_core::event::WorkerId;
+use dtf_plugin_core::event::{TaskId, WorkerId};
 use dtf_plugin_core::prelude::*;
 
 use crate::config::SchedulerConfig;
@@ -311,6 +311,24 @@ impl Plugin for SchedulingCoordinator {
         let Some(engine) = self.engine.as_mut() else {
             return Err("the scheduling coordinator received an event before on_start".into());
         };
+        // The result of an attempt that was taken back (its worker taken for lost, then back)
+        // while a later attempt runs: that one's result is still to come. Applied, it would
+        // end the task and free the later attempt's slot while it still runs there.
+        let stale = match &event.kind {
+            EventKind::TaskCompleted(t) => stale_attempt(engine, &t.task, t.attempt),
+            EventKind::TaskFailed(f) if f.worker.is_some() => {
+                stale_attempt(engine, &f.task, f.attempt)
+            }
+            _ => None,
+        };
+        if let Some(running) = stale {
+            tracing::warn!(
+                seq,
+                running,
+                "ignoring the result of an earlier attempt of a task whose attempt {running} runs"
+            );
+            return Ok(());
+        }
         let result = match &event.kind {
             EventKind::TaskCreated(t) => engine.submit(TaskSpec::from(&**t), now),
             EventKind::TaskCompleted(t) => engine.finish(&t.task, now).map(drop),
@@ -354,12 +372,21 @@ impl Plugin for SchedulingCoordinator {
     }
 }
 
+/// The attempt of `task` that runs, when it is a later one than `attempt`.
+fn stale_attempt(engine: &Engine, task: &TaskId, attempt: u32) -> Option<u32> {
+    match engine.task(task) {
+        Some(crate::engine::TaskStatus::Running { attempt: running, .. }) if attempt < running => {
+            Some(running)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::UNIX_EPOCH;
 
     use dtf_plugin_core::EventMeta;
-    use dtf_plugin_core::event::TaskId;
 
     use super::*;
 
@@ -418,6 +445,60 @@ mod tests {
         own.meta.source = SchedulingCoordinator::NAME.into();
         c.on_event(&mut ctx, &own).await.unwrap();
         assert_eq!(c.engine.as_ref().unwrap().running(), 1);
+    }
+
+    /// The result of attempt 1, whose worker was taken for lost, arrives while attempt 2 runs
+    /// elsewhere: it is ignored. Applied, it ended the task and freed attempt 2's slot while
+    /// attempt 2 still ran there, so that worker got one task more than its slots (found by a
+    /// review).
+    #[tokio::test]
+    async fn the_result_of_an_attempt_taken_back_is_ignored_while_a_later_one_runs() {
+        let mut ctx = PluginContext::detached(SchedulingCoordinator::NAME, serde_json::Value::Null);
+        let mut c = SchedulingCoordinator::new();
+        c.on_start(&mut ctx).await.unwrap();
+        let slots = |n| Capabilities::builder().slots(n).build();
+        let late = TaskCompleted::builder()
+            .task("t1")
+            .worker("w1")
+            .attempt(1)
+            .outcome(TaskOutcome::Passed)
+            .duration(Duration::from_secs(1))
+            .build();
+        let events = [
+            EventKind::worker_registered("w1", slots(1)),
+            EventKind::task_created("t1", "a"),
+            EventKind::worker_failed("w1", "no heartbeat"),
+            EventKind::worker_registered("w2", slots(1)),
+        ];
+        for (i, kind) in events.into_iter().enumerate() {
+            c.on_event(&mut ctx, &event(i as u64 + 1, i as u64, kind))
+                .await
+                .unwrap();
+        }
+        let running = |c: &SchedulingCoordinator| match c.engine.as_ref().unwrap().task(&"t1".into()) {
+            Some(crate::engine::TaskStatus::Running { worker, attempt }) => {
+                Some((worker.to_string(), attempt))
+            }
+            _ => None,
+        };
+        assert_eq!(running(&c), Some(("w2".to_owned(), 2)));
+        let stale = event(9, 9, EventKind::TaskCompleted(Box::new(late)));
+        c.on_event(&mut ctx, &stale).await.unwrap();
+        assert_eq!(running(&c), Some(("w2".to_owned(), 2)), "attempt 2 still runs");
+        assert_eq!(c.engine.as_ref().unwrap().running(), 1);
+        // Attempt 2's own result ends it.
+        let own = TaskCompleted::builder()
+            .task("t1")
+            .worker("w2")
+            .attempt(2)
+            .outcome(TaskOutcome::Passed)
+            .duration(Duration::from_secs(1))
+            .build();
+        c.on_event(&mut ctx, &event(10, 10, EventKind::TaskCompleted(Box::new(own))))
+            .await
+            .unwrap();
+        assert_eq!(running(&c), None);
+        assert_eq!(c.engine.as_ref().unwrap().running(), 0);
     }
 
     /// A remote publisher's tasks and workers are its harness's: a task it creates is never

@@ -1179,3 +1179,49 @@ async fn hot_reload_never_removes_a_plugin_that_is_not_from_the_directories() {
     manager.shutdown(ShutdownReason::Completed).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A plugin directory that cannot be read for a moment (moved away here; too many open files
+/// or a network file system's hiccup in a real run) is a failed scan, not the removal of its
+/// plugins: they keep running, and nothing changes when it is back (found by a review: every
+/// plugin in it was removed, and the next poll started fresh instances).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_keeps_the_plugins_of_a_directory_it_cannot_read() {
+    let _ = captured_logs();
+    let dir = temp_dir("reload-unreadable");
+    write_plugin(&dir, "live", "", &["--tag", "v1"]);
+    let mut registry = PluginRegistry::new();
+    external::register_dirs(&mut registry, std::slice::from_ref(&dir));
+    let manager = PluginManager::builder()
+        .spec(spec_from(&registry, "live"))
+        .spawn()
+        .await
+        .unwrap();
+    let mut reloader = Reloader::new(vec![dir.clone()]);
+    assert!(reloader.poll(&manager).await.is_empty());
+
+    let away = dir.with_extension("away");
+    std::fs::rename(&dir, &away).unwrap();
+    let changes = reloader.poll(&manager).await;
+    assert!(
+        changes
+            .iter()
+            .all(|c| matches!(c, ReloadEvent::Failed { name: None, .. })),
+        "{changes:?}"
+    );
+    assert!(!changes.is_empty(), "the failed scan is reported");
+    let names: Vec<String> = manager
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert!(names.contains(&"live".to_owned()), "{names:?}");
+
+    std::fs::rename(&away, &dir).unwrap();
+    assert!(
+        reloader.poll(&manager).await.is_empty(),
+        "back as it was: nothing to change"
+    );
+    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+}

@@ -64,7 +64,26 @@ pub fn scan_dirs(dirs: &[PathBuf]) -> (Vec<Manifest>, Vec<ConfigIssue>) {
                 continue;
             }
             Ok(entries) => {
-                for entry in entries.flatten() {
+                for entry in entries {
+                    // An entry that cannot be read (too many open files, a network file
+                    // system's hiccup) is a problem of the directory: the reloader then keeps
+                    // every plugin of it rather than taking them for removed.
+                    let entry = match entry {
+                        Ok(entry) => entry,
+                        Err(e) => {
+                            errors.push(ConfigIssue::new(
+                                IssueKind::Io,
+                                "plugin_dirs",
+                                Origin::File {
+                                    path: Arc::from(dir.as_path()),
+                                    line: 0,
+                                    column: 0,
+                                },
+                                format!("cannot read the plugin directory: {e}"),
+                            ));
+                            continue;
+                        }
+                    };
                     let p = entry.path();
                     let manifest = p.join(MANIFEST_FILE);
                     if p.is_dir() && manifest.is_file() {

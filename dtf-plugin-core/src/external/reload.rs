@@ -122,7 +122,9 @@ fn fingerprint(m: &Manifest) -> u64 {
 
 /// Scans `dirs` and fingerprints what it finds, on a blocking thread (file-system work off
 /// the runtime's workers).
-async fn scan(dirs: Vec<PathBuf>) -> (Vec<(Manifest, u64)>, Vec<crate::config::ConfigIssue>) {
+async fn scan(
+    dirs: Vec<PathBuf>,
+) -> Option<(Vec<(Manifest, u64)>, Vec<crate::config::ConfigIssue>)> {
     let scanned = tokio::task::spawn_blocking(move || {
         let (manifests, errors) = scan_dirs(&dirs);
         let manifests = manifests
@@ -135,10 +137,14 @@ async fn scan(dirs: Vec<PathBuf>) -> (Vec<(Manifest, u64)>, Vec<crate::config::C
         (manifests, errors)
     })
     .await;
-    scanned.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "hot reload: the scan of the plugin directories failed");
-        (Vec::new(), Vec::new())
-    })
+    match scanned {
+        Ok(scanned) => Some(scanned),
+        Err(e) => {
+            // Not "every plugin is gone": nothing is known about the directories this time.
+            tracing::warn!(error = %e, "hot reload: the scan of the plugin directories failed");
+            None
+        }
+    }
 }
 
 impl Reloader {
@@ -226,7 +232,12 @@ impl Reloader {
     /// Scans the directories once and applies what changed: new plugins are added, changed
     /// ones replaced with [`PluginManager::replace`] (no event lost), removed ones removed.
     pub async fn poll(&mut self, manager: &PluginManager) -> Vec<ReloadEvent> {
-        let (manifests, errors) = scan(self.dirs.clone()).await;
+        let Some((manifests, errors)) = scan(self.dirs.clone()).await else {
+            return vec![ReloadEvent::Failed {
+                name: None,
+                error: "the scan of the plugin directories failed; nothing changed".to_owned(),
+            }];
+        };
         let mut events = Vec::new();
         // A plugin whose manifest became unreadable keeps running its last good version.
         let mut broken = BTreeSet::new();
@@ -335,7 +346,11 @@ impl Reloader {
         let gone: Vec<String> = self
             .known
             .iter()
-            .filter(|(n, k)| !seen.contains(*n) && !broken.contains(&k.manifest.path))
+            // A manifest that could not be read, or one in a directory that could not be read
+            // (its path is the directory's), is not gone: its plugin keeps running.
+            .filter(|(n, k)| {
+                !seen.contains(*n) && !broken.iter().any(|b| k.manifest.path.starts_with(b))
+            })
             .map(|(n, _)| n.clone())
             .collect();
         for name in gone {
