@@ -23,7 +23,7 @@ const MAX_FRAME_EVENTS: usize = 4_096;
 const FRAME_TARGET_BYTES: usize = 64 * 1024;
 
 /// Room left in a frame for the envelope around the events (id, incarnation, tags).
-const ENVELOPE_BYTES: u64 = 1_024;
+pub(crate) const ENVELOPE_BYTES: u64 = 1_024;
 
 /// A connection that publishes events onto a remote coordinator's bus, for a process that is
 /// not a worker: a test harness on another machine, a device farm's controller, a CI

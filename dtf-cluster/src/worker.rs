@@ -838,13 +838,37 @@ impl WorkerLoop {
         wire::send_bytes(HUB_GROUP, bytes);
     }
 
-    fn emit(&mut self, job: u64, kind: EventKind) {
+    fn emit(&mut self, job: u64, mut kind: EventKind) {
         if !matches!(kind, EventKind::TaskStarted(_)) {
             self.fence().running.remove(&job); // its result
         }
         self.next_seq += 1;
         let seq = self.next_seq;
-        let Some(bytes) = self.encode(&WorkerFrame::Event { seq, job, kind }) else {
+        // A frame over the hub's cap would be refused, and resent after every reconnect, with
+        // every later event of this worker behind it: a result's captured output is cut to
+        // fit instead (the captured output may be as large as the cap).
+        let limit = usize::try_from(
+            self.config
+                .max_frame
+                .saturating_sub(crate::publisher::ENVELOPE_BYTES),
+        )
+        .unwrap_or(usize::MAX);
+        let mut bytes = None;
+        for _ in 0..4 {
+            let Some(b) = self.encode(&WorkerFrame::Event {
+                seq,
+                job,
+                kind: kind.clone(),
+            }) else {
+                return;
+            };
+            if b.len() <= limit || !cut_output(&mut kind, b.len() - limit) {
+                bytes = Some(b);
+                break;
+            }
+        }
+        let Some(bytes) = bytes else {
+            tracing::error!(job, "a task's result does not fit in a cluster frame even without its output");
             return;
         };
         self.push(seq, bytes, 0);
@@ -988,9 +1012,61 @@ fn events_frame(
     Some(bytes)
 }
 
+/// What a result's captured output ends with when it was cut to fit a frame.
+const CUT_NOTE: &str = "\n[dtf: output cut to fit the cluster's frame size]";
+
+/// Shortens the captured output (or, failing that, the error message) of a task's result by
+/// at least `excess` encoded bytes, at a character boundary, noting the cut; whether there was
+/// anything to cut. A character takes at least one byte in JSON, so cutting `excess` bytes of
+/// text (and a little more for the note) takes at least that much off the encoding.
+fn cut_output(kind: &mut EventKind, excess: usize) -> bool {
+    let text = match kind {
+        EventKind::TaskCompleted(c) if !c.output.is_empty() => &mut c.output,
+        EventKind::TaskFailed(f) if !f.error.details.is_empty() => &mut f.error.details,
+        EventKind::TaskFailed(f) if !f.error.message.is_empty() => &mut f.error.message,
+        _ => return false,
+    };
+    let keep = text.len().saturating_sub(excess + CUT_NOTE.len() + 16);
+    let mut at = keep;
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    text.truncate(at);
+    text.push_str(CUT_NOTE);
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A task whose output fills the frame cap is reported with its output cut, not sent as a
+    /// frame the hub refuses and that blocks every later event of the worker (found by a
+    /// review: `--max-frame 65536` and 64 KiB of output).
+    #[test]
+    fn a_result_too_large_for_a_frame_has_its_output_cut() {
+        let mut kind = EventKind::TaskCompleted(Box::new(
+            dtf_plugin_core::event::TaskCompleted::builder()
+                .task("t")
+                .worker("w")
+                .outcome(dtf_plugin_core::event::TaskOutcome::Passed)
+                .duration(Duration::from_secs(1))
+                .output("é\"".repeat(30_000))
+                .build(),
+        ));
+        let size = |k: &EventKind| serde_json::to_vec(k).map(|b| b.len()).unwrap_or(0);
+        let before = size(&kind);
+        assert!(before > 64 * 1024);
+        assert!(cut_output(&mut kind, before - 60 * 1024));
+        assert!(size(&kind) <= 60 * 1024, "{}", size(&kind));
+        let EventKind::TaskCompleted(c) = &kind else {
+            panic!("not a completion")
+        };
+        assert!(c.output.ends_with(CUT_NOTE) && c.output.starts_with("é\""));
+        // Nothing to cut: said so.
+        let mut started = EventKind::task_started("t", "w", 1);
+        assert!(!cut_output(&mut started, 10));
+    }
     use crate::wire::FromWorker;
 
     #[test]

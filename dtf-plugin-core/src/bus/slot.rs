@@ -440,6 +440,20 @@ impl Slot {
                 let _ = reply.send(Err("the plugin was disabled".to_owned()));
             }
         }
+        // Those put back after a failure too (a chunk that failed before reaching one): left
+        // there, their callers would wait for an answer until the plugin is enabled again,
+        // forever if it never is (found by a review: a console's PUT that never answered).
+        if r.carry.iter().any(|i| matches!(i, Item::Reconfigure { .. })) {
+            let carry = std::mem::take(&mut r.carry);
+            for item in carry {
+                match item {
+                    Item::Reconfigure { reply, .. } => {
+                        let _ = reply.send(Err("the plugin was disabled".to_owned()));
+                    }
+                    other => r.carry.push_back(other),
+                }
+            }
+        }
         // Runs put back after a failure hold their segments: keep their events, not the log.
         if r.carry.iter().any(|i| matches!(i, Item::Run { .. })) {
             let carry = std::mem::take(&mut r.carry);

@@ -308,3 +308,46 @@ async fn a_stuck_reader_does_not_pin_the_log() {
     }
     manager.shutdown(ShutdownReason::Completed).await;
 }
+
+/// A configuration change put back after a failure (the chunk failed on an event before it)
+/// is answered when the plugin is disabled, like one still queued: its caller (a console's
+/// PUT) waited until the plugin was enabled again, forever if it never was.
+#[tokio::test]
+async fn a_configuration_change_put_back_is_answered_when_the_plugin_is_disabled() {
+    let bus = Bus::new("test");
+    let hooks: crate::event::HookSet = Hook::Custom.into();
+    let slot = Arc::new(Slot::new(
+        bus.inner().group(hooks, OverflowPolicy::Backpressure),
+        Arc::from("p"),
+        hooks,
+        16,
+        OverflowPolicy::Backpressure,
+        4,
+        Arc::new(serde_json::Value::Null),
+    ));
+    bus.inner().route(&slot);
+    bus.try_publish(EventKind::custom("n", serde_json::json!(1)))
+        .unwrap();
+    let (reply, answer) = oneshot::channel();
+    slot.push_control(
+        bus.inner().position(),
+        Item::Reconfigure {
+            config: Arc::new(serde_json::json!({"x": 1})),
+            reply,
+        },
+    );
+    // The reader takes the event and the change; the handler fails on the event, and the
+    // rest of the chunk (the event and the change) is put back.
+    let mut chunk = VecDeque::new();
+    assert!(slot.take_chunk(0, &mut chunk, false));
+    assert!(chunk.iter().any(|i| matches!(i, Item::Reconfigure { .. })));
+    slot.requeue_front(0, &mut chunk);
+    // Disabled: unrouted and released, as the manager does.
+    bus.inner().unroute(&slot);
+    slot.release();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), answer)
+        .await
+        .expect("the change was never answered");
+    assert!(matches!(answer, Ok(Err(e)) if e.contains("disabled")));
+}
+
