@@ -868,7 +868,10 @@ impl WorkerLoop {
             }
         }
         let Some(bytes) = bytes else {
-            tracing::error!(job, "a task's result does not fit in a cluster frame even without its output");
+            tracing::error!(
+                job,
+                "a task's result does not fit in a cluster frame even without its output"
+            );
             return;
         };
         self.push(seq, bytes, 0);

@@ -57,9 +57,11 @@ pub(crate) fn restore_masked(new: &mut Value, current: &Value) -> Result<(), Str
 fn is_destination_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     k == "type"
-        || ["url", "host", "server", "domain", "address", "instance", "site"]
-            .iter()
-            .any(|d| k.contains(d))
+        || [
+            "url", "host", "server", "domain", "address", "instance", "site",
+        ]
+        .iter()
+        .any(|d| k.contains(d))
 }
 
 /// Whether the edited object `new` points somewhere else than `current`: a destination key
@@ -178,19 +180,22 @@ mod tests {
         let current = json!({"hooks": [{"url": "https://hooks/A"}, {"url": "https://hooks/B"}]});
         // A kept secret whose destination changed is not sent there unasked (found by a
         // review: a token holder could point `base_url` at their own server).
-        let current = json!({"channels": [{"type": "slack", "base_url": "https://slack.com/api",
+        let slack_now = json!({"channels": [{"type": "slack", "base_url": "https://slack.com/api",
                                            "token": "xoxb-secret"}]});
         let mut elsewhere = json!({"channels": [{"type": "slack", "base_url": "https://evil.example",
                                                  "token": "***"}]});
-        let err = restore_masked(&mut elsewhere, &current).unwrap_err();
-        assert!(err.contains("channels[0].token") && !err.contains("xoxb"), "{err}");
+        let err = restore_masked(&mut elsewhere, &slack_now).unwrap_err();
+        assert!(
+            err.contains("channels[0].token") && !err.contains("xoxb"),
+            "{err}"
+        );
         assert!(!elsewhere.to_string().contains("xoxb"));
         let mut other_type = json!({"channels": [{"type": "discord", "token": "***"}]});
         let current_type = json!({"channels": [{"type": "slack", "token": "xoxb-secret"}]});
         assert!(restore_masked(&mut other_type, &current_type).is_err());
         let mut unchanged = json!({"channels": [{"type": "slack", "base_url": "https://slack.com/api",
                                                  "token": "***", "channel": "#new"}]});
-        restore_masked(&mut unchanged, &current).unwrap();
+        restore_masked(&mut unchanged, &slack_now).unwrap();
         assert_eq!(unchanged["channels"][0]["token"], "xoxb-secret");
         let mut same = json!({"hooks": [{"url": "***"}, {"url": "https://hooks/C"}]});
         restore_masked(&mut same, &current).unwrap();

@@ -40,7 +40,9 @@ impl RunTracker {
 
     /// Whether a result of `attempt` of `task` comes from an attempt a later one replaced.
     fn superseded(&self, task: &TaskId, attempt: u32) -> bool {
-        self.assigned.get(task).is_some_and(|&latest| attempt < latest)
+        self.assigned
+            .get(task)
+            .is_some_and(|&latest| attempt < latest)
     }
 }
 
@@ -74,7 +76,9 @@ impl Plugin for RunTracker {
             EventKind::TaskCompleted(c) if self.superseded(&c.task, c.attempt) => None,
             EventKind::TaskCompleted(c) => Some((c.task.clone(), c.outcome != TaskOutcome::Failed)),
             EventKind::TaskCancelled(c) => Some((c.task.clone(), false)),
-            EventKind::TaskFailed(f) if f.worker.is_some() && self.superseded(&f.task, f.attempt) => {
+            EventKind::TaskFailed(f)
+                if f.worker.is_some() && self.superseded(&f.task, f.attempt) =>
+            {
                 None
             }
             EventKind::TaskFailed(f) if !f.retryable => Some((f.task.clone(), false)),
@@ -408,7 +412,10 @@ mod tests {
         for e in &events {
             tracker.on_event(&mut ctx, e).await.unwrap();
         }
-        assert!(rx.try_recv().is_err(), "the task ended on a stale or foreign result");
+        assert!(
+            rx.try_recv().is_err(),
+            "the task ended on a stale or foreign result"
+        );
         let last = event("w2", completed("w2", 2, TaskOutcome::Passed));
         tracker.on_event(&mut ctx, &last).await.unwrap();
         assert_eq!(rx.try_recv().ok(), Some((TaskId::from("t1"), true)));

@@ -375,9 +375,9 @@ impl Plugin for SchedulingCoordinator {
 /// The attempt of `task` that runs, when it is a later one than `attempt`.
 fn stale_attempt(engine: &Engine, task: &TaskId, attempt: u32) -> Option<u32> {
     match engine.task(task) {
-        Some(crate::engine::TaskStatus::Running { attempt: running, .. }) if attempt < running => {
-            Some(running)
-        }
+        Some(crate::engine::TaskStatus::Running {
+            attempt: running, ..
+        }) if attempt < running => Some(running),
         _ => None,
     }
 }
@@ -387,6 +387,7 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     use dtf_plugin_core::EventMeta;
+    use dtf_plugin_core::event::TaskCompleted;
 
     use super::*;
 
@@ -475,16 +476,21 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let running = |c: &SchedulingCoordinator| match c.engine.as_ref().unwrap().task(&"t1".into()) {
-            Some(crate::engine::TaskStatus::Running { worker, attempt }) => {
-                Some((worker.to_string(), attempt))
-            }
-            _ => None,
-        };
+        let running =
+            |c: &SchedulingCoordinator| match c.engine.as_ref().unwrap().task(&"t1".into()) {
+                Some(crate::engine::TaskStatus::Running { worker, attempt }) => {
+                    Some((worker.to_string(), attempt))
+                }
+                _ => None,
+            };
         assert_eq!(running(&c), Some(("w2".to_owned(), 2)));
         let stale = event(9, 9, EventKind::TaskCompleted(Box::new(late)));
         c.on_event(&mut ctx, &stale).await.unwrap();
-        assert_eq!(running(&c), Some(("w2".to_owned(), 2)), "attempt 2 still runs");
+        assert_eq!(
+            running(&c),
+            Some(("w2".to_owned(), 2)),
+            "attempt 2 still runs"
+        );
         assert_eq!(c.engine.as_ref().unwrap().running(), 1);
         // Attempt 2's own result ends it.
         let own = TaskCompleted::builder()
@@ -494,9 +500,12 @@ mod tests {
             .outcome(TaskOutcome::Passed)
             .duration(Duration::from_secs(1))
             .build();
-        c.on_event(&mut ctx, &event(10, 10, EventKind::TaskCompleted(Box::new(own))))
-            .await
-            .unwrap();
+        c.on_event(
+            &mut ctx,
+            &event(10, 10, EventKind::TaskCompleted(Box::new(own))),
+        )
+        .await
+        .unwrap();
         assert_eq!(running(&c), None);
         assert_eq!(c.engine.as_ref().unwrap().running(), 0);
     }

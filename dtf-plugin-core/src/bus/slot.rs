@@ -443,7 +443,10 @@ impl Slot {
         // Those put back after a failure too (a chunk that failed before reaching one): left
         // there, their callers would wait for an answer until the plugin is enabled again,
         // forever if it never is (found by a review: a console's PUT that never answered).
-        if r.carry.iter().any(|i| matches!(i, Item::Reconfigure { .. })) {
+        if r.carry
+            .iter()
+            .any(|i| matches!(i, Item::Reconfigure { .. }))
+        {
             let carry = std::mem::take(&mut r.carry);
             for item in carry {
                 match item {

@@ -350,4 +350,3 @@ async fn a_configuration_change_put_back_is_answered_when_the_plugin_is_disabled
         .expect("the change was never answered");
     assert!(matches!(answer, Ok(Err(e)) if e.contains("disabled")));
 }
-
