@@ -1051,6 +1051,55 @@ async fn a_fixed_version_restarts_a_plugin_disabled_by_failures() {
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
 }
 
+/// A plugin disabled on request (a console's button, an operator) stays disabled when a new
+/// version is dropped in: hot reload re-enabled every disabled plugin it replaced (found by a
+/// review), which is only right for one disabled by its failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_leaves_a_plugin_disabled_on_request_disabled() {
+    let dir = temp_dir("keep-disabled");
+    write_plugin(&dir, "calm", "", &["--tag", "v1"]);
+    let mut registry = PluginRegistry::new();
+    external::register_dirs(&mut registry, std::slice::from_ref(&dir));
+    let manager = PluginManager::builder()
+        .spec(spec_from(&registry, "calm"))
+        .spawn()
+        .await
+        .unwrap();
+    assert!(wait_status(&manager, "calm", PluginStatus::Running).await);
+    manager.disable("calm").await.unwrap();
+    let info = |list: Vec<dtf_plugin_core::PluginInfo>| {
+        list.into_iter()
+            .find(|p| p.name == "calm")
+            .map(|p| (p.status, p.disabled_on_request))
+    };
+    assert_eq!(
+        info(manager.list().await.unwrap()),
+        Some((PluginStatus::Disabled, true))
+    );
+    let mut reloader = Reloader::new(vec![dir.clone()]);
+    let manifest = dir.join("calm/plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("0.1.0", "0.2.0").replace("\"v1\"", "\"v2\""),
+    )
+    .unwrap();
+    let changes = reloader.poll(&manager).await;
+    assert_eq!(
+        changes,
+        [ReloadEvent::Replaced {
+            name: "calm".to_owned(),
+            version: "0.2.0".to_owned()
+        }]
+    );
+    assert_eq!(
+        info(manager.list().await.unwrap()),
+        Some((PluginStatus::Disabled, true)),
+        "re-enabled by hot reload"
+    );
+    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+}
+
 /// Starts the Python test plugin through a shell `launcher` that first runs `spawn` in the
 /// background and writes its pid to `child.pid` in the plugin's folder; publishes one event
 /// so the plugin is surely up. Returns the manager and the background process's `/proc` dir.

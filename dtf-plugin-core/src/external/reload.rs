@@ -202,10 +202,11 @@ impl Reloader {
         r
     }
 
-    async fn is_disabled(manager: &PluginManager, name: &str) -> bool {
+    async fn disabled_by_failures(manager: &PluginManager, name: &str) -> bool {
         manager.list().await.is_ok_and(|list| {
-            list.iter()
-                .any(|p| p.name == name && p.status == crate::PluginStatus::Disabled)
+            list.iter().any(|p| {
+                p.name == name && p.status == crate::PluginStatus::Disabled && !p.disabled_on_request
+            })
         })
     }
 
@@ -277,8 +278,9 @@ impl Reloader {
                         match manager.replace(self.spec(&m)).await {
                             // A version disabled by its failures (budget spent, or a failed
                             // start) gets a fresh start with the new one: that is what a fix
-                            // dropped into the directory is for.
-                            Ok(()) if Self::is_disabled(manager, &name).await => {
+                            // dropped into the directory is for. One disabled on request (a
+                            // console's button) stays disabled.
+                            Ok(()) if Self::disabled_by_failures(manager, &name).await => {
                                 manager.enable(&name).await
                             }
                             r => r,

@@ -43,6 +43,8 @@ pub(super) struct Entry {
     /// Bumped whenever a scheduled restart must be ignored.
     pub(super) generation: u64,
     pub(super) last_error: Option<String>,
+    /// Disabled by [`crate::PluginManager::disable`], not by its failures.
+    pub(super) disabled_on_request: bool,
     pub(super) after_stop: AfterStop,
     pub(super) waiting: Vec<RpcReplyPort<Result<(), ManagerError>>>,
     /// Position in start order (for reverse-order shutdown).
@@ -64,6 +66,7 @@ impl Entry {
             status,
             restart_policy: self.settings.restart_policy,
             last_error: self.last_error.clone(),
+            disabled_on_request: self.status == PluginStatus::Disabled && self.disabled_on_request,
             stats: self.stats(),
         }
     }
@@ -202,6 +205,7 @@ impl ManagerState {
                 entry.actor = Some(actor);
                 entry.last_task = Some(task);
                 entry.status = PluginStatus::Running;
+                entry.disabled_on_request = false;
                 Ok(())
             }
             Err(e) => Err(e),
@@ -263,6 +267,7 @@ impl ManagerState {
                 tracker: RestartTracker::default(),
                 generation: 0,
                 last_error: None,
+                disabled_on_request: false,
                 after_stop: AfterStop::Nothing,
                 waiting: Vec::new(),
                 order,
@@ -291,6 +296,7 @@ impl ManagerState {
         };
         entry.generation += 1;
         entry.status = PluginStatus::Disabled;
+        entry.disabled_on_request = false;
         self.bus.inner().unroute(&entry.slot);
         entry.slot.release();
         tracing::warn!(plugin = %name, %reason, "plugin disabled");
@@ -345,6 +351,7 @@ impl ManagerState {
         match then {
             AfterStop::Disable => {
                 entry.status = PluginStatus::Disabled;
+                entry.disabled_on_request = true;
                 entry.slot.release();
                 tracing::info!(plugin = %name, "plugin disabled on request");
                 self.announce(EventKind::PluginDisabled(Box::new(PluginDisabled {

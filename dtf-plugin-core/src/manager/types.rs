@@ -123,6 +123,9 @@ pub struct PluginInfo {
     pub restart_policy: RestartPolicy,
     /// The last failure, if any.
     pub last_error: Option<String>,
+    /// Disabled by [`PluginManager::disable`](crate::PluginManager::disable) (a console
+    /// button, an operator), not by its failures: hot reload leaves it disabled.
+    pub disabled_on_request: bool,
     /// Its counters.
     pub stats: PluginStats,
 }
