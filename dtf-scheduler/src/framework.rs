@@ -223,12 +223,22 @@ pub trait Scheduler: Send {
     }
 }
 
+/// Whether a feature is a label (`key=value`, e.g. `zone=eu`: where a worker is or what it is
+/// for), not hardware such as `cuda`. A remote worker's labels reach the scheduler as such
+/// features (`dtf-cluster`). Labels can be required like any feature, but they do not make a
+/// worker scarce: a labelled worker is no accelerator for [`ScoreWeights::feature_fit`] or for
+/// `fairness`'s pools.
+pub fn is_label(feature: &str) -> bool {
+    feature.contains('=')
+}
+
 /// Weights of the built-in scores, each worth 0 to 100 points per unit of weight.
 ///
 /// - `least_allocated`: the fraction of the worker's slots that are free (spreads load);
 /// - `most_allocated`: the fraction in use (packs work onto few workers);
 /// - `feature_fit`: 100 when the worker offers no feature the task did not ask for, less the
-///   more unrequested features it has (keeps `cuda`/`rocm` workers for tasks that need them).
+///   more unrequested features it has (keeps `cuda`/`rocm` workers for tasks that need them);
+///   labels ([`is_label`]) do not count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -285,7 +295,7 @@ impl ScoreWeights {
             .capabilities
             .features
             .iter()
-            .filter(|f| !task.requirements.features.contains(f))
+            .filter(|f| !is_label(f) && !task.requirements.features.contains(f))
             .count();
         let fit = 100 / (1 + extra as i64);
         i64::from(self.least_allocated) * free

@@ -94,6 +94,7 @@ pub use engine::{Engine, TaskStatus};
 pub use error::SchedulerError;
 pub use framework::{
     Placement, QueueHead, QueueId, Round, Scheduler, ScoreWeights, TaskSpec, WorkerView, earliest,
+    is_label,
 };
 pub use registry::{Registry, SchedulerFactory};
 

@@ -11,7 +11,9 @@ use dtf_plugin_core::event::TaskId;
 
 use crate::config::SchedulerConfig;
 use crate::error::SchedulerError;
-use crate::framework::{QueueHead, QueueId, Scheduler, ScoreWeights, TaskSpec, WorkerView};
+use crate::framework::{
+    QueueHead, QueueId, Scheduler, ScoreWeights, TaskSpec, WorkerView, is_label,
+};
 
 /// The queue order "higher priority first, FIFO within a priority, with aging": a task waiting
 /// one `aging` longer than another counts as one priority level higher. The order of two
@@ -408,7 +410,8 @@ impl Scheduler for FairShare {
     }
 
     fn queue<'t>(&self, task: &'t TaskSpec) -> Cow<'t, str> {
-        if task.requirements.features.is_empty() {
+        // A task requiring only labels (`zone=eu`) is plain work.
+        if task.requirements.features.iter().all(|f| is_label(f)) {
             Cow::Borrowed(&task.owner)
         } else {
             Cow::Owned(format!("{}{ACCELERATOR_QUEUE}", task.owner))
@@ -544,7 +547,10 @@ impl Scheduler for FairShare {
             return;
         };
         let (t, own_pool) = (account.tenant as usize, account.pool);
-        let pool = if worker.capabilities.features.is_empty() {
+        // Labels (`zone=eu`, a remote worker's) do not make a worker an accelerator: with
+        // them counted, every labelled worker's plain work was charged to the accelerator pool,
+        // and the tenants' weights did nothing there (found by a review).
+        let pool = if worker.capabilities.features.iter().all(|f| is_label(f)) {
             PLAIN
         } else {
             ACCELERATOR

@@ -450,6 +450,43 @@ fn weighted_shares_stay_within_3_percent_of_weights_when_all_are_backlogged() {
     );
 }
 
+/// The same on workers that carry labels, as remote workers do (`zone=eu`, sent as features):
+/// labels do not make a worker an accelerator, so plain work on it is charged to the plain
+/// pool and the weights hold. With labels counted as hardware every tenant's plain usage stayed
+/// 0 and the order fell back to round-robin: shares of a third each (found by a review).
+#[test]
+fn weighted_shares_hold_on_labelled_workers() {
+    let mut workload = Workload::generate(
+        &Generator::builder()
+            .seed(7)
+            .workers(30)
+            .tenants(vec![
+                TenantLoad::new("a", 3_000),
+                TenantLoad::new("b", 3_000),
+                TenantLoad::new("c", 3_000),
+            ])
+            .build(),
+    )
+    .unwrap();
+    for w in &mut workload.workers {
+        w.capabilities.features.push("zone=eu".to_owned());
+    }
+    let config = SchedulerConfig::new("fairness").weights(parse_weights("a=3,b=2,c=1").unwrap());
+    let report = run(&workload, &config);
+    println!("{report}");
+    assert!(report.contended);
+    for t in &report.tenants {
+        let off = (t.share - t.weight_share).abs() / t.weight_share;
+        assert!(
+            off <= 0.03,
+            "{}: share {:.4} vs weight share {:.4}",
+            t.name,
+            t.share,
+            t.weight_share
+        );
+    }
+}
+
 #[test]
 fn a_newcomer_waits_only_for_the_next_slot_behind_a_backlog_of_10000() {
     let mut workload = Workload::generate(
