@@ -853,26 +853,56 @@ impl WorkerLoop {
                 .saturating_sub(crate::publisher::ENVELOPE_BYTES),
         )
         .unwrap_or(usize::MAX);
+        // Every number taken must be sent: the hub applies them in order, and waits for a
+        // missing one. So an event that cannot be encoded or made to fit is replaced by a short
+        // failure of its task rather than left out.
         let mut bytes = None;
-        for _ in 0..4 {
+        for _ in 0..8 {
             let Some(b) = self.encode(&WorkerFrame::Event {
                 seq,
                 job,
                 kind: kind.clone(),
             }) else {
-                return;
+                break;
             };
-            if b.len() <= limit || !cut_output(&mut kind, b.len() - limit) {
+            if b.len() <= limit {
                 bytes = Some(b);
                 break;
             }
+            if !cut_output(&mut kind, b.len() - limit) {
+                break;
+            }
         }
-        let Some(bytes) = bytes else {
-            tracing::error!(
-                job,
-                "a task's result does not fit in a cluster frame even without its output"
-            );
-            return;
+        let bytes = match bytes {
+            Some(bytes) => bytes,
+            None => {
+                tracing::error!(
+                    job,
+                    "a task's event could not be sent whole; its task is reported failed"
+                );
+                let task = match &kind {
+                    EventKind::TaskCompleted(c) => c.task.clone(),
+                    EventKind::TaskFailed(f) => f.task.clone(),
+                    EventKind::TaskStarted(s) => s.task.clone(),
+                    _ => TaskId::from(""),
+                };
+                let short = EventKind::task_failed(
+                    task,
+                    TaskError::builder()
+                        .kind("ResultTooLarge")
+                        .message("the task's result did not fit in a cluster frame")
+                        .build(),
+                    false,
+                );
+                match self.encode(&WorkerFrame::Event {
+                    seq,
+                    job,
+                    kind: short,
+                }) {
+                    Some(bytes) => bytes,
+                    None => return,
+                }
+            }
         };
         self.push(seq, bytes, 0);
     }
@@ -1015,27 +1045,41 @@ fn events_frame(
     Some(bytes)
 }
 
-/// What a result's captured output ends with when it was cut to fit a frame.
-const CUT_NOTE: &str = "\n[dtf: output cut to fit the cluster's frame size]";
+/// What a result's captured output starts with when it was cut to fit a frame (its end is
+/// kept: that is where a failure shows).
+const CUT_NOTE: &str = "[dtf: output cut to fit the cluster's frame size]\n";
 
-/// Shortens the captured output (or, failing that, the error message) of a task's result by
-/// at least `excess` encoded bytes, at a character boundary, noting the cut; whether there was
-/// anything to cut. A character takes at least one byte in JSON, so cutting `excess` bytes of
-/// text (and a little more for the note) takes at least that much off the encoding.
+/// Shortens the longest text of a task's result (its captured output, or its error's details
+/// or message) by at least `excess` encoded bytes, keeping its end, at a character boundary,
+/// with a note in front; whether there was anything to cut. A character takes at least one byte
+/// in JSON, so cutting `excess` bytes of text (and a little more for the note) takes at least
+/// that much off the encoding.
 fn cut_output(kind: &mut EventKind, excess: usize) -> bool {
     let text = match kind {
-        EventKind::TaskCompleted(c) if !c.output.is_empty() => &mut c.output,
-        EventKind::TaskFailed(f) if !f.error.details.is_empty() => &mut f.error.details,
-        EventKind::TaskFailed(f) if !f.error.message.is_empty() => &mut f.error.message,
+        EventKind::TaskCompleted(c) => &mut c.output,
+        EventKind::TaskFailed(f) => {
+            let e = &mut f.error;
+            if e.details.len() >= e.message.len() {
+                &mut e.details
+            } else {
+                &mut e.message
+            }
+        }
         _ => return false,
     };
-    let keep = text.len().saturating_sub(excess + CUT_NOTE.len() + 16);
-    let mut at = keep;
-    while !text.is_char_boundary(at) {
-        at -= 1;
+    let cut = excess + CUT_NOTE.len() + 16;
+    if text.len() <= cut {
+        if text.is_empty() || text.as_str() == CUT_NOTE {
+            return false;
+        }
+        *text = CUT_NOTE.to_owned();
+        return true;
     }
-    text.truncate(at);
-    text.push_str(CUT_NOTE);
+    let mut from = cut;
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    *text = format!("{CUT_NOTE}{}", &text[from..]);
     true
 }
 
@@ -1065,8 +1109,27 @@ mod tests {
         let EventKind::TaskCompleted(c) = &kind else {
             panic!("not a completion")
         };
-        assert!(c.output.ends_with(CUT_NOTE) && c.output.starts_with("é\""));
+        assert!(c.output.starts_with(CUT_NOTE) && c.output.ends_with("é\""));
+        // A failure's longest text is cut, whichever it is (short details, a huge message).
+        let mut failed = EventKind::task_failed(
+            "t",
+            TaskError::builder()
+                .kind("ExitCode(1)")
+                .message("m".repeat(100_000))
+                .details("x")
+                .build(),
+            true,
+        );
+        let before = size(&failed);
+        assert!(cut_output(&mut failed, before - 60 * 1024));
+        assert!(size(&failed) <= 60 * 1024, "{}", size(&failed));
         // Nothing to cut: said so.
+        let mut empty = EventKind::task_failed(
+            "t",
+            TaskError::builder().kind("k").message("").build(),
+            true,
+        );
+        assert!(!cut_output(&mut empty, 10));
         let mut started = EventKind::task_started("t", "w", 1);
         assert!(!cut_output(&mut started, 10));
     }

@@ -53,32 +53,47 @@ pub(crate) fn restore_masked(new: &mut Value, current: &Value) -> Result<(), Str
     }
 }
 
-/// Whether a key names where a secret is sent (not a secret itself).
+/// Whether a key names where a secret is sent (it may be a secret itself, like a webhook's
+/// `url` or the task reporter's `endpoint`).
 fn is_destination_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     k == "type"
         || [
-            "url", "host", "server", "domain", "address", "instance", "site",
+            "url", "host", "server", "domain", "address", "instance", "site", "endpoint",
         ]
         .iter()
         .any(|d| k.contains(d))
 }
 
 /// Whether the edited object `new` points somewhere else than `current`: a destination key
-/// (not a secret) added, removed or changed.
+/// added, removed or changed (a masked one, kept, is unchanged).
 fn moved(new: &serde_json::Map<String, Value>, current: Option<&Value>) -> bool {
     let Some(current) = current.and_then(Value::as_object) else {
         return false;
     };
     let keys = new.keys().chain(current.keys());
-    keys.filter(|k| is_destination_key(k) && !is_secret_key(k))
-        .any(|k| new.get(k) != current.get(k))
+    keys.filter(|k| is_destination_key(k)).any(|k| {
+        let kept = is_secret_key(k) && new.get(k).and_then(Value::as_str) == Some(MASK);
+        !kept && new.get(k) != current.get(k)
+    })
 }
 
 fn restore(new: &mut Value, current: Option<&Value>, path: &str, unclear: &mut Option<String>) {
+    restore_in(new, current, path, false, unclear);
+}
+
+/// [`restore`], where `moved_above` says that an enclosing object points elsewhere now (its
+/// secrets, at any depth, were given for the old destination).
+fn restore_in(
+    new: &mut Value,
+    current: Option<&Value>,
+    path: &str,
+    moved_above: bool,
+    unclear: &mut Option<String>,
+) {
     match new {
         Value::Object(map) => {
-            let moved = moved(map, current);
+            let moved = moved_above || moved(map, current);
             for (k, v) in map.iter_mut() {
                 let here = if path.is_empty() {
                     k.clone()
@@ -94,7 +109,7 @@ fn restore(new: &mut Value, current: Option<&Value>, path: &str, unclear: &mut O
                         }
                     }
                 } else {
-                    restore(v, old, &here, unclear);
+                    restore_in(v, old, &here, moved, unclear);
                 }
             }
         }
@@ -103,7 +118,7 @@ fn restore(new: &mut Value, current: Option<&Value>, path: &str, unclear: &mut O
             let same_length = current.is_some_and(|c| c.len() == items.len());
             for (i, v) in items.iter_mut().enumerate() {
                 let old = current.and_then(|c| counterpart(v, c, i, same_length));
-                restore(v, old, &format!("{path}[{i}]"), unclear);
+                restore_in(v, old, &format!("{path}[{i}]"), moved_above, unclear);
             }
         }
         _ => {}
@@ -190,6 +205,20 @@ mod tests {
             "{err}"
         );
         assert!(!elsewhere.to_string().contains("xoxb"));
+        // The destination may be a secret itself, and the secret may sit deeper.
+        let reporter_now = json!({"external": {"endpoint": "https://ours.example/ingest",
+                                               "token": "tok-secret"}});
+        let mut reporter = json!({"external": {"endpoint": "https://evil.example/",
+                                               "token": "***"}});
+        assert!(restore_masked(&mut reporter, &reporter_now).is_err());
+        let hook_now = json!({"url": "https://hooks.example/a",
+                              "headers": {"Authorization": "Bearer secret"}});
+        let mut hook = json!({"url": "https://evil.example/",
+                              "headers": {"Authorization": "***"}});
+        assert!(restore_masked(&mut hook, &hook_now).is_err());
+        let mut hook_kept = json!({"url": "***", "headers": {"Authorization": "***"}});
+        restore_masked(&mut hook_kept, &hook_now).unwrap();
+        assert_eq!(hook_kept["headers"]["Authorization"], "Bearer secret");
         let mut other_type = json!({"channels": [{"type": "discord", "token": "***"}]});
         let current_type = json!({"channels": [{"type": "slack", "token": "xoxb-secret"}]});
         assert!(restore_masked(&mut other_type, &current_type).is_err());

@@ -129,8 +129,8 @@ impl WorkerPool {
         state.parked.remove(id);
     }
 
-    /// Forgets the jobs kept for worker `id` until its mailbox came (it failed or left before
-    /// that: recovery gives its tasks to other workers).
+    /// Forgets the jobs kept for worker `id` until its mailbox came (it failed before that:
+    /// recovery gives its tasks to other workers).
     fn drop_parked(&self, id: &WorkerId) {
         if let Some(jobs) = self.lock().parked.remove(id) {
             tracing::warn!(
@@ -185,11 +185,7 @@ impl Plugin for ShellExecutor {
         PluginMetadata::new(Self::NAME)
             .version(env!("CARGO_PKG_VERSION"))
             .kind(PluginKind::TaskExecutor)
-            .hooks(
-                HookSet::from(Hook::TaskAssigned)
-                    .with(Hook::WorkerFailed)
-                    .with(Hook::WorkerDisconnected),
-            )
+            .hooks(HookSet::from(Hook::TaskAssigned).with(Hook::WorkerFailed))
     }
 
     async fn on_event(
@@ -199,11 +195,9 @@ impl Plugin for ShellExecutor {
     ) -> Result<(), PluginError> {
         let a = match &event.kind {
             EventKind::TaskAssigned(a) => a,
+            // Not on a disconnection: a worker back within its grace keeps its tasks (the
+            // scheduler keeps them on it), so it must get them.
             EventKind::WorkerFailed(w) => {
-                self.pool.drop_parked(&w.worker);
-                return Ok(());
-            }
-            EventKind::WorkerDisconnected(w) => {
                 self.pool.drop_parked(&w.worker);
                 return Ok(());
             }
@@ -373,27 +367,25 @@ static MARKER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 static WATCHDOG_PIPE: Mutex<Option<std::process::ChildStdin>> = Mutex::new(None);
 
-/// Secrets of dtf itself that tasks never see: the web console's token, the cluster's cookie
-/// and the plugin signing key's password; nor any other `DTF_…` variable that sets a secret key
-/// (a token, a password, a webhook URL:
-/// [`is_secret_key`](dtf_plugin_core::config::is_secret_key)). A test that prints its
-/// environment when it fails would otherwise put them into its output, and from there into the
-/// console, JUnit files, CI pages and notifications; and a test holding the token could drive
-/// the console.
-const ALWAYS_HIDDEN: [&str; 3] = [
-    "DTF_UI_TOKEN",
-    "DTF_CLUSTER_COOKIE",
-    "DTF_PLUGIN_KEY_PASSWORD",
-];
+/// Tasks see none of the `DTF_…` variables of the process that starts them, only the ones set
+/// for them ([`FOR_TASKS`]): those hold dtf's own secrets (the web console's token, the
+/// cluster's cookie, the plugin signing key's password) and configuration overrides, any of
+/// which may be a secret (a token, a webhook URL, an index URL with credentials, a whole
+/// channel table). A test that prints its environment when it fails would otherwise put them
+/// into its output, and from there into the console, JUnit files, CI pages and notifications;
+/// and a test holding the token could drive the console.
+const HIDDEN_PREFIX: &str = "DTF_";
+
+/// The `DTF_…` variables a task does get: set for it, not inherited.
+const FOR_TASKS: [&str; 3] = ["DTF_TASK_ID", "DTF_ATTEMPT", MARKER_VAR];
 
 /// More variables hidden from tasks ([`hide_from_tasks`]).
 static HIDDEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// Keeps `vars` out of the environment of every task started from now on, besides dtf's own
-/// secrets, which tasks never get (`DTF_UI_TOKEN`, `DTF_CLUSTER_COOKIE`, and every `DTF_…`
-/// variable that sets a secret key). The coordinator hides the variables its configuration
-/// takes secrets from ([`secret_env_vars`]); other variables pass through, since tests may
-/// need them.
+/// Keeps `vars` out of the environment of every task started from now on, besides the `DTF_…`
+/// variables, which tasks never inherit. The coordinator (and a `dtf-worker` hosting plugins)
+/// hides the variables its configuration takes secrets from ([`secret_env_vars`]); other
+/// variables pass through, since tests may need them.
 pub fn hide_from_tasks(vars: impl IntoIterator<Item = String>) {
     let mut hidden = HIDDEN.lock().unwrap_or_else(PoisonError::into_inner);
     for var in vars {
@@ -558,14 +550,10 @@ async fn run_shell(command: &str, job: &Job, timeout: Duration) -> JobResult {
         // Found by the watchdog even before its group is listed below.
         cmd.env(MARKER_VAR, marker);
     }
-    for var in ALWAYS_HIDDEN {
-        cmd.env_remove(var);
-    }
     for (var, _) in std::env::vars_os() {
-        if let Some(rest) = var.to_str().and_then(|v| v.strip_prefix("DTF_")) {
-            if dtf_plugin_core::config::is_secret_key(rest) {
-                cmd.env_remove(&var);
-            }
+        let name = var.to_string_lossy();
+        if name.starts_with(HIDDEN_PREFIX) && !FOR_TASKS.contains(&name.as_ref()) {
+            cmd.env_remove(&var);
         }
     }
     for var in HIDDEN.lock().unwrap_or_else(PoisonError::into_inner).iter() {
@@ -832,6 +820,15 @@ mod tests {
             kind,
         };
         let assigned = event(EventKind::task_assigned(TaskId::from("t1"), w.clone(), 1));
+        executor.on_event(&mut ctx, &assigned).await.unwrap();
+        // A disconnection is not the end: a worker back within its grace keeps its tasks.
+        let gone = event(EventKind::worker_disconnected(w.clone(), "no heartbeat"));
+        executor.on_event(&mut ctx, &gone).await.unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        pool.attach(&w, tx);
+        assert_eq!(rx.try_recv().map(|j| j.attempt).ok(), Some(1));
+        // A failure is: its tasks go to other workers.
+        pool.close_worker(&w);
         executor.on_event(&mut ctx, &assigned).await.unwrap();
         let failed = event(EventKind::worker_failed(w.clone(), "lost"));
         executor.on_event(&mut ctx, &failed).await.unwrap();

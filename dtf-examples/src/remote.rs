@@ -231,6 +231,8 @@ impl LocalPluginHost {
         let mut registry = crate::plugin_registry();
         let loaded =
             crate::load_config_and_plugin_dirs(config_file, plugin_dirs, &[], &mut registry)?;
+        // This node's tasks must not see the secrets its plugins read either.
+        crate::executor::hide_from_tasks(crate::executor::secret_env_vars(&loaded.config));
         let mut plugins = Vec::new();
         for name in names {
             let plugin_error = |source| CoordinatorError::Plugin {

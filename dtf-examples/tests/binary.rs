@@ -619,21 +619,23 @@ fn a_killed_coordinator_leaves_no_plugin_process_behind() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Tasks do not see dtf's own secrets (the console's token, the cluster's cookie) nor the
-/// `DTF_…` variables that set a secret key: a test that prints its environment when it fails
-/// would put them into its output, and from there into the console, JUnit, CI pages and
-/// notifications (found by a review). Other variables pass through: tests may need them.
+/// Tasks do not see dtf's own secrets (the console's token, the cluster's cookie) nor any
+/// other `DTF_…` variable (configuration overrides, any of which may be a secret): a test that
+/// prints its environment when it fails would put them into its output, and from there into
+/// the console, JUnit, CI pages and notifications (found by a review). Other variables pass
+/// through: tests may need them.
 #[test]
 fn tasks_do_not_see_the_secrets_of_the_coordinator() {
     let out = Command::new(env!("CARGO_BIN_EXE_dtf-coordinator"))
         .args([
             "--task",
-            "[ -z \"$DTF_UI_TOKEN$DTF_CLUSTER_COOKIE$DTF_NOTIFY_TOKEN\" ] && [ \"$DTF_TEST_VISIBLE\" = yes ]",
+            "[ -z \"$DTF_UI_TOKEN$DTF_CLUSTER_COOKIE$DTF_NOTIFY_TOKEN$DTF_RUN_LABEL\" ] && [ \"$TEST_VISIBLE\" = yes ] && [ \"$DTF_TASK_ID\" = cmd-1 ]",
         ])
         .env("DTF_UI_TOKEN", "canary-token-1234")
         .env("DTF_CLUSTER_COOKIE", "canary-cookie-0123456789abcdef0123456789")
         .env("DTF_NOTIFY_TOKEN", "canary-notify")
-        .env("DTF_TEST_VISIBLE", "yes")
+        .env("DTF_RUN_LABEL", "https://ci:canary@example.invalid/")
+        .env("TEST_VISIBLE", "yes")
         .output()
         .unwrap();
     let all = format!(

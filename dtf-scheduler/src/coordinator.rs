@@ -312,8 +312,10 @@ impl Plugin for SchedulingCoordinator {
             return Err("the scheduling coordinator received an event before on_start".into());
         };
         // The result of an attempt that was taken back (its worker taken for lost, then back)
-        // while a later attempt runs: that one's result is still to come. Applied, it would
-        // end the task and free the later attempt's slot while it still runs there.
+        // after a later attempt was placed: that one's result is still to come (or, if it was
+        // taken back too, a further attempt's). Applied, it would end the task and free the
+        // later attempt's slot while it still runs there, or leave the task finished here
+        // while the run tracker, which applies the same rule, waits for it.
         let stale = match &event.kind {
             EventKind::TaskCompleted(t) => stale_attempt(engine, &t.task, t.attempt),
             EventKind::TaskFailed(f) if f.worker.is_some() => {
@@ -321,11 +323,11 @@ impl Plugin for SchedulingCoordinator {
             }
             _ => None,
         };
-        if let Some(running) = stale {
+        if let Some(latest) = stale {
             tracing::warn!(
                 seq,
-                running,
-                "ignoring the result of an earlier attempt of a task whose attempt {running} runs"
+                latest,
+                "ignoring the result of an earlier attempt of a task whose attempt {latest} was placed"
             );
             return Ok(());
         }
@@ -372,14 +374,9 @@ impl Plugin for SchedulingCoordinator {
     }
 }
 
-/// The attempt of `task` that runs, when it is a later one than `attempt`.
+/// The latest attempt of `task` placed, when it is a later one than `attempt`.
 fn stale_attempt(engine: &Engine, task: &TaskId, attempt: u32) -> Option<u32> {
-    match engine.task(task) {
-        Some(crate::engine::TaskStatus::Running {
-            attempt: running, ..
-        }) if attempt < running => Some(running),
-        _ => None,
-    }
+    engine.attempts(task).filter(|&latest| attempt < latest)
 }
 
 #[cfg(test)]
@@ -508,6 +505,41 @@ mod tests {
         .unwrap();
         assert_eq!(running(&c), None);
         assert_eq!(c.engine.as_ref().unwrap().running(), 0);
+    }
+
+    /// The same late result while attempt 2 was taken back too and the task waits for
+    /// attempt 3: still ignored, as the run tracker ignores it (it goes by the latest attempt
+    /// assigned). Applied, it ended the task here while the tracker waited for it: a run that
+    /// never ended (found by a review).
+    #[tokio::test]
+    async fn a_late_result_is_ignored_while_a_later_attempt_waits_to_be_placed() {
+        let mut ctx = PluginContext::detached(SchedulingCoordinator::NAME, serde_json::Value::Null);
+        let mut c = SchedulingCoordinator::new();
+        c.on_start(&mut ctx).await.unwrap();
+        let slots = |n| Capabilities::builder().slots(n).build();
+        let late = TaskCompleted::builder()
+            .task("t1")
+            .worker("w1")
+            .attempt(1)
+            .outcome(TaskOutcome::Passed)
+            .duration(Duration::from_secs(1))
+            .build();
+        let events = [
+            EventKind::worker_registered("w1", slots(1)),
+            EventKind::task_created("t1", "a"),
+            EventKind::worker_failed("w1", "no heartbeat"),
+            EventKind::worker_registered("w2", slots(1)),
+            EventKind::worker_failed("w2", "no heartbeat"),
+            EventKind::TaskCompleted(Box::new(late)),
+        ];
+        for (i, kind) in events.into_iter().enumerate() {
+            c.on_event(&mut ctx, &event(i as u64 + 1, i as u64, kind))
+                .await
+                .unwrap();
+        }
+        let engine = c.engine.as_ref().unwrap();
+        assert_eq!(engine.attempts(&"t1".into()), Some(2));
+        assert_eq!(engine.waiting(), 1, "t1 waits for its third attempt");
     }
 
     /// A remote publisher's tasks and workers are its harness's: a task it creates is never

@@ -496,6 +496,11 @@ impl Engine {
         self.running
     }
 
+    /// How many attempts of a waiting or running task were placed so far (0 before its first).
+    pub fn attempts(&self, id: &TaskId) -> Option<u32> {
+        Some(self.tasks[*self.task_index.get(id)? as usize].as_ref()?.attempts)
+    }
+
     /// Where a task is, if it is waiting or running.
     pub fn task(&self, id: &TaskId) -> Option<TaskStatus<'_>> {
         let task = self.tasks[*self.task_index.get(id)? as usize].as_ref()?;

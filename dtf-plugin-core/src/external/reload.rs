@@ -202,6 +202,13 @@ impl Reloader {
         r
     }
 
+    async fn disabled_on_request(manager: &PluginManager, name: &str) -> bool {
+        manager
+            .list()
+            .await
+            .is_ok_and(|list| list.iter().any(|p| p.name == name && p.disabled_on_request))
+    }
+
     async fn disabled_by_failures(manager: &PluginManager, name: &str) -> bool {
         manager.list().await.is_ok_and(|list| {
             list.iter().any(|p| {
@@ -292,9 +299,14 @@ impl Reloader {
                             plugin = %name,
                             "hooks changed: the plugin is removed and added again; events published meanwhile do not reach it"
                         );
+                        let on_request = Self::disabled_on_request(manager, &name).await;
                         match manager.remove(&name).await {
                             Ok(()) | Err(ManagerError::UnknownPlugin { .. }) => {
-                                manager.add(self.spec(&m)).await
+                                match manager.add(self.spec(&m)).await {
+                                    // Disabled on request, it stays so with the new version.
+                                    Ok(()) if on_request => manager.disable(&name).await,
+                                    r => r,
+                                }
                             }
                             Err(e) => Err(e),
                         }
