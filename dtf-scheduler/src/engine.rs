@@ -498,7 +498,11 @@ impl Engine {
 
     /// How many attempts of a waiting or running task were placed so far (0 before its first).
     pub fn attempts(&self, id: &TaskId) -> Option<u32> {
-        Some(self.tasks[*self.task_index.get(id)? as usize].as_ref()?.attempts)
+        Some(
+            self.tasks[*self.task_index.get(id)? as usize]
+                .as_ref()?
+                .attempts,
+        )
     }
 
     /// Where a task is, if it is waiting or running.

@@ -212,7 +212,9 @@ impl Reloader {
     async fn disabled_by_failures(manager: &PluginManager, name: &str) -> bool {
         manager.list().await.is_ok_and(|list| {
             list.iter().any(|p| {
-                p.name == name && p.status == crate::PluginStatus::Disabled && !p.disabled_on_request
+                p.name == name
+                    && p.status == crate::PluginStatus::Disabled
+                    && !p.disabled_on_request
             })
         })
     }
