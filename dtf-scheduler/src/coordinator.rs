@@ -445,34 +445,46 @@ mod tests {
         assert_eq!(c.engine.as_ref().unwrap().running(), 1);
     }
 
+    /// `t1`'s completion by `worker`, attempt `attempt`.
+    fn completed(worker: &str, attempt: u32) -> EventKind {
+        EventKind::TaskCompleted(Box::new(
+            TaskCompleted::builder()
+                .task("t1")
+                .worker(worker)
+                .attempt(attempt)
+                .outcome(TaskOutcome::Passed)
+                .duration(Duration::from_secs(1))
+                .build(),
+        ))
+    }
+
+    /// A started coordinator that handled `events`, in order: `t1` placed on `w1`, `w1` lost,
+    /// and whatever follows.
+    async fn fed(events: Vec<EventKind>) -> (SchedulingCoordinator, PluginContext) {
+        let mut ctx = PluginContext::detached(SchedulingCoordinator::NAME, serde_json::Value::Null);
+        let mut c = SchedulingCoordinator::new();
+        c.on_start(&mut ctx).await.unwrap();
+        let slots = Capabilities::builder().slots(1).build();
+        let start = [
+            EventKind::worker_registered("w1", slots),
+            EventKind::task_created("t1", "a"),
+            EventKind::worker_failed("w1", "no heartbeat"),
+        ];
+        for (i, kind) in start.into_iter().chain(events).enumerate() {
+            c.on_event(&mut ctx, &event(i as u64 + 1, i as u64, kind))
+                .await
+                .unwrap();
+        }
+        (c, ctx)
+    }
+
     /// The result of attempt 1, whose worker was taken for lost, arrives while attempt 2 runs
     /// elsewhere: it is ignored. Applied, it ended the task and freed attempt 2's slot while
     /// attempt 2 still ran there, so that worker got one task more than its slots (found by a
     /// review).
     #[tokio::test]
     async fn the_result_of_an_attempt_taken_back_is_ignored_while_a_later_one_runs() {
-        let mut ctx = PluginContext::detached(SchedulingCoordinator::NAME, serde_json::Value::Null);
-        let mut c = SchedulingCoordinator::new();
-        c.on_start(&mut ctx).await.unwrap();
-        let slots = |n| Capabilities::builder().slots(n).build();
-        let late = TaskCompleted::builder()
-            .task("t1")
-            .worker("w1")
-            .attempt(1)
-            .outcome(TaskOutcome::Passed)
-            .duration(Duration::from_secs(1))
-            .build();
-        let events = [
-            EventKind::worker_registered("w1", slots(1)),
-            EventKind::task_created("t1", "a"),
-            EventKind::worker_failed("w1", "no heartbeat"),
-            EventKind::worker_registered("w2", slots(1)),
-        ];
-        for (i, kind) in events.into_iter().enumerate() {
-            c.on_event(&mut ctx, &event(i as u64 + 1, i as u64, kind))
-                .await
-                .unwrap();
-        }
+        let w2 = EventKind::worker_registered("w2", Capabilities::builder().slots(1).build());
         let running =
             |c: &SchedulingCoordinator| match c.engine.as_ref().unwrap().task(&"t1".into()) {
                 Some(crate::engine::TaskStatus::Running { worker, attempt }) => {
@@ -480,9 +492,9 @@ mod tests {
                 }
                 _ => None,
             };
+        let (c, _) = fed(vec![w2.clone()]).await;
         assert_eq!(running(&c), Some(("w2".to_owned(), 2)));
-        let stale = event(9, 9, EventKind::TaskCompleted(Box::new(late)));
-        c.on_event(&mut ctx, &stale).await.unwrap();
+        let (c, _) = fed(vec![w2.clone(), completed("w1", 1)]).await;
         assert_eq!(
             running(&c),
             Some(("w2".to_owned(), 2)),
@@ -490,19 +502,7 @@ mod tests {
         );
         assert_eq!(c.engine.as_ref().unwrap().running(), 1);
         // Attempt 2's own result ends it.
-        let own = TaskCompleted::builder()
-            .task("t1")
-            .worker("w2")
-            .attempt(2)
-            .outcome(TaskOutcome::Passed)
-            .duration(Duration::from_secs(1))
-            .build();
-        c.on_event(
-            &mut ctx,
-            &event(10, 10, EventKind::TaskCompleted(Box::new(own))),
-        )
-        .await
-        .unwrap();
+        let (c, _) = fed(vec![w2, completed("w1", 1), completed("w2", 2)]).await;
         assert_eq!(running(&c), None);
         assert_eq!(c.engine.as_ref().unwrap().running(), 0);
     }
@@ -513,30 +513,12 @@ mod tests {
     /// never ended (found by a review).
     #[tokio::test]
     async fn a_late_result_is_ignored_while_a_later_attempt_waits_to_be_placed() {
-        let mut ctx = PluginContext::detached(SchedulingCoordinator::NAME, serde_json::Value::Null);
-        let mut c = SchedulingCoordinator::new();
-        c.on_start(&mut ctx).await.unwrap();
-        let slots = |n| Capabilities::builder().slots(n).build();
-        let late = TaskCompleted::builder()
-            .task("t1")
-            .worker("w1")
-            .attempt(1)
-            .outcome(TaskOutcome::Passed)
-            .duration(Duration::from_secs(1))
-            .build();
-        let events = [
-            EventKind::worker_registered("w1", slots(1)),
-            EventKind::task_created("t1", "a"),
-            EventKind::worker_failed("w1", "no heartbeat"),
-            EventKind::worker_registered("w2", slots(1)),
+        let (c, _) = fed(vec![
+            EventKind::worker_registered("w2", Capabilities::builder().slots(1).build()),
             EventKind::worker_failed("w2", "no heartbeat"),
-            EventKind::TaskCompleted(Box::new(late)),
-        ];
-        for (i, kind) in events.into_iter().enumerate() {
-            c.on_event(&mut ctx, &event(i as u64 + 1, i as u64, kind))
-                .await
-                .unwrap();
-        }
+            completed("w1", 1),
+        ])
+        .await;
         let engine = c.engine.as_ref().unwrap();
         assert_eq!(engine.attempts(&"t1".into()), Some(2));
         assert_eq!(engine.waiting(), 1, "t1 waits for its third attempt");

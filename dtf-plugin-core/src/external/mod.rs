@@ -48,19 +48,22 @@ pub fn scan_dirs(dirs: &[PathBuf]) -> (Vec<Manifest>, Vec<ConfigIssue>) {
     let mut manifests = Vec::new();
     let mut errors = Vec::new();
     for dir in dirs {
+        let unreadable = |e: std::io::Error| {
+            ConfigIssue::new(
+                IssueKind::Io,
+                "plugin_dirs",
+                Origin::File {
+                    path: Arc::from(dir.as_path()),
+                    line: 0,
+                    column: 0,
+                },
+                format!("cannot read the plugin directory: {e}"),
+            )
+        };
         let mut paths = Vec::new();
         match std::fs::read_dir(dir) {
             Err(e) => {
-                errors.push(ConfigIssue::new(
-                    IssueKind::Io,
-                    "plugin_dirs",
-                    Origin::File {
-                        path: Arc::from(dir.as_path()),
-                        line: 0,
-                        column: 0,
-                    },
-                    format!("cannot read the plugin directory: {e}"),
-                ));
+                errors.push(unreadable(e));
                 continue;
             }
             Ok(entries) => {
@@ -71,16 +74,7 @@ pub fn scan_dirs(dirs: &[PathBuf]) -> (Vec<Manifest>, Vec<ConfigIssue>) {
                     let entry = match entry {
                         Ok(entry) => entry,
                         Err(e) => {
-                            errors.push(ConfigIssue::new(
-                                IssueKind::Io,
-                                "plugin_dirs",
-                                Origin::File {
-                                    path: Arc::from(dir.as_path()),
-                                    line: 0,
-                                    column: 0,
-                                },
-                                format!("cannot read the plugin directory: {e}"),
-                            ));
+                            errors.push(unreadable(e));
                             continue;
                         }
                     };
