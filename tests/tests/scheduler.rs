@@ -417,6 +417,10 @@ fn fairness_keeps_jain_index_above_0_99_when_one_tenant_submits_ten_times_more()
 
 /// Three backlogged tenants weighted 3:2:1 on 30 workers, each offering `features`: every
 /// tenant's share of the slot time within 3 % of its weight's share. Returns the report.
+#[allow(
+    clippy::print_stdout,
+    reason = "the report, for a failing run, as the tests print it"
+)]
 fn weighted_shares_within_3_percent(features: &[&str]) -> Report {
     let mut workload = Workload::generate(
         &Generator::builder()
