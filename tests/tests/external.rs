@@ -78,6 +78,18 @@ fn tasks(rec: &Recording, plugin: &str) -> Vec<String> {
         .collect()
 }
 
+/// Drops version 0.2.0 of plugin `name` (written by [`write_plugin`] with `--tag v1`) into
+/// `dir`: the same program, now tagging what it records `v2`.
+fn release_v2(dir: &Path, name: &str) {
+    let manifest = dir.join(name).join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("0.1.0", "0.2.0").replace("\"v1\"", "\"v2\""),
+    )
+    .unwrap();
+}
+
 fn spec_from(registry: &PluginRegistry, name: &str) -> PluginSpec {
     registry.spec(name, None).unwrap()
 }
@@ -706,13 +718,7 @@ async fn hot_reload_replaces_unloads_and_loads_without_losing_events() {
     })
     .await;
     assert!(started);
-    let manifest = dir.join("live/plugin.toml");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(
-        &manifest,
-        text.replace("0.1.0", "0.2.0").replace("\"v1\"", "\"v2\""),
-    )
-    .unwrap();
+    release_v2(&dir, "live");
     let changes = reloader.poll(&manager).await;
     assert_eq!(
         changes,
@@ -1077,13 +1083,7 @@ async fn a_new_version_leaves_a_plugin_disabled_on_request_disabled() {
         Some((PluginStatus::Disabled, true))
     );
     let mut reloader = Reloader::new(vec![dir.clone()]);
-    let manifest = dir.join("calm/plugin.toml");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(
-        &manifest,
-        text.replace("0.1.0", "0.2.0").replace("\"v1\"", "\"v2\""),
-    )
-    .unwrap();
+    release_v2(&dir, "calm");
     let changes = reloader.poll(&manager).await;
     assert_eq!(
         changes,
