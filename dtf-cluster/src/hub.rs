@@ -307,8 +307,8 @@ impl Hub {
             bus.with_source("cluster"),
             out_rx,
             notes_tx,
-            |group: &str, upto| {
-                wire::send_to(group, &HubFrame::Ack { upto });
+            |group: &str, incarnation, upto| {
+                wire::send_to(group, &HubFrame::Ack { incarnation, upto });
             },
         ));
         let state = HubLoop {
@@ -552,9 +552,9 @@ enum Out {
     /// A remote publisher's events, published together under its source (`remote:` and its
     /// id, [`EventMeta::remote_publisher`]).
     Batch(Arc<str>, Vec<EventKind>),
-    /// Tell the node with this group that its events up to here are applied: sent after
-    /// everything before it is on the bus.
-    Ack(String, u64),
+    /// Tell the node with this group and incarnation that its events up to here are applied:
+    /// sent after everything before it is on the bus.
+    Ack(String, u64, u64),
     /// Tell the embedding coordinator, after everything before it is on the bus (a worker's
     /// `Registered` after its `WorkerRegistered`, so that tasks created on that note find it).
     Note(HubNote),
@@ -576,7 +576,7 @@ async fn publish_in_order(
     bus: Bus,
     mut out: mpsc::UnboundedReceiver<Out>,
     notes: mpsc::UnboundedSender<HubNote>,
-    ack: impl Fn(&str, u64),
+    ack: impl Fn(&str, u64, u64),
 ) {
     let mut refused = false;
     while let Some(item) = out.recv().await {
@@ -593,11 +593,11 @@ async fn publish_in_order(
                     tracing::warn!(error = %e, "the bus refused a remote publisher's events");
                 }
             }
-            Out::Ack(group, upto) => {
+            Out::Ack(group, incarnation, upto) => {
                 if refused {
                     tracing::debug!(upto, "not acknowledged: the bus is closed");
                 } else {
-                    ack(&group, upto);
+                    ack(&group, incarnation, upto);
                 }
             }
             Out::Note(note) => {
@@ -684,7 +684,7 @@ impl HubLoop {
                     // covers onto the bus.
                     for (worker, upto) in acks {
                         if let Some(w) = self.workers.get(&worker) {
-                            let _ = self.out.send(Out::Ack(w.group.clone(), upto));
+                            let _ = self.out.send(Out::Ack(w.group.clone(), w.incarnation, upto));
                         }
                     }
                 }
@@ -751,7 +751,11 @@ impl HubLoop {
         w.next_job += 1;
         let seq = w.next_job;
         w.running.insert(seq, (job.task.clone(), job.attempt));
-        let Some(frame) = wire::encode(&HubFrame::Job { seq, job }) else {
+        let Some(frame) = wire::encode(&HubFrame::Job {
+            incarnation: w.incarnation,
+            seq,
+            job,
+        }) else {
             return;
         };
         w.unacked.push_back((seq, frame.clone(), Instant::now()));
@@ -953,7 +957,13 @@ impl HubLoop {
                 // waits for its events to be on the bus, and a stalled bus (a plugin with a
                 // full queue) would leave the worker hearing nothing, and stopping its jobs
                 // as if cut off (`Welcome::fail_after_ms`).
-                wire::send_to(&w.group, &HubFrame::Ack { upto: 0 });
+                wire::send_to(
+                    &w.group,
+                    &HubFrame::Ack {
+                        incarnation,
+                        upto: 0,
+                    },
+                );
                 acks.insert(worker, w.applied);
                 // A job not acknowledged two heartbeats after it was sent was lost in a cut.
                 let late = self.timing.heartbeat_interval * 2;
@@ -985,7 +995,13 @@ impl HubLoop {
                     // A gap (a frame lost in a cut): ask once for everything unacknowledged.
                     if w.resend_asked != Some(w.applied) {
                         w.resend_asked = Some(w.applied);
-                        wire::send_to(&w.group, &HubFrame::Resend { after: w.applied });
+                        wire::send_to(
+                            &w.group,
+                            &HubFrame::Resend {
+                                incarnation: w.incarnation,
+                                after: w.applied,
+                            },
+                        );
                     }
                     return;
                 }
@@ -1085,6 +1101,7 @@ impl HubLoop {
         wire::send_to(
             &group,
             &HubFrame::Welcome {
+                incarnation,
                 events_applied: w.applied,
                 hub: self.hub,
                 jobs_void_upto: 0,
@@ -1115,7 +1132,13 @@ impl HubLoop {
         if first > w.applied + 1 {
             if w.resend_asked != Some(w.applied) {
                 w.resend_asked = Some(w.applied);
-                wire::send_to(&w.group, &HubFrame::Resend { after: w.applied });
+                wire::send_to(
+                    &w.group,
+                    &HubFrame::Resend {
+                        incarnation: w.incarnation,
+                        after: w.applied,
+                    },
+                );
             }
             return None;
         }
@@ -1208,6 +1231,7 @@ impl HubLoop {
                 wire::send_to(
                     &group,
                     &HubFrame::Welcome {
+                        incarnation,
                         events_applied: 0,
                         hub: self.hub,
                         jobs_void_upto: 0,
@@ -1225,6 +1249,7 @@ impl HubLoop {
                 wire::send_to(
                     &group,
                     &HubFrame::Welcome {
+                        incarnation,
                         events_applied: w.applied,
                         hub: self.hub,
                         jobs_void_upto: w.jobs_void_upto,
@@ -1270,6 +1295,7 @@ impl HubLoop {
                 wire::send_to(
                     &group,
                     &HubFrame::Welcome {
+                        incarnation,
                         events_applied: 0,
                         hub: self.hub,
                         jobs_void_upto: 0,
@@ -1301,7 +1327,10 @@ impl HubLoop {
                         "the worker process restarted",
                     ));
                 }
-                self.publish(EventKind::worker_recovered(worker));
+                // A new life under the same id, with the new process's capabilities (its
+                // slots, features and labels may have changed with the restart): what the
+                // scheduler knew of the old process must not place tasks on the new one.
+                self.publish(EventKind::worker_registered(worker, capabilities));
             }
         }
     }
@@ -1519,6 +1548,50 @@ mod tests {
         assert_eq!(hub.workers[&w1].incarnation, 6);
     }
 
+    /// A worker process restarted under its id with other capabilities (fewer slots, a new
+    /// label) is registered again with them. Before, the hub published `WorkerRecovered`,
+    /// and the scheduler kept placing tasks by the old process's slots and features.
+    #[tokio::test]
+    async fn a_restarted_worker_is_registered_with_its_new_capabilities() {
+        let (mut hub, mut out_rx) = test_hub(Timing::default());
+        let w1 = WorkerId::from("w1");
+        let caps = |slots| Capabilities::builder().slots(slots).build();
+        hub.hello(w1.clone(), 5, caps(8), BTreeMap::new(), 0, Vec::new());
+        let labels = BTreeMap::from([("zone".to_owned(), "eu".to_owned())]);
+        hub.hello(w1.clone(), 6, caps(2), labels, 0, Vec::new());
+        let mut published = Vec::new();
+        while let Ok(item) = out_rx.try_recv() {
+            if let Out::One(kind) = item {
+                published.push(kind);
+            }
+        }
+        let registered: Vec<&Capabilities> = published
+            .iter()
+            .filter_map(|k| match k {
+                EventKind::WorkerRegistered(r) if r.worker == w1 => Some(&r.capabilities),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(registered.len(), 2, "{published:?}");
+        assert_eq!(registered[1].slots, 2);
+        assert_eq!(registered[1].features, ["zone=eu"]);
+        // The old life ends first (its jobs are re-queued), and no `WorkerRecovered` claims
+        // the old process is back.
+        let failed = published
+            .iter()
+            .position(|k| matches!(k, EventKind::WorkerFailed(f) if f.worker == w1));
+        let again = published
+            .iter()
+            .rposition(|k| matches!(k, EventKind::WorkerRegistered(_)));
+        assert!(failed.is_some() && failed < again, "{published:?}");
+        assert!(
+            !published
+                .iter()
+                .any(|k| matches!(k, EventKind::WorkerRecovered(_))),
+            "{published:?}"
+        );
+    }
+
     /// At the end of a run the coordinator abandons the remote workers' jobs before it cancels
     /// their tasks: a result that comes after that is dropped and counted as late, not put on
     /// the bus, where it would have turned the cancelled task into a passed one.
@@ -1601,7 +1674,9 @@ mod tests {
             manager.bus(),
             out_rx,
             notes_tx,
-            move |group: &str, upto| seen.lock().unwrap().push((group.to_owned(), upto)),
+            move |group: &str, _incarnation, upto| {
+                seen.lock().unwrap().push((group.to_owned(), upto))
+            },
         ));
         let events = |n: u64| {
             (0..n)
@@ -1617,17 +1692,17 @@ mod tests {
 
         out.send(Out::Batch("remote:publisher".into(), events(2)))
             .unwrap();
-        out.send(Out::Ack("publisher".to_owned(), 2)).unwrap();
+        out.send(Out::Ack("publisher".to_owned(), 1, 2)).unwrap();
         handled(&out).await;
         assert_eq!(*acks.lock().unwrap(), [("publisher".to_owned(), 2)]);
 
         manager.shutdown(ShutdownReason::Completed).await;
         out.send(Out::Batch("remote:publisher".into(), events(2)))
             .unwrap();
-        out.send(Out::Ack("publisher".to_owned(), 4)).unwrap();
+        out.send(Out::Ack("publisher".to_owned(), 1, 4)).unwrap();
         out.send(Out::One(EventKind::worker_failed("w", "gone")))
             .unwrap();
-        out.send(Out::Ack("worker".to_owned(), 1)).unwrap();
+        out.send(Out::Ack("worker".to_owned(), 1, 1)).unwrap();
         handled(&out).await;
         assert_eq!(
             *acks.lock().unwrap(),

@@ -173,6 +173,9 @@ pub(crate) enum HubFrame {
     /// for `fail_after_ms` is taken for failed and its jobs given up (0 from a version
     /// without it): a worker cut off from the coordinator that long stops its jobs first.
     Welcome {
+        /// The node incarnation this answers (see [`HubFrame::is_for`]).
+        #[serde(default)]
+        incarnation: u64,
         events_applied: u64,
         #[serde(default)]
         hub: u64,
@@ -182,12 +185,25 @@ pub(crate) enum HubFrame {
         fail_after_ms: u64,
     },
     /// A job, numbered per worker incarnation from 1.
-    Job { seq: u64, job: RemoteJob },
+    Job {
+        #[serde(default)]
+        incarnation: u64,
+        seq: u64,
+        job: RemoteJob,
+    },
     /// Events up to `upto` were applied (cumulative); also the answer to a heartbeat.
-    Ack { upto: u64 },
+    Ack {
+        #[serde(default)]
+        incarnation: u64,
+        upto: u64,
+    },
     /// An event after `after` arrived out of order (one was lost in a cut): resend every
     /// unacknowledged event.
-    Resend { after: u64 },
+    Resend {
+        #[serde(default)]
+        incarnation: u64,
+        after: u64,
+    },
     /// An event for the hosted `plugin`, in the coordinator's publish order. Its bus
     /// sequence number orders and deduplicates it on the host.
     Deliver { plugin: String, event: Event },
@@ -206,6 +222,31 @@ pub(crate) enum HubFrame {
     /// differs from the hub's): that node stops with `reason`. Sent to every node in the id's
     /// group, since a node already holding the id is in it too; the others ignore it.
     Refused { incarnation: u64, reason: String },
+}
+
+impl HubFrame {
+    /// Whether the node of `incarnation` acts on this frame.
+    ///
+    /// Frames go to a worker id's group, and two processes with one id (a restarted node
+    /// whose predecessor has not left yet, or a twin) are both in it. What a `Welcome`, `Job`,
+    /// `Ack`, `Resend` or `Refused` says is about one process's numbering (its events, its
+    /// jobs), so only that process acts on it: an `Ack { upto: 50 }` meant for the old process
+    /// made the new one drop its first 50 events unsent, and a job numbered for the old one
+    /// could run on the new one after the hub had given its task to another worker. 0 (a
+    /// coordinator of a version without the field) is for every node, as before.
+    /// `Deliver` and `Reconfigure` are for whichever process hosts the id's plugins now
+    /// (deduplicated by bus sequence and request id), and `Goodbye` is for everyone.
+    pub(crate) fn is_for(&self, incarnation: u64) -> bool {
+        let to = match self {
+            Self::Welcome { incarnation, .. }
+            | Self::Job { incarnation, .. }
+            | Self::Ack { incarnation, .. }
+            | Self::Resend { incarnation, .. }
+            | Self::Refused { incarnation, .. } => *incarnation,
+            Self::Deliver { .. } | Self::Reconfigure { .. } | Self::Goodbye => 0,
+        };
+        to == 0 || to == incarnation
+    }
 }
 
 /// Worker to coordinator, borrowed: serializes exactly as [`FromWorker`] without cloning the
@@ -338,6 +379,45 @@ pub(crate) fn send_bytes(group: &str, bytes: Vec<u8>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Frames about one process's numbering reach every process with its id: only the
+    /// process they are for acts on them. A frame from a coordinator that does not say (0)
+    /// is for every process, as before.
+    #[test]
+    fn a_frame_for_one_incarnation_is_ignored_by_another() {
+        let ack: HubFrame = serde_json::from_str(r#"{"ack":{"incarnation":5,"upto":50}}"#)
+            .unwrap_or(HubFrame::Goodbye);
+        assert!(matches!(ack, HubFrame::Ack { upto: 50, .. }), "{ack:?}");
+        assert!(ack.is_for(5));
+        assert!(!ack.is_for(6), "a new process dropped events it never sent");
+        let job = HubFrame::Job {
+            incarnation: 5,
+            seq: 1,
+            job: RemoteJob {
+                task: "t".into(),
+                attempt: 1,
+                spec: serde_json::Value::Null,
+            },
+        };
+        assert!(job.is_for(5) && !job.is_for(6));
+        let older: HubFrame =
+            serde_json::from_str(r#"{"ack":{"upto":3}}"#).unwrap_or(HubFrame::Goodbye);
+        assert!(matches!(
+            older,
+            HubFrame::Ack {
+                incarnation: 0,
+                upto: 3
+            }
+        ));
+        assert!(older.is_for(5) && older.is_for(6));
+        // A hosted plugin's events are for whichever process hosts it now.
+        let deliver = HubFrame::Reconfigure {
+            plugin: "p".to_owned(),
+            id: 1,
+            settings: serde_json::Value::Null,
+        };
+        assert!(deliver.is_for(5) && deliver.is_for(6));
+    }
 
     #[test]
     fn a_decode_failure_says_where_but_quotes_nothing_of_the_frame() {

@@ -661,12 +661,18 @@ impl WorkerLoop {
 
     /// Handles a frame of the coordinator's; `Some` ends the node.
     fn on_frame(&mut self, frame: HubFrame) -> Option<Result<WorkerExit, ClusterError>> {
+        if !frame.is_for(self.incarnation) {
+            // For another process with this id (see `HubFrame::is_for`).
+            tracing::debug!("a frame for another process with this node's id; ignored");
+            return None;
+        }
         match frame {
             HubFrame::Welcome {
                 events_applied: upto,
                 hub,
                 jobs_void_upto,
                 fail_after_ms,
+                ..
             } => {
                 if hub != 0 {
                     self.hub = Some(hub);
@@ -686,12 +692,12 @@ impl WorkerLoop {
                 self.acked(upto);
                 self.resend_upto(self.hello_seq);
             }
-            HubFrame::Resend { after: upto } => {
+            HubFrame::Resend { after: upto, .. } => {
                 self.acked(upto);
                 self.resend_upto(u64::MAX);
             }
-            HubFrame::Ack { upto } => self.acked(upto),
-            HubFrame::Job { seq, job } => {
+            HubFrame::Ack { upto, .. } => self.acked(upto),
+            HubFrame::Job { seq, job, .. } => {
                 if self.jobs_received.take(seq) {
                     self.start(seq, job);
                 }
