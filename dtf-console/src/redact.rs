@@ -162,6 +162,25 @@ mod tests {
         assert!(!r.to_string().contains("xoxb"));
     }
 
+    /// A webhook's extra headers are credentials whatever their names (found by a review:
+    /// `X-Functions-Key` and `Cookie` were shown in full), and keeping them masked keeps them.
+    #[test]
+    fn a_webhooks_headers_are_masked_and_kept() {
+        let current = json!({"channels": [{"type": "webhook", "name": "fn",
+            "headers": {"X-Functions-Key": "fk-123", "Cookie": "session=abc"}}]});
+        let shown = redact(&current);
+        assert_eq!(shown["channels"][0]["headers"], MASK);
+        let text = shown.to_string();
+        assert!(
+            !text.contains("fk-123") && !text.contains("session=abc"),
+            "{text}"
+        );
+        let mut edited = shown.clone();
+        edited["channels"][0]["name"] = json!("fn");
+        restore_masked(&mut edited, &current).unwrap();
+        assert_eq!(edited, current);
+    }
+
     #[test]
     fn masked_values_keep_the_current_secret() {
         let current = json!({"token": "xoxb-1", "smtp": {"password": "p"}, "n": 1});

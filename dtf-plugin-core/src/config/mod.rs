@@ -170,12 +170,14 @@ impl ConfigErrors {
 }
 
 /// Whether a key's value is a secret by its name (`token`, `password`, `secret`,
-/// `webhook_url`, `api_key`, …): such values are printed as `"***"`.
+/// `webhook_url`, `api_key`, `headers`, …): such values are printed as `"***"` (a table's
+/// values, at any depth).
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     // Whole keys that hold a secret in dtf's plugins: the task reporter's `endpoint` and the
-    // webhook channel's `url` carry credentials in their path or query.
-    if matches!(k.as_str(), "url" | "endpoint") {
+    // webhook channel's `url` carry credentials in their path or query, and the webhook
+    // channel's `headers` are credentials under any name (`X-Functions-Key`, `Cookie`).
+    if matches!(k.as_str(), "url" | "endpoint" | "headers") {
         return true;
     }
     [
@@ -921,6 +923,7 @@ mod tests {
             "token",
             "x-api-key",
             "SMTP_PASSWORD",
+            "headers",
         ] {
             assert!(is_secret_key(k), "{k}");
         }
