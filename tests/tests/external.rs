@@ -993,7 +993,7 @@ async fn a_reloader_from_the_configuration_skips_disabled_plugins_and_passes_set
     let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
     let manager = PluginManager::builder().spec(rec).spawn().await.unwrap();
     let mut reloader = Reloader::from_config(&config);
-    write_plugin(&dir.join("plugins"), "on", "", &[]);
+    write_plugin(&dir.join("plugins"), "on", "", &["--tag", "v1"]);
     write_plugin(&dir.join("plugins"), "off", "", &[]);
     let changes = reloader.poll(&manager).await;
     assert_eq!(
@@ -1011,6 +1011,37 @@ async fn a_reloader_from_the_configuration_skips_disabled_plugins_and_passes_set
     let got = received(&recording, "on");
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["greeting"], "hello");
+
+    // Changed while it runs (as the web console does), then a new version is dropped in:
+    // the new version keeps the change. Before, it was started with the file's settings.
+    manager
+        .reconfigure(
+            "on",
+            serde_json::json!({ "greeting": "changed at runtime" }),
+        )
+        .await
+        .unwrap();
+    release_v2(&dir.join("plugins"), "on");
+    let changes = reloader.poll(&manager).await;
+    assert_eq!(
+        changes,
+        [ReloadEvent::Replaced {
+            name: "on".to_owned(),
+            version: "0.2.0".to_owned()
+        }]
+    );
+    manager
+        .publish(EventKind::task_created("t2", "x"))
+        .await
+        .unwrap();
+    flushed(&manager).await;
+    let got = received(&recording, "on");
+    let last = got.last().unwrap();
+    assert_eq!(
+        (&last["task"], &last["tag"]),
+        (&serde_json::json!("t2"), &serde_json::json!("v2"))
+    );
+    assert_eq!(last["greeting"], "changed at runtime");
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
 }
 

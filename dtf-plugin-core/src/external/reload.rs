@@ -239,8 +239,20 @@ impl Reloader {
         }
     }
 
+    /// The spec of `m`, a new version of a plugin the manager runs, with the configuration in
+    /// force for the running version: a change made while it ran (the web console's, or any
+    /// [`PluginManager::reconfigure`]) outlives the new version, rather than being replaced by
+    /// the settings the reloader was given at the start.
+    async fn next_version(&self, manager: &PluginManager, m: &Arc<Manifest>) -> PluginSpec {
+        match manager.config(&m.name).await {
+            Ok(config) => super::spec(m).config(config),
+            Err(_) => self.spec(m),
+        }
+    }
+
     /// Scans the directories once and applies what changed: new plugins are added, changed
-    /// ones replaced with [`PluginManager::replace`] (no event lost), removed ones removed.
+    /// ones replaced with [`PluginManager::replace`] (no event lost, the configuration in
+    /// force kept), removed ones removed.
     pub async fn poll(&mut self, manager: &PluginManager) -> Vec<ReloadEvent> {
         let Some((manifests, errors)) = scan(self.dirs.clone()).await else {
             return vec![ReloadEvent::Failed {
@@ -284,7 +296,7 @@ impl Reloader {
                 Some(k) if k.ours => {
                     let same_hooks = k.manifest.hooks == m.hooks;
                     let r = if same_hooks {
-                        match manager.replace(self.spec(&m)).await {
+                        match manager.replace(self.next_version(manager, &m).await).await {
                             // A version disabled by its failures (budget spent, or a failed
                             // start) gets a fresh start with the new one: that is what a fix
                             // dropped into the directory is for. One disabled on request (a
@@ -302,9 +314,10 @@ impl Reloader {
                             "hooks changed: the plugin is removed and added again; events published meanwhile do not reach it"
                         );
                         let on_request = Self::disabled_on_request(manager, &name).await;
+                        let next = self.next_version(manager, &m).await;
                         match manager.remove(&name).await {
                             Ok(()) | Err(ManagerError::UnknownPlugin { .. }) => {
-                                match manager.add(self.spec(&m)).await {
+                                match manager.add(next).await {
                                     // Disabled on request, it stays so with the new version.
                                     Ok(()) if on_request => manager.disable(&name).await,
                                     r => r,
