@@ -151,7 +151,9 @@ fn parse_http_date(s: &str) -> Option<std::time::SystemTime> {
     let year: u64 = year.parse().ok()?;
     let mut hms = time.split(':').map(|p| p.parse::<u64>().ok());
     let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
-    if !(1..=31).contains(&day) || year < 1970 || h > 23 || m > 59 || sec > 60 {
+    // A four-digit year, as the format says: a larger one (from the network) would overflow
+    // the arithmetic below and `SystemTime`.
+    if !(1..=31).contains(&day) || !(1970..=9999).contains(&year) || h > 23 || m > 59 || sec > 60 {
         return None;
     }
     // Days from the civil date (Howard Hinnant's algorithm), for years from 1970 on.
@@ -166,7 +168,7 @@ fn parse_http_date(s: &str) -> Option<std::time::SystemTime> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = (era * 146_097 + doe).checked_sub(719_468)?;
     let secs = days * 86_400 + h * 3600 + m * 60 + sec;
-    Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+    std::time::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 /// The wait a JSON error body asks for: Discord's top-level `retry_after` (seconds, may be
@@ -297,6 +299,11 @@ mod tests {
             "Sun, 06 Nov 1994 08:49:37 CET",
             "Sun, 32 Nov 1994 08:49:37 GMT",
             "-1",
+            // Years a server (or anyone in the middle) may send that overflowed the date
+            // arithmetic or `SystemTime`, a panic in the notifier's task (found by a review).
+            "Mon, 01 Jan 400000000000 00:00:00 GMT",
+            "Mon, 01 Jan 18446744073709551615 00:00:00 GMT",
+            "Fri, 31 Dec 10000 23:59:59 GMT",
         ] {
             assert_eq!(parse_retry_after_at(bad, now), None, "{bad}");
         }
