@@ -154,6 +154,10 @@ impl ReqwestTransport {
         let client = reqwest::Client::builder()
             .user_agent(concat!("dtf-plugins-notify/", env!("CARGO_PKG_VERSION")))
             .timeout(timeout)
+            // Redirects are not followed: reqwest would send the webhook URL (path and query,
+            // where the token is) to the new host as `Referer`, secret headers with it, and
+            // turn a POST into a GET whose 200 would count as delivered. A 3xx is a failure.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| TransportError::new(format!("build the HTTP client: {e}"), false))?;
         Ok(Self { client })

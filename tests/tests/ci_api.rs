@@ -955,6 +955,38 @@ async fn retries_5xx_but_not_404_and_the_run_goes_on() {
     );
 }
 
+/// An API address that redirects (a proxy, an SSO login page) is a failure, not followed:
+/// reqwest followed it before, sending the token-bearing request on (and a 302 turned the
+/// POST into a GET, whose 200 counted as a check run created).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_a_failure_not_followed() {
+    let server = MockServer::start().await;
+    let elsewhere = format!("{}/login?next=check-runs", server.uri());
+    Mock::given(method("POST"))
+        .and(path("/repos/acme/widgets/check-runs"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", elsewhere.as_str()))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/login"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 99 })))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let cfg = github_config(
+        &server,
+        json!({ "github": { "comment": false, "status": false } }),
+    );
+    let stats = run(github_env(), cfg).await;
+    server.verify().await;
+    let check = stats.get("github.check-run").unwrap();
+    assert_eq!((check.ok, check.failed), (0, 1), "{check:?}");
+    assert_eq!(check.last_status, Some(302));
+    let err = check.last_error.unwrap();
+    assert!(err.contains("redirect"), "{err}");
+    assert!(!err.contains("login") && !err.contains(GH_TOKEN), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_errors_are_retried_then_counted() {
     // A port nobody listens on: bind, learn the port, close.

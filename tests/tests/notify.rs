@@ -942,6 +942,33 @@ async fn generic_webhook_posts_the_notification_json_with_its_headers() {
     assert_eq!(stats.get("webhook").unwrap().ok, 1);
 }
 
+/// A webhook that redirects elsewhere is a failure, not followed: reqwest followed it
+/// before, sending the secret headers on and the webhook URL (where the token is) as
+/// `Referer`, and a 302 turned the POST into a GET whose 200 counted as delivered.
+#[tokio::test]
+async fn a_webhook_redirect_is_a_failure_not_followed() {
+    let server = MockServer::start().await;
+    let cfg = json!({ "channels": [{ "type": "webhook", "url": format!("{}/hook/canary-webhook-path", server.uri()), "headers": { "X-Api-Key": "canary-webhook-key" } }] });
+    Mock::given(method("POST"))
+        .and(path("/hook/canary-webhook-path"))
+        .respond_with(
+            ResponseTemplate::new(302)
+                .insert_header("location", format!("{}/moved", server.uri()).as_str()),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/moved"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let stats = run(cfg, &[timeout_failure()]).await;
+    server.verify().await;
+    let s = stats.get("webhook").unwrap();
+    assert_eq!((s.ok, s.failed), (0, 1), "{s:?}");
+}
+
 async fn webhook_with(
     responses: Vec<ResponseTemplate>,
     then_ok: bool,

@@ -116,6 +116,10 @@ impl HttpCore {
         let client = reqwest::Client::builder()
             .user_agent(concat!("dtf-plugins-ci/", env!("CARGO_PKG_VERSION")))
             .timeout(timeout)
+            // Redirects are not followed: reqwest would send the webhook URL (path and query,
+            // where the token is) to the new host as `Referer`, secret headers with it, and
+            // turn a POST into a GET whose 200 would count as delivered. A 3xx is a failure.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| CiError::Api {
                 target: "client".to_owned(),
@@ -190,7 +194,7 @@ impl HttpCore {
                             s.rate_limited += 1;
                         }
                     });
-                    if status.is_success() || status.is_redirection() {
+                    if status.is_success() {
                         let text = resp.text().await.unwrap_or_default();
                         self.stats.update(call.target, |s| s.ok += 1);
                         tracing::debug!(target_api = call.target, %status, ?latency, "API call done");
@@ -304,6 +308,14 @@ pub(crate) async fn failed_answer(resp: reqwest::Response) -> (Option<Duration>,
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
+    if status.is_redirection() {
+        // Where it points is not repeated: it may carry the request's credentials.
+        let message = format!(
+            "HTTP {status}: the API answered with a redirect, which is not followed (it would \
+             take the token to another address): configure the address it finally serves from"
+        );
+        return (None, message);
+    }
     let text = resp.text().await.unwrap_or_default();
     let message = format!("HTTP {status}: {}", crate::markdown::short(&text, 200));
     (retry_after, message)

@@ -57,6 +57,10 @@ impl Sender {
         let client = reqwest::Client::builder()
             .user_agent(concat!("dtf-plugins-ci/", env!("CARGO_PKG_VERSION")))
             .timeout(Duration::from_millis(config.timeout_ms))
+            // Redirects are not followed: reqwest would send the webhook URL (path and query,
+            // where the token is) to the new host as `Referer`, secret headers with it, and
+            // turn a POST into a GET whose 200 would count as delivered. A 3xx is a failure.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("build the HTTP client: {}", e.without_url()))?;
         let (tx, rx) = mpsc::unbounded_channel();
