@@ -94,9 +94,11 @@ impl RetryPolicy {
     }
 
     /// The wait before retry number `retry`: the server's `Retry-After` (capped) if it sent
-    /// one, else [`backoff`](Self::backoff).
+    /// one, else [`backoff`](Self::backoff). A `Retry-After` of zero (or a date already
+    /// past) says nothing about how long to wait: the backoff applies, or every retry would
+    /// go out at once.
     pub fn delay(&self, retry: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
-        match retry_after {
+        match retry_after.filter(|d| !d.is_zero()) {
             Some(d) => d.min(Duration::from_millis(self.max_retry_after_ms)),
             None => self.backoff(retry, jitter),
         }
@@ -275,6 +277,10 @@ mod tests {
             p.delay(0, Some(Duration::from_secs(3600)), 0.0),
             Duration::from_secs(30)
         );
+        // `Retry-After: 0` is no wait at all: the backoff applies (found by a review: every
+        // attempt left went out at once).
+        assert_eq!(p.delay(2, Some(Duration::ZERO), 1.0), p.backoff(2, 1.0));
+        assert!(p.backoff(2, 1.0) > Duration::ZERO);
         assert!(p.allows_another(3) && !p.allows_another(4));
     }
 

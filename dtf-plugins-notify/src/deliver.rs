@@ -271,7 +271,9 @@ impl Deliverer {
                     "{error} (gave up after {attempt} attempts)"
                 )));
             }
-            if after.is_none() {
+            // A wait of zero (`Retry-After: 0`, a date already past) says nothing about how
+            // long to wait: the backoff applies, or every attempt left would go out at once.
+            if after.is_none_or(|a| a.is_zero()) {
                 let delay = self.policy.backoff(attempt - 1, self.jitter());
                 tracing::warn!(target_channel = target, attempt, ?delay, %error, "delivery failed; retrying");
                 tokio::time::sleep(delay).await;

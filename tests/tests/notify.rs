@@ -220,6 +220,41 @@ async fn slack_ok_false_is_a_failure_and_is_reported() {
     assert!(u[0].reason.contains("channel_not_found"), "{}", u[0].reason);
 }
 
+/// Slack's transient errors come as `ok: false` with a 200 (`rate_limited` is in the spec's
+/// list for chat.postMessage): tried again, where before the message was dropped for good.
+#[tokio::test]
+async fn slack_rate_limited_ok_false_is_tried_again() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/chat.postMessage"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({ "ok": false, "error": "rate_limited" })),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/chat.postMessage"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({ "ok": true, "channel": "C9", "ts": "1503435956.000247", "message": {} }),
+        ))
+        .with_priority(2)
+        .expect(1)
+        .mount(&server)
+        .await;
+    let stats = run(
+        json!({ "channels": [{ "type": "slack", "token": "xoxb-canary-slack-token", "channel": "C9", "base_url": server.uri() }], "delivery": fast_retry() }),
+        &[timeout_failure()],
+    )
+    .await;
+    server.verify().await;
+    let s = stats.get("slack").unwrap();
+    assert_eq!((s.ok, s.failed, s.attempts), (1, 0, 2), "{s:?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Discord
 
@@ -1351,6 +1386,10 @@ async fn bad_configurations_are_refused_at_start_up_naming_the_key() {
         (
             json!({ "channels": [{ "type": "discord", "bot_token": "canary", "channel_id": "general" }] }),
             &["channels[0].channel_id", "digits"],
+        ),
+        (
+            json!({ "channels": [{ "type": "discord", "webhook_url": "https://discord.example/api/webhooks/1/canary", "username": "  " }] }),
+            &["channels[0].username", "empty"],
         ),
         (
             json!({ "channels": [{ "type": "teams", "graph_token": "canary", "team_id": "t" }] }),

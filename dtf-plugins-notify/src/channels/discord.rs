@@ -77,6 +77,10 @@ impl ChannelBuilder for DiscordConfig {
             &format!("{key}.filter"),
         )?;
         let every = interval(&format!("{key}.min_interval_ms"), self.min_interval_ms)?;
+        // Discord refuses a blank name (`minLength: 1`) with a 400 on every message.
+        if let Some(u) = &self.username {
+            non_empty(&format!("{key}.username"), u, "the webhook's display name")?;
+        }
         let (url, bot_token, dest) = match (&self.webhook_url, &self.bot_token) {
             (Some(url), None) => {
                 let k = format!("{key}.webhook_url");

@@ -193,8 +193,25 @@ fn check_api(resp: &HttpResponse) -> Result<(), Refusal> {
         .get("error")
         .and_then(Value::as_str)
         .unwrap_or("no `ok: true` in the answer");
-    Err(format!("Slack answered ok=false: {error}").into())
+    let message = format!("Slack answered ok=false: {error}");
+    // Slack's transient errors come as `ok: false` too (`rate_limited` is in the spec's
+    // list for chat.postMessage): another try may well succeed, where `channel_not_found`
+    // or `invalid_auth` never will.
+    if TRANSIENT.contains(&error) {
+        return Err(Refusal::retry(message));
+    }
+    Err(message.into())
 }
+
+/// `ok: false` errors of Slack's Web API that are worth another try.
+const TRANSIENT: [&str; 6] = [
+    "rate_limited",
+    "ratelimited",
+    "internal_error",
+    "fatal_error",
+    "service_unavailable",
+    "request_timeout",
+];
 
 #[async_trait::async_trait]
 impl Channel for Slack {
