@@ -45,6 +45,18 @@ pub enum CiError {
         /// The environment variables that are read, in order.
         variables: String,
     },
+    /// A token holds characters an HTTP header cannot carry (inside it: surrounding
+    /// whitespace, such as the line break a file ends with, is trimmed).
+    #[error(
+        "configure `{service}`: the token from {from} holds characters an HTTP header cannot carry"
+    )]
+    BadToken {
+        /// The service.
+        service: &'static str,
+        /// Where the token came from: the environment variable, or `token` in the
+        /// configuration.
+        from: String,
+    },
     /// A service was selected but an identifier or URL it needs is unknown.
     #[error("configure `{service}`: no `{key}` (set it in the configuration, or {variables})")]
     MissingSetting {

@@ -1025,6 +1025,47 @@ async fn missing_token_fails_start_up_naming_the_variable() {
     assert!(err.contains("JENKINS_USER"), "{err}");
 }
 
+/// A token read from a file ends with a line break: trimmed, not sent broken (GitLab's
+/// `PRIVATE-TOKEN` was dropped from the request, and GitHub's calls failed with a bare
+/// "builder error"). One a header cannot carry at all is refused at start, by its variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_with_a_line_break_is_trimmed_or_refused_by_name() {
+    let server = MockServer::start().await;
+    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 5 })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    github_headers(Mock::given(method("PATCH")).and(path("/repos/acme/widgets/check-runs/5")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 5 })))
+        .expect(1..)
+        .mount(&server)
+        .await;
+    let mut env = github_env();
+    env.insert("GITHUB_TOKEN".to_owned(), format!("{GH_TOKEN}\n"));
+    let cfg = github_config(
+        &server,
+        json!({ "github": { "comment": false, "status": false } }),
+    );
+    let stats = run(env, cfg).await;
+    server.verify().await;
+    let check = stats.get("github.check-run").unwrap();
+    assert_eq!(check.failed, 0, "{check:?}");
+
+    let mut env = github_env();
+    env.insert(
+        "GITHUB_TOKEN".to_owned(),
+        "ghp-canary\nX-Injected: 1".to_owned(),
+    );
+    let mut plugin = CiApiReporter::with_env(env);
+    let mut ctx = PluginContext::detached(CiApiReporter::NAME, json!({ "services": ["github"] }));
+    let err = plugin.on_start(&mut ctx).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "configure `github`: the token from `GITHUB_TOKEN` holds characters an HTTP header cannot carry"
+    );
+}
+
 #[tokio::test]
 async fn tokens_stay_out_of_debug_output_and_errors() {
     let cfg: ApiConfig = serde_json::from_value(json!({

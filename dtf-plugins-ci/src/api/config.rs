@@ -279,25 +279,40 @@ pub struct JenkinsConfig {
 }
 
 /// The configured token, else the first environment variable of `vars` that is set, with
-/// the index of that variable (`None` for a configured token).
+/// the index of that variable (`None` for a configured token). Surrounding whitespace is
+/// trimmed (a token read from a file ends with a line break), and a token an HTTP header
+/// cannot carry is refused here, naming where it came from: sent, it was dropped from the
+/// request (GitLab's `PRIVATE-TOKEN`, then a 401 with no hint why) or failed every call.
 pub(crate) fn token(
     service: &'static str,
     configured: Option<&Secret>,
     env: &Env,
     vars: &[&str],
 ) -> Result<(Secret, Option<usize>), CiError> {
-    if let Some(t) = configured.filter(|t| !t.expose().is_empty()) {
-        return Ok((t.clone(), None));
+    let checked = |t: &str, from: &dyn Fn() -> String| {
+        let t = t.trim();
+        match reqwest::header::HeaderValue::from_str(t) {
+            Ok(_) => Ok(Secret::new(t.to_owned())),
+            Err(_) => Err(CiError::BadToken {
+                service,
+                from: from(),
+            }),
+        }
+    };
+    if let Some(t) = configured.filter(|t| !t.expose().trim().is_empty()) {
+        let token = checked(t.expose(), &|| format!("`{service}.token`"))?;
+        return Ok((token, None));
     }
-    vars.iter()
-        .enumerate()
-        .find_map(|(i, v)| {
-            env.get(*v)
-                .filter(|s| !s.is_empty())
-                .map(|s| (Secret::new(s.clone()), Some(i)))
-        })
-        .ok_or_else(|| CiError::MissingToken {
+    let found = vars.iter().enumerate().find_map(|(i, v)| {
+        env.get(*v)
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| (i, *v, s))
+    });
+    match found {
+        Some((i, var, s)) => Ok((checked(s, &|| format!("`{var}`"))?, Some(i))),
+        None => Err(CiError::MissingToken {
             service,
             variables: vars.join(" or "),
-        })
+        }),
+    }
 }
