@@ -681,6 +681,56 @@ async fn remove_publishes_plugin_removed() {
     manager.shutdown(ShutdownReason::Completed).await;
 }
 
+/// A `disable` that comes while a `remove` waits for the plugin to finish its queue does not
+/// undo the removal (found by a review: the plugin stayed listed, disabled, with no
+/// `PluginRemoved`, and its name could not be added again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disable_during_a_remove_does_not_undo_it() {
+    let (monitor, monitor_rec) = RecordingPlugin::spec("monitor", HookSet::PLUGIN);
+    let (gate_tx, gate) = watch::channel(false);
+    let leaving = Probe::new("leaving", Hook::Custom).behaving(move |_| Action::Gate(gate.clone()));
+    let manager = PluginManager::builder()
+        .spec(monitor)
+        .spec(leaving.spec())
+        .spawn()
+        .await
+        .unwrap();
+    manager.publish(n(0)).await.unwrap();
+    let removing = tokio::spawn({
+        let m = manager.clone();
+        async move { m.remove("leaving").await }
+    });
+    // The removal begins (the plugin waits at its gate, so it cannot end) before the
+    // disable comes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let disabling = tokio::spawn({
+        let m = manager.clone();
+        async move { m.disable("leaving").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate_tx.send(true).unwrap();
+    removing.await.unwrap().unwrap();
+    disabling.await.unwrap().unwrap();
+    manager.flush().await;
+    let names: Vec<String> = manager
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["monitor"]);
+    let seen: Vec<Hook> = monitor_rec
+        .events()
+        .iter()
+        .filter(|e| plugin_of(e) == Some("leaving"))
+        .map(|e| e.hook())
+        .collect();
+    assert_eq!(seen, vec![Hook::PluginStarted, Hook::PluginRemoved]);
+    manager.add(leaving.spec()).await.unwrap();
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
 #[test]
 fn spawn_without_a_time_driver_fails_at_once_with_a_clear_error() {
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -312,6 +312,13 @@ impl ManagerState {
         let Some(entry) = self.plugins.get_mut(name) else {
             return;
         };
+        if entry.after_stop == AfterStop::Remove && entry.actor.is_some() {
+            // A removal is under way (the plugin finishes its queue): it wins. A `disable`
+            // meanwhile answers with it; before, it turned the removal into a disable, and
+            // the plugin stayed listed with no `PluginRemoved`.
+            entry.waiting.push(reply);
+            return;
+        }
         self.bus.inner().unroute(&entry.slot);
         entry.after_stop = then;
         entry.generation += 1;
