@@ -646,8 +646,17 @@ impl<P: Plugin> Actor for PluginActor<P> {
                 state.slot.detach();
                 match drained {
                     // A plugin that failed while draining is in an unknown state: it is not
-                    // asked to shut down, only dropped.
-                    Err(e) => outcome.error = Some(e.to_string()),
+                    // asked to shut down, only dropped. The failure is the manager's to
+                    // account (counted, `PluginFailed`, a replace's restart within the
+                    // budget), as any other: the actor fails with it. Before, it stopped
+                    // normally, and only a manager's shutdown heard of it.
+                    Err(e) => {
+                        outcome.error = Some(e.to_string());
+                        if let Some(reply) = reply {
+                            let _ = reply.send(outcome);
+                        }
+                        return Err(e);
+                    }
                     Ok(_) => {
                         let left = deadline.saturating_duration_since(Instant::now());
                         let budget = left.min(state.timeout).max(Duration::from_millis(1));

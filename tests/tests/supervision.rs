@@ -731,6 +731,62 @@ async fn a_disable_during_a_remove_does_not_undo_it() {
     manager.shutdown(ShutdownReason::Completed).await;
 }
 
+/// A plugin that fails while it finishes its queue for a restart (or a replace, a disable)
+/// fails like any other: counted, reported with `PluginFailed`, restarted within its budget.
+/// Before, its actor stopped normally and the failure was seen only in the dead letter
+/// (found by a review). The queue is more than one wake-up's work (8 chunks of 4,096
+/// events), so the failure comes in the stop's own drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_while_finishing_the_queue_for_a_restart_is_accounted() {
+    quiet_poison_panics();
+    const N: u64 = 40_000;
+    let (monitor, monitor_rec) = RecordingPlugin::spec("monitor", HookSet::PLUGIN);
+    let (gate_tx, gate) = watch::channel(false);
+    let busy = Probe::new("busy", Hook::Custom).behaving(move |e| match number(e) {
+        Some(0) => Action::Gate(gate.clone()),
+        Some(n) if n == N - 1 => Action::Fail,
+        _ => Action::Ok,
+    });
+    let manager = PluginManager::builder()
+        .config(forgiving())
+        .spec(monitor)
+        .spec(busy.spec().queue_capacity(2 * N as usize))
+        .spawn()
+        .await
+        .unwrap();
+    for i in 0..N {
+        manager.publish(n(i)).await.unwrap();
+    }
+    let restarting = tokio::spawn({
+        let m = manager.clone();
+        async move { m.restart("busy").await }
+    });
+    // The restart's stop waits behind the wake-up in hand, which waits at the gate.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate_tx.send(true).unwrap();
+    restarting.await.unwrap().unwrap();
+    manager.flush().await;
+    let info = manager
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.name == "busy")
+        .unwrap();
+    assert_eq!(info.stats.failures, 1, "{info:?}");
+    assert!(info.last_error.is_some(), "{info:?}");
+    assert_eq!(dead_numbers(&manager, "busy").await, [N - 1]);
+    assert!(
+        monitor_rec
+            .events()
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::PluginFailed(f) if f.plugin == "busy")),
+        "no PluginFailed"
+    );
+    assert_conserved(&manager).await;
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
 #[test]
 fn spawn_without_a_time_driver_fails_at_once_with_a_clear_error() {
     let runtime = tokio::runtime::Builder::new_current_thread()
