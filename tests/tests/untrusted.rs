@@ -356,6 +356,40 @@ async fn a_panic_in_the_plugins_drop_harms_nothing() {
     survive(Site::PluginDrop).await;
 }
 
+/// A spec the manager refuses (here a second plugin named `bomb`) is dropped on the
+/// manager's task, with the instance its factory made first: a panic in that instance's
+/// `Drop` failed the manager, and every plugin with it (found by a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_drop_of_a_refused_specs_instance_harms_nothing() {
+    quiet_poison_panics();
+    let fired = Arc::new(AtomicU32::new(0));
+    let healthy = Probe::new("healthy", Hook::Custom);
+    let manager = PluginManager::builder()
+        .spec(healthy.spec())
+        // Never restarted here, so healthy too.
+        .spec(spec(Site::FactoryOnRestart, &Arc::new(AtomicU32::new(0))))
+        .spawn()
+        .await
+        .unwrap();
+    let error = manager
+        .add(spec(Site::PluginDrop, &fired))
+        .await
+        .expect_err("a second plugin named bomb");
+    assert!(matches!(error, ManagerError::DuplicateName(_)), "{error:?}");
+    assert_eq!(
+        fired.load(Ordering::SeqCst),
+        1,
+        "the refused instance was dropped"
+    );
+    manager.publish(n(1)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), manager.flush())
+        .await
+        .expect("the manager is alive");
+    assert_eq!(healthy.numbers(), vec![1]);
+    assert_eq!(manager.list().await.unwrap().len(), 2);
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
 /// The dead letter of an error whose `Display` panicked says so, instead of the text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dead_letter_of_an_undisplayable_error_says_so() {

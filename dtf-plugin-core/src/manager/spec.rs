@@ -75,7 +75,7 @@ impl PluginSpec {
             restart_budget: None,
             backoff: None,
             factory: Box::new(Factory {
-                make: factory,
+                make: Some(factory),
                 first: Mutex::new(first),
             }),
         }
@@ -164,8 +164,29 @@ pub(super) trait ErasedFactory: Send + Sync {
 }
 
 pub(super) struct Factory<P, F> {
-    pub(super) make: F,
+    /// An `Option` only so that `Drop` can drop it under `catch_unwind`.
+    pub(super) make: Option<F>,
     pub(super) first: Mutex<Option<P>>,
+}
+
+/// A spec is dropped where the manager decides (a refused `add` or `replace`, a `replace` that
+/// swaps factories, a removal): on the manager's own task. The instance kept from the
+/// factory's first call, and the factory closure's captures, are plugin code, and a panic in
+/// their `Drop` would have failed the manager and every plugin with it.
+impl<P, F> Drop for Factory<P, F> {
+    fn drop(&mut self) {
+        let first = self
+            .first
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(plugin) = first {
+            crate::runner::drop_caught(plugin, "a plugin instance");
+        }
+        if let Some(make) = self.make.take() {
+            crate::runner::drop_caught(make, "a plugin factory");
+        }
+    }
 }
 
 impl<P, F> ErasedFactory for Factory<P, F>
@@ -189,12 +210,15 @@ where
                 .take();
             let plugin = match first {
                 Some(p) => p,
-                None => catch_unwind(AssertUnwindSafe(&self.make)).map_err(|payload| {
-                    format!(
-                        "the plugin factory panicked: {}",
-                        crate::runner::panic_message(payload)
-                    )
-                })?,
+                None => catch_unwind(AssertUnwindSafe(|| self.make.as_ref().map(|make| make())))
+                    .map_err(|payload| {
+                        format!(
+                            "the plugin factory panicked: {}",
+                            crate::runner::panic_message(payload)
+                        )
+                    })?
+                    // Only `Drop` takes the factory, and nothing spawns from it after that.
+                    .ok_or_else(|| "the plugin factory is gone".to_owned())?,
             };
             let args = RunnerArgs {
                 plugin,
