@@ -334,32 +334,10 @@ pub(crate) fn parse_config<T: DeserializeOwned>(
     // (e.g. "retry.max: invalid type: string \"x\", expected u32").
     serde_path_to_error::deserialize(value).map_err(|e| ConfigError {
         plugin: plugin.to_owned(),
-        message: redact_values(&e.to_string()),
+        // The offending value is cut out: a secret put under the wrong key (or under an
+        // enum-typed one) must not end up in an error message or a log.
+        message: crate::registry::redact_values(&e.to_string()),
     })
-}
-
-/// Removes the offending value from a serde message (`invalid type: string "xoxb-…"` becomes
-/// `invalid type: string "…"`): a secret put under the wrong key must not end up in an error
-/// message or a log. The key path and the expected type stay.
-fn redact_values(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(i) = rest.find("string \"") {
-        let start = i + "string \"".len();
-        out.push_str(&rest[..start]);
-        match rest[start..].find('"') {
-            Some(end) => {
-                out.push('…');
-                rest = &rest[start + end..];
-            }
-            None => {
-                out.push('…');
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// Serializes a typed configuration into the stored form.
@@ -411,6 +389,26 @@ mod tests {
             "{}",
             err.message
         );
+        assert!(!err.to_string().contains("xoxb"), "{err}");
+
+        // A quote inside the value, and a value under an enum-typed key: cut whole (found by
+        // a review: this path had a weaker copy of the registry's redaction).
+        let value = serde_json::json!({ "retries": "xoxb-a\"xoxb-tail" });
+        let err = parse_config::<Cfg>("slack", &value).unwrap_err();
+        assert!(!err.to_string().contains("xoxb"), "{err}");
+        #[derive(Debug, serde::Deserialize)]
+        #[expect(dead_code, reason = "only deserialized")]
+        enum Level {
+            Low,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[expect(dead_code, reason = "only deserialized")]
+        struct WithEnum {
+            level: Level,
+        }
+        let value = serde_json::json!({ "level": "xoxb-secret-token" });
+        let err = parse_config::<WithEnum>("slack", &value).unwrap_err();
+        assert!(err.message.starts_with("level: unknown variant"), "{err}");
         assert!(!err.to_string().contains("xoxb"), "{err}");
 
         let err = parse_config::<Cfg>("slack", &serde_json::json!({ "retires": 3 })).unwrap_err();

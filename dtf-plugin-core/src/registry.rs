@@ -405,8 +405,9 @@ fn remove_path(value: &mut serde_json::Value, path: &[String]) -> bool {
     }
 }
 
-/// Removes quoted values from a serde message so a misplaced secret never reaches an error.
-fn redact_values(message: &str) -> String {
+/// Removes quoted values from a serde message so a misplaced secret never reaches an error
+/// (the registry's settings check, and `PluginContext::config` at run time).
+pub(crate) fn redact_values(message: &str) -> String {
     // serde quotes a bad string as `string "…"` (with `\"` escapes inside) and an unknown
     // enum value as `unknown variant `…``: both are cut out.
     let mut out = String::with_capacity(message.len());
