@@ -397,7 +397,6 @@ mod tests {
         let err = parse_config::<Cfg>("slack", &value).unwrap_err();
         assert!(!err.to_string().contains("xoxb"), "{err}");
         #[derive(Debug, serde::Deserialize)]
-        #[expect(dead_code, reason = "only deserialized")]
         enum Level {
             Low,
         }
