@@ -329,14 +329,13 @@ impl ExternalPlugin {
             // counted and the count logged). It is read to the end whatever it holds, so a
             // child never blocks or dies on a full or closed stderr pipe.
             tokio::spawn(async move {
-                const MAX_LINE: usize = 8 * 1024;
                 let mut reader = BufReader::new(stderr);
                 let mut buf = Vec::new();
                 let mut budget = LineBudget::new(std::time::Instant::now());
                 loop {
                     buf.clear();
                     match (&mut reader)
-                        .take(MAX_LINE as u64)
+                        .take(MAX_LOGGED as u64)
                         .read_until(b'\n', &mut buf)
                         .await
                     {
@@ -346,7 +345,7 @@ impl ExternalPlugin {
                                 continue;
                             };
                             let line = String::from_utf8_lossy(&buf);
-                            let line = line.trim_end_matches(['\n', '\r']);
+                            let line = loggable(line.trim_end_matches(['\n', '\r']));
                             if suppressed > 0 {
                                 tracing::warn!(plugin = %name, suppressed, "external plugin: stderr lines over the rate limit were not logged");
                             }
@@ -419,7 +418,34 @@ impl Running {
     }
 }
 
+/// Most bytes of one line a plugin has logged (a `log` message, a line of stderr).
+const MAX_LOGGED: usize = 8 * 1024;
+
+/// A plugin's text as it goes into our log: at most [`MAX_LOGGED`] bytes (cut at a character,
+/// with how much was left out), with control characters escaped. A `log` message may be up to
+/// 1 MiB, which at the rate limit was still about 50 MiB of log a second; and a line break or
+/// a terminal escape inside it could forge log lines of ours.
+fn loggable(text: &str) -> String {
+    let mut cut = text.len().min(MAX_LOGGED);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut out = String::with_capacity(cut + 32);
+    for c in text[..cut].chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if cut < text.len() {
+        out.push_str(&format!(" … ({} more bytes not logged)", text.len() - cut));
+    }
+    out
+}
+
 fn forward_log(plugin: &str, level: Level, message: &str) {
+    let message = loggable(message);
     match level {
         Level::Trace => tracing::trace!(plugin, "{message}"),
         Level::Debug => tracing::debug!(plugin, "{message}"),
@@ -723,6 +749,28 @@ impl LineBudget {
 mod stderr_tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    /// What a plugin logs is cut and cannot forge our log lines (found by a review: a 1 MiB
+    /// `log` message went into the log whole, line breaks and all).
+    #[test]
+    fn a_plugins_text_is_cut_and_escaped_before_it_is_logged() {
+        let forged = "ok\n2026-12-05T00:00:00Z ERROR dtf: forged\r\u{1b}[2J\ttabbed";
+        let logged = loggable(forged);
+        assert_eq!(
+            logged,
+            "ok\\n2026-12-05T00:00:00Z ERROR dtf: forged\\r\\u{1b}[2J\ttabbed"
+        );
+        assert!(!logged.contains('\n') && !logged.contains('\r'));
+        let big = "é".repeat(MAX_LOGGED);
+        let logged = loggable(&big);
+        assert!(logged.len() < MAX_LOGGED + 64, "{}", logged.len());
+        assert!(
+            logged.ends_with(&format!("({} more bytes not logged)", MAX_LOGGED)),
+            "{}",
+            &logged[logged.len() - 40..]
+        );
+        assert_eq!(loggable("plain"), "plain");
+    }
 
     #[test]
     fn a_flood_is_cut_to_the_burst_then_the_rate_and_counted() {
