@@ -787,6 +787,32 @@ async fn a_failure_while_finishing_the_queue_for_a_restart_is_accounted() {
     manager.shutdown(ShutdownReason::Completed).await;
 }
 
+/// A `shutdown_timeout` too long to add to the clock (a typo of units in the configuration)
+/// waits, it does not panic: before, `restart`, `disable` and `shutdown` panicked adding it,
+/// in the caller's task or in the manager's (found by a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_timeout_too_long_for_the_clock_does_not_panic() {
+    let probe = Probe::new("p", Hook::Custom);
+    let manager = PluginManager::builder()
+        .config(
+            ManagerConfig::builder()
+                .shutdown_timeout(Duration::MAX)
+                .build(),
+        )
+        .spec(probe.spec())
+        .spawn()
+        .await
+        .unwrap();
+    manager.publish(n(1)).await.unwrap();
+    manager.restart("p").await.unwrap();
+    manager.disable("p").await.unwrap();
+    manager.enable("p").await.unwrap();
+    manager.publish(n(2)).await.unwrap();
+    let report = manager.shutdown(ShutdownReason::Completed).await;
+    assert!(report.clean, "{report:?}");
+    assert_eq!(probe.numbers(), [1, 2]);
+}
+
 #[test]
 fn spawn_without_a_time_driver_fails_at_once_with_a_clear_error() {
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -308,7 +308,7 @@ impl ManagerState {
 
     /// Asks the live actor to drain, shut down and stop; `then` runs when it has stopped.
     pub(super) fn stop_actor(&mut self, name: &str, then: AfterStop, reply: Reply<()>) {
-        let deadline = std::time::Instant::now() + self.config.shutdown_timeout;
+        let deadline = super::deadline_after(self.config.shutdown_timeout);
         let Some(entry) = self.plugins.get_mut(name) else {
             return;
         };
@@ -387,7 +387,7 @@ impl ManagerState {
     /// down and is started again from the new factory (`AfterStop::Respawn`). The slot stays
     /// routed throughout, so nothing published meanwhile is lost.
     pub(super) fn replace(&mut self, spec: PluginSpec, reply: Reply<()>) {
-        let deadline = std::time::Instant::now() + self.config.shutdown_timeout;
+        let deadline = super::deadline_after(self.config.shutdown_timeout);
         let name = spec.meta.name.to_string();
         let unknown = self.unknown(&name);
         if let Some(reason) = spec.broken {
@@ -446,7 +446,7 @@ impl ManagerState {
 
     /// [`PluginManager::restart`](super::PluginManager::restart).
     pub(super) fn restart_on_request(&mut self, name: &str, reply: Reply<()>) {
-        let deadline = std::time::Instant::now() + self.config.shutdown_timeout;
+        let deadline = super::deadline_after(self.config.shutdown_timeout);
         let unknown = self.unknown(name);
         let Some(entry) = self.plugins.get_mut(name) else {
             let _ = reply.send(Err(unknown));

@@ -44,6 +44,17 @@ mod types;
 const KILL_WAIT: Duration = Duration::from_secs(1);
 
 use actor::*;
+
+/// `timeout` from now, or as far ahead as the clock allows when it is too long to add: a
+/// `shutdown_timeout` of centuries (a typo in the configuration) must not panic the manager
+/// or its caller, only wait that long.
+pub(crate) fn deadline_after(timeout: Duration) -> std::time::Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = std::time::Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
 pub use spec::PluginSpec;
 use spec::*;
 pub use types::{
@@ -434,7 +445,7 @@ impl PluginManager {
     ///
     /// Calling it twice returns an empty report the second time.
     pub async fn shutdown(&self, reason: ShutdownReason) -> ShutdownReport {
-        let deadline = Instant::now() + self.config.shutdown_timeout;
+        let deadline = Instant::from_std(deadline_after(self.config.shutdown_timeout));
         let mut report = ShutdownReport {
             plugins: Vec::new(),
             clean: true,
@@ -458,7 +469,7 @@ impl PluginManager {
         // spent the shared one on a slow plugin, and an idle reporter stopped after it must
         // still run `on_shutdown` (and write its report). They stop concurrently, so the whole
         // stop takes one `shutdown_timeout` at most, not one per plugin.
-        let stop_deadline = Instant::now() + self.config.shutdown_timeout;
+        let stop_deadline = Instant::from_std(deadline_after(self.config.shutdown_timeout));
         let mut stopping = Vec::new();
         for (name, actor) in live {
             let Some(actor) = actor else { continue };
