@@ -1011,6 +1011,11 @@ async fn a_reloader_from_the_configuration_skips_disabled_plugins_and_passes_set
     let got = received(&recording, "on");
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["greeting"], "hello");
+    // A reloader made when both are there (as the coordinator makes it at start, with `on`
+    // registered from the directory) sees nothing to do: the disabled one is not taken for a
+    // running plugin that went away (found by a review: its first poll reported `Unloaded`
+    // and removed whatever plugin had the name).
+    assert_eq!(Reloader::from_config(&config).poll(&manager).await, []);
 
     // Changed while it runs (as the web console does), then a new version is dropped in:
     // the new version keeps the change. Before, it was started with the file's settings.

@@ -196,7 +196,7 @@ impl Reloader {
             if config.get(&format!("plugins.{name}.enabled"))
                 == Some(serde_json::Value::Bool(false))
             {
-                r.disabled.insert(name.to_owned());
+                r = r.disabled(name);
             }
         }
         r
@@ -227,7 +227,11 @@ impl Reloader {
 
     /// Never loads plugin `name` (it is disabled in the configuration).
     pub fn disabled(mut self, name: impl Into<String>) -> Self {
-        self.disabled.insert(name.into());
+        let name = name.into();
+        // Not running, so never "gone" either: taken as running, it was removed (and reported
+        // `Unloaded`) at the first poll.
+        self.known.remove(&name);
+        self.disabled.insert(name);
         self
     }
 
