@@ -630,6 +630,9 @@ impl Actor for ManagerActor {
             },
             ManagerMsg::Enable(name, reply) => {
                 let r = match state.plugins.get_mut(&name) {
+                    // The plugins are being stopped: a new instance would miss the stop list,
+                    // never get `on_shutdown`, and be killed with the manager.
+                    _ if state.stopping => Err(ManagerError::ShutDown),
                     None => Err(state.unknown(&name)),
                     Some(e) if e.status != PluginStatus::Disabled || e.actor.is_some() => {
                         Err(ManagerError::WrongState {
