@@ -207,6 +207,8 @@ impl Plugin for CiApiReporter {
 
     async fn on_start(&mut self, ctx: &mut PluginContext) -> Result<(), PluginError> {
         self.config = ctx.config::<ApiConfig>()?;
+        // Checked here too: a spec built in code (or restarted) does not pass the registry.
+        self.config.validate()?;
         let info = self.info.clone().unwrap_or_else(|| detect(&self.env));
         let clients = build_clients(&self.config, &info, &self.env)?;
         self.info = Some(info);

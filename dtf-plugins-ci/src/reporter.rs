@@ -78,7 +78,14 @@ impl TaskReporterConfig {
         };
         #[cfg(feature = "api")]
         {
-            crate::api::check_url("external.endpoint", external.endpoint.expose())
+            crate::api::check_url("external.endpoint", external.endpoint.expose())?;
+            if external.timeout_ms == 0 {
+                return Err("external.timeout_ms: must be at least 1".to_owned());
+            }
+            if external.batch_size == 0 {
+                return Err("external.batch_size: must be at least 1".to_owned());
+            }
+            Ok(())
         }
         #[cfg(not(feature = "api"))]
         {
@@ -351,6 +358,8 @@ impl Plugin for TaskReporter {
 
     async fn on_start(&mut self, ctx: &mut PluginContext) -> Result<(), PluginError> {
         let config = ctx.config::<TaskReporterConfig>()?;
+        // Checked here too: a spec built in code (or restarted) does not pass the registry.
+        config.validate()?;
         self.apply(config)
     }
 
@@ -360,6 +369,7 @@ impl Plugin for TaskReporter {
     ) -> Result<Reconfigured, PluginError> {
         // Applied in place: the recorded run lives in the handle and is kept.
         let config = ctx.config::<TaskReporterConfig>()?;
+        config.validate()?;
         self.apply(config)?;
         Ok(Reconfigured::Applied)
     }

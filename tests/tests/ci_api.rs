@@ -1066,6 +1066,30 @@ async fn a_token_with_a_line_break_is_trimmed_or_refused_by_name() {
     );
 }
 
+/// Settings the registry would refuse are refused by the reporter itself at start (a spec
+/// built in code skips the registry): a final report with no time, every call timed out at
+/// once, a bad URL (found by a review: `final_timeout_ms: 0` dropped the verdict).
+#[tokio::test]
+async fn settings_out_of_range_fail_start_up_naming_the_key() {
+    for (extra, key) in [
+        (json!({ "final_timeout_ms": 0 }), "final_timeout_ms"),
+        (json!({ "request_timeout_ms": 0 }), "request_timeout_ms"),
+        (json!({ "update_interval_ms": 0 }), "update_interval_ms"),
+        (
+            json!({ "github": { "base_url": "ftp://canary-host" } }),
+            "github.base_url",
+        ),
+    ] {
+        let mut cfg = json!({ "services": ["github"] });
+        merge(&mut cfg, extra);
+        let mut plugin = CiApiReporter::with_env(github_env());
+        let mut ctx = PluginContext::detached(CiApiReporter::NAME, cfg);
+        let err = plugin.on_start(&mut ctx).await.unwrap_err().to_string();
+        assert!(err.starts_with(key), "{key}: {err}");
+        assert!(!err.contains("canary"), "{err}");
+    }
+}
+
 #[tokio::test]
 async fn tokens_stay_out_of_debug_output_and_errors() {
     let cfg: ApiConfig = serde_json::from_value(json!({

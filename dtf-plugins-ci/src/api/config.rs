@@ -78,11 +78,14 @@ pub struct ApiConfig {
 impl ApiConfig {
     /// Checks what serde cannot: every URL given (`github.base_url`, `gitlab.base_url`,
     /// `azure_devops.base_url`, `bitbucket.base_url`, `jenkins.build_url`) is an absolute
-    /// `http` or `https` URL with a host. The message names the key, never the value.
+    /// `http` or `https` URL with a host, and no time setting is 0 (a final report with no
+    /// time at all, every call timing out at once, or a live update after every event). The
+    /// message names the key, never the value. The reporter checks it at every start and
+    /// reconfiguration too, not only the registry.
     ///
     /// # Errors
     ///
-    /// A message per bad URL, joined with `; `.
+    /// A message per bad setting, joined with `; `.
     pub fn validate(&self) -> Result<(), String> {
         let urls = [
             ("github.base_url", self.github.base_url.as_deref()),
@@ -94,10 +97,19 @@ impl ApiConfig {
             ("bitbucket.base_url", self.bitbucket.base_url.as_deref()),
             ("jenkins.build_url", self.jenkins.build_url.as_deref()),
         ];
-        let problems: Vec<String> = urls
+        let mut problems: Vec<String> = urls
             .into_iter()
             .filter_map(|(key, url)| check_url(key, url?).err())
             .collect();
+        for (key, ms) in [
+            ("update_interval_ms", self.update_interval_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("final_timeout_ms", self.final_timeout_ms),
+        ] {
+            if ms == 0 {
+                problems.push(format!("{key}: must be at least 1"));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
