@@ -1090,6 +1090,65 @@ async fn settings_out_of_range_fail_start_up_naming_the_key() {
     }
 }
 
+/// GitHub's rate limits answer 403 too (`X-RateLimit-Remaining: 0`, or a `Retry-After` for
+/// a secondary limit): tried again, where before the call failed at once, and a big run's
+/// final verdict was lost (found by a review). A 403 without them (no permission) is final.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_rate_limit_403_is_retried_but_a_permission_403_is_not() {
+    let server = MockServer::start().await;
+    let past = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 5;
+    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
+        .respond_with(
+            ResponseTemplate::new(403)
+                .insert_header("x-ratelimit-remaining", "0")
+                .insert_header("x-ratelimit-reset", past.to_string().as_str())
+                .set_body_json(json!({ "message": "API rate limit exceeded" })),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 5 })))
+        .with_priority(2)
+        .expect(1)
+        .mount(&server)
+        .await;
+    github_headers(Mock::given(method("PATCH")).and(path("/repos/acme/widgets/check-runs/5")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 5 })))
+        .expect(1..)
+        .mount(&server)
+        .await;
+    // The commit status has no permission: final at once.
+    let statuses = format!("/repos/acme/widgets/statuses/{SHA}");
+    Mock::given(method("POST"))
+        .and(path(statuses.as_str()))
+        .respond_with(
+            ResponseTemplate::new(403)
+                .insert_header("x-ratelimit-remaining", "4999")
+                .set_body_json(json!({ "message": "Resource not accessible by integration" })),
+        )
+        .expect(2)
+        .mount(&server)
+        .await;
+    let cfg = github_config(&server, json!({ "github": { "comment": false } }));
+    let stats = run(github_env(), cfg).await;
+    server.verify().await;
+    let check = stats.get("github.check-run").unwrap();
+    assert_eq!((check.failed, check.rate_limited), (0, 1), "{check:?}");
+    let status = stats.get("github.status").unwrap();
+    assert_eq!(
+        (status.ok, status.failed, status.attempts),
+        (0, 2, 2),
+        "{status:?}"
+    );
+}
+
 #[tokio::test]
 async fn tokens_stay_out_of_debug_output_and_errors() {
     let cfg: ApiConfig = serde_json::from_value(json!({

@@ -188,9 +188,10 @@ impl HttpCore {
             let (retry_after, message) = match result {
                 Ok(resp) => {
                     let status = resp.status();
+                    let limited = rate_limited_403(&resp);
                     self.stats.update(call.target, |s| {
                         s.last_status = Some(status.as_u16());
-                        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                        if status == reqwest::StatusCode::TOO_MANY_REQUESTS || limited.is_some() {
                             s.rate_limited += 1;
                         }
                     });
@@ -201,10 +202,10 @@ impl HttpCore {
                         return Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null));
                     }
                     let (retry_after, message) = failed_answer(resp).await;
-                    if !is_retryable_status(status.as_u16()) {
+                    if !is_retryable_status(status.as_u16()) && limited.is_none() {
                         return Err(self.fail(&call, message));
                     }
-                    (retry_after, message)
+                    (retry_after.or(limited.flatten()), message)
                 }
                 Err(e) => {
                     // Connection failures and timeouts are transient; a request that could
@@ -301,6 +302,36 @@ pub(crate) fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
 
 /// What a failed answer says: its `Retry-After` wait, if any, and `HTTP <status>: <start of
 /// the body>` for the error.
+/// GitHub answers its rate limits with 403 as well as 429: a secondary limit with a
+/// `Retry-After`, the primary one with `X-RateLimit-Remaining: 0` (and the reset time, in
+/// seconds since the epoch, in `X-RateLimit-Reset`). Such a 403 is worth another try, unlike
+/// one for missing permissions: `Some` with the wait the headers give (if any) when `resp` is
+/// one. Before, the final verdict of a big run that hit the limit was dropped, and the check
+/// run stayed "in progress".
+fn rate_limited_403(resp: &reqwest::Response) -> Option<Option<Duration>> {
+    if resp.status() != reqwest::StatusCode::FORBIDDEN {
+        return None;
+    }
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+    let retry_after = header("retry-after");
+    let exhausted = header("x-ratelimit-remaining").map(str::trim) == Some("0");
+    if retry_after.is_none() && !exhausted {
+        return None;
+    }
+    if let Some(wait) = retry_after.and_then(parse_retry_after) {
+        return Some(Some(wait));
+    }
+    let reset = header("x-ratelimit-reset")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .and_then(|at| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?;
+            Some(Duration::from_secs(at.saturating_sub(now.as_secs())))
+        });
+    Some(reset)
+}
+
 pub(crate) async fn failed_answer(resp: reqwest::Response) -> (Option<Duration>, String) {
     let status = resp.status();
     let retry_after = resp
