@@ -742,6 +742,60 @@ async fn azure_creates_a_test_run_adds_results_and_completes_it() {
     assert_eq!(by_name("net::flaky")["comment"], "flaky after 2 attempts");
 }
 
+/// Azure DevOps down at the start: the final report creates the test run and adds every
+/// result to it. Before, the run's Tests tab stayed empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_azure_test_run_that_could_not_be_created_at_start_is_created_at_the_end() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/myorg/P/_apis/test/runs"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .expect(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/myorg/P/_apis/test/runs"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 501 })))
+        .with_priority(2)
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/myorg/P/_apis/test/runs/501/results"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .expect(1..)
+        .mount(&server)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path("/myorg/P/_apis/test/runs/501"))
+        .and(body_partial_json(json!({ "state": "Completed" })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 501 })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let env = env(&[
+        ("TF_BUILD", "True"),
+        ("AZURE_DEVOPS_TOKEN", "azure-pat"),
+        ("SYSTEM_TEAMPROJECT", "P"),
+    ]);
+    let cfg = json!({
+        "services": ["azure-devops"],
+        "update_interval_ms": 3_600_000,
+        "retry": { "max_attempts": 2, "initial_backoff_ms": 10, "max_backoff_ms": 20 },
+        "azure_devops": { "base_url": format!("{}/myorg/", server.uri()) },
+    });
+    run(env, cfg).await;
+    server.verify().await;
+    let results = bodies(&server, "POST", "/myorg/P/_apis/test/runs/501/results")
+        .await
+        .into_iter()
+        .flat_map(|b| b.as_array().cloned().unwrap_or_default())
+        .count();
+    assert_eq!(results, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_azure_test_run_id_that_is_not_understood_is_a_counted_failure() {
     let server = MockServer::start().await;
@@ -1147,6 +1201,40 @@ async fn a_github_rate_limit_403_is_retried_but_a_permission_403_is_not() {
         (0, 2, 2),
         "{status:?}"
     );
+}
+
+/// GitHub down at the start of the run (the check run's creation failed after its retries):
+/// the final report creates it, with the verdict. Before, no check run was ever shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_run_that_could_not_be_created_at_start_is_created_at_the_end() {
+    let server = MockServer::start().await;
+    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .expect(2)
+        .mount(&server)
+        .await;
+    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 5 })))
+        .with_priority(2)
+        .expect(1)
+        .mount(&server)
+        .await;
+    github_headers(Mock::given(method("PATCH")).and(path("/repos/acme/widgets/check-runs/5")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 5 })))
+        .expect(1..)
+        .mount(&server)
+        .await;
+    let cfg = github_config(
+        &server,
+        json!({ "retry": { "max_attempts": 2 }, "github": { "comment": false, "status": false } }),
+    );
+    run(github_env(), cfg).await;
+    server.verify().await;
+    let patches = bodies(&server, "PATCH", "/repos/acme/widgets/check-runs/5").await;
+    assert_eq!(patches[0]["status"], "completed", "{patches:?}");
+    assert_eq!(patches[0]["conclusion"], "failure", "{patches:?}");
 }
 
 #[tokio::test]

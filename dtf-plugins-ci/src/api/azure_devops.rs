@@ -27,6 +27,8 @@ pub(crate) struct AzureDevops {
     build_id: Option<String>,
     auth: Auth,
     run_id: Option<u64>,
+    /// Creating the test run failed on something that may pass later: tried again.
+    create_again: bool,
     sent: HashSet<String>,
 }
 
@@ -69,6 +71,7 @@ impl AzureDevops {
             build_id: info.build_id.clone(),
             auth,
             run_id: None,
+            create_again: false,
             sent: HashSet::new(),
         })
     }
@@ -78,6 +81,13 @@ impl AzureDevops {
     }
 
     pub(crate) async fn start(&mut self, http: &mut HttpCore, run: &RunResult) {
+        self.create_run(http, run).await;
+    }
+
+    /// Creates the test run. When that fails on something that may pass later (Azure DevOps
+    /// down, a rate limit), the next update and the final report try again: without a run,
+    /// no result would ever reach the Tests tab.
+    async fn create_run(&mut self, http: &mut HttpCore, run: &RunResult) {
         let mut body = json!({
             "name": format!("{} {}", self.name, run.run_id.as_deref().unwrap_or("run")),
             "automated": true,
@@ -96,10 +106,15 @@ impl AzureDevops {
                 Call::new("azure-devops.test-run", Method::POST, url, Body::Json(body)),
             )
             .await;
+        let failed = created.is_err();
         self.run_id = http.answer_id("azure-devops.test-run", created);
+        self.create_again = failed && http.last_failure_was_transient();
     }
 
     async fn add_results(&mut self, http: &mut HttpCore, run: &RunResult, all: bool) {
+        if self.create_again {
+            self.create_run(http, run).await;
+        }
         let Some(id) = self.run_id else { return };
         let new: Vec<&TaskResult> = run
             .tasks

@@ -32,6 +32,8 @@ pub(crate) struct Github {
     status: bool,
     comment: Option<CommentThread>,
     check_run: Option<u64>,
+    /// Creating the check run failed on something that may pass later: tried again.
+    create_again: bool,
 }
 
 impl Github {
@@ -90,6 +92,7 @@ impl Github {
             status: c.status,
             comment,
             check_run: None,
+            create_again: false,
         })
     }
 
@@ -119,6 +122,15 @@ impl Github {
     }
 
     pub(crate) async fn start(&mut self, http: &mut HttpCore, run: &RunResult) {
+        self.create_check_run(http, run).await;
+        self.post_status(http, "pending", "dtf: running").await;
+    }
+
+    /// Creates the check run (`in_progress`). When that fails on something that may pass
+    /// later (GitHub down, a rate limit), the next update and the final report try again:
+    /// without a check run, the run's verdict would never be shown.
+    async fn create_check_run(&mut self, http: &mut HttpCore, run: &RunResult) {
+        self.create_again = false;
         if let (true, Some(sha)) = (self.checks, &self.sha) {
             let mut body = json!({
                 "name": self.name,
@@ -142,9 +154,10 @@ impl Github {
                     Call::new("github.check-run", Method::POST, url, Body::Json(body)),
                 )
                 .await;
+            let failed = created.is_err();
             self.check_run = http.answer_id("github.check-run", created);
+            self.create_again = failed && http.last_failure_was_transient();
         }
-        self.post_status(http, "pending", "dtf: running").await;
     }
 
     /// The check run's output: a live one while the run goes on, the final one with its
@@ -165,6 +178,9 @@ impl Github {
     /// Live progress: the check run's title and summary (annotations wait for the end,
     /// because a failed task may still pass on a retry and annotations cannot be removed).
     pub(crate) async fn update(&mut self, http: &mut HttpCore, run: &RunResult) {
+        if self.create_again {
+            self.create_check_run(http, run).await;
+        }
         let Some(id) = self.check_run else { return };
         let url = format!("{}/check-runs/{id}", self.api);
         let body = json!({ "output": Self::output(run, &[], true) });
@@ -172,6 +188,9 @@ impl Github {
     }
 
     pub(crate) async fn finish(&mut self, http: &mut HttpCore, run: &RunResult) {
+        if self.create_again {
+            self.create_check_run(http, run).await;
+        }
         let verdict = run.verdict();
         let annotations = annotations(run);
         let mut batches = annotations.chunks(ANNOTATIONS_PER_REQUEST);

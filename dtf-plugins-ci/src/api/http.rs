@@ -105,6 +105,10 @@ pub(crate) struct HttpCore {
     policy: RetryPolicy,
     stats: ApiStats,
     jitter: Jitter,
+    /// Whether the last call that failed gave up on a failure that may pass later (a 5xx, a
+    /// rate limit, a connection error, after its retries), rather than one that will not (a
+    /// 4xx, a request that cannot be built).
+    transient: bool,
 }
 
 impl HttpCore {
@@ -130,7 +134,14 @@ impl HttpCore {
             policy,
             stats,
             jitter: Jitter::default(),
+            transient: false,
         })
+    }
+
+    /// Whether the last failed call failed on something that may pass later (see
+    /// [`HttpCore::send`]): worth trying again at the next update, unlike a 403 or 404.
+    pub(crate) fn last_failure_was_transient(&self) -> bool {
+        self.transient
     }
 
     /// The numeric `id` of an answer that must carry one (a created test run or check run),
@@ -203,6 +214,7 @@ impl HttpCore {
                     }
                     let (retry_after, message) = failed_answer(resp).await;
                     if !is_retryable_status(status.as_u16()) && limited.is_none() {
+                        self.transient = false;
                         return Err(self.fail(&call, message));
                     }
                     (retry_after.or(limited.flatten()), message)
@@ -214,12 +226,14 @@ impl HttpCore {
                     let builder = e.is_builder();
                     let message = e.without_url().to_string();
                     if builder {
+                        self.transient = false;
                         return Err(self.fail(&call, message));
                     }
                     (None, message)
                 }
             };
             if !call.retry || !self.policy.allows_another(attempt) {
+                self.transient = true;
                 return Err(self.fail(&call, message));
             }
             let delay = self
