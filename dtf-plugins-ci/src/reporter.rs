@@ -82,6 +82,9 @@ impl TaskReporterConfig {
             if external.timeout_ms == 0 {
                 return Err("external.timeout_ms: must be at least 1".to_owned());
             }
+            if external.final_timeout_ms == 0 {
+                return Err("external.final_timeout_ms: must be at least 1".to_owned());
+            }
             if external.batch_size == 0 {
                 return Err("external.batch_size: must be at least 1".to_owned());
             }
@@ -138,6 +141,11 @@ pub struct ExternalConfig {
     /// The retry rules. Default: [`dtf_plugin_core::retry::RetryPolicy::default`].
     #[serde(default)]
     pub retry: dtf_plugin_core::retry::RetryPolicy,
+    /// How long the final flush at shutdown may take, retries included, in milliseconds;
+    /// past it what is left is dropped and counted (`events_dropped`), so the reporter's
+    /// shutdown stays under the manager's handler timeout (30 s by default). Default 20000.
+    #[serde(default = "default_final_timeout_ms")]
+    pub final_timeout_ms: u64,
 }
 
 fn default_batch_size() -> usize {
@@ -148,6 +156,9 @@ fn default_flush_interval_ms() -> u64 {
 }
 fn default_timeout_ms() -> u64 {
     10_000
+}
+fn default_final_timeout_ms() -> u64 {
+    20_000
 }
 
 impl ExternalConfig {
@@ -160,6 +171,7 @@ impl ExternalConfig {
             flush_interval_ms: default_flush_interval_ms(),
             timeout_ms: default_timeout_ms(),
             retry: dtf_plugin_core::retry::RetryPolicy::default(),
+            final_timeout_ms: default_final_timeout_ms(),
         }
     }
 }
@@ -390,7 +402,7 @@ impl Plugin for TaskReporter {
         }
         self.handle.lock().record(event);
         #[cfg(feature = "api")]
-        if let Some(external) = &self.external {
+        if let Some(external) = &mut self.external {
             external.push(event);
         }
         if matches!(event.kind, EventKind::CoordinatorShutdown(_)) {

@@ -190,6 +190,43 @@ async fn retries_server_errors_and_counts_what_is_lost() {
     assert_eq!(server.received_requests().await.unwrap().len(), 5);
 }
 
+/// An endpoint that does not answer cannot hold the reporter's shutdown past
+/// `final_timeout_ms`: what was not sent is counted as dropped. Before, the final flush
+/// waited for every batch's every try (here 3 batches, 3 tries of 5 s each), past the
+/// handler timeout, and the events left behind were counted nowhere (found by a review).
+#[tokio::test]
+async fn the_final_flush_is_bounded_and_what_it_leaves_is_counted() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(202).set_delay(Duration::from_secs(10)))
+        .mount(&server)
+        .await;
+    let started = std::time::Instant::now();
+    let handle = run(
+        external(
+            &server,
+            json!({ "timeout_ms": 5_000, "final_timeout_ms": 300 }),
+        ),
+        flaky_run(),
+    )
+    .await;
+    let stats = handle.external_stats();
+    // The 8 events of the run and the shutdown.
+    assert_eq!(
+        (stats.events_sent, stats.events_dropped),
+        (0, 9),
+        "{stats:?}"
+    );
+    let last = stats.last_error.unwrap();
+    assert!(last.contains("final_timeout_ms (300 ms)"), "{last}");
+    assert!(!last.contains("s3cr3t"), "{last}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn an_unreachable_endpoint_never_shows_its_key_and_never_fails_the_run() {
     // A port nobody listens on: connection refused, retried, then given up.

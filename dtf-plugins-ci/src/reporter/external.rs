@@ -43,6 +43,10 @@ pub(super) fn stats_for(handle: &TaskReporterHandle) -> ExternalStats {
 pub(super) struct Sender {
     tx: mpsc::UnboundedSender<Event>,
     task: JoinHandle<()>,
+    /// Events queued so far.
+    pushed: u64,
+    stats: Arc<Mutex<ExternalStats>>,
+    final_timeout: Duration,
 }
 
 impl Sender {
@@ -74,21 +78,45 @@ impl Sender {
         Ok(Self {
             tx,
             task: tokio::spawn(worker.run(rx)),
+            pushed: 0,
+            stats: Arc::clone(&handle.external),
+            final_timeout: Duration::from_millis(config.final_timeout_ms),
         })
     }
 
     /// Queues `event`; never waits.
-    pub(super) fn push(&self, event: &Event) {
+    pub(super) fn push(&mut self, event: &Event) {
         // The task only ends when the queue closes, so a send error cannot happen while the
         // plugin holds the sender; there is nothing to do if it does.
-        let _ = self.tx.send(event.clone());
+        if self.tx.send(event.clone()).is_ok() {
+            self.pushed += 1;
+        }
     }
 
-    /// Closes the queue and waits until what was queued is sent (or given up on).
-    pub(super) async fn finish(self) {
+    /// Closes the queue and waits until what was queued is sent (or given up on), at most
+    /// `final_timeout_ms`: past it the sending task is stopped, and what it had not sent is
+    /// counted as dropped. Before, an endpoint that did not answer held the reporter's
+    /// shutdown past the handler timeout (four tries of `timeout_ms` per batch), and the
+    /// events left behind were counted nowhere.
+    pub(super) async fn finish(mut self) {
         drop(self.tx);
-        if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "external reporting task ended abnormally");
+        match tokio::time::timeout(self.final_timeout, &mut self.task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "external reporting task ended abnormally"),
+            Err(_) => {
+                self.task.abort();
+                let _ = (&mut self.task).await;
+                let mut s = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+                let left = self.pushed.saturating_sub(s.events_sent + s.events_dropped);
+                s.batches_failed += 1;
+                s.events_dropped += left;
+                let message = format!(
+                    "the final flush did not finish within final_timeout_ms ({} ms)",
+                    self.final_timeout.as_millis()
+                );
+                tracing::error!(events = left, error = %message, "external reporting: events dropped at shutdown");
+                s.last_error = Some(message);
+            }
         }
     }
 }
