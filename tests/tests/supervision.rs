@@ -813,6 +813,57 @@ async fn a_shutdown_timeout_too_long_for_the_clock_does_not_panic() {
     assert_eq!(probe.numbers(), [1, 2]);
 }
 
+/// A shutdown that comes while a restart is stopping the old instance (it is in
+/// `on_shutdown`) waits for that stop instead of asking again: the second request was never
+/// read, and the plugin was reported "stopped without reporting", the shutdown not clean
+/// (found by a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_a_restart_waits_for_it_and_stays_clean() {
+    struct SlowToStop {
+        in_shutdown: watch::Sender<bool>,
+    }
+    impl Plugin for SlowToStop {
+        fn metadata(&self) -> PluginMetadata {
+            PluginMetadata::new("slow").hooks(Hook::Custom)
+        }
+        async fn on_event(&mut self, _: &mut PluginContext, _: &Event) -> Result<(), PluginError> {
+            Ok(())
+        }
+        async fn on_shutdown(&mut self, _: &mut PluginContext) -> Result<(), PluginError> {
+            let _ = self.in_shutdown.send(true);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(())
+        }
+    }
+    let (in_shutdown, mut stopping) = watch::channel(false);
+    let manager = PluginManager::builder()
+        .spec(PluginSpec::new(move || SlowToStop {
+            in_shutdown: in_shutdown.clone(),
+        }))
+        .spawn()
+        .await
+        .unwrap();
+    manager.publish(n(0)).await.unwrap();
+    manager.flush().await;
+    let restarting = tokio::spawn({
+        let m = manager.clone();
+        async move { m.restart("slow").await }
+    });
+    // The old instance is in its `on_shutdown` for the restart.
+    stopping.wait_for(|s| *s).await.unwrap();
+    let report = manager.shutdown(ShutdownReason::Completed).await;
+    assert!(report.clean, "{report:?}");
+    assert!(
+        report.plugins.iter().all(|p| p.error.is_none()),
+        "{report:?}"
+    );
+    // The restart did not happen: the manager shut down first.
+    assert!(matches!(
+        restarting.await.unwrap(),
+        Err(ManagerError::ShutDown)
+    ));
+}
+
 #[test]
 fn spawn_without_a_time_driver_fails_at_once_with_a_clear_error() {
     let runtime = tokio::runtime::Builder::new_current_thread()

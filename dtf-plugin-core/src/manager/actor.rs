@@ -112,7 +112,9 @@ pub(crate) enum ManagerMsg {
     /// Publish coordinator-shutdown and close the bus.
     CloseBus(ShutdownReason, RpcReplyPort<()>),
     /// Stop restarting; hand out the live actors in reverse start order.
-    StopPlugins(RpcReplyPort<Vec<(String, Option<ActorRef<PluginMsg>>)>>),
+    /// Every plugin, latest added first, with its live actor and whether a stop of its own
+    /// (a replace, restart, disable or remove) is under way.
+    StopPlugins(RpcReplyPort<Vec<(String, Option<ActorRef<PluginMsg>>, bool)>>),
 }
 
 // ractor's `cluster` feature (linked by `dtf-cluster`) drops its blanket `Message` impl; the
@@ -758,7 +760,8 @@ impl Actor for ManagerActor {
                     .into_iter()
                     .map(|e| {
                         e.generation += 1;
-                        (e.name.to_string(), e.actor.clone())
+                        let stopping = e.after_stop != AfterStop::Nothing;
+                        (e.name.to_string(), e.actor.clone(), stopping)
                     })
                     .collect();
                 let _ = reply.send(list);

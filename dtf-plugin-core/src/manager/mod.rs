@@ -471,8 +471,17 @@ impl PluginManager {
         // stop takes one `shutdown_timeout` at most, not one per plugin.
         let stop_deadline = Instant::from_std(deadline_after(self.config.shutdown_timeout));
         let mut stopping = Vec::new();
-        for (name, actor) in live {
+        // Plugins a replace, restart, disable or remove is stopping already: they are
+        // finishing their queue and `on_shutdown` for that, and read no second `Shutdown`
+        // (asked again, each was reported "stopped without reporting" and the shutdown not
+        // clean). They are waited for, within the same deadline.
+        let mut already = Vec::new();
+        for (name, actor, stopping_already) in live {
             let Some(actor) = actor else { continue };
+            if stopping_already {
+                already.push((name, actor));
+                continue;
+            }
             let (tx, rx) = ractor::concurrency::oneshot::<ShutdownOutcome>();
             let msg = PluginMsg::Shutdown {
                 deadline: stop_deadline.into_std(),
@@ -484,6 +493,18 @@ impl PluginManager {
             }
         }
         let mut killed = Vec::new();
+        for (name, actor) in already {
+            let grace = stop_deadline + Duration::from_millis(100);
+            let left = grace.saturating_duration_since(Instant::now());
+            if actor.wait(Some(left)).await.is_err() {
+                actor.kill();
+                errors.insert(
+                    name.clone(),
+                    "did not stop before the shutdown deadline".to_owned(),
+                );
+                killed.push((name, actor));
+            }
+        }
         for (name, actor, rx) in stopping {
             // A little grace past the deadline for `on_shutdown` itself to be cut off.
             let grace = stop_deadline + Duration::from_millis(100);
