@@ -412,6 +412,7 @@ pub(crate) fn redact_values(message: &str) -> String {
     // enum value as `unknown variant `…``: both are cut out.
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
+    let mut suggestion = None;
     loop {
         let string = rest.find("string \"").map(|i| (i, "string \"", '"'));
         let variant = rest
@@ -441,7 +442,14 @@ pub(crate) fn redact_values(message: &str) -> String {
             }
         }
         match end {
-            Some(j) => rest = &tail[j..],
+            Some(j) => {
+                if close == '`' {
+                    // A typo (`slak`) is still helped: the closest of the expected values is
+                    // named, never the value itself.
+                    suggestion = suggestion.or_else(|| closest_expected(&tail[..j], &tail[j..]));
+                }
+                rest = &tail[j..];
+            }
             None => {
                 rest = "";
                 break;
@@ -449,7 +457,21 @@ pub(crate) fn redact_values(message: &str) -> String {
         }
     }
     out.push_str(rest);
+    if let Some(s) = suggestion {
+        out.push_str(&format!(" (did you mean `{s}`?)"));
+    }
     out
+}
+
+/// The value of serde's "expected one of `a`, `b`" (or "expected `a`") in `after` closest to
+/// `value`, if one is close.
+fn closest_expected(value: &str, after: &str) -> Option<String> {
+    let list = after
+        .split_once("expected one of ")
+        .or_else(|| after.split_once("expected "))?
+        .1;
+    let candidates: Vec<&str> = list.split('`').skip(1).step_by(2).collect();
+    did_you_mean(value, candidates).map(str::to_owned)
 }
 
 /// One row of [`PluginRegistry::listing`]: what a plugin is, where it comes from, and its
@@ -733,6 +755,17 @@ mod tests {
         assert_eq!(
             redact_values("unknown variant `ghp_TopSecret`, expected one of `a`, `b`"),
             "unknown variant `…`, expected one of `a`, `b`"
+        );
+        // A typo is helped by the closest expected value, never by the value itself.
+        assert_eq!(
+            redact_values(
+                "channels[0]: unknown variant `slak`, expected one of `slack`, `discord`"
+            ),
+            "channels[0]: unknown variant `…`, expected one of `slack`, `discord` (did you mean `slack`?)"
+        );
+        assert_eq!(
+            redact_values("unknown variant `xoxb-1234`, expected `slack`"),
+            "unknown variant `…`, expected `slack`"
         );
     }
 
