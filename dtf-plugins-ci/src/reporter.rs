@@ -85,6 +85,12 @@ impl TaskReporterConfig {
             if external.final_timeout_ms == 0 {
                 return Err("external.final_timeout_ms: must be at least 1".to_owned());
             }
+            let token = external.token.as_ref().map(|t| t.expose().trim());
+            if token.is_some_and(|t| reqwest::header::HeaderValue::from_str(t).is_err()) {
+                return Err(
+                    "external.token: holds characters an HTTP header cannot carry".to_owned(),
+                );
+            }
             if external.batch_size == 0 {
                 return Err("external.batch_size: must be at least 1".to_owned());
             }
@@ -309,7 +315,13 @@ impl TaskReporter {
         self.handle.clone()
     }
 
-    fn apply(&mut self, config: TaskReporterConfig) -> Result<(), PluginError> {
+    async fn apply(&mut self, config: TaskReporterConfig) -> Result<(), PluginError> {
+        // The previous configuration's sender sends what it holds first (bounded by its
+        // `final_timeout_ms`), rather than going on alone behind the new one.
+        #[cfg(feature = "api")]
+        if let Some(old) = self.external.take() {
+            old.finish().await;
+        }
         *self
             .handle
             .slowest
@@ -372,7 +384,7 @@ impl Plugin for TaskReporter {
         let config = ctx.config::<TaskReporterConfig>()?;
         // Checked here too: a spec built in code (or restarted) does not pass the registry.
         config.validate()?;
-        self.apply(config)
+        self.apply(config).await
     }
 
     async fn on_reconfigure(
@@ -382,7 +394,7 @@ impl Plugin for TaskReporter {
         // Applied in place: the recorded run lives in the handle and is kept.
         let config = ctx.config::<TaskReporterConfig>()?;
         config.validate()?;
-        self.apply(config)?;
+        self.apply(config).await?;
         Ok(Reconfigured::Applied)
     }
 

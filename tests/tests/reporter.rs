@@ -289,6 +289,34 @@ async fn a_bad_external_configuration_names_the_key() {
     manager.shutdown(ShutdownReason::Completed).await;
 }
 
+/// A token read from a file ends with a line break: trimmed (every batch was dropped as
+/// "builder error" before); one a header cannot carry at all is refused at start, by its key.
+#[tokio::test]
+async fn the_endpoints_token_is_trimmed_or_refused_by_key() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header("authorization", "Bearer tok-123"))
+        .respond_with(ResponseTemplate::new(202))
+        .expect(3)
+        .mount(&server)
+        .await;
+    let handle = run(
+        external(&server, json!({ "token": "tok-123\n" })),
+        flaky_run(),
+    )
+    .await;
+    assert_eq!(handle.external_stats().events_sent, 9);
+
+    let mut plugin = TaskReporter::default();
+    let config = external(&server, json!({ "token": "tok-123\nX-Injected: 1" }));
+    let mut ctx = PluginContext::detached("task-reporter", config);
+    let err = plugin.on_start(&mut ctx).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "external.token: holds characters an HTTP header cannot carry"
+    );
+}
+
 #[test]
 fn register_adds_the_ci_plugins_and_the_task_reporter() {
     let mut registry = PluginRegistry::new();

@@ -45,6 +45,9 @@ pub(super) struct Sender {
     task: JoinHandle<()>,
     /// Events queued so far.
     pushed: u64,
+    /// Events this sender's task sent or gave up on (the stats are shared with the senders
+    /// of earlier configurations, so they cannot tell what this one left behind).
+    done: Arc<std::sync::atomic::AtomicU64>,
     stats: Arc<Mutex<ExternalStats>>,
     final_timeout: Duration,
 }
@@ -68,8 +71,15 @@ impl Sender {
             .build()
             .map_err(|e| format!("build the HTTP client: {}", e.without_url()))?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut config = config.clone();
+        // A token read from a file ends with a line break, which no header can carry.
+        config.token = config
+            .token
+            .map(|t| dtf_plugin_core::Secret::new(t.expose().trim().to_owned()));
         let worker = Worker {
             client,
+            done: Arc::clone(&done),
             config: config.clone(),
             stats: Arc::clone(&handle.external),
             run_id: None,
@@ -79,6 +89,7 @@ impl Sender {
             tx,
             task: tokio::spawn(worker.run(rx)),
             pushed: 0,
+            done,
             stats: Arc::clone(&handle.external),
             final_timeout: Duration::from_millis(config.final_timeout_ms),
         })
@@ -106,8 +117,9 @@ impl Sender {
             Err(_) => {
                 self.task.abort();
                 let _ = (&mut self.task).await;
+                let done = self.done.load(std::sync::atomic::Ordering::Relaxed);
+                let left = self.pushed.saturating_sub(done);
                 let mut s = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
-                let left = self.pushed.saturating_sub(s.events_sent + s.events_dropped);
                 s.batches_failed += 1;
                 s.events_dropped += left;
                 let message = format!(
@@ -123,6 +135,8 @@ impl Sender {
 
 struct Worker {
     client: reqwest::Client,
+    /// Events sent or given up on by this worker.
+    done: Arc<std::sync::atomic::AtomicU64>,
     config: ExternalConfig,
     stats: Arc<Mutex<ExternalStats>>,
     run_id: Option<String>,
@@ -190,6 +204,7 @@ impl Worker {
                         s.batches_sent += 1;
                         s.events_sent += n;
                     });
+                    self.done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(events = n, attempt, "events sent to the external endpoint");
                     return;
                 }
@@ -221,6 +236,8 @@ impl Worker {
 
     fn give_up(&self, events: u64, message: String) {
         tracing::error!(events, error = %message, "external reporting failed; events dropped, the run goes on");
+        self.done
+            .fetch_add(events, std::sync::atomic::Ordering::Relaxed);
         self.update(|s| {
             s.batches_failed += 1;
             s.events_dropped += events;

@@ -196,7 +196,8 @@ fn check_api(resp: &HttpResponse) -> Result<(), Refusal> {
     let message = format!("Slack answered ok=false: {error}");
     // Slack's transient errors come as `ok: false` too (`rate_limited` is in the spec's
     // list for chat.postMessage): another try may well succeed, where `channel_not_found`
-    // or `invalid_auth` never will.
+    // or `invalid_auth` never will. Not `internal_error` or `fatal_error`: Slack says the
+    // message may have been posted all the same, and a retry could post it twice.
     if TRANSIENT.contains(&error) {
         return Err(Refusal::retry(message));
     }
@@ -204,11 +205,9 @@ fn check_api(resp: &HttpResponse) -> Result<(), Refusal> {
 }
 
 /// `ok: false` errors of Slack's Web API that are worth another try.
-const TRANSIENT: [&str; 6] = [
+const TRANSIENT: [&str; 4] = [
     "rate_limited",
     "ratelimited",
-    "internal_error",
-    "fatal_error",
     "service_unavailable",
     "request_timeout",
 ];
