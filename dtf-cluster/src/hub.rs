@@ -610,6 +610,9 @@ async fn publish_in_order(
     }
 }
 
+/// What a batch of frames applied, per worker: the incarnation and the last event number.
+type Acks = BTreeMap<WorkerId, (u64, u64)>;
+
 struct HubLoop {
     /// To the publishing task ([`publish_in_order`]).
     out: mpsc::UnboundedSender<Out>,
@@ -674,19 +677,13 @@ impl HubLoop {
         loop {
             tokio::select! {
                 Some(frame) = frames.recv() => {
-                    let mut acks = BTreeMap::new();
+                    let mut acks = Acks::new();
                     self.on_frame(frame, &mut acks);
                     // Drain what else has arrived, then acknowledge once per worker.
                     while let Ok(frame) = frames.try_recv() {
                         self.on_frame(frame, &mut acks);
                     }
-                    // Through the publishing task: an acknowledgement follows the events it
-                    // covers onto the bus.
-                    for (worker, upto) in acks {
-                        if let Some(w) = self.workers.get(&worker) {
-                            let _ = self.out.send(Out::Ack(w.group.clone(), w.incarnation, upto));
-                        }
-                    }
+                    self.acknowledge(acks);
                 }
                 Some(command) = commands.recv() => match command {
                     Command::Post(worker, job) => self.post(worker, job),
@@ -827,7 +824,24 @@ impl HubLoop {
             .push_back(Pending { seq, frame, done });
     }
 
-    fn on_frame(&mut self, frame: FromWorker, acks: &mut BTreeMap<WorkerId, u64>) {
+    /// Acknowledges what a batch of frames applied, once per worker, through the publishing
+    /// task (an acknowledgement follows the events it covers onto the bus). Each is for the
+    /// incarnation whose events it covers: if a newer process took the id later in the batch,
+    /// the old one's acknowledgement is not sent (the new one would have taken it for its own
+    /// and dropped as many of its events unsent).
+    fn acknowledge(&self, acks: Acks) {
+        for (worker, (incarnation, upto)) in acks {
+            if let Some(w) = self
+                .workers
+                .get(&worker)
+                .filter(|w| w.incarnation == incarnation)
+            {
+                let _ = self.out.send(Out::Ack(w.group.clone(), incarnation, upto));
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: FromWorker, acks: &mut Acks) {
         let FromWorker {
             worker,
             incarnation,
@@ -964,7 +978,7 @@ impl HubLoop {
                         upto: 0,
                     },
                 );
-                acks.insert(worker, w.applied);
+                acks.insert(worker, (w.incarnation, w.applied));
                 // A job not acknowledged two heartbeats after it was sent was lost in a cut.
                 let late = self.timing.heartbeat_interval * 2;
                 if w.unacked
@@ -988,7 +1002,7 @@ impl HubLoop {
             WorkerFrame::Event { seq, job, kind } => {
                 if seq <= w.applied {
                     self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                    acks.insert(worker, w.applied);
+                    acks.insert(worker, (w.incarnation, w.applied));
                     return;
                 }
                 if seq != w.applied + 1 {
@@ -1006,7 +1020,7 @@ impl HubLoop {
                     return;
                 }
                 w.applied = seq;
-                acks.insert(worker.clone(), seq);
+                acks.insert(worker.clone(), (w.incarnation, seq));
                 if w.abandoned.contains(&job) {
                     if is_result(&kind) {
                         w.abandoned.remove(&job);
@@ -1118,7 +1132,7 @@ impl HubLoop {
         worker: &WorkerId,
         first: u64,
         kinds: Vec<EventKind>,
-        acks: &mut BTreeMap<WorkerId, u64>,
+        acks: &mut Acks,
     ) -> Option<Vec<EventKind>> {
         let w = self.workers.get_mut(worker)?;
         let n = kinds.len() as u64;
@@ -1126,7 +1140,7 @@ impl HubLoop {
         let last = first.checked_add(n)?.checked_sub(1)?;
         if first == 0 || last <= w.applied {
             self.counters.duplicates.fetch_add(n, Ordering::Relaxed);
-            acks.insert(worker.clone(), w.applied);
+            acks.insert(worker.clone(), (w.incarnation, w.applied));
             return None;
         }
         if first > w.applied + 1 {
@@ -1145,7 +1159,7 @@ impl HubLoop {
         let skip = w.applied + 1 - first;
         self.counters.duplicates.fetch_add(skip, Ordering::Relaxed);
         w.applied = last;
-        acks.insert(worker.clone(), last);
+        acks.insert(worker.clone(), (w.incarnation, last));
         let mut fresh: Vec<EventKind> = kinds.into_iter().skip(skip as usize).collect();
         let before = fresh.len();
         fresh.retain(|k| {
@@ -1592,6 +1606,59 @@ mod tests {
         );
     }
 
+    /// One batch of frames holds the old process's events and then the hello of a new process
+    /// under the same id: the acknowledgement of the old one's events is not sent (the new
+    /// one would take it for its own, and drop as many of its events unsent). Found by a
+    /// review of the incarnation change.
+    #[tokio::test]
+    async fn an_acknowledgement_is_not_sent_to_the_process_that_replaced_its_own() {
+        let (mut hub, mut out_rx) = test_hub(Timing::default());
+        let w1 = WorkerId::from("w1");
+        let hello = |hub: &mut HubLoop, incarnation| {
+            hub.hello(
+                w1.clone(),
+                incarnation,
+                Capabilities::default(),
+                BTreeMap::new(),
+                0,
+                Vec::new(),
+            );
+        };
+        hello(&mut hub, 5);
+        let mut acks = Acks::new();
+        hub.on_frame(
+            FromWorker {
+                worker: w1.clone(),
+                incarnation: 5,
+                body: WorkerFrame::Events {
+                    first: 1,
+                    kinds: vec![EventKind::custom("step", serde_json::Value::Null); 3],
+                },
+            },
+            &mut acks,
+        );
+        assert_eq!(acks.get(&w1), Some(&(5, 3)));
+        hello(&mut hub, 6);
+        hub.acknowledge(acks);
+        while let Ok(item) = out_rx.try_recv() {
+            assert!(
+                !matches!(item, Out::Ack(..)),
+                "acknowledged to the new process"
+            );
+        }
+        // The same process still gets its acknowledgements.
+        let mut acks = Acks::new();
+        acks.insert(w1.clone(), (6, 2));
+        hub.acknowledge(acks);
+        let mut sent = Vec::new();
+        while let Ok(item) = out_rx.try_recv() {
+            if let Out::Ack(_, incarnation, upto) = item {
+                sent.push((incarnation, upto));
+            }
+        }
+        assert_eq!(sent, [(6, 2)]);
+    }
+
     /// At the end of a run the coordinator abandons the remote workers' jobs before it cancels
     /// their tasks: a result that comes after that is dropped and counted as late, not put on
     /// the bus, where it would have turned the cancelled task into a passed one.
@@ -1648,11 +1715,11 @@ mod tests {
                 ),
             },
         };
-        let mut acks = BTreeMap::new();
+        let mut acks = Acks::new();
         hub.on_frame(result, &mut acks);
         assert_eq!(hub.counters.late_results.load(Ordering::Relaxed), 1);
         // Acknowledged (the worker must not resend it), but not published.
-        assert_eq!(acks.get(&w1), Some(&1));
+        assert_eq!(acks.get(&w1), Some(&(5, 1)));
         while let Ok(item) = out_rx.try_recv() {
             if let Out::One(kind) = item {
                 assert!(!is_result(&kind), "a late result was published: {kind:?}");

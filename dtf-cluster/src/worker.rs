@@ -249,8 +249,13 @@ pub(crate) async fn serve(
     let result = loop {
         tokio::select! {
             Some(frame) = frames.recv() => {
-                w.last_heard = Instant::now();
-                w.fence().last_contact = w.last_heard;
+                // A frame for another process with this id is no contact with the coordinator
+                // for this one: a replaced process must not keep its jobs running on the
+                // strength of its successor's acknowledgements.
+                if frame.is_for(w.incarnation) {
+                    w.last_heard = Instant::now();
+                    w.fence().last_contact = w.last_heard;
+                }
                 if let Some(exit) = w.on_frame(frame) {
                     break exit;
                 }
