@@ -520,6 +520,7 @@ impl Plugin for ExternalPlugin {
                     version,
                 }) => {
                     if let Some(n) = reported.filter(|n| *n != name) {
+                        let n = loggable(&n);
                         tracing::warn!(plugin = %name, process = %n, "the process reports another name than its manifest");
                     }
                     if !SUPPORTED_PROTOCOLS.contains(&protocol_version) {
@@ -529,6 +530,7 @@ impl Plugin for ExternalPlugin {
                         .into());
                     }
                     if let Some(v) = version.filter(|v| *v != self.manifest.version) {
+                        let v = loggable(&v);
                         tracing::warn!(plugin = %name, manifest = %self.manifest.version, process = %v, "the process reports another version than its manifest");
                     }
                     tracing::debug!(plugin = %name, protocol_version, "external plugin ready");
@@ -573,6 +575,9 @@ impl Plugin for ExternalPlugin {
                     return Ok(());
                 }
                 Some(PluginMessage::Error { id: got, message }) if got == id => {
+                    // Cut and escaped: it goes into the log, `PluginFailed`, `last_error` and
+                    // the dead letter.
+                    let message = loggable(&message);
                     return Err(format!("the plugin reported: {message}").into());
                 }
                 Some(other) => {
