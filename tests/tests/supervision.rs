@@ -732,10 +732,11 @@ async fn a_disable_during_a_remove_does_not_undo_it() {
 }
 
 /// A plugin that fails while it finishes its queue for a restart (or a replace, a disable)
-/// fails like any other: counted, reported with `PluginFailed`, restarted within its budget.
-/// Before, its actor stopped normally and the failure was seen only in the dead letter
-/// (found by a review). The queue is more than one wake-up's work (8 chunks of 4,096
-/// events), so the failure comes in the stop's own drain.
+/// has the failure counted and reported with `PluginFailed`. Before, its actor stopped
+/// normally and the failure was seen only in the dead letter (found by a review). The new
+/// instance starts all the same, even under `Temporary` (a fixed version dropped in must
+/// start). The queue is more than one wake-up's work (8 chunks of 4,096 events), so the
+/// failure comes in the stop's own drain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_while_finishing_the_queue_for_a_restart_is_accounted() {
     quiet_poison_panics();
@@ -750,7 +751,11 @@ async fn a_failure_while_finishing_the_queue_for_a_restart_is_accounted() {
     let manager = PluginManager::builder()
         .config(forgiving())
         .spec(monitor)
-        .spec(busy.spec().queue_capacity(2 * N as usize))
+        .spec(
+            busy.spec()
+                .queue_capacity(2 * N as usize)
+                .restart_policy(RestartPolicy::Temporary),
+        )
         .spawn()
         .await
         .unwrap();
@@ -776,6 +781,24 @@ async fn a_failure_while_finishing_the_queue_for_a_restart_is_accounted() {
     assert_eq!(info.stats.failures, 1, "{info:?}");
     assert!(info.last_error.is_some(), "{info:?}");
     assert_eq!(dead_numbers(&manager, "busy").await, [N - 1]);
+    assert_ne!(info.status, PluginStatus::Disabled, "{info:?}");
+    // Restarted at once (the restart's answer comes once it is scheduled).
+    let mut running = false;
+    for _ in 0..500 {
+        let list = manager.list().await.unwrap();
+        if list
+            .iter()
+            .any(|p| p.name == "busy" && p.status == PluginStatus::Running)
+        {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(running, "the new instance did not start");
+    manager.publish(n(N)).await.unwrap();
+    manager.flush().await;
+    assert_eq!(busy.numbers().last(), Some(&N));
     assert!(
         monitor_rec
             .events()

@@ -486,12 +486,21 @@ impl ManagerState {
         // A replace or restart waiting for the old instance to finish its queue: answered
         // below, once it is known whether the plugin restarts or is disabled.
         let mut respawn_waiting = Vec::new();
-        if entry.after_stop == AfterStop::Respawn {
-            // The old version failed while finishing its queue: restart as after any failure,
-            // from the new factory.
+        let respawn = entry.after_stop == AfterStop::Respawn;
+        if respawn {
+            // The old instance (or version) failed while finishing its queue: the new one is
+            // started all the same, at once, as the replace or restart asked; the old one's
+            // failure is counted and reported, but spends no restart budget and does not
+            // disable the plugin (a fixed version dropped in must start).
             entry.after_stop = AfterStop::Nothing;
             respawn_waiting = std::mem::take(&mut entry.waiting);
         } else if entry.after_stop != AfterStop::Nothing {
+            // Disabled or removed as asked; the failure is reported first.
+            self.announce(EventKind::PluginFailed(Box::new(PluginFailure {
+                plugin: name.to_owned(),
+                error,
+                restart_in: None,
+            })));
             self.finish_stop(name);
             return;
         }
@@ -504,6 +513,7 @@ impl ManagerState {
         }
         let s = entry.settings;
         let verdict = match s.restart_policy {
+            _ if respawn => Ok(Duration::ZERO),
             RestartPolicy::Temporary => Err("restart policy is temporary".to_owned()),
             RestartPolicy::Transient if start_failure => {
                 Err("on_start failed and restart policy is transient".to_owned())
@@ -518,7 +528,9 @@ impl ManagerState {
         };
         match verdict {
             Ok(delay) => {
-                entry.tracker.record(&s.restart_budget, now);
+                if !respawn {
+                    entry.tracker.record(&s.restart_budget, now);
+                }
                 entry.status = PluginStatus::Restarting;
                 entry.generation += 1;
                 let generation = entry.generation;
