@@ -1237,6 +1237,72 @@ async fn a_check_run_that_could_not_be_created_at_start_is_created_at_the_end() 
     assert_eq!(patches[0]["conclusion"], "failure", "{patches:?}");
 }
 
+/// A secondary limit told only in the 403's message is tried again; a primary limit whose
+/// reset is an hour away is not retried within the call (it would only spend the attempts
+/// and the final report's time), though the final report tries the creation once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_secondary_limits_are_retried_and_a_far_reset_is_not_waited_for() {
+    let server = MockServer::start().await;
+    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
+        .respond_with(ResponseTemplate::new(403).set_body_json(json!({
+            "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
+        })))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 5 })))
+        .with_priority(2)
+        .expect(1)
+        .mount(&server)
+        .await;
+    github_headers(Mock::given(method("PATCH")).and(path("/repos/acme/widgets/check-runs/5")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 5 })))
+        .expect(1..)
+        .mount(&server)
+        .await;
+    let cfg = github_config(
+        &server,
+        json!({ "github": { "comment": false, "status": false } }),
+    );
+    let stats = run(github_env(), cfg).await;
+    server.verify().await;
+    let check = stats.get("github.check-run").unwrap();
+    assert_eq!((check.failed, check.rate_limited), (0, 1), "{check:?}");
+
+    let server = MockServer::start().await;
+    let in_an_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
+        .respond_with(
+            ResponseTemplate::new(403)
+                .insert_header("x-ratelimit-remaining", "0")
+                .insert_header("x-ratelimit-reset", in_an_hour.to_string().as_str()),
+        )
+        // Once at the start, once more in the final report: never retried within a call.
+        .expect(2)
+        .mount(&server)
+        .await;
+    let cfg = github_config(
+        &server,
+        json!({ "github": { "comment": false, "status": false } }),
+    );
+    let stats = run(github_env(), cfg).await;
+    server.verify().await;
+    let check = stats.get("github.check-run").unwrap();
+    assert_eq!((check.attempts, check.failed), (2, 2), "{check:?}");
+    let err = check.last_error.unwrap();
+    assert!(
+        err.contains("longer than retry.max_retry_after_ms"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn tokens_stay_out_of_debug_output_and_errors() {
     let cfg: ApiConfig = serde_json::from_value(json!({

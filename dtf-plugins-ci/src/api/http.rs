@@ -213,11 +213,33 @@ impl HttpCore {
                         return Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null));
                     }
                     let (retry_after, message) = failed_answer(resp).await;
-                    if !is_retryable_status(status.as_u16()) && limited.is_none() {
+                    // GitHub's secondary limits may come as a bare 403 whose message says so.
+                    let secondary = status == reqwest::StatusCode::FORBIDDEN
+                        && limited.is_none()
+                        && message
+                            .to_ascii_lowercase()
+                            .contains("secondary rate limit");
+                    if secondary {
+                        self.stats.update(call.target, |s| s.rate_limited += 1);
+                    }
+                    if !is_retryable_status(status.as_u16()) && limited.is_none() && !secondary {
                         self.transient = false;
                         return Err(self.fail(&call, message));
                     }
-                    (retry_after.or(limited.flatten()), message)
+                    let wait = retry_after.or(limited.flatten());
+                    let cap = Duration::from_millis(self.policy.max_retry_after_ms);
+                    if wait.is_some_and(|w| w > cap) {
+                        // A primary rate limit an hour from its reset: a retry within the cap
+                        // would only spend the attempts (and the final report's time).
+                        self.transient = true;
+                        let message = format!(
+                            "{message}; the server asked to wait longer than \
+                             retry.max_retry_after_ms ({} ms), not retried",
+                            self.policy.max_retry_after_ms
+                        );
+                        return Err(self.fail(&call, message));
+                    }
+                    (wait, message)
                 }
                 Err(e) => {
                     // Connection failures and timeouts are transient; a request that could
