@@ -114,13 +114,17 @@ pub(crate) enum ManagerMsg {
     /// Stop restarting; hand out the live actors in reverse start order.
     /// Every plugin, latest added first, with its live actor and whether a stop of its own
     /// (a replace, restart, disable or remove) is under way.
-    StopPlugins(RpcReplyPort<Vec<(String, Option<ActorRef<PluginMsg>>, bool)>>),
+    StopPlugins(RpcReplyPort<Vec<ToStop>>),
 }
 
 // ractor's `cluster` feature (linked by `dtf-cluster`) drops its blanket `Message` impl; the
 // message never leaves the process, so the default (non-serializable) methods are right.
 #[cfg(feature = "cluster")]
 impl ractor::Message for ManagerMsg {}
+
+/// A plugin to stop at shutdown: its name, its live actor, and whether a stop of its own is
+/// under way.
+pub(super) type ToStop = (String, Option<ActorRef<PluginMsg>>, bool);
 
 pub(super) struct ManagerActor;
 
