@@ -272,11 +272,12 @@ impl PluginManager {
     ///
     /// [`ManagerError::UnknownPlugin`], [`ManagerError::HooksChanged`] (remove and add it
     /// instead), [`ManagerError::Config`], [`ManagerError::Spawn`] when the new version
-    /// cannot be spawned, [`ManagerError::StartFailed`] when its `on_start` failed, or when
-    /// the old version failed while finishing its queue and the plugin was disabled (a
-    /// failure is otherwise handled as any other: a restart within the budget). It answers
-    /// once the new version has started, with the exceptions [`restart`](Self::restart)
-    /// lists.
+    /// cannot be spawned, [`ManagerError::StartFailed`] when its `on_start` failed. When the
+    /// old version fails while finishing its queue, the failure is counted and reported
+    /// (`PluginFailed`), and the new version is started at once all the same, whatever the
+    /// restart policy and without spending the restart budget: a fixed version must start.
+    /// It answers once the new version has started, with the exceptions
+    /// [`restart`](Self::restart) lists.
     pub async fn replace(&self, spec: PluginSpec) -> Result<(), ManagerError> {
         self.call(|r| ManagerMsg::Replace(Box::new(spec), r))
             .await?
@@ -296,9 +297,9 @@ impl PluginManager {
     /// [`ManagerError::Spawn`] or [`ManagerError::StartFailed`] when the new instance cannot
     /// be started (then handled as a failure); [`ManagerError::ShutDown`] when the manager
     /// shuts down meanwhile. It answers once the new instance has started, with two
-    /// exceptions: when the old instance fails while finishing its queue, once its restart
-    /// after a failure is scheduled (or with `StartFailed` if the plugin is disabled
-    /// instead); and when a `disable` or `remove` comes first, with `Ok` once that is done.
+    /// exceptions: when the old instance fails while finishing its queue, with `Ok` once the
+    /// new one's start is scheduled (at once, as for [`replace`](Self::replace)); and when a
+    /// `disable` or `remove` comes first, with `Ok` once that is done.
     pub async fn restart(&self, name: &str) -> Result<(), ManagerError> {
         let name = name.to_owned();
         self.call(|r| ManagerMsg::Restart(name, r)).await?
