@@ -432,8 +432,15 @@ pub fn plugins_to_run(
         }
     }
     selection.enable = enable;
-    if options.junit.is_some() && !selection.enable.iter().any(|n| n == "ci-reporter") {
-        selection.enable.push("ci-reporter".to_owned());
+    if options.junit.is_some() {
+        // `--junit` asks for the CI reporter: the command line wins over the file's
+        // `enabled = false` (not over `--disable-plugin ci-reporter`, said on the same line).
+        if !options.plugins.disable.iter().any(|n| n == "ci-reporter") {
+            selection.disable.retain(|n| n != "ci-reporter");
+        }
+        if !selection.enable.iter().any(|n| n == "ci-reporter") {
+            selection.enable.push("ci-reporter".to_owned());
+        }
     }
     if options.progress && !selection.disable_all {
         selection.enable.push(ProgressDisplay::NAME.to_owned());
@@ -533,6 +540,14 @@ impl Coordinator {
                 options.workers
             )));
         }
+        // Fault injection kills local workers only: with none, it would inject nothing.
+        if options.workers == 0 && !options.kill_worker_on_start.is_empty() {
+            return Err(CoordinatorError::Usage(
+                "--kill-worker-on-start: kills a local worker, and --workers 0 runs none (stop a \
+                 remote `dtf-worker` yourself to test its recovery)"
+                    .to_owned(),
+            ));
+        }
         // Fault injection names task ids; an unknown one would silently inject nothing.
         for id in &options.kill_worker_on_start {
             if !options.tasks.iter().any(|t| t.id == *id) {
@@ -582,6 +597,11 @@ impl Coordinator {
         // starting, tasks being created under backpressure) stops the run as well, and none
         // is lost between two waits.
         let mut stop = StopSignal::install(options.handle_ctrl_c);
+        // Counted from here: `--run-timeout` bounds the whole run, the wait for remote workers
+        // and the creation of the tasks included (a run whose workers never came hung until
+        // the CI system killed it, with no report).
+        let deadline = options.run_timeout.map(|d| tokio::time::Instant::now() + d);
+        let mut timed_out = false;
         let pool = WorkerPool::default();
         for task in &options.tasks {
             pool.add_task(task.clone());
@@ -592,11 +612,22 @@ impl Coordinator {
         let scheduler =
             SchedulingCoordinator::spec(Arc::new(SchedulerRegistry::new()), &options.scheduler)?;
         let executor_pool = pool.clone();
+        // The run's own machinery waits for room, whatever `[manager] overflow` says for the
+        // plugins (`drop_newest`, chosen to keep a slow notifier from holding the run up):
+        // a `TaskCreated` dropped by the scheduler, or a result dropped by the run tracker,
+        // left a task never assigned or never counted, and the run hung until
+        // `--run-timeout`.
         let mut builder = PluginManager::builder()
             .config(loaded.config.manager_config().clone())
-            .spec(scheduler)
-            .plugin(move || ShellExecutor::new(executor_pool.clone()))
-            .plugin(move || RunTracker::new(done_tx.clone()));
+            .spec(scheduler.overflow(OverflowPolicy::Backpressure))
+            .spec(
+                PluginSpec::new(move || ShellExecutor::new(executor_pool.clone()))
+                    .overflow(OverflowPolicy::Backpressure),
+            )
+            .spec(
+                PluginSpec::new(move || RunTracker::new(done_tx.clone()))
+                    .overflow(OverflowPolicy::Backpressure),
+            );
         let mut reporter: Option<TaskReporterHandle> = None;
         let ci_files = ReportFiles::new();
         for name in &enabled {
@@ -622,7 +653,16 @@ impl Coordinator {
                             .with_handover(handover.clone())
                     });
                     match config {
-                        Some(c) => spec.config(c),
+                        Some(mut c) => {
+                            // `--junit` wins over the file's `junit` (the command line
+                            // wins): CI looks for the file where the command line said.
+                            if let (Some(junit), Some(settings)) =
+                                (&options.junit, c.as_object_mut())
+                            {
+                                settings.insert("junit".to_owned(), serde_json::json!(junit));
+                            }
+                            spec.config(c)
+                        }
                         None => {
                             let mut cfg = ReporterConfig::default();
                             cfg.junit.clone_from(&options.junit);
@@ -748,6 +788,14 @@ impl Coordinator {
                         Some(note) = notes.recv() => on_hub_note(note, &mut remote_ids).await,
                         () = tokio::time::sleep(Duration::from_secs(5)) => {}
                         () = stop.requested() => break,
+                        () = sleep_until(deadline) => {
+                            tracing::error!(
+                                "--run-timeout passed while waiting for remote workers: {} of {min} registered",
+                                remote_ids.len()
+                            );
+                            timed_out = true;
+                            break;
+                        }
                     }
                     if said.elapsed() >= Duration::from_secs(5) {
                         said = tokio::time::Instant::now();
@@ -769,7 +817,7 @@ impl Coordinator {
             .await?;
         }
         for task in &options.tasks {
-            if stop.is_requested() {
+            if stop.is_requested() || timed_out {
                 break; // the tasks not created yet are reported cancelled
             }
             let mut metadata = BTreeMap::new();
@@ -789,6 +837,10 @@ impl Coordinator {
                     published?;
                 }
                 () = stop.requested() => break,
+                () = sleep_until(deadline) => {
+                    timed_out = true;
+                    break;
+                }
             }
         }
 
@@ -807,13 +859,14 @@ impl Coordinator {
             .iter()
             .map(|t| TaskId::from(t.as_str()))
             .collect();
-        let deadline = options.run_timeout.map(|d| tokio::time::Instant::now() + d);
-        let mut reason = if stop.is_requested() {
+        let mut reason = if timed_out {
+            ShutdownReason::TimedOut
+        } else if stop.is_requested() {
             ShutdownReason::Requested
         } else {
             ShutdownReason::Completed
         };
-        while finished.len() < total && !stop.is_requested() {
+        while finished.len() < total && !stop.is_requested() && !timed_out {
             tokio::select! {
                 Some((task, ok)) = done_rx.recv() => {
                     if ours.contains(&task) && finished.insert(task) && !ok {

@@ -396,7 +396,8 @@ pub fn hide_from_tasks(vars: impl IntoIterator<Item = String>) {
 }
 
 /// The environment variables a configuration names as the source of a secret
-/// (`{ env = "NAME" }`).
+/// (`{ env = "NAME" }`), and those its file reads with `${NAME}` (whose values count as
+/// secrets too: `webhook_url = "${SLACK_WEBHOOK}"`).
 pub fn secret_env_vars(config: &dtf_plugin_core::config::Config) -> Vec<String> {
     fn named(value: &serde_json::Value, out: &mut Vec<String>) {
         match value {
@@ -414,6 +415,7 @@ pub fn secret_env_vars(config: &dtf_plugin_core::config::Config) -> Vec<String> 
     if let Some(plugins) = config.get("plugins") {
         named(&plugins, &mut vars);
     }
+    vars.extend(config.env_vars().iter().cloned());
     vars.sort();
     vars.dedup();
     vars
@@ -520,16 +522,25 @@ impl GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pgid) = self.0.take() {
-            tell_watchdog('-', pgid);
             // `kill` on a negative pid signals the whole group; std has no killpg without
-            // unsafe code. A group that already exited makes `kill` fail, which is fine.
-            let _ = std::process::Command::new("kill")
-                .arg("-KILL")
-                .arg("--")
-                .arg(format!("-{pgid}"))
+            // unsafe code. The shell's built-in `kill`, not `/bin/kill`: slim images
+            // (`debian:*-slim`) have no `procps`, and the group's children were orphaned. A
+            // group that already exited makes `kill` fail, which is fine.
+            let killed = std::process::Command::new("sh")
+                .arg("-c")
+                .arg("kill -KILL \"-$1\"")
+                .arg("sh")
+                .arg(pgid.to_string())
+                .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
+            if let Err(e) = killed {
+                tracing::error!(pgid, error = %e, "could not kill a task's process group; the watchdog keeps it");
+                return;
+            }
+            // Only now: until the group is killed, the watchdog is its last resort.
+            tell_watchdog('-', pgid);
         }
     }
 }
@@ -852,13 +863,22 @@ channels = [{ type = "slack", token = { env = "MY_SLACK_TOKEN" } }]
 [plugins.other.settings]
 webhook_url = { env = "MY_HOOK" }
 name = "not-a-secret"
+[plugins.third.settings]
+url = "https://hooks.example/${MY_INTERPOLATED_HOOK}"
 "#,
             )
+            .env_vars([("MY_INTERPOLATED_HOOK".to_owned(), "T0K".to_owned())])
             .load()
             .unwrap();
         let vars = secret_env_vars(&config);
         assert!(vars.contains(&"MY_SLACK_TOKEN".to_owned()), "{vars:?}");
         assert!(vars.contains(&"MY_HOOK".to_owned()), "{vars:?}");
+        // Read with `${…}`, the headline form of the docs (found by a review: it was passed
+        // to every task).
+        assert!(
+            vars.contains(&"MY_INTERPOLATED_HOOK".to_owned()),
+            "{vars:?}"
+        );
         assert!(!vars.iter().any(|v| v == "not-a-secret"), "{vars:?}");
     }
 

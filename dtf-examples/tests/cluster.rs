@@ -572,6 +572,46 @@ fn twenty_cut_connections_during_2000_tasks_lose_and_duplicate_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--run-timeout` bounds the wait for remote workers too: with none coming (a firewall, a
+/// wrong cookie), the run ends at the timeout, its tasks cancelled and reported, and the
+/// exit code says so. Before, it waited for ever (found by a review).
+#[test]
+fn a_run_timeout_bounds_the_wait_for_remote_workers() {
+    let dir = temp_dir("no-workers");
+    let pki = make_pki(&dir, "ok");
+    task_file(&dir, 3, |_| mark(&dir));
+    let port = free_port();
+    let mut coord = coordinator(
+        &dir,
+        port,
+        &pki,
+        &["--min-workers", "2", "--run-timeout", "2"],
+    );
+    let code = wait(&mut coord, Duration::from_secs(60));
+    let clog = log(&dir, "coordinator.log");
+    assert_eq!(code, Some(1), "{clog}");
+    assert!(
+        clog.contains("--run-timeout passed while waiting for remote workers: 0 of 2 registered"),
+        "{clog}"
+    );
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert!(
+        junit.contains("tests=\"3\"") && !junit.contains("failures=\"0\" errors=\"0\""),
+        "{junit}"
+    );
+    assert!(!dir.join("marks/t0000").exists());
+
+    // Fault injection kills local workers: with none, it is refused rather than a run that
+    // passes without the fault (found by a review).
+    let mut coord = coordinator(&dir, port, &pki, &["--kill-worker-on-start", "t0000"]);
+    assert_eq!(wait(&mut coord, Duration::from_secs(30)), Some(2));
+    let clog = log(&dir, "coordinator.log");
+    assert!(
+        clog.contains("--kill-worker-on-start: kills a local worker, and --workers 0 runs none"),
+        "{clog}"
+    );
+}
+
 #[test]
 fn refused_connections_are_logged_and_the_coordinator_keeps_serving() {
     let dir = temp_dir("refuse");

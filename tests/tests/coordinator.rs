@@ -598,6 +598,61 @@ async fn simulated_tasks_write_junit_and_exit_non_zero() {
     assert!(!out.contains("pass rate"), "{out}");
 }
 
+/// `[manager] overflow = "drop_newest"` (chosen to keep a slow notifier from holding the run
+/// up) with small queues does not touch the run's own machinery: the scheduler, the executor
+/// and the run tracker wait for room. Before, a burst of `TaskCreated` overflowed the
+/// scheduler's queue, the dropped tasks were never assigned, and the run hung until
+/// `--run-timeout` (found by a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_newest_for_the_plugins_never_drops_the_runs_own_events() {
+    let tasks = (0..200)
+        .map(|i| TaskDef::shell(&format!("t{i}"), "true"))
+        .collect();
+    let mut o = options(tasks, 2);
+    o.config_overrides = vec![
+        "manager.overflow=drop_newest".to_owned(),
+        "manager.queue_capacity=2".to_owned(),
+    ];
+    let report = Coordinator::new(o).unwrap().run().await.unwrap();
+    let summary = report.summary.clone().unwrap();
+    assert_eq!(
+        (summary.totals.passed, summary.totals.cancelled),
+        (200, 0),
+        "{summary:?}"
+    );
+    assert_eq!(report.exit_code(), 0);
+}
+
+/// `--junit FILE` wins over the configuration file: over its `junit` setting, and over
+/// `enabled = false` for the CI reporter. Before, the file's path was used (CI found no file
+/// where the command line said), or no JUnit file was written at all (found by a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junit_on_the_command_line_wins_over_the_configuration_file() {
+    let dir = temp_dir("junit-wins");
+    for (i, section) in [
+        format!(
+            "[plugins.ci-reporter.settings]\njunit = {:?}\n",
+            dir.join("from-file.xml").display().to_string()
+        ),
+        "[plugins.ci-reporter]\nenabled = false\n".to_owned(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let config = dir.join(format!("dtf-{i}.toml"));
+        std::fs::write(&config, section).unwrap();
+        let cli = dir.join(format!("cli-{i}.xml"));
+        let mut o = options(vec![TaskDef::shell("ok", "true")], 1);
+        o.config_file = Some(config);
+        o.junit = Some(cli.clone());
+        let report = Coordinator::new(o).unwrap().run().await.unwrap();
+        assert_eq!(report.exit_code(), 0);
+        let junit = std::fs::read_to_string(&cli).unwrap_or_default();
+        assert!(junit.contains("<testcase "), "case {i}: {junit:?}");
+        assert!(!dir.join("from-file.xml").exists(), "case {i}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_timeout_cancels_what_is_left_and_kills_its_processes() {
     let dir = temp_dir("run-timeout");

@@ -38,7 +38,7 @@
 mod schema;
 mod tree;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -285,6 +285,7 @@ impl ConfigLoader {
         let mut issues = Vec::new();
         let mut root = defaults_tree(&ManagerConfig::default());
         let mut file_name = None;
+        let mut env_vars = BTreeSet::new();
 
         let text = match (&self.text, &self.file) {
             (Some((name, text)), _) => Some((name.clone(), text.clone())),
@@ -320,8 +321,10 @@ impl ConfigLoader {
                 pos: Positions::new(text, path),
                 env: &env,
                 issues: &mut issues,
+                env_vars: BTreeSet::new(),
             };
             let file_tree = reader.table(table.get_ref(), "", pos.origin(0));
+            env_vars = std::mem::take(&mut reader.env_vars);
             // Unknown top-level keys are checked here, where the file's positions are known.
             if let Value::Table(t) = &file_tree.value {
                 Reader {
@@ -416,6 +419,7 @@ impl ConfigLoader {
                 plugin_dirs,
                 plugins,
                 file: file_name,
+                env_vars,
             },
             issues,
         ))
@@ -532,6 +536,8 @@ pub struct Config {
     plugin_dirs: Vec<PathBuf>,
     plugins: Vec<PluginSection>,
     file: Option<PathBuf>,
+    /// The variables the file's `${VAR}` read.
+    env_vars: BTreeSet<String>,
 }
 
 impl fmt::Debug for Config {
@@ -549,6 +555,13 @@ impl fmt::Debug for Config {
 }
 
 impl Config {
+    /// The environment variables the file's `${VAR}` read. Their values count as secrets
+    /// (never printed), so a program that starts other processes should keep them from those
+    /// (`dtf-coordinator` hides them from its tasks).
+    pub fn env_vars(&self) -> &BTreeSet<String> {
+        &self.env_vars
+    }
+
     /// The manager-wide defaults.
     pub fn manager_config(&self) -> &ManagerConfig {
         &self.manager

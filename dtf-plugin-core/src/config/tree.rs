@@ -176,6 +176,8 @@ pub(crate) struct FileReader<'a> {
     pub(crate) pos: Positions<'a>,
     pub(crate) env: &'a BTreeMap<String, String>,
     pub(crate) issues: &'a mut Vec<ConfigIssue>,
+    /// The names of the variables `${VAR}` read.
+    pub(crate) env_vars: std::collections::BTreeSet<String>,
 }
 
 impl FileReader<'_> {
@@ -194,9 +196,11 @@ impl FileReader<'_> {
     fn value(&mut self, value: &DeValue<'_>, path: &str, at: Origin) -> Node {
         let v = match value {
             DeValue::String(s) => {
-                let (s, interpolated) = interpolate(s, self.env, path, &at, self.issues);
+                let (s, read) = interpolate(s, self.env, path, &at, self.issues);
                 let mut node = Node::new(Value::String(s), at);
-                node.from_env_var = interpolated;
+                node.from_env_var = !read.is_empty();
+                self.env_vars
+                    .extend(read.into_iter().filter(|v| !v.is_empty()));
                 return node;
             }
             DeValue::Integer(i) => {
@@ -241,20 +245,20 @@ pub(crate) fn join(prefix: &str, key: &str) -> String {
     }
 }
 
-/// Replaces `${VAR}` with the variable's value (`$$` is a literal `$`). Returns whether any
-/// variable was read (the value then counts as a secret).
+/// Replaces `${VAR}` with the variable's value (`$$` is a literal `$`). Returns the names of
+/// the variables read (a value that read any counts as a secret).
 pub(crate) fn interpolate(
     s: &str,
     env: &BTreeMap<String, String>,
     path: &str,
     at: &Origin,
     issues: &mut Vec<ConfigIssue>,
-) -> (String, bool) {
+) -> (String, Vec<String>) {
     if !s.contains('$') {
-        return (s.to_owned(), false);
+        return (s.to_owned(), Vec::new());
     }
     let mut out = String::with_capacity(s.len());
-    let mut used = false;
+    let mut used = Vec::new();
     let mut rest = s;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
@@ -270,10 +274,12 @@ pub(crate) fn interpolate(
                     at.clone(),
                     "unterminated `${` (write `$$` for a literal `$`)",
                 ));
-                return (out, true);
+                // Counted as read: the value is not shown either way.
+                used.push(String::new());
+                return (out, used);
             };
             let var = &body[..end];
-            used = true;
+            used.push(var.to_owned());
             match env.get(var) {
                 Some(v) => out.push_str(v),
                 None => issues.push(ConfigIssue::new(

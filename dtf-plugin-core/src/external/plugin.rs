@@ -169,20 +169,26 @@ fn instance_marker() -> String {
     format!("{:016x}{:016x}", words[0], words[1])
 }
 
-/// Sends `sig` to `targets` (pids, or `-pgid` for a group) with the `kill` command.
+/// Sends `sig` to `targets` (pids, or `-pgid` for a group) with the shell's built-in `kill`
+/// (not `/bin/kill`, which slim images lack: `procps` is not installed there).
 #[cfg(unix)]
 fn signal<T: std::fmt::Display>(sig: &str, targets: &[T]) {
     if targets.is_empty() {
         return;
     }
-    let _ = std::process::Command::new("kill")
+    let sent = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("kill \"$@\"")
+        .arg("sh")
         .arg(sig)
-        .arg("--")
         .args(targets.iter().map(ToString::to_string))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+    if let Err(e) = sent {
+        tracing::error!(signal = sig, error = %e, "could not signal a plugin's processes");
+    }
 }
 
 fn pids(tree: &[(u32, u64)]) -> Vec<u32> {
