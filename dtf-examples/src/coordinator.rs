@@ -636,6 +636,10 @@ impl Coordinator {
                 TaskReporter::NAME => {
                     let (spec, handle) = TaskReporter::spec();
                     reporter = Some(handle);
+                    // The run's reports wait for room too (unless their own section says
+                    // otherwise): with the manager's `drop_newest` they listed tasks as
+                    // incomplete that had passed.
+                    let spec = spec.overflow(OverflowPolicy::Backpressure);
                     match config {
                         Some(c) => spec.config(c),
                         None => spec,
@@ -651,7 +655,8 @@ impl Coordinator {
                         CiReporter::new()
                             .with_report_files(files.clone())
                             .with_handover(handover.clone())
-                    });
+                    })
+                    .overflow(OverflowPolicy::Backpressure);
                     match config {
                         Some(mut c) => {
                             // `--junit` wins over the file's `junit` (the command line

@@ -599,14 +599,14 @@ async fn simulated_tasks_write_junit_and_exit_non_zero() {
 }
 
 /// `[manager] overflow = "drop_newest"` (chosen to keep a slow notifier from holding the run
-/// up) with small queues does not touch the run's own machinery: the scheduler, the executor
-/// and the run tracker wait for room. Before, a burst of `TaskCreated` overflowed the
+/// up) with small queues does not touch the run's own machinery: the scheduler, the executor,
+/// the run tracker and the run's reports wait for room. Before, a burst of `TaskCreated` overflowed the
 /// scheduler's queue, the dropped tasks were never assigned, and the run hung until
 /// `--run-timeout` (found by a review).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_newest_for_the_plugins_never_drops_the_runs_own_events() {
     let tasks = (0..200)
-        .map(|i| TaskDef::shell(&format!("t{i}"), "true"))
+        .map(|i| TaskDef::shell(format!("t{i}"), "true"))
         .collect();
     let mut o = options(tasks, 2);
     o.config_overrides = vec![

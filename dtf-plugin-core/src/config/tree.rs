@@ -310,6 +310,7 @@ pub(crate) fn parse_override(text: &str, at: Origin) -> Node {
             pos: Positions::new(trimmed, Path::new("")),
             env: &env,
             issues: &mut issues,
+            env_vars: std::collections::BTreeSet::new(),
         };
         let mut node = reader.value(parsed.get_ref(), "", at.clone());
         if issues.is_empty() {
