@@ -1483,6 +1483,19 @@ mod tests {
         (hub, out_rx)
     }
 
+    /// A `Hello` of `worker`'s process `incarnation`, with default capabilities and nothing
+    /// received.
+    fn plain_hello(hub: &mut HubLoop, worker: &WorkerId, incarnation: u64) {
+        hub.hello(
+            worker.clone(),
+            incarnation,
+            Capabilities::default(),
+            BTreeMap::new(),
+            0,
+            Vec::new(),
+        );
+    }
+
     /// A worker taken for failed has its unacknowledged jobs abandoned (their tasks run
     /// elsewhere) and never resent: the hub records how far they go, which its next `Welcome`
     /// says, so that the worker takes the jobs numbered after them (see the worker's
@@ -1539,16 +1552,7 @@ mod tests {
     async fn a_replaced_incarnation_does_not_take_its_id_back() {
         let (mut hub, _out_rx) = test_hub(Timing::default());
         let w1 = WorkerId::from("w1");
-        let hello = |hub: &mut HubLoop, incarnation| {
-            hub.hello(
-                w1.clone(),
-                incarnation,
-                Capabilities::default(),
-                BTreeMap::new(),
-                0,
-                Vec::new(),
-            );
-        };
+        let hello = |hub: &mut HubLoop, incarnation| plain_hello(hub, &w1, incarnation);
         hello(&mut hub, 5);
         hello(&mut hub, 6);
         assert_eq!(hub.workers[&w1].incarnation, 6);
@@ -1614,16 +1618,7 @@ mod tests {
     async fn an_acknowledgement_is_not_sent_to_the_process_that_replaced_its_own() {
         let (mut hub, mut out_rx) = test_hub(Timing::default());
         let w1 = WorkerId::from("w1");
-        let hello = |hub: &mut HubLoop, incarnation| {
-            hub.hello(
-                w1.clone(),
-                incarnation,
-                Capabilities::default(),
-                BTreeMap::new(),
-                0,
-                Vec::new(),
-            );
-        };
+        let hello = |hub: &mut HubLoop, incarnation| plain_hello(hub, &w1, incarnation);
         hello(&mut hub, 5);
         let mut acks = Acks::new();
         hub.on_frame(

@@ -1079,22 +1079,40 @@ async fn missing_token_fails_start_up_naming_the_variable() {
     assert!(err.contains("JENKINS_USER"), "{err}");
 }
 
+/// A check run (id 5) on `server` whose creation is answered `first.0` for the first
+/// `first.1` tries and succeeds after that; its updates are accepted. Each is expected.
+async fn check_run_created_after(server: &MockServer, first: Option<(ResponseTemplate, u64)>) {
+    let create =
+        || github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")));
+    if let Some((answer, times)) = first {
+        create()
+            .respond_with(answer)
+            .up_to_n_times(times)
+            .with_priority(1)
+            .expect(times)
+            .mount(server)
+            .await;
+    }
+    create()
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 5 })))
+        .with_priority(2)
+        .expect(1)
+        .mount(server)
+        .await;
+    github_headers(Mock::given(method("PATCH")).and(path("/repos/acme/widgets/check-runs/5")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 5 })))
+        .expect(1..)
+        .mount(server)
+        .await;
+}
+
 /// A token read from a file ends with a line break: trimmed, not sent broken (GitLab's
 /// `PRIVATE-TOKEN` was dropped from the request, and GitHub's calls failed with a bare
 /// "builder error"). One a header cannot carry at all is refused at start, by its variable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_with_a_line_break_is_trimmed_or_refused_by_name() {
     let server = MockServer::start().await;
-    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
-        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 5 })))
-        .expect(1)
-        .mount(&server)
-        .await;
-    github_headers(Mock::given(method("PATCH")).and(path("/repos/acme/widgets/check-runs/5")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 5 })))
-        .expect(1..)
-        .mount(&server)
-        .await;
+    check_run_created_after(&server, None).await;
     let mut env = github_env();
     env.insert("GITHUB_TOKEN".to_owned(), format!("{GH_TOKEN}\n"));
     let cfg = github_config(
@@ -1155,29 +1173,11 @@ async fn a_github_rate_limit_403_is_retried_but_a_permission_403_is_not() {
         .unwrap()
         .as_secs()
         - 5;
-    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
-        .respond_with(
-            ResponseTemplate::new(403)
-                .insert_header("x-ratelimit-remaining", "0")
-                .insert_header("x-ratelimit-reset", past.to_string().as_str())
-                .set_body_json(json!({ "message": "API rate limit exceeded" })),
-        )
-        .up_to_n_times(1)
-        .with_priority(1)
-        .expect(1)
-        .mount(&server)
-        .await;
-    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
-        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 5 })))
-        .with_priority(2)
-        .expect(1)
-        .mount(&server)
-        .await;
-    github_headers(Mock::given(method("PATCH")).and(path("/repos/acme/widgets/check-runs/5")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 5 })))
-        .expect(1..)
-        .mount(&server)
-        .await;
+    let limited = ResponseTemplate::new(403)
+        .insert_header("x-ratelimit-remaining", "0")
+        .insert_header("x-ratelimit-reset", past.to_string().as_str())
+        .set_body_json(json!({ "message": "API rate limit exceeded" }));
+    check_run_created_after(&server, Some((limited, 1))).await;
     // The commit status has no permission: final at once.
     let statuses = format!("/repos/acme/widgets/statuses/{SHA}");
     Mock::given(method("POST"))
@@ -1208,24 +1208,7 @@ async fn a_github_rate_limit_403_is_retried_but_a_permission_403_is_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_run_that_could_not_be_created_at_start_is_created_at_the_end() {
     let server = MockServer::start().await;
-    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(2)
-        .with_priority(1)
-        .expect(2)
-        .mount(&server)
-        .await;
-    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
-        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 5 })))
-        .with_priority(2)
-        .expect(1)
-        .mount(&server)
-        .await;
-    github_headers(Mock::given(method("PATCH")).and(path("/repos/acme/widgets/check-runs/5")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 5 })))
-        .expect(1..)
-        .mount(&server)
-        .await;
+    check_run_created_after(&server, Some((ResponseTemplate::new(503), 2))).await;
     let cfg = github_config(
         &server,
         json!({ "retry": { "max_attempts": 2 }, "github": { "comment": false, "status": false } }),
@@ -1243,26 +1226,10 @@ async fn a_check_run_that_could_not_be_created_at_start_is_created_at_the_end() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_secondary_limits_are_retried_and_a_far_reset_is_not_waited_for() {
     let server = MockServer::start().await;
-    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
-        .respond_with(ResponseTemplate::new(403).set_body_json(json!({
-            "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
-        })))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .expect(1)
-        .mount(&server)
-        .await;
-    github_headers(Mock::given(method("POST")).and(path("/repos/acme/widgets/check-runs")))
-        .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 5 })))
-        .with_priority(2)
-        .expect(1)
-        .mount(&server)
-        .await;
-    github_headers(Mock::given(method("PATCH")).and(path("/repos/acme/widgets/check-runs/5")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 5 })))
-        .expect(1..)
-        .mount(&server)
-        .await;
+    let secondary = ResponseTemplate::new(403).set_body_json(json!({
+        "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
+    }));
+    check_run_created_after(&server, Some((secondary, 1))).await;
     let cfg = github_config(
         &server,
         json!({ "github": { "comment": false, "status": false } }),

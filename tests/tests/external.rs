@@ -1294,13 +1294,7 @@ async fn hot_reload_keeps_the_plugins_of_a_directory_it_cannot_read() {
         "{changes:?}"
     );
     assert!(!changes.is_empty(), "the failed scan is reported");
-    let names: Vec<String> = manager
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
+    let names = common::plugin_names(&manager).await;
     assert!(names.contains(&"live".to_owned()), "{names:?}");
 
     std::fs::rename(&away, &dir).unwrap();

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    Action, POISON, Probe, assert_conserved, dead_numbers, eventually, n, number,
+    Action, POISON, Probe, assert_conserved, dead_numbers, eventually, n, number, plugin_names,
     quiet_poison_panics,
 };
 use dtf_plugin_core::prelude::*;
@@ -160,6 +160,15 @@ async fn restarts_failed_plugin_with_backoff_until_budget_exhausted() {
     assert_eq!(manager.stats("flaky").await.unwrap().published, 0);
     assert_conserved(&manager).await;
     manager.shutdown(ShutdownReason::Completed).await;
+}
+
+/// The framework events `rec` recorded about plugin `name`, by hook.
+fn lifecycle_of(rec: &dtf_plugin_core::testing::Recording, name: &str) -> Vec<Hook> {
+    rec.events()
+        .iter()
+        .filter(|e| plugin_of(e) == Some(name))
+        .map(|e| e.hook())
+        .collect()
 }
 
 fn plugin_of(e: &Event) -> Option<&str> {
@@ -671,13 +680,10 @@ async fn remove_publishes_plugin_removed() {
         .unwrap();
     manager.remove("leaving").await.unwrap();
     manager.flush().await;
-    let seen: Vec<Hook> = monitor_rec
-        .events()
-        .iter()
-        .filter(|e| plugin_of(e) == Some("leaving"))
-        .map(|e| e.hook())
-        .collect();
-    assert_eq!(seen, vec![Hook::PluginStarted, Hook::PluginRemoved]);
+    assert_eq!(
+        lifecycle_of(&monitor_rec, "leaving"),
+        [Hook::PluginStarted, Hook::PluginRemoved]
+    );
     manager.shutdown(ShutdownReason::Completed).await;
 }
 
@@ -712,21 +718,11 @@ async fn a_disable_during_a_remove_does_not_undo_it() {
     removing.await.unwrap().unwrap();
     disabling.await.unwrap().unwrap();
     manager.flush().await;
-    let names: Vec<String> = manager
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
-    assert_eq!(names, ["monitor"]);
-    let seen: Vec<Hook> = monitor_rec
-        .events()
-        .iter()
-        .filter(|e| plugin_of(e) == Some("leaving"))
-        .map(|e| e.hook())
-        .collect();
-    assert_eq!(seen, vec![Hook::PluginStarted, Hook::PluginRemoved]);
+    assert_eq!(plugin_names(&manager).await, ["monitor"]);
+    assert_eq!(
+        lifecycle_of(&monitor_rec, "leaving"),
+        [Hook::PluginStarted, Hook::PluginRemoved]
+    );
     manager.add(leaving.spec()).await.unwrap();
     manager.shutdown(ShutdownReason::Completed).await;
 }
