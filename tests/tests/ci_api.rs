@@ -909,8 +909,15 @@ async fn jenkins_sets_the_build_description_with_basic_auth() {
         .and(body_string_contains(
             "description=dtf%3A+1+passed%2C+1+failed%2C+1+flaky+of+3+tasks+%28failed%29",
         ))
-        .respond_with(ResponseTemplate::new(200))
+        // As Jenkins does (`Run.doSubmitDescription` redirects to the build's page).
+        .respond_with(ResponseTemplate::new(302).insert_header("location", "."))
         .expect(1)
+        .mount(&server)
+        .await;
+    // The redirect is not followed.
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
         .mount(&server)
         .await;
     let env = env(&[
@@ -920,8 +927,10 @@ async fn jenkins_sets_the_build_description_with_basic_auth() {
         ("JENKINS_API_TOKEN", "jenkins-tok"),
     ]);
     let cfg = json!({ "services": ["jenkins"], "update_interval_ms": 3_600_000 });
-    run(env, cfg).await;
+    let stats = run(env, cfg).await;
     server.verify().await;
+    let described = stats.get("jenkins.description").unwrap();
+    assert_eq!((described.ok, described.failed), (1, 0), "{described:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

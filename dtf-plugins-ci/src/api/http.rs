@@ -77,6 +77,8 @@ pub(crate) struct Call {
     pub(crate) body: Body,
     /// Whether a transient failure is retried (per the policy).
     pub(crate) retry: bool,
+    /// Whether a redirect answers the call as done (see [`Call::done_by_redirect`]).
+    pub(crate) redirect_is_done: bool,
 }
 
 impl Call {
@@ -87,7 +89,16 @@ impl Call {
             url,
             body,
             retry: true,
+            redirect_is_done: false,
         }
+    }
+
+    /// A form post that the service answers with a redirect when it is done (Jenkins'
+    /// `submitDescription` redirects to the build's page). The redirect is not followed (no
+    /// redirect is), but for this call it means success rather than failure.
+    pub(crate) fn done_by_redirect(mut self) -> Self {
+        self.redirect_is_done = true;
+        self
     }
 
     /// Tried once: a live progress update, which the next one supersedes. Retrying it (up to
@@ -206,7 +217,7 @@ impl HttpCore {
                             s.rate_limited += 1;
                         }
                     });
-                    if status.is_success() {
+                    if status.is_success() || (call.redirect_is_done && status.is_redirection()) {
                         let text = resp.text().await.unwrap_or_default();
                         self.stats.update(call.target, |s| s.ok += 1);
                         tracing::debug!(target_api = call.target, %status, ?latency, "API call done");

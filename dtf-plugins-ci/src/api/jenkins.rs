@@ -41,12 +41,14 @@ impl Jenkins {
     }
 
     async fn describe(&self, http: &mut HttpCore, text: String, live: bool) {
+        // Jenkins answers with a redirect to the build's page once the description is set.
         let mut call = Call::new(
             "jenkins.description",
             Method::POST,
             self.url.clone(),
             Body::Form(vec![("description", text)]),
-        );
+        )
+        .done_by_redirect();
         if live {
             call = call.once();
         }
