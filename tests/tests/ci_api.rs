@@ -914,6 +914,13 @@ async fn jenkins_sets_the_build_description_with_basic_auth() {
         .expect(1)
         .mount(&server)
         .await;
+    // The description at the start (running).
+    Mock::given(method("POST"))
+        .and(path("/job/widgets/12/submitDescription"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", "."))
+        .with_priority(10)
+        .mount(&server)
+        .await;
     // The redirect is not followed.
     Mock::given(method("GET"))
         .respond_with(ResponseTemplate::new(200))
@@ -930,7 +937,7 @@ async fn jenkins_sets_the_build_description_with_basic_auth() {
     let stats = run(env, cfg).await;
     server.verify().await;
     let described = stats.get("jenkins.description").unwrap();
-    assert_eq!((described.ok, described.failed), (1, 0), "{described:?}");
+    assert_eq!((described.ok, described.failed), (2, 0), "{described:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
