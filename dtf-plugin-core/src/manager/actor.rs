@@ -488,7 +488,7 @@ impl ManagerState {
         entry.last_error = Some(error.clone());
         tracing::warn!(plugin = %name, %error, "plugin failed");
         // A replace or restart waiting for the old instance to finish its queue: answered
-        // below, once it is known whether the plugin restarts or is disabled.
+        // below, once the new instance's start is scheduled.
         let mut respawn_waiting = Vec::new();
         let respawn = entry.after_stop == AfterStop::Respawn;
         if respawn {
