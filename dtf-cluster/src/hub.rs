@@ -999,6 +999,18 @@ impl HubLoop {
                 let source = format!("{}{worker}", EventMeta::REMOTE_SOURCE_PREFIX);
                 let _ = self.out.send(Out::Batch(source.into(), fresh));
             }
+            WorkerFrame::Event { .. } if w.publisher => {
+                // A job's event from a node that runs no jobs: a publisher's events come as
+                // `Events`, under its own source, which the run tracker does not trust with
+                // task results. This one would land under `cluster`, which it does.
+                tracing::warn!(%worker, "a remote publisher sent a worker's job event; refused");
+                refuse(
+                    &worker,
+                    incarnation,
+                    "this node is a remote publisher: it runs no jobs, so it sends no job events"
+                        .to_owned(),
+                );
+            }
             WorkerFrame::Event { seq, job, kind } => {
                 if seq <= w.applied {
                     self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -1652,6 +1664,34 @@ mod tests {
             }
         }
         assert_eq!(sent, [(6, 2)]);
+    }
+
+    /// A remote publisher's events come as `Events` under its own source, which the run
+    /// tracker does not trust with task results. A job's `Event` frame from it (it runs no
+    /// jobs) is refused, not published under `cluster`.
+    #[tokio::test]
+    async fn a_publisher_cannot_send_a_workers_job_event() {
+        let (mut hub, mut out_rx) = test_hub(Timing::default());
+        let p = WorkerId::from("p-1");
+        hub.publisher_hello(p.clone(), 9);
+        let mut acks = Acks::new();
+        hub.on_frame(
+            FromWorker {
+                worker: p.clone(),
+                incarnation: 9,
+                body: WorkerFrame::Event {
+                    seq: 1,
+                    job: 1,
+                    kind: EventKind::task_started("t", "p-1", 1),
+                },
+            },
+            &mut acks,
+        );
+        assert!(acks.is_empty(), "{acks:?}");
+        assert_eq!(hub.workers[&p].applied, 0);
+        while let Ok(item) = out_rx.try_recv() {
+            assert!(!matches!(item, Out::One(_)), "published");
+        }
     }
 
     /// At the end of a run the coordinator abandons the remote workers' jobs before it cancels
