@@ -86,6 +86,10 @@ mod loom_only {
             self.ready.store(true, Ordering::Release);
             Ok(())
         }
+
+        pub(crate) fn into_inner(self) -> Option<T> {
+            self.value.into_inner()
+        }
     }
 
     /// The part of tokio's `Notify` the bus uses (`notified`, `enable`, `notify_waiters`),

@@ -43,6 +43,9 @@ pub(crate) struct Cells {
     pub(super) slots: Box<[CellSlot]>,
     /// Where the slots go, emptied, when the last holder lets go of them.
     spare: Arc<Spare>,
+    /// The events published into these cells, stored by the publisher when it moves on to the
+    /// next segment (`usize::MAX` until then: unknown).
+    pub(super) events: std::sync::atomic::AtomicUsize,
 }
 
 /// Put first in a `#[repr(C)]` struct, keeps the fields after it 128 bytes from the start of
@@ -79,43 +82,110 @@ impl Cells {
 /// model check, which explores the log's handshakes, not the allocator's.
 const SPARES: usize = if MODEL { 0 } else { 64 };
 
-/// The cell arrays of freed segments, emptied, kept for the next segments of the same bus
-/// instead of going back to the allocator.
+/// Most handled events a bus keeps for its publishers to drop ([`Spare`]): as many as a full
+/// default queue (8,192). Readers let go of segments in bursts (a reader a full queue behind
+/// frees up to 64 at once when it catches up), and a pool smaller than a burst runs dry: with
+/// four segments' worth (512 events) the gain measured was gone (`benches/README.md`, session
+/// 17). So a bus may hold this many handled events beyond its queues, as long as its
+/// publishers publish (each publish drops one cell's worth); it never holds more. Segments of
+/// more events than this (large batches) are freed by the reader that lets go of them last.
+pub(super) const GRAVE_EVENTS: usize = if MODEL { 0 } else { 8 * 1024 };
+
+/// What freed segments leave behind, kept by the bus for its publishers: the cell arrays,
+/// emptied, for the next segments, and the cells' handled batches, which publishers drop one
+/// cell per publish.
 ///
 /// A segment's cells are one 16 KiB allocation aligned to 128 bytes. On glibc each fresh one
 /// went through `memalign`, which also merged the allocator's bins of small free chunks every
 /// time: `Segment::new` took 4.5 % of all CPU samples of the dispatch bench's `dtf/single/8`.
-/// With this pool (and [`ApartFromCounts`]) single publish at 8 plugins on glibc rose by about
-/// 6 % in an A/B (`benches/README.md`, session 11). The reader that lets go of a segment last
-/// empties its cells and hands them back here; the publisher takes them under the bus lock.
-/// Only the owner of a whole array (`&mut`, after the last `Arc<Cells>` is gone) ever empties
-/// it, so this is a plain hand-over through a lock, not a protocol of its own.
+/// With the arrays pooled (and [`ApartFromCounts`]) single publish at 8 plugins on glibc rose
+/// by about 6 % in an A/B (`benches/README.md`, session 11).
+///
+/// The batches go back to the publishing side for the same reason tokio's broadcast channel
+/// drops an old value when its sender overwrites the slot: events are allocated by the
+/// publisher's thread, and an allocator serves a thread's next allocations fastest from what
+/// that thread freed (glibc's per-thread cache takes the chunks one for one: a publish frees
+/// one handled event and the next allocates one of the same sizes). Freed by the readers, every
+/// event crossed threads twice, and the publisher's allocations went to the shared arena
+/// (`benches/README.md`, session 17). At most [`GRAVE_EVENTS`] wait here; beyond that the
+/// reader frees them, as before.
+///
+/// The reader that lets go of a segment last moves its cells' contents out (it owns the whole
+/// array then: `&mut`, after the last `Arc<Cells>` is gone) and hands both back here; the
+/// publisher takes them under the bus lock and drops the batches after releasing it. So this
+/// is a plain hand-over through a lock, not a protocol of its own.
 #[derive(Default)]
 pub(crate) struct Spare {
-    arrays: std::sync::Mutex<Vec<Box<[CellSlot]>>>,
+    pool: std::sync::Mutex<Pool>,
+    /// Whether `pool.graves` has any: read by the publisher on each publish while it has none
+    /// in hand, without taking the lock.
+    has_graves: std::sync::atomic::AtomicBool,
     /// Cell arrays allocated afresh, for the test that they are reused.
     #[cfg(test)]
     pub(super) fresh: std::sync::atomic::AtomicUsize,
 }
 
+#[derive(Default)]
+struct Pool {
+    arrays: Vec<Box<[CellSlot]>>,
+    /// The handled cells of freed segments, each with its number of events.
+    graves: Vec<(Vec<Cell>, usize)>,
+    /// The events in `graves`.
+    grave_events: usize,
+}
+
 impl Spare {
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// An emptied array, if one is kept.
     fn take(&self) -> Option<Box<[CellSlot]>> {
         if SPARES == 0 {
             return None;
         }
-        self.arrays
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
+        self.pool().arrays.pop()
     }
 
-    /// Keeps `slots` (emptied) if there is room (called only when [`SPARES`] is not 0).
-    fn give(&self, slots: Box<[CellSlot]>) {
-        let mut spare = self.arrays.lock().unwrap_or_else(PoisonError::into_inner);
-        if spare.len() < SPARES {
-            spare.push(slots);
+    /// Keeps `slots` (emptied) if there is room, and the handled cells `grave` (of `events`
+    /// events) if they fit in [`GRAVE_EVENTS`]; returns them if not, for the caller to drop
+    /// outside the lock. Called only when [`SPARES`] is not 0.
+    fn give(&self, slots: Box<[CellSlot]>, grave: Vec<Cell>, events: usize) -> Vec<Cell> {
+        let mut pool = self.pool();
+        if pool.arrays.len() < SPARES {
+            pool.arrays.push(slots);
         }
+        if grave.is_empty() || pool.grave_events + events > GRAVE_EVENTS {
+            return grave;
+        }
+        pool.grave_events += events;
+        pool.graves.push((grave, events));
+        self.has_graves
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Vec::new()
+    }
+
+    /// Handled cells for the publisher to drop, if any are kept.
+    pub(super) fn take_grave(&self) -> Vec<Cell> {
+        if !self.has_graves.load(std::sync::atomic::Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let mut pool = self.pool();
+        let Some((grave, events)) = pool.graves.pop() else {
+            return Vec::new();
+        };
+        pool.grave_events -= events;
+        if pool.graves.is_empty() {
+            self.has_graves
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        grave
+    }
+
+    /// The handled events kept for the publisher, for the tests.
+    #[cfg(all(test, not(any(dtf_shuttle, dtf_loom))))]
+    pub(super) fn grave_events(&self) -> usize {
+        self.pool().grave_events
     }
 }
 
@@ -127,11 +197,18 @@ impl Drop for Cells {
         if slots.len() != SEGMENT || SPARES == 0 {
             return;
         }
-        // Emptied here, by the thread that let go of the segment last, not by the publisher.
+        // Emptied here, by the thread that let go of the segment last, not by the publisher;
+        // the batches go to the publisher to drop, unless there are too many.
+        let events = *self.events.get_mut();
+        let keep = events <= GRAVE_EVENTS;
+        let mut grave = Vec::with_capacity(if keep { SEGMENT } else { 0 });
         for slot in slots.iter_mut() {
-            slot.0 = OnceLock::new();
+            let cell = std::mem::replace(&mut slot.0, OnceLock::new()).into_inner();
+            if let (true, Some(cell)) = (keep, cell) {
+                grave.push(cell);
+            }
         }
-        self.spare.give(slots);
+        drop(self.spare.give(slots, grave, events));
     }
 }
 
@@ -158,6 +235,7 @@ impl Segment {
                 _apart: ApartFromCounts::default(),
                 slots,
                 spare: Arc::clone(spare),
+                events: std::sync::atomic::AtomicUsize::new(usize::MAX),
             }),
             next: OnceLock::new(),
         })

@@ -85,6 +85,8 @@ struct BusState {
     /// The log's last segment and the position of its next cell.
     tail: Arc<Segment>,
     next_pos: u64,
+    /// The events published into `tail` so far.
+    tail_events: usize,
     /// Routed (enabled) slots in groups, by hook.
     routes: Routes,
     /// Every routed slot, in routing order.
@@ -102,8 +104,10 @@ struct BusState {
     /// refreshing it on every publish would add a pass over every plugin to the per-subscriber
     /// check.
     room_backoff: u32,
-    /// Emptied cells of freed segments, for the next ones.
+    /// Emptied cells of freed segments, for the next ones, and their handled batches.
     spare: Arc<Spare>,
+    /// Handled cells taken from `spare`, dropped one per publish ([`BusInner::attempt`]).
+    grave: Vec<Cell>,
 }
 
 /// A refresh of the room budget that finds less than this many events... (1 in the model
@@ -153,12 +157,14 @@ impl Bus {
                     closed: false,
                     tail: Segment::new(0, &spare),
                     next_pos: 0,
+                    tail_events: 0,
                     routes: Routes::default(),
                     all: Vec::new(),
                     groups: Vec::new(),
                     room: 0,
                     room_backoff: 0,
                     spare,
+                    grave: Vec::new(),
                 }),
             }),
             source: Arc::from(source),
@@ -325,8 +331,20 @@ impl BusInner {
 
     /// One publishing attempt: under the bus lock, check room, assign sequence numbers,
     /// enqueue everywhere. Either everything is enqueued or nothing is.
+    ///
+    /// It also drops one handled cell of a freed segment, after releasing the lock: on the
+    /// publisher's thread, whose next events the allocator then serves from what it freed
+    /// ([`Spare`]).
     fn attempt(&self, batch: Arc<[Event]>, bound: Bound) -> Attempt {
-        Self::attempt_locked(&mut self.lock(), batch, bound)
+        let mut state = self.lock();
+        let attempt = Self::attempt_locked(&mut state, batch, bound);
+        if state.grave.is_empty() {
+            state.grave = state.spare.take_grave();
+        }
+        let handled = state.grave.pop();
+        drop(state);
+        drop(handled);
+        attempt
     }
 
     /// [`attempt`](Self::attempt) with the bus lock held by the caller.
@@ -399,6 +417,13 @@ impl BusInner {
             // next cell...
             let pos = state.next_pos;
             if (pos - state.tail.base) as usize == SEGMENT {
+                // What the segment holds, for the reader that frees it ([`Spare`]).
+                state
+                    .tail
+                    .cells
+                    .events
+                    .store(state.tail_events, std::sync::atomic::Ordering::Relaxed);
+                state.tail_events = 0;
                 let next = Segment::new(pos, &state.spare);
                 switch();
                 let _ = state.tail.next.set(Arc::clone(&next));
@@ -436,6 +461,7 @@ impl BusInner {
                 let _ = c.set(cell);
             }
             state.next_pos = pos + 1;
+            state.tail_events += n;
             // The counts above (plain stores: only publishers write them, under this lock)
             // must be visible before `Route::wake` reads each group's `attention` (and then
             // its members' `scheduled` and `released` flags): the publisher's half of the
@@ -515,6 +541,16 @@ impl BusInner {
             self.unroute(&slot);
             slot.release();
         }
+        // Handled events kept for publishers to drop: none will come.
+        let graves = {
+            let mut state = self.lock();
+            let mut graves = vec![std::mem::take(&mut state.grave)];
+            graves.extend(std::iter::from_fn(|| {
+                Some(state.spare.take_grave()).filter(|g| !g.is_empty())
+            }));
+            graves
+        };
+        drop(graves);
     }
 
     /// Closes the bus after publishing `last`, atomically: `last` is published and the bus

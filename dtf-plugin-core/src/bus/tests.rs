@@ -222,6 +222,86 @@ async fn freed_segments_cells_are_reused() {
     manager.shutdown(ShutdownReason::Completed).await;
 }
 
+/// Events published through `bus` that are still allocated (each holds its handle's source).
+fn live_events(bus: &Bus) -> usize {
+    Arc::strong_count(&bus.source) - 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handled_events_go_back_to_the_publisher_within_a_bound() {
+    let counted = Arc::new(AtomicU64::new(0));
+    let c = Arc::clone(&counted);
+    let manager = PluginManager::builder()
+        .spec(PluginSpec::new(move || Count(Arc::clone(&c))))
+        .spawn()
+        .await
+        .unwrap();
+    let bus = manager.bus().with_source("test");
+    const N: u64 = 100 * SEGMENT as u64;
+    let mut kept_for_the_publisher = 0;
+    for i in 0..N {
+        bus.publish(EventKind::task_created(format!("t{i}"), "x"))
+            .await
+            .unwrap();
+        if i % 64 == 0 {
+            manager.flush().await;
+            kept_for_the_publisher =
+                kept_for_the_publisher.max(bus.inner().lock().spare.grave_events());
+        }
+    }
+    manager.flush().await;
+    assert_eq!(counted.load(Ordering::SeqCst), N);
+    // Freed segments' events waited for the publisher to drop them...
+    assert!(kept_for_the_publisher > 0, "no handled event went back");
+    // ...and it did, one per publish: what is still allocated is at most what the pool keeps,
+    // the cells the publisher has in hand, and the segments still in the log.
+    let live = live_events(&bus);
+    let bound = GRAVE_EVENTS + 3 * SEGMENT;
+    assert!(
+        live <= bound,
+        "{live} of {N} events still allocated (bound {bound})"
+    );
+    // After the shutdown no publisher will drop them: they are dropped then.
+    manager.shutdown(ShutdownReason::Completed).await;
+    {
+        let state = bus.inner().lock();
+        assert_eq!(state.spare.grave_events(), 0);
+        assert!(state.grave.is_empty());
+    }
+    let live = live_events(&bus);
+    assert!(
+        live <= 2 * SEGMENT,
+        "{live} events still allocated after the shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_of_large_batches_is_freed_by_its_reader() {
+    let counted = Arc::new(AtomicU64::new(0));
+    let c = Arc::clone(&counted);
+    let manager = PluginManager::builder()
+        .spec(PluginSpec::new(move || Count(Arc::clone(&c))))
+        .spawn()
+        .await
+        .unwrap();
+    let bus = manager.bus().with_source("test");
+    // Two segments of 100-event batches: the first holds more events than the pool keeps.
+    const BATCH: usize = 100;
+    const _: () = assert!(SEGMENT * BATCH > GRAVE_EVENTS);
+    for _ in 0..2 * SEGMENT {
+        bus.publish_batch((0..BATCH).map(|i| EventKind::task_created(format!("t{i}"), "x")))
+            .await
+            .unwrap();
+        manager.flush().await;
+    }
+    assert_eq!(counted.load(Ordering::SeqCst), (2 * SEGMENT * BATCH) as u64);
+    assert_eq!(bus.inner().lock().spare.grave_events(), 0);
+    // The first segment's events are gone; the second is the log's tail.
+    let live = live_events(&bus);
+    assert!(live <= SEGMENT * BATCH, "{live} events still allocated");
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_whose_hooks_never_fire_does_not_pin_the_log() {
     let counted = Arc::new(AtomicU64::new(0));
