@@ -13,7 +13,8 @@ pub(super) const SEGMENT: usize = if cfg!(dtf_loom) {
 };
 
 /// A piece of the append-only log: cells written once by publishers (under the bus lock) and
-/// read without locks by every plugin's actor. Segments are freed once no reader holds them.
+/// read without locks by every plugin's actor. Segments are freed once no reader holds them;
+/// their events may stay a while longer, for the publisher to drop ([`Spare`]).
 ///
 /// Its fields start 128 bytes into its `Arc` ([`ApartFromCounts`]), on cache lines apart from
 /// the reference counts: those change whenever a reader takes or lets go of the segment (and a
@@ -86,9 +87,10 @@ const SPARES: usize = if MODEL { 0 } else { 64 };
 /// default queue (8,192). Readers let go of segments in bursts (a reader a full queue behind
 /// frees up to 64 at once when it catches up), and a pool smaller than a burst runs dry: with
 /// four segments' worth (512 events) the gain measured was gone (`benches/README.md`, session
-/// 17). So a bus may hold this many handled events beyond its queues, as long as its
-/// publishers publish (each publish drops one cell's worth); it never holds more. Segments of
-/// more events than this (large batches) are freed by the reader that lets go of them last.
+/// 17). So a bus holds at most this many handled events beyond its queues (counting those in
+/// the publisher's hand until it has dropped them all), until its publishers publish again
+/// (each publish drops one cell's worth) or the manager shuts down. A segment of more events
+/// than this (large batches) is not kept: it is freed wherever it is let go of.
 pub(super) const GRAVE_EVENTS: usize = if MODEL { 0 } else { 8 * 1024 };
 
 /// What freed segments leave behind, kept by the bus for its publishers: the cell arrays,
@@ -107,13 +109,14 @@ pub(super) const GRAVE_EVENTS: usize = if MODEL { 0 } else { 8 * 1024 };
 /// that thread freed (glibc's per-thread cache takes the chunks one for one: a publish frees
 /// one handled event and the next allocates one of the same sizes). Freed by the readers, every
 /// event crossed threads twice, and the publisher's allocations went to the shared arena
-/// (`benches/README.md`, session 17). At most [`GRAVE_EVENTS`] wait here; beyond that the
-/// reader frees them, as before.
+/// (`benches/README.md`, session 17). At most [`GRAVE_EVENTS`] wait here; beyond that they
+/// are freed where the segment is let go of, as before.
 ///
-/// The reader that lets go of a segment last moves its cells' contents out (it owns the whole
-/// array then: `&mut`, after the last `Arc<Cells>` is gone) and hands both back here; the
-/// publisher takes them under the bus lock and drops the batches after releasing it. So this
-/// is a plain hand-over through a lock, not a protocol of its own.
+/// Whoever lets go of a segment last (a reader, or the publisher moving past it, after
+/// releasing the bus lock) moves its cells' contents out (it owns the whole array then:
+/// `&mut`, after the last `Arc<Cells>` is gone) and hands both back here; the publisher takes
+/// them under the bus lock and drops the batches after releasing it. So this is a plain
+/// hand-over through a lock, not a protocol of its own.
 #[derive(Default)]
 pub(crate) struct Spare {
     pool: std::sync::Mutex<Pool>,
@@ -130,8 +133,11 @@ struct Pool {
     arrays: Vec<Box<[CellSlot]>>,
     /// The handled cells of freed segments, each with its number of events.
     graves: Vec<(Vec<Cell>, usize)>,
-    /// The events in `graves`.
+    /// The events in `graves`, and in the publisher's hand ([`Spare::take_grave`]) until it
+    /// has dropped them all ([`Spare::emptied_hand`]): what [`GRAVE_EVENTS`] bounds.
     grave_events: usize,
+    /// The events of the grave in the publisher's hand.
+    in_hand: usize,
 }
 
 impl Spare {
@@ -165,7 +171,7 @@ impl Spare {
         Vec::new()
     }
 
-    /// Handled cells for the publisher to drop, if any are kept.
+    /// Handled cells for the publisher to drop, if any are kept (called with an empty hand).
     pub(super) fn take_grave(&self) -> Vec<Cell> {
         if !self.has_graves.load(std::sync::atomic::Ordering::Relaxed) {
             return Vec::new();
@@ -174,12 +180,28 @@ impl Spare {
         let Some((grave, events)) = pool.graves.pop() else {
             return Vec::new();
         };
-        pool.grave_events -= events;
+        pool.in_hand = events;
         if pool.graves.is_empty() {
             self.has_graves
                 .store(false, std::sync::atomic::Ordering::Relaxed);
         }
         grave
+    }
+
+    /// The publisher has dropped every cell of the grave it took last.
+    pub(super) fn emptied_hand(&self) {
+        let mut pool = self.pool();
+        pool.grave_events -= std::mem::take(&mut pool.in_hand);
+    }
+
+    /// Every kept grave, for dropping (after a shutdown: no publisher will drop them).
+    pub(super) fn take_all_graves(&self) -> Vec<(Vec<Cell>, usize)> {
+        let mut pool = self.pool();
+        pool.grave_events = 0;
+        pool.in_hand = 0;
+        self.has_graves
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        std::mem::take(&mut pool.graves)
     }
 
     /// The handled events kept for the publisher, for the tests.
@@ -197,8 +219,8 @@ impl Drop for Cells {
         if slots.len() != SEGMENT || SPARES == 0 {
             return;
         }
-        // Emptied here, by the thread that let go of the segment last, not by the publisher;
-        // the batches go to the publisher to drop, unless there are too many.
+        // Emptied here, by the thread that let go of the segment last; the batches go to the
+        // publisher to drop, unless there are too many.
         let events = *self.events.get_mut();
         let keep = events <= GRAVE_EVENTS;
         let mut grave = Vec::with_capacity(if keep { SEGMENT } else { 0 });

@@ -108,6 +108,9 @@ struct BusState {
     spare: Arc<Spare>,
     /// Handled cells taken from `spare`, dropped one per publish ([`BusInner::attempt`]).
     grave: Vec<Cell>,
+    /// The segment a publish moved past, let go of after the lock is released (it may be the
+    /// last reference, and freeing it moves or frees its cells' contents).
+    retired: Option<Arc<Segment>>,
 }
 
 /// A refresh of the room budget that finds less than this many events... (1 in the model
@@ -165,6 +168,7 @@ impl Bus {
                     room_backoff: 0,
                     spare,
                     grave: Vec::new(),
+                    retired: None,
                 }),
             }),
             source: Arc::from(source),
@@ -338,12 +342,21 @@ impl BusInner {
     fn attempt(&self, batch: Arc<[Event]>, bound: Bound) -> Attempt {
         let mut state = self.lock();
         let attempt = Self::attempt_locked(&mut state, batch, bound);
+        let retired = state.retired.take();
+        let mut emptied = None;
         if state.grave.is_empty() {
-            state.grave = state.spare.take_grave();
+            let taken = state.spare.take_grave();
+            // Its buffer was allocated where the segment was freed: not under the lock.
+            emptied = Some(std::mem::replace(&mut state.grave, taken));
         }
         let handled = state.grave.pop();
+        if handled.is_some() && state.grave.is_empty() {
+            state.spare.emptied_hand();
+        }
         drop(state);
         drop(handled);
+        drop(emptied);
+        drop(retired);
         attempt
     }
 
@@ -427,7 +440,9 @@ impl BusInner {
                 let next = Segment::new(pos, &state.spare);
                 switch();
                 let _ = state.tail.next.set(Arc::clone(&next));
-                state.tail = next;
+                let old = std::mem::replace(&mut state.tail, next);
+                // Let go of by `attempt` after the lock (`close_with` leaves it for the next).
+                drop(state.retired.replace(old));
                 // Once per segment: no slow reader may pin an unbounded stretch of the log.
                 for slot in &state.all {
                     slot.bound_lag(pos);
@@ -542,15 +557,12 @@ impl BusInner {
             slot.release();
         }
         // Handled events kept for publishers to drop: none will come.
-        let graves = {
+        let dropped = {
             let mut state = self.lock();
-            let mut graves = vec![std::mem::take(&mut state.grave)];
-            graves.extend(std::iter::from_fn(|| {
-                Some(state.spare.take_grave()).filter(|g| !g.is_empty())
-            }));
-            graves
+            let hand = std::mem::take(&mut state.grave);
+            (hand, state.retired.take(), state.spare.take_all_graves())
         };
-        drop(graves);
+        drop(dropped);
     }
 
     /// Closes the bus after publishing `last`, atomically: `last` is published and the bus
