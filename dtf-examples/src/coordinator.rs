@@ -619,7 +619,10 @@ impl Coordinator {
         // `--run-timeout`.
         let mut builder = PluginManager::builder()
             .config(loaded.config.manager_config().clone())
-            .spec(scheduler.overflow(OverflowPolicy::Backpressure))
+            .spec(loaded.config.with_overrides(
+                crate::scheduler_settings::NAME,
+                scheduler.overflow(OverflowPolicy::Backpressure),
+            ))
             .spec(
                 PluginSpec::new(move || ShellExecutor::new(executor_pool.clone()))
                     .overflow(OverflowPolicy::Backpressure),
@@ -1433,6 +1436,7 @@ async fn run_cli_inner(
             if !loaded.manifest_errors.is_empty() {
                 return Err(ConfigErrors::new(loaded.manifest_errors).into());
             }
+            crate::scheduler_settings::check(&loaded)?;
             let enabled = loaded.config.enabled_plugins(&registry)?;
             w(
                 out,

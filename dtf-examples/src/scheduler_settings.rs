@@ -15,6 +15,7 @@
 //! quotas = { bob = 4 }
 //! ```
 
+use dtf_plugin_core::config::{ConfigErrors, ConfigIssue, IssueKind, Origin};
 use dtf_plugin_core::registry::PluginRegistry;
 use dtf_scheduler::SchedulerConfig;
 
@@ -60,17 +61,58 @@ pub fn resolve(
     Ok(config)
 }
 
+/// Refuses the two keys of `[plugins.scheduler]` that the scheduler cannot honour, naming
+/// the key and its position, rather than accepting and ignoring them: `enabled = false` (the
+/// run has no other scheduler) and `overflow = "drop_newest"` (a dropped `TaskCreated` is a
+/// task never assigned). Its other keys (`queue_capacity`, `handler_timeout`, the restart
+/// keys) apply to the scheduler as to any plugin: the coordinator passes its spec through
+/// [`Config::with_overrides`](dtf_plugin_core::config::Config::with_overrides).
+///
+/// # Errors
+///
+/// One issue per refused key.
+pub fn check(loaded: &LoadedConfig) -> Result<(), ConfigErrors> {
+    let refused = [
+        (
+            "enabled",
+            serde_json::json!(false),
+            "the coordinator always runs its scheduler (only `true` is allowed)",
+        ),
+        (
+            "overflow",
+            serde_json::json!("drop_newest"),
+            "the scheduler must see every task, so it always waits for room (only `backpressure` is allowed)",
+        ),
+    ];
+    let issues: Vec<ConfigIssue> = refused
+        .into_iter()
+        .filter_map(|(key, value, why)| {
+            let key = format!("plugins.{NAME}.{key}");
+            (loaded.config.get(&key) == Some(value)).then(|| {
+                let origin = loaded.config.origin(&key).unwrap_or(Origin::Default);
+                ConfigIssue::new(IssueKind::InvalidValue, &key, origin, why)
+            })
+        })
+        .collect();
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors::new(issues))
+    }
+}
+
 /// Applies the file's scheduler settings to `options` ([`resolve`]) and takes the scheduler
 /// out of `enabled`: it is part of the coordinator, not an optional plugin to start twice.
 ///
 /// # Errors
 ///
-/// What [`resolve`] returns.
+/// [`CoordinatorError::Config`] from [`check`], and what [`resolve`] returns.
 pub fn apply(
     options: &mut CoordinatorOptions,
     loaded: &LoadedConfig,
     enabled: &mut Vec<String>,
 ) -> Result<(), CoordinatorError> {
+    check(loaded)?;
     options.scheduler = resolve(
         &options.scheduler,
         options.scheduler_name.as_deref(),

@@ -905,6 +905,31 @@ async fn settings_typos_missing_directories_and_duplicate_task_ids_are_refused_u
     );
     assert!(!out.contains("canary"), "no value is echoed: {out}");
 
+    // The scheduler's section: what it cannot honour is refused with its position, not
+    // accepted and ignored.
+    std::fs::write(
+        &config,
+        "[plugins.scheduler]\nqueue_capacity = 64\nenabled = false\noverflow = \"drop_newest\"\n",
+    )
+    .unwrap();
+    let (code, out) = cli(&["--config", path, "--check-config"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{path}:3:11: plugins.scheduler.enabled: the coordinator always runs its scheduler"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{path}:4:12: plugins.scheduler.overflow: the scheduler must see every task"
+        )),
+        "{out}"
+    );
+    let (code, out) = cli(&["--config", path, "--task", "true"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("plugins.scheduler.overflow"), "{out}");
+
     // Ids clash between a task file and --task: refused, not a run that never ends.
     let tasks = dir.join("tasks.toml");
     std::fs::write(&tasks, "[[task]]\nid = \"a\"\ncommand = \"true\"\n").unwrap();
