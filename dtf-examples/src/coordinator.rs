@@ -243,6 +243,7 @@ pub fn load_config_and_plugin_dirs(
     for issue in &report.errors {
         tracing::error!(%issue, "a plugin could not be loaded; the others are");
     }
+    issues.extend(crate::scheduler_settings::issues(&config));
     config::validate_with_issues(&config, issues, registry)?;
     Ok(LoadedConfig {
         config,
@@ -1177,7 +1178,10 @@ pub fn render_plugin_list(registry: &PluginRegistry, enabled: &[String]) -> Stri
     );
     for e in registry.iter() {
         let m = e.metadata();
-        let status = if enabled.iter().any(|n| n == e.name()) {
+        // The scheduler is part of every run, whatever the list of optional plugins says.
+        let status = if e.name() == crate::scheduler_settings::NAME {
+            "always"
+        } else if enabled.iter().any(|n| n == e.name()) {
             "enabled"
         } else {
             "off"
@@ -1436,7 +1440,6 @@ async fn run_cli_inner(
             if !loaded.manifest_errors.is_empty() {
                 return Err(ConfigErrors::new(loaded.manifest_errors).into());
             }
-            crate::scheduler_settings::check(&loaded)?;
             let enabled = loaded.config.enabled_plugins(&registry)?;
             w(
                 out,

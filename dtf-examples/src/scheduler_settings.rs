@@ -15,7 +15,7 @@
 //! quotas = { bob = 4 }
 //! ```
 
-use dtf_plugin_core::config::{ConfigErrors, ConfigIssue, IssueKind, Origin};
+use dtf_plugin_core::config::{Config, ConfigIssue, IssueKind, Origin};
 use dtf_plugin_core::registry::PluginRegistry;
 use dtf_scheduler::SchedulerConfig;
 
@@ -61,17 +61,15 @@ pub fn resolve(
     Ok(config)
 }
 
-/// Refuses the two keys of `[plugins.scheduler]` that the scheduler cannot honour, naming
-/// the key and its position, rather than accepting and ignoring them: `enabled = false` (the
-/// run has no other scheduler) and `overflow = "drop_newest"` (a dropped `TaskCreated` is a
-/// task never assigned). Its other keys (`queue_capacity`, `handler_timeout`, the restart
-/// keys) apply to the scheduler as to any plugin: the coordinator passes its spec through
-/// [`Config::with_overrides`](dtf_plugin_core::config::Config::with_overrides).
-///
-/// # Errors
-///
-/// One issue per refused key.
-pub fn check(loaded: &LoadedConfig) -> Result<(), ConfigErrors> {
+/// The keys of `[plugins.scheduler]` that the scheduler cannot honour, each an issue at its
+/// position, so that they are refused with the rest of the configuration's problems rather than
+/// accepted and ignored: `enabled = false` (the run has no other scheduler),
+/// `overflow = "drop_newest"` (a dropped `TaskCreated` is a task never assigned) and
+/// `restart_policy = "temporary"` (a scheduler that fails once would leave the run waiting for
+/// ever). Its other keys (`queue_capacity`, `handler_timeout`, `restart_budget`, `backoff`)
+/// apply to the scheduler as to any plugin: the coordinator passes its spec through
+/// [`Config::with_overrides`]. Called by [`load_config_and_plugin_dirs`](crate::load_config_and_plugin_dirs).
+pub fn issues(config: &Config) -> Vec<ConfigIssue> {
     let refused = [
         (
             "enabled",
@@ -83,22 +81,23 @@ pub fn check(loaded: &LoadedConfig) -> Result<(), ConfigErrors> {
             serde_json::json!("drop_newest"),
             "the scheduler must see every task, so it always waits for room (only `backpressure` is allowed)",
         ),
+        (
+            "restart_policy",
+            serde_json::json!("temporary"),
+            "a scheduler that is not restarted leaves the run waiting for ever (`transient` or `permanent`)",
+        ),
     ];
-    let issues: Vec<ConfigIssue> = refused
+    refused
         .into_iter()
         .filter_map(|(key, value, why)| {
             let key = format!("plugins.{NAME}.{key}");
-            (loaded.config.get(&key) == Some(value)).then(|| {
-                let origin = loaded.config.origin(&key).unwrap_or(Origin::Default);
+            (config.get(&key) == Some(value)).then(|| {
+                // `get` found the key, so it has an origin.
+                let origin = config.origin(&key).unwrap_or(Origin::Default);
                 ConfigIssue::new(IssueKind::InvalidValue, &key, origin, why)
             })
         })
-        .collect();
-    if issues.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigErrors::new(issues))
-    }
+        .collect()
 }
 
 /// Applies the file's scheduler settings to `options` ([`resolve`]) and takes the scheduler
@@ -106,13 +105,12 @@ pub fn check(loaded: &LoadedConfig) -> Result<(), ConfigErrors> {
 ///
 /// # Errors
 ///
-/// [`CoordinatorError::Config`] from [`check`], and what [`resolve`] returns.
+/// What [`resolve`] returns.
 pub fn apply(
     options: &mut CoordinatorOptions,
     loaded: &LoadedConfig,
     enabled: &mut Vec<String>,
 ) -> Result<(), CoordinatorError> {
-    check(loaded)?;
     options.scheduler = resolve(
         &options.scheduler,
         options.scheduler_name.as_deref(),

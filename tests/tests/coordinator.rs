@@ -518,6 +518,9 @@ async fn plugin_flags_select_from_the_registry() {
         .find(|l| l.starts_with("teamcity-live"))
         .unwrap();
     assert!(teamcity.contains(" off "), "{teamcity}");
+    // The scheduler runs in every run: never listed as off.
+    let scheduler = out.lines().find(|l| l.starts_with("scheduler")).unwrap();
+    assert!(scheduler.contains(" always "), "{scheduler}");
     // The hooks line under each plugin: whole families abbreviated.
     assert!(
         out.contains("hooks: coordinator_*,task_*,worker_*,recovery_*,custom"),
@@ -906,26 +909,23 @@ async fn settings_typos_missing_directories_and_duplicate_task_ids_are_refused_u
     assert!(!out.contains("canary"), "no value is echoed: {out}");
 
     // The scheduler's section: what it cannot honour is refused with its position, not
-    // accepted and ignored.
+    // accepted and ignored, and with the file's other problems.
     std::fs::write(
         &config,
-        "[plugins.scheduler]\nqueue_capacity = 64\nenabled = false\noverflow = \"drop_newest\"\n",
+        "[plugins.scheduler]\nqueue_capacity = 64\nenabled = false\noverflow = \"drop_newest\"\n\
+         restart_policy = \"temporary\"\n[manager]\nqueue_capacty = 8\n",
     )
     .unwrap();
     let (code, out) = cli(&["--config", path, "--check-config"]).await;
     assert_eq!(code, 2, "{out}");
-    assert!(
-        out.contains(&format!(
-            "{path}:3:11: plugins.scheduler.enabled: the coordinator always runs its scheduler"
-        )),
-        "{out}"
-    );
-    assert!(
-        out.contains(&format!(
-            "{path}:4:12: plugins.scheduler.overflow: the scheduler must see every task"
-        )),
-        "{out}"
-    );
+    for expected in [
+        "3:11: plugins.scheduler.enabled: the coordinator always runs its scheduler",
+        "4:12: plugins.scheduler.overflow: the scheduler must see every task",
+        "5:18: plugins.scheduler.restart_policy: a scheduler that is not restarted",
+        "7:1: manager.queue_capacty: unknown key",
+    ] {
+        assert!(out.contains(&format!("{path}:{expected}")), "{out}");
+    }
     let (code, out) = cli(&["--config", path, "--task", "true"]).await;
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("plugins.scheduler.overflow"), "{out}");

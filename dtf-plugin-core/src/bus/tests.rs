@@ -188,8 +188,8 @@ async fn a_plugin_disabled_mid_chunk_keeps_its_events_but_not_the_log() {
     manager.shutdown(ShutdownReason::Completed).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn freed_segments_cells_are_reused() {
+/// A manager running one [`Count`] plugin, and its count.
+async fn counting_manager() -> (PluginManager, Arc<AtomicU64>) {
     let counted = Arc::new(AtomicU64::new(0));
     let c = Arc::clone(&counted);
     let manager = PluginManager::builder()
@@ -197,6 +197,12 @@ async fn freed_segments_cells_are_reused() {
         .spawn()
         .await
         .unwrap();
+    (manager, counted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freed_segments_cells_are_reused() {
+    let (manager, counted) = counting_manager().await;
     const N: u64 = 100 * SEGMENT as u64;
     for i in 0..N {
         manager
@@ -229,13 +235,7 @@ fn live_events(bus: &Bus) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handled_events_go_back_to_the_publisher_within_a_bound() {
-    let counted = Arc::new(AtomicU64::new(0));
-    let c = Arc::clone(&counted);
-    let manager = PluginManager::builder()
-        .spec(PluginSpec::new(move || Count(Arc::clone(&c))))
-        .spawn()
-        .await
-        .unwrap();
+    let (manager, counted) = counting_manager().await;
     let bus = manager.bus().with_source("test");
     const N: u64 = 100 * SEGMENT as u64;
     let mut kept_for_the_publisher = 0;
@@ -291,13 +291,7 @@ async fn handled_events_go_back_to_the_publisher_within_a_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_segment_of_large_batches_is_not_kept_for_the_publisher() {
-    let counted = Arc::new(AtomicU64::new(0));
-    let c = Arc::clone(&counted);
-    let manager = PluginManager::builder()
-        .spec(PluginSpec::new(move || Count(Arc::clone(&c))))
-        .spawn()
-        .await
-        .unwrap();
+    let (manager, counted) = counting_manager().await;
     let bus = manager.bus().with_source("test");
     // Two segments of 100-event batches: the first holds more events than the pool keeps.
     const BATCH: usize = 100;
