@@ -200,6 +200,31 @@ pub fn load_config_and_plugin_dirs(
     overrides: &[String],
     registry: &mut PluginRegistry,
 ) -> Result<LoadedConfig, CoordinatorError> {
+    load_config(
+        config_file,
+        plugin_dirs,
+        overrides,
+        registry,
+        Runs::Coordinator,
+    )
+}
+
+/// What a configuration is loaded for: a coordinator also checks its scheduler's section
+/// ([`crate::scheduler_settings::issues`]); a worker runs no scheduler.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Runs {
+    Coordinator,
+    Worker,
+}
+
+/// [`load_config_and_plugin_dirs`], for a coordinator or a worker.
+pub(crate) fn load_config(
+    config_file: Option<&Path>,
+    plugin_dirs: &[PathBuf],
+    overrides: &[String],
+    registry: &mut PluginRegistry,
+    runs: Runs,
+) -> Result<LoadedConfig, CoordinatorError> {
     let mut loader = ConfigLoader::new()
         .env_prefix("DTF_")
         .cli_overrides(overrides.iter().cloned());
@@ -243,7 +268,9 @@ pub fn load_config_and_plugin_dirs(
     for issue in &report.errors {
         tracing::error!(%issue, "a plugin could not be loaded; the others are");
     }
-    issues.extend(crate::scheduler_settings::issues(&config));
+    if runs == Runs::Coordinator {
+        issues.extend(crate::scheduler_settings::issues(&config));
+    }
     config::validate_with_issues(&config, issues, registry)?;
     Ok(LoadedConfig {
         config,

@@ -229,8 +229,13 @@ impl LocalPluginHost {
         plugin_dirs: &[PathBuf],
     ) -> Result<Self, CoordinatorError> {
         let mut registry = crate::plugin_registry();
-        let loaded =
-            crate::load_config_and_plugin_dirs(config_file, plugin_dirs, &[], &mut registry)?;
+        let loaded = crate::coordinator::load_config(
+            config_file,
+            plugin_dirs,
+            &[],
+            &mut registry,
+            crate::coordinator::Runs::Worker,
+        )?;
         // This node's tasks must not see the secrets its plugins read either.
         crate::executor::hide_from_tasks(crate::executor::secret_env_vars(&loaded.config));
         let mut plugins = Vec::new();

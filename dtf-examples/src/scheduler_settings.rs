@@ -61,21 +61,18 @@ pub fn resolve(
     Ok(config)
 }
 
-/// The keys of `[plugins.scheduler]` that the scheduler cannot honour, each an issue at its
+/// The values of `[plugins.scheduler]` that the scheduler cannot honour, each an issue at its
 /// position, so that they are refused with the rest of the configuration's problems rather than
-/// accepted and ignored: `enabled = false` (the run has no other scheduler),
-/// `overflow = "drop_newest"` (a dropped `TaskCreated` is a task never assigned) and
-/// `restart_policy = "temporary"` (a scheduler that fails once would leave the run waiting for
-/// ever). Its other keys (`queue_capacity`, `handler_timeout`, `restart_budget`, `backoff`)
-/// apply to the scheduler as to any plugin: the coordinator passes its spec through
-/// [`Config::with_overrides`]. Called by [`load_config_and_plugin_dirs`](crate::load_config_and_plugin_dirs).
+/// accepted and ignored: `overflow = "drop_newest"` (a dropped `TaskCreated` is a task never
+/// assigned) and `restart_policy = "temporary"` (a scheduler that fails once would leave the
+/// run waiting for ever). Its `queue_capacity`, `handler_timeout`, `restart_budget` and
+/// `backoff` apply to the scheduler as to any plugin: the coordinator passes its spec through
+/// [`Config::with_overrides`]. `enabled` does not apply: the scheduler runs in every run
+/// (`--print-config` prints `enabled = false` for it, as for any plugin that is off unless
+/// enabled, and its output must load again); `--list-plugins` shows it as `always`.
+/// The coordinator's loader checks these; a worker's, which runs no scheduler, does not.
 pub fn issues(config: &Config) -> Vec<ConfigIssue> {
     let refused = [
-        (
-            "enabled",
-            serde_json::json!(false),
-            "the coordinator always runs its scheduler (only `true` is allowed)",
-        ),
         (
             "overflow",
             serde_json::json!("drop_newest"),

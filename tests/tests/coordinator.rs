@@ -909,7 +909,8 @@ async fn settings_typos_missing_directories_and_duplicate_task_ids_are_refused_u
     assert!(!out.contains("canary"), "no value is echoed: {out}");
 
     // The scheduler's section: what it cannot honour is refused with its position, not
-    // accepted and ignored, and with the file's other problems.
+    // accepted and ignored, and with the file's other problems. (`enabled` does not apply to
+    // it: it runs in every run, and `--print-config` prints `enabled = false` for it.)
     std::fs::write(
         &config,
         "[plugins.scheduler]\nqueue_capacity = 64\nenabled = false\noverflow = \"drop_newest\"\n\
@@ -919,16 +920,22 @@ async fn settings_typos_missing_directories_and_duplicate_task_ids_are_refused_u
     let (code, out) = cli(&["--config", path, "--check-config"]).await;
     assert_eq!(code, 2, "{out}");
     for expected in [
-        "3:11: plugins.scheduler.enabled: the coordinator always runs its scheduler",
         "4:12: plugins.scheduler.overflow: the scheduler must see every task",
         "5:18: plugins.scheduler.restart_policy: a scheduler that is not restarted",
         "7:1: manager.queue_capacty: unknown key",
     ] {
         assert!(out.contains(&format!("{path}:{expected}")), "{out}");
     }
+    assert!(!out.contains("plugins.scheduler.enabled"), "{out}");
     let (code, out) = cli(&["--config", path, "--task", "true"]).await;
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("plugins.scheduler.overflow"), "{out}");
+    // What `--print-config` prints loads again.
+    let (code, printed) = cli(&["--print-config"]).await;
+    assert_eq!(code, 0, "{printed}");
+    std::fs::write(&config, printed).unwrap();
+    let (code, out) = cli(&["--config", path, "--check-config"]).await;
+    assert_eq!(code, 0, "{out}");
 
     // Ids clash between a task file and --task: refused, not a run that never ends.
     let tasks = dir.join("tasks.toml");

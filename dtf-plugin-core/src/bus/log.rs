@@ -128,9 +128,13 @@ pub(crate) struct Spare {
     pub(super) fresh: std::sync::atomic::AtomicUsize,
 }
 
+/// What [`Spare`] keeps, under its lock.
 #[derive(Default)]
 struct Pool {
     arrays: Vec<Box<[CellSlot]>>,
+    /// Set at shutdown ([`Spare::take_all_graves`]): no publisher will drop graves any more,
+    /// so segments freed later (a killed plugin's chunk) free their events on the spot.
+    closed: bool,
     /// The handled cells of freed segments, each with its number of events.
     graves: Vec<(Vec<Cell>, usize)>,
     /// The events in `graves`, and in the publisher's hand ([`Spare::take_grave`]) until it
@@ -161,7 +165,7 @@ impl Spare {
         if pool.arrays.len() < SPARES {
             pool.arrays.push(slots);
         }
-        if grave.is_empty() || pool.grave_events + events > GRAVE_EVENTS {
+        if grave.is_empty() || pool.closed || pool.grave_events + events > GRAVE_EVENTS {
             return grave;
         }
         pool.grave_events += events;
@@ -194,9 +198,11 @@ impl Spare {
         pool.grave_events -= std::mem::take(&mut pool.in_hand);
     }
 
-    /// Every kept grave, for dropping (after a shutdown: no publisher will drop them).
+    /// Every kept grave, for dropping, and none kept from now on (after a shutdown: no
+    /// publisher will drop them).
     pub(super) fn take_all_graves(&self) -> Vec<(Vec<Cell>, usize)> {
         let mut pool = self.pool();
+        pool.closed = true;
         pool.grave_events = 0;
         pool.in_hand = 0;
         self.has_graves

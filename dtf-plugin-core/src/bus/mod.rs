@@ -556,11 +556,16 @@ impl BusInner {
             self.unroute(&slot);
             slot.release();
         }
-        // Handled events kept for publishers to drop: none will come.
+        // Handled events kept for publishers to drop: none will come. The segment the last
+        // publish (`close_with`'s) moved past first, so that its events are not kept either.
+        let retired = self.lock().retired.take();
+        drop(retired);
         let dropped = {
             let mut state = self.lock();
-            let hand = std::mem::take(&mut state.grave);
-            (hand, state.retired.take(), state.spare.take_all_graves())
+            (
+                std::mem::take(&mut state.grave),
+                state.spare.take_all_graves(),
+            )
         };
         drop(dropped);
     }

@@ -290,6 +290,50 @@ async fn handled_events_go_back_to_the_publisher_within_a_bound() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handled_events_kept_stay_within_the_bound_and_go_at_shutdown() {
+    let seen = Arc::new(AtomicU64::new(0));
+    let s = Arc::clone(&seen);
+    let (gate, rx) = watch::channel(false);
+    let manager = PluginManager::builder()
+        .spec(
+            PluginSpec::new(move || Gated(rx.clone(), Arc::clone(&s)))
+                .queue_capacity(4 * GRAVE_EVENTS),
+        )
+        .spawn()
+        .await
+        .unwrap();
+    let bus = manager.bus().with_source("test");
+    // Twice what the pool keeps, held back by the gated reader, then let go of at once while
+    // nothing is published: the pool fills up to its bound and the reader frees the rest.
+    const N: u64 = 2 * GRAVE_EVENTS as u64;
+    for i in 0..N {
+        bus.publish(n(i)).await.unwrap();
+    }
+    gate.send(true).unwrap();
+    manager.flush().await;
+    assert_eq!(seen.load(Ordering::SeqCst), N);
+    let kept = bus.inner().lock().spare.grave_events();
+    assert!(
+        (GRAVE_EVENTS / 2..=GRAVE_EVENTS).contains(&kept),
+        "{kept} handled events kept"
+    );
+    let live = live_events(&bus);
+    let bound = GRAVE_EVENTS + 3 * SEGMENT;
+    assert!(
+        live <= bound,
+        "{live} of {N} events still allocated (bound {bound})"
+    );
+    // A shutdown with events kept drops them, and keeps none from segments freed after it.
+    manager.shutdown(ShutdownReason::Completed).await;
+    assert_eq!(bus.inner().lock().spare.grave_events(), 0);
+    let live = live_events(&bus);
+    assert!(
+        live <= 2 * SEGMENT,
+        "{live} events still allocated after the shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_segment_of_large_batches_is_not_kept_for_the_publisher() {
     let (manager, counted) = counting_manager().await;
     let bus = manager.bus().with_source("test");
