@@ -430,7 +430,7 @@ impl BusInner {
             // next cell...
             let pos = state.next_pos;
             if (pos - state.tail.base) as usize == SEGMENT {
-                // What the segment holds, for the reader that frees it ([`Spare`]).
+                // What the segment holds, for whoever frees it last ([`Spare`]).
                 state
                     .tail
                     .cells

@@ -275,18 +275,7 @@ async fn handled_events_go_back_to_the_publisher_within_a_bound() {
         publishes += 1;
     }
     assert!(bus.inner().lock().grave.is_empty());
-    // After the shutdown no publisher will drop them: they are dropped then.
     manager.shutdown(ShutdownReason::Completed).await;
-    {
-        let state = bus.inner().lock();
-        assert_eq!(state.spare.grave_events(), 0);
-        assert!(state.grave.is_empty());
-    }
-    let live = live_events(&bus);
-    assert!(
-        live <= 2 * SEGMENT,
-        "{live} events still allocated after the shutdown"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
