@@ -90,7 +90,9 @@ const SPARES: usize = if MODEL { 0 } else { 64 };
 /// 17). So a bus holds at most this many handled events beyond its queues (counting those in
 /// the publisher's hand until it has dropped them all), until its publishers publish again
 /// (each publish drops one cell's worth) or the manager shuts down. A segment of more events
-/// than this (large batches) is not kept: it is freed wherever it is let go of.
+/// than this (large batches) is kept only while nothing else is: at most one such segment,
+/// and a second is freed wherever it is let go of. Freed by the reader that let go of it
+/// last, it stalled that reader for milliseconds (`benches/README.md`, session 18).
 pub(super) const GRAVE_EVENTS: usize = if MODEL { 0 } else { 8 * 1024 };
 
 /// What freed segments leave behind, kept by the bus for its publishers: the cell arrays,
@@ -109,8 +111,8 @@ pub(super) const GRAVE_EVENTS: usize = if MODEL { 0 } else { 8 * 1024 };
 /// that thread freed (glibc's per-thread cache takes the chunks one for one: a publish frees
 /// one handled event and the next allocates one of the same sizes). Freed by the readers, every
 /// event crossed threads twice, and the publisher's allocations went to the shared arena
-/// (`benches/README.md`, session 17). At most [`GRAVE_EVENTS`] wait here; beyond that they
-/// are freed where the segment is let go of, as before.
+/// (`benches/README.md`, session 17). At most [`GRAVE_EVENTS`] wait here, or one segment of
+/// more; beyond that they are freed where the segment is let go of, as before.
 ///
 /// Whoever lets go of a segment last (a reader, or the publisher moving past it, after
 /// releasing the bus lock) moves its cells' contents out (it owns the whole array then:
@@ -158,14 +160,19 @@ impl Spare {
     }
 
     /// Keeps `slots` (emptied) if there is room, and the handled cells `grave` (of `events`
-    /// events) if they fit in [`GRAVE_EVENTS`]; returns them if not, for the caller to drop
-    /// outside the lock. Called only when [`SPARES`] is not 0.
+    /// events) if they fit in [`GRAVE_EVENTS`] or nothing else is kept; returns them if not,
+    /// for the caller to drop outside the lock. Called only when [`SPARES`] is not 0.
     fn give(&self, slots: Box<[CellSlot]>, grave: Vec<Cell>, events: usize) -> Vec<Cell> {
         let mut pool = self.pool();
         if pool.arrays.len() < SPARES {
             pool.arrays.push(slots);
         }
-        if grave.is_empty() || pool.closed || pool.grave_events + events > GRAVE_EVENTS {
+        if grave.is_empty() || pool.closed {
+            return grave;
+        }
+        // A segment of more events than the bound (large batches) only while nothing else is
+        // kept, so that the pool holds at most the larger of the bound and one segment.
+        if pool.grave_events != 0 && pool.grave_events.saturating_add(events) > GRAVE_EVENTS {
             return grave;
         }
         pool.grave_events += events;
@@ -226,9 +233,10 @@ impl Drop for Cells {
             return;
         }
         // Emptied here, by the thread that let go of the segment last; the batches go to the
-        // publisher to drop, unless there are too many.
+        // publisher to drop, unless their number is unknown (the tail at the end) or the pool
+        // is full.
         let events = *self.events.get_mut();
-        let keep = events <= GRAVE_EVENTS;
+        let keep = events != usize::MAX;
         let mut grave = Vec::with_capacity(if keep { SEGMENT } else { 0 });
         for slot in slots.iter_mut() {
             let cell = std::mem::replace(&mut slot.0, OnceLock::new()).into_inner();

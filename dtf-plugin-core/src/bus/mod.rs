@@ -340,6 +340,7 @@ impl BusInner {
     /// publisher's thread, whose next events the allocator then serves from what it freed
     /// ([`Spare`]).
     fn attempt(&self, batch: Arc<[Event]>, bound: Bound) -> Attempt {
+        let n = batch.len();
         let mut state = self.lock();
         let attempt = Self::attempt_locked(&mut state, batch, bound);
         let retired = state.retired.take();
@@ -350,11 +351,20 @@ impl BusInner {
             emptied = Some(std::mem::replace(&mut state.grave, taken));
         }
         let handled = state.grave.pop();
+        // A batch's publish drops a second cell of at most its size: the hand empties in half a
+        // segment's publishes, before the next segment of large batches is let go of (kept only
+        // while nothing else is, `Spare::give`).
+        let more = if handled.as_ref().is_some_and(|c| c.batch.len() <= n) && n > 1 {
+            state.grave.pop()
+        } else {
+            None
+        };
         if handled.is_some() && state.grave.is_empty() {
             state.spare.emptied_hand();
         }
         drop(state);
         drop(handled);
+        drop(more);
         drop(emptied);
         drop(retired);
         attempt

@@ -322,25 +322,78 @@ async fn the_handled_events_kept_stay_within_the_bound_and_go_at_shutdown() {
     );
 }
 
+/// `n` events for `Count`, for the tests of segments that hold more than [`GRAVE_EVENTS`].
+fn batch_of(n: usize) -> impl Iterator<Item = EventKind> {
+    (0..n).map(|i| EventKind::task_created(format!("t{i}"), "x"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_segment_of_large_batches_is_not_kept_for_the_publisher() {
+async fn a_segment_of_large_batches_is_kept_alone_and_batch_publishes_drop_it() {
     let (manager, counted) = counting_manager().await;
     let bus = manager.bus().with_source("test");
-    // Two segments of 100-event batches: the first holds more events than the pool keeps.
+    // Segments of 100-event batches hold more events than the pool keeps of smaller ones.
     const BATCH: usize = 100;
     const _: () = assert!(SEGMENT * BATCH > GRAVE_EVENTS);
-    for _ in 0..2 * SEGMENT {
-        bus.publish_batch((0..BATCH).map(|i| EventKind::task_created(format!("t{i}"), "x")))
-            .await
-            .unwrap();
+    // The first publish into the second segment retires the first: every reader has passed
+    // it, so its events wait for the publisher, all of them, since nothing else is kept.
+    for _ in 0..=SEGMENT {
+        bus.publish_batch(batch_of(BATCH)).await.unwrap();
         manager.flush().await;
     }
-    assert_eq!(counted.load(Ordering::SeqCst), (2 * SEGMENT * BATCH) as u64);
+    assert_eq!(bus.inner().lock().spare.grave_events(), SEGMENT * BATCH);
+    // Each publish of a batch drops two cells no larger than it: half a segment's worth of
+    // publishes empties the hand.
+    for _ in 0..SEGMENT / 2 {
+        bus.publish_batch(batch_of(BATCH)).await.unwrap();
+    }
+    manager.flush().await;
     assert_eq!(bus.inner().lock().spare.grave_events(), 0);
+    assert_eq!(
+        counted.load(Ordering::SeqCst),
+        ((SEGMENT + 1 + SEGMENT / 2) * BATCH) as u64
+    );
     // The first segment's events are gone; the second is the log's tail.
     let live = live_events(&bus);
     assert!(live <= SEGMENT * BATCH, "{live} events still allocated");
     manager.shutdown(ShutdownReason::Completed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_segment_of_large_batches_is_freed_where_it_is_let_go_of() {
+    let seen = Arc::new(AtomicU64::new(0));
+    let s = Arc::clone(&seen);
+    let (gate, rx) = watch::channel(false);
+    const BATCH: usize = 100;
+    let manager = PluginManager::builder()
+        .spec(
+            PluginSpec::new(move || Gated(rx.clone(), Arc::clone(&s)))
+                .queue_capacity(4 * SEGMENT * BATCH),
+        )
+        .spawn()
+        .await
+        .unwrap();
+    let bus = manager.bus().with_source("test");
+    // Two full segments held back by the gated reader, then let go of one after the other
+    // while nothing is published: the first is kept (nothing else is), the second is freed
+    // by the reader, or the pool would hold twice a large segment.
+    for _ in 0..=2 * SEGMENT {
+        bus.publish_batch((0..BATCH as u64).map(n)).await.unwrap();
+    }
+    gate.send(true).unwrap();
+    manager.flush().await;
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        ((2 * SEGMENT + 1) * BATCH) as u64
+    );
+    assert_eq!(bus.inner().lock().spare.grave_events(), SEGMENT * BATCH);
+    let live = live_events(&bus);
+    let bound = SEGMENT * BATCH + BATCH;
+    assert!(
+        live <= bound,
+        "{live} events still allocated (bound {bound})"
+    );
+    manager.shutdown(ShutdownReason::Completed).await;
+    assert_eq!(bus.inner().lock().spare.grave_events(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
