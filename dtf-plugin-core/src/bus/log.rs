@@ -12,6 +12,14 @@ pub(super) const SEGMENT: usize = if cfg!(dtf_loom) {
     128
 };
 
+/// Events after which the publisher moves on to a new segment, though cells are left (readers
+/// step over them, `Slot::read_log`). Events are freed only with their segment: a full segment
+/// of 1,000-event batches held 128,000, freed in one go by whoever let go of it last, long
+/// after they were read. Single events never reach this (a segment has 128 cells). 4,096
+/// measured faster than 2,048 and 8,192 (`benches/README.md`, session 18). As many as cells in
+/// the model checks, so that single events fill a segment and batches end one early.
+pub(super) const SEGMENT_EVENTS: usize = if MODEL { SEGMENT } else { 4 * 1024 };
+
 /// A piece of the append-only log: cells written once by publishers (under the bus lock) and
 /// read without locks by every plugin's actor. Segments are freed once no reader holds them;
 /// their events may stay a while longer, for the publisher to drop ([`Spare`]).

@@ -439,7 +439,7 @@ impl BusInner {
             // Append the batch to the log once, whatever the number of subscribers: take the
             // next cell...
             let pos = state.next_pos;
-            if (pos - state.tail.base) as usize == SEGMENT {
+            if (pos - state.tail.base) as usize == SEGMENT || state.tail_events >= SEGMENT_EVENTS {
                 // What the segment holds, for whoever frees it last ([`Spare`]).
                 state
                     .tail

@@ -176,17 +176,31 @@ impl Slot {
             // every reader and the publisher fight over.
             let Some(seg) = r.seg.as_ref() else { break };
             let index = (r.pos - seg.base) as usize;
-            if index >= SEGMENT {
-                // Linked before any of its cells is written.
-                switch();
-                let Some(next) = seg.next.get() else { break };
-                r.seg = Some(Arc::clone(next));
-                open = false;
-                continue;
-            }
-            let Some(cell) = seg.cells.get(index) else {
-                // Not published yet: the end of the log for now.
-                break;
+            let cell = match seg.cells.get(index) {
+                Some(cell) => cell,
+                // Past the segment's last cell, or at a cell not written. If the publisher has
+                // not moved on to the next segment, nothing was published here yet: the end of
+                // the log for now. If it has, every cell of this segment is written and seen
+                // (the next segment is linked after them, and before any of its own cells is
+                // written or counted); so if the cell is still not there, the cursor is past
+                // this segment's end: a publisher leaves a segment's last cells unwritten after
+                // many events (`SEGMENT_EVENTS`). The cell is looked at again, because it may
+                // have been written, and the segment left, between the two loads (the shuttle
+                // model check found a reader that skipped it). The cursor may be more than one
+                // segment ahead, after a jump: each segment is stepped over in turn.
+                None => {
+                    switch();
+                    let Some(next) = seg.next.get() else { break };
+                    match seg.cells.get(index) {
+                        Some(cell) => cell,
+                        None => {
+                            debug_assert!(next.base <= r.pos, "a written cell skipped");
+                            r.seg = Some(Arc::clone(next));
+                            open = false;
+                            continue;
+                        }
+                    }
+                }
             };
             let pos = r.pos;
             r.pos += 1;

@@ -322,76 +322,96 @@ async fn the_handled_events_kept_stay_within_the_bound_and_go_at_shutdown() {
     );
 }
 
-/// `n` events for `Count`, for the tests of segments that hold more than [`GRAVE_EVENTS`].
+/// `n` events for `Count`, for the tests of segments of batches.
 fn batch_of(n: usize) -> impl Iterator<Item = EventKind> {
     (0..n).map(|i| EventKind::task_created(format!("t{i}"), "x"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_segment_of_large_batches_is_kept_alone_and_batch_publishes_drop_it() {
-    let (manager, counted) = counting_manager().await;
-    let bus = manager.bus().with_source("test");
-    // Segments of 100-event batches hold more events than the pool keeps of smaller ones.
-    const BATCH: usize = 100;
-    const _: () = assert!(SEGMENT * BATCH > GRAVE_EVENTS);
-    // The first publish into the second segment retires the first: every reader has passed
-    // it, so its events wait for the publisher, all of them, since nothing else is kept.
-    for _ in 0..=SEGMENT {
-        bus.publish_batch(batch_of(BATCH)).await.unwrap();
-        manager.flush().await;
-    }
-    assert_eq!(bus.inner().lock().spare.grave_events(), SEGMENT * BATCH);
-    // Each publish of a batch drops two cells no larger than it: half a segment's worth of
-    // publishes empties the hand.
-    for _ in 0..SEGMENT / 2 {
-        bus.publish_batch(batch_of(BATCH)).await.unwrap();
-    }
-    manager.flush().await;
-    assert_eq!(bus.inner().lock().spare.grave_events(), 0);
-    assert_eq!(
-        counted.load(Ordering::SeqCst),
-        ((SEGMENT + 1 + SEGMENT / 2) * BATCH) as u64
-    );
-    // The first segment's events are gone; the second is the log's tail.
-    let live = live_events(&bus);
-    assert!(live <= SEGMENT * BATCH, "{live} events still allocated");
-    manager.shutdown(ShutdownReason::Completed).await;
+/// `manager.flush()`, failing the test instead of hanging it (a reader stuck at a cell that
+/// will never be written would never catch up).
+async fn flushed(manager: &PluginManager) {
+    tokio::time::timeout(Duration::from_secs(30), manager.flush())
+        .await
+        .expect("every event handled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_segment_of_large_batches_is_freed_where_it_is_let_go_of() {
+async fn segments_of_batches_end_after_many_events() {
+    let (manager, counted) = counting_manager().await;
+    let bus = manager.bus().with_source("test");
+    // 100-event batches: a segment ends after 41 of its 128 cells (4,100 events).
+    const BATCH: usize = 100;
+    const CELLS: usize = SEGMENT_EVENTS.div_ceil(BATCH);
+    const _: () = assert!(CELLS < SEGMENT && CELLS * BATCH <= GRAVE_EVENTS);
+    // The first publish after those cells starts the next segment, and retires the first:
+    // every reader has passed it (stepping over its last 87 cells, never written), so its
+    // events wait for the publisher.
+    for _ in 0..=CELLS {
+        bus.publish_batch(batch_of(BATCH)).await.unwrap();
+        flushed(&manager).await;
+    }
+    assert_eq!(bus.inner().lock().tail.base, CELLS as u64);
+    assert_eq!(bus.inner().lock().spare.grave_events(), CELLS * BATCH);
+    // Each publish of a batch drops two cells no larger than it: the hand is empty after
+    // half as many publishes as filled the segment (the events in hand count until then).
+    for _ in 1..CELLS.div_ceil(2) {
+        bus.publish_batch(batch_of(BATCH)).await.unwrap();
+    }
+    assert_eq!(bus.inner().lock().spare.grave_events(), CELLS * BATCH);
+    bus.publish_batch(batch_of(BATCH)).await.unwrap();
+    assert_eq!(bus.inner().lock().spare.grave_events(), 0);
+    flushed(&manager).await;
+    let published = CELLS + 1 + CELLS.div_ceil(2);
+    assert_eq!(counted.load(Ordering::SeqCst), (published * BATCH) as u64);
+    // Only the second segment, the log's tail, is still allocated.
+    let live = live_events(&bus);
+    assert_eq!(live, (published - CELLS) * BATCH, "events still allocated");
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
+/// More events in one batch than the pool keeps (and than a segment takes before it ends).
+const LARGE: usize = GRAVE_EVENTS + 1;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_pool_is_kept_alone() {
+    let (manager, counted) = counting_manager().await;
+    let bus = manager.bus().with_source("test");
+    // Each batch has a segment of its own; each publish retires the segment before it
+    // (every reader has passed it), after dropping the one kept before.
+    for _ in 0..3 {
+        bus.publish_batch(batch_of(LARGE)).await.unwrap();
+        flushed(&manager).await;
+    }
+    assert_eq!(counted.load(Ordering::SeqCst), (3 * LARGE) as u64);
+    assert_eq!(bus.inner().lock().spare.grave_events(), LARGE);
+    // The one kept and the tail.
+    assert_eq!(live_events(&bus), 2 * LARGE);
+    manager.shutdown(ShutdownReason::Completed).await;
+    assert_eq!(bus.inner().lock().spare.grave_events(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_batch_larger_than_the_pool_is_freed_where_it_is_let_go_of() {
     let seen = Arc::new(AtomicU64::new(0));
     let s = Arc::clone(&seen);
     let (gate, rx) = watch::channel(false);
-    const BATCH: usize = 100;
     let manager = PluginManager::builder()
-        .spec(
-            PluginSpec::new(move || Gated(rx.clone(), Arc::clone(&s)))
-                .queue_capacity(4 * SEGMENT * BATCH),
-        )
+        .spec(PluginSpec::new(move || Gated(rx.clone(), Arc::clone(&s))).queue_capacity(4 * LARGE))
         .spawn()
         .await
         .unwrap();
     let bus = manager.bus().with_source("test");
-    // Two full segments held back by the gated reader, then let go of one after the other
+    // Two such segments held back by the gated reader, then let go of one after the other
     // while nothing is published: the first is kept (nothing else is), the second is freed
-    // by the reader, or the pool would hold twice a large segment.
-    for _ in 0..=2 * SEGMENT {
-        bus.publish_batch((0..BATCH as u64).map(n)).await.unwrap();
+    // by the reader, or the pool would hold two.
+    for _ in 0..3 {
+        bus.publish_batch((0..LARGE as u64).map(n)).await.unwrap();
     }
     gate.send(true).unwrap();
-    manager.flush().await;
-    assert_eq!(
-        seen.load(Ordering::SeqCst),
-        ((2 * SEGMENT + 1) * BATCH) as u64
-    );
-    assert_eq!(bus.inner().lock().spare.grave_events(), SEGMENT * BATCH);
-    let live = live_events(&bus);
-    let bound = SEGMENT * BATCH + BATCH;
-    assert!(
-        live <= bound,
-        "{live} events still allocated (bound {bound})"
-    );
+    flushed(&manager).await;
+    assert_eq!(seen.load(Ordering::SeqCst), (3 * LARGE) as u64);
+    assert_eq!(bus.inner().lock().spare.grave_events(), LARGE);
+    assert_eq!(live_events(&bus), 2 * LARGE);
     manager.shutdown(ShutdownReason::Completed).await;
     assert_eq!(bus.inner().lock().spare.grave_events(), 0);
 }
