@@ -17,7 +17,7 @@ pub(super) const SEGMENT: usize = if cfg!(dtf_loom) {
 /// of 1,000-event batches held 128,000, freed in one go by whoever let go of it last, long
 /// after they were read. Single events never reach this (a segment has 128 cells). 4,096
 /// measured faster than 2,048 and 8,192 (`benches/README.md`, session 18). As many as cells in
-/// the model checks, so that single events fill a segment and batches end one early.
+/// the model checks, so that single events fill a segment and batches end it early.
 pub(super) const SEGMENT_EVENTS: usize = if MODEL { SEGMENT } else { 4 * 1024 };
 
 /// A piece of the append-only log: cells written once by publishers (under the bus lock) and
@@ -32,6 +32,8 @@ pub(super) const SEGMENT_EVENTS: usize = if MODEL { SEGMENT } else { 4 * 1024 };
 pub(crate) struct Segment {
     _apart: ApartFromCounts,
     pub(super) base: u64,
+    /// Segments before this one in the log (for the lag bound, `Slot::bound_lag`).
+    pub(super) number: u64,
     pub(super) cells: Arc<Cells>,
     pub(super) next: OnceLock<Arc<Segment>>,
 }
@@ -97,9 +99,11 @@ const SPARES: usize = if MODEL { 0 } else { 64 };
 /// four segments' worth (512 events) the gain measured was gone (`benches/README.md`, session
 /// 17). So a bus holds at most this many handled events beyond its queues (counting those in
 /// the publisher's hand until it has dropped them all), until its publishers publish again
-/// (each publish drops one cell's worth) or the manager shuts down. A segment of more events
-/// than this (large batches) is kept only while nothing else is: at most one such segment,
-/// and a second is freed wherever it is let go of. Freed by the reader that let go of it
+/// (each publish drops one cell's worth, a batch's publish up to two cells) or the manager
+/// shuts down. A segment of more events than this (possible when a batch ends it,
+/// [`SEGMENT_EVENTS`]) is kept only while nothing else is: at most one such segment, and
+/// while it is kept every other freed segment, small ones too, is freed wherever it is let
+/// go of. Freed by the reader that let go of it
 /// last, it stalled that reader for milliseconds (`benches/README.md`, session 18).
 pub(super) const GRAVE_EVENTS: usize = if MODEL { 0 } else { 8 * 1024 };
 
@@ -262,9 +266,9 @@ pub(super) static LIVE_SEGMENTS: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
 impl Segment {
-    /// A segment starting at log position `base`, with emptied cells from `spare` if it has
-    /// any.
-    pub(super) fn new(base: u64, spare: &Arc<Spare>) -> Arc<Self> {
+    /// Segment `number` of the log, starting at log position `base`, with emptied cells from
+    /// `spare` if it has any.
+    pub(super) fn new(base: u64, number: u64, spare: &Arc<Spare>) -> Arc<Self> {
         #[cfg(test)]
         LIVE_SEGMENTS.fetch_add(1, Ordering::SeqCst);
         let slots = spare.take().unwrap_or_else(|| {
@@ -275,6 +279,7 @@ impl Segment {
         Arc::new(Segment {
             _apart: ApartFromCounts::default(),
             base,
+            number,
             cells: Arc::new(Cells {
                 _apart: ApartFromCounts::default(),
                 slots,

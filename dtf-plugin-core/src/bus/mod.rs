@@ -106,7 +106,8 @@ struct BusState {
     room_backoff: u32,
     /// Emptied cells of freed segments, for the next ones, and their handled batches.
     spare: Arc<Spare>,
-    /// Handled cells taken from `spare`, dropped one per publish ([`BusInner::attempt`]).
+    /// Handled cells taken from `spare`, dropped one per publish, two for some batches
+    /// ([`BusInner::attempt`]).
     grave: Vec<Cell>,
     /// The segment a publish moved past, let go of after the lock is released (it may be the
     /// last reference, and freeing it moves or frees its cells' contents).
@@ -158,7 +159,7 @@ impl Bus {
                 state: Mutex::new(BusState {
                     seq: 0,
                     closed: false,
-                    tail: Segment::new(0, &spare),
+                    tail: Segment::new(0, 0, &spare),
                     next_pos: 0,
                     tail_events: 0,
                     routes: Routes::default(),
@@ -336,9 +337,9 @@ impl BusInner {
     /// One publishing attempt: under the bus lock, check room, assign sequence numbers,
     /// enqueue everywhere. Either everything is enqueued or nothing is.
     ///
-    /// It also drops one handled cell of a freed segment, after releasing the lock: on the
-    /// publisher's thread, whose next events the allocator then serves from what it freed
-    /// ([`Spare`]).
+    /// It also drops one handled cell of a freed segment (a batch's publish a second one when
+    /// the first was no larger than the batch), after releasing the lock: on the publisher's
+    /// thread, whose next events the allocator then serves from what it freed ([`Spare`]).
     fn attempt(&self, batch: Arc<[Event]>, bound: Bound) -> Attempt {
         let n = batch.len();
         let mut state = self.lock();
@@ -351,8 +352,9 @@ impl BusInner {
             emptied = Some(std::mem::replace(&mut state.grave, taken));
         }
         let handled = state.grave.pop();
-        // A batch's publish drops a second cell of at most its size: the hand empties in half a
-        // segment's publishes, before the next segment of large batches is let go of (kept only
+        // A batch's publish drops a second cell when the first was no larger than the batch:
+        // with batches of one size the hand empties in half the publishes that fill a segment,
+        // before the next segment is let go of (one of more than `GRAVE_EVENTS` is kept only
         // while nothing else is, `Spare::give`).
         let more = if handled.as_ref().is_some_and(|c| c.batch.len() <= n) && n > 1 {
             state.grave.pop()
@@ -447,7 +449,8 @@ impl BusInner {
                     .events
                     .store(state.tail_events, std::sync::atomic::Ordering::Relaxed);
                 state.tail_events = 0;
-                let next = Segment::new(pos, &state.spare);
+                let number = state.tail.number + 1;
+                let next = Segment::new(pos, number, &state.spare);
                 switch();
                 let _ = state.tail.next.set(Arc::clone(&next));
                 let old = std::mem::replace(&mut state.tail, next);
@@ -455,7 +458,7 @@ impl BusInner {
                 drop(state.retired.replace(old));
                 // Once per segment: no slow reader may pin an unbounded stretch of the log.
                 for slot in &state.all {
-                    slot.bound_lag(pos);
+                    slot.bound_lag(pos, number);
                 }
             }
             // ...count it for each group of subscribers before readers can see it (a reader

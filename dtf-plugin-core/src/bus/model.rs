@@ -411,7 +411,8 @@ fn publish_read_ack() {
     want_c.push(s2[1]);
     want_c.sort_unstable();
     assert_eq!(c.events, want_c, "`customs` missed or repeated events");
-    // Nobody holds a passed segment: 6 events fill one segment of 4 and start a second.
+    // Nobody holds a passed segment: the 6 events end a first segment (after 4 cells or 4
+    // events, whichever comes first) and start a second, the only one left.
     assert_eq!(
         live_segments() - before,
         1,

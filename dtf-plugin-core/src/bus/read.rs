@@ -48,6 +48,11 @@ pub(super) enum Read {
 /// before its unread events are copied out of the log (see `Slot::bound_lag`).
 pub(super) const MAX_LAG: u64 = if MODEL { 4 } else { 64 * 1024 };
 
+/// The same in segments: as many as [`MAX_LAG`] positions of full segments. Segments that
+/// batches end early (`SEGMENT_EVENTS`) have fewer positions, down to one each; without
+/// this, a stuck reader could pin a segment (16 KiB of cells) per position.
+pub(super) const MAX_LAG_SEGMENTS: u64 = MAX_LAG / SEGMENT as u64;
+
 /// Most events one chunk takes from the log.
 pub(super) const CHUNK_EVENTS: usize = if MODEL { 3 } else { 4096 };
 
@@ -244,15 +249,21 @@ impl Slot {
             }
         }
         self.read_pos.store(r.pos, Ordering::Relaxed);
+        if let Some(seg) = &r.seg {
+            self.read_seg.store(seg.number, Ordering::Relaxed);
+        }
     }
 
-    /// Keeps a reader that lags far behind the log's end from pinning the log: its unread
-    /// events are copied into its carry queue (a bounded amount: at most its queue) and its
-    /// cursor jumps to the end. Called by publishers, under the bus lock, once per segment.
-    pub(super) fn bound_lag(&self, end: u64) {
-        if end.saturating_sub(self.read_pos.load(Ordering::Relaxed)) <= MAX_LAG
-            || self.pending() == 0
-        {
+    /// Keeps a reader that lags far behind the log's end (more than [`MAX_LAG`] positions or
+    /// [`MAX_LAG_SEGMENTS`] segments, the tail being segment `end_segment`) from pinning the
+    /// log: its unread events are copied into its carry queue (a bounded amount: at most its
+    /// queue) and its cursor jumps to the end. Called by publishers, under the bus lock, once
+    /// per segment.
+    pub(super) fn bound_lag(&self, end: u64, end_segment: u64) {
+        let behind = end.saturating_sub(self.read_pos.load(Ordering::Relaxed)) > MAX_LAG
+            || end_segment.saturating_sub(self.read_seg.load(std::sync::atomic::Ordering::Relaxed))
+                > MAX_LAG_SEGMENTS;
+        if !behind || self.pending() == 0 {
             return;
         }
         let mut r = self.reader();

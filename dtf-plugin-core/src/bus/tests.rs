@@ -373,7 +373,7 @@ async fn segments_of_batches_end_after_many_events() {
 const LARGE: usize = GRAVE_EVENTS + 1;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_larger_than_the_pool_is_kept_alone() {
+async fn a_segment_larger_than_the_pool_is_kept_for_the_publisher() {
     let (manager, counted) = counting_manager().await;
     let bus = manager.bus().with_source("test");
     // Each batch has a segment of its own; each publish retires the segment before it
@@ -391,7 +391,7 @@ async fn a_batch_larger_than_the_pool_is_kept_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_batch_larger_than_the_pool_is_freed_where_it_is_let_go_of() {
+async fn a_second_segment_larger_than_the_pool_is_freed_where_it_is_let_go_of() {
     let seen = Arc::new(AtomicU64::new(0));
     let s = Arc::clone(&seen);
     let (gate, rx) = watch::channel(false);
@@ -501,6 +501,44 @@ async fn a_stuck_reader_does_not_pin_the_log() {
         assert_eq!(info.stats.queued, 0);
     }
     manager.shutdown(ShutdownReason::Completed).await;
+}
+
+/// The lag bound counts segments as well as positions: segments that batches end early have
+/// few positions, down to one each, so 64k positions could be as many segments.
+#[tokio::test]
+async fn the_lag_bound_counts_segments_as_well_as_positions() {
+    let bus = Bus::new("test");
+    let hooks: crate::event::HookSet = Hook::Custom.into();
+    let slot = Arc::new(Slot::new(
+        bus.inner().group(hooks, OverflowPolicy::Backpressure),
+        Arc::from("p"),
+        hooks,
+        16,
+        OverflowPolicy::Backpressure,
+        4,
+        Arc::new(serde_json::Value::Null),
+    ));
+    bus.inner().route(&slot);
+    // The reader takes its first event (and so its segment, the log's first) and does not
+    // come back for the second.
+    bus.try_publish(n(1)).unwrap();
+    let mut chunk = VecDeque::new();
+    assert!(slot.take_chunk(0, &mut chunk, false));
+    bus.try_publish(n(2)).unwrap();
+    let read = slot.read_seg.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(read, 0);
+    let end = bus.inner().position();
+    // A publisher's check two positions behind and as many segments as the bound allows:
+    // nothing to do.
+    slot.bound_lag(end, read + MAX_LAG_SEGMENTS);
+    assert!(slot.reader().carry.is_empty());
+    assert!(slot.reader().seg.as_ref().is_some_and(|s| s.number == 0));
+    // One segment more (as after 513 segments of one 4,096-event batch each): its unread
+    // event is copied out of the log, and its cursor is at the end.
+    slot.bound_lag(end, read + MAX_LAG_SEGMENTS + 1);
+    assert_eq!(slot.reader().carry.len(), 1);
+    assert_eq!(slot.reader().pos, end);
+    assert_eq!(slot.read_pos.load(Ordering::Relaxed), end);
 }
 
 /// A configuration change put back after a failure (the chunk failed on an event before it)
