@@ -32,8 +32,6 @@ pub(super) const SEGMENT_EVENTS: usize = if MODEL { SEGMENT } else { 4 * 1024 };
 pub(crate) struct Segment {
     _apart: ApartFromCounts,
     pub(super) base: u64,
-    /// Segments before this one in the log (for the lag bound, `Slot::bound_lag`).
-    pub(super) number: u64,
     pub(super) cells: Arc<Cells>,
     pub(super) next: OnceLock<Arc<Segment>>,
 }
@@ -266,9 +264,9 @@ pub(super) static LIVE_SEGMENTS: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
 impl Segment {
-    /// Segment `number` of the log, starting at log position `base`, with emptied cells from
-    /// `spare` if it has any.
-    pub(super) fn new(base: u64, number: u64, spare: &Arc<Spare>) -> Arc<Self> {
+    /// A segment starting at log position `base`, with emptied cells from `spare` if it has
+    /// any.
+    pub(super) fn new(base: u64, spare: &Arc<Spare>) -> Arc<Self> {
         #[cfg(test)]
         LIVE_SEGMENTS.fetch_add(1, Ordering::SeqCst);
         let slots = spare.take().unwrap_or_else(|| {
@@ -279,7 +277,6 @@ impl Segment {
         Arc::new(Segment {
             _apart: ApartFromCounts::default(),
             base,
-            number,
             cells: Arc::new(Cells {
                 _apart: ApartFromCounts::default(),
                 slots,

@@ -112,6 +112,10 @@ struct BusState {
     /// The segment a publish moved past, let go of after the lock is released (it may be the
     /// last reference, and freeing it moves or frees its cells' contents).
     retired: Option<Arc<Segment>>,
+    /// Where the last segments start, the tail's last, at most [`MAX_LAG_SEGMENTS`] + 1 of
+    /// them: a reader before the first is more segments behind than the lag bound allows
+    /// (`Slot::bound_lag`).
+    bases: VecDeque<u64>,
 }
 
 /// A refresh of the room budget that finds less than this many events... (1 in the model
@@ -159,7 +163,8 @@ impl Bus {
                 state: Mutex::new(BusState {
                     seq: 0,
                     closed: false,
-                    tail: Segment::new(0, 0, &spare),
+                    tail: Segment::new(0, &spare),
+                    bases: VecDeque::from([0]),
                     next_pos: 0,
                     tail_events: 0,
                     routes: Routes::default(),
@@ -449,8 +454,16 @@ impl BusInner {
                     .events
                     .store(state.tail_events, std::sync::atomic::Ordering::Relaxed);
                 state.tail_events = 0;
-                let number = state.tail.number + 1;
-                let next = Segment::new(pos, number, &state.spare);
+                let next = Segment::new(pos, &state.spare);
+                state.bases.push_back(pos);
+                if state.bases.len() > MAX_LAG_SEGMENTS as usize + 1 {
+                    state.bases.pop_front();
+                }
+                let oldest = if state.bases.len() > MAX_LAG_SEGMENTS as usize {
+                    state.bases.front().copied().unwrap_or(0)
+                } else {
+                    0
+                };
                 switch();
                 let _ = state.tail.next.set(Arc::clone(&next));
                 let old = std::mem::replace(&mut state.tail, next);
@@ -458,7 +471,7 @@ impl BusInner {
                 drop(state.retired.replace(old));
                 // Once per segment: no slow reader may pin an unbounded stretch of the log.
                 for slot in &state.all {
-                    slot.bound_lag(pos, number);
+                    slot.bound_lag(pos, oldest);
                 }
             }
             // ...count it for each group of subscribers before readers can see it (a reader

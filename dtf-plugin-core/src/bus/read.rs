@@ -249,20 +249,16 @@ impl Slot {
             }
         }
         self.read_pos.store(r.pos, Ordering::Relaxed);
-        if let Some(seg) = &r.seg {
-            self.read_seg.store(seg.number, Ordering::Relaxed);
-        }
     }
 
-    /// Keeps a reader that lags far behind the log's end (more than [`MAX_LAG`] positions or
-    /// [`MAX_LAG_SEGMENTS`] segments, the tail being segment `end_segment`) from pinning the
-    /// log: its unread events are copied into its carry queue (a bounded amount: at most its
-    /// queue) and its cursor jumps to the end. Called by publishers, under the bus lock, once
-    /// per segment.
-    pub(super) fn bound_lag(&self, end: u64, end_segment: u64) {
-        let behind = end.saturating_sub(self.read_pos.load(Ordering::Relaxed)) > MAX_LAG
-            || end_segment.saturating_sub(self.read_seg.load(std::sync::atomic::Ordering::Relaxed))
-                > MAX_LAG_SEGMENTS;
+    /// Keeps a reader that lags far behind the log's end (more than [`MAX_LAG`] positions, or
+    /// before `oldest`, where the segment [`MAX_LAG_SEGMENTS`] before the tail starts) from
+    /// pinning the log: its unread events are copied into its carry queue (a bounded amount:
+    /// at most its queue) and its cursor jumps to the end. Called by publishers, under the bus
+    /// lock, once per segment.
+    pub(super) fn bound_lag(&self, end: u64, oldest: u64) {
+        let read = self.read_pos.load(Ordering::Relaxed);
+        let behind = end.saturating_sub(read) > MAX_LAG || read < oldest;
         if !behind || self.pending() == 0 {
             return;
         }

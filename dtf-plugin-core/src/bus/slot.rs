@@ -69,11 +69,6 @@ pub(crate) struct Slot {
     pub(super) reader: Mutex<Reader>,
     /// The reader's cursor, published for the publishers' lag check (written per chunk).
     pub(super) read_pos: AtomicU64,
-    /// The number of the segment the reader last read in (`u64::MAX` before its first read),
-    /// for the same check. A plain (not model-checked) atomic, like `Cells::events`: its value
-    /// only decides when a lagging reader's events are copied out of the log, which is right
-    /// whenever it happens.
-    pub(super) read_seg: std::sync::atomic::AtomicU64,
     /// `WakeState::resume` is set (written under the wake lock). A reader with a segment reads
     /// it without the lock, to drop a stale hint; one without a segment always takes the lock.
     pub(super) has_resume: AtomicBool,
@@ -149,7 +144,6 @@ impl Slot {
             wake: Mutex::new(WakeState::default()),
             reader: Mutex::new(Reader::default()),
             read_pos: AtomicU64::new(0),
-            read_seg: std::sync::atomic::AtomicU64::new(u64::MAX),
             has_resume: AtomicBool::new(false),
             released: AtomicBool::new(false),
             routed: AtomicBool::new(false),
@@ -425,7 +419,6 @@ impl Slot {
             .store(enqueued.wrapping_sub(count) & !FROZEN, Ordering::Release);
         self.mark_released();
         self.read_pos.store(pos, Ordering::Relaxed);
-        self.read_seg.store(u64::MAX, Ordering::Relaxed);
         self.drop_stale_hint(pos);
         self.routed.store(true, Ordering::SeqCst);
     }

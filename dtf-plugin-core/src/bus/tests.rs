@@ -525,17 +525,18 @@ async fn the_lag_bound_counts_segments_as_well_as_positions() {
     let mut chunk = VecDeque::new();
     assert!(slot.take_chunk(0, &mut chunk, false));
     bus.try_publish(n(2)).unwrap();
-    let read = slot.read_seg.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(read, 0);
+    let read = slot.read_pos.load(Ordering::Relaxed);
+    assert_eq!(read, 1);
     let end = bus.inner().position();
-    // A publisher's check two positions behind and as many segments as the bound allows:
-    // nothing to do.
-    slot.bound_lag(end, read + MAX_LAG_SEGMENTS);
+    // A publisher's check one position behind, the reader in the oldest segment the bound
+    // allows (it starts at 0): nothing to do.
+    slot.bound_lag(end, 0);
     assert!(slot.reader().carry.is_empty());
-    assert!(slot.reader().seg.as_ref().is_some_and(|s| s.number == 0));
-    // One segment more (as after 513 segments of one 4,096-event batch each): its unread
-    // event is copied out of the log, and its cursor is at the end.
-    slot.bound_lag(end, read + MAX_LAG_SEGMENTS + 1);
+    assert!(slot.reader().seg.as_ref().is_some_and(|s| s.base == 0));
+    // The oldest segment allowed starting past the reader (as after 513 segments of one
+    // 4,096-event batch each), though it is only one position behind: its unread event is
+    // copied out of the log, and its cursor is at the end.
+    slot.bound_lag(end, read + 1);
     assert_eq!(slot.reader().carry.len(), 1);
     assert_eq!(slot.reader().pos, end);
     assert_eq!(slot.read_pos.load(Ordering::Relaxed), end);
