@@ -503,11 +503,9 @@ async fn a_stuck_reader_does_not_pin_the_log() {
     manager.shutdown(ShutdownReason::Completed).await;
 }
 
-/// The lag bound counts segments as well as positions: segments that batches end early have
-/// few positions, down to one each, so 64k positions could be as many segments.
-#[tokio::test]
-async fn the_lag_bound_counts_segments_as_well_as_positions() {
-    let bus = Bus::new("test");
+/// A plugin's slot for custom events (capacity 16), routed on `bus`, with no actor: the test
+/// reads and acknowledges through it.
+fn custom_slot(bus: &Bus) -> Arc<Slot> {
     let hooks: crate::event::HookSet = Hook::Custom.into();
     let slot = Arc::new(Slot::new(
         bus.inner().group(hooks, OverflowPolicy::Backpressure),
@@ -519,6 +517,15 @@ async fn the_lag_bound_counts_segments_as_well_as_positions() {
         Arc::new(serde_json::Value::Null),
     ));
     bus.inner().route(&slot);
+    slot
+}
+
+/// The lag bound counts segments as well as positions: segments that batches end early have
+/// few positions, down to one each, so 64k positions could be as many segments.
+#[tokio::test]
+async fn the_lag_bound_counts_segments_as_well_as_positions() {
+    let bus = Bus::new("test");
+    let slot = custom_slot(&bus);
     // The reader takes its first event (and so its segment, the log's first) and does not
     // come back for the second.
     bus.try_publish(n(1)).unwrap();
@@ -548,17 +555,7 @@ async fn the_lag_bound_counts_segments_as_well_as_positions() {
 #[tokio::test]
 async fn a_configuration_change_put_back_is_answered_when_the_plugin_is_disabled() {
     let bus = Bus::new("test");
-    let hooks: crate::event::HookSet = Hook::Custom.into();
-    let slot = Arc::new(Slot::new(
-        bus.inner().group(hooks, OverflowPolicy::Backpressure),
-        Arc::from("p"),
-        hooks,
-        16,
-        OverflowPolicy::Backpressure,
-        4,
-        Arc::new(serde_json::Value::Null),
-    ));
-    bus.inner().route(&slot);
+    let slot = custom_slot(&bus);
     bus.try_publish(EventKind::custom("n", serde_json::json!(1)))
         .unwrap();
     let (reply, answer) = oneshot::channel();
