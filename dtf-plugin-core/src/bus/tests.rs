@@ -327,13 +327,9 @@ fn batch_of(n: usize) -> impl Iterator<Item = EventKind> {
     (0..n).map(|i| EventKind::task_created(format!("t{i}"), "x"))
 }
 
-/// `manager.flush()`, failing the test instead of hanging it (a reader stuck at a cell that
-/// will never be written would never catch up).
-async fn flushed(manager: &PluginManager) {
-    tokio::time::timeout(Duration::from_secs(30), manager.flush())
-        .await
-        .expect("every event handled");
-}
+/// How long the tests of segments of batches wait for a flush: failing the test instead of
+/// hanging it (a reader stuck at a cell that will never be written would never catch up).
+const FLUSH_LIMIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_of_batches_end_after_many_events() {
@@ -348,7 +344,7 @@ async fn segments_of_batches_end_after_many_events() {
     // events wait for the publisher.
     for _ in 0..=CELLS {
         bus.publish_batch(batch_of(BATCH)).await.unwrap();
-        flushed(&manager).await;
+        manager.flush_timeout(FLUSH_LIMIT).await.unwrap();
     }
     assert_eq!(bus.inner().lock().tail.base, CELLS as u64);
     assert_eq!(bus.inner().lock().spare.grave_events(), CELLS * BATCH);
@@ -360,7 +356,7 @@ async fn segments_of_batches_end_after_many_events() {
     assert_eq!(bus.inner().lock().spare.grave_events(), CELLS * BATCH);
     bus.publish_batch(batch_of(BATCH)).await.unwrap();
     assert_eq!(bus.inner().lock().spare.grave_events(), 0);
-    flushed(&manager).await;
+    manager.flush_timeout(FLUSH_LIMIT).await.unwrap();
     let published = CELLS + 1 + CELLS.div_ceil(2);
     assert_eq!(counted.load(Ordering::SeqCst), (published * BATCH) as u64);
     // Only the second segment, the log's tail, is still allocated.
@@ -380,7 +376,7 @@ async fn a_segment_larger_than_the_pool_is_kept_for_the_publisher() {
     // (every reader has passed it), after dropping the one kept before.
     for _ in 0..3 {
         bus.publish_batch(batch_of(LARGE)).await.unwrap();
-        flushed(&manager).await;
+        manager.flush_timeout(FLUSH_LIMIT).await.unwrap();
     }
     assert_eq!(counted.load(Ordering::SeqCst), (3 * LARGE) as u64);
     assert_eq!(bus.inner().lock().spare.grave_events(), LARGE);
@@ -408,7 +404,7 @@ async fn a_second_segment_larger_than_the_pool_is_freed_where_it_is_let_go_of() 
         bus.publish_batch((0..LARGE as u64).map(n)).await.unwrap();
     }
     gate.send(true).unwrap();
-    flushed(&manager).await;
+    manager.flush_timeout(FLUSH_LIMIT).await.unwrap();
     assert_eq!(seen.load(Ordering::SeqCst), (3 * LARGE) as u64);
     assert_eq!(bus.inner().lock().spare.grave_events(), LARGE);
     assert_eq!(live_events(&bus), 2 * LARGE);
