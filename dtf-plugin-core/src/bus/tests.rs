@@ -200,6 +200,20 @@ async fn counting_manager() -> (PluginManager, Arc<AtomicU64>) {
     (manager, counted)
 }
 
+/// A manager with one `Gated` plugin of queue capacity `capacity`, its gate closed: the gate's
+/// sender, and the count of events it handled.
+async fn gated_manager(capacity: usize) -> (PluginManager, watch::Sender<bool>, Arc<AtomicU64>) {
+    let seen = Arc::new(AtomicU64::new(0));
+    let s = Arc::clone(&seen);
+    let (gate, rx) = watch::channel(false);
+    let manager = PluginManager::builder()
+        .spec(PluginSpec::new(move || Gated(rx.clone(), Arc::clone(&s))).queue_capacity(capacity))
+        .spawn()
+        .await
+        .unwrap();
+    (manager, gate, seen)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn freed_segments_cells_are_reused() {
     let (manager, counted) = counting_manager().await;
@@ -280,17 +294,7 @@ async fn handled_events_go_back_to_the_publisher_within_a_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handled_events_kept_stay_within_the_bound_and_go_at_shutdown() {
-    let seen = Arc::new(AtomicU64::new(0));
-    let s = Arc::clone(&seen);
-    let (gate, rx) = watch::channel(false);
-    let manager = PluginManager::builder()
-        .spec(
-            PluginSpec::new(move || Gated(rx.clone(), Arc::clone(&s)))
-                .queue_capacity(4 * GRAVE_EVENTS),
-        )
-        .spawn()
-        .await
-        .unwrap();
+    let (manager, gate, seen) = gated_manager(4 * GRAVE_EVENTS).await;
     let bus = manager.bus().with_source("test");
     // Twice what the pool keeps, held back by the gated reader, then let go of at once while
     // nothing is published: the pool fills up to its bound and the reader frees the rest.
@@ -388,14 +392,7 @@ async fn a_segment_larger_than_the_pool_is_kept_for_the_publisher() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_segment_larger_than_the_pool_is_freed_where_it_is_let_go_of() {
-    let seen = Arc::new(AtomicU64::new(0));
-    let s = Arc::clone(&seen);
-    let (gate, rx) = watch::channel(false);
-    let manager = PluginManager::builder()
-        .spec(PluginSpec::new(move || Gated(rx.clone(), Arc::clone(&s))).queue_capacity(4 * LARGE))
-        .spawn()
-        .await
-        .unwrap();
+    let (manager, gate, seen) = gated_manager(4 * LARGE).await;
     let bus = manager.bus().with_source("test");
     // Two such segments held back by the gated reader, then let go of one after the other
     // while nothing is published: the first is kept (nothing else is), the second is freed
