@@ -1302,5 +1302,8 @@ async fn hot_reload_keeps_the_plugins_of_a_directory_it_cannot_read() {
         reloader.poll(&manager).await.is_empty(),
         "back as it was: nothing to change"
     );
-    assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
+    // Once, under the whole workspace's tests, this shutdown was not clean; the report says
+    // which plugin and why.
+    let report = manager.shutdown(ShutdownReason::Completed).await;
+    assert!(report.clean, "{report:?}");
 }
