@@ -22,7 +22,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::bus::{Item, Slot};
 use crate::event::HookSet;
-use crate::plugin::{Plugin, PluginContext, PluginError, Reconfigured, Stopping};
+use crate::plugin::{Plugin, PluginConfig, PluginContext, PluginError, Reconfigured, Stopping};
 
 /// Messages to a plugin actor. Events never travel as actor messages: they wait in the slot.
 pub(crate) enum PluginMsg {
@@ -276,7 +276,9 @@ macro_rules! on_event_guarded {
         };
         let result = match code {
             HANDLED => Ok(()),
-            PENDING => finish(fut.as_mut(), $runner.timeout).await,
+            // Boxed: only a handler that waits gets here, and its timer inline would make
+            // every plugin actor's task larger.
+            PENDING => Box::pin(finish(fut.as_mut(), $runner.timeout)).await,
             _ => Err(failure.unwrap_or(HookFailure::Panicked(GONE.to_owned()))),
         };
         drop_future(fut, result)
@@ -454,6 +456,42 @@ impl<P: Plugin> Runner<P> {
         })
     }
 
+    /// Hands a new configuration to `on_reconfigure` and answers the caller. `Ok(true)` when
+    /// the plugin asked to be restarted for it; `Ok(false)` when it applied it, or refused it
+    /// with an error of its own (answered; the old configuration stays); `Err` with a failure
+    /// that fails the actor (a panic or a timeout).
+    ///
+    /// It takes the runner's fields apart, as `run_chunk` holds the slot borrowed.
+    async fn reconfigure(
+        (plugin, ctx, slot, timeout): (&mut Option<P>, &mut PluginContext, &Slot, Duration),
+        config: Arc<PluginConfig>,
+        reply: tokio::sync::oneshot::Sender<Result<Reconfigured, String>>,
+    ) -> Result<bool, HookFailure> {
+        let old = Arc::clone(ctx.config_arc());
+        ctx.set_config(Arc::clone(&config));
+        let call = {
+            let ctx = &mut *ctx;
+            move || Option::as_mut(plugin).map(move |p| p.on_reconfigure(ctx))
+        };
+        match guarded(call, timeout).await {
+            Ok(outcome) => {
+                slot.set_config(config);
+                let _ = reply.send(Ok(outcome));
+                Ok(outcome == Reconfigured::Restart)
+            }
+            Err(HookFailure::Error(e)) => {
+                ctx.set_config(old);
+                let _ = reply.send(Err(e));
+                Ok(false)
+            }
+            Err(f) => {
+                ctx.set_config(old);
+                let _ = reply.send(Err(f.to_string()));
+                Err(f)
+            }
+        }
+    }
+
     /// Handles `self.chunk` in order. On failure, puts the unhandled rest back in the slot.
     async fn run_chunk(&mut self) -> Result<ChunkEnd, ActorProcessingErr> {
         let mut tally = Tally {
@@ -469,27 +507,13 @@ impl<P: Plugin> Runner<P> {
             };
             let item = match item {
                 Item::Reconfigure { config, reply } => {
-                    let old = Arc::clone(self.ctx.config_arc());
-                    self.ctx.set_config(Arc::clone(&config));
-                    let (plugin, ctx) = (&mut self.plugin, &mut self.ctx);
-                    let call = move || Option::as_mut(plugin).map(move |p| p.on_reconfigure(ctx));
-                    match guarded(call, self.timeout).await {
-                        Ok(outcome) => {
-                            self.slot.set_config(config);
-                            let _ = reply.send(Ok(outcome));
-                            if outcome == Reconfigured::Restart {
-                                break Ok(ChunkEnd::RestartForConfig);
-                            }
-                        }
-                        Err(HookFailure::Error(e)) => {
-                            self.ctx.set_config(old);
-                            let _ = reply.send(Err(e));
-                        }
-                        Err(f) => {
-                            self.ctx.set_config(old);
-                            let _ = reply.send(Err(f.to_string()));
-                            break Err(self.fail(Phase::Reconfigure, f));
-                        }
+                    // Boxed: a reconfiguration is rare, and its hook's future inline would
+                    // make every plugin actor's task larger (see `reconfigure`).
+                    let fields = (&mut self.plugin, &mut self.ctx, &*self.slot, self.timeout);
+                    match Box::pin(Self::reconfigure(fields, config, reply)).await {
+                        Ok(true) => break Ok(ChunkEnd::RestartForConfig),
+                        Ok(false) => {}
+                        Err(f) => break Err(self.fail(Phase::Reconfigure, f)),
                     }
                     continue;
                 }
@@ -529,6 +553,43 @@ impl<P: Plugin> Runner<P> {
             self.unacked = 0;
         }
         result
+    }
+
+    /// Drains what is queued (until `deadline`), calls `on_shutdown` and replies. `Err` when
+    /// the plugin failed while draining: it is in an unknown state, so it is not asked to shut
+    /// down, only dropped, and the failure is the manager's to account (counted,
+    /// `PluginFailed`, a replace's restart within the budget), as any other: the actor fails
+    /// with it.
+    async fn shut_down(
+        &mut self,
+        deadline: Instant,
+        why: Stopping,
+        reply: Option<RpcReplyPort<ShutdownOutcome>>,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut outcome = ShutdownOutcome::default();
+        let drained = self.drain(usize::MAX, Some(deadline)).await;
+        self.slot.detach();
+        if let Err(e) = drained {
+            outcome.error = Some(e.to_string());
+            if let Some(reply) = reply {
+                let _ = reply.send(outcome);
+            }
+            return Err(e);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let budget = left.min(self.timeout).max(Duration::from_millis(1));
+        self.ctx.set_stopping(why);
+        let (plugin, ctx) = (&mut self.plugin, &mut self.ctx);
+        let call = move || Option::as_mut(plugin).map(move |p| p.on_shutdown(ctx));
+        if let Err(f) = guarded(call, budget).await {
+            let msg = format!("on_shutdown {f}");
+            tracing::warn!(plugin = %self.slot.name, error = %msg, "plugin shutdown failed");
+            outcome.error = Some(msg);
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome);
+        }
+        Ok(())
     }
 
     /// Drains up to `max_chunks` chunks (or until the deadline). Returns whether work remains.
@@ -641,39 +702,9 @@ impl<P: Plugin> Actor for PluginActor<P> {
                 why,
                 reply,
             } => {
-                let mut outcome = ShutdownOutcome::default();
-                let drained = state.drain(usize::MAX, Some(deadline)).await;
-                state.slot.detach();
-                match drained {
-                    // A plugin that failed while draining is in an unknown state: it is not
-                    // asked to shut down, only dropped. The failure is the manager's to
-                    // account (counted, `PluginFailed`, a replace's restart within the
-                    // budget), as any other: the actor fails with it. Before, it stopped
-                    // normally, and only a manager's shutdown heard of it.
-                    Err(e) => {
-                        outcome.error = Some(e.to_string());
-                        if let Some(reply) = reply {
-                            let _ = reply.send(outcome);
-                        }
-                        return Err(e);
-                    }
-                    Ok(_) => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        let budget = left.min(state.timeout).max(Duration::from_millis(1));
-                        state.ctx.set_stopping(why);
-                        let (plugin, ctx) = (&mut state.plugin, &mut state.ctx);
-                        let call = move || Option::as_mut(plugin).map(move |p| p.on_shutdown(ctx));
-                        let done = guarded(call, budget).await;
-                        if let Err(f) = done {
-                            let msg = format!("on_shutdown {f}");
-                            tracing::warn!(plugin = %state.slot.name, error = %msg, "plugin shutdown failed");
-                            outcome.error = Some(msg);
-                        }
-                    }
-                }
-                if let Some(reply) = reply {
-                    let _ = reply.send(outcome);
-                }
+                // Boxed: it runs once per instance, and inline it would make every plugin
+                // actor's task larger by a second drain and the `on_shutdown` hook's future.
+                Box::pin(state.shut_down(deadline, why, reply)).await?;
                 myself.stop(Some("dtf:shutdown".to_owned()));
             }
         }
