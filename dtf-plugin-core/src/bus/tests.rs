@@ -499,18 +499,49 @@ async fn a_stuck_reader_does_not_pin_the_log() {
 /// A plugin's slot for custom events (capacity 16), routed on `bus`, with no actor: the test
 /// reads and acknowledges through it.
 fn custom_slot(bus: &Bus) -> Arc<Slot> {
+    custom_slot_of(bus, 16)
+}
+
+/// [`custom_slot`] with a queue of `capacity` events.
+fn custom_slot_of(bus: &Bus, capacity: usize) -> Arc<Slot> {
     let hooks: crate::event::HookSet = Hook::Custom.into();
     let slot = Arc::new(Slot::new(
         bus.inner().group(hooks, OverflowPolicy::Backpressure),
         Arc::from("p"),
         hooks,
-        16,
+        capacity,
         OverflowPolicy::Backpressure,
         4,
         Arc::new(serde_json::Value::Null),
     ));
     bus.inner().route(&slot);
     slot
+}
+
+/// After the shutdown no publisher drops kept events any more, so a segment let go of later
+/// (as by a chunk of a plugin killed at its deadline, dropped with its state) frees its
+/// events where it is let go of instead of keeping them for a publisher.
+#[tokio::test]
+async fn a_segment_let_go_of_after_the_shutdown_frees_its_events_there() {
+    let bus = Bus::new("test");
+    let slot = custom_slot_of(&bus, 4 * SEGMENT);
+    // A whole segment and one event of the next: the first segment's count of events is
+    // known, so it could be kept.
+    for i in 0..=SEGMENT as u64 {
+        bus.try_publish(n(i)).unwrap();
+    }
+    // The plugin's chunk holds the first segment's cells, as a killed runner's state does.
+    let mut chunk = VecDeque::new();
+    assert!(slot.take_chunk(0, &mut chunk, false));
+    assert!(chunk.iter().any(|i| matches!(i, Item::Run { .. })));
+    // The shutdown: the reader lets go of the log, and the pool is closed.
+    bus.inner().unroute_all();
+    assert_eq!(bus.inner().lock().spare.grave_events(), 0);
+    assert_eq!(live_events(&bus), SEGMENT + 1);
+    drop(chunk);
+    // Freed here: nothing kept, and only the tail's event is left.
+    assert_eq!(bus.inner().lock().spare.grave_events(), 0);
+    assert_eq!(live_events(&bus), 1);
 }
 
 /// The lag bound counts segments as well as positions: segments that batches end early have
