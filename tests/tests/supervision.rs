@@ -832,28 +832,31 @@ async fn a_shutdown_timeout_too_long_for_the_clock_does_not_panic() {
     assert_eq!(probe.numbers(), [1, 2]);
 }
 
+/// A plugin named "slow" whose `on_shutdown` says it has begun, then takes 300 ms.
+struct SlowToStop {
+    in_shutdown: watch::Sender<bool>,
+}
+
+impl Plugin for SlowToStop {
+    fn metadata(&self) -> PluginMetadata {
+        PluginMetadata::new("slow").hooks(Hook::Custom)
+    }
+    async fn on_event(&mut self, _: &mut PluginContext, _: &Event) -> Result<(), PluginError> {
+        Ok(())
+    }
+    async fn on_shutdown(&mut self, _: &mut PluginContext) -> Result<(), PluginError> {
+        let _ = self.in_shutdown.send(true);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(())
+    }
+}
+
 /// A shutdown that comes while a restart is stopping the old instance (it is in
 /// `on_shutdown`) waits for that stop instead of asking again: the second request was never
 /// read, and the plugin was reported "stopped without reporting", the shutdown not clean
 /// (found by a review).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_during_a_restart_waits_for_it_and_stays_clean() {
-    struct SlowToStop {
-        in_shutdown: watch::Sender<bool>,
-    }
-    impl Plugin for SlowToStop {
-        fn metadata(&self) -> PluginMetadata {
-            PluginMetadata::new("slow").hooks(Hook::Custom)
-        }
-        async fn on_event(&mut self, _: &mut PluginContext, _: &Event) -> Result<(), PluginError> {
-            Ok(())
-        }
-        async fn on_shutdown(&mut self, _: &mut PluginContext) -> Result<(), PluginError> {
-            let _ = self.in_shutdown.send(true);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            Ok(())
-        }
-    }
     let (in_shutdown, mut stopping) = watch::channel(false);
     let manager = PluginManager::builder()
         .spec(PluginSpec::new(move || SlowToStop {
@@ -881,6 +884,42 @@ async fn a_shutdown_during_a_restart_waits_for_it_and_stays_clean() {
         restarting.await.unwrap(),
         Err(ManagerError::ShutDown)
     ));
+}
+
+/// An `enable` that arrives while the manager is stopping its plugins is refused: the new
+/// instance would miss the stop list, never get `on_shutdown`, and be killed with the manager.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enable_while_the_plugins_stop_is_refused() {
+    let (in_shutdown, mut stopping) = watch::channel(false);
+    let off = Probe::new("off", Hook::Custom);
+    let manager = PluginManager::builder()
+        .spec(PluginSpec::new(move || SlowToStop {
+            in_shutdown: in_shutdown.clone(),
+        }))
+        .spec(off.spec())
+        .spawn()
+        .await
+        .unwrap();
+    manager.disable("off").await.unwrap();
+    let shutdown = tokio::spawn({
+        let m = manager.clone();
+        async move { m.shutdown(ShutdownReason::Completed).await }
+    });
+    // The plugins are being stopped: "slow" is in its `on_shutdown`.
+    stopping.wait_for(|s| *s).await.unwrap();
+    assert!(matches!(
+        manager.enable("off").await,
+        Err(ManagerError::ShutDown)
+    ));
+    let report = shutdown.await.unwrap();
+    assert!(report.clean, "{report:?}");
+    assert!(
+        report.plugins.iter().all(|p| p.error.is_none()),
+        "{report:?}"
+    );
+    // Started once (at the spawn) and stopped once (by the disable): no second instance.
+    assert_eq!(off.starts().len(), 1);
+    assert_eq!(off.shutdowns(), 1);
 }
 
 #[test]
