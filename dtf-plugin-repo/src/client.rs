@@ -96,6 +96,20 @@ pub enum Wanted {
 }
 
 impl Wanted {
+    /// The same, within the comparators `held` as well.
+    fn within(&self, held: Vec<semver::Comparator>) -> Wanted {
+        let asked = match self {
+            Wanted::Latest => Vec::new(),
+            Wanted::Exact(v) => semver::Comparator::parse(&format!("={v}"))
+                .map(|c| vec![c])
+                .unwrap_or_default(),
+            Wanted::Range(r) => r.comparators.clone(),
+        };
+        Wanted::Range(VersionReq {
+            comparators: [asked, held].concat(),
+        })
+    }
+
     fn matches(&self, v: &Version) -> bool {
         match self {
             Wanted::Latest => true,
@@ -690,7 +704,37 @@ impl RepoClient {
                 name: name.to_owned(),
             });
         }
-        let (s, entry) = choose(snapshots, name, wanted)?;
+        // The installed plugins that require it keep it within their ranges: installing a
+        // version they do not allow would break them. Those being planned anew here are held
+        // by their new versions' requirements instead (what led to this call).
+        let holders = holders(snapshots, lock, plan, visiting, name);
+        let (mut s, mut entry) = choose(snapshots, name, wanted)?;
+        let blocking: Vec<&Holder> = holders
+            .iter()
+            .filter(|h| !meets(&h.range, &entry.version))
+            .collect();
+        if !blocking.is_empty() {
+            let held = holders
+                .iter()
+                .flat_map(|h| h.range.comparators.iter().cloned())
+                .collect();
+            (s, entry) = match choose(snapshots, name, &wanted.within(held)) {
+                Ok(found) => found,
+                // Versions are there, only none that they allow: say who holds it back.
+                Err(RepoError::NoVersion { .. }) => {
+                    return Err(RepoError::HeldBack {
+                        name: name.to_owned(),
+                        wanted: wanted.to_string(),
+                        dependents: blocking
+                            .iter()
+                            .map(|h| format!("`{}` {} requires {}", h.name, h.version, h.range))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+        }
         if !visiting.insert(name.to_owned()) {
             return Ok(()); // a requirement cycle: the first visit installs it
         }
@@ -1041,19 +1085,53 @@ fn dependents_ranges(
     plan: &[Planned],
     name: &str,
 ) -> Vec<semver::Comparator> {
+    holders(snapshots, lock, plan, &BTreeSet::new(), name)
+        .into_iter()
+        .flat_map(|h| h.range.comparators)
+        .collect()
+}
+
+/// An installed plugin that requires another, and the range it requires.
+struct Holder {
+    name: String,
+    /// Its installed version, or the planned one.
+    version: Version,
+    range: VersionReq,
+}
+
+/// The installed plugins that require `name`, with the range each requires: as its planned
+/// version does when it is in `plan`, else as its installed version does. Those in `skip` and
+/// not in `plan` are left out (being planned anew: their new version's requirement is what
+/// is being met).
+fn holders(
+    snapshots: &[IndexSnapshot],
+    lock: &LockFile,
+    plan: &[Planned],
+    skip: &BTreeSet<String>,
+    name: &str,
+) -> Vec<Holder> {
     lock.plugins
         .iter()
         .filter(|d| d.requires.iter().any(|r| r == name))
         .filter_map(|d| match plan.iter().find(|p| p.entry.name == d.name) {
-            Some(p) => p.entry.requires.get(name).cloned(),
+            Some(p) => p.entry.requires.get(name).map(|range| Holder {
+                name: d.name.clone(),
+                version: p.entry.version.clone(),
+                range: range.clone(),
+            }),
+            None if skip.contains(&d.name) => None,
             None => snapshots
                 .iter()
                 .filter(|s| s.url == d.index)
                 .flat_map(|s| s.index.versions(&d.name))
                 .find(|e| e.version == d.version)
-                .and_then(|e| e.requires.get(name).cloned()),
+                .and_then(|e| e.requires.get(name))
+                .map(|range| Holder {
+                    name: d.name.clone(),
+                    version: d.version.clone(),
+                    range: range.clone(),
+                }),
         })
-        .flat_map(|req| req.comparators)
         .collect()
 }
 

@@ -196,6 +196,20 @@ pub enum RepoError {
         /// The plugin directory.
         dir: PathBuf,
     },
+    /// `install` of a version of a plugin that the installed plugins requiring it do not
+    /// allow (it would have replaced the version they need). Raised before any download.
+    #[error(
+        "install plugin `{name}` {wanted}: installed {dependents}; update or remove them first, or install a version they allow"
+    )]
+    HeldBack {
+        /// The plugin.
+        name: String,
+        /// The version or range asked for.
+        wanted: String,
+        /// The installed plugins requiring it, each with the range it requires, e.g. "`a`
+        /// 1.0.0 requires ^1".
+        dependents: String,
+    },
     /// `remove` of a plugin other installed plugins require.
     #[error("remove plugin `{name}`: {dependents} require it")]
     Required {

@@ -1403,6 +1403,51 @@ async fn update_keeps_a_plugin_within_what_its_dependents_require() {
     );
 }
 
+/// `install` keeps a plugin within what the installed plugins requiring it allow, as `update`
+/// does: asked for any version it installs the newest they allow, and a version they do not
+/// allow (asked for, or needed by a new plugin) is refused before any download, naming them.
+/// Before, `install b@2.0.0` replaced the `b` that `a` needs, and so did installing a plugin
+/// that requires `b` ^2.
+#[tokio::test]
+async fn install_keeps_a_plugin_within_what_its_dependents_require() {
+    let fx = Fixture::new("install-held");
+    let ranges = |i: &mut Index| {
+        for (dependent, range) in [("a", "^1"), ("c", "^2")] {
+            for e in i.plugins.iter_mut().filter(|e| e.name == dependent) {
+                e.requires
+                    .insert("b".into(), semver::VersionReq::parse(range).unwrap());
+            }
+        }
+    };
+    fx.pack(&fx.plugin_src("b", "1.2.0", ""));
+    fx.pack(&fx.plugin_src("a", "1.0.0", "requires = [\"b\"]\n"));
+    fx.edit_index(ranges);
+    let server = serve(&fx.index_dir()).await;
+    let client = fx.client(&server.uri());
+    client.install("a").await.unwrap();
+    fx.pack(&fx.plugin_src("b", "1.3.0", ""));
+    fx.pack(&fx.plugin_src("b", "2.0.0", ""));
+    fx.pack(&fx.plugin_src("c", "1.0.0", "requires = [\"b\"]\n"));
+    fx.edit_index(ranges);
+
+    let done = client.install("b").await.unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].plugin.version.to_string(), "1.3.0", "the newest `a` allows");
+
+    let artifacts = |paths: Vec<String>| paths.iter().filter(|p| p.contains("artifacts/")).count();
+    let before = artifacts(requested(&server).await);
+    for spec in ["b@2.0.0", "c"] {
+        let err = client.install(spec).await.unwrap_err();
+        assert!(matches!(err, RepoError::HeldBack { .. }), "{spec}: {err}");
+        let text = err.to_string();
+        assert!(text.contains("`a` 1.0.0 requires ^1"), "{spec}: {text}");
+        let b = client.info("b").await.unwrap().installed.unwrap();
+        assert_eq!(b.version.to_string(), "1.3.0", "{spec}");
+    }
+    assert_eq!(artifacts(requested(&server).await), before, "nothing downloaded");
+    assert!(client.info("c").await.unwrap().installed.is_none());
+}
+
 /// Updating everything, a dependent's new version that needs the next major of what it
 /// requires takes both along (dependents are planned first, and what they require is held to
 /// the planned version's range, not the installed one's), whatever the names' order.
