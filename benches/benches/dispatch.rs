@@ -816,14 +816,24 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-/// Resident memory per idle plugin, measured over 1,000 plugins (`DTF_BENCH_MEMORY_PLUGINS`
-/// sets another count).
+/// The number of idle plugins the memory is measured over: 1,000, or
+/// `DTF_BENCH_MEMORY_PLUGINS`.
+fn memory_plugins() -> usize {
+    match std::env::var("DTF_BENCH_MEMORY_PLUGINS") {
+        Err(_) => 1_000,
+        Ok(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|&k| k > 0)
+            .unwrap_or_else(|| {
+                panic!("DTF_BENCH_MEMORY_PLUGINS must be a number of plugins above 0, not {v:?}")
+            }),
+    }
+}
+
+/// Resident memory per idle plugin, measured over [`memory_plugins`] plugins.
 fn memory_per_plugin(rt: &Runtime) -> u64 {
-    let k = std::env::var("DTF_BENCH_MEMORY_PLUGINS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&k| k > 0)
-        .unwrap_or(1_000);
+    let k = memory_plugins();
     rt.block_on(async {
         let m = PluginManager::builder().spawn().await.expect("manager");
         let hook: HookSet = Hook::TaskCompleted.into();
@@ -865,19 +875,28 @@ const MEMORY_LINE: &str = "dtf-bench memory per idle plugin, bytes: ";
 /// mimalloc v3 asks the kernel for 2 MiB pages for its arenas (`madvise`), so its RSS grows in
 /// steps of 2 MiB: over 1,000 plugins a step is 2 KiB per plugin, and the delta counts the
 /// unused rest of the last page it touched. With 4 KiB pages the delta counts what the plugins
-/// touch. glibc's malloc does not ask for huge pages, so there both figures agree. `None` if the
-/// child could not run.
-fn memory_in_small_pages() -> Option<u64> {
-    let exe = std::env::current_exe().ok()?;
+/// touch. glibc's malloc does not ask for huge pages, so there both figures agree. `Err` with
+/// what went wrong if the child could not run or measure.
+fn memory_in_small_pages() -> Result<u64, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("find this binary: {e}"))?;
     let out = std::process::Command::new(exe)
         .env(MEMORY_CHILD, "1")
         .env("MIMALLOC_ALLOW_THP", "0")
         .output()
-        .ok()?;
+        .map_err(|e| format!("start the child process: {e}"))?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix(MEMORY_LINE))
         .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+            format!(
+                "the child process ({}) printed no figure; its stderr ends: {}",
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            )
+        })
 }
 
 /// The load average, recorded with each run (the machine is shared).
@@ -916,17 +935,23 @@ fn main() {
     if extras && benching {
         let m = memory_per_plugin(&rt);
         println!(
-            "memory per idle plugin (1,000 plugins, RSS delta): {:.1} KiB",
+            "memory per idle plugin ({} plugins, RSS delta): {:.1} KiB",
+            memory_plugins(),
             m as f64 / 1024.0
         );
-        let small = memory_in_small_pages();
-        match small {
-            Some(s) => println!(
-                "memory per idle plugin with 4 KiB pages (a child process, MIMALLOC_ALLOW_THP=0): {:.1} KiB",
-                s as f64 / 1024.0
-            ),
-            None => println!("memory per idle plugin with 4 KiB pages: the child process failed"),
-        }
+        let small = match memory_in_small_pages() {
+            Ok(s) => {
+                println!(
+                    "memory per idle plugin with 4 KiB pages (a child process, MIMALLOC_ALLOW_THP=0): {:.1} KiB",
+                    s as f64 / 1024.0
+                );
+                Some(s)
+            }
+            Err(why) => {
+                println!("memory per idle plugin with 4 KiB pages: not measured: {why}");
+                None
+            }
+        };
         mem = Some((m, small));
         // Three rounds: a p99 over 80,000 samples still moves with what else the machine does.
         for round in 1..=3 {
@@ -1120,7 +1145,8 @@ fn main() {
     if let Some((m, small)) = mem {
         let small = small.map_or_else(|| "-".to_owned(), |s| format!("{:.1}", s as f64 / 1024.0));
         println!(
-            "memory per idle plugin: {:.1} KiB ({small} KiB with 4 KiB pages)",
+            "memory per idle plugin ({} plugins): {:.1} KiB ({small} KiB with 4 KiB pages)",
+            memory_plugins(),
             m as f64 / 1024.0
         );
     }

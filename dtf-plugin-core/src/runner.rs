@@ -277,7 +277,9 @@ macro_rules! on_event_guarded {
         let result = match code {
             HANDLED => Ok(()),
             // Boxed: only a handler that waits gets here, and its timer inline would make
-            // every plugin actor's task larger.
+            // every plugin actor's task larger. One allocation per such event (an external
+            // plugin waits for its process's acknowledgement on every event: small next to
+            // that round trip).
             PENDING => Box::pin(finish(fut.as_mut(), $runner.timeout)).await,
             _ => Err(failure.unwrap_or(HookFailure::Panicked(GONE.to_owned()))),
         };
@@ -702,8 +704,9 @@ impl<P: Plugin> Actor for PluginActor<P> {
                 why,
                 reply,
             } => {
-                // Boxed: it runs once per instance, and inline it would make every plugin
-                // actor's task larger by a second drain and the `on_shutdown` hook's future.
+                // Boxed: it runs once per instance, and inline its state (the reply, the
+                // deadline, the `on_shutdown` hook's future) would be part of every plugin
+                // actor's task.
                 Box::pin(state.shut_down(deadline, why, reply)).await?;
                 myself.stop(Some("dtf:shutdown".to_owned()));
             }
