@@ -1432,7 +1432,11 @@ async fn install_keeps_a_plugin_within_what_its_dependents_require() {
 
     let done = client.install("b").await.unwrap();
     assert_eq!(done.len(), 1);
-    assert_eq!(done[0].plugin.version.to_string(), "1.3.0", "the newest `a` allows");
+    assert_eq!(
+        done[0].plugin.version.to_string(),
+        "1.3.0",
+        "the newest `a` allows"
+    );
 
     let artifacts = |paths: Vec<String>| paths.iter().filter(|p| p.contains("artifacts/")).count();
     let before = artifacts(requested(&server).await);
@@ -1444,7 +1448,11 @@ async fn install_keeps_a_plugin_within_what_its_dependents_require() {
         let b = client.info("b").await.unwrap().installed.unwrap();
         assert_eq!(b.version.to_string(), "1.3.0", "{spec}");
     }
-    assert_eq!(artifacts(requested(&server).await), before, "nothing downloaded");
+    assert_eq!(
+        artifacts(requested(&server).await),
+        before,
+        "nothing downloaded"
+    );
     assert!(client.info("c").await.unwrap().installed.is_none());
 }
 
