@@ -873,9 +873,9 @@ const MEMORY_LINE: &str = "dtf-bench memory per idle plugin, bytes: ";
 /// so it cannot be changed in this process).
 ///
 /// mimalloc v3 asks the kernel for 2 MiB pages for its arenas (`madvise`), so its RSS grows in
-/// steps of 2 MiB: over 1,000 plugins a step is 2 KiB per plugin, and the delta counts the
-/// unused rest of the last page it touched. With 4 KiB pages the delta counts what the plugins
-/// touch. glibc's malloc does not ask for huge pages, so there both figures agree. `Err` with
+/// steps of 2 MiB: over 1,000 plugins a step is 2 KiB per plugin, and the delta counts huge
+/// pages that are only partly used (4-7 MiB of them in `benches/README.md`, session 19). With
+/// 4 KiB pages the delta counts what the plugins touch. glibc's malloc does not ask for huge pages, so there both figures agree. `Err` with
 /// what went wrong if the child could not run or measure.
 fn memory_in_small_pages() -> Result<u64, String> {
     let exe = std::env::current_exe().map_err(|e| format!("find this binary: {e}"))?;

@@ -96,18 +96,17 @@ pub enum Wanted {
 }
 
 impl Wanted {
-    /// The same, within the comparators `held` as well.
-    fn within(&self, held: Vec<semver::Comparator>) -> Wanted {
+    /// The same, within the comparators `held` as well; `None` for an exact version (it is
+    /// either allowed or not).
+    fn within(&self, held: Vec<semver::Comparator>) -> Option<Wanted> {
         let asked = match self {
             Wanted::Latest => Vec::new(),
-            Wanted::Exact(v) => semver::Comparator::parse(&format!("={v}"))
-                .map(|c| vec![c])
-                .unwrap_or_default(),
+            Wanted::Exact(_) => return None,
             Wanted::Range(r) => r.comparators.clone(),
         };
-        Wanted::Range(VersionReq {
+        Some(Wanted::Range(VersionReq {
             comparators: [asked, held].concat(),
-        })
+        }))
     }
 
     fn matches(&self, v: &Version) -> bool {
@@ -718,10 +717,10 @@ impl RepoClient {
                 .iter()
                 .flat_map(|h| h.range.comparators.iter().cloned())
                 .collect();
-            (s, entry) = match choose(snapshots, name, &wanted.within(held)) {
-                Ok(found) => found,
+            (s, entry) = match wanted.within(held).map(|w| choose(snapshots, name, &w)) {
+                Some(Ok(found)) => found,
                 // Versions are there, only none that they allow: say who holds it back.
-                Err(RepoError::NoVersion { .. }) => {
+                None | Some(Err(RepoError::NoVersion { .. })) => {
                     return Err(RepoError::HeldBack {
                         name: name.to_owned(),
                         wanted: wanted.to_string(),
@@ -732,7 +731,7 @@ impl RepoClient {
                             .join(", "),
                     });
                 }
-                Err(e) => return Err(e),
+                Some(Err(e)) => return Err(e),
             };
         }
         if !visiting.insert(name.to_owned()) {
