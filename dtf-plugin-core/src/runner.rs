@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::bus::{Item, Slot};
+use crate::bus::{Item, ReconfigureReply, Slot};
 use crate::event::HookSet;
 use crate::plugin::{Plugin, PluginConfig, PluginContext, PluginError, Reconfigured, Stopping};
 
@@ -467,7 +467,7 @@ impl<P: Plugin> Runner<P> {
     async fn reconfigure(
         (plugin, ctx, slot, timeout): (&mut Option<P>, &mut PluginContext, &Slot, Duration),
         config: Arc<PluginConfig>,
-        reply: tokio::sync::oneshot::Sender<Result<Reconfigured, String>>,
+        reply: ReconfigureReply,
     ) -> Result<bool, HookFailure> {
         let old = Arc::clone(ctx.config_arc());
         ctx.set_config(Arc::clone(&config));

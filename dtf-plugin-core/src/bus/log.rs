@@ -345,9 +345,12 @@ pub(crate) enum Item {
     /// A new configuration, applied in order with the events.
     Reconfigure {
         config: Arc<PluginConfig>,
-        reply: oneshot::Sender<Result<crate::plugin::Reconfigured, String>>,
+        reply: ReconfigureReply,
     },
 }
+
+/// Where a configuration change is answered: what the plugin did with it, or why it failed.
+pub(crate) type ReconfigureReply = oneshot::Sender<Result<crate::plugin::Reconfigured, String>>;
 
 impl Item {
     /// The same events, holding their batches rather than a segment (a run becomes one item per

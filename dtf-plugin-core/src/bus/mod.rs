@@ -35,8 +35,8 @@ mod slot;
 
 pub(crate) use group::Group;
 use group::*;
-pub(crate) use log::Item;
 use log::*;
+pub(crate) use log::{Item, ReconfigureReply};
 use read::*;
 pub use slot::DeadLetter;
 pub(crate) use slot::Slot;
