@@ -311,7 +311,8 @@ impl PluginContext {
     /// [`bus`](Self::bus) for why). It may go past a subscriber's queue capacity, up to
     /// 8 times it; beyond that it fails, so plugins that react to each other in a loop cannot
     /// grow memory without bound. A subscriber with [`crate::OverflowPolicy::DropNewest`]
-    /// drops it at its capacity, as any other event. Control events are never refused.
+    /// drops it at its capacity, as any other event. Control events published here obey the
+    /// same bound (they go past every capacity only when published from outside the plugins).
     ///
     /// # Errors
     ///

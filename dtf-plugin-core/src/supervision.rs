@@ -8,7 +8,8 @@ use tokio::time::Instant;
 /// At most `max_restarts` restarts within any `window`; one more failure disables the plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestartBudget {
-    /// Restarts allowed within the window. Default 5.
+    /// Restarts allowed within the window. Default 5. `u32::MAX` is no limit at all
+    /// ([`RestartBudget::unlimited`]; `"unlimited"` in a configuration file).
     pub max_restarts: u32,
     /// The sliding window. Default 30 s.
     pub window: Duration,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use dtf_plugin_core::config::{ConfigLoader, IssueKind, Origin, check};
 use dtf_plugin_core::prelude::*;
 use dtf_plugin_core::testing::RecordingPlugin;
-use dtf_plugin_core::{OverflowPolicy, PluginRegistry, RegistryEntry, Secret};
+use dtf_plugin_core::{OverflowPolicy, PluginRegistry, RegistryEntry, RestartBudget, Secret};
 use proptest::prelude::*;
 
 /// A notifier-like plugin with a typed configuration holding a secret.
@@ -244,6 +244,20 @@ const CASES: &[Case] = &[
         "[manager.restart_budget]\nwindow = \"soon\"\n",
         &[
             "dtf.toml:2:10: manager.restart_budget.window: not a duration: use a number with a unit: ms, s, m or h (e.g. \"30s\")",
+        ],
+    ),
+    case(
+        "restart budget past the largest count",
+        "[manager.restart_budget]\nmax_restarts = 4294967295\n",
+        &[
+            "dtf.toml:2:16: manager.restart_budget.max_restarts: invalid value 4294967295: must be at most 4294967294; for no limit write \"unlimited\"",
+        ],
+    ),
+    case(
+        "restart budget as a word other than unlimited",
+        "[manager.restart_budget]\nmax_restarts = \"many\"\n",
+        &[
+            "dtf.toml:2:16: manager.restart_budget.max_restarts: wrong type: expected an integer or \"unlimited\", found string",
         ],
     ),
     case(
@@ -597,6 +611,26 @@ async fn secrets_never_reach_logs_or_errors() {
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("plugin started"), "nothing captured:\n{logs}");
     assert_no_secret(&logs);
+}
+
+#[test]
+fn an_unlimited_restart_budget_is_written_as_a_word_and_printed_back_so() {
+    let config = ConfigLoader::new()
+        .source(
+            "dtf.toml",
+            "[manager]\nrestart_budget = { max_restarts = \"unlimited\", window = \"10s\" }\n",
+        )
+        .env_vars([])
+        .load()
+        .unwrap();
+    let budget = config.manager_config().restart_budget;
+    assert_eq!(budget.max_restarts, RestartBudget::unlimited().max_restarts);
+    assert_eq!(budget.window, Duration::from_secs(10));
+    let printed = config.to_redacted_toml(None);
+    assert!(
+        printed.contains("max_restarts = \"unlimited\""),
+        "printed:\n{printed}"
+    );
 }
 
 #[tokio::test]

@@ -45,7 +45,8 @@ pub(crate) use slot::Slot;
 ///
 /// Control events ([`Hook::is_control`]) are exempt: they are always enqueued, even past the
 /// capacity. Events published from inside a plugin ([`crate::PluginContext::publish`]) never
-/// wait: under `Backpressure` they may go past the capacity, up to 8 times it, and then fail.
+/// wait: under `Backpressure` they may go past the capacity, up to 8 times it, and then fail,
+/// control events included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -388,7 +389,13 @@ impl BusInner {
             let h = e.hook();
             (m.with(h), c || h.is_control())
         });
-        let bounded = bound != Bound::Unbounded && !control;
+        // Control events go past every capacity, except a plugin's own: a reaction loop of
+        // them is as unbounded as any other.
+        let bounded = match bound {
+            Bound::Unbounded => false,
+            Bound::Reaction => true,
+            Bound::Wait | Bound::Try => !control,
+        };
         let headroom = if bound == Bound::Reaction {
             REACTION_HEADROOM
         } else {

@@ -500,7 +500,11 @@ fn defaults_tree(c: &ManagerConfig) -> Node {
             table(vec![
                 (
                     "max_restarts",
-                    int(u64::from(c.restart_budget.max_restarts)),
+                    if c.restart_budget.max_restarts == u32::MAX {
+                        s("unlimited")
+                    } else {
+                        int(u64::from(c.restart_budget.max_restarts))
+                    },
                 ),
                 ("window", dur(c.restart_budget.window)),
             ]),

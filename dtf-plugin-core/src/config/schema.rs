@@ -308,13 +308,47 @@ impl Reader<'_> {
         let t = self.table(node, &path)?;
         self.unknown_keys(t, &path, BUDGET_KEYS);
         let mut b = RestartBudget::default();
-        if let Some(n) = self.uint(t, &path, "max_restarts", 0) {
-            b.max_restarts = u32::try_from(n).unwrap_or(u32::MAX);
+        if let Some(n) = self.max_restarts(t, &path) {
+            b.max_restarts = n;
         }
         if let Some(d) = self.duration(t, &path, "window") {
             b.window = d;
         }
         Some(b)
+    }
+
+    /// `max_restarts`: a count below `u32::MAX` (which [`RestartBudget::unlimited`] stands
+    /// for), or `"unlimited"`. A larger count is refused, not taken as no limit.
+    fn max_restarts(&mut self, t: &BTreeMap<String, Node>, prefix: &str) -> Option<u32> {
+        let node = t.get("max_restarts")?;
+        match &node.value {
+            Value::String(s) if s == "unlimited" => {
+                return Some(RestartBudget::unlimited().max_restarts);
+            }
+            Value::Integer(_) => {}
+            _ => {
+                let path = join(prefix, "max_restarts");
+                self.wrong_type(&path, node, "an integer or \"unlimited\"");
+                return None;
+            }
+        }
+        let n = self.uint(t, prefix, "max_restarts", 0)?;
+        match u32::try_from(n) {
+            Ok(n) if n < u32::MAX => Some(n),
+            _ => {
+                let path = join(prefix, "max_restarts");
+                self.push(
+                    IssueKind::InvalidValue,
+                    &path,
+                    &node.at,
+                    format!(
+                        "invalid value {n}: must be at most {}; for no limit write \"unlimited\"",
+                        u32::MAX - 1
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn backoff(&mut self, t: &BTreeMap<String, Node>, prefix: &str) -> Option<Backoff> {
