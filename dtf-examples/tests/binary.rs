@@ -212,12 +212,23 @@ fn sigterm_and_wait(
     child: &mut std::process::Child,
     context: impl Fn() -> String,
 ) -> std::process::ExitStatus {
+    signal_and_wait(child, "TERM", 400, context)
+}
+
+/// Sends `signal` (`TERM`, `HUP`, …) to `child` and waits up to `ticks` × 50 ms for it to
+/// exit.
+fn signal_and_wait(
+    child: &mut std::process::Child,
+    signal: &str,
+    ticks: u32,
+    context: impl Fn() -> String,
+) -> std::process::ExitStatus {
     let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(sent.success());
-    for _ in 0..400 {
+    for _ in 0..ticks {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
@@ -225,14 +236,25 @@ fn sigterm_and_wait(
     }
     let _ = child.kill();
     panic!(
-        "the coordinator did not stop within 20 s of SIGTERM\n{}",
+        "the coordinator did not stop within {} ms of SIG{signal}\n{}",
+        ticks * 50,
         context()
     );
 }
 
 #[test]
 fn sigterm_stops_the_run_like_ctrl_c_kills_the_tasks_and_writes_the_report() {
-    let dir = std::env::temp_dir().join(format!("dtf-sigterm-{}", std::process::id()));
+    a_stop_signal_stops_the_run_like_ctrl_c("TERM");
+}
+
+/// SIGHUP (the terminal closed) is a stop signal too.
+#[test]
+fn sighup_stops_the_run_like_ctrl_c_kills_the_tasks_and_writes_the_report() {
+    a_stop_signal_stops_the_run_like_ctrl_c("HUP");
+}
+
+fn a_stop_signal_stops_the_run_like_ctrl_c(signal: &str) {
+    let dir = std::env::temp_dir().join(format!("dtf-sig{signal}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let pid_file = dir.join("pid");
@@ -257,7 +279,7 @@ fn sigterm_stops_the_run_like_ctrl_c_kills_the_tasks_and_writes_the_report() {
     let task_pid = task_pid.trim().to_owned();
     assert!(!task_pid.is_empty(), "the task never started");
     assert!(alive(&task_pid));
-    let status = sigterm_and_wait(&mut child, String::new);
+    let status = signal_and_wait(&mut child, signal, 400, String::new);
     // Interrupted with a task unfinished: not a pass, and not killed by the signal either.
     assert_eq!(status.code(), Some(1), "{status:?}");
     let report = std::fs::read_to_string(&junit).expect("the JUnit report was written");
@@ -616,6 +638,110 @@ fn a_killed_coordinator_leaves_no_plugin_process_behind() {
         gone,
         "5 s after the coordinator was killed: plugin running {p}, its setsid child running {g}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A second stop signal exits at once, with code 130, while the first one's shutdown waits:
+/// here for an external plugin that ignores `shutdown` and has 30 s to exit. The plugin does
+/// not outlive the exit (the task watchdog's path, as for a kill).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_second_stop_signal_exits_at_once_with_130() {
+    let dir = std::env::temp_dir().join(format!("dtf-second-signal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let folder = dir.join("plugins/stubborn");
+    std::fs::create_dir_all(&folder).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/py-echo/plugin.py");
+    std::fs::copy(script, folder.join("plugin.py")).unwrap();
+    std::fs::write(
+        folder.join("run.sh"),
+        "echo $$ > \"$DTF_PLUGIN_DIR/plugin.pid\"\nexec python3 plugin.py --ignore-shutdown\n",
+    )
+    .unwrap();
+    std::fs::write(
+        folder.join("plugin.toml"),
+        "name = \"stubborn\"\nversion = \"0.1.0\"\nkind = \"monitoring\"\n\
+         hooks = [\"task_created\"]\nprotocol = 1\ncommand = \"sh\"\nargs = [\"run.sh\"]\n\
+         shutdown_grace = \"30s\"\n",
+    )
+    .unwrap();
+    let config = dir.join("dtf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "plugin_dirs = [{:?}]\n[manager]\nhandler_timeout = \"60s\"\nshutdown_timeout = \"60s\"\n",
+            dir.join("plugins").display().to_string()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("coordinator.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dtf-coordinator"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--task", "sleep 60"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let context = || std::fs::read_to_string(&log).unwrap_or_default();
+    // The plugin has started once its pid is written (bounded: 20 s).
+    let mut plugin = String::new();
+    for _ in 0..400 {
+        plugin = std::fs::read_to_string(folder.join("plugin.pid"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        if !plugin.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        !plugin.is_empty(),
+        "the plugin never started\n{}",
+        context()
+    );
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    // The first signal's shutdown waits for the plugin, up to its 30 s grace: until the log
+    // says it is stopping, and then 1 s more, the coordinator is still running.
+    let mut stopping = false;
+    for _ in 0..400 {
+        if context().contains("stopping the run") {
+            stopping = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(stopping, "the first signal was not taken\n{}", context());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal's shutdown did not wait for the plugin\n{}",
+        context()
+    );
+    // The second one: out within 5 s, with 130.
+    let status = signal_and_wait(&mut child, "TERM", 100, context);
+    let mut gone = false;
+    for _ in 0..100 {
+        if !runs(&plugin) {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = Command::new("kill").args(["-KILL", &plugin]).status();
+    assert_eq!(status.code(), Some(130), "{status:?}\n{}", context());
+    assert!(
+        context().contains("second signal: exiting at once"),
+        "{}",
+        context()
+    );
+    assert!(gone, "the plugin {plugin} outlived the exit by 5 s");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
