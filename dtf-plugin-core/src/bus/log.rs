@@ -87,9 +87,17 @@ impl Cells {
 }
 
 /// Most emptied cell arrays a bus keeps for its next segments: 1 MiB at most, as many as a
-/// reader that lags a full default queue (8,192 single events) behind holds. None in the
-/// model check, which explores the log's handshakes, not the allocator's.
-const SPARES: usize = if MODEL { 0 } else { 64 };
+/// reader that lags a full default queue (8,192 single events) behind holds. One in the
+/// shuttle model check, so that its scenarios reuse arrays (a cell left written in a reused
+/// array would be read as a new event); none under loom, where the pool's lock-protected
+/// hand-over would only add executions.
+const SPARES: usize = if cfg!(dtf_shuttle) {
+    1
+} else if MODEL {
+    0
+} else {
+    64
+};
 
 /// Most handled events a bus keeps for its publishers to drop ([`Spare`]): as many as a full
 /// default queue (8,192). Readers let go of segments in bursts (a reader a full queue behind
@@ -103,7 +111,13 @@ const SPARES: usize = if MODEL { 0 } else { 64 };
 /// while it is kept every other freed segment, small ones too, is freed wherever it is let
 /// go of. Freed by the reader that let go of it
 /// last, it stalled that reader for milliseconds (`benches/README.md`, session 18).
-pub(super) const GRAVE_EVENTS: usize = if MODEL { 0 } else { 8 * 1024 };
+pub(super) const GRAVE_EVENTS: usize = if cfg!(dtf_shuttle) {
+    SEGMENT
+} else if MODEL {
+    0
+} else {
+    8 * 1024
+};
 
 /// What freed segments leave behind, kept by the bus for its publishers: the cell arrays,
 /// emptied, for the next segments, and the cells' handled batches, which publishers drop one
@@ -138,6 +152,10 @@ pub(crate) struct Spare {
     /// Cell arrays allocated afresh, for the test that they are reused.
     #[cfg(test)]
     pub(super) fresh: std::sync::atomic::AtomicUsize,
+    /// The bus's segments whose cells are alive (every segment holds this `Spare`), for the
+    /// tests that a reader does not pin the log. Per bus, so tests can run side by side.
+    #[cfg(test)]
+    pub(super) live: std::sync::atomic::AtomicUsize,
 }
 
 /// What [`Spare`] keeps, under its lock.
@@ -186,6 +204,13 @@ impl Spare {
             return grave;
         }
         pool.grave_events += events;
+        // The model check's invariant for the pool (shuttle): what it holds stays within the
+        // bound, or is the one segment it may hold beyond it.
+        #[cfg(dtf_shuttle)]
+        assert!(
+            pool.grave_events <= GRAVE_EVENTS.max(events),
+            "the pool holds more handled events than its bound"
+        );
         pool.graves.push((grave, events));
         self.has_graves
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -237,7 +262,7 @@ impl Spare {
 impl Drop for Cells {
     fn drop(&mut self) {
         #[cfg(test)]
-        LIVE_SEGMENTS.fetch_sub(1, Ordering::SeqCst);
+        self.spare.live.fetch_sub(1, Ordering::SeqCst);
         let mut slots = std::mem::take(&mut self.slots);
         if slots.len() != SEGMENT || SPARES == 0 {
             return;
@@ -258,18 +283,23 @@ impl Drop for Cells {
     }
 }
 
-/// Segments whose cells are alive, for the test that a slow reader does not pin the log.
-#[cfg(test)]
-pub(super) static LIVE_SEGMENTS: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(0);
-
 impl Segment {
     /// A segment starting at log position `base`, with emptied cells from `spare` if it has
     /// any.
     pub(super) fn new(base: u64, spare: &Arc<Spare>) -> Arc<Self> {
         #[cfg(test)]
-        LIVE_SEGMENTS.fetch_add(1, Ordering::SeqCst);
-        let slots = spare.take().unwrap_or_else(|| {
+        spare.live.fetch_add(1, Ordering::SeqCst);
+        let slots = spare.take();
+        // The model check's invariant for reused arrays (shuttle): every cell was emptied, or
+        // a reader would take what it held for a new event.
+        #[cfg(dtf_shuttle)]
+        if let Some(slots) = &slots {
+            assert!(
+                slots.iter().all(|c| c.0.get().is_none()),
+                "a reused cell array still holds a cell"
+            );
+        }
+        let slots = slots.unwrap_or_else(|| {
             #[cfg(test)]
             spare.fresh.fetch_add(1, Ordering::SeqCst);
             (0..SEGMENT).map(|_| Padded(OnceLock::new())).collect()

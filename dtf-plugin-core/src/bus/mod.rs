@@ -77,6 +77,10 @@ impl fmt::Debug for Bus {
 
 pub(crate) struct BusInner {
     state: Mutex<BusState>,
+    /// The same as `state.spare`, for the tests' count of this bus's live segments without
+    /// the lock (an extra lock would be explored by the model checkers).
+    #[cfg(test)]
+    spare: Arc<Spare>,
 }
 
 struct BusState {
@@ -173,10 +177,12 @@ impl Bus {
                     groups: Vec::new(),
                     room: 0,
                     room_backoff: 0,
-                    spare,
+                    spare: Arc::clone(&spare),
                     grave: Vec::new(),
                     retired: None,
                 }),
+                #[cfg(test)]
+                spare,
             }),
             source: Arc::from(source),
         }
@@ -474,7 +480,7 @@ impl BusInner {
                 switch();
                 let _ = state.tail.next.set(Arc::clone(&next));
                 let old = std::mem::replace(&mut state.tail, next);
-                // Let go of by `attempt` after the lock (`close_with` leaves it for the next).
+                // Let go of by `attempt` (or `close_with`) after the lock.
                 drop(state.retired.replace(old));
                 // Once per segment: no slow reader may pin an unbounded stretch of the log.
                 for slot in &state.all {
@@ -525,6 +531,12 @@ impl BusInner {
             }
         }
         Attempt::Published(first..first + n as u64)
+    }
+
+    /// This bus's segments whose cells are alive (for the tests that no reader pins the log).
+    #[cfg(test)]
+    pub(crate) fn live_segments(&self) -> usize {
+        self.spare.live.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The last sequence number handed out (0 before the first event).
@@ -589,10 +601,7 @@ impl BusInner {
             self.unroute(&slot);
             slot.release();
         }
-        // Handled events kept for publishers to drop: none will come. The segment the last
-        // publish (`close_with`'s) moved past first, so that its events are not kept either.
-        let retired = self.lock().retired.take();
-        drop(retired);
+        // Handled events kept for publishers to drop: none will come.
         let dropped = {
             let mut state = self.lock();
             (
@@ -620,6 +629,10 @@ impl BusInner {
             _ => None,
         };
         state.closed = true;
+        // The segment this publish moved past, if it did: no later publish will let go of it.
+        let retired = state.retired.take();
+        drop(state);
+        drop(retired);
         seq
     }
 
