@@ -299,6 +299,127 @@ fn a_stop_signal_stops_the_run_like_ctrl_c(signal: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An HTTP server on 127.0.0.1 for the notifier's webhook: it answers every request `200` and
+/// keeps each body, in order. Plain `std`: one thread per connection, keep-alive served.
+struct Hooks {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Hooks {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&bodies);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let kept = std::sync::Arc::clone(&kept);
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream);
+                    loop {
+                        // The request line and headers, then `Content-Length` bytes of body.
+                        let mut length = 0usize;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some((name, value)) = line.split_once(':') {
+                                if name.eq_ignore_ascii_case("content-length") {
+                                    length = value.trim().parse().unwrap_or(0);
+                                }
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        kept.lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&body).into_owned());
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        if reader.get_mut().write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { url, bodies }
+    }
+
+    fn bodies(&self) -> Vec<String> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+/// SIGTERM flushes the notifications: what the notifier holds (it groups events for a while
+/// before sending) and its message that the coordinator is shutting down reach its webhook (a
+/// server on 127.0.0.1) before the coordinator exits.
+#[test]
+fn sigterm_flushes_the_notifications_before_the_coordinator_exits() {
+    let hooks = Hooks::start();
+    let dir = std::env::temp_dir().join(format!("dtf-sigterm-notify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("dtf.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins.notify.settings]\nchannels = [{{ type = \"webhook\", url = \"{}\" }}]\n",
+            hooks.url
+        ),
+    )
+    .unwrap();
+    let log = dir.join("coordinator.log");
+    let pid_file = dir.join("pid");
+    let task = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dtf-coordinator"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--task", &task, "--progress", "never"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let context = || {
+        format!(
+            "log:\n{}\nbodies: {:?}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            hooks.bodies()
+        )
+    };
+    // The task runs once it wrote its pid (bounded: 20 s).
+    let mut started = false;
+    for _ in 0..400 {
+        if std::fs::read_to_string(&pid_file).is_ok_and(|p| !p.trim().is_empty()) {
+            started = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(started, "the task never started\n{}", context());
+    let status = sigterm_and_wait(&mut child, context);
+    assert_eq!(status.code(), Some(1), "{status:?}\n{}", context());
+    let bodies = hooks.bodies();
+    for kind in ["coordinator_startup", "coordinator_shutdown"] {
+        assert!(
+            bodies.iter().any(|b| b.contains(kind)),
+            "no {kind} notification was sent before the exit\n{}",
+            context()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// SIGTERM while the coordinator waits for remote workers stops the run: the task is reported
 /// cancelled in the JUnit file and the coordinator exits 1. Before, the signal only ended the
 /// wait: the run went on to create its task, which no worker could take, and hung (a second
