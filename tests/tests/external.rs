@@ -347,6 +347,76 @@ async fn bytes_that_are_not_utf8_on_stderr_do_not_break_the_plugin() {
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
 }
 
+/// A plugin's stderr reaches the log at most at its rate (a burst of 200 lines, then 50 a
+/// second), and every line over it is counted in a `suppressed` figure: one flooding plugin
+/// wrote 1.8 GB of log in 14 s before. 5,000 lines at once are each either logged or counted.
+#[tokio::test]
+async fn a_flood_of_stderr_lines_is_rate_limited_and_counted() {
+    let captured = captured_logs();
+    let dir = temp_dir("stderr-flood");
+    write_plugin(&dir, "gusher", "", &[]);
+    let mut registry = PluginRegistry::new();
+    external::register_dirs(&mut registry, std::slice::from_ref(&dir));
+    let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
+    let started = std::time::Instant::now();
+    let manager = PluginManager::builder()
+        .spec(spec_from(&registry, "gusher"))
+        .spec(rec)
+        .spawn()
+        .await
+        .unwrap();
+    for task in ["stderr-flood", "t2"] {
+        manager
+            .publish(EventKind::task_created(task, "x"))
+            .await
+            .unwrap();
+    }
+    flushed(&manager).await;
+    // The plugin went on working through its flood.
+    assert_eq!(tasks(&recording, "gusher"), ["stderr-flood", "t2"]);
+    let report = manager.shutdown(ShutdownReason::Completed).await;
+    assert!(report.clean, "{report:?}");
+    // Lines logged, and lines counted over the rate.
+    let count = || {
+        let all = captured.text();
+        let ours: Vec<String> = all
+            .lines()
+            .filter(|l| l.contains("plugin=\"gusher\"") || l.contains("plugin=gusher"))
+            .map(str::to_owned)
+            .collect();
+        let logged = ours.iter().filter(|l| l.contains("stderr flood ")).count();
+        let suppressed: usize = ours
+            .iter()
+            .filter(|l| l.contains("stderr lines over the rate limit"))
+            .map(|l| {
+                let n = l.split("suppressed=").nth(1).expect("a count");
+                n.split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap()
+            })
+            .sum();
+        (logged, suppressed, ours)
+    };
+    // The reader logs its last count when the stderr pipe closes, which may come just after
+    // the shutdown returns (bounded: 10 s).
+    let mut waited = 0;
+    while count().0 + count().1 < 5_000 && waited < 200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (logged, suppressed, ours) = count();
+    assert_eq!(logged + suppressed, 5_000, "{}", ours.join("\n"));
+    assert!(suppressed > 0, "nothing was suppressed");
+    let bound = 200.0 + 50.0 * elapsed;
+    assert!(
+        (logged as f64) <= bound,
+        "{logged} stderr lines logged in {elapsed:.1} s (at most {bound:.0})"
+    );
+}
+
 /// A plugin's `log` messages reach the log at the rate its stderr does (a burst, then 50 a
 /// second), and the rest are counted: 5,000 messages at once are not 5,000 lines of our log.
 /// Each one is either logged or counted in a `suppressed` figure.

@@ -10,7 +10,8 @@ stdout (see docs/external-plugins.md):
 For every event it receives, this plugin publishes a custom event `<name>.received` with
 the hook, the event's sequence number and the task id, then acknowledges the event. The
 tests drive its failure modes through task ids (`stderr-bytes` writes bytes that are not UTF-8 to
-stderr and carries on; `log-flood` sends 5,000 `log` messages, then carries on): a task named
+stderr and carries on; `log-flood` sends 5,000 `log` messages, then carries on; `stderr-flood`
+writes 5,000 lines to stderr, then carries on): a task named
 `crash` makes it exit, `garbage`
 makes it write a line that is not JSON, `hang` makes it stop answering, `fail` makes it
 answer with an error.
@@ -85,6 +86,10 @@ def main():
             if task == "log-flood":
                 for i in range(5000):
                     log("info", "flood %d" % i)
+            if task == "stderr-flood":
+                for i in range(5000):
+                    sys.stderr.write("stderr flood %d\n" % i)
+                sys.stderr.flush()
             if task == "fail":
                 send({"type": "error", "id": message["id"], "message": "cannot handle task fail"})
                 continue
