@@ -10,8 +10,15 @@ use std::time::Duration;
 use dtf_plugin_core::config::{ConfigLoader, IssueKind, Origin, check};
 use dtf_plugin_core::prelude::*;
 use dtf_plugin_core::testing::RecordingPlugin;
-use dtf_plugin_core::{OverflowPolicy, PluginRegistry, RegistryEntry, RestartBudget, Secret};
+use dtf_plugin_core::{
+    OverflowPolicy, PluginRegistry, PluginStatus, PublishError, RegistryEntry, RestartBudget,
+    Secret,
+};
 use proptest::prelude::*;
+use tokio::sync::watch;
+
+mod common;
+use common::{Action, Probe};
 
 /// A notifier-like plugin with a typed configuration holding a secret.
 #[derive(Debug, serde::Deserialize)]
@@ -631,6 +638,86 @@ fn an_unlimited_restart_budget_is_written_as_a_word_and_printed_back_so() {
         printed.contains("max_restarts = \"unlimited\""),
         "printed:\n{printed}"
     );
+}
+
+/// A plugin's own section sets its queue capacity, handler timeout, restart budget and backoff
+/// (`Config::with_overrides`, through which `dtf-coordinator` passes its built-in scheduler as
+/// well as every configured plugin): each key is seen at work, against the manager's defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_section_sets_its_capacity_timeout_budget_and_backoff() {
+    let config = ConfigLoader::new()
+        .source(
+            "dtf.toml",
+            r#"
+            [plugins.gated]
+            queue_capacity = 1
+            [plugins.slow]
+            handler_timeout = "50ms"
+            restart_budget = { max_restarts = 0, window = "1m" }
+            [plugins.failing]
+            backoff = { initial = "1h", max = "1h" }
+            "#,
+        )
+        .env_vars([])
+        .load()
+        .unwrap();
+    let (gate, rx) = watch::channel(false);
+    let gated = Probe::new("gated", Hook::Custom).behaving(move |_| Action::Gate(rx.clone()));
+    let slow =
+        Probe::new("slow", Hook::TaskCreated).behaving(|_| Action::Sleep(Duration::from_secs(5)));
+    let failing = Probe::new("failing", Hook::TaskCreated).behaving(|_| Action::Fail);
+    let mut builder = PluginManager::builder().config(config.manager_config().clone());
+    for probe in [&gated, &slow, &failing] {
+        builder = builder.spec(config.with_overrides(&probe.name, probe.spec()));
+    }
+    let manager = builder.spawn().await.unwrap();
+    let status = |name: &'static str| {
+        let manager = &manager;
+        async move {
+            let list = manager.list().await.unwrap();
+            list.into_iter().find(|p| p.name == name).unwrap()
+        }
+    };
+
+    // Capacity 1: with one event in the gated plugin's hand, the next one finds no room (the
+    // default capacity has plenty).
+    manager
+        .publish(EventKind::custom("first", serde_json::Value::Null))
+        .await
+        .unwrap();
+    let refused = manager
+        .bus()
+        .try_publish(EventKind::custom("second", serde_json::Value::Null));
+    match refused {
+        Err(PublishError::Full { plugin, .. }) => assert_eq!(plugin, "gated"),
+        other => panic!("capacity 1 not applied: {other:?}"),
+    }
+
+    // A 50 ms handler timeout (the default is 30 s) and no restarts (the default is 5): the
+    // slow plugin is disabled after its first event. Backoff of an hour (the default starts at
+    // 100 ms): the failing plugin is still waiting to restart half a second later.
+    manager
+        .publish(EventKind::task_created("t1", "x"))
+        .await
+        .unwrap();
+    let mut disabled = false;
+    for _ in 0..200 {
+        if status("slow").await.status == PluginStatus::Disabled {
+            disabled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(disabled, "{:?}", status("slow").await);
+    let error = status("slow").await.last_error.unwrap_or_default();
+    assert!(error.contains("did not finish within 50ms"), "{error}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let info = status("failing").await;
+    assert_eq!(info.status, PluginStatus::Restarting, "{info:?}");
+    assert_eq!(info.stats.restarts, 0, "{info:?}");
+
+    gate.send(true).unwrap();
+    manager.shutdown(ShutdownReason::Completed).await;
 }
 
 #[tokio::test]
