@@ -490,6 +490,78 @@ async fn the_final_report_does_not_wait_behind_a_hung_live_update() {
     manager.shutdown(ShutdownReason::Completed).await;
 }
 
+/// A run whose GitHub answers say `remaining` calls are left until `reset` (seconds from
+/// now, negative for a window already over), with live updates every 50 ms: the live updates
+/// and conclusions the server got.
+async fn live_updates_under_a_rate_limit(remaining: u64, reset: i64) -> (usize, usize) {
+    let server = MockServer::start().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let limited = |status: u16| {
+        ResponseTemplate::new(status)
+            .set_body_json(json!({ "id": 9 }))
+            .insert_header("x-ratelimit-limit", "1000")
+            .insert_header("x-ratelimit-remaining", remaining.to_string().as_str())
+            .insert_header("x-ratelimit-reset", (now + reset).to_string().as_str())
+    };
+    Mock::given(method("POST"))
+        .and(path("/repos/acme/widgets/check-runs"))
+        .respond_with(limited(201))
+        .mount(&server)
+        .await;
+    Mock::given(method("PATCH"))
+        .and(path("/repos/acme/widgets/check-runs/9"))
+        .respond_with(limited(200))
+        .mount(&server)
+        .await;
+    let config = github_config(
+        &server,
+        json!({
+            "update_interval_ms": 50,
+            "github": { "status": false, "comment": false },
+        }),
+    );
+    let spec = PluginSpec::new(move || CiApiReporter::with_env(github_env())).config(config);
+    let manager = PluginManager::builder().spec(spec).spawn().await.unwrap();
+    manager
+        .publish(EventKind::coordinator_startup("run-1"))
+        .await
+        .unwrap();
+    for i in 0..6 {
+        manager
+            .publish(EventKind::task_created(format!("t{i}"), "a::b"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    let report = manager.shutdown(ShutdownReason::Completed).await;
+    assert!(report.clean, "{report:?}");
+    let patches = bodies(&server, "PATCH", "/repos/acme/widgets/check-runs/9").await;
+    let live = patches.iter().filter(|b| b.get("status").is_none()).count();
+    let concluded = patches
+        .iter()
+        .filter(|b| b.get("conclusion").is_some())
+        .count();
+    (live, concluded)
+}
+
+/// Live updates pause while GitHub says fewer than 100 calls are left of the token's hour (a
+/// `GITHUB_TOKEN` has 1,000, shared by every job of the repository), so that the conclusion
+/// still gets through; with room, or once the window has reset, they go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_live_updates_pause_when_the_rate_limit_is_nearly_spent() {
+    let (live, concluded) = live_updates_under_a_rate_limit(40, 3_600).await;
+    assert_eq!((live, concluded), (0, 1), "40 calls left until the reset");
+    let (live, concluded) = live_updates_under_a_rate_limit(900, 3_600).await;
+    assert!(live >= 2, "900 calls left: {live} live updates");
+    assert_eq!(concluded, 1);
+    let (live, concluded) = live_updates_under_a_rate_limit(40, -10).await;
+    assert!(live >= 2, "the window is over: {live} live updates");
+    assert_eq!(concluded, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_annotations_go_fifty_per_request() {
     let server = MockServer::start().await;

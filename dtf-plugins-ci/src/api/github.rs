@@ -19,6 +19,12 @@ use crate::run::{RunResult, TaskStatus, Verdict, format_utc};
 pub(crate) const ANNOTATIONS_PER_REQUEST: usize = 50;
 /// GitHub's limit on `output.summary` and comment bodies.
 const TEXT_LIMIT: usize = 65_535;
+/// Calls of the token's rate limit that live updates leave to the final report: below this
+/// many left (`X-RateLimit-Remaining`, until `X-RateLimit-Reset`), live updates pause. The
+/// final report needs a few (the conclusion, the commit status, annotations 50 per call, the
+/// comment), and a `GITHUB_TOKEN` shares its 1,000 calls an hour with every job of the
+/// repository.
+pub(crate) const LIVE_RESERVE: u64 = 100;
 
 #[derive(Debug)]
 pub(crate) struct Github {
@@ -34,6 +40,8 @@ pub(crate) struct Github {
     check_run: Option<u64>,
     /// Creating the check run failed on something that may pass later: tried again.
     create_again: bool,
+    /// Live updates are paused for the rate limit ([`LIVE_RESERVE`]): said once per pause.
+    paused: bool,
 }
 
 impl Github {
@@ -93,6 +101,7 @@ impl Github {
             comment,
             check_run: None,
             create_again: false,
+            paused: false,
         })
     }
 
@@ -182,6 +191,24 @@ impl Github {
             self.create_check_run(http, run).await;
         }
         let Some(id) = self.check_run else { return };
+        match http.rate_low("github", LIVE_RESERVE) {
+            Some(remaining) => {
+                if !self.paused {
+                    tracing::warn!(
+                        remaining,
+                        reserve = LIVE_RESERVE,
+                        "GitHub's rate limit is nearly spent: live updates pause until it resets; the final report keeps its calls"
+                    );
+                    self.paused = true;
+                }
+                return;
+            }
+            None if self.paused => {
+                tracing::info!("GitHub's rate limit has room again: live updates resume");
+                self.paused = false;
+            }
+            None => {}
+        }
         let url = format!("{}/check-runs/{id}", self.api);
         let body = json!({ "output": Self::output(run, &[], true) });
         let _ = self.send(http, patch(&url, body).once()).await;

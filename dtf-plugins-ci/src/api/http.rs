@@ -120,6 +120,17 @@ pub(crate) struct HttpCore {
     /// rate limit, a connection error, after its retries), rather than one that will not (a
     /// 4xx, a request that cannot be built).
     transient: bool,
+    /// What each service (the part of a call's target before the dot) last said of its
+    /// primary rate limit (`X-RateLimit-Remaining`, `X-RateLimit-Reset`), from any answer.
+    budgets: BTreeMap<&'static str, RateBudget>,
+}
+
+/// Calls left in a service's rate-limit window, and when the window resets.
+#[derive(Debug, Clone, Copy)]
+struct RateBudget {
+    remaining: u64,
+    /// Seconds since the epoch (`X-RateLimit-Reset`); `None` when not given.
+    reset: Option<u64>,
 }
 
 impl HttpCore {
@@ -146,7 +157,21 @@ impl HttpCore {
             stats,
             jitter: Jitter::default(),
             transient: false,
+            budgets: BTreeMap::new(),
         })
+    }
+
+    /// The calls left in `service`'s rate-limit window when it said that fewer than `reserve`
+    /// are and the window has not reset since; `None` otherwise. Live updates stop then, so
+    /// that the final report still has calls to make.
+    pub(crate) fn rate_low(&self, service: &str, reserve: u64) -> Option<u64> {
+        let budget = self.budgets.get(service)?;
+        let reset_passed = budget.reset.is_some_and(|at| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .is_ok_and(|now| now.as_secs() >= at)
+        });
+        (budget.remaining < reserve && !reset_passed).then_some(budget.remaining)
     }
 
     /// Whether the last failed call failed on something that may pass later (see
@@ -211,6 +236,10 @@ impl HttpCore {
                 Ok(resp) => {
                     let status = resp.status();
                     let limited = rate_limited_403(&resp);
+                    if let Some(budget) = rate_budget(&resp) {
+                        let service = call.target.split('.').next().unwrap_or(call.target);
+                        self.budgets.insert(service, budget);
+                    }
                     self.stats.update(call.target, |s| {
                         s.last_status = Some(status.as_u16());
                         if status == reqwest::StatusCode::TOO_MANY_REQUESTS || limited.is_some() {
@@ -377,6 +406,20 @@ fn rate_limited_403(resp: &reqwest::Response) -> Option<Option<Duration>> {
             Some(Duration::from_secs(at.saturating_sub(now.as_secs())))
         });
     Some(reset)
+}
+
+/// The rate-limit window an answer describes, when it says how many calls are left.
+fn rate_budget(resp: &reqwest::Response) -> Option<RateBudget> {
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Some(RateBudget {
+        remaining: header("x-ratelimit-remaining")?,
+        reset: header("x-ratelimit-reset"),
+    })
 }
 
 pub(crate) async fn failed_answer(resp: reqwest::Response) -> (Option<Duration>, String) {
