@@ -347,47 +347,58 @@ async fn bytes_that_are_not_utf8_on_stderr_do_not_break_the_plugin() {
     assert!(manager.shutdown(ShutdownReason::Completed).await.clean);
 }
 
-/// A plugin's stderr reaches the log at most at its rate (a burst of 200 lines, then 50 a
-/// second), and every line over it is counted in a `suppressed` figure: one flooding plugin
-/// wrote 1.8 GB of log in 14 s before. 5,000 lines at once are each either logged or counted.
-#[tokio::test]
-async fn a_flood_of_stderr_lines_is_rate_limited_and_counted() {
+/// What a plugin's flood (its task `task`) left in our log once the plugin was shut down: the
+/// lines logged that contain one of `lines`, the lines counted over the rate limit (the sum of
+/// the `suppressed=` of the log lines that contain `over`), all of the plugin's log lines, and
+/// the seconds since the plugin started. Waits (up to 10 s) until `expected` are accounted for:
+/// the stderr reader logs its last count when the pipe closes, which may be just after the
+/// shutdown returns.
+async fn flood(
+    name: &str,
+    task: &str,
+    lines: &[&str],
+    over: &str,
+    expected: usize,
+) -> (usize, usize, Vec<String>, f64) {
     let captured = captured_logs();
-    let dir = temp_dir("stderr-flood");
-    write_plugin(&dir, "gusher", "", &[]);
+    let dir = temp_dir(task);
+    write_plugin(&dir, name, "", &[]);
     let mut registry = PluginRegistry::new();
     external::register_dirs(&mut registry, std::slice::from_ref(&dir));
     let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
     let started = std::time::Instant::now();
     let manager = PluginManager::builder()
-        .spec(spec_from(&registry, "gusher"))
+        .spec(spec_from(&registry, name))
         .spec(rec)
         .spawn()
         .await
         .unwrap();
-    for task in ["stderr-flood", "t2"] {
+    for t in [task, "t2"] {
         manager
-            .publish(EventKind::task_created(task, "x"))
+            .publish(EventKind::task_created(t, "x"))
             .await
             .unwrap();
     }
     flushed(&manager).await;
     // The plugin went on working through its flood.
-    assert_eq!(tasks(&recording, "gusher"), ["stderr-flood", "t2"]);
+    assert_eq!(tasks(&recording, name), [task, "t2"]);
     let report = manager.shutdown(ShutdownReason::Completed).await;
     assert!(report.clean, "{report:?}");
-    // Lines logged, and lines counted over the rate.
+    let (quoted, bare) = (format!("plugin=\"{name}\""), format!("plugin={name}"));
     let count = || {
-        let all = captured.text();
-        let ours: Vec<String> = all
+        let ours: Vec<String> = captured
+            .text()
             .lines()
-            .filter(|l| l.contains("plugin=\"gusher\"") || l.contains("plugin=gusher"))
+            .filter(|l| l.contains(&quoted) || l.contains(&bare))
             .map(str::to_owned)
             .collect();
-        let logged = ours.iter().filter(|l| l.contains("stderr flood ")).count();
+        let logged = ours
+            .iter()
+            .filter(|l| lines.iter().any(|m| l.contains(m)))
+            .count();
         let suppressed: usize = ours
             .iter()
-            .filter(|l| l.contains("stderr lines over the rate limit"))
+            .filter(|l| l.contains(over))
             .map(|l| {
                 let n = l.split("suppressed=").nth(1).expect("a count");
                 n.split_whitespace()
@@ -399,15 +410,25 @@ async fn a_flood_of_stderr_lines_is_rate_limited_and_counted() {
             .sum();
         (logged, suppressed, ours)
     };
-    // The reader logs its last count when the stderr pipe closes, which may come just after
-    // the shutdown returns (bounded: 10 s).
-    let mut waited = 0;
-    while count().0 + count().1 < 5_000 && waited < 200 {
+    for _ in 0..200 {
+        let (logged, suppressed, _) = count();
+        if logged + suppressed >= expected {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        waited += 1;
     }
-    let elapsed = started.elapsed().as_secs_f64();
     let (logged, suppressed, ours) = count();
+    (logged, suppressed, ours, started.elapsed().as_secs_f64())
+}
+
+/// A plugin's stderr reaches the log at most at its rate (a burst of 200 lines, then 50 a
+/// second), and every line over it is counted in a `suppressed` figure: one flooding plugin
+/// wrote 1.8 GB of log in 14 s before. 5,000 lines at once are each either logged or counted.
+#[tokio::test]
+async fn a_flood_of_stderr_lines_is_rate_limited_and_counted() {
+    let over = "stderr lines over the rate limit";
+    let (logged, suppressed, ours, elapsed) =
+        flood("gusher", "stderr-flood", &["stderr flood "], over, 5_000).await;
     assert_eq!(logged + suppressed, 5_000, "{}", ours.join("\n"));
     assert!(suppressed > 0, "nothing was suppressed");
     let bound = 200.0 + 50.0 * elapsed;
@@ -422,57 +443,13 @@ async fn a_flood_of_stderr_lines_is_rate_limited_and_counted() {
 /// Each one is either logged or counted in a `suppressed` figure.
 #[tokio::test]
 async fn a_flood_of_log_messages_is_rate_limited_and_counted() {
-    let captured = captured_logs();
-    let dir = temp_dir("log-flood");
-    write_plugin(&dir, "flooder", "", &[]);
-    let mut registry = PluginRegistry::new();
-    external::register_dirs(&mut registry, std::slice::from_ref(&dir));
-    let (rec, recording) = RecordingPlugin::spec("rec", Hook::Custom);
-    let started = std::time::Instant::now();
-    let manager = PluginManager::builder()
-        .spec(spec_from(&registry, "flooder"))
-        .spec(rec)
-        .spawn()
-        .await
-        .unwrap();
-    for task in ["log-flood", "t2"] {
-        manager
-            .publish(EventKind::task_created(task, "x"))
-            .await
-            .unwrap();
-    }
-    flushed(&manager).await;
-    // The plugin went on working through its flood.
-    assert_eq!(tasks(&recording, "flooder"), ["log-flood", "t2"]);
-    let report = manager.shutdown(ShutdownReason::Completed).await;
-    assert!(report.clean, "{report:?}");
-    let elapsed = started.elapsed().as_secs_f64();
-    let all = captured.text();
-    let ours: Vec<&str> = all
-        .lines()
-        .filter(|l| l.contains("plugin=\"flooder\"") || l.contains("plugin=flooder"))
-        .collect();
     // What it sends: one message after the handshake, the flood, one at shutdown.
-    let forwarded = ours
-        .iter()
-        .filter(|l| {
-            l.contains(" flood ") || l.contains("ready; environment") || l.contains("shutting down")
-        })
-        .count();
-    let logged = ours.iter().filter(|l| l.contains(" flood ")).count();
-    let suppressed: usize = ours
-        .iter()
-        .filter(|l| l.contains("`log` messages over the rate limit"))
-        .map(|l| {
-            let n = l.split("suppressed=").nth(1).expect("a count");
-            n.split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<usize>()
-                .unwrap()
-        })
-        .sum();
+    let sent = [" flood ", "ready; environment", "shutting down"];
+    let over = "`log` messages over the rate limit";
+    let (forwarded, suppressed, ours, elapsed) =
+        flood("flooder", "log-flood", &sent, over, 5_002).await;
     assert_eq!(forwarded + suppressed, 5_002, "{}", ours.join("\n"));
+    let logged = ours.iter().filter(|l| l.contains(" flood ")).count();
     // The burst (200) and 50 a second after it.
     let bound = 200.0 + 50.0 * elapsed;
     assert!(

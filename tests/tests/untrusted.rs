@@ -314,12 +314,9 @@ async fn survive(site: Site) -> Survived {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_factory_on_restart_is_a_spawn_error() {
-    // The first instance comes from the spec's first factory call; starting it again (enable
-    // after disable) calls the factory again, which panics: a spawn error naming the panic.
-    quiet_poison_panics();
-    let fired = Arc::new(AtomicU32::new(0));
+/// A manager with `bomb` and a healthy plugin of the same hook, three restarts a minute and no
+/// backoff.
+async fn with_a_healthy_plugin(bomb: PluginSpec) -> (PluginManager, Probe) {
     let healthy = Probe::new("healthy", Hook::Custom);
     let manager = PluginManager::builder()
         .config(
@@ -329,10 +326,21 @@ async fn a_panicking_factory_on_restart_is_a_spawn_error() {
                 .build(),
         )
         .spec(healthy.spec())
-        .spec(spec(Site::FactoryOnRestart, &fired).hooks(Hook::Custom))
+        .spec(bomb)
         .spawn()
         .await
         .unwrap();
+    (manager, healthy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_factory_on_restart_is_a_spawn_error() {
+    // The first instance comes from the spec's first factory call; starting it again (enable
+    // after disable) calls the factory again, which panics: a spawn error naming the panic.
+    quiet_poison_panics();
+    let fired = Arc::new(AtomicU32::new(0));
+    let (manager, healthy) =
+        with_a_healthy_plugin(spec(Site::FactoryOnRestart, &fired).hooks(Hook::Custom)).await;
     manager.disable("bomb").await.unwrap();
     let enabled = manager.enable("bomb").await;
     let error = enabled.expect_err("the factory panicked on the second start");
@@ -499,22 +507,10 @@ async fn a_factory_that_panics_at_once_is_refused_with_the_message() {
 async fn a_factory_that_panics_on_a_restart_after_a_failure_ends_in_disabled() {
     quiet_poison_panics();
     let fired = Arc::new(AtomicU32::new(0));
-    let healthy = Probe::new("healthy", Hook::Custom);
-    let manager = PluginManager::builder()
-        .config(
-            ManagerConfig::builder()
-                .restart_budget(RestartBudget::new(3, Duration::from_secs(60)))
-                .backoff(Backoff::none())
-                .build(),
-        )
-        .spec(healthy.spec())
-        .spec(
-            spec(Site::FactoryOnRestartAfterAFailure, &fired)
-                .restart_policy(RestartPolicy::Permanent),
-        )
-        .spawn()
-        .await
-        .unwrap();
+    let (manager, healthy) = with_a_healthy_plugin(
+        spec(Site::FactoryOnRestartAfterAFailure, &fired).restart_policy(RestartPolicy::Permanent),
+    )
+    .await;
     for i in 0..EVENTS {
         manager.publish(n(i)).await.unwrap();
     }
