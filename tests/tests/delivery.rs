@@ -532,6 +532,55 @@ async fn a_reaction_loop_of_control_events_is_stopped_too() {
     reaction_loop_is_stopped(|| EventKind::coordinator_startup("loop")).await;
 }
 
+/// A `DropNewest` subscriber drops a plugin's control events at its capacity, as any other of
+/// its events (published from outside the plugins, they would go past it): a reaction loop of
+/// them never grows its queue past the capacity, and every one is delivered or counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_newest_subscriber_drops_a_plugins_control_events_at_its_capacity() {
+    let echo = || EventKind::coordinator_startup("loop");
+    let (gate, rx) = watch::channel(false);
+    let stuck = Probe::new("stuck", Hook::CoordinatorStartup)
+        .behaving(move |_| Action::Gate(rx.clone()));
+    let sent = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(Mutex::new(None));
+    let (s, r) = (Arc::clone(&sent), Arc::clone(&refused));
+    let manager = PluginManager::builder()
+        .config(ManagerConfig::builder().queue_capacity(16).build())
+        .spec(stuck.spec().overflow(OverflowPolicy::DropNewest))
+        .spec(PluginSpec::new(move || Looper {
+            sent: Arc::clone(&s),
+            refused: Arc::clone(&r),
+            echo,
+        }))
+        .spawn()
+        .await
+        .unwrap();
+    manager.publish(echo()).await.unwrap();
+    // The loop ends at 10,000 events or when its own queue (backpressured) refuses it.
+    let mut waited = 0;
+    while refused.lock().unwrap().is_none() && sent.load(Ordering::SeqCst) < 10_000 {
+        assert!(waited < 2_000, "the loop neither stopped nor ran to 10,000");
+        waited += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stats = manager.stats("stuck").await.unwrap();
+    assert!(
+        stats.queued <= 16,
+        "{} events queued for a DropNewest plugin of capacity 16",
+        stats.queued
+    );
+    assert!(stats.dropped > 0, "{stats:?}");
+    gate.send(true).unwrap();
+    manager.flush().await;
+    let stats = manager.stats("stuck").await.unwrap();
+    assert_eq!(
+        stuck.seen().len() as u64 + stats.dropped,
+        1 + sent.load(Ordering::SeqCst)
+    );
+    assert_conserved(&manager).await;
+    manager.shutdown(ShutdownReason::Completed).await;
+}
+
 async fn reaction_loop_is_stopped(echo: fn() -> EventKind) {
     let hook = echo().hook();
     let (gate, rx) = watch::channel(false);

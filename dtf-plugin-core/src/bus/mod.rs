@@ -43,10 +43,11 @@ pub(crate) use slot::Slot;
 
 /// What happens when an event is published to a plugin whose queue is full.
 ///
-/// Control events ([`Hook::is_control`]) are exempt: they are always enqueued, even past the
-/// capacity. Events published from inside a plugin ([`crate::PluginContext::publish`]) never
-/// wait: under `Backpressure` they may go past the capacity, up to 8 times it, and then fail,
-/// control events included.
+/// Control events ([`Hook::is_control`]) are exempt when published from outside the plugins:
+/// they are always enqueued, even past the capacity. Events published from inside a plugin
+/// ([`crate::PluginContext::publish`]) never wait: under `Backpressure` they may go past the
+/// capacity, up to 8 times it, and then fail; under `DropNewest` they are dropped at the
+/// capacity. A plugin's control events are no exception.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]

@@ -187,10 +187,7 @@ impl Github {
     /// Live progress: the check run's title and summary (annotations wait for the end,
     /// because a failed task may still pass on a retry and annotations cannot be removed).
     pub(crate) async fn update(&mut self, http: &mut HttpCore, run: &RunResult) {
-        if self.create_again {
-            self.create_check_run(http, run).await;
-        }
-        let Some(id) = self.check_run else { return };
+        // Paused, not even a failed creation is tried again here: the final report tries it.
         match http.rate_low("github", LIVE_RESERVE) {
             Some(remaining) => {
                 if !self.paused {
@@ -209,6 +206,10 @@ impl Github {
             }
             None => {}
         }
+        if self.create_again {
+            self.create_check_run(http, run).await;
+        }
+        let Some(id) = self.check_run else { return };
         let url = format!("{}/check-runs/{id}", self.api);
         let body = json!({ "output": Self::output(run, &[], true) });
         let _ = self.send(http, patch(&url, body).once()).await;

@@ -162,15 +162,17 @@ impl HttpCore {
     }
 
     /// The calls left in `service`'s rate-limit window when it said that fewer than `reserve`
-    /// are and the window has not reset since; `None` otherwise. Live updates stop then, so
-    /// that the final report still has calls to make.
+    /// are, and when its window resets, which has not come yet (by this machine's clock);
+    /// `None` otherwise. Live updates stop then, so that the final report still has calls to
+    /// make.
     pub(crate) fn rate_low(&self, service: &str, reserve: u64) -> Option<u64> {
         let budget = self.budgets.get(service)?;
-        let reset_passed = budget.reset.is_some_and(|at| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .is_ok_and(|now| now.as_secs() >= at)
-        });
+        // Without a reset time there is no telling when the window ends, and paused updates
+        // make no call that would say: no pause rather than one for the rest of the run.
+        let at = budget.reset?;
+        let reset_passed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .is_ok_and(|now| now.as_secs() >= at);
         (budget.remaining < reserve && !reset_passed).then_some(budget.remaining)
     }
 
