@@ -539,8 +539,8 @@ async fn a_reaction_loop_of_control_events_is_stopped_too() {
 async fn a_drop_newest_subscriber_drops_a_plugins_control_events_at_its_capacity() {
     let echo = || EventKind::coordinator_startup("loop");
     let (gate, rx) = watch::channel(false);
-    let stuck = Probe::new("stuck", Hook::CoordinatorStartup)
-        .behaving(move |_| Action::Gate(rx.clone()));
+    let stuck =
+        Probe::new("stuck", Hook::CoordinatorStartup).behaving(move |_| Action::Gate(rx.clone()));
     let sent = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(Mutex::new(None));
     let (s, r) = (Arc::clone(&sent), Arc::clone(&refused));
