@@ -567,30 +567,48 @@ fn disable_for_good(publishers: u64, each: u64) {
 }
 
 /// The manager removes a plugin (or disables it on request) while `publishers` threads
-/// publish `each` of its events, as `stop_actor` and `finish_stop` in `manager/actor.rs` do:
+/// publish `each` of its events (the removal waits until the first publisher has published
+/// `after` of them, so that the drain always has work), as `stop_actor` and `finish_stop` in
+/// `manager/actor.rs` do:
 /// unrouted first, its actor drains what was routed to it until idle and stops
 /// (`PluginMsg::Shutdown`), then the slot is detached and released. Every event routed to it
 /// is handled, once and in order, none stays queued, no publisher waits on it for good, and
 /// it pins none of the log: a flood of another hook's events afterwards leaves only the
 /// current segment.
-fn remove_drains_then_lets_go(publishers: u64, each: u64) {
+fn remove_drains_then_lets_go(publishers: u64, each: u64, after: u64) {
     let bus = Bus::new("model");
     let removed = Plugin::start(&bus, "removed", Hook::Custom.into(), 2, Crash::Never);
     let busy = Plugin::start(&bus, "busy", Hook::TaskCreated.into(), 8, Crash::Never);
+    let (published_tx, published_rx) = channel::<()>();
     let threads: Vec<_> = (0..publishers)
         .map(|k| {
             let b = bus.clone();
+            let published = published_tx.clone();
             thread::spawn(move || {
-                (0..each)
-                    .filter_map(|i| block_on(b.publish(custom(k * each + i))).ok())
-                    .collect::<Vec<u64>>()
+                let mut seqs = Vec::new();
+                for i in 0..each {
+                    seqs.extend(block_on(b.publish(custom(k * each + i))).ok());
+                    if k == 0 && i + 1 == after {
+                        let _ = published.send(());
+                    }
+                }
+                seqs
             })
         })
         .collect();
+    if after > 0 {
+        let _ = published_rx.recv();
+    }
     let slot = Arc::clone(&removed.slot);
     bus.inner().unroute(&slot);
     // Drains until idle, then checks conservation with nothing left queued.
     let (_, seen) = removed.finish();
+    if after > 0 {
+        assert!(
+            !seen.events.is_empty(),
+            "the removed plugin drained nothing"
+        );
+    }
     slot.detach();
     slot.release();
     let mut accepted = Vec::new();
@@ -944,11 +962,13 @@ mod weak_memory {
         explore(1, || disable_for_good(1, 2));
     }
 
-    /// A plugin removed while one publisher publishes its two events: it drains them, then
-    /// holds no hint and no segment.
+    /// A plugin removed once one publisher has published the first of its two events: it
+    /// drains what was routed to it, then holds no hint and no segment. (Removed at any time,
+    /// loom's bound-1 executions mostly had the removal first, and the drain had work in 4 of
+    /// 5,976 of them.)
     #[test]
     fn remove_under_weak_memory() {
-        explore(1, || remove_drains_then_lets_go(1, 2));
+        explore(1, || remove_drains_then_lets_go(1, 2, 1));
     }
 
     #[test]
@@ -998,7 +1018,8 @@ fn model_disable_for_good() {
 #[cfg(dtf_shuttle)]
 #[test]
 fn model_remove_drains_then_lets_go() {
-    explore(|| remove_drains_then_lets_go(2, 2));
+    explore(|| remove_drains_then_lets_go(2, 2, 0));
+    explore(|| remove_drains_then_lets_go(2, 2, 1));
 }
 
 #[cfg(dtf_shuttle)]
