@@ -506,6 +506,9 @@ impl PluginManager {
                 killed.push((name, actor));
             }
         }
+        // Plugins that answered: their actors end just after, and one that failed while
+        // draining is counted by the manager when its supervision event arrives.
+        let mut answered = Vec::new();
         for (name, actor, rx) in stopping {
             // A little grace past the deadline for `on_shutdown` itself to be cut off.
             let grace = stop_deadline + Duration::from_millis(100);
@@ -514,9 +517,11 @@ impl PluginManager {
                     if let Some(e) = outcome.error {
                         errors.insert(name, e);
                     }
+                    answered.push(actor);
                 }
                 Ok(Err(_)) => {
                     errors.insert(name, "the plugin stopped without reporting".to_owned());
+                    answered.push(actor);
                 }
                 Err(_) => {
                     actor.kill();
@@ -542,6 +547,16 @@ impl PluginManager {
                     "a killed plugin did not stop; its counters may miss its last events"
                 );
             }
+        }
+        // The report is read once they have ended: ractor sends an actor's supervision event
+        // before it marks it stopped, and the manager handles supervision events before its
+        // other messages, so the failure count of a plugin that failed while draining is in
+        // the list below (it raced with it before; the error text was there either way).
+        // Bounded by the same grace as the answers.
+        let ended_by = stop_deadline + Duration::from_millis(100);
+        for actor in answered {
+            let left = ended_by.saturating_duration_since(Instant::now());
+            let _ = actor.wait(Some(left.max(Duration::from_millis(10)))).await;
         }
         self.bus.inner().unroute_all();
         let infos = self.list().await.unwrap_or_default();
