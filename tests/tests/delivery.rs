@@ -537,60 +537,53 @@ async fn a_reaction_loop_of_control_events_is_stopped_too() {
 /// them never grows its queue past the capacity, and every one is delivered or counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drop_newest_subscriber_drops_a_plugins_control_events_at_its_capacity() {
-    let echo = || EventKind::coordinator_startup("loop");
-    let (gate, rx) = watch::channel(false);
-    let stuck =
-        Probe::new("stuck", Hook::CoordinatorStartup).behaving(move |_| Action::Gate(rx.clone()));
-    let sent = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(Mutex::new(None));
-    let (s, r) = (Arc::clone(&sent), Arc::clone(&refused));
-    let manager = PluginManager::builder()
-        .config(ManagerConfig::builder().queue_capacity(16).build())
-        .spec(stuck.spec().overflow(OverflowPolicy::DropNewest))
-        .spec(PluginSpec::new(move || Looper {
-            sent: Arc::clone(&s),
-            refused: Arc::clone(&r),
-            echo,
-        }))
-        .spawn()
-        .await
-        .unwrap();
-    manager.publish(echo()).await.unwrap();
-    // The loop ends at 10,000 events or when its own queue (backpressured) refuses it.
-    let mut waited = 0;
-    while refused.lock().unwrap().is_none() && sent.load(Ordering::SeqCst) < 10_000 {
-        assert!(waited < 2_000, "the loop neither stopped nor ran to 10,000");
-        waited += 1;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let stats = manager.stats("stuck").await.unwrap();
+    let run = reaction_loop(
+        || EventKind::coordinator_startup("loop"),
+        OverflowPolicy::DropNewest,
+    )
+    .await;
+    // The loop ended at 10,000 events or when its own queue (backpressured) refused it.
+    let stats = run.manager.stats("stuck").await.unwrap();
     assert!(
         stats.queued <= 16,
         "{} events queued for a DropNewest plugin of capacity 16",
         stats.queued
     );
     assert!(stats.dropped > 0, "{stats:?}");
-    gate.send(true).unwrap();
-    manager.flush().await;
-    let stats = manager.stats("stuck").await.unwrap();
+    run.gate.send(true).unwrap();
+    run.manager.flush().await;
+    let stats = run.manager.stats("stuck").await.unwrap();
     assert_eq!(
-        stuck.seen().len() as u64 + stats.dropped,
-        1 + sent.load(Ordering::SeqCst)
+        run.stuck.seen().len() as u64 + stats.dropped,
+        1 + run.sent.load(Ordering::SeqCst)
     );
-    assert_conserved(&manager).await;
-    manager.shutdown(ShutdownReason::Completed).await;
+    assert_conserved(&run.manager).await;
+    run.manager.shutdown(ShutdownReason::Completed).await;
 }
 
-async fn reaction_loop_is_stopped(echo: fn() -> EventKind) {
-    let hook = echo().hook();
+/// A reaction loop against a stuck subscriber, run until it ends.
+struct ReactionLoop {
+    manager: PluginManager,
+    /// The subscriber, stuck at a gate on its first event with a queue of 16.
+    stuck: Probe,
+    gate: watch::Sender<bool>,
+    /// Events the looping plugin published, and the error of the publish refused, if any.
+    sent: Arc<AtomicU64>,
+    refused: Arc<Mutex<Option<String>>>,
+}
+
+/// Starts a plugin that answers each `echo()` event with two more while a subscriber with
+/// `policy` is stuck, publishes the first, and waits until the loop is refused or has sent
+/// 10,000 events.
+async fn reaction_loop(echo: fn() -> EventKind, policy: OverflowPolicy) -> ReactionLoop {
     let (gate, rx) = watch::channel(false);
-    let stuck = Probe::new("stuck", hook).behaving(move |_| Action::Gate(rx.clone()));
+    let stuck = Probe::new("stuck", echo().hook()).behaving(move |_| Action::Gate(rx.clone()));
     let sent = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(Mutex::new(None));
     let (s, r) = (Arc::clone(&sent), Arc::clone(&refused));
     let manager = PluginManager::builder()
         .config(ManagerConfig::builder().queue_capacity(16).build())
-        .spec(stuck.spec())
+        .spec(stuck.spec().overflow(policy))
         .spec(PluginSpec::new(move || Looper {
             sent: Arc::clone(&s),
             refused: Arc::clone(&r),
@@ -600,25 +593,39 @@ async fn reaction_loop_is_stopped(echo: fn() -> EventKind) {
         .await
         .unwrap();
     manager.publish(echo()).await.unwrap();
-    // Bounded wait for the loop to be refused.
+    // Bounded wait for the loop to end.
     let mut waited = 0;
     while refused.lock().unwrap().is_none() && sent.load(Ordering::SeqCst) < 10_000 {
         assert!(waited < 2_000, "the loop neither stopped nor ran to 10,000");
         waited += 1;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let error = refused.lock().unwrap().clone();
+    ReactionLoop {
+        manager,
+        stuck,
+        gate,
+        sent,
+        refused,
+    }
+}
+
+async fn reaction_loop_is_stopped(echo: fn() -> EventKind) {
+    let run = reaction_loop(echo, OverflowPolicy::Backpressure).await;
+    let error = run.refused.lock().unwrap().clone();
     let error = error.expect("the loop was never refused: it ran to 10,000 events");
     assert!(error.contains("stuck"), "{error}");
-    let queued = manager.stats("stuck").await.unwrap().queued;
+    let queued = run.manager.stats("stuck").await.unwrap().queued;
     assert!(
         queued <= 8 * 16,
         "{queued} events queued for a plugin of capacity 16"
     );
     // Nothing is lost: once unstuck it gets every event that was accepted.
-    gate.send(true).unwrap();
-    manager.flush().await;
-    assert_eq!(stuck.seen().len() as u64, 1 + sent.load(Ordering::SeqCst));
-    assert_conserved(&manager).await;
-    manager.shutdown(ShutdownReason::Completed).await;
+    run.gate.send(true).unwrap();
+    run.manager.flush().await;
+    assert_eq!(
+        run.stuck.seen().len() as u64,
+        1 + run.sent.load(Ordering::SeqCst)
+    );
+    assert_conserved(&run.manager).await;
+    run.manager.shutdown(ShutdownReason::Completed).await;
 }
