@@ -418,6 +418,19 @@ async fn github_comment_on_a_later_page_is_edited_not_duplicated() {
     assert_eq!(stats.get("github.comment").unwrap().ok, 3);
 }
 
+/// A manager holding a GitHub reporter of the check run only (no commit status, no comment)
+/// on `server`, with live updates every 50 ms and `extra` settings.
+async fn live_check_run(server: &MockServer, extra: Value) -> PluginManager {
+    let mut settings = json!({
+        "update_interval_ms": 50,
+        "github": { "status": false, "comment": false },
+    });
+    merge(&mut settings, extra);
+    let config = github_config(server, settings);
+    let spec = PluginSpec::new(move || CiApiReporter::with_env(github_env())).config(config);
+    PluginManager::builder().spec(spec).spawn().await.unwrap()
+}
+
 /// The end of the run waits behind a live update that hangs (a slow service, a rate limit)
 /// for one request timeout at most: live updates are tried once, no further client is
 /// updated, and the final report, with the conclusion, follows. (The request in flight is not
@@ -448,16 +461,7 @@ async fn the_final_report_does_not_wait_behind_a_hung_live_update() {
         .with_priority(2)
         .mount(&server)
         .await;
-    let config = github_config(
-        &server,
-        json!({
-            "update_interval_ms": 50,
-            "request_timeout_ms": 2_000,
-            "github": { "status": false, "comment": false },
-        }),
-    );
-    let spec = PluginSpec::new(move || CiApiReporter::with_env(github_env())).config(config);
-    let manager = PluginManager::builder().spec(spec).spawn().await.unwrap();
+    let manager = live_check_run(&server, json!({ "request_timeout_ms": 2_000 })).await;
     for e in [
         EventKind::coordinator_startup("run-1"),
         EventKind::task_created("t1", "a::b"),
@@ -516,15 +520,7 @@ async fn live_updates_under_a_rate_limit(remaining: u64, reset: i64) -> (usize, 
         .respond_with(limited(200))
         .mount(&server)
         .await;
-    let config = github_config(
-        &server,
-        json!({
-            "update_interval_ms": 50,
-            "github": { "status": false, "comment": false },
-        }),
-    );
-    let spec = PluginSpec::new(move || CiApiReporter::with_env(github_env())).config(config);
-    let manager = PluginManager::builder().spec(spec).spawn().await.unwrap();
+    let manager = live_check_run(&server, json!({})).await;
     manager
         .publish(EventKind::coordinator_startup("run-1"))
         .await
